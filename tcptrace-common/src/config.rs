@@ -1,0 +1,179 @@
+//! Globals and map values the eBPF program shares with userspace.
+//!
+//! Userspace fills [`KernelOffsets`], [`Filter`] and [`Tuning`] at load time
+//! (`EbpfLoader::override_global`) from the running kernel's BTF, kallsyms and the
+//! command line. Rust eBPF has no CO-RE, so no kernel layout is compiled in.
+
+use crate::COMM_LEN;
+
+/// Byte offsets of kernel struct members, read from `/sys/kernel/btf/vmlinux`,
+/// plus the address of `tw_timer_handler` from `/proc/kallsyms`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Address of `tw_timer_handler`: identifies timewait sockets' timers.
+    pub tw_timer_handler: u64,
+    /// `struct timer_list.function`.
+    pub timer_function: u32,
+    /// `struct inet_timewait_sock.tw_timer`.
+    pub tw_timer: u32,
+    /// `struct inet_timewait_sock.tw_substate`.
+    pub tw_substate: u32,
+    /// `struct sock_common` members.
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct sock_common.skc_net` (a `possible_net_t` whose first member is `struct net *`).
+    pub skc_net: u32,
+    /// `struct net.ns.inum`.
+    pub net_ns_inum: u32,
+    /// `struct sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `struct inet_sock.inet_sport` (big endian u16).
+    pub inet_sport: u32,
+    /// `struct task_struct.files`.
+    pub task_files: u32,
+    /// `struct files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `struct fdtable.fd`.
+    pub fdtable_fd: u32,
+    /// `struct fdtable.max_fds`.
+    pub fdtable_max_fds: u32,
+    /// `struct file.private_data`.
+    pub file_private_data: u32,
+    /// `struct socket.sk`.
+    pub socket_sk: u32,
+    /// Field offsets inside the classic `sock/inet_sock_set_state` record,
+    /// from its `format` file in tracefs.
+    pub tp_skaddr: u32,
+    pub tp_oldstate: u32,
+    pub tp_newstate: u32,
+    pub tp_sport: u32,
+    pub tp_dport: u32,
+    pub tp_family: u32,
+    pub tp_protocol: u32,
+    pub tp_saddr: u32,
+    pub tp_daddr: u32,
+    pub tp_saddr_v6: u32,
+    pub tp_daddr_v6: u32,
+    /// `timer/timer_start` record: `timer`, `function`.
+    pub tp_start_timer: u32,
+    pub tp_start_function: u32,
+    /// `timer/timer_expire_entry` record: `timer`, `function`.
+    pub tp_expire_timer: u32,
+    pub tp_expire_function: u32,
+    /// `timer/timer_cancel` record: `timer`.
+    pub tp_cancel_timer: u32,
+    /// `syscalls/sys_exit_accept{,4}` record: `ret`.
+    pub tp_accept_ret: u32,
+}
+
+impl KernelOffsets {
+    /// All zero; usable in `static` initialisers.
+    pub const ZERO: Self = unsafe { core::mem::zeroed() };
+}
+
+/// Maximum ports per port filter list.
+pub const MAX_FILTER_PORTS: usize = 8;
+
+/// In-kernel event filter. Zero values mean "no filter".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Bit 0: IPv4, bit 1: IPv6. 0 = both.
+    pub family_mask: u32,
+    /// Bit `1 << state`: keep events whose old or new state is set. 0 = all.
+    pub state_mask: u32,
+    /// Owner tgid. 0 = any.
+    pub tgid: u32,
+    /// Non-zero: owner comm must equal `comm` (NUL padded).
+    pub comm_set: u32,
+    pub comm: [u8; COMM_LEN],
+    /// Either side's port in `ports[..n_ports]`.
+    pub n_ports: u32,
+    pub n_lports: u32,
+    pub n_rports: u32,
+    pub _pad: u32,
+    pub ports: [u16; MAX_FILTER_PORTS],
+    pub lports: [u16; MAX_FILTER_PORTS],
+    pub rports: [u16; MAX_FILTER_PORTS],
+}
+
+impl Filter {
+    /// No filtering; usable in `static` initialisers.
+    pub const NONE: Self = unsafe { core::mem::zeroed() };
+    pub const FAMILY_INET: u32 = 1;
+    pub const FAMILY_INET6: u32 = 2;
+
+    /// True when nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Ring-buffer wakeup policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// Flags for `bpf_ringbuf_submit` in the common case (1 = BPF_RB_NO_WAKEUP).
+    pub submit_flags: u64,
+    /// When more than this many bytes wait in the ring, force a wakeup (0 = never force).
+    pub wakeup_watermark: u64,
+}
+
+impl Tuning {
+    /// Wake the reader on every event; usable in `static` initialisers.
+    pub const EAGER: Self = Self { submit_flags: 0, wakeup_watermark: 0 };
+}
+
+/// Indexes of the per-CPU `COUNTERS` array. Ids are never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Events written to the ring buffer.
+    Events = 0,
+    /// Events dropped because the ring buffer was full.
+    RingFull = 1,
+    /// Transitions of sockets whose owner was not in the owner map (started
+    /// before the tracer, or evicted from the LRU).
+    OwnerMiss = 2,
+    /// Timewait sockets that could not be linked to the full socket they replaced.
+    TwUnlinked = 3,
+    /// Events dropped by the in-kernel filter.
+    Filtered = 4,
+    /// Failed owner-map inserts.
+    MapFull = 5,
+}
+
+/// Number of slots in `COUNTERS`.
+pub const N_COUNTERS: u32 = 8;
+
+/// Value of the owner map, keyed by socket address (full or timewait socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerEntry {
+    /// When the socket entered its current state (ktime ns).
+    pub state_ts: u64,
+    pub cgroup: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub netns: u32,
+    /// [`crate::event_flags`] bits that describe this entry (OWNER_KNOWN, NETNS_KNOWN, ...).
+    pub flags: u8,
+    /// Current state (substate for timewait sockets).
+    pub state: u8,
+    pub _pad: [u8; 2],
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::Filter {}
+    unsafe impl aya::Pod for super::Tuning {}
+    unsafe impl aya::Pod for super::OwnerEntry {}
+}

@@ -1,0 +1,144 @@
+//! The one record the eBPF program writes to the ring buffer.
+//!
+//! # Wire format
+//!
+//! Every ring-buffer record is exactly `size_of::<RawEvent>()` (120) bytes, laid out
+//! as [`RawEvent`] in native (little-endian on x86_64) byte order. A record of any
+//! other length, or with an unknown [`EventKind`], is a decode error in userspace.
+//! Ports are host order; addresses are network order, IPv4 in the first 4 bytes
+//! of the 16-byte fields. Timestamps are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+
+/// What a [`RawEvent`] describes. Ids are never reused: retire, don't renumber.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A full socket changed state (`sock:inet_sock_set_state`).
+    Transition = 1,
+    /// A timewait socket was created and its timer armed (TIME_WAIT or FIN_WAIT2 substate).
+    TwBegin = 2,
+    /// A timewait socket's timer was re-armed (e.g. substate FIN_WAIT2 -> TIME_WAIT).
+    TwRearm = 3,
+    /// A timewait socket ended: its timer expired or it was killed early.
+    TwEnd = 4,
+    /// Userspace only: events were lost (never written by the kernel).
+    Lost = 5,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Transition,
+            2 => Self::TwBegin,
+            3 => Self::TwRearm,
+            4 => Self::TwEnd,
+            5 => Self::Lost,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a timewait socket ended ([`RawEvent::reason`] of a [`EventKind::TwEnd`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TwEndReason {
+    /// Not a `TwEnd` event.
+    None = 0,
+    /// The timer ran out (`tw_timer_handler`): the normal end after ~60 s.
+    Expired = 1,
+    /// The timer was cancelled and not re-armed: RST, reuse by a new connect,
+    /// or namespace teardown.
+    Killed = 2,
+}
+
+impl TwEndReason {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::None,
+            1 => Self::Expired,
+            2 => Self::Killed,
+            _ => return None,
+        })
+    }
+}
+
+/// Bits of [`RawEvent::flags`].
+pub mod event_flags {
+    /// `tgid`, `tid`, `comm` and `cgroup` describe the socket's owner.
+    pub const OWNER_KNOWN: u8 = 1 << 0;
+    /// `prev_ns` is valid (the socket was seen entering its previous state).
+    pub const PREV_KNOWN: u8 = 1 << 1;
+    /// `link` holds the address of the related socket (a `TwBegin`'s full socket).
+    pub const LINKED: u8 = 1 << 2;
+    /// The owner was inherited from the listening socket and no accept() was seen yet.
+    pub const OWNER_FROM_LISTENER: u8 = 1 << 3;
+    /// `netns` is valid.
+    pub const NETNS_KNOWN: u8 = 1 << 4;
+}
+
+/// One event, as written by the kernel. See the module docs for the wire format.
+///
+/// Field meaning by kind:
+/// - `Transition`: `old` -> `new` state of the full socket `sk`; `prev_ns` = time spent in `old`.
+/// - `TwBegin`: `sk` is the timewait socket, `new` its substate (TIME_WAIT or FIN_WAIT2),
+///   `old` the state of the full socket `link` it replaced (0 if not linked).
+/// - `TwRearm`: `new` the substate now; `prev_ns` time since `TwBegin`.
+/// - `TwEnd`: `old` the substate at the end, `new` = CLOSE, `reason` why,
+///   `prev_ns` = time spent as a timewait socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    pub ts_ns: u64,
+    pub sk: u64,
+    pub prev_ns: u64,
+    pub cgroup: u64,
+    pub link: u64,
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub netns: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub old: u8,
+    pub new: u8,
+    pub family: u8,
+    pub flags: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+    pub reason: u8,
+    pub _pad: [u8; 7],
+}
+
+impl RawEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            sk: 0,
+            prev_ns: 0,
+            cgroup: 0,
+            link: 0,
+            kind: 0,
+            tgid: 0,
+            tid: 0,
+            netns: 0,
+            sport: 0,
+            dport: 0,
+            old: 0,
+            new: 0,
+            family: 0,
+            flags: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; 16],
+            reason: 0,
+            _pad: [0; 7],
+        }
+    }
+}
+
+const _: () = assert!(RawEvent::SIZE == 120);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RawEvent {}

@@ -1,0 +1,80 @@
+//! The in-kernel filter (`--port`, `--lport`, `--rport`, `--pid`, `--comm`,
+//! `--state`, `-4`/`-6`): dropping here is cheaper than in userspace.
+
+use tcptrace_common::{Counter, Filter, RawEvent, config::MAX_FILTER_PORTS, event_flags, family};
+
+use crate::{
+    maps::{count, global},
+    sock::eq16,
+};
+
+#[inline(always)]
+fn in_list(list: &[u16; MAX_FILTER_PORTS], n: u32, port: u16, port2: Option<u16>) -> bool {
+    let mut i = 0;
+    while i < MAX_FILTER_PORTS {
+        if (i as u32) >= n {
+            break;
+        }
+        let p = list[i];
+        if p == port || Some(p) == port2 {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// True when the event passes the filter; counts it as filtered otherwise.
+#[inline(always)]
+pub fn passes(ev: &RawEvent) -> bool {
+    let keep = check(ev);
+    if !keep {
+        count(Counter::Filtered);
+    }
+    keep
+}
+
+#[inline(always)]
+fn check(ev: &RawEvent) -> bool {
+    let family_mask = global!(FILTER.family_mask);
+    if family_mask != 0 {
+        let bit = if ev.family == family::INET6 {
+            Filter::FAMILY_INET6
+        } else {
+            Filter::FAMILY_INET
+        };
+        if family_mask & bit == 0 {
+            return false;
+        }
+    }
+    let state_mask = global!(FILTER.state_mask);
+    if state_mask != 0
+        && state_mask & (1u32 << (ev.old & 31)) == 0
+        && state_mask & (1u32 << (ev.new & 31)) == 0
+    {
+        return false;
+    }
+    let tgid = global!(FILTER.tgid);
+    if tgid != 0 && (ev.flags & event_flags::OWNER_KNOWN == 0 || ev.tgid != tgid) {
+        return false;
+    }
+    if global!(FILTER.comm_set) != 0 {
+        let comm = global!(FILTER.comm);
+        if ev.flags & event_flags::OWNER_KNOWN == 0 || !eq16(&comm, &ev.comm) {
+            return false;
+        }
+    }
+    let n = global!(FILTER.n_ports);
+    if n != 0 && !in_list(&global!(FILTER.ports), n, ev.sport, Some(ev.dport)) {
+        return false;
+    }
+    let n = global!(FILTER.n_lports);
+    if n != 0 && !in_list(&global!(FILTER.lports), n, ev.sport, None) {
+        return false;
+    }
+    let n = global!(FILTER.n_rports);
+    if n != 0 && !in_list(&global!(FILTER.rports), n, ev.dport, None) {
+        return false;
+    }
+    true
+}

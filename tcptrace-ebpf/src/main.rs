@@ -1,0 +1,73 @@
+//! tcptrace's eBPF program: entry points only. Each one calls a `try_*`
+//! function in `probes/`, one file per kernel hook.
+#![no_std]
+#![no_main]
+
+mod filter;
+mod maps;
+mod probes;
+mod sock;
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+/// `sock:inet_sock_set_state` as a BTF-enabled raw tracepoint (preferred).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    probes::inet_sock_set_state::try_btf(&ctx);
+    0
+}
+
+/// `sock:inet_sock_set_state` as a classic tracepoint (fallback).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
+    probes::inet_sock_set_state::try_classic(&ctx);
+    0
+}
+
+/// `timer:timer_start`: a timewait socket's timer armed (begin) or re-armed.
+#[tracepoint(category = "timer", name = "timer_start")]
+pub fn timer_start(ctx: TracePointContext) -> u32 {
+    probes::timer::try_timer_start(&ctx);
+    0
+}
+
+/// `timer:timer_cancel`: a timewait socket's timer detached (kill, re-arm or expiry).
+#[tracepoint(category = "timer", name = "timer_cancel")]
+pub fn timer_cancel(ctx: TracePointContext) -> u32 {
+    probes::timer::try_timer_cancel(&ctx);
+    0
+}
+
+/// `timer:timer_expire_entry`: a timewait socket's timer ran out.
+#[tracepoint(category = "timer", name = "timer_expire_entry")]
+pub fn timer_expire_entry(ctx: TracePointContext) -> u32 {
+    probes::timer::try_timer_expire_entry(&ctx);
+    0
+}
+
+/// `syscalls:sys_exit_accept4`: the accepting process owns the child socket.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    probes::accept::try_sys_exit_accept(&ctx);
+    0
+}
+
+/// `syscalls:sys_exit_accept`: as `sys_exit_accept4`.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    probes::accept::try_sys_exit_accept(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

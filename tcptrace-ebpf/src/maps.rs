@@ -1,0 +1,137 @@
+//! Maps and load-time globals, and the small helpers every probe uses to
+//! count and emit.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use tcptrace_common::{
+    Counter, Filter, KernelOffsets, OwnerEntry, RawEvent, Tuning, config::N_COUNTERS,
+};
+
+/// Events to userspace. Userspace sets the real size at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// Owner and state-entry time of every socket we have seen, keyed by the
+/// socket's address (full sockets and timewait sockets alike). Bounded LRU.
+#[map]
+pub static OWNERS: LruHashMap<u64, OwnerEntry> = LruHashMap::with_max_entries(1 << 18, 0);
+
+/// Owner of each listening socket, keyed by (netns, port): child sockets
+/// created in softirq inherit it until accept() names the real owner.
+#[map]
+pub static LISTENERS: LruHashMap<ListenKey, ListenerEntry> =
+    LruHashMap::with_max_entries(1 << 14, 0);
+
+/// Per-CPU counters, indexed by [`Counter`].
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_COUNTERS, 0);
+
+/// Per-CPU scratch space; see [`Scratch`].
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
+
+#[unsafe(no_mangle)]
+pub static FILTER: Filter = Filter::NONE;
+
+#[unsafe(no_mangle)]
+pub static TUNING: Tuning = Tuning::EAGER;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ListenerEntry {
+    pub sk: u64,
+    pub owner: OwnerEntry,
+}
+
+/// Per-CPU scratch space (the BPF stack is only 512 bytes).
+#[repr(C)]
+pub struct Scratch {
+    /// The event being built by `inet_sock_set_state`.
+    pub event: RawEvent,
+    /// The classic tracepoint record, copied in one probe read.
+    pub record: [u64; RECORD_WORDS],
+    pub tw: TwScratch,
+}
+
+/// Bytes of the classic tracepoint record we copy (the record is 72 bytes on 6.x).
+pub const RECORD_WORDS: usize = 16;
+
+#[repr(C)]
+pub struct TwScratch {
+    /// A timewait socket whose timer was armed for the first time on this CPU,
+    /// waiting for the full socket it replaces to go to CLOSE (same CPU, same
+    /// call chain: `tcp_time_wait()` arms the timer, then `tcp_done()`).
+    /// `begun.sk == 0` when empty.
+    pub begun: RawEvent,
+    /// A `TwEnd` built when a timewait timer was cancelled, kept until the next
+    /// timer event on this CPU says what the cancel was: the `timer_start` of a
+    /// re-arm, the `timer_expire_entry` of an expiry, or anything else (killed).
+    /// `cancelled.sk == 0` when empty.
+    pub cancelled: RawEvent,
+}
+
+/// Reads a load-time global. Volatile so the compiler does not fold the
+/// zero it was compiled with.
+macro_rules! global {
+    ($g:ident . $f:ident) => {
+        $crate::maps::read_global(&$crate::maps::$g.$f)
+    };
+}
+pub(crate) use global;
+
+#[inline(always)]
+pub fn read_global<T: Copy>(field: &T) -> T {
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+/// `bpf_ringbuf_submit`/`output` flags: no wakeup unless the ring fills past the
+/// watermark, so a burst still wakes the reader.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    let watermark = global!(TUNING.wakeup_watermark);
+    if watermark != 0 && EVENTS.query(BPF_RB_AVAIL_DATA) > watermark {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        global!(TUNING.submit_flags)
+    }
+}
+
+/// Copies a prepared event into the ring buffer, counting success and loss.
+#[inline(always)]
+pub fn output(event: &RawEvent) {
+    match EVENTS.output::<RawEvent>(event, submit_flags()) {
+        Ok(()) => count(Counter::Events),
+        Err(_) => count(Counter::RingFull),
+    }
+}
+
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    SCRATCH.get_ptr_mut(0)
+}
+
+#[inline(always)]
+pub fn tw_scratch() -> Option<*mut TwScratch> {
+    scratch().map(|s| unsafe { &raw mut (*s).tw })
+}

@@ -1,0 +1,239 @@
+//! `sock:inet_sock_set_state`, fired by `inet_sk_set_state()` /
+//! `inet_sk_state_store()` on every state change of a full socket:
+//!
+//! ```c
+//! TRACE_EVENT(inet_sock_set_state,
+//!     TP_PROTO(const struct sock *sk, const int oldstate, const int newstate), ...)
+//! ```
+//!
+//! Two entry points feed one handler: the tp_btf variant reads the socket
+//! through BTF offsets, the classic one reads the tracepoint record. Both see
+//! the same events. This is also where owners are captured (connect and listen
+//! run in the owner's process context) and where a timewait socket is linked to
+//! the full socket it replaces.
+
+use aya_ebpf::{
+    EbpfContext, helpers::bpf_ktime_get_ns, programs::BtfTracePointContext,
+    programs::TracePointContext,
+};
+use tcptrace_common::{
+    Counter, EventKind, IPPROTO_TCP, RawEvent, event_flags, family, tcp_state,
+};
+
+use crate::{
+    filter,
+    maps::{
+        LISTENERS, ListenKey, ListenerEntry, OWNERS, RECORD_WORDS, count, global, output,
+        scratch, tw_scratch,
+    },
+    probes::timer,
+    sock::{self, apply_owner, capture_current, empty_owner, read_tuple, same_tuple},
+};
+
+/// tp_btf: `(const struct sock *sk, int oldstate, int newstate)`.
+#[inline(always)]
+pub fn try_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let protocol: u16 = sock::read(sk, global!(OFFSETS.sk_protocol))?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let scratch = scratch()?;
+    let ev = unsafe { &mut (*scratch).event };
+    *ev = RawEvent::zeroed();
+    read_tuple(sk, ev, true)?;
+    handle(unsafe { bpf_ktime_get_ns() }, sk, old as u8, new as u8, ev)
+}
+
+const RECORD_BYTES: usize = RECORD_WORDS * 8;
+
+/// A field of the classic tracepoint record copied into scratch.
+#[inline(always)]
+fn field<T: Copy>(rec: &[u64; RECORD_WORDS], off: u32) -> Option<T> {
+    let off = off as usize;
+    if off + core::mem::size_of::<T>() > RECORD_BYTES {
+        return None;
+    }
+    // Offsets are checked for natural alignment in userspace.
+    Some(unsafe { core::ptr::read((rec.as_ptr() as *const u8).add(off) as *const T) })
+}
+
+/// Classic tracepoint: fields at the offsets of its `format` file.
+#[inline(always)]
+pub fn try_classic(ctx: &TracePointContext) -> Option<()> {
+    let scratch = scratch()?;
+    let rec = unsafe { &mut (*scratch).record };
+    unsafe {
+        let src = ctx.as_ptr() as *const u8;
+        let dst = rec.as_mut_ptr() as *mut u8;
+        let len = RECORD_BYTES as u32;
+        if aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst.cast(), len, src.cast()) != 0 {
+            return None;
+        }
+    }
+    let rec = &*rec;
+    let protocol: u16 = field(rec, global!(OFFSETS.tp_protocol))?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let sk: u64 = field(rec, global!(OFFSETS.tp_skaddr))?;
+    let old: i32 = field(rec, global!(OFFSETS.tp_oldstate))?;
+    let new: i32 = field(rec, global!(OFFSETS.tp_newstate))?;
+    let tuple = unsafe { &mut (*scratch).event };
+    *tuple = RawEvent::zeroed();
+    let fam: u16 = field(rec, global!(OFFSETS.tp_family))?;
+    tuple.family = fam as u8;
+    tuple.sport = field(rec, global!(OFFSETS.tp_sport))?;
+    tuple.dport = field(rec, global!(OFFSETS.tp_dport))?;
+    if tuple.family == family::INET6 {
+        tuple.saddr = field(rec, global!(OFFSETS.tp_saddr_v6))?;
+        tuple.daddr = field(rec, global!(OFFSETS.tp_daddr_v6))?;
+    } else {
+        let s: [u8; 4] = field(rec, global!(OFFSETS.tp_saddr))?;
+        let d: [u8; 4] = field(rec, global!(OFFSETS.tp_daddr))?;
+        tuple.saddr[..4].copy_from_slice(&s);
+        tuple.daddr[..4].copy_from_slice(&d);
+    }
+    handle(unsafe { bpf_ktime_get_ns() }, sk, old as u8, new as u8, tuple)
+}
+
+/// A new lifecycle starts on this socket address: connect(), listen(), or a
+/// child socket cloned from a listener.
+#[inline(always)]
+fn starts_lifecycle(old: u8, new: u8) -> bool {
+    old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
+}
+
+#[inline(always)]
+fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
+    // A transition can't fall between a re-arm's cancel and start: any
+    // pending cancel on this CPU was a kill.
+    timer::resolve_pending_cancel(0, timer::Next::Other);
+
+    let mut owner = empty_owner();
+    let mut prev_ns = 0u64;
+    let mut flags = 0u8;
+    let known = if starts_lifecycle(old, new) {
+        None
+    } else {
+        OWNERS.get_ptr_mut(&sk)
+    };
+    match known {
+        Some(entry) => {
+            let entry = unsafe { &mut *entry };
+            owner = *entry;
+            if ts >= entry.state_ts {
+                prev_ns = ts - entry.state_ts;
+                flags |= event_flags::PREV_KNOWN;
+            }
+            entry.state_ts = ts;
+            entry.state = new;
+        }
+        None => {
+            if let Some(ns) = sock::netns(sk) {
+                owner.netns = ns;
+                owner.flags |= event_flags::NETNS_KNOWN;
+            }
+            if old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN)
+            {
+                // connect() / listen(): we are in the owner's process context.
+                capture_current(&mut owner);
+            } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
+                let key = ListenKey {
+                    netns: owner.netns,
+                    port: ev.sport as u32,
+                };
+                if let Some(listener) = unsafe { LISTENERS.get(&key) } {
+                    let netns = owner.netns;
+                    let ns_flags = owner.flags;
+                    owner = listener.owner;
+                    owner.netns = netns;
+                    owner.flags = (owner.flags & event_flags::OWNER_KNOWN)
+                        | event_flags::OWNER_FROM_LISTENER
+                        | ns_flags;
+                }
+            } else {
+                count(Counter::OwnerMiss);
+            }
+            owner.state_ts = ts;
+            owner.state = new;
+            if new != tcp_state::CLOSE && OWNERS.insert(&sk, &owner, 0).is_err() {
+                count(Counter::MapFull);
+            }
+            if new == tcp_state::LISTEN {
+                let key = ListenKey {
+                    netns: owner.netns,
+                    port: ev.sport as u32,
+                };
+                let entry = ListenerEntry { sk, owner };
+                if LISTENERS.insert(&key, &entry, 0).is_err() {
+                    count(Counter::MapFull);
+                }
+            }
+        }
+    }
+
+    if new == tcp_state::CLOSE {
+        link_timewait(sk, old, ev, &owner);
+        let _ = OWNERS.remove(&sk);
+        if old == tcp_state::LISTEN {
+            let key = ListenKey {
+                netns: owner.netns,
+                port: ev.sport as u32,
+            };
+            if let Some(listener) = unsafe { LISTENERS.get(&key) } {
+                if listener.sk == sk {
+                    let _ = LISTENERS.remove(&key);
+                }
+            }
+        }
+    }
+
+    ev.ts_ns = ts;
+    ev.kind = EventKind::Transition as u32;
+    ev.sk = sk;
+    ev.old = old;
+    ev.new = new;
+    ev.prev_ns = prev_ns;
+    ev.flags = flags;
+    apply_owner(ev, &owner);
+    if filter::passes(ev) {
+        output(ev);
+    }
+    Some(())
+}
+
+/// `tcp_time_wait()` armed a timewait socket's timer on this CPU just before
+/// `tcp_done()` moved the full socket to CLOSE: if the 4-tuples match, the
+/// timewait socket replaced this one. Emit its `TwBegin` with this socket's
+/// owner, and carry the owner to the timewait socket's map entry.
+#[inline(always)]
+fn link_timewait(sk: u64, old: u8, tuple: &RawEvent, owner: &tcptrace_common::OwnerEntry) {
+    let Some(scratch) = tw_scratch() else { return };
+    let begun = unsafe { &mut (*scratch).begun };
+    if begun.sk == 0 || !same_tuple(begun, tuple) {
+        return;
+    }
+    begun.link = sk;
+    begun.old = old;
+    begun.flags |= event_flags::LINKED;
+    let netns_known = begun.flags & event_flags::NETNS_KNOWN != 0;
+    let tw_netns = begun.netns;
+    apply_owner(begun, owner);
+    if netns_known {
+        begun.netns = tw_netns;
+    }
+    let mut tw_owner = *owner;
+    tw_owner.state_ts = begun.ts_ns;
+    tw_owner.state = begun.new;
+    tw_owner.netns = begun.netns;
+    if OWNERS.insert(&begun.sk, &tw_owner, 0).is_err() {
+        count(Counter::MapFull);
+    }
+    if filter::passes(begun) {
+        output(begun);
+    }
+    begun.sk = 0;
+}

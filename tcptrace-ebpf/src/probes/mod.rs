@@ -1,0 +1,5 @@
+//! One module per kernel hook.
+
+pub mod accept;
+pub mod inet_sock_set_state;
+pub mod timer;

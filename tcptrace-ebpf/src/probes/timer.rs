@@ -1,0 +1,212 @@
+//! TIME_WAIT through the timer tracepoints (the path for kernels where fentry
+//! does not load). A timewait socket (`struct inet_timewait_sock`) is a
+//! separate object from the full socket it replaces; its life is its timer
+//! `tw->tw_timer`, whose function is `tw_timer_handler`:
+//!
+//! ```c
+//! TRACE_EVENT(timer_start, TP_PROTO(struct timer_list *timer, unsigned long bucket_expiry), ...)
+//! TRACE_EVENT(timer_expire_entry, TP_PROTO(struct timer_list *timer, unsigned long baseclk), ...)
+//! DEFINE_EVENT(timer_class, timer_cancel, TP_PROTO(struct timer_list *timer), ...)
+//! ```
+//!
+//! - first `timer_start` of a tw: it begins (`inet_twsk_hashdance_schedule()`,
+//!   just before `tcp_done()` moves the full socket to CLOSE on this CPU, which
+//!   is where it gets linked: see `inet_sock_set_state.rs`);
+//! - `timer_cancel` then, with nothing in between on this CPU (the timer base
+//!   lock is held with irqs off), `timer_start` of the same timer: re-armed;
+//! - `timer_cancel` then `timer_expire_entry` of the same timer: expired
+//!   (`expire_timers()` detaches before calling `tw_timer_handler`);
+//! - `timer_cancel` followed by anything else: killed early (RST, reuse,
+//!   netns teardown: `inet_twsk_deschedule_put()`).
+//!
+//! So a cancel is parked per CPU and decided by the next event on that CPU.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use tcptrace_common::{
+    Counter, EventKind, RawEvent, TwEndReason, event_flags, tcp_state,
+};
+
+use crate::{
+    filter,
+    maps::{OWNERS, count, global, output, tw_scratch},
+    sock::{self, apply_owner, read_tuple},
+};
+
+/// What the next event on this CPU is, for deciding a parked cancel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Start,
+    Expire,
+    Other,
+}
+
+#[inline(always)]
+fn ctx_read<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
+    unsafe { ctx.read_at::<T>(off as usize).ok() }
+}
+
+#[inline(always)]
+fn is_tw_timer(function: u64) -> bool {
+    let handler = global!(OFFSETS.tw_timer_handler);
+    handler != 0 && function == handler
+}
+
+/// Decides a parked cancel given the next timer event on this CPU (`timer`
+/// is 0 for non-timer events). Returns true when the parked cancel belonged
+/// to `timer` and is consumed by the caller (re-arm or expiry); emits it as
+/// killed when the next event is anything else.
+#[inline(always)]
+pub fn resolve_pending_cancel(timer: u64, next: Next) -> bool {
+    let Some(scratch) = tw_scratch() else {
+        return false;
+    };
+    let cancelled = unsafe { &mut (*scratch).cancelled };
+    if cancelled.sk == 0 {
+        return false;
+    }
+    let same = timer != 0 && cancelled.sk + global!(OFFSETS.tw_timer) as u64 == timer;
+    if same && next != Next::Other {
+        return true;
+    }
+    let _ = OWNERS.remove(&cancelled.sk);
+    if filter::passes(cancelled) {
+        output(cancelled);
+    }
+    cancelled.sk = 0;
+    false
+}
+
+/// Builds the common part of a timewait event: tuple, substate, owner.
+#[inline(always)]
+fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Option<u8> {
+    *ev = RawEvent::zeroed();
+    ev.ts_ns = ts;
+    ev.kind = kind as u32;
+    ev.sk = tw;
+    read_tuple(tw, ev, false)?;
+    let substate: u8 = sock::read(tw, global!(OFFSETS.tw_substate))?;
+    if let Some(owner) = unsafe { OWNERS.get(&tw) } {
+        apply_owner(ev, owner);
+        if ts >= owner.state_ts {
+            ev.prev_ns = ts - owner.state_ts;
+            ev.flags |= event_flags::PREV_KNOWN;
+        }
+    } else if let Some(ns) = sock::netns(tw) {
+        ev.netns = ns;
+        ev.flags |= event_flags::NETNS_KNOWN;
+    }
+    Some(substate)
+}
+
+#[inline(always)]
+pub fn try_timer_start(ctx: &TracePointContext) -> Option<()> {
+    let timer: u64 = ctx_read(ctx, global!(OFFSETS.tp_start_timer))?;
+    let rearm = resolve_pending_cancel(timer, Next::Start);
+    let function: u64 = ctx_read(ctx, global!(OFFSETS.tp_start_function))?;
+    if !is_tw_timer(function) {
+        return None;
+    }
+    let tw = timer - global!(OFFSETS.tw_timer) as u64;
+    let ts = unsafe { bpf_ktime_get_ns() };
+    let scratch = tw_scratch()?;
+    if rearm {
+        let ev = unsafe { &mut (*scratch).cancelled };
+        let old = ev.old;
+        let substate = build(ev, tw, ts, EventKind::TwRearm)?;
+        ev.old = old;
+        ev.new = substate;
+        if let Some(owner) = OWNERS.get_ptr_mut(&tw) {
+            unsafe { (*owner).state = substate };
+        }
+        if filter::passes(ev) {
+            output(ev);
+        }
+        ev.sk = 0;
+        return Some(());
+    }
+    let begun = unsafe { &mut (*scratch).begun };
+    if begun.sk != 0 {
+        // The previous timewait socket on this CPU was never matched to a full
+        // socket (the task migrated between arming and tcp_done()): emit it
+        // unlinked, with no owner.
+        count(Counter::TwUnlinked);
+        let mut entry = sock::empty_owner();
+        entry.state_ts = begun.ts_ns;
+        entry.state = begun.new;
+        entry.netns = begun.netns;
+        entry.flags = begun.flags & event_flags::NETNS_KNOWN;
+        let _ = OWNERS.insert(&begun.sk, &entry, 0);
+        if filter::passes(begun) {
+            output(begun);
+        }
+        begun.sk = 0;
+    }
+    let substate = build(begun, tw, ts, EventKind::TwBegin)?;
+    begun.new = substate;
+    begun.old = 0;
+    // Timewait sockets carry their netns in the same sock_common field.
+    if begun.flags & event_flags::NETNS_KNOWN == 0 {
+        if let Some(ns) = sock::netns(tw) {
+            begun.netns = ns;
+            begun.flags |= event_flags::NETNS_KNOWN;
+        }
+    }
+    Some(())
+}
+
+#[inline(always)]
+pub fn try_timer_cancel(ctx: &TracePointContext) -> Option<()> {
+    let timer: u64 = ctx_read(ctx, global!(OFFSETS.tp_cancel_timer))?;
+    // A cancel right after a cancel: the first one was a kill.
+    resolve_pending_cancel(timer, Next::Other);
+    let function: u64 = sock::read(timer, global!(OFFSETS.timer_function))?;
+    if !is_tw_timer(function) {
+        return None;
+    }
+    let tw = timer - global!(OFFSETS.tw_timer) as u64;
+    let ts = unsafe { bpf_ktime_get_ns() };
+    let scratch = tw_scratch()?;
+    let ev = unsafe { &mut (*scratch).cancelled };
+    let substate = build(ev, tw, ts, EventKind::TwEnd);
+    match substate {
+        Some(substate) => {
+            ev.old = substate;
+            ev.new = tcp_state::CLOSE;
+            ev.reason = TwEndReason::Killed as u8;
+        }
+        None => ev.sk = 0,
+    }
+    Some(())
+}
+
+#[inline(always)]
+pub fn try_timer_expire_entry(ctx: &TracePointContext) -> Option<()> {
+    let timer: u64 = ctx_read(ctx, global!(OFFSETS.tp_expire_timer))?;
+    let parked = resolve_pending_cancel(timer, Next::Expire);
+    let function: u64 = ctx_read(ctx, global!(OFFSETS.tp_expire_function))?;
+    if !is_tw_timer(function) {
+        return None;
+    }
+    let tw = timer - global!(OFFSETS.tw_timer) as u64;
+    let ts = unsafe { bpf_ktime_get_ns() };
+    let scratch = tw_scratch()?;
+    let ev = unsafe { &mut (*scratch).cancelled };
+    if parked {
+        // Re-time the parked end at the expiry itself.
+        if ev.flags & event_flags::PREV_KNOWN != 0 {
+            ev.prev_ns += ts.saturating_sub(ev.ts_ns);
+        }
+        ev.ts_ns = ts;
+    } else {
+        let substate = build(ev, tw, ts, EventKind::TwEnd)?;
+        ev.old = substate;
+        ev.new = tcp_state::CLOSE;
+    }
+    ev.reason = TwEndReason::Expired as u8;
+    let _ = OWNERS.remove(&tw);
+    if filter::passes(ev) {
+        output(ev);
+    }
+    ev.sk = 0;
+    Some(())
+}

@@ -1,0 +1,248 @@
+//! Command line: clap definitions, and validation into the typed configs the
+//! commands run on. Raw arguments never leak past this module.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tcptrace_common::{Filter, config::MAX_FILTER_PORTS};
+
+use crate::{
+    ebpf::{HookChoice, LoadOptions},
+    model::{Comm, TcpState},
+};
+
+/// Live TCP state transitions, TIME_WAIT and owners, from eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "tcptrace", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream every TCP state transition and TIME_WAIT begin/end.
+    Trace(TraceArgs),
+}
+
+/// Filters shared by every live command. Applied in the kernel.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Local or remote port (repeatable, up to 8).
+    #[arg(long = "port", value_name = "N")]
+    pub port: Vec<u16>,
+    /// Local port (repeatable, up to 8).
+    #[arg(long = "lport", value_name = "N")]
+    pub lport: Vec<u16>,
+    /// Remote port (repeatable, up to 8).
+    #[arg(long = "rport", value_name = "N")]
+    pub rport: Vec<u16>,
+    /// Owning process id.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Owning process name (first 15 characters, as the kernel keeps it).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Keep events whose old or new state is S (repeatable), e.g. CLOSE_WAIT.
+    #[arg(long = "state", value_name = "S")]
+    pub state: Vec<String>,
+    /// IPv4 only.
+    #[arg(short = '4', long = "ipv4")]
+    pub ipv4: bool,
+    /// IPv6 only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+}
+
+/// Kernel-side knobs shared by live commands.
+#[derive(Debug, Args, Clone)]
+pub struct KernelArgs {
+    /// Which hook carries inet_sock_set_state.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub hook: HookChoice,
+    /// Ring buffer size in MiB (power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub ring_size: u32,
+    /// Capacity of the in-kernel socket owner map (LRU).
+    #[arg(long, value_name = "N", default_value_t = 1 << 18)]
+    pub owner_map_size: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// One JSON object per line (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Stop after N events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// A command-line mistake: exit code 2, one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    pub load: LoadOptions,
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub count: Option<u64>,
+}
+
+fn ports(list: &[u16], flag: &str) -> Result<([u16; MAX_FILTER_PORTS], u32), UsageError> {
+    if list.len() > MAX_FILTER_PORTS {
+        return Err(usage(format!(
+            "too many --{flag} values ({}): at most {MAX_FILTER_PORTS}",
+            list.len()
+        )));
+    }
+    let mut out = [0u16; MAX_FILTER_PORTS];
+    out[..list.len()].copy_from_slice(list);
+    Ok((out, list.len() as u32))
+}
+
+impl FilterArgs {
+    pub fn to_filter(&self) -> Result<Filter, UsageError> {
+        let mut f = Filter::default();
+        (f.ports, f.n_ports) = ports(&self.port, "port")?;
+        (f.lports, f.n_lports) = ports(&self.lport, "lport")?;
+        (f.rports, f.n_rports) = ports(&self.rport, "rport")?;
+        if let Some(pid) = self.pid {
+            if pid == 0 {
+                return Err(usage("--pid 0 matches nothing: give a process id"));
+            }
+            f.tgid = pid;
+        }
+        if let Some(comm) = &self.comm {
+            if comm.is_empty() {
+                return Err(usage("--comm needs a process name"));
+            }
+            f.comm = Comm::from_name(comm).0;
+            f.comm_set = 1;
+        }
+        for s in &self.state {
+            let st = TcpState::parse(s).ok_or_else(|| {
+                usage(format!(
+                    "unknown state '{s}': use one of {}",
+                    TcpState::ALL.map(|s| s.name()).join(", ")
+                ))
+            })?;
+            f.state_mask |= 1 << st as u32;
+        }
+        if self.ipv4 != self.ipv6 {
+            f.family_mask = if self.ipv4 {
+                Filter::FAMILY_INET
+            } else {
+                Filter::FAMILY_INET6
+            };
+        }
+        Ok(f)
+    }
+}
+
+impl KernelArgs {
+    pub fn to_load_options(&self, filter: Filter) -> Result<LoadOptions, UsageError> {
+        if self.ring_size == 0 || !self.ring_size.is_power_of_two() || self.ring_size > 1024 {
+            return Err(usage(format!(
+                "--ring-size {} is not a power of two between 1 and 1024 (MiB)",
+                self.ring_size
+            )));
+        }
+        if self.owner_map_size < 1024 {
+            return Err(usage(format!(
+                "--owner-map-size {} is too small: use at least 1024",
+                self.owner_map_size
+            )));
+        }
+        Ok(LoadOptions {
+            filter,
+            ring_bytes: self.ring_size << 20,
+            owner_entries: self.owner_map_size,
+            hook: self.hook,
+            ..LoadOptions::default()
+        })
+    }
+}
+
+fn duration(secs: Option<f64>) -> Result<Option<Duration>, UsageError> {
+    secs.map(|s| {
+        if s.is_finite() && s > 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(usage(format!("--duration {s} must be a positive number of seconds")))
+        }
+    })
+    .transpose()
+}
+
+impl TraceArgs {
+    pub fn validate(&self) -> Result<TraceConfig, UsageError> {
+        let filter = self.filter.to_filter()?;
+        if self.count == Some(0) {
+            return Err(usage("--count 0 would print nothing: give a positive count"));
+        }
+        Ok(TraceConfig {
+            load: self.kernel.to_load_options(filter)?,
+            json: self.json,
+            duration: duration(self.duration)?,
+            count: self.count,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(args: &[&str]) -> Result<TraceConfig, UsageError> {
+        let mut full = vec!["tcptrace", "trace"];
+        full.extend_from_slice(args);
+        let Command::Trace(t) = Cli::try_parse_from(full).expect("parses").command;
+        t.validate()
+    }
+
+    #[test]
+    fn filters_become_kernel_filter() {
+        let c = trace(&[
+            "--port", "80", "--port", "443", "--lport", "8080", "--state", "close-wait", "-4",
+            "--comm", "a-very-long-process-name",
+        ])
+        .unwrap();
+        let f = c.load.filter;
+        assert_eq!((f.n_ports, f.ports[0], f.ports[1]), (2, 80, 443));
+        assert_eq!((f.n_lports, f.lports[0]), (1, 8080));
+        assert_eq!(f.state_mask, 1 << 8);
+        assert_eq!(f.family_mask, Filter::FAMILY_INET);
+        assert_eq!(&f.comm[..15], b"a-very-long-pro");
+        assert_eq!(f.comm[15], 0);
+    }
+
+    #[test]
+    fn both_families_means_no_family_filter() {
+        assert_eq!(trace(&["-4", "-6"]).unwrap().load.filter.family_mask, 0);
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors() {
+        let e = trace(&["--state", "BOGUS"]).unwrap_err().to_string();
+        assert!(e.contains("unknown state 'BOGUS'") && e.contains("CLOSE_WAIT"), "{e}");
+        assert!(trace(&["--duration", "-1"]).is_err());
+        assert!(trace(&["--count", "0"]).is_err());
+        assert!(trace(&["--ring-size", "3"]).is_err());
+        let nine: Vec<&str> = (0..9).flat_map(|_| ["--port", "1"]).collect();
+        assert!(trace(&nine).unwrap_err().to_string().contains("at most 8"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Kernel struct member offsets from the running kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`). Rust eBPF has no CO-RE, so these are computed
+//! at load time and handed to the program as globals.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self> {
+        Self::from_file(VMLINUX)
+    }
+
+    pub fn from_file(path: &str) -> Result<Self> {
+        let btf = Btf::from_file(path).with_context(|| format!("parse BTF {path}"))?;
+        Ok(Self { btf })
+    }
+
+    fn struct_named(&self, name: &str) -> Result<btf_rs::Struct> {
+        for ty in self
+            .btf
+            .resolve_types_by_name(name)
+            .with_context(|| format!("struct {name} not in BTF"))?
+        {
+            if let Type::Struct(s) = ty {
+                return Ok(s);
+            }
+        }
+        bail!("struct {name} not in BTF")
+    }
+
+    /// Byte offset of `path` (e.g. `["ns", "inum"]`) in `struct name`, looking
+    /// through anonymous struct/union members as C does.
+    pub fn offset(&self, name: &str, path: &[&str]) -> Result<u32> {
+        let mut st = self.struct_named(name)?;
+        let mut total_bits = 0u32;
+        for (i, field) in path.iter().enumerate() {
+            let (bits, ty) = self
+                .find_member(&st, field)?
+                .ok_or_else(|| anyhow!("struct {name} has no member {}", path[..=i].join(".")))?;
+            total_bits += bits;
+            if i + 1 < path.len() {
+                st = match self.strip(ty)? {
+                    Type::Struct(s) | Type::Union(s) => s,
+                    other => bail!("{name}.{field} is a {}, not a struct", other.name()),
+                };
+            }
+        }
+        if total_bits % 8 != 0 {
+            bail!("{name}.{} is a bitfield", path.join("."));
+        }
+        Ok(total_bits / 8)
+    }
+
+    /// Finds `field` in `st` (recursing into anonymous members): its bit offset and type.
+    fn find_member(&self, st: &btf_rs::Struct, field: &str) -> Result<Option<(u32, Type)>> {
+        for m in &st.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let ty = self.btf.resolve_chained_type(m)?;
+            if name == field {
+                return Ok(Some((m.bit_offset(), ty)));
+            }
+            if name.is_empty() {
+                if let Type::Struct(inner) | Type::Union(inner) = self.strip(ty)? {
+                    if let Some((bits, t)) = self.find_member(&inner, field)? {
+                        return Ok(Some((m.bit_offset() + bits, t)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut ty: Type) -> Result<Type> {
+        loop {
+            ty = match ty {
+                Type::Typedef(ref t) => self.btf.resolve_chained_type(t)?,
+                Type::Volatile(ref t) | Type::Const(ref t) | Type::Restrict(ref t) => {
+                    self.btf.resolve_chained_type(t)?
+                }
+                Type::TypeTag(ref t) => self.btf.resolve_chained_type(t)?,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Whether a function exists in BTF (fentry targets).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .map(|tys| tys.iter().any(|t| matches!(t, Type::Func(_))))
+            .unwrap_or(false)
+    }
+}
+
+/// Fills the struct-offset part of `KernelOffsets` from BTF.
+pub fn struct_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -> Result<()> {
+    let sc = "sock_common";
+    o.timer_function = btf.offset("timer_list", &["function"])?;
+    o.tw_timer = btf.offset("inet_timewait_sock", &["tw_timer"])?;
+    o.tw_substate = btf.offset("inet_timewait_sock", &["tw_substate"])?;
+    o.skc_daddr = btf.offset(sc, &["skc_daddr"])?;
+    o.skc_rcv_saddr = btf.offset(sc, &["skc_rcv_saddr"])?;
+    o.skc_dport = btf.offset(sc, &["skc_dport"])?;
+    o.skc_num = btf.offset(sc, &["skc_num"])?;
+    o.skc_family = btf.offset(sc, &["skc_family"])?;
+    o.skc_v6_daddr = btf.offset(sc, &["skc_v6_daddr"])?;
+    o.skc_v6_rcv_saddr = btf.offset(sc, &["skc_v6_rcv_saddr"])?;
+    o.skc_net = btf.offset(sc, &["skc_net"])?;
+    o.net_ns_inum = btf.offset("net", &["ns", "inum"])?;
+    o.sk_protocol = btf.offset("sock", &["sk_protocol"])?;
+    o.inet_sport = btf.offset("inet_sock", &["inet_sport"])?;
+    o.task_files = btf.offset("task_struct", &["files"])?;
+    o.files_fdt = btf.offset("files_struct", &["fdt"])?;
+    o.fdtable_fd = btf.offset("fdtable", &["fd"])?;
+    o.fdtable_max_fds = btf.offset("fdtable", &["max_fds"])?;
+    o.file_private_data = btf.offset("file", &["private_data"])?;
+    o.socket_sk = btf.offset("socket", &["sk"])?;
+    // __tw_common must be the first member: the program reads the timewait
+    // socket's 4-tuple through sock_common offsets.
+    let tw_common = btf.offset("inet_timewait_sock", &["__tw_common"])?;
+    if tw_common != 0 {
+        bail!("inet_timewait_sock.__tw_common is at {tw_common}, expected 0");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_from_running_kernel() {
+        let btf = KernelBtf::load().expect("this host has /sys/kernel/btf/vmlinux");
+        let mut o = tcptrace_common::KernelOffsets::default();
+        struct_offsets(&btf, &mut o).expect("all members found");
+        // Facts that hold on every kernel: sock_common starts with the address pair.
+        assert_eq!(o.skc_daddr, 0);
+        assert_eq!(o.skc_rcv_saddr, 4);
+        assert!(o.tw_timer > o.skc_v6_rcv_saddr);
+        assert!(btf.offset("sock", &["no_such_member"]).is_err());
+    }
+}

@@ -1,0 +1,339 @@
+//! The only place that talks to aya: loads the embedded eBPF object with this
+//! kernel's offsets and the user's filter, attaches the hooks (tp_btf or the
+//! classic tracepoint for transitions; the timer tracepoints for TIME_WAIT;
+//! accept exits for owners), drains the ring buffer and reads the loss counters.
+
+pub mod btf;
+pub mod kallsyms;
+pub mod tracefs;
+
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use tcptrace_common::{Counter, Filter, KernelOffsets, Tuning, config::N_COUNTERS};
+
+use crate::model::Lost;
+
+/// Which program carries `inet_sock_set_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    /// tp_btf where it loads, else the classic tracepoint.
+    Auto,
+    /// BTF-enabled raw tracepoint only.
+    TpBtf,
+    /// Classic tracepoint only.
+    Tracepoint,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub filter: Filter,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Owner LRU map capacity.
+    pub owner_entries: u32,
+    pub hook: HookChoice,
+    pub tuning: Tuning,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            filter: Filter::default(),
+            ring_bytes: 64 << 20,
+            owner_entries: 1 << 18,
+            hook: HookChoice::Auto,
+            tuning: Tuning {
+                submit_flags: 1, // BPF_RB_NO_WAKEUP: the reader polls
+                wakeup_watermark: 1 << 20,
+            },
+        }
+    }
+}
+
+/// The hooks in use, for headers and `doctor`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hooks {
+    /// "tp_btf" or "tracepoint".
+    pub transitions: &'static str,
+    /// "timer tracepoints" (or "fentry" on kernels that allow it).
+    pub timewait: &'static str,
+    /// accept() owner refinement attached.
+    pub accept: bool,
+    /// Why tp_btf was not used, when it was not.
+    pub fallback_reason: Option<String>,
+}
+
+/// Cumulative kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub events: u64,
+    pub ring_full: u64,
+    pub owner_miss: u64,
+    pub tw_unlinked: u64,
+    pub filtered: u64,
+    pub map_full: u64,
+    pub recursion_misses: u64,
+}
+
+impl KernelCounters {
+    pub fn lost(&self) -> Lost {
+        Lost {
+            ring_full: self.ring_full,
+            recursion_misses: self.recursion_misses,
+            map_full: self.map_full,
+        }
+    }
+}
+
+pub struct Tracer {
+    // Keeps programs and links alive; dropping it detaches everything.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    prog_fds: Vec<RawFd>,
+    pub hooks: Hooks,
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+/// Everything the program needs from this kernel: BTF member offsets,
+/// tracepoint record layouts, and `tw_timer_handler`'s address.
+pub fn kernel_offsets() -> Result<KernelOffsets> {
+    let mut o = KernelOffsets::default();
+    let kbtf = btf::KernelBtf::load()?;
+    btf::struct_offsets(&kbtf, &mut o)?;
+    let root = tracefs::root()?;
+    let tp = "sock/inet_sock_set_state";
+    let f = tracefs::fields(&root, "sock", "inet_sock_set_state")?;
+    o.tp_skaddr = tracefs::offset_of(&f, tp, "skaddr", 8, 8)?;
+    o.tp_oldstate = tracefs::offset_of(&f, tp, "oldstate", 4, 4)?;
+    o.tp_newstate = tracefs::offset_of(&f, tp, "newstate", 4, 4)?;
+    o.tp_sport = tracefs::offset_of(&f, tp, "sport", 2, 2)?;
+    o.tp_dport = tracefs::offset_of(&f, tp, "dport", 2, 2)?;
+    o.tp_family = tracefs::offset_of(&f, tp, "family", 2, 2)?;
+    o.tp_protocol = tracefs::offset_of(&f, tp, "protocol", 2, 2)?;
+    o.tp_saddr = tracefs::offset_of(&f, tp, "saddr", 4, 1)?;
+    o.tp_daddr = tracefs::offset_of(&f, tp, "daddr", 4, 1)?;
+    o.tp_saddr_v6 = tracefs::offset_of(&f, tp, "saddr_v6", 16, 1)?;
+    o.tp_daddr_v6 = tracefs::offset_of(&f, tp, "daddr_v6", 16, 1)?;
+    let f = tracefs::fields(&root, "timer", "timer_start")?;
+    o.tp_start_timer = tracefs::offset_of(&f, "timer/timer_start", "timer", 8, 8)?;
+    o.tp_start_function = tracefs::offset_of(&f, "timer/timer_start", "function", 8, 8)?;
+    let f = tracefs::fields(&root, "timer", "timer_expire_entry")?;
+    o.tp_expire_timer = tracefs::offset_of(&f, "timer/timer_expire_entry", "timer", 8, 8)?;
+    o.tp_expire_function = tracefs::offset_of(&f, "timer/timer_expire_entry", "function", 8, 8)?;
+    let f = tracefs::fields(&root, "timer", "timer_cancel")?;
+    o.tp_cancel_timer = tracefs::offset_of(&f, "timer/timer_cancel", "timer", 8, 8)?;
+    // The accept exit layout is the generic syscall-exit record.
+    if let Ok(f) = tracefs::fields(&root, "syscalls", "sys_exit_accept4") {
+        o.tp_accept_ret = tracefs::offset_of(&f, "syscalls/sys_exit_accept4", "ret", 8, 8)?;
+    }
+    o.tw_timer_handler = kallsyms::address_of("tw_timer_handler")?;
+    Ok(o)
+}
+
+impl Tracer {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        raise_memlock();
+        let offsets = kernel_offsets()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("FILTER", &opts.filter, true)
+            .override_global("TUNING", &opts.tuning, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("OWNERS", opts.owner_entries)
+            .load(OBJECT)
+            .map_err(|e| permission_hint(anyhow!(e), "load the eBPF object"))?;
+        let mut prog_fds = Vec::new();
+
+        // TIME_WAIT first, so no timewait socket begun after the transition
+        // hook is attached goes unseen.
+        for (prog, name) in [
+            ("timer_cancel", "timer_cancel"),
+            ("timer_expire_entry", "timer_expire_entry"),
+            ("timer_start", "timer_start"),
+        ] {
+            let fd = attach_tracepoint(&mut ebpf, prog, "timer", name)?;
+            prog_fds.push(fd);
+        }
+        let mut accept = offsets.tp_accept_ret != 0;
+        if accept {
+            for name in ["sys_exit_accept4", "sys_exit_accept"] {
+                match attach_tracepoint(&mut ebpf, name, "syscalls", name) {
+                    Ok(fd) => prog_fds.push(fd),
+                    Err(e) => {
+                        log::warn!("accept owners unavailable: {e:#}");
+                        accept = false;
+                    }
+                }
+            }
+        }
+
+        let mut fallback_reason = None;
+        let transitions = match opts.hook {
+            HookChoice::Tracepoint => {
+                prog_fds.push(attach_classic(&mut ebpf)?);
+                "tracepoint"
+            }
+            HookChoice::TpBtf => {
+                prog_fds.push(attach_btf(&mut ebpf)?);
+                "tp_btf"
+            }
+            HookChoice::Auto => match attach_btf(&mut ebpf) {
+                Ok(fd) => {
+                    prog_fds.push(fd);
+                    "tp_btf"
+                }
+                Err(e) => {
+                    fallback_reason = Some(format!("{e:#}"));
+                    prog_fds.push(attach_classic(&mut ebpf)?);
+                    "tracepoint"
+                }
+            },
+        };
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            ring,
+            counters,
+            prog_fds,
+            hooks: Hooks {
+                transitions,
+                timewait: "timer tracepoints",
+                accept,
+                fallback_reason,
+            },
+        })
+    }
+
+    /// Calls `f` with every record waiting in the ring buffer; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// The ring buffer's fd, for readiness polling.
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring.as_fd().as_raw_fd()
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |c: Counter| -> u64 {
+            self.counters
+                .get(&(c as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        debug_assert!((Counter::MapFull as u32) < N_COUNTERS);
+        KernelCounters {
+            events: sum(Counter::Events),
+            ring_full: sum(Counter::RingFull),
+            owner_miss: sum(Counter::OwnerMiss),
+            tw_unlinked: sum(Counter::TwUnlinked),
+            filtered: sum(Counter::Filtered),
+            map_full: sum(Counter::MapFull),
+            recursion_misses: self.prog_fds.iter().map(|&fd| recursion_misses(fd)).sum(),
+        }
+    }
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<RawFd> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing"))?
+        .try_into()?;
+    p.load()
+        .map_err(|e| permission_hint(anyhow!(e), &format!("load {prog}")))?;
+    p.attach(category, name)
+        .with_context(|| format!("attach tracepoint {category}/{name}"))?;
+    Ok(p.fd()?.as_fd().as_raw_fd())
+}
+
+fn attach_classic(ebpf: &mut Ebpf) -> Result<RawFd> {
+    attach_tracepoint(ebpf, "inet_sock_set_state_tp", "sock", "inet_sock_set_state")
+}
+
+fn attach_btf(ebpf: &mut Ebpf) -> Result<RawFd> {
+    let btf = Btf::from_sys_fs().context("read kernel BTF")?;
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut("inet_sock_set_state_btf")
+        .context("program inet_sock_set_state_btf missing")?
+        .try_into()?;
+    p.load("inet_sock_set_state", &btf)
+        .map_err(|e| permission_hint(anyhow!(e), "load tp_btf inet_sock_set_state"))?;
+    p.attach().context("attach tp_btf inet_sock_set_state")?;
+    Ok(p.fd()?.as_fd().as_raw_fd())
+}
+
+/// Adds the fix to permission errors.
+fn permission_hint(err: anyhow::Error, what: &str) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        anyhow!(
+            "permission denied trying to {what}: run with sudo (tcptrace needs root or CAP_BPF+CAP_PERFMON)"
+        )
+    } else {
+        err.context(format!("failed to {what}"))
+    }
+}
+
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only matters on old
+    // kernels without memcg accounting, where the load error says so.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+/// `bpf_prog_info.recursion_misses` via BPF_OBJ_GET_INFO_BY_FD: invocations
+/// the kernel skipped because another BPF program ran on the same CPU.
+fn recursion_misses(prog_fd: RawFd) -> u64 {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const RECURSION_MISSES_OFFSET: usize = 208;
+    #[repr(C, align(8))]
+    struct Info([u8; 256]);
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = Info([0; 256]);
+    let mut attr = Attr {
+        bpf_fd: prog_fd as u32,
+        info_len: 256,
+        info: info.0.as_mut_ptr() as u64,
+    };
+    // SAFETY: attr and info outlive the call; the kernel writes at most info_len bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if rc != 0 || (attr.info_len as usize) < RECURSION_MISSES_OFFSET + 8 {
+        return 0;
+    }
+    u64::from_ne_bytes(
+        info.0[RECURSION_MISSES_OFFSET..RECURSION_MISSES_OFFSET + 8]
+            .try_into()
+            .expect("8 bytes"),
+    )
+}

@@ -1,0 +1,15 @@
+//! tcptrace: every TCP state transition on a Linux host, with TIME_WAIT and
+//! the owning process, from eBPF.
+//!
+//! Layout: `ebpf` (the aya edge: load, attach, ring, counters), `decode` and
+//! `model` (pure: bytes to events), `output` (printers), `cli` (arguments to
+//! validated configs), `trace` (the `trace` command loop).
+
+pub mod cli;
+pub mod clock;
+pub mod decode;
+pub mod ebpf;
+pub mod model;
+pub mod output;
+pub mod preflight;
+pub mod trace;

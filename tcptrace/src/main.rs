@@ -1,0 +1,46 @@
+//! Entry point: parse arguments, run the command, print any error once.
+//!
+//! Exit codes: 0 success; 1 runtime failure; 2 bad arguments or an environment
+//! problem the user must fix (not root, no BTF, tracefs missing).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tcptrace::{
+    cli::{Cli, Command, UsageError},
+    preflight::{self, EnvError},
+};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("tcptrace: {err:#}");
+            if err.is::<UsageError>() || err.is::<EnvError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Trace(args) => {
+            let cfg = args.validate()?;
+            preflight::check()?;
+            runtime()?.block_on(tcptrace::trace::run(cfg))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,206 @@
+//! The decoded event model every command works with: TCP states, families,
+//! owners and events in std types. Pure: no kernel, no I/O.
+
+use std::{fmt, net::IpAddr};
+
+pub use tcptrace_common::{EventKind, TwEndReason};
+
+/// A TCP state, numbered as in the kernel (`include/net/tcp_states.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 12] = [
+        Self::Established,
+        Self::SynSent,
+        Self::SynRecv,
+        Self::FinWait1,
+        Self::FinWait2,
+        Self::TimeWait,
+        Self::Close,
+        Self::CloseWait,
+        Self::LastAck,
+        Self::Listen,
+        Self::Closing,
+        Self::NewSynRecv,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get((v as usize).checked_sub(1)?).copied()
+    }
+
+    /// The name the kernel uses, without its `TCP_` prefix ("ESTABLISHED", ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+
+    /// Parses a state name: kernel spelling, any case, `-` or `_`, optional
+    /// `TCP_` prefix ("close-wait", "TCP_CLOSE_WAIT", "CLOSE_WAIT").
+    pub fn parse(s: &str) -> Option<Self> {
+        let norm = s.trim().to_ascii_uppercase().replace('-', "_");
+        let norm = norm.strip_prefix("TCP_").unwrap_or(&norm);
+        Self::ALL.into_iter().find(|st| st.name() == norm)
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The JSON/text spelling: "ipv4" / "ipv6".
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 => "ipv6",
+        }
+    }
+}
+
+/// A task command name (`TASK_COMM_LEN` bytes, NUL padded). Kept inline so the
+/// per-event path never allocates.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(16);
+        &self.0[..len]
+    }
+
+    /// Lossy UTF-8 view.
+    pub fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+
+    /// From a name, truncated to the kernel's 15 characters.
+    pub fn from_name(name: &str) -> Self {
+        let mut out = [0u8; 16];
+        let bytes = name.as_bytes();
+        let n = bytes.len().min(15);
+        out[..n].copy_from_slice(&bytes[..n]);
+        Self(out)
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_str_lossy())
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.to_str_lossy())
+    }
+}
+
+/// The process that owns a socket (captured at connect/listen/accept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub comm: Comm,
+    /// cgroup v2 id.
+    pub cgroup: u64,
+    /// Inherited from the listening socket; the accepting process is not known yet.
+    pub from_listener: bool,
+}
+
+/// One decoded kernel event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    pub kind: EventKind,
+    /// Address of the socket (the timewait socket for `Tw*` events).
+    pub sk: u64,
+    /// For `TwBegin`: the full socket the timewait socket replaced.
+    pub link: Option<u64>,
+    pub owner: Option<Owner>,
+    /// Network namespace inode.
+    pub netns: Option<u32>,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// Transition: state left. TwBegin: the full socket's last state. TwEnd: the
+    /// timewait substate. `None` when unknown.
+    pub old: Option<TcpState>,
+    /// Transition: state entered. Tw*: substate (TIME_WAIT / FIN_WAIT2). TwEnd: CLOSE.
+    pub new: TcpState,
+    /// Time spent in `old` (TwEnd: time as a timewait socket), when known.
+    pub prev_ns: Option<u64>,
+    /// TwEnd only.
+    pub reason: Option<TwEndReason>,
+}
+
+/// Lost events since the last report, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// Dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Hook invocations the kernel skipped because another BPF program was
+    /// running on the same CPU (`bpf_prog_info.recursion_misses`).
+    pub recursion_misses: u64,
+    /// Failed inserts into the owner map.
+    pub map_full: u64,
+}
+
+impl Lost {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.recursion_misses + self.map_full
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.total() == 0
+    }
+
+    /// Difference from an earlier cumulative reading.
+    pub fn since(&self, earlier: &Lost) -> Lost {
+        Lost {
+            ring_full: self.ring_full.saturating_sub(earlier.ring_full),
+            recursion_misses: self.recursion_misses.saturating_sub(earlier.recursion_misses),
+            map_full: self.map_full.saturating_sub(earlier.map_full),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Printers for the event stream: human text and JSON Lines. They write to any
+//! `io::Write` (a 64 KiB `BufWriter` on stdout in practice) and never allocate
+//! per event beyond what `serde_json` needs.
+//!
+//! # JSON Lines schema (`tcptrace trace --json`)
+//!
+//! One object per line. Field names are a stable contract:
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `ts_ns` | u64 | wall-clock time, Unix epoch nanoseconds |
+//! | `kind` | string | `"transition"`, `"tw_begin"`, `"tw_rearm"`, `"tw_end"`, `"lost"` |
+//! | `pid` | u32 \| null | owning process (tgid); null when unknown (socket predates the tracer) |
+//! | `tid` | u32 \| null | owning thread |
+//! | `comm` | string \| null | owning task's command name |
+//! | `family` | string | `"ipv4"` or `"ipv6"` |
+//! | `saddr`, `sport` | string, u16 | local address and port |
+//! | `daddr`, `dport` | string, u16 | remote address and port |
+//! | `old` | string \| null | state left (kernel names: `"ESTABLISHED"`, `"CLOSE_WAIT"`, ...); tw_begin: the full socket's last state; tw_end: the timewait substate |
+//! | `new` | string | state entered; tw_begin/tw_rearm: the timewait substate (`"TIME_WAIT"` or `"FIN_WAIT2"`); tw_end: `"CLOSE"` |
+//! | `prev_state_ns` | u64 \| null | time spent in `old`; for tw_end, time spent as a timewait socket; null when unknown |
+//! | `netns` | u32 \| null | network namespace inode |
+//! | `cgroup` | u64 \| null | owner's cgroup v2 id |
+//! | `reason` | string \| null | tw_end: `"expired"` or `"killed"`; null otherwise |
+//! | `sk` | string | kernel socket address (hex); the timewait socket for tw_* events |
+//! | `link` | string \| null | tw_begin: the full socket the timewait socket replaced |
+//! | `owner_from_listener` | bool | owner inherited from the listening socket (accept() not seen yet) |
+//!
+//! A `"lost"` object has `ts_ns`, `kind`, and the counts since the previous
+//! one: `ring_full`, `recursion_misses`, `map_full`, `total`.
+
+pub mod json;
+pub mod text;
+
+use crate::model::{EventKind, TwEndReason};
+
+pub fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Transition => "transition",
+        EventKind::TwBegin => "tw_begin",
+        EventKind::TwRearm => "tw_rearm",
+        EventKind::TwEnd => "tw_end",
+        EventKind::Lost => "lost",
+    }
+}
+
+pub fn reason_name(reason: TwEndReason) -> &'static str {
+    match reason {
+        TwEndReason::None => "none",
+        TwEndReason::Expired => "expired",
+        TwEndReason::Killed => "killed",
+    }
+}

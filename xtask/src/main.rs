@@ -1,0 +1,51 @@
+//! Developer task runner for the tcptrace workspace (`cargo xtask <cmd>`).
+//!
+//! Building an aya eBPF tool needs a nightly toolchain, a matching
+//! `bpf-linker`, a mounted tracefs and a few Debian packages used as test
+//! oracles. Rather than documenting those steps in prose, `cargo xtask setup`
+//! performs them, and `cargo xtask test` / `cargo xtask run` call it first so
+//! a fresh checkout works with a single command.
+
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Workspace automation for tcptrace.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the prerequisites (nightly rust-src, bpf-linker, tracefs, Debian packages).
+    Setup(setup::SetupArgs),
+    /// Run setup, then rustfmt, clippy and the test suite (as root).
+    Test(test::TestArgs),
+    /// Run setup, build tcptrace and run it (as root): `cargo xtask run -- <args>`.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(args) => setup::main(&args),
+        Command::Test(args) => test::main(&args),
+        Command::Run(args) => run::main(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` keeps the whole context chain on one line.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
