@@ -9,7 +9,7 @@ use std::{
 use super::reason_name;
 use crate::{
     clock::hms_millis,
-    model::{Event, EventKind, Lost},
+    model::{Event, EventKind, Lost, TcpState},
 };
 
 pub const HEADER: &str = "TIME          PID     COMM             IP LOCAL                                         REMOTE                                        EVENT                           MS";
@@ -31,10 +31,13 @@ pub fn describe(e: &Event) -> String {
     let old = e.old.map_or("?", |s| s.name());
     match e.kind {
         EventKind::Transition => format!("{old} -> {}", e.new),
-        EventKind::TwBegin => match e.old {
-            Some(from) => format!("TIME_WAIT begin ({} from {from})", e.new),
-            None => format!("TIME_WAIT begin ({})", e.new),
-        },
+        EventKind::TwBegin => {
+            let sub = match e.new {
+                TcpState::TimeWait => "",
+                _ => " (FIN_WAIT2 orphan)",
+            };
+            format!("{old} -> TIME_WAIT begin{sub}")
+        }
         EventKind::TwRearm => format!("TIME_WAIT rearm ({})", e.new),
         EventKind::TwEnd => format!(
             "TIME_WAIT end: {}",

@@ -1,0 +1,197 @@
+//! Shared helpers for the real-kernel tests: load the tracer (panicking with
+//! what the kernel said when it can't: these tests must fail, never skip),
+//! collect events, make ports and network namespaces.
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use tcptrace::{
+    decode,
+    ebpf::{LoadOptions, Tracer},
+    model::{Event, EventKind, TcpState},
+};
+use tcptrace_common::Filter;
+
+/// Loads the tracer filtered to `ports` (either side).
+pub fn tracer_for_ports(ports: &[u16]) -> Tracer {
+    let mut filter = Filter::default();
+    filter.ports[..ports.len()].copy_from_slice(ports);
+    filter.n_ports = ports.len() as u32;
+    tracer_with(LoadOptions {
+        filter,
+        ring_bytes: 16 << 20,
+        ..LoadOptions::default()
+    })
+}
+
+pub fn tracer_with(opts: LoadOptions) -> Tracer {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("the kernel tests load eBPF and must run as root: use `cargo xtask test`");
+    }
+    match Tracer::load(&opts) {
+        Ok(t) => t,
+        Err(e) => panic!("the kernel refused to load tcptrace's eBPF program: {e:#}"),
+    }
+}
+
+/// Drains and decodes everything waiting.
+pub fn poll(tracer: &mut Tracer, into: &mut Vec<Event>) {
+    tracer.drain(|bytes| into.push(decode::decode(bytes).expect("kernel events decode")));
+}
+
+/// Polls until `done(events)` or the timeout; returns whether `done` held.
+pub fn collect_until(
+    tracer: &mut Tracer,
+    events: &mut Vec<Event>,
+    timeout: Duration,
+    done: impl Fn(&[Event]) -> bool,
+) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        poll(tracer, events);
+        if done(events) {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port nobody is using right now (bound then released).
+pub fn free_port(v6: bool) -> u16 {
+    let addr = if v6 { "[::1]:0" } else { "127.0.0.1:0" };
+    TcpListener::bind(addr)
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (old, new) of the transitions of socket `sk`, in order.
+pub fn path_of(events: &[Event], sk: u64) -> Vec<(TcpState, TcpState)> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventKind::Transition && e.sk == sk)
+        .map(|e| (e.old.expect("transitions have an old state"), e.new))
+        .collect()
+}
+
+/// The socket that went `old -> new` with local port `lport`.
+pub fn sk_with(events: &[Event], lport: u16, old: TcpState, new: TcpState) -> Option<u64> {
+    events
+        .iter()
+        .find(|e| {
+            e.kind == EventKind::Transition && e.sport == lport && e.old == Some(old) && e.new == new
+        })
+        .map(|e| e.sk)
+}
+
+pub fn has(events: &[Event], kind: EventKind, sk: u64) -> bool {
+    events.iter().any(|e| e.kind == kind && e.sk == sk)
+}
+
+/// A network namespace created for one test (and deleted on drop).
+pub struct NetNs {
+    pub name: String,
+    deleted: bool,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("tcptrace-test-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run("ip", &["netns", "add", &name]);
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Self {
+            name,
+            deleted: false,
+        }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// The namespace's inode number, as the kernel reports it.
+    pub fn inode(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.path()).expect("netns file").ino() as u32
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+
+    /// `sysctl -w` inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run(
+            "ip",
+            &["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")],
+        );
+    }
+
+    pub fn delete(&mut self) {
+        if !self.deleted {
+            run("ip", &["netns", "del", &self.name]);
+            self.deleted = true;
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        }
+    }
+}
+
+pub fn run(cmd: &str, args: &[&str]) {
+    let status = Command::new(cmd)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd} not runnable ({e}): install iproute2"));
+    assert!(status.success(), "{cmd} {args:?} failed: {status}");
+}
+
+/// `ss -Htan state STATE` lines with port `port` on either side.
+pub fn ss_count(state: &str, port: u16, netns: Option<&str>) -> usize {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "ss"]);
+            c
+        }
+        None => Command::new("ss"),
+    };
+    let out = cmd
+        .args(["-Htan", "state", state])
+        .output()
+        .expect("ss runs (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let p = format!(":{port}");
+    text.lines()
+        .filter(|l| l.split_whitespace().any(|f| f.ends_with(&p)))
+        .count()
+}
