@@ -105,7 +105,31 @@ fn report_lost<W: Write>(
     Ok(())
 }
 
+/// SIGINT and SIGTERM, installed before anything is announced so an early
+/// Ctrl-C still detaches cleanly.
+pub struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
+    let mut signals = StopSignals::install()?;
     let mut tracer = Tracer::load(&cfg.load)?;
     if let Some(reason) = &tracer.hooks.fallback_reason {
         log::info!("tp_btf unavailable, using the classic tracepoint: {reason}");
@@ -122,7 +146,7 @@ pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
     );
     let start_counters = tracer.counters();
     let mut last = start_counters;
-    match trace_loop(&cfg, &mut tracer, &mut printer, &mut last).await {
+    match trace_loop(&cfg, &mut tracer, &mut printer, &mut last, &mut signals).await {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
         Err(e) => return Err(e.into()),
@@ -150,11 +174,10 @@ async fn trace_loop<W: Write>(
     tracer: &mut Tracer,
     printer: &mut Printer<W>,
     last: &mut KernelCounters,
+    signals: &mut StopSignals,
 ) -> io::Result<()> {
     printer.header()?;
     printer.flush()?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut poll = interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut lost_tick = interval(Duration::from_secs(1));
@@ -164,8 +187,7 @@ async fn trace_loop<W: Write>(
     let mut done = false;
     while !done {
         tokio::select! {
-            _ = sigint.recv() => done = true,
-            _ = sigterm.recv() => done = true,
+            _ = signals.recv() => done = true,
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => done = true,
             _ = lost_tick.tick() => {
                 report_lost(printer, tracer, last)?;

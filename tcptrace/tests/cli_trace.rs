@@ -1,0 +1,194 @@
+//! `tcptrace trace` as a user runs it: exit codes, one-line errors, JSON
+//! Lines, a closed pipe, stopping by itself, and lost events reported.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::free_port;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tcptrace")
+}
+
+/// Waits for the "tracing ..." banner on stderr: the hooks are attached.
+fn wait_ready(child: &mut Child) -> BufReader<std::process::ChildStderr> {
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("tracing TCP state changes"), "unexpected: {line}");
+    err
+}
+
+fn connect_and_close(port: u16, n: usize) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    for _ in 0..n {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        drop(c);
+        drop(s);
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("tcptrace did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    let out = Command::new(BIN)
+        .args(["trace", "--state", "BOGUS"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unknown state 'BOGUS'"), "{err}");
+}
+
+#[test]
+fn not_root_exits_2_and_says_sudo() {
+    // SAFETY: setuid in the child before exec; drops root for this child only.
+    let out = unsafe {
+        Command::new(BIN)
+            .args(["trace", "--duration", "1"])
+            .pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+            .output()
+            .unwrap()
+    };
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("sudo"), "{err}");
+}
+
+#[test]
+fn json_lines_with_documented_fields_and_count_stops() {
+    let port = free_port(false);
+    let mut child = spawn(&["trace", "--json", "--port", &port.to_string(), "--count", "6"]);
+    let _err = wait_ready(&mut child);
+    connect_and_close(port, 2);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success());
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    let me = std::process::id();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("valid JSON");
+        for field in [
+            "ts_ns", "kind", "pid", "comm", "family", "saddr", "sport", "daddr", "dport", "old",
+            "new", "prev_state_ns", "netns", "cgroup", "reason",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field} in {line}");
+        }
+        assert_eq!(v["pid"], me, "{line}");
+        assert_eq!(v["family"], "ipv4");
+        assert!(v["sport"] == port || v["dport"] == port);
+        let ts = v["ts_ns"].as_u64().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(now - ts < 60_000_000_000, "ts_ns is wall-clock time");
+    }
+}
+
+#[test]
+fn closed_pipe_exits_zero() {
+    let port = free_port(false);
+    let mut child = spawn(&["trace", "--port", &port.to_string()]);
+    let _err = wait_ready(&mut child);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    out.read_line(&mut header).unwrap();
+    assert!(header.starts_with("TIME"));
+    drop(out); // like `| head -1`
+    connect_and_close(port, 3);
+    std::thread::sleep(Duration::from_millis(200));
+    connect_and_close(port, 3);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn duration_stops_by_itself_and_sigint_detaches() {
+    let mut child = spawn(&["trace", "--duration", "1", "--port", "1"]);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success());
+
+    let mut child = spawn(&["trace", "--port", "1"]);
+    let mut err = wait_ready(&mut child);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success());
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("events printed; lost 0"), "{rest}");
+}
+
+/// Stop the reader, overflow a 1 MiB ring, resume: the loss is reported in
+/// the stream (JSON "lost") and in the exit summary, never silently.
+#[test]
+fn ring_buffer_overflow_is_reported() {
+    let port = free_port(false);
+    let mut child = spawn(&["trace", "--json", "--ring-size", "1", "--port", &port.to_string()]);
+    let mut err = wait_ready(&mut child);
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).unwrap();
+        out
+    });
+    let pid = child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    connect_and_close(port, 2_000); // ~20k events x 128 bytes > 1 MiB
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success());
+    let out = reader.join().unwrap();
+    let lost: u64 = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "lost")
+        .map(|v| v["ring_full"].as_u64().unwrap())
+        .sum();
+    assert!(lost > 0, "no lost object in the stream");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("ring buffer full"), "{rest}");
+    assert!(!rest.contains("lost 0 "), "{rest}");
+}
