@@ -15,6 +15,8 @@ pub struct KernelOffsets {
     pub tw_timer_handler: u64,
     /// `struct timer_list.function`.
     pub timer_function: u32,
+    /// `struct timer_list.entry.pprev`: non-NULL while the timer is pending.
+    pub timer_entry_pprev: u32,
     /// `struct inet_timewait_sock.tw_timer`.
     pub tw_timer: u32,
     /// `struct inet_timewait_sock.tw_substate`.
@@ -70,6 +72,7 @@ pub struct KernelOffsets {
     pub tp_cancel_timer: u32,
     /// `syscalls/sys_exit_accept{,4}` record: `ret`.
     pub tp_accept_ret: u32,
+    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -127,7 +130,10 @@ pub struct Tuning {
 
 impl Tuning {
     /// Wake the reader on every event; usable in `static` initialisers.
-    pub const EAGER: Self = Self { submit_flags: 0, wakeup_watermark: 0 };
+    pub const EAGER: Self = Self {
+        submit_flags: 0,
+        wakeup_watermark: 0,
+    };
 }
 
 /// Indexes of the per-CPU `COUNTERS` array. Ids are never reused.

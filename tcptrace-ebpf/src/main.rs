@@ -9,8 +9,8 @@ mod probes;
 mod sock;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, TracePointContext},
 };
 
 /// `sock:inet_sock_set_state` as a BTF-enabled raw tracepoint (preferred).
@@ -59,6 +59,34 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     probes::accept::try_sys_exit_accept(&ctx);
+    0
+}
+
+/// fentry `inet_twsk_hashdance_schedule`: a timewait socket replaces a full socket.
+#[fentry(function = "inet_twsk_hashdance_schedule")]
+pub fn tw_begin_fentry(ctx: FEntryContext) -> u32 {
+    probes::timewait_fentry::try_hashdance(&ctx);
+    0
+}
+
+/// fentry `__inet_twsk_schedule`: a timewait socket's timer re-armed.
+#[fentry(function = "__inet_twsk_schedule")]
+pub fn tw_rearm_fentry(ctx: FEntryContext) -> u32 {
+    probes::timewait_fentry::try_schedule(&ctx);
+    0
+}
+
+/// fentry `tw_timer_handler`: a timewait socket expired.
+#[fentry(function = "tw_timer_handler")]
+pub fn tw_expire_fentry(ctx: FEntryContext) -> u32 {
+    probes::timewait_fentry::try_timer_handler(&ctx);
+    0
+}
+
+/// fentry `inet_twsk_deschedule_put`: a timewait socket killed early.
+#[fentry(function = "inet_twsk_deschedule_put")]
+pub fn tw_kill_fentry(ctx: FEntryContext) -> u32 {
+    probes::timewait_fentry::try_deschedule_put(&ctx);
     0
 }
 

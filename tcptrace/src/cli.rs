@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use tcptrace_common::{Filter, config::MAX_FILTER_PORTS};
 
 use crate::{
-    ebpf::{HookChoice, LoadOptions},
+    ebpf::{HookChoice, LoadOptions, TimewaitChoice},
     model::{Comm, TcpState},
 };
 
@@ -60,6 +60,9 @@ pub struct KernelArgs {
     /// Which hook carries inet_sock_set_state.
     #[arg(long, value_enum, default_value = "auto")]
     pub hook: HookChoice,
+    /// How TIME_WAIT is observed: fentry where it loads, else timer tracepoints.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub timewait_hook: TimewaitChoice,
     /// Ring buffer size in MiB (power of two).
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub ring_size: u32,
@@ -172,6 +175,7 @@ impl KernelArgs {
             ring_bytes: self.ring_size << 20,
             owner_entries: self.owner_map_size,
             hook: self.hook,
+            timewait: self.timewait_hook,
             ..LoadOptions::default()
         })
     }
@@ -182,7 +186,9 @@ fn duration(secs: Option<f64>) -> Result<Option<Duration>, UsageError> {
         if s.is_finite() && s > 0.0 {
             Ok(Duration::from_secs_f64(s))
         } else {
-            Err(usage(format!("--duration {s} must be a positive number of seconds")))
+            Err(usage(format!(
+                "--duration {s} must be a positive number of seconds"
+            )))
         }
     })
     .transpose()
@@ -192,7 +198,9 @@ impl TraceArgs {
     pub fn validate(&self) -> Result<TraceConfig, UsageError> {
         let filter = self.filter.to_filter()?;
         if self.count == Some(0) {
-            return Err(usage("--count 0 would print nothing: give a positive count"));
+            return Err(usage(
+                "--count 0 would print nothing: give a positive count",
+            ));
         }
         Ok(TraceConfig {
             load: self.kernel.to_load_options(filter)?,
@@ -217,8 +225,17 @@ mod tests {
     #[test]
     fn filters_become_kernel_filter() {
         let c = trace(&[
-            "--port", "80", "--port", "443", "--lport", "8080", "--state", "close-wait", "-4",
-            "--comm", "a-very-long-process-name",
+            "--port",
+            "80",
+            "--port",
+            "443",
+            "--lport",
+            "8080",
+            "--state",
+            "close-wait",
+            "-4",
+            "--comm",
+            "a-very-long-process-name",
         ])
         .unwrap();
         let f = c.load.filter;
@@ -238,8 +255,11 @@ mod tests {
     #[test]
     fn bad_values_are_one_line_errors() {
         let e = trace(&["--state", "BOGUS"]).unwrap_err().to_string();
-        assert!(e.contains("unknown state 'BOGUS'") && e.contains("CLOSE_WAIT"), "{e}");
-        assert!(trace(&["--duration", "-1"]).is_err());
+        assert!(
+            e.contains("unknown state 'BOGUS'") && e.contains("CLOSE_WAIT"),
+            "{e}"
+        );
+        assert!(trace(&["--duration=-1"]).is_err());
         assert!(trace(&["--count", "0"]).is_err());
         assert!(trace(&["--ring-size", "3"]).is_err());
         let nine: Vec<&str> = (0..9).flat_map(|_| ["--port", "1"]).collect();

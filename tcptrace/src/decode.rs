@@ -158,3 +158,448 @@ pub fn raw_bytes(r: &RawEvent) -> [u8; RawEvent::SIZE] {
     // explicit padding fields, so every byte is initialised.
     unsafe { std::mem::transmute_copy(r) }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use proptest::{option, prelude::*, sample::select};
+    use tcptrace_common::{RawEvent, event_flags, family, tcp_state};
+
+    use super::*;
+    use crate::model::{Comm, Event, EventKind, Family, Owner, TcpState, TwEndReason};
+
+    /// A hand-built (not `to_raw`-built) IPv4 transition with every optional part known.
+    fn raw_v4_transition() -> RawEvent {
+        let mut r = RawEvent::zeroed();
+        r.ts_ns = 1_000_000_123;
+        r.sk = 0xffff_8880_1234_5600;
+        r.prev_ns = 42_000;
+        r.cgroup = 7777;
+        r.link = 0xdead_beef;
+        r.kind = EventKind::Transition as u32;
+        r.tgid = 4321;
+        r.tid = 4322;
+        r.netns = 4_026_531_840;
+        r.sport = 8080;
+        r.dport = 51_000;
+        r.old = tcp_state::ESTABLISHED;
+        r.new = tcp_state::CLOSE_WAIT;
+        r.family = family::INET;
+        r.flags = event_flags::OWNER_KNOWN | event_flags::PREV_KNOWN | event_flags::NETNS_KNOWN;
+        r.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[192, 168, 1, 20]);
+        r.comm = Comm::from_name("nginx").0;
+        r
+    }
+
+    fn decode_raw(r: &RawEvent) -> Result<Event, DecodeError> {
+        decode(&raw_bytes(r))
+    }
+
+    #[test]
+    fn decodes_ipv4_transition_fields() {
+        let e = decode_raw(&raw_v4_transition()).expect("valid record");
+        assert_eq!(e.ts_ns, 1_000_000_123);
+        assert_eq!(e.kind, EventKind::Transition);
+        assert_eq!(e.sk, 0xffff_8880_1234_5600);
+        assert_eq!(e.family, Family::V4);
+        assert_eq!(e.saddr, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(e.daddr, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)));
+        assert_eq!(e.sport, 8080);
+        assert_eq!(e.dport, 51_000);
+        assert_eq!(e.old, Some(TcpState::Established));
+        assert_eq!(e.new, TcpState::CloseWait);
+        assert_eq!(e.prev_ns, Some(42_000));
+        assert_eq!(e.netns, Some(4_026_531_840));
+        assert_eq!(
+            e.link, None,
+            "LINKED flag not set, so the link field is ignored"
+        );
+        assert_eq!(e.reason, None);
+        assert_eq!(
+            e.owner,
+            Some(Owner {
+                pid: 4321,
+                tid: 4322,
+                comm: Comm::from_name("nginx"),
+                cgroup: 7777,
+                from_listener: false,
+            })
+        );
+    }
+
+    #[test]
+    fn decodes_ipv4_from_first_four_address_bytes_only() {
+        let mut r = raw_v4_transition();
+        r.saddr[4..].fill(0xaa);
+        r.daddr[4..].fill(0xbb);
+        let e = decode_raw(&r).expect("valid record");
+        assert_eq!(e.saddr, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(e.daddr, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)));
+    }
+
+    #[test]
+    fn decodes_ipv6_addresses() {
+        let src: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let dst: Ipv6Addr = "fe80::abcd:ef01:2345:6789".parse().unwrap();
+        let mut r = raw_v4_transition();
+        r.family = family::INET6;
+        r.saddr = src.octets();
+        r.daddr = dst.octets();
+        let e = decode_raw(&r).expect("valid record");
+        assert_eq!(e.family, Family::V6);
+        assert_eq!(e.saddr, IpAddr::V6(src));
+        assert_eq!(e.daddr, IpAddr::V6(dst));
+        assert_eq!(e.sport, 8080);
+        assert_eq!(e.dport, 51_000);
+    }
+
+    #[test]
+    fn owner_is_none_without_owner_known_flag() {
+        let mut r = raw_v4_transition();
+        r.flags &= !event_flags::OWNER_KNOWN;
+        // Even with the listener bit set, no owner flag means no owner.
+        r.flags |= event_flags::OWNER_FROM_LISTENER;
+        let e = decode_raw(&r).expect("valid record");
+        assert_eq!(e.owner, None);
+    }
+
+    #[test]
+    fn owner_from_listener_flag_is_carried() {
+        let mut r = raw_v4_transition();
+        r.flags |= event_flags::OWNER_FROM_LISTENER;
+        let owner = decode_raw(&r).expect("valid record").owner.expect("owner");
+        assert!(owner.from_listener);
+    }
+
+    #[test]
+    fn prev_and_netns_are_none_without_their_flags() {
+        let mut r = raw_v4_transition();
+        r.flags &= !(event_flags::PREV_KNOWN | event_flags::NETNS_KNOWN);
+        let e = decode_raw(&r).expect("valid record");
+        assert_eq!(e.prev_ns, None);
+        assert_eq!(e.netns, None);
+    }
+
+    #[test]
+    fn tw_begin_link_is_decoded_when_linked_flag_set() {
+        let mut r = raw_v4_transition();
+        r.kind = EventKind::TwBegin as u32;
+        r.old = tcp_state::FIN_WAIT2;
+        r.new = tcp_state::TIME_WAIT;
+        r.flags |= event_flags::LINKED;
+        let e = decode_raw(&r).expect("valid record");
+        assert_eq!(e.kind, EventKind::TwBegin);
+        assert_eq!(e.link, Some(0xdead_beef));
+        assert_eq!(e.old, Some(TcpState::FinWait2));
+        assert_eq!(e.new, TcpState::TimeWait);
+    }
+
+    #[test]
+    fn old_state_zero_decodes_as_unknown() {
+        let mut r = raw_v4_transition();
+        r.old = 0;
+        assert_eq!(decode_raw(&r).expect("valid record").old, None);
+    }
+
+    #[test]
+    fn tw_end_decodes_expired_and_killed_reasons() {
+        let mut r = raw_v4_transition();
+        r.kind = EventKind::TwEnd as u32;
+        r.old = tcp_state::TIME_WAIT;
+        r.new = tcp_state::CLOSE;
+        r.reason = TwEndReason::Expired as u8;
+        assert_eq!(decode_raw(&r).unwrap().reason, Some(TwEndReason::Expired));
+        r.reason = TwEndReason::Killed as u8;
+        assert_eq!(decode_raw(&r).unwrap().reason, Some(TwEndReason::Killed));
+    }
+
+    #[test]
+    fn tw_end_with_reason_none_is_reason_error() {
+        let mut r = raw_v4_transition();
+        r.kind = EventKind::TwEnd as u32;
+        r.reason = 0;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Reason(0)));
+    }
+
+    #[test]
+    fn tw_end_with_out_of_range_reason_is_reason_error() {
+        let mut r = raw_v4_transition();
+        r.kind = EventKind::TwEnd as u32;
+        r.reason = 3;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Reason(3)));
+    }
+
+    #[test]
+    fn unknown_kind_is_kind_error() {
+        let mut r = raw_v4_transition();
+        r.kind = 99;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Kind(99)));
+        r.kind = 0;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Kind(0)));
+    }
+
+    #[test]
+    fn lost_kind_is_userspace_kind_error() {
+        let mut r = raw_v4_transition();
+        r.kind = 5;
+        assert_eq!(
+            decode_raw(&r),
+            Err(DecodeError::UserspaceKind(EventKind::Lost))
+        );
+    }
+
+    #[test]
+    fn unknown_family_is_family_error() {
+        let mut r = raw_v4_transition();
+        r.family = 3;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Family(3)));
+    }
+
+    #[test]
+    fn out_of_range_new_state_is_state_error() {
+        let mut r = raw_v4_transition();
+        r.new = 13;
+        assert_eq!(decode_raw(&r), Err(DecodeError::State(13)));
+        r.new = 0;
+        assert_eq!(decode_raw(&r), Err(DecodeError::State(0)));
+    }
+
+    #[test]
+    fn out_of_range_old_state_is_state_error() {
+        let mut r = raw_v4_transition();
+        r.old = 13;
+        assert_eq!(decode_raw(&r), Err(DecodeError::State(13)));
+    }
+
+    #[test]
+    fn wrong_record_length_is_length_error() {
+        let good = raw_bytes(&raw_v4_transition());
+        let mut long = good.to_vec();
+        long.push(0);
+        for bytes in [&good[..119], &long[..], &[][..]] {
+            assert_eq!(
+                decode(bytes),
+                Err(DecodeError::Length {
+                    got: bytes.len(),
+                    expected: 120,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn decode_accepts_unaligned_record() {
+        let r = raw_v4_transition();
+        let mut buf = [0u8; RawEvent::SIZE + 1];
+        buf[1..].copy_from_slice(&raw_bytes(&r));
+        assert_eq!(decode(&buf[1..]), decode_raw(&r));
+        assert!(decode(&buf[1..]).is_ok());
+    }
+
+    /// Pins the byte offsets the eBPF side writes (see `tcptrace_common::event`),
+    /// independently of the `RawEvent` struct definition.
+    #[test]
+    fn decode_reads_fields_at_wire_offsets() {
+        let mut b = [0u8; 120];
+        b[0..8].copy_from_slice(&11u64.to_ne_bytes()); // ts_ns
+        b[8..16].copy_from_slice(&22u64.to_ne_bytes()); // sk
+        b[16..24].copy_from_slice(&33u64.to_ne_bytes()); // prev_ns
+        b[24..32].copy_from_slice(&44u64.to_ne_bytes()); // cgroup
+        b[32..40].copy_from_slice(&55u64.to_ne_bytes()); // link
+        b[40..44].copy_from_slice(&2u32.to_ne_bytes()); // kind = TwBegin
+        b[44..48].copy_from_slice(&66u32.to_ne_bytes()); // tgid
+        b[48..52].copy_from_slice(&77u32.to_ne_bytes()); // tid
+        b[52..56].copy_from_slice(&88u32.to_ne_bytes()); // netns
+        b[56..58].copy_from_slice(&443u16.to_ne_bytes()); // sport
+        b[58..60].copy_from_slice(&5555u16.to_ne_bytes()); // dport
+        b[60] = tcp_state::FIN_WAIT1; // old
+        b[61] = tcp_state::TIME_WAIT; // new
+        b[62] = family::INET; // family
+        b[63] = 0x1f; // flags: every bit
+        b[64..68].copy_from_slice(&[127, 0, 0, 1]); // saddr
+        b[80..84].copy_from_slice(&[127, 0, 0, 2]); // daddr
+        b[96..100].copy_from_slice(b"curl"); // comm
+        b[112] = 0; // reason
+        let e = decode(&b).expect("valid record");
+        assert_eq!(
+            e,
+            Event {
+                ts_ns: 11,
+                kind: EventKind::TwBegin,
+                sk: 22,
+                link: Some(55),
+                owner: Some(Owner {
+                    pid: 66,
+                    tid: 77,
+                    comm: Comm::from_name("curl"),
+                    cgroup: 44,
+                    from_listener: true,
+                }),
+                netns: Some(88),
+                family: Family::V4,
+                saddr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+                sport: 443,
+                daddr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+                dport: 5555,
+                old: Some(TcpState::FinWait1),
+                new: TcpState::TimeWait,
+                prev_ns: Some(33),
+                reason: None,
+            }
+        );
+        assert_eq!(raw_bytes(&to_raw(&e)), b);
+    }
+
+    #[test]
+    fn to_raw_of_decoded_hand_built_record_is_identical() {
+        let r = raw_v4_transition();
+        let e = decode_raw(&r).expect("valid record");
+        let mut expected = r;
+        expected.link = 0; // not LINKED: the decoder drops it, to_raw writes 0
+        assert_eq!(to_raw(&e), expected);
+    }
+
+    fn arb_state() -> impl Strategy<Value = TcpState> {
+        select(TcpState::ALL.to_vec())
+    }
+
+    fn arb_kernel_kind() -> impl Strategy<Value = EventKind> {
+        select(vec![
+            EventKind::Transition,
+            EventKind::TwBegin,
+            EventKind::TwRearm,
+            EventKind::TwEnd,
+        ])
+    }
+
+    fn arb_addrs() -> impl Strategy<Value = (Family, IpAddr, IpAddr)> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<[u8; 4]>()).prop_map(|(s, d)| (
+                Family::V4,
+                IpAddr::V4(Ipv4Addr::from(s)),
+                IpAddr::V4(Ipv4Addr::from(d)),
+            )),
+            (any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(s, d)| (
+                Family::V6,
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+            )),
+        ]
+    }
+
+    fn arb_owner() -> impl Strategy<Value = Owner> {
+        (
+            any::<u32>(),
+            any::<u32>(),
+            "[ -~]{0,20}",
+            any::<u64>(),
+            any::<bool>(),
+        )
+            .prop_map(|(pid, tid, name, cgroup, from_listener)| Owner {
+                pid,
+                tid,
+                comm: Comm::from_name(&name),
+                cgroup,
+                from_listener,
+            })
+    }
+
+    /// Every `Event` the decoder can produce (all kernel kinds, both families).
+    fn arb_event() -> impl Strategy<Value = Event> {
+        (
+            (arb_kernel_kind(), any::<u64>(), any::<u64>()),
+            (
+                option::of(any::<u64>()),
+                option::of(arb_owner()),
+                option::of(any::<u32>()),
+            ),
+            (arb_addrs(), any::<u16>(), any::<u16>()),
+            (
+                option::of(arb_state()),
+                arb_state(),
+                option::of(any::<u64>()),
+            ),
+            select(vec![TwEndReason::Expired, TwEndReason::Killed]),
+        )
+            .prop_map(
+                |(
+                    (kind, ts_ns, sk),
+                    (link, owner, netns),
+                    ((family, saddr, daddr), sport, dport),
+                    (old, new, prev_ns),
+                    end_reason,
+                )| Event {
+                    ts_ns,
+                    kind,
+                    sk,
+                    link,
+                    owner,
+                    netns,
+                    family,
+                    saddr,
+                    sport,
+                    daddr,
+                    dport,
+                    old,
+                    new,
+                    prev_ns,
+                    reason: (kind == EventKind::TwEnd).then_some(end_reason),
+                },
+            )
+    }
+
+    /// 120 random bytes with the validated fields steered into (and just past)
+    /// their valid ranges, so every decode branch is reached.
+    fn arb_near_valid_record() -> impl Strategy<Value = [u8; 120]> {
+        (
+            any::<[u8; 120]>(),
+            0u32..=6,
+            select(vec![0u8, 2, 3, 10, 255]),
+            0u8..=13,
+            0u8..=13,
+            0u8..=3,
+        )
+            .prop_map(|(mut b, kind, fam, old, new, reason)| {
+                b[40..44].copy_from_slice(&kind.to_ne_bytes());
+                b[60] = old;
+                b[61] = new;
+                b[62] = fam;
+                b[112] = reason;
+                b
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics_on_any_length(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let got = decode(&bytes);
+            if bytes.len() != RawEvent::SIZE {
+                prop_assert_eq!(
+                    got,
+                    Err(DecodeError::Length { got: bytes.len(), expected: RawEvent::SIZE })
+                );
+            }
+        }
+
+        #[test]
+        fn decode_never_panics_on_any_120_bytes(bytes in any::<[u8; 120]>()) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn decoded_near_valid_records_reencode_to_the_same_event(bytes in arb_near_valid_record()) {
+            if let Ok(e) = decode(&bytes) {
+                prop_assert_ne!(e.kind, EventKind::Lost);
+                prop_assert_eq!(e.reason.is_some(), e.kind == EventKind::TwEnd);
+                prop_assert_eq!(decode(&raw_bytes(&to_raw(&e))), Ok(e));
+            }
+        }
+
+        #[test]
+        fn valid_event_round_trips_through_raw_bytes(e in arb_event()) {
+            prop_assert_eq!(decode(&raw_bytes(&to_raw(&e))), Ok(e));
+        }
+    }
+}

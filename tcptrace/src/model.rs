@@ -199,8 +199,193 @@ impl Lost {
     pub fn since(&self, earlier: &Lost) -> Lost {
         Lost {
             ring_full: self.ring_full.saturating_sub(earlier.ring_full),
-            recursion_misses: self.recursion_misses.saturating_sub(earlier.recursion_misses),
+            recursion_misses: self
+                .recursion_misses
+                .saturating_sub(earlier.recursion_misses),
             map_full: self.map_full.saturating_sub(earlier.map_full),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_kernel_names_in_any_spelling() {
+        assert_eq!(TcpState::parse("close-wait"), Some(TcpState::CloseWait));
+        assert_eq!(TcpState::parse("CLOSE_WAIT"), Some(TcpState::CloseWait));
+        assert_eq!(TcpState::parse("tcp_close_wait"), Some(TcpState::CloseWait));
+        assert_eq!(TcpState::parse("TCP-CLOSE-WAIT"), Some(TcpState::CloseWait));
+        assert_eq!(
+            TcpState::parse(" Established "),
+            Some(TcpState::Established)
+        );
+        assert_eq!(TcpState::parse("new_syn_recv"), Some(TcpState::NewSynRecv));
+    }
+
+    #[test]
+    fn parse_rejects_unknown_names() {
+        for s in ["bogus", "", "TCP_", "CLOSEWAIT", "tcp_tcp_close", "7"] {
+            assert_eq!(TcpState::parse(s), None, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn parse_inverts_name_for_every_state() {
+        for st in TcpState::ALL {
+            assert_eq!(TcpState::parse(st.name()), Some(st));
+            assert_eq!(TcpState::parse(&st.name().to_lowercase()), Some(st));
+        }
+    }
+
+    #[test]
+    fn from_u8_rejects_zero_and_thirteen() {
+        assert_eq!(TcpState::from_u8(0), None);
+        assert_eq!(TcpState::from_u8(13), None);
+        assert_eq!(TcpState::from_u8(u8::MAX), None);
+    }
+
+    #[test]
+    fn from_u8_maps_kernel_numbers_to_kernel_names_in_order() {
+        let kernel_order = [
+            "ESTABLISHED",
+            "SYN_SENT",
+            "SYN_RECV",
+            "FIN_WAIT1",
+            "FIN_WAIT2",
+            "TIME_WAIT",
+            "CLOSE",
+            "CLOSE_WAIT",
+            "LAST_ACK",
+            "LISTEN",
+            "CLOSING",
+            "NEW_SYN_RECV",
+        ];
+        for (v, name) in (1u8..=12).zip(kernel_order) {
+            let st = TcpState::from_u8(v).expect("valid state number");
+            assert_eq!(st.name(), name);
+            assert_eq!(st as u8, v);
+            assert_eq!(st.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn state_numbers_match_shared_kernel_constants() {
+        use tcptrace_common::tcp_state as k;
+        let pairs = [
+            (TcpState::Established, k::ESTABLISHED),
+            (TcpState::SynSent, k::SYN_SENT),
+            (TcpState::SynRecv, k::SYN_RECV),
+            (TcpState::FinWait1, k::FIN_WAIT1),
+            (TcpState::FinWait2, k::FIN_WAIT2),
+            (TcpState::TimeWait, k::TIME_WAIT),
+            (TcpState::Close, k::CLOSE),
+            (TcpState::CloseWait, k::CLOSE_WAIT),
+            (TcpState::LastAck, k::LAST_ACK),
+            (TcpState::Listen, k::LISTEN),
+            (TcpState::Closing, k::CLOSING),
+            (TcpState::NewSynRecv, k::NEW_SYN_RECV),
+        ];
+        for (st, v) in pairs {
+            assert_eq!(st as u8, v, "{st}");
+        }
+        assert_eq!(TcpState::from_u8(k::MAX), None);
+    }
+
+    #[test]
+    fn state_display_honours_width() {
+        assert_eq!(format!("{:<8}|", TcpState::Close), "CLOSE   |");
+    }
+
+    #[test]
+    fn family_names_are_ipv4_and_ipv6() {
+        assert_eq!(Family::V4.name(), "ipv4");
+        assert_eq!(Family::V6.name(), "ipv6");
+    }
+
+    #[test]
+    fn comm_from_name_truncates_to_15_bytes() {
+        let c = Comm::from_name("a-very-long-command-name");
+        assert_eq!(c.as_bytes(), b"a-very-long-com");
+        assert_eq!(c.0[15], 0, "last byte stays NUL like TASK_COMM_LEN");
+        assert_eq!(c.to_string(), "a-very-long-com");
+    }
+
+    #[test]
+    fn comm_short_name_displays_and_pads() {
+        let c = Comm::from_name("curl");
+        assert_eq!(c.as_bytes(), b"curl");
+        assert_eq!(c.to_string(), "curl");
+        assert_eq!(format!("{c:<6}|"), "curl  |");
+        assert_eq!(format!("{c:?}"), "\"curl\"");
+    }
+
+    #[test]
+    fn comm_without_nul_uses_all_16_bytes() {
+        let c = Comm(*b"0123456789abcdef");
+        assert_eq!(c.as_bytes(), b"0123456789abcdef");
+    }
+
+    #[test]
+    fn comm_empty_and_default_are_empty_strings() {
+        assert_eq!(Comm::from_name("").to_string(), "");
+        assert_eq!(Comm::default().as_bytes(), b"");
+    }
+
+    #[test]
+    fn comm_invalid_utf8_displays_lossily() {
+        let mut raw = [0u8; 16];
+        raw[..3].copy_from_slice(&[b'a', 0xff, b'b']);
+        assert_eq!(Comm(raw).to_string(), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn lost_total_sums_causes() {
+        let l = Lost {
+            ring_full: 1,
+            recursion_misses: 2,
+            map_full: 3,
+        };
+        assert_eq!(l.total(), 6);
+        assert!(!l.is_zero());
+        assert!(Lost::default().is_zero());
+    }
+
+    #[test]
+    fn lost_since_subtracts_per_cause() {
+        let now = Lost {
+            ring_full: 10,
+            recursion_misses: 20,
+            map_full: 30,
+        };
+        let earlier = Lost {
+            ring_full: 1,
+            recursion_misses: 2,
+            map_full: 3,
+        };
+        assert_eq!(
+            now.since(&earlier),
+            Lost {
+                ring_full: 9,
+                recursion_misses: 18,
+                map_full: 27,
+            }
+        );
+    }
+
+    #[test]
+    fn lost_since_saturates_at_zero_when_counters_go_backwards() {
+        let now = Lost {
+            ring_full: 1,
+            recursion_misses: 0,
+            map_full: 5,
+        };
+        let earlier = Lost {
+            ring_full: 2,
+            recursion_misses: u64::MAX,
+            map_full: 5,
+        };
+        assert_eq!(now.since(&earlier), Lost::default());
     }
 }

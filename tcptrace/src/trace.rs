@@ -131,8 +131,8 @@ impl StopSignals {
 pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
     let mut signals = StopSignals::install()?;
     let mut tracer = Tracer::load(&cfg.load)?;
-    if let Some(reason) = &tracer.hooks.fallback_reason {
-        log::info!("tp_btf unavailable, using the classic tracepoint: {reason}");
+    for fallback in &tracer.hooks.fallbacks {
+        log::info!("fallback: {fallback}");
     }
     eprintln!(
         "tcptrace: tracing TCP state changes (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",

@@ -29,7 +29,10 @@ fn wait_ready(child: &mut Child) -> BufReader<std::process::ChildStderr> {
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
-    assert!(line.contains("tracing TCP state changes"), "unexpected: {line}");
+    assert!(
+        line.contains("tracing TCP state changes"),
+        "unexpected: {line}"
+    );
     err
 }
 
@@ -93,21 +96,46 @@ fn not_root_exits_2_and_says_sudo() {
 #[test]
 fn json_lines_with_documented_fields_and_count_stops() {
     let port = free_port(false);
-    let mut child = spawn(&["trace", "--json", "--port", &port.to_string(), "--count", "6"]);
+    let mut child = spawn(&[
+        "trace",
+        "--json",
+        "--port",
+        &port.to_string(),
+        "--count",
+        "6",
+    ]);
     let _err = wait_ready(&mut child);
     connect_and_close(port, 2);
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success());
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 6, "{out}");
     let me = std::process::id();
     for line in lines {
         let v: serde_json::Value = serde_json::from_str(line).expect("valid JSON");
         for field in [
-            "ts_ns", "kind", "pid", "comm", "family", "saddr", "sport", "daddr", "dport", "old",
-            "new", "prev_state_ns", "netns", "cgroup", "reason",
+            "ts_ns",
+            "kind",
+            "pid",
+            "comm",
+            "family",
+            "saddr",
+            "sport",
+            "daddr",
+            "dport",
+            "old",
+            "new",
+            "prev_state_ns",
+            "netns",
+            "cgroup",
+            "reason",
         ] {
             assert!(v.get(field).is_some(), "missing {field} in {line}");
         }
@@ -162,7 +190,14 @@ fn duration_stops_by_itself_and_sigint_detaches() {
 #[test]
 fn ring_buffer_overflow_is_reported() {
     let port = free_port(false);
-    let mut child = spawn(&["trace", "--json", "--ring-size", "1", "--port", &port.to_string()]);
+    let mut child = spawn(&[
+        "trace",
+        "--json",
+        "--ring-size",
+        "1",
+        "--port",
+        &port.to_string(),
+    ]);
     let mut err = wait_ready(&mut child);
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {

@@ -22,9 +22,28 @@ fn loopback(v6: bool) -> &'static str {
 
 /// Client shuts down first and closes after the server's FIN: the client ends
 /// in TIME_WAIT, the server goes CLOSE_WAIT -> LAST_ACK -> CLOSE.
-fn active_close(v6: bool) -> (Vec<tcptrace::model::Event>, u16, u64, tcptrace::ebpf::Tracer) {
+fn active_close(
+    v6: bool,
+) -> (
+    Vec<tcptrace::model::Event>,
+    u16,
+    u64,
+    tcptrace::ebpf::Tracer,
+) {
     let port = free_port(v6);
-    let mut tracer = tracer_for_ports(&[port]);
+    active_close_with(v6, tracer_for_ports(&[port]), port)
+}
+
+fn active_close_with(
+    v6: bool,
+    mut tracer: tcptrace::ebpf::Tracer,
+    port: u16,
+) -> (
+    Vec<tcptrace::model::Event>,
+    u16,
+    u64,
+    tcptrace::ebpf::Tracer,
+) {
     let listener = TcpListener::bind((loopback(v6), port)).unwrap();
     let mut client = TcpStream::connect((loopback(v6), port)).unwrap();
     let cport = client.local_addr().unwrap().port();
@@ -72,7 +91,7 @@ fn active_close(v6: bool) -> (Vec<tcptrace::model::Event>, u16, u64, tcptrace::e
     for e in events.iter().filter(|e| e.kind == EventKind::Transition) {
         let owner = e.owner.unwrap_or_else(|| panic!("owner known: {e:?}"));
         assert_eq!(owner.pid, me, "{e:?}");
-        assert!(owner.comm.to_str_lossy().len() > 0);
+        assert!(!owner.comm.to_str_lossy().is_empty());
         assert!(e.netns.is_some());
     }
     // Time in the previous state is known for all but lifecycle starts.
@@ -108,10 +127,46 @@ fn active_close_ipv4_ends_in_time_wait_with_owner() {
     active_close(false);
 }
 
+/// The classic tracepoint (the fallback where tp_btf does not load) sees the
+/// same sequences, owners and TIME_WAIT.
+#[test]
+fn classic_tracepoint_sees_the_same() {
+    let port = free_port(false);
+    let mut opts = tcptrace::ebpf::LoadOptions::default();
+    opts.filter.ports[0] = port;
+    opts.filter.n_ports = 1;
+    opts.hook = tcptrace::ebpf::HookChoice::Tracepoint;
+    let tracer = tracer_with(opts);
+    assert_eq!(tracer.hooks.transitions, "tracepoint");
+    active_close_with(false, tracer, port);
+}
+
+/// fentry is the preferred TIME_WAIT path; where the kernel refuses it (this
+/// machine: EPERM) the timer tracepoints take over and the reason is kept.
+#[test]
+fn timewait_hook_falls_back_to_timer_tracepoints() {
+    let tracer = tracer_with(tcptrace::ebpf::LoadOptions::default());
+    assert_eq!(tracer.hooks.transitions, "tp_btf");
+    match tracer.hooks.timewait {
+        "fentry" => assert!(tracer.hooks.fallbacks.is_empty()),
+        "timer tracepoints" => assert!(
+            tracer.hooks.fallbacks.iter().any(|f| f.contains("fentry")),
+            "{:?}",
+            tracer.hooks.fallbacks
+        ),
+        other => panic!("unexpected TIME_WAIT hook {other}"),
+    }
+    assert!(tracer.hooks.accept);
+}
+
 #[test]
 fn active_close_ipv6_ends_in_time_wait_with_owner() {
     let (events, ..) = active_close(true);
-    assert!(events.iter().all(|e| e.family == tcptrace::model::Family::V6));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.family == tcptrace::model::Family::V6)
+    );
 }
 
 /// The slow one (~61 s): runs in parallel with the others.
@@ -130,7 +185,10 @@ fn time_wait_expires_after_about_sixty_seconds() {
     assert_eq!(end.old, Some(TimeWait));
     assert_eq!(end.new, Close);
     assert_eq!(end.sport, cport);
-    assert_eq!(end.owner.expect("owner carried into TIME_WAIT").pid, std::process::id());
+    assert_eq!(
+        end.owner.expect("owner carried into TIME_WAIT").pid,
+        std::process::id()
+    );
     let secs = end.prev_ns.expect("duration known") as f64 / 1e9;
     assert!((59.0..=64.0).contains(&secs), "TIME_WAIT lasted {secs} s");
 }
@@ -185,7 +243,10 @@ fn passive_close_client_side() {
         .iter()
         .find(|e| e.kind == EventKind::TwBegin)
         .expect("server-side TIME_WAIT");
-    assert_eq!((tw.sport, tw.dport, tw.link), (port, cport, Some(server_sk)));
+    assert_eq!(
+        (tw.sport, tw.dport, tw.link),
+        (port, cport, Some(server_sk))
+    );
     assert_eq!(tw.owner.unwrap().pid, std::process::id());
 }
 
@@ -213,7 +274,10 @@ fn server_that_never_closes_stays_in_close_wait() {
         "nothing after CLOSE_WAIT while the application holds the socket"
     );
     assert_eq!(ss_count("close-wait", port, None), 1);
-    let e = events.iter().find(|e| e.sk == server_sk && e.new == CloseWait).unwrap();
+    let e = events
+        .iter()
+        .find(|e| e.sk == server_sk && e.new == CloseWait)
+        .unwrap();
     assert_eq!(e.owner.unwrap().pid, std::process::id());
     drop(server);
 }
@@ -232,7 +296,11 @@ fn connection_refused() {
     assert!(ok, "{events:#?}");
     let sk = events.iter().find(|e| e.new == SynSent).unwrap().sk;
     assert_eq!(path_of(&events, sk), [(Close, SynSent), (SynSent, Close)]);
-    assert!(events.iter().all(|e| e.owner.unwrap().pid == std::process::id()));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.owner.unwrap().pid == std::process::id())
+    );
     assert!(!events.iter().any(|e| e.kind == EventKind::TwBegin));
 }
 
@@ -257,7 +325,8 @@ fn time_wait_killed_early_by_namespace_teardown() {
     });
     let mut events = Vec::new();
     let ok = collect_until(&mut tracer, &mut events, Duration::from_secs(5), |ev| {
-        ev.iter().any(|e| e.kind == EventKind::TwBegin && e.sport == cport)
+        ev.iter()
+            .any(|e| e.kind == EventKind::TwBegin && e.sport == cport)
     });
     assert!(ok, "{events:#?}");
     let tw = *events
@@ -306,7 +375,12 @@ fn accepting_process_owns_the_child_socket() {
     let child_pid = child.id();
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut line = [0u8; 3];
-    child.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
     assert_eq!(&line, b"ok\n");
     drop(client);
     assert!(child.wait().unwrap().success());
@@ -317,11 +391,21 @@ fn accepting_process_owns_the_child_socket() {
     });
     assert!(ok, "{events:#?}");
     let child_sk = sk_with(&events, port, Listen, SynRecv).unwrap();
-    let syn_recv = events.iter().find(|e| e.sk == child_sk && e.new == SynRecv).unwrap();
+    let syn_recv = events
+        .iter()
+        .find(|e| e.sk == child_sk && e.new == SynRecv)
+        .unwrap();
     let owner = syn_recv.owner.unwrap();
-    assert_eq!(owner.pid, std::process::id(), "before accept: the listener's owner");
+    assert_eq!(
+        owner.pid,
+        std::process::id(),
+        "before accept: the listener's owner"
+    );
     assert!(owner.from_listener);
-    for e in events.iter().filter(|e| e.sk == child_sk && e.old == Some(Established)) {
+    for e in events
+        .iter()
+        .filter(|e| e.sk == child_sk && e.old == Some(Established))
+    {
         let owner = e.owner.unwrap();
         assert_eq!(owner.pid, child_pid, "after accept: the acceptor ({e:?})");
         assert!(!owner.from_listener);

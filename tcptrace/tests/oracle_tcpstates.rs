@@ -66,7 +66,9 @@ fn parse_tcpstates(text: &str) -> Counts {
         let lport = f[f.len() - 7];
         let p = PORT.to_string();
         if lport == p || rport == p {
-            *counts.entry((old.to_string(), new.to_string())).or_default() += 1;
+            *counts
+                .entry((old.to_string(), new.to_string()))
+                .or_default() += 1;
         }
     }
     counts
@@ -144,11 +146,25 @@ fn transition_counts_match_tcpstates() {
     unsafe { libc::kill(oracle.id() as i32, libc::SIGINT) };
     let status = oracle.wait().unwrap();
     let mut stderr = String::new();
-    oracle.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert!(status.success() || status.code().is_none(), "tcpstates: {status} {stderr}");
+    oracle
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        status.success() || status.code().is_none(),
+        "tcpstates: {status} {stderr}"
+    );
     let oracle_lost: u64 = stderr
         .lines()
-        .filter_map(|l| l.strip_prefix("lost ")?.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.strip_prefix("lost ")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     let theirs = parse_tcpstates(&std::fs::read_to_string(&out_path).unwrap());
     let _ = std::fs::remove_file(&out_path);

@@ -45,6 +45,25 @@ pub fn main(args: &TestArgs) -> Result<()> {
         "warnings",
     ]))?;
 
+    say("==> cargo clippy (eBPF crate, nightly, bpfel-unknown-none)");
+    let mut ebpf_clippy = Command::new("cargo");
+    ebpf_clippy
+        .current_dir(util::workspace_root().join(EBPF_CRATE))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+    util::run(&mut ebpf_clippy)?;
+
     say("==> cargo test");
     let test_args = ["test", "--workspace", "--exclude", EBPF_CRATE];
     let mut cmd = if util::is_root() {

@@ -36,7 +36,7 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Option<()> {
     let file: u64 = read(fd_array + fd * 8, 0)?;
     let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
     let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
-    let entry = OWNERS.get_ptr_mut(&sk)?;
+    let entry = OWNERS.get_ptr_mut(sk)?;
     capture_current(unsafe { &mut *entry });
     Some(())
 }

@@ -16,15 +16,13 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_ktime_get_ns, programs::BtfTracePointContext,
     programs::TracePointContext,
 };
-use tcptrace_common::{
-    Counter, EventKind, IPPROTO_TCP, RawEvent, event_flags, family, tcp_state,
-};
+use tcptrace_common::{Counter, EventKind, IPPROTO_TCP, RawEvent, event_flags, family, tcp_state};
 
 use crate::{
     filter,
     maps::{
-        LISTENERS, ListenKey, ListenerEntry, OWNERS, RECORD_WORDS, count, global, output,
-        scratch, tw_scratch,
+        LISTENERS, ListenKey, ListenerEntry, OWNERS, RECORD_WORDS, count, global, output, scratch,
+        tw_scratch,
     },
     probes::timer,
     sock::{self, apply_owner, capture_current, empty_owner, read_tuple, same_tuple},
@@ -96,7 +94,13 @@ pub fn try_classic(ctx: &TracePointContext) -> Option<()> {
         tuple.saddr[..4].copy_from_slice(&s);
         tuple.daddr[..4].copy_from_slice(&d);
     }
-    handle(unsafe { bpf_ktime_get_ns() }, sk, old as u8, new as u8, tuple)
+    handle(
+        unsafe { bpf_ktime_get_ns() },
+        sk,
+        old as u8,
+        new as u8,
+        tuple,
+    )
 }
 
 /// A new lifecycle starts on this socket address: connect(), listen(), or a
@@ -118,7 +122,7 @@ fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
     let known = if starts_lifecycle(old, new) {
         None
     } else {
-        OWNERS.get_ptr_mut(&sk)
+        OWNERS.get_ptr_mut(sk)
     };
     match known {
         Some(entry) => {
@@ -136,8 +140,7 @@ fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
                 owner.netns = ns;
                 owner.flags |= event_flags::NETNS_KNOWN;
             }
-            if old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN)
-            {
+            if old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN) {
                 // connect() / listen(): we are in the owner's process context.
                 capture_current(&mut owner);
             } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
@@ -145,7 +148,7 @@ fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
                     netns: owner.netns,
                     port: ev.sport as u32,
                 };
-                if let Some(listener) = unsafe { LISTENERS.get(&key) } {
+                if let Some(listener) = unsafe { LISTENERS.get(key) } {
                     let netns = owner.netns;
                     let ns_flags = owner.flags;
                     owner = listener.owner;
@@ -159,7 +162,7 @@ fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
             }
             owner.state_ts = ts;
             owner.state = new;
-            if new != tcp_state::CLOSE && OWNERS.insert(&sk, &owner, 0).is_err() {
+            if new != tcp_state::CLOSE && OWNERS.insert(sk, owner, 0).is_err() {
                 count(Counter::MapFull);
             }
             if new == tcp_state::LISTEN {
@@ -168,7 +171,7 @@ fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
                     port: ev.sport as u32,
                 };
                 let entry = ListenerEntry { sk, owner };
-                if LISTENERS.insert(&key, &entry, 0).is_err() {
+                if LISTENERS.insert(key, entry, 0).is_err() {
                     count(Counter::MapFull);
                 }
             }
@@ -177,16 +180,16 @@ fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
 
     if new == tcp_state::CLOSE {
         link_timewait(sk, old, ev, &owner);
-        let _ = OWNERS.remove(&sk);
+        let _ = OWNERS.remove(sk);
         if old == tcp_state::LISTEN {
             let key = ListenKey {
                 netns: owner.netns,
                 port: ev.sport as u32,
             };
-            if let Some(listener) = unsafe { LISTENERS.get(&key) } {
-                if listener.sk == sk {
-                    let _ = LISTENERS.remove(&key);
-                }
+            if let Some(listener) = unsafe { LISTENERS.get(key) }
+                && listener.sk == sk
+            {
+                let _ = LISTENERS.remove(key);
             }
         }
     }
@@ -229,7 +232,7 @@ fn link_timewait(sk: u64, old: u8, tuple: &RawEvent, owner: &tcptrace_common::Ow
     tw_owner.state_ts = begun.ts_ns;
     tw_owner.state = begun.new;
     tw_owner.netns = begun.netns;
-    if OWNERS.insert(&begun.sk, &tw_owner, 0).is_err() {
+    if OWNERS.insert(begun.sk, tw_owner, 0).is_err() {
         count(Counter::MapFull);
     }
     if filter::passes(begun) {

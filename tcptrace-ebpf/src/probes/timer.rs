@@ -22,9 +22,7 @@
 //! So a cancel is parked per CPU and decided by the next event on that CPU.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
-use tcptrace_common::{
-    Counter, EventKind, RawEvent, TwEndReason, event_flags, tcp_state,
-};
+use tcptrace_common::{Counter, EventKind, RawEvent, TwEndReason, event_flags, tcp_state};
 
 use crate::{
     filter,
@@ -68,7 +66,7 @@ pub fn resolve_pending_cancel(timer: u64, next: Next) -> bool {
     if same && next != Next::Other {
         return true;
     }
-    let _ = OWNERS.remove(&cancelled.sk);
+    let _ = OWNERS.remove(cancelled.sk);
     if filter::passes(cancelled) {
         output(cancelled);
     }
@@ -78,14 +76,14 @@ pub fn resolve_pending_cancel(timer: u64, next: Next) -> bool {
 
 /// Builds the common part of a timewait event: tuple, substate, owner.
 #[inline(always)]
-fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Option<u8> {
+pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Option<u8> {
     *ev = RawEvent::zeroed();
     ev.ts_ns = ts;
     ev.kind = kind as u32;
     ev.sk = tw;
     read_tuple(tw, ev, false)?;
     let substate: u8 = sock::read(tw, global!(OFFSETS.tw_substate))?;
-    if let Some(owner) = unsafe { OWNERS.get(&tw) } {
+    if let Some(owner) = unsafe { OWNERS.get(tw) } {
         apply_owner(ev, owner);
         if ts >= owner.state_ts {
             ev.prev_ns = ts - owner.state_ts;
@@ -115,7 +113,7 @@ pub fn try_timer_start(ctx: &TracePointContext) -> Option<()> {
         let substate = build(ev, tw, ts, EventKind::TwRearm)?;
         ev.old = old;
         ev.new = substate;
-        if let Some(owner) = OWNERS.get_ptr_mut(&tw) {
+        if let Some(owner) = OWNERS.get_ptr_mut(tw) {
             unsafe { (*owner).state = substate };
         }
         if filter::passes(ev) {
@@ -135,7 +133,7 @@ pub fn try_timer_start(ctx: &TracePointContext) -> Option<()> {
         entry.state = begun.new;
         entry.netns = begun.netns;
         entry.flags = begun.flags & event_flags::NETNS_KNOWN;
-        let _ = OWNERS.insert(&begun.sk, &entry, 0);
+        let _ = OWNERS.insert(begun.sk, entry, 0);
         if filter::passes(begun) {
             output(begun);
         }
@@ -145,11 +143,11 @@ pub fn try_timer_start(ctx: &TracePointContext) -> Option<()> {
     begun.new = substate;
     begun.old = 0;
     // Timewait sockets carry their netns in the same sock_common field.
-    if begun.flags & event_flags::NETNS_KNOWN == 0 {
-        if let Some(ns) = sock::netns(tw) {
-            begun.netns = ns;
-            begun.flags |= event_flags::NETNS_KNOWN;
-        }
+    if begun.flags & event_flags::NETNS_KNOWN == 0
+        && let Some(ns) = sock::netns(tw)
+    {
+        begun.netns = ns;
+        begun.flags |= event_flags::NETNS_KNOWN;
     }
     Some(())
 }
@@ -203,7 +201,7 @@ pub fn try_timer_expire_entry(ctx: &TracePointContext) -> Option<()> {
         ev.new = tcp_state::CLOSE;
     }
     ev.reason = TwEndReason::Expired as u8;
-    let _ = OWNERS.remove(&tw);
+    let _ = OWNERS.remove(tw);
     if filter::passes(ev) {
         output(ev);
     }

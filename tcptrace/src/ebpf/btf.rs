@@ -51,7 +51,7 @@ impl KernelBtf {
                 };
             }
         }
-        if total_bits % 8 != 0 {
+        if !total_bits.is_multiple_of(8) {
             bail!("{name}.{} is a bitfield", path.join("."));
         }
         Ok(total_bits / 8)
@@ -65,12 +65,11 @@ impl KernelBtf {
             if name == field {
                 return Ok(Some((m.bit_offset(), ty)));
             }
-            if name.is_empty() {
-                if let Type::Struct(inner) | Type::Union(inner) = self.strip(ty)? {
-                    if let Some((bits, t)) = self.find_member(&inner, field)? {
-                        return Ok(Some((m.bit_offset() + bits, t)));
-                    }
-                }
+            if name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) = self.strip(ty)?
+                && let Some((bits, t)) = self.find_member(&inner, field)?
+            {
+                return Ok(Some((m.bit_offset() + bits, t)));
             }
         }
         Ok(None)
@@ -103,6 +102,7 @@ impl KernelBtf {
 pub fn struct_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -> Result<()> {
     let sc = "sock_common";
     o.timer_function = btf.offset("timer_list", &["function"])?;
+    o.timer_entry_pprev = btf.offset("timer_list", &["entry", "pprev"])?;
     o.tw_timer = btf.offset("inet_timewait_sock", &["tw_timer"])?;
     o.tw_substate = btf.offset("inet_timewait_sock", &["tw_substate"])?;
     o.skc_daddr = btf.offset(sc, &["skc_daddr"])?;

@@ -25,7 +25,13 @@ mod tests {
     #[test]
     fn finds_exact_symbol_and_rejects_hidden_addresses() {
         let text = "ffffffff82006070 t tw_timer_handler\nffffffff82006000 t tw_timer_handler_x\n";
-        assert_eq!(super::find(text, "tw_timer_handler"), Some(0xffffffff82006070));
-        assert_eq!(super::find("0000000000000000 t tw_timer_handler\n", "tw_timer_handler"), None);
+        assert_eq!(
+            super::find(text, "tw_timer_handler"),
+            Some(0xffffffff82006070)
+        );
+        assert_eq!(
+            super::find("0000000000000000 t tw_timer_handler\n", "tw_timer_handler"),
+            None
+        );
     }
 }

@@ -13,11 +13,22 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, TracePoint},
 };
 use tcptrace_common::{Counter, Filter, KernelOffsets, Tuning, config::N_COUNTERS};
 
-use crate::model::Lost;
+use crate::{model::Lost, preflight::EnvError};
+
+/// How TIME_WAIT is observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimewaitChoice {
+    /// fentry where the kernel allows it, else the timer tracepoints.
+    Auto,
+    /// fentry on the timewait functions only.
+    Fentry,
+    /// timer:timer_start/timer_cancel/timer_expire_entry only.
+    Timer,
+}
 
 /// Which program carries `inet_sock_set_state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -38,6 +49,7 @@ pub struct LoadOptions {
     /// Owner LRU map capacity.
     pub owner_entries: u32,
     pub hook: HookChoice,
+    pub timewait: TimewaitChoice,
     pub tuning: Tuning,
 }
 
@@ -48,6 +60,7 @@ impl Default for LoadOptions {
             ring_bytes: 64 << 20,
             owner_entries: 1 << 18,
             hook: HookChoice::Auto,
+            timewait: TimewaitChoice::Auto,
             tuning: Tuning {
                 submit_flags: 1, // BPF_RB_NO_WAKEUP: the reader polls
                 wakeup_watermark: 1 << 20,
@@ -61,12 +74,12 @@ impl Default for LoadOptions {
 pub struct Hooks {
     /// "tp_btf" or "tracepoint".
     pub transitions: &'static str,
-    /// "timer tracepoints" (or "fentry" on kernels that allow it).
+    /// "fentry" or "timer tracepoints".
     pub timewait: &'static str,
     /// accept() owner refinement attached.
     pub accept: bool,
-    /// Why tp_btf was not used, when it was not.
-    pub fallback_reason: Option<String>,
+    /// Why the preferred hooks were not used, when they were not.
+    pub fallbacks: Vec<String>,
 }
 
 /// Cumulative kernel-side counters, summed over CPUs.
@@ -151,17 +164,33 @@ impl Tracer {
             .load(OBJECT)
             .map_err(|e| permission_hint(anyhow!(e), "load the eBPF object"))?;
         let mut prog_fds = Vec::new();
+        let mut fallbacks = Vec::new();
 
         // TIME_WAIT first, so no timewait socket begun after the transition
         // hook is attached goes unseen.
-        for (prog, name) in [
-            ("timer_cancel", "timer_cancel"),
-            ("timer_expire_entry", "timer_expire_entry"),
-            ("timer_start", "timer_start"),
-        ] {
-            let fd = attach_tracepoint(&mut ebpf, prog, "timer", name)?;
-            prog_fds.push(fd);
-        }
+        let timewait = match opts.timewait {
+            TimewaitChoice::Timer => {
+                prog_fds.extend(attach_timers(&mut ebpf)?);
+                "timer tracepoints"
+            }
+            TimewaitChoice::Fentry => {
+                prog_fds.extend(attach_fentry(&mut ebpf).map_err(|e| {
+                    EnvError(format!("{e:#}: use --timewait-hook timer on this kernel"))
+                })?);
+                "fentry"
+            }
+            TimewaitChoice::Auto => match attach_fentry(&mut ebpf) {
+                Ok(fds) => {
+                    prog_fds.extend(fds);
+                    "fentry"
+                }
+                Err(e) => {
+                    fallbacks.push(format!("TIME_WAIT via timer tracepoints: {e:#}"));
+                    prog_fds.extend(attach_timers(&mut ebpf)?);
+                    "timer tracepoints"
+                }
+            },
+        };
         let mut accept = offsets.tp_accept_ret != 0;
         if accept {
             for name in ["sys_exit_accept4", "sys_exit_accept"] {
@@ -175,7 +204,6 @@ impl Tracer {
             }
         }
 
-        let mut fallback_reason = None;
         let transitions = match opts.hook {
             HookChoice::Tracepoint => {
                 prog_fds.push(attach_classic(&mut ebpf)?);
@@ -191,7 +219,7 @@ impl Tracer {
                     "tp_btf"
                 }
                 Err(e) => {
-                    fallback_reason = Some(format!("{e:#}"));
+                    fallbacks.push(format!("classic tracepoint: {e:#}"));
                     prog_fds.push(attach_classic(&mut ebpf)?);
                     "tracepoint"
                 }
@@ -199,8 +227,7 @@ impl Tracer {
         };
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
-        let counters =
-            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         Ok(Self {
             _ebpf: ebpf,
             ring,
@@ -208,9 +235,9 @@ impl Tracer {
             prog_fds,
             hooks: Hooks {
                 transitions,
-                timewait: "timer tracepoints",
+                timewait,
                 accept,
-                fallback_reason,
+                fallbacks,
             },
         })
     }
@@ -262,8 +289,63 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
     Ok(p.fd()?.as_fd().as_raw_fd())
 }
 
+fn attach_timers(ebpf: &mut Ebpf) -> Result<Vec<RawFd>> {
+    ["timer_cancel", "timer_expire_entry", "timer_start"]
+        .into_iter()
+        .map(|name| attach_tracepoint(ebpf, name, "timer", name))
+        .collect()
+}
+
+/// The fentry programs and the kernel functions they attach to.
+const FENTRY: [(&str, &str); 4] = [
+    ("tw_expire_fentry", "tw_timer_handler"),
+    ("tw_kill_fentry", "inet_twsk_deschedule_put"),
+    ("tw_rearm_fentry", "__inet_twsk_schedule"),
+    ("tw_begin_fentry", "inet_twsk_hashdance_schedule"),
+];
+
+/// All four fentry programs, or none (the ones loaded are unloaded on failure).
+fn attach_fentry(ebpf: &mut Ebpf) -> Result<Vec<RawFd>> {
+    let btf = Btf::from_sys_fs().context("read kernel BTF")?;
+    let mut fds = Vec::new();
+    for (i, (prog, function)) in FENTRY.iter().enumerate() {
+        match attach_one_fentry(ebpf, prog, function, &btf) {
+            Ok(fd) => fds.push(fd),
+            Err(e) => {
+                for (loaded, _) in &FENTRY[..=i] {
+                    if let Some(p) = ebpf.program_mut(loaded) {
+                        let p: Result<&mut FEntry, _> = p.try_into();
+                        if let Ok(p) = p {
+                            let _ = p.unload();
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(fds)
+}
+
+fn attach_one_fentry(ebpf: &mut Ebpf, prog: &str, function: &str, btf: &Btf) -> Result<RawFd> {
+    let p: &mut FEntry = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing"))?
+        .try_into()?;
+    p.load(function, btf)
+        .with_context(|| format!("fentry on {function} does not load"))?;
+    p.attach()
+        .with_context(|| format!("fentry on {function} does not attach"))?;
+    Ok(p.fd()?.as_fd().as_raw_fd())
+}
+
 fn attach_classic(ebpf: &mut Ebpf) -> Result<RawFd> {
-    attach_tracepoint(ebpf, "inet_sock_set_state_tp", "sock", "inet_sock_set_state")
+    attach_tracepoint(
+        ebpf,
+        "inet_sock_set_state_tp",
+        "sock",
+        "inet_sock_set_state",
+    )
 }
 
 fn attach_btf(ebpf: &mut Ebpf) -> Result<RawFd> {
@@ -282,9 +364,9 @@ fn attach_btf(ebpf: &mut Ebpf) -> Result<RawFd> {
 fn permission_hint(err: anyhow::Error, what: &str) -> anyhow::Error {
     let text = format!("{err:#}");
     if text.contains("Operation not permitted") || text.contains("EPERM") {
-        anyhow!(
+        anyhow::Error::new(EnvError(format!(
             "permission denied trying to {what}: run with sudo (tcptrace needs root or CAP_BPF+CAP_PERFMON)"
-        )
+        )))
     } else {
         err.context(format!("failed to {what}"))
     }

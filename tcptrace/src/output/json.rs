@@ -101,3 +101,294 @@ pub fn write_lost(w: &mut impl io::Write, lost: &Lost, wall_ns: u64) -> io::Resu
     serde_json::to_writer(&mut *w, &j)?;
     w.write_all(b"\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::model::{EventKind, Family, Owner, TcpState, TwEndReason};
+
+    const EVENT_FIELDS: [&str; 19] = [
+        "ts_ns",
+        "kind",
+        "pid",
+        "tid",
+        "comm",
+        "family",
+        "saddr",
+        "sport",
+        "daddr",
+        "dport",
+        "old",
+        "new",
+        "prev_state_ns",
+        "netns",
+        "cgroup",
+        "reason",
+        "sk",
+        "link",
+        "owner_from_listener",
+    ];
+
+    fn transition() -> Event {
+        Event {
+            ts_ns: 5,
+            kind: EventKind::Transition,
+            sk: 0xffff_8880_0abc_d000,
+            link: None,
+            owner: Some(Owner {
+                pid: 1234,
+                tid: 1240,
+                comm: Comm::from_name("nginx"),
+                cgroup: 98_765,
+                from_listener: true,
+            }),
+            netns: Some(4_026_531_840),
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            sport: 443,
+            daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            dport: 50_000,
+            old: Some(TcpState::Established),
+            new: TcpState::CloseWait,
+            prev_ns: Some(1_500_000),
+            reason: None,
+        }
+    }
+
+    fn tw_end(reason: TwEndReason) -> Event {
+        Event {
+            ts_ns: 6,
+            kind: EventKind::TwEnd,
+            sk: 0x1f,
+            link: None,
+            owner: None,
+            netns: None,
+            family: Family::V6,
+            saddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            sport: 8080,
+            daddr: IpAddr::V6("2001:db8::2".parse().unwrap()),
+            dport: 40_000,
+            old: Some(TcpState::TimeWait),
+            new: TcpState::Close,
+            prev_ns: None,
+            reason: Some(reason),
+        }
+    }
+
+    fn write(e: &Event, wall_ns: u64) -> String {
+        let mut out = Vec::new();
+        write_event(&mut out, e, wall_ns).expect("write to Vec");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    /// Parses one output line, checking it is a single '\n'-terminated line.
+    fn parse_line(s: &str) -> serde_json::Map<String, Value> {
+        assert!(s.ends_with('\n'), "{s:?}");
+        assert!(!s.ends_with("\n\n"), "{s:?}");
+        assert_eq!(s.matches('\n').count(), 1, "{s:?}");
+        match serde_json::from_str::<Value>(s).expect("valid JSON") {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn keys(m: &serde_json::Map<String, Value>) -> Vec<&str> {
+        let mut k: Vec<&str> = m.keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    fn sorted(fields: &[&'static str]) -> Vec<&'static str> {
+        let mut v = fields.to_vec();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn transition_has_every_documented_field_with_its_value() {
+        let m = parse_line(&write(&transition(), 1_700_000_000_123_456_789));
+        assert_eq!(keys(&m), sorted(&EVENT_FIELDS));
+        assert_eq!(m["ts_ns"], json!(1_700_000_000_123_456_789u64));
+        assert_eq!(m["kind"], "transition");
+        assert_eq!(m["pid"], 1234);
+        assert_eq!(m["tid"], 1240);
+        assert_eq!(m["comm"], "nginx");
+        assert_eq!(m["family"], "ipv4");
+        assert_eq!(m["saddr"], "10.0.0.1");
+        assert_eq!(m["sport"], 443);
+        assert_eq!(m["daddr"], "10.0.0.2");
+        assert_eq!(m["dport"], 50_000);
+        assert_eq!(m["old"], "ESTABLISHED");
+        assert_eq!(m["new"], "CLOSE_WAIT");
+        assert_eq!(m["prev_state_ns"], 1_500_000);
+        assert_eq!(m["netns"], 4_026_531_840u32);
+        assert_eq!(m["cgroup"], 98_765);
+        assert_eq!(m["reason"], Value::Null);
+        assert_eq!(m["sk"], "0xffff88800abcd000");
+        assert_eq!(m["link"], Value::Null);
+        assert_eq!(m["owner_from_listener"], true);
+    }
+
+    #[test]
+    fn ts_ns_is_the_wall_clock_argument_not_the_monotonic_time() {
+        let m = parse_line(&write(&transition(), 42));
+        assert_eq!(m["ts_ns"], 42);
+    }
+
+    #[test]
+    fn numeric_fields_are_json_numbers_and_u64_max_is_exact() {
+        let mut e = transition();
+        e.prev_ns = Some(u64::MAX);
+        e.owner.as_mut().unwrap().cgroup = u64::MAX;
+        let m = parse_line(&write(&e, u64::MAX));
+        for f in [
+            "ts_ns",
+            "pid",
+            "tid",
+            "sport",
+            "dport",
+            "prev_state_ns",
+            "netns",
+            "cgroup",
+        ] {
+            assert!(m[f].is_u64(), "{f} = {}", m[f]);
+        }
+        assert_eq!(m["ts_ns"].as_u64(), Some(u64::MAX));
+        assert_eq!(m["prev_state_ns"].as_u64(), Some(u64::MAX));
+        assert_eq!(m["cgroup"].as_u64(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn tw_end_with_unknown_owner_has_nulls_and_reason() {
+        let m = parse_line(&write(&tw_end(TwEndReason::Expired), 99));
+        assert_eq!(keys(&m), sorted(&EVENT_FIELDS));
+        assert_eq!(m["ts_ns"], 99);
+        assert_eq!(m["kind"], "tw_end");
+        for f in [
+            "pid",
+            "tid",
+            "comm",
+            "cgroup",
+            "prev_state_ns",
+            "netns",
+            "link",
+        ] {
+            assert_eq!(m[f], Value::Null, "{f}");
+        }
+        assert_eq!(m["owner_from_listener"], false);
+        assert_eq!(m["family"], "ipv6");
+        assert_eq!(m["saddr"], "::1");
+        assert_eq!(m["sport"], 8080);
+        assert_eq!(m["daddr"], "2001:db8::2");
+        assert_eq!(m["dport"], 40_000);
+        assert_eq!(m["old"], "TIME_WAIT");
+        assert_eq!(m["new"], "CLOSE");
+        assert_eq!(m["reason"], "expired");
+        assert_eq!(m["sk"], "0x1f");
+    }
+
+    #[test]
+    fn tw_end_killed_reason_is_killed() {
+        let m = parse_line(&write(&tw_end(TwEndReason::Killed), 0));
+        assert_eq!(m["reason"], "killed");
+    }
+
+    #[test]
+    fn unknown_old_state_is_null() {
+        let mut e = transition();
+        e.old = None;
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(m["old"], Value::Null);
+    }
+
+    #[test]
+    fn tw_begin_and_tw_rearm_kind_names_and_link_hex() {
+        let mut e = transition();
+        e.kind = EventKind::TwBegin;
+        e.old = Some(TcpState::FinWait2);
+        e.new = TcpState::TimeWait;
+        e.link = Some(0xffff_8880_0000_0abc);
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(m["kind"], "tw_begin");
+        assert_eq!(m["link"], "0xffff888000000abc");
+        assert_eq!(m["new"], "TIME_WAIT");
+        assert_eq!(m["reason"], Value::Null);
+
+        e.kind = EventKind::TwRearm;
+        e.link = None;
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(m["kind"], "tw_rearm");
+        assert_eq!(m["link"], Value::Null);
+    }
+
+    #[test]
+    fn sk_zero_is_0x0() {
+        let mut e = transition();
+        e.sk = 0;
+        assert_eq!(parse_line(&write(&e, 0))["sk"], "0x0");
+    }
+
+    #[test]
+    fn comm_with_quotes_and_control_bytes_is_escaped() {
+        let mut e = transition();
+        e.owner.as_mut().unwrap().comm = Comm::from_name("a\"b\\c\td\n");
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(m["comm"], "a\"b\\c\td\n");
+    }
+
+    #[test]
+    fn comm_with_invalid_utf8_is_replaced_not_an_error() {
+        let mut raw = [0u8; 16];
+        raw[..3].copy_from_slice(&[b'x', 0xff, b'y']);
+        let mut e = transition();
+        e.owner.as_mut().unwrap().comm = Comm(raw);
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(m["comm"], "x\u{fffd}y");
+    }
+
+    #[test]
+    fn consecutive_events_are_one_object_per_line() {
+        let mut out = Vec::new();
+        write_event(&mut out, &transition(), 1).unwrap();
+        write_event(&mut out, &tw_end(TwEndReason::Killed), 2).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        for line in lines {
+            assert!(serde_json::from_str::<Value>(line).unwrap().is_object());
+        }
+    }
+
+    #[test]
+    fn write_lost_has_kind_lost_counts_and_total() {
+        let lost = Lost {
+            ring_full: 3,
+            recursion_misses: 4,
+            map_full: 5,
+        };
+        let mut out = Vec::new();
+        write_lost(&mut out, &lost, 777).unwrap();
+        let m = parse_line(&String::from_utf8(out).unwrap());
+        assert_eq!(
+            keys(&m),
+            sorted(&[
+                "ts_ns",
+                "kind",
+                "ring_full",
+                "recursion_misses",
+                "map_full",
+                "total"
+            ])
+        );
+        assert_eq!(m["ts_ns"], 777);
+        assert_eq!(m["kind"], "lost");
+        assert_eq!(m["ring_full"], 3);
+        assert_eq!(m["recursion_misses"], 4);
+        assert_eq!(m["map_full"], 5);
+        assert_eq!(m["total"], 12);
+    }
+}

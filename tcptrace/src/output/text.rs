@@ -39,10 +39,7 @@ pub fn describe(e: &Event) -> String {
             format!("{old} -> TIME_WAIT begin{sub}")
         }
         EventKind::TwRearm => format!("TIME_WAIT rearm ({})", e.new),
-        EventKind::TwEnd => format!(
-            "TIME_WAIT end: {}",
-            e.reason.map_or("?", reason_name)
-        ),
+        EventKind::TwEnd => format!("TIME_WAIT end: {}", e.reason.map_or("?", reason_name)),
         EventKind::Lost => "lost".to_string(),
     }
 }
@@ -79,4 +76,227 @@ pub fn write_lost(w: &mut impl io::Write, lost: &Lost, wall_ns: u64) -> io::Resu
         lost.recursion_misses,
         lost.map_full
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::model::{Comm, Family, Owner, TwEndReason};
+
+    /// 03:04:05.678 UTC on 1970-01-01.
+    const WALL_NS: u64 = (3 * 3600 + 4 * 60 + 5) * 1_000_000_000 + 678_000_000;
+
+    fn event(kind: EventKind, old: Option<TcpState>, new: TcpState) -> Event {
+        Event {
+            ts_ns: 1,
+            kind,
+            sk: 0x10,
+            link: None,
+            owner: None,
+            netns: None,
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            sport: 443,
+            daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            dport: 50_000,
+            old,
+            new,
+            prev_ns: None,
+            reason: None,
+        }
+    }
+
+    /// Byte offset of a whole word in [`HEADER`].
+    fn header_column(name: &str) -> usize {
+        let mut at = 0;
+        for word in HEADER.split(' ') {
+            if word == name {
+                return at;
+            }
+            at += word.len() + 1;
+        }
+        panic!("no column {name} in HEADER")
+    }
+
+    fn line(e: &Event) -> String {
+        let mut out = Vec::new();
+        write_event(&mut out, e, WALL_NS).expect("write to Vec");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    #[test]
+    fn millis_unknown_is_dash() {
+        assert_eq!(millis(None), "-");
+    }
+
+    #[test]
+    fn millis_has_three_truncated_decimals() {
+        assert_eq!(millis(Some(1_234_567)), "1.234");
+        assert_eq!(millis(Some(0)), "0.000");
+        assert_eq!(millis(Some(999)), "0.000");
+        assert_eq!(millis(Some(5_000)), "0.005");
+        assert_eq!(millis(Some(60_000_000_000)), "60000.000");
+    }
+
+    #[test]
+    fn describe_transition_is_old_arrow_new() {
+        let e = event(
+            EventKind::Transition,
+            Some(TcpState::Established),
+            TcpState::CloseWait,
+        );
+        assert_eq!(describe(&e), "ESTABLISHED -> CLOSE_WAIT");
+    }
+
+    #[test]
+    fn describe_transition_with_unknown_old_uses_question_mark() {
+        let e = event(EventKind::Transition, None, TcpState::SynSent);
+        assert_eq!(describe(&e), "? -> SYN_SENT");
+    }
+
+    #[test]
+    fn describe_tw_begin_time_wait() {
+        let e = event(
+            EventKind::TwBegin,
+            Some(TcpState::FinWait2),
+            TcpState::TimeWait,
+        );
+        assert_eq!(describe(&e), "FIN_WAIT2 -> TIME_WAIT begin");
+    }
+
+    #[test]
+    fn describe_tw_begin_fin_wait2_substate_is_marked_orphan() {
+        let e = event(
+            EventKind::TwBegin,
+            Some(TcpState::FinWait2),
+            TcpState::FinWait2,
+        );
+        assert_eq!(
+            describe(&e),
+            "FIN_WAIT2 -> TIME_WAIT begin (FIN_WAIT2 orphan)"
+        );
+    }
+
+    #[test]
+    fn describe_tw_rearm_shows_substate() {
+        let e = event(
+            EventKind::TwRearm,
+            Some(TcpState::FinWait2),
+            TcpState::TimeWait,
+        );
+        assert_eq!(describe(&e), "TIME_WAIT rearm (TIME_WAIT)");
+    }
+
+    #[test]
+    fn describe_tw_end_shows_reason() {
+        let mut e = event(EventKind::TwEnd, Some(TcpState::TimeWait), TcpState::Close);
+        e.reason = Some(TwEndReason::Expired);
+        assert_eq!(describe(&e), "TIME_WAIT end: expired");
+        e.reason = Some(TwEndReason::Killed);
+        assert_eq!(describe(&e), "TIME_WAIT end: killed");
+        e.reason = None;
+        assert_eq!(describe(&e), "TIME_WAIT end: ?");
+    }
+
+    #[test]
+    fn describe_lost_is_lost() {
+        let e = event(EventKind::Lost, None, TcpState::Close);
+        assert_eq!(describe(&e), "lost");
+    }
+
+    #[test]
+    fn write_event_unknown_owner_prints_dashes_and_unknown_ms() {
+        let e = event(
+            EventKind::Transition,
+            Some(TcpState::Established),
+            TcpState::CloseWait,
+        );
+        let l = line(&e);
+        assert!(l.starts_with("03:04:05.678 "), "{l:?}");
+        assert!(l.ends_with("-\n"), "{l:?}");
+        assert_eq!(l.matches('\n').count(), 1, "{l:?}");
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "03:04:05.678",
+                "-",
+                "-",
+                "4",
+                "10.0.0.1:443",
+                "10.0.0.2:50000",
+                "ESTABLISHED",
+                "->",
+                "CLOSE_WAIT",
+                "-",
+            ]
+        );
+        // pid then comm, each "-" surrounded by spaces.
+        assert!(l.contains(" - "), "{l:?}");
+        assert_eq!(l.find(" - "), Some(13), "pid column follows the time");
+    }
+
+    #[test]
+    fn write_event_columns_line_up_with_header() {
+        let mut e = event(
+            EventKind::Transition,
+            Some(TcpState::Established),
+            TcpState::CloseWait,
+        );
+        e.owner = Some(Owner {
+            pid: 4321,
+            tid: 4322,
+            comm: Comm::from_name("nginx"),
+            cgroup: 1,
+            from_listener: false,
+        });
+        e.prev_ns = Some(1_234_567);
+        let l = line(&e);
+        for (col, value) in [
+            ("PID", "4321"),
+            ("COMM", "nginx"),
+            ("IP", "4"),
+            ("LOCAL", "10.0.0.1:443"),
+            ("REMOTE", "10.0.0.2:50000"),
+            ("EVENT", "ESTABLISHED -> CLOSE_WAIT"),
+            ("MS", "1.234"),
+        ] {
+            let at = header_column(col);
+            assert_eq!(&l[at..at + value.len()], value, "column {col} in {l:?}");
+        }
+        assert!(l.ends_with(" 1.234\n"), "{l:?}");
+    }
+
+    #[test]
+    fn write_event_ipv6_endpoints_are_bracketed() {
+        let mut e = event(EventKind::TwEnd, Some(TcpState::TimeWait), TcpState::Close);
+        e.family = Family::V6;
+        e.saddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        e.sport = 8080;
+        e.daddr = IpAddr::V6("2001:db8::2".parse().unwrap());
+        e.dport = 40_000;
+        e.reason = Some(TwEndReason::Killed);
+        let l = line(&e);
+        assert!(l.contains(" 6 "), "{l:?}");
+        assert!(l.contains("[::1]:8080"), "{l:?}");
+        assert!(l.contains("[2001:db8::2]:40000"), "{l:?}");
+        assert!(l.contains("TIME_WAIT end: killed"), "{l:?}");
+    }
+
+    #[test]
+    fn write_lost_summarises_counts() {
+        let lost = Lost {
+            ring_full: 1,
+            recursion_misses: 2,
+            map_full: 3,
+        };
+        let mut out = Vec::new();
+        write_lost(&mut out, &lost, WALL_NS).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "03:04:05.678  LOST 6 events: ring buffer full 1, recursion misses 2, owner map full 3\n"
+        );
+    }
 }

@@ -88,7 +88,10 @@ pub fn sk_with(events: &[Event], lport: u16, old: TcpState, new: TcpState) -> Op
     events
         .iter()
         .find(|e| {
-            e.kind == EventKind::Transition && e.sport == lport && e.old == Some(old) && e.new == new
+            e.kind == EventKind::Transition
+                && e.sport == lport
+                && e.old == Some(old)
+                && e.new == new
         })
         .map(|e| e.sk)
 }
@@ -147,7 +150,14 @@ impl NetNs {
     pub fn sysctl(&self, key: &str, value: &str) {
         run(
             "ip",
-            &["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")],
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ],
         );
     }
 
@@ -162,7 +172,9 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         if !self.deleted {
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
         }
     }
 }
