@@ -117,12 +117,17 @@ pub fn submit_flags() -> u64 {
     }
 }
 
-/// Copies a prepared event into the ring buffer, counting success and loss.
+/// Reserves a ring-buffer record, writes the prepared event into it and
+/// submits it, counting success and loss.
 #[inline(always)]
 pub fn output(event: &RawEvent) {
-    match EVENTS.output::<RawEvent>(event, submit_flags()) {
-        Ok(()) => count(Counter::Events),
-        Err(_) => count(Counter::RingFull),
+    match EVENTS.reserve::<RawEvent>(0) {
+        Some(mut slot) => {
+            slot.write(*event);
+            slot.submit(submit_flags());
+            count(Counter::Events);
+        }
+        None => count(Counter::RingFull),
     }
 }
 

@@ -190,6 +190,7 @@ async fn trace_loop<W: Write>(
             _ = signals.recv() => done = true,
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => done = true,
             _ = lost_tick.tick() => {
+                tracer.flush_logs();
                 report_lost(printer, tracer, last)?;
                 printer.flush()?;
             }

@@ -412,3 +412,61 @@ fn accepting_process_owns_the_child_socket() {
         assert_eq!(owner.comm.to_str_lossy(), "python3");
     }
 }
+
+/// Both sides shut down at once: FIN_WAIT1 -> CLOSING -> (TIME_WAIT) on each.
+/// Loopback delivers synchronously, so the test races two threads through a
+/// barrier until the FINs cross (a few percent of attempts), bounded in count.
+#[test]
+fn simultaneous_close_goes_through_closing() {
+    let port = free_port(false);
+    let mut tracer = tracer_for_ports(&[port]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut events = Vec::new();
+    for _attempt in 0..3_000 {
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let b = barrier.clone();
+        let t = std::thread::spawn(move || {
+            b.wait();
+            server.shutdown(Shutdown::Write).unwrap();
+            server
+        });
+        barrier.wait();
+        client.shutdown(Shutdown::Write).unwrap();
+        let server = t.join().unwrap();
+        drop((client, server));
+        poll(&mut tracer, &mut events);
+        if events.iter().filter(|e| e.new == Closing).count() >= 2 {
+            break;
+        }
+    }
+    collect_until(&mut tracer, &mut events, Duration::from_secs(2), |_| false);
+    let closing: Vec<u64> = events
+        .iter()
+        .filter(|e| e.new == Closing)
+        .map(|e| e.sk)
+        .collect();
+    assert!(
+        !closing.is_empty(),
+        "no simultaneous close in 3000 attempts"
+    );
+    for sk in closing {
+        let path = path_of(&events, sk);
+        assert_eq!(
+            &path[path.len() - 3..],
+            [
+                (Established, FinWait1),
+                (FinWait1, Closing),
+                (Closing, Close)
+            ],
+            "{path:?}"
+        );
+        let tw = events
+            .iter()
+            .find(|e| e.kind == EventKind::TwBegin && e.link == Some(sk))
+            .unwrap_or_else(|| panic!("TIME_WAIT after CLOSING for {sk:#x}"));
+        assert_eq!((tw.old, tw.new), (Some(Closing), TimeWait));
+        assert_eq!(tw.owner.unwrap().pid, std::process::id());
+    }
+}

@@ -128,6 +128,12 @@ pub fn try_timer_start(ctx: &TracePointContext) -> Option<()> {
         // socket (the task migrated between arming and tcp_done()): emit it
         // unlinked, with no owner.
         count(Counter::TwUnlinked);
+        aya_log_ebpf::debug!(
+            ctx,
+            "timewait socket {:x} not linked to a full socket (port {})",
+            begun.sk,
+            begun.sport
+        );
         let mut entry = sock::empty_owner();
         entry.state_ts = begun.ts_ns;
         entry.state = begun.new;

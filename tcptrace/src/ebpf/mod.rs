@@ -107,6 +107,8 @@ impl KernelCounters {
 pub struct Tracer {
     // Keeps programs and links alive; dropping it detaches everything.
     _ebpf: Ebpf,
+    /// Rare diagnostics from the program (aya-log), shown at `RUST_LOG=debug`.
+    logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     prog_fds: Vec<RawFd>,
@@ -226,10 +228,18 @@ impl Tracer {
             },
         };
 
+        let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::debug!("eBPF logs unavailable: {e}");
+                None
+            }
+        };
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         Ok(Self {
             _ebpf: ebpf,
+            logs,
             ring,
             counters,
             prog_fds,
@@ -250,6 +260,13 @@ impl Tracer {
             n += 1;
         }
         n
+    }
+
+    /// Forwards the program's log records (aya-log) to the `log` crate.
+    pub fn flush_logs(&mut self) {
+        if let Some(logs) = &mut self.logs {
+            logs.flush();
+        }
     }
 
     /// The ring buffer's fd, for readiness polling.

@@ -12,7 +12,9 @@ use crate::{
     model::{Event, EventKind, Lost, TcpState},
 };
 
-pub const HEADER: &str = "TIME          PID     COMM             IP LOCAL                                         REMOTE                                        EVENT                           MS";
+/// Column headings; addresses get 21 columns (IPv4 with port), longer IPv6
+/// endpoints push the rest of the line right.
+pub const HEADER: &str = "TIME          PID     COMM             IP LOCAL                 REMOTE                EVENT                           MS";
 
 fn endpoint(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
@@ -51,7 +53,7 @@ pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Resul
     };
     writeln!(
         w,
-        "{:<13} {:<7} {:<16} {:<2} {:<45} {:<45} {:<31} {}",
+        "{:<13} {:<7} {:<16} {:<2} {:<21} {:<21} {:<31} {}",
         hms_millis(wall_ns),
         pid,
         comm,
