@@ -389,3 +389,33 @@ mod tests {
         assert_eq!(now.since(&earlier), Lost::default());
     }
 }
+
+/// A socket as `NETLINK_SOCK_DIAG` (what `ss` uses) reports it: the startup
+/// snapshot and periodic reconciliation. Joined to kernel events by 4-tuple
+/// and network namespace, since sock_diag does not reveal socket addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenSocket {
+    /// Inode of the network namespace it was dumped from.
+    pub netns: Option<u32>,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub state: TcpState,
+    /// Socket inode (0 for TIME_WAIT and other sockets no file refers to).
+    pub inode: u64,
+    /// The process holding the socket's inode, from /proc/PID/fd.
+    pub owner: Option<SeenOwner>,
+    /// For TIME_WAIT (and FIN_WAIT2 orphans): time left on the timewait timer.
+    pub timer_left_ms: Option<u32>,
+    /// The kernel's socket cookie.
+    pub cookie: u64,
+}
+
+/// A process holding a socket, from /proc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeenOwner {
+    pub pid: u32,
+    pub comm: Comm,
+}
