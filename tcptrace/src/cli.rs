@@ -23,6 +23,86 @@ pub struct Cli {
 pub enum Command {
     /// Stream every TCP state transition and TIME_WAIT begin/end.
     Trace(TraceArgs),
+    /// Live summary every --interval: states, CLOSE_WAIT holders, TIME_WAIT by peer, durations.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// One JSON object per interval (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds between summaries.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub interval: f64,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Skip the startup snapshot of existing sockets (sock_diag).
+    #[arg(long)]
+    pub no_seed: bool,
+    /// Seconds between reconciliations with sock_diag (0 = never).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub reconcile: f64,
+    /// Most live sockets tracked in userspace; beyond it, entries are evicted (counted).
+    #[arg(long, value_name = "N", default_value_t = crate::conn::DEFAULT_CAP)]
+    pub max_conns: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct StatsConfig {
+    pub load: LoadOptions,
+    pub user_filter: crate::filter::UserFilter,
+    pub json: bool,
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub seed: bool,
+    pub reconcile: Option<Duration>,
+    pub max_conns: usize,
+}
+
+impl StatsArgs {
+    pub fn validate(&self) -> Result<StatsConfig, UsageError> {
+        let filter = self.filter.to_filter()?;
+        let interval = duration(Some(self.interval))
+            .map_err(|_| {
+                usage(format!(
+                    "--interval {} must be a positive number of seconds",
+                    self.interval
+                ))
+            })?
+            .expect("some");
+        let reconcile = if self.reconcile == 0.0 {
+            None
+        } else {
+            duration(Some(self.reconcile)).map_err(|_| {
+                usage(format!(
+                    "--reconcile {} must be 0 or a positive number of seconds",
+                    self.reconcile
+                ))
+            })?
+        };
+        if self.max_conns < 1000 {
+            return Err(usage(format!(
+                "--max-conns {} is too small: use at least 1000",
+                self.max_conns
+            )));
+        }
+        Ok(StatsConfig {
+            load: self.kernel.to_load_options(filter)?,
+            user_filter: crate::filter::UserFilter(filter),
+            json: self.json,
+            interval,
+            duration: duration(self.duration)?,
+            seed: !self.no_seed,
+            reconcile,
+            max_conns: self.max_conns,
+        })
+    }
 }
 
 /// Filters shared by every live command. Applied in the kernel.
@@ -218,7 +298,9 @@ mod tests {
     fn trace(args: &[&str]) -> Result<TraceConfig, UsageError> {
         let mut full = vec!["tcptrace", "trace"];
         full.extend_from_slice(args);
-        let Command::Trace(t) = Cli::try_parse_from(full).expect("parses").command;
+        let Command::Trace(t) = Cli::try_parse_from(full).expect("parses").command else {
+            panic!("trace subcommand");
+        };
         t.validate()
     }
 

@@ -7,9 +7,15 @@
 
 pub mod cli;
 pub mod clock;
+pub mod conn;
 pub mod decode;
 pub mod ebpf;
+pub mod engine;
+pub mod filter;
 pub mod model;
 pub mod output;
 pub mod preflight;
+pub mod seed;
+pub mod stats;
+pub mod stats_cmd;
 pub mod trace;

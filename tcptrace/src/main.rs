@@ -36,6 +36,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             preflight::check()?;
             runtime()?.block_on(tcptrace::trace::run(cfg))
         }
+        Command::Stats(args) => {
+            let cfg = args.validate()?;
+            preflight::check()?;
+            runtime()?.block_on(tcptrace::stats_cmd::run(cfg))
+        }
     }
 }
 

@@ -1,0 +1,7 @@
+//! The TCP lifecycle state machine and the bounded connection table. Pure:
+//! decoded events and sock_diag snapshots in, finished lifecycles and
+//! durations out; no kernel, no clock (timestamps come with the inputs).
+
+mod table;
+
+pub use table::*;

@@ -1,0 +1,709 @@
+//! One entry per socket lifecycle (keyed by socket address; a reused address
+//! starts a new lifecycle) and one per timewait socket. Finished lifecycles are
+//! handed back as [`Finished`] for the aggregates and dropped, so the table
+//! only holds what is live. Sockets that existed before tracing started come
+//! from sock_diag snapshots and are joined to events by (netns, 4-tuple).
+
+use std::{collections::HashMap, net::IpAddr};
+
+use crate::model::{Event, EventKind, Family, Owner, SeenSocket, TcpState, TwEndReason};
+
+/// Nominal TIME_WAIT length (`TCP_TIMEWAIT_LEN`): 60 s.
+pub const TIMEWAIT_LEN_MS: u64 = 60_000;
+
+/// A connection's 4-tuple plus its network namespace: the join key between
+/// kernel events and sock_diag snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl TupleKey {
+    pub fn of_event(e: &Event) -> Self {
+        Self {
+            netns: e.netns.unwrap_or(0),
+            saddr: e.saddr,
+            daddr: e.daddr,
+            sport: e.sport,
+            dport: e.dport,
+        }
+    }
+
+    pub fn of_seen(s: &SeenSocket) -> Self {
+        Self {
+            netns: s.netns.unwrap_or(0),
+            saddr: s.saddr,
+            daddr: s.daddr,
+            sport: s.sport,
+            dport: s.dport,
+        }
+    }
+}
+
+/// Which side closed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Closer {
+    /// This socket sent the first FIN (close() before the peer): gets TIME_WAIT.
+    Active,
+    /// The peer closed first: this socket went through CLOSE_WAIT.
+    Passive,
+    /// Both at once (FIN_WAIT1 -> CLOSING).
+    Simultaneous,
+}
+
+/// How a lifecycle ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// Orderly close (LAST_ACK -> CLOSE, or handed to a timewait socket).
+    Normal,
+    /// Handed over to a timewait socket (FIN_WAIT2/CLOSING -> TIME_WAIT).
+    TimeWait,
+    /// Reset or aborted from an open state (-> CLOSE without the FIN dance).
+    Reset,
+    /// SYN_SENT -> CLOSE quickly: refused (RST).
+    Refused,
+    /// SYN_SENT -> CLOSE after retrying: connect timed out.
+    Timeout,
+    /// A listening socket closed.
+    ListenerClosed,
+    /// A timewait socket's timer expired.
+    TimeWaitExpired,
+    /// A timewait socket killed early (RST, reuse, namespace teardown).
+    TimeWaitKilled,
+    /// Dropped by the table: evicted at the cap, or found gone by reconciliation.
+    Dropped,
+}
+
+/// SYN_SENT lasting at least this long before CLOSE counts as a timeout
+/// (the first SYN retransmission is at 1 s).
+const CONNECT_TIMEOUT_NS: u64 = 900_000_000;
+
+/// `Conn::flags` bits.
+pub mod conn_flags {
+    /// Existed before tracing started: `born_ns` and `state_since_ns` are lower bounds.
+    pub const SEEDED: u8 = 1 << 0;
+    /// First seen mid-life by an event (owner-map miss): times are lower bounds.
+    pub const MIDLIFE: u8 = 1 << 1;
+    /// `state_since_ns` is exact.
+    pub const STATE_EXACT: u8 = 1 << 2;
+    /// A timewait socket took over from this socket (its -> CLOSE is the hand-over).
+    pub const TO_TIMEWAIT: u8 = 1 << 3;
+}
+
+/// "Never entered" in [`Conn::entered_ms`].
+pub const NEVER: u32 = u32::MAX;
+
+/// A live full socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub sk: u64,
+    pub key: TupleKey,
+    pub family: Family,
+    pub owner: Option<Owner>,
+    pub state: TcpState,
+    /// Start of the lifecycle (lower bound when SEEDED/MIDLIFE).
+    pub born_ns: u64,
+    /// When the current state was entered (exact only with STATE_EXACT).
+    pub state_since_ns: u64,
+    /// Milliseconds after `born_ns` at which each state was last entered
+    /// (index `state - 1`); [`NEVER`] if not.
+    pub entered_ms: [u32; 12],
+    pub closer: Option<Closer>,
+    pub flags: u8,
+}
+
+impl Conn {
+    pub fn age_is_lower_bound(&self) -> bool {
+        self.flags & (conn_flags::SEEDED | conn_flags::MIDLIFE) != 0
+    }
+
+    pub fn state_age_is_lower_bound(&self) -> bool {
+        self.flags & conn_flags::STATE_EXACT == 0
+    }
+
+    fn enter(&mut self, state: TcpState, ts: u64) {
+        // Events of one socket can arrive a few µs out of order across CPUs:
+        // time never runs backwards within a lifecycle.
+        let ts = ts.max(self.state_since_ns).max(self.born_ns);
+        self.state = state;
+        self.state_since_ns = ts;
+        let ms = (ts.saturating_sub(self.born_ns) / 1_000_000).min(NEVER as u64 - 1) as u32;
+        self.entered_ms[state as usize - 1] = ms;
+    }
+}
+
+/// A live timewait socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TwConn {
+    pub tw: u64,
+    pub key: TupleKey,
+    pub family: Family,
+    pub owner: Option<Owner>,
+    /// TIME_WAIT or FIN_WAIT2 (orphan).
+    pub substate: TcpState,
+    pub start_ns: u64,
+    /// `start_ns` derived from a snapshot's timer rather than seen.
+    pub start_estimated: bool,
+    /// The full socket it replaced, when linked.
+    pub from_sk: Option<u64>,
+}
+
+/// A lifecycle or timewait socket that ended: what the aggregates consume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finished {
+    Conn {
+        conn: Conn,
+        end_ns: u64,
+        reason: EndReason,
+    },
+    Tw {
+        tw: TwConn,
+        end_ns: u64,
+        reason: EndReason,
+        /// Time spent as a timewait socket, when known.
+        duration_ns: Option<u64>,
+    },
+}
+
+/// Time spent in a state that was just left: what the histograms consume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateDuration {
+    pub state: TcpState,
+    /// Set for SYN_SENT/SYN_RECV -> ESTABLISHED.
+    pub handshake: bool,
+    pub ns: u64,
+    pub owner: Option<Owner>,
+    pub peer: (IpAddr, u16),
+}
+
+/// What applying one event produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub duration: Option<StateDuration>,
+    pub finished: Vec<Finished>,
+}
+
+/// Table counters, for "lost"/health reporting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableCounters {
+    /// Entries dropped because the table was at its cap.
+    pub evictions: u64,
+    /// Reconciliation fixes: ghosts removed, missing sockets added, states corrected.
+    pub corrections: u64,
+    /// Events for sockets never seen before (started before tracing, or missed).
+    pub unknown_sockets: u64,
+}
+
+pub struct ConnTable {
+    conns: HashMap<u64, Conn>,
+    tws: HashMap<u64, TwConn>,
+    /// Seeded entries not yet bound to a kernel address, by tuple: their key in
+    /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
+    seeded: HashMap<TupleKey, u64>,
+    next_synthetic: u64,
+    cap: usize,
+    pub counters: TableCounters,
+}
+
+/// Kernel addresses are far above this; synthetic keys of seeded sockets below.
+const SYNTHETIC_LIMIT: u64 = 1 << 40;
+
+pub const DEFAULT_CAP: usize = 1_000_000;
+
+impl Default for ConnTable {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAP)
+    }
+}
+
+impl ConnTable {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            conns: HashMap::new(),
+            tws: HashMap::new(),
+            seeded: HashMap::new(),
+            next_synthetic: 1,
+            cap: cap.max(1),
+            counters: TableCounters::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len() + self.tws.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn conns(&self) -> impl Iterator<Item = &Conn> {
+        self.conns.values()
+    }
+
+    pub fn timewaits(&self) -> impl Iterator<Item = &TwConn> {
+        self.tws.values()
+    }
+
+    pub fn conn(&self, sk: u64) -> Option<&Conn> {
+        self.conns.get(&sk)
+    }
+
+    pub fn timewait(&self, tw: u64) -> Option<&TwConn> {
+        self.tws.get(&tw)
+    }
+
+    /// Makes room for one more entry, evicting an arbitrary one at the cap.
+    fn make_room(&mut self, out: &mut Vec<Finished>, now: u64) {
+        while self.len() >= self.cap {
+            self.counters.evictions += 1;
+            if let Some(&sk) = self.conns.keys().next() {
+                let conn = self.remove_conn(sk).expect("present");
+                out.push(Finished::Conn {
+                    conn,
+                    end_ns: now,
+                    reason: EndReason::Dropped,
+                });
+            } else if let Some(&tw) = self.tws.keys().next() {
+                let tw = self.remove_tw(tw).expect("present");
+                out.push(Finished::Tw {
+                    tw,
+                    end_ns: now,
+                    reason: EndReason::Dropped,
+                    duration_ns: None,
+                });
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn remove_conn(&mut self, sk: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&sk)?;
+        if sk < SYNTHETIC_LIMIT && self.seeded.get(&conn.key) == Some(&sk) {
+            self.seeded.remove(&conn.key);
+        }
+        Some(conn)
+    }
+
+    fn remove_tw(&mut self, tw: u64) -> Option<TwConn> {
+        let t = self.tws.remove(&tw)?;
+        if tw < SYNTHETIC_LIMIT && self.seeded.get(&t.key) == Some(&tw) {
+            self.seeded.remove(&t.key);
+        }
+        Some(t)
+    }
+
+    /// Takes a seeded entry for this tuple out of the table, if any.
+    fn adopt_seeded_conn(&mut self, key: &TupleKey) -> Option<Conn> {
+        let synthetic = *self.seeded.get(key)?;
+        if self.conns.contains_key(&synthetic) {
+            self.remove_conn(synthetic)
+        } else {
+            None
+        }
+    }
+
+    fn adopt_seeded_tw(&mut self, key: &TupleKey) -> Option<TwConn> {
+        let synthetic = *self.seeded.get(key)?;
+        if self.tws.contains_key(&synthetic) {
+            self.remove_tw(synthetic)
+        } else {
+            None
+        }
+    }
+
+    /// A socket the snapshot found and an event also reports (it started
+    /// after the tracer attached but before the snapshot): keep the event's.
+    fn drop_seeded_duplicate(&mut self, key: &TupleKey) {
+        if let Some(synthetic) = self.seeded.remove(key) {
+            self.conns.remove(&synthetic);
+            self.tws.remove(&synthetic);
+        }
+    }
+
+    /// Applies one kernel event.
+    pub fn apply(&mut self, e: &Event) -> Applied {
+        match e.kind {
+            EventKind::Transition => self.transition(e),
+            EventKind::TwBegin => self.tw_begin(e),
+            EventKind::TwRearm => {
+                if let Some(t) = self.tws.get_mut(&e.sk) {
+                    t.substate = e.new;
+                }
+                Applied::default()
+            }
+            EventKind::TwEnd => self.tw_end(e),
+            EventKind::Lost => Applied::default(),
+        }
+    }
+
+    fn new_conn(e: &Event, flags: u8) -> Conn {
+        Conn {
+            sk: e.sk,
+            key: TupleKey::of_event(e),
+            family: e.family,
+            owner: e.owner,
+            state: e.old.unwrap_or(e.new),
+            born_ns: e.ts_ns,
+            state_since_ns: e.ts_ns,
+            entered_ms: [NEVER; 12],
+            closer: None,
+            flags,
+        }
+    }
+
+    fn transition(&mut self, e: &Event) -> Applied {
+        let mut out = Applied::default();
+        let Some(old) = e.old else { return out };
+        let starts =
+            old == TcpState::Close || (old == TcpState::Listen && e.new == TcpState::SynRecv);
+        if starts && let Some(stale) = self.remove_conn(e.sk) {
+            // The previous lifecycle on this address ended unseen.
+            out.finished.push(Finished::Conn {
+                conn: stale,
+                end_ns: e.ts_ns,
+                reason: EndReason::Dropped,
+            });
+        }
+        let mut conn = match self.conns.remove(&e.sk) {
+            Some(c) => c,
+            None if starts => {
+                self.make_room(&mut out.finished, e.ts_ns);
+                let mut c = Self::new_conn(e, conn_flags::STATE_EXACT);
+                c.state = old;
+                c
+            }
+            None => {
+                self.counters.unknown_sockets += 1;
+                self.make_room(&mut out.finished, e.ts_ns);
+                let key = TupleKey::of_event(e);
+                match self.adopt_seeded_conn(&key) {
+                    Some(mut c) => {
+                        c.sk = e.sk;
+                        c
+                    }
+                    None => {
+                        let mut c = Self::new_conn(e, conn_flags::MIDLIFE);
+                        // The kernel knows how long the old state lasted even
+                        // when we never saw it start.
+                        if let Some(p) = e.prev_ns {
+                            c.born_ns = e.ts_ns.saturating_sub(p);
+                            c.state_since_ns = c.born_ns;
+                            c.flags |= conn_flags::STATE_EXACT;
+                        }
+                        c
+                    }
+                }
+            }
+        };
+        // Later events know more: ports are 0 at CLOSE -> SYN_SENT.
+        conn.key = TupleKey::of_event(e);
+        self.drop_seeded_duplicate(&conn.key);
+        if e.owner.is_some() {
+            conn.owner = e.owner;
+        }
+
+        let exact = e.prev_ns.or_else(|| {
+            (conn.flags & conn_flags::STATE_EXACT != 0)
+                .then(|| e.ts_ns.saturating_sub(conn.state_since_ns))
+        });
+        if let Some(ns) = exact
+            && !starts
+        {
+            out.duration = Some(StateDuration {
+                state: old,
+                handshake: e.new == TcpState::Established
+                    && matches!(old, TcpState::SynSent | TcpState::SynRecv),
+                ns,
+                owner: conn.owner,
+                peer: (conn.key.daddr, conn.key.dport),
+            });
+        }
+
+        match (old, e.new) {
+            (TcpState::Established | TcpState::SynRecv, TcpState::FinWait1) => {
+                conn.closer.get_or_insert(Closer::Active);
+            }
+            (TcpState::Established | TcpState::SynRecv, TcpState::CloseWait) => {
+                conn.closer.get_or_insert(Closer::Passive);
+            }
+            (TcpState::FinWait1, TcpState::Closing) => conn.closer = Some(Closer::Simultaneous),
+            _ => {}
+        }
+        conn.enter(e.new, e.ts_ns);
+        conn.flags |= conn_flags::STATE_EXACT;
+
+        if e.new == TcpState::Close {
+            let linked_tw = conn.flags & conn_flags::TO_TIMEWAIT != 0;
+            let reason = match old {
+                TcpState::Listen => EndReason::ListenerClosed,
+                TcpState::SynSent => {
+                    if exact.is_some_and(|ns| ns >= CONNECT_TIMEOUT_NS) {
+                        EndReason::Timeout
+                    } else {
+                        EndReason::Refused
+                    }
+                }
+                TcpState::LastAck => EndReason::Normal,
+                _ if linked_tw => EndReason::TimeWait,
+                _ => EndReason::Reset,
+            };
+            out.finished.push(Finished::Conn {
+                conn,
+                end_ns: e.ts_ns,
+                reason,
+            });
+        } else {
+            self.conns.insert(e.sk, conn);
+        }
+        out
+    }
+
+    fn tw_begin(&mut self, e: &Event) -> Applied {
+        let mut out = Applied::default();
+        self.make_room(&mut out.finished, e.ts_ns);
+        let from = e.link.and_then(|sk| self.conns.get_mut(&sk));
+        let owner = match from {
+            Some(c) => {
+                c.flags |= conn_flags::TO_TIMEWAIT;
+                e.owner.or(c.owner)
+            }
+            None => e.owner,
+        };
+        let t = TwConn {
+            tw: e.sk,
+            key: TupleKey::of_event(e),
+            family: e.family,
+            owner,
+            substate: e.new,
+            start_ns: e.ts_ns,
+            start_estimated: false,
+            from_sk: e.link,
+        };
+        self.drop_seeded_duplicate(&t.key);
+        if let Some(stale) = self.tws.insert(e.sk, t) {
+            out.finished.push(Finished::Tw {
+                tw: stale,
+                end_ns: e.ts_ns,
+                reason: EndReason::Dropped,
+                duration_ns: None,
+            });
+        }
+        out
+    }
+
+    fn tw_end(&mut self, e: &Event) -> Applied {
+        let mut out = Applied::default();
+        let reason = match e.reason {
+            Some(TwEndReason::Killed) => EndReason::TimeWaitKilled,
+            _ => EndReason::TimeWaitExpired,
+        };
+        let key = TupleKey::of_event(e);
+        let tw = match self.remove_tw(e.sk) {
+            Some(t) => Some(t),
+            None => {
+                self.counters.unknown_sockets += 1;
+                self.adopt_seeded_tw(&key)
+            }
+        };
+        let tw = tw.unwrap_or_else(|| TwConn {
+            tw: e.sk,
+            key,
+            family: e.family,
+            owner: e.owner,
+            substate: e.old.unwrap_or(TcpState::TimeWait),
+            start_ns: e.ts_ns.saturating_sub(e.prev_ns.unwrap_or(0)),
+            start_estimated: e.prev_ns.is_none(),
+            from_sk: None,
+        });
+        let duration_ns = e.prev_ns.or_else(|| {
+            (!tw.start_estimated || tw.tw < SYNTHETIC_LIMIT)
+                .then(|| e.ts_ns.saturating_sub(tw.start_ns))
+        });
+        out.finished.push(Finished::Tw {
+            tw,
+            end_ns: e.ts_ns,
+            reason,
+            duration_ns,
+        });
+        out
+    }
+
+    /// Adds the sockets of a startup snapshot (sock_diag) taken at
+    /// `taken_at_ns` (monotonic). Their ages are lower bounds, except
+    /// TIME_WAIT, whose start follows from the time left on its timer.
+    pub fn seed(&mut self, sockets: &[SeenSocket], taken_at_ns: u64) -> Vec<Finished> {
+        let mut out = Vec::new();
+        for s in sockets {
+            self.insert_seen(s, taken_at_ns, &mut out);
+        }
+        out
+    }
+
+    fn insert_seen(&mut self, s: &SeenSocket, taken_at_ns: u64, out: &mut Vec<Finished>) {
+        if matches!(
+            s.state,
+            TcpState::SynRecv | TcpState::NewSynRecv | TcpState::Close
+        ) {
+            // Request sockets never reach the tracepoint; CLOSE is not a connection.
+            return;
+        }
+        let key = TupleKey::of_seen(s);
+        if self.seeded.contains_key(&key) {
+            return;
+        }
+        self.make_room(out, taken_at_ns);
+        let synthetic = self.next_synthetic;
+        self.next_synthetic += 1;
+        let owner = s.owner.map(|o| Owner {
+            pid: o.pid,
+            tid: o.pid,
+            comm: o.comm,
+            cgroup: 0,
+            from_listener: false,
+        });
+        // sock_diag reports timewait sockets by substate (TIME_WAIT, or
+        // FIN_WAIT2 for orphans) with the timewait timer set.
+        if s.state == TcpState::TimeWait || s.timer_left_ms.is_some() {
+            let elapsed_ms = s
+                .timer_left_ms
+                .map(|left| TIMEWAIT_LEN_MS.saturating_sub(left as u64));
+            self.tws.insert(
+                synthetic,
+                TwConn {
+                    tw: synthetic,
+                    key,
+                    family: s.family,
+                    owner,
+                    substate: s.state,
+                    start_ns: taken_at_ns.saturating_sub(elapsed_ms.unwrap_or(0) * 1_000_000),
+                    start_estimated: true,
+                    from_sk: None,
+                },
+            );
+        } else {
+            let mut entered_ms = [NEVER; 12];
+            entered_ms[s.state as usize - 1] = 0;
+            self.conns.insert(
+                synthetic,
+                Conn {
+                    sk: synthetic,
+                    key,
+                    family: s.family,
+                    owner,
+                    state: s.state,
+                    born_ns: taken_at_ns,
+                    state_since_ns: taken_at_ns,
+                    entered_ms,
+                    closer: match s.state {
+                        TcpState::CloseWait | TcpState::LastAck => Some(Closer::Passive),
+                        TcpState::FinWait1 | TcpState::FinWait2 => Some(Closer::Active),
+                        TcpState::Closing => Some(Closer::Simultaneous),
+                        _ => None,
+                    },
+                    flags: conn_flags::SEEDED,
+                },
+            );
+        }
+        self.seeded.insert(key, synthetic);
+    }
+
+    /// Reconciles the table with a fresh snapshot of the kernel's sockets:
+    /// entries the kernel no longer has (and that no event touched since the
+    /// snapshot began) are ghosts and go; sockets the table lacks are added
+    /// as seeded; states that disagree are corrected. Only namespaces present
+    /// in `namespaces` are judged. Returns the ghosts, as finished.
+    pub fn reconcile(
+        &mut self,
+        sockets: &[SeenSocket],
+        namespaces: &[u32],
+        taken_at_ns: u64,
+    ) -> Vec<Finished> {
+        use std::collections::HashSet;
+        let mut out = Vec::new();
+        let seen: HashMap<TupleKey, &SeenSocket> =
+            sockets.iter().map(|s| (TupleKey::of_seen(s), s)).collect();
+        let judged: HashSet<u32> = namespaces.iter().copied().collect();
+
+        let ghosts: Vec<u64> = self
+            .conns
+            .values()
+            .filter(|c| {
+                judged.contains(&c.key.netns)
+                    && c.state_since_ns < taken_at_ns
+                    && !seen.contains_key(&c.key)
+                    && c.state != TcpState::SynSent
+            })
+            .map(|c| c.sk)
+            .collect();
+        for sk in ghosts {
+            let conn = self.remove_conn(sk).expect("present");
+            self.counters.corrections += 1;
+            out.push(Finished::Conn {
+                conn,
+                end_ns: taken_at_ns,
+                reason: EndReason::Dropped,
+            });
+        }
+        let tw_ghosts: Vec<u64> = self
+            .tws
+            .values()
+            .filter(|t| {
+                judged.contains(&t.key.netns)
+                    && t.start_ns < taken_at_ns
+                    && !seen.contains_key(&t.key)
+            })
+            .map(|t| t.tw)
+            .collect();
+        for tw in tw_ghosts {
+            let tw = self.remove_tw(tw).expect("present");
+            self.counters.corrections += 1;
+            out.push(Finished::Tw {
+                tw,
+                end_ns: taken_at_ns,
+                reason: EndReason::Dropped,
+                duration_ns: None,
+            });
+        }
+
+        let known: HashSet<TupleKey> = self
+            .conns
+            .values()
+            .map(|c| c.key)
+            .chain(self.tws.values().map(|t| t.key))
+            .collect();
+        for c in self.conns.values_mut() {
+            if let Some(s) = seen.get(&c.key)
+                && s.state != c.state
+                && s.state != TcpState::TimeWait
+                && s.timer_left_ms.is_none()
+                && c.state_since_ns < taken_at_ns
+                && !matches!(s.state, TcpState::SynRecv | TcpState::NewSynRecv)
+            {
+                c.state = s.state;
+                c.state_since_ns = taken_at_ns;
+                c.flags &= !conn_flags::STATE_EXACT;
+                self.counters.corrections += 1;
+            }
+        }
+        for s in sockets {
+            let key = TupleKey::of_seen(s);
+            if judged.contains(&key.netns)
+                && !known.contains(&key)
+                && !matches!(
+                    s.state,
+                    TcpState::SynRecv | TcpState::NewSynRecv | TcpState::Close
+                )
+                && !self.seeded.contains_key(&key)
+            {
+                self.counters.corrections += 1;
+                self.insert_seen(s, taken_at_ns, &mut out);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,458 @@
+//! The engine: the connection table plus the aggregates, driven by decoded
+//! events and snapshots. Pure and deterministic: every timestamp comes in
+//! with its input.
+
+use crate::{
+    conn::{ConnTable, Finished},
+    model::{Event, SeenSocket},
+    stats::{Aggregates, Snapshot, SnapshotInput, build},
+};
+
+pub struct Engine {
+    pub table: ConnTable,
+    pub aggs: Aggregates,
+    /// Transitions applied since the last snapshot (for the rate).
+    since_snapshot: u64,
+    last_snapshot_ns: Option<u64>,
+}
+
+impl Engine {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            table: ConnTable::new(cap),
+            aggs: Aggregates::default(),
+            since_snapshot: 0,
+            last_snapshot_ns: None,
+        }
+    }
+
+    fn fold(&mut self, finished: &[Finished]) {
+        for f in finished {
+            self.aggs.on_finished(f);
+        }
+    }
+
+    pub fn apply(&mut self, e: &Event) {
+        self.aggs.on_event(e);
+        if e.kind == crate::model::EventKind::Transition {
+            self.since_snapshot += 1;
+        }
+        let applied = self.table.apply(e);
+        if let Some(d) = &applied.duration {
+            self.aggs.on_duration(d);
+        }
+        self.fold(&applied.finished);
+    }
+
+    pub fn seed(&mut self, sockets: &[SeenSocket], taken_at_ns: u64) {
+        let finished = self.table.seed(sockets, taken_at_ns);
+        self.fold(&finished);
+    }
+
+    pub fn reconcile(&mut self, sockets: &[SeenSocket], namespaces: &[u32], taken_at_ns: u64) {
+        let finished = self.table.reconcile(sockets, namespaces, taken_at_ns);
+        self.fold(&finished);
+    }
+
+    /// A snapshot at monotonic `now_ns`; the transition rate covers the time
+    /// since the previous snapshot.
+    pub fn snapshot(
+        &mut self,
+        now_ns: u64,
+        wall_ns: u64,
+        host: crate::stats::HostFacts,
+    ) -> Snapshot {
+        let rate = match self.last_snapshot_ns {
+            Some(prev) if now_ns > prev => {
+                self.since_snapshot as f64 * 1e9 / (now_ns - prev) as f64
+            }
+            _ => 0.0,
+        };
+        self.since_snapshot = 0;
+        self.last_snapshot_ns = Some(now_ns);
+        build(
+            &self.table,
+            &mut self.aggs,
+            &SnapshotInput {
+                now_ns,
+                wall_ns,
+                host,
+                transitions_per_sec: rate,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        conn::EndReason,
+        model::{Comm, EventKind, Family, Owner, SeenOwner, TcpState, TcpState::*, TwEndReason},
+        stats::HostFacts,
+    };
+
+    const MS: u64 = 1_000_000;
+    const SEC: u64 = 1_000_000_000;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            tid: pid,
+            comm: Comm::from_name(&format!("app{pid}")),
+            cgroup: 1,
+            from_listener: false,
+        }
+    }
+
+    /// A transition of socket `sk` (local 10.0.0.1:sport -> 10.0.0.2:dport).
+    fn tr(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16, dport: u16) -> Event {
+        Event {
+            ts_ns: ts,
+            kind: EventKind::Transition,
+            sk,
+            link: None,
+            owner: Some(owner(100)),
+            netns: Some(1),
+            family: Family::V4,
+            saddr: ip(1),
+            sport,
+            daddr: ip(2),
+            dport,
+            old: Some(old),
+            new,
+            prev_ns: None,
+            reason: None,
+        }
+    }
+
+    fn tw(ts: u64, kind: EventKind, tw: u64, link: Option<u64>, sport: u16, dport: u16) -> Event {
+        Event {
+            kind,
+            link,
+            old: Some(if kind == EventKind::TwEnd {
+                TimeWait
+            } else {
+                FinWait2
+            }),
+            new: if kind == EventKind::TwEnd {
+                Close
+            } else {
+                TimeWait
+            },
+            reason: (kind == EventKind::TwEnd).then_some(TwEndReason::Expired),
+            ..tr(ts, tw, FinWait2, TimeWait, sport, dport)
+        }
+    }
+
+    fn host() -> HostFacts {
+        HostFacts {
+            port_range: (32768, 60999),
+            ..HostFacts::default()
+        }
+    }
+
+    fn client_active_close(e: &mut Engine, t0: u64, sk: u64, twsk: u64, sport: u16) {
+        e.apply(&tr(t0, sk, Close, SynSent, 0, 80));
+        e.apply(&tr(t0 + MS, sk, SynSent, Established, sport, 80));
+        e.apply(&tr(t0 + 11 * MS, sk, Established, FinWait1, sport, 80));
+        e.apply(&tr(t0 + 12 * MS, sk, FinWait1, FinWait2, sport, 80));
+        e.apply(&tw(
+            t0 + 13 * MS,
+            EventKind::TwBegin,
+            twsk,
+            Some(sk),
+            sport,
+            80,
+        ));
+        e.apply(&tr(t0 + 13 * MS, sk, FinWait2, Close, sport, 80));
+    }
+
+    #[test]
+    fn active_close_lifecycle_becomes_time_wait_then_aggregates() {
+        let mut e = Engine::new(1000);
+        client_active_close(&mut e, SEC, 0xa, 0xb, 40000);
+        assert!(
+            e.table.conn(0xa).is_none(),
+            "finished lifecycles are dropped"
+        );
+        let t = e.table.timewait(0xb).expect("timewait tracked");
+        assert_eq!(t.owner.unwrap().pid, 100);
+        assert_eq!(t.from_sk, Some(0xa));
+        let snap = e.snapshot(2 * SEC, 2 * SEC, host());
+        assert_eq!(snap.states["TIME_WAIT"], 1);
+        assert_eq!(snap.time_wait_by_peer[0].count, 1);
+        assert_eq!(
+            (
+                snap.time_wait_by_peer[0].daddr,
+                snap.time_wait_by_peer[0].dport
+            ),
+            (ip(2), 80)
+        );
+        assert!((snap.time_wait_by_peer[0].port_range_ratio - 1.0 / 28232.0).abs() < 1e-9);
+        assert_eq!(snap.histograms["handshake_connect"].count, 1);
+        assert!((snap.histograms["handshake_connect"].p50_ms - 1.0).abs() < 0.02);
+        assert!((snap.histograms["established"].p50_ms - 10.0).abs() < 0.2);
+        assert_eq!(snap.histograms["lifetime"].count, 1);
+        assert_eq!(snap.closers["active"], 1);
+        assert_eq!(snap.ended["time_wait"], 1);
+
+        let mut end = tw(SEC + 61 * SEC, EventKind::TwEnd, 0xb, None, 40000, 80);
+        end.prev_ns = Some(61 * SEC - 13 * MS);
+        e.apply(&end);
+        assert!(e.table.is_empty());
+        let snap = e.snapshot(70 * SEC, 70 * SEC, host());
+        assert_eq!(snap.states["TIME_WAIT"], 0);
+        let h = snap.histograms["time_wait"];
+        assert_eq!(h.count, 1);
+        assert!((h.max_ms / 1000.0 - 61.0).abs() < 1.0, "{h:?}");
+        assert_eq!(snap.ended["time_wait_expired"], 1);
+    }
+
+    #[test]
+    fn passive_close_counts_close_wait_with_age_and_growth() {
+        let mut e = Engine::new(1000);
+        // A server leaks 10 connections a minute for 2 minutes.
+        let mut t = SEC;
+        let mut samples = Vec::new();
+        for minute in 0..3u64 {
+            for i in 0..10u64 {
+                let sk = 0x1000 + minute * 100 + i;
+                let port = 50000 + (minute * 100 + i) as u16;
+                e.apply(&tr(t, sk, Listen, SynRecv, 5432, port));
+                e.apply(&tr(t + MS, sk, SynRecv, Established, 5432, port));
+                e.apply(&tr(t + 2 * MS, sk, Established, CloseWait, 5432, port));
+            }
+            samples.push(e.snapshot(t + 3 * MS, t, host()));
+            t += 60 * SEC;
+        }
+        let snap = samples.last().unwrap();
+        assert_eq!(snap.states["CLOSE_WAIT"], 30);
+        assert_eq!(snap.close_wait.len(), 30);
+        assert!(
+            snap.close_wait
+                .windows(2)
+                .all(|w| w[0].age_ms >= w[1].age_ms),
+            "oldest first"
+        );
+        assert_eq!(snap.close_wait[0].age_ms, 120_001);
+        assert!(!snap.close_wait[0].age_is_lower_bound);
+        let p = &snap.close_wait_by_process[0];
+        assert_eq!((p.pid, p.count), (Some(100), 30));
+        assert!((p.growth_per_min - 10.0).abs() < 0.01, "{p:?}");
+        assert!((p.growth_per_min_5m - 10.0).abs() < 0.01, "{p:?}");
+        assert_eq!(
+            snap.closers.get("passive"),
+            None,
+            "still open: not finished"
+        );
+    }
+
+    #[test]
+    fn reused_socket_address_starts_a_new_lifecycle() {
+        let mut e = Engine::new(1000);
+        e.apply(&tr(SEC, 0xa, Close, SynSent, 0, 80));
+        e.apply(&tr(SEC + MS, 0xa, SynSent, Established, 1111, 80));
+        // The CLOSE was lost; the address is reused by a new connect().
+        e.apply(&tr(2 * SEC, 0xa, Close, SynSent, 0, 443));
+        e.apply(&tr(2 * SEC + MS, 0xa, SynSent, Established, 2222, 443));
+        let c = e.table.conn(0xa).unwrap();
+        assert_eq!((c.key.sport, c.key.dport), (2222, 443));
+        assert_eq!(c.born_ns, 2 * SEC);
+        assert_eq!(e.aggs.ended[&EndReason::Dropped], 1);
+        assert_eq!(e.table.len(), 1);
+    }
+
+    #[test]
+    fn refused_and_timed_out_connects_are_told_apart() {
+        let mut e = Engine::new(1000);
+        e.apply(&tr(SEC, 0xa, Close, SynSent, 0, 80));
+        e.apply(&tr(SEC + MS, 0xa, SynSent, Close, 1, 80));
+        e.apply(&tr(SEC, 0xb, Close, SynSent, 0, 81));
+        e.apply(&tr(4 * SEC, 0xb, SynSent, Close, 2, 81));
+        assert_eq!(e.aggs.ended[&EndReason::Refused], 1);
+        assert_eq!(e.aggs.ended[&EndReason::Timeout], 1);
+    }
+
+    #[test]
+    fn unknown_socket_mid_life_uses_the_kernels_prev_duration() {
+        let mut e = Engine::new(1000);
+        let mut ev = tr(10 * SEC, 0xa, Established, CloseWait, 80, 5000);
+        ev.prev_ns = Some(3 * SEC);
+        e.apply(&ev);
+        assert_eq!(e.table.counters.unknown_sockets, 1);
+        let c = e.table.conn(0xa).unwrap();
+        assert!(c.age_is_lower_bound());
+        assert_eq!(c.born_ns, 7 * SEC);
+        assert_eq!(
+            e.aggs
+                .all
+                .summary(crate::stats::HistKind::Established)
+                .count,
+            1
+        );
+    }
+
+    fn seen(state: TcpState, sport: u16, dport: u16, pid: Option<u32>) -> SeenSocket {
+        SeenSocket {
+            netns: Some(1),
+            family: Family::V4,
+            saddr: ip(1),
+            sport,
+            daddr: ip(2),
+            dport,
+            state,
+            inode: 9,
+            owner: pid.map(|pid| SeenOwner {
+                pid,
+                comm: Comm::from_name("db"),
+            }),
+            timer_left_ms: (state == TimeWait).then_some(45_000),
+            cookie: 0,
+        }
+    }
+
+    #[test]
+    fn seeded_sockets_have_lower_bound_ages_and_are_adopted_by_events() {
+        let mut e = Engine::new(1000);
+        e.seed(
+            &[
+                seen(CloseWait, 5432, 6000, Some(7)),
+                seen(TimeWait, 6001, 80, None),
+                seen(SynRecv, 5432, 6002, None),
+            ],
+            100 * SEC,
+        );
+        assert_eq!(e.table.len(), 2, "request sockets are not seeded");
+        let snap = e.snapshot(160 * SEC, 160 * SEC, host());
+        let cw = &snap.close_wait[0];
+        assert_eq!(
+            (cw.pid, cw.age_ms, cw.age_is_lower_bound),
+            (Some(7), 60_000, true)
+        );
+        let t = e.table.timewaits().next().unwrap();
+        assert_eq!(t.start_ns, 85 * SEC, "start follows from the timer left");
+
+        // The leak's owner finally closes: the event adopts the seeded entry.
+        let mut ev = tr(170 * SEC, 0xdead, CloseWait, LastAck, 5432, 6000);
+        ev.owner = None;
+        e.apply(&ev);
+        let c = e
+            .table
+            .conn(0xdead)
+            .expect("adopted under its real address");
+        assert_eq!(c.owner.unwrap().pid, 7);
+        assert!(c.age_is_lower_bound());
+        assert_eq!(e.table.len(), 2);
+    }
+
+    #[test]
+    fn seeded_duplicate_of_a_live_event_is_dropped() {
+        let mut e = Engine::new(1000);
+        e.apply(&tr(SEC, 0xa, Close, SynSent, 0, 80));
+        e.seed(&[seen(Established, 1234, 80, Some(100))], 2 * SEC);
+        e.apply(&tr(SEC + 1, 0xa, SynSent, Established, 1234, 80));
+        assert_eq!(e.table.len(), 1);
+    }
+
+    #[test]
+    fn reconcile_removes_ghosts_adds_missing_fixes_states() {
+        let mut e = Engine::new(1000);
+        e.apply(&tr(SEC, 0xa, Close, SynSent, 0, 80));
+        e.apply(&tr(SEC + MS, 0xa, SynSent, Established, 1000, 80)); // ghost: its CLOSE was lost
+        e.apply(&tr(SEC, 0xb, Close, SynSent, 0, 81));
+        e.apply(&tr(SEC + MS, 0xb, SynSent, Established, 1001, 81)); // missed -> CLOSE_WAIT
+        e.apply(&tr(20 * SEC, 0xc, Close, SynSent, 0, 82));
+        e.apply(&tr(20 * SEC, 0xc, SynSent, Established, 1002, 82)); // newer than the snapshot
+        let kernel = [
+            seen(CloseWait, 1001, 81, Some(100)),
+            seen(Established, 1003, 83, None),
+        ];
+        e.reconcile(&kernel, &[1], 10 * SEC);
+        assert!(e.table.conn(0xa).is_none());
+        assert_eq!(e.table.conn(0xb).unwrap().state, CloseWait);
+        assert!(
+            e.table.conn(0xc).is_some(),
+            "touched after the snapshot: not judged"
+        );
+        assert_eq!(e.table.counters.corrections, 3);
+        assert_eq!(e.table.len(), 3);
+        // Namespaces not dumped are not judged.
+        e.reconcile(&[], &[2], 30 * SEC);
+        assert_eq!(e.table.len(), 3);
+    }
+
+    #[test]
+    fn cap_evicts_and_counts() {
+        let mut e = Engine::new(3);
+        for i in 0..5u64 {
+            e.apply(&tr(SEC + i, 0x100 + i, Close, Listen, 1000 + i as u16, 0));
+        }
+        assert_eq!(e.table.len(), 3);
+        assert_eq!(e.table.counters.evictions, 2);
+        let snap = e.snapshot(2 * SEC, 2 * SEC, host());
+        assert_eq!(snap.lost["evictions"], 2);
+    }
+
+    #[test]
+    fn memory_per_live_entry_is_bounded() {
+        // Table entry: key + value + hashbrown control byte, at the load factor.
+        let entry = std::mem::size_of::<u64>() + std::mem::size_of::<crate::conn::Conn>() + 1;
+        let per_entry = entry * 8 / 7;
+        assert!(per_entry <= 256, "{per_entry} bytes per live socket");
+    }
+
+    fn arb_state() -> impl Strategy<Value = TcpState> {
+        (1u8..=12).prop_map(|v| TcpState::from_u8(v).unwrap())
+    }
+
+    proptest! {
+        /// Random (even nonsensical) event streams, timestamps jittered by a few
+        /// microseconds as across CPUs: no panic, no negative durations, and
+        /// per-owner counts add up to the totals.
+        #[test]
+        fn random_streams_keep_invariants(
+            ops in proptest::collection::vec(
+                (0u8..4, 0u64..12, arb_state(), arb_state(), 0u64..5_000, 0u16..4, proptest::option::of(0u64..10 * SEC), 0u32..3),
+                1..300,
+            )
+        ) {
+            let mut e = Engine::new(16);
+            let mut t = SEC;
+            for (kind, sk, old, new, jitter, port, prev, pid) in ops {
+                t += 1_000;
+                let ts = t.saturating_sub(jitter);
+                let mut ev = tr(ts, sk, old, new, 1000 + port, 80 + port);
+                ev.prev_ns = prev;
+                ev.owner = (pid > 0).then(|| owner(pid));
+                let ev = match kind {
+                    0 | 1 => ev,
+                    2 => Event { kind: EventKind::TwBegin, link: Some(sk ^ 1), ..ev },
+                    _ => Event { kind: EventKind::TwEnd, reason: Some(TwEndReason::Killed), ..ev },
+                };
+                e.apply(&ev);
+                prop_assert!(e.table.len() <= 16);
+            }
+            let snap = e.snapshot(t + SEC, t + SEC, host());
+            let by_state: u64 = snap.states.values().sum();
+            let by_owner: u64 = snap.by_process.iter().map(|p| p.counts.total).sum();
+            prop_assert_eq!(by_state, snap.tracked);
+            prop_assert_eq!(by_owner, snap.tracked);
+            for c in e.table.conns() {
+                prop_assert!(c.state_since_ns >= c.born_ns || c.age_is_lower_bound());
+            }
+            for h in snap.histograms.values() {
+                prop_assert!(h.p50_ms >= 0.0 && h.max_ms >= h.p50_ms);
+                prop_assert!(h.max_ms <= 86_400_000.0);
+            }
+        }
+    }
+}

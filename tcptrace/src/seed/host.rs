@@ -1,0 +1,169 @@
+//! Host facts the statistics need beside the socket table: the ephemeral port
+//! range (to judge port exhaustion) and kernel TCP counters such as
+//! `TCPTimeWaitOverflow` (TIME_WAIT sockets the kernel refused to keep).
+//! Parsing is pure and separate from the reads. Both files are per network
+//! namespace; the reads use the calling thread's namespace.
+
+use std::fs;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+const NETSTAT: &str = "/proc/thread-self/net/netstat";
+
+/// The ephemeral (local) port range, inclusive: `(low, high)`.
+pub fn ephemeral_port_range() -> Result<(u16, u16)> {
+    let text = fs::read_to_string(PORT_RANGE)
+        .with_context(|| format!("reading {PORT_RANGE}: mount /proc"))?;
+    parse_port_range(&text).with_context(|| format!("parsing {PORT_RANGE}"))
+}
+
+/// A counter from `/proc/net/netstat`. `name` is `Section:Field`
+/// (`"TcpExt:TCPTimeWaitOverflow"`) or a bare field name, which matches the
+/// first section that has it. `None` when the kernel does not report it.
+pub fn netstat_counter(name: &str) -> Result<Option<u64>> {
+    let text =
+        fs::read_to_string(NETSTAT).with_context(|| format!("reading {NETSTAT}: mount /proc"))?;
+    parse_netstat_counter(&text, name).with_context(|| format!("parsing {NETSTAT}"))
+}
+
+/// `TcpExt: TCPTimeWaitOverflow`: TIME_WAIT sockets not created because
+/// `net.ipv4.tcp_max_tw_buckets` was reached.
+pub fn tw_overflow() -> Result<u64> {
+    netstat_counter("TcpExt:TCPTimeWaitOverflow")?.ok_or_else(|| {
+        anyhow!("TcpExt TCPTimeWaitOverflow missing from {NETSTAT}: needs Linux >= 2.6.29")
+    })
+}
+
+/// Parses `ip_local_port_range` ("32768\t60999\n").
+pub fn parse_port_range(text: &str) -> Result<(u16, u16)> {
+    let mut it = text.split_whitespace();
+    let (Some(lo), Some(hi), None) = (it.next(), it.next(), it.next()) else {
+        bail!("expected two port numbers, got {text:?}");
+    };
+    let lo: u16 = lo.parse().with_context(|| format!("bad low port {lo:?}"))?;
+    let hi: u16 = hi
+        .parse()
+        .with_context(|| format!("bad high port {hi:?}"))?;
+    if lo > hi {
+        bail!("low port {lo} above high port {hi}");
+    }
+    Ok((lo, hi))
+}
+
+/// Finds `name` (see [`netstat_counter`]) in `/proc/net/netstat` text: pairs
+/// of lines, `Section: Name1 Name2 ...` then `Section: v1 v2 ...`.
+pub fn parse_netstat_counter(text: &str, name: &str) -> Result<Option<u64>> {
+    let (want_section, field) = match name.split_once(':') {
+        Some((s, f)) => (Some(s.trim()), f.trim()),
+        None => (None, name.trim()),
+    };
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    while let Some(header) = lines.next() {
+        let Some(values) = lines.next() else {
+            bail!("header line without a value line: {header:?}");
+        };
+        let (section, names) = split_section(header)?;
+        let (vsection, vals) = split_section(values)?;
+        if section != vsection {
+            bail!("section {section:?} followed by {vsection:?}");
+        }
+        if want_section.is_some_and(|w| w != section) {
+            continue;
+        }
+        let names: Vec<&str> = names.split_whitespace().collect();
+        let vals: Vec<&str> = vals.split_whitespace().collect();
+        if names.len() != vals.len() {
+            bail!(
+                "section {section}: {} names but {} values",
+                names.len(),
+                vals.len()
+            );
+        }
+        if let Some(i) = names.iter().position(|n| *n == field) {
+            let v = vals[i]
+                .parse()
+                .with_context(|| format!("{section} {field}: bad value {:?}", vals[i]))?;
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+fn split_section(line: &str) -> Result<(&str, &str)> {
+    line.split_once(':')
+        .map(|(s, rest)| (s.trim(), rest))
+        .ok_or_else(|| anyhow!("line without a `Section:` prefix: {line:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+TcpExt: SyncookiesSent TW TCPTimeWaitOverflow TCPOrigDataSent
+TcpExt: 0 1234 7 99
+IpExt: InNoRoutes InOctets
+IpExt: 0 184467440737095516
+MPTcpExt: MPCapableSYNRX TW
+MPTcpExt: 3 5
+";
+
+    #[test]
+    fn finds_counters_by_section_and_field() {
+        let get = |n| parse_netstat_counter(SAMPLE, n).unwrap();
+        assert_eq!(get("TcpExt:TCPTimeWaitOverflow"), Some(7));
+        assert_eq!(get("TcpExt:TW"), Some(1234));
+        assert_eq!(get("MPTcpExt:TW"), Some(5));
+        assert_eq!(get("IpExt:InOctets"), Some(184_467_440_737_095_516));
+        assert_eq!(get("TCPOrigDataSent"), Some(99));
+        assert_eq!(get("TW"), Some(1234), "bare name: first section wins");
+    }
+
+    #[test]
+    fn missing_counter_or_section_is_none() {
+        assert_eq!(parse_netstat_counter(SAMPLE, "TcpExt:Nope").unwrap(), None);
+        assert_eq!(parse_netstat_counter(SAMPLE, "Nope:TW").unwrap(), None);
+        assert_eq!(parse_netstat_counter("", "TcpExt:TW").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_netstat_is_an_error() {
+        for bad in [
+            "TcpExt: A B\n",
+            "TcpExt: A B\nTcpExt: 1\n",
+            "TcpExt: A\nIpExt: 1\n",
+            "TcpExt: A\nTcpExt: x\n",
+            "no colon here\nTcpExt: 1\n",
+        ] {
+            assert!(parse_netstat_counter(bad, "TcpExt:A").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_port_range() {
+        assert_eq!(parse_port_range("32768\t60999\n").unwrap(), (32768, 60999));
+        assert_eq!(parse_port_range(" 1024 65535").unwrap(), (1024, 65535));
+        for bad in ["", "1024", "1 2 3", "x 2", "2000 1000", "1 70000"] {
+            assert!(parse_port_range(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn real_port_range_matches_the_file() {
+        let text = fs::read_to_string(PORT_RANGE).unwrap();
+        let want: Vec<u16> = text
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let (lo, hi) = ephemeral_port_range().unwrap();
+        assert_eq!(vec![lo, hi], want);
+    }
+
+    #[test]
+    fn real_tw_overflow_reads() {
+        let direct = netstat_counter("TcpExt:TCPTimeWaitOverflow").unwrap();
+        assert!(direct.is_some());
+        tw_overflow().unwrap();
+    }
+}

@@ -1,0 +1,195 @@
+//! Aggregates over the connection table: HDR histograms of state durations
+//! (all, per owner, per peer), end reasons, who closed first, transition
+//! counts and rates, CLOSE_WAIT growth per process. Pure: fed by
+//! [`crate::conn`] outputs with timestamps from the events.
+
+mod histos;
+mod snapshot;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+pub use histos::{HistKind, HistSummary, Histos};
+pub use snapshot::*;
+
+use crate::{
+    conn::{Closer, EndReason, Finished, StateDuration},
+    model::{Comm, Event, EventKind, TcpState},
+};
+
+/// Per-owner and per-peer histogram sets kept at most (the rest are counted
+/// in `untracked_keys`), to bound memory.
+pub const MAX_KEYED_HISTOGRAMS: usize = 256;
+
+/// How long CLOSE_WAIT count history is kept per process (the 15 min window
+/// plus slack).
+const GROWTH_HISTORY_NS: u64 = 16 * 60 * 1_000_000_000;
+
+#[derive(Default)]
+pub struct Aggregates {
+    pub all: Histos,
+    pub by_owner: HashMap<u32, (Comm, Histos)>,
+    pub by_peer: HashMap<(IpAddr, u16), Histos>,
+    pub untracked_keys: u64,
+    pub ended: HashMap<EndReason, u64>,
+    pub closers: HashMap<Closer, u64>,
+    /// Transition counts by (old, new), indexed by state number.
+    pub transitions: Box<[[u64; 13]; 13]>,
+    pub transitions_total: u64,
+    pub timewait_total: u64,
+    /// (ts of the sample, count) per process, oldest first.
+    close_wait_history: HashMap<u32, VecDeque<(u64, u64)>>,
+}
+
+impl Aggregates {
+    pub fn on_event(&mut self, e: &Event) {
+        match e.kind {
+            EventKind::Transition => {
+                if let Some(old) = e.old {
+                    self.transitions[old as usize][e.new as usize] += 1;
+                }
+                self.transitions_total += 1;
+            }
+            EventKind::TwBegin => self.timewait_total += 1,
+            _ => {}
+        }
+    }
+
+    fn keyed_owner(&mut self, pid: u32, comm: Comm) -> Option<&mut Histos> {
+        if !self.by_owner.contains_key(&pid) && self.by_owner.len() >= MAX_KEYED_HISTOGRAMS {
+            self.untracked_keys += 1;
+            return None;
+        }
+        Some(
+            &mut self
+                .by_owner
+                .entry(pid)
+                .or_insert_with(|| (comm, Histos::default()))
+                .1,
+        )
+    }
+
+    fn keyed_peer(&mut self, peer: (IpAddr, u16)) -> Option<&mut Histos> {
+        if !self.by_peer.contains_key(&peer) && self.by_peer.len() >= MAX_KEYED_HISTOGRAMS {
+            self.untracked_keys += 1;
+            return None;
+        }
+        Some(self.by_peer.entry(peer).or_default())
+    }
+
+    fn record(&mut self, kind: HistKind, ns: u64, owner: Option<(u32, Comm)>, peer: (IpAddr, u16)) {
+        self.all.record(kind, ns);
+        if let Some((pid, comm)) = owner
+            && let Some(h) = self.keyed_owner(pid, comm)
+        {
+            h.record(kind, ns);
+        }
+        if let Some(h) = self.keyed_peer(peer) {
+            h.record(kind, ns);
+        }
+    }
+
+    pub fn on_duration(&mut self, d: &StateDuration) {
+        let kind = match (d.state, d.handshake) {
+            (TcpState::SynSent, true) => HistKind::HandshakeConnect,
+            (TcpState::SynRecv, true) => HistKind::HandshakeAccept,
+            (TcpState::Established, _) => HistKind::Established,
+            (TcpState::CloseWait, _) => HistKind::CloseWait,
+            (TcpState::FinWait1, _) => HistKind::FinWait1,
+            (TcpState::FinWait2, _) => HistKind::FinWait2,
+            (TcpState::LastAck, _) => HistKind::LastAck,
+            _ => return,
+        };
+        self.record(kind, d.ns, d.owner.map(|o| (o.pid, o.comm)), d.peer);
+    }
+
+    pub fn on_finished(&mut self, f: &Finished) {
+        match f {
+            Finished::Conn {
+                conn,
+                end_ns,
+                reason,
+            } => {
+                *self.ended.entry(*reason).or_default() += 1;
+                if *reason == EndReason::Dropped {
+                    return;
+                }
+                if let Some(c) = conn.closer {
+                    *self.closers.entry(c).or_default() += 1;
+                }
+                if !conn.age_is_lower_bound() && *reason != EndReason::ListenerClosed {
+                    self.record(
+                        HistKind::Lifetime,
+                        end_ns.saturating_sub(conn.born_ns),
+                        conn.owner.map(|o| (o.pid, o.comm)),
+                        (conn.key.daddr, conn.key.dport),
+                    );
+                }
+            }
+            Finished::Tw {
+                tw,
+                reason,
+                duration_ns,
+                ..
+            } => {
+                *self.ended.entry(*reason).or_default() += 1;
+                if let Some(ns) = duration_ns
+                    && *reason != EndReason::Dropped
+                {
+                    self.record(
+                        HistKind::TimeWait,
+                        *ns,
+                        tw.owner.map(|o| (o.pid, o.comm)),
+                        (tw.key.daddr, tw.key.dport),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Records the current CLOSE_WAIT count of each process at `now_ns`
+    /// (processes absent from `counts` are recorded as 0 if they had history).
+    pub fn sample_close_wait(&mut self, now_ns: u64, counts: &HashMap<u32, u64>) {
+        for (&pid, &n) in counts {
+            self.close_wait_history
+                .entry(pid)
+                .or_default()
+                .push_back((now_ns, n));
+        }
+        self.close_wait_history.retain(|pid, hist| {
+            if !counts.contains_key(pid) {
+                hist.push_back((now_ns, 0));
+            }
+            while hist
+                .front()
+                .is_some_and(|&(t, _)| now_ns.saturating_sub(t) > GROWTH_HISTORY_NS)
+            {
+                hist.pop_front();
+            }
+            hist.iter().any(|&(_, n)| n > 0)
+        });
+    }
+
+    /// CLOSE_WAIT growth of `pid` in sockets per minute over the last
+    /// `window_ns` (or over the history available, if shorter; 0 with less
+    /// than one sample interval of history).
+    pub fn close_wait_growth_per_min(&self, pid: u32, now_ns: u64, window_ns: u64) -> f64 {
+        let Some(hist) = self.close_wait_history.get(&pid) else {
+            return 0.0;
+        };
+        let Some(&(t_now, n_now)) = hist.back() else {
+            return 0.0;
+        };
+        let since = now_ns.saturating_sub(window_ns);
+        let Some(&(t0, n0)) = hist.iter().find(|&&(t, _)| t >= since) else {
+            return 0.0;
+        };
+        let dt = t_now.saturating_sub(t0);
+        if dt == 0 {
+            return 0.0;
+        }
+        (n_now as f64 - n0 as f64) * 60e9 / dt as f64
+    }
+}

@@ -1,0 +1,417 @@
+//! A point-in-time summary of the engine: what `stats` prints (and what the
+//! TUI will draw). Built by walking the live table once, so its cost is
+//! O(live sockets) per interval, never per event.
+//!
+//! # `tcptrace stats --json` schema
+//!
+//! One object per interval; field names are a stable contract:
+//! - `ts_ns`: wall clock, Unix epoch ns.
+//! - `states`: state name -> live count (TIME_WAIT counts timewait sockets).
+//! - `close_wait`: every CLOSE_WAIT socket, oldest first: `pid`, `comm`,
+//!   `saddr`, `sport`, `daddr`, `dport`, `age_ms`, `age_is_lower_bound`.
+//! - `close_wait_by_process`: `pid`, `comm`, `count`, `growth_per_min` (1 min
+//!   window), `growth_per_min_5m`, `growth_per_min_15m`, `oldest_age_ms`.
+//! - `time_wait_by_peer`: `daddr`, `dport`, `count`, `port_range_ratio`
+//!   (count / size of `ip_local_port_range`: how close this destination is to
+//!   exhausting ephemeral ports).
+//! - `time_wait_by_local`: `saddr`, `sport`, `count` (a server collecting TIME_WAIT).
+//! - `by_process`, `by_local_port`, `by_remote`: live counts per state.
+//! - `histograms`: name -> `count`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`.
+//! - `lost`: source -> count (`ring_full`, `recursion_misses`, `map_full`,
+//!   `evictions`, `decode_errors`).
+//! - `transitions_total`, `transitions_per_sec`, `closers`, `ended`,
+//!   `tw_overflow`, `port_range`, `tracked`, `corrections`, `unknown_sockets`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use super::{Aggregates, HistKind, HistSummary};
+use crate::{
+    conn::{Closer, ConnTable, EndReason},
+    model::{Comm, Lost, TcpState},
+};
+
+const MIN: u64 = 60 * 1_000_000_000;
+
+/// Facts from outside the engine that a snapshot reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostFacts {
+    /// `net.ipv4.ip_local_port_range`.
+    pub port_range: (u16, u16),
+    /// TcpExt TCPTimeWaitOverflow since boot.
+    pub tw_overflow: u64,
+    /// Kernel-side losses since start.
+    pub lost: Lost,
+    pub decode_errors: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CloseWaitSocket {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub age_ms: u64,
+    pub age_is_lower_bound: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CloseWaitByProcess {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub count: u64,
+    pub growth_per_min: f64,
+    pub growth_per_min_5m: f64,
+    pub growth_per_min_15m: f64,
+    pub oldest_age_ms: u64,
+    pub oldest_age_is_lower_bound: bool,
+    /// Remote endpoints of these sockets, most frequent first (at most 5).
+    pub peers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TimeWaitByPeer {
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub count: u64,
+    pub port_range_ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TimeWaitByLocal {
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StateCounts {
+    pub total: u64,
+    pub states: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ByProcess {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    #[serde(flatten)]
+    pub counts: StateCounts,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ByLocalPort {
+    pub port: u16,
+    #[serde(flatten)]
+    pub counts: StateCounts,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ByRemote {
+    pub daddr: IpAddr,
+    #[serde(flatten)]
+    pub counts: StateCounts,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub ts_ns: u64,
+    pub states: BTreeMap<&'static str, u64>,
+    pub close_wait: Vec<CloseWaitSocket>,
+    pub close_wait_by_process: Vec<CloseWaitByProcess>,
+    pub time_wait_by_peer: Vec<TimeWaitByPeer>,
+    pub time_wait_by_local: Vec<TimeWaitByLocal>,
+    pub by_process: Vec<ByProcess>,
+    pub by_local_port: Vec<ByLocalPort>,
+    pub by_remote: Vec<ByRemote>,
+    pub histograms: BTreeMap<&'static str, HistSummary>,
+    pub lost: BTreeMap<&'static str, u64>,
+    pub transitions_total: u64,
+    pub transitions_per_sec: f64,
+    pub closers: BTreeMap<&'static str, u64>,
+    pub ended: BTreeMap<&'static str, u64>,
+    pub tw_overflow: u64,
+    pub port_range: (u16, u16),
+    pub tracked: u64,
+    pub corrections: u64,
+    pub unknown_sockets: u64,
+}
+
+/// States always listed in `states` (others only when non-zero).
+const MAIN_STATES: [TcpState; 10] = [
+    TcpState::Established,
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::TimeWait,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+    TcpState::Listen,
+    TcpState::Closing,
+];
+
+fn empty_states() -> BTreeMap<&'static str, u64> {
+    MAIN_STATES.iter().map(|s| (s.name(), 0)).collect()
+}
+
+fn add(counts: &mut StateCounts, state: TcpState) {
+    counts.total += 1;
+    *counts.states.entry(state.name()).or_default() += 1;
+}
+
+fn new_counts() -> StateCounts {
+    StateCounts {
+        total: 0,
+        states: BTreeMap::new(),
+    }
+}
+
+fn comm_string(c: Comm) -> String {
+    c.to_str_lossy().into_owned()
+}
+
+pub fn end_reason_name(r: EndReason) -> &'static str {
+    match r {
+        EndReason::Normal => "normal",
+        EndReason::TimeWait => "time_wait",
+        EndReason::Reset => "reset",
+        EndReason::Refused => "refused",
+        EndReason::Timeout => "timeout",
+        EndReason::ListenerClosed => "listener_closed",
+        EndReason::TimeWaitExpired => "time_wait_expired",
+        EndReason::TimeWaitKilled => "time_wait_killed",
+        EndReason::Dropped => "dropped",
+    }
+}
+
+pub fn closer_name(c: Closer) -> &'static str {
+    match c {
+        Closer::Active => "active",
+        Closer::Passive => "passive",
+        Closer::Simultaneous => "simultaneous",
+    }
+}
+
+/// Per-process CLOSE_WAIT accumulator: comm, count, oldest age (ms), whether
+/// that age is a lower bound, and counts per peer.
+type CloseWaitAcc = (Option<Comm>, u64, u64, bool, HashMap<String, u64>);
+
+/// Inputs for [`build`] besides the table and aggregates.
+pub struct SnapshotInput {
+    /// Monotonic now, the base of every age.
+    pub now_ns: u64,
+    /// Wall clock of `now_ns`.
+    pub wall_ns: u64,
+    pub host: HostFacts,
+    pub transitions_per_sec: f64,
+}
+
+/// Builds a snapshot and samples CLOSE_WAIT counts for the growth rates.
+pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) -> Snapshot {
+    let now = input.now_ns;
+    let mut states = empty_states();
+    let mut close_wait = Vec::new();
+    let mut by_process: HashMap<Option<u32>, (Option<Comm>, StateCounts)> = HashMap::new();
+    let mut by_port: HashMap<u16, StateCounts> = HashMap::new();
+    let mut by_remote: HashMap<IpAddr, StateCounts> = HashMap::new();
+    let mut cw_by_pid: HashMap<Option<u32>, CloseWaitAcc> = HashMap::new();
+
+    for c in table.conns() {
+        *states.entry(c.state.name()).or_default() += 1;
+        let pid = c.owner.map(|o| o.pid);
+        let entry = by_process
+            .entry(pid)
+            .or_insert_with(|| (c.owner.map(|o| o.comm), new_counts()));
+        add(&mut entry.1, c.state);
+        add(
+            by_port.entry(c.key.sport).or_insert_with(new_counts),
+            c.state,
+        );
+        if c.state != TcpState::Listen {
+            add(
+                by_remote.entry(c.key.daddr).or_insert_with(new_counts),
+                c.state,
+            );
+        }
+        if c.state == TcpState::CloseWait {
+            let age = now.saturating_sub(c.state_since_ns) / 1_000_000;
+            let lower = c.state_age_is_lower_bound();
+            close_wait.push(CloseWaitSocket {
+                pid,
+                comm: c.owner.map(|o| comm_string(o.comm)),
+                saddr: c.key.saddr,
+                sport: c.key.sport,
+                daddr: c.key.daddr,
+                dport: c.key.dport,
+                age_ms: age,
+                age_is_lower_bound: lower,
+            });
+            let e = cw_by_pid
+                .entry(pid)
+                .or_insert_with(|| (c.owner.map(|o| o.comm), 0, 0, false, HashMap::new()));
+            e.1 += 1;
+            if age >= e.2 {
+                e.2 = age;
+                e.3 = lower;
+            }
+            *e.4.entry(std::net::SocketAddr::new(c.key.daddr, c.key.dport).to_string())
+                .or_default() += 1;
+        }
+    }
+
+    let range = (input.host.port_range.1 as u64).saturating_sub(input.host.port_range.0 as u64) + 1;
+    let mut tw_peer: HashMap<(IpAddr, u16), u64> = HashMap::new();
+    let mut tw_local: HashMap<(IpAddr, u16), u64> = HashMap::new();
+    for t in table.timewaits() {
+        // Counted by substate, as `ss` does: an orphaned FIN_WAIT2 handled by
+        // a timewait socket is FIN_WAIT2.
+        *states.entry(t.substate.name()).or_default() += 1;
+        if t.substate == TcpState::TimeWait {
+            *tw_peer.entry((t.key.daddr, t.key.dport)).or_default() += 1;
+            *tw_local.entry((t.key.saddr, t.key.sport)).or_default() += 1;
+        }
+        let pid = t.owner.map(|o| o.pid);
+        let entry = by_process
+            .entry(pid)
+            .or_insert_with(|| (t.owner.map(|o| o.comm), new_counts()));
+        add(&mut entry.1, t.substate);
+        add(
+            by_port.entry(t.key.sport).or_insert_with(new_counts),
+            t.substate,
+        );
+        add(
+            by_remote.entry(t.key.daddr).or_insert_with(new_counts),
+            t.substate,
+        );
+    }
+
+    close_wait.sort_by_key(|c| std::cmp::Reverse(c.age_ms));
+
+    let counts: HashMap<u32, u64> = cw_by_pid
+        .iter()
+        .filter_map(|(pid, v)| pid.map(|p| (p, v.1)))
+        .collect();
+    aggs.sample_close_wait(now, &counts);
+    let mut close_wait_by_process: Vec<CloseWaitByProcess> = cw_by_pid
+        .into_iter()
+        .map(|(pid, (comm, count, oldest, lower, peers))| {
+            let growth = |w| pid.map_or(0.0, |p| aggs.close_wait_growth_per_min(p, now, w));
+            let mut peers: Vec<(String, u64)> = peers.into_iter().collect();
+            peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            CloseWaitByProcess {
+                pid,
+                comm: comm.map(comm_string),
+                count,
+                growth_per_min: growth(MIN),
+                growth_per_min_5m: growth(5 * MIN),
+                growth_per_min_15m: growth(15 * MIN),
+                oldest_age_ms: oldest,
+                oldest_age_is_lower_bound: lower,
+                peers: peers.into_iter().take(5).map(|p| p.0).collect(),
+            }
+        })
+        .collect();
+    close_wait_by_process.sort_by(|a, b| b.count.cmp(&a.count).then(a.pid.cmp(&b.pid)));
+
+    let mut time_wait_by_peer: Vec<TimeWaitByPeer> = tw_peer
+        .into_iter()
+        .map(|((daddr, dport), count)| TimeWaitByPeer {
+            daddr,
+            dport,
+            count,
+            port_range_ratio: count as f64 / range as f64,
+        })
+        .collect();
+    time_wait_by_peer.sort_by(|a, b| b.count.cmp(&a.count).then(a.dport.cmp(&b.dport)));
+    let mut time_wait_by_local: Vec<TimeWaitByLocal> = tw_local
+        .into_iter()
+        .map(|((saddr, sport), count)| TimeWaitByLocal {
+            saddr,
+            sport,
+            count,
+        })
+        .collect();
+    time_wait_by_local.sort_by(|a, b| b.count.cmp(&a.count).then(a.sport.cmp(&b.sport)));
+
+    let mut by_process: Vec<ByProcess> = by_process
+        .into_iter()
+        .map(|(pid, (comm, counts))| ByProcess {
+            pid,
+            comm: comm.map(comm_string),
+            counts,
+        })
+        .collect();
+    by_process.sort_by(|a, b| b.counts.total.cmp(&a.counts.total).then(a.pid.cmp(&b.pid)));
+    let mut by_local_port: Vec<ByLocalPort> = by_port
+        .into_iter()
+        .map(|(port, counts)| ByLocalPort { port, counts })
+        .collect();
+    by_local_port.sort_by(|a, b| {
+        b.counts
+            .total
+            .cmp(&a.counts.total)
+            .then(a.port.cmp(&b.port))
+    });
+    by_local_port.truncate(50);
+    let mut by_remote: Vec<ByRemote> = by_remote
+        .into_iter()
+        .map(|(daddr, counts)| ByRemote { daddr, counts })
+        .collect();
+    by_remote.sort_by(|a, b| {
+        b.counts
+            .total
+            .cmp(&a.counts.total)
+            .then(a.daddr.cmp(&b.daddr))
+    });
+    by_remote.truncate(50);
+
+    let histograms = HistKind::ALL
+        .iter()
+        .map(|&k| (k.name(), aggs.all.summary(k)))
+        .collect();
+    let counters = table.counters;
+    let lost = BTreeMap::from([
+        ("ring_full", input.host.lost.ring_full),
+        ("recursion_misses", input.host.lost.recursion_misses),
+        ("map_full", input.host.lost.map_full),
+        ("evictions", counters.evictions),
+        ("decode_errors", input.host.decode_errors),
+    ]);
+
+    Snapshot {
+        ts_ns: input.wall_ns,
+        states,
+        close_wait,
+        close_wait_by_process,
+        time_wait_by_peer,
+        time_wait_by_local,
+        by_process,
+        by_local_port,
+        by_remote,
+        histograms,
+        lost,
+        transitions_total: aggs.transitions_total,
+        transitions_per_sec: input.transitions_per_sec,
+        closers: aggs
+            .closers
+            .iter()
+            .map(|(&c, &n)| (closer_name(c), n))
+            .collect(),
+        ended: aggs
+            .ended
+            .iter()
+            .map(|(&r, &n)| (end_reason_name(r), n))
+            .collect(),
+        tw_overflow: input.host.tw_overflow,
+        port_range: input.host.port_range,
+        tracked: table.len() as u64,
+        corrections: counters.corrections,
+        unknown_sockets: counters.unknown_sockets,
+    }
+}

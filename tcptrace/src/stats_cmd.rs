@@ -1,0 +1,220 @@
+//! `tcptrace stats`: the live engine (seeded from sock_diag, reconciled every
+//! few seconds) printing a summary every `--interval`, as text or JSON.
+
+use std::{
+    collections::HashSet,
+    io::{self, Write},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Result;
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
+
+use crate::{
+    cli::StatsConfig,
+    clock::{WallClock, hms_millis, monotonic_ns},
+    decode,
+    ebpf::Tracer,
+    engine::Engine,
+    model::SeenSocket,
+    seed,
+    stats::{HistKind, HostFacts, Snapshot},
+    trace::{POLL_INTERVAL, StopSignals},
+};
+
+/// Applies everything waiting in the ring buffer.
+pub fn drain_into(tracer: &mut Tracer, engine: &mut Engine, decode_errors: &mut u64) {
+    tracer.drain(|bytes| match decode::decode(bytes) {
+        Ok(e) => engine.apply(&e),
+        Err(_) => *decode_errors += 1,
+    });
+}
+
+/// Takes a sock_diag snapshot of every namespace, keeping what the filter keeps.
+fn take_snapshot(cfg: &StatsConfig) -> Result<(Vec<SeenSocket>, Vec<u32>, u64)> {
+    let snap = seed::snapshot(true)?;
+    let namespaces: Vec<u32> = snap
+        .sockets
+        .iter()
+        .filter_map(|s| s.netns)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let sockets = snap
+        .sockets
+        .into_iter()
+        .filter(|s| cfg.user_filter.matches_seen(s))
+        .collect();
+    Ok((sockets, namespaces, snap.taken_at_mono_ns))
+}
+
+fn host_facts(tracer: &Tracer, decode_errors: u64) -> HostFacts {
+    HostFacts {
+        port_range: seed::host::ephemeral_port_range().unwrap_or((32768, 60999)),
+        tw_overflow: seed::host::tw_overflow().unwrap_or(0),
+        lost: tracer.counters().lost(),
+        decode_errors,
+    }
+}
+
+pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
+    let mut signals = StopSignals::install()?;
+    let mut tracer = Tracer::load(&cfg.load)?;
+    let clock = WallClock::measure();
+    let mut engine = Engine::new(cfg.max_conns);
+    let mut decode_errors = 0u64;
+    if cfg.seed {
+        let (sockets, _, taken_at) = take_snapshot(&cfg)?;
+        engine.seed(&sockets, taken_at);
+    }
+    eprintln!(
+        "tcptrace: stats every {:?} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
+        cfg.interval, tracer.hooks.transitions, tracer.hooks.timewait
+    );
+    let start_lost = tracer.counters().lost();
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut poll = interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut report = interval(cfg.interval);
+    report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    report.tick().await;
+    let reconcile_every = cfg
+        .reconcile
+        .unwrap_or(Duration::from_secs(3600 * 24 * 365));
+    let mut reconcile = interval(reconcile_every);
+    reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    reconcile.tick().await;
+    let deadline = cfg.duration.map(|d| Instant::now() + d);
+    loop {
+        tokio::select! {
+            _ = signals.recv() => break,
+            _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
+            _ = poll.tick() => drain_into(&mut tracer, &mut engine, &mut decode_errors),
+            _ = reconcile.tick(), if cfg.reconcile.is_some() => {
+                let (sockets, namespaces, taken_at) = take_snapshot(&cfg)?;
+                drain_into(&mut tracer, &mut engine, &mut decode_errors);
+                engine.reconcile(&sockets, &namespaces, taken_at);
+            }
+            _ = report.tick() => {
+                drain_into(&mut tracer, &mut engine, &mut decode_errors);
+                let mut host = host_facts(&tracer, decode_errors);
+                host.lost = host.lost.since(&start_lost);
+                let now = monotonic_ns();
+                let snap = engine.snapshot(now, clock.wall_ns(now), host);
+                let written = if cfg.json { write_json(&mut out, &snap) } else { write_text(&mut out, &snap) };
+                match written.and_then(|()| out.flush()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn write_json(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, snap)?;
+    w.write_all(b"\n")
+}
+
+fn fmt_age(ms: u64, lower: bool) -> String {
+    let s = ms / 1000;
+    let text = if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}.{}s", s, (ms % 1000) / 100)
+    };
+    if lower { format!(">={text}") } else { text }
+}
+
+pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
+    let lost: u64 = snap.lost.values().sum();
+    writeln!(
+        w,
+        "== {}  tracked {}  transitions {:.0}/s  lost {}{}",
+        hms_millis(snap.ts_ns),
+        snap.tracked,
+        snap.transitions_per_sec,
+        lost,
+        if lost > 0 {
+            format!(
+                " {:?}",
+                snap.lost
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .collect::<Vec<_>>()
+            )
+        } else {
+            String::new()
+        }
+    )?;
+    let states: Vec<String> = snap
+        .states
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    writeln!(w, "states: {}", states.join("  "))?;
+    if !snap.close_wait_by_process.is_empty() {
+        writeln!(
+            w,
+            "CLOSE_WAIT by process:\n  {:<8} {:<16} {:>7} {:>22} {:>10}  PEERS",
+            "PID", "COMM", "COUNT", "GROWTH/MIN 1m/5m/15m", "OLDEST"
+        )?;
+        for p in snap.close_wait_by_process.iter().take(10) {
+            writeln!(
+                w,
+                "  {:<8} {:<16} {:>7} {:>22} {:>10}  {}",
+                p.pid.map_or("-".into(), |p| p.to_string()),
+                p.comm.as_deref().unwrap_or("-"),
+                p.count,
+                format!(
+                    "{:.1}/{:.1}/{:.1}",
+                    p.growth_per_min, p.growth_per_min_5m, p.growth_per_min_15m
+                ),
+                fmt_age(p.oldest_age_ms, p.oldest_age_is_lower_bound),
+                p.peers.join(" ")
+            )?;
+        }
+    }
+    if !snap.time_wait_by_peer.is_empty() {
+        writeln!(
+            w,
+            "TIME_WAIT by peer:\n  {:<40} {:>7} {:>16}",
+            "PEER", "COUNT", "PORT RANGE USED"
+        )?;
+        for p in snap.time_wait_by_peer.iter().take(10) {
+            writeln!(
+                w,
+                "  {:<40} {:>7} {:>15.1}%",
+                std::net::SocketAddr::new(p.daddr, p.dport).to_string(),
+                p.count,
+                p.port_range_ratio * 100.0
+            )?;
+        }
+    }
+    let hists: Vec<String> = HistKind::ALL
+        .iter()
+        .filter_map(|k| {
+            let h = snap.histograms.get(k.name())?;
+            (h.count > 0).then(|| {
+                format!(
+                    "  {:<18} n={:<8} p50 {:>9.3}  p90 {:>9.3}  p99 {:>9.3}  max {:>9.3} ms",
+                    k.name(),
+                    h.count,
+                    h.p50_ms,
+                    h.p90_ms,
+                    h.p99_ms,
+                    h.max_ms
+                )
+            })
+        })
+        .collect();
+    if !hists.is_empty() {
+        writeln!(w, "durations:\n{}", hists.join("\n"))?;
+    }
+    writeln!(w)
+}
