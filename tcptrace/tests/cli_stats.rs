@@ -1,0 +1,172 @@
+//! `tcptrace stats --json` against `ss`: a server leaking CLOSE_WAIT sockets
+//! (some created before tcptrace started) and a client leaving TIME_WAIT
+//! sockets to one port; the JSON shows them exactly, with this process as
+//! owner and lower-bound ages for the sockets that predate the tracer.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{Shutdown, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{free_port, ss_count};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
+
+/// Opens `n` connections to `listener` and closes the client side: the
+/// accepted sockets (kept in `held`) sit in CLOSE_WAIT.
+fn leak_close_wait(listener: &TcpListener, port: u16, n: usize, held: &mut Vec<TcpStream>) {
+    for _ in 0..n {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        held.push(s);
+        // Keep the client open (FIN_WAIT2 full socket, not an orphan).
+        std::mem::forget(c);
+    }
+}
+
+#[test]
+fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
+    let cw_port = free_port(false);
+    let tw_port = free_port(false);
+    let cw_listener = TcpListener::bind(("127.0.0.1", cw_port)).unwrap();
+    let tw_listener = TcpListener::bind(("127.0.0.1", tw_port)).unwrap();
+    let mut held = Vec::new();
+    leak_close_wait(&cw_listener, cw_port, 10, &mut held); // before tcptrace starts
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let mut child = Command::new(BIN)
+        .args([
+            "stats", "--json", "--interval", "1", "--port", &cw_port.to_string(), "--port",
+            &tw_port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("stats every"), "{line}");
+
+    leak_close_wait(&cw_listener, cw_port, 40, &mut held);
+    // 200 client-side TIME_WAITs to tw_port: the client closes first.
+    let server = std::thread::spawn(move || {
+        for _ in 0..200 {
+            let (mut s, _) = tw_listener.accept().unwrap();
+            let mut buf = [0u8; 1];
+            while s.read(&mut buf).unwrap() > 0 {}
+        }
+    });
+    for _ in 0..200 {
+        let c = TcpStream::connect(("127.0.0.1", tw_port)).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut c = c;
+        let mut buf = [0u8; 1];
+        while c.read(&mut buf).unwrap() > 0 {}
+    }
+    server.join().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let ss_cw = ss_count("close-wait", cw_port, None);
+    let ss_tw = ss_count("time-wait", tw_port, None);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    let last: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("at least one summary")).unwrap();
+
+    assert_eq!((ss_cw, ss_tw), (50, 200), "the scenario itself");
+    assert_eq!(last["states"]["CLOSE_WAIT"], 50, "{last}");
+    assert_eq!(last["states"]["TIME_WAIT"], 200, "{last}");
+    let me = std::process::id();
+    let procs = last["close_wait_by_process"].as_array().unwrap();
+    assert_eq!(procs.len(), 1, "{procs:?}");
+    assert_eq!(procs[0]["pid"], me);
+    assert_eq!(procs[0]["count"], 50);
+    let cw = last["close_wait"].as_array().unwrap();
+    assert_eq!(cw.len(), 50);
+    let lower: Vec<&serde_json::Value> =
+        cw.iter().filter(|s| s["age_is_lower_bound"] == true).collect();
+    assert_eq!(lower.len(), 10, "the sockets that predate tcptrace");
+    assert!(cw[..10].iter().all(|s| s["age_is_lower_bound"] == true), "oldest first");
+    assert!(cw.iter().all(|s| s["pid"] == me && s["sport"] == cw_port));
+    let peers = last["time_wait_by_peer"].as_array().unwrap();
+    let peer = peers
+        .iter()
+        .find(|p| p["dport"] == tw_port)
+        .expect("the TIME_WAIT destination");
+    assert_eq!(peer["count"], 200);
+    let ratio = peer["port_range_ratio"].as_f64().unwrap();
+    let (lo, hi): (f64, f64) = {
+        let r = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let v: Vec<f64> = r.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1])
+    };
+    assert!((ratio - 200.0 / (hi - lo + 1.0)).abs() < 1e-9);
+    for key in ["histograms", "lost", "ts_ns", "close_wait_by_process", "time_wait_by_peer"] {
+        assert!(last.get(key).is_some(), "{key}");
+    }
+    assert_eq!(last["lost"]["ring_full"], 0);
+    drop(held);
+}
+
+/// Lost events must not hide real sockets: stop tcptrace, overflow a 1 MiB
+/// ring with churn while leaking CLOSE_WAIT, resume; within a reconciliation
+/// period the counts equal `ss` again, and the loss is reported.
+#[test]
+fn reconciliation_repairs_what_lost_events_hid() {
+    let port = free_port(false);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "stats", "--json", "--interval", "1", "--reconcile", "1", "--ring-size", "1",
+            "--port", &port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).unwrap();
+        out
+    });
+    let pid = child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut held = Vec::new();
+    for i in 0..2_000 {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        if i % 100 == 0 {
+            c.shutdown(Shutdown::Write).unwrap();
+            held.push((s, c)); // 20 CLOSE_WAIT, events mostly lost
+        } else {
+            drop(c);
+            drop(s);
+        }
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(3500));
+    let ss_cw = ss_count("close-wait", port, None);
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    let out = reader.join().unwrap();
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(ss_cw, 20);
+    assert!(last["lost"]["ring_full"].as_u64().unwrap() > 0, "the ring did overflow");
+    assert_eq!(last["states"]["CLOSE_WAIT"], 20, "{}", last["states"]);
+    assert!(last["corrections"].as_u64().unwrap() > 0);
+    drop(held);
+}
