@@ -6,15 +6,12 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::{Shutdown, TcpListener, TcpStream},
-    process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{free_port, ss_count};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
+use common::{Running, free_port, ss_count};
 
 /// Opens `n` connections to `listener` and closes the client side: the
 /// accepted sockets (kept in `held`) sit in CLOSE_WAIT.
@@ -39,19 +36,18 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
     leak_close_wait(&cw_listener, cw_port, 10, &mut held); // before tcptrace starts
     std::thread::sleep(Duration::from_millis(1200));
 
-    let mut child = Command::new(BIN)
-        .args([
-            "stats", "--json", "--interval", "1", "--port", &cw_port.to_string(), "--port",
-            &tw_port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("stats every"), "{line}");
+    let (cw, tw) = (cw_port.to_string(), tw_port.to_string());
+    let args = [
+        "stats",
+        "--json",
+        "--interval",
+        "1",
+        "--port",
+        &cw,
+        "--port",
+        &tw,
+    ];
+    let running = Running::start(&args, "stats every");
 
     leak_close_wait(&cw_listener, cw_port, 40, &mut held);
     // 200 client-side TIME_WAITs to tw_port: the client closes first.
@@ -74,11 +70,8 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
 
     let ss_cw = ss_count("close-wait", cw_port, None);
     let ss_tw = ss_count("time-wait", tw_port, None);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    assert!(child.wait().unwrap().success());
+    let (status, out, _) = running.stop();
+    assert!(status.success());
     let last: serde_json::Value =
         serde_json::from_str(out.lines().last().expect("at least one summary")).unwrap();
 
@@ -92,10 +85,15 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
     assert_eq!(procs[0]["count"], 50);
     let cw = last["close_wait"].as_array().unwrap();
     assert_eq!(cw.len(), 50);
-    let lower: Vec<&serde_json::Value> =
-        cw.iter().filter(|s| s["age_is_lower_bound"] == true).collect();
+    let lower: Vec<&serde_json::Value> = cw
+        .iter()
+        .filter(|s| s["age_is_lower_bound"] == true)
+        .collect();
     assert_eq!(lower.len(), 10, "the sockets that predate tcptrace");
-    assert!(cw[..10].iter().all(|s| s["age_is_lower_bound"] == true), "oldest first");
+    assert!(
+        cw[..10].iter().all(|s| s["age_is_lower_bound"] == true),
+        "oldest first"
+    );
     assert!(cw.iter().all(|s| s["pid"] == me && s["sport"] == cw_port));
     let peers = last["time_wait_by_peer"].as_array().unwrap();
     let peer = peers
@@ -110,7 +108,13 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
         (v[0], v[1])
     };
     assert!((ratio - 200.0 / (hi - lo + 1.0)).abs() < 1e-9);
-    for key in ["histograms", "lost", "ts_ns", "close_wait_by_process", "time_wait_by_peer"] {
+    for key in [
+        "histograms",
+        "lost",
+        "ts_ns",
+        "close_wait_by_process",
+        "time_wait_by_peer",
+    ] {
         assert!(last.get(key).is_some(), "{key}");
     }
     assert_eq!(last["lost"]["ring_full"], 0);
@@ -124,27 +128,21 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
 fn reconciliation_repairs_what_lost_events_hid() {
     let port = free_port(false);
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "stats", "--json", "--interval", "1", "--reconcile", "1", "--ring-size", "1",
-            "--port", &port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).unwrap();
-        out
-    });
-    let pid = child.id() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let p = port.to_string();
+    let args = [
+        "stats",
+        "--json",
+        "--interval",
+        "1",
+        "--reconcile",
+        "1",
+        "--ring-size",
+        "1",
+        "--port",
+        &p,
+    ];
+    let running = Running::start(&args, "stats every");
+    running.signal(libc::SIGSTOP);
     let mut held = Vec::new();
     for i in 0..2_000 {
         let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -157,15 +155,17 @@ fn reconciliation_repairs_what_lost_events_hid() {
             drop(s);
         }
     }
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    running.signal(libc::SIGCONT);
     std::thread::sleep(Duration::from_millis(3500));
     let ss_cw = ss_count("close-wait", port, None);
-    unsafe { libc::kill(pid, libc::SIGINT) };
-    assert!(child.wait().unwrap().success());
-    let out = reader.join().unwrap();
+    let (status, out, _) = running.stop();
+    assert!(status.success());
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(ss_cw, 20);
-    assert!(last["lost"]["ring_full"].as_u64().unwrap() > 0, "the ring did overflow");
+    assert!(
+        last["lost"]["ring_full"].as_u64().unwrap() > 0,
+        "the ring did overflow"
+    );
     assert_eq!(last["states"]["CLOSE_WAIT"], 20, "{}", last["states"]);
     assert!(last["corrections"].as_u64().unwrap() > 0);
     drop(held);

@@ -207,3 +207,55 @@ pub fn ss_count(state: &str, port: u16, netns: Option<&str>) -> usize {
         .filter(|l| l.split_whitespace().any(|f| f.ends_with(&p)))
         .count()
 }
+
+/// A `tcptrace` process started by a test: stderr's first line (the banner)
+/// already read, stdout drained on a thread so the child never blocks on a
+/// full pipe.
+pub struct Running {
+    pub child: std::process::Child,
+    pub err: std::io::BufReader<std::process::ChildStderr>,
+    out: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    pub fn start(args: &[&str], banner: &str) -> Self {
+        use std::io::{BufRead, Read};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run tcptrace");
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains(banner), "unexpected first line: {line}");
+        let mut stdout = child.stdout.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut out = String::new();
+            stdout.read_to_string(&mut out).unwrap();
+            out
+        });
+        Self {
+            child,
+            err,
+            out: Some(out),
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Ctrl-C, then its exit status, all of stdout and the rest of stderr.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String, String) {
+        use std::io::Read;
+        self.signal(libc::SIGINT);
+        let status = self.child.wait().unwrap();
+        let out = self.out.take().unwrap().join().unwrap();
+        let mut rest = String::new();
+        self.err.read_to_string(&mut rest).unwrap();
+        (status, out, rest)
+    }
+}
