@@ -51,6 +51,27 @@ pub struct StatsArgs {
     /// Most live sockets tracked in userspace; beyond it, entries are evicted (counted).
     #[arg(long, value_name = "N", default_value_t = crate::conn::DEFAULT_CAP)]
     pub max_conns: usize,
+    /// Also report duration histograms per owning process or per remote endpoint.
+    #[arg(long, value_enum, default_value = "none")]
+    pub histograms_by: HistogramsByArg,
+}
+
+/// `--histograms-by` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistogramsByArg {
+    None,
+    Process,
+    Peer,
+}
+
+impl From<HistogramsByArg> for crate::stats::HistogramsBy {
+    fn from(a: HistogramsByArg) -> Self {
+        match a {
+            HistogramsByArg::None => Self::None,
+            HistogramsByArg::Process => Self::Process,
+            HistogramsByArg::Peer => Self::Peer,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +84,7 @@ pub struct StatsConfig {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
+    pub histograms_by: crate::stats::HistogramsBy,
 }
 
 impl StatsArgs {
@@ -101,6 +123,7 @@ impl StatsArgs {
             seed: !self.no_seed,
             reconcile,
             max_conns: self.max_conns,
+            histograms_by: self.histograms_by.into(),
         })
     }
 }

@@ -14,6 +14,8 @@ pub struct Engine {
     /// Transitions applied since the last snapshot (for the rate).
     since_snapshot: u64,
     last_snapshot_ns: Option<u64>,
+    /// Keyed histograms to include in snapshots.
+    pub histograms_by: crate::stats::HistogramsBy,
 }
 
 impl Engine {
@@ -23,6 +25,7 @@ impl Engine {
             aggs: Aggregates::default(),
             since_snapshot: 0,
             last_snapshot_ns: None,
+            histograms_by: crate::stats::HistogramsBy::None,
         }
     }
 
@@ -78,6 +81,7 @@ impl Engine {
                 wall_ns,
                 host,
                 transitions_per_sec: rate,
+                histograms_by: self.histograms_by,
             },
         )
     }
@@ -204,6 +208,19 @@ mod tests {
         assert_eq!(snap.histograms["lifetime"].count, 1);
         assert_eq!(snap.closers["active"], 1);
         assert_eq!(snap.ended["time_wait"], 1);
+        assert!(snap.histograms_by.is_empty());
+        e.histograms_by = crate::stats::HistogramsBy::Process;
+        let snap = e.snapshot(2 * SEC, 2 * SEC, host());
+        assert_eq!(snap.histograms_by[0].pid, Some(100));
+        assert_eq!(
+            snap.histograms_by[0].histograms["handshake_connect"].count,
+            1
+        );
+        e.histograms_by = crate::stats::HistogramsBy::Peer;
+        let snap = e.snapshot(2 * SEC, 2 * SEC, host());
+        assert_eq!(snap.histograms_by[0].daddr, Some(ip(2)));
+        assert_eq!(snap.histograms_by[0].dport, Some(80));
+        e.histograms_by = crate::stats::HistogramsBy::None;
 
         let mut end = tw(SEC + 61 * SEC, EventKind::TwEnd, 0xb, None, 40000, 80);
         end.prev_ns = Some(61 * SEC - 13 * MS);

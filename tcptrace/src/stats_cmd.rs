@@ -63,6 +63,7 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
     let mut tracer = Tracer::load(&cfg.load)?;
     let clock = WallClock::measure();
     let mut engine = Engine::new(cfg.max_conns);
+    engine.histograms_by = cfg.histograms_by;
     let mut decode_errors = 0u64;
     if cfg.seed {
         let (sockets, _, taken_at) = take_snapshot(&cfg)?;
@@ -215,6 +216,24 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         .collect();
     if !hists.is_empty() {
         writeln!(w, "durations:\n{}", hists.join("\n"))?;
+    }
+    for k in snap.histograms_by.iter().take(10) {
+        let who = match (k.pid, &k.comm, k.daddr, k.dport) {
+            (Some(pid), Some(comm), ..) => format!("{pid} {comm}"),
+            (_, _, Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+            _ => "?".into(),
+        };
+        let parts: Vec<String> = k
+            .histograms
+            .iter()
+            .map(|(name, h)| {
+                format!(
+                    "{name} n={} p50 {:.3} p99 {:.3}",
+                    h.count, h.p50_ms, h.p99_ms
+                )
+            })
+            .collect();
+        writeln!(w, "  [{who}] {}", parts.join("; "))?;
     }
     writeln!(w)
 }

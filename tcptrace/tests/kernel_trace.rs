@@ -452,7 +452,14 @@ fn simultaneous_close_goes_through_closing() {
         "no simultaneous close in 3000 attempts"
     );
     for sk in closing {
-        let path = path_of(&events, sk);
+        // Socket addresses are reused across attempts: judge the lifecycle
+        // that went through CLOSING, i.e. the events just before its
+        // CLOSING -> CLOSE.
+        let close_idx = events
+            .iter()
+            .position(|e| e.sk == sk && e.old == Some(Closing) && e.new == Close)
+            .unwrap_or_else(|| panic!("CLOSING -> CLOSE for {sk:#x}: {events:#?}"));
+        let path = path_of(&events[..=close_idx], sk);
         assert_eq!(
             &path[path.len() - 3..],
             [
@@ -462,8 +469,9 @@ fn simultaneous_close_goes_through_closing() {
             ],
             "{path:?}"
         );
-        let tw = events
+        let tw = events[..close_idx]
             .iter()
+            .rev()
             .find(|e| e.kind == EventKind::TwBegin && e.link == Some(sk))
             .unwrap_or_else(|| panic!("TIME_WAIT after CLOSING for {sk:#x}"));
         assert_eq!((tw.old, tw.new), (Some(Closing), TimeWait));

@@ -17,6 +17,8 @@
 //! - `time_wait_by_local`: `saddr`, `sport`, `count` (a server collecting TIME_WAIT).
 //! - `by_process`, `by_local_port`, `by_remote`: live counts per state.
 //! - `histograms`: name -> `count`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`.
+//! - `histograms_by` (only with `--histograms-by process|peer`): list of
+//!   `pid`+`comm` or `daddr`+`dport` with their own `histograms`.
 //! - `lost`: source -> count (`ring_full`, `recursion_misses`, `map_full`,
 //!   `evictions`, `decode_errors`).
 //! - `transitions_total`, `transitions_per_sec`, `closers`, `ended`,
@@ -118,6 +120,69 @@ pub struct ByRemote {
     pub counts: StateCounts,
 }
 
+/// Histograms of one owner or one peer (`stats --histograms-by`).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyedHistograms {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    pub histograms: BTreeMap<&'static str, HistSummary>,
+}
+
+/// Which keyed histograms a snapshot carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HistogramsBy {
+    #[default]
+    None,
+    Process,
+    Peer,
+}
+
+fn summaries(h: &super::Histos) -> BTreeMap<&'static str, HistSummary> {
+    HistKind::ALL
+        .iter()
+        .map(|&k| (k.name(), h.summary(k)))
+        .filter(|(_, s)| s.count > 0)
+        .collect()
+}
+
+/// Per-owner or per-peer histograms, most samples first.
+pub fn keyed_histograms(aggs: &Aggregates, by: HistogramsBy) -> Vec<KeyedHistograms> {
+    let total = |m: &BTreeMap<&'static str, HistSummary>| m.values().map(|s| s.count).sum::<u64>();
+    let mut out: Vec<KeyedHistograms> = match by {
+        HistogramsBy::None => Vec::new(),
+        HistogramsBy::Process => aggs
+            .by_owner
+            .iter()
+            .map(|(&pid, (comm, h))| KeyedHistograms {
+                pid: Some(pid),
+                comm: Some(comm_string(*comm)),
+                daddr: None,
+                dport: None,
+                histograms: summaries(h),
+            })
+            .collect(),
+        HistogramsBy::Peer => aggs
+            .by_peer
+            .iter()
+            .map(|(&(daddr, dport), h)| KeyedHistograms {
+                pid: None,
+                comm: None,
+                daddr: Some(daddr),
+                dport: Some(dport),
+                histograms: summaries(h),
+            })
+            .collect(),
+    };
+    out.sort_by_key(|k| std::cmp::Reverse(total(&k.histograms)));
+    out
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
     pub ts_ns: u64,
@@ -130,6 +195,9 @@ pub struct Snapshot {
     pub by_local_port: Vec<ByLocalPort>,
     pub by_remote: Vec<ByRemote>,
     pub histograms: BTreeMap<&'static str, HistSummary>,
+    /// Only with `--histograms-by process|peer`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub histograms_by: Vec<KeyedHistograms>,
     pub lost: BTreeMap<&'static str, u64>,
     pub transitions_total: u64,
     pub transitions_per_sec: f64,
@@ -210,6 +278,7 @@ pub struct SnapshotInput {
     pub wall_ns: u64,
     pub host: HostFacts,
     pub transitions_per_sec: f64,
+    pub histograms_by: HistogramsBy,
 }
 
 /// Builds a snapshot and samples CLOSE_WAIT counts for the growth rates.
@@ -395,6 +464,7 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         by_local_port,
         by_remote,
         histograms,
+        histograms_by: keyed_histograms(aggs, input.histograms_by),
         lost,
         transitions_total: aggs.transitions_total,
         transitions_per_sec: input.transitions_per_sec,
