@@ -64,14 +64,24 @@ pub fn collect_until(
     }
 }
 
-/// A port nobody is using right now (bound then released).
+/// A port nobody is using right now, chosen below the ephemeral range
+/// (32768-60999 by default) so that client connections of tests running in
+/// parallel can never take it between this check and the test's own bind.
 pub fn free_port(v6: bool) -> u16 {
-    let addr = if v6 { "[::1]:0" } else { "127.0.0.1:0" };
-    TcpListener::bind(addr)
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const LO: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let start = (std::process::id() % 1_000) as u16 * 11;
+    let addr = if v6 { "::1" } else { "127.0.0.1" };
+    for _ in 0..1_000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = LO + start.wrapping_add(n.wrapping_mul(7)) % SPAN;
+        if TcpListener::bind((addr, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LO} and {}", LO + SPAN);
 }
 
 /// (old, new) of the transitions of socket `sk`, in order.
