@@ -69,11 +69,11 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
         let (sockets, _, taken_at) = take_snapshot(&cfg)?;
         engine.seed(&sockets, taken_at);
     }
+    let start_lost = tracer.counters().lost();
     eprintln!(
         "tcptrace: stats every {:?} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
         cfg.interval, tracer.hooks.transitions, tracer.hooks.timewait
     );
-    let start_lost = tracer.counters().lost();
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut poll = interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -134,6 +134,9 @@ pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
     for fallback in &tracer.hooks.fallbacks {
         log::info!("fallback: {fallback}");
     }
+    // Baseline before announcing readiness: whatever happens after the
+    // banner is counted.
+    let start_counters = tracer.counters();
     eprintln!(
         "tcptrace: tracing TCP state changes (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
         tracer.hooks.transitions, tracer.hooks.timewait
@@ -144,7 +147,6 @@ pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
         cfg.json,
         WallClock::measure(),
     );
-    let start_counters = tracer.counters();
     let mut last = start_counters;
     match trace_loop(&cfg, &mut tracer, &mut printer, &mut last, &mut signals).await {
         Ok(()) => {}
@@ -153,9 +155,12 @@ pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
     }
     let end = tracer.counters();
     let total_lost = end.lost().since(&start_counters.lost());
+    let written = end.events.saturating_sub(start_counters.events);
+    log::debug!("kernel counters at exit: {end:?}");
     eprintln!(
-        "tcptrace: {} events printed; lost {} (ring buffer full {}, recursion misses {}, owner map full {}){}",
+        "tcptrace: {} events printed ({} delivered by the kernel); lost {} (ring buffer full {}, recursion misses {}, owner map full {}){}",
         printer.printed,
+        written,
         total_lost.total(),
         total_lost.ring_full,
         total_lost.recursion_misses,

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::free_port;
+use common::{Running, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
 
@@ -182,7 +182,7 @@ fn duration_stops_by_itself_and_sigint_detaches() {
     assert!(status.success());
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
-    assert!(rest.contains("events printed; lost 0"), "{rest}");
+    assert!(rest.contains("lost 0 ("), "{rest}");
 }
 
 /// Stop the reader, overflow a 1 MiB ring, resume: the loss is reported in
@@ -190,40 +190,28 @@ fn duration_stops_by_itself_and_sigint_detaches() {
 #[test]
 fn ring_buffer_overflow_is_reported() {
     let port = free_port(false);
-    let mut child = spawn(&[
-        "trace",
-        "--json",
-        "--ring-size",
-        "1",
-        "--port",
-        &port.to_string(),
-    ]);
-    let mut err = wait_ready(&mut child);
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).unwrap();
-        out
-    });
-    let pid = child.id() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    connect_and_close(port, 2_000); // ~20k events x 128 bytes > 1 MiB
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let p = port.to_string();
+    let running = Running::start(
+        &["trace", "--json", "--ring-size", "1", "--port", &p],
+        "tracing TCP state changes",
+    );
+    running.signal(libc::SIGSTOP);
+    connect_and_close(port, 4_000); // ~40k events x 128 bytes >> 1 MiB
+    running.signal(libc::SIGCONT);
     std::thread::sleep(Duration::from_millis(1500));
-    unsafe { libc::kill(pid, libc::SIGINT) };
-    let status = wait_exit(&mut child, Duration::from_secs(10));
-    assert!(status.success());
-    let out = reader.join().unwrap();
+    let (status, out, rest) = running.stop();
+    assert!(status.success(), "{rest}");
     let lost: u64 = out
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["kind"] == "lost")
         .map(|v| v["ring_full"].as_u64().unwrap())
         .sum();
-    assert!(lost > 0, "no lost object in the stream");
-    let mut rest = String::new();
-    err.read_to_string(&mut rest).unwrap();
+    assert!(
+        lost > 0,
+        "no lost object in {} lines of output; stderr: {rest}",
+        out.lines().count()
+    );
     assert!(rest.contains("ring buffer full"), "{rest}");
     assert!(!rest.contains("lost 0 "), "{rest}");
 }

@@ -276,10 +276,13 @@ impl Tracer {
 
     pub fn counters(&self) -> KernelCounters {
         let sum = |c: Counter| -> u64 {
-            self.counters
-                .get(&(c as u32), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
+            match self.counters.get(&(c as u32), 0) {
+                Ok(v) => v.iter().sum(),
+                Err(e) => {
+                    log::warn!("reading the {c:?} counter failed: {e}");
+                    0
+                }
+            }
         };
         debug_assert!((Counter::MapFull as u32) < N_COUNTERS);
         KernelCounters {
