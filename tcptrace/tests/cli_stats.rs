@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Running, free_port, ss_count};
+use common::{Running, free_listener, ss_count};
 
 /// Opens `n` connections to `listener` and closes the client side: the
 /// accepted sockets (kept in `held`) sit in CLOSE_WAIT.
@@ -28,10 +28,8 @@ fn leak_close_wait(listener: &TcpListener, port: u16, n: usize, held: &mut Vec<T
 
 #[test]
 fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
-    let cw_port = free_port(false);
-    let tw_port = free_port(false);
-    let cw_listener = TcpListener::bind(("127.0.0.1", cw_port)).unwrap();
-    let tw_listener = TcpListener::bind(("127.0.0.1", tw_port)).unwrap();
+    let (cw_listener, cw_port) = free_listener();
+    let (tw_listener, tw_port) = free_listener();
     let mut held = Vec::new();
     leak_close_wait(&cw_listener, cw_port, 10, &mut held); // before tcptrace starts
     std::thread::sleep(Duration::from_millis(1200));
@@ -126,8 +124,7 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
 /// period the counts equal `ss` again, and the loss is reported.
 #[test]
 fn reconciliation_repairs_what_lost_events_hid() {
-    let port = free_port(false);
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (listener, port) = free_listener();
     let p = port.to_string();
     let args = [
         "stats",

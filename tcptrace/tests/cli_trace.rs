@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Running, free_port};
+use common::{Running, free_listener};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
 
@@ -36,8 +36,8 @@ fn wait_ready(child: &mut Child) -> BufReader<std::process::ChildStderr> {
     err
 }
 
-fn connect_and_close(port: u16, n: usize) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+fn connect_and_close(listener: &TcpListener, n: usize) {
+    let port = listener.local_addr().unwrap().port();
     for _ in 0..n {
         let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (s, _) = listener.accept().unwrap();
@@ -95,7 +95,7 @@ fn not_root_exits_2_and_says_sudo() {
 
 #[test]
 fn json_lines_with_documented_fields_and_count_stops() {
-    let port = free_port(false);
+    let (listener, port) = free_listener();
     let mut child = spawn(&[
         "trace",
         "--json",
@@ -105,7 +105,7 @@ fn json_lines_with_documented_fields_and_count_stops() {
         "6",
     ]);
     let _err = wait_ready(&mut child);
-    connect_and_close(port, 2);
+    connect_and_close(&listener, 2);
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success());
     let mut out = String::new();
@@ -153,7 +153,7 @@ fn json_lines_with_documented_fields_and_count_stops() {
 
 #[test]
 fn closed_pipe_exits_zero() {
-    let port = free_port(false);
+    let (listener, port) = free_listener();
     let mut child = spawn(&["trace", "--port", &port.to_string()]);
     let _err = wait_ready(&mut child);
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -161,9 +161,9 @@ fn closed_pipe_exits_zero() {
     out.read_line(&mut header).unwrap();
     assert!(header.starts_with("TIME"));
     drop(out); // like `| head -1`
-    connect_and_close(port, 3);
+    connect_and_close(&listener, 3);
     std::thread::sleep(Duration::from_millis(200));
-    connect_and_close(port, 3);
+    connect_and_close(&listener, 3);
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
 }
@@ -189,14 +189,14 @@ fn duration_stops_by_itself_and_sigint_detaches() {
 /// the stream (JSON "lost") and in the exit summary, never silently.
 #[test]
 fn ring_buffer_overflow_is_reported() {
-    let port = free_port(false);
+    let (listener, port) = free_listener();
     let p = port.to_string();
     let running = Running::start(
         &["trace", "--json", "--ring-size", "1", "--port", &p],
         "tracing TCP state changes",
     );
     running.signal(libc::SIGSTOP);
-    connect_and_close(port, 4_000); // ~40k events x 128 bytes >> 1 MiB
+    connect_and_close(&listener, 4_000); // ~40k events x 128 bytes >> 1 MiB
     running.signal(libc::SIGCONT);
     std::thread::sleep(Duration::from_millis(1500));
     let (status, out, rest) = running.stop();

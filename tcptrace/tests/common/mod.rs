@@ -84,6 +84,18 @@ pub fn free_port(v6: bool) -> u16 {
     panic!("no free port between {LO} and {}", LO + SPAN);
 }
 
+/// A listener on 127.0.0.1 bound to a port below the ephemeral range, and
+/// its port: nothing can take the port between choosing and binding it.
+pub fn free_listener() -> (TcpListener, u16) {
+    for _ in 0..100 {
+        let port = free_port(false);
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return (l, port);
+        }
+    }
+    panic!("no free port for a listener");
+}
+
 /// (old, new) of the transitions of socket `sk`, in order.
 pub fn path_of(events: &[Event], sk: u64) -> Vec<(TcpState, TcpState)> {
     events
