@@ -95,7 +95,9 @@ fn not_root_exits_2_and_says_sudo() {
 
 #[test]
 fn json_lines_with_documented_fields_and_count_stops() {
-    let (listener, port) = free_listener();
+    // The listener starts after tcptrace, as in the normal case: children
+    // inherit its owner before accept().
+    let port = common::free_port(false);
     let mut child = spawn(&[
         "trace",
         "--json",
@@ -105,6 +107,7 @@ fn json_lines_with_documented_fields_and_count_stops() {
         "6",
     ]);
     let _err = wait_ready(&mut child);
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     connect_and_close(&listener, 2);
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success());
