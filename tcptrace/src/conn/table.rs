@@ -319,6 +319,10 @@ impl ConnTable {
     /// A socket the snapshot found and an event also reports (it started
     /// after the tracer attached but before the snapshot): keep the event's.
     fn drop_seeded_duplicate(&mut self, key: &TupleKey) {
+        // Runs on every transition: skip the hash once no seeded entry is left.
+        if self.seeded.is_empty() {
+            return;
+        }
         if let Some(synthetic) = self.seeded.remove(key) {
             self.conns.remove(&synthetic);
             self.tws.remove(&synthetic);

@@ -269,11 +269,6 @@ impl Tracer {
         }
     }
 
-    /// The ring buffer's fd, for readiness polling.
-    pub fn ring_fd(&self) -> RawFd {
-        self.ring.as_fd().as_raw_fd()
-    }
-
     pub fn counters(&self) -> KernelCounters {
         let sum = |c: Counter| -> u64 {
             match self.counters.get(&(c as u32), 0) {
