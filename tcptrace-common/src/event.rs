@@ -22,6 +22,12 @@ pub enum EventKind {
     TwEnd = 4,
     /// Userspace only: events were lost (never written by the kernel).
     Lost = 5,
+    /// accept() returned this socket to a process other than the one known
+    /// (or to anyone, when the owner was unknown): the new owner, with the
+    /// socket's tuple and current state in `old` and `new`. Without it a
+    /// child socket of a listener that predates tracing stays ownerless when
+    /// its peer closes before accept() returns.
+    Accept = 6,
 }
 
 impl EventKind {
@@ -32,6 +38,7 @@ impl EventKind {
             3 => Self::TwRearm,
             4 => Self::TwEnd,
             5 => Self::Lost,
+            6 => Self::Accept,
             _ => return None,
         })
     }

@@ -21,6 +21,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Live terminal UI: states, CLOSE_WAIT holders, TIME_WAIT by peer, connections, histograms.
+    Top(TopArgs),
     /// Stream every TCP state transition and TIME_WAIT begin/end.
     Trace(TraceArgs),
     /// Live summary every --interval: states, CLOSE_WAIT holders, TIME_WAIT by peer, durations.
@@ -54,6 +56,81 @@ pub struct StatsArgs {
     /// Also report duration histograms per owning process or per remote endpoint.
     #[arg(long, value_enum, default_value = "none")]
     pub histograms_by: HistogramsByArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// Seconds between screen refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// Skip the startup snapshot of existing sockets (sock_diag).
+    #[arg(long)]
+    pub no_seed: bool,
+    /// Seconds between reconciliations with sock_diag (0 = never).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub reconcile: f64,
+    /// Most live sockets tracked in userspace; beyond it, entries are evicted (counted).
+    #[arg(long, value_name = "N", default_value_t = crate::conn::DEFAULT_CAP)]
+    pub max_conns: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct TopConfig {
+    pub load: LoadOptions,
+    pub user_filter: crate::filter::UserFilter,
+    pub interval: Duration,
+    pub seed: bool,
+    pub reconcile: Option<Duration>,
+    pub max_conns: usize,
+}
+
+impl TopArgs {
+    pub fn validate(&self) -> Result<TopConfig, UsageError> {
+        let filter = self.filter.to_filter()?;
+        let (interval, reconcile) = intervals(self.interval, self.reconcile)?;
+        Ok(TopConfig {
+            load: self.kernel.to_load_options(filter)?,
+            user_filter: crate::filter::UserFilter(filter),
+            interval,
+            seed: !self.no_seed,
+            reconcile,
+            max_conns: max_conns(self.max_conns)?,
+        })
+    }
+}
+
+/// Validates `--interval` and `--reconcile` (0 = never).
+fn intervals(interval: f64, reconcile: f64) -> Result<(Duration, Option<Duration>), UsageError> {
+    let interval = duration(Some(interval))
+        .map_err(|_| {
+            usage(format!(
+                "--interval {interval} must be a positive number of seconds"
+            ))
+        })?
+        .expect("some");
+    let reconcile = if reconcile == 0.0 {
+        None
+    } else {
+        duration(Some(reconcile)).map_err(|_| {
+            usage(format!(
+                "--reconcile {reconcile} must be 0 or a positive number of seconds"
+            ))
+        })?
+    };
+    Ok((interval, reconcile))
+}
+
+fn max_conns(n: usize) -> Result<usize, UsageError> {
+    if n < 1000 {
+        return Err(usage(format!(
+            "--max-conns {n} is too small: use at least 1000"
+        )));
+    }
+    Ok(n)
 }
 
 /// `--histograms-by` values.
@@ -90,30 +167,8 @@ pub struct StatsConfig {
 impl StatsArgs {
     pub fn validate(&self) -> Result<StatsConfig, UsageError> {
         let filter = self.filter.to_filter()?;
-        let interval = duration(Some(self.interval))
-            .map_err(|_| {
-                usage(format!(
-                    "--interval {} must be a positive number of seconds",
-                    self.interval
-                ))
-            })?
-            .expect("some");
-        let reconcile = if self.reconcile == 0.0 {
-            None
-        } else {
-            duration(Some(self.reconcile)).map_err(|_| {
-                usage(format!(
-                    "--reconcile {} must be 0 or a positive number of seconds",
-                    self.reconcile
-                ))
-            })?
-        };
-        if self.max_conns < 1000 {
-            return Err(usage(format!(
-                "--max-conns {} is too small: use at least 1000",
-                self.max_conns
-            )));
-        }
+        let (interval, reconcile) = intervals(self.interval, self.reconcile)?;
+        max_conns(self.max_conns)?;
         Ok(StatsConfig {
             load: self.kernel.to_load_options(filter)?,
             user_filter: crate::filter::UserFilter(filter),

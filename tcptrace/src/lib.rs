@@ -5,6 +5,7 @@
 //! `model` (pure: bytes to events), `output` (printers), `cli` (arguments to
 //! validated configs), `trace` (the `trace` command loop).
 
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod conn;
@@ -16,6 +17,9 @@ pub mod model;
 pub mod output;
 pub mod preflight;
 pub mod seed;
+pub mod source;
 pub mod stats;
 pub mod stats_cmd;
+pub mod top;
 pub mod trace;
+pub mod tui;

@@ -31,6 +31,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Top(args) => {
+            let cfg = args.validate()?;
+            tcptrace::top::check_terminal()?;
+            preflight::check()?;
+            runtime()?.block_on(tcptrace::top::run(cfg))
+        }
         Command::Trace(args) => {
             let cfg = args.validate()?;
             preflight::check()?;

@@ -65,6 +65,9 @@ impl<W: Write> Printer<W> {
 
     pub fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
         match decode::decode(bytes) {
+            // Owner updates feed the lifecycle engine; `trace` streams
+            // transitions and TIME_WAIT only.
+            Ok(e) if e.kind == crate::model::EventKind::Accept => Ok(()),
             Ok(e) => self.event(&e),
             Err(err) => {
                 self.decode_errors += 1;

@@ -10,12 +10,21 @@
 //!
 //! fd -> `current->files->fdt->fd[fd]` -> `file->private_data` (struct socket)
 //! -> `socket->sk`.
+//!
+//! When that changes the owner userspace knows (none before, or another
+//! process), an [`EventKind::Accept`] tells it: a socket whose peer closed
+//! before accept() returned makes no further transition that would.
 
-use aya_ebpf::{helpers::bpf_get_current_task, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    programs::TracePointContext,
+};
+use tcptrace_common::{EventKind, RawEvent, event_flags};
 
 use crate::{
-    maps::{OWNERS, global},
-    sock::{capture_current, read},
+    filter,
+    maps::{OWNERS, global, output, scratch},
+    sock::{apply_owner, capture_current, read, read_tuple},
 };
 
 #[inline(always)]
@@ -36,7 +45,25 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Option<()> {
     let file: u64 = read(fd_array + fd * 8, 0)?;
     let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
     let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
-    let entry = OWNERS.get_ptr_mut(sk)?;
-    capture_current(unsafe { &mut *entry });
+    let entry = unsafe { &mut *OWNERS.get_ptr_mut(sk)? };
+    let was_known = entry.flags & event_flags::OWNER_KNOWN != 0;
+    let was_tgid = entry.tgid;
+    capture_current(entry);
+    if was_known && was_tgid == entry.tgid {
+        return Some(());
+    }
+    let scratch = scratch()?;
+    let ev = unsafe { &mut (*scratch).event };
+    *ev = RawEvent::zeroed();
+    read_tuple(sk, ev, true)?;
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.kind = EventKind::Accept as u32;
+    ev.sk = sk;
+    ev.old = entry.state;
+    ev.new = entry.state;
+    apply_owner(ev, entry);
+    if filter::passes(ev) {
+        output(ev);
+    }
     Some(())
 }

@@ -150,6 +150,9 @@ pub struct TwConn {
     pub start_estimated: bool,
     /// The full socket it replaced, when linked.
     pub from_sk: Option<u64>,
+    /// Who closed first, from the linked full socket (Active, or
+    /// Simultaneous after FIN_WAIT1 -> CLOSING); unknown when unlinked.
+    pub closer: Option<Closer>,
 }
 
 /// A lifecycle or timewait socket that ended: what the aggregates consume.
@@ -342,6 +345,14 @@ impl ConnTable {
             }
             EventKind::TwEnd => self.tw_end(e),
             EventKind::Lost => Applied::default(),
+            EventKind::Accept => {
+                if let Some(c) = self.conns.get_mut(&e.sk)
+                    && e.owner.is_some()
+                {
+                    c.owner = e.owner;
+                }
+                Applied::default()
+            }
         }
     }
 
@@ -471,12 +482,12 @@ impl ConnTable {
         let mut out = Applied::default();
         self.make_room(&mut out.finished, e.ts_ns);
         let from = e.link.and_then(|sk| self.conns.get_mut(&sk));
-        let owner = match from {
+        let (owner, closer) = match from {
             Some(c) => {
                 c.flags |= conn_flags::TO_TIMEWAIT;
-                e.owner.or(c.owner)
+                (e.owner.or(c.owner), c.closer)
             }
-            None => e.owner,
+            None => (e.owner, None),
         };
         let t = TwConn {
             tw: e.sk,
@@ -487,6 +498,7 @@ impl ConnTable {
             start_ns: e.ts_ns,
             start_estimated: false,
             from_sk: e.link,
+            closer,
         };
         self.drop_seeded_duplicate(&t.key);
         if let Some(stale) = self.tws.insert(e.sk, t) {
@@ -523,6 +535,7 @@ impl ConnTable {
             start_ns: e.ts_ns.saturating_sub(e.prev_ns.unwrap_or(0)),
             start_estimated: e.prev_ns.is_none(),
             from_sk: None,
+            closer: None,
         });
         let duration_ns = e.prev_ns.or_else(|| {
             (!tw.start_estimated || tw.tw < SYNTHETIC_LIMIT)
@@ -587,6 +600,7 @@ impl ConnTable {
                     start_ns: taken_at_ns.saturating_sub(elapsed_ms.unwrap_or(0) * 1_000_000),
                     start_estimated: true,
                     from_sk: None,
+                    closer: None,
                 },
             );
         } else {

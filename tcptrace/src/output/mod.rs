@@ -41,6 +41,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::TwRearm => "tw_rearm",
         EventKind::TwEnd => "tw_end",
         EventKind::Lost => "lost",
+        EventKind::Accept => "accept",
     }
 }
 

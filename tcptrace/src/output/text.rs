@@ -43,6 +43,7 @@ pub fn describe(e: &Event) -> String {
         EventKind::TwRearm => format!("TIME_WAIT rearm ({})", e.new),
         EventKind::TwEnd => format!("TIME_WAIT end: {}", e.reason.map_or("?", reason_name)),
         EventKind::Lost => "lost".to_string(),
+        EventKind::Accept => "accepted".to_string(),
     }
 }
 

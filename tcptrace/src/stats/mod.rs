@@ -39,12 +39,15 @@ pub struct Aggregates {
     pub transitions: Box<[[u64; 13]; 13]>,
     pub transitions_total: u64,
     pub timewait_total: u64,
+    /// Every event applied (transitions and timewait begin/re-arm/end).
+    pub events_total: u64,
     /// (ts of the sample, count) per process, oldest first.
     close_wait_history: HashMap<u32, VecDeque<(u64, u64)>>,
 }
 
 impl Aggregates {
     pub fn on_event(&mut self, e: &Event) {
+        self.events_total += 1;
         match e.kind {
             EventKind::Transition => {
                 if let Some(old) = e.old {

@@ -179,7 +179,14 @@ pub fn keyed_histograms(aggs: &Aggregates, by: HistogramsBy) -> Vec<KeyedHistogr
             })
             .collect(),
     };
-    out.sort_by_key(|k| std::cmp::Reverse(total(&k.histograms)));
+    out.sort_by_key(|k| {
+        (
+            std::cmp::Reverse(total(&k.histograms)),
+            k.pid,
+            k.daddr,
+            k.dport,
+        )
+    });
     out
 }
 
@@ -360,7 +367,11 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         );
     }
 
-    close_wait.sort_by_key(|c| std::cmp::Reverse(c.age_ms));
+    close_wait.sort_by(|a, b| {
+        b.age_ms
+            .cmp(&a.age_ms)
+            .then((a.saddr, a.sport, a.daddr, a.dport).cmp(&(b.saddr, b.sport, b.daddr, b.dport)))
+    });
 
     let counts: HashMap<u32, u64> = cw_by_pid
         .iter()

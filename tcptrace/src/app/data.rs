@@ -1,0 +1,607 @@
+//! What the engine hands to `tcptrace top`: a [`TopData`] per refresh (the
+//! stats snapshot, reshaped so that every screen reads only the rows it shows)
+//! and a [`ConnPage`] whenever the connection list's sort or filter changes.
+//!
+//! Everything here is built on the engine side, off the render path: the cost
+//! of walking a million sockets is paid once per refresh, never per frame.
+//! Pure: the clock and host facts come in as arguments.
+
+use std::{
+    cmp::{Ordering, Reverse},
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use super::filter::{RowFilter, RowView};
+use crate::{
+    conn::{Closer, Conn, TwConn},
+    engine::Engine,
+    model::{Comm, TcpState},
+    stats::{
+        CloseWaitSocket, HistKind, HistSummary, HistogramsBy, HostFacts, KeyedHistograms, Snapshot,
+        keyed_histograms,
+    },
+};
+
+/// CLOSE_WAIT sockets kept per process for the drill-down (oldest first).
+pub const CLOSE_WAIT_SOCKETS_KEPT: usize = 5000;
+
+/// Samples of state counts kept for the sparklines.
+pub const HISTORY_SAMPLES: usize = 300;
+
+/// States with a sparkline in the state panel, in display order.
+pub const PANEL_STATES: [TcpState; 9] = [
+    TcpState::Established,
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+    TcpState::TimeWait,
+    TcpState::Closing,
+];
+
+/// One refresh's state counts and transition rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Live count per state, indexed by `state as usize - 1`.
+    pub states: [u64; 12],
+    pub transitions_per_sec: f64,
+}
+
+/// The last [`HISTORY_SAMPLES`] samples, oldest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    pub samples: VecDeque<Sample>,
+}
+
+impl History {
+    pub fn push(&mut self, s: Sample) {
+        if self.samples.len() == HISTORY_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(s);
+    }
+
+    /// The last `n` values of one state, oldest first.
+    pub fn series(&self, state: TcpState, n: usize) -> Vec<u64> {
+        let skip = self.samples.len().saturating_sub(n);
+        self.samples
+            .iter()
+            .skip(skip)
+            .map(|s| s.states[state as usize - 1])
+            .collect()
+    }
+
+    pub fn rate_series(&self, n: usize) -> Vec<u64> {
+        let skip = self.samples.len().saturating_sub(n);
+        self.samples
+            .iter()
+            .skip(skip)
+            .map(|s| s.transitions_per_sec.round() as u64)
+            .collect()
+    }
+}
+
+/// How the connection list is ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConnSort {
+    /// Oldest first.
+    #[default]
+    Age,
+    /// By state, then oldest first.
+    State,
+    /// By process name and pid, then oldest first.
+    Process,
+    /// By remote address and port.
+    Remote,
+}
+
+impl ConnSort {
+    pub fn next(self) -> Self {
+        match self {
+            Self::Age => Self::State,
+            Self::State => Self::Process,
+            Self::Process => Self::Remote,
+            Self::Remote => Self::Age,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Age => "age",
+            Self::State => "state",
+            Self::Process => "process",
+            Self::Remote => "remote",
+        }
+    }
+}
+
+/// What the app asks of the engine beyond the periodic refresh.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewRequest {
+    /// Bumped on every change; answers carry it back.
+    pub generation: u64,
+    pub sort: ConnSort,
+    pub filter: RowFilter,
+    /// How many connection rows to send (the top of the sorted list).
+    pub limit: usize,
+}
+
+/// One live socket as the connection list shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnRow {
+    pub state: TcpState,
+    /// A timewait socket (the kernel's separate TIME_WAIT object).
+    pub timewait: bool,
+    pub pid: Option<u32>,
+    pub comm: Option<Comm>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub netns: u32,
+    /// Since the lifecycle began.
+    pub age_ms: u64,
+    pub age_is_lower_bound: bool,
+    /// Since the current state was entered.
+    pub state_age_ms: u64,
+    pub state_age_is_lower_bound: bool,
+    pub closer: Option<Closer>,
+}
+
+/// The first `limit` rows of the sorted, filtered connection list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnPage {
+    pub generation: u64,
+    pub rows: Vec<ConnRow>,
+    /// Live sockets matching the filter (rows holds at most `limit` of them).
+    pub matching: u64,
+    /// Live sockets tracked.
+    pub total: u64,
+}
+
+/// A TIME_WAIT destination with what the TIME_WAIT view shows of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TwPeer {
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub count: u64,
+    pub port_range_ratio: f64,
+    /// TIME_WAIT durations seen towards this peer (kept for the first
+    /// peers seen, up to the keyed histogram cap).
+    pub duration: Option<HistSummary>,
+    /// Of the live TIME_WAIT sockets: we closed first / both closed at once /
+    /// not linked to a full socket.
+    pub closed_local: u64,
+    pub closed_both: u64,
+    pub closed_unknown: u64,
+}
+
+/// Everything one screen refresh needs.
+#[derive(Clone, Debug)]
+pub struct TopData {
+    pub uptime_ms: u64,
+    /// All events (transitions and timewait begin/re-arm/end) per second.
+    pub events_per_sec: f64,
+    /// The stats snapshot; its `close_wait` list is moved to
+    /// `close_wait_sockets`.
+    pub snap: Snapshot,
+    /// CLOSE_WAIT sockets per owning pid, oldest first, at most
+    /// [`CLOSE_WAIT_SOCKETS_KEPT`] each.
+    pub close_wait_sockets: HashMap<Option<u32>, Vec<CloseWaitSocket>>,
+    pub tw_peers: Vec<TwPeer>,
+    pub hists_by_process: Vec<KeyedHistograms>,
+    pub hists_by_peer: Vec<KeyedHistograms>,
+    pub history: History,
+    pub conns: ConnPage,
+}
+
+/// Builds [`TopData`] from the engine, keeping the sparkline history.
+#[derive(Debug)]
+pub struct Feed {
+    started_ns: u64,
+    history: History,
+    last_events: Option<(u64, u64)>,
+}
+
+fn conn_row(c: &Conn, now: u64) -> ConnRow {
+    ConnRow {
+        state: c.state,
+        timewait: false,
+        pid: c.owner.map(|o| o.pid),
+        comm: c.owner.map(|o| o.comm),
+        saddr: c.key.saddr,
+        sport: c.key.sport,
+        daddr: c.key.daddr,
+        dport: c.key.dport,
+        netns: c.key.netns,
+        age_ms: now.saturating_sub(c.born_ns) / 1_000_000,
+        age_is_lower_bound: c.age_is_lower_bound(),
+        state_age_ms: now.saturating_sub(c.state_since_ns) / 1_000_000,
+        state_age_is_lower_bound: c.state_age_is_lower_bound(),
+        closer: c.closer,
+    }
+}
+
+fn tw_row(t: &TwConn, now: u64) -> ConnRow {
+    let age = now.saturating_sub(t.start_ns) / 1_000_000;
+    ConnRow {
+        state: t.substate,
+        timewait: true,
+        pid: t.owner.map(|o| o.pid),
+        comm: t.owner.map(|o| o.comm),
+        saddr: t.key.saddr,
+        sport: t.key.sport,
+        daddr: t.key.daddr,
+        dport: t.key.dport,
+        netns: t.key.netns,
+        age_ms: age,
+        age_is_lower_bound: t.start_estimated,
+        state_age_ms: age,
+        state_age_is_lower_bound: t.start_estimated,
+        closer: t.closer,
+    }
+}
+
+/// A live socket of either kind, borrowed while sorting.
+#[derive(Clone, Copy)]
+enum Live<'a> {
+    Full(&'a Conn),
+    Tw(&'a TwConn),
+}
+
+impl Live<'_> {
+    fn born(&self) -> u64 {
+        match self {
+            Live::Full(c) => c.born_ns,
+            Live::Tw(t) => t.start_ns,
+        }
+    }
+    fn state(&self) -> TcpState {
+        match self {
+            Live::Full(c) => c.state,
+            Live::Tw(t) => t.substate,
+        }
+    }
+    fn owner(&self) -> Option<crate::model::Owner> {
+        match self {
+            Live::Full(c) => c.owner,
+            Live::Tw(t) => t.owner,
+        }
+    }
+    fn key(&self) -> &crate::conn::TupleKey {
+        match self {
+            Live::Full(c) => &c.key,
+            Live::Tw(t) => &t.key,
+        }
+    }
+    fn row(&self, now: u64) -> ConnRow {
+        match self {
+            Live::Full(c) => conn_row(c, now),
+            Live::Tw(t) => tw_row(t, now),
+        }
+    }
+    fn matches(&self, f: &RowFilter) -> bool {
+        if f.is_empty() {
+            return true;
+        }
+        let k = self.key();
+        let owner = self.owner();
+        // Only build the name when a term needs it: this runs per socket.
+        let comm = f
+            .needs_comm()
+            .then(|| owner.map(|o| o.comm.to_str_lossy().into_owned()));
+        f.matches(&RowView {
+            pid: Some(owner.map(|o| o.pid)),
+            comm: comm.as_ref().map(|c| c.as_deref()),
+            saddr: Some(k.saddr),
+            sport: Some(k.sport),
+            daddr: Some(k.daddr),
+            dport: Some(k.dport),
+            state: Some(self.state()),
+        })
+    }
+}
+
+fn compare(sort: ConnSort, a: &Live<'_>, b: &Live<'_>) -> Ordering {
+    // Ties broken by the tuple, so the order is total and pages are stable.
+    let tuple = |l: &Live<'_>| {
+        let k = l.key();
+        (k.saddr, k.sport, k.daddr, k.dport, k.netns)
+    };
+    let oldest = a
+        .born()
+        .cmp(&b.born())
+        .then_with(|| tuple(a).cmp(&tuple(b)));
+    match sort {
+        ConnSort::Age => oldest,
+        ConnSort::State => (a.state() as u8).cmp(&(b.state() as u8)).then(oldest),
+        ConnSort::Process => {
+            let key = |l: &Live<'_>| l.owner().map(|o| (o.comm.0, o.pid));
+            // Owned sockets first, then by name and pid.
+            match (key(a), key(b)) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            }
+            .then(oldest)
+        }
+        ConnSort::Remote => (a.key().daddr, a.key().dport)
+            .cmp(&(b.key().daddr, b.key().dport))
+            .then(oldest),
+    }
+}
+
+/// The first `req.limit` rows of the sorted, filtered list of live sockets:
+/// O(live sockets) to filter and select, O(limit log limit) to sort.
+pub fn conn_page(engine: &Engine, req: &ViewRequest, now_ns: u64) -> ConnPage {
+    let table = &engine.table;
+    let mut live: Vec<Live<'_>> = table
+        .conns()
+        .map(Live::Full)
+        .chain(table.timewaits().map(Live::Tw))
+        .filter(|l| l.matches(&req.filter))
+        .collect();
+    let matching = live.len() as u64;
+    let limit = req.limit.max(1);
+    if live.len() > limit {
+        live.select_nth_unstable_by(limit - 1, |a, b| compare(req.sort, a, b));
+        live.truncate(limit);
+    }
+    live.sort_unstable_by(|a, b| compare(req.sort, a, b));
+    ConnPage {
+        generation: req.generation,
+        rows: live.iter().map(|l| l.row(now_ns)).collect(),
+        matching,
+        total: table.len() as u64,
+    }
+}
+
+/// Closed-first counts of live TIME_WAIT sockets per destination.
+fn tw_closers(engine: &Engine) -> HashMap<(IpAddr, u16), [u64; 3]> {
+    let mut out: HashMap<(IpAddr, u16), [u64; 3]> = HashMap::new();
+    for t in engine.table.timewaits() {
+        if t.substate != TcpState::TimeWait {
+            continue;
+        }
+        let slot = match t.closer {
+            Some(Closer::Active) | Some(Closer::Passive) => 0,
+            Some(Closer::Simultaneous) => 1,
+            None => 2,
+        };
+        out.entry((t.key.daddr, t.key.dport)).or_default()[slot] += 1;
+    }
+    out
+}
+
+impl Feed {
+    pub fn new(started_ns: u64) -> Self {
+        Self {
+            started_ns,
+            history: History::default(),
+            last_events: None,
+        }
+    }
+
+    /// A full refresh at monotonic `now_ns`.
+    pub fn update(
+        &mut self,
+        engine: &mut Engine,
+        req: &ViewRequest,
+        now_ns: u64,
+        wall_ns: u64,
+        host: HostFacts,
+    ) -> TopData {
+        let mut snap = engine.snapshot(now_ns, wall_ns, host);
+        let events = engine.aggs.events_total;
+        let events_per_sec = match self.last_events {
+            Some((t, n)) if now_ns > t => (events - n) as f64 * 1e9 / (now_ns - t) as f64,
+            _ => snap.transitions_per_sec,
+        };
+        self.last_events = Some((now_ns, events));
+
+        let mut sample = Sample {
+            transitions_per_sec: snap.transitions_per_sec,
+            ..Sample::default()
+        };
+        for s in TcpState::ALL {
+            sample.states[s as usize - 1] = snap.states.get(s.name()).copied().unwrap_or(0);
+        }
+        self.history.push(sample);
+
+        let mut close_wait_sockets: HashMap<Option<u32>, Vec<CloseWaitSocket>> = HashMap::new();
+        for s in std::mem::take(&mut snap.close_wait) {
+            let list = close_wait_sockets.entry(s.pid).or_default();
+            if list.len() < CLOSE_WAIT_SOCKETS_KEPT {
+                list.push(s);
+            }
+        }
+
+        let hists_by_process = keyed_histograms(&engine.aggs, HistogramsBy::Process);
+        let hists_by_peer = keyed_histograms(&engine.aggs, HistogramsBy::Peer);
+        let closers = tw_closers(engine);
+        let tw_peers = snap
+            .time_wait_by_peer
+            .iter()
+            .map(|p| {
+                let [closed_local, closed_both, closed_unknown] = closers
+                    .get(&(p.daddr, p.dport))
+                    .copied()
+                    .unwrap_or_default();
+                TwPeer {
+                    daddr: p.daddr,
+                    dport: p.dport,
+                    count: p.count,
+                    port_range_ratio: p.port_range_ratio,
+                    duration: engine
+                        .aggs
+                        .by_peer
+                        .get(&(p.daddr, p.dport))
+                        .map(|h| h.summary(HistKind::TimeWait))
+                        .filter(|s| s.count > 0),
+                    closed_local,
+                    closed_both,
+                    closed_unknown,
+                }
+            })
+            .collect();
+
+        TopData {
+            uptime_ms: now_ns.saturating_sub(self.started_ns) / 1_000_000,
+            events_per_sec,
+            conns: conn_page(engine, req, now_ns),
+            snap,
+            close_wait_sockets,
+            tw_peers,
+            hists_by_process,
+            hists_by_peer,
+            history: self.history.clone(),
+        }
+    }
+}
+
+/// Peers ranked by TIME_WAIT count, then address: the default order.
+pub fn rank_tw_peers(peers: &mut [TwPeer]) {
+    peers.sort_by_key(|p| (Reverse(p.count), p.daddr, p.dport));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{Event, EventKind, Family, Owner};
+
+    const MS: u64 = 1_000_000;
+
+    fn ev(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16, pid: u32) -> Event {
+        Event {
+            ts_ns: ts,
+            kind: EventKind::Transition,
+            sk,
+            link: None,
+            owner: Some(Owner {
+                pid,
+                tid: pid,
+                comm: Comm::from_name(&format!("p{pid}")),
+                cgroup: 0,
+                from_listener: false,
+            }),
+            netns: Some(1),
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport,
+            daddr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            dport: 80,
+            old: Some(old),
+            new,
+            prev_ns: None,
+            reason: None,
+        }
+    }
+
+    fn engine_with(n: u64) -> Engine {
+        let mut e = Engine::new(100_000);
+        for i in 0..n {
+            let st = if i % 3 == 0 {
+                TcpState::CloseWait
+            } else {
+                TcpState::Established
+            };
+            e.apply(&ev(
+                i * MS,
+                0x1000 + i,
+                TcpState::SynRecv,
+                st,
+                1000 + i as u16,
+                10 + (i % 4) as u32,
+            ));
+        }
+        e
+    }
+
+    #[test]
+    fn page_is_the_top_of_the_full_sort() {
+        let e = engine_with(500);
+        for sort in [
+            ConnSort::Age,
+            ConnSort::State,
+            ConnSort::Process,
+            ConnSort::Remote,
+        ] {
+            let full = conn_page(
+                &e,
+                &ViewRequest {
+                    sort,
+                    limit: 10_000,
+                    ..ViewRequest::default()
+                },
+                1000 * MS,
+            );
+            let top = conn_page(
+                &e,
+                &ViewRequest {
+                    sort,
+                    limit: 37,
+                    ..ViewRequest::default()
+                },
+                1000 * MS,
+            );
+            assert_eq!(full.rows.len(), 500);
+            assert_eq!((top.rows.len(), top.matching, top.total), (37, 500, 500));
+            assert_eq!(top.rows[..], full.rows[..37], "{sort:?}");
+        }
+        let oldest = conn_page(
+            &e,
+            &ViewRequest {
+                limit: 1,
+                ..ViewRequest::default()
+            },
+            1000 * MS,
+        );
+        assert_eq!(oldest.rows[0].sport, 1000);
+        assert_eq!(oldest.rows[0].age_ms, 1000);
+    }
+
+    #[test]
+    fn page_applies_the_filter() {
+        let e = engine_with(90);
+        let req = ViewRequest {
+            filter: RowFilter::parse("close_wait pid:10").unwrap(),
+            limit: 1000,
+            ..ViewRequest::default()
+        };
+        let page = conn_page(&e, &req, 100 * MS);
+        // CLOSE_WAIT: i % 3 == 0; pid 10: i % 4 == 0; both: i % 12 == 0.
+        assert_eq!(page.matching, 8);
+        assert!(
+            page.rows
+                .iter()
+                .all(|r| r.state == TcpState::CloseWait && r.pid == Some(10))
+        );
+    }
+
+    #[test]
+    fn update_groups_close_wait_and_keeps_history() {
+        let mut e = engine_with(30);
+        let mut feed = Feed::new(0);
+        let req = ViewRequest {
+            limit: 5,
+            ..ViewRequest::default()
+        };
+        let d = feed.update(&mut e, &req, 40 * MS, 40 * MS, HostFacts::default());
+        assert!(d.snap.close_wait.is_empty());
+        let total: usize = d.close_wait_sockets.values().map(Vec::len).sum();
+        assert_eq!(total, 10);
+        for list in d.close_wait_sockets.values() {
+            assert!(list.windows(2).all(|w| w[0].age_ms >= w[1].age_ms));
+        }
+        assert_eq!(d.conns.rows.len(), 5);
+        let d = feed.update(&mut e, &req, 50 * MS, 50 * MS, HostFacts::default());
+        assert_eq!(d.history.series(TcpState::CloseWait, 10), vec![10, 10]);
+        assert_eq!(d.history.series(TcpState::Established, 1), vec![20]);
+    }
+}

@@ -1,0 +1,254 @@
+//! Test fixtures: app states built by feeding a real [`Engine`] a scripted
+//! incident (a DB-connection leak in CLOSE_WAIT, an nginx TIME_WAIT flood,
+//! a few long-lived sessions, sockets seeded before tracing), so reducer and
+//! screen tests see data shaped exactly as in production.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::{Action, App, Meta, data::Feed};
+use crate::{
+    engine::Engine,
+    model::{Comm, Event, EventKind, Family, Lost, Owner, SeenOwner, SeenSocket, TcpState},
+    stats::HostFacts,
+};
+
+pub const SEC: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+
+pub fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+fn owner(pid: u32, comm: &str) -> Owner {
+    Owner {
+        pid,
+        tid: pid,
+        comm: Comm::from_name(comm),
+        cgroup: 0,
+        from_listener: false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ev(
+    ts: u64,
+    kind: EventKind,
+    sk: u64,
+    o: Option<Owner>,
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+    old: TcpState,
+    new: TcpState,
+) -> Event {
+    Event {
+        ts_ns: ts,
+        kind,
+        sk,
+        link: None,
+        owner: o,
+        netns: Some(4026531840),
+        family: Family::V4,
+        saddr: local.0,
+        sport: local.1,
+        daddr: remote.0,
+        dport: remote.1,
+        old: Some(old),
+        new,
+        prev_ns: None,
+        reason: None,
+    }
+}
+
+fn path(
+    e: &mut Engine,
+    t0: u64,
+    sk: u64,
+    o: Owner,
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+    states: &[TcpState],
+) {
+    for (i, w) in states.windows(2).enumerate() {
+        e.apply(&ev(
+            t0 + i as u64 * MS,
+            EventKind::Transition,
+            sk,
+            Some(o),
+            local,
+            remote,
+            w[0],
+            w[1],
+        ));
+    }
+}
+
+const APP: [u8; 4] = [10, 0, 0, 2];
+const DB: ([u8; 4], u16) = ([10, 0, 0, 5], 5432);
+
+fn app_ip() -> IpAddr {
+    ip(APP[0], APP[1], APP[2], APP[3])
+}
+
+fn db() -> (IpAddr, u16) {
+    (ip(DB.0[0], DB.0[1], DB.0[2], DB.0[3]), DB.1)
+}
+
+/// The start of the incident: sockets found by the startup snapshot (ages
+/// are lower bounds) and two long sessions.
+pub fn engine() -> Engine {
+    use TcpState::*;
+    let mut e = Engine::new(100_000);
+    let seeded: Vec<SeenSocket> = (0..3u16)
+        .map(|i| SeenSocket {
+            netns: Some(4026531840),
+            family: Family::V4,
+            saddr: app_ip(),
+            sport: 41000 + i,
+            daddr: db().0,
+            dport: db().1,
+            state: CloseWait,
+            inode: 100 + i as u64,
+            owner: Some(SeenOwner {
+                pid: 4242,
+                comm: Comm::from_name("java"),
+            }),
+            timer_left_ms: None,
+            cookie: 1 + i as u64,
+        })
+        .collect();
+    e.seed(&seeded, SEC);
+    for i in 0..2u64 {
+        path(
+            &mut e,
+            SEC + i * SEC,
+            0xA000 + i,
+            owner(1, "sshd"),
+            (app_ip(), 22),
+            (ip(192, 168, 1, 10 + i as u8), 50000 + i as u16),
+            &[Listen, SynRecv, Established],
+        );
+    }
+    e
+}
+
+/// Second `s` of the incident: the DB closes idle connections the app
+/// never closes (2/s into CLOSE_WAIT); nginx opens and closes upstream
+/// connections without keepalive (5/s into TIME_WAIT).
+pub fn second(e: &mut Engine, s: u64) {
+    use TcpState::*;
+    let java = owner(4242, "java");
+    let nginx = owner(777, "nginx");
+    let t = s * SEC;
+    for j in 0..2u64 {
+        let port = 42000 + (s * 2 + j) as u16;
+        path(
+            e,
+            t + j * 10 * MS,
+            0x10_0000 + s * 16 + j,
+            java,
+            (app_ip(), port),
+            db(),
+            &[Close, SynSent, Established, CloseWait],
+        );
+    }
+    for j in 0..5u64 {
+        let sk = 0x20_0000 + s * 16 + j;
+        let port = 50000 + (s * 5 + j) as u16;
+        let up = (ip(10, 0, 0, 9), 8080);
+        let ts = t + 100 * MS + j * 20 * MS;
+        path(
+            e,
+            ts,
+            sk,
+            nginx,
+            (app_ip(), port),
+            up,
+            &[Close, SynSent, Established, FinWait1, FinWait2],
+        );
+        let mut begin = ev(
+            ts + 5 * MS,
+            EventKind::TwBegin,
+            sk | 0xF000_0000,
+            Some(nginx),
+            (app_ip(), port),
+            up,
+            FinWait2,
+            TimeWait,
+        );
+        begin.link = Some(sk);
+        e.apply(&begin);
+        e.apply(&ev(
+            ts + 5 * MS,
+            EventKind::Transition,
+            sk,
+            Some(nginx),
+            (app_ip(), port),
+            up,
+            FinWait2,
+            Close,
+        ));
+        // The timewait sockets of a minute ago expire.
+        if s >= 62 {
+            let old = s - 60;
+            let mut end = ev(
+                ts + 5 * MS + (j + 1) * 3 * MS,
+                EventKind::TwEnd,
+                (0x20_0000 + old * 16 + j) | 0xF000_0000,
+                Some(nginx),
+                (app_ip(), 50000 + (old * 5 + j) as u16),
+                up,
+                TimeWait,
+                Close,
+            );
+            end.prev_ns = Some(60 * SEC + (j + 1) * 3 * MS);
+            end.reason = Some(crate::model::TwEndReason::Expired);
+            e.apply(&end);
+        }
+    }
+}
+
+pub fn meta() -> Meta {
+    Meta {
+        host: "app-01".into(),
+        kernel: "6.18.0".into(),
+        hook: "tp_btf".into(),
+        timewait_hook: "timer tracepoints".into(),
+        source: None,
+        interval_ms: 1000,
+    }
+}
+
+pub fn host(lost: Lost) -> HostFacts {
+    HostFacts {
+        port_range: (32768, 60999),
+        tw_overflow: 0,
+        lost,
+        decode_errors: 0,
+    }
+}
+
+/// An app after `until_s` seconds of the incident, refreshed after every
+/// second from second 2, with `lost` kernel-side losses.
+pub fn app_at(until_s: u64, lost: Lost) -> App {
+    let mut app = App::new(meta());
+    let mut e = engine();
+    let mut feed = Feed::new(0);
+    for s in 2..=until_s {
+        second(&mut e, s);
+        let now = (s + 1) * SEC;
+        let d = feed.update(
+            &mut e,
+            &app.request,
+            now,
+            1_790_000_000 * SEC + now,
+            host(lost),
+        );
+        app.update(Action::Data(Box::new(d)));
+    }
+    app
+}
+
+/// The standard fixture: 75 s into the incident, nothing lost.
+pub fn app() -> App {
+    app_at(75, Lost::default())
+}

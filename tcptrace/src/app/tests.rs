@@ -1,0 +1,225 @@
+//! Key handling and the reducer, on app states built from a scripted
+//! incident (see `fixture`).
+
+use super::{fixture::*, *};
+use crate::model::Lost;
+
+fn press(app: &mut App, keys: &[Key]) {
+    for &k in keys {
+        if let Some(a) = app.action_for(k) {
+            app.update(a);
+        }
+    }
+}
+
+fn type_text(app: &mut App, text: &str) {
+    for c in text.chars() {
+        press(app, &[Key::Char(c)]);
+    }
+}
+
+#[test]
+fn keys_mean_different_things_per_mode() {
+    let mut app = app();
+    assert!(matches!(app.action_for(Key::Char('q')), Some(Action::Quit)));
+    assert!(matches!(
+        app.action_for(Key::Char('3')),
+        Some(Action::ShowView(View::TimeWait))
+    ));
+    assert!(app.action_for(Key::Char('x')).is_none());
+    press(&mut app, &[Key::Char('/')]);
+    assert!(matches!(
+        app.action_for(Key::Char('q')),
+        Some(Action::FilterInput('q'))
+    ));
+    assert!(matches!(app.action_for(Key::Ctrl('c')), Some(Action::Quit)));
+    press(&mut app, &[Key::Esc, Key::Char('?')]);
+    assert!(app.help && app.filter_input.is_none());
+    press(&mut app, &[Key::Char('j')]);
+    assert!(!app.help, "any key closes the help");
+    press(&mut app, &[Key::Char('?'), Key::Char('q')]);
+    assert!(app.quit, "q quits even from the help");
+}
+
+#[test]
+fn tab_and_numbers_switch_views() {
+    let mut app = app();
+    assert_eq!(app.view, View::Overview);
+    press(&mut app, &[Key::Tab, Key::Tab]);
+    assert_eq!(app.view, View::TimeWait);
+    press(&mut app, &[Key::BackTab, Key::BackTab, Key::BackTab]);
+    assert_eq!(app.view, View::Histograms, "wraps around");
+    press(&mut app, &[Key::Char('4')]);
+    assert_eq!(app.view, View::Connections);
+    press(&mut app, &[Key::Ctrl('c')]);
+    assert!(app.quit);
+}
+
+#[test]
+fn close_wait_ranks_processes_and_drills_into_sockets_oldest_first() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('2')]);
+    let d = app.data.as_ref().unwrap();
+    let top = &d.snap.close_wait_by_process[app.close_wait.rows[0]];
+    assert_eq!((top.pid, top.comm.as_deref()), (Some(4242), Some("java")));
+    // 3 seeded + 2/s from second 2 to 75.
+    assert_eq!(top.count, 3 + 2 * 74);
+    assert!(top.oldest_age_is_lower_bound);
+    press(&mut app, &[Key::Enter]);
+    assert_eq!(app.close_wait_drill, Some(Some(4242)));
+    let d = app.data.as_ref().unwrap();
+    let sockets = &d.close_wait_sockets[&Some(4242)];
+    assert_eq!(app.close_wait_sockets.rows.len(), 151);
+    let first = &sockets[app.close_wait_sockets.rows[0]];
+    assert!(first.age_is_lower_bound, "seeded sockets are the oldest");
+    let last = &sockets[*app.close_wait_sockets.rows.last().unwrap()];
+    assert!(!last.age_is_lower_bound);
+    assert!(first.age_ms >= last.age_ms);
+    press(&mut app, &[Key::Char('G')]);
+    assert_eq!(app.close_wait_sockets.selected, 150);
+    press(&mut app, &[Key::Esc]);
+    assert_eq!(app.close_wait_drill, None);
+}
+
+#[test]
+fn close_wait_sort_cycles_and_selection_follows_the_process() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('2')]);
+    assert_eq!(app.close_wait_sort, CloseWaitSort::Count);
+    press(&mut app, &[Key::Char('s')]);
+    assert_eq!(app.close_wait_sort, CloseWaitSort::Growth);
+    press(&mut app, &[Key::Char('s'), Key::Char('s')]);
+    assert_eq!(app.close_wait_sort, CloseWaitSort::Count);
+    let before = app.close_wait.rows[app.close_wait.selected];
+    app.refresh_lists();
+    assert_eq!(app.close_wait.rows[app.close_wait.selected], before);
+}
+
+#[test]
+fn filter_is_typed_applied_and_cleared() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('2'), Key::Char('/')]);
+    let generation = app.request.generation;
+    type_text(&mut app, "nginx");
+    press(&mut app, &[Key::Enter]);
+    assert!(app.filter_input.is_none());
+    assert_eq!(app.filter.text, "nginx");
+    assert_eq!(app.request.filter, app.filter);
+    assert!(
+        app.request.generation > generation,
+        "the engine is asked again"
+    );
+    assert!(app.close_wait.rows.is_empty(), "java is filtered out");
+    press(&mut app, &[Key::Esc]);
+    assert!(
+        app.filter.is_empty(),
+        "Esc with nothing open clears the filter"
+    );
+    assert_eq!(app.close_wait.rows.len(), 1);
+
+    press(&mut app, &[Key::Char('/')]);
+    type_text(&mut app, "port:http");
+    press(&mut app, &[Key::Enter]);
+    assert!(
+        app.filter_error
+            .as_deref()
+            .unwrap()
+            .contains("needs a number")
+    );
+    assert!(app.filter_input.is_some(), "stays open to fix the mistake");
+    for _ in 0..4 {
+        press(&mut app, &[Key::Backspace]);
+    }
+    type_text(&mut app, "5432");
+    press(&mut app, &[Key::Enter]);
+    assert_eq!(app.filter.text, "port:5432");
+    assert!(app.filter_error.is_none());
+}
+
+#[test]
+fn pause_holds_refreshes_until_resumed() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('p')]);
+    assert!(app.paused);
+    let shown = app.data.as_ref().unwrap().uptime_ms;
+    let mut newer = app.data.clone().unwrap();
+    newer.uptime_ms += 1000;
+    app.update(Action::Data(newer));
+    assert_eq!(app.data.as_ref().unwrap().uptime_ms, shown);
+    press(&mut app, &[Key::Char('p')]);
+    assert_eq!(app.data.as_ref().unwrap().uptime_ms, shown + 1000);
+    assert!(app.held.is_none());
+}
+
+#[test]
+fn connection_list_asks_for_more_rows_and_ignores_stale_pages() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('4')]);
+    let loaded = app.conns.rows.len();
+    assert!(loaded > 0 && loaded as u64 <= app.conns.matching);
+    // Pretend the engine had more rows than it sent.
+    app.conns.matching = 50_000;
+    app.conns.rows = vec![app.conns.rows[0].clone(); 1000];
+    let generation = app.request.generation;
+    press(&mut app, &[Key::End]);
+    assert_eq!(app.request.limit, 50_000, "End asks for every row");
+    assert!(app.request.generation > generation);
+    let mut stale = app.conns.clone();
+    stale.generation = generation;
+    stale.rows.truncate(3);
+    app.update(Action::Page(stale));
+    assert_eq!(app.conns.rows.len(), 1000, "a stale page is dropped");
+
+    press(&mut app, &[Key::Char('s')]);
+    assert_eq!(app.request.sort, ConnSort::State);
+    assert_eq!(app.conn_selected, 0);
+    press(&mut app, &[Key::Enter]);
+    assert!(app.conn_detail);
+    press(&mut app, &[Key::Esc]);
+    assert!(!app.conn_detail);
+}
+
+#[test]
+fn time_wait_peer_drills_into_its_histograms() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('3')]);
+    let d = app.data.as_ref().unwrap();
+    let p = &d.tw_peers[app.time_wait.rows[0]];
+    assert_eq!((p.daddr, p.dport), (ip(10, 0, 0, 9), 8080));
+    assert_eq!(p.count, 5 * 60, "one minute of TIME_WAIT at 5/s");
+    assert_eq!(p.closed_local, p.count, "nginx closed first");
+    assert!((p.duration.unwrap().p50_ms / 1000.0 - 60.0).abs() < 1.0);
+    press(&mut app, &[Key::Enter]);
+    assert_eq!(app.view, View::Histograms);
+    let (label, hists) = app.selected_histograms();
+    assert_eq!(label, "peer 10.0.0.9:8080");
+    let tw = hists
+        .iter()
+        .find(|(k, _)| *k == HistKind::TimeWait)
+        .unwrap()
+        .1;
+    assert!(tw.count > 0);
+}
+
+#[test]
+fn lost_events_reach_the_snapshot() {
+    let app = app_at(
+        10,
+        Lost {
+            ring_full: 12,
+            recursion_misses: 3,
+            map_full: 0,
+        },
+    );
+    let lost = &app.data.as_ref().unwrap().snap.lost;
+    assert_eq!((lost["ring_full"], lost["recursion_misses"]), (12, 3));
+}
+
+#[test]
+fn resize_changes_the_page_size() {
+    let mut app = app();
+    app.update(Action::Resize(200, 60));
+    assert_eq!(app.page_rows(), 53);
+    press(&mut app, &[Key::Char('2'), Key::Enter, Key::PageDown]);
+    assert_eq!(app.close_wait_sockets.selected, 53);
+}

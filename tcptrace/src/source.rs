@@ -1,0 +1,134 @@
+//! Where the engine's events come from, behind one interface so the
+//! commands that consume them (`top`, later `report`) do not care: the live
+//! kernel (ring buffer, with sock_diag seeding and reconciliation) today; a
+//! recording once `tcptrace record` exists.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+
+use crate::{
+    clock::{WallClock, monotonic_ns},
+    decode,
+    ebpf::Tracer,
+    engine::Engine,
+    filter::UserFilter,
+    model::{Lost, SeenSocket},
+    seed,
+    stats::HostFacts,
+};
+
+/// The live kernel: a loaded tracer plus what seeding needs.
+pub struct Live {
+    tracer: Tracer,
+    user_filter: UserFilter,
+    start_lost: Lost,
+    clock: WallClock,
+    pub decode_errors: u64,
+}
+
+/// A source of events for the engine.
+pub enum Source {
+    Live(Box<Live>),
+}
+
+/// A sock_diag snapshot of every namespace, keeping what the filter keeps:
+/// the sockets, the namespaces seen, and when it was taken (monotonic ns).
+pub fn take_snapshot(filter: &UserFilter) -> Result<(Vec<SeenSocket>, Vec<u32>, u64)> {
+    let snap = seed::snapshot(true)?;
+    let namespaces: Vec<u32> = snap
+        .sockets
+        .iter()
+        .filter_map(|s| s.netns)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let sockets = snap
+        .sockets
+        .into_iter()
+        .filter(|s| filter.matches_seen(s))
+        .collect();
+    Ok((sockets, namespaces, snap.taken_at_mono_ns))
+}
+
+impl Source {
+    pub fn live(tracer: Tracer, user_filter: UserFilter) -> Self {
+        let start_lost = tracer.counters().lost();
+        Source::Live(Box::new(Live {
+            tracer,
+            user_filter,
+            start_lost,
+            clock: WallClock::measure(),
+            decode_errors: 0,
+        }))
+    }
+
+    /// Transition hook and TIME_WAIT path, for the header.
+    pub fn hooks(&self) -> (String, String) {
+        match self {
+            Source::Live(l) => (
+                l.tracer.hooks.transitions.to_string(),
+                l.tracer.hooks.timewait.to_string(),
+            ),
+        }
+    }
+
+    /// Applies every waiting event; returns how many.
+    pub fn drain(&mut self, engine: &mut Engine) -> usize {
+        match self {
+            Source::Live(l) => {
+                let errors = &mut l.decode_errors;
+                let n = l.tracer.drain(|bytes| match decode::decode(bytes) {
+                    Ok(e) => engine.apply(&e),
+                    Err(_) => *errors += 1,
+                });
+                l.tracer.flush_logs();
+                n
+            }
+        }
+    }
+
+    /// Seeds the engine with the sockets that exist now.
+    pub fn seed(&mut self, engine: &mut Engine) -> Result<()> {
+        match self {
+            Source::Live(l) => {
+                let (sockets, _, taken_at) = take_snapshot(&l.user_filter)?;
+                engine.seed(&sockets, taken_at);
+                Ok(())
+            }
+        }
+    }
+
+    /// Corrects the engine against a fresh snapshot (missed events, ghosts).
+    pub fn reconcile(&mut self, engine: &mut Engine) -> Result<()> {
+        let (sockets, namespaces, taken_at) = match self {
+            Source::Live(l) => take_snapshot(&l.user_filter)?,
+        };
+        // Events up to the snapshot first, so it corrects only what was missed.
+        self.drain(engine);
+        engine.reconcile(&sockets, &namespaces, taken_at);
+        Ok(())
+    }
+
+    /// Monotonic and wall-clock now, in the source's time.
+    pub fn now(&self) -> (u64, u64) {
+        match self {
+            Source::Live(l) => {
+                let mono = monotonic_ns();
+                (mono, l.clock.wall_ns(mono))
+            }
+        }
+    }
+
+    /// Host facts and losses since the source started.
+    pub fn host_facts(&self) -> HostFacts {
+        match self {
+            Source::Live(l) => HostFacts {
+                port_range: seed::host::ephemeral_port_range().unwrap_or((32768, 60999)),
+                tw_overflow: seed::host::tw_overflow().unwrap_or(0),
+                lost: l.tracer.counters().lost().since(&l.start_lost),
+                decode_errors: l.decode_errors,
+            },
+        }
+    }
+}

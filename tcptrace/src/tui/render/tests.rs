@@ -1,0 +1,143 @@
+//! Whole-screen snapshots (insta + ratatui's TestBackend) of app states built
+//! from the scripted incident in `app::fixture`. Review changes with
+//! `cargo insta review` or by reading the `.snap` diff.
+
+use ratatui::{Terminal, backend::TestBackend};
+
+use crate::{
+    app::{Action, App, Key, fixture},
+    model::Lost,
+};
+
+fn screen(app: &App, w: u16, h: u16) -> String {
+    let mut term = Terminal::new(TestBackend::new(w, h)).expect("test backend");
+    term.draw(|f| f.render_widget(app, f.area())).expect("draw");
+    term.backend().to_string()
+}
+
+fn press(app: &mut App, keys: &[Key]) {
+    for &k in keys {
+        if let Some(a) = app.action_for(k) {
+            app.update(a);
+        }
+    }
+}
+
+fn app_80x24() -> App {
+    let mut app = fixture::app();
+    app.update(Action::Resize(80, 24));
+    app
+}
+
+#[test]
+fn overview() {
+    insta::assert_snapshot!(screen(&app_80x24(), 80, 24));
+}
+
+#[test]
+fn close_wait_by_process() {
+    let mut app = app_80x24();
+    press(&mut app, &[Key::Char('2')]);
+    insta::assert_snapshot!(screen(&app, 80, 24));
+}
+
+#[test]
+fn close_wait_sockets_with_lower_bound_ages() {
+    let mut app = app_80x24();
+    press(&mut app, &[Key::Char('2'), Key::Enter]);
+    insta::assert_snapshot!(screen(&app, 80, 24));
+}
+
+#[test]
+fn time_wait_by_peer() {
+    let mut app = app_80x24();
+    press(&mut app, &[Key::Char('3')]);
+    insta::assert_snapshot!(screen(&app, 80, 24));
+}
+
+#[test]
+fn connections_sorted_by_state_with_details() {
+    let mut app = app_80x24();
+    press(&mut app, &[Key::Char('4'), Key::Char('s')]);
+    // The engine's answer to the new sort, as the live loop would deliver it.
+    let mut e = fixture::engine();
+    for s in 2..=75 {
+        fixture::second(&mut e, s);
+    }
+    let page = crate::app::data::conn_page(&e, &app.request, 76 * fixture::SEC);
+    app.update(Action::Page(page));
+    insta::assert_snapshot!("connections_by_state", screen(&app, 80, 24));
+    press(&mut app, &[Key::Enter]);
+    insta::assert_snapshot!("connection_details", screen(&app, 80, 24));
+}
+
+#[test]
+fn histograms_for_all_and_for_a_peer() {
+    let mut app = app_80x24();
+    press(&mut app, &[Key::Char('5')]);
+    insta::assert_snapshot!("histograms_all", screen(&app, 80, 24));
+    press(&mut app, &[Key::Char('3'), Key::Enter]);
+    insta::assert_snapshot!("histograms_peer", screen(&app, 80, 24));
+}
+
+#[test]
+fn empty_before_the_first_refresh() {
+    let app = App::new(fixture::meta());
+    insta::assert_snapshot!(screen(&app, 80, 24));
+}
+
+#[test]
+fn lost_events_are_shown_in_the_header() {
+    let mut app = fixture::app_at(
+        10,
+        Lost {
+            ring_full: 1234,
+            recursion_misses: 5,
+            map_full: 0,
+        },
+    );
+    app.update(Action::Resize(80, 24));
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("LOST recursion misses 5, ring full 1234"), "{s}");
+    insta::assert_snapshot!(s);
+}
+
+#[test]
+fn narrow_terminal() {
+    let mut app = fixture::app();
+    app.update(Action::Resize(60, 20));
+    insta::assert_snapshot!("narrow_overview", screen(&app, 60, 20));
+    press(&mut app, &[Key::Char('2')]);
+    insta::assert_snapshot!("narrow_close_wait", screen(&app, 60, 20));
+}
+
+#[test]
+fn too_small_terminal_says_so() {
+    let app = fixture::app();
+    assert!(screen(&app, 30, 8).contains("terminal too small"));
+}
+
+#[test]
+fn help_and_filter_input_overlays() {
+    let mut app = app_80x24();
+    press(&mut app, &[Key::Char('?')]);
+    insta::assert_snapshot!("help", screen(&app, 80, 24));
+    press(&mut app, &[Key::Esc, Key::Char('2'), Key::Char('/')]);
+    for c in "pid:x".chars() {
+        press(&mut app, &[Key::Char(c)]);
+    }
+    press(&mut app, &[Key::Enter]);
+    insta::assert_snapshot!("filter_error", screen(&app, 80, 24));
+}
+
+#[test]
+fn large_terminal_paused_and_filtered() {
+    let mut app = fixture::app();
+    app.update(Action::Resize(160, 40));
+    press(&mut app, &[Key::Char('2'), Key::Char('/')]);
+    for c in "java".chars() {
+        press(&mut app, &[Key::Char(c)]);
+    }
+    press(&mut app, &[Key::Enter, Key::Char('p')]);
+    insta::assert_snapshot!(screen(&app, 160, 40));
+}

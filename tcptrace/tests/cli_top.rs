@@ -1,0 +1,192 @@
+//! `tcptrace top` end to end, as a user sees it: the real binary in a real
+//! terminal (tmux), a real CLOSE_WAIT leak made by this test, the screen read
+//! back with `capture-pane`, keys sent with `send-keys`. After `q` the
+//! terminal must be back: alternate screen left, cursor shown, exit code 0.
+
+mod common;
+
+use std::{
+    net::{Shutdown, TcpStream},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::free_listener;
+
+/// A private tmux server (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(width: u16, height: u16, command: &str) -> Self {
+        let t = Tmux {
+            socket: format!("tcptrace-e2e-{}", std::process::id()),
+        };
+        let status = Command::new("tmux")
+            .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
+            .args(["-x", &width.to_string(), "-y", &height.to_string()])
+            .arg(command)
+            .status()
+            .expect("tmux is needed for this test: run `cargo xtask setup` (apt install tmux)");
+        assert!(status.success(), "tmux new-session failed");
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux runs");
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.tmux(&["send-keys", k]);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// Waits until the screen satisfies `ok`; panics with the screen if not.
+    fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+#[test]
+fn top_shows_a_close_wait_leak_switches_views_and_restores_the_terminal() {
+    let (listener, port) = free_listener();
+    let exit_file: PathBuf = std::env::temp_dir().join(format!("tcptrace-top-exit-{port}"));
+    let _ = std::fs::remove_file(&exit_file);
+    let bin = env!("CARGO_BIN_EXE_tcptrace");
+    // The shell stays after tcptrace exits so the pane (and its state) can
+    // be inspected.
+    let cmd = format!(
+        "sh -c '{bin} top --interval 0.5 --port {port}; echo $? > {}; sleep 600'",
+        exit_file.display()
+    );
+    let tmux = Tmux::start(110, 32, &cmd);
+    tmux.wait_for("the first refresh", |s| {
+        s.contains(" up ") && s.contains("CLOSE_WAIT")
+    });
+
+    // The leak: a thread named "leakydb" accepts connections and never
+    // closes them; the clients close, so the accepted sockets sit in
+    // CLOSE_WAIT owned by this process (accept runs in that thread).
+    const LEAKED: usize = 25;
+    let leaker = std::thread::Builder::new()
+        .name("leakydb".into())
+        .spawn(move || {
+            let mut held = Vec::new();
+            for _ in 0..LEAKED {
+                let (s, _) = listener.accept().unwrap();
+                held.push(s);
+            }
+            held
+        })
+        .unwrap();
+    for _ in 0..LEAKED {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        std::mem::forget(c);
+    }
+    let held = leaker.join().unwrap();
+    let pid = std::process::id().to_string();
+
+    let overview = tmux.wait_for("the leak in the overview", |s| {
+        s.lines()
+            .any(|l| l.contains(&pid) && l.contains("leakydb") && l.contains(&LEAKED.to_string()))
+    });
+    assert!(overview.contains(&format!("CW {LEAKED}")), "{overview}");
+
+    tmux.keys(&["2"]);
+    let cw = tmux.wait_for("the CLOSE_WAIT view", |s| {
+        s.contains("CLOSE_WAIT by process")
+    });
+    let row = cw
+        .lines()
+        .find(|l| l.contains("leakydb"))
+        .unwrap_or_else(|| panic!("leaking process listed:\n{cw}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[..3], [pid.as_str(), "leakydb", "25"], "{row}");
+    assert!(cw.contains("sort: count"), "{cw}");
+    tmux.keys(&["s"]);
+    tmux.wait_for("sort by growth", |s| s.contains("sort: growth"));
+    tmux.keys(&["Enter"]);
+    let sockets = tmux.wait_for("the sockets of the process", |s| {
+        s.contains(&format!("CLOSE_WAIT sockets of {pid} leakydb ({LEAKED}"))
+    });
+    let local = format!("127.0.0.1:{port}");
+    assert_eq!(
+        sockets.lines().filter(|l| l.starts_with(&local)).count(),
+        LEAKED,
+        "{sockets}"
+    );
+    tmux.keys(&["Escape", "4"]);
+    tmux.wait_for("the connections view", |s| s.contains("sort: age"));
+    tmux.keys(&["s"]);
+    tmux.wait_for("connections sorted by state", |s| s.contains("sort: state"));
+    // Narrow to the leak with the filter: 25 of the 50 sockets (the clients'
+    // FIN_WAIT2 ends are the other half).
+    tmux.keys(&["/", "state:close_wait", "Enter"]);
+    let conns = tmux.wait_for("the filtered connections", |s| {
+        s.contains(&format!("Connections ({LEAKED} of {}", 2 * LEAKED))
+    });
+    let rows: Vec<&str> = conns
+        .lines()
+        .filter(|l| l.starts_with("CLOSE_WAIT"))
+        .collect();
+    assert_eq!(rows.len(), LEAKED, "{conns}");
+    assert!(
+        rows.iter()
+            .all(|l| l.contains(&format!("{pid}/leakydb")) && l.contains(&local)),
+        "{conns}"
+    );
+    assert!(conns.contains("filter: state:close_wait"), "{conns}");
+
+    tmux.keys(&["q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Ok(s) = std::fs::read_to_string(&exit_file)
+            && !s.trim().is_empty()
+        {
+            break s.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "tcptrace top did not exit on q");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, "0", "exit code");
+    let state = tmux.tmux(&["display-message", "-p", "#{alternate_on} #{cursor_flag}"]);
+    assert_eq!(state.trim(), "0 1", "alternate screen left, cursor shown");
+    let after = tmux.screen();
+    assert!(after.contains("tcptrace: top ran"), "{after}");
+    let _ = std::fs::remove_file(&exit_file);
+    drop(held);
+}
