@@ -408,6 +408,35 @@ mod tests {
     }
 
     #[test]
+    fn reconcile_finds_silent_rearms_and_missing_owners() {
+        let mut e = Engine::new(1000);
+        // An orphan's timewait socket begins in FIN_WAIT2; the peer's FIN
+        // moves it to TIME_WAIT with a re-arm the timer tracepoints missed.
+        let mut begin = tw(SEC, EventKind::TwBegin, 0xb, None, 40000, 80);
+        begin.new = FinWait2;
+        e.apply(&begin);
+        // A child socket whose listener predates tracing: no owner.
+        let mut child = tr(SEC, 0xc, Listen, SynRecv, 8080, 5555);
+        child.owner = None;
+        e.apply(&child);
+        e.apply(&Event {
+            owner: None,
+            ..tr(SEC + MS, 0xc, SynRecv, Established, 8080, 5555)
+        });
+        assert_eq!(e.snapshot(2 * SEC, 2 * SEC, host()).states["FIN_WAIT2"], 1);
+        let mut tw_seen = seen(TimeWait, 40000, 80, None);
+        tw_seen.timer_left_ms = Some(59_000);
+        let mut child_seen = seen(Established, 8080, 5555, Some(321));
+        child_seen.timer_left_ms = None;
+        e.reconcile(&[tw_seen, child_seen], &[1], 3 * SEC);
+        let snap = e.snapshot(4 * SEC, 4 * SEC, host());
+        assert_eq!((snap.states["FIN_WAIT2"], snap.states["TIME_WAIT"]), (0, 1));
+        assert_eq!(e.table.conn(0xc).unwrap().owner.unwrap().pid, 321);
+        let c = e.table.counters;
+        assert_eq!((c.silent_rearms, c.owners_found, c.corrections), (1, 1, 0));
+    }
+
+    #[test]
     fn cap_evicts_and_counts() {
         let mut e = Engine::new(3);
         for i in 0..5u64 {

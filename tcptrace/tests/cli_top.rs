@@ -190,3 +190,98 @@ fn top_shows_a_close_wait_leak_switches_views_and_restores_the_terminal() {
     let _ = std::fs::remove_file(&exit_file);
     drop(held);
 }
+
+#[test]
+fn top_without_a_terminal_says_what_to_use_instead() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .arg("top")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("needs a terminal") && err.contains("tcptrace stats"),
+        "{err}"
+    );
+}
+
+#[test]
+fn top_rejects_bad_options_in_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["top", "--interval", "0"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--interval 0 must be a positive number"),
+        "{err}"
+    );
+}
+
+/// The pid of the shell's child (tcptrace) in the pane.
+fn child_of(pid: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(c) = children.split_whitespace().next() {
+            return c.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no child of {pid}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_restores_the_terminal() {
+    let exit_file: PathBuf =
+        std::env::temp_dir().join(format!("tcptrace-top-term-{}", std::process::id()));
+    let _ = std::fs::remove_file(&exit_file);
+    let bin = env!("CARGO_BIN_EXE_tcptrace");
+    let cmd = format!(
+        "sh -c '{bin} top --no-seed --port 9; echo $? > {}; sleep 600'",
+        exit_file.display()
+    );
+    let tmux = Tmux {
+        socket: format!("tcptrace-e2e-term-{}", std::process::id()),
+    };
+    let status = Command::new("tmux")
+        .args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d"])
+        .args(["-x", "80", "-y", "24", &cmd])
+        .status()
+        .expect("tmux is needed for this test: run `cargo xtask setup`");
+    assert!(status.success());
+    tmux.wait_for("the first refresh", |s| s.contains(" up "));
+    assert_eq!(
+        tmux.tmux(&["display-message", "-p", "#{alternate_on}"])
+            .trim(),
+        "1"
+    );
+    let shell: u32 = tmux
+        .tmux(&["display-message", "-p", "#{pane_pid}"])
+        .trim()
+        .parse()
+        .unwrap();
+    let top = child_of(shell);
+    // SAFETY: kill(2) on the tcptrace this test started.
+    assert_eq!(unsafe { libc::kill(top as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Ok(s) = std::fs::read_to_string(&exit_file)
+            && !s.trim().is_empty()
+        {
+            break s.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tcptrace top did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, "0");
+    let state = tmux.tmux(&["display-message", "-p", "#{alternate_on} #{cursor_flag}"]);
+    assert_eq!(state.trim(), "0 1", "alternate screen left, cursor shown");
+    let _ = std::fs::remove_file(&exit_file);
+}

@@ -199,6 +199,12 @@ pub struct TableCounters {
     pub corrections: u64,
     /// Events for sockets never seen before (started before tracing, or missed).
     pub unknown_sockets: u64,
+    /// Timewait sockets found in TIME_WAIT by reconciliation while the table
+    /// had them in FIN_WAIT2: the kernel re-armed their timer within the same
+    /// timer-wheel bucket, which emits no tracepoint. Expected, not a loss.
+    pub silent_rearms: u64,
+    /// Sockets whose owner only reconciliation found (`/proc/*/fd`).
+    pub owners_found: u64,
 }
 
 pub struct ConnTable {
@@ -694,7 +700,29 @@ impl ConnTable {
             .map(|c| c.key)
             .chain(self.tws.values().map(|t| t.key))
             .collect();
+        for t in self.tws.values_mut() {
+            if let Some(s) = seen.get(&t.key)
+                && t.substate == TcpState::FinWait2
+                && s.state == TcpState::TimeWait
+                && t.start_ns < taken_at_ns
+            {
+                t.substate = TcpState::TimeWait;
+                self.counters.silent_rearms += 1;
+            }
+        }
         for c in self.conns.values_mut() {
+            if c.owner.is_none()
+                && let Some(o) = seen.get(&c.key).and_then(|s| s.owner)
+            {
+                c.owner = Some(Owner {
+                    pid: o.pid,
+                    tid: o.pid,
+                    comm: o.comm,
+                    cgroup: 0,
+                    from_listener: false,
+                });
+                self.counters.owners_found += 1;
+            }
             if let Some(s) = seen.get(&c.key)
                 && s.state != c.state
                 && s.state != TcpState::TimeWait

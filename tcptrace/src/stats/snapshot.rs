@@ -23,11 +23,17 @@
 //!   `evictions`, `decode_errors`).
 //! - `transitions_total`, `transitions_per_sec`, `closers`, `ended`,
 //!   `tw_overflow`, `port_range`, `tracked`, `corrections`, `unknown_sockets`.
+//! - `silent_rearms`: timewait sockets reconciliation found in TIME_WAIT
+//!   while events left them in FIN_WAIT2 (the kernel re-armed the timer in
+//!   the same timer-wheel bucket: no tracepoint fires); `owners_found`:
+//!   sockets whose owner only the `/proc` scan of reconciliation found.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
+
+use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
@@ -215,6 +221,8 @@ pub struct Snapshot {
     pub tracked: u64,
     pub corrections: u64,
     pub unknown_sockets: u64,
+    pub silent_rearms: u64,
+    pub owners_found: u64,
 }
 
 /// States always listed in `states` (others only when non-zero).
@@ -235,16 +243,30 @@ fn empty_states() -> BTreeMap<&'static str, u64> {
     MAIN_STATES.iter().map(|s| (s.name(), 0)).collect()
 }
 
-fn add(counts: &mut StateCounts, state: TcpState) {
-    counts.total += 1;
-    *counts.states.entry(state.name()).or_default() += 1;
+/// Live counts per state while walking the table: an array indexed by the
+/// state number (the walk runs per socket; maps are built once per group).
+#[derive(Clone, Copy, Default)]
+struct CountAcc([u64; 13]);
+
+impl CountAcc {
+    fn finish(&self) -> StateCounts {
+        StateCounts {
+            total: self.0.iter().sum(),
+            states: TcpState::ALL
+                .iter()
+                .filter(|&&s| self.0[s as usize] > 0)
+                .map(|&s| (s.name(), self.0[s as usize]))
+                .collect(),
+        }
+    }
 }
 
-fn new_counts() -> StateCounts {
-    StateCounts {
-        total: 0,
-        states: BTreeMap::new(),
-    }
+fn add(counts: &mut CountAcc, state: TcpState) {
+    counts.0[state as usize] += 1;
+}
+
+fn new_counts() -> CountAcc {
+    CountAcc::default()
 }
 
 fn comm_string(c: Comm) -> String {
@@ -275,7 +297,7 @@ pub fn closer_name(c: Closer) -> &'static str {
 
 /// Per-process CLOSE_WAIT accumulator: comm, count, oldest age (ms), whether
 /// that age is a lower bound, and counts per peer.
-type CloseWaitAcc = (Option<Comm>, u64, u64, bool, HashMap<String, u64>);
+type CloseWaitAcc = (Option<Comm>, u64, u64, bool, FxHashMap<SocketAddr, u64>);
 
 /// Inputs for [`build`] besides the table and aggregates.
 pub struct SnapshotInput {
@@ -293,13 +315,14 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
     let now = input.now_ns;
     let mut states = empty_states();
     let mut close_wait = Vec::new();
-    let mut by_process: HashMap<Option<u32>, (Option<Comm>, StateCounts)> = HashMap::new();
-    let mut by_port: HashMap<u16, StateCounts> = HashMap::new();
-    let mut by_remote: HashMap<IpAddr, StateCounts> = HashMap::new();
-    let mut cw_by_pid: HashMap<Option<u32>, CloseWaitAcc> = HashMap::new();
+    let mut all = CountAcc::default();
+    let mut by_process: FxHashMap<Option<u32>, (Option<Comm>, CountAcc)> = FxHashMap::default();
+    let mut by_port: FxHashMap<u16, CountAcc> = FxHashMap::default();
+    let mut by_remote: FxHashMap<IpAddr, CountAcc> = FxHashMap::default();
+    let mut cw_by_pid: FxHashMap<Option<u32>, CloseWaitAcc> = FxHashMap::default();
 
     for c in table.conns() {
-        *states.entry(c.state.name()).or_default() += 1;
+        add(&mut all, c.state);
         let pid = c.owner.map(|o| o.pid);
         let entry = by_process
             .entry(pid)
@@ -330,24 +353,24 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
             });
             let e = cw_by_pid
                 .entry(pid)
-                .or_insert_with(|| (c.owner.map(|o| o.comm), 0, 0, false, HashMap::new()));
+                .or_insert_with(|| (c.owner.map(|o| o.comm), 0, 0, false, FxHashMap::default()));
             e.1 += 1;
             if age >= e.2 {
                 e.2 = age;
                 e.3 = lower;
             }
-            *e.4.entry(std::net::SocketAddr::new(c.key.daddr, c.key.dport).to_string())
+            *e.4.entry(SocketAddr::new(c.key.daddr, c.key.dport))
                 .or_default() += 1;
         }
     }
 
     let range = (input.host.port_range.1 as u64).saturating_sub(input.host.port_range.0 as u64) + 1;
-    let mut tw_peer: HashMap<(IpAddr, u16), u64> = HashMap::new();
-    let mut tw_local: HashMap<(IpAddr, u16), u64> = HashMap::new();
+    let mut tw_peer: FxHashMap<(IpAddr, u16), u64> = FxHashMap::default();
+    let mut tw_local: FxHashMap<(IpAddr, u16), u64> = FxHashMap::default();
     for t in table.timewaits() {
         // Counted by substate, as `ss` does: an orphaned FIN_WAIT2 handled by
         // a timewait socket is FIN_WAIT2.
-        *states.entry(t.substate.name()).or_default() += 1;
+        add(&mut all, t.substate);
         if t.substate == TcpState::TimeWait {
             *tw_peer.entry((t.key.daddr, t.key.dport)).or_default() += 1;
             *tw_local.entry((t.key.saddr, t.key.sport)).or_default() += 1;
@@ -367,6 +390,11 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         );
     }
 
+    for s in TcpState::ALL {
+        if all.0[s as usize] > 0 {
+            states.insert(s.name(), all.0[s as usize]);
+        }
+    }
     close_wait.sort_by(|a, b| {
         b.age_ms
             .cmp(&a.age_ms)
@@ -382,7 +410,7 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         .into_iter()
         .map(|(pid, (comm, count, oldest, lower, peers))| {
             let growth = |w| pid.map_or(0.0, |p| aggs.close_wait_growth_per_min(p, now, w));
-            let mut peers: Vec<(String, u64)> = peers.into_iter().collect();
+            let mut peers: Vec<(SocketAddr, u64)> = peers.into_iter().collect();
             peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             CloseWaitByProcess {
                 pid,
@@ -393,7 +421,7 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
                 growth_per_min_15m: growth(15 * MIN),
                 oldest_age_ms: oldest,
                 oldest_age_is_lower_bound: lower,
-                peers: peers.into_iter().take(5).map(|p| p.0).collect(),
+                peers: peers.into_iter().take(5).map(|p| p.0.to_string()).collect(),
             }
         })
         .collect();
@@ -424,13 +452,16 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         .map(|(pid, (comm, counts))| ByProcess {
             pid,
             comm: comm.map(comm_string),
-            counts,
+            counts: counts.finish(),
         })
         .collect();
     by_process.sort_by(|a, b| b.counts.total.cmp(&a.counts.total).then(a.pid.cmp(&b.pid)));
     let mut by_local_port: Vec<ByLocalPort> = by_port
         .into_iter()
-        .map(|(port, counts)| ByLocalPort { port, counts })
+        .map(|(port, counts)| ByLocalPort {
+            port,
+            counts: counts.finish(),
+        })
         .collect();
     by_local_port.sort_by(|a, b| {
         b.counts
@@ -441,7 +472,10 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
     by_local_port.truncate(50);
     let mut by_remote: Vec<ByRemote> = by_remote
         .into_iter()
-        .map(|(daddr, counts)| ByRemote { daddr, counts })
+        .map(|(daddr, counts)| ByRemote {
+            daddr,
+            counts: counts.finish(),
+        })
         .collect();
     by_remote.sort_by(|a, b| {
         b.counts
@@ -494,5 +528,7 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         tracked: table.len() as u64,
         corrections: counters.corrections,
         unknown_sockets: counters.unknown_sockets,
+        silent_rearms: counters.silent_rearms,
+        owners_found: counters.owners_found,
     }
 }

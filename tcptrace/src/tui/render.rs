@@ -262,10 +262,18 @@ impl App {
     }
 
     fn render_tabs(&self, area: Rect, buf: &mut Buffer) {
-        let titles = View::ALL
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!("{} {}", i + 1, v.title()));
+        // Short names when the full ones would not fit.
+        let short = area.width < 76;
+        let titles = View::ALL.iter().enumerate().map(|(i, v)| {
+            let name = match (short, v) {
+                (true, View::CloseWait) => "CW",
+                (true, View::TimeWait) => "TW",
+                (true, View::Connections) => "Conns",
+                (true, View::Histograms) => "Hist",
+                _ => v.title(),
+            };
+            format!("{} {name}", i + 1)
+        });
         Tabs::new(titles)
             .select(View::ALL.iter().position(|v| *v == self.view))
             .highlight_style(Style::default().fg(ACCENT).bold().reversed())
