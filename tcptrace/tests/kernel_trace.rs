@@ -364,7 +364,13 @@ fn accepting_process_owns_the_child_socket() {
             ])
             .stdout(Stdio::piped())
             .pre_exec(move || {
-                if libc::dup2(lfd, 3) < 0 {
+                // dup2 onto itself keeps FD_CLOEXEC: clear it instead.
+                let ok = if lfd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0) >= 0
+                } else {
+                    libc::dup2(lfd, 3) >= 0
+                };
+                if !ok {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
