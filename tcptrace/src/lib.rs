@@ -16,6 +16,7 @@ pub mod filter;
 pub mod model;
 pub mod output;
 pub mod preflight;
+pub mod record;
 pub mod seed;
 pub mod source;
 pub mod stats;

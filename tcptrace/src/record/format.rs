@@ -1,0 +1,625 @@
+//! The recording file format: pure encoding and decoding, no I/O.
+//!
+//! # Wire format (version 1)
+//!
+//! All integers are little-endian; `varint` is unsigned LEB128 (at most 10
+//! bytes), `zigzag` a signed value mapped to unsigned first.
+//!
+//! ```text
+//! file    = header block*
+//! header  = "TCPTRACE" (8 bytes)
+//!           version    u16   (FORMAT_VERSION; readers refuse newer ones)
+//!           length     u32   (of the JSON that follows)
+//!           crc32      u32   (of the JSON)
+//!           json             (Header: host, kernel, clock offset, hooks,
+//!                             filters, port range, start time)
+//! block   = "BLK" kind   (4 bytes; kind b'E' events, b'S' snapshot)
+//!           length     u32   (of the compressed payload)
+//!           raw_length u32   (of the payload once decompressed)
+//!           crc32      u32   (of the compressed payload)
+//!           payload          (one zstd frame)
+//! ```
+//!
+//! An events payload is a sequence of records, each opening with a tag:
+//!
+//! ```text
+//! event   = 0x01 kind u8, flags u8, ts zigzag (delta to the previous
+//!           record's ts in this block; the first is absolute),
+//!           sk varint (XOR the previous event's sk in this block),
+//!           [link varint (XOR sk)]          flags & 0x01
+//!           [owner varint]                  flags & 0x02: index + 1 into this
+//!                                           block's owners, or 0 followed by
+//!                                           pid, tid, cgroup varints and comm
+//!                                           (len u8 + bytes), appended
+//!           [netns varint]                  flags & 0x04
+//!           [prev_ns varint]                flags & 0x08
+//!           saddr, daddr (4 bytes each, 16 with flags & 0x10), sport u16, dport u16,
+//!           [old u8]                        flags & 0x20
+//!           new u8, [reason u8]             flags & 0x40
+//!           (flags & 0x80: the owner came from the listener)
+//! lost    = 0x02 ts zigzag (as above), ring_full, recursion_misses,
+//!           map_full varints: events lost since the previous marker
+//! ```
+//!
+//! A snapshot payload is the sockets a sock_diag dump found (the state to
+//! start from, so a reader can begin at any snapshot block):
+//!
+//! ```text
+//! snapshot = ts varint (monotonic), n_namespaces varint, netns u32 * n,
+//!            n_sockets varint, socket * n
+//! socket   = flags u8 (0x01 netns, 0x02 owner, 0x04 timer, 0x08 v6),
+//!            [netns u32], saddr, daddr, sport u16, dport u16, state u8,
+//!            inode varint, cookie varint, [pid varint, comm], [timer_left_ms varint]
+//! ```
+//!
+//! Blocks are self-contained (deltas and owner tables restart in each), so a
+//! file cut at any byte reads back to its last complete block; writers emit
+//! a block at least every second.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Comm, Event, EventKind, Family, Lost, Owner, SeenOwner, SeenSocket, TcpState, TwEndReason,
+};
+
+pub const MAGIC: &[u8; 8] = b"TCPTRACE";
+pub const FORMAT_VERSION: u16 = 1;
+/// Fixed part of the header before its JSON.
+pub const HEADER_FIXED: usize = 8 + 2 + 4 + 4;
+/// Fixed part of a block before its payload.
+pub const BLOCK_FIXED: usize = 4 + 4 + 4 + 4;
+/// Largest block (compressed or not) a reader accepts: bounds allocations on
+/// corrupt input.
+pub const MAX_BLOCK: u32 = 64 << 20;
+pub const KIND_EVENTS: u8 = b'E';
+pub const KIND_SNAPSHOT: u8 = b'S';
+
+/// What the recorder knew about the host and the trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub tcptrace_version: String,
+    pub host: String,
+    pub kernel: String,
+    /// `wall_ns = mono_ns + clock_offset_ns` (event timestamps are
+    /// CLOCK_MONOTONIC, the kernel's `bpf_ktime_get_ns`).
+    pub clock_offset_ns: i64,
+    pub hook: String,
+    pub timewait_hook: String,
+    /// The filters of the recording command line, as given.
+    pub filters: Vec<String>,
+    pub port_range: (u16, u16),
+    pub start_mono_ns: u64,
+    pub start_wall_ns: u64,
+}
+
+/// One decoded record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Event(Event),
+    /// Events the kernel (or recorder) lost since the previous marker.
+    Lost {
+        ts_ns: u64,
+        lost: Lost,
+    },
+    /// A sock_diag snapshot: the sockets alive at `ts_ns`, and the network
+    /// namespaces that were dumped.
+    Snapshot {
+        ts_ns: u64,
+        namespaces: Vec<u32>,
+        sockets: Vec<SeenSocket>,
+    },
+}
+
+/// Why bytes are not a recording (or not a complete one).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("not a tcptrace recording (bad magic)")]
+    Magic,
+    #[error(
+        "recording format version {0} is newer than this tcptrace reads ({FORMAT_VERSION}): upgrade tcptrace"
+    )]
+    NewerVersion(u16),
+    #[error("the header is corrupt ({0})")]
+    Header(String),
+    #[error("incomplete block")]
+    Truncated,
+    #[error("corrupt block ({0})")]
+    Corrupt(&'static str),
+}
+
+// ---------------------------------------------------------------- encoding
+
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+fn put_addr(out: &mut Vec<u8>, a: IpAddr) {
+    match a {
+        IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+    }
+}
+
+fn put_comm(out: &mut Vec<u8>, c: &Comm) {
+    let b = c.as_bytes();
+    out.push(b.len() as u8);
+    out.extend_from_slice(b);
+}
+
+/// Builds one events payload; deltas and the owner table restart per block.
+#[derive(Debug, Default)]
+pub struct BlockEncoder {
+    pub buf: Vec<u8>,
+    prev_ts: u64,
+    prev_sk: u64,
+    owners: Vec<Owner>,
+    pub records: u64,
+}
+
+impl BlockEncoder {
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    fn ts(&mut self, ts: u64) {
+        put_zigzag(&mut self.buf, ts.wrapping_sub(self.prev_ts) as i64);
+        self.prev_ts = ts;
+    }
+
+    pub fn event(&mut self, e: &Event) {
+        let v6 = matches!(e.saddr, IpAddr::V6(_));
+        let mut flags = 0u8;
+        flags |= e.link.is_some() as u8;
+        flags |= (e.owner.is_some() as u8) << 1;
+        flags |= (e.netns.is_some() as u8) << 2;
+        flags |= (e.prev_ns.is_some() as u8) << 3;
+        flags |= (v6 as u8) << 4;
+        flags |= (e.old.is_some() as u8) << 5;
+        flags |= (e.reason.is_some() as u8) << 6;
+        flags |= (e.owner.is_some_and(|o| o.from_listener) as u8) << 7;
+        self.buf.push(1);
+        self.buf.push(e.kind as u8);
+        self.buf.push(flags);
+        self.ts(e.ts_ns);
+        put_varint(&mut self.buf, e.sk ^ self.prev_sk);
+        self.prev_sk = e.sk;
+        if let Some(link) = e.link {
+            put_varint(&mut self.buf, link ^ e.sk);
+        }
+        if let Some(o) = e.owner {
+            let plain = Owner {
+                from_listener: false,
+                ..o
+            };
+            match self.owners.iter().position(|x| *x == plain) {
+                Some(i) => put_varint(&mut self.buf, i as u64 + 1),
+                None => {
+                    put_varint(&mut self.buf, 0);
+                    put_varint(&mut self.buf, o.pid as u64);
+                    put_varint(&mut self.buf, o.tid as u64);
+                    put_varint(&mut self.buf, o.cgroup);
+                    put_comm(&mut self.buf, &o.comm);
+                    // A linear table: owners per block are few; cap the scan.
+                    if self.owners.len() < 256 {
+                        self.owners.push(plain);
+                    }
+                }
+            }
+        }
+        if let Some(ns) = e.netns {
+            put_varint(&mut self.buf, ns as u64);
+        }
+        if let Some(p) = e.prev_ns {
+            put_varint(&mut self.buf, p);
+        }
+        put_addr(&mut self.buf, e.saddr);
+        put_addr(&mut self.buf, e.daddr);
+        self.buf.extend_from_slice(&e.sport.to_le_bytes());
+        self.buf.extend_from_slice(&e.dport.to_le_bytes());
+        if let Some(old) = e.old {
+            self.buf.push(old as u8);
+        }
+        self.buf.push(e.new as u8);
+        if let Some(r) = e.reason {
+            self.buf.push(r as u8);
+        }
+        self.records += 1;
+    }
+
+    pub fn lost(&mut self, ts_ns: u64, lost: &Lost) {
+        self.buf.push(2);
+        self.ts(ts_ns);
+        put_varint(&mut self.buf, lost.ring_full);
+        put_varint(&mut self.buf, lost.recursion_misses);
+        put_varint(&mut self.buf, lost.map_full);
+        self.records += 1;
+    }
+
+    /// The payload so far; the encoder starts a fresh block.
+    pub fn take(&mut self) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.buf);
+        *self = Self::default();
+        buf
+    }
+}
+
+pub fn encode_snapshot(ts_ns: u64, namespaces: &[u32], sockets: &[SeenSocket]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + sockets.len() * 48);
+    put_varint(&mut out, ts_ns);
+    put_varint(&mut out, namespaces.len() as u64);
+    for ns in namespaces {
+        out.extend_from_slice(&ns.to_le_bytes());
+    }
+    put_varint(&mut out, sockets.len() as u64);
+    for s in sockets {
+        let v6 = s.family == Family::V6;
+        let flags = s.netns.is_some() as u8
+            | (s.owner.is_some() as u8) << 1
+            | (s.timer_left_ms.is_some() as u8) << 2
+            | (v6 as u8) << 3;
+        out.push(flags);
+        if let Some(ns) = s.netns {
+            out.extend_from_slice(&ns.to_le_bytes());
+        }
+        put_addr(&mut out, s.saddr);
+        put_addr(&mut out, s.daddr);
+        out.extend_from_slice(&s.sport.to_le_bytes());
+        out.extend_from_slice(&s.dport.to_le_bytes());
+        out.push(s.state as u8);
+        put_varint(&mut out, s.inode);
+        put_varint(&mut out, s.cookie);
+        if let Some(o) = s.owner {
+            put_varint(&mut out, o.pid as u64);
+            put_comm(&mut out, &o.comm);
+        }
+        if let Some(t) = s.timer_left_ms {
+            put_varint(&mut out, t as u64);
+        }
+    }
+    out
+}
+
+/// The header bytes for `h`.
+pub fn encode_header(h: &Header) -> Vec<u8> {
+    let json = serde_json::to_vec(h).expect("header serializes");
+    let mut out = Vec::with_capacity(HEADER_FIXED + json.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+    out.extend_from_slice(&json);
+    out
+}
+
+/// A block's bytes around an (already compressed) payload.
+pub fn encode_block(kind: u8, raw_len: usize, compressed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BLOCK_FIXED + compressed.len());
+    out.extend_from_slice(&[b'B', b'L', b'K', kind]);
+    out.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(raw_len as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(compressed).to_le_bytes());
+    out.extend_from_slice(compressed);
+    out
+}
+
+// ---------------------------------------------------------------- decoding
+
+/// A cursor over a payload; every read is checked.
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(FormatError::Corrupt("record runs past the block"))?;
+        let b = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(b)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, FormatError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    pub fn u16(&mut self) -> Result<u16, FormatError> {
+        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().expect("2")))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, FormatError> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4")))
+    }
+
+    pub fn varint(&mut self) -> Result<u64, FormatError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(FormatError::Corrupt("varint too long"))
+    }
+
+    fn zigzag(&mut self) -> Result<i64, FormatError> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+
+    fn addr(&mut self, v6: bool) -> Result<IpAddr, FormatError> {
+        Ok(if v6 {
+            let b: [u8; 16] = self.bytes(16)?.try_into().expect("16");
+            IpAddr::V6(Ipv6Addr::from(b))
+        } else {
+            let b: [u8; 4] = self.bytes(4)?.try_into().expect("4");
+            IpAddr::V4(Ipv4Addr::from(b))
+        })
+    }
+
+    fn comm(&mut self) -> Result<Comm, FormatError> {
+        let n = self.u8()? as usize;
+        if n > 16 {
+            return Err(FormatError::Corrupt("process name too long"));
+        }
+        let mut c = [0u8; 16];
+        c[..n].copy_from_slice(self.bytes(n)?);
+        Ok(Comm(c))
+    }
+
+    fn state(&mut self) -> Result<TcpState, FormatError> {
+        TcpState::from_u8(self.u8()?).ok_or(FormatError::Corrupt("unknown TCP state"))
+    }
+}
+
+fn u32_of(v: u64) -> Result<u32, FormatError> {
+    u32::try_from(v).map_err(|_| FormatError::Corrupt("value out of range"))
+}
+
+/// Decodes every record of an events payload.
+pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), FormatError> {
+    let mut c = Cursor::new(payload);
+    let mut prev_ts = 0u64;
+    let mut prev_sk = 0u64;
+    let mut owners: Vec<Owner> = Vec::new();
+    while !c.is_empty() {
+        let tag = c.u8()?;
+        match tag {
+            1 => {
+                let kind = EventKind::from_u32(c.u8()? as u32)
+                    .filter(|k| *k != EventKind::Lost)
+                    .ok_or(FormatError::Corrupt("unknown event kind"))?;
+                let flags = c.u8()?;
+                let ts = prev_ts.wrapping_add(c.zigzag()? as u64);
+                prev_ts = ts;
+                let sk = c.varint()? ^ prev_sk;
+                prev_sk = sk;
+                let link = if flags & 0x01 != 0 {
+                    Some(c.varint()? ^ sk)
+                } else {
+                    None
+                };
+                let owner = if flags & 0x02 != 0 {
+                    let idx = c.varint()?;
+                    let mut o = if idx == 0 {
+                        let o = Owner {
+                            pid: u32_of(c.varint()?)?,
+                            tid: u32_of(c.varint()?)?,
+                            cgroup: c.varint()?,
+                            comm: c.comm()?,
+                            from_listener: false,
+                        };
+                        if owners.len() < 256 {
+                            owners.push(o);
+                        }
+                        o
+                    } else {
+                        *owners
+                            .get(idx as usize - 1)
+                            .ok_or(FormatError::Corrupt("unknown owner index"))?
+                    };
+                    o.from_listener = flags & 0x80 != 0;
+                    Some(o)
+                } else {
+                    None
+                };
+                let netns = if flags & 0x04 != 0 {
+                    Some(u32_of(c.varint()?)?)
+                } else {
+                    None
+                };
+                let prev_ns = if flags & 0x08 != 0 {
+                    Some(c.varint()?)
+                } else {
+                    None
+                };
+                let v6 = flags & 0x10 != 0;
+                let saddr = c.addr(v6)?;
+                let daddr = c.addr(v6)?;
+                let sport = c.u16()?;
+                let dport = c.u16()?;
+                let old = if flags & 0x20 != 0 {
+                    Some(c.state()?)
+                } else {
+                    None
+                };
+                let new = c.state()?;
+                let reason = if flags & 0x40 != 0 {
+                    Some(
+                        TwEndReason::from_u8(c.u8()?)
+                            .ok_or(FormatError::Corrupt("unknown end reason"))?,
+                    )
+                } else {
+                    None
+                };
+                out.push(Record::Event(Event {
+                    ts_ns: ts,
+                    kind,
+                    sk,
+                    link,
+                    owner,
+                    netns,
+                    family: if v6 { Family::V6 } else { Family::V4 },
+                    saddr,
+                    sport,
+                    daddr,
+                    dport,
+                    old,
+                    new,
+                    prev_ns,
+                    reason,
+                }));
+            }
+            2 => {
+                let ts = prev_ts.wrapping_add(c.zigzag()? as u64);
+                prev_ts = ts;
+                out.push(Record::Lost {
+                    ts_ns: ts,
+                    lost: Lost {
+                        ring_full: c.varint()?,
+                        recursion_misses: c.varint()?,
+                        map_full: c.varint()?,
+                    },
+                });
+            }
+            _ => return Err(FormatError::Corrupt("unknown record tag")),
+        }
+    }
+    Ok(())
+}
+
+pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
+    let mut c = Cursor::new(payload);
+    let ts_ns = c.varint()?;
+    let n_ns = c.varint()?;
+    if n_ns > payload.len() as u64 {
+        return Err(FormatError::Corrupt("namespace count"));
+    }
+    let namespaces = (0..n_ns).map(|_| c.u32()).collect::<Result<Vec<_>, _>>()?;
+    let n = c.varint()?;
+    if n > payload.len() as u64 {
+        return Err(FormatError::Corrupt("socket count"));
+    }
+    let mut sockets = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let flags = c.u8()?;
+        let netns = if flags & 0x01 != 0 {
+            Some(c.u32()?)
+        } else {
+            None
+        };
+        let v6 = flags & 0x08 != 0;
+        let saddr = c.addr(v6)?;
+        let daddr = c.addr(v6)?;
+        let sport = c.u16()?;
+        let dport = c.u16()?;
+        let state = c.state()?;
+        let inode = c.varint()?;
+        let cookie = c.varint()?;
+        let owner = if flags & 0x02 != 0 {
+            Some(SeenOwner {
+                pid: u32_of(c.varint()?)?,
+                comm: c.comm()?,
+            })
+        } else {
+            None
+        };
+        let timer_left_ms = if flags & 0x04 != 0 {
+            Some(u32_of(c.varint()?)?)
+        } else {
+            None
+        };
+        sockets.push(SeenSocket {
+            netns,
+            family: if v6 { Family::V6 } else { Family::V4 },
+            saddr,
+            sport,
+            daddr,
+            dport,
+            state,
+            inode,
+            owner,
+            timer_left_ms,
+            cookie,
+        });
+    }
+    if !c.is_empty() {
+        return Err(FormatError::Corrupt("trailing bytes in snapshot"));
+    }
+    Ok(Record::Snapshot {
+        ts_ns,
+        namespaces,
+        sockets,
+    })
+}
+
+/// Parses the header at the start of `bytes`; returns it and its length.
+pub fn decode_header(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
+    if bytes.len() < 8 || &bytes[..8] != MAGIC {
+        return Err(FormatError::Magic);
+    }
+    if bytes.len() < HEADER_FIXED {
+        return Err(FormatError::Header("cut short".into()));
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version > FORMAT_VERSION {
+        return Err(FormatError::NewerVersion(version));
+    }
+    if version == 0 {
+        return Err(FormatError::Header("version 0".into()));
+    }
+    let len = u32::from_le_bytes(bytes[10..14].try_into().expect("4")) as usize;
+    let crc = u32::from_le_bytes(bytes[14..18].try_into().expect("4"));
+    if len > MAX_BLOCK as usize {
+        return Err(FormatError::Header("length out of range".into()));
+    }
+    let json = bytes
+        .get(HEADER_FIXED..HEADER_FIXED + len)
+        .ok_or_else(|| FormatError::Header("cut short".into()))?;
+    if crc32fast::hash(json) != crc {
+        return Err(FormatError::Header("checksum mismatch".into()));
+    }
+    let h: Header = serde_json::from_slice(json).map_err(|e| FormatError::Header(e.to_string()))?;
+    Ok((h, HEADER_FIXED + len))
+}
+
+/// A block's fixed part: kind, compressed length, raw length, checksum.
+pub fn decode_block_head(b: &[u8; BLOCK_FIXED]) -> Result<(u8, u32, u32, u32), FormatError> {
+    if &b[..3] != b"BLK" {
+        return Err(FormatError::Corrupt("bad block magic"));
+    }
+    let kind = b[3];
+    if kind != KIND_EVENTS && kind != KIND_SNAPSHOT {
+        return Err(FormatError::Corrupt("unknown block kind"));
+    }
+    let len = u32::from_le_bytes(b[4..8].try_into().expect("4"));
+    let raw = u32::from_le_bytes(b[8..12].try_into().expect("4"));
+    let crc = u32::from_le_bytes(b[12..16].try_into().expect("4"));
+    if len > MAX_BLOCK || raw > MAX_BLOCK {
+        return Err(FormatError::Corrupt("block length out of range"));
+    }
+    Ok((kind, len, raw, crc))
+}

@@ -1,0 +1,280 @@
+//! Recordings: the file format ([`format`], with its wire format in rustdoc),
+//! a block writer and a streaming reader that survives files cut at any byte.
+//! Compression (zstd, one frame per block) happens here; the clock and the
+//! decision of when to flush belong to the caller.
+
+pub mod format;
+
+use std::{
+    fs::File,
+    io::{self, BufReader, Read, Write},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+
+use format::{BLOCK_FIXED, BlockEncoder, KIND_EVENTS, KIND_SNAPSHOT};
+pub use format::{FormatError, Header, Record};
+
+use crate::model::{Event, Lost, SeenSocket};
+
+/// zstd level: fast, and about 4x on event blocks.
+const ZSTD_LEVEL: i32 = 3;
+/// An events block is written once its payload reaches this size (or when
+/// the caller flushes, at least every second).
+pub const BLOCK_TARGET: usize = 1 << 20;
+
+/// Writes a recording: header, then blocks.
+#[derive(Debug)]
+pub struct Writer<W: Write> {
+    w: W,
+    enc: BlockEncoder,
+    /// Bytes written so far (header included).
+    pub bytes: u64,
+    /// Events written (in flushed or pending blocks).
+    pub events: u64,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(mut w: W, header: &Header) -> io::Result<Self> {
+        let h = format::encode_header(header);
+        w.write_all(&h)?;
+        w.flush()?;
+        Ok(Self {
+            w,
+            enc: BlockEncoder::default(),
+            bytes: h.len() as u64,
+            events: 0,
+        })
+    }
+
+    pub fn event(&mut self, e: &Event) -> io::Result<()> {
+        self.enc.event(e);
+        self.events += 1;
+        if self.enc.buf.len() >= BLOCK_TARGET {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn lost(&mut self, ts_ns: u64, lost: &Lost) -> io::Result<()> {
+        self.enc.lost(ts_ns, lost);
+        Ok(())
+    }
+
+    /// Writes the pending events, then a snapshot block.
+    pub fn snapshot(
+        &mut self,
+        ts_ns: u64,
+        namespaces: &[u32],
+        sockets: &[SeenSocket],
+    ) -> io::Result<()> {
+        self.flush()?;
+        let raw = format::encode_snapshot(ts_ns, namespaces, sockets);
+        self.write_block(KIND_SNAPSHOT, &raw)
+    }
+
+    fn write_block(&mut self, kind: u8, raw: &[u8]) -> io::Result<()> {
+        let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL)?;
+        let block = format::encode_block(kind, raw.len(), &compressed);
+        self.w.write_all(&block)?;
+        self.w.flush()?;
+        self.bytes += block.len() as u64;
+        Ok(())
+    }
+
+    /// Writes pending records as one block (nothing if there are none).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.enc.is_empty() {
+            return Ok(());
+        }
+        let raw = self.enc.take();
+        self.write_block(KIND_EVENTS, &raw)
+    }
+
+    /// Flushes and returns the underlying writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.flush()?;
+        Ok(self.w)
+    }
+}
+
+/// Where reading stopped early: the offset of the first unreadable byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    pub offset: u64,
+    pub error: FormatError,
+}
+
+/// Reads a recording record by record. A cut or corrupt block ends the
+/// stream; [`Reader::cut`] then says where and why.
+#[derive(Debug)]
+pub struct Reader<R: Read> {
+    r: R,
+    pub header: Header,
+    offset: u64,
+    pending: std::collections::VecDeque<Record>,
+    pub cut: Option<Cut>,
+    done: bool,
+}
+
+impl Reader<BufReader<File>> {
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Reader::new(BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| anyhow::Error::new(BadRecording(format!("{}: {e}", path.display()))))
+    }
+}
+
+/// A file that is not a readable recording: exit code 2, one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRecording(pub String);
+
+/// Reads up to `buf.len()` bytes; returns how many (less only at the end).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl<R: Read> Reader<R> {
+    pub fn new(mut r: R) -> Result<Self, FormatError> {
+        let mut fixed = [0u8; format::HEADER_FIXED];
+        let n = read_full(&mut r, &mut fixed).map_err(|e| FormatError::Header(e.to_string()))?;
+        if n < 8 || &fixed[..8] != format::MAGIC {
+            return Err(FormatError::Magic);
+        }
+        if n < fixed.len() {
+            return Err(FormatError::Header("cut short".into()));
+        }
+        let version = u16::from_le_bytes([fixed[8], fixed[9]]);
+        if version > format::FORMAT_VERSION {
+            return Err(FormatError::NewerVersion(version));
+        }
+        let len = u32::from_le_bytes(fixed[10..14].try_into().expect("4")) as usize;
+        if len > format::MAX_BLOCK as usize {
+            return Err(FormatError::Header("length out of range".into()));
+        }
+        let mut all = fixed.to_vec();
+        all.resize(fixed.len() + len, 0);
+        let got = read_full(&mut r, &mut all[fixed.len()..])
+            .map_err(|e| FormatError::Header(e.to_string()))?;
+        if got < len {
+            return Err(FormatError::Header("cut short".into()));
+        }
+        let (header, used) = format::decode_header(&all)?;
+        Ok(Self {
+            r,
+            header,
+            offset: used as u64,
+            pending: Default::default(),
+            cut: None,
+            done: false,
+        })
+    }
+
+    fn stop(&mut self, error: FormatError) {
+        self.cut = Some(Cut {
+            offset: self.offset,
+            error,
+        });
+        self.done = true;
+    }
+
+    /// Reads the next block into `pending`; false at the end.
+    fn read_block(&mut self) -> bool {
+        let mut head = [0u8; BLOCK_FIXED];
+        let n = match read_full(&mut self.r, &mut head) {
+            Ok(n) => n,
+            Err(_) => {
+                self.stop(FormatError::Truncated);
+                return false;
+            }
+        };
+        if n == 0 {
+            self.done = true;
+            return false;
+        }
+        if n < BLOCK_FIXED {
+            self.stop(FormatError::Truncated);
+            return false;
+        }
+        let (kind, len, raw_len, crc) = match format::decode_block_head(&head) {
+            Ok(v) => v,
+            Err(e) => {
+                self.stop(e);
+                return false;
+            }
+        };
+        let mut payload = vec![0u8; len as usize];
+        match read_full(&mut self.r, &mut payload) {
+            Ok(k) if k == payload.len() => {}
+            _ => {
+                self.stop(FormatError::Truncated);
+                return false;
+            }
+        }
+        if crc32fast::hash(&payload) != crc {
+            self.stop(FormatError::Corrupt("checksum mismatch"));
+            return false;
+        }
+        let raw = match zstd::bulk::decompress(&payload, raw_len as usize) {
+            Ok(raw) if raw.len() == raw_len as usize => raw,
+            _ => {
+                self.stop(FormatError::Corrupt("does not decompress"));
+                return false;
+            }
+        };
+        let mut records = Vec::new();
+        let decoded = if kind == KIND_EVENTS {
+            format::decode_events(&raw, &mut records)
+        } else {
+            format::decode_snapshot(&raw).map(|r| records.push(r))
+        };
+        if let Err(e) = decoded {
+            self.stop(e);
+            return false;
+        }
+        self.offset += (BLOCK_FIXED + len as usize) as u64;
+        self.pending.extend(records);
+        true
+    }
+}
+
+impl<R: Read> Iterator for Reader<R> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        loop {
+            if let Some(r) = self.pending.pop_front() {
+                return Some(r);
+            }
+            if self.done || !self.read_block() {
+                return None;
+            }
+        }
+    }
+}
+
+impl Cut {
+    /// The one-line warning for a recording that ends early.
+    pub fn warning(&self, path: &Path) -> String {
+        format!(
+            "{}: {} at byte {}; read everything before it",
+            path.display(),
+            self.error,
+            self.offset
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

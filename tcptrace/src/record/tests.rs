@@ -1,0 +1,345 @@
+//! Round trips, truncation at every byte, corrupt and random input.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{Comm, EventKind, Family, Owner, SeenOwner, TcpState, TwEndReason};
+
+fn header() -> Header {
+    Header {
+        tcptrace_version: "0.1.0".into(),
+        host: "h".into(),
+        kernel: "6.18".into(),
+        clock_offset_ns: 1_700_000_000_000_000_000,
+        hook: "tp_btf".into(),
+        timewait_hook: "timer tracepoints".into(),
+        filters: vec!["--port".into(), "80".into()],
+        port_range: (32768, 60999),
+        start_mono_ns: 5,
+        start_wall_ns: 6,
+    }
+}
+
+fn arb_state() -> impl Strategy<Value = TcpState> {
+    (1u8..=12).prop_map(|v| TcpState::from_u8(v).unwrap())
+}
+
+fn arb_addr(v6: bool) -> BoxedStrategy<IpAddr> {
+    if v6 {
+        any::<[u8; 16]>()
+            .prop_map(|b| IpAddr::V6(Ipv6Addr::from(b)))
+            .boxed()
+    } else {
+        any::<[u8; 4]>()
+            .prop_map(|b| IpAddr::V4(Ipv4Addr::from(b)))
+            .boxed()
+    }
+}
+
+fn arb_owner() -> impl Strategy<Value = Owner> {
+    (
+        0u32..5,
+        any::<u32>(),
+        any::<u64>(),
+        "[a-z]{0,15}",
+        any::<bool>(),
+    )
+        .prop_map(|(pid, tid, cgroup, comm, from_listener)| Owner {
+            pid,
+            tid,
+            comm: Comm::from_name(&comm),
+            cgroup,
+            from_listener,
+        })
+}
+
+fn arb_event() -> impl Strategy<Value = Event> {
+    (any::<bool>(), any::<u64>()).prop_flat_map(|(v6, ts)| {
+        (
+            (
+                prop_oneof![
+                    Just(EventKind::Transition),
+                    Just(EventKind::TwBegin),
+                    Just(EventKind::TwRearm),
+                    Just(EventKind::TwEnd),
+                    Just(EventKind::Accept)
+                ],
+                Just(ts),
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(arb_owner()),
+                proptest::option::of(any::<u32>()),
+            ),
+            (
+                arb_addr(v6),
+                any::<u16>(),
+                arb_addr(v6),
+                any::<u16>(),
+                proptest::option::of(arb_state()),
+                arb_state(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(prop_oneof![
+                    Just(TwEndReason::Expired),
+                    Just(TwEndReason::Killed)
+                ]),
+            ),
+        )
+            .prop_map(
+                move |(
+                    (kind, ts_ns, sk, link, owner, netns),
+                    (saddr, sport, daddr, dport, old, new, prev_ns, reason),
+                )| Event {
+                    ts_ns,
+                    kind,
+                    sk,
+                    link,
+                    owner,
+                    netns,
+                    family: if v6 { Family::V6 } else { Family::V4 },
+                    saddr,
+                    sport,
+                    daddr,
+                    dport,
+                    old,
+                    new,
+                    prev_ns,
+                    reason,
+                },
+            )
+    })
+}
+
+fn arb_seen() -> impl Strategy<Value = SeenSocket> {
+    (
+        any::<bool>(),
+        proptest::option::of(any::<u32>()),
+        arb_state(),
+        any::<u64>(),
+        proptest::option::of((any::<u32>(), "[a-z]{0,15}")),
+        proptest::option::of(any::<u32>()),
+        any::<u64>(),
+        any::<(u16, u16)>(),
+    )
+        .prop_flat_map(|(v6, netns, state, inode, owner, timer, cookie, ports)| {
+            (arb_addr(v6), arb_addr(v6)).prop_map(move |(saddr, daddr)| SeenSocket {
+                netns,
+                family: if v6 { Family::V6 } else { Family::V4 },
+                saddr,
+                sport: ports.0,
+                daddr,
+                dport: ports.1,
+                state,
+                inode,
+                owner: owner.clone().map(|(pid, comm)| SeenOwner {
+                    pid,
+                    comm: Comm::from_name(&comm),
+                }),
+                timer_left_ms: timer,
+                cookie,
+            })
+        })
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Event(Event),
+    Lost(u64, Lost),
+    Snapshot(u64, Vec<u32>, Vec<SeenSocket>),
+    Flush,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => arb_event().prop_map(Op::Event),
+        1 => (any::<u64>(), any::<(u64, u64, u64)>()).prop_map(|(ts, (a, b, c))| Op::Lost(
+            ts,
+            Lost { ring_full: a, recursion_misses: b, map_full: c }
+        )),
+        1 => (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..3),
+              proptest::collection::vec(arb_seen(), 0..4))
+            .prop_map(|(ts, ns, s)| Op::Snapshot(ts, ns, s)),
+        1 => Just(Op::Flush),
+    ]
+}
+
+fn write(ops: &[Op]) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    for op in ops {
+        match op {
+            Op::Event(e) => w.event(e).unwrap(),
+            Op::Lost(ts, l) => w.lost(*ts, l).unwrap(),
+            Op::Snapshot(ts, ns, s) => w.snapshot(*ts, ns, s).unwrap(),
+            Op::Flush => w.flush().unwrap(),
+        }
+    }
+    w.finish().unwrap()
+}
+
+fn expected(ops: &[Op]) -> Vec<Record> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Event(e) => Some(Record::Event(e.clone())),
+            Op::Lost(ts, l) => Some(Record::Lost {
+                ts_ns: *ts,
+                lost: *l,
+            }),
+            Op::Snapshot(ts, ns, s) => Some(Record::Snapshot {
+                ts_ns: *ts,
+                namespaces: ns.clone(),
+                sockets: s.clone(),
+            }),
+            Op::Flush => None,
+        })
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn every_record_written_reads_back_identically(ops in proptest::collection::vec(arb_op(), 0..60)) {
+        let bytes = write(&ops);
+        let mut r = Reader::new(&bytes[..]).unwrap();
+        prop_assert_eq!(&r.header, &header());
+        let got: Vec<Record> = r.by_ref().collect();
+        prop_assert_eq!(got, expected(&ops));
+        prop_assert!(r.cut.is_none());
+    }
+
+    /// Fuzzing the reader: arbitrary bytes after a valid header, and
+    /// arbitrary bytes from the start, never panic.
+    #[test]
+    fn random_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..400),
+                                flip in any::<(usize, u8)>()) {
+        let mut bytes = write(&[Op::Event(sample_event(1)), Op::Flush]);
+        bytes.extend_from_slice(&tail);
+        let _ = Reader::new(&bytes[..]).map(|r| r.count());
+        // Flip one byte anywhere in a valid file.
+        let mut bytes = write(&[Op::Event(sample_event(1)), Op::Event(sample_event(2))]);
+        let i = flip.0 % bytes.len();
+        bytes[i] ^= flip.1 | 1;
+        let _ = Reader::new(&bytes[..]).map(|r| r.count());
+        let _ = Reader::new(&tail[..]).map(|r| r.count());
+    }
+}
+
+fn sample_event(i: u64) -> Event {
+    Event {
+        ts_ns: 1_000_000 * i,
+        kind: EventKind::Transition,
+        sk: 0xffff_8880_1234_0000 + i * 64,
+        link: None,
+        owner: Some(Owner {
+            pid: 42,
+            tid: 42,
+            comm: Comm::from_name("nginx"),
+            cgroup: 7,
+            from_listener: false,
+        }),
+        netns: Some(4026531840),
+        family: Family::V4,
+        saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        sport: 40000 + i as u16,
+        daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+        dport: 8080,
+        old: Some(TcpState::SynSent),
+        new: TcpState::Established,
+        prev_ns: Some(250_000),
+        reason: None,
+    }
+}
+
+#[test]
+fn a_file_cut_at_any_byte_reads_back_its_complete_blocks() {
+    // Three blocks of events.
+    let mut ops = Vec::new();
+    for b in 0..3u64 {
+        for i in 0..5 {
+            ops.push(Op::Event(sample_event(b * 10 + i)));
+        }
+        ops.push(Op::Flush);
+    }
+    let bytes = write(&ops);
+    let full: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert_eq!(full.len(), 15);
+    let header_len = format::encode_header(&header()).len();
+    // Where blocks end: cutting exactly there is a clean, shorter file.
+    let mut boundaries = vec![header_len];
+    while *boundaries.last().unwrap() < bytes.len() {
+        let at = *boundaries.last().unwrap();
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        boundaries.push(at + format::BLOCK_FIXED + len);
+    }
+    for cut in 0..bytes.len() {
+        let prefix = &bytes[..cut];
+        match Reader::new(prefix) {
+            Err(e) => assert!(cut < header_len, "cut at {cut}: {e}"),
+            Ok(mut r) => {
+                let got: Vec<Record> = r.by_ref().collect();
+                assert_eq!(got[..], full[..got.len()], "a prefix, in order");
+                assert_eq!(got.len() % 5, 0, "whole blocks only (cut at {cut})");
+                if boundaries.contains(&cut) {
+                    assert!(r.cut.is_none(), "clean end at a block boundary ({cut})");
+                } else {
+                    let c = r.cut.clone().expect("a cut is reported");
+                    assert_eq!(c.error, FormatError::Truncated);
+                    assert!(c.offset <= cut as u64);
+                    let w = c.warning(Path::new("x.tcptrace"));
+                    assert!(w.contains("incomplete block at byte"), "{w}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_headers_are_one_clear_error() {
+    let good = write(&[]);
+    assert_eq!(Reader::new(&b"GIF89a"[..]).unwrap_err(), FormatError::Magic);
+    assert_eq!(Reader::new(&b""[..]).unwrap_err(), FormatError::Magic);
+    let mut newer = good.clone();
+    newer[8] = 9;
+    let e = Reader::new(&newer[..]).unwrap_err();
+    assert_eq!(e, FormatError::NewerVersion(9));
+    assert!(e.to_string().contains("upgrade tcptrace"));
+    let mut corrupt = good.clone();
+    let last = corrupt.len() - 2;
+    corrupt[last] ^= 0xff;
+    assert!(matches!(
+        Reader::new(&corrupt[..]).unwrap_err(),
+        FormatError::Header(_)
+    ));
+}
+
+#[test]
+fn compact_enough() {
+    // A realistic stream: 20 connections' lifecycles per owner, 10 owners.
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    let mut n = 0u64;
+    let mut ts = 1_000_000_000u64;
+    for c in 0..20_000u64 {
+        let mut e = sample_event(c);
+        e.owner.as_mut().unwrap().pid = 100 + (c % 10) as u32;
+        e.sport = 32768 + (c % 28000) as u16;
+        e.sk = 0xffff_8880_0000_0000 + (c * 2311) % (1 << 30) * 64;
+        for (old, new) in [
+            (TcpState::Close, TcpState::SynSent),
+            (TcpState::SynSent, TcpState::Established),
+            (TcpState::Established, TcpState::FinWait1),
+            (TcpState::FinWait1, TcpState::FinWait2),
+            (TcpState::FinWait2, TcpState::Close),
+        ] {
+            ts += 17_000 + (c * 7919) % 5000;
+            e.ts_ns = ts;
+            e.old = Some(old);
+            e.new = new;
+            e.prev_ns = Some(10_000 + (c * 104_729) % 90_000);
+            w.event(&e).unwrap();
+            n += 1;
+        }
+    }
+    let bytes = w.finish().unwrap();
+    let per_event = bytes.len() as f64 / n as f64;
+    eprintln!("{per_event:.1} bytes per transition");
+    assert!(per_event <= 32.0, "{per_event:.1} bytes per transition");
+}
