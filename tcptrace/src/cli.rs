@@ -27,6 +27,12 @@ pub enum Command {
     Trace(TraceArgs),
     /// Live summary every --interval: states, CLOSE_WAIT holders, TIME_WAIT by peer, durations.
     Stats(StatsArgs),
+    /// Record transitions to a file (replay, report or `top --from` it later).
+    Record(RecordArgs),
+    /// Print a recording as `trace` would have (same text and JSON).
+    Replay(ReplayArgs),
+    /// Offline summary of a recording: the aggregates of `stats`, gaps, growth.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +137,177 @@ fn max_conns(n: usize) -> Result<usize, UsageError> {
         )));
     }
     Ok(n)
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// The recording to write (rotated files get .1, .2, ...).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: std::path::PathBuf,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// No status line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Start a new file once this one reaches SIZE (e.g. 100M, 2G).
+    #[arg(long, value_name = "SIZE")]
+    pub rotate_size: Option<String>,
+    /// Start a new file every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub rotate_time: Option<f64>,
+    /// Rotated files kept (FILE.1 .. FILE.N); older ones are deleted.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub keep: usize,
+    /// Seconds between sock_diag snapshots written into the file (so a
+    /// reader can start mid-file).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub snapshot_every: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordConfig {
+    pub load: LoadOptions,
+    pub user_filter: crate::filter::UserFilter,
+    /// The filter flags as given, stored in the file's header.
+    pub filter_args: Vec<String>,
+    pub output: std::path::PathBuf,
+    pub duration: Option<Duration>,
+    pub quiet: bool,
+    pub rotate_size: Option<u64>,
+    pub rotate_time: Option<Duration>,
+    pub keep: usize,
+    pub snapshot_every: Duration,
+}
+
+/// Parses a size: bytes, or with a K/M/G suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()?.to_ascii_uppercase() {
+        'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' => (&s[..s.len() - 1], 1 << 20),
+        'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+impl FilterArgs {
+    /// The flags as they were given, for the recording's header.
+    pub fn as_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (flag, list) in [
+            ("--port", &self.port),
+            ("--lport", &self.lport),
+            ("--rport", &self.rport),
+        ] {
+            for p in list {
+                out.extend([flag.to_string(), p.to_string()]);
+            }
+        }
+        if let Some(pid) = self.pid {
+            out.extend(["--pid".to_string(), pid.to_string()]);
+        }
+        if let Some(c) = &self.comm {
+            out.extend(["--comm".to_string(), c.clone()]);
+        }
+        for s in &self.state {
+            out.extend(["--state".to_string(), s.clone()]);
+        }
+        if self.ipv4 {
+            out.push("-4".into());
+        }
+        if self.ipv6 {
+            out.push("-6".into());
+        }
+        out
+    }
+}
+
+impl RecordArgs {
+    pub fn validate(&self) -> Result<RecordConfig, UsageError> {
+        let filter = self.filter.to_filter()?;
+        let rotate_size = self
+            .rotate_size
+            .as_deref()
+            .map(|s| {
+                parse_size(s).filter(|&n| n >= 1 << 16).ok_or_else(|| {
+                    usage(format!(
+                        "--rotate-size '{s}' is not a size of at least 64K (e.g. 100M, 2G)"
+                    ))
+                })
+            })
+            .transpose()?;
+        let rotate_time = self
+            .rotate_time
+            .map(|t| {
+                duration(Some(t)).map_err(|_| {
+                    usage(format!(
+                        "--rotate-time {t} must be a positive number of seconds"
+                    ))
+                })
+            })
+            .transpose()?
+            .flatten();
+        if self.keep == 0 && (rotate_size.is_some() || rotate_time.is_some()) {
+            return Err(usage(
+                "--keep 0 would delete every rotated file: keep at least 1",
+            ));
+        }
+        let snapshot_every = duration(Some(self.snapshot_every))
+            .map_err(|_| usage("--snapshot-every must be a positive number of seconds"))?
+            .expect("some");
+        Ok(RecordConfig {
+            load: self.kernel.to_load_options(filter)?,
+            user_filter: crate::filter::UserFilter(filter),
+            filter_args: self.filter.as_args(),
+            output: self.output.clone(),
+            duration: duration(self.duration)?,
+            quiet: self.quiet,
+            rotate_size,
+            rotate_time,
+            keep: self.keep,
+            snapshot_every,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A recording made by `tcptrace record`.
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// One JSON object per line (the `trace --json` schema).
+    #[arg(long)]
+    pub json: bool,
+    /// Replay speed relative to the recording (2 = twice as fast).
+    #[arg(
+        long,
+        value_name = "X",
+        default_value_t = 1.0,
+        conflicts_with = "as_fast_as_possible"
+    )]
+    pub speed: f64,
+    /// Print everything at once, without pacing.
+    #[arg(long)]
+    pub as_fast_as_possible: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A recording made by `tcptrace record`.
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// One JSON object (the `stats --json` schema plus recording, gaps and timeline).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// CSV rows (section,key,field,value) for spreadsheets.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 /// `--histograms-by` values.

@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("tcptrace: {err:#}");
-            if err.is::<UsageError>() || err.is::<EnvError>() {
+            if err.is::<UsageError>()
+                || err.is::<EnvError>()
+                || err.is::<tcptrace::record::BadRecording>()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -37,6 +40,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             preflight::check()?;
             runtime()?.block_on(tcptrace::top::run(cfg))
         }
+        Command::Record(args) => {
+            let cfg = args.validate()?;
+            preflight::check()?;
+            runtime()?.block_on(tcptrace::record_cmd::run(cfg))
+        }
+        Command::Replay(args) => tcptrace::replay::run(&args),
+        Command::Report(args) => tcptrace::report::run(&args),
         Command::Trace(args) => {
             let cfg = args.validate()?;
             preflight::check()?;

@@ -80,7 +80,12 @@ impl<W: Write> Printer<W> {
     }
 
     pub fn lost(&mut self, lost: &Lost) -> io::Result<()> {
-        let wall = self.clock.wall_ns(monotonic_ns());
+        self.lost_at(lost, monotonic_ns())
+    }
+
+    /// A lost-events line stamped with the (monotonic) time of the loss.
+    pub fn lost_at(&mut self, lost: &Lost, mono_ns: u64) -> io::Result<()> {
+        let wall = self.clock.wall_ns(mono_ns);
         if self.json {
             json::write_lost(&mut self.out, lost, wall)
         } else {

@@ -11,7 +11,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use format::{BLOCK_FIXED, BlockEncoder, KIND_EVENTS, KIND_SNAPSHOT};
 pub use format::{FormatError, Header, Record};
@@ -120,7 +120,8 @@ pub struct Reader<R: Read> {
 
 impl Reader<BufReader<File>> {
     pub fn open(path: &Path) -> Result<Self> {
-        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let f = File::open(path)
+            .map_err(|e| BadRecording(format!("cannot open {}: {e}", path.display())))?;
         Reader::new(BufReader::with_capacity(1 << 20, f))
             .map_err(|e| anyhow::Error::new(BadRecording(format!("{}: {e}", path.display()))))
     }

@@ -180,7 +180,7 @@ fn write(ops: &[Op]) -> Vec<u8> {
 fn expected(ops: &[Op]) -> Vec<Record> {
     ops.iter()
         .filter_map(|op| match op {
-            Op::Event(e) => Some(Record::Event(e.clone())),
+            Op::Event(e) => Some(Record::Event(*e)),
             Op::Lost(ts, l) => Some(Record::Lost {
                 ts_ns: *ts,
                 lost: *l,

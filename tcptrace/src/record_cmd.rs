@@ -1,0 +1,286 @@
+//! `tcptrace record`: the live kernel into a recording. Events are written as
+//! they are drained; a block reaches the file at least every second, so
+//! `kill -9` loses at most the last second. Losses become explicit markers.
+//! A sock_diag snapshot opens every file and repeats every
+//! `--snapshot-every`. A write error (disk full) stops the recording with one
+//! line naming the file and offset: it never continues silently.
+
+use std::{
+    fs::{self, File},
+    io::{self, BufWriter, IsTerminal, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
+
+use crate::{
+    cli::RecordConfig,
+    clock::{WallClock, monotonic_ns},
+    decode,
+    ebpf::Tracer,
+    model::Lost,
+    record::{Header, Writer},
+    seed,
+    source::take_snapshot,
+    trace::{POLL_INTERVAL, StopSignals},
+};
+
+fn read_trimmed(path: &str) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// `FILE.n`.
+fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// FILE -> FILE.1 -> FILE.2 ...; the oldest beyond `keep` is deleted.
+fn shift_rotated(path: &Path, keep: usize) -> io::Result<()> {
+    let _ = fs::remove_file(rotated(path, keep));
+    for n in (1..keep).rev() {
+        let from = rotated(path, n);
+        if from.exists() {
+            fs::rename(&from, rotated(path, n + 1))?;
+        }
+    }
+    fs::rename(path, rotated(path, 1))
+}
+
+struct Recording {
+    writer: Writer<BufWriter<File>>,
+    opened: Instant,
+}
+
+/// Creates FILE with its header and a fresh snapshot.
+fn open_file(cfg: &RecordConfig, header: &Header) -> Result<Recording> {
+    let f = File::create(&cfg.output)
+        .with_context(|| format!("cannot create {}", cfg.output.display()))?;
+    let mut writer = Writer::new(BufWriter::with_capacity(1 << 20, f), header)
+        .with_context(|| format!("cannot write {}", cfg.output.display()))?;
+    let (sockets, namespaces, taken_at) = take_snapshot(&cfg.user_filter)?;
+    writer
+        .snapshot(taken_at, &namespaces, &sockets)
+        .with_context(|| format!("cannot write {}", cfg.output.display()))?;
+    Ok(Recording {
+        writer,
+        opened: Instant::now(),
+    })
+}
+
+fn status_line(cfg: &RecordConfig, rec: &Recording, total_events: u64, lost: u64) -> String {
+    let per = if rec.writer.events > 0 {
+        format!(
+            " ({:.1} B/event)",
+            rec.writer.bytes as f64 / rec.writer.events as f64
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "tcptrace: recording to {}: {total_events} events, {} bytes{per}, lost {lost}",
+        cfg.output.display(),
+        rec.writer.bytes
+    )
+}
+
+pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
+    let mut signals = StopSignals::install()?;
+    let mut tracer = Tracer::load(&cfg.load)?;
+    let clock = WallClock::measure();
+    let start_mono = monotonic_ns();
+    let header = Header {
+        tcptrace_version: env!("CARGO_PKG_VERSION").into(),
+        host: read_trimmed("/proc/sys/kernel/hostname"),
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        clock_offset_ns: clock.offset_ns as i64,
+        hook: tracer.hooks.transitions.into(),
+        timewait_hook: tracer.hooks.timewait.into(),
+        filters: cfg.filter_args.clone(),
+        port_range: seed::host::ephemeral_port_range().unwrap_or((32768, 60999)),
+        start_mono_ns: start_mono,
+        start_wall_ns: clock.wall_ns(start_mono),
+    };
+    let mut rec = open_file(&cfg, &header)?;
+    let mut last_lost = tracer.counters().lost();
+    let start_lost = last_lost;
+    let tty = io::stderr().is_terminal();
+    if !cfg.quiet {
+        eprintln!(
+            "tcptrace: recording to {} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
+            cfg.output.display(),
+            tracer.hooks.transitions,
+            tracer.hooks.timewait
+        );
+    }
+    let mut poll = interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut second = interval(Duration::from_secs(1));
+    second.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    second.tick().await;
+    let mut snapshot = interval(cfg.snapshot_every);
+    snapshot.tick().await;
+    let deadline = cfg.duration.map(|d| Instant::now() + d);
+    let mut total_events = 0u64;
+    let mut decode_errors = 0u64;
+    let mut seconds = 0u64;
+    let mut result: Result<()> = Ok(());
+    loop {
+        let step: io::Result<()> = tokio::select! {
+            _ = signals.recv() => break,
+            _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
+            _ = poll.tick() => {
+                let mut err = Ok(());
+                tracer.drain(|bytes| match decode::decode(bytes) {
+                    Ok(e) => {
+                        if err.is_ok() {
+                            err = rec.writer.event(&e);
+                            total_events += 1;
+                        }
+                    }
+                    Err(_) => decode_errors += 1,
+                });
+                err
+            }
+            _ = snapshot.tick() => {
+                match take_snapshot(&cfg.user_filter) {
+                    Ok((sockets, namespaces, taken_at)) => rec.writer.snapshot(taken_at, &namespaces, &sockets),
+                    Err(e) => { log::warn!("snapshot failed: {e:#}"); Ok(()) }
+                }
+            }
+            _ = second.tick() => {
+                seconds += 1;
+                let now = tracer.counters().lost();
+                let delta = now.since(&last_lost);
+                last_lost = now;
+                let mut r = Ok(());
+                if !delta.is_zero() {
+                    r = rec.writer.lost(monotonic_ns(), &delta);
+                }
+                r = r.and_then(|()| rec.writer.flush());
+                if r.is_ok() && !cfg.quiet && (tty || seconds.is_multiple_of(10)) {
+                    let lost = now.since(&start_lost).total() + decode_errors;
+                    let line = status_line(&cfg, &rec, total_events, lost);
+                    if tty { eprint!("\r{line}\x1b[K"); } else { eprintln!("{line}"); }
+                }
+                if r.is_ok() {
+                    let by_size = cfg.rotate_size.is_some_and(|s| rec.writer.bytes >= s);
+                    let by_time = cfg.rotate_time.is_some_and(|t| rec.opened.elapsed() >= t);
+                    if by_size || by_time {
+                        match rotate(&cfg, &header, rec) {
+                            Ok(next) => rec = next,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                r
+            }
+        };
+        if let Err(e) = step {
+            result = Err(anyhow!(
+                "recording stopped: cannot write {} at byte {}: {e}",
+                cfg.output.display(),
+                rec.writer.bytes
+            ));
+            break;
+        }
+    }
+    if tty && !cfg.quiet {
+        eprintln!();
+    }
+    result?;
+    let final_lost = tracer.counters().lost();
+    let delta = final_lost.since(&last_lost);
+    if !delta.is_zero() {
+        rec.writer.lost(monotonic_ns(), &delta)?;
+    }
+    // A closing snapshot: a reader ends on the kernel's own view (it fixes
+    // what events cannot show, like silent timewait re-arms).
+    tracer.drain(|bytes| {
+        if let Ok(e) = decode::decode(bytes) {
+            let _ = rec.writer.event(&e);
+            total_events += 1;
+        }
+    });
+    match take_snapshot(&cfg.user_filter) {
+        Ok((sockets, namespaces, taken_at)) => rec
+            .writer
+            .snapshot(taken_at, &namespaces, &sockets)
+            .map_err(|e| {
+                anyhow!(
+                    "recording stopped: cannot write {}: {e}",
+                    cfg.output.display()
+                )
+            })?,
+        Err(e) => log::warn!("closing snapshot failed: {e:#}"),
+    }
+    let bytes_line = status_line(&cfg, &rec, total_events, {
+        let l: Lost = final_lost.since(&start_lost);
+        l.total() + decode_errors
+    });
+    rec.writer
+        .finish()
+        .and_then(|mut w| w.flush())
+        .map_err(|e| {
+            anyhow!(
+                "recording stopped: cannot write {}: {e}",
+                cfg.output.display()
+            )
+        })?;
+    if !cfg.quiet {
+        eprintln!("{}", bytes_line.replacen("recording to", "recorded to", 1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Closes the current file, shifts the rotated ones, opens a fresh FILE.
+fn rotate(cfg: &RecordConfig, header: &Header, rec: Recording) -> Result<Recording> {
+    let mut w = rec.writer.finish().map_err(|e| {
+        anyhow!(
+            "recording stopped: cannot write {}: {e}",
+            cfg.output.display()
+        )
+    })?;
+    w.flush()?;
+    drop(w);
+    shift_rotated(&cfg.output, cfg.keep)
+        .with_context(|| format!("cannot rotate {}", cfg.output.display()))?;
+    let mut header = header.clone();
+    header.start_mono_ns = monotonic_ns();
+    header.start_wall_ns = WallClock {
+        offset_ns: header.clock_offset_ns as i128,
+    }
+    .wall_ns(header.start_mono_ns);
+    open_file(cfg, &header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_shifts_and_keeps_n() {
+        let dir = std::env::temp_dir().join(format!("tcptrace-rot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("r.tcptrace");
+        for i in 0..5 {
+            fs::write(&f, format!("{i}")).unwrap();
+            shift_rotated(&f, 3).unwrap();
+        }
+        let read = |n| fs::read_to_string(rotated(&f, n)).unwrap();
+        assert_eq!(
+            (read(1), read(2), read(3)),
+            ("4".into(), "3".into(), "2".into())
+        );
+        assert!(!rotated(&f, 4).exists());
+        assert!(!f.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,77 @@
+//! `tcptrace replay`: a recording printed exactly as `trace` prints live
+//! events (text, or the same JSON Lines), paced at `--speed` or all at once.
+
+use std::{
+    io::{self, Write},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use crate::{
+    cli::ReplayArgs,
+    clock::WallClock,
+    model::EventKind,
+    record::{Reader, Record},
+    trace::Printer,
+};
+
+pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        return Err(crate::cli::UsageError(format!(
+            "--speed {} must be a positive number",
+            args.speed
+        ))
+        .into());
+    }
+    let mut reader = Reader::open(&args.file)?;
+    let clock = WallClock {
+        offset_ns: reader.header.clock_offset_ns as i128,
+    };
+    let stdout = io::stdout().lock();
+    let mut printer = Printer::new(
+        io::BufWriter::with_capacity(64 * 1024, stdout),
+        args.json,
+        clock,
+    );
+    let paced = !args.as_fast_as_possible;
+    let started = Instant::now();
+    let mut first_ts: Option<u64> = None;
+    let written = (|| -> io::Result<()> {
+        printer.header()?;
+        for rec in reader.by_ref() {
+            let ts = match &rec {
+                Record::Event(e) => e.ts_ns,
+                Record::Lost { ts_ns, .. } => *ts_ns,
+                Record::Snapshot { .. } => continue,
+            };
+            if paced {
+                let first = *first_ts.get_or_insert(ts);
+                let due =
+                    Duration::from_secs_f64(ts.saturating_sub(first) as f64 / 1e9 / args.speed);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    printer.flush()?;
+                    std::thread::sleep(wait);
+                }
+            }
+            match rec {
+                Record::Event(e) if e.kind == EventKind::Accept => {}
+                Record::Event(e) => printer.event(&e)?,
+                Record::Lost { ts_ns, lost } => printer.lost_at(&lost, ts_ns)?,
+                Record::Snapshot { .. } => {}
+            }
+        }
+        printer.flush()
+    })();
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(cut) = &reader.cut {
+        eprintln!("tcptrace: warning: {}", cut.warning(&args.file));
+    }
+    let _ = io::stderr().flush();
+    Ok(ExitCode::SUCCESS)
+}
