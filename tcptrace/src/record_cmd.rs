@@ -28,12 +28,6 @@ use crate::{
     trace::{POLL_INTERVAL, StopSignals},
 };
 
-fn read_trimmed(path: &str) -> String {
-    fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// `FILE.n`.
 fn rotated(path: &Path, n: usize) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -97,8 +91,8 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
     let start_mono = monotonic_ns();
     let header = Header {
         tcptrace_version: env!("CARGO_PKG_VERSION").into(),
-        host: read_trimmed("/proc/sys/kernel/hostname"),
-        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        host: crate::seed::host::hostname(),
+        kernel: crate::seed::host::kernel_release(),
         clock_offset_ns: clock.offset_ns as i64,
         hook: tracer.hooks.transitions.into(),
         timewait_hook: tracer.hooks.timewait.into(),

@@ -2,7 +2,6 @@
 //! few seconds) printing a summary every `--interval`, as text or JSON.
 
 use std::{
-    collections::HashSet,
     io::{self, Write},
     process::ExitCode,
     time::Duration,
@@ -17,8 +16,8 @@ use crate::{
     decode,
     ebpf::Tracer,
     engine::Engine,
-    model::SeenSocket,
     seed,
+    source::take_snapshot,
     stats::{HistKind, HostFacts, Snapshot},
     trace::{POLL_INTERVAL, StopSignals},
 };
@@ -29,24 +28,6 @@ pub fn drain_into(tracer: &mut Tracer, engine: &mut Engine, decode_errors: &mut 
         Ok(e) => engine.apply(&e),
         Err(_) => *decode_errors += 1,
     });
-}
-
-/// Takes a sock_diag snapshot of every namespace, keeping what the filter keeps.
-fn take_snapshot(cfg: &StatsConfig) -> Result<(Vec<SeenSocket>, Vec<u32>, u64)> {
-    let snap = seed::snapshot(true)?;
-    let namespaces: Vec<u32> = snap
-        .sockets
-        .iter()
-        .filter_map(|s| s.netns)
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let sockets = snap
-        .sockets
-        .into_iter()
-        .filter(|s| cfg.user_filter.matches_seen(s))
-        .collect();
-    Ok((sockets, namespaces, snap.taken_at_mono_ns))
 }
 
 fn host_facts(tracer: &Tracer, decode_errors: u64) -> HostFacts {
@@ -66,7 +47,7 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
     engine.histograms_by = cfg.histograms_by;
     let mut decode_errors = 0u64;
     if cfg.seed {
-        let (sockets, _, taken_at) = take_snapshot(&cfg)?;
+        let (sockets, _, taken_at) = take_snapshot(&cfg.user_filter)?;
         engine.seed(&sockets, taken_at);
     }
     let start_lost = tracer.counters().lost();
@@ -93,7 +74,7 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
             _ = poll.tick() => drain_into(&mut tracer, &mut engine, &mut decode_errors),
             _ = reconcile.tick(), if cfg.reconcile.is_some() => {
-                let (sockets, namespaces, taken_at) = take_snapshot(&cfg)?;
+                let (sockets, namespaces, taken_at) = take_snapshot(&cfg.user_filter)?;
                 drain_into(&mut tracer, &mut engine, &mut decode_errors);
                 engine.reconcile(&sockets, &namespaces, taken_at);
             }

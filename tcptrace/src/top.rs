@@ -64,12 +64,6 @@ pub fn check_terminal() -> Result<(), EnvError> {
     }
 }
 
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// What the engine thread reports when it stops.
 #[derive(Debug, Default)]
 struct EngineSummary {
@@ -176,8 +170,8 @@ pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
     let source = Source::live(tracer, cfg.user_filter);
     let (hook, timewait_hook) = source.hooks();
     let mut app = App::new(Meta {
-        host: read_trimmed("/proc/sys/kernel/hostname"),
-        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        host: crate::seed::host::hostname(),
+        kernel: crate::seed::host::kernel_release(),
         hook,
         timewait_hook,
         source: None,

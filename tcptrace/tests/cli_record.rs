@@ -5,15 +5,9 @@
 
 mod common;
 
-use std::{
-    io::Read,
-    net::{Shutdown, TcpListener, TcpStream},
-    path::PathBuf,
-    process::Command,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use common::{Running, free_listener};
+use common::{Running, free_listener, leak_close_wait, pile_time_wait};
 use serde_json::Value;
 
 fn bin() -> Command {
@@ -22,34 +16,6 @@ fn bin() -> Command {
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("tcptrace-{}-{name}", std::process::id()))
-}
-
-fn leak_close_wait(listener: &TcpListener, port: u16, n: usize, held: &mut Vec<TcpStream>) {
-    for _ in 0..n {
-        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (s, _) = listener.accept().unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        held.push(s);
-        std::mem::forget(c);
-    }
-}
-
-/// Client-side TIME_WAIT: the client shuts down first, the server closes on EOF.
-fn pile_time_wait(listener: TcpListener, port: u16, n: usize) {
-    let server = std::thread::spawn(move || {
-        for _ in 0..n {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1];
-            while s.read(&mut buf).unwrap() > 0 {}
-        }
-    });
-    for _ in 0..n {
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        let mut buf = [0u8; 1];
-        while c.read(&mut buf).unwrap() > 0 {}
-    }
-    server.join().unwrap();
 }
 
 #[test]

@@ -6,25 +6,11 @@
 mod common;
 
 use std::{
-    io::Read,
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{Shutdown, TcpStream},
     time::Duration,
 };
 
-use common::{Running, free_listener, ss_count};
-
-/// Opens `n` connections to `listener` and closes the client side: the
-/// accepted sockets (kept in `held`) sit in CLOSE_WAIT.
-fn leak_close_wait(listener: &TcpListener, port: u16, n: usize, held: &mut Vec<TcpStream>) {
-    for _ in 0..n {
-        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (s, _) = listener.accept().unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        held.push(s);
-        // Keep the client open (FIN_WAIT2 full socket, not an orphan).
-        std::mem::forget(c);
-    }
-}
+use common::{Running, free_listener, leak_close_wait, pile_time_wait, ss_count};
 
 #[test]
 fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
@@ -49,21 +35,7 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
 
     leak_close_wait(&cw_listener, cw_port, 40, &mut held);
     // 200 client-side TIME_WAITs to tw_port: the client closes first.
-    let server = std::thread::spawn(move || {
-        for _ in 0..200 {
-            let (mut s, _) = tw_listener.accept().unwrap();
-            let mut buf = [0u8; 1];
-            while s.read(&mut buf).unwrap() > 0 {}
-        }
-    });
-    for _ in 0..200 {
-        let c = TcpStream::connect(("127.0.0.1", tw_port)).unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        let mut c = c;
-        let mut buf = [0u8; 1];
-        while c.read(&mut buf).unwrap() > 0 {}
-    }
-    server.join().unwrap();
+    pile_time_wait(tw_listener, tw_port, 200);
     std::thread::sleep(Duration::from_millis(2500));
 
     let ss_cw = ss_count("close-wait", cw_port, None);

@@ -20,9 +20,9 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(width: u16, height: u16, command: &str) -> Self {
+    fn start(name: &str, width: u16, height: u16, command: &str) -> Self {
         let t = Tmux {
-            socket: format!("tcptrace-e2e-{}", std::process::id()),
+            socket: format!("tcptrace-e2e-{name}-{}", std::process::id()),
         };
         let status = Command::new("tmux")
             .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
@@ -92,7 +92,7 @@ fn top_shows_a_close_wait_leak_switches_views_and_restores_the_terminal() {
         "sh -c '{bin} top --interval 0.5 --port {port}; echo $? > {}; sleep 600'",
         exit_file.display()
     );
-    let tmux = Tmux::start(110, 32, &cmd);
+    let tmux = Tmux::start("leak", 110, 32, &cmd);
     tmux.wait_for("the first refresh", |s| {
         s.contains(" up ") && s.contains("CLOSE_WAIT")
     });
@@ -172,16 +172,7 @@ fn top_shows_a_close_wait_leak_switches_views_and_restores_the_terminal() {
     assert!(conns.contains("filter: state:close_wait"), "{conns}");
 
     tmux.keys(&["q"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Ok(s) = std::fs::read_to_string(&exit_file)
-            && !s.trim().is_empty()
-        {
-            break s.trim().to_string();
-        }
-        assert!(Instant::now() < deadline, "tcptrace top did not exit on q");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let code = exit_code(&exit_file, "q");
     assert_eq!(code, "0", "exit code");
     let state = tmux.tmux(&["display-message", "-p", "#{alternate_on} #{cursor_flag}"]);
     assert_eq!(state.trim(), "0 1", "alternate screen left, cursor shown");
@@ -220,6 +211,23 @@ fn top_rejects_bad_options_in_one_line() {
     );
 }
 
+/// The exit code the pane's shell wrote to `file` once tcptrace ended.
+fn exit_code(file: &std::path::Path, after: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(file)
+            && !s.trim().is_empty()
+        {
+            return s.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tcptrace top did not stop on {after}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The pid of the shell's child (tcptrace) in the pane.
 fn child_of(pid: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -244,15 +252,7 @@ fn sigterm_restores_the_terminal() {
         "sh -c '{bin} top --no-seed --port 9; echo $? > {}; sleep 600'",
         exit_file.display()
     );
-    let tmux = Tmux {
-        socket: format!("tcptrace-e2e-term-{}", std::process::id()),
-    };
-    let status = Command::new("tmux")
-        .args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d"])
-        .args(["-x", "80", "-y", "24", &cmd])
-        .status()
-        .expect("tmux is needed for this test: run `cargo xtask setup`");
-    assert!(status.success());
+    let tmux = Tmux::start("term", 80, 24, &cmd);
     tmux.wait_for("the first refresh", |s| s.contains(" up "));
     assert_eq!(
         tmux.tmux(&["display-message", "-p", "#{alternate_on}"])
@@ -267,19 +267,7 @@ fn sigterm_restores_the_terminal() {
     let top = child_of(shell);
     // SAFETY: kill(2) on the tcptrace this test started.
     assert_eq!(unsafe { libc::kill(top as i32, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Ok(s) = std::fs::read_to_string(&exit_file)
-            && !s.trim().is_empty()
-        {
-            break s.trim().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tcptrace top did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let code = exit_code(&exit_file, "SIGTERM");
     assert_eq!(code, "0");
     let state = tmux.tmux(&["display-message", "-p", "#{alternate_on} #{cursor_flag}"]);
     assert_eq!(state.trim(), "0 1", "alternate screen left, cursor shown");

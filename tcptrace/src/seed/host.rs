@@ -12,6 +12,21 @@ const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const NETSTAT: &str = "/proc/thread-self/net/netstat";
 
 /// The ephemeral (local) port range, inclusive: `(low, high)`.
+/// A one-line `/proc/sys` value ("?" when unreadable): hostname, kernel release.
+pub fn proc_line(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+pub fn hostname() -> String {
+    proc_line("/proc/sys/kernel/hostname")
+}
+
+pub fn kernel_release() -> String {
+    proc_line("/proc/sys/kernel/osrelease")
+}
+
 pub fn ephemeral_port_range() -> Result<(u16, u16)> {
     let text = fs::read_to_string(PORT_RANGE)
         .with_context(|| format!("reading {PORT_RANGE}: mount /proc"))?;

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::{
-    net::TcpListener,
+    io::Read,
+    net::{Shutdown, TcpListener, TcpStream},
     process::Command,
     time::{Duration, Instant},
 };
@@ -280,4 +281,37 @@ impl Running {
         self.err.read_to_string(&mut rest).unwrap();
         (status, out, rest)
     }
+}
+
+/// Opens `n` connections to `listener` and closes the client side: the
+/// accepted sockets (kept in `held`) sit in CLOSE_WAIT.
+pub fn leak_close_wait(listener: &TcpListener, port: u16, n: usize, held: &mut Vec<TcpStream>) {
+    for _ in 0..n {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        held.push(s);
+        // Keep the client open (FIN_WAIT2 full socket, not an orphan).
+        std::mem::forget(c);
+    }
+}
+
+/// `n` client-side TIME_WAIT sockets to `port`: the client shuts down
+/// first, the server closes on EOF (the client socket stays open, so it goes
+/// straight to TIME_WAIT, not through an orphan's FIN_WAIT2).
+pub fn pile_time_wait(listener: TcpListener, port: u16, n: usize) {
+    let server = std::thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1];
+            while s.read(&mut buf).unwrap() > 0 {}
+        }
+    });
+    for _ in 0..n {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut buf = [0u8; 1];
+        while c.read(&mut buf).unwrap() > 0 {}
+    }
+    server.join().unwrap();
 }
