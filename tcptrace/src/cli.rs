@@ -50,6 +50,16 @@ pub struct StatsArgs {
     /// Stop after SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Also report duration histograms per owning process or per remote endpoint.
+    #[arg(long, value_enum, default_value = "none")]
+    pub histograms_by: HistogramsByArg,
+}
+
+/// Options of the userspace lifecycle engine (`stats`, `top`).
+#[derive(Debug, Args)]
+pub struct EngineArgs {
     /// Skip the startup snapshot of existing sockets (sock_diag).
     #[arg(long)]
     pub no_seed: bool,
@@ -59,9 +69,40 @@ pub struct StatsArgs {
     /// Most live sockets tracked in userspace; beyond it, entries are evicted (counted).
     #[arg(long, value_name = "N", default_value_t = crate::conn::DEFAULT_CAP)]
     pub max_conns: usize,
-    /// Also report duration histograms per owning process or per remote endpoint.
-    #[arg(long, value_enum, default_value = "none")]
-    pub histograms_by: HistogramsByArg,
+}
+
+/// [`EngineArgs`], validated.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineOptions {
+    pub seed: bool,
+    pub reconcile: Option<Duration>,
+    pub max_conns: usize,
+}
+
+impl EngineArgs {
+    pub fn validate(&self) -> Result<EngineOptions, UsageError> {
+        let reconcile = if self.reconcile == 0.0 {
+            None
+        } else {
+            duration(Some(self.reconcile)).map_err(|_| {
+                usage(format!(
+                    "--reconcile {} must be 0 or a positive number of seconds",
+                    self.reconcile
+                ))
+            })?
+        };
+        if self.max_conns < 1000 {
+            return Err(usage(format!(
+                "--max-conns {} is too small: use at least 1000",
+                self.max_conns
+            )));
+        }
+        Ok(EngineOptions {
+            seed: !self.no_seed,
+            reconcile,
+            max_conns: self.max_conns,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -73,15 +114,8 @@ pub struct TopArgs {
     /// Seconds between screen refreshes.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub interval: f64,
-    /// Skip the startup snapshot of existing sockets (sock_diag).
-    #[arg(long)]
-    pub no_seed: bool,
-    /// Seconds between reconciliations with sock_diag (0 = never).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub reconcile: f64,
-    /// Most live sockets tracked in userspace; beyond it, entries are evicted (counted).
-    #[arg(long, value_name = "N", default_value_t = crate::conn::DEFAULT_CAP)]
-    pub max_conns: usize,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Clone, Debug)]
@@ -97,46 +131,27 @@ pub struct TopConfig {
 impl TopArgs {
     pub fn validate(&self) -> Result<TopConfig, UsageError> {
         let filter = self.filter.to_filter()?;
-        let (interval, reconcile) = intervals(self.interval, self.reconcile)?;
+        let engine = self.engine.validate()?;
         Ok(TopConfig {
             load: self.kernel.to_load_options(filter)?,
             user_filter: crate::filter::UserFilter(filter),
-            interval,
-            seed: !self.no_seed,
-            reconcile,
-            max_conns: max_conns(self.max_conns)?,
+            interval: interval(self.interval)?,
+            seed: engine.seed,
+            reconcile: engine.reconcile,
+            max_conns: engine.max_conns,
         })
     }
 }
 
-/// Validates `--interval` and `--reconcile` (0 = never).
-fn intervals(interval: f64, reconcile: f64) -> Result<(Duration, Option<Duration>), UsageError> {
-    let interval = duration(Some(interval))
+/// Validates `--interval`.
+fn interval(secs: f64) -> Result<Duration, UsageError> {
+    duration(Some(secs))
         .map_err(|_| {
             usage(format!(
-                "--interval {interval} must be a positive number of seconds"
+                "--interval {secs} must be a positive number of seconds"
             ))
-        })?
-        .expect("some");
-    let reconcile = if reconcile == 0.0 {
-        None
-    } else {
-        duration(Some(reconcile)).map_err(|_| {
-            usage(format!(
-                "--reconcile {reconcile} must be 0 or a positive number of seconds"
-            ))
-        })?
-    };
-    Ok((interval, reconcile))
-}
-
-fn max_conns(n: usize) -> Result<usize, UsageError> {
-    if n < 1000 {
-        return Err(usage(format!(
-            "--max-conns {n} is too small: use at least 1000"
-        )));
-    }
-    Ok(n)
+        })
+        .map(|d| d.expect("some"))
 }
 
 #[derive(Debug, Args)]
@@ -344,17 +359,16 @@ pub struct StatsConfig {
 impl StatsArgs {
     pub fn validate(&self) -> Result<StatsConfig, UsageError> {
         let filter = self.filter.to_filter()?;
-        let (interval, reconcile) = intervals(self.interval, self.reconcile)?;
-        max_conns(self.max_conns)?;
+        let engine = self.engine.validate()?;
         Ok(StatsConfig {
             load: self.kernel.to_load_options(filter)?,
             user_filter: crate::filter::UserFilter(filter),
             json: self.json,
-            interval,
+            interval: interval(self.interval)?,
             duration: duration(self.duration)?,
-            seed: !self.no_seed,
-            reconcile,
-            max_conns: self.max_conns,
+            seed: engine.seed,
+            reconcile: engine.reconcile,
+            max_conns: engine.max_conns,
             histograms_by: self.histograms_by.into(),
         })
     }

@@ -47,6 +47,35 @@ fn shift_rotated(path: &Path, keep: usize) -> io::Result<()> {
     fs::rename(path, rotated(path, 1))
 }
 
+/// The one line a failed write ends the recording with.
+fn write_error(cfg: &RecordConfig, bytes: u64, e: io::Error) -> anyhow::Error {
+    anyhow!(
+        "recording stopped: cannot write {} at byte {bytes}: {e}",
+        cfg.output.display()
+    )
+}
+
+/// Writes every event waiting in the ring; counts them and undecodable
+/// records. Stops writing at the first error, which it returns.
+fn drain_to(
+    tracer: &mut Tracer,
+    writer: &mut Writer<BufWriter<File>>,
+    events: &mut u64,
+    decode_errors: &mut u64,
+) -> io::Result<()> {
+    let mut result = Ok(());
+    tracer.drain(|bytes| match decode::decode(bytes) {
+        Ok(e) => {
+            if result.is_ok() {
+                result = writer.event(&e);
+                *events += 1;
+            }
+        }
+        Err(_) => *decode_errors += 1,
+    });
+    result
+}
+
 struct Recording {
     writer: Writer<BufWriter<File>>,
     opened: Instant,
@@ -129,19 +158,7 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
         let step: io::Result<()> = tokio::select! {
             _ = signals.recv() => break,
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
-            _ = poll.tick() => {
-                let mut err = Ok(());
-                tracer.drain(|bytes| match decode::decode(bytes) {
-                    Ok(e) => {
-                        if err.is_ok() {
-                            err = rec.writer.event(&e);
-                            total_events += 1;
-                        }
-                    }
-                    Err(_) => decode_errors += 1,
-                });
-                err
-            }
+            _ = poll.tick() => drain_to(&mut tracer, &mut rec.writer, &mut total_events, &mut decode_errors),
             _ = snapshot.tick() => {
                 match take_snapshot(&cfg.user_filter) {
                     Ok((sockets, namespaces, taken_at)) => rec.writer.snapshot(taken_at, &namespaces, &sockets),
@@ -177,11 +194,7 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
             }
         };
         if let Err(e) = step {
-            result = Err(anyhow!(
-                "recording stopped: cannot write {} at byte {}: {e}",
-                cfg.output.display(),
-                rec.writer.bytes
-            ));
+            result = Err(write_error(&cfg, rec.writer.bytes, e));
             break;
         }
     }
@@ -192,41 +205,36 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
     let final_lost = tracer.counters().lost();
     let delta = final_lost.since(&last_lost);
     if !delta.is_zero() {
-        rec.writer.lost(monotonic_ns(), &delta)?;
+        rec.writer
+            .lost(monotonic_ns(), &delta)
+            .map_err(|e| write_error(&cfg, rec.writer.bytes, e))?;
     }
-    // A closing snapshot: a reader ends on the kernel's own view (it fixes
-    // what events cannot show, like silent timewait re-arms).
-    tracer.drain(|bytes| {
-        if let Ok(e) = decode::decode(bytes) {
-            let _ = rec.writer.event(&e);
-            total_events += 1;
-        }
-    });
+    // The last events, then a closing snapshot: a reader ends on the
+    // kernel's own view (it fixes what events cannot show, like silent
+    // timewait re-arms).
+    drain_to(
+        &mut tracer,
+        &mut rec.writer,
+        &mut total_events,
+        &mut decode_errors,
+    )
+    .map_err(|e| write_error(&cfg, rec.writer.bytes, e))?;
     match take_snapshot(&cfg.user_filter) {
         Ok((sockets, namespaces, taken_at)) => rec
             .writer
             .snapshot(taken_at, &namespaces, &sockets)
-            .map_err(|e| {
-                anyhow!(
-                    "recording stopped: cannot write {}: {e}",
-                    cfg.output.display()
-                )
-            })?,
+            .map_err(|e| write_error(&cfg, rec.writer.bytes, e))?,
         Err(e) => log::warn!("closing snapshot failed: {e:#}"),
     }
     let bytes_line = status_line(&cfg, &rec, total_events, {
         let l: Lost = final_lost.since(&start_lost);
         l.total() + decode_errors
     });
+    let bytes = rec.writer.bytes;
     rec.writer
         .finish()
         .and_then(|mut w| w.flush())
-        .map_err(|e| {
-            anyhow!(
-                "recording stopped: cannot write {}: {e}",
-                cfg.output.display()
-            )
-        })?;
+        .map_err(|e| write_error(&cfg, bytes, e))?;
     if !cfg.quiet {
         eprintln!("{}", bytes_line.replacen("recording to", "recorded to", 1));
     }
@@ -235,14 +243,11 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
 
 /// Closes the current file, shifts the rotated ones, opens a fresh FILE.
 fn rotate(cfg: &RecordConfig, header: &Header, rec: Recording) -> Result<Recording> {
-    let mut w = rec.writer.finish().map_err(|e| {
-        anyhow!(
-            "recording stopped: cannot write {}: {e}",
-            cfg.output.display()
-        )
-    })?;
-    w.flush()?;
-    drop(w);
+    let bytes = rec.writer.bytes;
+    rec.writer
+        .finish()
+        .and_then(|mut w| w.flush())
+        .map_err(|e| write_error(cfg, bytes, e))?;
     shift_rotated(&cfg.output, cfg.keep)
         .with_context(|| format!("cannot rotate {}", cfg.output.display()))?;
     let mut header = header.clone();

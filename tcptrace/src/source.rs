@@ -63,6 +63,14 @@ impl Source {
         }))
     }
 
+    /// Counts losses from now on (e.g. after seeding, once the user is told
+    /// tracing has started).
+    pub fn restart_loss_count(&mut self) {
+        match self {
+            Source::Live(l) => l.start_lost = l.tracer.counters().lost(),
+        }
+    }
+
     /// Transition hook and TIME_WAIT path, for the header.
     pub fn hooks(&self) -> (String, String) {
         match self {

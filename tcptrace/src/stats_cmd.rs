@@ -12,48 +12,28 @@ use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 
 use crate::{
     cli::StatsConfig,
-    clock::{WallClock, hms_millis, monotonic_ns},
-    decode,
+    clock::hms_millis,
     ebpf::Tracer,
     engine::Engine,
-    seed,
-    source::take_snapshot,
-    stats::{HistKind, HostFacts, Snapshot},
+    source::Source,
+    stats::{HistKind, Snapshot},
     trace::{POLL_INTERVAL, StopSignals},
 };
 
-/// Applies everything waiting in the ring buffer.
-pub fn drain_into(tracer: &mut Tracer, engine: &mut Engine, decode_errors: &mut u64) {
-    tracer.drain(|bytes| match decode::decode(bytes) {
-        Ok(e) => engine.apply(&e),
-        Err(_) => *decode_errors += 1,
-    });
-}
-
-fn host_facts(tracer: &Tracer, decode_errors: u64) -> HostFacts {
-    HostFacts {
-        port_range: seed::host::ephemeral_port_range().unwrap_or((32768, 60999)),
-        tw_overflow: seed::host::tw_overflow().unwrap_or(0),
-        lost: tracer.counters().lost(),
-        decode_errors,
-    }
-}
-
 pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
     let mut signals = StopSignals::install()?;
-    let mut tracer = Tracer::load(&cfg.load)?;
-    let clock = WallClock::measure();
+    let mut source = Source::live(Tracer::load(&cfg.load)?, cfg.user_filter);
     let mut engine = Engine::new(cfg.max_conns);
     engine.histograms_by = cfg.histograms_by;
-    let mut decode_errors = 0u64;
     if cfg.seed {
-        let (sockets, _, taken_at) = take_snapshot(&cfg.user_filter)?;
-        engine.seed(&sockets, taken_at);
+        source.seed(&mut engine)?;
     }
-    let start_lost = tracer.counters().lost();
+    // Losses are counted from the banner on.
+    source.restart_loss_count();
+    let (hook, timewait_hook) = source.hooks();
     eprintln!(
-        "tcptrace: stats every {:?} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
-        cfg.interval, tracer.hooks.transitions, tracer.hooks.timewait
+        "tcptrace: stats every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",
+        cfg.interval
     );
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut poll = interval(POLL_INTERVAL);
@@ -72,18 +52,13 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
         tokio::select! {
             _ = signals.recv() => break,
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
-            _ = poll.tick() => drain_into(&mut tracer, &mut engine, &mut decode_errors),
-            _ = reconcile.tick(), if cfg.reconcile.is_some() => {
-                let (sockets, namespaces, taken_at) = take_snapshot(&cfg.user_filter)?;
-                drain_into(&mut tracer, &mut engine, &mut decode_errors);
-                engine.reconcile(&sockets, &namespaces, taken_at);
-            }
+            _ = poll.tick() => { source.drain(&mut engine); }
+            _ = reconcile.tick(), if cfg.reconcile.is_some() => source.reconcile(&mut engine)?,
             _ = report.tick() => {
-                drain_into(&mut tracer, &mut engine, &mut decode_errors);
-                let mut host = host_facts(&tracer, decode_errors);
-                host.lost = host.lost.since(&start_lost);
-                let now = monotonic_ns();
-                let snap = engine.snapshot(now, clock.wall_ns(now), host);
+                source.drain(&mut engine);
+                let host = source.host_facts();
+                let (now, wall) = source.now();
+                let snap = engine.snapshot(now, wall, host);
                 let written = if cfg.json { write_json(&mut out, &snap) } else { write_text(&mut out, &snap) };
                 match written.and_then(|()| out.flush()) {
                     Ok(()) => {}

@@ -150,6 +150,14 @@ fn put_addr(out: &mut Vec<u8>, a: IpAddr) {
     }
 }
 
+/// Both addresses, then both ports: the 4-tuple as events and snapshots store it.
+fn put_endpoints(out: &mut Vec<u8>, saddr: IpAddr, daddr: IpAddr, sport: u16, dport: u16) {
+    put_addr(out, saddr);
+    put_addr(out, daddr);
+    out.extend_from_slice(&sport.to_le_bytes());
+    out.extend_from_slice(&dport.to_le_bytes());
+}
+
 fn put_comm(out: &mut Vec<u8>, c: &Comm) {
     let b = c.as_bytes();
     out.push(b.len() as u8);
@@ -222,10 +230,7 @@ impl BlockEncoder {
         if let Some(p) = e.prev_ns {
             put_varint(&mut self.buf, p);
         }
-        put_addr(&mut self.buf, e.saddr);
-        put_addr(&mut self.buf, e.daddr);
-        self.buf.extend_from_slice(&e.sport.to_le_bytes());
-        self.buf.extend_from_slice(&e.dport.to_le_bytes());
+        put_endpoints(&mut self.buf, e.saddr, e.daddr, e.sport, e.dport);
         if let Some(old) = e.old {
             self.buf.push(old as u8);
         }
@@ -271,10 +276,7 @@ pub fn encode_snapshot(ts_ns: u64, namespaces: &[u32], sockets: &[SeenSocket]) -
         if let Some(ns) = s.netns {
             out.extend_from_slice(&ns.to_le_bytes());
         }
-        put_addr(&mut out, s.saddr);
-        put_addr(&mut out, s.daddr);
-        out.extend_from_slice(&s.sport.to_le_bytes());
-        out.extend_from_slice(&s.dport.to_le_bytes());
+        put_endpoints(&mut out, s.saddr, s.daddr, s.sport, s.dport);
         out.push(s.state as u8);
         put_varint(&mut out, s.inode);
         put_varint(&mut out, s.cookie);
@@ -380,6 +382,11 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// The counterpart of `put_endpoints`: (saddr, daddr, sport, dport).
+    fn endpoints(&mut self, v6: bool) -> Result<(IpAddr, IpAddr, u16, u16), FormatError> {
+        Ok((self.addr(v6)?, self.addr(v6)?, self.u16()?, self.u16()?))
+    }
+
     fn comm(&mut self) -> Result<Comm, FormatError> {
         let n = self.u8()? as usize;
         if n > 16 {
@@ -446,26 +453,13 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                 } else {
                     None
                 };
-                let netns = if flags & 0x04 != 0 {
-                    Some(u32_of(c.varint()?)?)
-                } else {
-                    None
-                };
-                let prev_ns = if flags & 0x08 != 0 {
-                    Some(c.varint()?)
-                } else {
-                    None
-                };
+                let netns = (flags & 0x04 != 0)
+                    .then(|| u32_of(c.varint()?))
+                    .transpose()?;
+                let prev_ns = (flags & 0x08 != 0).then(|| c.varint()).transpose()?;
                 let v6 = flags & 0x10 != 0;
-                let saddr = c.addr(v6)?;
-                let daddr = c.addr(v6)?;
-                let sport = c.u16()?;
-                let dport = c.u16()?;
-                let old = if flags & 0x20 != 0 {
-                    Some(c.state()?)
-                } else {
-                    None
-                };
+                let (saddr, daddr, sport, dport) = c.endpoints(v6)?;
+                let old = (flags & 0x20 != 0).then(|| c.state()).transpose()?;
                 let new = c.state()?;
                 let reason = if flags & 0x40 != 0 {
                     Some(
@@ -526,16 +520,9 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
     let mut sockets = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let flags = c.u8()?;
-        let netns = if flags & 0x01 != 0 {
-            Some(c.u32()?)
-        } else {
-            None
-        };
+        let netns = (flags & 0x01 != 0).then(|| c.u32()).transpose()?;
         let v6 = flags & 0x08 != 0;
-        let saddr = c.addr(v6)?;
-        let daddr = c.addr(v6)?;
-        let sport = c.u16()?;
-        let dport = c.u16()?;
+        let (saddr, daddr, sport, dport) = c.endpoints(v6)?;
         let state = c.state()?;
         let inode = c.varint()?;
         let cookie = c.varint()?;
@@ -547,11 +534,9 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
         } else {
             None
         };
-        let timer_left_ms = if flags & 0x04 != 0 {
-            Some(u32_of(c.varint()?)?)
-        } else {
-            None
-        };
+        let timer_left_ms = (flags & 0x04 != 0)
+            .then(|| u32_of(c.varint()?))
+            .transpose()?;
         sockets.push(SeenSocket {
             netns,
             family: if v6 { Family::V6 } else { Family::V4 },

@@ -134,6 +134,14 @@ fn titled(title: impl Into<Line<'static>>) -> Block<'static> {
         .border_style(Style::default().fg(DIM))
 }
 
+/// A title in bold with its details dimmed: ` NAME (details) `.
+fn titled_with(name: impl Into<String>, details: String) -> Block<'static> {
+    titled(Line::from(vec![
+        Span::raw(name.into()).bold(),
+        Span::raw(details).fg(DIM),
+    ]))
+}
+
 /// A table of the rows `make(i)` for `i` in the visible window of `len`
 /// rows around `selected`.
 #[allow(clippy::too_many_arguments)]
@@ -310,10 +318,10 @@ impl App {
         let [panel, rest] =
             Layout::vertical([Constraint::Length(panel_height), Constraint::Min(0)]).areas(area);
         let span_s = d.history.samples.len() as u64 * self.meta.interval_ms / 1000;
-        let block = titled(Line::from(vec![
-            Span::raw(" States ").bold(),
-            Span::raw(format!("(last {}) ", fmt_ms(span_s as f64 * 1000.0))).fg(DIM),
-        ]));
+        let block = titled_with(
+            " States ",
+            format!("(last {}) ", fmt_ms(span_s as f64 * 1000.0)),
+        );
         let inner = block.inner(panel);
         block.render(panel, buf);
         let label_w = 24u16;
@@ -440,10 +448,10 @@ impl App {
             } else {
                 String::new()
             };
-            let block = titled(Line::from(vec![
-                Span::raw(format!(" CLOSE_WAIT sockets of {who} ")).bold(),
-                Span::raw(format!("({total}{shown}, oldest first; Esc back) ")).fg(DIM),
-            ]));
+            let block = titled_with(
+                format!(" CLOSE_WAIT sockets of {who} "),
+                format!("({total}{shown}, oldest first; Esc back) "),
+            );
             let rows = &self.close_wait_sockets.rows;
             window_table(
                 area,
@@ -475,14 +483,13 @@ impl App {
         }
         let procs = &d.snap.close_wait_by_process;
         let total: u64 = procs.iter().map(|p| p.count).sum();
-        let block = titled(Line::from(vec![
-            Span::raw(" CLOSE_WAIT by process ").bold(),
-            Span::raw(format!(
+        let block = titled_with(
+            " CLOSE_WAIT by process ",
+            format!(
                 "({total} sockets; sort: {}; Enter: sockets) ",
                 self.close_wait_sort.name()
-            ))
-            .fg(DIM),
-        ]));
+            ),
+        );
         let rows = &self.close_wait.rows;
         let wide = area.width >= 100;
         let mut header = vec!["PID", "COMM", "COUNT", "+/MIN 1m", "5m", "15m", "OLDEST"];
@@ -540,14 +547,13 @@ impl App {
         let peers = &d.tw_peers;
         let total: u64 = peers.iter().map(|p| p.count).sum();
         let (lo, hi) = d.snap.port_range;
-        let block = titled(Line::from(vec![
-            Span::raw(" TIME_WAIT by remote endpoint ").bold(),
-            Span::raw(format!(
+        let block = titled_with(
+            " TIME_WAIT by remote endpoint ",
+            format!(
                 "({total}; ephemeral ports {lo}-{hi}; sort: {}) ",
                 self.time_wait_sort.name()
-            ))
-            .fg(DIM),
-        ]));
+            ),
+        );
         let rows = &self.time_wait.rows;
         window_table(
             list,
@@ -666,15 +672,14 @@ impl App {
         } else {
             format!(" of {}", page.total)
         };
-        let block = titled(Line::from(vec![
-            Span::raw(" Connections ").bold(),
-            Span::raw(format!(
+        let block = titled_with(
+            " Connections ",
+            format!(
                 "({}{of}{more}; sort: {}; Enter: details) ",
                 page.matching,
                 self.request.sort.name()
-            ))
-            .fg(DIM),
-        ]));
+            ),
+        );
         // 80 columns fit state, process, both addresses and the age; wider
         // screens add the time in state and the network namespace.
         let mut header = vec!["STATE", "PROCESS", "LOCAL", "REMOTE", "AGE"];
@@ -773,11 +778,8 @@ impl App {
             |i| Row::new(vec![Cell::from(label(&keys[i]))]),
         );
         let (who, hists) = self.selected_histograms();
-        let block = titled(Line::from(vec![
-            Span::raw(" Durations ").bold(),
-            Span::raw(format!("({who}) ")).fg(DIM),
-        ]))
-        .borders(Borders::TOP | Borders::LEFT);
+        let block =
+            titled_with(" Durations ", format!("({who}) ")).borders(Borders::TOP | Borders::LEFT);
         let rows: Vec<Row> = hists
             .iter()
             .map(|(k, h)| {
