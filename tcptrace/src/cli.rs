@@ -116,6 +116,24 @@ pub struct TopArgs {
     pub interval: f64,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Show a recording (from `tcptrace record`) instead of the live kernel;
+    /// needs no root. `space` plays/pauses, `[`/`]` step, `+`/`-` change speed.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+    /// With --from: playback speed relative to the recording.
+    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "from")]
+    pub speed: f64,
+    /// With --from: seconds of recording per `[`/`]` step (`{`/`}` step ten times as far).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, requires = "from")]
+    pub step: f64,
+}
+
+/// `top --from FILE`: what to replay and how.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub file: std::path::PathBuf,
+    pub speed: f64,
+    pub step: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -126,19 +144,50 @@ pub struct TopConfig {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
+    /// A recording to show instead of the live kernel.
+    pub replay: Option<ReplayOptions>,
 }
 
 impl TopArgs {
     pub fn validate(&self) -> Result<TopConfig, UsageError> {
         let filter = self.filter.to_filter()?;
         let engine = self.engine.validate()?;
+        let replay = match &self.from {
+            None => None,
+            Some(file) => {
+                if !self.filter.as_args().is_empty() {
+                    return Err(usage(
+                        "filters apply when recording, not with --from: filter the replay with / inside top",
+                    ));
+                }
+                if !(self.speed.is_finite() && self.speed > 0.0) {
+                    return Err(usage(format!(
+                        "--speed {} must be a positive number",
+                        self.speed
+                    )));
+                }
+                let step = duration(Some(self.step)).ok().flatten().ok_or_else(|| {
+                    usage(format!(
+                        "--step {} must be a positive number of seconds",
+                        self.step
+                    ))
+                })?;
+                Some(ReplayOptions {
+                    file: file.clone(),
+                    speed: self.speed,
+                    step,
+                })
+            }
+        };
         Ok(TopConfig {
             load: self.kernel.to_load_options(filter)?,
             user_filter: crate::filter::UserFilter(filter),
             interval: interval(self.interval)?,
             seed: engine.seed,
-            reconcile: engine.reconcile,
+            // A recording reconciles at its own snapshots.
+            reconcile: engine.reconcile.filter(|_| replay.is_none()),
             max_conns: engine.max_conns,
+            replay,
         })
     }
 }

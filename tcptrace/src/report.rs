@@ -19,6 +19,7 @@ use crate::{
     engine::Engine,
     model::Lost,
     record::{Reader, Record},
+    source::replay::RecordApplier,
     stats::{HistKind, HostFacts, Snapshot},
     stats_cmd,
 };
@@ -84,56 +85,34 @@ pub fn build<R: io::Read>(reader: &mut Reader<R>, file: &str) -> Report {
         lost,
         decode_errors: 0,
     };
-    let mut seeded = false;
-    let mut lost = Lost::default();
+    let mut applier = RecordApplier::default();
     let mut gaps = Vec::new();
     let mut timeline = Vec::new();
     let (mut first, mut last) = (None::<u64>, header.start_mono_ns);
     let mut next_sample = None::<u64>;
     let mut events = 0u64;
     for rec in reader.by_ref() {
-        let ts = match rec {
-            Record::Snapshot {
-                ts_ns,
-                namespaces,
-                sockets,
-            } => {
-                if seeded {
-                    engine.reconcile(&sockets, &namespaces, ts_ns);
-                } else {
-                    engine.seed(&sockets, ts_ns);
-                    seeded = true;
-                }
-                ts_ns
-            }
-            Record::Event(e) => {
-                events += 1;
-                engine.apply(&e);
-                e.ts_ns
-            }
-            Record::Lost { ts_ns, lost: l } => {
-                lost.ring_full += l.ring_full;
-                lost.recursion_misses += l.recursion_misses;
-                lost.map_full += l.map_full;
-                gaps.push(Gap {
-                    ts_ns: clock.wall_ns(ts_ns),
-                    ring_full: l.ring_full,
-                    recursion_misses: l.recursion_misses,
-                    map_full: l.map_full,
-                });
-                ts_ns
-            }
-        };
+        match &rec {
+            Record::Event(_) => events += 1,
+            Record::Lost { ts_ns, lost: l } => gaps.push(Gap {
+                ts_ns: clock.wall_ns(*ts_ns),
+                ring_full: l.ring_full,
+                recursion_misses: l.recursion_misses,
+                map_full: l.map_full,
+            }),
+            Record::Snapshot { .. } => {}
+        }
+        let ts = applier.apply(&mut engine, &rec);
         first.get_or_insert(ts);
         last = last.max(ts);
         let due = *next_sample.get_or_insert(ts + SAMPLE_NS);
         if ts >= due {
-            let snap = engine.snapshot(ts, clock.wall_ns(ts), host(lost));
+            let snap = engine.snapshot(ts, clock.wall_ns(ts), host(applier.lost));
             timeline.push(point(&snap));
             next_sample = Some(due + SAMPLE_NS * ((ts - due) / SAMPLE_NS + 1));
         }
     }
-    let mut summary = engine.snapshot(last, clock.wall_ns(last), host(lost));
+    let mut summary = engine.snapshot(last, clock.wall_ns(last), host(applier.lost));
     timeline.push(point(&summary));
     let first = first.unwrap_or(last);
     let span_s = (last.saturating_sub(first)) as f64 / 1e9;

@@ -30,14 +30,14 @@ use tokio::{
 
 use crate::{
     app::{
-        Action, App, Meta, ViewRequest,
+        Action, App, Meta, PlaybackCommand, PlaybackStatus, ViewRequest,
         data::{Feed, conn_page},
     },
     cli::TopConfig,
     ebpf::Tracer,
     engine::Engine,
     preflight::EnvError,
-    source::Source,
+    source::{Replay, Source},
     trace::POLL_INTERVAL,
     tui::{keys, render::fmt_ms, terminal},
 };
@@ -69,6 +69,17 @@ pub fn check_terminal() -> Result<(), EnvError> {
 struct EngineSummary {
     events: u64,
     lost: u64,
+    /// A replayed file ended early: the warning.
+    cut: Option<String>,
+}
+
+/// What the main loop asks of the engine thread.
+#[derive(Debug)]
+pub enum EngineRequest {
+    /// Sort, filter and rows of the connection list.
+    View(ViewRequest),
+    /// Play/pause, seek or speed of a replay.
+    Playback(PlaybackCommand),
 }
 
 /// The engine thread: owns the source and the engine.
@@ -76,7 +87,7 @@ fn engine_loop(
     mut source: Source,
     cfg: TopConfig,
     mut request: ViewRequest,
-    requests: std_mpsc::Receiver<ViewRequest>,
+    requests: std_mpsc::Receiver<EngineRequest>,
     tx: UnboundedSender<AppEvent>,
     stop: Arc<AtomicBool>,
 ) -> EngineSummary {
@@ -94,27 +105,59 @@ fn engine_loop(
     let mut feed = Feed::new(start);
     let mut next_refresh = Instant::now();
     let mut next_reconcile = cfg.reconcile.map(|d| Instant::now() + d);
+    let mut pending = Vec::new();
+    // A paused replay is not refreshed again (its sparklines would scroll).
+    let mut shown: Option<PlaybackStatus> = None;
     while !stop.load(Ordering::Relaxed) {
         source.drain(&mut engine);
-        let mut changed = false;
-        while let Ok(r) = requests.try_recv() {
-            request = r;
-            changed = true;
+        pending.extend(requests.try_iter());
+        let (mut view_changed, mut moved) = (false, false);
+        for r in pending.drain(..) {
+            match r {
+                EngineRequest::View(v) => {
+                    request = v;
+                    view_changed = true;
+                }
+                EngineRequest::Playback(cmd) => match source.playback(cmd, &mut engine) {
+                    Ok(rewound) => {
+                        if rewound {
+                            feed = Feed::new(start);
+                        }
+                        moved = true;
+                    }
+                    Err(e) => {
+                        send(Action::Fatal(format!(
+                            "cannot read the recording again: {e:#}"
+                        )));
+                        return EngineSummary::default();
+                    }
+                },
+            }
+        }
+        if moved {
+            source.drain(&mut engine);
         }
         let now = Instant::now();
-        if now >= next_refresh {
+        let due = now >= next_refresh;
+        let status = source.playback_status();
+        let still = status.is_some_and(|s| shown == Some(s));
+        if (due && !still) || moved {
             let (mono, wall) = source.now();
             let host = source.host_facts();
-            let data = feed.update(&mut engine, &request, mono, wall, host);
+            let mut data = feed.update(&mut engine, &request, mono, wall, host);
+            data.playback = status;
+            shown = status;
             if !send(Action::Data(Box::new(data))) {
                 break;
             }
-            next_refresh = (next_refresh + cfg.interval).max(now);
-        } else if changed {
+        } else if view_changed {
             let (mono, _) = source.now();
             if !send(Action::Page(conn_page(&engine, &request, mono))) {
                 break;
             }
+        }
+        if due {
+            next_refresh = (next_refresh + cfg.interval).max(now);
         }
         if let (Some(at), Some(every)) = (next_reconcile, cfg.reconcile)
             && now >= at
@@ -124,19 +167,18 @@ fn engine_loop(
             }
             next_reconcile = Some(Instant::now() + every);
         }
-        // Wake for a request at once; otherwise poll the ring every 10 ms.
-        if let Ok(r) = requests.recv_timeout(POLL_INTERVAL) {
-            request = r;
-            let (mono, _) = source.now();
-            if !send(Action::Page(conn_page(&engine, &request, mono))) {
-                break;
-            }
+        // Wake for a request at once; otherwise poll the source every 10 ms.
+        match requests.recv_timeout(POLL_INTERVAL) {
+            Ok(r) => pending.push(r),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     let host = source.host_facts();
     EngineSummary {
         events: engine.aggs.events_total,
         lost: host.lost.total() + host.decode_errors + engine.table.counters.evictions,
+        cut: source.cut_warning(),
     }
 }
 
@@ -162,24 +204,42 @@ fn input_loop(tx: UnboundedSender<AppEvent>, stop: Arc<AtomicBool>) {
     }
 }
 
-pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
-    let tracer = Tracer::load(&cfg.load)?;
-    for fallback in &tracer.hooks.fallbacks {
-        log::info!("fallback: {fallback}");
-    }
-    let source = Source::live(tracer, cfg.user_filter);
-    let (hook, timewait_hook) = source.hooks();
-    let mut app = App::new(Meta {
-        host: crate::seed::host::hostname(),
-        kernel: crate::seed::host::kernel_release(),
-        hook,
-        timewait_hook,
-        source: None,
+/// The live kernel, or the recording of `--from`, with the header facts.
+fn open_source(cfg: &TopConfig) -> Result<(Source, Meta)> {
+    let mut meta = Meta {
         interval_ms: cfg.interval.as_millis() as u64,
-    });
+        ..Meta::default()
+    };
+    let source = match &cfg.replay {
+        Some(r) => {
+            let replay = Replay::open(&r.file, r.speed, r.step, cfg.max_conns)?;
+            let h = replay.header();
+            meta.host = h.host.clone();
+            meta.kernel = h.kernel.clone();
+            meta.source = Some(r.file.display().to_string());
+            meta.step_ms = r.step.as_millis() as u64;
+            Source::recording(replay)
+        }
+        None => {
+            let tracer = Tracer::load(&cfg.load)?;
+            for fallback in &tracer.hooks.fallbacks {
+                log::info!("fallback: {fallback}");
+            }
+            meta.host = crate::seed::host::hostname();
+            meta.kernel = crate::seed::host::kernel_release();
+            Source::live(tracer, cfg.user_filter)
+        }
+    };
+    (meta.hook, meta.timewait_hook) = source.hooks();
+    Ok((source, meta))
+}
+
+pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
+    let (source, meta) = open_source(&cfg)?;
+    let mut app = App::new(meta);
 
     let (tx, mut rx) = unbounded_channel::<AppEvent>();
-    let (req_tx, req_rx) = std_mpsc::channel::<ViewRequest>();
+    let (req_tx, req_rx) = std_mpsc::channel::<EngineRequest>();
     let stop = Arc::new(AtomicBool::new(false));
     let mut term_sig = signal(SignalKind::terminate())?;
     let mut hup_sig = signal(SignalKind::hangup())?;
@@ -240,7 +300,10 @@ pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
         }
         if app.request.generation != sent_generation {
             sent_generation = app.request.generation;
-            let _ = req_tx.send(app.request.clone());
+            let _ = req_tx.send(EngineRequest::View(app.request.clone()));
+        }
+        for cmd in app.playback_out.drain(..) {
+            let _ = req_tx.send(EngineRequest::Playback(cmd));
         }
         if let Err(e) = term.draw(|f| f.render_widget(&app, f.area())) {
             result = Err(e.into());
@@ -257,6 +320,9 @@ pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
         anyhow::bail!("{msg}");
     }
     let summary = summary.map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    if let Some(warning) = &summary.cut {
+        eprintln!("tcptrace: warning: {warning}");
+    }
     eprintln!(
         "tcptrace: top ran {}; {} events, {} lost",
         fmt_ms(started.elapsed().as_millis() as f64),

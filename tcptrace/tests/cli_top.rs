@@ -199,16 +199,67 @@ fn top_without_a_terminal_says_what_to_use_instead() {
 
 #[test]
 fn top_rejects_bad_options_in_one_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-        .args(["top", "--interval", "0"])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--interval 0 must be a positive number"),
-        "{err}"
-    );
+    for (args, says) in [
+        (
+            &["--interval", "0"][..],
+            "--interval 0 must be a positive number",
+        ),
+        (
+            &["--from", "x.tcptrace", "--port", "80"],
+            "filters apply when recording, not with --from",
+        ),
+        (
+            &["--from", "x.tcptrace", "--speed", "0"],
+            "--speed 0 must be a positive number",
+        ),
+        (
+            &["--from", "x.tcptrace", "--step", "0"],
+            "--step 0 must be a positive number",
+        ),
+        (&["--speed", "2"], "--from <FILE>"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .arg("top")
+            .args(args)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn top_from_a_missing_or_damaged_file_is_one_line_and_exit_2() {
+    let junk = std::env::temp_dir().join(format!("tcptrace-junk-{}", std::process::id()));
+    std::fs::write(&junk, b"not a recording at all").unwrap();
+    for (i, (file, says)) in [
+        (
+            "/nonexistent/x.tcptrace".to_string(),
+            "cannot open /nonexistent/x.tcptrace",
+        ),
+        (junk.display().to_string(), "not a tcptrace recording"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let exit_file =
+            std::env::temp_dir().join(format!("tcptrace-topbad-{}", std::process::id()));
+        let _ = std::fs::remove_file(&exit_file);
+        let cmd = format!(
+            "sh -c '{} top --from {file} 2>&1; echo $? > {}; sleep 600'",
+            env!("CARGO_BIN_EXE_tcptrace"),
+            exit_file.display()
+        );
+        let tmux = Tmux::start(&format!("bad{i}"), 100, 10, &cmd);
+        assert_eq!(exit_code(&exit_file, "a bad file"), "2");
+        let screen = tmux.screen();
+        let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{screen}");
+        assert!(lines[0].contains(says), "{screen}");
+        let _ = std::fs::remove_file(&exit_file);
+    }
+    let _ = std::fs::remove_file(&junk);
 }
 
 /// The exit code the pane's shell wrote to `file` once tcptrace ended.
@@ -272,4 +323,93 @@ fn sigterm_restores_the_terminal() {
     let state = tmux.tmux(&["display-message", "-p", "#{alternate_on} #{cursor_flag}"]);
     assert_eq!(state.trim(), "0 1", "alternate screen left, cursor shown");
     let _ = std::fs::remove_file(&exit_file);
+}
+
+/// The CLOSE_WAIT count on the state strip ("CW 20").
+fn cw_on_strip(screen: &str) -> Option<u64> {
+    let line = screen.lines().find(|l| l.contains(" CW "))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "CW")?;
+    words.next()?.parse().ok()
+}
+
+#[test]
+fn top_from_a_recording_plays_pauses_and_seeks() {
+    // A real recording: 10 CLOSE_WAIT sockets leaked, 3 s later 10 more.
+    let (listener, port) = free_listener();
+    let file = std::env::temp_dir().join(format!("tcptrace-topfrom-{port}.tcptrace"));
+    let p = port.to_string();
+    let record = common::Running::start(
+        &["record", "-o", file.to_str().unwrap(), "--port", &p],
+        "recording to",
+    );
+    let mut held = Vec::new();
+    common::leak_close_wait(&listener, port, 10, &mut held);
+    std::thread::sleep(Duration::from_secs(3));
+    common::leak_close_wait(&listener, port, 10, &mut held);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, _, err) = record.stop();
+    assert!(status.success(), "{err}");
+
+    let exit_file = std::env::temp_dir().join(format!("tcptrace-topfrom-exit-{port}"));
+    let _ = std::fs::remove_file(&exit_file);
+    let bin = env!("CARGO_BIN_EXE_tcptrace");
+    let cmd = format!(
+        "sh -c '{bin} top --from {} --speed 2 --step 0.5 --interval 0.2; echo $? > {}; sleep 600'",
+        file.display(),
+        exit_file.display()
+    );
+    let tmux = Tmux::start("from", 130, 30, &cmd);
+    // Played through at 2x: the end, with all 20 and their owner.
+    let end = tmux.wait_for("the end of the recording", |s| s.contains(" END "));
+    assert!(end.contains(&format!("replay {}", file.display())), "{end}");
+    assert_eq!(cw_on_strip(&end), Some(20), "{end}");
+    let pid = std::process::id().to_string();
+    assert!(
+        end.lines().any(|l| l.contains(&pid) && l.contains(" 20 ")),
+        "the holder and its count: {end}"
+    );
+
+    // Back to the start (100 steps of 0.5 s), paused there: nothing leaked yet.
+    for _ in 0..10 {
+        tmux.keys(&["{"]);
+    }
+    let start = tmux.wait_for("the start", |s| s.contains("(+0.0s)"));
+    assert!(start.contains(" PAUSED "), "{start}");
+    assert_eq!(cw_on_strip(&start), Some(0), "{start}");
+
+    // Step forward: the count rises 0 -> 10 -> 20, never down, and the
+    // 3-second plateau at 10 is seen.
+    let mut seen = vec![0];
+    for _ in 0..30 {
+        tmux.keys(&["]"]);
+        let s = tmux.screen();
+        if let Some(n) = cw_on_strip(&s) {
+            assert!(
+                n >= *seen.last().unwrap(),
+                "went back: {seen:?} then {n}\n{s}"
+            );
+            seen.push(n);
+        }
+        if s.contains(" END ") {
+            break;
+        }
+    }
+    assert!(seen.contains(&10), "the plateau at 10: {seen:?}");
+    assert_eq!(seen.last(), Some(&20), "{seen:?}");
+
+    // Play from a point in the middle (2 s in) to the end again.
+    tmux.keys(&["{", "]", "]", "]", "]"]);
+    let mid = tmux.wait_for("a paused middle", |s| cw_on_strip(s) == Some(10));
+    assert!(mid.contains(" PAUSED "), "{mid}");
+    tmux.keys(&["Space"]);
+    tmux.wait_for("playing again to the end", |s| {
+        s.contains(" END ") && cw_on_strip(s) == Some(20)
+    });
+
+    tmux.keys(&["q"]);
+    assert_eq!(exit_code(&exit_file, "q"), "0");
+    let _ = std::fs::remove_file(&exit_file);
+    let _ = std::fs::remove_file(&file);
+    drop(held);
 }

@@ -196,6 +196,35 @@ pub struct TopData {
     pub hists_by_peer: Vec<KeyedHistograms>,
     pub history: History,
     pub conns: ConnPage,
+    /// Where a replay is (`top --from`); `None` when live.
+    pub playback: Option<PlaybackStatus>,
+}
+
+/// What the user asks of a replay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PlaybackCommand {
+    TogglePlay,
+    /// Move the clock by this many steps (negative: back).
+    Step(i32),
+    /// Multiply the speed.
+    Speed(f64),
+}
+
+/// Where a replay is, for the header.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PlaybackStatus {
+    /// The moment shown: wall clock (Unix ns) and time since the recording began.
+    pub at_wall_ns: u64,
+    pub at_ms: u64,
+    /// Where the clock is going, when a seek is still catching up.
+    pub target_ms: u64,
+    pub playing: bool,
+    pub speed: f64,
+    pub catching_up: bool,
+    /// The last record has been applied.
+    pub ended: bool,
+    /// The file ended early at this byte (damaged or cut).
+    pub cut_at: Option<u64>,
 }
 
 /// Builds [`TopData`] from the engine, keeping the sparkline history.
@@ -459,6 +488,7 @@ impl Feed {
             hists_by_process,
             hists_by_peer,
             history: self.history.clone(),
+            playback: None,
         }
     }
 }

@@ -215,6 +215,7 @@ pub fn meta() -> Meta {
         timewait_hook: "timer tracepoints".into(),
         source: None,
         interval_ms: 1000,
+        step_ms: 0,
     }
 }
 

@@ -8,7 +8,7 @@ pub mod filter;
 
 use std::{cmp::Reverse, net::IpAddr};
 
-pub use data::{ConnPage, ConnSort, TopData, ViewRequest};
+pub use data::{ConnPage, ConnSort, PlaybackCommand, PlaybackStatus, TopData, ViewRequest};
 pub use filter::RowFilter;
 
 use self::filter::RowView;
@@ -92,6 +92,8 @@ pub enum Action {
     FilterBackspace,
     ApplyFilter,
     TogglePause,
+    /// A replay command, for the engine (`top --from`).
+    Playback(PlaybackCommand),
     ToggleHelp,
     /// The terminal now has this many columns and rows.
     Resize(u16, u16),
@@ -115,6 +117,8 @@ pub struct Meta {
     /// Where events come from, when not the live kernel (a recording).
     pub source: Option<String>,
     pub interval_ms: u64,
+    /// Recording time per `[`/`]` step, for the help (replays only).
+    pub step_ms: u64,
 }
 
 /// How the CLOSE_WAIT process list is ordered.
@@ -235,6 +239,8 @@ pub struct App {
     pub hist_selected: usize,
     /// What the engine is asked for (connection sort, filter, rows).
     pub request: ViewRequest,
+    /// Replay commands not yet sent to the engine.
+    pub playback_out: Vec<PlaybackCommand>,
 }
 
 impl App {
@@ -277,6 +283,21 @@ impl App {
                 Key::Char('q') => Some(Action::Quit),
                 _ => Some(Action::ToggleHelp),
             };
+        }
+        if self.meta.source.is_some() {
+            let cmd = match key {
+                Key::Char(' ') | Key::Char('p') => Some(PlaybackCommand::TogglePlay),
+                Key::Char('[') => Some(PlaybackCommand::Step(-1)),
+                Key::Char(']') => Some(PlaybackCommand::Step(1)),
+                Key::Char('{') => Some(PlaybackCommand::Step(-10)),
+                Key::Char('}') => Some(PlaybackCommand::Step(10)),
+                Key::Char('+') | Key::Char('=') => Some(PlaybackCommand::Speed(2.0)),
+                Key::Char('-') => Some(PlaybackCommand::Speed(0.5)),
+                _ => None,
+            };
+            if let Some(cmd) = cmd {
+                return Some(Action::Playback(cmd));
+            }
         }
         Some(match key {
             Key::Char('q') => Action::Quit,
@@ -338,6 +359,7 @@ impl App {
                     self.take_data(d);
                 }
             }
+            Action::Playback(cmd) => self.playback_out.push(cmd),
             Action::ToggleHelp => self.help = !self.help,
             Action::Resize(w, h) => {
                 self.size = (w, h);

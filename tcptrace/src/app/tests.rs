@@ -223,3 +223,62 @@ fn resize_changes_the_page_size() {
     press(&mut app, &[Key::Char('2'), Key::Enter, Key::PageDown]);
     assert_eq!(app.close_wait_sockets.selected, 53);
 }
+
+/// The fixture as a replay (`top --from`) at 75 s.
+fn replay_app() -> App {
+    let mut app = app();
+    app.meta.source = Some("incident.tcptrace".into());
+    app.meta.step_ms = 10_000;
+    app
+}
+
+#[test]
+fn a_replay_turns_space_brackets_and_plus_minus_into_playback_commands() {
+    let mut app = replay_app();
+    press(
+        &mut app,
+        &[
+            Key::Char(' '),
+            Key::Char(']'),
+            Key::Char('['),
+            Key::Char('}'),
+            Key::Char('{'),
+            Key::Char('+'),
+            Key::Char('-'),
+            Key::Char('p'),
+        ],
+    );
+    use PlaybackCommand::*;
+    assert_eq!(
+        app.playback_out,
+        vec![
+            TogglePlay,
+            Step(1),
+            Step(-1),
+            Step(10),
+            Step(-10),
+            Speed(2.0),
+            Speed(0.5),
+            TogglePlay
+        ]
+    );
+    assert!(!app.paused, "p plays/pauses the recording, not the screen");
+    // While typing a filter, they are text.
+    app.playback_out.clear();
+    press(&mut app, &[Key::Char('/'), Key::Char('['), Key::Char(' ')]);
+    assert!(app.playback_out.is_empty());
+    assert_eq!(app.filter_input.as_deref(), Some("[ "));
+}
+
+#[test]
+fn live_keeps_space_for_paging_and_ignores_brackets() {
+    let mut app = app();
+    assert!(matches!(
+        app.action_for(Key::Char(' ')),
+        Some(Action::MovePages(1))
+    ));
+    assert!(app.action_for(Key::Char('[')).is_none());
+    press(&mut app, &[Key::Char('p')]);
+    assert!(app.paused);
+    assert!(app.playback_out.is_empty());
+}

@@ -15,8 +15,9 @@ use ratatui::{
 use crate::{
     app::{
         App, HistKey, View,
-        data::{ConnRow, PANEL_STATES},
+        data::{ConnRow, PANEL_STATES, PlaybackStatus},
     },
+    clock::hms_millis,
     model::TcpState,
     stats::HistKind,
 };
@@ -215,7 +216,11 @@ impl Widget for &App {
         self.render_alerts(alerts, buf);
         self.render_footer(footer, buf);
         if self.help {
-            render_help(body, buf);
+            render_help(
+                body,
+                buf,
+                self.meta.source.is_some().then_some(self.meta.step_ms),
+            );
         } else if self.view == View::Connections && self.conn_detail {
             self.render_conn_detail(body, buf);
         }
@@ -237,11 +242,18 @@ impl App {
         if let Some(src) = &self.meta.source {
             spans.push(sep());
             spans.push(Span::raw(format!("replay {src}")).fg(WARN));
+            if let Some(p) = self.data.as_ref().and_then(|d| d.playback) {
+                spans.push(sep());
+                spans.extend(playback_spans(&p));
+            }
         }
         if let Some(d) = &self.data {
             let lost: u64 = d.snap.lost.values().sum();
-            spans.push(sep());
-            spans.push(Span::raw(format!("up {}", fmt_ms(d.uptime_ms as f64))));
+            // A replay shows its position instead.
+            if self.meta.source.is_none() {
+                spans.push(sep());
+                spans.push(Span::raw(format!("up {}", fmt_ms(d.uptime_ms as f64))));
+            }
             spans.push(sep());
             spans.push(Span::raw(format!("{} ev/s", fmt_count(d.events_per_sec))));
             spans.push(sep());
@@ -861,7 +873,25 @@ impl App {
             );
             spans.push(Span::raw(" "));
         }
-        for (k, what) in [
+        let playing = self
+            .data
+            .as_ref()
+            .and_then(|d| d.playback)
+            .is_some_and(|p| p.playing);
+        let last = if self.meta.source.is_some() {
+            [
+                ("space", if playing { "pause" } else { "play" }),
+                ("[ ]", "step"),
+                ("+/-", "speed"),
+            ]
+        } else {
+            [
+                ("p", if self.paused { "resume" } else { "pause" }),
+                ("", ""),
+                ("", ""),
+            ]
+        };
+        let keys = [
             ("q", "quit"),
             ("?", "help"),
             ("Tab", "view"),
@@ -870,12 +900,61 @@ impl App {
             ("Esc", "back"),
             ("s", "sort"),
             ("/", "filter"),
-            ("p", if self.paused { "resume" } else { "pause" }),
-        ] {
+        ];
+        for (k, what) in keys.into_iter().chain(last).filter(|(k, _)| !k.is_empty()) {
             spans.push(Span::raw(format!(" {k}")).bold());
             spans.push(Span::raw(format!(" {what}")).fg(DIM));
         }
         Line::from(spans).render(area, buf);
+    }
+}
+
+/// Play state, speed and position of a replay, for the header.
+fn playback_spans(p: &PlaybackStatus) -> Vec<Span<'static>> {
+    let state = if p.ended {
+        Span::raw(" END ").bold().fg(Color::Black).bg(DIM)
+    } else if p.playing {
+        Span::raw(format!(" ▶ {} ", fmt_speed(p.speed)))
+            .bold()
+            .fg(Color::Black)
+            .bg(GOOD)
+    } else {
+        Span::raw(" PAUSED ").bold().fg(Color::Black).bg(WARN)
+    };
+    let mut spans = vec![
+        state,
+        Span::raw(format!(
+            " {} (+{})",
+            hms_millis(p.at_wall_ns)
+                .split('.')
+                .next()
+                .unwrap_or_default(),
+            fmt_position(p.at_ms)
+        )),
+    ];
+    if p.catching_up {
+        spans.push(Span::raw(format!(" seeking to +{}", fmt_position(p.target_ms))).fg(WARN));
+    }
+    if let Some(at) = p.cut_at {
+        spans.push(Span::raw(format!(" file cut at byte {at}")).bold().fg(BAD));
+    }
+    spans
+}
+
+/// Time into a recording: "0.0s", "42.5s", then as [`fmt_ms`] ("1m15s").
+fn fmt_position(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        fmt_ms(ms as f64)
+    }
+}
+
+fn fmt_speed(x: f64) -> String {
+    if x >= 1.0 {
+        format!("{}x", x.round())
+    } else {
+        format!("1/{}x", (1.0 / x).round())
     }
 }
 
@@ -952,12 +1031,34 @@ const HELP: &[(&str, &str)] = &[
     ("PORTS", "share of ip_local_port_range held in TIME_WAIT"),
 ];
 
-fn render_help(area: Rect, buf: &mut Buffer) {
-    let popup = centered(area, 72, HELP.len() as u16 + 2);
-    Clear.render(popup, buf);
-    let lines: Vec<Line> = HELP
+/// Keys of a replay (`top --from`), after [`HELP`]'s first lines.
+fn replay_help(step_ms: u64) -> Vec<(&'static str, String)> {
+    let step = fmt_ms(step_ms as f64);
+    let far = fmt_ms(step_ms as f64 * 10.0);
+    vec![
+        ("space p", "play / pause the recording".into()),
+        ("[ ]", format!("step back / forward {step} of recording")),
+        ("{ }", format!("step back / forward {far}")),
+        ("+ -", "play twice as fast / half as fast".into()),
+    ]
+}
+
+/// The `?` overlay; `replay_step_ms` is set for replays.
+fn render_help(area: Rect, buf: &mut Buffer, replay_step_ms: Option<u64>) {
+    let mut rows: Vec<(&str, String)> = HELP
         .iter()
-        .map(|(k, v)| Line::from(vec![Span::raw(format!(" {k:<14}")).bold(), Span::raw(*v)]))
+        .filter(|(k, _)| replay_step_ms.is_none() || *k != "p")
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    if let Some(step_ms) = replay_step_ms {
+        let at = rows.iter().position(|(k, _)| *k == "q Ctrl-C").unwrap_or(0);
+        rows.splice(at..at, replay_help(step_ms));
+    }
+    let popup = centered(area, 72, rows.len() as u16 + 2);
+    Clear.render(popup, buf);
+    let lines: Vec<Line> = rows
+        .into_iter()
+        .map(|(k, v)| Line::from(vec![Span::raw(format!(" {k:<14}")).bold(), Span::raw(v)]))
         .collect();
     Paragraph::new(lines)
         .block(

@@ -5,7 +5,7 @@
 use ratatui::{Terminal, backend::TestBackend};
 
 use crate::{
-    app::{Action, App, Key, fixture},
+    app::{Action, App, Key, PlaybackStatus, fixture},
     model::Lost,
 };
 
@@ -140,4 +140,57 @@ fn large_terminal_paused_and_filtered() {
     }
     press(&mut app, &[Key::Enter, Key::Char('p')]);
     insta::assert_snapshot!(screen(&app, 160, 40));
+}
+
+/// The fixture shown as a replay of a recording, with its playback state.
+fn replay_80x24(p: PlaybackStatus) -> App {
+    let mut app = app_80x24();
+    app.meta.source = Some("incident.tcptrace".into());
+    app.meta.step_ms = 10_000;
+    if let Some(d) = &mut app.data {
+        d.playback = Some(p);
+    }
+    app
+}
+
+fn at_75s() -> PlaybackStatus {
+    PlaybackStatus {
+        at_wall_ns: 1_790_000_076_000_000_000,
+        at_ms: 75_000,
+        target_ms: 75_000,
+        playing: true,
+        speed: 4.0,
+        catching_up: false,
+        ended: false,
+        cut_at: None,
+    }
+}
+
+#[test]
+fn replay_playing_at_4x() {
+    insta::assert_snapshot!(screen(&replay_80x24(at_75s()), 100, 24));
+}
+
+#[test]
+fn replay_paused_and_seeking() {
+    let p = PlaybackStatus {
+        playing: false,
+        catching_up: true,
+        target_ms: 600_000,
+        ..at_75s()
+    };
+    let mut app = replay_80x24(p);
+    press(&mut app, &[Key::Char('?')]);
+    insta::assert_snapshot!(screen(&app, 120, 24));
+}
+
+#[test]
+fn replay_at_the_end_of_a_cut_file() {
+    let p = PlaybackStatus {
+        playing: false,
+        ended: true,
+        cut_at: Some(48_211),
+        ..at_75s()
+    };
+    insta::assert_snapshot!(screen(&replay_80x24(p), 120, 24));
 }

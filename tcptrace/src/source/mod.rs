@@ -1,13 +1,17 @@
 //! Where the engine's events come from, behind one interface so the
-//! commands that consume them (`top`, later `report`) do not care: the live
-//! kernel (ring buffer, with sock_diag seeding and reconciliation) today; a
-//! recording once `tcptrace record` exists.
+//! commands that consume them (`stats`, `top`) do not care: the live kernel
+//! (ring buffer, with sock_diag seeding and reconciliation), or a recording
+//! played against a virtual clock ([`replay`], for `top --from`).
 
-use std::collections::HashSet;
+pub mod replay;
+
+use std::{collections::HashSet, time::Instant};
 
 use anyhow::Result;
 
+pub use self::replay::Replay;
 use crate::{
+    app::data::{PlaybackCommand, PlaybackStatus},
     clock::{WallClock, monotonic_ns},
     decode,
     ebpf::Tracer,
@@ -27,9 +31,16 @@ pub struct Live {
     pub decode_errors: u64,
 }
 
+/// A recording, and when its clock last moved.
+pub struct Recorded {
+    pub replay: Replay,
+    last_tick: Instant,
+}
+
 /// A source of events for the engine.
 pub enum Source {
     Live(Box<Live>),
+    Recording(Box<Recorded>),
 }
 
 /// A sock_diag snapshot of every namespace, keeping what the filter keeps:
@@ -63,11 +74,19 @@ impl Source {
         }))
     }
 
+    pub fn recording(replay: Replay) -> Self {
+        Source::Recording(Box::new(Recorded {
+            replay,
+            last_tick: Instant::now(),
+        }))
+    }
+
     /// Counts losses from now on (e.g. after seeding, once the user is told
     /// tracing has started).
     pub fn restart_loss_count(&mut self) {
         match self {
             Source::Live(l) => l.start_lost = l.tracer.counters().lost(),
+            Source::Recording(_) => {}
         }
     }
 
@@ -78,10 +97,40 @@ impl Source {
                 l.tracer.hooks.transitions.to_string(),
                 l.tracer.hooks.timewait.to_string(),
             ),
+            Source::Recording(r) => {
+                let h = r.replay.header();
+                (h.hook.clone(), h.timewait_hook.clone())
+            }
         }
     }
 
-    /// Applies every waiting event; returns how many.
+    /// A replay command (play/pause, seek, speed); true when the engine was
+    /// replaced (a seek back). Live sources ignore them.
+    pub fn playback(&mut self, cmd: PlaybackCommand, engine: &mut Engine) -> Result<bool> {
+        match self {
+            Source::Live(_) => Ok(false),
+            Source::Recording(r) => r.replay.command(cmd, engine),
+        }
+    }
+
+    /// The warning for a replayed file that ended early.
+    pub fn cut_warning(&self) -> Option<String> {
+        match self {
+            Source::Live(_) => None,
+            Source::Recording(r) => r.replay.cut_warning(),
+        }
+    }
+
+    /// Where a replay is; `None` when live.
+    pub fn playback_status(&self) -> Option<PlaybackStatus> {
+        match self {
+            Source::Live(_) => None,
+            Source::Recording(r) => Some(r.replay.status()),
+        }
+    }
+
+    /// Applies every waiting event (a replay: those due by its clock, in
+    /// batches); returns how many.
     pub fn drain(&mut self, engine: &mut Engine) -> usize {
         match self {
             Source::Live(l) => {
@@ -92,6 +141,12 @@ impl Source {
                 });
                 l.tracer.flush_logs();
                 n
+            }
+            Source::Recording(r) => {
+                let now = Instant::now();
+                r.replay.tick(now - r.last_tick);
+                r.last_tick = now;
+                r.replay.apply_due(engine, replay::BATCH)
             }
         }
     }
@@ -104,6 +159,8 @@ impl Source {
                 engine.seed(&sockets, taken_at);
                 Ok(())
             }
+            // The recording's own snapshots seed and reconcile.
+            Source::Recording(_) => Ok(()),
         }
     }
 
@@ -111,6 +168,7 @@ impl Source {
     pub fn reconcile(&mut self, engine: &mut Engine) -> Result<()> {
         let (sockets, namespaces, taken_at) = match self {
             Source::Live(l) => take_snapshot(&l.user_filter)?,
+            Source::Recording(_) => return Ok(()),
         };
         // Events up to the snapshot first, so it corrects only what was missed.
         self.drain(engine);
@@ -125,6 +183,7 @@ impl Source {
                 let mono = monotonic_ns();
                 (mono, l.clock.wall_ns(mono))
             }
+            Source::Recording(r) => r.replay.now(),
         }
     }
 
@@ -136,6 +195,12 @@ impl Source {
                 tw_overflow: seed::host::tw_overflow().unwrap_or(0),
                 lost: l.tracer.counters().lost().since(&l.start_lost),
                 decode_errors: l.decode_errors,
+            },
+            Source::Recording(r) => HostFacts {
+                port_range: r.replay.header().port_range,
+                tw_overflow: 0,
+                lost: r.replay.lost(),
+                decode_errors: 0,
             },
         }
     }

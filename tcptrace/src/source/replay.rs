@@ -1,0 +1,532 @@
+//! A recording as the event source of `top --from FILE`: a virtual clock moves
+//! through the recording (at `--speed`, paused, or jumped by seeks) and every
+//! record up to it is applied to the engine, exactly as `report` applies them.
+//!
+//! Seeking back replays the file from its start: histograms, lifetimes and
+//! "who closed first" are cumulative, so the state at time T is what the file
+//! says up to T, not what the nearest snapshot says. Records are applied in
+//! bounded batches, so the screen keeps answering while a seek catches up.
+
+use std::{
+    fs::File,
+    io::{BufReader, Read},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::{
+    app::data::{PlaybackCommand, PlaybackStatus},
+    clock::WallClock,
+    engine::Engine,
+    model::Lost,
+    record::{Cut, Header, Reader, Record},
+};
+
+/// Applies records to an engine the one way every reader does: the first
+/// snapshot seeds, later snapshots reconcile, lost markers add up.
+#[derive(Debug, Default)]
+pub struct RecordApplier {
+    seeded: bool,
+    pub lost: Lost,
+}
+
+impl RecordApplier {
+    /// Applies one record; returns its timestamp (monotonic ns).
+    pub fn apply(&mut self, engine: &mut Engine, rec: &Record) -> u64 {
+        match rec {
+            Record::Snapshot {
+                ts_ns,
+                namespaces,
+                sockets,
+            } => {
+                if self.seeded {
+                    engine.reconcile(sockets, namespaces, *ts_ns);
+                } else {
+                    engine.seed(sockets, *ts_ns);
+                    self.seeded = true;
+                }
+                *ts_ns
+            }
+            Record::Event(e) => {
+                engine.apply(e);
+                e.ts_ns
+            }
+            Record::Lost { ts_ns, lost } => {
+                self.lost.ring_full += lost.ring_full;
+                self.lost.recursion_misses += lost.recursion_misses;
+                self.lost.map_full += lost.map_full;
+                *ts_ns
+            }
+        }
+    }
+}
+
+/// Records applied per call to [`Replay::apply_due`]: about 100 ms of engine
+/// work, so requests and refreshes are answered during long seeks.
+pub const BATCH: usize = 400_000;
+
+/// Fastest and slowest playback.
+const MAX_SPEED: f64 = 4096.0;
+const MIN_SPEED: f64 = 1.0 / 64.0;
+
+/// A recording played against a virtual clock.
+pub struct Replay<R: Read = BufReader<File>> {
+    path: PathBuf,
+    reader: Reader<R>,
+    reopen: Reopen<R>,
+    applier: RecordApplier,
+    /// A record read but later than the clock.
+    next: Option<Record>,
+    /// Recording time (monotonic ns) of the header's start.
+    start_ns: u64,
+    /// The virtual clock.
+    pos_ns: u64,
+    /// Timestamp of the last applied record (never after `pos_ns`).
+    applied_ns: u64,
+    /// Records up to `pos_ns` remain unapplied (a batch ran out).
+    behind: bool,
+    playing: bool,
+    speed: f64,
+    step_ns: u64,
+    /// The reader has no more records.
+    ended: bool,
+    /// Where a damaged file stopped, once reached.
+    pub cut: Option<Cut>,
+    max_conns: usize,
+    clock: WallClock,
+}
+
+impl<R: Read> std::fmt::Debug for Replay<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("path", &self.path)
+            .field("pos_ns", &self.pos_ns)
+            .field("applied_ns", &self.applied_ns)
+            .field("playing", &self.playing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the recording again from its first byte (for seeks back).
+pub type Reopen<R> = Box<dyn FnMut() -> Result<Reader<R>> + Send>;
+
+impl Replay<BufReader<File>> {
+    /// Opens `path`, playing at `speed`, with `step` per `[`/`]`.
+    pub fn open(path: &Path, speed: f64, step: Duration, max_conns: usize) -> Result<Self> {
+        let owned = path.to_path_buf();
+        let reopen: Reopen<_> = Box::new(move || Reader::open(&owned));
+        Self::new(path, reopen, speed, step, max_conns)
+    }
+}
+
+impl<R: Read> Replay<R> {
+    pub fn new(
+        path: &Path,
+        mut reopen: Reopen<R>,
+        speed: f64,
+        step: Duration,
+        max_conns: usize,
+    ) -> Result<Self> {
+        let mut reader = reopen()?;
+        // The opening snapshot is taken just after the header: the
+        // recording starts once it exists, so its first moment shows it.
+        let first = reader.next();
+        let start_ns = match &first {
+            Some(Record::Snapshot { ts_ns, .. }) => reader.header.start_mono_ns.max(*ts_ns),
+            _ => reader.header.start_mono_ns,
+        };
+        let clock = WallClock {
+            offset_ns: reader.header.clock_offset_ns as i128,
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            reopen,
+            applier: RecordApplier::default(),
+            next: first,
+            start_ns,
+            pos_ns: start_ns,
+            applied_ns: start_ns,
+            behind: false,
+            playing: true,
+            speed: speed.clamp(MIN_SPEED, MAX_SPEED),
+            step_ns: step.as_nanos() as u64,
+            ended: false,
+            cut: None,
+            max_conns,
+            clock,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.reader.header
+    }
+
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    /// The one-line warning when the file ended early, once reached.
+    pub fn cut_warning(&self) -> Option<String> {
+        self.cut.as_ref().map(|c| c.warning(&self.path))
+    }
+
+    pub fn lost(&self) -> Lost {
+        self.applier.lost
+    }
+
+    fn restart(&mut self, engine: &mut Engine) {
+        *engine = Engine::new(self.max_conns);
+        self.applier = RecordApplier::default();
+        self.next = None;
+        self.applied_ns = self.start_ns;
+        self.ended = false;
+        self.behind = false;
+    }
+
+    /// Moves the clock by `real` elapsed time when playing.
+    pub fn tick(&mut self, real: Duration) {
+        if self.playing && !self.ended {
+            self.pos_ns = self
+                .pos_ns
+                .saturating_add((real.as_nanos() as f64 * self.speed) as u64);
+        }
+    }
+
+    /// Applies up to `budget` records due by the clock; returns how many.
+    pub fn apply_due(&mut self, engine: &mut Engine, budget: usize) -> usize {
+        let mut n = 0;
+        self.behind = false;
+        while n < budget {
+            let rec = match self.next.take().or_else(|| self.reader.next()) {
+                Some(r) => r,
+                None => {
+                    self.ended = true;
+                    self.cut = self.cut.take().or_else(|| self.reader.cut.take());
+                    // Nothing after the last record: the clock stops there.
+                    self.pos_ns = self.pos_ns.min(self.applied_ns);
+                    self.playing = false;
+                    return n;
+                }
+            };
+            if record_ts(&rec) > self.pos_ns {
+                self.next = Some(rec);
+                return n;
+            }
+            let ts = self.applier.apply(engine, &rec);
+            self.applied_ns = self.applied_ns.max(ts);
+            n += 1;
+        }
+        self.behind = true;
+        n
+    }
+
+    /// Play/pause, seek or speed; a seek before what was applied rewinds
+    /// the file and replaces the engine (returns true then).
+    pub fn command(&mut self, cmd: PlaybackCommand, engine: &mut Engine) -> Result<bool> {
+        match cmd {
+            PlaybackCommand::TogglePlay => {
+                self.playing = !self.playing && !self.ended;
+                Ok(false)
+            }
+            PlaybackCommand::Speed(factor) => {
+                self.speed = (self.speed * factor).clamp(MIN_SPEED, MAX_SPEED);
+                Ok(false)
+            }
+            PlaybackCommand::Step(steps) => {
+                let delta = self.step_ns.saturating_mul(steps.unsigned_abs() as u64);
+                let target = if steps < 0 {
+                    self.pos_ns.saturating_sub(delta).max(self.start_ns)
+                } else {
+                    self.pos_ns.saturating_add(delta)
+                };
+                let rewound = target < self.applied_ns;
+                if rewound {
+                    self.reader = (self.reopen)()?;
+                    self.restart(engine);
+                } else if self.ended {
+                    // Already at the last record: nothing later to show.
+                    return Ok(false);
+                }
+                self.pos_ns = target;
+                Ok(rewound)
+            }
+        }
+    }
+
+    /// Recording time the engine reflects: the clock, or the last applied
+    /// record while catching up.
+    pub fn now(&self) -> (u64, u64) {
+        let mono = if self.behind {
+            self.applied_ns
+        } else {
+            self.pos_ns
+        };
+        (mono, self.clock.wall_ns(mono))
+    }
+
+    pub fn status(&self) -> PlaybackStatus {
+        let (mono, wall) = self.now();
+        PlaybackStatus {
+            at_wall_ns: wall,
+            at_ms: mono.saturating_sub(self.start_ns) / 1_000_000,
+            target_ms: self.pos_ns.saturating_sub(self.start_ns) / 1_000_000,
+            playing: self.playing,
+            speed: self.speed,
+            catching_up: self.behind,
+            ended: self.ended,
+            cut_at: self.cut.as_ref().map(|c| c.offset),
+        }
+    }
+}
+
+fn record_ts(rec: &Record) -> u64 {
+    match rec {
+        Record::Event(e) => e.ts_ns,
+        Record::Lost { ts_ns, .. } | Record::Snapshot { ts_ns, .. } => *ts_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Cursor,
+        net::{IpAddr, Ipv4Addr},
+    };
+
+    use super::*;
+    use crate::{
+        model::{Comm, Event, EventKind, Family, Owner, SeenOwner, SeenSocket, TcpState},
+        record::Writer,
+        stats::HostFacts,
+    };
+
+    const SEC: u64 = 1_000_000_000;
+    const START: u64 = 100 * SEC;
+
+    fn header() -> Header {
+        Header {
+            tcptrace_version: "0.1.0".into(),
+            host: "db-client-7".into(),
+            kernel: "6.18".into(),
+            clock_offset_ns: 1_700_000_000 * SEC as i64,
+            hook: "tp_btf".into(),
+            timewait_hook: "timer tracepoints".into(),
+            filters: vec![],
+            port_range: (32768, 60999),
+            start_mono_ns: START,
+            start_wall_ns: 1_700_000_000 * SEC + START,
+        }
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn transition(ts: u64, sk: u64, old: TcpState, new: TcpState) -> Event {
+        Event {
+            ts_ns: ts,
+            kind: EventKind::Transition,
+            // A kernel address (seeded sockets have small synthetic keys).
+            sk: 0xffff_8880_0000_0000 + sk,
+            link: None,
+            owner: Some(Owner {
+                pid: 4242,
+                tid: 4242,
+                comm: Comm::from_name("java"),
+                cgroup: 0,
+                from_listener: false,
+            }),
+            netns: Some(1),
+            family: Family::V4,
+            saddr: ip(2),
+            sport: 40000 + sk as u16,
+            daddr: ip(5),
+            dport: 5432,
+            old: Some(old),
+            new,
+            prev_ns: None,
+            reason: None,
+        }
+    }
+
+    /// A DB-pool leak: 3 CLOSE_WAIT sockets at the opening snapshot, then
+    /// one more every second for `secs` seconds (connect at s, the DB's FIN
+    /// at s + 0.5), and a snapshot every 20 s.
+    fn leak_recording(secs: u64) -> Vec<u8> {
+        use TcpState::*;
+        let seeded: Vec<SeenSocket> = (0..3u16)
+            .map(|i| SeenSocket {
+                netns: Some(1),
+                family: Family::V4,
+                saddr: ip(2),
+                sport: 30000 + i,
+                daddr: ip(5),
+                dport: 5432,
+                state: CloseWait,
+                inode: 10 + i as u64,
+                owner: Some(SeenOwner {
+                    pid: 4242,
+                    comm: Comm::from_name("java"),
+                }),
+                timer_left_ms: None,
+                cookie: 1 + i as u64,
+            })
+            .collect();
+        let mut w = Writer::new(Vec::new(), &header()).unwrap();
+        // Taken 2 ms after the header, as `record` does.
+        w.snapshot(START + 2_000_000, &[1], &seeded).unwrap();
+        for s in 1..=secs {
+            let t = START + s * SEC;
+            w.event(&transition(t, s, SynSent, Established)).unwrap();
+            w.event(&transition(t + SEC / 2, s, Established, CloseWait))
+                .unwrap();
+            w.flush().unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn replay_of(bytes: Vec<u8>) -> Replay<Cursor<Vec<u8>>> {
+        let reopen: Reopen<_> = Box::new(move || Ok(Reader::new(Cursor::new(bytes.clone()))?));
+        Replay::new(
+            Path::new("leak.tcptrace"),
+            reopen,
+            1.0,
+            Duration::from_secs(10),
+            100_000,
+        )
+        .unwrap()
+    }
+
+    fn close_wait(engine: &mut Engine, replay: &Replay<Cursor<Vec<u8>>>) -> u64 {
+        let (mono, wall) = replay.now();
+        let host = HostFacts {
+            port_range: (32768, 60999),
+            tw_overflow: 0,
+            lost: Lost::default(),
+            decode_errors: 0,
+        };
+        let snap = engine.snapshot(mono, wall, host);
+        snap.states.get("CLOSE_WAIT").copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn the_clock_applies_only_what_happened_before_it() {
+        let mut r = replay_of(leak_recording(60));
+        let mut e = Engine::new(100_000);
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(r.status().at_ms, 0);
+        assert_eq!(
+            close_wait(&mut e, &r),
+            3,
+            "the opening snapshot shows at the first moment"
+        );
+        r.tick(Duration::from_millis(5_600));
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(close_wait(&mut e, &r), 3 + 5);
+        assert_eq!(r.status().at_ms, 5_600);
+        // Twice as fast: 2 s of real time are 4 s of recording.
+        r.command(PlaybackCommand::Speed(2.0), &mut e).unwrap();
+        r.tick(Duration::from_secs(2));
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(close_wait(&mut e, &r), 3 + 9);
+    }
+
+    #[test]
+    fn paused_the_clock_stands_still_and_steps_move_it() {
+        let mut r = replay_of(leak_recording(60));
+        let mut e = Engine::new(100_000);
+        r.command(PlaybackCommand::TogglePlay, &mut e).unwrap();
+        r.tick(Duration::from_secs(30));
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(close_wait(&mut e, &r), 3);
+        assert!(!r.status().playing);
+        let rewound = r.command(PlaybackCommand::Step(2), &mut e).unwrap();
+        assert!(!rewound, "forward needs no rewind");
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(r.status().at_ms, 20_000);
+        assert_eq!(close_wait(&mut e, &r), 3 + 19);
+    }
+
+    #[test]
+    fn stepping_back_rebuilds_exactly_the_state_of_that_moment() {
+        let mut r = replay_of(leak_recording(60));
+        let mut e = Engine::new(100_000);
+        r.command(PlaybackCommand::Step(5), &mut e).unwrap();
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(close_wait(&mut e, &r), 3 + 49);
+        let rewound = r.command(PlaybackCommand::Step(-3), &mut e).unwrap();
+        assert!(rewound);
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(r.status().at_ms, 20_000);
+
+        // The same as a fresh replay taken straight to 20 s.
+        let mut fresh = replay_of(leak_recording(60));
+        let mut f = Engine::new(100_000);
+        fresh.command(PlaybackCommand::Step(2), &mut f).unwrap();
+        fresh.apply_due(&mut f, BATCH);
+        assert_eq!(close_wait(&mut e, &r), close_wait(&mut f, &fresh));
+        assert_eq!(e.aggs.events_total, f.aggs.events_total);
+        assert_eq!(e.aggs.events_total, 2 * 19 + 1);
+        // Never before the start.
+        r.command(PlaybackCommand::Step(-100), &mut e).unwrap();
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(r.status().at_ms, 0);
+        assert_eq!(close_wait(&mut e, &r), 3);
+    }
+
+    #[test]
+    fn a_small_batch_shows_progress_at_the_last_applied_record() {
+        let mut r = replay_of(leak_recording(60));
+        let mut e = Engine::new(100_000);
+        r.command(PlaybackCommand::Step(6), &mut e).unwrap();
+        assert_eq!(r.apply_due(&mut e, 11), 11);
+        let s = r.status();
+        assert!(s.catching_up);
+        assert_eq!(s.target_ms, 60_000);
+        // The snapshot and 10 events: the 5th connection's FIN at 5.5 s.
+        assert_eq!(s.at_ms, 5_498);
+        while r.status().catching_up {
+            r.apply_due(&mut e, 11);
+        }
+        assert_eq!(r.status().at_ms, 60_000);
+        assert_eq!(close_wait(&mut e, &r), 3 + 59);
+    }
+
+    #[test]
+    fn the_end_stops_the_clock_at_the_last_record() {
+        let mut r = replay_of(leak_recording(10));
+        let mut e = Engine::new(100_000);
+        r.tick(Duration::from_secs(3600));
+        r.apply_due(&mut e, BATCH);
+        let s = r.status();
+        assert!(s.ended && !s.playing);
+        assert_eq!(s.at_ms, 10_498);
+        assert_eq!(s.cut_at, None);
+        r.command(PlaybackCommand::TogglePlay, &mut e).unwrap();
+        assert!(!r.status().playing, "nothing left to play");
+        // Back from the end works.
+        r.command(PlaybackCommand::Step(-1), &mut e).unwrap();
+        r.apply_due(&mut e, BATCH);
+        assert_eq!(r.status().at_ms, 498);
+        assert!(!r.status().ended);
+    }
+
+    #[test]
+    fn a_cut_file_plays_to_its_last_block_and_says_where() {
+        let mut bytes = leak_recording(10);
+        bytes.truncate(bytes.len() - 3);
+        let mut r = replay_of(bytes);
+        let mut e = Engine::new(100_000);
+        r.tick(Duration::from_secs(3600));
+        r.apply_due(&mut e, BATCH);
+        let s = r.status();
+        assert!(s.ended);
+        assert_eq!(s.at_ms, 9_498, "the last block (second 10) is cut");
+        assert!(s.cut_at.is_some());
+        let warning = r.cut_warning().unwrap();
+        assert!(warning.starts_with("leak.tcptrace: "), "{warning}");
+    }
+}
