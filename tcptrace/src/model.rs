@@ -188,7 +188,10 @@ pub struct Lost {
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.ring_full + self.recursion_misses + self.map_full
+        // Saturating: counts read from a damaged recording may be anything.
+        self.ring_full
+            .saturating_add(self.recursion_misses)
+            .saturating_add(self.map_full)
     }
 
     pub fn is_zero(&self) -> bool {

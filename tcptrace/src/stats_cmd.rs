@@ -89,7 +89,7 @@ fn fmt_age(ms: u64, lower: bool) -> String {
 }
 
 pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
-    let lost: u64 = snap.lost.values().sum();
+    let lost = snap.lost.values().fold(0u64, |a, n| a.saturating_add(*n));
     writeln!(
         w,
         "== {}  tracked {}  transitions {:.0}/s  lost {}{}",

@@ -177,7 +177,11 @@ fn engine_loop(
     let host = source.host_facts();
     EngineSummary {
         events: engine.aggs.events_total,
-        lost: host.lost.total() + host.decode_errors + engine.table.counters.evictions,
+        lost: host
+            .lost
+            .total()
+            .saturating_add(host.decode_errors)
+            .saturating_add(engine.table.counters.evictions),
         cut: source.cut_warning(),
     }
 }

@@ -199,3 +199,236 @@ fn a_recording_cut_mid_block_reads_to_its_last_block_with_a_warning() {
     assert_eq!(report["states"]["TIME_WAIT"], 50, "{report}");
     let _ = std::fs::remove_file(&file);
 }
+
+/// `report --json` of one file: (events, TIME_WAIT count, start, stderr).
+fn report_of(file: &std::path::Path) -> (u64, Value, String) {
+    let out = bin()
+        .args(["report", "--json", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: {out:?}", file.display());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let events = v["recording"]["events"].as_u64().unwrap();
+    (events, v, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The "N events" of record's closing line.
+fn recorded_events(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("recorded to"))
+        .unwrap_or_else(|| panic!("no closing line: {stderr}"));
+    let before = line.split(" events").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn rotation_by_time_keeps_n_files_each_readable_and_loses_nothing_between_them() {
+    let dir = temp("rot-time");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("r.tcptrace");
+    let (listener, port) = free_listener();
+    let p = port.to_string();
+    let record = Running::start(
+        &[
+            "record",
+            "-o",
+            file.to_str().unwrap(),
+            "--port",
+            &p,
+            "--rotate-time",
+            "1",
+            "--keep",
+            "20",
+        ],
+        "recording to",
+    );
+    // Connections all along, so every file has events.
+    let load = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(3500) {
+            let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            drop(c);
+            drop(s);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    load.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, err) = record.stop();
+    assert!(status.success(), "{err}");
+    let total = recorded_events(&err);
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "rotated every second: {files:?}");
+    let mut sum = 0;
+    let mut starts = Vec::new();
+    for f in &files {
+        let (events, v, stderr) = report_of(f);
+        assert!(stderr.is_empty(), "{}: {stderr}", f.display());
+        sum += events;
+        starts.push((v["recording"]["start_ns"].as_u64().unwrap(), f.clone()));
+    }
+    assert_eq!(sum, total, "every recorded event is in exactly one file");
+    // FILE is the newest, FILE.1 the one before it, and so on.
+    starts.sort();
+    let newest_first: Vec<&PathBuf> = starts.iter().rev().map(|(_, f)| f).collect();
+    assert_eq!(newest_first[0], &file, "{starts:?}");
+    for (n, f) in newest_first.iter().enumerate().skip(1) {
+        assert_eq!(f.to_str().unwrap(), format!("{}.{n}", file.display()));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rotation_by_size_keeps_only_the_newest_n() {
+    let dir = temp("rot-size");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("r.tcptrace");
+    let (listener, port) = free_listener();
+    let p = port.to_string();
+    let record = Running::start(
+        &[
+            "record",
+            "-o",
+            file.to_str().unwrap(),
+            "--port",
+            &p,
+            "--rotate-size",
+            "64K",
+            "--keep",
+            "2",
+        ],
+        "recording to",
+    );
+    // About 100 bytes per connection: each second's block passes 64 KiB.
+    for _ in 0..5 {
+        pile_time_wait(listener.try_clone().unwrap(), port, 700);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let (status, _, err) = record.stop();
+    assert!(status.success(), "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["r.tcptrace", "r.tcptrace.1", "r.tcptrace.2"],
+        "--keep 2: the oldest were deleted"
+    );
+    for n in ["r.tcptrace.1", "r.tcptrace.2"] {
+        let len = std::fs::metadata(dir.join(n)).unwrap().len();
+        assert!(
+            len >= 65536,
+            "{n} was rotated at {len} bytes, under --rotate-size"
+        );
+        let (_, _, stderr) = report_of(&dir.join(n));
+        assert!(stderr.is_empty(), "{n}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(name: &str, size: &str) -> Self {
+        let dir = temp(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tcptrace-test",
+            ])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs (needs root)");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_recording_with_one_line_and_the_file_reads_back() {
+    let disk = SmallDisk::mount("full", "64k");
+    let file = disk.0.join("full.tcptrace");
+    let (listener, port) = free_listener();
+    let p = port.to_string();
+    let mut record = Running::start(
+        &["record", "-o", file.to_str().unwrap(), "--port", &p],
+        "recording to",
+    );
+    // About 100 bytes per connection: a block of about 30 KiB a second
+    // fills 64 KiB in a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let l = listener.try_clone().unwrap();
+        pile_time_wait(l, port, 300);
+        std::thread::sleep(Duration::from_millis(1100));
+        if let Some(status) = record.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 64 KiB disk never filled"
+        );
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut record.err, &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    // Status lines (every 10 s without a terminal), then the one error line.
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("tcptrace: recording to"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "tcptrace: recording stopped: cannot write {} at byte ",
+            file.display()
+        )) && lines[0].ends_with("No space left on device (os error 28)"),
+        "{err}"
+    );
+    // Everything before the failed block reads back.
+    let (events, _, stderr) = report_of(&file);
+    assert!(events > 0);
+    assert!(stderr.lines().count() <= 1, "{stderr}");
+    drop(disk);
+}
+
+#[test]
+fn kill_9_loses_at_most_the_last_second() {
+    let (listener, port) = free_listener();
+    let file = temp("kill9.tcptrace");
+    let p = port.to_string();
+    let record = Running::start(
+        &["record", "-o", file.to_str().unwrap(), "--port", &p],
+        "recording to",
+    );
+    pile_time_wait(listener, port, 100);
+    // Two block flushes (one per second) after the last connection.
+    std::thread::sleep(Duration::from_millis(2500));
+    record.signal(libc::SIGKILL);
+    let (_, _, _) = record.stop();
+    let (_, v, stderr) = report_of(&file);
+    assert!(stderr.lines().count() <= 1, "{stderr}");
+    assert_eq!(v["states"]["TIME_WAIT"], 100, "{v}");
+    let _ = std::fs::remove_file(&file);
+}

@@ -18,6 +18,10 @@ use crate::util::{self, say};
 /// it); host-side clippy and tests must leave it out.
 const EBPF_CRATE: &str = "tcptrace-ebpf";
 
+/// How long CI fuzzes the recording reader (`fuzz_the_reader_for_a_bounded_time`;
+/// 5 s elsewhere unless `TCPTRACE_FUZZ_SECS` says otherwise).
+const FUZZ_SECS_IN_CI: &str = "20";
+
 /// Options for `cargo xtask test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -71,6 +75,7 @@ pub fn main(args: &TestArgs) -> Result<()> {
         cmd.args(test_args);
         if env::var_os("CI").is_some() {
             cmd.env("TCPTRACE_CI", "1");
+            cmd.env("TCPTRACE_FUZZ_SECS", FUZZ_SECS_IN_CI);
         }
         cmd
     } else {
@@ -83,6 +88,7 @@ pub fn main(args: &TestArgs) -> Result<()> {
         cmd.arg(path);
         if env::var_os("CI").is_some() {
             cmd.arg("TCPTRACE_CI=1");
+            cmd.arg(format!("TCPTRACE_FUZZ_SECS={FUZZ_SECS_IN_CI}"));
         }
         cmd.arg("cargo").args(test_args);
         cmd

@@ -517,7 +517,8 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
     if n > payload.len() as u64 {
         return Err(FormatError::Corrupt("socket count"));
     }
-    let mut sockets = Vec::with_capacity(n as usize);
+    // A socket takes at least 16 bytes: never trust the count for memory.
+    let mut sockets = Vec::with_capacity((n as usize).min(payload.len() / 16));
     for _ in 0..n {
         let flags = c.u8()?;
         let netns = (flags & 0x01 != 0).then(|| c.u32()).transpose()?;

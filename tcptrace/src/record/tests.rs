@@ -343,3 +343,176 @@ fn compact_enough() {
     eprintln!("{per_event:.1} bytes per transition");
     assert!(per_event <= 32.0, "{per_event:.1} bytes per transition");
 }
+
+/// One change to a block's decompressed payload.
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip(usize, u8),
+    Set(usize, u8),
+    Truncate(usize),
+    Insert(usize, Vec<u8>),
+    /// A varint-looking run of 0xff (huge counts and lengths).
+    Huge(usize, usize),
+}
+
+fn arb_mutation() -> impl Strategy<Value = (usize, Mutation)> {
+    (
+        any::<usize>(),
+        prop_oneof![
+            4 => (any::<usize>(), 1u8..).prop_map(|(i, m)| Mutation::Flip(i, m)),
+            2 => (any::<usize>(), any::<u8>()).prop_map(|(i, v)| Mutation::Set(i, v)),
+            1 => any::<usize>().prop_map(Mutation::Truncate),
+            1 => (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..24))
+                .prop_map(|(i, b)| Mutation::Insert(i, b)),
+            1 => (any::<usize>(), 1usize..12).prop_map(|(i, n)| Mutation::Huge(i, n)),
+        ],
+    )
+}
+
+fn mutate(raw: &mut Vec<u8>, m: &Mutation) {
+    let at = |i: usize, len: usize| if len == 0 { 0 } else { i % len };
+    match m {
+        Mutation::Flip(i, mask) if !raw.is_empty() => {
+            let i = at(*i, raw.len());
+            raw[i] ^= mask;
+        }
+        Mutation::Set(i, v) if !raw.is_empty() => {
+            let i = at(*i, raw.len());
+            raw[i] = *v;
+        }
+        Mutation::Truncate(n) => raw.truncate(at(*n, raw.len() + 1)),
+        Mutation::Insert(i, b) => {
+            let i = at(*i, raw.len() + 1);
+            raw.splice(i..i, b.iter().copied());
+        }
+        Mutation::Huge(i, n) => {
+            let i = at(*i, raw.len() + 1);
+            raw.splice(i..i, std::iter::repeat_n(0xff, *n));
+        }
+        _ => {}
+    }
+}
+
+/// A recording whose block payloads were mutated *before* compression and
+/// checksumming, so the changes reach the decoders instead of stopping at
+/// the checksum. Returns the file and the mutated payloads.
+fn mutated_recording(ops: &[Op], muts: &[(usize, Mutation)]) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
+    let mut blocks: Vec<(u8, Vec<u8>)> = Vec::new();
+    let mut enc = format::BlockEncoder::default();
+    for op in ops {
+        match op {
+            Op::Event(e) => enc.event(e),
+            Op::Lost(ts, l) => enc.lost(*ts, l),
+            Op::Snapshot(ts, ns, s) => {
+                if !enc.is_empty() {
+                    blocks.push((KIND_EVENTS, enc.take()));
+                }
+                blocks.push((KIND_SNAPSHOT, format::encode_snapshot(*ts, ns, s)));
+            }
+            Op::Flush => {
+                if !enc.is_empty() {
+                    blocks.push((KIND_EVENTS, enc.take()));
+                }
+            }
+        }
+    }
+    if !enc.is_empty() {
+        blocks.push((KIND_EVENTS, enc.take()));
+    }
+    if !blocks.is_empty() {
+        for (which, m) in muts {
+            let n = blocks.len();
+            mutate(&mut blocks[which % n].1, m);
+        }
+    }
+    let mut file = format::encode_header(&header());
+    for (kind, raw) in &blocks {
+        let compressed = zstd::bulk::compress(raw, 1).unwrap();
+        file.extend(format::encode_block(*kind, raw.len(), &compressed));
+    }
+    (file, blocks)
+}
+
+/// The reader's fuzz target, run for a bounded time: `TCPTRACE_FUZZ_SECS`
+/// (default 5; under CI, `cargo xtask test` sets 20).
+/// Valid recordings of random events and snapshots get their decompressed
+/// payloads mutated (bit flips, overwrites, truncation, insertions, runs of
+/// 0xff that decode as huge counts), then are framed with correct checksums
+/// so every mutation reaches the event and snapshot decoders. The reader must
+/// never panic or allocate without bound, and must return the records of
+/// every block before the first bad one, then say where it stopped; what it
+/// returns must not panic the engine `report` and `top --from` run.
+#[test]
+fn fuzz_the_reader_for_a_bounded_time() {
+    use proptest::{
+        strategy::ValueTree,
+        test_runner::{Config, TestRunner},
+    };
+    let secs: u64 = std::env::var("TCPTRACE_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let strategy = (
+        proptest::collection::vec(arb_op(), 1..40),
+        proptest::collection::vec(arb_mutation(), 1..6),
+    );
+    let mut runner = TestRunner::new(Config::default());
+    let (mut cases, mut cut) = (0u64, 0u64);
+    while std::time::Instant::now() < deadline {
+        let (ops, muts) = strategy.new_tree(&mut runner).unwrap().current();
+        let outcome = std::panic::catch_unwind(|| {
+            let (file, blocks) = mutated_recording(&ops, &muts);
+            // Each decoder alone on every mutated payload.
+            for (kind, raw) in &blocks {
+                if *kind == KIND_EVENTS {
+                    let _ = format::decode_events(raw, &mut Vec::new());
+                } else {
+                    let _ = format::decode_snapshot(raw);
+                }
+            }
+            // The whole file: the records of the blocks that decode, in order.
+            let mut reader = Reader::new(&file[..]).expect("the header is intact");
+            let got: Vec<Record> = reader.by_ref().collect();
+            let mut want = Vec::new();
+            for (kind, raw) in &blocks {
+                let ok = if *kind == KIND_EVENTS {
+                    let mut v = Vec::new();
+                    format::decode_events(raw, &mut v).map(|()| v)
+                } else {
+                    format::decode_snapshot(raw).map(|r| vec![r])
+                };
+                match ok {
+                    Ok(v) => want.extend(v),
+                    Err(_) => {
+                        assert!(reader.cut.is_some(), "a bad block is reported");
+                        break;
+                    }
+                }
+            }
+            assert_eq!(got, want);
+            // What decodes, however odd, goes through report's engine.
+            let mut engine = crate::engine::Engine::new(10_000);
+            let mut applier = crate::source::replay::RecordApplier::default();
+            let mut last = 0;
+            for rec in &got {
+                last = last.max(applier.apply(&mut engine, rec));
+            }
+            let host = crate::stats::HostFacts {
+                port_range: (32768, 60999),
+                tw_overflow: 0,
+                lost: applier.lost,
+                decode_errors: 0,
+            };
+            let _ = engine.snapshot(last, last, host);
+            reader.cut.is_some()
+        });
+        match outcome {
+            Ok(was_cut) => cut += u64::from(was_cut),
+            Err(_) => panic!("the reader panicked on ops {ops:?} with mutations {muts:?}"),
+        }
+        cases += 1;
+    }
+    eprintln!("fuzzed the reader: {cases} cases in {secs}s, {cut} stopped at a bad block");
+    assert!(cases > 0);
+}

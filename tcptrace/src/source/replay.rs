@@ -54,9 +54,11 @@ impl RecordApplier {
                 e.ts_ns
             }
             Record::Lost { ts_ns, lost } => {
-                self.lost.ring_full += lost.ring_full;
-                self.lost.recursion_misses += lost.recursion_misses;
-                self.lost.map_full += lost.map_full;
+                // Saturating: a damaged (yet checksummed) file may say anything.
+                let l = &mut self.lost;
+                l.ring_full = l.ring_full.saturating_add(lost.ring_full);
+                l.recursion_misses = l.recursion_misses.saturating_add(lost.recursion_misses);
+                l.map_full = l.map_full.saturating_add(lost.map_full);
                 *ts_ns
             }
         }

@@ -248,7 +248,7 @@ impl App {
             }
         }
         if let Some(d) = &self.data {
-            let lost: u64 = d.snap.lost.values().sum();
+            let lost = d.snap.lost.values().fold(0u64, |a, n| a.saturating_add(*n));
             // A replay shows its position instead.
             if self.meta.source.is_none() {
                 spans.push(sep());
