@@ -24,6 +24,9 @@ use crate::{
     stats_cmd,
 };
 
+/// Blocks decoded ahead of the engine.
+const READ_AHEAD: usize = 4;
+
 /// How often (recording time) CLOSE_WAIT is sampled for the timeline.
 const SAMPLE_NS: u64 = 60 * 1_000_000_000;
 
@@ -73,7 +76,7 @@ pub struct Report {
 }
 
 /// Runs a recording's records through the engine.
-pub fn build<R: io::Read>(reader: &mut Reader<R>, file: &str) -> Report {
+pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
     let header = reader.header.clone();
     let clock = WallClock {
         offset_ns: header.clock_offset_ns as i128,
@@ -91,27 +94,47 @@ pub fn build<R: io::Read>(reader: &mut Reader<R>, file: &str) -> Report {
     let (mut first, mut last) = (None::<u64>, header.start_mono_ns);
     let mut next_sample = None::<u64>;
     let mut events = 0u64;
-    for rec in reader.by_ref() {
-        match &rec {
-            Record::Event(_) => events += 1,
-            Record::Lost { ts_ns, lost: l } => gaps.push(Gap {
-                ts_ns: clock.wall_ns(*ts_ns),
-                ring_full: l.ring_full,
-                recursion_misses: l.recursion_misses,
-                map_full: l.map_full,
-            }),
-            Record::Snapshot { .. } => {}
+    // Reading (decompress, decode) runs on its own thread, a few blocks
+    // ahead of the engine; blocks go back and forth without copying.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(READ_AHEAD);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<Record>>();
+    let reading = &mut *reader;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut spare = Vec::new();
+            while let Some(block) = reading.next_block_owned(spare) {
+                if full_tx.send(block).is_err() {
+                    break;
+                }
+                spare = empty_rx.try_recv().unwrap_or_default();
+            }
+        });
+        for mut block in full_rx {
+            for rec in &block {
+                match rec {
+                    Record::Event(_) => events += 1,
+                    Record::Lost { ts_ns, lost: l } => gaps.push(Gap {
+                        ts_ns: clock.wall_ns(*ts_ns),
+                        ring_full: l.ring_full,
+                        recursion_misses: l.recursion_misses,
+                        map_full: l.map_full,
+                    }),
+                    Record::Snapshot { .. } => {}
+                }
+                let ts = applier.apply(&mut engine, rec);
+                first.get_or_insert(ts);
+                last = last.max(ts);
+                let due = *next_sample.get_or_insert(ts + SAMPLE_NS);
+                if ts >= due {
+                    let snap = engine.snapshot(ts, clock.wall_ns(ts), host(applier.lost));
+                    timeline.push(point(&snap));
+                    next_sample = Some(due + SAMPLE_NS * ((ts - due) / SAMPLE_NS + 1));
+                }
+            }
+            block.clear();
+            let _ = empty_tx.send(block);
         }
-        let ts = applier.apply(&mut engine, &rec);
-        first.get_or_insert(ts);
-        last = last.max(ts);
-        let due = *next_sample.get_or_insert(ts + SAMPLE_NS);
-        if ts >= due {
-            let snap = engine.snapshot(ts, clock.wall_ns(ts), host(applier.lost));
-            timeline.push(point(&snap));
-            next_sample = Some(due + SAMPLE_NS * ((ts - due) / SAMPLE_NS + 1));
-        }
-    }
+    });
     let mut summary = engine.snapshot(last, clock.wall_ns(last), host(applier.lost));
     timeline.push(point(&summary));
     let first = first.unwrap_or(last);

@@ -6,6 +6,7 @@
 //! performs them, and `cargo xtask test` / `cargo xtask run` call it first so
 //! a fresh checkout works with a single command.
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -31,6 +32,8 @@ enum Command {
     Test(test::TestArgs),
     /// Run setup, build tcptrace and run it (as root): `cargo xtask run -- <args>`.
     Run(run::RunArgs),
+    /// Run the benchmarks (optimised), reported as ratios to their targets.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Setup(args) => setup::main(&args),
         Command::Test(args) => test::main(&args),
         Command::Run(args) => run::main(&args),
+        Command::Bench(args) => bench::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

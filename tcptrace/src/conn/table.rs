@@ -6,6 +6,8 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
+use rustc_hash::FxHashMap;
+
 use crate::model::{Event, EventKind, Family, Owner, SeenSocket, TcpState, TwEndReason};
 
 /// Nominal TIME_WAIT length (`TCP_TIMEWAIT_LEN`): 60 s.
@@ -208,11 +210,11 @@ pub struct TableCounters {
 }
 
 pub struct ConnTable {
-    conns: HashMap<u64, Conn>,
-    tws: HashMap<u64, TwConn>,
+    conns: FxHashMap<u64, Conn>,
+    tws: FxHashMap<u64, TwConn>,
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
-    seeded: HashMap<TupleKey, u64>,
+    seeded: FxHashMap<TupleKey, u64>,
     next_synthetic: u64,
     cap: usize,
     pub counters: TableCounters,
@@ -232,9 +234,9 @@ impl Default for ConnTable {
 impl ConnTable {
     pub fn new(cap: usize) -> Self {
         Self {
-            conns: HashMap::new(),
-            tws: HashMap::new(),
-            seeded: HashMap::new(),
+            conns: FxHashMap::default(),
+            tws: FxHashMap::default(),
+            seeded: FxHashMap::default(),
             next_synthetic: 1,
             cap: cap.max(1),
             counters: TableCounters::default(),
@@ -328,7 +330,7 @@ impl ConnTable {
     /// A socket the snapshot found and an event also reports (it started
     /// after the tracer attached but before the snapshot): keep the event's.
     fn drop_seeded_duplicate(&mut self, key: &TupleKey) {
-        // Runs on every transition: skip the hash once no seeded entry is left.
+        // Runs for every new tuple: skip the hash once no seeded entry is left.
         if self.seeded.is_empty() {
             return;
         }
@@ -390,40 +392,52 @@ impl ConnTable {
                 reason: EndReason::Dropped,
             });
         }
-        let mut conn = match self.conns.remove(&e.sk) {
-            Some(c) => c,
-            None if starts => {
-                self.make_room(&mut out.finished, e.ts_ns);
-                let mut c = Self::new_conn(e, conn_flags::STATE_EXACT);
-                c.state = old;
-                c
+        // The common case (a known socket) is updated in place, not removed
+        // and re-inserted. Later events know more: ports are 0 at
+        // CLOSE -> SYN_SENT, so the tuple is refreshed.
+        let key = TupleKey::of_event(e);
+        let new_tuple = match self.conns.get_mut(&e.sk) {
+            Some(c) if c.key == key => false,
+            Some(c) => {
+                c.key = key;
+                true
             }
             None => {
-                self.counters.unknown_sockets += 1;
-                self.make_room(&mut out.finished, e.ts_ns);
-                let key = TupleKey::of_event(e);
-                match self.adopt_seeded_conn(&key) {
-                    Some(mut c) => {
-                        c.sk = e.sk;
-                        c
-                    }
-                    None => {
-                        let mut c = Self::new_conn(e, conn_flags::MIDLIFE);
-                        // The kernel knows how long the old state lasted even
-                        // when we never saw it start.
-                        if let Some(p) = e.prev_ns {
-                            c.born_ns = e.ts_ns.saturating_sub(p);
-                            c.state_since_ns = c.born_ns;
-                            c.flags |= conn_flags::STATE_EXACT;
+                let conn = if starts {
+                    self.make_room(&mut out.finished, e.ts_ns);
+                    let mut c = Self::new_conn(e, conn_flags::STATE_EXACT);
+                    c.state = old;
+                    c
+                } else {
+                    self.counters.unknown_sockets += 1;
+                    self.make_room(&mut out.finished, e.ts_ns);
+                    match self.adopt_seeded_conn(&key) {
+                        Some(mut c) => {
+                            c.sk = e.sk;
+                            c
                         }
-                        c
+                        None => {
+                            let mut c = Self::new_conn(e, conn_flags::MIDLIFE);
+                            // The kernel knows how long the old state lasted
+                            // even when we never saw it start.
+                            if let Some(p) = e.prev_ns {
+                                c.born_ns = e.ts_ns.saturating_sub(p);
+                                c.state_since_ns = c.born_ns;
+                                c.flags |= conn_flags::STATE_EXACT;
+                            }
+                            c
+                        }
                     }
-                }
+                };
+                self.conns.insert(e.sk, conn);
+                true
             }
         };
-        // Later events know more: ports are 0 at CLOSE -> SYN_SENT.
-        conn.key = TupleKey::of_event(e);
-        self.drop_seeded_duplicate(&conn.key);
+        // Only a tuple seen for the first time can duplicate a seeded socket.
+        if new_tuple {
+            self.drop_seeded_duplicate(&key);
+        }
+        let conn = self.conns.get_mut(&e.sk).expect("present");
         if e.owner.is_some() {
             conn.owner = e.owner;
         }
@@ -473,13 +487,12 @@ impl ConnTable {
                 _ if linked_tw => EndReason::TimeWait,
                 _ => EndReason::Reset,
             };
+            let conn = self.conns.remove(&e.sk).expect("present");
             out.finished.push(Finished::Conn {
                 conn,
                 end_ns: e.ts_ns,
                 reason,
             });
-        } else {
-            self.conns.insert(e.sk, conn);
         }
         out
     }

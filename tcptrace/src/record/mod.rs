@@ -106,16 +106,32 @@ pub struct Cut {
     pub error: FormatError,
 }
 
-/// Reads a recording record by record. A cut or corrupt block ends the
-/// stream; [`Reader::cut`] then says where and why.
-#[derive(Debug)]
+/// Reads a recording block by block ([`Reader::next_block`], the fast path)
+/// or record by record (the iterator). A cut or corrupt block ends the
+/// stream; [`Reader::cut`] then says where and why. Buffers are reused from
+/// block to block: reading allocates nothing per record.
 pub struct Reader<R: Read> {
     r: R,
     pub header: Header,
     offset: u64,
-    pending: std::collections::VecDeque<Record>,
+    /// The current block's records; those before `pos` were handed out.
+    block: Vec<Record>,
+    pos: usize,
+    payload: Vec<u8>,
+    raw: Vec<u8>,
+    zstd: zstd::bulk::Decompressor<'static>,
     pub cut: Option<Cut>,
     done: bool,
+}
+
+impl<R: Read> std::fmt::Debug for Reader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("header", &self.header)
+            .field("offset", &self.offset)
+            .field("cut", &self.cut)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reader<BufReader<File>> {
@@ -176,10 +192,26 @@ impl<R: Read> Reader<R> {
             r,
             header,
             offset: used as u64,
-            pending: Default::default(),
+            block: Vec::new(),
+            pos: 0,
+            payload: Vec::new(),
+            raw: Vec::new(),
+            zstd: zstd::bulk::Decompressor::new()
+                .map_err(|e| FormatError::Header(format!("zstd: {e}")))?,
             cut: None,
             done: false,
         })
+    }
+
+    /// The next block's records, all at once (those not yet taken by the
+    /// iterator first); `None` at the end or at a damaged block.
+    pub fn next_block(&mut self) -> Option<&[Record]> {
+        if self.pos >= self.block.len() && (self.done || !self.read_block()) {
+            return None;
+        }
+        let from = self.pos;
+        self.pos = self.block.len();
+        Some(&self.block[from..])
     }
 
     fn stop(&mut self, error: FormatError) {
@@ -190,7 +222,21 @@ impl<R: Read> Reader<R> {
         self.done = true;
     }
 
-    /// Reads the next block into `pending`; false at the end.
+    /// The next block's records as an owned vector, leaving `spare` (emptied)
+    /// as the reader's buffer: hands blocks to another thread without
+    /// copying. `None` at the end or at a damaged block.
+    pub fn next_block_owned(&mut self, mut spare: Vec<Record>) -> Option<Vec<Record>> {
+        if self.pos >= self.block.len() && (self.done || !self.read_block()) {
+            return None;
+        }
+        spare.clear();
+        let mut out = std::mem::replace(&mut self.block, spare);
+        out.drain(..self.pos);
+        self.pos = 0;
+        Some(out)
+    }
+
+    /// Reads the next block into `block`; false at the end.
     fn read_block(&mut self) -> bool {
         let mut head = [0u8; BLOCK_FIXED];
         let n = match read_full(&mut self.r, &mut head) {
@@ -215,37 +261,41 @@ impl<R: Read> Reader<R> {
                 return false;
             }
         };
-        let mut payload = vec![0u8; len as usize];
-        match read_full(&mut self.r, &mut payload) {
-            Ok(k) if k == payload.len() => {}
+        self.payload.resize(len as usize, 0);
+        match read_full(&mut self.r, &mut self.payload) {
+            Ok(k) if k == self.payload.len() => {}
             _ => {
                 self.stop(FormatError::Truncated);
                 return false;
             }
         }
-        if crc32fast::hash(&payload) != crc {
+        if crc32fast::hash(&self.payload) != crc {
             self.stop(FormatError::Corrupt("checksum mismatch"));
             return false;
         }
-        let raw = match zstd::bulk::decompress(&payload, raw_len as usize) {
-            Ok(raw) if raw.len() == raw_len as usize => raw,
+        self.raw.clear();
+        self.raw.reserve(raw_len as usize);
+        match self.zstd.decompress_to_buffer(&self.payload, &mut self.raw) {
+            Ok(n) if n == raw_len as usize => {}
             _ => {
                 self.stop(FormatError::Corrupt("does not decompress"));
                 return false;
             }
-        };
-        let mut records = Vec::new();
+        }
+        self.block.clear();
+        self.pos = 0;
         let decoded = if kind == KIND_EVENTS {
-            format::decode_events(&raw, &mut records)
+            format::decode_events(&self.raw, &mut self.block)
         } else {
-            format::decode_snapshot(&raw).map(|r| records.push(r))
+            format::decode_snapshot(&self.raw).map(|r| self.block.push(r))
         };
         if let Err(e) = decoded {
+            // Nothing of a damaged block is handed out.
+            self.block.clear();
             self.stop(e);
             return false;
         }
         self.offset += (BLOCK_FIXED + len as usize) as u64;
-        self.pending.extend(records);
         true
     }
 }
@@ -254,14 +304,19 @@ impl<R: Read> Iterator for Reader<R> {
     type Item = Record;
 
     fn next(&mut self) -> Option<Record> {
-        loop {
-            if let Some(r) = self.pending.pop_front() {
-                return Some(r);
-            }
+        while self.pos >= self.block.len() {
             if self.done || !self.read_block() {
                 return None;
             }
         }
+        // Taken by value; a small placeholder stays behind.
+        let placeholder = Record::Lost {
+            ts_ns: 0,
+            lost: Lost::default(),
+        };
+        let r = std::mem::replace(&mut self.block[self.pos], placeholder);
+        self.pos += 1;
+        Some(r)
     }
 }
 

@@ -204,6 +204,25 @@ proptest! {
         let got: Vec<Record> = r.by_ref().collect();
         prop_assert_eq!(got, expected(&ops));
         prop_assert!(r.cut.is_none());
+        // Block by block, borrowed or owned, mixed with the iterator: the same.
+        let mut r = Reader::new(&bytes[..]).unwrap();
+        let mut got: Vec<Record> = r.next().into_iter().collect();
+        let mut owned = true;
+        loop {
+            if owned {
+                match r.next_block_owned(Vec::new()) {
+                    Some(b) => got.extend(b),
+                    None => break,
+                }
+            } else {
+                match r.next_block() {
+                    Some(b) => got.extend_from_slice(b),
+                    None => break,
+                }
+            }
+            owned = !owned;
+        }
+        prop_assert_eq!(got, expected(&ops));
     }
 
     /// Fuzzing the reader: arbitrary bytes after a valid header, and

@@ -11,6 +11,8 @@ use std::{
     net::IpAddr,
 };
 
+use rustc_hash::FxHashMap;
+
 pub use histos::{HistKind, HistSummary, Histos};
 pub use snapshot::*;
 
@@ -30,11 +32,11 @@ const GROWTH_HISTORY_NS: u64 = 16 * 60 * 1_000_000_000;
 #[derive(Default)]
 pub struct Aggregates {
     pub all: Histos,
-    pub by_owner: HashMap<u32, (Comm, Histos)>,
-    pub by_peer: HashMap<(IpAddr, u16), Histos>,
+    pub by_owner: FxHashMap<u32, (Comm, Histos)>,
+    pub by_peer: FxHashMap<(IpAddr, u16), Histos>,
     pub untracked_keys: u64,
-    pub ended: HashMap<EndReason, u64>,
-    pub closers: HashMap<Closer, u64>,
+    pub ended: FxHashMap<EndReason, u64>,
+    pub closers: FxHashMap<Closer, u64>,
     /// Transition counts by (old, new), indexed by state number.
     pub transitions: Box<[[u64; 13]; 13]>,
     pub transitions_total: u64,
@@ -61,25 +63,30 @@ impl Aggregates {
     }
 
     fn keyed_owner(&mut self, pid: u32, comm: Comm) -> Option<&mut Histos> {
-        if !self.by_owner.contains_key(&pid) && self.by_owner.len() >= MAX_KEYED_HISTOGRAMS {
-            self.untracked_keys += 1;
-            return None;
+        // One hash on the hot path: the cap is checked only for new keys.
+        let full = self.by_owner.len() >= MAX_KEYED_HISTOGRAMS;
+        match self.by_owner.entry(pid) {
+            std::collections::hash_map::Entry::Occupied(o) => Some(&mut o.into_mut().1),
+            std::collections::hash_map::Entry::Vacant(_) if full => {
+                self.untracked_keys += 1;
+                None
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                Some(&mut v.insert((comm, Histos::default())).1)
+            }
         }
-        Some(
-            &mut self
-                .by_owner
-                .entry(pid)
-                .or_insert_with(|| (comm, Histos::default()))
-                .1,
-        )
     }
 
     fn keyed_peer(&mut self, peer: (IpAddr, u16)) -> Option<&mut Histos> {
-        if !self.by_peer.contains_key(&peer) && self.by_peer.len() >= MAX_KEYED_HISTOGRAMS {
-            self.untracked_keys += 1;
-            return None;
+        let full = self.by_peer.len() >= MAX_KEYED_HISTOGRAMS;
+        match self.by_peer.entry(peer) {
+            std::collections::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
+            std::collections::hash_map::Entry::Vacant(_) if full => {
+                self.untracked_keys += 1;
+                None
+            }
+            std::collections::hash_map::Entry::Vacant(v) => Some(v.insert(Histos::default())),
         }
-        Some(self.by_peer.entry(peer).or_default())
     }
 
     fn record(&mut self, kind: HistKind, ns: u64, owner: Option<(u32, Comm)>, peer: (IpAddr, u16)) {
