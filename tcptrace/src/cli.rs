@@ -33,6 +33,161 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Offline summary of a recording: the aggregates of `stats`, gaps, growth.
     Report(ReportArgs),
+    /// Alert on CLOSE_WAIT growth, TIME_WAIT port exhaustion and lost events.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Rules from a TOML file (names as in the README); flags override it. SIGHUP reloads it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// One JSON object per alert on stdout (else text lines on stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds between rule evaluations.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub interval: f64,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Exit 1 at the first firing alert (health checks, CI).
+    #[arg(long)]
+    pub exit_on_alert: bool,
+    /// CLOSE_WAIT sockets per process [default 100].
+    #[arg(long, value_name = "N")]
+    pub close_wait: Option<u64>,
+    /// CLOSE_WAIT sockets on the host, 0 = off [default 1000].
+    #[arg(long, value_name = "N")]
+    pub close_wait_host: Option<u64>,
+    /// CLOSE_WAIT growth per process, sockets/min [default 10].
+    #[arg(long, value_name = "PER_MIN")]
+    pub close_wait_growth: Option<f64>,
+    /// Minutes the growth is averaged over: 1, 5 or 15 [default 5].
+    #[arg(long, value_name = "MIN")]
+    pub growth_window: Option<u64>,
+    /// Age of the oldest CLOSE_WAIT socket of a process, seconds [default 300].
+    #[arg(long, value_name = "SECS")]
+    pub close_wait_age: Option<u64>,
+    /// Share of ip_local_port_range in TIME_WAIT to one peer, 0..1 [default 0.5].
+    #[arg(long, value_name = "SHARE")]
+    pub time_wait_share: Option<f64>,
+    /// Lost events within a minute, 0 = off [default 1].
+    #[arg(long, value_name = "N")]
+    pub lost: Option<u64>,
+    /// Seconds between repeats of an alert that still holds [default 600].
+    #[arg(long, value_name = "SECS")]
+    pub repeat: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    pub load: LoadOptions,
+    pub user_filter: crate::filter::UserFilter,
+    pub json: bool,
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub seed: bool,
+    pub reconcile: Option<Duration>,
+    pub max_conns: usize,
+    pub exit_on_alert: bool,
+    pub config: Option<std::path::PathBuf>,
+    /// The flags given, applied over the file's rules (on every reload too).
+    pub overrides: RuleOverrides,
+    pub rules: crate::alerts::Rules,
+}
+
+/// Rule flags given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct RuleOverrides {
+    pub close_wait: Option<u64>,
+    pub close_wait_host: Option<u64>,
+    pub close_wait_growth: Option<f64>,
+    pub growth_window: Option<u64>,
+    pub close_wait_age: Option<u64>,
+    pub time_wait_share: Option<f64>,
+    pub lost: Option<u64>,
+    pub repeat: Option<u64>,
+}
+
+impl RuleOverrides {
+    /// The rules of `file` (defaults without one) with these flags applied.
+    pub fn rules(
+        &self,
+        file: Option<&std::path::Path>,
+    ) -> Result<crate::alerts::Rules, UsageError> {
+        let mut r: crate::alerts::Rules = match file {
+            None => crate::alerts::Rules::default(),
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| usage(format!("cannot read {}: {e}", f.display())))?;
+                toml::from_str(&text).map_err(|e| {
+                    usage(format!(
+                        "{}: {}",
+                        f.display(),
+                        e.message().lines().next().unwrap_or("invalid TOML")
+                    ))
+                })?
+            }
+        };
+        let set = |v: &mut u64, o: Option<u64>| {
+            if let Some(o) = o {
+                *v = o;
+            }
+        };
+        set(&mut r.close_wait_per_process, self.close_wait);
+        set(&mut r.close_wait_host, self.close_wait_host);
+        set(&mut r.close_wait_growth_window_min, self.growth_window);
+        set(&mut r.close_wait_oldest_secs, self.close_wait_age);
+        set(&mut r.lost_events, self.lost);
+        set(&mut r.repeat_secs, self.repeat);
+        if let Some(g) = self.close_wait_growth {
+            r.close_wait_growth_per_min = g;
+        }
+        if let Some(s) = self.time_wait_share {
+            r.time_wait_port_share = s;
+        }
+        r.check().map_err(usage)?;
+        Ok(r)
+    }
+}
+
+impl WatchArgs {
+    pub fn validate(&self) -> Result<WatchConfig, UsageError> {
+        let filter = self.filter.to_filter()?;
+        let engine = self.engine.validate()?;
+        let overrides = RuleOverrides {
+            close_wait: self.close_wait,
+            close_wait_host: self.close_wait_host,
+            close_wait_growth: self.close_wait_growth,
+            growth_window: self.growth_window,
+            close_wait_age: self.close_wait_age,
+            time_wait_share: self.time_wait_share,
+            lost: self.lost,
+            repeat: self.repeat,
+        };
+        let rules = overrides.rules(self.config.as_deref())?;
+        Ok(WatchConfig {
+            load: self.kernel.to_load_options(filter)?,
+            user_filter: crate::filter::UserFilter(filter),
+            json: self.json,
+            interval: interval(self.interval)?,
+            duration: duration(self.duration)?,
+            seed: engine.seed,
+            reconcile: engine.reconcile,
+            max_conns: engine.max_conns,
+            exit_on_alert: self.exit_on_alert,
+            config: self.config.clone(),
+            overrides,
+            rules,
+        })
+    }
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 //! `model` (pure: bytes to events), `output` (printers), `cli` (arguments to
 //! validated configs), `trace` (the `trace` command loop).
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -27,3 +28,4 @@ pub mod stats_cmd;
 pub mod top;
 pub mod trace;
 pub mod tui;
+pub mod watch;

@@ -1,7 +1,8 @@
 //! Entry point: parse arguments, run the command, print any error once.
 //!
-//! Exit codes: 0 success; 1 runtime failure; 2 bad arguments or an environment
-//! problem the user must fix (not root, no BTF, tracefs missing).
+//! Exit codes: 0 success; 1 runtime failure (and `watch --exit-on-alert`
+//! when an alert fires); 2 bad arguments or an environment problem the user
+//! must fix (not root, no BTF, tracefs missing).
 
 use std::process::ExitCode;
 
@@ -54,6 +55,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = args.validate()?;
             preflight::check()?;
             runtime()?.block_on(tcptrace::trace::run(cfg))
+        }
+        Command::Watch(args) => {
+            let cfg = args.validate()?;
+            preflight::check()?;
+            runtime()?.block_on(tcptrace::watch::run(cfg))
         }
         Command::Stats(args) => {
             let cfg = args.validate()?;

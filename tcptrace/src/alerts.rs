@@ -1,0 +1,472 @@
+//! The rules of `tcptrace watch`, evaluated against stats snapshots. Pure:
+//! the clock comes in with every evaluation, so thresholds, slopes,
+//! hysteresis, repeat and resolve are unit-tested without a kernel.
+//!
+//! A rule *fires* when its value reaches the threshold, *repeats* at most
+//! every `repeat` while it holds, and *resolves* once the value falls below
+//! [`CLEAR_RATIO`] of the threshold (hysteresis: a value hovering at the
+//! threshold does not flap). Counter rules (TIME_WAIT bucket overflow, lost
+//! events) hold while the counter rose within the last [`QUIET`].
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Snapshot;
+
+/// A firing rule resolves below this share of its threshold.
+pub const CLEAR_RATIO: f64 = 0.8;
+/// A counter rule resolves after this long without the counter rising.
+pub const QUIET: Duration = Duration::from_secs(60);
+
+/// Thresholds; every field has a default that makes sense unconfigured
+/// (the TOML file of `--config` uses these names).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rules {
+    /// CLOSE_WAIT sockets held by one process.
+    pub close_wait_per_process: u64,
+    /// CLOSE_WAIT sockets on the host (0 = off).
+    pub close_wait_host: u64,
+    /// CLOSE_WAIT growth of one process, sockets per minute, averaged over
+    /// `close_wait_growth_window_min` minutes (1, 5 or 15).
+    pub close_wait_growth_per_min: f64,
+    pub close_wait_growth_window_min: u64,
+    /// Age of a process's oldest CLOSE_WAIT socket, seconds.
+    pub close_wait_oldest_secs: u64,
+    /// Share (0..1) of `ip_local_port_range` held in TIME_WAIT to one peer.
+    pub time_wait_port_share: f64,
+    /// Alert when TCPTimeWaitOverflow rises.
+    pub time_wait_overflow: bool,
+    /// Events lost (all sources) within a minute (0 = off).
+    pub lost_events: u64,
+    /// Seconds between repeats of an alert that still holds.
+    pub repeat_secs: u64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            close_wait_per_process: 100,
+            close_wait_host: 1000,
+            close_wait_growth_per_min: 10.0,
+            close_wait_growth_window_min: 5,
+            close_wait_oldest_secs: 300,
+            time_wait_port_share: 0.5,
+            time_wait_overflow: true,
+            lost_events: 1,
+            repeat_secs: 600,
+        }
+    }
+}
+
+impl Rules {
+    /// Why these rules cannot work, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if ![1, 5, 15].contains(&self.close_wait_growth_window_min) {
+            return Err(format!(
+                "close_wait_growth_window_min = {} must be 1, 5 or 15",
+                self.close_wait_growth_window_min
+            ));
+        }
+        if !(self.time_wait_port_share > 0.0 && self.time_wait_port_share <= 1.0) {
+            return Err(format!(
+                "time_wait_port_share = {} must be in (0, 1]",
+                self.time_wait_port_share
+            ));
+        }
+        if !(self.close_wait_growth_per_min.is_finite() && self.close_wait_growth_per_min > 0.0) {
+            return Err("close_wait_growth_per_min must be a positive number".into());
+        }
+        if self.repeat_secs == 0 {
+            return Err("repeat_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The rules, by the name alerts carry in `rule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    CloseWaitCount,
+    CloseWaitHost,
+    CloseWaitGrowth,
+    CloseWaitOldest,
+    TimeWaitPorts,
+    TimeWaitOverflow,
+    LostEvents,
+}
+
+impl Rule {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Rule::CloseWaitCount => "close_wait_count",
+            Rule::CloseWaitHost => "close_wait_host",
+            Rule::CloseWaitGrowth => "close_wait_growth",
+            Rule::CloseWaitOldest => "close_wait_oldest",
+            Rule::TimeWaitPorts => "time_wait_ports",
+            Rule::TimeWaitOverflow => "time_wait_overflow",
+            Rule::LostEvents => "lost_events",
+        }
+    }
+}
+
+/// What a rule is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Subject {
+    Host,
+    /// A process (`None`: sockets whose owner is unknown).
+    Process(Option<u32>),
+    Peer(IpAddr, u16),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+/// One alert, as `watch --json` prints it (one object per line).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    pub rule: &'static str,
+    pub state: AlertState,
+    /// Wall clock, Unix epoch ns.
+    pub ts_ns: u64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub count: u64,
+    pub growth_per_min: Option<f64>,
+    pub oldest_age_ms: Option<u64>,
+    pub peers: Vec<String>,
+    /// What the rule measured and its threshold.
+    pub value: f64,
+    pub threshold: f64,
+    pub message: String,
+}
+
+/// A rule holding now, before hysteresis and repeat.
+struct Holding {
+    rule: Rule,
+    subject: Subject,
+    value: f64,
+    threshold: f64,
+    alert: Alert,
+}
+
+/// A firing alert: when it was last sent, and its latest details.
+#[derive(Clone, Debug)]
+struct Active {
+    last_sent_ns: u64,
+    last: Alert,
+}
+
+/// The rule engine: feed it a snapshot per evaluation.
+#[derive(Debug, Default)]
+pub struct Alerter {
+    pub rules: Rules,
+    active: HashMap<(Rule, Subject), Active>,
+    /// Counter values at the last evaluation, and when each last rose.
+    overflow: Option<u64>,
+    overflow_rose_ns: Option<u64>,
+    lost: Option<u64>,
+    /// (ts, total lost) samples within the last minute.
+    lost_window: std::collections::VecDeque<(u64, u64)>,
+    lost_rose_ns: Option<u64>,
+}
+
+fn fmt_age(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn who(pid: Option<u32>, comm: Option<&str>) -> String {
+    match (pid, comm) {
+        (Some(p), Some(c)) => format!("{c} (pid {p})"),
+        (Some(p), None) => format!("pid {p}"),
+        _ => "an unknown process".into(),
+    }
+}
+
+impl Alerter {
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            ..Self::default()
+        }
+    }
+
+    /// Alerts firing now (for a status line or `top`'s alert strip).
+    pub fn firing(&self) -> Vec<&Alert> {
+        let mut v: Vec<&Alert> = self.active.values().map(|a| &a.last).collect();
+        v.sort_by(|a, b| (a.rule, a.pid).cmp(&(b.rule, b.pid)));
+        v
+    }
+
+    /// Evaluates every rule at monotonic `now_ns` (wall `wall_ns`); returns
+    /// the alerts to send: new firings, due repeats, and resolutions.
+    pub fn evaluate(&mut self, snap: &Snapshot, now_ns: u64, wall_ns: u64) -> Vec<Alert> {
+        let holding = self.holding(snap, now_ns, wall_ns);
+        let repeat_ns = self.rules.repeat_secs.saturating_mul(1_000_000_000);
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for h in holding {
+            let key = (h.rule, h.subject);
+            let clear = h.threshold * CLEAR_RATIO;
+            match self.active.get_mut(&key) {
+                Some(a) if h.value >= clear => {
+                    seen.insert(key);
+                    a.last = h.alert.clone();
+                    if now_ns.saturating_sub(a.last_sent_ns) >= repeat_ns {
+                        a.last_sent_ns = now_ns;
+                        out.push(h.alert);
+                    }
+                }
+                Some(_) => {}
+                None if h.value >= h.threshold => {
+                    seen.insert(key);
+                    self.active.insert(
+                        key,
+                        Active {
+                            last_sent_ns: now_ns,
+                            last: h.alert.clone(),
+                        },
+                    );
+                    out.push(h.alert);
+                }
+                None => {}
+            }
+        }
+        let mut resolved: Vec<(Rule, Subject)> = self
+            .active
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .copied()
+            .collect();
+        resolved.sort_by_key(|(r, _)| *r);
+        for key in resolved {
+            let a = self.active.remove(&key).expect("present");
+            let mut alert = a.last;
+            alert.state = AlertState::Resolved;
+            alert.ts_ns = wall_ns;
+            alert.message = format!("resolved: {}", alert.message);
+            out.push(alert);
+        }
+        out
+    }
+
+    /// Every rule's candidates with their values (threshold checks are in
+    /// [`Alerter::evaluate`], to apply hysteresis).
+    fn holding(&mut self, snap: &Snapshot, now_ns: u64, wall_ns: u64) -> Vec<Holding> {
+        let r = self.rules.clone();
+        let mut out = Vec::new();
+        let alert = |rule: Rule, value: f64, threshold: f64, message: String| Alert {
+            rule: rule.name(),
+            state: AlertState::Firing,
+            ts_ns: wall_ns,
+            pid: None,
+            comm: None,
+            count: 0,
+            growth_per_min: None,
+            oldest_age_ms: None,
+            peers: Vec::new(),
+            value,
+            threshold,
+            message,
+        };
+        for p in &snap.close_wait_by_process {
+            let growth = match r.close_wait_growth_window_min {
+                1 => p.growth_per_min,
+                15 => p.growth_per_min_15m,
+                _ => p.growth_per_min_5m,
+            };
+            let whom = who(p.pid, p.comm.as_deref());
+            let peers = if p.peers.is_empty() {
+                "its peers".to_string()
+            } else {
+                p.peers.join(", ")
+            };
+            let cause = format!(
+                "{whom} is not closing connections to {peers} after the peer closed: a leaked connection; check code paths that return without closing (or releasing to the pool)"
+            );
+            let detail = |mut a: Alert| {
+                a.pid = p.pid;
+                a.comm = p.comm.clone();
+                a.count = p.count;
+                a.growth_per_min = Some(growth);
+                a.oldest_age_ms = Some(p.oldest_age_ms);
+                a.peers = p.peers.clone();
+                a
+            };
+            let subject = Subject::Process(p.pid);
+            let mut push = |rule, value: f64, threshold: f64, what: String| {
+                out.push(Holding {
+                    rule,
+                    subject,
+                    value,
+                    threshold,
+                    alert: detail(alert(rule, value, threshold, format!("{what}: {cause}"))),
+                });
+            };
+            push(
+                Rule::CloseWaitCount,
+                p.count as f64,
+                r.close_wait_per_process as f64,
+                format!("{} CLOSE_WAIT sockets held by {whom}", p.count),
+            );
+            push(
+                Rule::CloseWaitGrowth,
+                growth,
+                r.close_wait_growth_per_min,
+                format!(
+                    "CLOSE_WAIT of {whom} growing {growth:.1}/min over {} min ({} now)",
+                    r.close_wait_growth_window_min, p.count
+                ),
+            );
+            push(
+                Rule::CloseWaitOldest,
+                p.oldest_age_ms as f64 / 1000.0,
+                r.close_wait_oldest_secs as f64,
+                format!(
+                    "{whom} has held a CLOSE_WAIT socket for {}{}",
+                    if p.oldest_age_is_lower_bound {
+                        "at least "
+                    } else {
+                        ""
+                    },
+                    fmt_age(p.oldest_age_ms)
+                ),
+            );
+        }
+        let cw_total = snap.states.get("CLOSE_WAIT").copied().unwrap_or(0);
+        if r.close_wait_host > 0 {
+            let top = snap
+                .close_wait_by_process
+                .first()
+                .map(|p| format!("; the most by {}", who(p.pid, p.comm.as_deref())))
+                .unwrap_or_default();
+            let mut a = alert(
+                Rule::CloseWaitHost,
+                cw_total as f64,
+                r.close_wait_host as f64,
+                format!(
+                    "{cw_total} CLOSE_WAIT sockets on this host{top}: applications are not closing connections their peers closed (leaked connections)"
+                ),
+            );
+            a.count = cw_total;
+            out.push(Holding {
+                rule: Rule::CloseWaitHost,
+                subject: Subject::Host,
+                value: cw_total as f64,
+                threshold: r.close_wait_host as f64,
+                alert: a,
+            });
+        }
+        for p in &snap.time_wait_by_peer {
+            let peer = std::net::SocketAddr::new(p.daddr, p.dport).to_string();
+            let mut a = alert(
+                Rule::TimeWaitPorts,
+                p.port_range_ratio,
+                r.time_wait_port_share,
+                format!(
+                    "{} TIME_WAIT sockets to {peer} hold {:.0}% of ip_local_port_range: this host closes first on short connections and will run out of ephemeral ports to it; use keep-alive or a connection pool (nginx: upstream keepalive with HTTP/1.1), or let the peer close first",
+                    p.count,
+                    p.port_range_ratio * 100.0
+                ),
+            );
+            a.count = p.count;
+            a.peers = vec![peer];
+            out.push(Holding {
+                rule: Rule::TimeWaitPorts,
+                subject: Subject::Peer(p.daddr, p.dport),
+                value: p.port_range_ratio,
+                threshold: r.time_wait_port_share,
+                alert: a,
+            });
+        }
+        let quiet_ns = QUIET.as_nanos() as u64;
+        if r.time_wait_overflow {
+            let rose = self.overflow.map(|v| snap.tw_overflow.saturating_sub(v));
+            if rose.is_some_and(|d| d > 0) {
+                self.overflow_rose_ns = Some(now_ns);
+            }
+            self.overflow = Some(snap.tw_overflow);
+            if let Some(at) = self.overflow_rose_ns
+                && now_ns.saturating_sub(at) < quiet_ns
+            {
+                let mut a = alert(
+                    Rule::TimeWaitOverflow,
+                    1.0,
+                    1.0,
+                    format!(
+                        "TCPTimeWaitOverflow is rising ({} since boot): net.ipv4.tcp_max_tw_buckets is exceeded and new closes skip TIME_WAIT; raising it treats the symptom: make fewer short connections (keep-alive, pools)",
+                        snap.tw_overflow
+                    ),
+                );
+                a.count = snap.tw_overflow;
+                out.push(Holding {
+                    rule: Rule::TimeWaitOverflow,
+                    subject: Subject::Host,
+                    value: 1.0,
+                    threshold: 1.0,
+                    alert: a,
+                });
+            }
+        }
+        if r.lost_events > 0 {
+            let total = snap.lost.values().fold(0u64, |a, n| a.saturating_add(*n));
+            if self.lost.is_some_and(|v| total > v) {
+                self.lost_rose_ns = Some(now_ns);
+            }
+            self.lost = Some(total);
+            self.lost_window.push_back((now_ns, total));
+            while self
+                .lost_window
+                .front()
+                .is_some_and(|(t, _)| now_ns.saturating_sub(*t) > quiet_ns)
+            {
+                self.lost_window.pop_front();
+            }
+            let in_window = total.saturating_sub(self.lost_window.front().map_or(total, |s| s.1));
+            let rose_recently = self
+                .lost_rose_ns
+                .is_some_and(|at| now_ns.saturating_sub(at) < quiet_ns);
+            if rose_recently {
+                let sources: Vec<String> = snap
+                    .lost
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                let mut a = alert(
+                    Rule::LostEvents,
+                    in_window.max(1) as f64,
+                    r.lost_events as f64,
+                    format!(
+                        "tcptrace lost {in_window} events in the last minute ({}): its counts are low; raise --ring-size or narrow with --port/--pid",
+                        sources.join(", ")
+                    ),
+                );
+                a.count = in_window;
+                out.push(Holding {
+                    rule: Rule::LostEvents,
+                    subject: Subject::Host,
+                    value: in_window.max(1) as f64,
+                    threshold: r.lost_events as f64,
+                    alert: a,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

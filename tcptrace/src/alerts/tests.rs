@@ -1,0 +1,224 @@
+//! The rule engine with an injected clock: thresholds, slopes, hysteresis,
+//! repeat (no storms), resolve, counter rules.
+
+use super::*;
+use crate::{
+    engine::Engine,
+    stats::{CloseWaitByProcess, HostFacts, TimeWaitByPeer},
+};
+
+const SEC: u64 = 1_000_000_000;
+const WALL: u64 = 1_790_000_000 * SEC;
+
+fn empty() -> Snapshot {
+    let host = HostFacts {
+        port_range: (32768, 60999),
+        ..HostFacts::default()
+    };
+    Engine::new(1000).snapshot(0, WALL, host)
+}
+
+fn leak(count: u64, growth_5m: f64, oldest_s: u64) -> Snapshot {
+    let mut s = empty();
+    s.states.insert("CLOSE_WAIT", count);
+    s.close_wait_by_process.push(CloseWaitByProcess {
+        pid: Some(4242),
+        comm: Some("java".into()),
+        count,
+        growth_per_min: growth_5m,
+        growth_per_min_5m: growth_5m,
+        growth_per_min_15m: growth_5m,
+        oldest_age_ms: oldest_s * 1000,
+        oldest_age_is_lower_bound: false,
+        peers: vec!["10.0.0.5:3306".into()],
+    });
+    s
+}
+
+/// Evaluates at second `t`; returns (rule, state) of what was sent.
+fn at(a: &mut Alerter, snap: &Snapshot, t: u64) -> Vec<(&'static str, AlertState)> {
+    a.evaluate(snap, t * SEC, WALL + t * SEC)
+        .into_iter()
+        .map(|x| (x.rule, x.state))
+        .collect()
+}
+
+use AlertState::{Firing, Resolved};
+
+#[test]
+fn nothing_fires_below_every_threshold() {
+    let mut a = Alerter::new(Rules::default());
+    assert!(at(&mut a, &leak(99, 9.9, 299), 0).is_empty());
+    assert!(at(&mut a, &empty(), 1).is_empty());
+}
+
+#[test]
+fn a_leak_fires_count_growth_and_age_naming_the_process_and_the_fix() {
+    let mut a = Alerter::new(Rules::default());
+    let sent = a.evaluate(&leak(150, 12.0, 400), 0, WALL);
+    let rules: Vec<&str> = sent.iter().map(|x| x.rule).collect();
+    assert_eq!(
+        rules,
+        ["close_wait_count", "close_wait_growth", "close_wait_oldest"]
+    );
+    let count = &sent[0];
+    assert_eq!(count.state, Firing);
+    assert_eq!(
+        (count.pid, count.comm.as_deref()),
+        (Some(4242), Some("java"))
+    );
+    assert_eq!(count.count, 150);
+    assert_eq!(count.growth_per_min, Some(12.0));
+    assert_eq!(count.oldest_age_ms, Some(400_000));
+    assert_eq!(count.peers, ["10.0.0.5:3306"]);
+    assert_eq!(
+        count.message,
+        "150 CLOSE_WAIT sockets held by java (pid 4242): java (pid 4242) is not closing connections to 10.0.0.5:3306 after the peer closed: a leaked connection; check code paths that return without closing (or releasing to the pool)"
+    );
+    assert!(
+        sent[1]
+            .message
+            .starts_with("CLOSE_WAIT of java (pid 4242) growing 12.0/min over 5 min (150 now)")
+    );
+    assert!(
+        sent[2]
+            .message
+            .starts_with("java (pid 4242) has held a CLOSE_WAIT socket for 6m40s")
+    );
+}
+
+#[test]
+fn a_holding_rule_repeats_only_every_repeat_then_resolves_once() {
+    let mut a = Alerter::new(Rules {
+        repeat_secs: 600,
+        ..Rules::default()
+    });
+    let only_count = |n| leak(n, 0.0, 10);
+    assert_eq!(
+        at(&mut a, &only_count(120), 0),
+        [("close_wait_count", Firing)]
+    );
+    // Still holding every 5 s for almost 10 minutes: silence.
+    for t in (5..600).step_by(5) {
+        assert!(at(&mut a, &only_count(120 + t), t).is_empty(), "t={t}");
+    }
+    assert_eq!(a.firing().len(), 1);
+    assert_eq!(a.firing()[0].count, 595 + 120, "details stay current");
+    assert_eq!(
+        at(&mut a, &only_count(800), 600),
+        [("close_wait_count", Firing)]
+    );
+    // Closed: one resolve, then nothing.
+    let sent = a.evaluate(&empty(), 605 * SEC, WALL + 605 * SEC);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].state, Resolved);
+    assert!(sent[0].message.starts_with("resolved: "));
+    assert_eq!(sent[0].count, 800, "the last values seen while firing");
+    assert!(at(&mut a, &empty(), 610).is_empty());
+    assert!(a.firing().is_empty());
+}
+
+#[test]
+fn hysteresis_a_value_hovering_at_the_threshold_does_not_flap() {
+    let mut a = Alerter::new(Rules::default());
+    assert_eq!(
+        at(&mut a, &leak(100, 0.0, 1), 0),
+        [("close_wait_count", Firing)]
+    );
+    // 99, 100, 85, 81, 100: above 80% of 100, still the same alert.
+    for (t, n) in [(1, 99), (2, 100), (3, 85), (4, 81), (5, 100)] {
+        assert!(at(&mut a, &leak(n, 0.0, 1), t).is_empty(), "{n}");
+    }
+    assert_eq!(
+        at(&mut a, &leak(79, 0.0, 1), 6),
+        [("close_wait_count", Resolved)]
+    );
+    // Back to 99 (below the threshold): does not fire again.
+    assert!(at(&mut a, &leak(99, 0.0, 1), 7).is_empty());
+    assert_eq!(
+        at(&mut a, &leak(100, 0.0, 1), 8),
+        [("close_wait_count", Firing)]
+    );
+}
+
+#[test]
+fn growth_uses_the_configured_window() {
+    let mut s = leak(5, 0.0, 1);
+    s.close_wait_by_process[0].growth_per_min = 30.0; // a 1-minute burst
+    s.close_wait_by_process[0].growth_per_min_5m = 6.0;
+    let mut five = Alerter::new(Rules::default());
+    assert!(at(&mut five, &s, 0).is_empty(), "5 min average is 6/min");
+    let mut one = Alerter::new(Rules {
+        close_wait_growth_window_min: 1,
+        ..Rules::default()
+    });
+    assert_eq!(at(&mut one, &s, 0), [("close_wait_growth", Firing)]);
+}
+
+#[test]
+fn host_wide_close_wait_and_time_wait_port_share() {
+    let mut a = Alerter::new(Rules {
+        close_wait_host: 50,
+        ..Rules::default()
+    });
+    let mut s = leak(60, 0.0, 1);
+    s.time_wait_by_peer.push(TimeWaitByPeer {
+        daddr: "10.0.0.9".parse().unwrap(),
+        dport: 8080,
+        count: 15_000,
+        port_range_ratio: 15_000.0 / 28_232.0,
+    });
+    let sent = a.evaluate(&s, 0, WALL);
+    let rules: Vec<&str> = sent.iter().map(|x| x.rule).collect();
+    assert_eq!(rules, ["close_wait_host", "time_wait_ports"]);
+    assert!(sent[0].message.contains("the most by java (pid 4242)"));
+    assert_eq!(sent[1].peers, ["10.0.0.9:8080"]);
+    assert!(
+        sent[1].message.starts_with(
+            "15000 TIME_WAIT sockets to 10.0.0.9:8080 hold 53% of ip_local_port_range"
+        ),
+        "{}",
+        sent[1].message
+    );
+}
+
+#[test]
+fn counter_rules_fire_when_the_counter_rises_and_resolve_after_a_quiet_minute() {
+    let mut a = Alerter::new(Rules::default());
+    let mut s = empty();
+    s.tw_overflow = 10;
+    assert!(
+        at(&mut a, &s, 0).is_empty(),
+        "the first value is the baseline"
+    );
+    s.tw_overflow = 12;
+    assert_eq!(at(&mut a, &s, 5), [("time_wait_overflow", Firing)]);
+    assert!(at(&mut a, &s, 30).is_empty());
+    assert_eq!(at(&mut a, &s, 66), [("time_wait_overflow", Resolved)]);
+
+    s.lost.insert("ring_full", 7);
+    assert_eq!(at(&mut a, &s, 70), [("lost_events", Firing)]);
+    let msg = &a.firing()[0].message;
+    assert!(
+        msg.contains("ring_full 7") && msg.contains("--ring-size"),
+        "{msg}"
+    );
+    assert_eq!(at(&mut a, &s, 131), [("lost_events", Resolved)]);
+}
+
+#[test]
+fn rules_from_toml_with_defaults_and_errors() {
+    let r: Rules = toml::from_str("close_wait_per_process = 20\nrepeat_secs = 60\n").unwrap();
+    assert_eq!(r.close_wait_per_process, 20);
+    assert_eq!(r.repeat_secs, 60);
+    assert_eq!(r.close_wait_oldest_secs, 300, "unset: the default");
+    assert!(
+        toml::from_str::<Rules>("close_wait_per_proces = 20").is_err(),
+        "typos are errors"
+    );
+    let bad = Rules {
+        close_wait_growth_window_min: 3,
+        ..Rules::default()
+    };
+    assert!(bad.check().unwrap_err().contains("must be 1, 5 or 15"));
+}

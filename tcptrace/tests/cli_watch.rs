@@ -1,0 +1,171 @@
+//! `tcptrace watch` on a real leak: this test leaks CLOSE_WAIT sockets at a
+//! steady rate; `watch --json` with small thresholds must fire the count and
+//! growth alerts naming this process, once each, then resolve them once the
+//! sockets are closed.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::{free_listener, leak_close_wait};
+use serde_json::Value;
+
+#[test]
+fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed() {
+    let (listener, port) = free_listener();
+    let p = port.to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args([
+            "watch",
+            "--json",
+            "--interval",
+            "0.5",
+            "--port",
+            &p,
+            "--close-wait",
+            "10",
+            "--close-wait-growth",
+            "5",
+            "--growth-window",
+            "1",
+            "--close-wait-host",
+            "0",
+            "--lost",
+            "0",
+            "--reconcile",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut banner = String::new();
+    err.read_line(&mut banner).unwrap();
+    assert!(banner.contains("watching every"), "{banner}");
+    let (tx, rx) = mpsc::channel::<Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            tx.send(serde_json::from_str(&line).expect("one JSON object per line"))
+                .unwrap();
+        }
+    });
+    let mut seen: Vec<Value> = Vec::new();
+    let wait_for = |what: &str, ok: &dyn Fn(&[Value]) -> bool, seen: &mut Vec<Value>| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok(seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(v) => seen.push(v),
+                Err(_) => panic!("timed out waiting for {what}; alerts so far: {seen:#?}"),
+            }
+        }
+    };
+    let has = |rule: &'static str, state: &'static str| {
+        move |s: &[Value]| s.iter().any(|a| a["rule"] == rule && a["state"] == state)
+    };
+
+    // A steady leak: 5 sockets per second for 4 seconds.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        leak_close_wait(&listener, port, 5, &mut held);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_for(
+        "count and growth firing",
+        &|s: &[Value]| {
+            has("close_wait_count", "firing")(s) && has("close_wait_growth", "firing")(s)
+        },
+        &mut seen,
+    );
+    let pid = std::process::id();
+    for rule in ["close_wait_count", "close_wait_growth"] {
+        let a = seen
+            .iter()
+            .find(|a| a["rule"] == rule && a["state"] == "firing")
+            .unwrap();
+        assert_eq!(a["pid"], pid, "{a}");
+        assert!(a["comm"].as_str().is_some_and(|c| !c.is_empty()), "{a}");
+        assert!(a["count"].as_u64().unwrap() >= 10, "{a}");
+        assert!(a["growth_per_min"].as_f64().unwrap() > 5.0, "{a}");
+        assert!(a["oldest_age_ms"].as_u64().is_some(), "{a}");
+        assert!(
+            a["peers"][0].as_str().unwrap().starts_with("127.0.0.1:"),
+            "the clients: {a}"
+        );
+        assert!(
+            a["message"]
+                .as_str()
+                .unwrap()
+                .contains("after the peer closed: a leaked connection"),
+            "{a}"
+        );
+    }
+
+    // Closed: both resolve.
+    drop(held);
+    wait_for(
+        "both resolved",
+        &|s: &[Value]| {
+            has("close_wait_count", "resolved")(s) && has("close_wait_growth", "resolved")(s)
+        },
+        &mut seen,
+    );
+    // A little longer: nothing more (no storm, no flapping).
+    std::thread::sleep(Duration::from_secs(2));
+    seen.extend(rx.try_iter());
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    for rule in ["close_wait_count", "close_wait_growth"] {
+        for state in ["firing", "resolved"] {
+            let n = seen
+                .iter()
+                .filter(|a| a["rule"] == rule && a["state"] == state)
+                .count();
+            assert_eq!(n, 1, "{rule} {state} once: {seen:#?}");
+        }
+    }
+}
+
+#[test]
+fn watch_rejects_bad_rules_in_one_line() {
+    let dir = std::env::temp_dir().join(format!("tcptrace-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let typo = dir.join("typo.toml");
+    std::fs::write(&typo, "close_wait_per_proces = 5\n").unwrap();
+    for (args, says) in [
+        (vec!["--growth-window", "3"], "must be 1, 5 or 15"),
+        (
+            vec!["--time-wait-share", "2"],
+            "time_wait_port_share = 2 must be in (0, 1]",
+        ),
+        (
+            vec!["--config", typo.to_str().unwrap()],
+            "unknown field `close_wait_per_proces`",
+        ),
+        (
+            vec!["--config", "/nonexistent.toml"],
+            "cannot read /nonexistent.toml",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .arg("watch")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
