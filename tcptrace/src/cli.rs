@@ -60,6 +60,10 @@ pub struct WatchArgs {
     /// Exit 1 at the first firing alert (health checks, CI).
     #[arg(long)]
     pub exit_on_alert: bool,
+    /// Run `sh -c CMD` per alert (firing or resolved): the alert as JSON on stdin
+    /// and in TCPTRACE_ALERT_* variables; killed after 10 s; never blocks tracing.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
     /// CLOSE_WAIT sockets per process [default 100].
     #[arg(long, value_name = "N")]
     pub close_wait: Option<u64>,
@@ -97,6 +101,7 @@ pub struct WatchConfig {
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
     pub exit_on_alert: bool,
+    pub exec: Option<String>,
     pub config: Option<std::path::PathBuf>,
     /// The flags given, applied over the file's rules (on every reload too).
     pub overrides: RuleOverrides,
@@ -183,6 +188,7 @@ impl WatchArgs {
             reconcile: engine.reconcile,
             max_conns: engine.max_conns,
             exit_on_alert: self.exit_on_alert,
+            exec: self.exec.clone(),
             config: self.config.clone(),
             overrides,
             rules,

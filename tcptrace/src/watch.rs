@@ -2,10 +2,16 @@
 //! [`crate::alerts`] evaluated every `--interval`. Alerts go to stderr as
 //! text lines, or to stdout as JSON Lines with `--json`. SIGHUP reloads
 //! `--config` (the flags still override it); SIGTERM/SIGINT stop cleanly.
+//! `--exec` runs a command per alert on its own thread, bounded in time and
+//! in number, so a slow or hanging hook never delays tracing.
 
 use std::{
     io::{self, Write},
-    process::ExitCode,
+    process::{Command, ExitCode, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -34,6 +40,80 @@ pub fn text_line(a: &Alert) -> String {
     format!("{} {state} {}: {}", hms_millis(a.ts_ns), a.rule, a.message)
 }
 
+/// Longest an `--exec` command may run before it is killed.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--exec` commands running at once, at most; more alerts are logged, not run.
+pub const EXEC_MAX_RUNNING: usize = 4;
+
+/// Runs `sh -c cmd` for one alert on its own thread: the alert as JSON on
+/// stdin and in `TCPTRACE_ALERT_*` variables, killed after [`EXEC_TIMEOUT`];
+/// failures are logged on stderr.
+fn exec_alert(cmd: &str, a: &Alert, running: &Arc<AtomicUsize>) {
+    if running.fetch_add(1, Ordering::SeqCst) >= EXEC_MAX_RUNNING {
+        running.fetch_sub(1, Ordering::SeqCst);
+        eprintln!(
+            "tcptrace: --exec skipped for {} ({EXEC_MAX_RUNNING} still running)",
+            a.rule
+        );
+        return;
+    }
+    let json = serde_json::to_string(a).unwrap_or_default();
+    let state = match a.state {
+        AlertState::Firing => "firing",
+        AlertState::Resolved => "resolved",
+    };
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .env("TCPTRACE_ALERT_RULE", a.rule)
+        .env("TCPTRACE_ALERT_STATE", state)
+        .env(
+            "TCPTRACE_ALERT_PID",
+            a.pid.map(|p| p.to_string()).unwrap_or_default(),
+        )
+        .env("TCPTRACE_ALERT_COMM", a.comm.clone().unwrap_or_default())
+        .env("TCPTRACE_ALERT_COUNT", a.count.to_string())
+        .env("TCPTRACE_ALERT_PEERS", a.peers.join(" "))
+        .env("TCPTRACE_ALERT_MESSAGE", &a.message)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let rule = a.rule;
+    let running = running.clone();
+    std::thread::spawn(move || {
+        let outcome = (|| -> io::Result<String> {
+            let mut child = command.spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                // A command that does not read stdin is fine.
+                let _ = stdin.write_all(json.as_bytes());
+                let _ = stdin.write_all(b"\n");
+            }
+            let started = std::time::Instant::now();
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    return Ok(if status.success() {
+                        String::new()
+                    } else {
+                        format!("exited with {status}")
+                    });
+                }
+                if started.elapsed() >= EXEC_TIMEOUT {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(format!("killed after {}s", EXEC_TIMEOUT.as_secs()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })();
+        match outcome {
+            Ok(problem) if problem.is_empty() => {}
+            Ok(problem) => eprintln!("tcptrace: --exec for {rule} {problem}"),
+            Err(e) => eprintln!("tcptrace: --exec for {rule} failed: {e}"),
+        }
+        running.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
 pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
     let mut signals = StopSignals::install()?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -44,6 +124,7 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
     }
     source.restart_loss_count();
     let mut alerter = Alerter::new(cfg.rules.clone());
+    let exec_running = Arc::new(AtomicUsize::new(0));
     let (hook, timewait_hook) = source.hooks();
     eprintln!(
         "tcptrace: watching every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",
@@ -86,6 +167,9 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
                 let mut fired = false;
                 for a in alerter.evaluate(&snap, now, wall) {
                     fired |= a.state == AlertState::Firing;
+                    if let Some(cmd) = &cfg.exec {
+                        exec_alert(cmd, &a, &exec_running);
+                    }
                     let written = if cfg.json {
                         serde_json::to_writer(&mut out, &a)
                             .map_err(io::Error::from)

@@ -19,6 +19,13 @@ use serde_json::Value;
 fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed() {
     let (listener, port) = free_listener();
     let p = port.to_string();
+    let hook_log = std::env::temp_dir().join(format!("tcptrace-exec-{port}.log"));
+    let _ = std::fs::remove_file(&hook_log);
+    // The hook appends the JSON it gets on stdin, then its variables.
+    let exec = format!(
+        "cat >> {0}; echo \"state=$TCPTRACE_ALERT_STATE rule=$TCPTRACE_ALERT_RULE pid=$TCPTRACE_ALERT_PID\" >> {0}",
+        hook_log.display()
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
         .args([
             "watch",
@@ -39,6 +46,8 @@ fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed(
             "0",
             "--reconcile",
             "0",
+            "--exec",
+            &exec,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -134,6 +143,40 @@ fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed(
             assert_eq!(n, 1, "{rule} {state} once: {seen:#?}");
         }
     }
+    // --exec ran exactly once per state change, with the alert on stdin and
+    // in its environment. (It runs on its own thread: give it a moment.)
+    std::thread::sleep(Duration::from_millis(500));
+    let log = std::fs::read_to_string(&hook_log).unwrap();
+    // Hooks for one evaluation run concurrently: compare as sets.
+    let (json, env): (Vec<&str>, Vec<&str>) = log.lines().partition(|l| l.starts_with('{'));
+    let mut from_json: Vec<String> = json
+        .iter()
+        .map(|l| {
+            let a: Value = serde_json::from_str(l).unwrap();
+            format!(
+                "state={} rule={} pid={pid}",
+                a["state"].as_str().unwrap(),
+                a["rule"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut from_env: Vec<String> = env.iter().map(|l| l.to_string()).collect();
+    let mut printed: Vec<String> = seen
+        .iter()
+        .map(|a| {
+            format!(
+                "state={} rule={} pid={pid}",
+                a["state"].as_str().unwrap(),
+                a["rule"].as_str().unwrap()
+            )
+        })
+        .collect();
+    from_json.sort();
+    from_env.sort();
+    printed.sort();
+    assert_eq!(from_json, printed, "{log}");
+    assert_eq!(from_env, printed, "{log}");
+    let _ = std::fs::remove_file(&hook_log);
 }
 
 #[test]
