@@ -12,7 +12,7 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::Snapshot;
+use crate::{clock::fmt_age, stats::Snapshot};
 
 /// A firing rule resolves below this share of its threshold.
 pub const CLEAR_RATIO: f64 = 0.8;
@@ -176,17 +176,6 @@ pub struct Alerter {
     lost_rose_ns: Option<u64>,
 }
 
-fn fmt_age(ms: u64) -> String {
-    let s = ms / 1000;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
 fn who(pid: Option<u32>, comm: Option<&str>) -> String {
     match (pid, comm) {
         (Some(p), Some(c)) => format!("{c} (pid {p})"),
@@ -341,7 +330,7 @@ impl Alerter {
                     } else {
                         ""
                     },
-                    fmt_age(p.oldest_age_ms)
+                    fmt_age(p.oldest_age_ms, false)
                 ),
             );
         }

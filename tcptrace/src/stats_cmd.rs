@@ -4,20 +4,19 @@
 use std::{
     io::{self, Write},
     process::ExitCode,
-    time::Duration,
 };
 
 use anyhow::Result;
-use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
 use crate::{
     cli::StatsConfig,
-    clock::hms_millis,
+    clock::{fmt_age, hms_millis},
     ebpf::Tracer,
     engine::Engine,
     source::Source,
     stats::{HistKind, Snapshot},
-    trace::{POLL_INTERVAL, StopSignals},
+    trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
 };
 
 pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
@@ -36,17 +35,10 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
         cfg.interval
     );
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut poll = interval(POLL_INTERVAL);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut report = interval(cfg.interval);
-    report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut poll = ticker(POLL_INTERVAL);
+    let mut report = ticker(cfg.interval);
     report.tick().await;
-    let reconcile_every = cfg
-        .reconcile
-        .unwrap_or(Duration::from_secs(3600 * 24 * 365));
-    let mut reconcile = interval(reconcile_every);
-    reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    reconcile.tick().await;
+    let mut reconcile = reconcile_ticker(cfg.reconcile).await;
     let deadline = cfg.duration.map(|d| Instant::now() + d);
     loop {
         tokio::select! {
@@ -74,18 +66,6 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
 pub fn write_json(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     serde_json::to_writer(&mut *w, snap)?;
     w.write_all(b"\n")
-}
-
-fn fmt_age(ms: u64, lower: bool) -> String {
-    let s = ms / 1000;
-    let text = if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}.{}s", s, (ms % 1000) / 100)
-    };
-    if lower { format!(">={text}") } else { text }
 }
 
 pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {

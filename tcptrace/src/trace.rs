@@ -115,6 +115,22 @@ fn report_lost<W: Write>(
 
 /// SIGINT and SIGTERM, installed before anything is announced so an early
 /// Ctrl-C still detaches cleanly.
+/// A tokio interval that delays (never bursts) after a late tick.
+pub fn ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// The reconciliation ticker of the live commands: first tick one period
+/// from now; `None` (never) ticks about once a year and is guarded off by
+/// the caller.
+pub async fn reconcile_ticker(every: Option<std::time::Duration>) -> tokio::time::Interval {
+    let mut t = ticker(every.unwrap_or(std::time::Duration::from_secs(3600 * 24 * 365)));
+    t.tick().await;
+    t
+}
+
 pub struct StopSignals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,

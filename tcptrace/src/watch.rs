@@ -18,7 +18,7 @@ use std::{
 use anyhow::Result;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    time::{Instant, MissedTickBehavior, interval, sleep_until},
+    time::{Instant, sleep_until},
 };
 
 use crate::{
@@ -28,7 +28,7 @@ use crate::{
     ebpf::Tracer,
     engine::Engine,
     source::Source,
-    trace::{POLL_INTERVAL, StopSignals},
+    trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
 };
 
 /// One alert as a text line (stderr).
@@ -131,16 +131,9 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
         cfg.interval
     );
     let mut out = io::stdout().lock();
-    let mut poll = interval(POLL_INTERVAL);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut evaluate = interval(cfg.interval);
-    evaluate.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let reconcile_every = cfg
-        .reconcile
-        .unwrap_or(Duration::from_secs(3600 * 24 * 365));
-    let mut reconcile = interval(reconcile_every);
-    reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    reconcile.tick().await;
+    let mut poll = ticker(POLL_INTERVAL);
+    let mut evaluate = ticker(cfg.interval);
+    let mut reconcile = reconcile_ticker(cfg.reconcile).await;
     let deadline = cfg.duration.map(|d| Instant::now() + d);
     loop {
         tokio::select! {

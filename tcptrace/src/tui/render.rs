@@ -35,39 +35,10 @@ fn selected_style() -> Style {
     Style::default().add_modifier(Modifier::REVERSED)
 }
 
+pub use crate::clock::{fmt_age, fmt_ms};
+
 fn header_style() -> Style {
     Style::default().fg(ACCENT).add_modifier(Modifier::BOLD)
-}
-
-/// A duration for people: 0.42ms, 12.3ms, 4.1s, 5m03s, 2h05m, 3d04h.
-pub fn fmt_ms(ms: f64) -> String {
-    if !ms.is_finite() || ms < 0.0 {
-        return "-".into();
-    }
-    if ms < 1.0 {
-        return format!("{ms:.2}ms");
-    }
-    if ms < 1000.0 {
-        return format!("{ms:.1}ms");
-    }
-    let s = ms / 1000.0;
-    if s < 60.0 {
-        return format!("{s:.1}s");
-    }
-    let s = s as u64;
-    if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else if s < 86400 {
-        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
-    } else {
-        format!("{}d{:02}h", s / 86400, (s / 3600) % 24)
-    }
-}
-
-/// An age, marked `>=` when it is a lower bound (the socket predates the trace).
-pub fn fmt_age(ms: u64, lower_bound: bool) -> String {
-    let t = fmt_ms(ms as f64);
-    if lower_bound { format!(">={t}") } else { t }
 }
 
 /// A count for a narrow column: 999, 12.3k, 4.5M.
