@@ -162,18 +162,34 @@ struct Active {
     last: Alert,
 }
 
+/// A counter behind a counter rule: its last value and when it last rose.
+#[derive(Debug, Default)]
+struct RisingCounter {
+    last: Option<u64>,
+    rose_ns: Option<u64>,
+}
+
+impl RisingCounter {
+    /// Takes the counter's value at `now_ns`; true while it rose within [`QUIET`].
+    fn rose_recently(&mut self, value: u64, now_ns: u64) -> bool {
+        if self.last.is_some_and(|v| value > v) {
+            self.rose_ns = Some(now_ns);
+        }
+        self.last = Some(value);
+        self.rose_ns
+            .is_some_and(|at| now_ns.saturating_sub(at) < QUIET.as_nanos() as u64)
+    }
+}
+
 /// The rule engine: feed it a snapshot per evaluation.
 #[derive(Debug, Default)]
 pub struct Alerter {
     pub rules: Rules,
     active: HashMap<(Rule, Subject), Active>,
-    /// Counter values at the last evaluation, and when each last rose.
-    overflow: Option<u64>,
-    overflow_rose_ns: Option<u64>,
-    lost: Option<u64>,
+    overflow: RisingCounter,
+    lost: RisingCounter,
     /// (ts, total lost) samples within the last minute.
     lost_window: std::collections::VecDeque<(u64, u64)>,
-    lost_rose_ns: Option<u64>,
 }
 
 fn who(pid: Option<u32>, comm: Option<&str>) -> String {
@@ -381,40 +397,28 @@ impl Alerter {
             });
         }
         let quiet_ns = QUIET.as_nanos() as u64;
-        if r.time_wait_overflow {
-            let rose = self.overflow.map(|v| snap.tw_overflow.saturating_sub(v));
-            if rose.is_some_and(|d| d > 0) {
-                self.overflow_rose_ns = Some(now_ns);
-            }
-            self.overflow = Some(snap.tw_overflow);
-            if let Some(at) = self.overflow_rose_ns
-                && now_ns.saturating_sub(at) < quiet_ns
-            {
-                let mut a = alert(
-                    Rule::TimeWaitOverflow,
-                    1.0,
-                    1.0,
-                    format!(
-                        "TCPTimeWaitOverflow is rising ({} since boot): net.ipv4.tcp_max_tw_buckets is exceeded and new closes skip TIME_WAIT; raising it treats the symptom: make fewer short connections (keep-alive, pools)",
-                        snap.tw_overflow
-                    ),
-                );
-                a.count = snap.tw_overflow;
-                out.push(Holding {
-                    rule: Rule::TimeWaitOverflow,
-                    subject: Subject::Host,
-                    value: 1.0,
-                    threshold: 1.0,
-                    alert: a,
-                });
-            }
+        if r.time_wait_overflow && self.overflow.rose_recently(snap.tw_overflow, now_ns) {
+            let mut a = alert(
+                Rule::TimeWaitOverflow,
+                1.0,
+                1.0,
+                format!(
+                    "TCPTimeWaitOverflow is rising ({} since boot): net.ipv4.tcp_max_tw_buckets is exceeded and new closes skip TIME_WAIT; raising it treats the symptom: make fewer short connections (keep-alive, pools)",
+                    snap.tw_overflow
+                ),
+            );
+            a.count = snap.tw_overflow;
+            out.push(Holding {
+                rule: Rule::TimeWaitOverflow,
+                subject: Subject::Host,
+                value: 1.0,
+                threshold: 1.0,
+                alert: a,
+            });
         }
         if r.lost_events > 0 {
             let total = snap.lost.values().fold(0u64, |a, n| a.saturating_add(*n));
-            if self.lost.is_some_and(|v| total > v) {
-                self.lost_rose_ns = Some(now_ns);
-            }
-            self.lost = Some(total);
+            let rose_recently = self.lost.rose_recently(total, now_ns);
             self.lost_window.push_back((now_ns, total));
             while self
                 .lost_window
@@ -424,9 +428,6 @@ impl Alerter {
                 self.lost_window.pop_front();
             }
             let in_window = total.saturating_sub(self.lost_window.front().map_or(total, |s| s.1));
-            let rose_recently = self
-                .lost_rose_ns
-                .is_some_and(|at| now_ns.saturating_sub(at) < quiet_ns);
             if rose_recently {
                 let sources: Vec<String> = snap
                     .lost

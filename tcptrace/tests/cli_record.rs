@@ -222,27 +222,27 @@ fn recorded_events(stderr: &str) -> u64 {
     before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-#[test]
-fn rotation_by_time_keeps_n_files_each_readable_and_loses_nothing_between_them() {
-    let dir = temp("rot-time");
+/// `record` into a fresh directory's `r.tcptrace`, for a fresh listener's
+/// port, with the rotation options `rotation`.
+fn record_rotating(
+    name: &str,
+    rotation: &[&str],
+) -> (PathBuf, PathBuf, std::net::TcpListener, u16, Running) {
+    let dir = temp(name);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("r.tcptrace");
     let (listener, port) = free_listener();
     let p = port.to_string();
-    let record = Running::start(
-        &[
-            "record",
-            "-o",
-            file.to_str().unwrap(),
-            "--port",
-            &p,
-            "--rotate-time",
-            "1",
-            "--keep",
-            "20",
-        ],
-        "recording to",
-    );
+    let mut args = vec!["record", "-o", file.to_str().unwrap(), "--port", &p];
+    args.extend(rotation);
+    let record = Running::start(&args, "recording to");
+    (dir, file, listener, port, record)
+}
+
+#[test]
+fn rotation_by_time_keeps_n_files_each_readable_and_loses_nothing_between_them() {
+    let (dir, file, listener, port, record) =
+        record_rotating("rot-time", &["--rotate-time", "1", "--keep", "20"]);
     // Connections all along, so every file has events.
     let load = std::thread::spawn(move || {
         let start = std::time::Instant::now();
@@ -287,25 +287,8 @@ fn rotation_by_time_keeps_n_files_each_readable_and_loses_nothing_between_them()
 
 #[test]
 fn rotation_by_size_keeps_only_the_newest_n() {
-    let dir = temp("rot-size");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("r.tcptrace");
-    let (listener, port) = free_listener();
-    let p = port.to_string();
-    let record = Running::start(
-        &[
-            "record",
-            "-o",
-            file.to_str().unwrap(),
-            "--port",
-            &p,
-            "--rotate-size",
-            "64K",
-            "--keep",
-            "2",
-        ],
-        "recording to",
-    );
+    let (dir, _file, listener, port, record) =
+        record_rotating("rot-size", &["--rotate-size", "64K", "--keep", "2"]);
     // About 100 bytes per connection: each second's block passes 64 KiB.
     for _ in 0..5 {
         pile_time_wait(listener.try_clone().unwrap(), port, 700);
