@@ -153,6 +153,9 @@ pub enum Counter {
     Filtered = 4,
     /// Failed owner-map inserts.
     MapFull = 5,
+    /// Timewait sockets killed whose memory was at once taken by a new
+    /// timewait socket (told apart from a re-arm by the tuple).
+    TwMemoryReused = 6,
 }
 
 /// Number of slots in `COUNTERS`.

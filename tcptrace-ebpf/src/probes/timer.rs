@@ -13,7 +13,11 @@
 //!   just before `tcp_done()` moves the full socket to CLOSE on this CPU, which
 //!   is where it gets linked: see `inet_sock_set_state.rs`);
 //! - `timer_cancel` then, with nothing in between on this CPU (the timer base
-//!   lock is held with irqs off), `timer_start` of the same timer: re-armed;
+//!   lock is held with irqs off), `timer_start` of the same timer: re-armed.
+//!   The tuple must match too: a tw killed (`tcp_tw_reuse`, a SYN or RST in
+//!   softirq) can be freed and its memory handed to the next tw (the slab is
+//!   `SLAB_TYPESAFE_BY_RCU`) with no hooked event in between on this CPU, so
+//!   the same timer address can be a kill followed by a new tw;
 //! - `timer_cancel` then `timer_expire_entry` of the same timer: expired
 //!   (`expire_timers()` detaches before calling `tw_timer_handler`);
 //! - `timer_cancel` followed by anything else: killed early (RST, reuse,
@@ -22,7 +26,7 @@
 //! So a cancel is parked per CPU and decided by the next event on that CPU.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
-use tcptrace_common::{Counter, EventKind, RawEvent, TwEndReason, event_flags, tcp_state};
+use tcptrace_common::{Counter, EventKind, RawEvent, TwEndReason, event_flags, family, tcp_state};
 
 use crate::{
     filter,
@@ -63,7 +67,19 @@ pub fn resolve_pending_cancel(timer: u64, next: Next) -> bool {
         return false;
     }
     let same = timer != 0 && cancelled.sk + global!(OFFSETS.tw_timer) as u64 == timer;
-    if same && next != Next::Other {
+    let consumed = match next {
+        Next::Other => false,
+        Next::Expire => same,
+        // A re-arm keeps the socket; a new tw in the freed memory does not.
+        Next::Start => {
+            let rearm = same && same_tuple(cancelled);
+            if same && !rearm {
+                count(Counter::TwMemoryReused);
+            }
+            rearm
+        }
+    };
+    if consumed {
         return true;
     }
     let _ = OWNERS.remove(cancelled.sk);
@@ -72,6 +88,27 @@ pub fn resolve_pending_cancel(timer: u64, next: Next) -> bool {
     }
     cancelled.sk = 0;
     false
+}
+
+/// Whether the timewait socket at `ev.sk` still has the tuple `ev` was built
+/// with (false when it cannot be read).
+#[inline(always)]
+fn same_tuple(ev: &RawEvent) -> bool {
+    let tw = ev.sk;
+    let ports = sock::read::<u16>(tw, global!(OFFSETS.skc_num)) == Some(ev.sport)
+        && sock::read::<u16>(tw, global!(OFFSETS.skc_dport)).map(u16::from_be) == Some(ev.dport);
+    if !ports {
+        return false;
+    }
+    if ev.family == family::INET6 {
+        sock::read::<[u8; 16]>(tw, global!(OFFSETS.skc_v6_rcv_saddr)) == Some(ev.saddr)
+            && sock::read::<[u8; 16]>(tw, global!(OFFSETS.skc_v6_daddr)) == Some(ev.daddr)
+    } else {
+        sock::read::<[u8; 4]>(tw, global!(OFFSETS.skc_rcv_saddr))
+            .is_some_and(|a| ev.saddr[..4] == a)
+            && sock::read::<[u8; 4]>(tw, global!(OFFSETS.skc_daddr))
+                .is_some_and(|a| ev.daddr[..4] == a)
+    }
 }
 
 /// Builds the common part of a timewait event: tuple, substate, owner.

@@ -89,6 +89,8 @@ pub struct KernelCounters {
     pub ring_full: u64,
     pub owner_miss: u64,
     pub tw_unlinked: u64,
+    /// Timewait kills told apart from re-arms by the tuple (see `timer.rs`).
+    pub tw_memory_reused: u64,
     pub filtered: u64,
     pub map_full: u64,
     pub recursion_misses: u64,
@@ -279,12 +281,13 @@ impl Tracer {
                 }
             }
         };
-        debug_assert!((Counter::MapFull as u32) < N_COUNTERS);
+        debug_assert!((Counter::TwMemoryReused as u32) < N_COUNTERS);
         KernelCounters {
             events: sum(Counter::Events),
             ring_full: sum(Counter::RingFull),
             owner_miss: sum(Counter::OwnerMiss),
             tw_unlinked: sum(Counter::TwUnlinked),
+            tw_memory_reused: sum(Counter::TwMemoryReused),
             filtered: sum(Counter::Filtered),
             map_full: sum(Counter::MapFull),
             recursion_misses: self.prog_fds.iter().map(|&fd| recursion_misses(fd)).sum(),
