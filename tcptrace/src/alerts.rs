@@ -98,6 +98,16 @@ pub enum Rule {
 }
 
 impl Rule {
+    pub const ALL: [Rule; 7] = [
+        Rule::CloseWaitCount,
+        Rule::CloseWaitHost,
+        Rule::CloseWaitGrowth,
+        Rule::CloseWaitOldest,
+        Rule::TimeWaitPorts,
+        Rule::TimeWaitOverflow,
+        Rule::LostEvents,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             Rule::CloseWaitCount => "close_wait_count",

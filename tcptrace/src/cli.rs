@@ -35,6 +35,26 @@ pub enum Command {
     Report(ReportArgs),
     /// Alert on CLOSE_WAIT growth, TIME_WAIT port exhaustion and lost events.
     Watch(WatchArgs),
+    /// Print the man page or a shell completion script (used by packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// What to print on stdout.
+    #[arg(value_enum)]
+    pub kind: GenerateKind,
+}
+
+/// Files generated from this very command line, so they never drift from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenerateKind {
+    /// The man page, roff (`tcptrace.1`).
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +120,7 @@ pub struct WatchConfig {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
+    pub metrics: Option<std::net::SocketAddr>,
     pub exit_on_alert: bool,
     pub exec: Option<String>,
     pub config: Option<std::path::PathBuf>,
@@ -187,6 +208,7 @@ impl WatchArgs {
             seed: engine.seed,
             reconcile: engine.reconcile,
             max_conns: engine.max_conns,
+            metrics: engine.metrics,
             exit_on_alert: self.exit_on_alert,
             exec: self.exec.clone(),
             config: self.config.clone(),
@@ -230,6 +252,9 @@ pub struct EngineArgs {
     /// Most live sockets tracked in userspace; beyond it, entries are evicted (counted).
     #[arg(long, value_name = "N", default_value_t = crate::conn::DEFAULT_CAP)]
     pub max_conns: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// [`EngineArgs`], validated.
@@ -238,6 +263,7 @@ pub struct EngineOptions {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl EngineArgs {
@@ -262,6 +288,7 @@ impl EngineArgs {
             seed: !self.no_seed,
             reconcile,
             max_conns: self.max_conns,
+            metrics: self.metrics,
         })
     }
 }
@@ -305,6 +332,7 @@ pub struct TopConfig {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
+    pub metrics: Option<std::net::SocketAddr>,
     /// A recording to show instead of the live kernel.
     pub replay: Option<ReplayOptions>,
 }
@@ -348,6 +376,7 @@ impl TopArgs {
             // A recording reconciles at its own snapshots.
             reconcile: engine.reconcile.filter(|_| replay.is_none()),
             max_conns: engine.max_conns,
+            metrics: engine.metrics,
             replay,
         })
     }
@@ -563,6 +592,7 @@ pub struct StatsConfig {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
+    pub metrics: Option<std::net::SocketAddr>,
     pub histograms_by: crate::stats::HistogramsBy,
 }
 
@@ -579,6 +609,7 @@ impl StatsArgs {
             seed: engine.seed,
             reconcile: engine.reconcile,
             max_conns: engine.max_conns,
+            metrics: engine.metrics,
             histograms_by: self.histograms_by.into(),
         })
     }

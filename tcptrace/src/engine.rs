@@ -57,6 +57,28 @@ impl Engine {
         self.fold(&finished);
     }
 
+    /// A snapshot for a metrics scrape: like [`Self::snapshot`] but with no
+    /// transition rate, so scrapes do not shorten the window of the rate
+    /// the commands print.
+    pub fn scrape_snapshot(
+        &mut self,
+        now_ns: u64,
+        wall_ns: u64,
+        host: crate::stats::HostFacts,
+    ) -> Snapshot {
+        build(
+            &self.table,
+            &mut self.aggs,
+            &SnapshotInput {
+                now_ns,
+                wall_ns,
+                host,
+                transitions_per_sec: 0.0,
+                histograms_by: crate::stats::HistogramsBy::None,
+            },
+        )
+    }
+
     /// A snapshot at monotonic `now_ns`; the transition rate covers the time
     /// since the previous snapshot.
     pub fn snapshot(

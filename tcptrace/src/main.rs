@@ -61,6 +61,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             preflight::check()?;
             runtime()?.block_on(tcptrace::watch::run(cfg))
         }
+        Command::Generate(args) => {
+            tcptrace::generate::write(args.kind, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats(args) => {
             let cfg = args.validate()?;
             preflight::check()?;

@@ -14,6 +14,7 @@ use crate::{
     clock::{fmt_age, hms_millis},
     ebpf::Tracer,
     engine::Engine,
+    metrics_http,
     source::Source,
     stats::{HistKind, Snapshot},
     trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
@@ -21,6 +22,7 @@ use crate::{
 
 pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
     let mut signals = StopSignals::install()?;
+    let mut scrapes = cfg.metrics.map(metrics_http::serve).transpose()?;
     let mut source = Source::live(Tracer::load(&cfg.load)?, cfg.user_filter);
     let mut engine = Engine::new(cfg.max_conns);
     engine.histograms_by = cfg.histograms_by;
@@ -45,6 +47,7 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
             _ = signals.recv() => break,
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
             _ = poll.tick() => { source.drain(&mut engine); }
+            Some(scrape) = metrics_http::next(&mut scrapes) => scrape.answer(&mut source, &mut engine, None),
             _ = reconcile.tick(), if cfg.reconcile.is_some() => source.reconcile(&mut engine)?,
             _ = report.tick() => {
                 source.drain(&mut engine);

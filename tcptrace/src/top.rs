@@ -36,6 +36,7 @@ use crate::{
     cli::TopConfig,
     ebpf::Tracer,
     engine::Engine,
+    metrics_http,
     preflight::EnvError,
     source::{Replay, Source},
     trace::POLL_INTERVAL,
@@ -88,6 +89,7 @@ fn engine_loop(
     cfg: TopConfig,
     mut request: ViewRequest,
     requests: std_mpsc::Receiver<EngineRequest>,
+    mut scrapes: Option<metrics_http::Scrapes>,
     tx: UnboundedSender<AppEvent>,
     stop: Arc<AtomicBool>,
 ) -> EngineSummary {
@@ -136,6 +138,9 @@ fn engine_loop(
         }
         if moved {
             source.drain(&mut engine);
+        }
+        while let Some(scrape) = scrapes.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            scrape.answer(&mut source, &mut engine, None);
         }
         let now = Instant::now();
         let due = now >= next_refresh;
@@ -240,6 +245,7 @@ fn open_source(cfg: &TopConfig) -> Result<(Source, Meta)> {
 
 pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
     let (source, meta) = open_source(&cfg)?;
+    let scrapes = cfg.metrics.map(metrics_http::serve).transpose()?;
     let mut app = App::new(meta);
 
     let (tx, mut rx) = unbounded_channel::<AppEvent>();
@@ -258,7 +264,7 @@ pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
         let (tx, stop, request) = (tx.clone(), stop.clone(), app.request.clone());
         thread::Builder::new()
             .name("tcptrace-engine".into())
-            .spawn(move || engine_loop(source, cfg, request, req_rx, tx, stop))?
+            .spawn(move || engine_loop(source, cfg, request, req_rx, scrapes, tx, stop))?
     };
     {
         let (tx, stop) = (tx.clone(), stop.clone());

@@ -27,6 +27,7 @@ use crate::{
     clock::hms_millis,
     ebpf::Tracer,
     engine::Engine,
+    metrics_http,
     source::Source,
     trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
 };
@@ -117,6 +118,7 @@ fn exec_alert(cmd: &str, a: &Alert, running: &Arc<AtomicUsize>) {
 pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
     let mut signals = StopSignals::install()?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut scrapes = cfg.metrics.map(metrics_http::serve).transpose()?;
     let mut source = Source::live(Tracer::load(&cfg.load)?, cfg.user_filter);
     let mut engine = Engine::new(cfg.max_conns);
     if cfg.seed {
@@ -147,6 +149,10 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
                 Err(e) => eprintln!("tcptrace: reload failed, keeping the current rules: {e}"),
             },
             _ = poll.tick() => { source.drain(&mut engine); }
+            Some(scrape) = metrics_http::next(&mut scrapes) => {
+                let firing: Vec<&'static str> = alerter.firing().iter().map(|a| a.rule).collect();
+                scrape.answer(&mut source, &mut engine, Some(&firing));
+            }
             _ = reconcile.tick(), if cfg.reconcile.is_some() => {
                 if let Err(e) = source.reconcile(&mut engine) {
                     log::warn!("reconciliation failed: {e:#}");

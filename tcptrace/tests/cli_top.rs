@@ -88,8 +88,9 @@ fn top_shows_a_close_wait_leak_switches_views_and_restores_the_terminal() {
     let bin = env!("CARGO_BIN_EXE_tcptrace");
     // The shell stays after tcptrace exits so the pane (and its state) can
     // be inspected.
+    let metrics_port = common::free_port(false);
     let cmd = format!(
-        "sh -c '{bin} top --interval 0.5 --port {port}; echo $? > {}; sleep 600'",
+        "sh -c '{bin} top --interval 0.5 --port {port} --metrics 127.0.0.1:{metrics_port}; echo $? > {}; sleep 600'",
         exit_file.display()
     );
     let tmux = Tmux::start("leak", 110, 32, &cmd);
@@ -125,6 +126,16 @@ fn top_shows_a_close_wait_leak_switches_views_and_restores_the_terminal() {
             .any(|l| l.contains(&pid) && l.contains("leakydb") && l.contains(&LEAKED.to_string()))
     });
     assert!(overview.contains(&format!("CW {LEAKED}")), "{overview}");
+    // top serves the same numbers to Prometheus.
+    let (_, _, metrics) = common::http_get(metrics_port, "/metrics");
+    assert_eq!(
+        common::metric_value(
+            &metrics,
+            &format!(r#"tcptrace_close_wait_sockets{{pid="{pid}",comm="leakydb"}}"#)
+        ),
+        Some(LEAKED as f64),
+        "{metrics}"
+    );
 
     tmux.keys(&["2"]);
     let cw = tmux.wait_for("the CLOSE_WAIT view", |s| {

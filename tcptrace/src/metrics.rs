@@ -1,0 +1,502 @@
+//! Prometheus metrics of `--metrics ADDR` (`top`, `stats`, `watch`): what the
+//! engine knows at scrape time, written with prometheus-client's text
+//! (OpenMetrics) encoder. Pure: an [`Exposition`] is plain data built from a
+//! snapshot and the aggregates; the HTTP edge is [`crate::metrics_http`].
+//!
+//! # Metrics
+//!
+//! | name | type | labels |
+//! |------|------|--------|
+//! | `tcptrace_connections` | gauge | `state` (every TCP state; TIME_WAIT counts timewait sockets) |
+//! | `tcptrace_transitions_total` | counter | `old`, `new` (pairs seen at least once) |
+//! | `tcptrace_time_wait_begun_total` | counter | |
+//! | `tcptrace_connections_ended_total` | counter | `reason` (as `stats --json` `ended`) |
+//! | `tcptrace_closes_total` | counter | `closer` (`active`, `passive`, `simultaneous`) |
+//! | `tcptrace_close_wait_sockets` | gauge | `pid`, `comm` |
+//! | `tcptrace_close_wait_oldest_seconds` | gauge | `pid`, `comm` |
+//! | `tcptrace_close_wait_growth_per_minute` | gauge | `pid`, `comm`, `window` (`1m`, `5m`, `15m`) |
+//! | `tcptrace_time_wait_sockets` | gauge | `peer` (remote `ip:port`) |
+//! | `tcptrace_ephemeral_ports` | gauge | (size of `ip_local_port_range`) |
+//! | `tcptrace_time_wait_overflow_total` | counter | (TcpExt TCPTimeWaitOverflow since boot) |
+//! | `tcptrace_state_duration_seconds` | histogram | `state` (time spent in it, per finished stay) |
+//! | `tcptrace_handshake_duration_seconds` | histogram | `side` (`connect`, `accept`) |
+//! | `tcptrace_connection_lifetime_seconds` | histogram | |
+//! | `tcptrace_lost_events_total` | counter | `source` (as `stats --json` `lost`) |
+//! | `tcptrace_events_total` | counter | (events applied) |
+//! | `tcptrace_tracked_connections` | gauge | |
+//! | `tcptrace_alerts_firing` | gauge | `rule` (only when rules are evaluated: `watch`) |
+//!
+//! Cardinality is capped: at most [`MAX_PROCESS_SERIES`] processes (those
+//! holding the most CLOSE_WAIT sockets) and [`MAX_PEER_SERIES`] peers (most
+//! TIME_WAIT sockets) get their own series; the rest are summed into one
+//! series labelled `pid="other"` / `peer="other"`, so totals stay exact.
+//! Sockets with no known owner have `pid="unknown"`.
+//!
+//! Histograms come from the HDR histograms of `stats` (2 significant
+//! digits): bucket counts are exact to the HDR bucket holding a bound, and
+//! `_sum` is accurate to about 1%.
+
+use hdrhistogram::Histogram;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    alerts::Rule,
+    model::TcpState,
+    stats::{Aggregates, HistKind, Snapshot},
+};
+
+/// Processes with their own CLOSE_WAIT series, at most.
+pub const MAX_PROCESS_SERIES: usize = 50;
+/// Peers with their own TIME_WAIT series, at most.
+pub const MAX_PEER_SERIES: usize = 50;
+
+/// Upper bounds of the duration buckets, seconds (+Inf is added).
+pub const BUCKETS_SECS: [f64; 20] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// The content type of [`Exposition::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A histogram as Prometheus wants it: per-bucket counts (not cumulative;
+/// the encoder accumulates), the last bound `+Inf`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Buckets {
+    pub sum: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Buckets {
+    /// Buckets of an HDR histogram of microseconds.
+    pub fn from_hdr_us(h: &Histogram<u32>) -> Self {
+        let mut buckets: Vec<(f64, u64)> = BUCKETS_SECS
+            .iter()
+            .map(|&b| (b, 0))
+            .chain([(f64::INFINITY, 0)])
+            .collect();
+        let mut sum = 0.0;
+        for v in h.iter_recorded() {
+            let n = u64::from(v.count_at_value());
+            let secs = h.median_equivalent(v.value_iterated_to()) as f64 / 1e6;
+            sum += secs * n as f64;
+            let slot = BUCKETS_SECS
+                .iter()
+                .position(|&b| secs <= b)
+                .unwrap_or(BUCKETS_SECS.len());
+            buckets[slot].1 += n;
+        }
+        Self {
+            sum,
+            count: h.len(),
+            buckets,
+        }
+    }
+}
+
+/// CLOSE_WAIT of one process (or of the capped rest).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessSeries {
+    pub pid: String,
+    pub comm: String,
+    pub count: u64,
+    pub oldest_secs: f64,
+    /// Growth per minute over 1, 5 and 15 min.
+    pub growth_per_min: [f64; 3],
+}
+
+/// Everything one scrape shows, as plain data.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exposition {
+    pub states: Vec<(&'static str, u64)>,
+    pub transitions: Vec<(&'static str, &'static str, u64)>,
+    pub time_wait_begun: u64,
+    pub ended: Vec<(&'static str, u64)>,
+    pub closers: Vec<(&'static str, u64)>,
+    pub close_wait: Vec<ProcessSeries>,
+    pub time_wait_by_peer: Vec<(String, u64)>,
+    pub ephemeral_ports: u64,
+    pub tw_overflow: u64,
+    /// (label name, label value or "" for none, metric, buckets).
+    pub durations: Vec<(&'static str, &'static str, &'static str, Buckets)>,
+    pub lost: Vec<(&'static str, u64)>,
+    pub events_total: u64,
+    pub tracked: u64,
+    /// Firing count per rule; `None` when no rules are evaluated.
+    pub alerts_firing: Option<Vec<(&'static str, u64)>>,
+}
+
+const STATE_DURATION: &str = "tcptrace_state_duration";
+const HANDSHAKE: &str = "tcptrace_handshake_duration";
+const LIFETIME: &str = "tcptrace_connection_lifetime";
+
+/// Which metric (and label) each HDR histogram is exported as.
+fn duration_metric(kind: HistKind) -> (&'static str, &'static str, &'static str) {
+    match kind {
+        HistKind::HandshakeConnect => (HANDSHAKE, "side", "connect"),
+        HistKind::HandshakeAccept => (HANDSHAKE, "side", "accept"),
+        HistKind::Lifetime => (LIFETIME, "", ""),
+        HistKind::Established => (STATE_DURATION, "state", "ESTABLISHED"),
+        HistKind::CloseWait => (STATE_DURATION, "state", "CLOSE_WAIT"),
+        HistKind::FinWait1 => (STATE_DURATION, "state", "FIN_WAIT1"),
+        HistKind::FinWait2 => (STATE_DURATION, "state", "FIN_WAIT2"),
+        HistKind::LastAck => (STATE_DURATION, "state", "LAST_ACK"),
+        HistKind::TimeWait => (STATE_DURATION, "state", "TIME_WAIT"),
+    }
+}
+
+impl Exposition {
+    /// What a scrape shows of `snap` (built at scrape time) and `aggs`;
+    /// `firing` holds the rule name of each firing alert when rules run.
+    pub fn new(snap: &Snapshot, aggs: &Aggregates, firing: Option<&[&'static str]>) -> Self {
+        // Every state a socket lives in, always (stable series); CLOSE and
+        // NEW_SYN_RECV only if ever non-zero.
+        let states = TcpState::ALL
+            .iter()
+            .map(|s| (s.name(), snap.states.get(s.name()).copied().unwrap_or(0)))
+            .filter(|&(name, n)| n > 0 || !matches!(name, "CLOSE" | "NEW_SYN_RECV"))
+            .collect();
+        let mut transitions = Vec::new();
+        for old in TcpState::ALL {
+            for new in TcpState::ALL {
+                let n = aggs.transitions[old as usize][new as usize];
+                if n > 0 {
+                    transitions.push((old.name(), new.name(), n));
+                }
+            }
+        }
+        let mut close_wait: Vec<ProcessSeries> = snap
+            .close_wait_by_process
+            .iter()
+            .take(MAX_PROCESS_SERIES)
+            .map(|p| ProcessSeries {
+                pid: p.pid.map_or_else(|| "unknown".into(), |p| p.to_string()),
+                comm: p.comm.clone().unwrap_or_default(),
+                count: p.count,
+                oldest_secs: p.oldest_age_ms as f64 / 1e3,
+                growth_per_min: [p.growth_per_min, p.growth_per_min_5m, p.growth_per_min_15m],
+            })
+            .collect();
+        let rest = &snap.close_wait_by_process[close_wait.len()..];
+        if !rest.is_empty() {
+            close_wait.push(ProcessSeries {
+                pid: "other".into(),
+                comm: String::new(),
+                count: rest.iter().map(|p| p.count).sum(),
+                oldest_secs: rest.iter().map(|p| p.oldest_age_ms).max().unwrap_or(0) as f64 / 1e3,
+                growth_per_min: [0, 1, 2].map(|i| {
+                    rest.iter()
+                        .map(|p| [p.growth_per_min, p.growth_per_min_5m, p.growth_per_min_15m][i])
+                        .sum()
+                }),
+            });
+        }
+        let mut time_wait_by_peer: Vec<(String, u64)> = snap
+            .time_wait_by_peer
+            .iter()
+            .take(MAX_PEER_SERIES)
+            .map(|p| {
+                (
+                    std::net::SocketAddr::new(p.daddr, p.dport).to_string(),
+                    p.count,
+                )
+            })
+            .collect();
+        let rest: u64 = snap
+            .time_wait_by_peer
+            .iter()
+            .skip(MAX_PEER_SERIES)
+            .map(|p| p.count)
+            .sum();
+        if snap.time_wait_by_peer.len() > MAX_PEER_SERIES {
+            time_wait_by_peer.push(("other".into(), rest));
+        }
+        let durations = HistKind::ALL
+            .iter()
+            .map(|&k| {
+                let (metric, label, value) = duration_metric(k);
+                let buckets = aggs
+                    .all
+                    .get(k)
+                    .map(Buckets::from_hdr_us)
+                    .unwrap_or_else(|| {
+                        Buckets::from_hdr_us(
+                            &Histogram::new_with_bounds(1, 2, 1).expect("valid bounds"),
+                        )
+                    });
+                (metric, label, value, buckets)
+            })
+            .collect();
+        let alerts_firing = firing.map(|names| {
+            Rule::ALL
+                .iter()
+                .map(|r| {
+                    let n = names.iter().filter(|&&f| f == r.name()).count() as u64;
+                    (r.name(), n)
+                })
+                .collect()
+        });
+        let (lo, hi) = snap.port_range;
+        Self {
+            states,
+            transitions,
+            time_wait_begun: aggs.timewait_total,
+            ended: snap.ended.iter().map(|(&k, &v)| (k, v)).collect(),
+            closers: snap.closers.iter().map(|(&k, &v)| (k, v)).collect(),
+            close_wait,
+            time_wait_by_peer,
+            ephemeral_ports: if hi >= lo { (hi - lo) as u64 + 1 } else { 0 },
+            tw_overflow: snap.tw_overflow,
+            durations,
+            lost: snap.lost.iter().map(|(&k, &v)| (k, v)).collect(),
+            events_total: aggs.events_total,
+            tracked: snap.tracked,
+            alerts_firing,
+        }
+    }
+
+    /// The text exposition (OpenMetrics, served as [`CONTENT_TYPE`]).
+    pub fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// One labelled value of a family: label pairs and the value.
+type Labelled<'a, V> = (Vec<(&'static str, &'a str)>, V);
+
+fn gauges<V: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    values: &[Labelled<'_, V>],
+) -> std::fmt::Result {
+    let mut metric = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in values {
+        if labels.is_empty() {
+            metric.encode_gauge(v)?;
+        } else {
+            metric.encode_family(labels)?.encode_gauge(v)?;
+        }
+    }
+    Ok(())
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[Labelled<'_, u64>],
+) -> std::fmt::Result {
+    let mut metric = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in values {
+        if labels.is_empty() {
+            metric.encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        } else {
+            metric
+                .encode_family(labels)?
+                .encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let one = |name: &'static str, v: &'static str| vec![(name, v)];
+        gauges(
+            &mut enc,
+            "tcptrace_connections",
+            "Live TCP sockets by state (TIME_WAIT: timewait sockets).",
+            None,
+            &self
+                .states
+                .iter()
+                .map(|&(s, n)| (one("state", s), n as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        counters(
+            &mut enc,
+            "tcptrace_transitions",
+            "TCP state transitions seen, by old and new state.",
+            &self
+                .transitions
+                .iter()
+                .map(|&(o, n, c)| (vec![("old", o), ("new", n)], c))
+                .collect::<Vec<_>>(),
+        )?;
+        counters(
+            &mut enc,
+            "tcptrace_time_wait_begun",
+            "Timewait sockets created.",
+            &[(vec![], self.time_wait_begun)],
+        )?;
+        counters(
+            &mut enc,
+            "tcptrace_connections_ended",
+            "Connections ended, by how they ended.",
+            &self
+                .ended
+                .iter()
+                .map(|&(r, n)| (one("reason", r), n))
+                .collect::<Vec<_>>(),
+        )?;
+        counters(
+            &mut enc,
+            "tcptrace_closes",
+            "Connections closed, by which side sent FIN first.",
+            &self
+                .closers
+                .iter()
+                .map(|&(c, n)| (one("closer", c), n))
+                .collect::<Vec<_>>(),
+        )?;
+        let by_process = |f: &dyn Fn(&ProcessSeries) -> f64| -> Vec<Labelled<'_, f64>> {
+            self.close_wait
+                .iter()
+                .map(|p| {
+                    (
+                        vec![("pid", p.pid.as_str()), ("comm", p.comm.as_str())],
+                        f(p),
+                    )
+                })
+                .collect()
+        };
+        gauges(
+            &mut enc,
+            "tcptrace_close_wait_sockets",
+            "CLOSE_WAIT sockets held, by process (capped; the rest in pid=\"other\").",
+            None,
+            &self
+                .close_wait
+                .iter()
+                .map(|p| {
+                    (
+                        vec![("pid", p.pid.as_str()), ("comm", p.comm.as_str())],
+                        p.count as i64,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            &mut enc,
+            "tcptrace_close_wait_oldest",
+            "Age of the process's oldest CLOSE_WAIT socket.",
+            Some(&Unit::Seconds),
+            &by_process(&|p| p.oldest_secs),
+        )?;
+        let mut growth = Vec::new();
+        for p in &self.close_wait {
+            for (i, window) in ["1m", "5m", "15m"].into_iter().enumerate() {
+                growth.push((
+                    vec![
+                        ("pid", p.pid.as_str()),
+                        ("comm", p.comm.as_str()),
+                        ("window", window),
+                    ],
+                    p.growth_per_min[i],
+                ));
+            }
+        }
+        gauges(
+            &mut enc,
+            "tcptrace_close_wait_growth_per_minute",
+            "CLOSE_WAIT growth of the process, sockets per minute over the window.",
+            None,
+            &growth,
+        )?;
+        gauges(
+            &mut enc,
+            "tcptrace_time_wait_sockets",
+            "TIME_WAIT sockets by remote ip:port (capped; the rest in peer=\"other\").",
+            None,
+            &self
+                .time_wait_by_peer
+                .iter()
+                .map(|(peer, n)| (vec![("peer", peer.as_str())], *n as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            &mut enc,
+            "tcptrace_ephemeral_ports",
+            "Size of net.ipv4.ip_local_port_range.",
+            None,
+            &[(vec![], self.ephemeral_ports as i64)],
+        )?;
+        counters(
+            &mut enc,
+            "tcptrace_time_wait_overflow",
+            "TcpExt TCPTimeWaitOverflow since boot (timewait sockets not created).",
+            &[(vec![], self.tw_overflow)],
+        )?;
+        for (metric, help) in [
+            (
+                STATE_DURATION,
+                "Time spent in a state, per finished stay in it.",
+            ),
+            (HANDSHAKE, "SYN to ESTABLISHED, by side."),
+            (LIFETIME, "Whole connection lifetime, first state to CLOSE."),
+        ] {
+            let mut m =
+                enc.encode_descriptor(metric, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+            for (_, label, value, b) in self.durations.iter().filter(|d| d.0 == metric) {
+                if label.is_empty() {
+                    m.encode_histogram::<NoLabelSet>(b.sum, b.count, &b.buckets, None)?;
+                } else {
+                    m.encode_family(&[(*label, *value)])?
+                        .encode_histogram::<NoLabelSet>(b.sum, b.count, &b.buckets, None)?;
+                }
+            }
+        }
+        counters(
+            &mut enc,
+            "tcptrace_lost_events",
+            "Events lost, by where they were lost. Non-zero means counts may be low.",
+            &self
+                .lost
+                .iter()
+                .map(|&(s, n)| (one("source", s), n))
+                .collect::<Vec<_>>(),
+        )?;
+        counters(
+            &mut enc,
+            "tcptrace_events",
+            "Events applied (transitions and timewait begin, re-arm, end).",
+            &[(vec![], self.events_total)],
+        )?;
+        gauges(
+            &mut enc,
+            "tcptrace_tracked_connections",
+            "Connections the engine tracks now.",
+            None,
+            &[(vec![], self.tracked as i64)],
+        )?;
+        if let Some(firing) = &self.alerts_firing {
+            gauges(
+                &mut enc,
+                "tcptrace_alerts_firing",
+                "Alerts firing now, by rule (tcptrace watch).",
+                None,
+                &firing
+                    .iter()
+                    .map(|&(r, n)| (one("rule", r), n as i64))
+                    .collect::<Vec<_>>(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
