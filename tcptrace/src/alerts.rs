@@ -146,6 +146,9 @@ pub struct Alert {
     pub ts_ns: u64,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The process's cgroup v2 path (e.g. `/system.slice/api.service`),
+    /// filled in by `watch` from `/proc/PID/cgroup`; `None` when unknown.
+    pub cgroup: Option<String>,
     pub count: u64,
     pub growth_per_min: Option<f64>,
     pub oldest_age_ms: Option<u64>,
@@ -288,6 +291,7 @@ impl Alerter {
             ts_ns: wall_ns,
             pid: None,
             comm: None,
+            cgroup: None,
             count: 0,
             growth_per_min: None,
             oldest_age_ms: None,

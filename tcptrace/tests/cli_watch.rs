@@ -102,6 +102,10 @@ fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed(
             .unwrap();
         assert_eq!(a["pid"], pid, "{a}");
         assert!(a["comm"].as_str().is_some_and(|c| !c.is_empty()), "{a}");
+        // The cgroup of this process, as /proc says.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        assert_eq!(a["cgroup"], own, "{a}");
         assert!(a["count"].as_u64().unwrap() >= 10, "{a}");
         assert!(a["growth_per_min"].as_f64().unwrap() > 5.0, "{a}");
         assert!(a["oldest_age_ms"].as_u64().is_some(), "{a}");

@@ -19,6 +19,21 @@ pub fn proc_line(path: &str) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The cgroup v2 path of process `pid` (the `0::PATH` line of
+/// `/proc/PID/cgroup`), if the process still exists.
+pub fn cgroup_path(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    parse_cgroup_v2(&text)
+}
+
+/// The path of the `0::` (unified hierarchy) line.
+pub fn parse_cgroup_v2(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+}
+
 pub fn hostname() -> String {
     proc_line("/proc/sys/kernel/hostname")
 }
@@ -114,6 +129,20 @@ fn split_section(line: &str) -> Result<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unified_cgroup_path_is_read_from_proc_pid_cgroup() {
+        let v2 = "0::/system.slice/api.service\n";
+        assert_eq!(
+            parse_cgroup_v2(v2).as_deref(),
+            Some("/system.slice/api.service")
+        );
+        let hybrid = "12:memory:/user.slice\n1:name=systemd:/user.slice/x\n0::/user.slice/x\n";
+        assert_eq!(parse_cgroup_v2(hybrid).as_deref(), Some("/user.slice/x"));
+        assert_eq!(parse_cgroup_v2("12:memory:/a\n"), None);
+        // This very process has one.
+        assert!(cgroup_path(std::process::id()).is_some());
+    }
 
     const SAMPLE: &str = "\
 TcpExt: SyncookiesSent TW TCPTimeWaitOverflow TCPOrigDataSent
