@@ -216,3 +216,68 @@ fn watch_rejects_bad_rules_in_one_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What a service manager does: SIGHUP after editing the config reloads the
+/// rules (a bad file keeps the current ones, said in one line); SIGTERM
+/// stops cleanly with exit 0.
+#[test]
+fn sighup_reloads_the_config_and_sigterm_stops_cleanly() {
+    use common::Running;
+    let (listener, port) = free_listener();
+    let dir = std::env::temp_dir().join(format!("tcptrace-watch-hup-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("watch.toml");
+    let rules = |n: u64| {
+        format!(
+            "close_wait_per_process = {n}\nclose_wait_host = 0\nlost_events = 0\nclose_wait_oldest_secs = 3600\nclose_wait_growth_per_min = 100000\n"
+        )
+    };
+    std::fs::write(&config, rules(1000)).unwrap();
+    let running = Running::start(
+        &[
+            "watch",
+            "--json",
+            "--interval",
+            "0.3",
+            "--reconcile",
+            "0",
+            "--port",
+            &port.to_string(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        "watching every",
+    );
+    let mut held = Vec::new();
+    leak_close_wait(&listener, port, 8, &mut held);
+    // 8 < 1000: nothing yet. Then a bad file (kept rules), then a good one.
+    std::thread::sleep(Duration::from_millis(900));
+    std::fs::write(&config, "close_wait_per_process = \"many\"\n").unwrap();
+    running.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(900));
+    std::fs::write(&config, rules(5)).unwrap();
+    running.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(1500));
+    running.signal(libc::SIGTERM);
+    let (status, out, err) = {
+        let mut r = running;
+        let status = r.child.wait().unwrap();
+        let (out, err) = r.finish();
+        (status, out, err)
+    };
+    assert!(status.success(), "SIGTERM: {status} {err}");
+    let alerts: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 1, "{out}");
+    assert_eq!(alerts[0]["rule"], "close_wait_count");
+    assert_eq!(alerts[0]["count"], 8);
+    assert!(
+        err.contains("reload failed, keeping the current rules"),
+        "{err}"
+    );
+    assert_eq!(err.matches("rules reloaded").count(), 1, "{err}");
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+}

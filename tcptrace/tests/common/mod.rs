@@ -273,13 +273,19 @@ impl Running {
 
     /// Ctrl-C, then its exit status, all of stdout and the rest of stderr.
     pub fn stop(mut self) -> (std::process::ExitStatus, String, String) {
-        use std::io::Read;
         self.signal(libc::SIGINT);
         let status = self.child.wait().unwrap();
+        let (out, err) = self.finish();
+        (status, out, err)
+    }
+
+    /// All of stdout and the rest of stderr (call once the child exited).
+    pub fn finish(&mut self) -> (String, String) {
+        use std::io::Read;
         let out = self.out.take().unwrap().join().unwrap();
         let mut rest = String::new();
         self.err.read_to_string(&mut rest).unwrap();
-        (status, out, rest)
+        (out, rest)
     }
 }
 
