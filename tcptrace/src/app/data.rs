@@ -14,6 +14,7 @@ use std::{
 
 use super::filter::{RowFilter, RowView};
 use crate::{
+    alerts::{Alert, Alerter, Rules},
     conn::{Closer, Conn, TwConn},
     engine::Engine,
     model::{Comm, TcpState},
@@ -196,6 +197,8 @@ pub struct TopData {
     pub hists_by_peer: Vec<KeyedHistograms>,
     pub history: History,
     pub conns: ConnPage,
+    /// Alerts firing now under `watch`'s default rules, by rule.
+    pub alerts: Vec<Alert>,
     /// Where a replay is (`top --from`); `None` when live.
     pub playback: Option<PlaybackStatus>,
 }
@@ -233,6 +236,8 @@ pub struct Feed {
     started_ns: u64,
     history: History,
     last_events: Option<(u64, u64)>,
+    /// `watch`'s default rules, evaluated at every refresh for the alert strip.
+    alerter: Alerter,
 }
 
 fn conn_row(c: &Conn, now: u64) -> ConnRow {
@@ -412,6 +417,7 @@ impl Feed {
             started_ns,
             history: History::default(),
             last_events: None,
+            alerter: Alerter::new(Rules::default()),
         }
     }
 
@@ -440,6 +446,8 @@ impl Feed {
             sample.states[s as usize - 1] = snap.states.get(s.name()).copied().unwrap_or(0);
         }
         self.history.push(sample);
+        self.alerter.evaluate(&snap, now_ns, wall_ns);
+        let alerts = self.alerter.firing().into_iter().cloned().collect();
 
         let mut close_wait_sockets: HashMap<Option<u32>, Vec<CloseWaitSocket>> = HashMap::new();
         for s in std::mem::take(&mut snap.close_wait) {
@@ -488,6 +496,7 @@ impl Feed {
             hists_by_process,
             hists_by_peer,
             history: self.history.clone(),
+            alerts,
             playback: None,
         }
     }

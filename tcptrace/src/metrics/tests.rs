@@ -218,3 +218,263 @@ fn the_text_a_scraper_sees() {
     x.durations.retain(|d| d.2 == "ESTABLISHED");
     insta::assert_snapshot!(x.render());
 }
+
+/// Every `expr` (and legend) of the targets of `panels`, rows' panels too:
+/// (panel title, expr, legendFormat).
+fn dashboard_targets(panels: &serde_json::Value, out: &mut Vec<(String, String, String)>) {
+    for panel in panels.as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or("?");
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = t["expr"].as_str() {
+                let legend = t["legendFormat"].as_str().unwrap_or("");
+                out.push((title.to_string(), expr.to_string(), legend.to_string()));
+            }
+        }
+        dashboard_targets(&panel["panels"], out);
+    }
+}
+
+/// Every `tcptrace_[a-z0-9_]+` in `s`.
+fn tcptrace_names(s: &str) -> Vec<&str> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut names = Vec::new();
+    let mut from = 0;
+    while let Some(at) = s[from..].find("tcptrace_").map(|i| from + i) {
+        let end = s[at..]
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .map_or(s.len(), |i| at + i);
+        // Only whole identifiers (not `xtcptrace_...`).
+        if !s[..at].ends_with(ident) {
+            names.push(&s[at..end]);
+        }
+        from = end;
+    }
+    names
+}
+
+/// A PromQL token, as much of PromQL as the dashboard needs.
+#[derive(Debug, PartialEq)]
+enum Tok<'a> {
+    Ident(&'a str),
+    Str(&'a str),
+    Punct(char),
+}
+
+/// Tokens of `expr`; numbers, durations, `[range]`s and `$variables` are dropped.
+fn promql_tokens(expr: &str) -> Vec<Tok<'_>> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let b = expr.as_bytes();
+    let mut toks = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &expr[i..];
+        let c = rest.chars().next().expect("i is below the length");
+        let len_while = |f: &dyn Fn(char) -> bool| rest.find(|c: char| !f(c)).unwrap_or(rest.len());
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '"' || c == '\'' {
+            let mut j = i + 1;
+            while j < b.len() && b[j] as char != c {
+                j += if b[j] == b'\\' { 2 } else { 1 };
+            }
+            toks.push(Tok::Str(&expr[i + 1..j.min(b.len())]));
+            i = j + 1;
+        } else if c == '[' {
+            i += rest.find(']').expect("a closed range") + 1;
+        } else if c == '$' {
+            // `$var` or `${var}`
+            i += match rest[1..].strip_prefix('{') {
+                Some(braced) => braced.find('}').expect("a closed ${var}") + 3,
+                None => {
+                    1 + rest[1..]
+                        .find(|c: char| !ident(c))
+                        .unwrap_or(rest.len() - 1)
+                }
+            };
+        } else if c.is_ascii_digit() || c == '.' {
+            i += len_while(&|c| c.is_ascii_alphanumeric() || c == '.');
+        } else if ident(c) {
+            let n = len_while(&ident);
+            toks.push(Tok::Ident(&rest[..n]));
+            i += n;
+        } else {
+            toks.push(Tok::Punct(c));
+            i += c.len_utf8();
+        }
+    }
+    toks
+}
+
+/// The labels of `expr`'s grouping clauses (`by`, `on`, ...), and its label
+/// matchers as (label, operator, value).
+#[allow(clippy::type_complexity)]
+fn promql_labels(expr: &str) -> (Vec<&str>, Vec<(&str, String, &str)>) {
+    let toks = promql_tokens(expr);
+    let mut grouping = Vec::new();
+    let mut matchers = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        match toks[i] {
+            Tok::Ident(kw)
+                if matches!(
+                    kw,
+                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                ) && toks.get(i + 1) == Some(&Tok::Punct('(')) =>
+            {
+                i += 2;
+                while i < toks.len() && toks[i] != Tok::Punct(')') {
+                    if let Tok::Ident(l) = toks[i] {
+                        grouping.push(l);
+                    }
+                    i += 1;
+                }
+            }
+            Tok::Punct('{') => {
+                i += 1;
+                while i < toks.len() && toks[i] != Tok::Punct('}') {
+                    if let Tok::Ident(l) = toks[i] {
+                        let mut op = String::new();
+                        i += 1;
+                        while let Some(Tok::Punct(c @ ('=' | '!' | '~'))) = toks.get(i) {
+                            op.push(*c);
+                            i += 1;
+                        }
+                        let Some(Tok::Str(v)) = toks.get(i) else {
+                            panic!("matcher {l}{op} without a value in {expr}")
+                        };
+                        matchers.push((l, op, *v));
+                    }
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (grouping, matchers)
+}
+
+#[test]
+fn promql_scanning_finds_names_groupings_and_matchers() {
+    let expr = r#"topk(10, sum by (le, state) (rate(tcptrace_x_bucket{instance=~"$instance", window="5m"}[$__rate_interval])) / on(instance) group_left tcptrace_y)"#;
+    assert_eq!(tcptrace_names(expr), ["tcptrace_x_bucket", "tcptrace_y"]);
+    let (grouping, matchers) = promql_labels(expr);
+    assert_eq!(grouping, ["le", "state", "instance"]);
+    assert_eq!(
+        matchers,
+        [
+            ("instance", "=~".to_string(), "$instance"),
+            ("window", "=".to_string(), "5m")
+        ]
+    );
+}
+
+/// packaging/grafana/tcptrace-dashboard.json asks only for series and labels
+/// that a scrape has: a renamed metric or label breaks this test, not the
+/// dashboard in production.
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../packaging/grafana/tcptrace-dashboard.json"
+    ))
+    .expect("the dashboard is valid JSON");
+    let mut x = exposition(Some(&["close_wait_count"]));
+    // A TIME_WAIT peer, so that every family has a sample line.
+    x.time_wait_by_peer.push(("10.0.0.2:5432".into(), 3));
+    let text = x.render();
+
+    // Series name (as in sample lines: `_total`, `_bucket`, ...) -> label names.
+    let mut series: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let end = line.find(['{', ' ']).expect("a sample line has a value");
+        let labels = series.entry(&line[..end]).or_default();
+        if let Some(mut rest) = line[end..].strip_prefix('{') {
+            while let Some((name, after)) = rest.split_once("=\"") {
+                labels.insert(name.trim_start_matches(','));
+                let close = after.find('"').expect("a closed label value");
+                rest = &after[close + 1..];
+                if rest.starts_with('}') {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(series.contains_key("tcptrace_time_wait_sockets"), "{text}");
+    // Labels Prometheus adds at scrape time.
+    let target_labels = ["instance", "job"];
+
+    let mut targets = Vec::new();
+    dashboard_targets(&dashboard["panels"], &mut targets);
+    assert!(targets.len() >= 20, "{targets:?}");
+    assert!(
+        targets.iter().any(|t| t.1.contains("histogram_quantile")),
+        "the targets of collapsed rows are searched too"
+    );
+    for t in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(q) = t["definition"].as_str() {
+            targets.push((
+                format!("variable {}", t["name"]),
+                q.to_string(),
+                String::new(),
+            ));
+        }
+    }
+
+    for (title, expr, legend) in &targets {
+        let names = tcptrace_names(expr);
+        assert!(!names.is_empty(), "{title}: no tcptrace metric in {expr}");
+        let mut labels: BTreeSet<&str> = target_labels.into();
+        for name in &names {
+            let Some(l) = series.get(name) else {
+                panic!(
+                    "{title}: {name} is not exposed (expr {expr}); the exposition has {:?}",
+                    series.keys()
+                );
+            };
+            labels.extend(l);
+        }
+        let (grouping, matchers) = promql_labels(expr);
+        for l in &grouping {
+            assert!(
+                labels.contains(l),
+                "{title}: no label {l} on {names:?} (expr {expr})"
+            );
+        }
+        for (l, op, v) in &matchers {
+            assert!(
+                labels.contains(l),
+                "{title}: no label {l} on {names:?} (expr {expr})"
+            );
+            if op == "=" && !v.starts_with('$') {
+                assert!(
+                    text.contains(&format!("{l}=\"{v}\"")),
+                    "{title}: no {l}=\"{v}\" in\n{text}"
+                );
+            }
+        }
+        // After `sum by (...)` only the grouping labels are left (roughly:
+        // the union of every `by` of the expr).
+        let by: Vec<&str> = grouping.iter().copied().filter(|&l| l != "le").collect();
+        let aggregated = expr.contains(" by (");
+        let mut rest = legend.as_str();
+        while let Some((_, after)) = rest.split_once("{{") {
+            let (l, after) = after.split_once("}}").expect("a closed {{label}}");
+            let l = l.trim();
+            assert!(
+                labels.contains(l),
+                "{title}: legend {{{{{l}}}}} is no label of {names:?}"
+            );
+            assert!(
+                !aggregated || by.contains(&l),
+                "{title}: legend {{{{{l}}}}} is aggregated away by {expr}"
+            );
+            rest = after;
+        }
+    }
+}

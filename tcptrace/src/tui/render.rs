@@ -806,12 +806,37 @@ impl App {
         .render(right, buf);
     }
 
+    /// One line: the first firing alert's message (and how many more), or
+    /// that `watch`'s default rules are quiet.
     fn render_alerts(&self, area: Rect, buf: &mut Buffer) {
-        Line::from(vec![
-            Span::raw(" alerts ").fg(Color::Black).bg(DIM),
-            Span::raw(" no rules loaded (tcptrace watch)").fg(DIM),
-        ])
-        .render(area, buf);
+        let alerts = self.data.as_ref().map_or(&[][..], |d| &d.alerts[..]);
+        let line = match alerts {
+            [] => Line::from(vec![
+                Span::raw(" alerts ").fg(Color::Black).bg(DIM),
+                Span::raw(if self.data.is_some() {
+                    " none (watch's default rules)"
+                } else {
+                    " waiting for the first refresh"
+                })
+                .fg(DIM),
+            ]),
+            [first, rest @ ..] => {
+                let mut spans = vec![
+                    Span::raw(format!(" {} alert{} ", alerts.len(), plural(alerts.len())))
+                        .fg(Color::Black)
+                        .bg(BAD)
+                        .bold(),
+                    Span::raw(format!(" {}: ", first.rule)).fg(BAD).bold(),
+                ];
+                if !rest.is_empty() {
+                    let others: Vec<&str> = rest.iter().map(|a| a.rule).collect();
+                    spans.push(Span::raw(format!("(+{}) ", others.join(", "))).fg(WARN));
+                }
+                spans.push(Span::raw(first.message.clone()));
+                Line::from(spans)
+            }
+        };
+        line.render(area, buf);
     }
 
     fn render_footer(&self, area: Rect, buf: &mut Buffer) {
@@ -983,6 +1008,10 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
         width: w,
         height: h,
     }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 const HELP: &[(&str, &str)] = &[
