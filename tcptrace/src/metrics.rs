@@ -24,7 +24,7 @@
 //! | `tcptrace_lost_events_total` | counter | `source` (as `stats --json` `lost`) |
 //! | `tcptrace_events_total` | counter | (events applied) |
 //! | `tcptrace_tracked_connections` | gauge | |
-//! | `tcptrace_alerts_firing` | gauge | `rule` (only when rules are evaluated: `watch`) |
+//! | `tcptrace_alerts_firing` | gauge | `rule` (`watch`: its rules; `top`: watch's default rules; absent from `stats`) |
 //!
 //! Cardinality is capped: at most [`MAX_PROCESS_SERIES`] processes (those
 //! holding the most CLOSE_WAIT sockets) and [`MAX_PEER_SERIES`] peers (most

@@ -140,7 +140,7 @@ fn engine_loop(
             source.drain(&mut engine);
         }
         while let Some(scrape) = scrapes.as_mut().and_then(|rx| rx.try_recv().ok()) {
-            scrape.answer(&mut source, &mut engine, None);
+            scrape.answer(&mut source, &mut engine, Some(&feed.firing_rules()));
         }
         let now = Instant::now();
         let due = now >= next_refresh;

@@ -421,6 +421,11 @@ impl Feed {
         }
     }
 
+    /// The rule of each alert firing at the last refresh.
+    pub fn firing_rules(&self) -> Vec<&'static str> {
+        self.alerter.firing().iter().map(|a| a.rule).collect()
+    }
+
     /// A full refresh at monotonic `now_ns`.
     pub fn update(
         &mut self,
