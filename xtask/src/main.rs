@@ -7,6 +7,8 @@
 //! a fresh checkout works with a single command.
 
 mod bench;
+mod deb;
+mod install;
 mod run;
 mod setup;
 mod test;
@@ -34,6 +36,10 @@ enum Command {
     Run(run::RunArgs),
     /// Run the benchmarks (optimised), reported as ratios to their targets.
     Bench(bench::BenchArgs),
+    /// Build release and install the binary, man page, completions, systemd unit and config.
+    Install(install::InstallArgs),
+    /// Build the Debian package (cargo-deb); `--install-test` also installs, checks and purges it.
+    Deb(deb::DebArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +49,8 @@ fn main() -> ExitCode {
         Command::Test(args) => test::main(&args),
         Command::Run(args) => run::main(&args),
         Command::Bench(args) => bench::main(&args),
+        Command::Install(args) => install::main(&args),
+        Command::Deb(args) => deb::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
