@@ -25,7 +25,7 @@ pub struct DebArgs {
     /// Then install the package (dpkg -i), check what it installed and that it
     /// runs, and purge it again; fails on any problem. Needs root.
     #[arg(long)]
-    install_test: bool,
+    pub install_test: bool,
 }
 
 /// cargo-deb release known to build with our toolchain and to understand the

@@ -9,6 +9,7 @@
 mod bench;
 mod deb;
 mod install;
+mod loadgen;
 mod run;
 mod setup;
 mod test;
@@ -38,6 +39,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build release and install the binary, man page, completions, systemd unit and config.
     Install(install::InstallArgs),
+    /// Bounded loopback load: short connections as fast as the box allows.
+    Loadgen(loadgen::LoadArgs),
     /// Build the Debian package (cargo-deb); `--install-test` also installs, checks and purges it.
     Deb(deb::DebArgs),
 }
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(&args),
         Command::Install(args) => install::main(&args),
         Command::Deb(args) => deb::main(&args),
+        Command::Loadgen(args) => loadgen::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the single command CI and contributors run.
 //!
 //! It installs the prerequisites, then checks formatting, lints and runs the
-//! test suite, stopping at the first failure. The kernel tests load eBPF
+//! test suite, stopping at the first failure; in CI it also builds the
+//! Debian package and installs, checks and purges it. The kernel tests load eBPF
 //! programs and therefore need root, so `cargo test` is run through `sudo`
 //! when we are not root already.
 
@@ -97,6 +98,13 @@ pub fn main(args: &TestArgs) -> Result<()> {
         cmd.arg("--").args(&args.extra);
     }
     util::run(&mut cmd)?;
+
+    // The package, installed for real: only in CI (a fresh machine of its
+    // own), as it installs to /usr/bin and purges again.
+    if env::var_os("CI").is_some() && util::is_root() {
+        say("==> cargo xtask deb --install-test");
+        crate::deb::main(&crate::deb::DebArgs { install_test: true })?;
+    }
 
     say("==> all checks passed");
     Ok(())
