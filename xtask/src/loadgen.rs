@@ -164,7 +164,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadResult> {
             thread::spawn(move || {
                 let mut i = 0u64;
                 // The clock is read every 64 connections: cheap, and bounded.
-                while (i % 64 != 0 || Instant::now() < deadline)
+                while (!i.is_multiple_of(64) || Instant::now() < deadline)
                     && made.fetch_add(1, Ordering::Relaxed) < budget
                 {
                     let addr = addrs[(i as usize + t) % addrs.len()];
