@@ -296,5 +296,12 @@ fn main() {
         per(report_s),
         n / report_s / TARGET_READ_PER_SEC
     );
+    println!(
+        "BENCH_JSON {{\"events\":{n},\"bytes_per_event\":{:.2},\"write_events_per_sec\":{:.0},\"read_records_per_sec\":{:.0},\"report_events_per_sec\":{:.0}}}",
+        bytes / n,
+        n / write_s,
+        n / read_s,
+        n / report_s
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

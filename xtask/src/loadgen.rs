@@ -74,18 +74,22 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
-/// What a run did.
-#[derive(Clone, Copy, Debug)]
+/// What a run did (`--json` prints it).
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LoadResult {
     pub connections: u64,
-    pub elapsed: Duration,
+    pub seconds: f64,
     /// Connections whose connect() failed (e.g. EADDRNOTAVAIL); not counted above.
     pub failed: u64,
 }
 
 impl LoadResult {
     pub fn rate(&self) -> f64 {
-        self.connections as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.connections as f64 / self.seconds.max(1e-9)
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text.trim()).with_context(|| format!("loadgen printed {text:?}"))
     }
 }
 
@@ -193,7 +197,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadResult> {
     }
     Ok(LoadResult {
         connections,
-        elapsed,
+        seconds: elapsed.as_secs_f64(),
         failed: failed.load(Ordering::Relaxed),
     })
 }
@@ -252,22 +256,15 @@ fn serve(
 pub fn main(args: &LoadArgs) -> Result<()> {
     let r = run(args)?;
     if args.json {
-        println!(
-            "{{\"mode\":\"{:?}\",\"connections\":{},\"failed\":{},\"seconds\":{:.3},\"per_sec\":{:.0},\"expected_transitions\":{}}}",
-            args.mode,
-            r.connections,
-            r.failed,
-            r.elapsed.as_secs_f64(),
-            r.rate(),
-            r.connections * transitions_per_connection(args.mode)
-        );
+        println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} connections ({:?} close) in {:.2}s: {:.0}/s{}",
+            "{} connections ({:?} close) in {:.2}s: {:.0}/s, {} transitions{}",
             r.connections,
             args.mode,
-            r.elapsed.as_secs_f64(),
+            r.seconds,
             r.rate(),
+            r.connections * transitions_per_connection(args.mode),
             if r.failed > 0 {
                 format!(", {} connect failures", r.failed)
             } else {

@@ -1,0 +1,163 @@
+//! The engine at 1M live sockets (synthetic events): userspace memory per
+//! live socket (a counting allocator), the TUI's refresh (the engine thread
+//! building a screen's data: O(sockets)) and one frame (drawing it: O(screen)).
+//! Targets: <= 256 bytes per socket, a frame <= 16 ms. Run by `cargo xtask bench`.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    net::{IpAddr, Ipv4Addr},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
+
+use ratatui::{Terminal, backend::TestBackend};
+use tcptrace::{
+    app::{Action, App, Meta, data::Feed},
+    engine::Engine,
+    model::{Comm, Event, EventKind, Family, Owner, TcpState},
+    stats::HostFacts,
+};
+
+struct Counting;
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
+        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const SOCKETS: u64 = 1_000_000;
+const SEC: u64 = 1_000_000_000;
+const TARGET_BYTES: f64 = 256.0;
+const TARGET_FRAME_MS: f64 = 16.0;
+
+/// Socket `i`: accepted by one of 50 server processes from one of 4096 peers;
+/// one in ten is left in CLOSE_WAIT.
+fn events(i: u64) -> Vec<Event> {
+    let e = Event {
+        ts_ns: SEC + i * 100,
+        kind: EventKind::Transition,
+        sk: 0xffff_8880_0000_0000 + i * 2048,
+        link: None,
+        owner: Some(Owner {
+            pid: 1000 + (i % 50) as u32,
+            tid: 1000,
+            comm: Comm::from_name("server"),
+            cgroup: 7,
+            from_listener: false,
+        }),
+        netns: Some(4026531840),
+        family: Family::V4,
+        saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        sport: 5432,
+        daddr: IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + (i % 4096) as u32)),
+        dport: (1024 + i / 4096) as u16,
+        old: Some(TcpState::Listen),
+        new: TcpState::SynRecv,
+        prev_ns: None,
+        reason: None,
+    };
+    let mut v = vec![
+        e,
+        Event {
+            old: Some(TcpState::SynRecv),
+            new: TcpState::Established,
+            ts_ns: e.ts_ns + 10,
+            ..e
+        },
+    ];
+    if i.is_multiple_of(10) {
+        v.push(Event {
+            old: Some(TcpState::Established),
+            new: TcpState::CloseWait,
+            ts_ns: e.ts_ns + 20,
+            ..e
+        });
+    }
+    v
+}
+
+fn main() {
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    let mut engine = Engine::new(2_000_000);
+    let started = Instant::now();
+    let mut applied = 0u64;
+    for i in 0..SOCKETS {
+        for e in events(i) {
+            engine.apply(&e);
+            applied += 1;
+        }
+    }
+    let apply_s = started.elapsed().as_secs_f64();
+    assert_eq!(engine.table.len() as u64, SOCKETS);
+    let bytes = (ALLOCATED.load(Ordering::Relaxed) - before) as f64 / SOCKETS as f64;
+
+    let now = SEC + SOCKETS * 100 + 60 * SEC;
+    let host = HostFacts {
+        port_range: (32768, 60999),
+        ..HostFacts::default()
+    };
+    let mut app = App::new(Meta::default());
+    app.update(Action::Resize(160, 48));
+    let mut feed = Feed::new(0);
+    let best = |f: &mut dyn FnMut()| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let request = app.request.clone();
+    let mut data = None;
+    let refresh_ms = best(&mut || {
+        data = Some(feed.update(&mut engine, &request, now, now, host));
+    });
+    app.update(Action::Data(Box::new(data.take().expect("refreshed"))));
+    let mut term = Terminal::new(TestBackend::new(160, 48)).expect("terminal");
+    let mut frame_ms: f64 = 0.0;
+    for tab in ["1", "2", "3", "4", "5"] {
+        if let Some(a) = app.action_for(tcptrace::app::Key::Char(tab.chars().next().unwrap())) {
+            app.update(a);
+        }
+        let ms = best(&mut || {
+            term.draw(|f| f.render_widget(&app, f.area()))
+                .expect("draw");
+        });
+        frame_ms = frame_ms.max(ms);
+    }
+
+    println!("engine benchmark: {SOCKETS} live sockets (synthetic; best of 3)");
+    println!(
+        "  memory:  {bytes:>7.1} bytes/socket     {:>5.2}x the <= {TARGET_BYTES} target",
+        TARGET_BYTES / bytes
+    );
+    println!(
+        "  apply:   {:>7.1} M events/s",
+        applied as f64 / apply_s / 1e6
+    );
+    println!("  refresh: {refresh_ms:>7.1} ms (engine thread, every --interval; O(sockets))");
+    println!(
+        "  frame:   {frame_ms:>7.2} ms (slowest view)  {:>5.2}x the <= {TARGET_FRAME_MS} ms target",
+        TARGET_FRAME_MS / frame_ms
+    );
+    println!(
+        "BENCH_JSON {{\"sockets\":{SOCKETS},\"bytes_per_socket\":{bytes:.1},\"apply_events_per_sec\":{:.0},\"refresh_ms\":{refresh_ms:.1},\"frame_ms\":{frame_ms:.2}}}",
+        applied as f64 / apply_s
+    );
+}
