@@ -238,19 +238,30 @@ fn start(tracer: Tracer, bin: &Path, tag: &str) -> Result<Option<Running>> {
     Ok(Some(running))
 }
 
-/// One loadgen run in a fresh network namespace.
-fn load(mode: Mode, duration: f64, tag: &str) -> Result<loadgen::LoadResult> {
-    let ns = format!("tcptrace-bench-{tag}");
-    util::run(Command::new("ip").args(["netns", "add", &ns]))?;
-    let result = (|| {
-        util::run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
+/// Timewait sockets alive on the host (every namespace): the active objects
+/// of the `tw_sock_TCP*` slabs.
+fn timewait_objects() -> u64 {
+    fs::read_to_string("/proc/slabinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("tw_sock_TCP"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One loadgen run in a fresh network namespace `ns` (left in place: see
+/// [`delete_netns`]).
+fn load(mode: Mode, duration: f64, ns: &str) -> Result<loadgen::LoadResult> {
+    util::run(Command::new("ip").args(["netns", "add", ns]))?;
+    (|| {
+        util::run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
         let exe = std::env::current_exe()?;
         let mode = format!("{mode:?}")
             .to_lowercase()
             .replace("closewait", "close-wait");
         let out = util::stdout_of(
             Command::new("ip")
-                .args(["netns", "exec", &ns])
+                .args(["netns", "exec", ns])
                 .arg(exe)
                 .args([
                     "loadgen",
@@ -262,9 +273,18 @@ fn load(mode: Mode, duration: f64, tag: &str) -> Result<loadgen::LoadResult> {
                 ]),
         )?;
         loadgen::LoadResult::from_json(&out)
-    })();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    result
+    })()
+}
+
+/// Deletes `ns` and waits until the kernel has purged its timewait sockets
+/// (a kernel worker does it after the delete): run after the tracer stopped,
+/// so the purge neither counts against this run nor competes with the next.
+fn delete_netns(ns: &str, baseline: u64) {
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while timewait_objects() > baseline + 1000 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Runs one round: every tracer once, in order, against fresh namespaces.
@@ -277,7 +297,9 @@ pub fn round(bin: &Path, mode: Mode, duration: f64, round: usize) -> Result<Vec<
         let running = start(tracer, bin, &tag)?;
         let pid = running.as_ref().map(|r| r.pid);
         let cpu0 = pid.and_then(cpu_secs);
-        let result = load(mode, duration, &tag);
+        let baseline = timewait_objects();
+        let ns = format!("tcptrace-bench-{tag}");
+        let result = load(mode, duration, &ns);
         // Let the tracer drain what is in the ring.
         thread::sleep(Duration::from_millis(1500));
         let cpu = pid.and_then(cpu_secs).zip(cpu0).map(|(a, b)| a - b);
@@ -286,8 +308,9 @@ pub fn round(bin: &Path, mode: Mode, duration: f64, round: usize) -> Result<Vec<
             .as_ref()
             .and_then(|r| r.metrics_port)
             .and_then(scrape);
-        let stderr = running.map(stop).transpose()?;
-        let r = result?;
+        let stderr = running.map(stop).transpose();
+        delete_netns(&ns, baseline);
+        let (stderr, r) = (stderr?, result?);
         let expected = r.connections * loadgen::transitions_per_connection(mode);
         let (delivered, lost) = match (&scraped, &stderr) {
             (Some(body), _) => (
