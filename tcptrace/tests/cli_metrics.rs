@@ -56,10 +56,17 @@ fn stats_metrics_match_ss_for_close_wait_and_time_wait() {
 
     let me = std::process::id();
     let cw_series = format!(r#"tcptrace_close_wait_sockets{{pid="{me}",comm="#);
-    let body = scrape_until(metrics_port, "25 CLOSE_WAIT and 40 TIME_WAIT", |b| {
-        value(b, r#"tcptrace_connections{state="CLOSE_WAIT"}"#) == Some(25.0)
-            && value(b, r#"tcptrace_connections{state="TIME_WAIT"}"#) == Some(40.0)
-    });
+    // The final states (the clients' FIN_WAIT1 -> FIN_WAIT2 can trail the
+    // server's CLOSE_WAIT by a delayed ACK).
+    let body = scrape_until(
+        metrics_port,
+        "25 CLOSE_WAIT, 25 FIN_WAIT2, 40 TIME_WAIT",
+        |b| {
+            value(b, r#"tcptrace_connections{state="CLOSE_WAIT"}"#) == Some(25.0)
+                && value(b, r#"tcptrace_connections{state="FIN_WAIT2"}"#) == Some(25.0)
+                && value(b, r#"tcptrace_connections{state="TIME_WAIT"}"#) == Some(40.0)
+        },
+    );
     // The oracle: ss, on the same ports.
     let ss_cw = ss_count("close-wait", port, None) as f64;
     let ss_tw = ss_count("time-wait", tw_port, None) as f64;
