@@ -4,9 +4,7 @@
 //! Targets: <= 256 bytes per socket, a frame <= 16 ms. Run by `cargo xtask bench`.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     net::{IpAddr, Ipv4Addr},
-    sync::atomic::{AtomicUsize, Ordering},
     time::Instant,
 };
 
@@ -18,27 +16,8 @@ use tcptrace::{
     stats::HostFacts,
 };
 
-struct Counting;
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
-        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 const SOCKETS: u64 = 1_000_000;
 const SEC: u64 = 1_000_000_000;
@@ -92,7 +71,7 @@ fn events(i: u64) -> Vec<Event> {
 }
 
 fn main() {
-    let before = ALLOCATED.load(Ordering::Relaxed);
+    let before = counting_alloc::allocated();
     let mut engine = Engine::new(2_000_000);
     let started = Instant::now();
     let mut applied = 0u64;
@@ -104,7 +83,7 @@ fn main() {
     }
     let apply_s = started.elapsed().as_secs_f64();
     assert_eq!(engine.table.len() as u64, SOCKETS);
-    let bytes = (ALLOCATED.load(Ordering::Relaxed) - before) as f64 / SOCKETS as f64;
+    let bytes = (counting_alloc::allocated() - before) as f64 / SOCKETS as f64;
 
     let now = SEC + SOCKETS * 100 + 60 * SEC;
     let host = HostFacts {

@@ -2,11 +2,7 @@
 //! connection table holding 200,000 live connections, bytes / sockets; and the
 //! aggregates' bounded overhead (histograms per owner and per peer are capped).
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    net::{IpAddr, Ipv4Addr},
-    sync::atomic::{AtomicUsize, Ordering},
-};
+use std::net::{IpAddr, Ipv4Addr};
 
 use tcptrace::{
     conn::ConnTable,
@@ -15,27 +11,8 @@ use tcptrace::{
     stats::MAX_KEYED_HISTOGRAMS,
 };
 
-struct Counting;
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATED.fetch_add(layout.size(), Ordering::SeqCst);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        ALLOCATED.fetch_sub(layout.size(), Ordering::SeqCst);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATED.fetch_add(new_size, Ordering::SeqCst);
-        ALLOCATED.fetch_sub(layout.size(), Ordering::SeqCst);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 /// Accept of connection `i` on a server: LISTEN -> SYN_RECV -> ESTABLISHED.
 fn accepted(i: u64) -> [Event; 2] {
@@ -74,7 +51,7 @@ fn accepted(i: u64) -> [Event; 2] {
 #[test]
 fn table_memory_per_live_socket_is_at_most_256_bytes() {
     const N: u64 = 200_000;
-    let before = ALLOCATED.load(Ordering::SeqCst);
+    let before = counting_alloc::allocated();
     let mut table = ConnTable::new(1_000_000);
     for i in 0..N {
         for e in accepted(i) {
@@ -82,7 +59,7 @@ fn table_memory_per_live_socket_is_at_most_256_bytes() {
         }
     }
     assert_eq!(table.len() as u64, N);
-    let bytes = ALLOCATED.load(Ordering::SeqCst) - before;
+    let bytes = counting_alloc::allocated() - before;
     let per = bytes as f64 / N as f64;
     eprintln!("connection table: {per:.1} bytes per live socket ({bytes} bytes for {N})");
     assert!(per <= 256.0, "{per:.1} bytes per live socket");
