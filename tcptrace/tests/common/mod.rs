@@ -289,6 +289,16 @@ impl Running {
     }
 }
 
+/// A test that panics before `stop` must not leave its tracer running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Opens `n` connections to `listener` and closes the client side: the
 /// accepted sockets (kept in `held`) sit in CLOSE_WAIT.
 pub fn leak_close_wait(listener: &TcpListener, port: u16, n: usize, held: &mut Vec<TcpStream>) {
