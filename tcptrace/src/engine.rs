@@ -66,17 +66,7 @@ impl Engine {
         wall_ns: u64,
         host: crate::stats::HostFacts,
     ) -> Snapshot {
-        build(
-            &self.table,
-            &mut self.aggs,
-            &SnapshotInput {
-                now_ns,
-                wall_ns,
-                host,
-                transitions_per_sec: 0.0,
-                histograms_by: crate::stats::HistogramsBy::None,
-            },
-        )
+        self.build_snapshot(now_ns, wall_ns, host, 0.0, crate::stats::HistogramsBy::None)
     }
 
     /// A snapshot at monotonic `now_ns`; the transition rate covers the time
@@ -95,6 +85,17 @@ impl Engine {
         };
         self.since_snapshot = 0;
         self.last_snapshot_ns = Some(now_ns);
+        self.build_snapshot(now_ns, wall_ns, host, rate, self.histograms_by)
+    }
+
+    fn build_snapshot(
+        &mut self,
+        now_ns: u64,
+        wall_ns: u64,
+        host: crate::stats::HostFacts,
+        transitions_per_sec: f64,
+        histograms_by: crate::stats::HistogramsBy,
+    ) -> Snapshot {
         build(
             &self.table,
             &mut self.aggs,
@@ -102,8 +103,8 @@ impl Engine {
                 now_ns,
                 wall_ns,
                 host,
-                transitions_per_sec: rate,
-                histograms_by: self.histograms_by,
+                transitions_per_sec,
+                histograms_by,
             },
         )
     }

@@ -74,13 +74,22 @@ pub struct Buckets {
 }
 
 impl Buckets {
+    /// Every bucket at zero.
+    pub fn empty() -> Self {
+        Self {
+            sum: 0.0,
+            count: 0,
+            buckets: BUCKETS_SECS
+                .iter()
+                .map(|&b| (b, 0))
+                .chain([(f64::INFINITY, 0)])
+                .collect(),
+        }
+    }
+
     /// Buckets of an HDR histogram of microseconds.
     pub fn from_hdr_us(h: &Histogram<u32>) -> Self {
-        let mut buckets: Vec<(f64, u64)> = BUCKETS_SECS
-            .iter()
-            .map(|&b| (b, 0))
-            .chain([(f64::INFINITY, 0)])
-            .collect();
+        let Self { mut buckets, .. } = Self::empty();
         let mut sum = 0.0;
         for v in h.iter_recorded() {
             let n = u64::from(v.count_at_value());
@@ -224,12 +233,7 @@ impl Exposition {
                 let buckets = aggs
                     .all
                     .get(k)
-                    .map(Buckets::from_hdr_us)
-                    .unwrap_or_else(|| {
-                        Buckets::from_hdr_us(
-                            &Histogram::new_with_bounds(1, 2, 1).expect("valid bounds"),
-                        )
-                    });
+                    .map_or_else(Buckets::empty, Buckets::from_hdr_us);
                 (metric, label, value, buckets)
             })
             .collect();
