@@ -3,21 +3,22 @@
 //! building a screen's data: O(sockets)) and one frame (drawing it: O(screen)).
 //! Targets: <= 256 bytes per socket, a frame <= 16 ms. Run by `cargo xtask bench`.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    time::Instant,
-};
+use std::time::Instant;
 
 use ratatui::{Terminal, backend::TestBackend};
 use tcptrace::{
     app::{Action, App, Meta, data::Feed},
     engine::Engine,
-    model::{Comm, Event, EventKind, Family, Owner, TcpState},
+    model::{Event, TcpState},
     stats::HostFacts,
 };
 
 #[path = "../tests/support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "../tests/support/synthetic.rs"]
+mod synthetic;
+
+use synthetic::accepted;
 
 const SOCKETS: u64 = 1_000_000;
 const SEC: u64 = 1_000_000_000;
@@ -27,44 +28,14 @@ const TARGET_FRAME_MS: f64 = 16.0;
 /// Socket `i`: accepted by one of 50 server processes from one of 4096 peers;
 /// one in ten is left in CLOSE_WAIT.
 fn events(i: u64) -> Vec<Event> {
-    let e = Event {
-        ts_ns: SEC + i * 100,
-        kind: EventKind::Transition,
-        sk: 0xffff_8880_0000_0000 + i * 2048,
-        link: None,
-        owner: Some(Owner {
-            pid: 1000 + (i % 50) as u32,
-            tid: 1000,
-            comm: Comm::from_name("server"),
-            cgroup: 7,
-            from_listener: false,
-        }),
-        netns: Some(4026531840),
-        family: Family::V4,
-        saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        sport: 5432,
-        daddr: IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + (i % 4096) as u32)),
-        dport: (1024 + i / 4096) as u16,
-        old: Some(TcpState::Listen),
-        new: TcpState::SynRecv,
-        prev_ns: None,
-        reason: None,
-    };
-    let mut v = vec![
-        e,
-        Event {
-            old: Some(TcpState::SynRecv),
-            new: TcpState::Established,
-            ts_ns: e.ts_ns + 10,
-            ..e
-        },
-    ];
+    let [syn_recv, established] = accepted(i);
+    let mut v = vec![syn_recv, established];
     if i.is_multiple_of(10) {
         v.push(Event {
             old: Some(TcpState::Established),
             new: TcpState::CloseWait,
-            ts_ns: e.ts_ns + 20,
-            ..e
+            ts_ns: established.ts_ns + 10,
+            ..established
         });
     }
     v
