@@ -80,6 +80,11 @@ impl KernelOffsets {
     pub const ZERO: Self = unsafe { core::mem::zeroed() };
 }
 
+/// Bytes of `struct sock_common` the program copies in one probe read to get
+/// a 4-tuple, family and netns pointer: every member it uses must end within
+/// them (checked in userspace at load time).
+pub const SOCK_HEAD_BYTES: u32 = 128;
+
 /// Maximum ports per port filter list.
 pub const MAX_FILTER_PORTS: usize = 8;
 
@@ -156,6 +161,11 @@ pub enum Counter {
     /// Timewait sockets killed whose memory was at once taken by a new
     /// timewait socket (told apart from a re-arm by the tuple).
     TwMemoryReused = 6,
+    /// Transitions that interrupted `inet_sock_set_state` on the same CPU (a
+    /// softirq over process context): the kernel skips the busy program (a
+    /// recursion miss) and its twin handles them. Each one makes up for one
+    /// recursion miss of the main program.
+    NestedRecovered = 7,
 }
 
 /// Number of slots in `COUNTERS`.

@@ -16,14 +16,55 @@ use aya_ebpf::{
 /// `sock:inet_sock_set_state` as a BTF-enabled raw tracepoint (preferred).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
-    probes::inet_sock_set_state::try_btf(&ctx);
+    maps::guarded(maps::busy::SET_STATE, || {
+        probes::inet_sock_set_state::try_btf(&ctx, false);
+    });
+    0
+}
+
+/// The twin of `inet_sock_set_state_btf`, attached beside it: the kernel
+/// skips a program that is already running on the CPU, so a transition in a
+/// softirq that interrupted it would be lost; this one handles exactly those
+/// and returns at once otherwise.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
+    if maps::set_state_busy() {
+        maps::count(tcptrace_common::Counter::NestedRecovered);
+        probes::inet_sock_set_state::try_btf(&ctx, true);
+    }
     0
 }
 
 /// `sock:inet_sock_set_state` as a classic tracepoint (fallback).
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
-    probes::inet_sock_set_state::try_classic(&ctx);
+    maps::guarded(maps::busy::SET_STATE, || {
+        probes::inet_sock_set_state::try_classic(&ctx);
+    });
+    0
+}
+
+/// `timer:timer_start` as a BTF-enabled raw tracepoint (preferred: no trace
+/// record is built, and recursion is checked per program).
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start_btf(ctx: BtfTracePointContext) -> i32 {
+    probes::timer::try_timer_start_btf(&ctx);
+    0
+}
+
+/// `timer:timer_cancel` as a BTF-enabled raw tracepoint.
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn timer_cancel_btf(ctx: BtfTracePointContext) -> i32 {
+    probes::timer::try_timer_cancel_btf(&ctx);
+    0
+}
+
+/// `timer:timer_expire_entry` as a BTF-enabled raw tracepoint.
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire_entry_btf(ctx: BtfTracePointContext) -> i32 {
+    maps::guarded(maps::busy::EXPIRE, || {
+        probes::timer::try_timer_expire_entry_btf(&ctx);
+    });
     0
 }
 
@@ -44,7 +85,9 @@ pub fn timer_cancel(ctx: TracePointContext) -> u32 {
 /// `timer:timer_expire_entry`: a timewait socket's timer ran out.
 #[tracepoint(category = "timer", name = "timer_expire_entry")]
 pub fn timer_expire_entry(ctx: TracePointContext) -> u32 {
-    probes::timer::try_timer_expire_entry(&ctx);
+    maps::guarded(maps::busy::EXPIRE, || {
+        probes::timer::try_timer_expire_entry(&ctx);
+    });
     0
 }
 

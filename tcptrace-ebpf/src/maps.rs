@@ -1,6 +1,7 @@
 //! Maps and load-time globals, and the small helpers every probe uses to
 //! count and emit.
 
+use crate::sock::SockHead;
 use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -60,9 +61,38 @@ pub struct ListenerEntry {
 pub struct Scratch {
     /// The event being built by `inet_sock_set_state`.
     pub event: RawEvent,
+    /// The event being built by its twin, for a transition that interrupted it.
+    pub nested_event: RawEvent,
     /// The classic tracepoint record, copied in one probe read.
     pub record: [u64; RECORD_WORDS],
     pub tw: TwScratch,
+    /// One socket head per program ([`Head`]): programs can interrupt each
+    /// other, but not themselves.
+    pub heads: [SockHead; Head::COUNT],
+    /// [`Busy`] bits: which of `inet_sock_set_state` and `timer_expire_entry`
+    /// runs on this CPU. A timer event that interrupts them (tp_btf programs
+    /// can nest in each other) must leave the parked timewait state alone, and
+    /// a transition that interrupts `inet_sock_set_state` is handled by its twin.
+    pub busy: u32,
+}
+
+/// Which program's [`Scratch::heads`] slot.
+#[derive(Clone, Copy)]
+pub enum Head {
+    SetState = 0,
+    SetStateNested = 1,
+    Timer = 2,
+    Accept = 3,
+}
+
+impl Head {
+    pub const COUNT: usize = 4;
+}
+
+/// Bits of [`Scratch::busy`].
+pub mod busy {
+    pub const SET_STATE: u32 = 1;
+    pub const EXPIRE: u32 = 2;
 }
 
 /// Bytes of the classic tracepoint record we copy (the record is 72 bytes on 6.x).
@@ -136,7 +166,35 @@ pub fn scratch() -> Option<*mut Scratch> {
     SCRATCH.get_ptr_mut(0)
 }
 
+/// This program's socket-head scratch.
+#[inline(always)]
+pub fn head(which: Head) -> Option<&'static mut SockHead> {
+    let s = scratch()?;
+    unsafe { (*s).heads.get_mut(which as usize) }
+}
+
 #[inline(always)]
 pub fn tw_scratch() -> Option<*mut TwScratch> {
     scratch().map(|s| unsafe { &raw mut (*s).tw })
+}
+
+/// Runs `f` with `bit` of this CPU's [`Scratch::busy`] set.
+#[inline(always)]
+pub fn guarded(bit: u32, f: impl FnOnce()) {
+    let Some(s) = scratch() else { return };
+    unsafe { (*s).busy |= bit };
+    f();
+    unsafe { (*s).busy &= !bit };
+}
+
+/// Whether this program interrupted a guarded one on this CPU.
+#[inline(always)]
+pub fn nested() -> bool {
+    scratch().is_some_and(|s| unsafe { (*s).busy } != 0)
+}
+
+/// Whether this transition interrupted `inet_sock_set_state` on this CPU.
+#[inline(always)]
+pub fn set_state_busy() -> bool {
+    scratch().is_some_and(|s| unsafe { (*s).busy } & busy::SET_STATE != 0)
 }

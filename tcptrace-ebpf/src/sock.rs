@@ -3,10 +3,10 @@
 //! Offsets come from the running kernel's BTF via `OFFSETS`.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated,
     generated::bpf_get_current_cgroup_id,
 };
-use tcptrace_common::{OwnerEntry, RawEvent, event_flags, family};
+use tcptrace_common::{OwnerEntry, RawEvent, config::SOCK_HEAD_BYTES, event_flags, family};
 
 use crate::maps::global;
 
@@ -16,38 +16,84 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
 }
 
-/// Fills `ev`'s family, ports and addresses from a `sock_common`.
-/// `sport_from_inet` reads the local port from `inet_sock.inet_sport` (full
-/// sockets: `skc_num` is already 0 once unhashed at FIN_WAIT2 -> CLOSE);
-/// timewait sockets keep it in `skc_num`.
+/// The head of a `sock_common`, copied in one probe read (see [`read_head`]).
+pub type SockHead = [u64; HEAD_WORDS];
+pub const HEAD_WORDS: usize = SOCK_HEAD_BYTES as usize / 8;
+
+/// A `T` at byte offset `off` of words copied from the kernel (a record or a
+/// [`SockHead`]); `None` past the end. Offsets are checked for natural
+/// alignment in userspace.
 #[inline(always)]
-pub fn read_tuple(sk: u64, ev: &mut RawEvent, sport_from_inet: bool) -> Option<()> {
-    let fam: u16 = read(sk, global!(OFFSETS.skc_family))?;
+pub fn field<T: Copy, const W: usize>(words: &[u64; W], off: u32) -> Option<T> {
+    let off = off as usize;
+    if off + core::mem::size_of::<T>() > W * 8 {
+        return None;
+    }
+    Some(unsafe { core::ptr::read((words.as_ptr() as *const u8).add(off) as *const T) })
+}
+
+/// Copies the head of `sk`'s `sock_common` into `head`: the 4-tuple, family
+/// and netns pointer in one probe read instead of six.
+#[inline(always)]
+pub fn read_head(sk: u64, head: &mut SockHead) -> Option<()> {
+    let ret = unsafe {
+        generated::bpf_probe_read_kernel(
+            head.as_mut_ptr().cast(),
+            SOCK_HEAD_BYTES,
+            sk as *const core::ffi::c_void,
+        )
+    };
+    (ret == 0).then_some(())
+}
+
+/// Fills `ev`'s family, ports and addresses from a `sock_common` (through
+/// `head`, the caller's per-program scratch). `sport_from_inet` reads the
+/// local port from `inet_sock.inet_sport` (full sockets: `skc_num` is already
+/// 0 once unhashed at FIN_WAIT2 -> CLOSE); timewait sockets keep it in
+/// `skc_num`. Returns the socket's `struct net *` (0 if unknown).
+#[inline(always)]
+pub fn read_tuple(
+    sk: u64,
+    head: &mut SockHead,
+    ev: &mut RawEvent,
+    sport_from_inet: bool,
+) -> Option<u64> {
+    read_head(sk, head)?;
+    let head = &*head;
+    let fam: u16 = field(head, global!(OFFSETS.skc_family))?;
     ev.family = fam as u8;
     ev.sport = if sport_from_inet {
         u16::from_be(read(sk, global!(OFFSETS.inet_sport))?)
     } else {
-        read(sk, global!(OFFSETS.skc_num))?
+        field(head, global!(OFFSETS.skc_num))?
     };
-    ev.dport = u16::from_be(read(sk, global!(OFFSETS.skc_dport))?);
+    ev.dport = u16::from_be(field(head, global!(OFFSETS.skc_dport))?);
     if ev.family == family::INET6 {
-        ev.saddr = read(sk, global!(OFFSETS.skc_v6_rcv_saddr))?;
-        ev.daddr = read(sk, global!(OFFSETS.skc_v6_daddr))?;
+        ev.saddr = field(head, global!(OFFSETS.skc_v6_rcv_saddr))?;
+        ev.daddr = field(head, global!(OFFSETS.skc_v6_daddr))?;
     } else {
-        let s: [u8; 4] = read(sk, global!(OFFSETS.skc_rcv_saddr))?;
-        let d: [u8; 4] = read(sk, global!(OFFSETS.skc_daddr))?;
+        let s: [u8; 4] = field(head, global!(OFFSETS.skc_rcv_saddr))?;
+        let d: [u8; 4] = field(head, global!(OFFSETS.skc_daddr))?;
         ev.saddr = [0; 16];
         ev.daddr = [0; 16];
         ev.saddr[..4].copy_from_slice(&s);
         ev.daddr[..4].copy_from_slice(&d);
     }
-    Some(())
+    Some(field(head, global!(OFFSETS.skc_net)).unwrap_or(0))
 }
 
 /// The inode number of the socket's network namespace.
 #[inline(always)]
 pub fn netns(sk: u64) -> Option<u32> {
-    let net: u64 = read(sk, global!(OFFSETS.skc_net))?;
+    netns_of(read(sk, global!(OFFSETS.skc_net))?)
+}
+
+/// The inode number of a `struct net`.
+#[inline(always)]
+pub fn netns_of(net: u64) -> Option<u32> {
+    if net == 0 {
+        return None;
+    }
     read(net, global!(OFFSETS.net_ns_inum))
 }
 

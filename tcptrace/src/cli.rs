@@ -650,7 +650,8 @@ pub struct KernelArgs {
     /// Which hook carries inet_sock_set_state.
     #[arg(long, value_enum, default_value = "auto")]
     pub hook: HookChoice,
-    /// How TIME_WAIT is observed: fentry where it loads, else timer tracepoints.
+    /// How TIME_WAIT is observed: fentry where it loads, else the timer
+    /// tracepoints (tp_btf where it loads, else classic).
     #[arg(long, value_enum, default_value = "auto")]
     pub timewait_hook: TimewaitChoice,
     /// Ring buffer size in MiB (power of two).
@@ -659,6 +660,10 @@ pub struct KernelArgs {
     /// Capacity of the in-kernel socket owner map (LRU).
     #[arg(long, value_name = "N", default_value_t = 1 << 18)]
     pub owner_map_size: u32,
+    /// Drain the ring buffer at normal priority instead of SCHED_RR 1 (events
+    /// may then be lost when the host's CPUs are saturated).
+    #[arg(long)]
+    pub no_realtime: bool,
 }
 
 #[derive(Debug, Args)]
@@ -766,6 +771,7 @@ impl KernelArgs {
             owner_entries: self.owner_map_size,
             hook: self.hook,
             timewait: self.timewait_hook,
+            realtime_drain: !self.no_realtime,
             ..LoadOptions::default()
         })
     }

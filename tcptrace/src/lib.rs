@@ -24,6 +24,7 @@ pub mod record;
 pub mod record_cmd;
 pub mod replay;
 pub mod report;
+pub mod sched;
 pub mod seed;
 pub mod source;
 pub mod stats;

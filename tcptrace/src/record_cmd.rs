@@ -142,6 +142,7 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
             tracer.hooks.timewait
         );
     }
+    crate::sched::drain_priority(cfg.load.realtime_drain);
     let mut poll = interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut second = interval(Duration::from_secs(1));

@@ -31,6 +31,7 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
     }
     // Losses are counted from the banner on.
     source.restart_loss_count();
+    crate::sched::drain_priority(cfg.load.realtime_drain);
     let (hook, timewait_hook) = source.hooks();
     eprintln!(
         "tcptrace: stats every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",

@@ -103,6 +103,9 @@ fn engine_loop(
         )));
         return EngineSummary::default();
     }
+    if matches!(source, Source::Live(_)) {
+        crate::sched::drain_priority(cfg.load.realtime_drain);
+    }
     let (start, _) = source.now();
     let mut feed = Feed::new(start);
     let mut next_refresh = Instant::now();

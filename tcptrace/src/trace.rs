@@ -161,6 +161,7 @@ pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
     // Baseline before announcing readiness: whatever happens after the
     // banner is counted.
     let start_counters = tracer.counters();
+    crate::sched::drain_priority(cfg.load.realtime_drain);
     eprintln!(
         "tcptrace: tracing TCP state changes (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
         tracer.hooks.transitions, tracer.hooks.timewait

@@ -149,6 +149,7 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
         source.seed(&mut engine)?;
     }
     source.restart_loss_count();
+    crate::sched::drain_priority(cfg.load.realtime_drain);
     let mut alerter = Alerter::new(cfg.rules.clone());
     let exec_running = Arc::new(AtomicUsize::new(0));
     let (hook, timewait_hook) = source.hooks();

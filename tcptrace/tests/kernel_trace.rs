@@ -127,8 +127,9 @@ fn active_close_ipv4_ends_in_time_wait_with_owner() {
     active_close(false);
 }
 
-/// The classic tracepoint (the fallback where tp_btf does not load) sees the
-/// same sequences, owners and TIME_WAIT.
+/// The classic tracepoints (the fallback where tp_btf does not load, for
+/// transitions and for the timer hooks) see the same sequences, owners and
+/// TIME_WAIT.
 #[test]
 fn classic_tracepoint_sees_the_same() {
     let port = free_port(false);
@@ -136,20 +137,22 @@ fn classic_tracepoint_sees_the_same() {
     opts.filter.ports[0] = port;
     opts.filter.n_ports = 1;
     opts.hook = tcptrace::ebpf::HookChoice::Tracepoint;
+    opts.timewait = tcptrace::ebpf::TimewaitChoice::TimerTracepoint;
     let tracer = tracer_with(opts);
     assert_eq!(tracer.hooks.transitions, "tracepoint");
+    assert_eq!(tracer.hooks.timewait, "timer tracepoints");
     active_close_with(false, tracer, port);
 }
 
 /// fentry is the preferred TIME_WAIT path; where the kernel refuses it (this
-/// machine: EPERM) the timer tracepoints take over and the reason is kept.
+/// machine: EPERM) the timer hooks (tp_btf) take over and the reason is kept.
 #[test]
 fn timewait_hook_falls_back_to_timer_tracepoints() {
     let tracer = tracer_with(tcptrace::ebpf::LoadOptions::default());
     assert_eq!(tracer.hooks.transitions, "tp_btf");
     match tracer.hooks.timewait {
         "fentry" => assert!(tracer.hooks.fallbacks.is_empty()),
-        "timer tracepoints" => assert!(
+        "timer tp_btf" => assert!(
             tracer.hooks.fallbacks.iter().any(|f| f.contains("fentry")),
             "{:?}",
             tracer.hooks.fallbacks

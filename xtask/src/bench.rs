@@ -42,6 +42,11 @@ pub struct BenchArgs {
     /// One JSON object on stdout instead of the tables.
     #[arg(long)]
     pub json: bool,
+    /// Only these live configurations (comma-separated; ratios need
+    /// `untraced` first), e.g. `--only stats --duration 70` for a soak with
+    /// TIME_WAIT expiry bursts.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = live::Tracer::ALL)]
+    pub only: Vec<live::Tracer>,
 }
 
 pub fn main(args: &BenchArgs) -> Result<()> {
@@ -83,7 +88,13 @@ pub fn main(args: &BenchArgs) -> Result<()> {
         let bin = util::target_dir().join("release/tcptrace");
         let mut runs = Vec::new();
         for round in 0..args.rounds.max(1) {
-            runs.extend(live::round(&bin, args.mode, args.duration, round)?);
+            runs.extend(live::round(
+                &bin,
+                &args.only,
+                args.mode,
+                args.duration,
+                round,
+            )?);
         }
         if !args.json {
             print_live(&runs, args);

@@ -23,7 +23,7 @@ use tcptrace_common::{EventKind, RawEvent, event_flags};
 
 use crate::{
     filter,
-    maps::{OWNERS, global, output, scratch},
+    maps::{Head, OWNERS, global, head, output, scratch},
     sock::{apply_owner, capture_current, read, read_tuple},
 };
 
@@ -55,7 +55,7 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Option<()> {
     let scratch = scratch()?;
     let ev = unsafe { &mut (*scratch).event };
     *ev = RawEvent::zeroed();
-    read_tuple(sk, ev, true)?;
+    read_tuple(sk, head(Head::Accept)?, ev, true)?;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.kind = EventKind::Accept as u32;
     ev.sk = sk;

@@ -21,16 +21,18 @@ use tcptrace_common::{Counter, EventKind, IPPROTO_TCP, RawEvent, event_flags, fa
 use crate::{
     filter,
     maps::{
-        LISTENERS, ListenKey, ListenerEntry, OWNERS, RECORD_WORDS, count, global, output, scratch,
-        tw_scratch,
+        Head, LISTENERS, ListenKey, ListenerEntry, OWNERS, RECORD_WORDS, count, global, head,
+        output, scratch, tw_scratch,
     },
     probes::timer,
-    sock::{self, apply_owner, capture_current, empty_owner, read_tuple, same_tuple},
+    sock::{self, apply_owner, capture_current, empty_owner, field, read_tuple, same_tuple},
 };
 
-/// tp_btf: `(const struct sock *sk, int oldstate, int newstate)`.
+/// tp_btf: `(const struct sock *sk, int oldstate, int newstate)`. `nested`:
+/// called by the twin program for a transition that interrupted this one on
+/// the same CPU (its own scratch).
 #[inline(always)]
-pub fn try_btf(ctx: &BtfTracePointContext) -> Option<()> {
+pub fn try_btf(ctx: &BtfTracePointContext, nested: bool) -> Option<()> {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
@@ -39,24 +41,27 @@ pub fn try_btf(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     let scratch = scratch()?;
-    let ev = unsafe { &mut (*scratch).event };
+    let (ev, head) = if nested {
+        (
+            unsafe { &mut (*scratch).nested_event },
+            head(Head::SetStateNested)?,
+        )
+    } else {
+        (unsafe { &mut (*scratch).event }, head(Head::SetState)?)
+    };
     *ev = RawEvent::zeroed();
-    read_tuple(sk, ev, true)?;
-    handle(unsafe { bpf_ktime_get_ns() }, sk, old as u8, new as u8, ev)
+    let net = read_tuple(sk, head, ev, true)?;
+    handle(
+        unsafe { bpf_ktime_get_ns() },
+        sk,
+        net,
+        old as u8,
+        new as u8,
+        ev,
+    )
 }
 
 const RECORD_BYTES: usize = RECORD_WORDS * 8;
-
-/// A field of the classic tracepoint record copied into scratch.
-#[inline(always)]
-fn field<T: Copy>(rec: &[u64; RECORD_WORDS], off: u32) -> Option<T> {
-    let off = off as usize;
-    if off + core::mem::size_of::<T>() > RECORD_BYTES {
-        return None;
-    }
-    // Offsets are checked for natural alignment in userspace.
-    Some(unsafe { core::ptr::read((rec.as_ptr() as *const u8).add(off) as *const T) })
-}
 
 /// Classic tracepoint: fields at the offsets of its `format` file.
 #[inline(always)]
@@ -97,6 +102,7 @@ pub fn try_classic(ctx: &TracePointContext) -> Option<()> {
     handle(
         unsafe { bpf_ktime_get_ns() },
         sk,
+        0,
         old as u8,
         new as u8,
         tuple,
@@ -110,8 +116,9 @@ fn starts_lifecycle(old: u8, new: u8) -> bool {
     old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
 }
 
+/// `net` is the socket's `struct net *` when already read (0: read it here).
 #[inline(always)]
-fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
+fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
     // A transition can't fall between a re-arm's cancel and start: any
     // pending cancel on this CPU was a kill.
     timer::resolve_pending_cancel(0, timer::Next::Other);
@@ -136,7 +143,12 @@ fn handle(ts: u64, sk: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
             entry.state = new;
         }
         None => {
-            if let Some(ns) = sock::netns(sk) {
+            let ns = if net != 0 {
+                sock::netns_of(net)
+            } else {
+                sock::netns(sk)
+            };
+            if let Some(ns) = ns {
                 owner.netns = ns;
                 owner.flags |= event_flags::NETNS_KNOWN;
             }

@@ -25,12 +25,16 @@
 //!
 //! So a cancel is parked per CPU and decided by the next event on that CPU.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tcptrace_common::{Counter, EventKind, RawEvent, TwEndReason, event_flags, family, tcp_state};
 
 use crate::{
     filter,
-    maps::{OWNERS, count, global, output, tw_scratch},
+    maps::{Head, OWNERS, count, global, head, nested, output, tw_scratch},
     sock::{self, apply_owner, read_tuple},
 };
 
@@ -118,7 +122,7 @@ pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Option<u8>
     ev.ts_ns = ts;
     ev.kind = kind as u32;
     ev.sk = tw;
-    read_tuple(tw, ev, false)?;
+    let net = read_tuple(tw, head(Head::Timer)?, ev, false)?;
     let substate: u8 = sock::read(tw, global!(OFFSETS.tw_substate))?;
     if let Some(owner) = unsafe { OWNERS.get(tw) } {
         apply_owner(ev, owner);
@@ -126,18 +130,50 @@ pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Option<u8>
             ev.prev_ns = ts - owner.state_ts;
             ev.flags |= event_flags::PREV_KNOWN;
         }
-    } else if let Some(ns) = sock::netns(tw) {
+    } else if let Some(ns) = sock::netns_of(net) {
         ev.netns = ns;
         ev.flags |= event_flags::NETNS_KNOWN;
     }
     Some(substate)
 }
 
+/// The function a timer will call, read from the timer itself (tp_btf
+/// programs get only the `struct timer_list *`).
+#[inline(always)]
+fn timer_function(timer: u64) -> Option<u64> {
+    sock::read(timer, global!(OFFSETS.timer_function))
+}
+
+/// Whether a timer event that interrupted `inet_sock_set_state` or
+/// `timer_expire_entry` on this CPU (possible with tp_btf, where recursion is
+/// checked per program) should be skipped: only timewait timers matter to the
+/// parked state, and the interrupted program owns it until it returns.
+#[inline(always)]
+fn skip_nested(function: u64) -> bool {
+    nested() && !is_tw_timer(function)
+}
+
+/// tp_btf `timer_start(struct timer_list *timer, unsigned long bucket_expiry)`.
+#[inline(always)]
+pub fn try_timer_start_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    let timer: u64 = ctx.arg(0);
+    timer_start(ctx, timer, timer_function(timer)?)
+}
+
+/// Classic `timer:timer_start`: the record carries the function.
 #[inline(always)]
 pub fn try_timer_start(ctx: &TracePointContext) -> Option<()> {
     let timer: u64 = ctx_read(ctx, global!(OFFSETS.tp_start_timer))?;
-    let rearm = resolve_pending_cancel(timer, Next::Start);
     let function: u64 = ctx_read(ctx, global!(OFFSETS.tp_start_function))?;
+    timer_start(ctx, timer, function)
+}
+
+#[inline(always)]
+fn timer_start<C: EbpfContext>(ctx: &C, timer: u64, function: u64) -> Option<()> {
+    if skip_nested(function) {
+        return None;
+    }
+    let rearm = resolve_pending_cancel(timer, Next::Start);
     if !is_tw_timer(function) {
         return None;
     }
@@ -195,12 +231,26 @@ pub fn try_timer_start(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// tp_btf `timer_cancel(struct timer_list *timer)`.
+#[inline(always)]
+pub fn try_timer_cancel_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    timer_cancel(ctx.arg(0))
+}
+
+/// Classic `timer:timer_cancel`: the record has only the timer.
 #[inline(always)]
 pub fn try_timer_cancel(ctx: &TracePointContext) -> Option<()> {
-    let timer: u64 = ctx_read(ctx, global!(OFFSETS.tp_cancel_timer))?;
+    timer_cancel(ctx_read(ctx, global!(OFFSETS.tp_cancel_timer))?)
+}
+
+#[inline(always)]
+fn timer_cancel(timer: u64) -> Option<()> {
+    let function = timer_function(timer)?;
+    if skip_nested(function) {
+        return None;
+    }
     // A cancel right after a cancel: the first one was a kill.
     resolve_pending_cancel(timer, Next::Other);
-    let function: u64 = sock::read(timer, global!(OFFSETS.timer_function))?;
     if !is_tw_timer(function) {
         return None;
     }
@@ -220,11 +270,24 @@ pub fn try_timer_cancel(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// tp_btf `timer_expire_entry(struct timer_list *timer, unsigned long baseclk)`.
+#[inline(always)]
+pub fn try_timer_expire_entry_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    let timer: u64 = ctx.arg(0);
+    timer_expire_entry(timer, timer_function(timer)?)
+}
+
+/// Classic `timer:timer_expire_entry`: the record carries the function.
 #[inline(always)]
 pub fn try_timer_expire_entry(ctx: &TracePointContext) -> Option<()> {
     let timer: u64 = ctx_read(ctx, global!(OFFSETS.tp_expire_timer))?;
-    let parked = resolve_pending_cancel(timer, Next::Expire);
     let function: u64 = ctx_read(ctx, global!(OFFSETS.tp_expire_function))?;
+    timer_expire_entry(timer, function)
+}
+
+#[inline(always)]
+fn timer_expire_entry(timer: u64, function: u64) -> Option<()> {
+    let parked = resolve_pending_cancel(timer, Next::Expire);
     if !is_tw_timer(function) {
         return None;
     }

@@ -112,7 +112,7 @@ pub struct Meta {
     pub kernel: String,
     /// Transition hook in use ("tp_btf" or "tracepoint").
     pub hook: String,
-    /// TIME_WAIT path ("fentry" or "timer tracepoints").
+    /// TIME_WAIT path ("fentry", "timer tp_btf" or "timer tracepoints").
     pub timewait_hook: String,
     /// Where events come from, when not the live kernel (a recording).
     pub source: Option<String>,

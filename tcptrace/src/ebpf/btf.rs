@@ -122,6 +122,25 @@ pub fn struct_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -
     o.fdtable_max_fds = btf.offset("fdtable", &["max_fds"])?;
     o.file_private_data = btf.offset("file", &["private_data"])?;
     o.socket_sk = btf.offset("socket", &["sk"])?;
+    // The 4-tuple, family and netns pointer are copied in one read of the
+    // head of sock_common.
+    for (name, off, size, align) in [
+        ("skc_daddr", o.skc_daddr, 4, 4),
+        ("skc_rcv_saddr", o.skc_rcv_saddr, 4, 4),
+        ("skc_dport", o.skc_dport, 2, 2),
+        ("skc_num", o.skc_num, 2, 2),
+        ("skc_family", o.skc_family, 2, 2),
+        ("skc_v6_daddr", o.skc_v6_daddr, 16, 4),
+        ("skc_v6_rcv_saddr", o.skc_v6_rcv_saddr, 16, 4),
+        ("skc_net", o.skc_net, 8, 8),
+    ] {
+        if off + size > tcptrace_common::config::SOCK_HEAD_BYTES || off % align != 0 {
+            bail!(
+                "sock_common.{name} is at {off}: outside the first {} bytes tcptrace reads (or misaligned)",
+                tcptrace_common::config::SOCK_HEAD_BYTES
+            );
+        }
+    }
     // __tw_common must be the first member: the program reads the timewait
     // socket's 4-tuple through sock_common offsets.
     let tw_common = btf.offset("inet_timewait_sock", &["__tw_common"])?;

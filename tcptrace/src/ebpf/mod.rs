@@ -26,8 +26,11 @@ pub enum TimewaitChoice {
     Auto,
     /// fentry on the timewait functions only.
     Fentry,
-    /// timer:timer_start/timer_cancel/timer_expire_entry only.
+    /// timer:timer_start/timer_cancel/timer_expire_entry (tp_btf where it
+    /// loads, else classic tracepoints).
     Timer,
+    /// The timer hooks as classic tracepoints only (older kernels).
+    TimerTracepoint,
 }
 
 /// Which program carries `inet_sock_set_state`.
@@ -51,6 +54,8 @@ pub struct LoadOptions {
     pub hook: HookChoice,
     pub timewait: TimewaitChoice,
     pub tuning: Tuning,
+    /// Drain at real-time priority (see `crate::sched`); used by the commands.
+    pub realtime_drain: bool,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +70,7 @@ impl Default for LoadOptions {
                 submit_flags: 1, // BPF_RB_NO_WAKEUP: the reader polls
                 wakeup_watermark: 1 << 20,
             },
+            realtime_drain: true,
         }
     }
 }
@@ -74,7 +80,7 @@ impl Default for LoadOptions {
 pub struct Hooks {
     /// "tp_btf" or "tracepoint".
     pub transitions: &'static str,
-    /// "fentry" or "timer tracepoints".
+    /// "fentry", "timer tp_btf" or "timer tracepoints".
     pub timewait: &'static str,
     /// accept() owner refinement attached.
     pub accept: bool,
@@ -174,7 +180,12 @@ impl Tracer {
         // hook is attached goes unseen.
         let timewait = match opts.timewait {
             TimewaitChoice::Timer => {
-                prog_fds.extend(attach_timers(&mut ebpf)?);
+                let (fds, hook) = attach_timers(&mut ebpf, &mut fallbacks)?;
+                prog_fds.extend(fds);
+                hook
+            }
+            TimewaitChoice::TimerTracepoint => {
+                prog_fds.extend(attach_timer_tracepoints(&mut ebpf)?);
                 "timer tracepoints"
             }
             TimewaitChoice::Fentry => {
@@ -189,9 +200,10 @@ impl Tracer {
                     "fentry"
                 }
                 Err(e) => {
-                    fallbacks.push(format!("TIME_WAIT via timer tracepoints: {e:#}"));
-                    prog_fds.extend(attach_timers(&mut ebpf)?);
-                    "timer tracepoints"
+                    fallbacks.push(format!("TIME_WAIT via timer hooks: {e:#}"));
+                    let (fds, hook) = attach_timers(&mut ebpf, &mut fallbacks)?;
+                    prog_fds.extend(fds);
+                    hook
                 }
             },
         };
@@ -215,11 +227,13 @@ impl Tracer {
             }
             HookChoice::TpBtf => {
                 prog_fds.push(attach_btf(&mut ebpf)?);
+                attach_nested(&mut ebpf, &mut fallbacks);
                 "tp_btf"
             }
             HookChoice::Auto => match attach_btf(&mut ebpf) {
                 Ok(fd) => {
                     prog_fds.push(fd);
+                    attach_nested(&mut ebpf, &mut fallbacks);
                     "tp_btf"
                 }
                 Err(e) => {
@@ -281,7 +295,7 @@ impl Tracer {
                 }
             }
         };
-        debug_assert!((Counter::TwMemoryReused as u32) < N_COUNTERS);
+        debug_assert!((Counter::NestedRecovered as u32) < N_COUNTERS);
         KernelCounters {
             events: sum(Counter::Events),
             ring_full: sum(Counter::RingFull),
@@ -290,8 +304,38 @@ impl Tracer {
             tw_memory_reused: sum(Counter::TwMemoryReused),
             filtered: sum(Counter::Filtered),
             map_full: sum(Counter::MapFull),
-            recursion_misses: self.prog_fds.iter().map(|&fd| recursion_misses(fd)).sum(),
+            recursion_misses: self.lost_recursions(sum(Counter::NestedRecovered)),
         }
+    }
+}
+
+impl Tracer {
+    /// Invocations the kernel skipped because the program was already running
+    /// on the CPU, less those the twin handled. The twin's own misses are not
+    /// losses: it can only be interrupted on its no-op path (a transition
+    /// cannot interrupt the softirq it handles in), while the main program
+    /// handles the transition.
+    fn lost_recursions(&self, nested_recovered: u64) -> u64 {
+        let misses: u64 = self.prog_fds.iter().map(|&fd| recursion_misses(fd)).sum();
+        misses.saturating_sub(nested_recovered)
+    }
+}
+
+/// The twin of the tp_btf transition program (`inet_sock_set_state_nested`):
+/// without it, a transition in a softirq that interrupts the program is lost.
+/// Optional: where it does not attach, those show as recursion misses.
+fn attach_nested(ebpf: &mut Ebpf, fallbacks: &mut Vec<String>) {
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => return fallbacks.push(format!("no twin for nested transitions: {e}")),
+    };
+    if let Err(e) = attach_one_btf(
+        ebpf,
+        "inet_sock_set_state_nested",
+        "inet_sock_set_state",
+        &btf,
+    ) {
+        fallbacks.push(format!("no twin for nested transitions: {e:#}"));
     }
 }
 
@@ -307,11 +351,53 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
     Ok(p.fd()?.as_fd().as_raw_fd())
 }
 
-fn attach_timers(ebpf: &mut Ebpf) -> Result<Vec<RawFd>> {
-    ["timer_cancel", "timer_expire_entry", "timer_start"]
+const TIMER_TRACEPOINTS: [&str; 3] = ["timer_cancel", "timer_expire_entry", "timer_start"];
+
+/// The timer hooks as tp_btf programs where they load (no trace record is
+/// built for the millions of unrelated timers, and a timer event that
+/// interrupts another program is not skipped), else the classic tracepoints.
+/// Returns the fds and the hook's name.
+fn attach_timers(
+    ebpf: &mut Ebpf,
+    fallbacks: &mut Vec<String>,
+) -> Result<(Vec<RawFd>, &'static str)> {
+    match attach_timers_btf(ebpf) {
+        Ok(fds) => Ok((fds, "timer tp_btf")),
+        Err(e) => {
+            fallbacks.push(format!("timer tracepoints: {e:#}"));
+            Ok((attach_timer_tracepoints(ebpf)?, "timer tracepoints"))
+        }
+    }
+}
+
+fn attach_timer_tracepoints(ebpf: &mut Ebpf) -> Result<Vec<RawFd>> {
+    TIMER_TRACEPOINTS
         .into_iter()
         .map(|name| attach_tracepoint(ebpf, name, "timer", name))
         .collect()
+}
+
+/// All three tp_btf timer programs, or none.
+fn attach_timers_btf(ebpf: &mut Ebpf) -> Result<Vec<RawFd>> {
+    let btf = Btf::from_sys_fs().context("read kernel BTF")?;
+    let mut fds = Vec::new();
+    for (i, name) in TIMER_TRACEPOINTS.iter().enumerate() {
+        match attach_one_btf(ebpf, &format!("{name}_btf"), name, &btf) {
+            Ok(fd) => fds.push(fd),
+            Err(e) => {
+                for loaded in &TIMER_TRACEPOINTS[..=i] {
+                    if let Some(p) = ebpf.program_mut(&format!("{loaded}_btf")) {
+                        let p: Result<&mut BtfTracePoint, _> = p.try_into();
+                        if let Ok(p) = p {
+                            let _ = p.unload();
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(fds)
 }
 
 /// The fentry programs and the kernel functions they attach to.
@@ -368,13 +454,18 @@ fn attach_classic(ebpf: &mut Ebpf) -> Result<RawFd> {
 
 fn attach_btf(ebpf: &mut Ebpf) -> Result<RawFd> {
     let btf = Btf::from_sys_fs().context("read kernel BTF")?;
+    attach_one_btf(ebpf, "inet_sock_set_state_btf", "inet_sock_set_state", &btf)
+}
+
+fn attach_one_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &Btf) -> Result<RawFd> {
     let p: &mut BtfTracePoint = ebpf
-        .program_mut("inet_sock_set_state_btf")
-        .context("program inet_sock_set_state_btf missing")?
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing"))?
         .try_into()?;
-    p.load("inet_sock_set_state", &btf)
-        .map_err(|e| permission_hint(anyhow!(e), "load tp_btf inet_sock_set_state"))?;
-    p.attach().context("attach tp_btf inet_sock_set_state")?;
+    p.load(tracepoint, btf)
+        .map_err(|e| permission_hint(anyhow!(e), &format!("load tp_btf {tracepoint}")))?;
+    p.attach()
+        .with_context(|| format!("attach tp_btf {tracepoint}"))?;
     Ok(p.fd()?.as_fd().as_raw_fd())
 }
 

@@ -28,8 +28,9 @@ use crate::{
 };
 
 /// One tracer configuration measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tracer {
+    #[value(name = "untraced")]
     None,
     Record,
     Stats,
@@ -287,11 +288,17 @@ fn delete_netns(ns: &str, baseline: u64) {
     }
 }
 
-/// Runs one round: every tracer once, in order, against fresh namespaces.
-pub fn round(bin: &Path, mode: Mode, duration: f64, round: usize) -> Result<Vec<Run>> {
+/// Runs one round: each of `tracers` once, in order, against fresh namespaces.
+pub fn round(
+    bin: &Path,
+    tracers: &[Tracer],
+    mode: Mode,
+    duration: f64,
+    round: usize,
+) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     let mut untraced = 0.0;
-    for (i, tracer) in Tracer::ALL.into_iter().enumerate() {
+    for (i, &tracer) in tracers.iter().enumerate() {
         let tag = format!("{}-{round}-{i}", std::process::id());
         say(format!("--> {} ({mode:?}, {duration} s)", tracer.name()));
         let running = start(tracer, bin, &tag)?;
