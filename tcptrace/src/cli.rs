@@ -35,6 +35,9 @@ pub enum Command {
     Report(ReportArgs),
     /// Alert on CLOSE_WAIT growth, TIME_WAIT port exhaustion and lost events.
     Watch(WatchArgs),
+    /// Observe for a short window and diagnose: CLOSE_WAIT leaks, who makes
+    /// TIME_WAIT, ephemeral port pressure, risky sysctls. Exit 1 on a warning.
+    Doctor(DoctorArgs),
     /// Print the man page or a shell completion script (used by packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -238,6 +241,37 @@ pub struct StatsArgs {
     /// Also report duration histograms per owning process or per remote endpoint.
     #[arg(long, value_enum, default_value = "none")]
     pub histograms_by: HistogramsByArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Seconds to observe before diagnosing.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub duration: f64,
+    /// The findings as a JSON array (`id`, `severity`, `title`, `evidence`,
+    /// `advice`, `sysctls`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// [`DoctorArgs`], validated.
+#[derive(Clone, Debug)]
+pub struct DoctorConfig {
+    pub load: LoadOptions,
+    pub duration: Duration,
+    pub json: bool,
+}
+
+impl DoctorArgs {
+    pub fn validate(&self) -> Result<DoctorConfig, UsageError> {
+        Ok(DoctorConfig {
+            load: self.kernel.to_load_options(Filter::default())?,
+            duration: duration(Some(self.duration))?.expect("given"),
+            json: self.json,
+        })
+    }
 }
 
 /// Options of the userspace lifecycle engine (`stats`, `top`).

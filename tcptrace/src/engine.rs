@@ -471,6 +471,32 @@ mod tests {
         assert_eq!(snap.lost["evictions"], 2);
     }
 
+    /// A TIME_WAIT flood at the cap pushes out timewait sockets, not the
+    /// listener or the CLOSE_WAIT socket.
+    #[test]
+    fn cap_evicts_timewait_sockets_first() {
+        let mut e = Engine::new(4);
+        e.apply(&tr(SEC, 0x1, Close, Listen, 8080, 0));
+        e.apply(&tr(SEC, 0x2, Listen, SynRecv, 8080, 5000));
+        e.apply(&tr(SEC, 0x2, SynRecv, Established, 8080, 5000));
+        e.apply(&tr(SEC, 0x2, Established, CloseWait, 8080, 5000));
+        for i in 0..10u64 {
+            e.apply(&tw(
+                SEC + i,
+                EventKind::TwBegin,
+                0x100 + i,
+                None,
+                40000 + i as u16,
+                80,
+            ));
+        }
+        assert_eq!(e.table.len(), 4);
+        assert_eq!(e.table.counters.evictions, 8);
+        assert_eq!(e.table.conn(0x1).unwrap().state, Listen);
+        assert_eq!(e.table.conn(0x2).unwrap().state, CloseWait);
+        assert_eq!(e.table.timewaits().count(), 2);
+    }
+
     #[test]
     fn memory_per_live_entry_is_bounded() {
         // Table entry: key + value + hashbrown control byte, at the load factor.

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod clock;
 pub mod conn;
 pub mod decode;
+pub mod doctor;
+pub mod doctor_cmd;
 pub mod ebpf;
 pub mod engine;
 pub mod filter;

@@ -65,6 +65,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tcptrace::generate::write(args.kind, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor(args) => {
+            let cfg = args.validate()?;
+            preflight::check()?;
+            runtime()?.block_on(tcptrace::doctor_cmd::run(cfg))
+        }
         Command::Stats(args) => {
             let cfg = args.validate()?;
             preflight::check()?;

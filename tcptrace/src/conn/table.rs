@@ -268,23 +268,28 @@ impl ConnTable {
     }
 
     /// Makes room for one more entry, evicting an arbitrary one at the cap.
+    /// Evicts until there is room for one more socket: timewait sockets
+    /// first (a flood of them is what fills the table, and they end by
+    /// themselves within a minute), full sockets only when none is left, so a
+    /// TIME_WAIT flood cannot push out the listeners and the CLOSE_WAIT pile
+    /// an operator is looking for.
     fn make_room(&mut self, out: &mut Vec<Finished>, now: u64) {
         while self.len() >= self.cap {
             self.counters.evictions += 1;
-            if let Some(&sk) = self.conns.keys().next() {
-                let conn = self.remove_conn(sk).expect("present");
-                out.push(Finished::Conn {
-                    conn,
-                    end_ns: now,
-                    reason: EndReason::Dropped,
-                });
-            } else if let Some(&tw) = self.tws.keys().next() {
+            if let Some(&tw) = self.tws.keys().next() {
                 let tw = self.remove_tw(tw).expect("present");
                 out.push(Finished::Tw {
                     tw,
                     end_ns: now,
                     reason: EndReason::Dropped,
                     duration_ns: None,
+                });
+            } else if let Some(&sk) = self.conns.keys().next() {
+                let conn = self.remove_conn(sk).expect("present");
+                out.push(Finished::Conn {
+                    conn,
+                    end_ns: now,
+                    reason: EndReason::Dropped,
                 });
             } else {
                 break;

@@ -43,8 +43,22 @@ pub struct Aggregates {
     pub timewait_total: u64,
     /// Every event applied (transitions and timewait begin/re-arm/end).
     pub events_total: u64,
+    /// Connections that never got established, by destination (at most
+    /// [`MAX_FAILED_PEERS`] destinations): for `doctor`'s dead backends.
+    pub failed_connects: FxHashMap<(IpAddr, u16), FailedConnectCount>,
     /// (ts of the sample, count) per process, oldest first.
     close_wait_history: HashMap<u32, VecDeque<(u64, u64)>>,
+}
+
+/// Most destinations [`Aggregates::failed_connects`] keeps.
+pub const MAX_FAILED_PEERS: usize = 4096;
+
+/// Failed connects to one destination, and who tried last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailedConnectCount {
+    pub refused: u64,
+    pub timeout: u64,
+    pub owner: Option<(u32, Comm)>,
 }
 
 impl Aggregates {
@@ -125,6 +139,22 @@ impl Aggregates {
                 *self.ended.entry(*reason).or_default() += 1;
                 if *reason == EndReason::Dropped {
                     return;
+                }
+                if matches!(reason, EndReason::Refused | EndReason::Timeout) {
+                    let key = (conn.key.daddr, conn.key.dport);
+                    if self.failed_connects.len() < MAX_FAILED_PEERS
+                        || self.failed_connects.contains_key(&key)
+                    {
+                        let f = self.failed_connects.entry(key).or_default();
+                        if *reason == EndReason::Refused {
+                            f.refused += 1;
+                        } else {
+                            f.timeout += 1;
+                        }
+                        if let Some(o) = conn.owner {
+                            f.owner = Some((o.pid, o.comm));
+                        }
+                    }
                 }
                 if let Some(c) = conn.closer {
                     *self.closers.entry(c).or_default() += 1;
