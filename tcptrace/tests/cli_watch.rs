@@ -107,7 +107,10 @@ fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed(
         let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
         assert_eq!(a["cgroup"], own, "{a}");
         assert!(a["count"].as_u64().unwrap() >= 10, "{a}");
-        assert!(a["growth_per_min"].as_f64().unwrap() > 5.0, "{a}");
+        // The count can cross its threshold at the first evaluation, before
+        // there is a sample to measure growth against.
+        let growth = a["growth_per_min"].as_f64().unwrap();
+        assert!(rule != "close_wait_growth" || growth > 5.0, "{a}");
         assert!(a["oldest_age_ms"].as_u64().is_some(), "{a}");
         assert!(
             a["peers"][0].as_str().unwrap().starts_with("127.0.0.1:"),
