@@ -72,7 +72,8 @@ pub async fn run(cfg: DoctorConfig) -> Result<ExitCode> {
             port_ranges.insert(d.netns, range);
         }
     }
-    let overflow_total = seed::host::tw_overflow().unwrap_or(overflow_before);
+    // Read by `host_facts` for the snapshot.
+    let overflow_total = snap.tw_overflow;
     let mut failed: Vec<FailedConnects> = engine
         .aggs
         .failed_connects

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FEntry, TracePoint},
+    programs::{BtfTracePoint, FEntry, Program, TracePoint},
 };
 use tcptrace_common::{Counter, Filter, KernelOffsets, Tuning, config::N_COUNTERS};
 
@@ -175,12 +175,14 @@ impl Tracer {
             .map_err(|e| permission_hint(anyhow!(e), "load the eBPF object"))?;
         let mut prog_fds = Vec::new();
         let mut fallbacks = Vec::new();
+        // Parsed once for every BTF-typed program (tp_btf, fentry).
+        let btf = Btf::from_sys_fs().context("read kernel BTF");
 
         // TIME_WAIT first, so no timewait socket begun after the transition
         // hook is attached goes unseen.
         let timewait = match opts.timewait {
             TimewaitChoice::Timer => {
-                let (fds, hook) = attach_timers(&mut ebpf, &mut fallbacks)?;
+                let (fds, hook) = attach_timers(&mut ebpf, &btf, &mut fallbacks)?;
                 prog_fds.extend(fds);
                 hook
             }
@@ -189,19 +191,19 @@ impl Tracer {
                 "timer tracepoints"
             }
             TimewaitChoice::Fentry => {
-                prog_fds.extend(attach_fentry(&mut ebpf).map_err(|e| {
+                prog_fds.extend(attach_fentry(&mut ebpf, &btf).map_err(|e| {
                     EnvError(format!("{e:#}: use --timewait-hook timer on this kernel"))
                 })?);
                 "fentry"
             }
-            TimewaitChoice::Auto => match attach_fentry(&mut ebpf) {
+            TimewaitChoice::Auto => match attach_fentry(&mut ebpf, &btf) {
                 Ok(fds) => {
                     prog_fds.extend(fds);
                     "fentry"
                 }
                 Err(e) => {
                     fallbacks.push(format!("TIME_WAIT via timer hooks: {e:#}"));
-                    let (fds, hook) = attach_timers(&mut ebpf, &mut fallbacks)?;
+                    let (fds, hook) = attach_timers(&mut ebpf, &btf, &mut fallbacks)?;
                     prog_fds.extend(fds);
                     hook
                 }
@@ -226,14 +228,14 @@ impl Tracer {
                 "tracepoint"
             }
             HookChoice::TpBtf => {
-                prog_fds.push(attach_btf(&mut ebpf)?);
-                attach_nested(&mut ebpf, &mut fallbacks);
+                prog_fds.push(attach_btf(&mut ebpf, &btf)?);
+                attach_nested(&mut ebpf, &btf, &mut fallbacks);
                 "tp_btf"
             }
-            HookChoice::Auto => match attach_btf(&mut ebpf) {
+            HookChoice::Auto => match attach_btf(&mut ebpf, &btf) {
                 Ok(fd) => {
                     prog_fds.push(fd);
-                    attach_nested(&mut ebpf, &mut fallbacks);
+                    attach_nested(&mut ebpf, &btf, &mut fallbacks);
                     "tp_btf"
                 }
                 Err(e) => {
@@ -324,19 +326,49 @@ impl Tracer {
 /// The twin of the tp_btf transition program (`inet_sock_set_state_nested`):
 /// without it, a transition in a softirq that interrupts the program is lost.
 /// Optional: where it does not attach, those show as recursion misses.
-fn attach_nested(ebpf: &mut Ebpf, fallbacks: &mut Vec<String>) {
-    let btf = match Btf::from_sys_fs() {
-        Ok(btf) => btf,
-        Err(e) => return fallbacks.push(format!("no twin for nested transitions: {e}")),
-    };
-    if let Err(e) = attach_one_btf(
-        ebpf,
-        "inet_sock_set_state_nested",
-        "inet_sock_set_state",
-        &btf,
-    ) {
+fn attach_nested(ebpf: &mut Ebpf, btf: &Result<Btf>, fallbacks: &mut Vec<String>) {
+    let attached = kernel_btf(btf).and_then(|btf| {
+        attach_one_btf(
+            ebpf,
+            "inet_sock_set_state_nested",
+            "inet_sock_set_state",
+            btf,
+        )
+    });
+    if let Err(e) = attached {
         fallbacks.push(format!("no twin for nested transitions: {e:#}"));
     }
+}
+
+/// The kernel BTF parsed once at load, or why it could not be.
+fn kernel_btf(btf: &Result<Btf>) -> Result<&Btf> {
+    btf.as_ref().map_err(|e| anyhow!("{e:#}"))
+}
+
+/// Attaches every program `attach(ebpf, i)` names, or none: on the first
+/// failure, the ones loaded so far (`progs[..=i]`) are unloaded with `unload`
+/// and the error returned.
+fn attach_all_or_none(
+    ebpf: &mut Ebpf,
+    progs: &[&str],
+    mut attach: impl FnMut(&mut Ebpf, usize) -> Result<RawFd>,
+    unload: impl Fn(&mut Program),
+) -> Result<Vec<RawFd>> {
+    let mut fds = Vec::new();
+    for i in 0..progs.len() {
+        match attach(ebpf, i) {
+            Ok(fd) => fds.push(fd),
+            Err(e) => {
+                for loaded in &progs[..=i] {
+                    if let Some(p) = ebpf.program_mut(loaded) {
+                        unload(p);
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(fds)
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<RawFd> {
@@ -353,15 +385,23 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) ->
 
 const TIMER_TRACEPOINTS: [&str; 3] = ["timer_cancel", "timer_expire_entry", "timer_start"];
 
+/// The tp_btf timer programs and their tracepoints.
+const TIMER_BTF: [&str; 3] = [
+    "timer_cancel_btf",
+    "timer_expire_entry_btf",
+    "timer_start_btf",
+];
+
 /// The timer hooks as tp_btf programs where they load (no trace record is
 /// built for the millions of unrelated timers, and a timer event that
 /// interrupts another program is not skipped), else the classic tracepoints.
 /// Returns the fds and the hook's name.
 fn attach_timers(
     ebpf: &mut Ebpf,
+    btf: &Result<Btf>,
     fallbacks: &mut Vec<String>,
 ) -> Result<(Vec<RawFd>, &'static str)> {
-    match attach_timers_btf(ebpf) {
+    match attach_timers_btf(ebpf, btf) {
         Ok(fds) => Ok((fds, "timer tp_btf")),
         Err(e) => {
             fallbacks.push(format!("timer tracepoints: {e:#}"));
@@ -378,26 +418,18 @@ fn attach_timer_tracepoints(ebpf: &mut Ebpf) -> Result<Vec<RawFd>> {
 }
 
 /// All three tp_btf timer programs, or none.
-fn attach_timers_btf(ebpf: &mut Ebpf) -> Result<Vec<RawFd>> {
-    let btf = Btf::from_sys_fs().context("read kernel BTF")?;
-    let mut fds = Vec::new();
-    for (i, name) in TIMER_TRACEPOINTS.iter().enumerate() {
-        match attach_one_btf(ebpf, &format!("{name}_btf"), name, &btf) {
-            Ok(fd) => fds.push(fd),
-            Err(e) => {
-                for loaded in &TIMER_TRACEPOINTS[..=i] {
-                    if let Some(p) = ebpf.program_mut(&format!("{loaded}_btf")) {
-                        let p: Result<&mut BtfTracePoint, _> = p.try_into();
-                        if let Ok(p) = p {
-                            let _ = p.unload();
-                        }
-                    }
-                }
-                return Err(e);
+fn attach_timers_btf(ebpf: &mut Ebpf, btf: &Result<Btf>) -> Result<Vec<RawFd>> {
+    let btf = kernel_btf(btf)?;
+    attach_all_or_none(
+        ebpf,
+        &TIMER_BTF,
+        |ebpf, i| attach_one_btf(ebpf, TIMER_BTF[i], TIMER_TRACEPOINTS[i], btf),
+        |p| {
+            if let Ok(p) = <&mut BtfTracePoint>::try_from(p) {
+                let _ = p.unload();
             }
-        }
-    }
-    Ok(fds)
+        },
+    )
 }
 
 /// The fentry programs and the kernel functions they attach to.
@@ -409,26 +441,19 @@ const FENTRY: [(&str, &str); 4] = [
 ];
 
 /// All four fentry programs, or none (the ones loaded are unloaded on failure).
-fn attach_fentry(ebpf: &mut Ebpf) -> Result<Vec<RawFd>> {
-    let btf = Btf::from_sys_fs().context("read kernel BTF")?;
-    let mut fds = Vec::new();
-    for (i, (prog, function)) in FENTRY.iter().enumerate() {
-        match attach_one_fentry(ebpf, prog, function, &btf) {
-            Ok(fd) => fds.push(fd),
-            Err(e) => {
-                for (loaded, _) in &FENTRY[..=i] {
-                    if let Some(p) = ebpf.program_mut(loaded) {
-                        let p: Result<&mut FEntry, _> = p.try_into();
-                        if let Ok(p) = p {
-                            let _ = p.unload();
-                        }
-                    }
-                }
-                return Err(e);
+fn attach_fentry(ebpf: &mut Ebpf, btf: &Result<Btf>) -> Result<Vec<RawFd>> {
+    let btf = kernel_btf(btf)?;
+    let progs = FENTRY.map(|(prog, _)| prog);
+    attach_all_or_none(
+        ebpf,
+        &progs,
+        |ebpf, i| attach_one_fentry(ebpf, FENTRY[i].0, FENTRY[i].1, btf),
+        |p| {
+            if let Ok(p) = <&mut FEntry>::try_from(p) {
+                let _ = p.unload();
             }
-        }
-    }
-    Ok(fds)
+        },
+    )
 }
 
 fn attach_one_fentry(ebpf: &mut Ebpf, prog: &str, function: &str, btf: &Btf) -> Result<RawFd> {
@@ -452,9 +477,13 @@ fn attach_classic(ebpf: &mut Ebpf) -> Result<RawFd> {
     )
 }
 
-fn attach_btf(ebpf: &mut Ebpf) -> Result<RawFd> {
-    let btf = Btf::from_sys_fs().context("read kernel BTF")?;
-    attach_one_btf(ebpf, "inet_sock_set_state_btf", "inet_sock_set_state", &btf)
+fn attach_btf(ebpf: &mut Ebpf, btf: &Result<Btf>) -> Result<RawFd> {
+    attach_one_btf(
+        ebpf,
+        "inet_sock_set_state_btf",
+        "inet_sock_set_state",
+        kernel_btf(btf)?,
+    )
 }
 
 fn attach_one_btf(ebpf: &mut Ebpf, prog: &str, tracepoint: &str, btf: &Btf) -> Result<RawFd> {
