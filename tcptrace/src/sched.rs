@@ -6,11 +6,13 @@
 //! load generator saturated both cores, and its 64 MiB ring overflowed (900k
 //! events lost in 6 s; none with autogroups off). So the thread that drains
 //! runs `SCHED_RR` at the lowest real-time priority: it is picked as soon as
-//! it wakes. Its work is bounded: about 0.3 µs per event, plus the periodic
-//! refresh that grows with the sockets tracked (0.24 s at 1M sockets). All
-//! of it stays real-time: a normal-priority section would be starved in the
-//! same way and hold the draining up. Threads and processes it creates start
-//! at normal priority. `--no-realtime` turns it off.
+//! it wakes. So do the thread copying records out of the ring
+//! (`ebpf::reader`, about 0.1 µs per event) and the consumer applying them
+//! (about 0.3 µs per event, plus the periodic refresh that grows with the
+//! sockets tracked: 0.24 s at 1M sockets, which the copying thread covers).
+//! A normal-priority consumer would be starved in the same way and let the
+//! queue grow. Threads and processes they create start at normal priority.
+//! `--no-realtime` turns it off.
 
 /// Makes the calling thread `SCHED_RR` priority 1, with threads and
 /// processes it creates reset to normal. Returns why not when the kernel

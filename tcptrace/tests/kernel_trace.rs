@@ -487,3 +487,57 @@ fn simultaneous_close_goes_through_closing() {
         assert_eq!(tw.owner.unwrap().pid, std::process::id());
     }
 }
+
+/// A consumer that does not drain while many times the ring's size is
+/// produced (`top` refreshing a million sockets, a reconciliation, `record`
+/// compressing) loses nothing: the reader thread keeps copying the ring out.
+#[test]
+fn stalled_consumer_loses_nothing_while_the_reader_copies_the_ring() {
+    // ~26,000 events, ~3 MB: three times the ring, within the four rings'
+    // worth the reader may queue.
+    const CONNECTIONS: usize = 2_000;
+    let ns = NetNs::new("stall");
+    let port = 18777;
+    let mut filter = tcptrace_common::Filter::default();
+    filter.ports[0] = port;
+    filter.n_ports = 1;
+    let mut tracer = tracer_with(tcptrace::ebpf::LoadOptions {
+        filter,
+        ring_bytes: 1 << 20,
+        ..tcptrace::ebpf::LoadOptions::default()
+    });
+    let lost_before = tracer.counters().lost().total();
+    ns.run(move || {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 1];
+        for _ in 0..CONNECTIONS {
+            let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(server.read(&mut buf).unwrap(), 0);
+            drop(server);
+            assert_eq!(client.read(&mut buf).unwrap(), 0);
+        }
+    });
+    // Not drained until now; let the last events arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut events = Vec::new();
+    poll(&mut tracer, &mut events);
+    let transitions = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Transition)
+        .count();
+    let lost = tracer.counters().lost();
+    assert_eq!(lost.total() - lost_before, 0, "{lost:?}");
+    // 5 per side per connection, plus the listener's CLOSE -> LISTEN -> CLOSE.
+    assert_eq!(
+        transitions,
+        CONNECTIONS * 10 + 2,
+        "every transition delivered"
+    );
+    let ends = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TwBegin)
+        .count();
+    assert_eq!(ends, CONNECTIONS, "every TIME_WAIT begun");
+}

@@ -4,10 +4,11 @@
 //! only holds what is live. Sockets that existed before tracing started come
 //! from sock_diag snapshots and are joined to events by (netns, 4-tuple).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, num::NonZeroU64};
 
 use rustc_hash::FxHashMap;
 
+use super::idmap::{IdMap, Identified};
 use crate::model::{Event, EventKind, Family, Owner, SeenSocket, TcpState, TwEndReason};
 
 /// Nominal TIME_WAIT length (`TCP_TIMEWAIT_LEN`): 60 s.
@@ -70,6 +71,11 @@ pub enum EndReason {
     Refused,
     /// SYN_SENT -> CLOSE after retrying: connect timed out.
     Timeout,
+    /// SYN_SENT -> CLOSE with no local port: connect() found no free
+    /// ephemeral port for the destination and failed with EADDRNOTAVAIL
+    /// (`tcp_v4_connect` enters SYN_SENT before choosing the port, and
+    /// leaves it at once when none is free; a refused connect has a port).
+    NoPort,
     /// A listening socket closed.
     ListenerClosed,
     /// A timewait socket's timer expired.
@@ -96,9 +102,6 @@ pub mod conn_flags {
     pub const TO_TIMEWAIT: u8 = 1 << 3;
 }
 
-/// "Never entered" in [`Conn::entered_ms`].
-pub const NEVER: u32 = u32::MAX;
-
 /// A live full socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conn {
@@ -111,9 +114,6 @@ pub struct Conn {
     pub born_ns: u64,
     /// When the current state was entered (exact only with STATE_EXACT).
     pub state_since_ns: u64,
-    /// Milliseconds after `born_ns` at which each state was last entered
-    /// (index `state - 1`); [`NEVER`] if not.
-    pub entered_ms: [u32; 12],
     pub closer: Option<Closer>,
     pub flags: u8,
 }
@@ -133,8 +133,18 @@ impl Conn {
         let ts = ts.max(self.state_since_ns).max(self.born_ns);
         self.state = state;
         self.state_since_ns = ts;
-        let ms = (ts.saturating_sub(self.born_ns) / 1_000_000).min(NEVER as u64 - 1) as u32;
-        self.entered_ms[state as usize - 1] = ms;
+    }
+}
+
+impl Identified for Conn {
+    fn id(&self) -> u64 {
+        self.sk
+    }
+}
+
+impl Identified for TwConn {
+    fn id(&self) -> u64 {
+        self.tw
     }
 }
 
@@ -151,7 +161,7 @@ pub struct TwConn {
     /// `start_ns` derived from a snapshot's timer rather than seen.
     pub start_estimated: bool,
     /// The full socket it replaced, when linked.
-    pub from_sk: Option<u64>,
+    pub from_sk: Option<NonZeroU64>,
     /// Who closed first, from the linked full socket (Active, or
     /// Simultaneous after FIN_WAIT1 -> CLOSING); unknown when unlinked.
     pub closer: Option<Closer>,
@@ -210,8 +220,8 @@ pub struct TableCounters {
 }
 
 pub struct ConnTable {
-    conns: FxHashMap<u64, Conn>,
-    tws: FxHashMap<u64, TwConn>,
+    conns: IdMap<Conn>,
+    tws: IdMap<TwConn>,
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
     seeded: FxHashMap<TupleKey, u64>,
@@ -234,8 +244,8 @@ impl Default for ConnTable {
 impl ConnTable {
     pub fn new(cap: usize) -> Self {
         Self {
-            conns: FxHashMap::default(),
-            tws: FxHashMap::default(),
+            conns: IdMap::default(),
+            tws: IdMap::default(),
             seeded: FxHashMap::default(),
             next_synthetic: 1,
             cap: cap.max(1),
@@ -260,11 +270,11 @@ impl ConnTable {
     }
 
     pub fn conn(&self, sk: u64) -> Option<&Conn> {
-        self.conns.get(&sk)
+        self.conns.get(sk)
     }
 
     pub fn timewait(&self, tw: u64) -> Option<&TwConn> {
-        self.tws.get(&tw)
+        self.tws.get(tw)
     }
 
     /// Makes room for one more entry, evicting an arbitrary one at the cap.
@@ -276,7 +286,7 @@ impl ConnTable {
     fn make_room(&mut self, out: &mut Vec<Finished>, now: u64) {
         while self.len() >= self.cap {
             self.counters.evictions += 1;
-            if let Some(&tw) = self.tws.keys().next() {
+            if let Some(tw) = self.tws.any_id() {
                 let tw = self.remove_tw(tw).expect("present");
                 out.push(Finished::Tw {
                     tw,
@@ -284,7 +294,7 @@ impl ConnTable {
                     reason: EndReason::Dropped,
                     duration_ns: None,
                 });
-            } else if let Some(&sk) = self.conns.keys().next() {
+            } else if let Some(sk) = self.conns.any_id() {
                 let conn = self.remove_conn(sk).expect("present");
                 out.push(Finished::Conn {
                     conn,
@@ -298,7 +308,7 @@ impl ConnTable {
     }
 
     fn remove_conn(&mut self, sk: u64) -> Option<Conn> {
-        let conn = self.conns.remove(&sk)?;
+        let conn = self.conns.remove(sk)?;
         if sk < SYNTHETIC_LIMIT && self.seeded.get(&conn.key) == Some(&sk) {
             self.seeded.remove(&conn.key);
         }
@@ -306,7 +316,7 @@ impl ConnTable {
     }
 
     fn remove_tw(&mut self, tw: u64) -> Option<TwConn> {
-        let t = self.tws.remove(&tw)?;
+        let t = self.tws.remove(tw)?;
         if tw < SYNTHETIC_LIMIT && self.seeded.get(&t.key) == Some(&tw) {
             self.seeded.remove(&t.key);
         }
@@ -316,7 +326,7 @@ impl ConnTable {
     /// Takes a seeded entry for this tuple out of the table, if any.
     fn adopt_seeded_conn(&mut self, key: &TupleKey) -> Option<Conn> {
         let synthetic = *self.seeded.get(key)?;
-        if self.conns.contains_key(&synthetic) {
+        if self.conns.contains(synthetic) {
             self.remove_conn(synthetic)
         } else {
             None
@@ -325,7 +335,7 @@ impl ConnTable {
 
     fn adopt_seeded_tw(&mut self, key: &TupleKey) -> Option<TwConn> {
         let synthetic = *self.seeded.get(key)?;
-        if self.tws.contains_key(&synthetic) {
+        if self.tws.contains(synthetic) {
             self.remove_tw(synthetic)
         } else {
             None
@@ -340,8 +350,8 @@ impl ConnTable {
             return;
         }
         if let Some(synthetic) = self.seeded.remove(key) {
-            self.conns.remove(&synthetic);
-            self.tws.remove(&synthetic);
+            self.conns.remove(synthetic);
+            self.tws.remove(synthetic);
         }
     }
 
@@ -351,7 +361,7 @@ impl ConnTable {
             EventKind::Transition => self.transition(e),
             EventKind::TwBegin => self.tw_begin(e),
             EventKind::TwRearm => {
-                if let Some(t) = self.tws.get_mut(&e.sk) {
+                if let Some(t) = self.tws.get_mut(e.sk) {
                     t.substate = e.new;
                 }
                 Applied::default()
@@ -359,7 +369,7 @@ impl ConnTable {
             EventKind::TwEnd => self.tw_end(e),
             EventKind::Lost => Applied::default(),
             EventKind::Accept => {
-                if let Some(c) = self.conns.get_mut(&e.sk)
+                if let Some(c) = self.conns.get_mut(e.sk)
                     && e.owner.is_some()
                 {
                     c.owner = e.owner;
@@ -378,7 +388,6 @@ impl ConnTable {
             state: e.old.unwrap_or(e.new),
             born_ns: e.ts_ns,
             state_since_ns: e.ts_ns,
-            entered_ms: [NEVER; 12],
             closer: None,
             flags,
         }
@@ -401,7 +410,7 @@ impl ConnTable {
         // and re-inserted. Later events know more: ports are 0 at
         // CLOSE -> SYN_SENT, so the tuple is refreshed.
         let key = TupleKey::of_event(e);
-        let new_tuple = match self.conns.get_mut(&e.sk) {
+        let new_tuple = match self.conns.get_mut(e.sk) {
             Some(c) if c.key == key => false,
             Some(c) => {
                 c.key = key;
@@ -434,7 +443,7 @@ impl ConnTable {
                         }
                     }
                 };
-                self.conns.insert(e.sk, conn);
+                self.conns.insert(conn);
                 true
             }
         };
@@ -442,7 +451,7 @@ impl ConnTable {
         if new_tuple {
             self.drop_seeded_duplicate(&key);
         }
-        let conn = self.conns.get_mut(&e.sk).expect("present");
+        let conn = self.conns.get_mut(e.sk).expect("present");
         if e.owner.is_some() {
             conn.owner = e.owner;
         }
@@ -481,6 +490,7 @@ impl ConnTable {
             let linked_tw = conn.flags & conn_flags::TO_TIMEWAIT != 0;
             let reason = match old {
                 TcpState::Listen => EndReason::ListenerClosed,
+                TcpState::SynSent if e.sport == 0 => EndReason::NoPort,
                 TcpState::SynSent => {
                     if exact.is_some_and(|ns| ns >= CONNECT_TIMEOUT_NS) {
                         EndReason::Timeout
@@ -492,7 +502,7 @@ impl ConnTable {
                 _ if linked_tw => EndReason::TimeWait,
                 _ => EndReason::Reset,
             };
-            let conn = self.conns.remove(&e.sk).expect("present");
+            let conn = self.conns.remove(e.sk).expect("present");
             out.finished.push(Finished::Conn {
                 conn,
                 end_ns: e.ts_ns,
@@ -505,7 +515,7 @@ impl ConnTable {
     fn tw_begin(&mut self, e: &Event) -> Applied {
         let mut out = Applied::default();
         self.make_room(&mut out.finished, e.ts_ns);
-        let from = e.link.and_then(|sk| self.conns.get_mut(&sk));
+        let from = e.link.and_then(|sk| self.conns.get_mut(sk));
         let (owner, closer) = match from {
             Some(c) => {
                 c.flags |= conn_flags::TO_TIMEWAIT;
@@ -521,11 +531,11 @@ impl ConnTable {
             substate: e.new,
             start_ns: e.ts_ns,
             start_estimated: false,
-            from_sk: e.link,
+            from_sk: e.link.and_then(NonZeroU64::new),
             closer,
         };
         self.drop_seeded_duplicate(&t.key);
-        if let Some(stale) = self.tws.insert(e.sk, t) {
+        if let Some(stale) = self.tws.insert(t) {
             out.finished.push(Finished::Tw {
                 tw: stale,
                 end_ns: e.ts_ns,
@@ -613,43 +623,34 @@ impl ConnTable {
             let elapsed_ms = s
                 .timer_left_ms
                 .map(|left| TIMEWAIT_LEN_MS.saturating_sub(left as u64));
-            self.tws.insert(
-                synthetic,
-                TwConn {
-                    tw: synthetic,
-                    key,
-                    family: s.family,
-                    owner,
-                    substate: s.state,
-                    start_ns: taken_at_ns.saturating_sub(elapsed_ms.unwrap_or(0) * 1_000_000),
-                    start_estimated: true,
-                    from_sk: None,
-                    closer: None,
-                },
-            );
+            self.tws.insert(TwConn {
+                tw: synthetic,
+                key,
+                family: s.family,
+                owner,
+                substate: s.state,
+                start_ns: taken_at_ns.saturating_sub(elapsed_ms.unwrap_or(0) * 1_000_000),
+                start_estimated: true,
+                from_sk: None,
+                closer: None,
+            });
         } else {
-            let mut entered_ms = [NEVER; 12];
-            entered_ms[s.state as usize - 1] = 0;
-            self.conns.insert(
-                synthetic,
-                Conn {
-                    sk: synthetic,
-                    key,
-                    family: s.family,
-                    owner,
-                    state: s.state,
-                    born_ns: taken_at_ns,
-                    state_since_ns: taken_at_ns,
-                    entered_ms,
-                    closer: match s.state {
-                        TcpState::CloseWait | TcpState::LastAck => Some(Closer::Passive),
-                        TcpState::FinWait1 | TcpState::FinWait2 => Some(Closer::Active),
-                        TcpState::Closing => Some(Closer::Simultaneous),
-                        _ => None,
-                    },
-                    flags: conn_flags::SEEDED,
+            self.conns.insert(Conn {
+                sk: synthetic,
+                key,
+                family: s.family,
+                owner,
+                state: s.state,
+                born_ns: taken_at_ns,
+                state_since_ns: taken_at_ns,
+                closer: match s.state {
+                    TcpState::CloseWait | TcpState::LastAck => Some(Closer::Passive),
+                    TcpState::FinWait1 | TcpState::FinWait2 => Some(Closer::Active),
+                    TcpState::Closing => Some(Closer::Simultaneous),
+                    _ => None,
                 },
-            );
+                flags: conn_flags::SEEDED,
+            });
         }
         self.seeded.insert(key, synthetic);
     }

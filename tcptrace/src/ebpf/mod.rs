@@ -5,6 +5,7 @@
 
 pub mod btf;
 pub mod kallsyms;
+mod reader;
 pub mod tracefs;
 
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
@@ -117,7 +118,7 @@ pub struct Tracer {
     _ebpf: Ebpf,
     /// Rare diagnostics from the program (aya-log), shown at `RUST_LOG=debug`.
     logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    ring: RingBuf<MapData>,
+    ring: reader::Reader,
     counters: PerCpuArray<MapData, u64>,
     prog_fds: Vec<RawFd>,
     pub hooks: Hooks,
@@ -254,6 +255,10 @@ impl Tracer {
             }
         };
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        // Up to four rings' worth waits in memory while the consumer is busy.
+        let queue_limit = (opts.ring_bytes as usize).saturating_mul(4);
+        let ring = reader::Reader::start(ring, queue_limit, opts.realtime_drain)
+            .context("start the ring buffer reader thread")?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         Ok(Self {
             _ebpf: ebpf,
@@ -270,14 +275,10 @@ impl Tracer {
         })
     }
 
-    /// Calls `f` with every record waiting in the ring buffer; returns how many.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.ring.next() {
-            f(&item);
-            n += 1;
-        }
-        n
+    /// Calls `f` with every record produced so far (copied out of the ring
+    /// by the reader thread, or still in it), oldest first; returns how many.
+    pub fn drain(&mut self, f: impl FnMut(&[u8])) -> usize {
+        self.ring.drain(f)
     }
 
     /// Forwards the program's log records (aya-log) to the `log` crate.
