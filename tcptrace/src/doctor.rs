@@ -93,6 +93,8 @@ pub struct FailedConnects {
     pub refused: u64,
     /// SYN retransmissions ran out (host down, or SYNs dropped).
     pub timeout: u64,
+    /// connect() failed with EADDRNOTAVAIL: no free local port to this peer.
+    pub no_port: u64,
     /// The process that tried last.
     pub pid: Option<u32>,
     pub comm: Option<String>,
@@ -330,14 +332,26 @@ fn share(count: u64, (lo, hi): (u16, u16)) -> f64 {
     count as f64 / size as f64
 }
 
+/// connect() failures with EADDRNOTAVAIL to `dest` during the window.
+fn no_port_failures(obs: &Observation, daddr: IpAddr, dport: u16) -> u64 {
+    obs.failed_connects
+        .iter()
+        .filter(|f| f.daddr == daddr && f.dport == dport)
+        .map(|f| f.no_port)
+        .sum()
+}
+
 fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
+    let mut reported = Vec::new();
     for d in &obs.census.time_wait_to {
         let range = obs.port_range(d.netns);
         let s = share(d.count, range);
-        if s < t.port_share.0 {
+        let no_port = no_port_failures(obs, d.daddr, d.dport);
+        if s < t.port_share.0 && no_port == 0 {
             continue;
         }
-        let severity = if s >= t.port_share.1 {
+        reported.push((d.daddr, d.dport));
+        let severity = if s >= t.port_share.1 || no_port > 0 {
             Severity::Critical
         } else {
             Severity::Warning
@@ -363,16 +377,14 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
             "each lasts 60 s: past 100%, connect() to this destination fails with EADDRNOTAVAIL"
                 .into(),
         ];
+        if no_port > 0 {
+            evidence.push(no_port_evidence(no_port, dest));
+        }
         if failed > 0 {
             evidence.push(format!(
-                "{failed} connections to {dest} failed during the window"
+                "{failed} more connections to {dest} were refused or timed out during the window"
             ));
         }
-        let tw_reuse = match (obs.sysctls.tw_reuse, obs.sysctls.timestamps) {
-            (Some(1), Some(ts)) if ts != 0 => "tcp_tw_reuse is on".to_string(),
-            (Some(r), _) => format!("tcp_tw_reuse is {r}"),
-            (None, _) => "tcp_tw_reuse is absent".to_string(),
-        };
         out.push(Finding {
             id: "client_port_pressure",
             severity,
@@ -382,22 +394,71 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 s * 100.0
             ),
             evidence,
-            advice: vec![
-                format!("Reuse connections: a pool or keep-alive in {holder} removes the churn (the real fix)."),
-                "Widen the ephemeral range if it was narrowed (the ports are per destination ip:port, so more ports is more headroom).".into(),
-                "Reserve the host's own service ports from the ephemeral range with net.ipv4.ip_local_reserved_ports, so a wider range cannot take them.".into(),
-                format!("net.ipv4.tcp_tw_reuse=1 lets connect() reuse a TIME_WAIT port to the same destination once it is 1 s old; it only helps outgoing connections and needs TCP timestamps on both ends ({tw_reuse}). It does nothing for a server's TIME_WAIT."),
-            ],
-            sysctls: vec![
-                "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".into(),
-                format!(
-                    "sysctl -w net.ipv4.ip_local_reserved_ports=\"{}\"   # your service ports",
-                    if obs.sysctls.reserved_ports.is_empty() { "8080,9090" } else { &obs.sysctls.reserved_ports }
-                ),
-                "sysctl -w net.ipv4.tcp_tw_reuse=1".into(),
-            ],
+            advice: port_advice(obs, &holder),
+            sysctls: port_sysctls(obs),
         });
     }
+    // Ports exhausted by something else than TIME_WAIT (connections held
+    // open, a narrow range): the failures alone are the evidence.
+    for f in &obs.failed_connects {
+        if f.no_port == 0 || reported.contains(&(f.daddr, f.dport)) {
+            continue;
+        }
+        let dest = std::net::SocketAddr::new(f.daddr, f.dport);
+        let holder = who(f.pid, f.comm.as_deref());
+        let (lo, hi) = obs.sysctls.port_range;
+        out.push(Finding {
+            id: "client_port_pressure",
+            severity: Severity::Critical,
+            title: format!(
+                "Ephemeral ports exhausted: connect() to {dest} failed {} times with EADDRNOTAVAIL ({holder})",
+                f.no_port
+            ),
+            evidence: vec![
+                no_port_evidence(f.no_port, dest),
+                format!(
+                    "few TIME_WAIT sockets to {dest}: the ports are held by open connections (ip_local_port_range {lo}-{hi} here; `ss -tn dst {dest}` counts them)"
+                ),
+            ],
+            advice: port_advice(obs, &holder),
+            sysctls: port_sysctls(obs),
+        });
+    }
+}
+
+fn no_port_evidence(n: u64, dest: std::net::SocketAddr) -> String {
+    format!(
+        "connect() to {dest} failed {n} times with EADDRNOTAVAIL during the window: no free local port (seen as SYN_SENT -> CLOSE before a port was chosen)"
+    )
+}
+
+fn port_advice(obs: &Observation, holder: &str) -> Vec<String> {
+    let tw_reuse = match (obs.sysctls.tw_reuse, obs.sysctls.timestamps) {
+        (Some(1), Some(ts)) if ts != 0 => "tcp_tw_reuse is on".to_string(),
+        (Some(r), _) => format!("tcp_tw_reuse is {r}"),
+        (None, _) => "tcp_tw_reuse is absent".to_string(),
+    };
+    vec![
+        format!("Reuse connections: a pool or keep-alive in {holder} removes the churn (the real fix)."),
+        "Widen the ephemeral range if it was narrowed (the ports are per destination ip:port, so more ports is more headroom).".into(),
+        "Reserve the host's own service ports from the ephemeral range with net.ipv4.ip_local_reserved_ports, so a wider range cannot take them.".into(),
+        format!("net.ipv4.tcp_tw_reuse=1 lets connect() reuse a TIME_WAIT port to the same destination once it is 1 s old; it only helps outgoing connections and needs TCP timestamps on both ends ({tw_reuse}). It does nothing for a server's TIME_WAIT."),
+    ]
+}
+
+fn port_sysctls(obs: &Observation) -> Vec<String> {
+    vec![
+        "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".into(),
+        format!(
+            "sysctl -w net.ipv4.ip_local_reserved_ports=\"{}\"   # your service ports",
+            if obs.sysctls.reserved_ports.is_empty() {
+                "8080,9090"
+            } else {
+                &obs.sysctls.reserved_ports
+            }
+        ),
+        "sysctl -w net.ipv4.tcp_tw_reuse=1".into(),
+    ]
 }
 
 fn time_wait_overflow(obs: &Observation, out: &mut Vec<Finding>) {

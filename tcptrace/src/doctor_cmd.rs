@@ -83,11 +83,12 @@ pub async fn run(cfg: DoctorConfig) -> Result<ExitCode> {
             dport,
             refused: f.refused,
             timeout: f.timeout,
+            no_port: f.no_port,
             pid: f.owner.map(|o| o.0),
             comm: f.owner.map(|o| o.1.to_str_lossy().into_owned()),
         })
         .collect();
-    failed.sort_by_key(|f| std::cmp::Reverse(f.refused + f.timeout));
+    failed.sort_by_key(|f| std::cmp::Reverse(f.refused + f.timeout + f.no_port));
     let obs = Observation {
         window_s: started.elapsed().as_secs_f64(),
         transitions: snap.transitions_total,

@@ -152,3 +152,55 @@ fn client_burning_ports_with_a_narrow_range() {
         ["40000", "40999"]
     );
 }
+
+/// Every ephemeral port to one destination held by an open connection: the
+/// next connect() fails with EADDRNOTAVAIL, which the kernel shows as
+/// SYN_SENT -> CLOSE before a local port was chosen.
+#[test]
+fn exhausted_ports_are_reported_from_eaddrnotavail() {
+    let ns = NetNs::new("doc-noport");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
+    let me = std::process::id();
+    let port = 19191;
+    let (code, findings) = doctor_during(|| {
+        let failures = ns.run(move || {
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let mut held = Vec::new();
+            let mut failures = 0;
+            for _ in 0..15 {
+                match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(s) => held.push((s, listener.accept().unwrap())),
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+                        failures += 1;
+                    }
+                }
+            }
+            failures
+        });
+        assert_eq!(failures, 5, "10 ports, 15 connects");
+    });
+    let f = find(
+        &findings,
+        "client_port_pressure",
+        &format!("127.0.0.1:{port}"),
+    );
+    // The connections were closed by the client at the end: their TIME_WAIT
+    // fills the range too; the failures are evidence either way.
+    let title = f["title"].as_str().unwrap();
+    assert!(title.contains(&format!("(pid {me})")), "{title}");
+    assert!(
+        f["evidence"].as_array().unwrap().iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains("failed 5 times with EADDRNOTAVAIL")),
+        "{f}"
+    );
+    assert_eq!(f["severity"], "critical");
+    // Not mistaken for a dead backend.
+    assert!(
+        !findings.iter().any(|f| f["id"] == "failed_connects"),
+        "{findings:#?}"
+    );
+    assert_eq!(code, 1);
+}

@@ -120,6 +120,7 @@ fn port_pressure_uses_the_namespace_range_and_explains_tw_reuse() {
         dport: 80,
         refused: 0,
         timeout: 0,
+        no_port: 0,
         pid: None,
         comm: None,
     }];
@@ -143,6 +144,37 @@ fn port_pressure_uses_the_namespace_range_and_explains_tw_reuse() {
     // The same count against the host's default range is below 20%.
     obs.port_ranges.clear();
     assert_eq!(ids(&diagnose(&obs, &Thresholds::default())), ["healthy"]);
+    // ...unless connect() already failed for want of a port.
+    obs.failed_connects[0].no_port = 3;
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(ids(&f), ["client_port_pressure"]);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert!(
+        f[0].evidence
+            .iter()
+            .any(|e| e.contains("failed 3 times with EADDRNOTAVAIL")),
+        "{:?}",
+        f[0].evidence
+    );
+}
+
+#[test]
+fn eaddrnotavail_without_time_wait_is_port_exhaustion() {
+    let mut obs = quiet();
+    obs.failed_connects = vec![FailedConnects {
+        daddr: ip(7),
+        dport: 5432,
+        refused: 0,
+        timeout: 0,
+        no_port: 12,
+        pid: Some(41),
+        comm: Some("app".into()),
+    }];
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(ids(&f), ["client_port_pressure"], "not a dead backend");
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert!(f[0].title.contains("10.0.0.7:5432") && f[0].title.contains("app (pid 41)"));
+    assert!(f[0].title.contains("12 times with EADDRNOTAVAIL"));
 }
 
 #[test]
@@ -200,6 +232,7 @@ fn fin_wait2_pile_and_dead_backends() {
         dport: 5432,
         refused: 9,
         timeout: 0,
+        no_port: 0,
         pid: Some(8),
         comm: Some("worker".into()),
     }];

@@ -58,6 +58,8 @@ pub const MAX_FAILED_PEERS: usize = 4096;
 pub struct FailedConnectCount {
     pub refused: u64,
     pub timeout: u64,
+    /// connect() failed with EADDRNOTAVAIL: no free local port.
+    pub no_port: u64,
     pub owner: Option<(u32, Comm)>,
 }
 
@@ -140,16 +142,19 @@ impl Aggregates {
                 if *reason == EndReason::Dropped {
                     return;
                 }
-                if matches!(reason, EndReason::Refused | EndReason::Timeout) {
+                if matches!(
+                    reason,
+                    EndReason::Refused | EndReason::Timeout | EndReason::NoPort
+                ) {
                     let key = (conn.key.daddr, conn.key.dport);
                     if self.failed_connects.len() < MAX_FAILED_PEERS
                         || self.failed_connects.contains_key(&key)
                     {
                         let f = self.failed_connects.entry(key).or_default();
-                        if *reason == EndReason::Refused {
-                            f.refused += 1;
-                        } else {
-                            f.timeout += 1;
+                        match reason {
+                            EndReason::Refused => f.refused += 1,
+                            EndReason::Timeout => f.timeout += 1,
+                            _ => f.no_port += 1,
                         }
                         if let Some(o) = conn.owner {
                             f.owner = Some((o.pid, o.comm));

@@ -279,6 +279,7 @@ pub fn end_reason_name(r: EndReason) -> &'static str {
         EndReason::TimeWait => "time_wait",
         EndReason::Reset => "reset",
         EndReason::Refused => "refused",
+        EndReason::NoPort => "no_port",
         EndReason::Timeout => "timeout",
         EndReason::ListenerClosed => "listener_closed",
         EndReason::TimeWaitExpired => "time_wait_expired",
