@@ -106,7 +106,9 @@ fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed(
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
         assert_eq!(a["cgroup"], own, "{a}");
-        assert!(a["count"].as_u64().unwrap() >= 10, "{a}");
+        // The growth rule can fire before the count reaches its threshold.
+        let floor = if rule == "close_wait_count" { 10 } else { 1 };
+        assert!(a["count"].as_u64().unwrap() >= floor, "{a}");
         // The count can cross its threshold at the first evaluation, before
         // there is a sample to measure growth against.
         let growth = a["growth_per_min"].as_f64().unwrap();
