@@ -60,10 +60,21 @@ fn close_wait_leak_names_the_process() {
         });
     });
     let f = find(&findings, "close_wait_leak", &format!("(pid {me})"));
+    let title = f["title"].as_str().unwrap();
+    assert!(title.contains("30 CLOSE_WAIT"), "{f}");
+    // The peer: the clients that closed, on loopback in the namespace.
+    assert!(title.contains("to 127.0.0.1:"), "{f}");
+    let evidence: Vec<&str> = f["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
     assert!(
-        f["title"].as_str().unwrap().contains("30 CLOSE_WAIT"),
+        evidence.iter().any(|e| e.starts_with("peers: 127.0.0.1:")),
         "{f}"
     );
+    assert!(evidence.iter().any(|e| e.starts_with("oldest ")), "{f}");
     assert!(matches!(
         f["severity"].as_str(),
         Some("warning" | "critical")
