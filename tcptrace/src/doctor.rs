@@ -332,13 +332,15 @@ fn share(count: u64, (lo, hi): (u16, u16)) -> f64 {
     count as f64 / size as f64
 }
 
-/// connect() failures with EADDRNOTAVAIL to `dest` during the window.
-fn no_port_failures(obs: &Observation, daddr: IpAddr, dport: u16) -> u64 {
+/// Failed connects to one destination during the window: (refused or
+/// timed out, failed with EADDRNOTAVAIL).
+fn failures_to(obs: &Observation, daddr: IpAddr, dport: u16) -> (u64, u64) {
     obs.failed_connects
         .iter()
         .filter(|f| f.daddr == daddr && f.dport == dport)
-        .map(|f| f.no_port)
-        .sum()
+        .fold((0, 0), |(failed, no_port), f| {
+            (failed + f.refused + f.timeout, no_port + f.no_port)
+        })
 }
 
 fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
@@ -346,7 +348,7 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
     for d in &obs.census.time_wait_to {
         let range = obs.port_range(d.netns);
         let s = share(d.count, range);
-        let no_port = no_port_failures(obs, d.daddr, d.dport);
+        let (failed, no_port) = failures_to(obs, d.daddr, d.dport);
         if s < t.port_share.0 && no_port == 0 {
             continue;
         }
@@ -359,12 +361,6 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
         let holder = who(d.pid, d.comm.as_deref());
         let dest = std::net::SocketAddr::new(d.daddr, d.dport);
         let size = u32::from(range.1.saturating_sub(range.0)) + 1;
-        let failed: u64 = obs
-            .failed_connects
-            .iter()
-            .filter(|f| f.daddr == d.daddr && f.dport == d.dport)
-            .map(|f| f.refused + f.timeout)
-            .sum();
         let mut evidence = vec![
             format!(
                 "{} TIME_WAIT sockets to {dest}: {:.0}% of the {size} ephemeral ports ({}-{})",
