@@ -205,7 +205,8 @@ pub struct Alerter {
     lost_window: std::collections::VecDeque<(u64, u64)>,
 }
 
-fn who(pid: Option<u32>, comm: Option<&str>) -> String {
+/// "comm (pid N)", "pid N", or "an unknown process".
+pub(crate) fn who(pid: Option<u32>, comm: Option<&str>) -> String {
     match (pid, comm) {
         (Some(p), Some(c)) => format!("{c} (pid {p})"),
         (Some(p), None) => format!("pid {p}"),
@@ -226,6 +227,11 @@ impl Alerter {
         let mut v: Vec<&Alert> = self.active.values().map(|a| &a.last).collect();
         v.sort_by(|a, b| (a.rule, a.pid).cmp(&(b.rule, b.pid)));
         v
+    }
+
+    /// The rule of each firing alert, in [`Self::firing`]'s order.
+    pub fn firing_rules(&self) -> Vec<&'static str> {
+        self.firing().iter().map(|a| a.rule).collect()
     }
 
     /// Evaluates every rule at monotonic `now_ns` (wall `wall_ns`); returns

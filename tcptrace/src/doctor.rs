@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use serde::Serialize;
 
 pub use self::census::{Census, DestTimeWait, ListenerTimeWait, census};
-use crate::{clock::fmt_age, stats::CloseWaitByProcess};
+use crate::{alerts::who, clock::fmt_age, stats::CloseWaitByProcess};
 
 /// How bad a finding is; the exit code is 1 from [`Severity::Warning`] up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -235,15 +235,6 @@ fn healthy(obs: &Observation) -> Finding {
         ],
         advice: vec![],
         sysctls: vec![],
-    }
-}
-
-fn who(pid: Option<u32>, comm: Option<&str>) -> String {
-    match (pid, comm) {
-        (Some(p), Some(c)) => format!("{c} (pid {p})"),
-        (Some(p), None) => format!("pid {p}"),
-        (None, Some(c)) => c.to_string(),
-        (None, None) => "an unknown process".into(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! and print what [`crate::doctor`] makes of it. Never writes a sysctl.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{self, Write},
     path::Path,
     process::ExitCode,
@@ -63,15 +63,13 @@ pub async fn run(cfg: DoctorConfig) -> Result<ExitCode> {
     let snap = engine.snapshot(now, wall, host);
     let census = doctor::census(&engine.table);
     let host_netns = seed::sock_diag::current_netns().ok();
-    let mut port_ranges = BTreeMap::new();
-    for d in &census.time_wait_to {
-        if Some(d.netns) != host_netns
-            && !port_ranges.contains_key(&d.netns)
-            && let Some(range) = netns_port_range(d.netns)
-        {
-            port_ranges.insert(d.netns, range);
-        }
-    }
+    let others: BTreeSet<u32> = census
+        .time_wait_to
+        .iter()
+        .map(|d| d.netns)
+        .filter(|&n| Some(n) != host_netns)
+        .collect();
+    let port_ranges = netns_port_ranges(&others);
     // Read by `host_facts` for the snapshot.
     let overflow_total = snap.tw_overflow;
     let mut failed: Vec<FailedConnects> = engine
@@ -165,16 +163,24 @@ pub fn read_sysctls(dir: &Path) -> Sysctls {
     }
 }
 
-/// `ip_local_port_range` inside the network namespace with inode `netns`.
-fn netns_port_range(netns: u32) -> Option<(u16, u16)> {
-    let path = seed::netns::namespaces()
+/// `ip_local_port_range` inside each network namespace of `wanted` (by
+/// inode) that can be entered: the namespaces are listed once.
+fn netns_port_ranges(wanted: &BTreeSet<u32>) -> BTreeMap<u32, (u16, u16)> {
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
+    seed::netns::namespaces()
         .into_iter()
-        .find(|p| seed::netns::namespace_inode(p).ok() == Some(u64::from(netns)))?;
-    seed::netns::in_namespace(&path, || {
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|t| seed::host::parse_port_range(&t).ok())
-    })
-    .ok()
-    .flatten()
+        .filter_map(|path| {
+            let inode = u32::try_from(seed::netns::namespace_inode(&path).ok()?).ok()?;
+            if !wanted.contains(&inode) {
+                return None;
+            }
+            let range =
+                seed::netns::in_namespace(&path, || seed::host::ephemeral_port_range().ok())
+                    .ok()
+                    .flatten()?;
+            Some((inode, range))
+        })
+        .collect()
 }

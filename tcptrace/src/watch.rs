@@ -175,7 +175,7 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
             },
             _ = poll.tick() => { source.drain(&mut engine); }
             Some(scrape) = metrics_http::next(&mut scrapes) => {
-                let firing: Vec<&'static str> = alerter.firing().iter().map(|a| a.rule).collect();
+                let firing = alerter.firing_rules();
                 scrape.answer(&mut source, &mut engine, Some(&firing));
             }
             _ = reconcile.tick(), if cfg.reconcile.is_some() => {

@@ -133,12 +133,12 @@ fn active_close_ipv4_ends_in_time_wait_with_owner() {
 #[test]
 fn classic_tracepoint_sees_the_same() {
     let port = free_port(false);
-    let mut opts = tcptrace::ebpf::LoadOptions::default();
-    opts.filter.ports[0] = port;
-    opts.filter.n_ports = 1;
-    opts.hook = tcptrace::ebpf::HookChoice::Tracepoint;
-    opts.timewait = tcptrace::ebpf::TimewaitChoice::TimerTracepoint;
-    let tracer = tracer_with(opts);
+    let tracer = tracer_with(tcptrace::ebpf::LoadOptions {
+        filter: filter_for_ports(&[port]),
+        hook: tcptrace::ebpf::HookChoice::Tracepoint,
+        timewait: tcptrace::ebpf::TimewaitChoice::TimerTracepoint,
+        ..tcptrace::ebpf::LoadOptions::default()
+    });
     assert_eq!(tracer.hooks.transitions, "tracepoint");
     assert_eq!(tracer.hooks.timewait, "timer tracepoints");
     active_close_with(false, tracer, port);
@@ -498,11 +498,8 @@ fn stalled_consumer_loses_nothing_while_the_reader_copies_the_ring() {
     const CONNECTIONS: usize = 2_000;
     let ns = NetNs::new("stall");
     let port = 18777;
-    let mut filter = tcptrace_common::Filter::default();
-    filter.ports[0] = port;
-    filter.n_ports = 1;
     let mut tracer = tracer_with(tcptrace::ebpf::LoadOptions {
-        filter,
+        filter: filter_for_ports(&[port]),
         ring_bytes: 1 << 20,
         ..tcptrace::ebpf::LoadOptions::default()
     });

@@ -26,8 +26,6 @@ const TCPSTATES: &str = "/usr/sbin/tcpstates";
 
 type Counts = BTreeMap<(String, String), u64>;
 
-/// Waits until the process has attached a BPF program (a bpf_link or perf
-/// event fd shows up), then a little longer for the rest of its setup.
 /// The BPF recursion misses of a process's programs (`recursion_misses:` in
 /// the fdinfo of its program fds): tcpstates does not report them, and a
 /// transition in a softirq that interrupts its program in process context is
@@ -51,6 +49,8 @@ fn recursion_misses_of(pid: u32) -> u64 {
         .sum()
 }
 
+/// Waits until the process has attached a BPF program (a bpf_link or perf
+/// event fd shows up), then a little longer for the rest of its setup.
 fn wait_attached(pid: u32) {
     let end = Instant::now() + Duration::from_secs(20);
     while Instant::now() < end {

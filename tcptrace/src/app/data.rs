@@ -423,7 +423,7 @@ impl Feed {
 
     /// The rule of each alert firing at the last refresh.
     pub fn firing_rules(&self) -> Vec<&'static str> {
-        self.alerter.firing().iter().map(|a| a.rule).collect()
+        self.alerter.firing_rules()
     }
 
     /// A full refresh at monotonic `now_ns`.

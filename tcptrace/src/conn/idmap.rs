@@ -44,10 +44,6 @@ impl<T: Identified> IdMap<T> {
         self.table.find_mut(hash(id), |e| e.id() == id)
     }
 
-    pub fn contains(&self, id: u64) -> bool {
-        self.get(id).is_some()
-    }
-
     /// Inserts `value` under its id; returns the entry it replaced.
     pub fn insert(&mut self, value: T) -> Option<T> {
         let id = value.id();
@@ -110,7 +106,7 @@ mod tests {
         m.get_mut(2).unwrap().1 = "d";
         assert_eq!(m.remove(2), Some(Entry(2, "d")));
         assert_eq!(m.remove(2), None);
-        assert!(!m.contains(2) && m.contains(1));
+        assert!(m.get(2).is_none() && m.get(1).is_some());
         assert_eq!(m.any_id(), Some(1));
         assert_eq!(m.values().count(), 1);
     }

@@ -277,8 +277,7 @@ impl ConnTable {
         self.tws.get(tw)
     }
 
-    /// Makes room for one more entry, evicting an arbitrary one at the cap.
-    /// Evicts until there is room for one more socket: timewait sockets
+    /// At the cap, evicts until there is room for one more socket: timewait sockets
     /// first (a flood of them is what fills the table, and they end by
     /// themselves within a minute), full sockets only when none is left, so a
     /// TIME_WAIT flood cannot push out the listeners and the CLOSE_WAIT pile
@@ -325,21 +324,11 @@ impl ConnTable {
 
     /// Takes a seeded entry for this tuple out of the table, if any.
     fn adopt_seeded_conn(&mut self, key: &TupleKey) -> Option<Conn> {
-        let synthetic = *self.seeded.get(key)?;
-        if self.conns.contains(synthetic) {
-            self.remove_conn(synthetic)
-        } else {
-            None
-        }
+        self.remove_conn(*self.seeded.get(key)?)
     }
 
     fn adopt_seeded_tw(&mut self, key: &TupleKey) -> Option<TwConn> {
-        let synthetic = *self.seeded.get(key)?;
-        if self.tws.contains(synthetic) {
-            self.remove_tw(synthetic)
-        } else {
-            None
-        }
+        self.remove_tw(*self.seeded.get(key)?)
     }
 
     /// A socket the snapshot found and an event also reports (it started

@@ -61,26 +61,29 @@ type OwnerCounts = FxHashMap<u32, (u64, Owner)>;
 /// Walks the table once.
 pub fn census(table: &ConnTable) -> Census {
     let mut listeners: FxHashMap<(u32, u16), Option<Owner>> = FxHashMap::default();
+    // Full-socket entries in TIME_WAIT: none from the usual events (the
+    // kernel hands over to a timewait socket), kept should a transition
+    // report one.
+    let mut full_in_time_wait = Vec::new();
     for c in table.conns() {
-        if c.state == TcpState::Listen {
-            listeners.insert((c.key.netns, c.key.sport), c.owner);
+        match c.state {
+            TcpState::Listen => {
+                listeners.insert((c.key.netns, c.key.sport), c.owner);
+            }
+            TcpState::TimeWait => full_in_time_wait.push(c),
+            _ => {}
         }
     }
     let mut on_listener: FxHashMap<(u32, u16), (u64, rustc_hash::FxHashSet<IpAddr>)> =
         FxHashMap::default();
     let mut to_dest: FxHashMap<(u32, IpAddr, u16), (u64, OwnerCounts)> = FxHashMap::default();
     let mut orphans = 0;
-    // Timewait sockets as the events built them, and those only a sock_diag
-    // snapshot knows (seeded or reconciled: full-socket entries in TIME_WAIT).
+    // Timewait sockets (from events, or seeded / reconciled from sock_diag),
+    // then any full socket in TIME_WAIT.
     let timewaits = table
         .timewaits()
         .map(|tw| (&tw.key, tw.substate, tw.owner))
-        .chain(
-            table
-                .conns()
-                .filter(|c| c.state == TcpState::TimeWait)
-                .map(|c| (&c.key, c.state, c.owner)),
-        );
+        .chain(full_in_time_wait.iter().map(|c| (&c.key, c.state, c.owner)));
     for (k, substate, owner) in timewaits {
         // Orphaned FIN_WAIT2 timewait sockets count too: they come from the
         // same side closing first, hold the port the same way, and become

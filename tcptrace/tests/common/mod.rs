@@ -18,12 +18,17 @@ use tcptrace::{
 use tcptrace_common::Filter;
 
 /// Loads the tracer filtered to `ports` (either side).
-pub fn tracer_for_ports(ports: &[u16]) -> Tracer {
+/// A filter keeping events with a local or remote port in `ports`.
+pub fn filter_for_ports(ports: &[u16]) -> Filter {
     let mut filter = Filter::default();
     filter.ports[..ports.len()].copy_from_slice(ports);
     filter.n_ports = ports.len() as u32;
+    filter
+}
+
+pub fn tracer_for_ports(ports: &[u16]) -> Tracer {
     tracer_with(LoadOptions {
-        filter,
+        filter: filter_for_ports(ports),
         ring_bytes: 16 << 20,
         ..LoadOptions::default()
     })
