@@ -123,22 +123,18 @@ impl Filter {
     }
 }
 
-/// Ring-buffer wakeup policy.
+/// Ring-buffer wakeup policy. The reader polls (see `ebpf::reader` in
+/// userspace) and never sleeps on the ring, so a wakeup only costs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuning {
-    /// Flags for `bpf_ringbuf_submit` in the common case (1 = BPF_RB_NO_WAKEUP).
+    /// Flags for `bpf_ringbuf_submit` (1 = BPF_RB_NO_WAKEUP).
     pub submit_flags: u64,
-    /// When more than this many bytes wait in the ring, force a wakeup (0 = never force).
-    pub wakeup_watermark: u64,
 }
 
 impl Tuning {
     /// Wake the reader on every event; usable in `static` initialisers.
-    pub const EAGER: Self = Self {
-        submit_flags: 0,
-        wakeup_watermark: 0,
-    };
+    pub const EAGER: Self = Self { submit_flags: 0 };
 }
 
 /// Indexes of the per-CPU `COUNTERS` array. Ids are never reused.

@@ -28,7 +28,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 /// and returns at once otherwise.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
-    if maps::set_state_busy() {
+    if maps::busy_in(maps::busy::SET_STATE) {
         maps::count(tcptrace_common::Counter::NestedRecovered);
         probes::inet_sock_set_state::try_btf(&ctx, true);
     }

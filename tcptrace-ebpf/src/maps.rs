@@ -133,20 +133,6 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// `bpf_ringbuf_submit`/`output` flags: no wakeup unless the ring fills past the
-/// watermark, so a burst still wakes the reader.
-#[inline(always)]
-pub fn submit_flags() -> u64 {
-    const BPF_RB_AVAIL_DATA: u64 = 0;
-    const BPF_RB_FORCE_WAKEUP: u64 = 2;
-    let watermark = global!(TUNING.wakeup_watermark);
-    if watermark != 0 && EVENTS.query(BPF_RB_AVAIL_DATA) > watermark {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        global!(TUNING.submit_flags)
-    }
-}
-
 /// Reserves a ring-buffer record, writes the prepared event into it and
 /// submits it, counting success and loss.
 #[inline(always)]
@@ -154,7 +140,7 @@ pub fn output(event: &RawEvent) {
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut slot) => {
             slot.write(*event);
-            slot.submit(submit_flags());
+            slot.submit(global!(TUNING.submit_flags));
             count(Counter::Events);
         }
         None => count(Counter::RingFull),
@@ -187,14 +173,9 @@ pub fn guarded(bit: u32, f: impl FnOnce()) {
     unsafe { (*s).busy &= !bit };
 }
 
-/// Whether this program interrupted a guarded one on this CPU.
+/// Whether this program interrupted, on this CPU, a guarded one whose
+/// [`Scratch::busy`] bit is in `mask`.
 #[inline(always)]
-pub fn nested() -> bool {
-    scratch().is_some_and(|s| unsafe { (*s).busy } != 0)
-}
-
-/// Whether this transition interrupted `inet_sock_set_state` on this CPU.
-#[inline(always)]
-pub fn set_state_busy() -> bool {
-    scratch().is_some_and(|s| unsafe { (*s).busy } & busy::SET_STATE != 0)
+pub fn busy_in(mask: u32) -> bool {
+    scratch().is_some_and(|s| unsafe { (*s).busy } & mask != 0)
 }

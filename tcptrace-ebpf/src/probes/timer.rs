@@ -34,7 +34,7 @@ use tcptrace_common::{Counter, EventKind, RawEvent, TwEndReason, event_flags, fa
 
 use crate::{
     filter,
-    maps::{Head, OWNERS, count, global, head, nested, output, tw_scratch},
+    maps::{Head, OWNERS, busy, busy_in, count, global, head, output, tw_scratch},
     sock::{self, apply_owner, read_tuple},
 };
 
@@ -130,7 +130,12 @@ pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Option<u8>
             ev.prev_ns = ts - owner.state_ts;
             ev.flags |= event_flags::PREV_KNOWN;
         }
-    } else if let Some(ns) = sock::netns_of(net) {
+    }
+    // Timewait sockets carry their netns in the same sock_common field; an
+    // owner entry may not have had it.
+    if ev.flags & event_flags::NETNS_KNOWN == 0
+        && let Some(ns) = sock::netns_of(net)
+    {
         ev.netns = ns;
         ev.flags |= event_flags::NETNS_KNOWN;
     }
@@ -150,7 +155,7 @@ fn timer_function(timer: u64) -> Option<u64> {
 /// parked state, and the interrupted program owns it until it returns.
 #[inline(always)]
 fn skip_nested(function: u64) -> bool {
-    nested() && !is_tw_timer(function)
+    busy_in(busy::SET_STATE | busy::EXPIRE) && !is_tw_timer(function)
 }
 
 /// tp_btf `timer_start(struct timer_list *timer, unsigned long bucket_expiry)`.
@@ -221,13 +226,6 @@ fn timer_start<C: EbpfContext>(ctx: &C, timer: u64, function: u64) -> Option<()>
     let substate = build(begun, tw, ts, EventKind::TwBegin)?;
     begun.new = substate;
     begun.old = 0;
-    // Timewait sockets carry their netns in the same sock_common field.
-    if begun.flags & event_flags::NETNS_KNOWN == 0
-        && let Some(ns) = sock::netns(tw)
-    {
-        begun.netns = ns;
-        begun.flags |= event_flags::NETNS_KNOWN;
-    }
     Some(())
 }
 

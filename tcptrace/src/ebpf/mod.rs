@@ -69,7 +69,6 @@ impl Default for LoadOptions {
             timewait: TimewaitChoice::Auto,
             tuning: Tuning {
                 submit_flags: 1, // BPF_RB_NO_WAKEUP: the reader polls
-                wakeup_watermark: 1 << 20,
             },
             realtime_drain: true,
         }
