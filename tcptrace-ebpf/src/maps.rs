@@ -56,19 +56,24 @@ pub struct ListenerEntry {
     pub owner: OwnerEntry,
 }
 
+/// What one program builds an event in.
+#[repr(C)]
+pub struct ProgScratch {
+    pub event: RawEvent,
+    /// The socket's first bytes, read in one probe read.
+    pub head: SockHead,
+}
+
 /// Per-CPU scratch space (the BPF stack is only 512 bytes).
 #[repr(C)]
 pub struct Scratch {
-    /// The event being built by `inet_sock_set_state`.
-    pub event: RawEvent,
-    /// The event being built by its twin, for a transition that interrupted it.
-    pub nested_event: RawEvent,
+    /// One per program ([`Prog`]): programs can interrupt each other (a
+    /// tp_btf transition in a softirq over the accept hook, or over
+    /// `inet_sock_set_state` itself, handled by its twin), but not themselves.
+    pub progs: [ProgScratch; Prog::COUNT],
     /// The classic tracepoint record, copied in one probe read.
     pub record: [u64; RECORD_WORDS],
     pub tw: TwScratch,
-    /// One socket head per program ([`Head`]): programs can interrupt each
-    /// other, but not themselves.
-    pub heads: [SockHead; Head::COUNT],
     /// [`Busy`] bits: which of `inet_sock_set_state` and `timer_expire_entry`
     /// runs on this CPU. A timer event that interrupts them (tp_btf programs
     /// can nest in each other) must leave the parked timewait state alone, and
@@ -76,16 +81,16 @@ pub struct Scratch {
     pub busy: u32,
 }
 
-/// Which program's [`Scratch::heads`] slot.
+/// Which program's [`Scratch::progs`] slot.
 #[derive(Clone, Copy)]
-pub enum Head {
+pub enum Prog {
     SetState = 0,
     SetStateNested = 1,
     Timer = 2,
     Accept = 3,
 }
 
-impl Head {
+impl Prog {
     pub const COUNT: usize = 4;
 }
 
@@ -152,11 +157,11 @@ pub fn scratch() -> Option<*mut Scratch> {
     SCRATCH.get_ptr_mut(0)
 }
 
-/// This program's socket-head scratch.
+/// This program's scratch.
 #[inline(always)]
-pub fn head(which: Head) -> Option<&'static mut SockHead> {
+pub fn prog_scratch(which: Prog) -> Option<&'static mut ProgScratch> {
     let s = scratch()?;
-    unsafe { (*s).heads.get_mut(which as usize) }
+    unsafe { (*s).progs.get_mut(which as usize) }
 }
 
 #[inline(always)]

@@ -23,7 +23,7 @@ use tcptrace_common::{EventKind, RawEvent, event_flags};
 
 use crate::{
     filter,
-    maps::{Head, OWNERS, global, head, output, scratch},
+    maps::{OWNERS, Prog, ProgScratch, global, output, prog_scratch},
     sock::{apply_owner, capture_current, read, read_tuple},
 };
 
@@ -52,10 +52,9 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Option<()> {
     if was_known && was_tgid == entry.tgid {
         return Some(());
     }
-    let scratch = scratch()?;
-    let ev = unsafe { &mut (*scratch).event };
+    let ProgScratch { event: ev, head } = prog_scratch(Prog::Accept)?;
     *ev = RawEvent::zeroed();
-    read_tuple(sk, head(Head::Accept)?, ev, true)?;
+    read_tuple(sk, head, ev, true)?;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.kind = EventKind::Accept as u32;
     ev.sk = sk;

@@ -21,8 +21,8 @@ use tcptrace_common::{Counter, EventKind, IPPROTO_TCP, RawEvent, event_flags, fa
 use crate::{
     filter,
     maps::{
-        Head, LISTENERS, ListenKey, ListenerEntry, OWNERS, RECORD_WORDS, count, global, head,
-        output, scratch, tw_scratch,
+        LISTENERS, ListenKey, ListenerEntry, OWNERS, Prog, ProgScratch, RECORD_WORDS, count,
+        global, output, prog_scratch, scratch, tw_scratch,
     },
     probes::timer,
     sock::{self, apply_owner, capture_current, empty_owner, field, read_tuple, same_tuple},
@@ -40,15 +40,11 @@ pub fn try_btf(ctx: &BtfTracePointContext, nested: bool) -> Option<()> {
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let scratch = scratch()?;
-    let (ev, head) = if nested {
-        (
-            unsafe { &mut (*scratch).nested_event },
-            head(Head::SetStateNested)?,
-        )
+    let ProgScratch { event: ev, head } = prog_scratch(if nested {
+        Prog::SetStateNested
     } else {
-        (unsafe { &mut (*scratch).event }, head(Head::SetState)?)
-    };
+        Prog::SetState
+    })?;
     *ev = RawEvent::zeroed();
     let net = read_tuple(sk, head, ev, true)?;
     handle(
@@ -84,7 +80,7 @@ pub fn try_classic(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = field(rec, global!(OFFSETS.tp_skaddr))?;
     let old: i32 = field(rec, global!(OFFSETS.tp_oldstate))?;
     let new: i32 = field(rec, global!(OFFSETS.tp_newstate))?;
-    let tuple = unsafe { &mut (*scratch).event };
+    let tuple = &mut prog_scratch(Prog::SetState)?.event;
     *tuple = RawEvent::zeroed();
     let fam: u16 = field(rec, global!(OFFSETS.tp_family))?;
     tuple.family = fam as u8;

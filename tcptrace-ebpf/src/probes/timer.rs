@@ -34,7 +34,7 @@ use tcptrace_common::{Counter, EventKind, RawEvent, TwEndReason, event_flags, fa
 
 use crate::{
     filter,
-    maps::{Head, OWNERS, busy, busy_in, count, global, head, output, tw_scratch},
+    maps::{OWNERS, Prog, busy, busy_in, count, global, output, prog_scratch, tw_scratch},
     sock::{self, apply_owner, read_tuple},
 };
 
@@ -122,7 +122,7 @@ pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Option<u8>
     ev.ts_ns = ts;
     ev.kind = kind as u32;
     ev.sk = tw;
-    let net = read_tuple(tw, head(Head::Timer)?, ev, false)?;
+    let net = read_tuple(tw, &mut prog_scratch(Prog::Timer)?.head, ev, false)?;
     let substate: u8 = sock::read(tw, global!(OFFSETS.tw_substate))?;
     if let Some(owner) = unsafe { OWNERS.get(tw) } {
         apply_owner(ev, owner);
