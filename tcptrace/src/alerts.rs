@@ -63,6 +63,7 @@ impl Default for Rules {
 impl Rules {
     /// Why these rules cannot work, if they cannot.
     pub fn check(&self) -> Result<(), String> {
+        const YEAR_SECS: u64 = 31_536_000;
         if ![1, 5, 15].contains(&self.close_wait_growth_window_min) {
             return Err(format!(
                 "close_wait_growth_window_min = {} must be 1, 5 or 15",
@@ -78,8 +79,17 @@ impl Rules {
         if !(self.close_wait_growth_per_min.is_finite() && self.close_wait_growth_per_min > 0.0) {
             return Err("close_wait_growth_per_min must be a positive number".into());
         }
-        if self.repeat_secs == 0 {
-            return Err("repeat_secs must be at least 1".into());
+        if !(1..=YEAR_SECS).contains(&self.repeat_secs) {
+            return Err(format!(
+                "repeat_secs = {} is out of range: give 1 to {YEAR_SECS}",
+                self.repeat_secs
+            ));
+        }
+        if self.close_wait_oldest_secs > YEAR_SECS {
+            return Err(format!(
+                "close_wait_oldest_secs = {} is out of range: give 0 to {YEAR_SECS}",
+                self.close_wait_oldest_secs
+            ));
         }
         Ok(())
     }

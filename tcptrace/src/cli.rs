@@ -123,7 +123,7 @@ pub struct WatchConfig {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
-    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<crate::http::ServerOptions>,
     pub exit_on_alert: bool,
     pub exec: Option<String>,
     pub config: Option<std::path::PathBuf>,
@@ -147,13 +147,17 @@ pub struct RuleOverrides {
 
 impl RuleOverrides {
     /// The rules of `file` (defaults without one) with these flags applied.
+    /// Who can change the file is checked first ([`check_config_trust`]):
+    /// refused when `exec` (its alerts run commands as root), warned otherwise.
     pub fn rules(
         &self,
         file: Option<&std::path::Path>,
+        exec: bool,
     ) -> Result<crate::alerts::Rules, UsageError> {
         let mut r: crate::alerts::Rules = match file {
             None => crate::alerts::Rules::default(),
             Some(f) => {
+                check_config_trust(f, exec)?;
                 let text = std::fs::read_to_string(f)
                     .map_err(|e| usage(format!("cannot read {}: {e}", f.display())))?;
                 toml::from_str(&text).map_err(|e| {
@@ -187,6 +191,69 @@ impl RuleOverrides {
     }
 }
 
+/// Someone other than root (or the user tcptrace runs as) who could change
+/// `path`'s rules: the file or a directory above it writable by group or
+/// others (a directory with the sticky bit, like /tmp, only lets owners
+/// replace their files), or owned by another user. `None` when only root
+/// can.
+pub fn config_writers(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let trusted_owner = |uid: u32| uid == 0 || uid == me;
+    let file = std::fs::canonicalize(path)?;
+    let m = std::fs::metadata(&file)?;
+    if !trusted_owner(m.uid()) {
+        return Ok(Some(format!("is owned by uid {}", m.uid())));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Ok(Some(format!(
+            "is writable by group or others (mode {:04o})",
+            m.mode() & 0o7777
+        )));
+    }
+    for dir in file.ancestors().skip(1) {
+        let d = std::fs::metadata(dir)?;
+        let sticky = d.mode() & 0o1000 != 0;
+        if !trusted_owner(d.uid()) {
+            return Ok(Some(format!(
+                "is in {}, owned by uid {}",
+                dir.display(),
+                d.uid()
+            )));
+        }
+        if d.mode() & 0o022 != 0 && !sticky {
+            return Ok(Some(format!(
+                "is in {}, writable by group or others (mode {:04o})",
+                dir.display(),
+                d.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// `watch --config`: refuses (exit 2) rules others could change when
+/// `--exec` runs commands as root on their alerts; warns otherwise.
+fn check_config_trust(path: &std::path::Path, exec: bool) -> Result<(), UsageError> {
+    let shown = crate::output::escape(&path.display().to_string()).into_owned();
+    let problem = match config_writers(path) {
+        Ok(None) => return Ok(()),
+        Ok(Some(p)) => p,
+        Err(e) => return Err(usage(format!("cannot read {shown}: {e}"))),
+    };
+    if exec {
+        Err(usage(format!(
+            "--config {shown} {problem}: with --exec its rules decide when commands run as root; make it root's alone (chown root; chmod go-w) or drop --exec"
+        )))
+    } else {
+        crate::say!(
+            "warning: --config {shown} {problem}: others can change the rules (chown root; chmod go-w)"
+        );
+        Ok(())
+    }
+}
+
 impl WatchArgs {
     pub fn validate(&self) -> Result<WatchConfig, UsageError> {
         let filter = self.filter.to_filter()?;
@@ -201,7 +268,7 @@ impl WatchArgs {
             lost: self.lost,
             repeat: self.repeat,
         };
-        let rules = overrides.rules(self.config.as_deref())?;
+        let rules = overrides.rules(self.config.as_deref(), self.exec.is_some())?;
         Ok(WatchConfig {
             load: self.kernel.to_load_options(filter)?,
             user_filter: crate::filter::UserFilter(filter),
@@ -268,7 +335,7 @@ impl DoctorArgs {
     pub fn validate(&self) -> Result<DoctorConfig, UsageError> {
         Ok(DoctorConfig {
             load: self.kernel.to_load_options(Filter::default())?,
-            duration: duration(Some(self.duration))?.expect("given"),
+            duration: seconds("--duration", self.duration, DURATION_SECS, "")?,
             json: self.json,
         })
     }
@@ -289,15 +356,19 @@ pub struct EngineArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: only clients in CIDR may connect (repeatable; an
+    /// address alone is one host), e.g. 10.0.0.0/8.
+    #[arg(long = "metrics-allow", value_name = "CIDR", requires = "metrics")]
+    pub metrics_allow: Vec<String>,
 }
 
 /// [`EngineArgs`], validated.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EngineOptions {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
-    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<crate::http::ServerOptions>,
 }
 
 impl EngineArgs {
@@ -305,24 +376,26 @@ impl EngineArgs {
         let reconcile = if self.reconcile == 0.0 {
             None
         } else {
-            duration(Some(self.reconcile)).map_err(|_| {
-                usage(format!(
-                    "--reconcile {} must be 0 or a positive number of seconds",
-                    self.reconcile
-                ))
-            })?
+            Some(seconds(
+                "--reconcile",
+                self.reconcile,
+                RECONCILE_SECS,
+                " (or 0 for never)",
+            )?)
         };
-        if self.max_conns < 1000 {
-            return Err(usage(format!(
-                "--max-conns {} is too small: use at least 1000",
-                self.max_conns
-            )));
-        }
+        bounded("--max-conns", self.max_conns as u64, MAX_CONNS)?;
+        let allow = self
+            .metrics_allow
+            .iter()
+            .map(|s| parse_cidr(s))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(EngineOptions {
             seed: !self.no_seed,
             reconcile,
             max_conns: self.max_conns,
-            metrics: self.metrics,
+            metrics: self
+                .metrics
+                .map(|addr| crate::http::ServerOptions { addr, allow }),
         })
     }
 }
@@ -366,7 +439,7 @@ pub struct TopConfig {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
-    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<crate::http::ServerOptions>,
     /// A recording to show instead of the live kernel.
     pub replay: Option<ReplayOptions>,
 }
@@ -383,22 +456,10 @@ impl TopArgs {
                         "filters apply when recording, not with --from: filter the replay with / inside top",
                     ));
                 }
-                if !(self.speed.is_finite() && self.speed > 0.0) {
-                    return Err(usage(format!(
-                        "--speed {} must be a positive number",
-                        self.speed
-                    )));
-                }
-                let step = duration(Some(self.step)).ok().flatten().ok_or_else(|| {
-                    usage(format!(
-                        "--step {} must be a positive number of seconds",
-                        self.step
-                    ))
-                })?;
                 Some(ReplayOptions {
                     file: file.clone(),
-                    speed: self.speed,
-                    step,
+                    speed: speed("--speed", self.speed)?,
+                    step: seconds("--step", self.step, STEP_SECS, "")?,
                 })
             }
         };
@@ -416,15 +477,95 @@ impl TopArgs {
     }
 }
 
-/// Validates `--interval`.
-fn interval(secs: f64) -> Result<Duration, UsageError> {
-    duration(Some(secs))
+/// The range of each numeric argument, checked before anything touches
+/// the kernel: a value outside it is one line and exit 2, never a panic, a
+/// core burnt by a 1-ns tick, or a deadline that overflows.
+pub mod limits {
+    /// `--duration` (a year at most).
+    pub const DURATION_SECS: (f64, f64) = (0.001, 31_536_000.0);
+    /// `--interval` of `stats`, `watch`, `top`.
+    pub const INTERVAL_SECS: (f64, f64) = (0.1, 86_400.0);
+    /// `--reconcile` (or 0).
+    pub const RECONCILE_SECS: (f64, f64) = (1.0, 86_400.0);
+    /// `record --rotate-time`.
+    pub const ROTATE_SECS: (f64, f64) = (1.0, 31_536_000.0);
+    /// `record --snapshot-every`.
+    pub const SNAPSHOT_SECS: (f64, f64) = (1.0, 86_400.0);
+    /// `top --from --step`.
+    pub const STEP_SECS: (f64, f64) = (0.001, 31_536_000.0);
+    /// `--speed` of `replay` and `top --from`.
+    pub const SPEED: (f64, f64) = (0.001, 1_000_000.0);
+    /// `--max-conns`.
+    pub const MAX_CONNS: (u64, u64) = (1_000, 100_000_000);
+    /// `--owner-map-size`.
+    pub const OWNER_MAP: (u64, u64) = (1_024, 1 << 24);
+    /// `record --keep`.
+    pub const KEEP: (u64, u64) = (1, 1_000);
+}
+use limits::*;
+
+/// `secs` as a duration when it lies in `[min, max]`; else the one-line
+/// error naming `flag` and the range (`extra` is appended to it).
+fn seconds(
+    flag: &str,
+    secs: f64,
+    (min, max): (f64, f64),
+    extra: &str,
+) -> Result<Duration, UsageError> {
+    if secs.is_finite() && (min..=max).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else if secs <= 0.0 {
+        Err(usage(format!(
+            "{flag} {secs} must be a positive number of seconds: give {min} to {max}{extra}"
+        )))
+    } else {
+        Err(usage(format!(
+            "{flag} {secs} is out of range: give {min} to {max} seconds{extra}"
+        )))
+    }
+}
+
+/// A count in `[min, max]`.
+fn bounded(flag: &str, value: u64, (min, max): (u64, u64)) -> Result<(), UsageError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "{flag} {value} is out of range: give {min} to {max}"
+        )))
+    }
+}
+
+/// A playback speed in [`limits::SPEED`].
+pub fn speed(flag: &str, x: f64) -> Result<f64, UsageError> {
+    let (min, max) = SPEED;
+    if x.is_finite() && (min..=max).contains(&x) {
+        Ok(x)
+    } else if x <= 0.0 {
+        Err(usage(format!(
+            "{flag} {x} must be a positive number: give {min} to {max}"
+        )))
+    } else {
+        Err(usage(format!(
+            "{flag} {x} is out of range: give {min} to {max}"
+        )))
+    }
+}
+
+/// `--metrics-allow`: a network (`10.0.0.0/8`) or one address.
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, UsageError> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| {
             usage(format!(
-                "--interval {secs} must be a positive number of seconds"
+                "--metrics-allow '{s}' is not a network: give e.g. 10.0.0.0/8 or 192.0.2.7"
             ))
         })
-        .map(|d| d.expect("some"))
+}
+
+/// Validates `--interval`.
+fn interval(secs: f64) -> Result<Duration, UsageError> {
+    seconds("--interval", secs, INTERVAL_SECS, "")
 }
 
 #[derive(Debug, Args)]
@@ -455,6 +596,10 @@ pub struct RecordArgs {
     /// reader can start mid-file).
     #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     pub snapshot_every: f64,
+    /// Replace FILE if it exists (a regular file; a symbolic link is never
+    /// followed).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -470,6 +615,43 @@ pub struct RecordConfig {
     pub rotate_time: Option<Duration>,
     pub keep: usize,
     pub snapshot_every: Duration,
+    /// Replace an existing regular file.
+    pub force: bool,
+}
+
+/// `record -o FILE`, checked before anything touches the kernel: never a
+/// symbolic link, never a directory, never an existing file without
+/// `--force` (which replaces only a regular file, or writes into a device
+/// such as `/dev/null`), and its directory must exist.
+fn check_output(path: &std::path::Path, force: bool) -> Result<(), UsageError> {
+    let shown = crate::output::escape(&path.display().to_string()).into_owned();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(usage(format!(
+            "-o {shown} is a symbolic link: refusing to follow it; give the real path"
+        ))),
+        Ok(m) if m.is_dir() => Err(usage(format!(
+            "-o {shown} is a directory: give a file name inside it"
+        ))),
+        Ok(_) if !force => Err(usage(format!(
+            "-o {shown} exists: choose a new name, or add --force to replace it"
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            if dir.is_dir() {
+                Ok(())
+            } else {
+                Err(usage(format!(
+                    "-o {shown}: directory {} does not exist",
+                    crate::output::escape(&dir.display().to_string())
+                )))
+            }
+        }
+        Err(e) => Err(usage(format!("-o {shown}: {e}"))),
+    }
 }
 
 /// Parses a size: bytes, or with a K/M/G suffix (powers of 1024).
@@ -532,24 +714,18 @@ impl RecordArgs {
             .transpose()?;
         let rotate_time = self
             .rotate_time
-            .map(|t| {
-                duration(Some(t)).map_err(|_| {
-                    usage(format!(
-                        "--rotate-time {t} must be a positive number of seconds"
-                    ))
-                })
-            })
-            .transpose()?
-            .flatten();
+            .map(|t| seconds("--rotate-time", t, ROTATE_SECS, ""))
+            .transpose()?;
         if self.keep == 0 && (rotate_size.is_some() || rotate_time.is_some()) {
             return Err(usage(
                 "--keep 0 would delete every rotated file: keep at least 1",
             ));
         }
-        let snapshot_every = duration(Some(self.snapshot_every))
-            .map_err(|_| usage("--snapshot-every must be a positive number of seconds"))?
-            .expect("some");
+        bounded("--keep", self.keep as u64, (0, KEEP.1))?;
+        let snapshot_every = seconds("--snapshot-every", self.snapshot_every, SNAPSHOT_SECS, "")?;
+        check_output(&self.output, self.force)?;
         Ok(RecordConfig {
+            force: self.force,
             load: self.kernel.to_load_options(filter)?,
             user_filter: crate::filter::UserFilter(filter),
             filter_args: self.filter.as_args(),
@@ -626,7 +802,7 @@ pub struct StatsConfig {
     pub seed: bool,
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
-    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<crate::http::ServerOptions>,
     pub histograms_by: crate::stats::HistogramsBy,
 }
 
@@ -793,12 +969,11 @@ impl KernelArgs {
                 self.ring_size
             )));
         }
-        if self.owner_map_size < 1024 {
-            return Err(usage(format!(
-                "--owner-map-size {} is too small: use at least 1024",
-                self.owner_map_size
-            )));
-        }
+        bounded(
+            "--owner-map-size",
+            u64::from(self.owner_map_size),
+            OWNER_MAP,
+        )?;
         Ok(LoadOptions {
             filter,
             ring_bytes: self.ring_size << 20,
@@ -812,16 +987,8 @@ impl KernelArgs {
 }
 
 fn duration(secs: Option<f64>) -> Result<Option<Duration>, UsageError> {
-    secs.map(|s| {
-        if s.is_finite() && s > 0.0 {
-            Ok(Duration::from_secs_f64(s))
-        } else {
-            Err(usage(format!(
-                "--duration {s} must be a positive number of seconds"
-            )))
-        }
-    })
-    .transpose()
+    secs.map(|s| seconds("--duration", s, DURATION_SECS, ""))
+        .transpose()
 }
 
 impl TraceArgs {

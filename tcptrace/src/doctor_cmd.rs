@@ -109,7 +109,7 @@ pub async fn run(cfg: DoctorConfig) -> Result<ExitCode> {
             .map_err(io::Error::from)
             .and_then(|()| out.write_all(b"\n"))
     } else {
-        write_text(&mut out, &findings)
+        write_text(&mut crate::output::EscapeWriter::new(&mut out), &findings)
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) => {}

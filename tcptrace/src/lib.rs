@@ -2,8 +2,10 @@
 //! the owning process, from eBPF.
 //!
 //! Layout: `ebpf` (the aya edge: load, attach, ring, counters), `decode` and
-//! `model` (pure: bytes to events), `output` (printers), `cli` (arguments to
-//! validated configs), `trace` (the `trace` command loop).
+//! `model` (pure: bytes to events), `output` (printers, and the escaping
+//! rule of every text sink), `cli` (arguments to validated configs, every
+//! number bounded), `http` (the hardened metrics server), `trace` (the
+//! `trace` command loop).
 
 pub mod alerts;
 pub mod app;
@@ -17,8 +19,8 @@ pub mod ebpf;
 pub mod engine;
 pub mod filter;
 pub mod generate;
+pub mod http;
 pub mod metrics;
-pub mod metrics_http;
 pub mod model;
 pub mod output;
 pub mod preflight;

@@ -13,6 +13,10 @@ use tcptrace::{
 };
 
 fn main() -> ExitCode {
+    // A file-size limit (`ulimit -f`) must surface as a write error on the
+    // recording (one line, exit 1), not kill the process silently.
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
@@ -20,7 +24,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("tcptrace: {err:#}");
+            tcptrace::say!("{err:#}");
             if err.is::<UsageError>()
                 || err.is::<EnvError>()
                 || err.is::<tcptrace::record::BadRecording>()
@@ -33,7 +37,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether file descriptor 1 was open when the process started. Rust's
+/// runtime puts /dev/null on a closed fd 1 before `main`, where `trace`
+/// would then print into nothing and claim it printed; a constructor runs
+/// before that and looks first.
+static STDOUT_WAS_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[ctor::ctor(unsafe)]
+fn look_at_stdout_before_the_runtime_does() {
+    // SAFETY: F_GETFD on any fd number is harmless.
+    let closed = unsafe { libc::fcntl(1, libc::F_GETFD) } == -1;
+    STDOUT_WAS_CLOSED.store(closed, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn stdout_is_open() -> bool {
+    !STDOUT_WAS_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let writes_stdout = !matches!(cli.command, Command::Record(_));
+    if writes_stdout && !stdout_is_open() {
+        return Err(EnvError(
+            "stdout is closed: redirect it to a file or to /dev/null (e.g. >/dev/null)".into(),
+        )
+        .into());
+    }
     match cli.command {
         Command::Top(args) => {
             let cfg = args.validate()?;

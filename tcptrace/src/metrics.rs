@@ -1,7 +1,7 @@
 //! Prometheus metrics of `--metrics ADDR` (`top`, `stats`, `watch`): what the
 //! engine knows at scrape time, written with prometheus-client's text
 //! (OpenMetrics) encoder. Pure: an [`Exposition`] is plain data built from a
-//! snapshot and the aggregates; the HTTP edge is [`crate::metrics_http`].
+//! snapshot and the aggregates; the HTTP edge is [`crate::http`].
 //!
 //! # Metrics
 //!

@@ -81,10 +81,55 @@ struct Recording {
     opened: Instant,
 }
 
-/// Creates FILE with its header and a fresh snapshot.
-fn open_file(cfg: &RecordConfig, header: &Header) -> Result<Recording> {
-    let f = File::create(&cfg.output)
-        .with_context(|| format!("cannot create {}", cfg.output.display()))?;
+/// Opens `path` for a new recording, mode 0600 (recordings name processes
+/// and peers), never through a symbolic link: a new file is created
+/// exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`, so a link planted at the name
+/// makes it fail); with `replace`, an existing regular file is unlinked
+/// first (the name, not what a link points at), and a device such as
+/// `/dev/null` is written in place.
+pub fn create_recording_file(path: &Path, replace: bool) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let create = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    if !replace {
+        return create();
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_char_device() || m.file_type().is_fifo() => {
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)
+        }
+        Ok(m) if m.is_file() => {
+            fs::remove_file(path)?;
+            create()
+        }
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a link, a directory or a socket): refusing to replace it",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create(),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates FILE with its header and a fresh snapshot; `replace` as in
+/// [`create_recording_file`] (`--force`, for the first file only: a
+/// rotation creates FILE again after moving the previous one away).
+fn open_file(cfg: &RecordConfig, header: &Header, replace: bool) -> Result<Recording> {
+    let f = create_recording_file(&cfg.output, replace).with_context(|| {
+        format!(
+            "cannot create {}",
+            crate::output::escape(&cfg.output.display().to_string())
+        )
+    })?;
     let mut writer = Writer::new(BufWriter::with_capacity(1 << 20, f), header)
         .with_context(|| format!("cannot write {}", cfg.output.display()))?;
     let (sockets, namespaces, taken_at) = take_snapshot(&cfg.user_filter)?;
@@ -108,7 +153,7 @@ fn status_line(cfg: &RecordConfig, rec: &Recording, total_events: u64, lost: u64
     };
     format!(
         "tcptrace: recording to {}: {total_events} events, {} bytes{per}, lost {lost}",
-        cfg.output.display(),
+        crate::output::escape(&cfg.output.display().to_string()),
         rec.writer.bytes
     )
 }
@@ -130,13 +175,13 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
         start_mono_ns: start_mono,
         start_wall_ns: clock.wall_ns(start_mono),
     };
-    let mut rec = open_file(&cfg, &header)?;
+    let mut rec = open_file(&cfg, &header, cfg.force)?;
     let mut last_lost = tracer.counters().lost();
     let start_lost = last_lost;
     let tty = io::stderr().is_terminal();
     if !cfg.quiet {
-        eprintln!(
-            "tcptrace: recording to {} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
+        crate::say!(
+            "recording to {} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
             cfg.output.display(),
             tracer.hooks.transitions,
             tracer.hooks.timewait
@@ -257,7 +302,7 @@ fn rotate(cfg: &RecordConfig, header: &Header, rec: Recording) -> Result<Recordi
         offset_ns: header.clock_offset_ns as i128,
     }
     .wall_ns(header.start_mono_ns);
-    open_file(cfg, &header)
+    open_file(cfg, &header, false)
 }
 
 #[cfg(test)]

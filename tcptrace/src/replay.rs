@@ -18,13 +18,7 @@ use crate::{
 };
 
 pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
-    if !(args.speed.is_finite() && args.speed > 0.0) {
-        return Err(crate::cli::UsageError(format!(
-            "--speed {} must be a positive number",
-            args.speed
-        ))
-        .into());
-    }
+    let speed = crate::cli::speed("--speed", args.speed)?;
     let mut reader = Reader::open(&args.file)?;
     let clock = WallClock {
         offset_ns: reader.header.clock_offset_ns as i128,
@@ -48,8 +42,10 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
             };
             if paced {
                 let first = *first_ts.get_or_insert(ts);
+                // Bounded: at most u64::MAX ns over the slowest speed.
                 let due =
-                    Duration::from_secs_f64(ts.saturating_sub(first) as f64 / 1e9 / args.speed);
+                    Duration::try_from_secs_f64(ts.saturating_sub(first) as f64 / 1e9 / speed)
+                        .unwrap_or(Duration::MAX);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     printer.flush()?;
                     std::thread::sleep(wait);
@@ -69,8 +65,8 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
         Err(e) => return Err(e.into()),
     }
-    if let Some(cut) = &reader.cut {
-        eprintln!("tcptrace: warning: {}", cut.warning(&args.file));
+    for warning in reader.warnings(&args.file) {
+        crate::say!("warning: {warning}");
     }
     let _ = io::stderr().flush();
     Ok(ExitCode::SUCCESS)

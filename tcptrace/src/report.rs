@@ -45,6 +45,10 @@ pub struct RecordingInfo {
     /// Set when the file ends early: offset and reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cut: Option<String>,
+    /// Damaged stretches skipped (their events are missing): reason,
+    /// offset and length of each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// Events lost at one moment of the recording.
@@ -159,6 +163,16 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
                 .cut
                 .as_ref()
                 .map(|c| format!("{} at byte {}", c.error, c.offset)),
+            skipped: reader
+                .skipped
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} at byte {}: {} bytes skipped",
+                        s.error, s.offset, s.bytes
+                    )
+                })
+                .collect(),
         },
         summary,
         gaps,
@@ -183,19 +197,24 @@ fn point(s: &Snapshot) -> TimelinePoint {
 pub fn run(args: &ReportArgs) -> Result<ExitCode> {
     let mut reader = Reader::open(&args.file)?;
     let report = build(&mut reader, &args.file.display().to_string());
-    if let Some(cut) = &reader.cut {
-        eprintln!("tcptrace: warning: {}", cut.warning(&args.file));
+    for warning in reader.warnings(&args.file) {
+        crate::say!("warning: {warning}");
     }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let written = if args.json {
-        serde_json::to_writer(&mut out, &report)
+        serde_json::to_value(&report)
+            .map(|mut v| {
+                crate::stats::cap_lists(&mut v);
+                v
+            })
+            .and_then(|v| serde_json::to_writer(&mut out, &v))
             .map_err(io::Error::other)
             .and_then(|()| out.write_all(b"\n"))
     } else if args.csv {
-        write_csv(&mut out, &report)
+        write_csv(&mut crate::output::EscapeWriter::new(&mut out), &report)
     } else {
-        write_text(&mut out, &report)
+        write_text(&mut crate::output::EscapeWriter::new(&mut out), &report)
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),

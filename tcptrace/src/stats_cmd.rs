@@ -14,7 +14,7 @@ use crate::{
     clock::{fmt_age, hms_millis},
     ebpf::Tracer,
     engine::Engine,
-    metrics_http,
+    http,
     source::Source,
     stats::{HistKind, Snapshot},
     trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
@@ -22,7 +22,7 @@ use crate::{
 
 pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
     let mut signals = StopSignals::install()?;
-    let mut scrapes = cfg.metrics.map(metrics_http::serve).transpose()?;
+    let mut scrapes = cfg.metrics.clone().map(http::serve).transpose()?;
     let mut source = Source::live(Tracer::load(&cfg.load)?, cfg.user_filter);
     let mut engine = Engine::new(cfg.max_conns);
     engine.histograms_by = cfg.histograms_by;
@@ -33,8 +33,8 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
     source.restart_loss_count();
     crate::sched::drain_priority(cfg.load.realtime_drain);
     let (hook, timewait_hook) = source.hooks();
-    eprintln!(
-        "tcptrace: stats every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",
+    crate::say!(
+        "stats every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",
         cfg.interval
     );
     let mut out = io::BufWriter::new(io::stdout().lock());
@@ -48,14 +48,14 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
             _ = signals.recv() => break,
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
             _ = poll.tick() => { source.drain(&mut engine); }
-            Some(scrape) = metrics_http::next(&mut scrapes) => scrape.answer(&mut source, &mut engine, None),
+            Some(scrape) = http::next(&mut scrapes) => http::answer_all(scrape, scrapes.as_mut().expect("serving"), &mut source, &mut engine, None),
             _ = reconcile.tick(), if cfg.reconcile.is_some() => source.reconcile(&mut engine)?,
             _ = report.tick() => {
                 source.drain(&mut engine);
                 let host = source.host_facts();
                 let (now, wall) = source.now();
                 let snap = engine.snapshot(now, wall, host);
-                let written = if cfg.json { write_json(&mut out, &snap) } else { write_text(&mut out, &snap) };
+                let written = if cfg.json { write_json(&mut out, &snap) } else { write_text(&mut crate::output::EscapeWriter::new(&mut out), &snap) };
                 match written.and_then(|()| out.flush()) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
@@ -68,7 +68,9 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
 }
 
 pub fn write_json(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
-    serde_json::to_writer(&mut *w, snap)?;
+    let mut v = serde_json::to_value(snap)?;
+    crate::stats::cap_lists(&mut v);
+    serde_json::to_writer(&mut *w, &v)?;
     w.write_all(b"\n")
 }
 

@@ -36,7 +36,7 @@ use crate::{
     cli::TopConfig,
     ebpf::Tracer,
     engine::Engine,
-    metrics_http,
+    http,
     preflight::EnvError,
     source::{Replay, Source},
     trace::POLL_INTERVAL,
@@ -89,7 +89,7 @@ fn engine_loop(
     cfg: TopConfig,
     mut request: ViewRequest,
     requests: std_mpsc::Receiver<EngineRequest>,
-    mut scrapes: Option<metrics_http::Scrapes>,
+    mut scrapes: Option<http::Scrapes>,
     tx: UnboundedSender<AppEvent>,
     stop: Arc<AtomicBool>,
 ) -> EngineSummary {
@@ -142,8 +142,16 @@ fn engine_loop(
         if moved {
             source.drain(&mut engine);
         }
-        while let Some(scrape) = scrapes.as_mut().and_then(|rx| rx.try_recv().ok()) {
-            scrape.answer(&mut source, &mut engine, Some(&feed.firing_rules()));
+        if let Some(queue) = scrapes.as_mut()
+            && let Ok(first) = queue.try_recv()
+        {
+            http::answer_all(
+                first,
+                queue,
+                &mut source,
+                &mut engine,
+                Some(&feed.firing_rules()),
+            );
         }
         let now = Instant::now();
         let due = now >= next_refresh;
@@ -248,7 +256,7 @@ fn open_source(cfg: &TopConfig) -> Result<(Source, Meta)> {
 
 pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
     let (source, meta) = open_source(&cfg)?;
-    let scrapes = cfg.metrics.map(metrics_http::serve).transpose()?;
+    let scrapes = cfg.metrics.clone().map(http::serve).transpose()?;
     let mut app = App::new(meta);
 
     let (tx, mut rx) = unbounded_channel::<AppEvent>();
@@ -334,10 +342,10 @@ pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
     }
     let summary = summary.map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
     if let Some(warning) = &summary.cut {
-        eprintln!("tcptrace: warning: {warning}");
+        crate::say!("warning: {warning}");
     }
-    eprintln!(
-        "tcptrace: top ran {}; {} events, {} lost",
+    crate::say!(
+        "top ran {}; {} events, {} lost",
         fmt_ms(started.elapsed().as_millis() as f64),
         summary.events,
         summary.lost

@@ -72,7 +72,7 @@ impl<W: Write> Printer<W> {
             Err(err) => {
                 self.decode_errors += 1;
                 if self.decode_errors == 1 {
-                    eprintln!("tcptrace: undecodable event ({err}); counting further ones");
+                    crate::say!("undecodable event ({err}); counting further ones");
                 }
                 Ok(())
             }
@@ -113,8 +113,6 @@ fn report_lost<W: Write>(
     Ok(())
 }
 
-/// SIGINT and SIGTERM, installed before anything is announced so an early
-/// Ctrl-C still detaches cleanly.
 /// A tokio interval that delays (never bursts) after a late tick.
 pub fn ticker(period: std::time::Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval(period);
@@ -131,23 +129,46 @@ pub async fn reconcile_ticker(every: Option<std::time::Duration>) -> tokio::time
     t
 }
 
+/// The signals that stop a live command cleanly (summary printed,
+/// recording closed): SIGINT, SIGTERM and, except for `watch` (where it
+/// reloads the rules), SIGHUP — a closed terminal or a `kill -HUP` must not
+/// end it mid-write. Installed before anything is announced so an early
+/// Ctrl-C still detaches cleanly.
 pub struct StopSignals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
+    /// SIGINT, SIGTERM and SIGHUP stop.
     pub fn install() -> io::Result<Self> {
+        Ok(Self {
+            hup: Some(signal(SignalKind::hangup())?),
+            ..Self::without_hangup()?
+        })
+    }
+
+    /// SIGINT and SIGTERM stop; SIGHUP is the caller's (`watch` reloads).
+    pub fn without_hangup() -> io::Result<Self> {
         Ok(Self {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
+            hup: None,
         })
     }
 
     pub async fn recv(&mut self) {
+        let hup = async {
+            match &mut self.hup {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+            _ = hup => {}
         }
     }
 }
@@ -162,9 +183,10 @@ pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
     // banner is counted.
     let start_counters = tracer.counters();
     crate::sched::drain_priority(cfg.load.realtime_drain);
-    eprintln!(
-        "tcptrace: tracing TCP state changes (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
-        tracer.hooks.transitions, tracer.hooks.timewait
+    crate::say!(
+        "tracing TCP state changes (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
+        tracer.hooks.transitions,
+        tracer.hooks.timewait
     );
     let stdout = io::stdout().lock();
     let mut printer = Printer::new(
@@ -182,8 +204,8 @@ pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
     let total_lost = end.lost().since(&start_counters.lost());
     let written = end.events.saturating_sub(start_counters.events);
     log::debug!("kernel counters at exit: {end:?}");
-    eprintln!(
-        "tcptrace: {} events printed ({} delivered by the kernel); lost {} (ring buffer full {}, recursion misses {}, owner map full {}){}",
+    crate::say!(
+        "{} events printed ({} delivered by the kernel); lost {} (ring buffer full {}, recursion misses {}, owner map full {}){}",
         printer.printed,
         written,
         total_lost.total(),

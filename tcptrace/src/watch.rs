@@ -7,11 +7,9 @@
 
 use std::{
     io::{self, Write},
+    os::unix::process::CommandExt,
     process::{Command, ExitCode, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -27,7 +25,7 @@ use crate::{
     clock::hms_millis,
     ebpf::Tracer,
     engine::Engine,
-    metrics_http,
+    http,
     source::Source,
     trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
 };
@@ -65,18 +63,84 @@ pub enum Exec {
     Skipped,
 }
 
-/// Runs `sh -c cmd` for one alert on its own thread: the alert as JSON on
-/// stdin and in `TCPTRACE_ALERT_*` variables, killed after `timeout`;
-/// failures are logged on stderr. Returns at once.
-pub fn exec_alert(cmd: &str, a: &Alert, running: &Arc<AtomicUsize>, timeout: Duration) -> Exec {
-    if running.fetch_add(1, Ordering::SeqCst) >= EXEC_MAX_RUNNING {
-        running.fetch_sub(1, Ordering::SeqCst);
-        eprintln!(
-            "tcptrace: --exec skipped for {} ({EXEC_MAX_RUNNING} still running)",
-            a.rule
-        );
-        return Exec::Skipped;
+/// The `--exec` commands running now, by process group. Each command runs
+/// in a process group of its own, so everything it starts (`sleep 100;
+/// echo after` included) is killed with it: at its timeout, when its shell
+/// exits (nothing it left behind outlives it), and when `watch` stops
+/// ([`ExecHooks::kill_all`]). A group is taken off this list, under the
+/// lock, before its leader is reaped, so a group id is never signalled once
+/// the kernel could have reused it.
+#[derive(Clone, Debug, Default)]
+pub struct ExecHooks {
+    groups: Arc<Mutex<Vec<i32>>>,
+}
+
+impl ExecHooks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<i32>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Commands running now.
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Kills every running command's process group (`watch` is stopping).
+    pub fn kill_all(&self) {
+        for &group in self.lock().iter() {
+            kill_group(group);
+        }
+    }
+
+    /// A guard that kills every running command when dropped: on every way
+    /// out of `watch` (signal, `--duration`, `--exit-on-alert`, an error).
+    pub fn kill_on_drop(&self) -> KillHooksOnDrop {
+        KillHooksOnDrop(self.clone())
+    }
+}
+
+/// See [`ExecHooks::kill_on_drop`].
+#[derive(Debug)]
+pub struct KillHooksOnDrop(ExecHooks);
+
+impl Drop for KillHooksOnDrop {
+    fn drop(&mut self) {
+        self.0.kill_all();
+    }
+}
+
+fn kill_group(group: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; `group`
+    // is the id of a group whose leader has not been reaped yet.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+}
+
+/// Whether process `pid` (our child) has exited, without reaping it: its
+/// pid, and so its group id, stay reserved until it is waited for.
+fn exited_unreaped(pid: i32) -> io::Result<bool> {
+    // SAFETY: an all-zero siginfo_t is a valid value; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child with a valid siginfo pointer.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: si_pid is set by waitid when a child changed state (0 otherwise).
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Runs `sh -c cmd` for one alert on its own thread, in a process group of
+/// its own: the alert as JSON on stdin and in `TCPTRACE_ALERT_*` variables,
+/// the group killed after `timeout`; failures are logged on stderr. Returns
+/// at once.
+pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) -> Exec {
     let json = serde_json::to_string(a).unwrap_or_default();
     let state = match a.state {
         AlertState::Firing => "firing",
@@ -101,48 +165,71 @@ pub fn exec_alert(cmd: &str, a: &Alert, running: &Arc<AtomicUsize>, timeout: Dur
         .env("TCPTRACE_ALERT_PEERS", a.peers.join(" "))
         .env("TCPTRACE_ALERT_MESSAGE", &a.message)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .process_group(0);
     let rule = a.rule;
-    let running = running.clone();
-    std::thread::spawn(move || {
-        let outcome = (|| -> io::Result<String> {
-            let mut child = command.spawn()?;
-            if let Some(mut stdin) = child.stdin.take() {
-                // A command that does not read stdin is fine.
-                let _ = stdin.write_all(json.as_bytes());
-                let _ = stdin.write_all(b"\n");
-            }
-            let started = std::time::Instant::now();
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    return Ok(if status.success() {
-                        String::new()
-                    } else {
-                        format!("exited with {status}")
-                    });
-                }
-                if started.elapsed() >= timeout {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok(format!("killed after {:?}", timeout));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })();
-        match outcome {
-            Ok(problem) if problem.is_empty() => {}
-            Ok(problem) => eprintln!("tcptrace: --exec for {rule} {problem}"),
-            Err(e) => eprintln!("tcptrace: --exec for {rule} failed: {e}"),
+    let mut child = {
+        let mut groups = hooks.lock();
+        if groups.len() >= EXEC_MAX_RUNNING {
+            drop(groups);
+            crate::say!("--exec skipped for {rule} ({EXEC_MAX_RUNNING} still running)");
+            return Exec::Skipped;
         }
-        running.fetch_sub(1, Ordering::SeqCst);
+        match command.spawn() {
+            Ok(child) => {
+                groups.push(child.id() as i32);
+                child
+            }
+            Err(e) => {
+                drop(groups);
+                crate::say!("--exec for {rule} failed: {e}");
+                return Exec::Started;
+            }
+        }
+    };
+    let hooks = hooks.clone();
+    std::thread::spawn(move || {
+        let group = child.id() as i32;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that does not read stdin is fine.
+            let _ = stdin.write_all(json.as_bytes());
+            let _ = stdin.write_all(b"\n");
+        }
+        let started = std::time::Instant::now();
+        let problem = loop {
+            match exited_unreaped(group) {
+                Ok(false) if started.elapsed() < timeout => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(false) => break Some(format!("killed after {timeout:?}")),
+                Ok(true) => break None,
+                Err(e) => break Some(format!("failed: {e}")),
+            }
+        };
+        {
+            // The leader has exited (or timed out) but is not reaped yet:
+            // its group id is still ours to signal.
+            let mut groups = hooks.lock();
+            kill_group(group);
+            groups.retain(|&g| g != group);
+        }
+        let status = child.wait();
+        match (problem, status) {
+            (Some(problem), _) => crate::say!("--exec for {rule} {problem}"),
+            (None, Ok(status)) if !status.success() => {
+                crate::say!("--exec for {rule} exited with {status}")
+            }
+            (None, Ok(_)) => {}
+            (None, Err(e)) => crate::say!("--exec for {rule} failed: {e}"),
+        }
     });
     Exec::Started
 }
 
 pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
-    let mut signals = StopSignals::install()?;
+    let mut signals = StopSignals::without_hangup()?;
     let mut hup = signal(SignalKind::hangup())?;
-    let mut scrapes = cfg.metrics.map(metrics_http::serve).transpose()?;
+    let mut scrapes = cfg.metrics.clone().map(http::serve).transpose()?;
     let mut source = Source::live(Tracer::load(&cfg.load)?, cfg.user_filter);
     let mut engine = Engine::new(cfg.max_conns);
     if cfg.seed {
@@ -151,10 +238,11 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
     source.restart_loss_count();
     crate::sched::drain_priority(cfg.load.realtime_drain);
     let mut alerter = Alerter::new(cfg.rules.clone());
-    let exec_running = Arc::new(AtomicUsize::new(0));
+    let exec_hooks = ExecHooks::default();
+    let _kill_hooks = exec_hooks.kill_on_drop();
     let (hook, timewait_hook) = source.hooks();
-    eprintln!(
-        "tcptrace: watching every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",
+    crate::say!(
+        "watching every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",
         cfg.interval
     );
     let mut out = io::stdout().lock();
@@ -166,17 +254,17 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
         tokio::select! {
             _ = signals.recv() => break,
             _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
-            _ = hup.recv() => match cfg.overrides.rules(cfg.config.as_deref()) {
+            _ = hup.recv() => match cfg.overrides.rules(cfg.config.as_deref(), cfg.exec.is_some()) {
                 Ok(rules) => {
-                    eprintln!("tcptrace: rules reloaded");
+                    crate::say!("rules reloaded");
                     alerter.rules = rules;
                 }
-                Err(e) => eprintln!("tcptrace: reload failed, keeping the current rules: {e}"),
+                Err(e) => crate::say!("reload failed, keeping the current rules: {e}"),
             },
             _ = poll.tick() => { source.drain(&mut engine); }
-            Some(scrape) = metrics_http::next(&mut scrapes) => {
+            Some(scrape) = http::next(&mut scrapes) => {
                 let firing = alerter.firing_rules();
-                scrape.answer(&mut source, &mut engine, Some(&firing));
+                http::answer_all(scrape, scrapes.as_mut().expect("serving"), &mut source, &mut engine, Some(&firing));
             }
             _ = reconcile.tick(), if cfg.reconcile.is_some() => {
                 if let Err(e) = source.reconcile(&mut engine) {
@@ -193,7 +281,7 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
                     fired |= a.state == AlertState::Firing;
                     a.cgroup = a.pid.and_then(crate::seed::host::cgroup_path);
                     if let Some(cmd) = &cfg.exec {
-                        exec_alert(cmd, &a, &exec_running, EXEC_TIMEOUT);
+                        exec_alert(cmd, &a, &exec_hooks, EXEC_TIMEOUT);
                     }
                     let written = if cfg.json {
                         serde_json::to_writer(&mut out, &a)
@@ -201,7 +289,8 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
                             .and_then(|()| out.write_all(b"\n"))
                             .and_then(|()| out.flush())
                     } else {
-                        writeln!(io::stderr(), "tcptrace: {}", text_line(&a))
+                        crate::say!("{}", text_line(&a));
+                        Ok(())
                     };
                     match written {
                         Ok(()) => {}
@@ -251,16 +340,16 @@ mod tests {
 
     #[test]
     fn a_hanging_command_is_killed_at_the_timeout_and_never_blocks_the_caller() {
-        let running = Arc::new(AtomicUsize::new(0));
+        let hooks = ExecHooks::default();
         let started = std::time::Instant::now();
-        let got = exec_alert("sleep 30", &alert(), &running, Duration::from_millis(300));
+        let got = exec_alert("sleep 30", &alert(), &hooks, Duration::from_millis(300));
         assert_eq!(got, Exec::Started);
         assert!(
             started.elapsed() < Duration::from_millis(200),
             "exec blocked"
         );
-        assert_eq!(running.load(Ordering::SeqCst), 1);
-        wait_until(|| running.load(Ordering::SeqCst) == 0);
+        assert_eq!(hooks.running(), 1);
+        wait_until(|| hooks.running() == 0);
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(300) && took < Duration::from_secs(5),
@@ -270,14 +359,14 @@ mod tests {
 
     #[test]
     fn at_most_four_run_at_once_and_the_rest_are_skipped() {
-        let running = Arc::new(AtomicUsize::new(0));
+        let hooks = ExecHooks::default();
         let a = alert();
         let got: Vec<Exec> = (0..6)
-            .map(|_| exec_alert("sleep 30", &a, &running, Duration::from_millis(500)))
+            .map(|_| exec_alert("sleep 30", &a, &hooks, Duration::from_millis(500)))
             .collect();
         assert_eq!(got[..EXEC_MAX_RUNNING], [Exec::Started; EXEC_MAX_RUNNING]);
         assert_eq!(got[EXEC_MAX_RUNNING..], [Exec::Skipped, Exec::Skipped]);
-        wait_until(|| running.load(Ordering::SeqCst) == 0);
+        wait_until(|| hooks.running() == 0);
         // Room again once they are gone.
         let out = std::env::temp_dir().join(format!("tcptrace-exec-env-{}", std::process::id()));
         let cmd = format!(
@@ -285,10 +374,10 @@ mod tests {
             out.display()
         );
         assert_eq!(
-            exec_alert(&cmd, &a, &running, Duration::from_secs(5)),
+            exec_alert(&cmd, &a, &hooks, Duration::from_secs(5)),
             Exec::Started
         );
-        wait_until(|| running.load(Ordering::SeqCst) == 0);
+        wait_until(|| hooks.running() == 0);
         let text = std::fs::read_to_string(&out).unwrap();
         let _ = std::fs::remove_file(&out);
         let mut lines = text.lines();

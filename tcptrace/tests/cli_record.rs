@@ -14,8 +14,13 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tcptrace"))
 }
 
+/// A fresh path under the temp dir: whatever an earlier run left there is
+/// removed (`record` refuses to overwrite a file).
 fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("tcptrace-{}-{name}", std::process::id()))
+    let path = std::env::temp_dir().join(format!("tcptrace-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&path);
+    path
 }
 
 #[test]

@@ -136,6 +136,15 @@ fn top_shows_a_close_wait_leak_switches_views_and_restores_the_terminal() {
         Some(LEAKED as f64),
         "{metrics}"
     );
+    // A lying client is refused; top keeps drawing and keeps serving.
+    let reply = common::raw_exchange(
+        metrics_port,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    let (status, _, _) = common::http_get(metrics_port, "/metrics");
+    assert!(status.contains("200"), "{status}");
 
     tmux.keys(&["2"]);
     let cw = tmux.wait_for("the CLOSE_WAIT view", |s| {
@@ -349,6 +358,7 @@ fn top_from_a_recording_plays_pauses_and_seeks() {
     // A real recording: 10 CLOSE_WAIT sockets leaked, 3 s later 10 more.
     let (listener, port) = free_listener();
     let file = std::env::temp_dir().join(format!("tcptrace-topfrom-{port}.tcptrace"));
+    let _ = std::fs::remove_file(&file);
     let p = port.to_string();
     let record = common::Running::start(
         &["record", "-o", file.to_str().unwrap(), "--port", &p],

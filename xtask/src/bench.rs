@@ -8,7 +8,7 @@
 //!
 //! `--json` prints one object with every number, to compare commits.
 
-mod live;
+pub mod live;
 
 use anyhow::{Context as _, Result};
 use clap::Args;

@@ -12,6 +12,7 @@ mod install;
 mod loadgen;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -41,6 +42,8 @@ enum Command {
     Install(install::InstallArgs),
     /// Bounded loopback load: short connections as fast as the box allows.
     Loadgen(loadgen::LoadArgs),
+    /// Metrics server under hostile clients for minutes while tracing a real load.
+    Soak(soak::SoakArgs),
     /// Build the Debian package (cargo-deb); `--install-test` also installs, checks and purges it.
     Deb(deb::DebArgs),
 }
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Install(args) => install::main(&args),
         Command::Deb(args) => deb::main(&args),
         Command::Loadgen(args) => loadgen::main(&args),
+        Command::Soak(args) => soak::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

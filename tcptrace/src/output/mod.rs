@@ -29,8 +29,11 @@
 //! A `"lost"` object has `ts_ns`, `kind`, and the counts since the previous
 //! one: `ring_full`, `recursion_misses`, `map_full`, `total`.
 
+pub mod escape;
 pub mod json;
 pub mod text;
+
+pub use escape::{EscapeWriter, escape};
 
 use crate::model::{EventKind, TwEndReason};
 

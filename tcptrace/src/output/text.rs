@@ -49,7 +49,10 @@ pub fn describe(e: &Event) -> String {
 
 pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Result<()> {
     let (pid, comm) = match &e.owner {
-        Some(o) => (o.pid.to_string(), o.comm.to_str_lossy().into_owned()),
+        Some(o) => (
+            o.pid.to_string(),
+            super::escape(&o.comm.to_str_lossy()).into_owned(),
+        ),
         None => ("-".to_string(), "-".to_string()),
     };
     writeln!(

@@ -106,13 +106,48 @@ pub struct Cut {
     pub error: FormatError,
 }
 
+/// A damaged stretch the reader skipped: from the damaged block at
+/// `offset`, `bytes` bytes, up to the next intact block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub offset: u64,
+    pub bytes: u64,
+    pub error: FormatError,
+}
+
+impl Skipped {
+    /// The one-line warning for a damaged stretch.
+    pub fn warning(&self, path: &Path) -> String {
+        format!(
+            "{}: {} at byte {}: skipped {} bytes to the next intact block (its events are missing)",
+            path.display(),
+            self.error,
+            self.offset,
+            self.bytes
+        )
+    }
+}
+
+/// Bytes of candidate blocks a reader examines while looking for the next
+/// intact block after a damaged one; past it the file is treated as cut
+/// there (a crafted file full of fake block heads cannot make it spin).
+const RESYNC_BUDGET: usize = 256 << 20;
+/// What a resynchronising reader reads at a time.
+const RESYNC_CHUNK: usize = 64 << 10;
+/// The first bytes of a zstd frame: every block payload starts with them.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
 /// Reads a recording block by block ([`Reader::next_block`], the fast path)
-/// or record by record (the iterator). A cut or corrupt block ends the
-/// stream; [`Reader::cut`] then says where and why. Buffers are reused from
-/// block to block: reading allocates nothing per record.
+/// or record by record (the iterator). A damaged block (bad checksum,
+/// corrupt head, does not decompress or decode) is skipped: the reader
+/// looks for the next intact block head and goes on from there, noting
+/// the stretch in [`Reader::skipped`]. A file cut short ends the stream;
+/// [`Reader::cut`] then says where and why. Buffers are reused from block
+/// to block: reading allocates nothing per record.
 pub struct Reader<R: Read> {
     r: R,
     pub header: Header,
+    /// File offset of the next byte to read.
     offset: u64,
     /// The current block's records; those before `pos` were handed out.
     block: Vec<Record>,
@@ -120,7 +155,12 @@ pub struct Reader<R: Read> {
     payload: Vec<u8>,
     raw: Vec<u8>,
     zstd: zstd::bulk::Decompressor<'static>,
+    /// Bytes read from `r` but not consumed yet (from `pending_pos`): only
+    /// while resynchronising after a damaged block.
+    pending: Vec<u8>,
+    pending_pos: usize,
     pub cut: Option<Cut>,
+    pub skipped: Vec<Skipped>,
     done: bool,
 }
 
@@ -130,6 +170,7 @@ impl<R: Read> std::fmt::Debug for Reader<R> {
             .field("header", &self.header)
             .field("offset", &self.offset)
             .field("cut", &self.cut)
+            .field("skipped", &self.skipped)
             .finish_non_exhaustive()
     }
 }
@@ -198,13 +239,25 @@ impl<R: Read> Reader<R> {
             raw: Vec::new(),
             zstd: zstd::bulk::Decompressor::new()
                 .map_err(|e| FormatError::Header(format!("zstd: {e}")))?,
+            pending: Vec::new(),
+            pending_pos: 0,
             cut: None,
+            skipped: Vec::new(),
             done: false,
         })
     }
 
+    /// One warning line per damaged stretch skipped and for a cut end.
+    pub fn warnings(&self, path: &Path) -> Vec<String> {
+        self.skipped
+            .iter()
+            .map(|s| s.warning(path))
+            .chain(self.cut.iter().map(|c| c.warning(path)))
+            .collect()
+    }
+
     /// The next block's records, all at once (those not yet taken by the
-    /// iterator first); `None` at the end or at a damaged block.
+    /// iterator first); `None` at the end.
     pub fn next_block(&mut self) -> Option<&[Record]> {
         if self.pos >= self.block.len() && (self.done || !self.read_block()) {
             return None;
@@ -214,17 +267,9 @@ impl<R: Read> Reader<R> {
         Some(&self.block[from..])
     }
 
-    fn stop(&mut self, error: FormatError) {
-        self.cut = Some(Cut {
-            offset: self.offset,
-            error,
-        });
-        self.done = true;
-    }
-
     /// The next block's records as an owned vector, leaving `spare` (emptied)
     /// as the reader's buffer: hands blocks to another thread without
-    /// copying. `None` at the end or at a damaged block.
+    /// copying. `None` at the end.
     pub fn next_block_owned(&mut self, mut spare: Vec<Record>) -> Option<Vec<Record>> {
         if self.pos >= self.block.len() && (self.done || !self.read_block()) {
             return None;
@@ -236,51 +281,177 @@ impl<R: Read> Reader<R> {
         Some(out)
     }
 
-    /// Reads the next block into `block`; false at the end.
-    fn read_block(&mut self) -> bool {
-        let mut head = [0u8; BLOCK_FIXED];
-        let n = match read_full(&mut self.r, &mut head) {
-            Ok(n) => n,
-            Err(_) => {
-                self.stop(FormatError::Truncated);
-                return false;
+    /// Fills `buf` from the pending bytes, then the stream; returns how many
+    /// bytes it got (fewer only at the end; a read error counts as the end).
+    fn fill(&mut self, buf: &mut [u8]) -> usize {
+        let queued = &self.pending[self.pending_pos..];
+        let from_pending = queued.len().min(buf.len());
+        buf[..from_pending].copy_from_slice(&queued[..from_pending]);
+        self.pending_pos += from_pending;
+        if self.pending_pos == self.pending.len() {
+            self.pending.clear();
+            self.pending_pos = 0;
+        }
+        let n = from_pending + read_full(&mut self.r, &mut buf[from_pending..]).unwrap_or(0);
+        self.offset += n as u64;
+        n
+    }
+
+    /// Puts `bytes` (just read) back in front of the pending bytes.
+    fn unread(&mut self, bytes: &[u8]) {
+        let mut pending = Vec::with_capacity(bytes.len() + self.pending.len() - self.pending_pos);
+        pending.extend_from_slice(bytes);
+        pending.extend_from_slice(&self.pending[self.pending_pos..]);
+        self.pending = pending;
+        self.pending_pos = 0;
+        self.offset -= bytes.len() as u64;
+    }
+
+    /// Drops `n` pending bytes.
+    fn skip(&mut self, n: usize) {
+        let n = n.min(self.pending.len() - self.pending_pos);
+        self.pending_pos += n;
+        self.offset += n as u64;
+    }
+
+    /// Appends up to [`RESYNC_CHUNK`] bytes of the stream to the pending
+    /// ones; false at the end.
+    fn read_more(&mut self) -> bool {
+        if self.pending_pos > 0 {
+            self.pending.drain(..self.pending_pos);
+            self.pending_pos = 0;
+        }
+        let at = self.pending.len();
+        self.pending.resize(at + RESYNC_CHUNK, 0);
+        let n = read_full(&mut self.r, &mut self.pending[at..]).unwrap_or(0);
+        self.pending.truncate(at + n);
+        n > 0
+    }
+
+    /// Skips to the next place that looks like a block head (`BLK`, a known
+    /// kind, a zstd frame after the head); false when the file ends first.
+    fn seek_candidate(&mut self) -> bool {
+        const LOOK: usize = BLOCK_FIXED + ZSTD_MAGIC.len();
+        loop {
+            let queued = &self.pending[self.pending_pos..];
+            let found = queued
+                .windows(4)
+                .position(|w| &w[..3] == b"BLK" && (w[3] == KIND_EVENTS || w[3] == KIND_SNAPSHOT));
+            match found {
+                Some(i) if queued.len() >= i + LOOK => {
+                    if queued[i + BLOCK_FIXED..i + LOOK] == ZSTD_MAGIC {
+                        self.skip(i);
+                        return true;
+                    }
+                    self.skip(i + 1);
+                }
+                Some(i) => {
+                    // Too close to the end of what was read to check: read on.
+                    self.skip(i);
+                    if !self.read_more() {
+                        return false;
+                    }
+                }
+                None => {
+                    // A head may straddle the end of what was read.
+                    self.skip(queued.len().saturating_sub(3));
+                    if !self.read_more() {
+                        return false;
+                    }
+                }
             }
-        };
+        }
+    }
+
+    /// Reads the next block into `block`; false at the end. A damaged block
+    /// is skipped up to the next intact one; a cut or unrecoverable end
+    /// stops the stream at the first damaged byte.
+    fn read_block(&mut self) -> bool {
+        let mut damaged: Option<(u64, FormatError)> = None;
+        let mut budget = RESYNC_BUDGET;
+        loop {
+            let at = self.offset;
+            match self.try_block() {
+                Ok(true) => {
+                    if let Some((offset, error)) = damaged {
+                        self.skipped.push(Skipped {
+                            offset,
+                            bytes: at - offset,
+                            error,
+                        });
+                    }
+                    return true;
+                }
+                Ok(false) => {
+                    if let Some((offset, error)) = damaged {
+                        self.cut = Some(Cut { offset, error });
+                    }
+                    self.done = true;
+                    return false;
+                }
+                Err((error, examined)) => {
+                    let (offset, error) = damaged.get_or_insert((at, error)).clone();
+                    budget = budget.saturating_sub(examined.max(1));
+                    self.skip(1);
+                    if budget == 0 || !self.seek_candidate() {
+                        self.cut = Some(Cut { offset, error });
+                        self.done = true;
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One block at the current offset: `Ok(true)` read, `Ok(false)` at
+    /// the end of the file, `Err` damaged (what was read of it is put back,
+    /// with how many bytes that was).
+    fn try_block(&mut self) -> Result<bool, (FormatError, usize)> {
+        let mut head = [0u8; BLOCK_FIXED];
+        let n = self.fill(&mut head);
         if n == 0 {
-            self.done = true;
-            return false;
+            return Ok(false);
         }
         if n < BLOCK_FIXED {
-            self.stop(FormatError::Truncated);
-            return false;
+            self.unread(&head[..n]);
+            return Err((FormatError::Truncated, n));
         }
         let (kind, len, raw_len, crc) = match format::decode_block_head(&head) {
             Ok(v) => v,
             Err(e) => {
-                self.stop(e);
-                return false;
+                self.unread(&head);
+                return Err((e, n));
             }
         };
-        self.payload.resize(len as usize, 0);
-        match read_full(&mut self.r, &mut self.payload) {
-            Ok(k) if k == self.payload.len() => {}
-            _ => {
-                self.stop(FormatError::Truncated);
-                return false;
-            }
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.resize(len as usize, 0);
+        let got = self.fill(&mut payload);
+        let checked = if got < payload.len() {
+            Err(FormatError::Truncated)
+        } else if crc32fast::hash(&payload) != crc {
+            Err(FormatError::Corrupt("checksum mismatch"))
+        } else {
+            self.decode(kind, &payload, raw_len)
+        };
+        if let Err(e) = checked {
+            let mut back = head.to_vec();
+            back.extend_from_slice(&payload[..got]);
+            self.unread(&back);
+            self.payload = payload;
+            return Err((e, back.len()));
         }
-        if crc32fast::hash(&self.payload) != crc {
-            self.stop(FormatError::Corrupt("checksum mismatch"));
-            return false;
-        }
+        self.payload = payload;
+        Ok(true)
+    }
+
+    /// Decompresses and decodes one block's payload into `block`; nothing of
+    /// a damaged block is handed out.
+    fn decode(&mut self, kind: u8, payload: &[u8], raw_len: u32) -> Result<(), FormatError> {
         self.raw.clear();
         self.raw.reserve(raw_len as usize);
-        match self.zstd.decompress_to_buffer(&self.payload, &mut self.raw) {
+        match self.zstd.decompress_to_buffer(payload, &mut self.raw) {
             Ok(n) if n == raw_len as usize => {}
-            _ => {
-                self.stop(FormatError::Corrupt("does not decompress"));
-                return false;
-            }
+            _ => return Err(FormatError::Corrupt("does not decompress")),
         }
         self.block.clear();
         self.pos = 0;
@@ -289,14 +460,10 @@ impl<R: Read> Reader<R> {
         } else {
             format::decode_snapshot(&self.raw).map(|r| self.block.push(r))
         };
-        if let Err(e) = decoded {
-            // Nothing of a damaged block is handed out.
+        if decoded.is_err() {
             self.block.clear();
-            self.stop(e);
-            return false;
         }
-        self.offset += (BLOCK_FIXED + len as usize) as u64;
-        true
+        decoded
     }
 }
 

@@ -170,9 +170,17 @@ impl<R: Read> Replay<R> {
         self.start_ns
     }
 
-    /// The one-line warning when the file ended early, once reached.
+    /// The warning when the file was damaged (stretches skipped) or ended
+    /// early, once reached.
     pub fn cut_warning(&self) -> Option<String> {
-        self.cut.as_ref().map(|c| c.warning(&self.path))
+        let mut warnings: Vec<String> = self
+            .reader
+            .skipped
+            .iter()
+            .map(|s| s.warning(&self.path))
+            .collect();
+        warnings.extend(self.cut.as_ref().map(|c| c.warning(&self.path)));
+        (!warnings.is_empty()).then(|| warnings.join("; "))
     }
 
     pub fn lost(&self) -> Lost {

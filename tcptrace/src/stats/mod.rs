@@ -3,6 +3,7 @@
 //! counts and rates, CLOSE_WAIT growth per process. Pure: fed by
 //! [`crate::conn`] outputs with timestamps from the events.
 
+mod capped;
 mod histos;
 mod snapshot;
 
@@ -13,6 +14,7 @@ use std::{
 
 use rustc_hash::FxHashMap;
 
+pub use capped::{JSON_CLOSE_WAIT_SOCKETS, JSON_ROWS, cap_lists};
 pub use histos::{HistKind, HistSummary, Histos};
 pub use snapshot::*;
 

@@ -351,10 +351,158 @@ pub fn http_get(port: u16, path: &str) -> (String, String, String) {
     (status.to_string(), headers.to_string(), body.to_string())
 }
 
+/// Sends raw bytes on a new connection to 127.0.0.1:port and returns what
+/// came back before the server closed or `wait` passed.
+pub fn raw_exchange(port: u16, request: &[u8], wait: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the port answers");
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(request);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// The value of the series `series` (name and labels exactly), if present.
 pub fn metric_value(body: &str, series: &str) -> Option<f64> {
     body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (k, v) = l.rsplit_once(' ')?;
         (k == series).then(|| v.parse().ok())?
     })
+}
+
+/// A `tcptrace` process whose stdout and stderr lines arrive on channels as
+/// they are written, for tests that wait for a line rather than for exit.
+pub struct Streaming {
+    pub child: std::process::Child,
+    pub out: std::sync::mpsc::Receiver<String>,
+    pub err: std::sync::mpsc::Receiver<String>,
+}
+
+impl Streaming {
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run tcptrace");
+        let lines = |r: Box<dyn Read + Send>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(r).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    // Bytes kept as they came (a raw escape byte must show).
+                    if tx
+                        .send(String::from_utf8_lossy(&line).into_owned())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            rx
+        };
+        let out = lines(Box::new(child.stdout.take().unwrap()));
+        let err = lines(Box::new(child.stderr.take().unwrap()));
+        Self { child, out, err }
+    }
+
+    /// Waits for a line of `rx` matching `ok`; every line seen so far is
+    /// appended to `seen`. Panics with them on timeout.
+    pub fn wait_line(
+        rx: &std::sync::mpsc::Receiver<String>,
+        seen: &mut Vec<String>,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if ok(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for {what}; lines so far: {seen:#?}"),
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the exit (killing it after `timeout`), then returns its
+    /// status and the remaining lines of stdout and stderr.
+    pub fn wait(
+        mut self,
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tcptrace did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let drain = |rx: &std::sync::mpsc::Receiver<String>| {
+            let mut v = Vec::new();
+            while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+                v.push(l);
+            }
+            v
+        };
+        (status, drain(&self.out), drain(&self.err))
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Pids of live (not zombie) processes whose arguments are exactly `argv`.
+pub fn processes_with(argv: &[&str]) -> Vec<u32> {
+    let mut want = argv.join("\0");
+    want.push('\0');
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
+        .collect()
+}
+
+/// Polls `ok` every 20 ms until it holds, or panics naming `what`.
+pub fn wait_for(what: &str, timeout: Duration, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

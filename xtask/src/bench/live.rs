@@ -50,7 +50,7 @@ impl Tracer {
     pub fn name(self) -> &'static str {
         match self {
             Tracer::None => "untraced",
-            Tracer::Record => "tcptrace record -o /dev/null",
+            Tracer::Record => "tcptrace record --force -o /dev/null",
             Tracer::Stats => "tcptrace stats",
             Tracer::Top => "tcptrace top (tmux)",
             Tracer::Tcpstates => "tcpstates > /dev/null",
@@ -112,14 +112,14 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// `GET /metrics` on 127.0.0.1:port, or None if it does not answer.
-fn scrape(port: u16) -> Option<String> {
+pub fn scrape(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
@@ -129,7 +129,7 @@ fn scrape(port: u16) -> Option<String> {
 }
 
 /// Sum of every sample of metric family `name` (a counter's `_total` lines).
-fn metric_sum(body: &str, name: &str) -> u64 {
+pub fn metric_sum(body: &str, name: &str) -> u64 {
     body.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter(|l| l[name.len()..].starts_with(['{', ' ']))
@@ -144,7 +144,7 @@ fn start(tracer: Tracer, bin: &Path, tag: &str) -> Result<Option<Running>> {
         Tracer::None => return Ok(None),
         Tracer::Record | Tracer::Stats => {
             let args: Vec<&str> = if tracer == Tracer::Record {
-                vec!["record", "-o", "/dev/null"]
+                vec!["record", "--force", "-o", "/dev/null"]
             } else {
                 vec!["stats", "--interval", "3600", "--metrics", &metrics]
             };

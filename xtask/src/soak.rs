@@ -1,0 +1,355 @@
+//! `cargo xtask soak`: the metrics server under hostile clients for a long
+//! time (10 minutes by default; too long for CI's default path) while the
+//! tracer drains a real load. `tcptrace stats --metrics` runs against a
+//! bounded loopback load in a network namespace of its own; client threads
+//! keep sending well-formed scrapes (which must all succeed) mixed with
+//! malformed and abusive requests (from the start; memory is measured from
+//! the end of a 75 s warm-up): random bytes, lying `Content-Length`,
+//! oversized and endless headers, wrong methods, half-sent requests, idle
+//! connections, pipelines that are never read. It fails unless the tracer
+//! survived, every well-formed scrape was answered, no event was lost, and
+//! its memory and open descriptors stayed under their ceilings.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{Shutdown, TcpStream},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::{
+    bench::live::{free_port, metric_sum, scrape},
+    setup,
+    util::{self, say},
+};
+
+/// Options for `cargo xtask soak`.
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Minutes to run (at most 60).
+    #[arg(long, value_name = "MIN", default_value_t = 10.0)]
+    pub minutes: f64,
+    /// Hostile client threads.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub clients: usize,
+    /// Growth of the tracer's resident memory allowed after warm-up, MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub memory_ceiling: u64,
+    /// Seed of the clients' random choices (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Time before the memory baseline is taken (see its use).
+const WARM_UP: Duration = Duration::from_secs(75);
+
+/// A tiny xorshift: the choices only need to vary, and be replayable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// What the clients counted.
+#[derive(Default)]
+struct Tally {
+    scrapes_ok: AtomicU64,
+    scrapes_failed: AtomicU64,
+    abuse: [AtomicU64; ABUSE.len()],
+}
+
+const ABUSE: [&str; 9] = [
+    "random bytes",
+    "huge Content-Length",
+    "oversized header",
+    "200 headers",
+    "wrong method",
+    "half-sent request",
+    "idle connection",
+    "pipeline never read",
+    "slowloris",
+];
+
+fn connect(port: u16) -> Option<TcpStream> {
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(20))).ok()?;
+    Some(s)
+}
+
+/// Sends `bytes`, reads whatever comes back until the server closes.
+fn exchange(port: u16, bytes: &[u8]) {
+    if let Some(mut s) = connect(port) {
+        let _ = s.write_all(bytes);
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+}
+
+/// One abusive client action, chosen by `rng`.
+fn abuse(port: u16, kind: usize, rng: &mut Rng, stop: &AtomicBool) {
+    let hold = |s: TcpStream, secs: u64| {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(200));
+        }
+        drop(s);
+    };
+    match kind {
+        0 => {
+            let junk: Vec<u8> = (0..rng.below(4096) + 1).map(|_| rng.next() as u8).collect();
+            exchange(port, &junk);
+        }
+        1 => exchange(
+            port,
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                rng.next()
+            )
+            .as_bytes(),
+        ),
+        2 => exchange(
+            port,
+            format!(
+                "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+                "a".repeat(rng.below(100_000) as usize + 17_000)
+            )
+            .as_bytes(),
+        ),
+        3 => {
+            let mut r = String::from("GET /metrics HTTP/1.1\r\n");
+            for i in 0..200 {
+                r.push_str(&format!("X-{i}: y\r\n"));
+            }
+            exchange(port, format!("{r}\r\n").as_bytes());
+        }
+        4 => exchange(port, b"DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+        5 => {
+            if let Some(mut s) = connect(port) {
+                let _ = s.write_all(b"GET /metr");
+                let _ = s.shutdown(Shutdown::Write);
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        }
+        6 => {
+            if let Some(s) = connect(port) {
+                hold(s, rng.below(40) + 1);
+            }
+        }
+        7 => {
+            if let Some(mut s) = connect(port) {
+                let _ = s.write_all(
+                    "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                        .repeat(rng.below(200) as usize + 1)
+                        .as_bytes(),
+                );
+                hold(s, rng.below(20) + 1);
+            }
+        }
+        _ => {
+            if let Some(mut s) = connect(port) {
+                for b in b"GET /metrics HTTP/1.1\r\nHost: x\r\n".iter() {
+                    if s.write_all(&[*b]).is_err() || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+}
+
+/// Resident memory (KiB) and open descriptors of `pid`.
+fn usage(pid: u32) -> Option<(u64, usize)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((rss, fds))
+}
+
+/// Runs the load generator in namespace `ns` until `stop`, a minute at a
+/// time; returns the connections made.
+fn load_until(ns: &str, stop: &AtomicBool) -> Result<u64> {
+    let exe = std::env::current_exe()?;
+    let mut made = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let out = util::stdout_of(
+            Command::new("ip")
+                .args(["netns", "exec", ns])
+                .arg(&exe)
+                .args(["loadgen", "--json", "--threads", "1", "--mode", "mixed"])
+                .args(["--duration", "30"]),
+        )?;
+        made += crate::loadgen::LoadResult::from_json(&out)?.connections;
+    }
+    Ok(made)
+}
+
+pub fn main(args: &SoakArgs) -> Result<()> {
+    if !(args.minutes > 0.0 && args.minutes <= 60.0) {
+        bail!("--minutes must be in (0, 60]");
+    }
+    setup::ensure(true)?;
+    let bin = crate::install::build_release()?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1
+    });
+    say(format!(
+        "==> soak: {} min, {} hostile clients, seed {seed}",
+        args.minutes, args.clients
+    ));
+    let port = free_port()?;
+    let metrics = format!("127.0.0.1:{port}");
+    let mut tracer = Command::new(&bin)
+        .args(["stats", "--interval", "3600", "--metrics", &metrics])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let pid = tracer.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(port).is_none() {
+        if Instant::now() > deadline {
+            let _ = tracer.kill();
+            bail!("tcptrace stats did not answer within 30 s");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let ns = format!("tcptrace-soak-{}", std::process::id());
+    util::run(Command::new("ip").args(["netns", "add", &ns]))?;
+    util::run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let load = {
+        let (ns, stop) = (ns.clone(), stop.clone());
+        thread::spawn(move || load_until(&ns, &stop))
+    };
+    let clients: Vec<_> = (0..args.clients.clamp(1, 64))
+        .map(|i| {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            let mut rng = Rng(seed.wrapping_mul(i as u64 * 2 + 1) | 1);
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Half well-formed scrapes, half abuse.
+                    if rng.below(2) == 0 {
+                        let ok = scrape(port).is_some_and(|b| b.contains("tcptrace_events_total"));
+                        let counter = if ok {
+                            &tally.scrapes_ok
+                        } else {
+                            &tally.scrapes_failed
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let kind = rng.below(ABUSE.len() as u64) as usize;
+                        abuse(port, kind, &mut rng, &stop);
+                        tally.abuse[kind].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Warm-up, then the memory baseline; samples every 5 s. The load's
+    // TIME_WAIT sockets live 60 s: past that the connection table keeps its
+    // size, and what grows after is the server's (or a leak).
+    thread::sleep(WARM_UP);
+    let (base_rss, base_fds) = usage(pid).context("the tracer is gone")?;
+    let end = Instant::now() + Duration::from_secs_f64(args.minutes * 60.0).saturating_sub(WARM_UP);
+    let (mut max_rss, mut max_fds) = (base_rss, base_fds);
+    let mut died = None;
+    while Instant::now() < end {
+        thread::sleep(Duration::from_secs(5));
+        if let Some(status) = tracer.try_wait()? {
+            died = Some(status);
+            break;
+        }
+        if let Some((rss, fds)) = usage(pid) {
+            max_rss = max_rss.max(rss);
+            max_fds = max_fds.max(fds);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    let connections = load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
+    let body = scrape(port).unwrap_or_default();
+    let lost = metric_sum(&body, "tcptrace_lost_events_total");
+    let events = metric_sum(&body, "tcptrace_events_total");
+    // The child we started, by pid.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let exit = tracer.wait()?;
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+
+    let ok = tally.scrapes_ok.load(Ordering::Relaxed);
+    let failed = tally.scrapes_failed.load(Ordering::Relaxed);
+    say(format!(
+        "load: {connections} connections; tracer: {events} events, {lost} lost"
+    ));
+    say(format!("scrapes: {ok} answered, {failed} failed"));
+    for (name, n) in ABUSE.iter().zip(&tally.abuse) {
+        say(format!("  {name}: {}", n.load(Ordering::Relaxed)));
+    }
+    say(format!(
+        "memory: {} -> max {} MiB (ceiling +{} MiB); descriptors: {base_fds} -> max {max_fds}",
+        base_rss / 1024,
+        max_rss / 1024,
+        args.memory_ceiling
+    ));
+    let mut problems = Vec::new();
+    if let Some(status) = died {
+        problems.push(format!("the tracer died: {status}"));
+    }
+    if !exit.success() && died.is_none() {
+        problems.push(format!("the tracer exited with {exit}"));
+    }
+    if failed > 0 || ok == 0 {
+        problems.push(format!(
+            "{failed} well-formed scrapes failed ({ok} answered)"
+        ));
+    }
+    if lost > 0 || events == 0 {
+        problems.push(format!("{lost} events lost of {events}"));
+    }
+    if max_rss > base_rss + args.memory_ceiling * 1024 {
+        problems.push(format!("memory grew {} MiB", (max_rss - base_rss) / 1024));
+    }
+    // The server's cap (64) plus the tracer's own descriptors and slack.
+    if max_fds > base_fds + 64 + 16 {
+        problems.push(format!("{max_fds} descriptors open (from {base_fds})"));
+    }
+    if problems.is_empty() {
+        say("==> soak passed");
+        Ok(())
+    } else {
+        bail!("soak failed (seed {seed}): {}", problems.join("; "))
+    }
+}
