@@ -147,7 +147,7 @@ pub struct RuleOverrides {
 
 impl RuleOverrides {
     /// The rules of `file` (defaults without one) with these flags applied.
-    /// Who can change the file is checked first ([`check_config_trust`]):
+    /// Who can change the file is checked as it is read ([`read_config`]):
     /// refused when `exec` (its alerts run commands as root), warned otherwise.
     pub fn rules(
         &self,
@@ -157,9 +157,7 @@ impl RuleOverrides {
         let mut r: crate::alerts::Rules = match file {
             None => crate::alerts::Rules::default(),
             Some(f) => {
-                check_config_trust(f, exec)?;
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| usage(format!("cannot read {}: {e}", f.display())))?;
+                let text = read_config(f, exec)?;
                 toml::from_str(&text).map_err(|e| {
                     usage(format!(
                         "{}: {}",
@@ -191,66 +189,98 @@ impl RuleOverrides {
     }
 }
 
-/// Someone other than root (or the user tcptrace runs as) who could change
-/// `path`'s rules: the file or a directory above it writable by group or
-/// others (a directory with the sticky bit, like /tmp, only lets owners
-/// replace their files), or owned by another user. `None` when only root
-/// can.
-pub fn config_writers(path: &std::path::Path) -> std::io::Result<Option<String>> {
-    use std::os::unix::fs::MetadataExt;
+/// What lets someone other than root (or the user tcptrace runs as) change
+/// the file at `path`, or `None` when nobody else can; and its contents,
+/// read from the very file that was checked. Checked: every directory on
+/// the path as given and on the path it resolves to (owned by another user,
+/// or writable by group or others without the sticky bit of `/tmp`), every
+/// symbolic link on the way (owned by another user), and the file itself
+/// (owned by another user, writable by group or others), from the open
+/// file's own `fstat`.
+pub fn config_writers(path: &std::path::Path) -> std::io::Result<(Option<String>, String)> {
+    use std::{io::Read, os::unix::fs::MetadataExt};
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let trusted_owner = |uid: u32| uid == 0 || uid == me;
-    let file = std::fs::canonicalize(path)?;
-    let m = std::fs::metadata(&file)?;
-    if !trusted_owner(m.uid()) {
-        return Ok(Some(format!("is owned by uid {}", m.uid())));
-    }
-    if m.mode() & 0o022 != 0 {
-        return Ok(Some(format!(
-            "is writable by group or others (mode {:04o})",
-            m.mode() & 0o7777
-        )));
-    }
-    for dir in file.ancestors().skip(1) {
-        let d = std::fs::metadata(dir)?;
-        let sticky = d.mode() & 0o1000 != 0;
-        if !trusted_owner(d.uid()) {
+    let dir_problem = |dir: &std::path::Path| -> std::io::Result<Option<String>> {
+        let link = std::fs::symlink_metadata(dir)?;
+        if link.file_type().is_symlink() && !trusted_owner(link.uid()) {
             return Ok(Some(format!(
-                "is in {}, owned by uid {}",
+                "goes through the link {}, owned by uid {}",
                 dir.display(),
-                d.uid()
+                link.uid()
             )));
         }
-        if d.mode() & 0o022 != 0 && !sticky {
-            return Ok(Some(format!(
+        let d = std::fs::metadata(dir)?;
+        let sticky = d.mode() & 0o1000 != 0;
+        Ok(if !trusted_owner(d.uid()) {
+            Some(format!("is in {}, owned by uid {}", dir.display(), d.uid()))
+        } else if d.mode() & 0o022 != 0 && !sticky {
+            Some(format!(
                 "is in {}, writable by group or others (mode {:04o})",
                 dir.display(),
                 d.mode() & 0o7777
-            )));
-        }
+            ))
+        } else {
+            None
+        })
+    };
+    let given = std::path::absolute(path)?;
+    let mut file = std::fs::File::open(&given)?;
+    let resolved = std::fs::canonicalize(&given)?;
+    let mut problem = None;
+    let last = std::fs::symlink_metadata(&given)?;
+    if last.file_type().is_symlink() && !trusted_owner(last.uid()) {
+        problem = Some(format!("is a link owned by uid {}", last.uid()));
     }
-    Ok(None)
+    for dir in given
+        .ancestors()
+        .skip(1)
+        .chain(resolved.ancestors().skip(1))
+    {
+        if problem.is_some() {
+            break;
+        }
+        problem = dir_problem(dir)?;
+    }
+    let m = file.metadata()?;
+    if problem.is_none() {
+        problem = if !m.is_file() {
+            Some("is not a regular file".into())
+        } else if !trusted_owner(m.uid()) {
+            Some(format!("is owned by uid {}", m.uid()))
+        } else if m.mode() & 0o022 != 0 {
+            Some(format!(
+                "is writable by group or others (mode {:04o})",
+                m.mode() & 0o7777
+            ))
+        } else {
+            None
+        };
+    }
+    let mut text = String::new();
+    file.by_ref().take(1 << 20).read_to_string(&mut text)?;
+    Ok((problem, text))
 }
 
-/// `watch --config`: refuses (exit 2) rules others could change when
-/// `--exec` runs commands as root on their alerts; warns otherwise.
-fn check_config_trust(path: &std::path::Path, exec: bool) -> Result<(), UsageError> {
+/// Reads `watch --config`: refused (exit 2) when others could change the
+/// rules and `--exec` runs commands as root on their alerts; a warning
+/// otherwise.
+fn read_config(path: &std::path::Path, exec: bool) -> Result<String, UsageError> {
     let shown = crate::output::escape(&path.display().to_string()).into_owned();
-    let problem = match config_writers(path) {
-        Ok(None) => return Ok(()),
-        Ok(Some(p)) => p,
-        Err(e) => return Err(usage(format!("cannot read {shown}: {e}"))),
-    };
-    if exec {
-        Err(usage(format!(
+    let (problem, text) =
+        config_writers(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
+    match problem {
+        None => Ok(text),
+        Some(problem) if exec => Err(usage(format!(
             "--config {shown} {problem}: with --exec its rules decide when commands run as root; make it root's alone (chown root; chmod go-w) or drop --exec"
-        )))
-    } else {
-        crate::say!(
-            "warning: --config {shown} {problem}: others can change the rules (chown root; chmod go-w)"
-        );
-        Ok(())
+        ))),
+        Some(problem) => {
+            crate::say!(
+                "warning: --config {shown} {problem}: others can change the rules (chown root; chmod go-w)"
+            );
+            Ok(text)
+        }
     }
 }
 
@@ -621,8 +651,9 @@ pub struct RecordConfig {
 
 /// `record -o FILE`, checked before anything touches the kernel: never a
 /// symbolic link, never a directory, never an existing file without
-/// `--force` (which replaces only a regular file, or writes into a device
-/// such as `/dev/null`), and its directory must exist.
+/// `--force` (which replaces only a regular file, or writes into a
+/// character device such as `/dev/null`; never a FIFO, which would block),
+/// and its directory must exist.
 fn check_output(path: &std::path::Path, force: bool) -> Result<(), UsageError> {
     let shown = crate::output::escape(&path.display().to_string()).into_owned();
     match std::fs::symlink_metadata(path) {
@@ -635,6 +666,13 @@ fn check_output(path: &std::path::Path, force: bool) -> Result<(), UsageError> {
         Ok(_) if !force => Err(usage(format!(
             "-o {shown} exists: choose a new name, or add --force to replace it"
         ))),
+        Ok(m)
+            if !(m.is_file() || std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())) =>
+        {
+            Err(usage(format!(
+                "-o {shown} is not a regular file or a device: refusing to replace it"
+            )))
+        }
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dir = match path.parent() {

@@ -31,10 +31,10 @@ pub async fn run(cfg: DoctorConfig) -> Result<ExitCode> {
     source.restart_loss_count();
     crate::sched::drain_priority(cfg.load.realtime_drain);
     let overflow_before = seed::host::tw_overflow().unwrap_or(0);
-    eprintln!(
-        "tcptrace doctor: observing TCP for {:.0} s (Ctrl-C to stop early)...",
+    crate::output::escape::write_stderr(&format!(
+        "tcptrace doctor: observing TCP for {:.0} s (Ctrl-C to stop early)...\n",
         cfg.duration.as_secs_f64()
-    );
+    ));
     let started = Instant::now();
     let deadline = started + cfg.duration;
     let mut poll = ticker(POLL_INTERVAL);
@@ -126,15 +126,17 @@ pub fn write_text(w: &mut impl Write, findings: &[Finding]) -> io::Result<()> {
         if i > 0 {
             writeln!(w)?;
         }
-        writeln!(w, "{} {}  ({})", f.severity.marker(), f.title, f.id)?;
+        // Findings quote process names: escaped, one line each.
+        let esc = crate::output::escape;
+        writeln!(w, "{} {}  ({})", f.severity.marker(), esc(&f.title), f.id)?;
         for e in &f.evidence {
-            writeln!(w, "    - {e}")?;
+            writeln!(w, "    - {}", esc(e))?;
         }
         for a in &f.advice {
-            writeln!(w, "    > {a}")?;
+            writeln!(w, "    > {}", esc(a))?;
         }
         for s in &f.sysctls {
-            writeln!(w, "    $ {s}")?;
+            writeln!(w, "    $ {}", esc(s))?;
         }
     }
     Ok(())

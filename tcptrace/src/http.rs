@@ -8,16 +8,24 @@
 //!   [`HEADER_TIMEOUT`] (hyper answers 431 / closes); a body is never read
 //!   (a request announcing one gets 413 and the connection is closed), so
 //!   `Content-Length: 99999999999` allocates nothing;
-//! - idle or slow connections: a read stalled for [`IDLE_TIMEOUT`] or a
-//!   write stalled for [`WRITE_TIMEOUT`] closes the connection, and none
-//!   lives longer than [`MAX_LIFETIME`];
-//! - many connections: at most [`MAX_CONNECTIONS`] are open; at the cap the
-//!   one idle for longest is closed to make room, and when all are busy the
-//!   new one is refused, so the server keeps serving; accept errors (no fds
-//!   left) are logged and retried, never a panic;
+//! - idle or slow connections: a connection that sends no complete request
+//!   within [`HEADER_TIMEOUT`] (from its opening, and again between
+//!   keep-alive requests: hyper's header timer) is closed; a read stalled
+//!   for [`IDLE_TIMEOUT`] or a write stalled for [`WRITE_TIMEOUT`] closes it
+//!   too, and none lives longer than [`MAX_LIFETIME`];
+//! - many connections: at most [`MAX_CONNECTIONS`] are open, at most
+//!   [`MAX_PER_PEER`] from one address. At a cap, the connection idle for
+//!   longest (of that peer, at the per-peer cap) is closed to make room,
+//!   but never one younger than [`GRACE`], which has not had the time to
+//!   send its request; with nothing to close the newcomer is refused. So
+//!   one address flooding connections, idle or churning, can only take its
+//!   own share, and the server keeps serving everyone else; accept errors
+//!   (no fds left) are logged and retried, never a panic;
 //! - a slow reader (pipelined scrapes, never reading): each connection is its
-//!   own task, so it only stalls itself until its write times out; scrapes
-//!   waiting together are rendered once ([`answer_all`]);
+//!   own task, so it only stalls itself until its write times out; a
+//!   connection has at most one scrape in flight and the queue holds one
+//!   per connection; scrapes waiting together are rendered once
+//!   ([`answer_all`]);
 //! - who may connect: `--metrics-allow CIDR`; a warning when the address is
 //!   not loopback and no allow list is given.
 
@@ -51,21 +59,27 @@ use crate::{engine::Engine, metrics, preflight::EnvError, source::Source};
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections open at once, at most.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections open at once from one address, at most.
+pub const MAX_PER_PEER: usize = MAX_CONNECTIONS / 4;
+/// A connection younger than this is never closed to make room.
+pub const GRACE: Duration = Duration::from_secs(1);
 /// Request line plus headers, in bytes (hyper's read buffer).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Headers in one request.
 pub const MAX_HEADERS: usize = 64;
-/// Time allowed to send a request's headers once it started.
+/// Time allowed for a whole request line and headers, from the opening of
+/// the connection or the end of the previous answer.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A connection on which nothing arrives for this long is closed (also
-/// between keep-alive requests).
+/// A read stalled this long closes the connection (a backstop to the header
+/// timer).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A response the client does not read for this long is abandoned.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// No connection lives longer (Prometheus simply reconnects).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
-/// Scrapes queued for the loop; more at once are answered 503.
-const QUEUE: usize = 16;
+/// Scrapes queued for the loop: one per connection (hyper serves a
+/// connection's requests one at a time), so a full queue cannot happen.
+const QUEUE: usize = MAX_CONNECTIONS;
 
 /// One scrape waiting for its text.
 #[derive(Debug)]
@@ -163,7 +177,7 @@ pub fn serve(opts: ServerOptions) -> Result<Scrapes, EnvError> {
     Ok(rx)
 }
 
-/// The open connections: at the cap, the one idle longest makes room.
+/// The open connections, and who may make room for a newcomer.
 #[derive(Default)]
 struct Conns {
     next_id: u64,
@@ -171,6 +185,8 @@ struct Conns {
 }
 
 struct ConnState {
+    peer: IpAddr,
+    opened: Instant,
     /// Requests being answered.
     busy: u32,
     idle_since: Instant,
@@ -178,26 +194,43 @@ struct ConnState {
 }
 
 impl Conns {
-    /// Registers a new connection; `None` when every slot is busy.
-    fn admit(&mut self) -> Option<(u64, Arc<Notify>)> {
-        if self.open.len() >= MAX_CONNECTIONS {
-            let idlest = self
-                .open
-                .iter()
-                .filter(|(_, c)| c.busy == 0)
-                .min_by_key(|(_, c)| c.idle_since)
-                .map(|(&id, _)| id)?;
-            if let Some(c) = self.open.remove(&idlest) {
+    /// Closes the connection idle for longest among those `pick` selects
+    /// that are neither busy nor younger than [`GRACE`]; false if none.
+    fn close_idlest(&mut self, now: Instant, pick: impl Fn(&ConnState) -> bool) -> bool {
+        let idlest = self
+            .open
+            .iter()
+            .filter(|(_, c)| pick(c) && c.busy == 0 && now.duration_since(c.opened) >= GRACE)
+            .min_by_key(|(_, c)| c.idle_since)
+            .map(|(&id, _)| id);
+        match idlest.and_then(|id| self.open.remove(&id)) {
+            Some(c) => {
                 c.close.notify_one();
+                true
             }
+            None => false,
+        }
+    }
+
+    /// Registers a connection from `peer`, making room at a cap; `None`
+    /// (refused) when nothing can be closed for it.
+    fn admit(&mut self, peer: IpAddr, now: Instant) -> Option<(u64, Arc<Notify>)> {
+        let from_peer = self.open.values().filter(|c| c.peer == peer).count();
+        if from_peer >= MAX_PER_PEER && !self.close_idlest(now, |c| c.peer == peer) {
+            return None;
+        }
+        if self.open.len() >= MAX_CONNECTIONS && !self.close_idlest(now, |_| true) {
+            return None;
         }
         self.next_id += 1;
         let close = Arc::new(Notify::new());
         self.open.insert(
             self.next_id,
             ConnState {
+                peer,
+                opened: now,
                 busy: 0,
-                idle_since: Instant::now(),
+                idle_since: now,
                 close: close.clone(),
             },
         );
@@ -249,8 +282,9 @@ async fn accept_loop(
             log::debug!("metrics: refused {peer} (not in --metrics-allow)");
             continue;
         }
-        let Some((id, close)) = lock(&conns).admit() else {
-            log::debug!("metrics: refused {peer}: {MAX_CONNECTIONS} connections busy");
+        let admitted = lock(&conns).admit(peer.ip().to_canonical(), Instant::now());
+        let Some((id, close)) = admitted else {
+            log::debug!("metrics: refused {peer}: no room");
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -260,6 +294,9 @@ async fn accept_loop(
             serve_connection(stream, id, &conns, scrapes, close).await;
             lock(&conns).open.remove(&id);
         });
+        // Let the connections run between accepts: a flood of them must not
+        // pile up unserved (and unclosed) behind the accept loop.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -366,25 +403,47 @@ mod tests {
         assert!(allowed(&[], "192.0.2.1".parse().unwrap()));
     }
 
+    fn peer(i: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, i])
+    }
+
     #[test]
-    fn at_the_cap_the_idlest_connection_makes_room_and_busy_ones_are_kept() {
+    fn at_the_cap_the_idlest_old_connection_makes_room_and_busy_or_young_ones_stay() {
+        let t0 = Instant::now();
+        let later = t0 + GRACE;
         let mut conns = Conns::default();
-        let first: Vec<(u64, Arc<Notify>)> = (0..MAX_CONNECTIONS)
-            .map(|_| conns.admit().unwrap())
+        // Four peers fill the server, each up to its own cap.
+        let first: Vec<u64> = (0..MAX_CONNECTIONS)
+            .map(|i| conns.admit(peer((i / MAX_PER_PEER) as u8), t0).unwrap().0)
             .collect();
+        // Young connections are not closed for a newcomer: refused.
+        assert!(conns.admit(peer(9), t0).is_none());
         // All but the first are busy: the first is closed for the newcomer.
-        for (id, _) in &first[1..] {
+        for id in &first[1..] {
             conns.set_busy(*id, true);
         }
-        assert!(conns.admit().is_some());
-        assert!(!conns.open.contains_key(&first[0].0));
+        assert!(conns.admit(peer(9), later).is_some());
+        assert!(!conns.open.contains_key(&first[0]));
         assert_eq!(conns.open.len(), MAX_CONNECTIONS);
-        // Now every connection but the newcomer is busy; the newcomer goes
-        // next, then nobody is left to close and admission is refused.
-        assert!(conns.admit().is_some());
-        let newest = conns.next_id;
-        conns.set_busy(newest, true);
-        assert!(conns.admit().is_none());
+        // Nothing idle and old is left: refused.
+        assert!(conns.admit(peer(9), later).is_none());
         assert_eq!(conns.open.len(), MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn one_address_only_takes_its_own_share() {
+        let t0 = Instant::now();
+        let mut conns = Conns::default();
+        for _ in 0..MAX_PER_PEER {
+            assert!(conns.admit(peer(1), t0).is_some());
+        }
+        // A flood from the same address: refused while its own are young,
+        // then it can only replace its own.
+        assert!(conns.admit(peer(1), t0).is_none());
+        assert!(conns.admit(peer(1), t0 + GRACE).is_some());
+        let from_1 = conns.open.values().filter(|c| c.peer == peer(1)).count();
+        assert_eq!(from_1, MAX_PER_PEER);
+        // Everyone else still gets in.
+        assert!(conns.admit(peer(2), t0).is_some());
     }
 }

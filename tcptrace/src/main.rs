@@ -18,7 +18,18 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal's disposition to SIG_IGN before any thread exists.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
+        .format(|buf, record| {
+            use std::io::Write as _;
+            // Log lines carry outside values too (paths, errors): escaped.
+            let text = record.args().to_string();
+            writeln!(
+                buf,
+                "[{} {}] {}",
+                record.level(),
+                record.target(),
+                tcptrace::output::escape(&text)
+            )
+        })
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -55,7 +66,12 @@ fn stdout_is_open() -> bool {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let writes_stdout = !matches!(cli.command, Command::Record(_));
+    let writes_stdout = match &cli.command {
+        Command::Record(_) => false,
+        // Alerts go to stderr unless --json.
+        Command::Watch(w) => w.json,
+        _ => true,
+    };
     if writes_stdout && !stdout_is_open() {
         return Err(EnvError(
             "stdout is closed: redirect it to a file or to /dev/null (e.g. >/dev/null)".into(),

@@ -22,6 +22,7 @@ use crate::{
     decode,
     ebpf::Tracer,
     model::Lost,
+    output::escape::write_stderr,
     record::{Header, Writer},
     seed,
     source::take_snapshot,
@@ -82,41 +83,74 @@ struct Recording {
 }
 
 /// Opens `path` for a new recording, mode 0600 (recordings name processes
-/// and peers), never through a symbolic link: a new file is created
-/// exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`, so a link planted at the name
-/// makes it fail); with `replace`, an existing regular file is unlinked
-/// first (the name, not what a link points at), and a device such as
-/// `/dev/null` is written in place.
+/// and peers), never through a symbolic link. Its directory is opened once
+/// and the name is looked at, unlinked and created inside that very
+/// directory (`*at` calls), so nothing swapped on the path after the
+/// checks can redirect it. A new file is created exclusively
+/// (`O_CREAT|O_EXCL|O_NOFOLLOW`: a link planted at the name makes it fail);
+/// with `replace`, an existing regular file is unlinked first (the name,
+/// never what a link points at), and a character device such as `/dev/null`
+/// is written in place; anything else (a link, a FIFO, a directory) is
+/// refused.
 pub fn create_recording_file(path: &Path, replace: bool) -> io::Result<File> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let create = || {
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
+    use std::{
+        ffi::CString,
+        os::{
+            fd::{AsRawFd, FromRawFd},
+            unix::ffi::OsStrExt,
+        },
     };
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    let name = path.file_name().ok_or_else(|| invalid("not a file name"))?;
+    let name = CString::new(name.as_bytes()).map_err(|_| invalid("a NUL in the name"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir = fs::File::open(dir)?;
+    if !dir.metadata()?.is_dir() {
+        return Err(invalid("not in a directory"));
+    }
+    let dfd = dir.as_raw_fd();
+    let flags = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let open_at = |extra: libc::c_int| -> io::Result<File> {
+        // SAFETY: a valid directory fd and NUL-terminated name; the mode
+        // argument is read only with O_CREAT.
+        let fd = unsafe { libc::openat(dfd, name.as_ptr(), flags | extra, 0o600 as libc::c_uint) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    };
+    let create = || open_at(libc::O_CREAT | libc::O_EXCL);
     if !replace {
         return create();
     }
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_char_device() || m.file_type().is_fifo() => {
-            fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(path)
-        }
-        Ok(m) if m.is_file() => {
-            fs::remove_file(path)?;
+    // SAFETY: an all-zero stat is a valid value; fstatat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, name and stat pointer.
+    let rc = unsafe { libc::fstatat(dfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::NotFound {
+            create()
+        } else {
+            Err(e)
+        };
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFCHR => open_at(0),
+        libc::S_IFREG => {
+            // SAFETY: valid fd and name; removes the directory entry only.
+            if unsafe { libc::unlinkat(dfd, name.as_ptr(), 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
             create()
         }
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file (a link, a directory or a socket): refusing to replace it",
+        _ => Err(invalid(
+            "not a regular file or a device (a link, a FIFO, a directory or a socket): refusing to replace it",
         )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => create(),
-        Err(e) => Err(e),
     }
 }
 
@@ -224,7 +258,7 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
                 if r.is_ok() && !cfg.quiet && (tty || seconds.is_multiple_of(10)) {
                     let lost = now.since(&start_lost).total() + decode_errors;
                     let line = status_line(&cfg, &rec, total_events, lost);
-                    if tty { eprint!("\r{line}\x1b[K"); } else { eprintln!("{line}"); }
+                    if tty { write_stderr(&format!("\r{line}\x1b[K")); } else { write_stderr(&format!("{line}\n")); }
                 }
                 if r.is_ok() {
                     let by_size = cfg.rotate_size.is_some_and(|s| rec.writer.bytes >= s);
@@ -245,7 +279,7 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
         }
     }
     if tty && !cfg.quiet {
-        eprintln!();
+        write_stderr("\n");
     }
     result?;
     let final_lost = tracer.counters().lost();
@@ -282,7 +316,10 @@ pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
         .and_then(|mut w| w.flush())
         .map_err(|e| write_error(&cfg, bytes, e))?;
     if !cfg.quiet {
-        eprintln!("{}", bytes_line.replacen("recording to", "recorded to", 1));
+        write_stderr(&format!(
+            "{}\n",
+            bytes_line.replacen("recording to", "recorded to", 1)
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,7 @@ use crate::{
     conn::DEFAULT_CAP,
     engine::Engine,
     model::Lost,
+    output::escape,
     record::{Reader, Record},
     source::replay::RecordApplier,
     stats::{HistKind, HostFacts, Snapshot},
@@ -163,16 +164,26 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
                 .cut
                 .as_ref()
                 .map(|c| format!("{} at byte {}", c.error, c.offset)),
-            skipped: reader
-                .skipped
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{} at byte {}: {} bytes skipped",
-                        s.error, s.offset, s.bytes
-                    )
-                })
-                .collect(),
+            skipped: {
+                let mut v: Vec<String> = reader
+                    .skipped
+                    .iter()
+                    .take(crate::stats::JSON_ROWS)
+                    .map(|s| {
+                        format!(
+                            "{} at byte {}: {} bytes skipped",
+                            s.error, s.offset, s.bytes
+                        )
+                    })
+                    .collect();
+                if reader.skipped.len() > crate::stats::JSON_ROWS {
+                    v.push(format!(
+                        "{} more damaged stretches",
+                        reader.skipped.len() - crate::stats::JSON_ROWS
+                    ));
+                }
+                v
+            },
         },
         summary,
         gaps,
@@ -228,19 +239,19 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
     writeln!(
         w,
         "recording {}: host {}, kernel {}, {} -> {} ({:.0} s), {} events, hooks {}+{}{}",
-        i.file,
-        i.host,
-        i.kernel,
+        escape(&i.file),
+        escape(&i.host),
+        escape(&i.kernel),
         hms_millis(i.start_ns),
         hms_millis(i.end_ns),
         i.end_ns.saturating_sub(i.start_ns) as f64 / 1e9,
         i.events,
-        i.hook,
-        i.timewait_hook,
+        escape(&i.hook),
+        escape(&i.timewait_hook),
         if i.filters.is_empty() {
             String::new()
         } else {
-            format!(", filters {}", i.filters.join(" "))
+            format!(", filters {}", escape(&i.filters.join(" ")))
         }
     )?;
     stats_cmd::write_text(w, &r.summary)?;
@@ -269,7 +280,7 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
                 format!(
                     "{}/{} {n}",
                     pid.map_or("-".into(), |p| p.to_string()),
-                    comm.as_deref().unwrap_or("?")
+                    escape(comm.as_deref().unwrap_or("?"))
                 )
             })
             .collect();
@@ -288,8 +299,15 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
 /// Long-format CSV: `section,key,field,value`, one fact per row.
 fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
     let mut c = csv::Writer::from_writer(w);
+    // Names from outside (process names, the host) escaped like every
+    // other text sink: a quoted newline is valid CSV, not a safe terminal.
     let mut row = |section: &str, key: &str, field: &str, value: String| {
-        c.write_record([section, key, field, &value])
+        c.write_record([
+            section,
+            escape(key).as_ref(),
+            field,
+            escape(&value).as_ref(),
+        ])
     };
     row("section", "key", "field", "value".into()).map_err(io::Error::other)?;
     let s = &r.summary;

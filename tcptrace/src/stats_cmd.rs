@@ -15,6 +15,7 @@ use crate::{
     ebpf::Tracer,
     engine::Engine,
     http,
+    output::escape,
     source::Source,
     stats::{HistKind, Snapshot},
     trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
@@ -112,7 +113,7 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
                 w,
                 "  {:<8} {:<16} {:>7} {:>22} {:>10}  {}",
                 p.pid.map_or("-".into(), |p| p.to_string()),
-                p.comm.as_deref().unwrap_or("-"),
+                escape(p.comm.as_deref().unwrap_or("-")),
                 p.count,
                 format!(
                     "{:.1}/{:.1}/{:.1}",
@@ -161,7 +162,7 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     }
     for k in snap.histograms_by.iter().take(10) {
         let who = match (k.pid, &k.comm, k.daddr, k.dport) {
-            (Some(pid), Some(comm), ..) => format!("{pid} {comm}"),
+            (Some(pid), Some(comm), ..) => format!("{pid} {}", escape(comm)),
             (_, _, Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
             _ => "?".into(),
         };

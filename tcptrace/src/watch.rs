@@ -67,9 +67,11 @@ pub enum Exec {
 /// in a process group of its own, so everything it starts (`sleep 100;
 /// echo after` included) is killed with it: at its timeout, when its shell
 /// exits (nothing it left behind outlives it), and when `watch` stops
-/// ([`ExecHooks::kill_all`]). A group is taken off this list, under the
-/// lock, before its leader is reaped, so a group id is never signalled once
-/// the kernel could have reused it.
+/// ([`ExecHooks::finish`]: the commands still running get the rest of their
+/// time, so the alert that made `--exit-on-alert` exit is still delivered,
+/// then whatever is left is killed). A group is taken off this list, under
+/// the lock, before its leader is reaped, so a group id is never signalled
+/// once the kernel could have reused it.
 #[derive(Clone, Debug, Default)]
 pub struct ExecHooks {
     groups: Arc<Mutex<Vec<i32>>>,
@@ -85,27 +87,39 @@ impl ExecHooks {
         self.lock().len()
     }
 
-    /// Kills every running command's process group (`watch` is stopping).
+    /// Kills every running command's process group.
     pub fn kill_all(&self) {
         for &group in self.lock().iter() {
             kill_group(group);
         }
     }
 
-    /// A guard that kills every running command when dropped: on every way
-    /// out of `watch` (signal, `--duration`, `--exit-on-alert`, an error).
-    pub fn kill_on_drop(&self) -> KillHooksOnDrop {
-        KillHooksOnDrop(self.clone())
+    /// `watch` is stopping: waits until the running commands are done, at
+    /// most `limit` (their own timeout kills them by then), then kills what
+    /// is left.
+    pub fn finish(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.running() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_all();
+    }
+
+    /// A guard that finishes the running commands when dropped: on every
+    /// way out of `watch` (signal, `--duration`, `--exit-on-alert`, an error).
+    pub fn finish_on_drop(&self) -> FinishHooksOnDrop {
+        FinishHooksOnDrop(self.clone())
     }
 }
 
-/// See [`ExecHooks::kill_on_drop`].
+/// See [`ExecHooks::finish_on_drop`].
 #[derive(Debug)]
-pub struct KillHooksOnDrop(ExecHooks);
+pub struct FinishHooksOnDrop(ExecHooks);
 
-impl Drop for KillHooksOnDrop {
+impl Drop for FinishHooksOnDrop {
     fn drop(&mut self) {
-        self.0.kill_all();
+        // A little past the commands' own timeout, which kills them first.
+        self.0.finish(EXEC_TIMEOUT + Duration::from_secs(1));
     }
 }
 
@@ -167,6 +181,15 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .process_group(0);
+    // tcptrace ignores SIGXFSZ (a file-size limit must be a write error, not
+    // a silent death); the command gets the default back.
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let rule = a.rule;
     let mut child = {
         let mut groups = hooks.lock();
@@ -239,7 +262,7 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
     crate::sched::drain_priority(cfg.load.realtime_drain);
     let mut alerter = Alerter::new(cfg.rules.clone());
     let exec_hooks = ExecHooks::default();
-    let _kill_hooks = exec_hooks.kill_on_drop();
+    let _finish_hooks = exec_hooks.finish_on_drop();
     let (hook, timewait_hook) = source.hooks();
     crate::say!(
         "watching every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",

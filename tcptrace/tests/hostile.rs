@@ -18,7 +18,7 @@ use std::{
 
 use common::{
     NetNs, Running, Streaming, free_listener, free_port, http_get, leak_close_wait, metric_value,
-    processes_with, raw_exchange, wait_for,
+    processes_with, raw_exchange, scrape_from, wait_for,
 };
 use serde_json::Value;
 
@@ -174,35 +174,134 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn idle_connections_never_lock_out_scrapes_or_exhaust_descriptors() {
-    raise_nofile(4096);
-    let (mut running, port) = stats_with_metrics(&[]);
-    let pid = running.child.id();
-    let fds_before = open_fds(pid);
-    // 1,100 idle connections: more than the tracer's own 1,024 descriptors.
-    let idle: Vec<TcpStream> = (0..1100)
-        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
-        .collect();
-    assert!(idle.len() > 1000, "only {} connected", idle.len());
-    // Scrapes still get through at once, each time.
-    for _ in 0..5 {
-        scrape_within(port, Duration::from_secs(3));
+/// The address well-behaved clients scrape from, while the hostile ones
+/// use 127.0.0.1.
+const GOOD_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+/// `n` scrapes from [`GOOD_CLIENT`], each answered 200 within `limit`.
+fn good_scrapes(port: u16, n: usize, limit: Duration) {
+    for i in 0..n {
+        let started = Instant::now();
+        let (status, body) = scrape_from(GOOD_CLIENT, port)
+            .unwrap_or_else(|e| panic!("scrape {i} from another address failed: {e}"));
+        assert!(status.contains("200"), "scrape {i}: {status}");
+        assert!(body.contains("tcptrace_events_total"));
+        assert!(
+            started.elapsed() < limit,
+            "scrape {i} took {:?}",
+            started.elapsed()
+        );
     }
-    let fds = open_fds(pid);
-    assert!(
-        fds <= fds_before + tcptrace_max_connections() + 8,
-        "{fds} descriptors open (was {fds_before})"
-    );
-    still_running(&mut running);
-    drop(idle);
-    let (status, _, err) = running.stop();
-    assert!(status.success(), "{err}");
 }
 
-/// The server's connection cap, as documented (see `tcptrace::http`).
-fn tcptrace_max_connections() -> usize {
-    tcptrace::http::MAX_CONNECTIONS
+/// The soft open-file limit of `pid`.
+fn nofile_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn idle_connections_never_lock_out_scrapes_or_exhaust_descriptors() {
+    // The tracer at the default limit of 1,024 descriptors.
+    let metrics_port = free_port(false);
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let spawned = Streaming::start_program(
+        "prlimit",
+        &[
+            "--nofile=1024:1024",
+            TCPTRACE,
+            "stats",
+            "--interval",
+            "3600",
+            "--reconcile",
+            "0",
+            "--metrics",
+            &addr,
+        ],
+    );
+    Streaming::wait_line(
+        &spawned.err,
+        &mut Vec::new(),
+        "banner",
+        Duration::from_secs(30),
+        |l| l.contains("stats every"),
+    );
+    // prlimit execs tcptrace: same pid.
+    let pid = spawned.child.id();
+    assert_eq!(nofile_limit(pid), 1024);
+    let fds_before = open_fds(pid);
+    // 1,100 idle connections from one address: more than the tracer's own
+    // 1,024 descriptors (this process may open more).
+    raise_nofile(4096);
+    let idle: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", metrics_port)).ok())
+        .collect();
+    assert!(idle.len() > 1000, "only {} connected", idle.len());
+    // Another client's scrapes get through at once, every time.
+    good_scrapes(metrics_port, 5, Duration::from_secs(3));
+    let fds = open_fds(pid);
+    assert!(
+        fds <= fds_before + tcptrace::http::MAX_CONNECTIONS + 8,
+        "{fds} descriptors open (was {fds_before})"
+    );
+    // And once the idle ones are old, the same address gets in too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !http_get_ok(metrics_port) {
+        assert!(
+            Instant::now() < deadline,
+            "the idle address never got in again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(idle);
+    spawned.signal(libc::SIGTERM);
+    let (status, _, err) = spawned.wait(Duration::from_secs(10));
+    assert!(status.success(), "{err:?}");
+}
+
+/// Whether a scrape from 127.0.0.1 is answered 200.
+fn http_get_ok(port: u16) -> bool {
+    scrape_from(std::net::Ipv4Addr::LOCALHOST, port).is_ok_and(|(status, _)| status.contains("200"))
+}
+
+#[test]
+fn a_connection_flood_from_one_address_does_not_lock_out_others() {
+    let (mut running, port) = stats_with_metrics(&[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four threads: connect and close as fast as possible, or connect and
+    // hold a while, from 127.0.0.1.
+    let flooders: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                        if i % 2 == 0 {
+                            drop(s);
+                        } else {
+                            held.push(s);
+                            if held.len() > 200 {
+                                held.clear();
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    good_scrapes(port, 50, Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    still_running(&mut running);
+    let (status, _, _) = running.stop();
+    assert!(status.success());
 }
 
 #[test]
@@ -217,6 +316,7 @@ fn a_client_that_pipelines_and_never_reads_does_not_block_other_scrapes() {
     for _ in 0..10 {
         scrape_within(port, Duration::from_secs(2));
     }
+    good_scrapes(port, 10, Duration::from_secs(2));
     still_running(&mut running);
     drop(slow);
     let (status, _, _) = running.stop();
@@ -309,15 +409,29 @@ fn unprivileged_user() -> &'static str {
     USER
 }
 
-/// As the unprivileged user, a bash renamed to [`HOSTILE_NAME`] opens `n`
+/// A name that forges a line: what follows the newline would start a line.
+const FORGING_NAME: &str = "ok\nFORGED LINE";
+
+/// As the unprivileged user, a perl that renamed itself `name` (one
+/// write(2) to /proc/self/comm, as prctl(PR_SET_NAME) would) opens `n`
 /// connections to `port` and holds them; stdin closed ends it.
-fn hostile_client(port: u16, n: usize) -> std::process::Child {
+fn hostile_client(port: u16, n: usize, name: &str) -> std::process::Child {
     let user = unprivileged_user();
-    let mut script = String::from("printf '\\033]0;PWN\\a\\033[2J\\033[31m' > /proc/$$/comm\n");
-    for fd in 0..n {
-        script.push_str(&format!("exec {}<>/dev/tcp/127.0.0.1/{port}\n", fd + 3));
-    }
-    script.push_str("echo ready\nread -r _ <&0\n");
+    let script = r#"
+        use IO::Socket::INET;
+        my ($name, $port, $n) = @ARGV;
+        open(my $c, '>', "/proc/self/comm") or die "comm: $!";
+        syswrite($c, $name) or die "rename: $!";
+        close($c);
+        my @held;
+        for (1 .. $n) {
+            push @held, IO::Socket::INET->new(PeerAddr => "127.0.0.1", PeerPort => $port, Proto => "tcp")
+                or die "connect: $!";
+        }
+        $| = 1;
+        print "ready\n";
+        my $wait = <STDIN>;
+    "#;
     let mut child = Command::new("setpriv")
         .args([
             "--reuid",
@@ -325,14 +439,17 @@ fn hostile_client(port: u16, n: usize) -> std::process::Child {
             "--regid",
             user,
             "--clear-groups",
-            "bash",
-            "-c",
-            &script,
+            "perl",
+            "-e",
+            script,
         ])
+        .arg(name)
+        .arg(port.to_string())
+        .arg(n.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("setpriv and bash run");
+        .expect("setpriv and perl run");
     let mut ready = [0u8; 6];
     child
         .stdout
@@ -398,9 +515,10 @@ fn a_hostile_process_name_reaches_no_terminal_raw() {
         Duration::from_secs(30),
         |l| l.contains("stats every"),
     );
-    let mut client = hostile_client(port, 3);
-    // The server closes its ends: the client's sockets sit in CLOSE_WAIT.
-    let accepted: Vec<TcpStream> = (0..3).map(|_| listener.accept().unwrap().0).collect();
+    let mut client = hostile_client(port, 3, HOSTILE_NAME);
+    let mut forger = hostile_client(port, 3, FORGING_NAME);
+    // The server closes its ends: the clients' sockets sit in CLOSE_WAIT.
+    let accepted: Vec<TcpStream> = (0..6).map(|_| listener.accept().unwrap().0).collect();
     for s in &accepted {
         s.shutdown(Shutdown::Both).unwrap();
     }
@@ -420,8 +538,17 @@ fn a_hostile_process_name_reaches_no_terminal_raw() {
         Duration::from_secs(30),
         |l| l.contains(HOSTILE_SHOWN),
     );
-    drop(client.stdin.take());
-    let _ = client.wait();
+    Streaming::wait_line(
+        &stats.out,
+        &mut stats_out,
+        "the forger in stats",
+        Duration::from_secs(30),
+        |l| l.contains("ok\\x0aFORGED"),
+    );
+    for c in [&mut client, &mut forger] {
+        drop(c.stdin.take());
+        let _ = c.wait();
+    }
     let (_, trace_out, _) = trace.stop();
     let (_, json_out, _) = trace_json.stop();
     watch.signal(libc::SIGTERM);
@@ -429,7 +556,18 @@ fn a_hostile_process_name_reaches_no_terminal_raw() {
     let (_, _, watch_rest) = watch.wait(Duration::from_secs(10));
     let (_, stats_rest, _) = stats.wait(Duration::from_secs(10));
     assert!(trace_out.contains(HOSTILE_SHOWN), "{trace_out}");
+    assert!(trace_out.contains("ok\\x0aFORGED"), "{trace_out}");
     assert_no_raw_control(&trace_out, "trace");
+    for (what, text) in [
+        ("trace", trace_out.clone()),
+        ("stats", stats_out.join("\n")),
+        ("watch", seen_err.join("\n")),
+    ] {
+        assert!(
+            !text.lines().any(|l| l.starts_with("FORGED")),
+            "{what} let a name forge a line: {text}"
+        );
+    }
     assert_no_raw_control(&json_out, "trace --json");
     assert!(json_out.contains("\\u001b]0;PWN"), "{json_out}");
     assert_no_raw_control(&stats_out.join("\n"), "stats");
@@ -612,12 +750,19 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// `record -o path` for one second with `extra`: (exit code, stderr).
+/// `record -o path` with `extra` (one second unless it says otherwise):
+/// (exit code, stderr).
 fn record_once(path: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let duration: &[&str] = if extra.contains(&"--duration") {
+        &[]
+    } else {
+        &["--duration", "1"]
+    };
     let out = Command::new(TCPTRACE)
-        .args(["record", "--duration", "1", "--quiet", "-o"])
+        .args(["record", "--quiet", "-o"])
         .arg(path)
         .args(extra)
+        .args(duration)
         .output()
         .unwrap();
     (
@@ -858,6 +1003,8 @@ fn a_closed_stdout_is_an_error_not_a_claim_of_success() {
 #[test]
 fn stats_json_lists_are_capped_with_an_other_row_carrying_the_true_totals() {
     let ns = NetNs::new("capped");
+    let file = temp("capped.tcptrace");
+    let record = Running::start(&["record", "-o", file.to_str().unwrap()], "recording to");
     let stats = Streaming::start(&["stats", "--json", "--interval", "0.5", "--reconcile", "0"]);
     Streaming::wait_line(
         &stats.err,
@@ -904,6 +1051,24 @@ fn stats_json_lists_are_capped_with_an_other_row_carrying_the_true_totals() {
     stats.signal(libc::SIGTERM);
     let (status, _, _) = stats.wait(Duration::from_secs(10));
     assert!(status.success());
+    // `report --json` of a recording of the same: capped the same way.
+    let (status, _, err) = record.stop();
+    assert!(status.success(), "{err}");
+    let out = Command::new(TCPTRACE)
+        .args(["report", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["capped"]["time_wait_by_peer"]["rows"].as_u64() >= Some(80),
+        "{report}"
+    );
+    let rows = report["time_wait_by_peer"].as_array().unwrap();
+    assert_eq!(rows.len(), tcptrace::stats::JSON_ROWS + 1);
+    let sum: u64 = rows.iter().map(|r| r["count"].as_u64().unwrap()).sum();
+    assert_eq!(sum, report["states"]["TIME_WAIT"].as_u64().unwrap());
+    let _ = std::fs::remove_file(&file);
     drop(ns);
 }
 
@@ -996,7 +1161,7 @@ fn metrics_scraped_under_hostile_clients_still_match_the_load() {
     leak_close_wait(&listener, port, 7, &mut held);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, _, body) = http_get(metrics_port, "/metrics");
+        let (_, body) = scrape_from(GOOD_CLIENT, metrics_port).unwrap();
         if metric_value(&body, r#"tcptrace_connections{state="CLOSE_WAIT"}"#) == Some(7.0) {
             break;
         }
@@ -1005,4 +1170,212 @@ fn metrics_scraped_under_hostile_clients_still_match_the_load() {
     }
     drop(idle);
     running.stop();
+}
+
+#[test]
+fn exit_on_alert_still_delivers_the_alert_to_its_exec_hook() {
+    let (listener, port) = free_listener();
+    let done = temp("exit-on-alert.done");
+    let hook = format!("sleep 0.5; touch {}", done.display());
+    let watch = watch_with_hook(port, &hook, &["--exit-on-alert"]);
+    Streaming::wait_line(
+        &watch.err,
+        &mut Vec::new(),
+        "banner",
+        Duration::from_secs(30),
+        |l| l.contains("watching every"),
+    );
+    let mut held = Vec::new();
+    leak_close_wait(&listener, port, 3, &mut held);
+    let (status, _, err) = watch.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{err:?}");
+    assert!(
+        done.exists(),
+        "the hook of the alert that ended watch never ran to its end"
+    );
+    let _ = std::fs::remove_file(&done);
+}
+
+#[test]
+fn a_rules_file_reached_through_others_links_or_directories_is_refused() {
+    let dir = temp("config-chain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("watch.toml");
+    std::fs::write(&good, "close_wait_per_process = 50\n").unwrap();
+    // A directory anyone can write (no sticky bit) holding a link to it.
+    let open_dir = dir.join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = open_dir.join("watch.toml");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    // The file itself inside that directory.
+    let inside = open_dir.join("real.toml");
+    std::fs::write(&inside, "close_wait_per_process = 50\n").unwrap();
+    // A link owned by another user in a safe directory.
+    let their_link = dir.join("theirs.toml");
+    std::os::unix::fs::symlink(&good, &their_link).unwrap();
+    std::os::unix::fs::lchown(&their_link, Some(65534), None).unwrap();
+    for (config, says) in [
+        (&link, "writable by group or others"),
+        (&inside, "writable by group or others"),
+        (&their_link, "link owned by uid 65534"),
+    ] {
+        let out = Command::new(TCPTRACE)
+            .args(["watch", "--exec", "true", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", config.display());
+        assert!(err.contains(says), "{}: {err}", config.display());
+    }
+    // The good file directly is accepted.
+    let out = Command::new(TCPTRACE)
+        .args(["watch", "--duration", "0.5", "--exec", "true", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Checked again at every reload: made writable, SIGHUP keeps the rules.
+    let watch = Streaming::start(&[
+        "watch",
+        "--exec",
+        "true",
+        "--config",
+        good.to_str().unwrap(),
+    ]);
+    let mut err = Vec::new();
+    Streaming::wait_line(
+        &watch.err,
+        &mut err,
+        "banner",
+        Duration::from_secs(30),
+        |l| l.contains("watching every"),
+    );
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o666)).unwrap();
+    watch.signal(libc::SIGHUP);
+    Streaming::wait_line(
+        &watch.err,
+        &mut err,
+        "the refused reload",
+        Duration::from_secs(10),
+        |l| l.contains("reload failed") && l.contains("writable by group or others"),
+    );
+    watch.signal(libc::SIGTERM);
+    let (status, _, _) = watch.wait(Duration::from_secs(15));
+    assert!(status.success());
+    // Out-of-range values in the file are one line and exit 2 as well.
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&good, "repeat_secs = 99999999999\n").unwrap();
+    let out = Command::new(TCPTRACE)
+        .args(["watch", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("out of range") && err.lines().count() == 1,
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rotated_recordings_are_private_and_created_afresh() {
+    let dir = temp("rotate-mode");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("r.tcptrace");
+    let (code, err) = record_once(&file, &["--rotate-time", "1", "--duration", "3.5"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rotated = dir.join("r.tcptrace.1");
+    assert!(rotated.exists(), "no rotation happened: {err}");
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&rotated), 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_terminal_hang_up_stops_record_cleanly_with_its_file_closed() {
+    use std::os::{fd::FromRawFd, unix::process::CommandExt};
+    let (listener, port) = free_listener();
+    let file = temp("pty-hup.tcptrace");
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty with valid out-pointers and no name/termios/winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    let mut cmd = Command::new(TCPTRACE);
+    cmd.args(["record", "-o"])
+        .arg(&file)
+        .args(["--port", &port.to_string()]);
+    // SAFETY: between fork and exec only async-signal-safe calls: a new
+    // session whose controlling terminal is the pty, on fds 0-2; the child
+    // keeps no copy of the master (else closing ours hangs nothing up).
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::close(master);
+            libc::setsid();
+            libc::ioctl(slave, libc::TIOCSCTTY, 0);
+            for fd in 0..3 {
+                libc::dup2(slave, fd);
+            }
+            if slave > 2 {
+                libc::close(slave);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // SAFETY: the parent's copy of the slave, no longer needed.
+    unsafe { libc::close(slave) };
+    // SAFETY: `master` is ours; the File closes it when dropped.
+    let mut master = unsafe { std::fs::File::from_raw_fd(master) };
+    // The banner on the terminal: it is recording.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("Ctrl-C to stop") {
+        let n = master.read(&mut buf).unwrap();
+        assert!(n > 0, "the pty closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let mut held = Vec::new();
+    leak_close_wait(&listener, port, 3, &mut held);
+    // Hang up: the terminal goes away (SIGHUP; stderr writes fail with EIO).
+    drop(master);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "record ignored the hang-up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+    let out = Command::new(TCPTRACE)
+        .args(["report", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["states"]["CLOSE_WAIT"], 3, "{report}");
+    let _ = std::fs::remove_file(&file);
 }

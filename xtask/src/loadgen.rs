@@ -58,6 +58,10 @@ pub struct LoadArgs {
     /// Client threads (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Connections per second at most, all threads together (default: as
+    /// fast as the box allows).
+    #[arg(long, value_name = "PER_SEC")]
+    pub rate: Option<f64>,
     /// With `close-wait`: sockets held in CLOSE_WAIT (per server thread) before a batch is closed.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub hold: usize,
@@ -152,6 +156,11 @@ pub fn run(args: &LoadArgs) -> Result<LoadResult> {
     let budget = args.connections.unwrap_or(u64::MAX);
     let started = Instant::now();
     let deadline = started + duration;
+    // Paced: each thread's share of the rate, checked every 64 connections.
+    let per_thread = args
+        .rate
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map(|r| r / threads as f64);
     let clients: Vec<_> = (0..threads)
         .map(|t| {
             let (made, failed, mode) = (made.clone(), failed.clone(), args.mode);
@@ -171,6 +180,12 @@ pub fn run(args: &LoadArgs) -> Result<LoadResult> {
                 while (!i.is_multiple_of(64) || Instant::now() < deadline)
                     && made.fetch_add(1, Ordering::Relaxed) < budget
                 {
+                    if let Some(rate) = per_thread
+                        && i.is_multiple_of(64)
+                    {
+                        let due = started + Duration::from_secs_f64(i as f64 / rate);
+                        thread::sleep(due.saturating_duration_since(Instant::now()));
+                    }
                     let addr = addrs[(i as usize + t) % addrs.len()];
                     if connect_once(addr, server_first, mode == Mode::CloseWait).is_err() {
                         made.fetch_sub(1, Ordering::Relaxed);

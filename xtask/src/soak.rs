@@ -2,7 +2,8 @@
 //! time (10 minutes by default; too long for CI's default path) while the
 //! tracer drains a real load. `tcptrace stats --metrics` runs against a
 //! bounded loopback load in a network namespace of its own; client threads
-//! keep sending well-formed scrapes (which must all succeed) mixed with
+//! keep sending well-formed scrapes from 127.0.0.2 (which must all succeed)
+//! mixed with, from 127.0.0.1,
 //! malformed and abusive requests (from the start; memory is measured from
 //! the end of a 75 s warm-up): random bytes, lying `Content-Length`,
 //! oversized and endless headers, wrong methods, half-sent requests, idle
@@ -44,9 +45,31 @@ pub struct SoakArgs {
     /// Growth of the tracer's resident memory allowed after warm-up, MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub memory_ceiling: u64,
+    /// Connections per second of the load the tracer drains meanwhile.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 5000.0)]
+    pub load_rate: f64,
     /// Seed of the clients' random choices (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+/// What the soak started: the tracer and the load's namespace, stopped and
+/// deleted on every way out (an early error included).
+struct Started {
+    tracer: std::process::Child,
+    ns: Option<String>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Ok(None) = self.tracer.try_wait() {
+            let _ = self.tracer.kill();
+            let _ = self.tracer.wait();
+        }
+        if let Some(ns) = &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
 }
 
 /// Time before the memory baseline is taken (see its use).
@@ -76,7 +99,7 @@ struct Tally {
     abuse: [AtomicU64; ABUSE.len()],
 }
 
-const ABUSE: [&str; 9] = [
+const ABUSE: [&str; 10] = [
     "random bytes",
     "huge Content-Length",
     "oversized header",
@@ -86,7 +109,29 @@ const ABUSE: [&str; 9] = [
     "idle connection",
     "pipeline never read",
     "slowloris",
+    "flood of 100 connections",
 ];
+
+/// Where the well-formed scrapes come from: another address than the
+/// abusers' 127.0.0.1 (the server bounds what one address can hold).
+const GOOD_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+/// A well-formed `GET /metrics` from [`GOOD_CLIENT`]: the body, if answered 200.
+fn good_scrape(port: u16) -> Option<String> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    s.bind(&std::net::SocketAddr::from((GOOD_CLIENT, 0)).into())
+        .ok()?;
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .ok()?;
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
 
 fn connect(port: u16) -> Option<TcpStream> {
     let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -163,6 +208,11 @@ fn abuse(port: u16, kind: usize, rng: &mut Rng, stop: &AtomicBool) {
                 hold(s, rng.below(20) + 1);
             }
         }
+        9 => {
+            let flood: Vec<TcpStream> = (0..100).filter_map(|_| connect(port)).collect();
+            thread::sleep(Duration::from_millis(rng.below(3000)));
+            drop(flood);
+        }
         _ => {
             if let Some(mut s) = connect(port) {
                 for b in b"GET /metrics HTTP/1.1\r\nHost: x\r\n".iter() {
@@ -193,7 +243,7 @@ fn usage(pid: u32) -> Option<(u64, usize)> {
 
 /// Runs the load generator in namespace `ns` until `stop`, a minute at a
 /// time; returns the connections made.
-fn load_until(ns: &str, stop: &AtomicBool) -> Result<u64> {
+fn load_until(ns: &str, rate: f64, stop: &AtomicBool) -> Result<u64> {
     let exe = std::env::current_exe()?;
     let mut made = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -202,7 +252,7 @@ fn load_until(ns: &str, stop: &AtomicBool) -> Result<u64> {
                 .args(["netns", "exec", ns])
                 .arg(&exe)
                 .args(["loadgen", "--json", "--threads", "1", "--mode", "mixed"])
-                .args(["--duration", "30"]),
+                .args(["--rate", &rate.to_string(), "--duration", "30"]),
         )?;
         made += crate::loadgen::LoadResult::from_json(&out)?.connections;
     }
@@ -227,29 +277,30 @@ pub fn main(args: &SoakArgs) -> Result<()> {
     ));
     let port = free_port()?;
     let metrics = format!("127.0.0.1:{port}");
-    let mut tracer = Command::new(&bin)
+    let tracer = Command::new(&bin)
         .args(["stats", "--interval", "3600", "--metrics", &metrics])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("start {}", bin.display()))?;
-    let pid = tracer.id();
+    let mut started = Started { tracer, ns: None };
+    let pid = started.tracer.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     while scrape(port).is_none() {
         if Instant::now() > deadline {
-            let _ = tracer.kill();
             bail!("tcptrace stats did not answer within 30 s");
         }
         thread::sleep(Duration::from_millis(100));
     }
     let ns = format!("tcptrace-soak-{}", std::process::id());
     util::run(Command::new("ip").args(["netns", "add", &ns]))?;
+    started.ns = Some(ns.clone());
     util::run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let load = {
-        let (ns, stop) = (ns.clone(), stop.clone());
-        thread::spawn(move || load_until(&ns, &stop))
+        let (ns, stop, rate) = (ns.clone(), stop.clone(), args.load_rate);
+        thread::spawn(move || load_until(&ns, rate, &stop))
     };
     let clients: Vec<_> = (0..args.clients.clamp(1, 64))
         .map(|i| {
@@ -259,7 +310,8 @@ pub fn main(args: &SoakArgs) -> Result<()> {
                 while !stop.load(Ordering::Relaxed) {
                     // Half well-formed scrapes, half abuse.
                     if rng.below(2) == 0 {
-                        let ok = scrape(port).is_some_and(|b| b.contains("tcptrace_events_total"));
+                        let ok =
+                            good_scrape(port).is_some_and(|b| b.contains("tcptrace_events_total"));
                         let counter = if ok {
                             &tally.scrapes_ok
                         } else {
@@ -285,7 +337,7 @@ pub fn main(args: &SoakArgs) -> Result<()> {
     let mut died = None;
     while Instant::now() < end {
         thread::sleep(Duration::from_secs(5));
-        if let Some(status) = tracer.try_wait()? {
+        if let Some(status) = started.tracer.try_wait()? {
             died = Some(status);
             break;
         }
@@ -301,18 +353,23 @@ pub fn main(args: &SoakArgs) -> Result<()> {
     let connections = load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
     let body = scrape(port).unwrap_or_default();
     let lost = metric_sum(&body, "tcptrace_lost_events_total");
+    let lost_by_source: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("tcptrace_lost_events_total{") && !l.ends_with(" 0"))
+        .collect();
     let events = metric_sum(&body, "tcptrace_events_total");
     // The child we started, by pid.
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    let exit = tracer.wait()?;
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let exit = started.tracer.wait()?;
+    drop(started);
 
     let ok = tally.scrapes_ok.load(Ordering::Relaxed);
     let failed = tally.scrapes_failed.load(Ordering::Relaxed);
     say(format!(
-        "load: {connections} connections; tracer: {events} events, {lost} lost"
+        "load: {connections} connections ({} per second asked); tracer: {events} events, {lost} lost {lost_by_source:?}",
+        args.load_rate
     ));
     say(format!("scrapes: {ok} answered, {failed} failed"));
     for (name, n) in ABUSE.iter().zip(&tally.abuse) {

@@ -51,9 +51,16 @@ pub fn escape(s: &str) -> Cow<'_, str> {
 /// Writes `tcptrace: MESSAGE` on stderr as one line, escaped ([`crate::say!`]).
 pub fn eprint_line(message: std::fmt::Arguments<'_>) {
     let text = message.to_string();
-    let line = format!("tcptrace: {}\n", escape(&text));
-    // Nothing sensible is left to do if stderr itself fails.
-    let _ = io::Write::write_all(&mut io::stderr().lock(), line.as_bytes());
+    write_stderr(&format!("tcptrace: {}\n", escape(&text)));
+}
+
+/// Writes text tcptrace composed itself (its own control sequences, such as
+/// a status line's `\r`, included; outside values in it already escaped) on
+/// stderr. Never panics: after a hang-up stderr fails with EIO, and a
+/// reader that went away gives EPIPE; a stopping tracer must still close
+/// its recording.
+pub fn write_stderr(text: &str) {
+    let _ = io::Write::write_all(&mut io::stderr().lock(), text.as_bytes());
 }
 
 /// `eprintln!` for messages: `tcptrace: ` prefixed, one line, escaped.

@@ -130,8 +130,12 @@ impl Skipped {
 
 /// Bytes of candidate blocks a reader examines while looking for the next
 /// intact block after a damaged one; past it the file is treated as cut
-/// there (a crafted file full of fake block heads cannot make it spin).
+/// there. Each byte is examined at most once per candidate and no candidate
+/// copies the pending bytes, so a crafted file full of fake block heads
+/// costs at most this much checksumming, not a quadratic scan.
 const RESYNC_BUDGET: usize = 256 << 20;
+/// Damaged stretches named one by one in warnings; the rest are counted.
+pub const MAX_WARNINGS: usize = 10;
 /// What a resynchronising reader reads at a time.
 const RESYNC_CHUNK: usize = 64 << 10;
 /// The first bytes of a zstd frame: every block payload starts with them.
@@ -156,9 +160,11 @@ pub struct Reader<R: Read> {
     raw: Vec<u8>,
     zstd: zstd::bulk::Decompressor<'static>,
     /// Bytes read from `r` but not consumed yet (from `pending_pos`): only
-    /// while resynchronising after a damaged block.
+    /// while resynchronising after a damaged block. Those from `mark` on
+    /// are kept, so a failed attempt at a block rewinds instead of copying.
     pending: Vec<u8>,
     pending_pos: usize,
+    mark: usize,
     pub cut: Option<Cut>,
     pub skipped: Vec<Skipped>,
     done: bool,
@@ -241,19 +247,33 @@ impl<R: Read> Reader<R> {
                 .map_err(|e| FormatError::Header(format!("zstd: {e}")))?,
             pending: Vec::new(),
             pending_pos: 0,
+            mark: 0,
             cut: None,
             skipped: Vec::new(),
             done: false,
         })
     }
 
-    /// One warning line per damaged stretch skipped and for a cut end.
+    /// One warning line per damaged stretch skipped (the first
+    /// [`MAX_WARNINGS`], then how many more) and for a cut end.
     pub fn warnings(&self, path: &Path) -> Vec<String> {
-        self.skipped
+        let mut out: Vec<String> = self
+            .skipped
             .iter()
+            .take(MAX_WARNINGS)
             .map(|s| s.warning(path))
-            .chain(self.cut.iter().map(|c| c.warning(path)))
-            .collect()
+            .collect();
+        if self.skipped.len() > MAX_WARNINGS {
+            let rest = &self.skipped[MAX_WARNINGS..];
+            out.push(format!(
+                "{}: {} more damaged stretches skipped ({} bytes)",
+                path.display(),
+                rest.len(),
+                rest.iter().map(|s| s.bytes).fold(0u64, u64::saturating_add)
+            ));
+        }
+        out.extend(self.cut.iter().map(|c| c.warning(path)));
+        out
     }
 
     /// The next block's records, all at once (those not yet taken by the
@@ -281,30 +301,25 @@ impl<R: Read> Reader<R> {
         Some(out)
     }
 
-    /// Fills `buf` from the pending bytes, then the stream; returns how many
-    /// bytes it got (fewer only at the end; a read error counts as the end).
+    /// Fills `buf`; returns how many bytes it got (fewer only at the end; a
+    /// read error counts as the end). While bytes are pending, they serve,
+    /// extended from the stream as needed (so a failed attempt can rewind);
+    /// otherwise the stream fills `buf` directly.
     fn fill(&mut self, buf: &mut [u8]) -> usize {
-        let queued = &self.pending[self.pending_pos..];
-        let from_pending = queued.len().min(buf.len());
-        buf[..from_pending].copy_from_slice(&queued[..from_pending]);
-        self.pending_pos += from_pending;
-        if self.pending_pos == self.pending.len() {
+        let n = if self.pending_pos < self.pending.len() {
+            while self.pending.len() - self.pending_pos < buf.len() && self.read_more() {}
+            let queued = &self.pending[self.pending_pos..];
+            let n = queued.len().min(buf.len());
+            buf[..n].copy_from_slice(&queued[..n]);
+            self.pending_pos += n;
+            n
+        } else {
             self.pending.clear();
-            self.pending_pos = 0;
-        }
-        let n = from_pending + read_full(&mut self.r, &mut buf[from_pending..]).unwrap_or(0);
+            (self.pending_pos, self.mark) = (0, 0);
+            read_full(&mut self.r, buf).unwrap_or(0)
+        };
         self.offset += n as u64;
         n
-    }
-
-    /// Puts `bytes` (just read) back in front of the pending bytes.
-    fn unread(&mut self, bytes: &[u8]) {
-        let mut pending = Vec::with_capacity(bytes.len() + self.pending.len() - self.pending_pos);
-        pending.extend_from_slice(bytes);
-        pending.extend_from_slice(&self.pending[self.pending_pos..]);
-        self.pending = pending;
-        self.pending_pos = 0;
-        self.offset -= bytes.len() as u64;
     }
 
     /// Drops `n` pending bytes.
@@ -315,11 +330,12 @@ impl<R: Read> Reader<R> {
     }
 
     /// Appends up to [`RESYNC_CHUNK`] bytes of the stream to the pending
-    /// ones; false at the end.
+    /// ones (dropping those before `mark`); false at the end.
     fn read_more(&mut self) -> bool {
-        if self.pending_pos > 0 {
-            self.pending.drain(..self.pending_pos);
-            self.pending_pos = 0;
+        if self.mark > 0 {
+            self.pending.drain(..self.mark);
+            self.pending_pos -= self.mark;
+            self.mark = 0;
         }
         let at = self.pending.len();
         self.pending.resize(at + RESYNC_CHUNK, 0);
@@ -333,6 +349,7 @@ impl<R: Read> Reader<R> {
     fn seek_candidate(&mut self) -> bool {
         const LOOK: usize = BLOCK_FIXED + ZSTD_MAGIC.len();
         loop {
+            self.mark = self.pending_pos;
             let queued = &self.pending[self.pending_pos..];
             let found = queued
                 .windows(4)
@@ -404,44 +421,65 @@ impl<R: Read> Reader<R> {
     }
 
     /// One block at the current offset: `Ok(true)` read, `Ok(false)` at
-    /// the end of the file, `Err` damaged (what was read of it is put back,
-    /// with how many bytes that was).
+    /// the end of the file, `Err` damaged, with what it cost (the bytes read,
+    /// or the length its head claimed if larger: the buffer is sized to it),
+    /// every byte read left pending from the block's first byte.
     fn try_block(&mut self) -> Result<bool, (FormatError, usize)> {
+        let from_pending = self.pending_pos < self.pending.len();
+        self.mark = self.pending_pos;
+        let start = self.offset;
         let mut head = [0u8; BLOCK_FIXED];
         let n = self.fill(&mut head);
         if n == 0 {
             return Ok(false);
         }
-        if n < BLOCK_FIXED {
-            self.unread(&head[..n]);
-            return Err((FormatError::Truncated, n));
-        }
-        let (kind, len, raw_len, crc) = match format::decode_block_head(&head) {
-            Ok(v) => v,
-            Err(e) => {
-                self.unread(&head);
-                return Err((e, n));
+        let mut payload = std::mem::take(&mut self.payload);
+        let mut claimed = 0;
+        let checked = if n < BLOCK_FIXED {
+            payload.clear();
+            Err(FormatError::Truncated)
+        } else {
+            match format::decode_block_head(&head) {
+                Err(e) => {
+                    payload.clear();
+                    Err(e)
+                }
+                Ok((kind, len, raw_len, crc)) => {
+                    claimed = len as usize;
+                    payload.resize(len as usize, 0);
+                    let got = self.fill(&mut payload);
+                    payload.truncate(got);
+                    if got < len as usize {
+                        Err(FormatError::Truncated)
+                    } else if crc32fast::hash(&payload) != crc {
+                        Err(FormatError::Corrupt("checksum mismatch"))
+                    } else {
+                        self.decode(kind, &payload, raw_len)
+                    }
+                }
             }
         };
-        let mut payload = std::mem::take(&mut self.payload);
-        payload.resize(len as usize, 0);
-        let got = self.fill(&mut payload);
-        let checked = if got < payload.len() {
-            Err(FormatError::Truncated)
-        } else if crc32fast::hash(&payload) != crc {
-            Err(FormatError::Corrupt("checksum mismatch"))
-        } else {
-            self.decode(kind, &payload, raw_len)
+        let result = match checked {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let read = (self.offset - start) as usize;
+                if from_pending {
+                    // Everything since the mark is still pending: rewind.
+                    self.pending_pos = self.mark;
+                } else {
+                    // Read straight from the stream: keep it (once).
+                    let mut back = Vec::with_capacity(read);
+                    back.extend_from_slice(&head[..n]);
+                    back.extend_from_slice(&payload);
+                    self.pending = back;
+                    (self.pending_pos, self.mark) = (0, 0);
+                }
+                self.offset = start;
+                Err((e, read.max(claimed)))
+            }
         };
-        if let Err(e) = checked {
-            let mut back = head.to_vec();
-            back.extend_from_slice(&payload[..got]);
-            self.unread(&back);
-            self.payload = payload;
-            return Err((e, back.len()));
-        }
         self.payload = payload;
-        Ok(true)
+        result
     }
 
     /// Decompresses and decodes one block's payload into `block`; nothing of

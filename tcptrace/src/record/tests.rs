@@ -356,6 +356,45 @@ fn a_corrupt_block_is_skipped_and_reading_goes_on_at_the_next_intact_one() {
 }
 
 #[test]
+fn fake_block_heads_after_damage_cost_a_bounded_effort() {
+    let (bytes, starts) = file_of_blocks(3);
+    // Block 1 damaged, then 2 MiB of fake heads (each with the zstd magic
+    // and a large claimed length), then the intact last block.
+    let mut crafted = bytes[..starts[1]].to_vec();
+    let mut damaged = bytes[starts[1]..starts[2]].to_vec();
+    damaged[BLOCK_FIXED + 3] ^= 0xff;
+    crafted.extend_from_slice(&damaged);
+    let mut fake = Vec::new();
+    fake.extend_from_slice(b"BLKE");
+    fake.extend_from_slice(&(8u32 << 20).to_le_bytes());
+    fake.extend_from_slice(&(8u32 << 20).to_le_bytes());
+    fake.extend_from_slice(&0u32.to_le_bytes());
+    fake.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+    while crafted.len() < starts[1] + (2 << 20) {
+        crafted.extend_from_slice(&fake);
+    }
+    crafted.extend_from_slice(&bytes[starts[2]..]);
+    let mut r = Reader::new(&crafted[..]).unwrap();
+    let got: Vec<Record> = r.by_ref().collect();
+    // The first block reads; the search gives up within its budget and the
+    // file is treated as cut at the damage (it never spins).
+    assert_eq!(got.len(), 1);
+    assert_eq!(r.cut.as_ref().map(|c| c.offset), Some(starts[1] as u64));
+    // A hundred fake heads claiming 64 KiB each are skipped over.
+    let mut small = fake.clone();
+    small[4..8].copy_from_slice(&(64u32 << 10).to_le_bytes());
+    let mut few = bytes[..starts[1]].to_vec();
+    few.extend_from_slice(&damaged);
+    for _ in 0..100 {
+        few.extend_from_slice(&small);
+    }
+    few.extend_from_slice(&bytes[starts[2]..]);
+    let mut r = Reader::new(&few[..]).unwrap();
+    assert_eq!(r.by_ref().count(), 2);
+    assert_eq!(r.skipped.len(), 1);
+}
+
+#[test]
 fn damage_in_the_last_block_is_a_cut_there() {
     let (mut bytes, starts) = file_of_blocks(3);
     bytes[starts[2] + BLOCK_FIXED + 1] ^= 1;

@@ -173,12 +173,7 @@ impl<R: Read> Replay<R> {
     /// The warning when the file was damaged (stretches skipped) or ended
     /// early, once reached.
     pub fn cut_warning(&self) -> Option<String> {
-        let mut warnings: Vec<String> = self
-            .reader
-            .skipped
-            .iter()
-            .map(|s| s.warning(&self.path))
-            .collect();
+        let mut warnings = self.reader.warnings(&self.path);
         warnings.extend(self.cut.as_ref().map(|c| c.warning(&self.path)));
         (!warnings.is_empty()).then(|| warnings.join("; "))
     }

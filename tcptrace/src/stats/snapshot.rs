@@ -15,7 +15,8 @@
 //!   (count / size of `ip_local_port_range`: how close this destination is to
 //!   exhausting ephemeral ports).
 //! - `time_wait_by_local`: `saddr`, `sport`, `count` (a server collecting TIME_WAIT).
-//! - `by_process`, `by_local_port`, `by_remote`: live counts per state.
+//! - `by_process`, `by_local_port`, `by_remote`: live counts per state
+//!   (the JSON printers cap every list: [`super::cap_lists`]).
 //! - `histograms`: name -> `count`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`.
 //! - `histograms_by` (only with `--histograms-by process|peer`): list of
 //!   `pid`+`comm` or `daddr`+`dport` with their own `histograms`.
@@ -470,7 +471,6 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
             .cmp(&a.counts.total)
             .then(a.port.cmp(&b.port))
     });
-    by_local_port.truncate(50);
     let mut by_remote: Vec<ByRemote> = by_remote
         .into_iter()
         .map(|(daddr, counts)| ByRemote {
@@ -484,7 +484,6 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
             .cmp(&a.counts.total)
             .then(a.daddr.cmp(&b.daddr))
     });
-    by_remote.truncate(50);
 
     let histograms = HistKind::ALL
         .iter()

@@ -337,6 +337,31 @@ pub fn pile_time_wait(listener: TcpListener, port: u16, n: usize) {
     server.join().unwrap();
 }
 
+/// A connection to 127.0.0.1:port from the source address `from` (another
+/// loopback address: a client that is not the one misbehaving).
+pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((from, 0)).into())?;
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(s.into())
+}
+
+/// `GET /metrics` on 127.0.0.1:port from source address `from`: the status
+/// line and the body.
+pub fn scrape_from(from: std::net::Ipv4Addr, port: u16) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = connect_from(from, port)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
 /// `GET path` on 127.0.0.1:port: (status line, headers, body).
 pub fn http_get(port: u16, path: &str) -> (String, String, String) {
     use std::io::{Read, Write};
@@ -381,8 +406,13 @@ pub struct Streaming {
 
 impl Streaming {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_program(env!("CARGO_BIN_EXE_tcptrace"), args)
+    }
+
+    /// `program args` (e.g. `prlimit ... tcptrace ...`).
+    pub fn start_program(program: &str, args: &[&str]) -> Self {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        let mut child = Command::new(program)
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
