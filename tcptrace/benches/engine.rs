@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use ratatui::{Terminal, backend::TestBackend};
-use tcptrace::{
+use tcptrace_core::{
     app::{Action, App, Meta, data::Feed},
     engine::Engine,
     model::{Event, TcpState},
@@ -81,11 +81,12 @@ fn main() {
     let mut term = Terminal::new(TestBackend::new(160, 48)).expect("terminal");
     let mut frame_ms: f64 = 0.0;
     for tab in ["1", "2", "3", "4", "5"] {
-        if let Some(a) = app.action_for(tcptrace::app::Key::Char(tab.chars().next().unwrap())) {
+        if let Some(a) = app.action_for(tcptrace_core::app::Key::Char(tab.chars().next().unwrap()))
+        {
             app.update(a);
         }
         let ms = best(&mut || {
-            term.draw(|f| f.render_widget(&app, f.area()))
+            term.draw(|f| f.render_widget(tcptrace::tui::render::Screen(&app), f.area()))
                 .expect("draw");
         });
         frame_ms = frame_ms.max(ms);

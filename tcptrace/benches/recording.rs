@@ -15,10 +15,10 @@ use std::{
     time::Instant,
 };
 
-use tcptrace::{
+use tcptrace::report;
+use tcptrace_core::{
     model::{Comm, Event, EventKind, Family, Owner, TcpState, TwEndReason},
     record::{Header, Reader, Writer},
-    report,
 };
 
 const CONNECTIONS: u64 = 1_000_000;

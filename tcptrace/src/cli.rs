@@ -6,10 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tcptrace_common::{Filter, config::MAX_FILTER_PORTS};
 
-use crate::{
-    ebpf::{HookChoice, LoadOptions, TimewaitChoice},
-    model::{Comm, TcpState},
-};
+use crate::ebpf::{HookChoice, LoadOptions, TimewaitChoice};
+use tcptrace_core::model::{Comm, TcpState};
 
 /// Live TCP state transitions, TIME_WAIT and owners, from eBPF.
 #[derive(Debug, Parser)]
@@ -116,7 +114,7 @@ pub struct WatchArgs {
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
     pub load: LoadOptions,
-    pub user_filter: crate::filter::UserFilter,
+    pub user_filter: tcptrace_core::filter::UserFilter,
     pub json: bool,
     pub interval: Duration,
     pub duration: Option<Duration>,
@@ -129,7 +127,7 @@ pub struct WatchConfig {
     pub config: Option<std::path::PathBuf>,
     /// The flags given, applied over the file's rules (on every reload too).
     pub overrides: RuleOverrides,
-    pub rules: crate::alerts::Rules,
+    pub rules: tcptrace_core::alerts::Rules,
 }
 
 /// Rule flags given on the command line.
@@ -153,9 +151,9 @@ impl RuleOverrides {
         &self,
         file: Option<&std::path::Path>,
         exec: bool,
-    ) -> Result<crate::alerts::Rules, UsageError> {
-        let mut r: crate::alerts::Rules = match file {
-            None => crate::alerts::Rules::default(),
+    ) -> Result<tcptrace_core::alerts::Rules, UsageError> {
+        let mut r: tcptrace_core::alerts::Rules = match file {
+            None => tcptrace_core::alerts::Rules::default(),
             Some(f) => {
                 let text = read_config(f, exec)?;
                 toml::from_str(&text).map_err(|e| {
@@ -267,7 +265,7 @@ pub fn config_writers(path: &std::path::Path) -> std::io::Result<(Option<String>
 /// rules and `--exec` runs commands as root on their alerts; a warning
 /// otherwise.
 fn read_config(path: &std::path::Path, exec: bool) -> Result<String, UsageError> {
-    let shown = crate::output::escape(&path.display().to_string()).into_owned();
+    let shown = tcptrace_core::output::escape(&path.display().to_string()).into_owned();
     let (problem, text) =
         config_writers(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
     match problem {
@@ -301,7 +299,7 @@ impl WatchArgs {
         let rules = overrides.rules(self.config.as_deref(), self.exec.is_some())?;
         Ok(WatchConfig {
             load: self.kernel.to_load_options(filter)?,
-            user_filter: crate::filter::UserFilter(filter),
+            user_filter: tcptrace_core::filter::UserFilter(filter),
             json: self.json,
             interval: interval(self.interval)?,
             duration: duration(self.duration)?,
@@ -381,7 +379,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub reconcile: f64,
     /// Most live sockets tracked in userspace; beyond it, entries are evicted (counted).
-    #[arg(long, value_name = "N", default_value_t = crate::conn::DEFAULT_CAP)]
+    #[arg(long, value_name = "N", default_value_t = tcptrace_core::conn::DEFAULT_CAP)]
     pub max_conns: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
@@ -464,7 +462,7 @@ pub struct ReplayOptions {
 #[derive(Clone, Debug)]
 pub struct TopConfig {
     pub load: LoadOptions,
-    pub user_filter: crate::filter::UserFilter,
+    pub user_filter: tcptrace_core::filter::UserFilter,
     pub interval: Duration,
     pub seed: bool,
     pub reconcile: Option<Duration>,
@@ -495,7 +493,7 @@ impl TopArgs {
         };
         Ok(TopConfig {
             load: self.kernel.to_load_options(filter)?,
-            user_filter: crate::filter::UserFilter(filter),
+            user_filter: tcptrace_core::filter::UserFilter(filter),
             interval: interval(self.interval)?,
             seed: engine.seed,
             // A recording reconciles at its own snapshots.
@@ -635,7 +633,7 @@ pub struct RecordArgs {
 #[derive(Clone, Debug)]
 pub struct RecordConfig {
     pub load: LoadOptions,
-    pub user_filter: crate::filter::UserFilter,
+    pub user_filter: tcptrace_core::filter::UserFilter,
     /// The filter flags as given, stored in the file's header.
     pub filter_args: Vec<String>,
     pub output: std::path::PathBuf,
@@ -655,7 +653,7 @@ pub struct RecordConfig {
 /// character device such as `/dev/null`; never a FIFO, which would block),
 /// and its directory must exist.
 fn check_output(path: &std::path::Path, force: bool) -> Result<(), UsageError> {
-    let shown = crate::output::escape(&path.display().to_string()).into_owned();
+    let shown = tcptrace_core::output::escape(&path.display().to_string()).into_owned();
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(usage(format!(
             "-o {shown} is a symbolic link: refusing to follow it; give the real path"
@@ -684,7 +682,7 @@ fn check_output(path: &std::path::Path, force: bool) -> Result<(), UsageError> {
             } else {
                 Err(usage(format!(
                     "-o {shown}: directory {} does not exist",
-                    crate::output::escape(&dir.display().to_string())
+                    tcptrace_core::output::escape(&dir.display().to_string())
                 )))
             }
         }
@@ -765,7 +763,7 @@ impl RecordArgs {
         Ok(RecordConfig {
             force: self.force,
             load: self.kernel.to_load_options(filter)?,
-            user_filter: crate::filter::UserFilter(filter),
+            user_filter: tcptrace_core::filter::UserFilter(filter),
             filter_args: self.filter.as_args(),
             output: self.output.clone(),
             duration: duration(self.duration)?,
@@ -820,7 +818,7 @@ pub enum HistogramsByArg {
     Peer,
 }
 
-impl From<HistogramsByArg> for crate::stats::HistogramsBy {
+impl From<HistogramsByArg> for tcptrace_core::stats::HistogramsBy {
     fn from(a: HistogramsByArg) -> Self {
         match a {
             HistogramsByArg::None => Self::None,
@@ -833,7 +831,7 @@ impl From<HistogramsByArg> for crate::stats::HistogramsBy {
 #[derive(Clone, Debug)]
 pub struct StatsConfig {
     pub load: LoadOptions,
-    pub user_filter: crate::filter::UserFilter,
+    pub user_filter: tcptrace_core::filter::UserFilter,
     pub json: bool,
     pub interval: Duration,
     pub duration: Option<Duration>,
@@ -841,7 +839,7 @@ pub struct StatsConfig {
     pub reconcile: Option<Duration>,
     pub max_conns: usize,
     pub metrics: Option<crate::http::ServerOptions>,
-    pub histograms_by: crate::stats::HistogramsBy,
+    pub histograms_by: tcptrace_core::stats::HistogramsBy,
 }
 
 impl StatsArgs {
@@ -850,7 +848,7 @@ impl StatsArgs {
         let engine = self.engine.validate()?;
         Ok(StatsConfig {
             load: self.kernel.to_load_options(filter)?,
-            user_filter: crate::filter::UserFilter(filter),
+            user_filter: tcptrace_core::filter::UserFilter(filter),
             json: self.json,
             interval: interval(self.interval)?,
             duration: duration(self.duration)?,

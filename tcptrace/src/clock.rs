@@ -1,29 +1,18 @@
-//! Converting kernel timestamps (CLOCK_MONOTONIC, `bpf_ktime_get_ns`) to wall
-//! clock. The offset is measured once; the clock itself stays at the edge.
+//! Reading the clocks (an edge): CLOCK_MONOTONIC, the base of the kernel's
+//! `bpf_ktime_get_ns`, and the offset to wall-clock time, measured once.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// `wall_ns = mono_ns + offset_ns`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WallClock {
-    pub offset_ns: i128,
-}
+pub use tcptrace_core::clock::*;
 
-impl WallClock {
-    /// Measures the offset between CLOCK_REALTIME and CLOCK_MONOTONIC now.
-    pub fn measure() -> Self {
-        let mono = monotonic_ns() as i128;
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        Self {
-            offset_ns: wall - mono,
-        }
-    }
-
-    /// Unix-epoch nanoseconds for a monotonic timestamp.
-    pub fn wall_ns(&self, mono_ns: u64) -> u64 {
-        (mono_ns as i128 + self.offset_ns).max(0) as u64
+/// Measures the offset between CLOCK_REALTIME and CLOCK_MONOTONIC now.
+pub fn measure_wall_clock() -> WallClock {
+    let mono = monotonic_ns() as i128;
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    WallClock {
+        offset_ns: wall - mono,
     }
 }
 
@@ -36,68 +25,4 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// "HH:MM:SS.mmm" (UTC) for a Unix-epoch nanosecond time.
-pub fn hms_millis(wall_ns: u64) -> String {
-    let secs = wall_ns / 1_000_000_000;
-    let ms = (wall_ns / 1_000_000) % 1000;
-    let day = secs % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        day / 3600,
-        (day / 60) % 60,
-        day % 60,
-        ms
-    )
-}
-
-/// A duration for people: 0.42ms, 12.3ms, 4.1s, 5m03s, 2h05m, 3d04h.
-pub fn fmt_ms(ms: f64) -> String {
-    if !ms.is_finite() || ms < 0.0 {
-        return "-".into();
-    }
-    if ms < 1.0 {
-        return format!("{ms:.2}ms");
-    }
-    if ms < 1000.0 {
-        return format!("{ms:.1}ms");
-    }
-    let s = ms / 1000.0;
-    if s < 60.0 {
-        return format!("{s:.1}s");
-    }
-    let s = s as u64;
-    if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else if s < 86400 {
-        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
-    } else {
-        format!("{}d{:02}h", s / 86400, (s / 3600) % 24)
-    }
-}
-
-/// An age, marked `>=` when it is a lower bound (the socket predates the trace).
-pub fn fmt_age(ms: u64, lower_bound: bool) -> String {
-    let t = fmt_ms(ms as f64);
-    if lower_bound { format!(">={t}") } else { t }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_time_of_day() {
-        let ns = (3 * 3600 + 4 * 60 + 5) * 1_000_000_000 + 678_000_000;
-        assert_eq!(hms_millis(ns), "03:04:05.678");
-    }
-
-    #[test]
-    fn wall_clock_is_offset() {
-        let c = WallClock { offset_ns: 1_000 };
-        assert_eq!(c.wall_ns(5), 1_005);
-        let neg = WallClock { offset_ns: -10 };
-        assert_eq!(neg.wall_ns(5), 0);
-    }
 }

@@ -1,6 +1,6 @@
 //! `tcptrace doctor`: observe the host for a short window with the live
 //! engine, read the TCP sysctls (per network namespace where it matters),
-//! and print what [`crate::doctor`] makes of it. Never writes a sysctl.
+//! and print what [`tcptrace_core::doctor`] makes of it. Never writes a sysctl.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,24 +14,26 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::{
     cli::DoctorConfig,
-    doctor::{self, FailedConnects, Finding, Observation, Sysctls, Thresholds},
     ebpf::Tracer,
-    engine::Engine,
-    filter::UserFilter,
     seed,
     source::Source,
     trace::{POLL_INTERVAL, StopSignals, ticker},
+};
+use tcptrace_core::{
+    doctor::{self, FailedConnects, Finding, Observation, Sysctls, Thresholds},
+    engine::Engine,
+    filter::UserFilter,
 };
 
 pub async fn run(cfg: DoctorConfig) -> Result<ExitCode> {
     let mut signals = StopSignals::install()?;
     let mut source = Source::live(Tracer::load(&cfg.load)?, UserFilter::default());
-    let mut engine = Engine::new(crate::conn::DEFAULT_CAP);
+    let mut engine = Engine::new(tcptrace_core::conn::DEFAULT_CAP);
     source.seed(&mut engine)?;
     source.restart_loss_count();
     crate::sched::drain_priority(cfg.load.realtime_drain);
     let overflow_before = seed::host::tw_overflow().unwrap_or(0);
-    crate::output::escape::write_stderr(&format!(
+    crate::say::write_stderr(&format!(
         "tcptrace doctor: observing TCP for {:.0} s (Ctrl-C to stop early)...\n",
         cfg.duration.as_secs_f64()
     ));
@@ -109,7 +111,10 @@ pub async fn run(cfg: DoctorConfig) -> Result<ExitCode> {
             .map_err(io::Error::from)
             .and_then(|()| out.write_all(b"\n"))
     } else {
-        write_text(&mut crate::output::EscapeWriter::new(&mut out), &findings)
+        write_text(
+            &mut tcptrace_core::output::EscapeWriter::new(&mut out),
+            &findings,
+        )
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) => {}
@@ -127,7 +132,7 @@ pub fn write_text(w: &mut impl Write, findings: &[Finding]) -> io::Result<()> {
             writeln!(w)?;
         }
         // Findings quote process names: escaped, one line each.
-        let esc = crate::output::escape;
+        let esc = tcptrace_core::output::escape;
         writeln!(w, "{} {}  ({})", f.severity.marker(), esc(&f.title), f.id)?;
         for e in &f.evidence {
             writeln!(w, "    - {}", esc(e))?;

@@ -53,7 +53,8 @@ use ipnet::IpNet;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_io_timeout::TimeoutStream;
 
-use crate::{engine::Engine, metrics, preflight::EnvError, source::Source};
+use crate::{preflight::EnvError, source::Source};
+use tcptrace_core::{engine::Engine, metrics};
 
 /// How long a scrape waits for the command's loop before answering 503.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -7,31 +7,20 @@
 //! number bounded), `http` (the hardened metrics server), `trace` (the
 //! `trace` command loop).
 
-pub mod alerts;
-pub mod app;
 pub mod cli;
 pub mod clock;
-pub mod conn;
-pub mod decode;
-pub mod doctor;
 pub mod doctor_cmd;
 pub mod ebpf;
-pub mod engine;
-pub mod filter;
 pub mod generate;
 pub mod http;
-pub mod metrics;
-pub mod model;
-pub mod output;
 pub mod preflight;
-pub mod record;
 pub mod record_cmd;
 pub mod replay;
 pub mod report;
+pub mod say;
 pub mod sched;
 pub mod seed;
 pub mod source;
-pub mod stats;
 pub mod stats_cmd;
 pub mod top;
 pub mod trace;

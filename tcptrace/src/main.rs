@@ -27,7 +27,7 @@ fn main() -> ExitCode {
                 "[{} {}] {}",
                 record.level(),
                 record.target(),
-                tcptrace::output::escape(&text)
+                tcptrace_core::output::escape(&text)
             )
         })
         .init();
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             tcptrace::say!("{err:#}");
             if err.is::<UsageError>()
                 || err.is::<EnvError>()
-                || err.is::<tcptrace::record::BadRecording>()
+                || err.is::<tcptrace_core::record::BadRecording>()
             {
                 ExitCode::from(2)
             } else {

@@ -19,14 +19,16 @@ use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use crate::{
     cli::RecordConfig,
     clock::{WallClock, monotonic_ns},
-    decode,
     ebpf::Tracer,
-    model::Lost,
-    output::escape::write_stderr,
-    record::{Header, Writer},
+    say::write_stderr,
     seed,
     source::take_snapshot,
     trace::{POLL_INTERVAL, StopSignals},
+};
+use tcptrace_core::{
+    decode,
+    model::Lost,
+    record::{Header, Writer},
 };
 
 /// `FILE.n`.
@@ -161,7 +163,7 @@ fn open_file(cfg: &RecordConfig, header: &Header, replace: bool) -> Result<Recor
     let f = create_recording_file(&cfg.output, replace).with_context(|| {
         format!(
             "cannot create {}",
-            crate::output::escape(&cfg.output.display().to_string())
+            tcptrace_core::output::escape(&cfg.output.display().to_string())
         )
     })?;
     let mut writer = Writer::new(BufWriter::with_capacity(1 << 20, f), header)
@@ -187,7 +189,7 @@ fn status_line(cfg: &RecordConfig, rec: &Recording, total_events: u64, lost: u64
     };
     format!(
         "tcptrace: recording to {}: {total_events} events, {} bytes{per}, lost {lost}",
-        crate::output::escape(&cfg.output.display().to_string()),
+        tcptrace_core::output::escape(&cfg.output.display().to_string()),
         rec.writer.bytes
     )
 }
@@ -195,7 +197,7 @@ fn status_line(cfg: &RecordConfig, rec: &Recording, total_events: u64, lost: u64
 pub async fn run(cfg: RecordConfig) -> Result<ExitCode> {
     let mut signals = StopSignals::install()?;
     let mut tracer = Tracer::load(&cfg.load)?;
-    let clock = WallClock::measure();
+    let clock = crate::clock::measure_wall_clock();
     let start_mono = monotonic_ns();
     let header = Header {
         tcptrace_version: env!("CARGO_PKG_VERSION").into(),

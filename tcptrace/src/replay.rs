@@ -9,12 +9,10 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{
-    cli::ReplayArgs,
-    clock::WallClock,
+use crate::{cli::ReplayArgs, clock::WallClock, trace::Printer};
+use tcptrace_core::{
     model::EventKind,
     record::{Reader, Record},
-    trace::Printer,
 };
 
 pub fn run(args: &ReplayArgs) -> Result<ExitCode> {

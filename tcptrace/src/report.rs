@@ -15,14 +15,15 @@ use serde::Serialize;
 use crate::{
     cli::ReportArgs,
     clock::{WallClock, hms_millis},
+    stats_cmd,
+};
+use tcptrace_core::{
     conn::DEFAULT_CAP,
     engine::Engine,
     model::Lost,
     output::escape,
     record::{Reader, Record},
-    source::replay::RecordApplier,
     stats::{HistKind, HostFacts, Snapshot},
-    stats_cmd,
 };
 
 /// Blocks decoded ahead of the engine.
@@ -93,7 +94,7 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
         lost,
         decode_errors: 0,
     };
-    let mut applier = RecordApplier::default();
+    let mut applier = tcptrace_core::record::RecordApplier::default();
     let mut gaps = Vec::new();
     let mut timeline = Vec::new();
     let (mut first, mut last) = (None::<u64>, header.start_mono_ns);
@@ -168,7 +169,7 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
                 let mut v: Vec<String> = reader
                     .skipped
                     .iter()
-                    .take(crate::stats::JSON_ROWS)
+                    .take(tcptrace_core::stats::JSON_ROWS)
                     .map(|s| {
                         format!(
                             "{} at byte {}: {} bytes skipped",
@@ -176,10 +177,10 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
                         )
                     })
                     .collect();
-                if reader.skipped.len() > crate::stats::JSON_ROWS {
+                if reader.skipped.len() > tcptrace_core::stats::JSON_ROWS {
                     v.push(format!(
                         "{} more damaged stretches",
-                        reader.skipped.len() - crate::stats::JSON_ROWS
+                        reader.skipped.len() - tcptrace_core::stats::JSON_ROWS
                     ));
                 }
                 v
@@ -216,16 +217,22 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode> {
     let written = if args.json {
         serde_json::to_value(&report)
             .map(|mut v| {
-                crate::stats::cap_lists(&mut v);
+                tcptrace_core::stats::cap_lists(&mut v);
                 v
             })
             .and_then(|v| serde_json::to_writer(&mut out, &v))
             .map_err(io::Error::other)
             .and_then(|()| out.write_all(b"\n"))
     } else if args.csv {
-        write_csv(&mut crate::output::EscapeWriter::new(&mut out), &report)
+        write_csv(
+            &mut tcptrace_core::output::EscapeWriter::new(&mut out),
+            &report,
+        )
     } else {
-        write_text(&mut crate::output::EscapeWriter::new(&mut out), &report)
+        write_text(
+            &mut tcptrace_core::output::EscapeWriter::new(&mut out),
+            &report,
+        )
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),

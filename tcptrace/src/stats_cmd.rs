@@ -13,12 +13,14 @@ use crate::{
     cli::StatsConfig,
     clock::{fmt_age, hms_millis},
     ebpf::Tracer,
-    engine::Engine,
     http,
-    output::escape,
     source::Source,
-    stats::{HistKind, Snapshot},
     trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
+};
+use tcptrace_core::{
+    engine::Engine,
+    output::escape,
+    stats::{HistKind, Snapshot},
 };
 
 pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
@@ -56,7 +58,7 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
                 let host = source.host_facts();
                 let (now, wall) = source.now();
                 let snap = engine.snapshot(now, wall, host);
-                let written = if cfg.json { write_json(&mut out, &snap) } else { write_text(&mut crate::output::EscapeWriter::new(&mut out), &snap) };
+                let written = if cfg.json { write_json(&mut out, &snap) } else { write_text(&mut tcptrace_core::output::EscapeWriter::new(&mut out), &snap) };
                 match written.and_then(|()| out.flush()) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
@@ -70,7 +72,7 @@ pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
 
 pub fn write_json(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     let mut v = serde_json::to_value(snap)?;
-    crate::stats::cap_lists(&mut v);
+    tcptrace_core::stats::cap_lists(&mut v);
     serde_json::to_writer(&mut *w, &v)?;
     w.write_all(b"\n")
 }

@@ -29,24 +29,26 @@ use tokio::{
 };
 
 use crate::{
-    app::{
-        Action, App, Meta, PlaybackCommand, PlaybackStatus, ViewRequest,
-        data::{Feed, conn_page},
-    },
     cli::TopConfig,
     ebpf::Tracer,
-    engine::Engine,
     http,
     preflight::EnvError,
     source::{Replay, Source},
     trace::POLL_INTERVAL,
     tui::{keys, render::fmt_ms, terminal},
 };
+use tcptrace_core::{
+    app::{
+        Action, App, Meta, PlaybackCommand, PlaybackStatus, ViewRequest,
+        data::{Feed, conn_page},
+    },
+    engine::Engine,
+};
 
 /// Everything the main loop reacts to.
 #[derive(Debug)]
 pub enum AppEvent {
-    Key(crate::app::Key),
+    Key(tcptrace_core::app::Key),
     Resize(u16, u16),
     Engine(Action),
     /// A stop signal.
@@ -287,7 +289,7 @@ pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
 
     let mut sent_generation = app.request.generation;
     let mut result = Ok(());
-    term.draw(|f| f.render_widget(&app, f.area()))?;
+    term.draw(|f| f.render_widget(crate::tui::render::Screen(&app), f.area()))?;
     while !app.quit {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
@@ -326,7 +328,7 @@ pub async fn run(cfg: TopConfig) -> Result<ExitCode> {
         for cmd in app.playback_out.drain(..) {
             let _ = req_tx.send(EngineRequest::Playback(cmd));
         }
-        if let Err(e) = term.draw(|f| f.render_widget(&app, f.area())) {
+        if let Err(e) = term.draw(|f| f.render_widget(crate::tui::render::Screen(&app), f.area())) {
             result = Err(e.into());
             break;
         }

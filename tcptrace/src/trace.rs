@@ -16,8 +16,10 @@ use tokio::{
 use crate::{
     cli::TraceConfig,
     clock::{WallClock, monotonic_ns},
-    decode,
     ebpf::{KernelCounters, Tracer},
+};
+use tcptrace_core::{
+    decode,
     model::{Event, Lost},
     output::{json, text},
 };
@@ -67,7 +69,7 @@ impl<W: Write> Printer<W> {
         match decode::decode(bytes) {
             // Owner updates feed the lifecycle engine; `trace` streams
             // transitions and TIME_WAIT only.
-            Ok(e) if e.kind == crate::model::EventKind::Accept => Ok(()),
+            Ok(e) if e.kind == tcptrace_core::model::EventKind::Accept => Ok(()),
             Ok(e) => self.event(&e),
             Err(err) => {
                 self.decode_errors += 1;
@@ -192,7 +194,7 @@ pub async fn run(cfg: TraceConfig) -> Result<ExitCode> {
     let mut printer = Printer::new(
         io::BufWriter::with_capacity(64 * 1024, stdout),
         cfg.json,
-        WallClock::measure(),
+        crate::clock::measure_wall_clock(),
     );
     let mut last = start_counters;
     match trace_loop(&cfg, &mut tracer, &mut printer, &mut last, &mut signals).await {

@@ -1,5 +1,5 @@
 //! `tcptrace watch`: the live engine (as `stats`), with the rules of
-//! [`crate::alerts`] evaluated every `--interval`. Alerts go to stderr as
+//! [`tcptrace_core::alerts`] evaluated every `--interval`. Alerts go to stderr as
 //! text lines, or to stdout as JSON Lines with `--json`. SIGHUP reloads
 //! `--config` (the flags still override it); SIGTERM/SIGINT stop cleanly.
 //! `--exec` runs a command per alert on its own thread, bounded in time and
@@ -20,14 +20,16 @@ use tokio::{
 };
 
 use crate::{
-    alerts::{Alert, AlertState, Alerter},
     cli::WatchConfig,
     clock::hms_millis,
     ebpf::Tracer,
-    engine::Engine,
     http,
     source::Source,
     trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
+};
+use tcptrace_core::{
+    alerts::{Alert, AlertState, Alerter},
+    engine::Engine,
 };
 
 /// One alert as a text line (stderr).
@@ -333,7 +335,7 @@ pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::AlertState;
+    use tcptrace_core::alerts::AlertState;
 
     fn alert() -> Alert {
         Alert {

@@ -577,14 +577,14 @@ fn a_hostile_process_name_reaches_no_terminal_raw() {
 
     // A recording whose host field is hostile: report and replay text.
     let file = temp("hostile-host.tcptrace");
-    let header = tcptrace::record::Header {
+    let header = tcptrace_core::record::Header {
         host: format!("db01{HOSTILE_NAME}"),
         kernel: "6.18".into(),
         port_range: (32768, 60999),
         ..Default::default()
     };
     let mut w =
-        tcptrace::record::Writer::new(std::fs::File::create(&file).unwrap(), &header).unwrap();
+        tcptrace_core::record::Writer::new(std::fs::File::create(&file).unwrap(), &header).unwrap();
     w.flush().unwrap();
     drop(w);
     for args in [vec!["report"], vec!["report", "--csv"], vec!["replay"]] {
@@ -1042,7 +1042,7 @@ fn stats_json_lists_are_capped_with_an_other_row_carrying_the_true_totals() {
     );
     let v: Value = serde_json::from_str(&line).unwrap();
     let rows = v["time_wait_by_peer"].as_array().unwrap();
-    assert_eq!(rows.len(), tcptrace::stats::JSON_ROWS + 1);
+    assert_eq!(rows.len(), tcptrace_core::stats::JSON_ROWS + 1);
     let other = rows.last().unwrap();
     assert_eq!(other["other"], true);
     let sum: u64 = rows.iter().map(|r| r["count"].as_u64().unwrap()).sum();
@@ -1065,7 +1065,7 @@ fn stats_json_lists_are_capped_with_an_other_row_carrying_the_true_totals() {
         "{report}"
     );
     let rows = report["time_wait_by_peer"].as_array().unwrap();
-    assert_eq!(rows.len(), tcptrace::stats::JSON_ROWS + 1);
+    assert_eq!(rows.len(), tcptrace_core::stats::JSON_ROWS + 1);
     let sum: u64 = rows.iter().map(|r| r["count"].as_u64().unwrap()).sum();
     assert_eq!(sum, report["states"]["TIME_WAIT"].as_u64().unwrap());
     let _ = std::fs::remove_file(&file);
@@ -1074,7 +1074,7 @@ fn stats_json_lists_are_capped_with_an_other_row_carrying_the_true_totals() {
 
 /// Where each block of a recording starts.
 fn block_starts(bytes: &[u8]) -> Vec<usize> {
-    use tcptrace::record::format::{BLOCK_FIXED, HEADER_FIXED, decode_block_head};
+    use tcptrace_core::record::format::{BLOCK_FIXED, HEADER_FIXED, decode_block_head};
     let json_len = u32::from_le_bytes(bytes[10..14].try_into().unwrap()) as usize;
     let mut at = HEADER_FIXED + json_len;
     let mut starts = Vec::new();
@@ -1117,9 +1117,9 @@ fn a_corrupt_block_costs_only_its_own_events_and_is_reported() {
     damaged[victim + 20] ^= 0x5a;
     std::fs::write(&file, &damaged).unwrap();
     let events_in = |bytes: &[u8]| -> usize {
-        tcptrace::record::Reader::new(bytes)
+        tcptrace_core::record::Reader::new(bytes)
             .unwrap()
-            .filter(|r| matches!(r, tcptrace::record::Record::Event(_)))
+            .filter(|r| matches!(r, tcptrace_core::record::Record::Event(_)))
             .count()
     };
     let lost_block = events_in(&intact) - events_in(&damaged);

@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::*;
-use tcptrace::model::{EventKind, TcpState::*, TwEndReason};
+use tcptrace_core::model::{EventKind, TcpState::*, TwEndReason};
 
 fn loopback(v6: bool) -> &'static str {
     if v6 { "::1" } else { "127.0.0.1" }
@@ -25,7 +25,7 @@ fn loopback(v6: bool) -> &'static str {
 fn active_close(
     v6: bool,
 ) -> (
-    Vec<tcptrace::model::Event>,
+    Vec<tcptrace_core::model::Event>,
     u16,
     u64,
     tcptrace::ebpf::Tracer,
@@ -39,7 +39,7 @@ fn active_close_with(
     mut tracer: tcptrace::ebpf::Tracer,
     port: u16,
 ) -> (
-    Vec<tcptrace::model::Event>,
+    Vec<tcptrace_core::model::Event>,
     u16,
     u64,
     tcptrace::ebpf::Tracer,
@@ -168,7 +168,7 @@ fn active_close_ipv6_ends_in_time_wait_with_owner() {
     assert!(
         events
             .iter()
-            .all(|e| e.family == tcptrace::model::Family::V6)
+            .all(|e| e.family == tcptrace_core::model::Family::V6)
     );
 }
 

@@ -2,7 +2,7 @@
 //! connection table holding 200,000 live connections, bytes / sockets; and the
 //! aggregates' bounded overhead (histograms per owner and per peer are capped).
 
-use tcptrace::{conn::ConnTable, engine::Engine, stats::MAX_KEYED_HISTOGRAMS};
+use tcptrace_core::{conn::ConnTable, engine::Engine, stats::MAX_KEYED_HISTOGRAMS};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;

@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::*;
-use tcptrace::model::EventKind;
+use tcptrace_core::model::EventKind;
 
 const CONNECTIONS: usize = 20_000;
 const PORT: u16 = 40_777;
@@ -115,7 +115,7 @@ fn transition_counts_match_tcpstates() {
             let mut decode_errors = 0u64;
             loop {
                 let last = stop.load(Ordering::SeqCst);
-                tracer.drain(|bytes| match tcptrace::decode::decode(bytes) {
+                tracer.drain(|bytes| match tcptrace_core::decode::decode(bytes) {
                     Ok(e) if e.kind == EventKind::Transition => {
                         let key = (e.old.unwrap().name().to_string(), e.new.name().to_string());
                         *counts.entry(key).or_default() += 1;

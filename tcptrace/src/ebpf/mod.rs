@@ -18,7 +18,8 @@ use aya::{
 };
 use tcptrace_common::{Counter, Filter, KernelOffsets, Tuning, config::N_COUNTERS};
 
-use crate::{model::Lost, preflight::EnvError};
+use crate::preflight::EnvError;
+use tcptrace_core::model::Lost;
 
 /// How TIME_WAIT is observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

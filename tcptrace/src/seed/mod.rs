@@ -17,7 +17,7 @@ pub use sock_diag::dump_tcp;
 
 use anyhow::Result;
 
-use crate::model::SeenSocket;
+use tcptrace_core::model::SeenSocket;
 
 /// The socket table at one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -116,8 +116,8 @@ pub(crate) fn proc_pids() -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TcpState;
     use std::{net::TcpListener, process::Command};
+    use tcptrace_core::model::TcpState;
 
     /// A named namespace (`ip netns add`), deleted on drop.
     struct TestNetns {

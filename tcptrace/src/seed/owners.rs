@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
-use crate::model::{Comm, SeenOwner};
+use tcptrace_core::model::{Comm, SeenOwner};
 
 use super::netns::proc_pids;
 
@@ -54,7 +54,8 @@ fn read_comm(pid: u32) -> Comm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::TcpState, seed::testutil::Conns};
+    use crate::seed::testutil::Conns;
+    use tcptrace_core::model::TcpState;
 
     #[test]
     fn parses_socket_links_only() {

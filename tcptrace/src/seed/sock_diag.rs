@@ -16,7 +16,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::model::{Family, SeenSocket, TcpState};
+use tcptrace_core::model::{Family, SeenSocket, TcpState};
 
 /// Receive buffer size. The kernel fills dump datagrams up to 32 KiB when
 /// the reader offers that much; more room only avoids truncation.

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::model::{SeenSocket, TcpState};
+use tcptrace_core::model::{SeenSocket, TcpState};
 
 /// Live sockets on one listener port. Dropping it closes everything held.
 pub(crate) struct Conns {

@@ -11,14 +11,16 @@ use anyhow::Result;
 
 pub use self::replay::Replay;
 use crate::{
-    app::data::{PlaybackCommand, PlaybackStatus},
     clock::{WallClock, monotonic_ns},
-    decode,
     ebpf::Tracer,
+    seed,
+};
+use tcptrace_core::{
+    app::data::{PlaybackCommand, PlaybackStatus},
+    decode,
     engine::Engine,
     filter::UserFilter,
     model::{Lost, SeenSocket},
-    seed,
     stats::HostFacts,
 };
 
@@ -69,7 +71,7 @@ impl Source {
             tracer,
             user_filter,
             start_lost,
-            clock: WallClock::measure(),
+            clock: crate::clock::measure_wall_clock(),
             decode_errors: 0,
         }))
     }

@@ -16,54 +16,13 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{
+use crate::clock::WallClock;
+use tcptrace_core::{
     app::data::{PlaybackCommand, PlaybackStatus},
-    clock::WallClock,
     engine::Engine,
     model::Lost,
     record::{Cut, Header, Reader, Record},
 };
-
-/// Applies records to an engine the one way every reader does: the first
-/// snapshot seeds, later snapshots reconcile, lost markers add up.
-#[derive(Debug, Default)]
-pub struct RecordApplier {
-    seeded: bool,
-    pub lost: Lost,
-}
-
-impl RecordApplier {
-    /// Applies one record; returns its timestamp (monotonic ns).
-    pub fn apply(&mut self, engine: &mut Engine, rec: &Record) -> u64 {
-        match rec {
-            Record::Snapshot {
-                ts_ns,
-                namespaces,
-                sockets,
-            } => {
-                if self.seeded {
-                    engine.reconcile(sockets, namespaces, *ts_ns);
-                } else {
-                    engine.seed(sockets, *ts_ns);
-                    self.seeded = true;
-                }
-                *ts_ns
-            }
-            Record::Event(e) => {
-                engine.apply(e);
-                e.ts_ns
-            }
-            Record::Lost { ts_ns, lost } => {
-                // Saturating: a damaged (yet checksummed) file may say anything.
-                let l = &mut self.lost;
-                l.ring_full = l.ring_full.saturating_add(lost.ring_full);
-                l.recursion_misses = l.recursion_misses.saturating_add(lost.recursion_misses);
-                l.map_full = l.map_full.saturating_add(lost.map_full);
-                *ts_ns
-            }
-        }
-    }
-}
 
 /// Records applied per call to [`Replay::apply_due`]: about 100 ms of engine
 /// work, so requests and refreshes are answered during long seeks.
@@ -78,7 +37,7 @@ pub struct Replay<R: Read = BufReader<File>> {
     path: PathBuf,
     reader: Reader<R>,
     reopen: Reopen<R>,
-    applier: RecordApplier,
+    applier: tcptrace_core::record::RecordApplier,
     /// A record read but later than the clock.
     next: Option<Record>,
     /// Recording time (monotonic ns) of the header's start.
@@ -146,7 +105,7 @@ impl<R: Read> Replay<R> {
             path: path.to_path_buf(),
             reader,
             reopen,
-            applier: RecordApplier::default(),
+            applier: tcptrace_core::record::RecordApplier::default(),
             next: first,
             start_ns,
             pos_ns: start_ns,
@@ -184,7 +143,7 @@ impl<R: Read> Replay<R> {
 
     fn restart(&mut self, engine: &mut Engine) {
         *engine = Engine::new(self.max_conns);
-        self.applier = RecordApplier::default();
+        self.applier = tcptrace_core::record::RecordApplier::default();
         self.next = None;
         self.applied_ns = self.start_ns;
         self.ended = false;
@@ -302,7 +261,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{
+    use tcptrace_core::{
         model::{Comm, Event, EventKind, Family, Owner, SeenOwner, SeenSocket, TcpState},
         record::Writer,
         stats::HostFacts,

@@ -3,7 +3,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::app::Key;
+use tcptrace_core::app::Key;
 
 /// The app's key for a crossterm key press; `None` for releases and keys the
 /// app has no use for.

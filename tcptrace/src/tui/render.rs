@@ -12,12 +12,12 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Tabs, Widget, Wrap},
 };
 
-use crate::{
+use crate::clock::hms_millis;
+use tcptrace_core::{
     app::{
         App, HistKey, View,
         data::{ConnRow, PANEL_STATES, PlaybackStatus},
     },
-    clock::hms_millis,
     model::TcpState,
     stats::HistKind,
 };
@@ -147,7 +147,20 @@ fn window_table<'a>(
         .render(area, buf);
 }
 
-impl Widget for &App {
+/// `top`'s screen: a pure function of [`App`] (the state lives in the core;
+/// this newtype is where ratatui meets it).
+#[derive(Clone, Copy)]
+pub struct Screen<'a>(pub &'a App);
+
+impl std::ops::Deref for Screen<'_> {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        self.0
+    }
+}
+
+impl Widget for Screen<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
             Paragraph::new(format!(
@@ -198,7 +211,7 @@ impl Widget for &App {
     }
 }
 
-impl App {
+impl Screen<'_> {
     fn render_header(&self, area: Rect, buf: &mut Buffer) {
         let sep = || Span::raw("  ").fg(DIM);
         let mut spans = vec![
@@ -573,7 +586,7 @@ impl App {
                 } else {
                     ports
                 };
-                let h = |f: fn(&crate::stats::HistSummary) -> f64| {
+                let h = |f: fn(&tcptrace_core::stats::HistSummary) -> f64| {
                     p.duration.map_or("-".into(), |s| fmt_ms(f(&s)))
                 };
                 let closed = if p.closed_both == 0 && p.closed_unknown == 0 {
@@ -984,9 +997,9 @@ fn conn_detail_lines(r: &ConnRow) -> Vec<Line<'static>> {
         field(
             "closed by",
             match r.closer {
-                Some(crate::conn::Closer::Active) => "us first (active close)".into(),
-                Some(crate::conn::Closer::Passive) => "peer first (passive close)".into(),
-                Some(crate::conn::Closer::Simultaneous) => "both at once".into(),
+                Some(tcptrace_core::conn::Closer::Active) => "us first (active close)".into(),
+                Some(tcptrace_core::conn::Closer::Passive) => "peer first (passive close)".into(),
+                Some(tcptrace_core::conn::Closer::Simultaneous) => "both at once".into(),
                 None => "-".into(),
             },
         ),

@@ -10,12 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace::{
+use tcptrace::ebpf::{LoadOptions, Tracer};
+use tcptrace_common::Filter;
+use tcptrace_core::{
     decode,
-    ebpf::{LoadOptions, Tracer},
     model::{Event, EventKind, TcpState},
 };
-use tcptrace_common::Filter;
 
 /// Loads the tracer filtered to `ports` (either side).
 /// A filter keeping events with a local or remote port in `ports`.

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use tcptrace::model::{Comm, Event, EventKind, Family, Owner, TcpState};
+use tcptrace_core::model::{Comm, Event, EventKind, Family, Owner, TcpState};
 
 /// Accept of connection `i` on a server: LISTEN -> SYN_RECV -> ESTABLISHED.
 pub fn accepted(i: u64) -> [Event; 2] {

@@ -4,14 +4,15 @@
 
 use ratatui::{Terminal, backend::TestBackend};
 
-use crate::{
+use tcptrace_core::{
     app::{Action, App, Key, PlaybackStatus, fixture},
     model::Lost,
 };
 
 fn screen(app: &App, w: u16, h: u16) -> String {
     let mut term = Terminal::new(TestBackend::new(w, h)).expect("test backend");
-    term.draw(|f| f.render_widget(app, f.area())).expect("draw");
+    term.draw(|f| f.render_widget(super::Screen(app), f.area()))
+        .expect("draw");
     term.backend().to_string()
 }
 
@@ -64,7 +65,7 @@ fn connections_sorted_by_state_with_details() {
     for s in 2..=75 {
         fixture::second(&mut e, s);
     }
-    let page = crate::app::data::conn_page(&e, &app.request, 76 * fixture::SEC);
+    let page = tcptrace_core::app::data::conn_page(&e, &app.request, 76 * fixture::SEC);
     app.update(Action::Page(page));
     insta::assert_snapshot!("connections_by_state", screen(&app, 80, 24));
     press(&mut app, &[Key::Enter]);

@@ -711,7 +711,7 @@ impl App {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-fixtures"))]
 pub mod fixture;
 #[cfg(test)]
 mod tests;

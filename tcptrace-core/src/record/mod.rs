@@ -3,7 +3,10 @@
 //! Compression (zstd, one frame per block) happens here; the clock and the
 //! decision of when to flush belong to the caller.
 
+mod apply;
 pub mod format;
+
+pub use apply::RecordApplier;
 
 use std::{
     fs::File,

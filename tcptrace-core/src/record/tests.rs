@@ -613,7 +613,7 @@ fn fuzz_the_reader_for_a_bounded_time() {
             );
             // What decodes, however odd, goes through report's engine.
             let mut engine = crate::engine::Engine::new(10_000);
-            let mut applier = crate::source::replay::RecordApplier::default();
+            let mut applier = crate::record::RecordApplier::default();
             let mut last = 0;
             for rec in &got {
                 last = last.max(applier.apply(&mut engine, rec));
