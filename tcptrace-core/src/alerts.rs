@@ -12,7 +12,10 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::fmt_age, stats::Snapshot};
+use crate::{
+    clock::{fmt_age, hms_millis},
+    stats::Snapshot,
+};
 
 /// A firing rule resolves below this share of its threshold.
 pub const CLEAR_RATIO: f64 = 0.8;
@@ -490,3 +493,26 @@ impl Alerter {
 
 #[cfg(test)]
 mod tests;
+
+impl Alert {
+    /// The alert as one text line (stderr, the journal); the caller
+    /// escapes it with the rest of the line.
+    pub fn text_line(&self) -> String {
+        let a = self;
+        let state = match a.state {
+            AlertState::Firing => "ALERT",
+            AlertState::Resolved => "RESOLVED",
+        };
+        let cgroup = a
+            .cgroup
+            .as_deref()
+            .map(|c| format!(" [cgroup {c}]"))
+            .unwrap_or_default();
+        format!(
+            "{} {state} {}: {}{cgroup}",
+            hms_millis(a.ts_ns),
+            a.rule,
+            a.message
+        )
+    }
+}

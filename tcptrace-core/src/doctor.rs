@@ -583,3 +583,26 @@ fn failed_connects(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
 
 #[cfg(test)]
 mod tests;
+
+/// Human text: a severity marker and title per finding, then its evidence,
+/// advice and commands, indented.
+pub fn write_text(w: &mut impl std::io::Write, findings: &[Finding]) -> std::io::Result<()> {
+    for (i, f) in findings.iter().enumerate() {
+        if i > 0 {
+            writeln!(w)?;
+        }
+        // Findings quote process names: escaped, one line each.
+        let esc = crate::output::escape;
+        writeln!(w, "{} {}  ({})", f.severity.marker(), esc(&f.title), f.id)?;
+        for e in &f.evidence {
+            writeln!(w, "    - {}", esc(e))?;
+        }
+        for a in &f.advice {
+            writeln!(w, "    > {}", esc(a))?;
+        }
+        for s in &f.sysctls {
+            writeln!(w, "    $ {}", esc(s))?;
+        }
+    }
+    Ok(())
+}

@@ -16,6 +16,8 @@ pub struct Engine {
     last_snapshot_ns: Option<u64>,
     /// Keyed histograms to include in snapshots.
     pub histograms_by: crate::stats::HistogramsBy,
+    /// A sock_diag snapshot has been taken in (the next ones reconcile).
+    seeded: bool,
 }
 
 impl Engine {
@@ -26,6 +28,17 @@ impl Engine {
             since_snapshot: 0,
             last_snapshot_ns: None,
             histograms_by: crate::stats::HistogramsBy::None,
+            seeded: false,
+        }
+    }
+
+    /// A sock_diag snapshot, the one way every source's are taken in: the
+    /// first seeds the table, the later ones reconcile it.
+    pub fn take_sockets(&mut self, sockets: &[SeenSocket], namespaces: &[u32], taken_at_ns: u64) {
+        if self.seeded {
+            self.reconcile(sockets, namespaces, taken_at_ns);
+        } else {
+            self.seed(sockets, taken_at_ns);
         }
     }
 
@@ -48,6 +61,7 @@ impl Engine {
     }
 
     pub fn seed(&mut self, sockets: &[SeenSocket], taken_at_ns: u64) {
+        self.seeded = true;
         let finished = self.table.seed(sockets, taken_at_ns);
         self.fold(&finished);
     }

@@ -32,4 +32,5 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod record;
+pub mod report;
 pub mod stats;

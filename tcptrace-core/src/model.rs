@@ -198,6 +198,15 @@ impl Lost {
         self.total() == 0
     }
 
+    /// Both counts added (saturating).
+    pub fn saturating_add(&self, other: &Lost) -> Lost {
+        Lost {
+            ring_full: self.ring_full.saturating_add(other.ring_full),
+            recursion_misses: self.recursion_misses.saturating_add(other.recursion_misses),
+            map_full: self.map_full.saturating_add(other.map_full),
+        }
+    }
+
     /// Difference from an earlier cumulative reading.
     pub fn since(&self, earlier: &Lost) -> Lost {
         Lost {

@@ -15,7 +15,7 @@ use std::{
     time::Instant,
 };
 
-use tcptrace::report;
+use tcptrace_core::report;
 use tcptrace_core::{
     model::{Comm, Event, EventKind, Family, Owner, TcpState, TwEndReason},
     record::{Header, Reader, Writer},

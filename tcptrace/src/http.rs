@@ -1,7 +1,8 @@
 //! The metrics server of `--metrics ADDR`: hyper on a runtime of its own
 //! thread, hardened because a DaemonSet opens it to the network. A scrape is
-//! answered by the command's own loop (it owns the engine, so a scrape never
-//! races the events), between two drains; the server only moves bytes.
+//! handed to the live loop ([`crate::session`]), which owns the engine (so a
+//! scrape never races the events) and answers it between two drains; the
+//! server only moves bytes.
 //!
 //! What a hostile or careless client can do, and what bounds it:
 //! - huge or endless headers: [`MAX_HEADER_BYTES`], [`MAX_HEADERS`] and
@@ -23,9 +24,8 @@
 //!   (no fds left) are logged and retried, never a panic;
 //! - a slow reader (pipelined scrapes, never reading): each connection is its
 //!   own task, so it only stalls itself until its write times out; a
-//!   connection has at most one scrape in flight and the queue holds one
-//!   per connection; scrapes waiting together are rendered once
-//!   ([`answer_all`]);
+//!   connection has at most one scrape in flight; scrapes waiting together
+//!   are rendered once by the loop;
 //! - who may connect: `--metrics-allow CIDR`; a warning when the address is
 //!   not loopback and no allow list is given.
 
@@ -50,11 +50,11 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_io_timeout::TimeoutStream;
 
-use crate::{preflight::EnvError, source::Source};
-use tcptrace_core::{engine::Engine, metrics};
+use crate::preflight::EnvError;
+use tcptrace_core::metrics;
 
 /// How long a scrape waits for the command's loop before answering 503.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,9 +78,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// No connection lives longer (Prometheus simply reconnects).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
-/// Scrapes queued for the loop: one per connection (hyper serves a
-/// connection's requests one at a time), so a full queue cannot happen.
-const QUEUE: usize = MAX_CONNECTIONS;
 
 /// One scrape waiting for its text.
 #[derive(Debug)]
@@ -88,45 +85,16 @@ pub struct Scrape {
     reply: oneshot::Sender<Bytes>,
 }
 
-/// Scrapes for the command's loop to answer.
-pub type Scrapes = mpsc::Receiver<Scrape>;
-
-/// Answers `first` and every scrape queued behind it with one rendering of
-/// the metrics of `engine`, as it stands after draining `source`; `firing`
-/// lists the rule of each firing alert (`watch`, `top`).
-pub fn answer_all(
-    first: Scrape,
-    queue: &mut Scrapes,
-    source: &mut Source,
-    engine: &mut Engine,
-    firing: Option<&[&'static str]>,
-) {
-    let mut waiting = vec![first];
-    while let Ok(s) = queue.try_recv() {
-        waiting.push(s);
-    }
-    source.drain(engine);
-    let (now, wall) = source.now();
-    let snap = engine.scrape_snapshot(now, wall, source.host_facts());
-    let text = Bytes::from(metrics::Exposition::new(&snap, &engine.aggs, firing).render());
-    for s in waiting {
-        // The scraper may have given up: nothing to do then.
-        let _ = s.reply.send(text.clone());
+impl Scrape {
+    /// Sends the exposition text (the scraper may have given up: then
+    /// nothing happens).
+    pub fn answer(self, text: Bytes) {
+        let _ = self.reply.send(text);
     }
 }
 
-/// Waits for the next scrape, or forever without `--metrics`: for
-/// `tokio::select!` arms.
-pub async fn next(scrapes: &mut Option<Scrapes>) -> Option<Scrape> {
-    if let Some(rx) = scrapes {
-        if let Some(scrape) = rx.recv().await {
-            return Some(scrape);
-        }
-        // The server ended: stop asking.
-        *scrapes = None;
-    }
-    std::future::pending().await
-}
+/// How scrapes reach the loop; a scrape given back is answered 503.
+pub type Deliver = Arc<dyn Fn(Scrape) -> Result<(), Scrape> + Send + Sync>;
 
 /// Where to listen and who may connect.
 #[derive(Clone, Debug)]
@@ -145,7 +113,7 @@ pub fn allowed(allow: &[IpNet], peer: IpAddr) -> bool {
 
 /// Listens on the address and serves `/metrics` from a thread of its own.
 /// Binding errors are one line for the user.
-pub fn serve(opts: ServerOptions) -> Result<Scrapes, EnvError> {
+pub fn serve(opts: ServerOptions, deliver: Deliver) -> Result<(), EnvError> {
     let addr = opts.addr;
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -159,7 +127,6 @@ pub fn serve(opts: ServerOptions) -> Result<Scrapes, EnvError> {
             "warning: metrics on {addr} can be scraped from other hosts (they name processes and peers): limit them with --metrics-allow CIDR or a firewall"
         );
     }
-    let (tx, rx) = mpsc::channel::<Scrape>(QUEUE);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,13 +136,13 @@ pub fn serve(opts: ServerOptions) -> Result<Scrapes, EnvError> {
         .spawn(move || {
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => accept_loop(l, Arc::new(opts.allow), tx).await,
+                    Ok(l) => accept_loop(l, Arc::new(opts.allow), deliver).await,
                     Err(e) => log::warn!("metrics server stopped: {e}"),
                 }
             })
         })
         .map_err(|e| EnvError(format!("--metrics: cannot start the server thread: {e}")))?;
-    Ok(rx)
+    Ok(())
 }
 
 /// The open connections, and who may make room for a newcomer.
@@ -258,11 +225,7 @@ fn lock(conns: &SharedConns) -> std::sync::MutexGuard<'_, Conns> {
     conns.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    allow: Arc<Vec<IpNet>>,
-    scrapes: mpsc::Sender<Scrape>,
-) {
+async fn accept_loop(listener: tokio::net::TcpListener, allow: Arc<Vec<IpNet>>, scrapes: Deliver) {
     let conns: SharedConns = Arc::default();
     let mut last_error_logged: Option<Instant> = None;
     loop {
@@ -305,7 +268,7 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     id: u64,
     conns: &SharedConns,
-    scrapes: mpsc::Sender<Scrape>,
+    scrapes: Deliver,
     close: Arc<Notify>,
 ) {
     let mut stream = TimeoutStream::new(stream);
@@ -347,7 +310,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// The answer to one request.
-async fn respond(req: &Request<Incoming>, scrapes: &mpsc::Sender<Scrape>) -> Response<Full<Bytes>> {
+async fn respond(req: &Request<Incoming>, scrapes: &Deliver) -> Response<Full<Bytes>> {
     let announces_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
             .headers()
@@ -373,7 +336,7 @@ async fn respond(req: &Request<Incoming>, scrapes: &mpsc::Sender<Scrape>) -> Res
         return r;
     }
     let (reply, body) = oneshot::channel();
-    if scrapes.try_send(Scrape { reply }).is_err() {
+    if scrapes(Scrape { reply }).is_err() {
         // Many scrapes at once, or the command is stopping.
         return text(StatusCode::SERVICE_UNAVAILABLE, "busy, try again\n");
     }

@@ -1,4 +1,5 @@
-//! Entry point: parse arguments, run the command, print any error once.
+//! Entry point: parse arguments, dispatch to the command, and handle what
+//! ends it once for all: the error line, the exit code, a closed pipe.
 //!
 //! Exit codes: 0 success; 1 runtime failure (and `watch --exit-on-alert`
 //! when an alert fires); 2 bad arguments or an environment problem the user
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tcptrace::{
     cli::{Cli, Command, UsageError},
+    cmd,
     preflight::{self, EnvError},
 };
 
@@ -34,6 +36,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): done, not failed.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             tcptrace::say!("{err:#}");
             if err.is::<UsageError>()
@@ -46,6 +50,15 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether `err` comes from writing to a pipe nobody reads any more.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Whether file descriptor 1 was open when the process started. Rust's
@@ -81,49 +94,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Top(args) => {
             let cfg = args.validate()?;
-            tcptrace::top::check_terminal()?;
+            cmd::top::check_terminal()?;
             // A recording needs no kernel access.
             if cfg.replay.is_none() {
                 preflight::check()?;
             }
-            runtime()?.block_on(tcptrace::top::run(cfg))
+            cmd::top::run(cfg)
         }
         Command::Record(args) => {
             let cfg = args.validate()?;
             preflight::check()?;
-            runtime()?.block_on(tcptrace::record_cmd::run(cfg))
+            cmd::record::run(cfg)
         }
-        Command::Replay(args) => tcptrace::replay::run(&args),
-        Command::Report(args) => tcptrace::report::run(&args),
+        Command::Replay(args) => cmd::replay::run(&args),
+        Command::Report(args) => cmd::report::run(&args),
         Command::Trace(args) => {
             let cfg = args.validate()?;
             preflight::check()?;
-            runtime()?.block_on(tcptrace::trace::run(cfg))
+            cmd::trace::run(cfg)
         }
         Command::Watch(args) => {
             let cfg = args.validate()?;
             preflight::check()?;
-            runtime()?.block_on(tcptrace::watch::run(cfg))
+            cmd::watch::run(cfg)
         }
         Command::Generate(args) => {
-            tcptrace::generate::write(args.kind, &mut std::io::stdout().lock())?;
+            cmd::generate::write(args.kind, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => {
             let cfg = args.validate()?;
             preflight::check()?;
-            runtime()?.block_on(tcptrace::doctor_cmd::run(cfg))
+            cmd::doctor::run(cfg)
         }
         Command::Stats(args) => {
             let cfg = args.validate()?;
             preflight::check()?;
-            runtime()?.block_on(tcptrace::stats_cmd::run(cfg))
+            cmd::stats::run(cfg)
         }
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }

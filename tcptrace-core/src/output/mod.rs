@@ -31,6 +31,7 @@
 
 pub mod escape;
 pub mod json;
+pub mod stats;
 pub mod text;
 
 pub use escape::{EscapeWriter, escape};

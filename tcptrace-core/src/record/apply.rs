@@ -1,7 +1,7 @@
-//! How a recording's records apply to an engine, the one way every reader
-//! (`report`, `top --from`, `doctor --from`) and the live loop do it: the
-//! first snapshot seeds, later snapshots reconcile, events apply, lost
-//! markers add up.
+//! How records apply to an engine, the one way every reader (`report`,
+//! `top --from`) and the live loop do it: snapshots are taken in (the first
+//! seeds, later ones reconcile: [`Engine::take_sockets`]), events apply,
+//! lost markers add up.
 
 use super::Record;
 use crate::{engine::Engine, model::Lost};
@@ -10,7 +10,6 @@ use crate::{engine::Engine, model::Lost};
 /// snapshot seeds, later snapshots reconcile, lost markers add up.
 #[derive(Debug, Default)]
 pub struct RecordApplier {
-    seeded: bool,
     pub lost: Lost,
 }
 
@@ -23,12 +22,7 @@ impl RecordApplier {
                 namespaces,
                 sockets,
             } => {
-                if self.seeded {
-                    engine.reconcile(sockets, namespaces, *ts_ns);
-                } else {
-                    engine.seed(sockets, *ts_ns);
-                    self.seeded = true;
-                }
+                engine.take_sockets(sockets, namespaces, *ts_ns);
                 *ts_ns
             }
             Record::Event(e) => {
@@ -37,10 +31,7 @@ impl RecordApplier {
             }
             Record::Lost { ts_ns, lost } => {
                 // Saturating: a damaged (yet checksummed) file may say anything.
-                let l = &mut self.lost;
-                l.ring_full = l.ring_full.saturating_add(lost.ring_full);
-                l.recursion_misses = l.recursion_misses.saturating_add(lost.recursion_misses);
-                l.map_full = l.map_full.saturating_add(lost.map_full);
+                self.lost = self.lost.saturating_add(lost);
                 *ts_ns
             }
         }

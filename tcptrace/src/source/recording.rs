@@ -1,31 +1,34 @@
-//! A recording as the event source of `top --from FILE`: a virtual clock moves
+//! A recording as a [`Source`] (`top --from FILE`): a virtual clock moves
 //! through the recording (at `--speed`, paused, or jumped by seeks) and every
-//! record up to it is applied to the engine, exactly as `report` applies them.
+//! record up to it goes to the loop, which applies it exactly as `report`
+//! does ([`tcptrace_core::record::RecordApplier`]).
 //!
 //! Seeking back replays the file from its start: histograms, lifetimes and
 //! "who closed first" are cumulative, so the state at time T is what the file
-//! says up to T, not what the nearest snapshot says. Records are applied in
-//! bounded batches, so the screen keeps answering while a seek catches up.
+//! says up to T, not what the nearest snapshot says. Records are handed out
+//! in bounded batches, so the screen keeps answering while a seek catches up.
 
 use std::{
     fs::File,
     io::{BufReader, Read},
     path::{Path, PathBuf},
-    time::Duration,
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
-
-use crate::clock::WallClock;
 use tcptrace_core::{
     app::data::{PlaybackCommand, PlaybackStatus},
-    engine::Engine,
+    clock::WallClock,
     model::Lost,
     record::{Cut, Header, Reader, Record},
 };
 
-/// Records applied per call to [`Replay::apply_due`]: about 100 ms of engine
-/// work, so requests and refreshes are answered during long seeks.
+use super::{Source, SourceInfo, wait_real};
+use crate::session::Input;
+
+/// Records handed out per drain: about 100 ms of engine work, so requests
+/// and refreshes are answered during long seeks.
 pub const BATCH: usize = 400_000;
 
 /// Fastest and slowest playback.
@@ -37,7 +40,6 @@ pub struct Replay<R: Read = BufReader<File>> {
     path: PathBuf,
     reader: Reader<R>,
     reopen: Reopen<R>,
-    applier: tcptrace_core::record::RecordApplier,
     /// A record read but later than the clock.
     next: Option<Record>,
     /// Recording time (monotonic ns) of the header's start.
@@ -55,7 +57,6 @@ pub struct Replay<R: Read = BufReader<File>> {
     ended: bool,
     /// Where a damaged file stopped, once reached.
     pub cut: Option<Cut>,
-    max_conns: usize,
     clock: WallClock,
 }
 
@@ -75,21 +76,15 @@ pub type Reopen<R> = Box<dyn FnMut() -> Result<Reader<R>> + Send>;
 
 impl Replay<BufReader<File>> {
     /// Opens `path`, playing at `speed`, with `step` per `[`/`]`.
-    pub fn open(path: &Path, speed: f64, step: Duration, max_conns: usize) -> Result<Self> {
+    pub fn open(path: &Path, speed: f64, step: Duration) -> Result<Self> {
         let owned = path.to_path_buf();
         let reopen: Reopen<_> = Box::new(move || Reader::open(&owned));
-        Self::new(path, reopen, speed, step, max_conns)
+        Self::new(path, reopen, speed, step)
     }
 }
 
 impl<R: Read> Replay<R> {
-    pub fn new(
-        path: &Path,
-        mut reopen: Reopen<R>,
-        speed: f64,
-        step: Duration,
-        max_conns: usize,
-    ) -> Result<Self> {
+    pub fn new(path: &Path, mut reopen: Reopen<R>, speed: f64, step: Duration) -> Result<Self> {
         let mut reader = reopen()?;
         // The opening snapshot is taken just after the header: the
         // recording starts once it exists, so its first moment shows it.
@@ -105,7 +100,6 @@ impl<R: Read> Replay<R> {
             path: path.to_path_buf(),
             reader,
             reopen,
-            applier: tcptrace_core::record::RecordApplier::default(),
             next: first,
             start_ns,
             pos_ns: start_ns,
@@ -116,7 +110,6 @@ impl<R: Read> Replay<R> {
             step_ns: step.as_nanos() as u64,
             ended: false,
             cut: None,
-            max_conns,
             clock,
         })
     }
@@ -137,13 +130,7 @@ impl<R: Read> Replay<R> {
         (!warnings.is_empty()).then(|| warnings.join("; "))
     }
 
-    pub fn lost(&self) -> Lost {
-        self.applier.lost
-    }
-
-    fn restart(&mut self, engine: &mut Engine) {
-        *engine = Engine::new(self.max_conns);
-        self.applier = tcptrace_core::record::RecordApplier::default();
+    fn restart(&mut self) {
         self.next = None;
         self.applied_ns = self.start_ns;
         self.ended = false;
@@ -159,8 +146,8 @@ impl<R: Read> Replay<R> {
         }
     }
 
-    /// Applies up to `budget` records due by the clock; returns how many.
-    pub fn apply_due(&mut self, engine: &mut Engine, budget: usize) -> usize {
+    /// Hands out up to `budget` records due by the clock; returns how many.
+    pub fn due(&mut self, budget: usize, f: &mut dyn FnMut(Record)) -> usize {
         let mut n = 0;
         self.behind = false;
         while n < budget {
@@ -179,17 +166,17 @@ impl<R: Read> Replay<R> {
                 self.next = Some(rec);
                 return n;
             }
-            let ts = self.applier.apply(engine, &rec);
-            self.applied_ns = self.applied_ns.max(ts);
+            self.applied_ns = self.applied_ns.max(record_ts(&rec));
+            f(rec);
             n += 1;
         }
         self.behind = true;
         n
     }
 
-    /// Play/pause, seek or speed; a seek before what was applied rewinds
-    /// the file and replaces the engine (returns true then).
-    pub fn command(&mut self, cmd: PlaybackCommand, engine: &mut Engine) -> Result<bool> {
+    /// Play/pause, seek or speed; a seek before what was handed out rewinds
+    /// the file (returns true then: the engine must start again).
+    pub fn command(&mut self, cmd: PlaybackCommand) -> Result<bool> {
         match cmd {
             PlaybackCommand::TogglePlay => {
                 self.playing = !self.playing && !self.ended;
@@ -209,7 +196,7 @@ impl<R: Read> Replay<R> {
                 let rewound = target < self.applied_ns;
                 if rewound {
                     self.reader = (self.reopen)()?;
-                    self.restart(engine);
+                    self.restart();
                 } else if self.ended {
                     // Already at the last record: nothing later to show.
                     return Ok(false);
@@ -253,6 +240,93 @@ fn record_ts(rec: &Record) -> u64 {
     }
 }
 
+/// A recording file as the loop's source: the virtual clock follows real
+/// time (times the speed) between waits.
+pub struct Recording {
+    replay: Replay,
+    last_tick: Instant,
+    /// Stop the loop at the end of the file (`top` stays, to be looked at).
+    stop_at_end: bool,
+}
+
+impl Recording {
+    pub fn open(path: &Path, speed: f64, step: Duration, stop_at_end: bool) -> Result<Self> {
+        Ok(Self {
+            replay: Replay::open(path, speed, step)?,
+            last_tick: Instant::now(),
+            stop_at_end,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        self.replay.header()
+    }
+}
+
+impl Source for Recording {
+    fn info(&self) -> SourceInfo {
+        let h = self.replay.header();
+        SourceInfo {
+            hook: h.hook.clone(),
+            timewait_hook: h.timewait_hook.clone(),
+            fallbacks: Vec::new(),
+            host: h.host.clone(),
+            kernel: h.kernel.clone(),
+            recording: Some(self.replay.path.clone()),
+        }
+    }
+
+    fn clock_ns(&self) -> u64 {
+        crate::clock::monotonic_ns()
+    }
+
+    fn wait(&mut self, until: u64, inputs: &Receiver<Input>) -> Option<Input> {
+        let input = wait_real(until, inputs);
+        let now = Instant::now();
+        self.replay.tick(now - self.last_tick);
+        self.last_tick = now;
+        input
+    }
+
+    fn now(&self) -> (u64, u64) {
+        self.replay.now()
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(Record)) {
+        self.replay.due(BATCH, f);
+    }
+
+    fn sockets(&mut self) -> Result<Option<Record>> {
+        // The recording's own snapshots seed and reconcile.
+        Ok(None)
+    }
+
+    fn take_lost(&mut self) -> Lost {
+        // Its loss markers come with its records.
+        Lost::default()
+    }
+
+    fn host(&self) -> ((u16, u16), u64) {
+        (self.replay.header().port_range, 0)
+    }
+
+    fn playback(&mut self, cmd: PlaybackCommand) -> Result<bool> {
+        self.replay.command(cmd)
+    }
+
+    fn playback_status(&self) -> Option<PlaybackStatus> {
+        Some(self.replay.status())
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.replay.cut_warning().into_iter().collect()
+    }
+
+    fn ended(&self) -> bool {
+        self.stop_at_end && self.replay.status().ended
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -262,8 +336,9 @@ mod tests {
 
     use super::*;
     use tcptrace_core::{
+        engine::Engine,
         model::{Comm, Event, EventKind, Family, Owner, SeenOwner, SeenSocket, TcpState},
-        record::Writer,
+        record::{RecordApplier, Writer},
         stats::HostFacts,
     };
 
@@ -359,9 +434,32 @@ mod tests {
             reopen,
             1.0,
             Duration::from_secs(10),
-            100_000,
         )
         .unwrap()
+    }
+
+    /// What the loop does with a replay's records: the applier, and a fresh
+    /// engine after a rewind.
+    trait Drive {
+        fn apply_due(&mut self, engine: &mut Engine, budget: usize) -> usize;
+        fn command_on(&mut self, cmd: PlaybackCommand, engine: &mut Engine) -> Result<bool>;
+    }
+
+    impl Drive for Replay<Cursor<Vec<u8>>> {
+        fn apply_due(&mut self, engine: &mut Engine, budget: usize) -> usize {
+            let mut applier = RecordApplier::default();
+            self.due(budget, &mut |rec| {
+                applier.apply(engine, &rec);
+            })
+        }
+
+        fn command_on(&mut self, cmd: PlaybackCommand, engine: &mut Engine) -> Result<bool> {
+            let rewound = self.command(cmd)?;
+            if rewound {
+                *engine = Engine::new(100_000);
+            }
+            Ok(rewound)
+        }
     }
 
     fn close_wait(engine: &mut Engine, replay: &Replay<Cursor<Vec<u8>>>) -> u64 {
@@ -392,7 +490,7 @@ mod tests {
         assert_eq!(close_wait(&mut e, &r), 3 + 5);
         assert_eq!(r.status().at_ms, 5_600);
         // Twice as fast: 2 s of real time are 4 s of recording.
-        r.command(PlaybackCommand::Speed(2.0), &mut e).unwrap();
+        r.command_on(PlaybackCommand::Speed(2.0), &mut e).unwrap();
         r.tick(Duration::from_secs(2));
         r.apply_due(&mut e, BATCH);
         assert_eq!(close_wait(&mut e, &r), 3 + 9);
@@ -402,12 +500,12 @@ mod tests {
     fn paused_the_clock_stands_still_and_steps_move_it() {
         let mut r = replay_of(leak_recording(60));
         let mut e = Engine::new(100_000);
-        r.command(PlaybackCommand::TogglePlay, &mut e).unwrap();
+        r.command_on(PlaybackCommand::TogglePlay, &mut e).unwrap();
         r.tick(Duration::from_secs(30));
         r.apply_due(&mut e, BATCH);
         assert_eq!(close_wait(&mut e, &r), 3);
         assert!(!r.status().playing);
-        let rewound = r.command(PlaybackCommand::Step(2), &mut e).unwrap();
+        let rewound = r.command_on(PlaybackCommand::Step(2), &mut e).unwrap();
         assert!(!rewound, "forward needs no rewind");
         r.apply_due(&mut e, BATCH);
         assert_eq!(r.status().at_ms, 20_000);
@@ -418,10 +516,10 @@ mod tests {
     fn stepping_back_rebuilds_exactly_the_state_of_that_moment() {
         let mut r = replay_of(leak_recording(60));
         let mut e = Engine::new(100_000);
-        r.command(PlaybackCommand::Step(5), &mut e).unwrap();
+        r.command_on(PlaybackCommand::Step(5), &mut e).unwrap();
         r.apply_due(&mut e, BATCH);
         assert_eq!(close_wait(&mut e, &r), 3 + 49);
-        let rewound = r.command(PlaybackCommand::Step(-3), &mut e).unwrap();
+        let rewound = r.command_on(PlaybackCommand::Step(-3), &mut e).unwrap();
         assert!(rewound);
         r.apply_due(&mut e, BATCH);
         assert_eq!(r.status().at_ms, 20_000);
@@ -429,13 +527,13 @@ mod tests {
         // The same as a fresh replay taken straight to 20 s.
         let mut fresh = replay_of(leak_recording(60));
         let mut f = Engine::new(100_000);
-        fresh.command(PlaybackCommand::Step(2), &mut f).unwrap();
+        fresh.command_on(PlaybackCommand::Step(2), &mut f).unwrap();
         fresh.apply_due(&mut f, BATCH);
         assert_eq!(close_wait(&mut e, &r), close_wait(&mut f, &fresh));
         assert_eq!(e.aggs.events_total, f.aggs.events_total);
         assert_eq!(e.aggs.events_total, 2 * 19 + 1);
         // Never before the start.
-        r.command(PlaybackCommand::Step(-100), &mut e).unwrap();
+        r.command_on(PlaybackCommand::Step(-100), &mut e).unwrap();
         r.apply_due(&mut e, BATCH);
         assert_eq!(r.status().at_ms, 0);
         assert_eq!(close_wait(&mut e, &r), 3);
@@ -445,7 +543,7 @@ mod tests {
     fn a_small_batch_shows_progress_at_the_last_applied_record() {
         let mut r = replay_of(leak_recording(60));
         let mut e = Engine::new(100_000);
-        r.command(PlaybackCommand::Step(6), &mut e).unwrap();
+        r.command_on(PlaybackCommand::Step(6), &mut e).unwrap();
         assert_eq!(r.apply_due(&mut e, 11), 11);
         let s = r.status();
         assert!(s.catching_up);
@@ -469,10 +567,10 @@ mod tests {
         assert!(s.ended && !s.playing);
         assert_eq!(s.at_ms, 10_498);
         assert_eq!(s.cut_at, None);
-        r.command(PlaybackCommand::TogglePlay, &mut e).unwrap();
+        r.command_on(PlaybackCommand::TogglePlay, &mut e).unwrap();
         assert!(!r.status().playing, "nothing left to play");
         // Back from the end works.
-        r.command(PlaybackCommand::Step(-1), &mut e).unwrap();
+        r.command_on(PlaybackCommand::Step(-1), &mut e).unwrap();
         r.apply_due(&mut e, BATCH);
         assert_eq!(r.status().at_ms, 498);
         assert!(!r.status().ended);

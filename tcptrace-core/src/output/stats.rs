@@ -1,82 +1,23 @@
-//! `tcptrace stats`: the live engine (seeded from sock_diag, reconciled every
-//! few seconds) printing a summary every `--interval`, as text or JSON.
+//! The `stats` summary as text and as one JSON object (lists capped:
+//! [`crate::stats::cap_lists`]); `report` prints the same.
 
-use std::{
-    io::{self, Write},
-    process::ExitCode,
-};
-
-use anyhow::Result;
-use tokio::time::{Instant, sleep_until};
+use std::io::{self, Write};
 
 use crate::{
-    cli::StatsConfig,
     clock::{fmt_age, hms_millis},
-    ebpf::Tracer,
-    http,
-    source::Source,
-    trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
-};
-use tcptrace_core::{
-    engine::Engine,
     output::escape,
     stats::{HistKind, Snapshot},
 };
 
-pub async fn run(cfg: StatsConfig) -> Result<ExitCode> {
-    let mut signals = StopSignals::install()?;
-    let mut scrapes = cfg.metrics.clone().map(http::serve).transpose()?;
-    let mut source = Source::live(Tracer::load(&cfg.load)?, cfg.user_filter);
-    let mut engine = Engine::new(cfg.max_conns);
-    engine.histograms_by = cfg.histograms_by;
-    if cfg.seed {
-        source.seed(&mut engine)?;
-    }
-    // Losses are counted from the banner on.
-    source.restart_loss_count();
-    crate::sched::drain_priority(cfg.load.realtime_drain);
-    let (hook, timewait_hook) = source.hooks();
-    crate::say!(
-        "stats every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",
-        cfg.interval
-    );
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut poll = ticker(POLL_INTERVAL);
-    let mut report = ticker(cfg.interval);
-    report.tick().await;
-    let mut reconcile = reconcile_ticker(cfg.reconcile).await;
-    let deadline = cfg.duration.map(|d| Instant::now() + d);
-    loop {
-        tokio::select! {
-            _ = signals.recv() => break,
-            _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
-            _ = poll.tick() => { source.drain(&mut engine); }
-            Some(scrape) = http::next(&mut scrapes) => http::answer_all(scrape, scrapes.as_mut().expect("serving"), &mut source, &mut engine, None),
-            _ = reconcile.tick(), if cfg.reconcile.is_some() => source.reconcile(&mut engine)?,
-            _ = report.tick() => {
-                source.drain(&mut engine);
-                let host = source.host_facts();
-                let (now, wall) = source.now();
-                let snap = engine.snapshot(now, wall, host);
-                let written = if cfg.json { write_json(&mut out, &snap) } else { write_text(&mut tcptrace_core::output::EscapeWriter::new(&mut out), &snap) };
-                match written.and_then(|()| out.flush()) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
+/// One JSON object per line, lists capped.
 pub fn write_json(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     let mut v = serde_json::to_value(snap)?;
-    tcptrace_core::stats::cap_lists(&mut v);
+    crate::stats::cap_lists(&mut v);
     serde_json::to_writer(&mut *w, &v)?;
     w.write_all(b"\n")
 }
 
+/// The human summary; names from outside escaped.
 pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     let lost = snap.lost.values().fold(0u64, |a, n| a.saturating_add(*n));
     writeln!(

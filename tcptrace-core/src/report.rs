@@ -1,28 +1,22 @@
-//! `tcptrace report`: a recording run through the same engine as `stats`
-//! (seeded from the file's first snapshot, reconciled at the later ones),
-//! summarised at its end: the `stats` aggregates plus where events were lost
-//! and how CLOSE_WAIT grew, as text, JSON or CSV.
+//! A recording summarised (`tcptrace report`): run through the same engine
+//! as `stats` (seeded from the file's first snapshot, reconciled at the
+//! later ones), summarised at its end: the `stats` aggregates plus where
+//! events were lost and how CLOSE_WAIT grew, as text, JSON or CSV.
 
 use std::{
     io::{self, Write},
     net::SocketAddr,
-    process::ExitCode,
 };
 
-use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    cli::ReportArgs,
     clock::{WallClock, hms_millis},
-    stats_cmd,
-};
-use tcptrace_core::{
     conn::DEFAULT_CAP,
     engine::Engine,
     model::Lost,
     output::escape,
-    record::{Reader, Record},
+    record::{Reader, Record, RecordApplier},
     stats::{HistKind, HostFacts, Snapshot},
 };
 
@@ -94,7 +88,7 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
         lost,
         decode_errors: 0,
     };
-    let mut applier = tcptrace_core::record::RecordApplier::default();
+    let mut applier = RecordApplier::default();
     let mut gaps = Vec::new();
     let mut timeline = Vec::new();
     let (mut first, mut last) = (None::<u64>, header.start_mono_ns);
@@ -169,7 +163,7 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
                 let mut v: Vec<String> = reader
                     .skipped
                     .iter()
-                    .take(tcptrace_core::stats::JSON_ROWS)
+                    .take(crate::stats::JSON_ROWS)
                     .map(|s| {
                         format!(
                             "{} at byte {}: {} bytes skipped",
@@ -177,10 +171,10 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
                         )
                     })
                     .collect();
-                if reader.skipped.len() > tcptrace_core::stats::JSON_ROWS {
+                if reader.skipped.len() > crate::stats::JSON_ROWS {
                     v.push(format!(
                         "{} more damaged stretches",
-                        reader.skipped.len() - tcptrace_core::stats::JSON_ROWS
+                        reader.skipped.len() - crate::stats::JSON_ROWS
                     ));
                 }
                 v
@@ -206,42 +200,8 @@ fn point(s: &Snapshot) -> TimelinePoint {
     }
 }
 
-pub fn run(args: &ReportArgs) -> Result<ExitCode> {
-    let mut reader = Reader::open(&args.file)?;
-    let report = build(&mut reader, &args.file.display().to_string());
-    for warning in reader.warnings(&args.file) {
-        crate::say!("warning: {warning}");
-    }
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    let written = if args.json {
-        serde_json::to_value(&report)
-            .map(|mut v| {
-                tcptrace_core::stats::cap_lists(&mut v);
-                v
-            })
-            .and_then(|v| serde_json::to_writer(&mut out, &v))
-            .map_err(io::Error::other)
-            .and_then(|()| out.write_all(b"\n"))
-    } else if args.csv {
-        write_csv(
-            &mut tcptrace_core::output::EscapeWriter::new(&mut out),
-            &report,
-        )
-    } else {
-        write_text(
-            &mut tcptrace_core::output::EscapeWriter::new(&mut out),
-            &report,
-        )
-    };
-    match written.and_then(|()| out.flush()) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
+/// The report as text (names escaped).
+pub fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
     let i = &r.recording;
     writeln!(
         w,
@@ -261,7 +221,7 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
             format!(", filters {}", escape(&i.filters.join(" ")))
         }
     )?;
-    stats_cmd::write_text(w, &r.summary)?;
+    crate::output::stats::write_text(w, &r.summary)?;
     if r.gaps.is_empty() {
         writeln!(w, "gaps: none (no event was lost)")?;
     } else {
@@ -304,7 +264,7 @@ fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
 }
 
 /// Long-format CSV: `section,key,field,value`, one fact per row.
-fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
+pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
     let mut c = csv::Writer::from_writer(w);
     // Names from outside (process names, the host) escaped like every
     // other text sink: a quoted newline is valid CSV, not a safe terminal.

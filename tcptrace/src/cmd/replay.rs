@@ -9,11 +9,9 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{cli::ReplayArgs, clock::WallClock, trace::Printer};
-use tcptrace_core::{
-    model::EventKind,
-    record::{Reader, Record},
-};
+use super::trace::Printer;
+use crate::{cli::ReplayArgs, clock::WallClock};
+use tcptrace_core::record::{Reader, Record};
 
 pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
     let speed = crate::cli::speed("--speed", args.speed)?;
@@ -50,7 +48,6 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
                 }
             }
             match rec {
-                Record::Event(e) if e.kind == EventKind::Accept => {}
                 Record::Event(e) => printer.event(&e)?,
                 Record::Lost { ts_ns, lost } => printer.lost_at(&lost, ts_ns)?,
                 Record::Snapshot { .. } => {}
@@ -58,11 +55,7 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
         }
         printer.flush()
     })();
-    match written {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-        Err(e) => return Err(e.into()),
-    }
+    written?;
     for warning in reader.warnings(&args.file) {
         crate::say!("warning: {warning}");
     }

@@ -1,55 +1,17 @@
-//! `tcptrace watch`: the live engine (as `stats`), with the rules of
-//! [`tcptrace_core::alerts`] evaluated every `--interval`. Alerts go to stderr as
-//! text lines, or to stdout as JSON Lines with `--json`. SIGHUP reloads
-//! `--config` (the flags still override it); SIGTERM/SIGINT stop cleanly.
-//! `--exec` runs a command per alert on its own thread, bounded in time and
-//! in number, so a slow or hanging hook never delays tracing.
+//! `watch --exec`: a command per alert, on a thread of its own, bounded in
+//! time and in number, each in a process group of its own (an edge:
+//! processes). A slow or hanging command never delays tracing, and nothing
+//! it starts outlives it.
 
 use std::{
     io::{self, Write},
     os::unix::process::CommandExt,
-    process::{Command, ExitCode, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use anyhow::Result;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{Instant, sleep_until},
-};
-
-use crate::{
-    cli::WatchConfig,
-    clock::hms_millis,
-    ebpf::Tracer,
-    http,
-    source::Source,
-    trace::{POLL_INTERVAL, StopSignals, reconcile_ticker, ticker},
-};
-use tcptrace_core::{
-    alerts::{Alert, AlertState, Alerter},
-    engine::Engine,
-};
-
-/// One alert as a text line (stderr).
-pub fn text_line(a: &Alert) -> String {
-    let state = match a.state {
-        AlertState::Firing => "ALERT",
-        AlertState::Resolved => "RESOLVED",
-    };
-    let cgroup = a
-        .cgroup
-        .as_deref()
-        .map(|c| format!(" [cgroup {c}]"))
-        .unwrap_or_default();
-    format!(
-        "{} {state} {}: {}{cgroup}",
-        hms_millis(a.ts_ns),
-        a.rule,
-        a.message
-    )
-}
+use tcptrace_core::alerts::{Alert, AlertState};
 
 /// Longest an `--exec` command may run before it is killed.
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -251,91 +213,9 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
     Exec::Started
 }
 
-pub async fn run(cfg: WatchConfig) -> Result<ExitCode> {
-    let mut signals = StopSignals::without_hangup()?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut scrapes = cfg.metrics.clone().map(http::serve).transpose()?;
-    let mut source = Source::live(Tracer::load(&cfg.load)?, cfg.user_filter);
-    let mut engine = Engine::new(cfg.max_conns);
-    if cfg.seed {
-        source.seed(&mut engine)?;
-    }
-    source.restart_loss_count();
-    crate::sched::drain_priority(cfg.load.realtime_drain);
-    let mut alerter = Alerter::new(cfg.rules.clone());
-    let exec_hooks = ExecHooks::default();
-    let _finish_hooks = exec_hooks.finish_on_drop();
-    let (hook, timewait_hook) = source.hooks();
-    crate::say!(
-        "watching every {:?} (hook: {hook}, TIME_WAIT: {timewait_hook}); Ctrl-C to stop",
-        cfg.interval
-    );
-    let mut out = io::stdout().lock();
-    let mut poll = ticker(POLL_INTERVAL);
-    let mut evaluate = ticker(cfg.interval);
-    let mut reconcile = reconcile_ticker(cfg.reconcile).await;
-    let deadline = cfg.duration.map(|d| Instant::now() + d);
-    loop {
-        tokio::select! {
-            _ = signals.recv() => break,
-            _ = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
-            _ = hup.recv() => match cfg.overrides.rules(cfg.config.as_deref(), cfg.exec.is_some()) {
-                Ok(rules) => {
-                    crate::say!("rules reloaded");
-                    alerter.rules = rules;
-                }
-                Err(e) => crate::say!("reload failed, keeping the current rules: {e}"),
-            },
-            _ = poll.tick() => { source.drain(&mut engine); }
-            Some(scrape) = http::next(&mut scrapes) => {
-                let firing = alerter.firing_rules();
-                http::answer_all(scrape, scrapes.as_mut().expect("serving"), &mut source, &mut engine, Some(&firing));
-            }
-            _ = reconcile.tick(), if cfg.reconcile.is_some() => {
-                if let Err(e) = source.reconcile(&mut engine) {
-                    log::warn!("reconciliation failed: {e:#}");
-                }
-            }
-            _ = evaluate.tick() => {
-                source.drain(&mut engine);
-                let host = source.host_facts();
-                let (now, wall) = source.now();
-                let snap = engine.snapshot(now, wall, host);
-                let mut fired = false;
-                for mut a in alerter.evaluate(&snap, now, wall) {
-                    fired |= a.state == AlertState::Firing;
-                    a.cgroup = a.pid.and_then(crate::seed::host::cgroup_path);
-                    if let Some(cmd) = &cfg.exec {
-                        exec_alert(cmd, &a, &exec_hooks, EXEC_TIMEOUT);
-                    }
-                    let written = if cfg.json {
-                        serde_json::to_writer(&mut out, &a)
-                            .map_err(io::Error::from)
-                            .and_then(|()| out.write_all(b"\n"))
-                            .and_then(|()| out.flush())
-                    } else {
-                        crate::say!("{}", text_line(&a));
-                        Ok(())
-                    };
-                    match written {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                if fired && cfg.exit_on_alert {
-                    return Ok(ExitCode::from(1));
-                }
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tcptrace_core::alerts::AlertState;
 
     fn alert() -> Alert {
         Alert {
@@ -354,7 +234,6 @@ mod tests {
             message: "m".into(),
         }
     }
-
     fn wait_until(ok: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !ok() {
@@ -409,14 +288,5 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
         assert_eq!(json["cgroup"], "/init.scope");
         assert_eq!(lines.next(), Some("close_wait_count 1 /init.scope"));
-    }
-
-    #[test]
-    fn the_text_line_names_the_cgroup() {
-        let line = text_line(&alert());
-        assert!(
-            line.ends_with("ALERT close_wait_count: m [cgroup /init.scope]"),
-            "{line}"
-        );
     }
 }

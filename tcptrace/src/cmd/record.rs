@@ -1,0 +1,383 @@
+//! `tcptrace record`: the live kernel into a recording. Events are written as
+//! they are drained; a block reaches the file at least every second, so
+//! `kill -9` loses at most the last second. Losses become explicit markers.
+//! A sock_diag snapshot opens every file, repeats every `--snapshot-every`
+//! and closes it. A write error (disk full, a file-size limit) stops the
+//! recording with one line naming the file and offset: it never continues
+//! silently.
+
+use std::{
+    fs::{self, File},
+    io::{self, BufWriter, IsTerminal, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow};
+use tcptrace_core::{
+    output::escape,
+    record::{Header, Record, Writer},
+};
+
+use super::Edges;
+use crate::{
+    cli::RecordConfig,
+    ebpf::Tracer,
+    say::write_stderr,
+    session::{Consumer, Ctx, Flow, Hangup, Options},
+    source::{Live, Source},
+};
+
+/// `FILE.n`.
+fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// FILE -> FILE.1 -> FILE.2 ...; the oldest beyond `keep` is deleted.
+fn shift_rotated(path: &Path, keep: usize) -> io::Result<()> {
+    let _ = fs::remove_file(rotated(path, keep));
+    for n in (1..keep).rev() {
+        let from = rotated(path, n);
+        if from.exists() {
+            fs::rename(&from, rotated(path, n + 1))?;
+        }
+    }
+    fs::rename(path, rotated(path, 1))
+}
+
+/// The one line a failed write ends the recording with.
+fn write_error(path: &Path, bytes: u64, e: io::Error) -> anyhow::Error {
+    anyhow!(
+        "recording stopped: cannot write {} at byte {bytes}: {e}",
+        escape(&path.display().to_string())
+    )
+}
+
+/// Opens `path` for a new recording, mode 0600 (recordings name processes
+/// and peers), never through a symbolic link. Its directory is opened once
+/// and the name is looked at, unlinked and created inside that very
+/// directory (`*at` calls), so nothing swapped on the path after the
+/// checks can redirect it. A new file is created exclusively
+/// (`O_CREAT|O_EXCL|O_NOFOLLOW`: a link planted at the name makes it fail);
+/// with `replace`, an existing regular file is unlinked first (the name,
+/// never what a link points at), and a character device such as `/dev/null`
+/// is written in place; anything else (a link, a FIFO, a directory) is
+/// refused.
+pub fn create_recording_file(path: &Path, replace: bool) -> io::Result<File> {
+    use std::{
+        ffi::CString,
+        os::{
+            fd::{AsRawFd, FromRawFd},
+            unix::ffi::OsStrExt,
+        },
+    };
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    let name = path.file_name().ok_or_else(|| invalid("not a file name"))?;
+    let name = CString::new(name.as_bytes()).map_err(|_| invalid("a NUL in the name"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir = fs::File::open(dir)?;
+    if !dir.metadata()?.is_dir() {
+        return Err(invalid("not in a directory"));
+    }
+    let dfd = dir.as_raw_fd();
+    let flags = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let open_at = |extra: libc::c_int| -> io::Result<File> {
+        // SAFETY: a valid directory fd and NUL-terminated name; the mode
+        // argument is read only with O_CREAT.
+        let fd = unsafe { libc::openat(dfd, name.as_ptr(), flags | extra, 0o600 as libc::c_uint) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    };
+    let create = || open_at(libc::O_CREAT | libc::O_EXCL);
+    if !replace {
+        return create();
+    }
+    // SAFETY: an all-zero stat is a valid value; fstatat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, name and stat pointer.
+    let rc = unsafe { libc::fstatat(dfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::NotFound {
+            create()
+        } else {
+            Err(e)
+        };
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFCHR => open_at(0),
+        libc::S_IFREG => {
+            // SAFETY: valid fd and name; removes the directory entry only.
+            if unsafe { libc::unlinkat(dfd, name.as_ptr(), 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            create()
+        }
+        _ => Err(invalid(
+            "not a regular file or a device (a link, a FIFO, a directory or a socket): refusing to replace it",
+        )),
+    }
+}
+
+/// One open file of the recording.
+struct OpenFile {
+    writer: Writer<BufWriter<File>>,
+    /// Loop clock (ns) when it was opened, for `--rotate-time`.
+    opened_ns: u64,
+}
+
+/// `record` as a consumer of the loop.
+pub struct Recorder {
+    cfg: RecordConfig,
+    header: Header,
+    file: Option<OpenFile>,
+    events: u64,
+    seconds: u64,
+    tty: bool,
+}
+
+impl Recorder {
+    /// Creates FILE (`--force` replaces it) with its header, from what
+    /// `source` says about itself; the loop's opening snapshot follows.
+    pub fn create(cfg: RecordConfig, source: &dyn Source) -> Result<Self> {
+        let info = source.info();
+        let (start_mono_ns, start_wall_ns) = source.now();
+        let header = Header {
+            tcptrace_version: env!("CARGO_PKG_VERSION").into(),
+            host: info.host,
+            kernel: info.kernel,
+            clock_offset_ns: start_wall_ns as i64 - start_mono_ns as i64,
+            hook: info.hook,
+            timewait_hook: info.timewait_hook,
+            filters: cfg.filter_args.clone(),
+            port_range: source.host().0,
+            start_mono_ns,
+            start_wall_ns,
+        };
+        let file = Self::open(&cfg, &header, cfg.force, source.clock_ns())?;
+        Ok(Self {
+            tty: io::stderr().is_terminal(),
+            cfg,
+            header,
+            file: Some(file),
+            events: 0,
+            seconds: 0,
+        })
+    }
+
+    /// Opens FILE with `header`; `replace` as in [`create_recording_file`]
+    /// (`--force`, for the first file only: a rotation creates FILE again
+    /// after moving the previous one away).
+    fn open(cfg: &RecordConfig, header: &Header, replace: bool, now_ns: u64) -> Result<OpenFile> {
+        let shown = escape(&cfg.output.display().to_string()).into_owned();
+        let f = create_recording_file(&cfg.output, replace)
+            .with_context(|| format!("cannot create {shown}"))?;
+        let writer = Writer::new(BufWriter::with_capacity(1 << 20, f), header)
+            .with_context(|| format!("cannot write {shown}"))?;
+        Ok(OpenFile {
+            writer,
+            opened_ns: now_ns,
+        })
+    }
+
+    fn file(&mut self) -> &mut OpenFile {
+        self.file.as_mut().expect("a recording file is open")
+    }
+
+    /// Runs a write, turning its error into the one line that ends the
+    /// recording.
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut Writer<BufWriter<File>>) -> io::Result<()>,
+    ) -> Result<()> {
+        let path = self.cfg.output.clone();
+        let file = self.file();
+        let bytes = file.writer.bytes;
+        f(&mut file.writer).map_err(|e| write_error(&path, bytes, e))
+    }
+
+    fn status_line(&self, lost: u64) -> String {
+        let w = &self.file.as_ref().expect("open").writer;
+        let per = if w.events > 0 {
+            format!(" ({:.1} B/event)", w.bytes as f64 / w.events as f64)
+        } else {
+            String::new()
+        };
+        format!(
+            "tcptrace: recording to {}: {} events, {} bytes{per}, lost {lost}",
+            escape(&self.cfg.output.display().to_string()),
+            self.events,
+            w.bytes
+        )
+    }
+
+    /// Closes the current file, shifts the rotated ones, opens a fresh FILE
+    /// with a fresh snapshot.
+    fn rotate(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
+        let old = self.file.take().expect("open");
+        let bytes = old.writer.bytes;
+        old.writer
+            .finish()
+            .and_then(|mut w| w.flush())
+            .map_err(|e| write_error(&self.cfg.output, bytes, e))?;
+        shift_rotated(&self.cfg.output, self.cfg.keep).with_context(|| {
+            format!(
+                "cannot rotate {}",
+                escape(&self.cfg.output.display().to_string())
+            )
+        })?;
+        (self.header.start_mono_ns, self.header.start_wall_ns) = ctx.source.now();
+        self.file = Some(Self::open(
+            &self.cfg,
+            &self.header,
+            false,
+            ctx.source.clock_ns(),
+        )?);
+        match ctx.source.sockets() {
+            Ok(Some(Record::Snapshot {
+                ts_ns,
+                namespaces,
+                sockets,
+            })) => self.write(|w| w.snapshot(ts_ns, &namespaces, &sockets))?,
+            Ok(_) => {}
+            Err(e) => log::warn!("snapshot failed: {e:#}"),
+        }
+        Ok(())
+    }
+}
+
+impl Consumer for Recorder {
+    fn start(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
+        if !self.cfg.quiet {
+            let info = ctx.source.info();
+            crate::say!(
+                "recording to {} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
+                self.cfg.output.display(),
+                info.hook,
+                info.timewait_hook
+            );
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, rec: &Record, _ctx: &mut Ctx<'_>) -> Result<Flow> {
+        match rec {
+            Record::Event(e) => {
+                self.events += 1;
+                self.write(|w| w.event(e))?;
+            }
+            Record::Lost { ts_ns, lost } => self.write(|w| w.lost(*ts_ns, lost))?,
+            Record::Snapshot {
+                ts_ns,
+                namespaces,
+                sockets,
+            } => self.write(|w| w.snapshot(*ts_ns, namespaces, sockets))?,
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Every second: a block reaches the file, the status line, rotation.
+    fn tick(&mut self, ctx: &mut Ctx<'_>) -> Result<Flow> {
+        self.seconds += 1;
+        self.write(|w| w.flush())?;
+        if !self.cfg.quiet && (self.tty || self.seconds.is_multiple_of(10)) {
+            let line = self.status_line(ctx.lost.total() + ctx.decode_errors);
+            if self.tty {
+                write_stderr(&format!("\r{line}\x1b[K"));
+            } else {
+                write_stderr(&format!("{line}\n"));
+            }
+        }
+        let file = self.file.as_ref().expect("open");
+        let by_size = self.cfg.rotate_size.is_some_and(|s| file.writer.bytes >= s);
+        let age = ctx.source.clock_ns().saturating_sub(file.opened_ns);
+        let by_time = self
+            .cfg
+            .rotate_time
+            .is_some_and(|t| age >= t.as_nanos() as u64);
+        if by_size || by_time {
+            self.rotate(ctx)?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, ctx: &mut Ctx<'_>) -> Result<ExitCode> {
+        if self.tty && !self.cfg.quiet {
+            write_stderr("\n");
+        }
+        let line = self.status_line(ctx.lost.total() + ctx.decode_errors);
+        let file = self.file.take().expect("open");
+        let bytes = file.writer.bytes;
+        file.writer
+            .finish()
+            .and_then(|mut w| w.flush())
+            .map_err(|e| write_error(&self.cfg.output, bytes, e))?;
+        if !self.cfg.quiet {
+            write_stderr(&format!(
+                "{}\n",
+                line.replacen("recording to", "recorded to", 1)
+            ));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The loop's options for `record`: a snapshot opens the file, repeats
+/// every `--snapshot-every` and closes it; a tick every second.
+pub fn options(cfg: &RecordConfig) -> Options {
+    Options {
+        tick: Some(Duration::from_secs(1)),
+        deadline: cfg.duration,
+        sockets_at_start: true,
+        sockets_every: Some(cfg.snapshot_every),
+        sockets_at_end: true,
+        hangup: Hangup::Stops,
+        ..Options::default()
+    }
+}
+
+pub fn run(cfg: RecordConfig) -> Result<ExitCode> {
+    let edges = Edges::install()?;
+    let mut source = Live::new(
+        Tracer::load(&cfg.load)?,
+        cfg.user_filter,
+        cfg.load.realtime_drain,
+    );
+    let opts = options(&cfg);
+    let mut recorder = Recorder::create(cfg, &source)?;
+    edges.run(&mut source, &mut recorder, &opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_shifts_and_keeps_n() {
+        let dir = std::env::temp_dir().join(format!("tcptrace-rot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("r.tcptrace");
+        for i in 0..5 {
+            fs::write(&f, format!("{i}")).unwrap();
+            shift_rotated(&f, 3).unwrap();
+        }
+        let read = |n| fs::read_to_string(rotated(&f, n)).unwrap();
+        assert_eq!(
+            (read(1), read(2), read(3)),
+            ("4".into(), "3".into(), "2".into())
+        );
+        assert!(!rotated(&f, 4).exists());
+        assert!(!f.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

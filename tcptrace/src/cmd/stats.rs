@@ -1,0 +1,114 @@
+//! `tcptrace stats`: the live engine (seeded from sock_diag, reconciled every
+//! few seconds) printing a summary every `--interval`, as text or JSON.
+
+use std::{
+    io::{self, Write},
+    process::ExitCode,
+};
+
+use anyhow::Result;
+use tcptrace_core::output::{EscapeWriter, stats};
+
+use super::Edges;
+use crate::{
+    cli::StatsConfig,
+    ebpf::Tracer,
+    session::{Consumer, Ctx, Flow, Hangup, Options},
+    source::Live,
+};
+
+/// `stats` as a consumer of the loop: a summary per tick.
+pub struct Stats<W: Write> {
+    out: W,
+    json: bool,
+    interval: std::time::Duration,
+}
+
+impl<W: Write> Stats<W> {
+    pub fn new(out: W, json: bool, interval: std::time::Duration) -> Self {
+        Self {
+            out,
+            json,
+            interval,
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+impl<W: Write> Consumer for Stats<W> {
+    fn start(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
+        let info = ctx.source.info();
+        crate::say!(
+            "stats every {:?} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
+            self.interval,
+            info.hook,
+            info.timewait_hook
+        );
+        Ok(())
+    }
+
+    fn tick(&mut self, ctx: &mut Ctx<'_>) -> Result<Flow> {
+        let snap = ctx.snapshot();
+        if self.json {
+            stats::write_json(&mut self.out, &snap)?;
+        } else {
+            stats::write_text(&mut EscapeWriter::new(&mut self.out), &snap)?;
+        }
+        self.out.flush()?;
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, _ctx: &mut Ctx<'_>) -> Result<ExitCode> {
+        self.out.flush()?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The loop's options for an engine command: seeded, reconciled every
+/// `reconcile`, a tick every `interval`.
+pub fn engine_options(
+    seed: bool,
+    reconcile: Option<std::time::Duration>,
+    max_conns: usize,
+    interval: std::time::Duration,
+    duration: Option<std::time::Duration>,
+) -> Options {
+    Options {
+        tick: Some(interval),
+        deadline: duration,
+        engine: Some(max_conns),
+        sockets_at_start: seed,
+        sockets_every: reconcile,
+        hangup: Hangup::Stops,
+        ..Options::default()
+    }
+}
+
+pub fn run(cfg: StatsConfig) -> Result<ExitCode> {
+    let edges = Edges::install()?;
+    edges.serve_metrics(cfg.metrics.clone())?;
+    let mut source = Live::new(
+        Tracer::load(&cfg.load)?,
+        cfg.user_filter,
+        cfg.load.realtime_drain,
+    );
+    let mut stats = Stats::new(
+        io::BufWriter::new(io::stdout().lock()),
+        cfg.json,
+        cfg.interval,
+    );
+    let opts = Options {
+        histograms_by: cfg.histograms_by,
+        ..engine_options(
+            cfg.seed,
+            cfg.reconcile,
+            cfg.max_conns,
+            cfg.interval,
+            cfg.duration,
+        )
+    };
+    edges.run(&mut source, &mut stats, &opts)
+}

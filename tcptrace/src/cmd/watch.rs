@@ -1,0 +1,140 @@
+//! `tcptrace watch`: the live engine (as `stats`), with the rules of
+//! [`tcptrace_core::alerts`] evaluated every `--interval`. Alerts go to stderr
+//! as text lines, or to stdout as JSON Lines with `--json`; `--exec` runs a
+//! command per alert ([`crate::exec`]). SIGHUP reloads `--config` (the flags
+//! still override it, and who may write it is checked again).
+
+use std::{
+    io::{self, Write},
+    process::ExitCode,
+};
+
+use anyhow::Result;
+use tcptrace_core::alerts::{AlertState, Alerter};
+
+use super::{Edges, stats::engine_options};
+use crate::{
+    cli::WatchConfig,
+    ebpf::Tracer,
+    exec::{EXEC_TIMEOUT, ExecHooks, FinishHooksOnDrop, exec_alert},
+    session::{Consumer, Ctx, Flow, Hangup, Input},
+    source::Live,
+};
+
+/// `watch` as a consumer of the loop.
+pub struct Watch<W: Write> {
+    cfg: WatchConfig,
+    out: W,
+    alerter: Alerter,
+    hooks: ExecHooks,
+    _finish_hooks: FinishHooksOnDrop,
+    exit: ExitCode,
+    /// Where a resolved cgroup path comes from (`/proc/PID/cgroup`).
+    cgroup_of: fn(u32) -> Option<String>,
+}
+
+impl<W: Write> Watch<W> {
+    /// Alerts as JSON go to `out`.
+    pub fn new(cfg: WatchConfig, out: W) -> Self {
+        let hooks = ExecHooks::default();
+        Self {
+            alerter: Alerter::new(cfg.rules.clone()),
+            _finish_hooks: hooks.finish_on_drop(),
+            hooks,
+            cfg,
+            out,
+            exit: ExitCode::SUCCESS,
+            cgroup_of: crate::seed::host::cgroup_path,
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+impl<W: Write> Consumer for Watch<W> {
+    fn start(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
+        let info = ctx.source.info();
+        crate::say!(
+            "watching every {:?} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
+            self.cfg.interval,
+            info.hook,
+            info.timewait_hook
+        );
+        Ok(())
+    }
+
+    fn tick(&mut self, ctx: &mut Ctx<'_>) -> Result<Flow> {
+        let snap = ctx.snapshot();
+        let (now, wall) = ctx.source.now();
+        let mut fired = false;
+        for mut a in self.alerter.evaluate(&snap, now, wall) {
+            fired |= a.state == AlertState::Firing;
+            a.cgroup = a.pid.and_then(self.cgroup_of);
+            if let Some(cmd) = &self.cfg.exec {
+                exec_alert(cmd, &a, &self.hooks, EXEC_TIMEOUT);
+            }
+            if self.cfg.json {
+                serde_json::to_writer(&mut self.out, &a).map_err(io::Error::from)?;
+                self.out.write_all(b"\n")?;
+                self.out.flush()?;
+            } else {
+                crate::say!("{}", a.text_line());
+            }
+        }
+        if fired && self.cfg.exit_on_alert {
+            self.exit = ExitCode::from(1);
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn input(&mut self, input: Input, _ctx: &mut Ctx<'_>) -> Result<Flow> {
+        if let Input::Hangup = input {
+            match self
+                .cfg
+                .overrides
+                .rules(self.cfg.config.as_deref(), self.cfg.exec.is_some())
+            {
+                Ok(rules) => {
+                    crate::say!("rules reloaded");
+                    self.alerter.rules = rules;
+                }
+                Err(e) => crate::say!("reload failed, keeping the current rules: {e}"),
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn firing(&self) -> Option<Vec<&'static str>> {
+        Some(self.alerter.firing_rules())
+    }
+
+    fn finish(&mut self, _ctx: &mut Ctx<'_>) -> Result<ExitCode> {
+        self.out.flush()?;
+        Ok(self.exit)
+    }
+}
+
+pub fn run(cfg: WatchConfig) -> Result<ExitCode> {
+    let edges = Edges::install()?;
+    edges.serve_metrics(cfg.metrics.clone())?;
+    let mut source = Live::new(
+        Tracer::load(&cfg.load)?,
+        cfg.user_filter,
+        cfg.load.realtime_drain,
+    );
+    let opts = crate::session::Options {
+        hangup: Hangup::Consumer,
+        ..engine_options(
+            cfg.seed,
+            cfg.reconcile,
+            cfg.max_conns,
+            cfg.interval,
+            cfg.duration,
+        )
+    };
+    let mut watch = Watch::new(cfg, io::stdout().lock());
+    edges.run(&mut source, &mut watch, &opts)
+}

@@ -1,0 +1,142 @@
+//! The live kernel as a [`Source`]: the ring buffer (copied out by the
+//! reader thread, decoded here), sock_diag snapshots of every namespace
+//! (through the user's filters), the kernel's loss counters, on the
+//! monotonic clock the kernel stamps events with.
+
+use std::sync::mpsc::Receiver;
+
+use anyhow::Result;
+use tcptrace_core::{
+    clock::WallClock,
+    decode,
+    filter::UserFilter,
+    model::{Lost, SeenSocket},
+    record::Record,
+};
+
+use super::{Source, SourceInfo, wait_real};
+use crate::{clock::monotonic_ns, ebpf::Tracer, seed, session::Input};
+
+/// The loaded tracer and what snapshots need.
+pub struct Live {
+    tracer: Tracer,
+    user_filter: UserFilter,
+    realtime: bool,
+    clock: WallClock,
+    last_lost: Lost,
+    start_events: u64,
+    decode_errors: u64,
+}
+
+/// A sock_diag snapshot of every namespace, keeping what the filter keeps:
+/// the sockets, the namespaces seen, and when it was taken (monotonic ns).
+pub fn take_snapshot(filter: &UserFilter) -> Result<(Vec<SeenSocket>, Vec<u32>, u64)> {
+    let snap = seed::snapshot(true)?;
+    let mut namespaces: Vec<u32> = snap.sockets.iter().filter_map(|s| s.netns).collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    let sockets = snap
+        .sockets
+        .into_iter()
+        .filter(|s| filter.matches_seen(s))
+        .collect();
+    Ok((sockets, namespaces, snap.taken_at_mono_ns))
+}
+
+impl Live {
+    /// `realtime`: drain at SCHED_RR 1 (see [`crate::sched`]).
+    pub fn new(tracer: Tracer, user_filter: UserFilter, realtime: bool) -> Self {
+        let counters = tracer.counters();
+        Self {
+            last_lost: counters.lost(),
+            start_events: counters.events,
+            tracer,
+            user_filter,
+            realtime,
+            clock: crate::clock::measure_wall_clock(),
+            decode_errors: 0,
+        }
+    }
+
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+}
+
+impl Source for Live {
+    fn info(&self) -> SourceInfo {
+        SourceInfo {
+            hook: self.tracer.hooks.transitions.to_string(),
+            timewait_hook: self.tracer.hooks.timewait.to_string(),
+            fallbacks: self.tracer.hooks.fallbacks.clone(),
+            host: seed::host::hostname(),
+            kernel: seed::host::kernel_release(),
+            recording: None,
+        }
+    }
+
+    fn enter_loop(&mut self) {
+        crate::sched::drain_priority(self.realtime);
+    }
+
+    fn clock_ns(&self) -> u64 {
+        monotonic_ns()
+    }
+
+    fn wait(&mut self, until: u64, inputs: &Receiver<Input>) -> Option<Input> {
+        wait_real(until, inputs)
+    }
+
+    fn now(&self) -> (u64, u64) {
+        let mono = monotonic_ns();
+        (mono, self.clock.wall_ns(mono))
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(Record)) {
+        let errors = &mut self.decode_errors;
+        self.tracer.drain(|bytes| match decode::decode(bytes) {
+            Ok(e) => f(Record::Event(e)),
+            Err(_) => *errors += 1,
+        });
+        self.tracer.flush_logs();
+    }
+
+    fn sockets(&mut self) -> Result<Option<Record>> {
+        let (sockets, namespaces, ts_ns) = take_snapshot(&self.user_filter)?;
+        Ok(Some(Record::Snapshot {
+            ts_ns,
+            namespaces,
+            sockets,
+        }))
+    }
+
+    fn take_lost(&mut self) -> Lost {
+        let now = self.tracer.counters().lost();
+        let delta = now.since(&self.last_lost);
+        self.last_lost = now;
+        delta
+    }
+
+    fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    fn restart_decode_errors(&mut self) {
+        self.decode_errors = 0;
+        self.start_events = self.tracer.counters().events;
+    }
+
+    fn delivered(&self) -> u64 {
+        self.tracer
+            .counters()
+            .events
+            .saturating_sub(self.start_events)
+    }
+
+    fn host(&self) -> ((u16, u16), u64) {
+        (
+            seed::host::ephemeral_port_range().unwrap_or((32768, 60999)),
+            seed::host::tw_overflow().unwrap_or(0),
+        )
+    }
+}
