@@ -28,6 +28,8 @@ pub mod decode;
 pub mod doctor;
 pub mod engine;
 pub mod filter;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 pub mod metrics;
 pub mod model;
 pub mod output;

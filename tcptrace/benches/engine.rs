@@ -86,7 +86,7 @@ fn main() {
             app.update(a);
         }
         let ms = best(&mut || {
-            term.draw(|f| f.render_widget(tcptrace::tui::render::Screen(&app), f.area()))
+            term.draw(|f| f.render_widget(tcptrace::tui::Screen(&app), f.area()))
                 .expect("draw");
         });
         frame_ms = frame_ms.max(ms);

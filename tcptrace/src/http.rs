@@ -86,6 +86,13 @@ pub struct Scrape {
 }
 
 impl Scrape {
+    /// A scrape and where its answer arrives (the server's side of it; for
+    /// tests of the loop too).
+    pub fn channel() -> (Self, oneshot::Receiver<Bytes>) {
+        let (reply, answer) = oneshot::channel();
+        (Self { reply }, answer)
+    }
+
     /// Sends the exposition text (the scraper may have given up: then
     /// nothing happens).
     pub fn answer(self, text: Bytes) {
@@ -335,8 +342,8 @@ async fn respond(req: &Request<Incoming>, scrapes: &Deliver) -> Response<Full<By
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return r;
     }
-    let (reply, body) = oneshot::channel();
-    if scrapes(Scrape { reply }).is_err() {
+    let (scrape, body) = Scrape::channel();
+    if scrapes(scrape).is_err() {
         // Many scrapes at once, or the command is stopping.
         return text(StatusCode::SERVICE_UNAVAILABLE, "busy, try again\n");
     }

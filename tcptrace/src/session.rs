@@ -496,3 +496,6 @@ pub fn run(
     }
     consumer.finish(&mut state.ctx(source))
 }
+
+#[cfg(test)]
+mod tests;

@@ -33,7 +33,7 @@ use crate::{
     preflight::EnvError,
     session::{self, Consumer, Ctx, Flow, Hangup, Input, Options},
     source::{Live, Recording, Source},
-    tui::{keys, render::Screen, terminal},
+    tui::{Screen, keys, terminal},
 };
 
 /// Everything the screen reacts to.
@@ -317,7 +317,7 @@ pub fn run(cfg: TopConfig) -> Result<ExitCode> {
     }
     crate::say!(
         "top ran {}; {} events, {} lost",
-        crate::tui::render::fmt_ms(started.elapsed().as_millis() as f64),
+        crate::clock::fmt_ms(started.elapsed().as_millis() as f64),
         summary.events,
         summary.lost
     );

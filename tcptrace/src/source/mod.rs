@@ -9,7 +9,7 @@
 
 mod live;
 pub mod recording;
-mod scripted;
+pub mod scripted;
 
 use std::sync::mpsc::Receiver;
 

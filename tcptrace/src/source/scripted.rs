@@ -39,6 +39,8 @@ pub struct Scripted {
     steps: VecDeque<(u64, Step)>,
     now: u64,
     sockets: Option<Vec<SeenSocket>>,
+    /// The namespaces sock_diag dumps: 1, and every one a socket was seen in.
+    namespaces: Vec<u32>,
     lost: Lost,
     delivered: u64,
     info: SourceInfo,
@@ -54,6 +56,7 @@ impl Scripted {
             steps: steps.into(),
             now: start_ns,
             sockets: Some(Vec::new()),
+            namespaces: vec![1],
             lost: Lost::default(),
             delivered: 0,
             info: SourceInfo {
@@ -80,7 +83,12 @@ impl Scripted {
                 break;
             }
             match self.steps.pop_front().map(|(_, s)| s) {
-                Some(Step::Sockets(s)) => self.sockets = Some(s),
+                Some(Step::Sockets(s)) => {
+                    self.namespaces.extend(s.iter().filter_map(|s| s.netns));
+                    self.namespaces.sort_unstable();
+                    self.namespaces.dedup();
+                    self.sockets = Some(s);
+                }
                 Some(Step::SocketsFail) => self.sockets = None,
                 Some(Step::Lost(l)) => self.lost = self.lost.saturating_add(&l),
                 _ => {}
@@ -143,12 +151,7 @@ impl Source for Scripted {
         match &self.sockets {
             Some(sockets) => Ok(Some(Record::Snapshot {
                 ts_ns: self.now,
-                namespaces: {
-                    let mut ns: Vec<u32> = sockets.iter().filter_map(|s| s.netns).collect();
-                    ns.sort_unstable();
-                    ns.dedup();
-                    ns
-                },
+                namespaces: self.namespaces.clone(),
                 sockets: sockets.clone(),
             })),
             None => bail!("scripted sock_diag failure"),

@@ -1,0 +1,127 @@
+//! Events and sockets built by hand, for tests (this crate's, the binary's
+//! scripted-source tests, the benchmarks): one place that knows how a
+//! connection's transitions look, instead of a builder per test file.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::model::{Comm, Event, EventKind, Family, Owner, SeenOwner, SeenSocket, TcpState};
+
+/// Nanoseconds per second.
+pub const SEC: u64 = 1_000_000_000;
+
+/// `10.0.0.last`.
+pub fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+}
+
+/// A process `pid` named `comm`.
+pub fn owner(pid: u32, comm: &str) -> Owner {
+    Owner {
+        pid,
+        tid: pid,
+        comm: Comm::from_name(comm),
+        cgroup: 1,
+        from_listener: false,
+    }
+}
+
+/// One socket's endpoints and owner; its events come from [`Conn::at`].
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    /// Kernel socket address (a kernel-looking one: seeded sockets have small
+    /// synthetic keys).
+    pub sk: u64,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub owner: Option<Owner>,
+    pub netns: u32,
+}
+
+impl Conn {
+    /// Socket number `n` from `saddr:sport` to `daddr:dport`, owned by `owner`.
+    pub fn new(n: u64, local: (IpAddr, u16), remote: (IpAddr, u16), owner: Option<Owner>) -> Self {
+        Self {
+            sk: 0xffff_8880_0000_0000 + n,
+            saddr: local.0,
+            sport: local.1,
+            daddr: remote.0,
+            dport: remote.1,
+            owner,
+            netns: 1,
+        }
+    }
+
+    /// The transition `old -> new` at `ts_ns`.
+    pub fn at(&self, ts_ns: u64, old: TcpState, new: TcpState) -> Event {
+        Event {
+            ts_ns,
+            kind: EventKind::Transition,
+            sk: self.sk,
+            link: None,
+            owner: self.owner,
+            netns: Some(self.netns),
+            family: Family::V4,
+            saddr: self.saddr,
+            sport: self.sport,
+            daddr: self.daddr,
+            dport: self.dport,
+            old: Some(old),
+            new,
+            prev_ns: None,
+            reason: None,
+        }
+    }
+
+    /// A client connection that the peer closed and this side never does:
+    /// connect at `ts_ns`, the peer's FIN 1 ms later (ends in CLOSE_WAIT).
+    pub fn leaked(&self, ts_ns: u64) -> [Event; 3] {
+        use TcpState::*;
+        [
+            self.at(ts_ns, Close, SynSent),
+            self.at(ts_ns + 100_000, SynSent, Established),
+            self.at(ts_ns + 1_000_000, Established, CloseWait),
+        ]
+    }
+
+    /// The socket as sock_diag would report it, in `state`.
+    pub fn seen(&self, state: TcpState, inode: u64) -> SeenSocket {
+        SeenSocket {
+            netns: Some(self.netns),
+            family: Family::V4,
+            saddr: self.saddr,
+            sport: self.sport,
+            daddr: self.daddr,
+            dport: self.dport,
+            state,
+            inode,
+            owner: self.owner.map(|o| SeenOwner {
+                pid: o.pid,
+                comm: o.comm,
+            }),
+            timer_left_ms: None,
+            cookie: inode,
+        }
+    }
+}
+
+/// The `i`th connection of [`leak`].
+fn leaked_conn(owner: Owner, i: u64) -> Conn {
+    Conn::new(i, (ip(2), 40_000 + i as u16), (ip(5), 5432), Some(owner))
+}
+
+/// `n` client connections of `owner` to `10.0.0.5:5432` leaked one every
+/// `every_ns` from `start_ns`: their events, in order.
+pub fn leak(owner: Owner, n: u64, start_ns: u64, every_ns: u64) -> Vec<Event> {
+    (0..n)
+        .flat_map(|i| leaked_conn(owner, i).leaked(start_ns + i * every_ns))
+        .collect()
+}
+
+/// The sockets of [`leak`] as sock_diag shows them once leaked.
+pub fn leak_sockets(owner: Owner, n: u64) -> Vec<SeenSocket> {
+    (0..n)
+        .map(|i| leaked_conn(owner, i).seen(TcpState::CloseWait, 100 + i))
+        .collect()
+}

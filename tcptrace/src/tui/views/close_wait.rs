@@ -1,0 +1,134 @@
+//! CLOSE_WAIT: processes ranked by CLOSE_WAIT sockets, their growth and oldest socket; Enter lists a process's sockets.
+
+use std::net::SocketAddr;
+
+use ratatui::{
+    buffer::Buffer,
+    layout::{Constraint, Rect},
+    style::Stylize,
+    widgets::{Cell, Row},
+};
+
+use super::super::{screen::Screen, theme::*, widgets::*};
+
+impl Screen<'_> {
+    pub(in crate::tui) fn render_close_wait(&self, area: Rect, buf: &mut Buffer) {
+        let d = self.data.as_ref().expect("checked by caller");
+        if let Some(pid) = self.close_wait_drill {
+            let sockets = d
+                .close_wait_sockets
+                .get(&pid)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let total = d
+                .snap
+                .close_wait_by_process
+                .iter()
+                .find(|p| p.pid == pid)
+                .map_or(0, |p| p.count);
+            let who = match pid {
+                Some(p) => format!(
+                    "{p} {}",
+                    sockets
+                        .first()
+                        .and_then(|s| s.comm.clone())
+                        .unwrap_or_default()
+                ),
+                None => "unknown owner".into(),
+            };
+            let shown = if (total as usize) > sockets.len() {
+                format!(", oldest {} shown", sockets.len())
+            } else {
+                String::new()
+            };
+            let block = titled_with(
+                format!(" CLOSE_WAIT sockets of {who} "),
+                format!("({total}{shown}, oldest first; Esc back) "),
+            );
+            let rows = &self.close_wait_sockets.rows;
+            window_table(
+                area,
+                buf,
+                block,
+                &["LOCAL", "REMOTE", "AGE IN CLOSE_WAIT"],
+                &[
+                    Constraint::Min(22),
+                    Constraint::Min(22),
+                    Constraint::Length(18),
+                ],
+                rows.len(),
+                Some(self.close_wait_sockets.selected),
+                |i| {
+                    let s = &sockets[rows[i]];
+                    let age = Cell::from(fmt_age(s.age_ms, s.age_is_lower_bound));
+                    Row::new(vec![
+                        Cell::from(SocketAddr::new(s.saddr, s.sport).to_string()),
+                        Cell::from(SocketAddr::new(s.daddr, s.dport).to_string()),
+                        if s.age_is_lower_bound {
+                            age.fg(WARN)
+                        } else {
+                            age
+                        },
+                    ])
+                },
+            );
+            return;
+        }
+        let procs = &d.snap.close_wait_by_process;
+        let total: u64 = procs.iter().map(|p| p.count).sum();
+        let block = titled_with(
+            " CLOSE_WAIT by process ",
+            format!(
+                "({total} sockets; sort: {}; Enter: sockets) ",
+                self.close_wait_sort.name()
+            ),
+        );
+        let rows = &self.close_wait.rows;
+        let wide = area.width >= 100;
+        let mut header = vec!["PID", "COMM", "COUNT", "+/MIN 1m", "5m", "15m", "OLDEST"];
+        let mut widths = vec![
+            Constraint::Length(7),
+            Constraint::Length(15),
+            Constraint::Length(7),
+            Constraint::Length(8),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(10),
+        ];
+        if wide || area.width >= 80 {
+            header.push("PEERS");
+            widths.push(Constraint::Min(10));
+        }
+        window_table(
+            area,
+            buf,
+            block,
+            &header,
+            &widths,
+            rows.len(),
+            Some(self.close_wait.selected),
+            |i| {
+                let p = &procs[rows[i]];
+                let growth = |g: f64| {
+                    let c = Cell::from(format!("{g:+.1}"));
+                    if g > 0.0 { c.fg(BAD) } else { c }
+                };
+                let oldest = Cell::from(fmt_age(p.oldest_age_ms, p.oldest_age_is_lower_bound));
+                Row::new(vec![
+                    Cell::from(p.pid.map_or("-".into(), |p| p.to_string())),
+                    Cell::from(p.comm.clone().unwrap_or_else(|| "?".into())),
+                    Cell::from(p.count.to_string()).bold(),
+                    growth(p.growth_per_min),
+                    growth(p.growth_per_min_5m),
+                    growth(p.growth_per_min_15m),
+                    if p.oldest_age_is_lower_bound {
+                        oldest.fg(WARN)
+                    } else {
+                        oldest
+                    },
+                    Cell::from(p.peers.join(" ")),
+                ])
+            },
+        );
+    }
+}
