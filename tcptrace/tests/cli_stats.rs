@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use common::{Running, free_listener, leak_close_wait, pile_time_wait, ss_count};
+use common::{Streaming, free_listener, leak_close_wait, pile_time_wait, ss_count};
+
+/// How long a condition may take to show up before the test fails.
+const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
@@ -18,7 +21,6 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
     let (tw_listener, tw_port) = free_listener();
     let mut held = Vec::new();
     leak_close_wait(&cw_listener, cw_port, 10, &mut held); // before tcptrace starts
-    std::thread::sleep(Duration::from_millis(1200));
 
     let (cw, tw) = (cw_port.to_string(), tw_port.to_string());
     let args = [
@@ -31,19 +33,27 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
         "--port",
         &tw,
     ];
-    let running = Running::start(&args, "stats every");
+    let running = Streaming::start(&args);
+    Streaming::wait_line(&running.err, &mut Vec::new(), "banner", WAIT, |l| {
+        l.contains("stats every")
+    });
 
     leak_close_wait(&cw_listener, cw_port, 40, &mut held);
     // 200 client-side TIME_WAITs to tw_port: the client closes first.
     pile_time_wait(tw_listener, tw_port, 200);
-    std::thread::sleep(Duration::from_millis(2500));
-
+    let line = Streaming::wait_line(
+        &running.out,
+        &mut Vec::new(),
+        "a summary with 50 CLOSE_WAIT and 200 TIME_WAIT",
+        WAIT,
+        |l| l.contains(r#""CLOSE_WAIT":50"#) && l.contains(r#""TIME_WAIT":200"#),
+    );
     let ss_cw = ss_count("close-wait", cw_port, None);
     let ss_tw = ss_count("time-wait", tw_port, None);
-    let (status, out, _) = running.stop();
+    running.signal(libc::SIGINT);
+    let (status, _, _) = running.wait(WAIT);
     assert!(status.success());
-    let last: serde_json::Value =
-        serde_json::from_str(out.lines().last().expect("at least one summary")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(&line).unwrap();
 
     assert_eq!((ss_cw, ss_tw), (50, 200), "the scenario itself");
     assert_eq!(last["states"]["CLOSE_WAIT"], 50, "{last}");
@@ -110,7 +120,10 @@ fn reconciliation_repairs_what_lost_events_hid() {
         "--port",
         &p,
     ];
-    let running = Running::start(&args, "stats every");
+    let running = Streaming::start(&args);
+    Streaming::wait_line(&running.err, &mut Vec::new(), "banner", WAIT, |l| {
+        l.contains("stats every")
+    });
     running.signal(libc::SIGSTOP);
     let mut held = Vec::new();
     for i in 0..2_000 {
@@ -125,11 +138,19 @@ fn reconciliation_repairs_what_lost_events_hid() {
         }
     }
     running.signal(libc::SIGCONT);
-    std::thread::sleep(Duration::from_millis(3500));
+    // Within a reconciliation period or two, the counts are right again.
+    let line = Streaming::wait_line(
+        &running.out,
+        &mut Vec::new(),
+        "a summary with the 20 CLOSE_WAIT sockets back",
+        WAIT,
+        |l| l.contains(r#""CLOSE_WAIT":20"#),
+    );
     let ss_cw = ss_count("close-wait", port, None);
-    let (status, out, _) = running.stop();
+    running.signal(libc::SIGINT);
+    let (status, _, _) = running.wait(WAIT);
     assert!(status.success());
-    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let last: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(ss_cw, 20);
     assert!(
         last["lost"]["ring_full"].as_u64().unwrap() > 0,

@@ -366,9 +366,10 @@ fn top_from_a_recording_plays_pauses_and_seeks() {
     );
     let mut held = Vec::new();
     common::leak_close_wait(&listener, port, 10, &mut held);
+    // The scenario, not a wait: the recording must hold a 3-second plateau.
     std::thread::sleep(Duration::from_secs(3));
     common::leak_close_wait(&listener, port, 10, &mut held);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Stopping drains and writes everything.
     let (status, _, err) = record.stop();
     assert!(status.success(), "{err}");
 

@@ -136,7 +136,8 @@ fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed(
         },
         &mut seen,
     );
-    // A little longer: nothing more (no storm, no flapping).
+    // An observation window, not a wait: four more evaluations must add
+    // nothing (no storm, no flapping).
     std::thread::sleep(Duration::from_secs(2));
     seen.extend(rx.try_iter());
     // SAFETY: signalling our own child by pid.
@@ -153,8 +154,7 @@ fn watch_fires_on_a_close_wait_leak_naming_the_process_and_resolves_once_closed(
         }
     }
     // --exec ran exactly once per state change, with the alert on stdin and
-    // in its environment. (It runs on its own thread: give it a moment.)
-    std::thread::sleep(Duration::from_millis(500));
+    // in its environment (watch lets running commands finish before it exits).
     let log = std::fs::read_to_string(&hook_log).unwrap();
     // Hooks for one evaluation run concurrently: compare as sets.
     let (json, env): (Vec<&str>, Vec<&str>) = log.lines().partition(|l| l.starts_with('{'));
@@ -227,7 +227,8 @@ fn watch_rejects_bad_rules_in_one_line() {
 /// stops cleanly with exit 0.
 #[test]
 fn sighup_reloads_the_config_and_sigterm_stops_cleanly() {
-    use common::Running;
+    use common::Streaming;
+    const WAIT: Duration = Duration::from_secs(30);
     let (listener, port) = free_listener();
     let dir = std::env::temp_dir().join(format!("tcptrace-watch-hup-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -238,38 +239,44 @@ fn sighup_reloads_the_config_and_sigterm_stops_cleanly() {
         )
     };
     std::fs::write(&config, rules(1000)).unwrap();
-    let running = Running::start(
-        &[
-            "watch",
-            "--json",
-            "--interval",
-            "0.3",
-            "--reconcile",
-            "0",
-            "--port",
-            &port.to_string(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        "watching every",
-    );
+    let running = Streaming::start(&[
+        "watch",
+        "--json",
+        "--interval",
+        "0.3",
+        "--reconcile",
+        "0",
+        "--port",
+        &port.to_string(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let mut errs = Vec::new();
+    Streaming::wait_line(&running.err, &mut errs, "banner", WAIT, |l| {
+        l.contains("watching every")
+    });
     let mut held = Vec::new();
     leak_close_wait(&listener, port, 8, &mut held);
-    // 8 < 1000: nothing yet. Then a bad file (kept rules), then a good one.
-    std::thread::sleep(Duration::from_millis(900));
+    // 8 < 1000: nothing. Then a bad file (kept rules), then a good one.
     std::fs::write(&config, "close_wait_per_process = \"many\"\n").unwrap();
     running.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(900));
+    Streaming::wait_line(&running.err, &mut errs, "the refused reload", WAIT, |l| {
+        l.contains("reload failed")
+    });
     std::fs::write(&config, rules(5)).unwrap();
     running.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(1500));
+    Streaming::wait_line(&running.err, &mut errs, "the reload", WAIT, |l| {
+        l.contains("rules reloaded")
+    });
+    let mut outs = Vec::new();
+    Streaming::wait_line(&running.out, &mut outs, "the alert", WAIT, |l| {
+        l.contains("close_wait_count")
+    });
     running.signal(libc::SIGTERM);
-    let (status, out, err) = {
-        let mut r = running;
-        let status = r.child.wait().unwrap();
-        let (out, err) = r.finish();
-        (status, out, err)
-    };
+    let (status, out_rest, err_rest) = running.wait(WAIT);
+    outs.extend(out_rest);
+    errs.extend(err_rest);
+    let (out, err) = (outs.join("\n"), errs.join("\n"));
     assert!(status.success(), "SIGTERM: {status} {err}");
     let alerts: Vec<Value> = out
         .lines()

@@ -162,6 +162,35 @@ fn timewait_hook_falls_back_to_timer_tracepoints() {
     assert!(tracer.hooks.accept);
 }
 
+/// Every fallback, forced: with tp_btf and fentry refused (as a kernel
+/// without them would), the classic tracepoints carry transitions and the
+/// timer tracepoints TIME_WAIT, each reason is kept, and the events are the
+/// same.
+#[test]
+fn refused_hooks_fall_back_and_say_why() {
+    let port = free_port(false);
+    let tracer = tracer_with(tcptrace::ebpf::LoadOptions {
+        filter: filter_for_ports(&[port]),
+        refuse: tcptrace::ebpf::Refuse {
+            tp_btf: true,
+            timer_btf: true,
+            fentry: true,
+        },
+        ..tcptrace::ebpf::LoadOptions::default()
+    });
+    assert_eq!(tracer.hooks.transitions, "tracepoint");
+    assert_eq!(tracer.hooks.timewait, "timer tracepoints");
+    let reasons = tracer.hooks.fallbacks.join("; ");
+    for expected in [
+        "TIME_WAIT via timer hooks: fentry refused",
+        "timer tracepoints: timer tp_btf refused",
+        "classic tracepoint: tp_btf refused",
+    ] {
+        assert!(reasons.contains(expected), "{reasons}");
+    }
+    active_close_with(false, tracer, port);
+}
+
 #[test]
 fn active_close_ipv6_ends_in_time_wait_with_owner() {
     let (events, ..) = active_close(true);

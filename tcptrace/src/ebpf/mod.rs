@@ -58,6 +58,28 @@ pub struct LoadOptions {
     pub tuning: Tuning,
     /// Drain at real-time priority (see `crate::sched`); used by the commands.
     pub realtime_drain: bool,
+    /// Hooks to treat as refused, as a kernel without them would: tests of
+    /// the fallbacks on a kernel that has them.
+    pub refuse: Refuse,
+}
+
+/// Hooks [`Tracer::load`] treats as refused by the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refuse {
+    /// tp_btf for `inet_sock_set_state` (falls back to the classic tracepoint).
+    pub tp_btf: bool,
+    /// tp_btf for the timer hooks (falls back to the classic tracepoints).
+    pub timer_btf: bool,
+    /// fentry on the timewait functions (falls back to the timer hooks).
+    pub fentry: bool,
+}
+
+/// `Err` (as the kernel would refuse) when `refused`.
+fn simulated(refused: bool, what: &str) -> Result<()> {
+    if refused {
+        anyhow::bail!("{what} refused (simulated)")
+    }
+    Ok(())
 }
 
 impl Default for LoadOptions {
@@ -72,6 +94,7 @@ impl Default for LoadOptions {
                 submit_flags: 1, // BPF_RB_NO_WAKEUP: the reader polls
             },
             realtime_drain: true,
+            refuse: Refuse::default(),
         }
     }
 }
@@ -181,9 +204,10 @@ impl Tracer {
 
         // TIME_WAIT first, so no timewait socket begun after the transition
         // hook is attached goes unseen.
+        let refuse = opts.refuse;
         let timewait = match opts.timewait {
             TimewaitChoice::Timer => {
-                let (fds, hook) = attach_timers(&mut ebpf, &btf, &mut fallbacks)?;
+                let (fds, hook) = attach_timers(&mut ebpf, &btf, refuse, &mut fallbacks)?;
                 prog_fds.extend(fds);
                 hook
             }
@@ -192,19 +216,23 @@ impl Tracer {
                 "timer tracepoints"
             }
             TimewaitChoice::Fentry => {
-                prog_fds.extend(attach_fentry(&mut ebpf, &btf).map_err(|e| {
+                let attached = simulated(refuse.fentry, "fentry")
+                    .and_then(|()| attach_fentry(&mut ebpf, &btf));
+                prog_fds.extend(attached.map_err(|e| {
                     EnvError(format!("{e:#}: use --timewait-hook timer on this kernel"))
                 })?);
                 "fentry"
             }
-            TimewaitChoice::Auto => match attach_fentry(&mut ebpf, &btf) {
+            TimewaitChoice::Auto => match simulated(refuse.fentry, "fentry")
+                .and_then(|()| attach_fentry(&mut ebpf, &btf))
+            {
                 Ok(fds) => {
                     prog_fds.extend(fds);
                     "fentry"
                 }
                 Err(e) => {
                     fallbacks.push(format!("TIME_WAIT via timer hooks: {e:#}"));
-                    let (fds, hook) = attach_timers(&mut ebpf, &btf, &mut fallbacks)?;
+                    let (fds, hook) = attach_timers(&mut ebpf, &btf, refuse, &mut fallbacks)?;
                     prog_fds.extend(fds);
                     hook
                 }
@@ -229,11 +257,14 @@ impl Tracer {
                 "tracepoint"
             }
             HookChoice::TpBtf => {
+                simulated(refuse.tp_btf, "tp_btf")?;
                 prog_fds.push(attach_btf(&mut ebpf, &btf)?);
                 attach_nested(&mut ebpf, &btf, &mut fallbacks);
                 "tp_btf"
             }
-            HookChoice::Auto => match attach_btf(&mut ebpf, &btf) {
+            HookChoice::Auto => match simulated(refuse.tp_btf, "tp_btf")
+                .and_then(|()| attach_btf(&mut ebpf, &btf))
+            {
                 Ok(fd) => {
                     prog_fds.push(fd);
                     attach_nested(&mut ebpf, &btf, &mut fallbacks);
@@ -400,9 +431,10 @@ const TIMER_BTF: [&str; 3] = [
 fn attach_timers(
     ebpf: &mut Ebpf,
     btf: &Result<Btf>,
+    refuse: Refuse,
     fallbacks: &mut Vec<String>,
 ) -> Result<(Vec<RawFd>, &'static str)> {
-    match attach_timers_btf(ebpf, btf) {
+    match simulated(refuse.timer_btf, "timer tp_btf").and_then(|()| attach_timers_btf(ebpf, btf)) {
         Ok(fds) => Ok((fds, "timer tp_btf")),
         Err(e) => {
             fallbacks.push(format!("timer tracepoints: {e:#}"));

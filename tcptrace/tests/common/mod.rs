@@ -17,6 +17,21 @@ use tcptrace_core::{
     model::{Event, EventKind, TcpState},
 };
 
+/// These tests load eBPF (directly, or through the binary) and change
+/// network namespaces: as another user than root, the whole test binary
+/// fails at once with one line, before any test runs. The pure tests (the
+/// core crate's, and the binary's scripted-source tests) run as anyone.
+#[ctor::ctor(unsafe)]
+fn kernel_tests_need_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "error: the kernel tests load eBPF and need root: run `cargo xtask test` (it uses sudo), or `cargo test -p tcptrace-core` for the pure tests"
+        );
+        std::process::exit(1);
+    }
+}
+
 /// Loads the tracer filtered to `ports` (either side).
 /// A filter keeping events with a local or remote port in `ports`.
 pub fn filter_for_ports(ports: &[u16]) -> Filter {
@@ -529,7 +544,7 @@ pub fn processes_with(argv: &[&str]) -> Vec<u32> {
 }
 
 /// Polls `ok` every 20 ms until it holds, or panics naming `what`.
-pub fn wait_for(what: &str, timeout: Duration, ok: impl Fn() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
