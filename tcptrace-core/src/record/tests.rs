@@ -552,7 +552,7 @@ fn mutated_recording(ops: &[Op], muts: &[(usize, Mutation)]) -> (Vec<u8>, Vec<(u
 /// reported), and what it returns must not panic the engine `report` and
 /// `top --from` run. Returns whether the file ended in a cut.
 fn fuzz_case(ops: &[Op], muts: &[(usize, Mutation)]) -> bool {
-    let (file, blocks) = mutated_recording(&ops, &muts);
+    let (file, blocks) = mutated_recording(ops, muts);
     // Each decoder alone on every mutated payload.
     for (kind, raw) in &blocks {
         if *kind == KIND_EVENTS {
