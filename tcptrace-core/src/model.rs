@@ -184,6 +184,9 @@ pub struct Lost {
     pub recursion_misses: u64,
     /// Failed inserts into the owner map.
     pub map_full: u64,
+    /// Events a program dropped because a probe read, a scratch lookup or
+    /// another helper failed in the kernel.
+    pub probe_failed: u64,
 }
 
 impl Lost {
@@ -192,6 +195,7 @@ impl Lost {
         self.ring_full
             .saturating_add(self.recursion_misses)
             .saturating_add(self.map_full)
+            .saturating_add(self.probe_failed)
     }
 
     pub fn is_zero(&self) -> bool {
@@ -204,6 +208,7 @@ impl Lost {
             ring_full: self.ring_full.saturating_add(other.ring_full),
             recursion_misses: self.recursion_misses.saturating_add(other.recursion_misses),
             map_full: self.map_full.saturating_add(other.map_full),
+            probe_failed: self.probe_failed.saturating_add(other.probe_failed),
         }
     }
 
@@ -215,6 +220,7 @@ impl Lost {
                 .recursion_misses
                 .saturating_sub(earlier.recursion_misses),
             map_full: self.map_full.saturating_sub(earlier.map_full),
+            probe_failed: self.probe_failed.saturating_sub(earlier.probe_failed),
         }
     }
 }
@@ -358,8 +364,9 @@ mod tests {
             ring_full: 1,
             recursion_misses: 2,
             map_full: 3,
+            probe_failed: 4,
         };
-        assert_eq!(l.total(), 6);
+        assert_eq!(l.total(), 10);
         assert!(!l.is_zero());
         assert!(Lost::default().is_zero());
     }
@@ -370,11 +377,13 @@ mod tests {
             ring_full: 10,
             recursion_misses: 20,
             map_full: 30,
+            probe_failed: 0,
         };
         let earlier = Lost {
             ring_full: 1,
             recursion_misses: 2,
             map_full: 3,
+            probe_failed: 0,
         };
         assert_eq!(
             now.since(&earlier),
@@ -382,6 +391,7 @@ mod tests {
                 ring_full: 9,
                 recursion_misses: 18,
                 map_full: 27,
+                probe_failed: 0,
             }
         );
     }
@@ -392,11 +402,13 @@ mod tests {
             ring_full: 1,
             recursion_misses: 0,
             map_full: 5,
+            probe_failed: 0,
         };
         let earlier = Lost {
             ring_full: 2,
             recursion_misses: u64::MAX,
             map_full: 5,
+            probe_failed: 0,
         };
         assert_eq!(now.since(&earlier), Lost::default());
     }

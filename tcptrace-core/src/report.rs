@@ -54,6 +54,7 @@ pub struct Gap {
     pub ring_full: u64,
     pub recursion_misses: u64,
     pub map_full: u64,
+    pub probe_failed: u64,
 }
 
 /// CLOSE_WAIT at one sample time.
@@ -118,6 +119,7 @@ pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
                         ring_full: l.ring_full,
                         recursion_misses: l.recursion_misses,
                         map_full: l.map_full,
+                        probe_failed: l.probe_failed,
                     }),
                     Record::Snapshot { .. } => {}
                 }
@@ -229,11 +231,12 @@ pub fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
         for g in &r.gaps {
             writeln!(
                 w,
-                "  {}  ring_full {}  recursion_misses {}  map_full {}",
+                "  {}  ring_full {}  recursion_misses {}  map_full {}  probe_failed {}",
                 hms_millis(g.ts_ns),
                 g.ring_full,
                 g.recursion_misses,
-                g.map_full
+                g.map_full,
+                g.probe_failed
             )?;
         }
     }
@@ -348,7 +351,8 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
             "recursion_misses",
             g.recursion_misses.to_string(),
         );
-        push("gaps", key, "map_full", g.map_full.to_string());
+        push("gaps", key.clone(), "map_full", g.map_full.to_string());
+        push("gaps", key, "probe_failed", g.probe_failed.to_string());
     }
     for p in &r.close_wait_timeline {
         push(

@@ -209,6 +209,7 @@ fn lost_events_reach_the_snapshot() {
             ring_full: 12,
             recursion_misses: 3,
             map_full: 0,
+            probe_failed: 0,
         },
     );
     let lost = &app.data.as_ref().unwrap().snap.lost;

@@ -86,6 +86,7 @@ struct JsonLost {
     ring_full: u64,
     recursion_misses: u64,
     map_full: u64,
+    probe_failed: u64,
     total: u64,
 }
 
@@ -96,6 +97,7 @@ pub fn write_lost(w: &mut impl io::Write, lost: &Lost, wall_ns: u64) -> io::Resu
         ring_full: lost.ring_full,
         recursion_misses: lost.recursion_misses,
         map_full: lost.map_full,
+        probe_failed: lost.probe_failed,
         total: lost.total(),
     };
     serde_json::to_writer(&mut *w, &j)?;
@@ -369,6 +371,7 @@ mod tests {
             ring_full: 3,
             recursion_misses: 4,
             map_full: 5,
+            probe_failed: 6,
         };
         let mut out = Vec::new();
         write_lost(&mut out, &lost, 777).unwrap();
@@ -381,6 +384,7 @@ mod tests {
                 "ring_full",
                 "recursion_misses",
                 "map_full",
+                "probe_failed",
                 "total"
             ])
         );
@@ -389,6 +393,7 @@ mod tests {
         assert_eq!(m["ring_full"], 3);
         assert_eq!(m["recursion_misses"], 4);
         assert_eq!(m["map_full"], 5);
-        assert_eq!(m["total"], 12);
+        assert_eq!(m["probe_failed"], 6);
+        assert_eq!(m["total"], 18);
     }
 }

@@ -27,7 +27,8 @@
 //! | `owner_from_listener` | bool | owner inherited from the listening socket (accept() not seen yet) |
 //!
 //! A `"lost"` object has `ts_ns`, `kind`, and the counts since the previous
-//! one: `ring_full`, `recursion_misses`, `map_full`, `total`.
+//! one: `ring_full`, `recursion_misses`, `map_full`, `probe_failed` (a probe
+//! read, scratch lookup or helper failed in the kernel), `total`.
 
 pub mod escape;
 pub mod json;

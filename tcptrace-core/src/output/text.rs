@@ -75,12 +75,13 @@ pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Resul
 pub fn write_lost(w: &mut impl io::Write, lost: &Lost, wall_ns: u64) -> io::Result<()> {
     writeln!(
         w,
-        "{:<13} LOST {} events: ring buffer full {}, recursion misses {}, owner map full {}",
+        "{:<13} LOST {} events: ring buffer full {}, recursion misses {}, owner map full {}, probe failed {}",
         hms_millis(wall_ns),
         lost.total(),
         lost.ring_full,
         lost.recursion_misses,
-        lost.map_full
+        lost.map_full,
+        lost.probe_failed
     )
 }
 
@@ -297,12 +298,13 @@ mod tests {
             ring_full: 1,
             recursion_misses: 2,
             map_full: 3,
+            probe_failed: 4,
         };
         let mut out = Vec::new();
         write_lost(&mut out, &lost, WALL_NS).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "03:04:05.678  LOST 6 events: ring buffer full 1, recursion misses 2, owner map full 3\n"
+            "03:04:05.678  LOST 10 events: ring buffer full 1, recursion misses 2, owner map full 3, probe failed 4\n"
         );
     }
 }

@@ -37,7 +37,10 @@
 //!           [old u8]                        flags & 0x20
 //!           new u8, [reason u8]             flags & 0x40
 //!           (flags & 0x80: the owner came from the listener)
-//! lost    = 0x02 ts zigzag (as above), ring_full, recursion_misses,
+//! lost    = 0x03 ts zigzag (as above), ring_full, recursion_misses,
+//!           map_full, probe_failed varints: events lost since the previous
+//!           marker (version 2; version 1 files have the older form:)
+//! lost_v1 = 0x02 ts zigzag (as above), ring_full, recursion_misses,
 //!           map_full varints: events lost since the previous marker
 //! ```
 //!
@@ -65,7 +68,8 @@ use crate::model::{
 };
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
-pub const FORMAT_VERSION: u16 = 1;
+/// 2: loss markers carry `probe_failed` (tag 0x03); version 1 files read too.
+pub const FORMAT_VERSION: u16 = 2;
 /// Fixed part of the header before its JSON.
 pub const HEADER_FIXED: usize = 8 + 2 + 4 + 4;
 /// Fixed part of a block before its payload.
@@ -242,11 +246,12 @@ impl BlockEncoder {
     }
 
     pub fn lost(&mut self, ts_ns: u64, lost: &Lost) {
-        self.buf.push(2);
+        self.buf.push(3);
         self.ts(ts_ns);
         put_varint(&mut self.buf, lost.ring_full);
         put_varint(&mut self.buf, lost.recursion_misses);
         put_varint(&mut self.buf, lost.map_full);
+        put_varint(&mut self.buf, lost.probe_failed);
         self.records += 1;
     }
 
@@ -487,7 +492,7 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                     reason,
                 }));
             }
-            2 => {
+            2 | 3 => {
                 let ts = prev_ts.wrapping_add(c.zigzag()? as u64);
                 prev_ts = ts;
                 out.push(Record::Lost {
@@ -496,6 +501,7 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                         ring_full: c.varint()?,
                         recursion_misses: c.varint()?,
                         map_full: c.varint()?,
+                        probe_failed: if tag == 3 { c.varint()? } else { 0 },
                     },
                 });
             }

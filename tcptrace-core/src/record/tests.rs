@@ -153,9 +153,9 @@ enum Op {
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => arb_event().prop_map(Op::Event),
-        1 => (any::<u64>(), any::<(u64, u64, u64)>()).prop_map(|(ts, (a, b, c))| Op::Lost(
+        1 => (any::<u64>(), any::<(u64, u64, u64, u64)>()).prop_map(|(ts, (a, b, c, d))| Op::Lost(
             ts,
-            Lost { ring_full: a, recursion_misses: b, map_full: c }
+            Lost { ring_full: a, recursion_misses: b, map_full: c, probe_failed: d }
         )),
         1 => (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..3),
               proptest::collection::vec(arb_seen(), 0..4))

@@ -21,7 +21,7 @@
 //! - `histograms_by` (only with `--histograms-by process|peer`): list of
 //!   `pid`+`comm` or `daddr`+`dport` with their own `histograms`.
 //! - `lost`: source -> count (`ring_full`, `recursion_misses`, `map_full`,
-//!   `evictions`, `decode_errors`).
+//!   `probe_failed`, `evictions`, `decode_errors`).
 //! - `transitions_total`, `transitions_per_sec`, `closers`, `ended`,
 //!   `tw_overflow`, `port_range`, `tracked`, `corrections`, `unknown_sockets`.
 //! - `silent_rearms`: timewait sockets reconciliation found in TIME_WAIT
@@ -494,6 +494,7 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         ("ring_full", input.host.lost.ring_full),
         ("recursion_misses", input.host.lost.recursion_misses),
         ("map_full", input.host.lost.map_full),
+        ("probe_failed", input.host.lost.probe_failed),
         ("evictions", counters.evictions),
         ("decode_errors", input.host.decode_errors),
     ]);

@@ -95,6 +95,7 @@ fn lost_events_are_shown_in_the_header() {
             ring_full: 1234,
             recursion_misses: 5,
             map_full: 0,
+            probe_failed: 0,
         },
     );
     app.update(Action::Resize(80, 24));
