@@ -162,10 +162,16 @@ pub enum Counter {
     /// recursion miss) and its twin handles them. Each one makes up for one
     /// recursion miss of the main program.
     NestedRecovered = 7,
+    /// Events lost because the program failed to build them: a read of
+    /// kernel memory failed (or a field lay outside the bytes copied), or a
+    /// per-CPU scratch lookup failed. Events left out on purpose (not TCP, not
+    /// a timewait timer, filtered, skipped by the nesting guard) are not
+    /// counted here.
+    ProbeFailed = 8,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const N_COUNTERS: u32 = 8;
+pub const N_COUNTERS: u32 = 9;
 
 /// Value of the owner map, keyed by socket address (full or timewait socket).
 #[repr(C)]

@@ -1,7 +1,7 @@
 //! Maps and load-time globals, and the small helpers every probe uses to
 //! count and emit.
 
-use crate::sock::SockHead;
+use crate::{probes::Drop, sock::SockHead};
 use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -171,11 +171,12 @@ pub fn tw_scratch() -> Option<*mut TwScratch> {
 
 /// Runs `f` with `bit` of this CPU's [`Scratch::busy`] set.
 #[inline(always)]
-pub fn guarded(bit: u32, f: impl FnOnce()) {
-    let Some(s) = scratch() else { return };
+pub fn guarded(bit: u32, f: impl FnOnce() -> Result<(), Drop>) -> Result<(), Drop> {
+    let s = scratch().ok_or(Drop::Scratch)?;
     unsafe { (*s).busy |= bit };
-    f();
+    let result = f();
     unsafe { (*s).busy &= !bit };
+    result
 }
 
 /// Whether this program interrupted, on this CPU, a guarded one whose

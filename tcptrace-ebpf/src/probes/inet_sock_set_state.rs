@@ -6,47 +6,78 @@
 //!     TP_PROTO(const struct sock *sk, const int oldstate, const int newstate), ...)
 //! ```
 //!
-//! Two entry points feed one handler: the tp_btf variant reads the socket
-//! through BTF offsets, the classic one reads the tracepoint record. Both see
-//! the same events. This is also where owners are captured (connect and listen
+//! It exists because every TCP state transition passes through it. Three
+//! entry points feed one handler: the tp_btf program and its twin (for a
+//! transition that interrupts it on the same CPU) read the socket through BTF
+//! offsets, the classic tracepoint reads the record. Both paths see the same
+//! events. This is also where owners are captured (connect and listen
 //! run in the owner's process context) and where a timewait socket is linked to
 //! the full socket it replaces.
 
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_ktime_get_ns, programs::BtfTracePointContext,
-    programs::TracePointContext,
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{Counter, EventKind, IPPROTO_TCP, RawEvent, event_flags, family, tcp_state};
 
 use crate::{
-    filter,
     maps::{
-        LISTENERS, ListenKey, ListenerEntry, OWNERS, Prog, ProgScratch, RECORD_WORDS, count,
-        global, output, prog_scratch, scratch, tw_scratch,
+        LISTENERS, ListenKey, ListenerEntry, OWNERS, Prog, ProgScratch, RECORD_WORDS, busy,
+        busy_in, count, global, guarded, prog_scratch, scratch, tw_scratch,
     },
-    probes::timer,
+    probes::{Drop, emit, settle, timewait},
     sock::{self, apply_owner, capture_current, empty_owner, field, read_tuple, same_tuple},
 };
+
+/// `sock:inet_sock_set_state` as a BTF-enabled raw tracepoint (preferred).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    settle(guarded(busy::SET_STATE, || try_btf(&ctx, false)));
+    0
+}
+
+/// The twin of `inet_sock_set_state_btf`, attached beside it: the kernel
+/// skips a program that is already running on the CPU, so a transition in a
+/// softirq that interrupted it would be lost; this one handles exactly those
+/// and returns at once otherwise.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
+    if busy_in(busy::SET_STATE) {
+        count(Counter::NestedRecovered);
+        settle(try_btf(&ctx, true));
+    }
+    0
+}
+
+/// `sock:inet_sock_set_state` as a classic tracepoint (fallback).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
+    settle(guarded(busy::SET_STATE, || try_classic(&ctx)));
+    0
+}
 
 /// tp_btf: `(const struct sock *sk, int oldstate, int newstate)`. `nested`:
 /// called by the twin program for a transition that interrupted this one on
 /// the same CPU (its own scratch).
 #[inline(always)]
-pub fn try_btf(ctx: &BtfTracePointContext, nested: bool) -> Option<()> {
+pub fn try_btf(ctx: &BtfTracePointContext, nested: bool) -> Result<(), Drop> {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    let protocol: u16 = sock::read(sk, global!(OFFSETS.sk_protocol))?;
+    let protocol: u16 = sock::read(sk, global!(OFFSETS.sk_protocol)).ok_or(Drop::ProbeRead)?;
     if protocol != IPPROTO_TCP {
-        return None;
+        return Err(Drop::NotTcp);
     }
     let ProgScratch { event: ev, head } = prog_scratch(if nested {
         Prog::SetStateNested
     } else {
         Prog::SetState
-    })?;
+    })
+    .ok_or(Drop::Scratch)?;
     *ev = RawEvent::zeroed();
-    let net = read_tuple(sk, head, ev, true)?;
+    let net = read_tuple(sk, head, ev, true).ok_or(Drop::ProbeRead)?;
     handle(
         unsafe { bpf_ktime_get_ns() },
         sk,
@@ -61,37 +92,37 @@ const RECORD_BYTES: usize = RECORD_WORDS * 8;
 
 /// Classic tracepoint: fields at the offsets of its `format` file.
 #[inline(always)]
-pub fn try_classic(ctx: &TracePointContext) -> Option<()> {
-    let scratch = scratch()?;
+pub fn try_classic(ctx: &TracePointContext) -> Result<(), Drop> {
+    let scratch = scratch().ok_or(Drop::Scratch)?;
     let rec = unsafe { &mut (*scratch).record };
     unsafe {
         let src = ctx.as_ptr() as *const u8;
         let dst = rec.as_mut_ptr() as *mut u8;
         let len = RECORD_BYTES as u32;
         if aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst.cast(), len, src.cast()) != 0 {
-            return None;
+            return Err(Drop::ProbeRead);
         }
     }
     let rec = &*rec;
-    let protocol: u16 = field(rec, global!(OFFSETS.tp_protocol))?;
+    let protocol: u16 = rec_field(rec, global!(OFFSETS.tp_protocol))?;
     if protocol != IPPROTO_TCP {
-        return None;
+        return Err(Drop::NotTcp);
     }
-    let sk: u64 = field(rec, global!(OFFSETS.tp_skaddr))?;
-    let old: i32 = field(rec, global!(OFFSETS.tp_oldstate))?;
-    let new: i32 = field(rec, global!(OFFSETS.tp_newstate))?;
-    let tuple = &mut prog_scratch(Prog::SetState)?.event;
+    let sk: u64 = rec_field(rec, global!(OFFSETS.tp_skaddr))?;
+    let old: i32 = rec_field(rec, global!(OFFSETS.tp_oldstate))?;
+    let new: i32 = rec_field(rec, global!(OFFSETS.tp_newstate))?;
+    let tuple = &mut prog_scratch(Prog::SetState).ok_or(Drop::Scratch)?.event;
     *tuple = RawEvent::zeroed();
-    let fam: u16 = field(rec, global!(OFFSETS.tp_family))?;
+    let fam: u16 = rec_field(rec, global!(OFFSETS.tp_family))?;
     tuple.family = fam as u8;
-    tuple.sport = field(rec, global!(OFFSETS.tp_sport))?;
-    tuple.dport = field(rec, global!(OFFSETS.tp_dport))?;
+    tuple.sport = rec_field(rec, global!(OFFSETS.tp_sport))?;
+    tuple.dport = rec_field(rec, global!(OFFSETS.tp_dport))?;
     if tuple.family == family::INET6 {
-        tuple.saddr = field(rec, global!(OFFSETS.tp_saddr_v6))?;
-        tuple.daddr = field(rec, global!(OFFSETS.tp_daddr_v6))?;
+        tuple.saddr = rec_field(rec, global!(OFFSETS.tp_saddr_v6))?;
+        tuple.daddr = rec_field(rec, global!(OFFSETS.tp_daddr_v6))?;
     } else {
-        let s: [u8; 4] = field(rec, global!(OFFSETS.tp_saddr))?;
-        let d: [u8; 4] = field(rec, global!(OFFSETS.tp_daddr))?;
+        let s: [u8; 4] = rec_field(rec, global!(OFFSETS.tp_saddr))?;
+        let d: [u8; 4] = rec_field(rec, global!(OFFSETS.tp_daddr))?;
         tuple.saddr[..4].copy_from_slice(&s);
         tuple.daddr[..4].copy_from_slice(&d);
     }
@@ -105,6 +136,12 @@ pub fn try_classic(ctx: &TracePointContext) -> Option<()> {
     )
 }
 
+/// A field of the copied record (out of range: [`Drop::ProbeRead`]).
+#[inline(always)]
+fn rec_field<T: Copy>(rec: &[u64; RECORD_WORDS], off: u32) -> Result<T, Drop> {
+    field(rec, off).ok_or(Drop::ProbeRead)
+}
+
 /// A new lifecycle starts on this socket address: connect(), listen(), or a
 /// child socket cloned from a listener.
 #[inline(always)]
@@ -114,10 +151,10 @@ fn starts_lifecycle(old: u8, new: u8) -> bool {
 
 /// `net` is the socket's `struct net *` when already read (0: read it here).
 #[inline(always)]
-fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Option<()> {
+fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Result<(), Drop> {
     // A transition can't fall between a re-arm's cancel and start: any
     // pending cancel on this CPU was a kill.
-    timer::resolve_pending_cancel(0, timer::Next::Other);
+    timewait::resolve_pending_cancel(0, timewait::Next::Other);
 
     let mut owner = empty_owner();
     let mut prev_ns = 0u64;
@@ -210,10 +247,7 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Op
     ev.prev_ns = prev_ns;
     ev.flags = flags;
     apply_owner(ev, &owner);
-    if filter::passes(ev) {
-        output(ev);
-    }
-    Some(())
+    emit(ev)
 }
 
 /// `tcp_time_wait()` armed a timewait socket's timer on this CPU just before
@@ -243,8 +277,6 @@ fn link_timewait(sk: u64, old: u8, tuple: &RawEvent, owner: &tcptrace_common::Ow
     if OWNERS.insert(begun.sk, tw_owner, 0).is_err() {
         count(Counter::MapFull);
     }
-    if filter::passes(begun) {
-        output(begun);
-    }
+    let _ = emit(begun);
     begun.sk = 0;
 }

@@ -1,0 +1,86 @@
+//! `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept`: the task that
+//! accept()s a child socket owns it. The child was created in softirq with the
+//! listener's owner; here, in the acceptor's process context, we find the
+//! socket behind the returned fd and record the real owner.
+//!
+//! ```c
+//! SYSCALL_DEFINE4(accept4, int, fd, struct sockaddr __user *, upeer_sockaddr,
+//!                 int __user *, upeer_addrlen, int, flags)   /* exit: long ret */
+//! SYSCALL_DEFINE3(accept, int, fd, struct sockaddr __user *, upeer_sockaddr,
+//!                 int __user *, upeer_addrlen)               /* exit: long ret */
+//! /* the exit record (kernel/trace/trace.h; `ret` offset from the format file) */
+//! struct syscall_trace_exit { struct trace_entry ent; int nr; long ret; };
+//! ```
+//!
+//! fd -> `current->files->fdt->fd[fd]` -> `file->private_data` (struct socket)
+//! -> `socket->sk`.
+//!
+//! When that changes the owner userspace knows (none before, or another
+//! process), an [`EventKind::Accept`] tells it: a socket whose peer closed
+//! before accept() returned makes no further transition that would.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tcptrace_common::{EventKind, RawEvent, event_flags};
+
+use crate::{
+    maps::{OWNERS, Prog, ProgScratch, global, prog_scratch},
+    probes::{Drop, emit, settle},
+    sock::{apply_owner, capture_current, read, read_tuple},
+};
+
+/// `syscalls:sys_exit_accept4`: the accepting process owns the child socket.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    settle(try_sys_exit_accept(&ctx));
+    0
+}
+
+/// `syscalls:sys_exit_accept`: as `sys_exit_accept4`.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    settle(try_sys_exit_accept(&ctx));
+    0
+}
+
+#[inline(always)]
+pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
+    let ret: i64 = unsafe { ctx.read_at(global!(OFFSETS.tp_accept_ret) as usize) }
+        .map_err(|_| Drop::ProbeRead)?;
+    if ret < 0 {
+        return Err(Drop::AcceptFailed);
+    }
+    let fd = ret as u64;
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, global!(OFFSETS.task_files)).ok_or(Drop::ProbeRead)?;
+    let fdt: u64 = read(files, global!(OFFSETS.files_fdt)).ok_or(Drop::ProbeRead)?;
+    let max_fds: u32 = read(fdt, global!(OFFSETS.fdtable_max_fds)).ok_or(Drop::ProbeRead)?;
+    if fd >= max_fds as u64 {
+        // The fd table read does not hold the fd accept() returned.
+        return Err(Drop::ProbeRead);
+    }
+    let fd_array: u64 = read(fdt, global!(OFFSETS.fdtable_fd)).ok_or(Drop::ProbeRead)?;
+    let file: u64 = read(fd_array + fd * 8, 0).ok_or(Drop::ProbeRead)?;
+    let socket: u64 = read(file, global!(OFFSETS.file_private_data)).ok_or(Drop::ProbeRead)?;
+    let sk: u64 = read(socket, global!(OFFSETS.socket_sk)).ok_or(Drop::ProbeRead)?;
+    let entry = unsafe { &mut *OWNERS.get_ptr_mut(sk).ok_or(Drop::Untracked)? };
+    let was_known = entry.flags & event_flags::OWNER_KNOWN != 0;
+    let was_tgid = entry.tgid;
+    capture_current(entry);
+    if was_known && was_tgid == entry.tgid {
+        return Ok(());
+    }
+    let ProgScratch { event: ev, head } = prog_scratch(Prog::Accept).ok_or(Drop::Scratch)?;
+    *ev = RawEvent::zeroed();
+    read_tuple(sk, head, ev, true).ok_or(Drop::ProbeRead)?;
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.kind = EventKind::Accept as u32;
+    ev.sk = sk;
+    ev.old = entry.state;
+    ev.new = entry.state;
+    apply_owner(ev, entry);
+    emit(ev)
+}
