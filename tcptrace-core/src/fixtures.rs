@@ -4,7 +4,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::model::{Comm, Event, EventKind, Family, Owner, SeenOwner, SeenSocket, TcpState};
+use crate::{
+    alerts::{Alert, AlertState},
+    model::{Comm, Event, EventKind, Family, Owner, SeenOwner, SeenSocket, TcpState},
+};
 
 /// Nanoseconds per second.
 pub const SEC: u64 = 1_000_000_000;
@@ -124,4 +127,23 @@ pub fn leak_sockets(owner: Owner, n: u64) -> Vec<SeenSocket> {
     (0..n)
         .map(|i| leaked_conn(owner, i).seen(TcpState::CloseWait, 100 + i))
         .collect()
+}
+
+/// A firing `close_wait_count` alert about pid 1 (`init`, `/init.scope`).
+pub fn alert() -> Alert {
+    Alert {
+        rule: "close_wait_count",
+        state: AlertState::Firing,
+        ts_ns: 0,
+        pid: Some(1),
+        comm: Some("init".into()),
+        cgroup: Some("/init.scope".into()),
+        count: 1,
+        growth_per_min: None,
+        oldest_age_ms: None,
+        peers: vec![],
+        value: 1.0,
+        threshold: 1.0,
+        message: "m".into(),
+    }
 }

@@ -215,25 +215,10 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
 
 #[cfg(test)]
 mod tests {
+    use tcptrace_core::fixtures::alert;
+
     use super::*;
 
-    fn alert() -> Alert {
-        Alert {
-            rule: "close_wait_count",
-            state: AlertState::Firing,
-            ts_ns: 0,
-            pid: Some(1),
-            comm: Some("init".into()),
-            cgroup: Some("/init.scope".into()),
-            count: 1,
-            growth_per_min: None,
-            oldest_age_ms: None,
-            peers: vec![],
-            value: 1.0,
-            threshold: 1.0,
-            message: "m".into(),
-        }
-    }
     fn wait_until(ok: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !ok() {

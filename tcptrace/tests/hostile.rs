@@ -629,12 +629,17 @@ fn watch_with_hook(port: u16, hook: &str, extra: &[&str]) -> Streaming {
     Streaming::start(&args)
 }
 
-#[test]
-fn an_exec_hook_that_times_out_is_killed_with_everything_it_started() {
+/// `watch` whose hook is `sleep SECS; echo after` (SECS unique to this
+/// port), alerting on a 3-socket leak it makes; returns once the hook's
+/// sleep runs: watch, the stderr lines so far, the sleep's argv, the held
+/// sockets.
+fn watch_with_a_running_hook(
+    tag: u32,
+    extra: &[&str],
+) -> (Streaming, Vec<String>, String, Vec<TcpStream>) {
     let (listener, port) = free_listener();
-    let secs = format!("1001.{port}");
-    let marker = ["sleep", secs.as_str()];
-    let watch = watch_with_hook(port, &format!("sleep {secs}; echo after"), &[]);
+    let secs = format!("{tag}.{port}");
+    let watch = watch_with_hook(port, &format!("sleep {secs}; echo after"), extra);
     let mut err = Vec::new();
     Streaming::wait_line(
         &watch.err,
@@ -646,8 +651,14 @@ fn an_exec_hook_that_times_out_is_killed_with_everything_it_started() {
     let mut held = Vec::new();
     leak_close_wait(&listener, port, 3, &mut held);
     wait_for("the hook's sleep", Duration::from_secs(20), || {
-        !processes_with(&marker).is_empty()
+        !processes_with(&["sleep", &secs]).is_empty()
     });
+    (watch, err, secs, held)
+}
+
+#[test]
+fn an_exec_hook_that_times_out_is_killed_with_everything_it_started() {
+    let (watch, mut err, secs, _held) = watch_with_a_running_hook(1001, &[]);
     Streaming::wait_line(
         &watch.err,
         &mut err,
@@ -656,7 +667,7 @@ fn an_exec_hook_that_times_out_is_killed_with_everything_it_started() {
         |l| l.contains("killed after 10s"),
     );
     wait_for("the sleep to be gone", Duration::from_secs(5), || {
-        processes_with(&marker).is_empty()
+        processes_with(&["sleep", &secs]).is_empty()
     });
     watch.signal(libc::SIGTERM);
     let (status, _, _) = watch.wait(Duration::from_secs(10));
@@ -666,28 +677,12 @@ fn an_exec_hook_that_times_out_is_killed_with_everything_it_started() {
 #[test]
 fn stopping_watch_kills_running_exec_hooks() {
     for how in ["SIGTERM", "--duration"] {
-        let (listener, port) = free_listener();
-        let secs = format!("1002.{port}");
-        let marker = ["sleep", secs.as_str()];
         let extra: &[&str] = if how == "--duration" {
             &["--duration", "4"]
         } else {
             &[]
         };
-        let watch = watch_with_hook(port, &format!("sleep {secs}; echo after"), extra);
-        let mut err = Vec::new();
-        Streaming::wait_line(
-            &watch.err,
-            &mut err,
-            "banner",
-            Duration::from_secs(30),
-            |l| l.contains("watching every"),
-        );
-        let mut held = Vec::new();
-        leak_close_wait(&listener, port, 3, &mut held);
-        wait_for("the hook's sleep", Duration::from_secs(20), || {
-            !processes_with(&marker).is_empty()
-        });
+        let (watch, _, secs, _held) = watch_with_a_running_hook(1002, extra);
         if how == "SIGTERM" {
             watch.signal(libc::SIGTERM);
         }
@@ -696,7 +691,7 @@ fn stopping_watch_kills_running_exec_hooks() {
         wait_for(
             &format!("the hook gone after {how}"),
             Duration::from_secs(5),
-            || processes_with(&marker).is_empty(),
+            || processes_with(&["sleep", &secs]).is_empty(),
         );
     }
 }
@@ -1338,7 +1333,18 @@ fn a_terminal_hang_up_stops_record_cleanly_with_its_file_closed() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    /// Kills the child if the test fails before it exits.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let child = &mut child.0;
     // SAFETY: the parent's copy of the slave, no longer needed.
     unsafe { libc::close(slave) };
     // SAFETY: `master` is ours; the File closes it when dropped.

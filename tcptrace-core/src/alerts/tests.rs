@@ -225,22 +225,7 @@ fn rules_from_toml_with_defaults_and_errors() {
 
 #[test]
 fn the_text_line_names_the_cgroup() {
-    let a = Alert {
-        rule: "close_wait_count",
-        state: AlertState::Firing,
-        ts_ns: 0,
-        pid: Some(1),
-        comm: Some("init".into()),
-        cgroup: Some("/init.scope".into()),
-        count: 1,
-        growth_per_min: None,
-        oldest_age_ms: None,
-        peers: vec![],
-        value: 1.0,
-        threshold: 1.0,
-        message: "m".into(),
-    };
-    let line = a.text_line();
+    let line = crate::fixtures::alert().text_line();
     assert!(
         line.ends_with("ALERT close_wait_count: m [cgroup /init.scope]"),
         "{line}"

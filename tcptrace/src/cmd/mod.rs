@@ -24,6 +24,17 @@ use crate::{
     source::Source,
 };
 
+/// The line a live command announces itself with once tracing (`what`,
+/// e.g. "stats every 2s"), naming the hooks in use.
+pub fn banner(ctx: &crate::session::Ctx<'_>, what: &str) {
+    let info = ctx.source.info();
+    crate::say!(
+        "{what} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
+        info.hook,
+        info.timewait_hook
+    );
+}
+
 /// The loop's input channel with the signals forwarded into it (and, with
 /// `--metrics`, the scrapes): set up before the probes load.
 pub struct Edges {

@@ -258,13 +258,7 @@ impl Recorder {
 impl Consumer for Recorder {
     fn start(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
         if !self.cfg.quiet {
-            let info = ctx.source.info();
-            crate::say!(
-                "recording to {} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
-                self.cfg.output.display(),
-                info.hook,
-                info.timewait_hook
-            );
+            super::banner(ctx, &format!("recording to {}", self.cfg.output.display()));
         }
         Ok(())
     }

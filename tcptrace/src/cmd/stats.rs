@@ -40,13 +40,7 @@ impl<W: Write> Stats<W> {
 
 impl<W: Write> Consumer for Stats<W> {
     fn start(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
-        let info = ctx.source.info();
-        crate::say!(
-            "stats every {:?} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
-            self.interval,
-            info.hook,
-            info.timewait_hook
-        );
+        super::banner(ctx, &format!("stats every {:?}", self.interval));
         Ok(())
     }
 

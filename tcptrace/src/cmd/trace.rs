@@ -102,12 +102,7 @@ impl<W: Write> Trace<W> {
 
 impl<W: Write> Consumer for Trace<W> {
     fn start(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
-        let info = ctx.source.info();
-        crate::say!(
-            "tracing TCP state changes (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
-            info.hook,
-            info.timewait_hook
-        );
+        super::banner(ctx, "tracing TCP state changes");
         self.printer.header()?;
         self.printer.flush()?;
         Ok(())
@@ -138,13 +133,14 @@ impl<W: Write> Consumer for Trace<W> {
         self.printer.flush()?;
         let lost = ctx.lost;
         crate::say!(
-            "{} events printed ({} delivered by the kernel); lost {} (ring buffer full {}, recursion misses {}, owner map full {}){}",
+            "{} events printed ({} delivered by the kernel); lost {} (ring buffer full {}, recursion misses {}, owner map full {}, probe failed {}){}",
             self.printer.printed,
             ctx.source.delivered(),
             lost.total(),
             lost.ring_full,
             lost.recursion_misses,
             lost.map_full,
+            lost.probe_failed,
             if ctx.decode_errors > 0 {
                 format!("; {} undecodable", ctx.decode_errors)
             } else {

@@ -55,13 +55,7 @@ impl<W: Write> Watch<W> {
 
 impl<W: Write> Consumer for Watch<W> {
     fn start(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
-        let info = ctx.source.info();
-        crate::say!(
-            "watching every {:?} (hook: {}, TIME_WAIT: {}); Ctrl-C to stop",
-            self.cfg.interval,
-            info.hook,
-            info.timewait_hook
-        );
+        super::banner(ctx, &format!("watching every {:?}", self.cfg.interval));
         Ok(())
     }
 

@@ -119,11 +119,15 @@ pub struct KernelCounters {
     pub ring_full: u64,
     pub owner_miss: u64,
     pub tw_unlinked: u64,
-    /// Timewait kills told apart from re-arms by the tuple (see `timer.rs`).
+    /// Timewait kills told apart from re-arms by the tuple (see
+    /// `tcptrace-ebpf/src/probes/timewait.rs`).
     pub tw_memory_reused: u64,
     pub filtered: u64,
     pub map_full: u64,
     pub recursion_misses: u64,
+    /// Events a program dropped because a probe read or a scratch lookup
+    /// failed.
+    pub probe_failed: u64,
 }
 
 impl KernelCounters {
@@ -132,6 +136,7 @@ impl KernelCounters {
             ring_full: self.ring_full,
             recursion_misses: self.recursion_misses,
             map_full: self.map_full,
+            probe_failed: self.probe_failed,
         }
     }
 }
@@ -329,7 +334,7 @@ impl Tracer {
                 }
             }
         };
-        debug_assert!((Counter::NestedRecovered as u32) < N_COUNTERS);
+        debug_assert!((Counter::ProbeFailed as u32) < N_COUNTERS);
         KernelCounters {
             events: sum(Counter::Events),
             ring_full: sum(Counter::RingFull),
@@ -339,6 +344,7 @@ impl Tracer {
             filtered: sum(Counter::Filtered),
             map_full: sum(Counter::MapFull),
             recursion_misses: self.lost_recursions(sum(Counter::NestedRecovered)),
+            probe_failed: sum(Counter::ProbeFailed),
         }
     }
 }
