@@ -20,9 +20,10 @@
 //! - the deadline; hook fallbacks logged; losses counted from the banner on.
 //!
 //! Reconciliation failures, one policy: the opening snapshot failing ends
-//! the command (exit 1, "try --no-seed"); a later snapshot failing is
-//! reported on stderr (at most once a minute, with how many failed) and the
-//! loop goes on: the next one corrects what this one would have.
+//! the command (exit 1, with the command's way around it, e.g. "try
+//! --no-seed"); a later snapshot failing is reported on stderr (at most once
+//! a minute, with how many failed; the closing one always) and the loop
+//! goes on: the next one corrects what this one would have.
 
 use std::{
     collections::VecDeque,
@@ -102,6 +103,8 @@ pub enum Hangup {
 pub struct Options {
     /// The consumer's [`Consumer::tick`] every so often.
     pub tick: Option<Duration>,
+    /// The first tick right after the banner (else one period later).
+    pub tick_at_start: bool,
     /// Stop after this long.
     pub deadline: Option<Duration>,
     /// Keep an engine (connection table and aggregates) of this capacity.
@@ -115,12 +118,16 @@ pub struct Options {
     /// A sock_diag snapshot once the loop stopped (`doctor`, `record`).
     pub sockets_at_end: bool,
     pub hangup: Hangup,
+    /// Appended to the error when the opening snapshot fails (the command's
+    /// way around it, e.g. " (try --no-seed)").
+    pub opening_hint: &'static str,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             tick: None,
+            tick_at_start: false,
             deadline: None,
             engine: None,
             histograms_by: HistogramsBy::None,
@@ -128,6 +135,7 @@ impl Default for Options {
             sockets_every: None,
             sockets_at_end: false,
             hangup: Hangup::Stops,
+            opening_hint: "",
         }
     }
 }
@@ -188,7 +196,7 @@ pub struct Ctx<'a> {
     pub source: &'a mut dyn Source,
     /// The engine, for commands that keep one.
     pub engine: Option<&'a mut Engine>,
-    /// Losses since the banner (kernel and decoding), by cause.
+    /// Events lost since the banner, by cause (decode errors are apart).
     pub lost: Lost,
     /// Records the source could not decode since the banner.
     pub decode_errors: u64,
@@ -222,6 +230,14 @@ impl Ctx<'_> {
     }
 }
 
+/// Which sock_diag snapshot: they differ in ordering and failure policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moment {
+    Opening,
+    Periodic,
+    Closing,
+}
+
 /// The loop's own state besides the source and the consumer.
 struct Loop {
     engine: Option<Engine>,
@@ -246,19 +262,24 @@ impl Loop {
         }
     }
 
-    /// One record: to the engine, then the consumer.
+    /// One record into the loss count and the engine.
+    fn take_in(&mut self, rec: &Record) {
+        if let Record::Lost { lost, .. } = rec {
+            self.lost = self.lost.saturating_add(lost);
+        }
+        if let Some(engine) = &mut self.engine {
+            self.applier.apply(engine, rec);
+        }
+    }
+
+    /// One record: to the loss count and the engine, then the consumer.
     fn deliver(
         &mut self,
         rec: Record,
         source: &mut dyn Source,
         consumer: &mut dyn Consumer,
     ) -> Result<Flow> {
-        if let Record::Lost { lost, .. } = &rec {
-            self.lost = self.lost.saturating_add(lost);
-        }
-        if let Some(engine) = &mut self.engine {
-            self.applier.apply(engine, &rec);
-        }
+        self.take_in(&rec);
         consumer.record(&rec, &mut self.ctx(source))
     }
 
@@ -274,9 +295,12 @@ impl Loop {
         }
         let mut flow = Flow::Continue;
         for rec in got {
-            if self.deliver(rec, source, consumer)? == Flow::Stop {
-                flow = Flow::Stop;
-                break;
+            if flow == Flow::Stop {
+                // The consumer is done; the engine and the loss count still
+                // take what was drained.
+                self.take_in(&rec);
+            } else {
+                flow = self.deliver(rec, source, consumer)?;
             }
         }
         consumer.drained(&mut self.ctx(source))?;
@@ -294,34 +318,51 @@ impl Loop {
             return Ok(Flow::Continue);
         }
         let (ts_ns, _) = source.now();
-        self.deliver(Record::Lost { ts_ns, lost }, source, consumer)
+        let flow = self.deliver(Record::Lost { ts_ns, lost }, source, consumer)?;
+        consumer.drained(&mut self.ctx(source))?;
+        Ok(flow)
     }
 
-    /// A sock_diag snapshot (events up to it drained first, so it corrects
-    /// only what was missed). `Err` only when `fatal`; otherwise failures
-    /// follow the reporting policy above.
+    /// A sock_diag snapshot. The opening one is delivered at once (it
+    /// seeds: the events that follow apply on top of it, and a recording
+    /// opens with it). A later one is taken first, then the events up to it
+    /// are drained, then it is delivered: the table leaves alone what those
+    /// events touched after the dump began, so it corrects only what was
+    /// missed. Failures follow the policy above: the opening one is fatal;
+    /// later ones are reported at most once a minute (`always_report`: the
+    /// closing one, every time).
     fn sockets(
         &mut self,
         source: &mut dyn Source,
         consumer: &mut dyn Consumer,
-        fatal: bool,
+        moment: Moment,
+        opts: &Options,
     ) -> Result<Flow> {
-        if self.drain(source, consumer)? == Flow::Stop {
+        let taken = source.sockets();
+        if moment != Moment::Opening && self.drain(source, consumer)? == Flow::Stop {
             return Ok(Flow::Stop);
         }
-        match source.sockets() {
-            Ok(Some(snapshot)) => self.deliver(snapshot, source, consumer),
+        match taken {
+            Ok(Some(snapshot)) => {
+                let flow = self.deliver(snapshot, source, consumer)?;
+                consumer.drained(&mut self.ctx(source))?;
+                Ok(flow)
+            }
             Ok(None) => Ok(Flow::Continue),
-            Err(e) if fatal => Err(e.context("startup snapshot failed (try --no-seed)")),
+            Err(e) if moment == Moment::Opening => Err(e.context(format!(
+                "startup snapshot (sock_diag) failed{}",
+                opts.opening_hint
+            ))),
             Err(e) => {
                 self.reconcile_failures += 1;
                 let now = source.clock_ns();
-                let due = self
-                    .reported_failure_at
-                    .is_none_or(|t| now.saturating_sub(t) >= FAILURE_REPORT.as_nanos() as u64);
+                let due = moment == Moment::Closing
+                    || self
+                        .reported_failure_at
+                        .is_none_or(|t| now.saturating_sub(t) >= FAILURE_REPORT.as_nanos() as u64);
                 if due {
                     crate::say!(
-                        "warning: reconciliation with sock_diag failed ({} so far): {e:#}; going on",
+                        "warning: snapshot of sockets (sock_diag) failed ({} so far): {e:#}; going on",
                         self.reconcile_failures
                     );
                     self.reported_failure_at = Some(now);
@@ -346,7 +387,9 @@ impl Loop {
                 other => self.pending.push_back(other),
             }
         }
-        if self.drain(source, consumer)? == Flow::Stop {
+        if self.drain(source, consumer)? == Flow::Stop
+            || self.report_losses(source, consumer)? == Flow::Stop
+        {
             return Ok(Flow::Stop);
         }
         let firing = consumer.firing();
@@ -368,10 +411,25 @@ impl Loop {
     }
 }
 
-/// Next multiple of `every` after `now`, from `prev` (never bursts after a
-/// late step).
+/// When a step due at `prev` is due next: one period later, or one period
+/// from `now` when it ran late by more than a period (a late step delays
+/// the next one instead of firing twice in a row).
 fn next_after(prev: u64, every: u64, now: u64) -> u64 {
-    (prev + every).max(now)
+    let next = prev.saturating_add(every);
+    if next <= now {
+        now.saturating_add(every)
+    } else {
+        next
+    }
+}
+
+/// A fresh engine as `opts` asks for.
+fn new_engine(opts: &Options) -> Option<Engine> {
+    opts.engine.map(|cap| {
+        let mut e = Engine::new(cap);
+        e.histograms_by = opts.histograms_by;
+        e
+    })
 }
 
 /// Runs `consumer` on `source` until a stop: an input, the deadline, the
@@ -388,11 +446,7 @@ pub fn run(
     }
     source.enter_loop();
     let mut state = Loop {
-        engine: opts.engine.map(|cap| {
-            let mut e = Engine::new(cap);
-            e.histograms_by = opts.histograms_by;
-            e
-        }),
+        engine: new_engine(opts),
         applier: RecordApplier::default(),
         lost: Lost::default(),
         pending: VecDeque::new(),
@@ -401,7 +455,9 @@ pub fn run(
         ended: false,
         restarted: false,
     };
-    if opts.sockets_at_start && state.sockets(source, consumer, true)? == Flow::Stop {
+    if opts.sockets_at_start
+        && state.sockets(source, consumer, Moment::Opening, opts)? == Flow::Stop
+    {
         return consumer.finish(&mut state.ctx(source));
     }
     // Losses count from the banner on.
@@ -416,7 +472,13 @@ pub fn run(
     let deadline = opts.deadline.map(|d| start.saturating_add(ns(d)));
     let mut next_poll = start + ns(POLL);
     let mut next_loss = start + ns(LOSS_REPORT);
-    let mut next_tick = opts.tick.map(|t| start + ns(t));
+    let mut next_tick = opts.tick.map(|t| {
+        if opts.tick_at_start {
+            start
+        } else {
+            start + ns(t)
+        }
+    });
     let mut next_sockets = opts.sockets_every.map(|t| start + ns(t));
     let mut flow = Flow::Continue;
     while flow == Flow::Continue && !state.ended {
@@ -435,6 +497,8 @@ pub fn run(
             Some(i) => Some(i),
             None => source.wait(until, inputs),
         };
+        // An input is handled, then whatever is due runs all the same: a
+        // stream of inputs (scrapes) cannot hold off ticks or the deadline.
         if let Some(input) = input {
             flow = match input {
                 Input::Stop => Flow::Stop,
@@ -445,7 +509,7 @@ pub fn run(
                     if state.restarted {
                         // A seek back: the recording is read again from its
                         // start into a fresh engine.
-                        state.engine = opts.engine.map(Engine::new);
+                        state.engine = new_engine(opts);
                         state.applier = RecordApplier::default();
                         state.lost = Lost::default();
                     }
@@ -456,10 +520,9 @@ pub fn run(
                 }
                 other => consumer.input(other, &mut state.ctx(source))?,
             };
-            continue;
         }
         let now = source.clock_ns();
-        if now >= next_poll {
+        if flow == Flow::Continue && now >= next_poll {
             flow = state.drain(source, consumer)?;
             next_poll = next_after(next_poll, ns(POLL), now);
         }
@@ -471,14 +534,18 @@ pub fn run(
             && flow == Flow::Continue
             && now >= at
         {
-            flow = state.sockets(source, consumer, false)?;
+            flow = state.sockets(source, consumer, Moment::Periodic, opts)?;
             next_sockets = Some(next_after(at, ns(every), source.clock_ns()));
         }
         if let (Some(at), Some(every)) = (next_tick, opts.tick)
             && flow == Flow::Continue
             && now >= at
         {
+            // Up to date: what is drained, and the losses so far.
             flow = state.drain(source, consumer)?;
+            if flow == Flow::Continue {
+                flow = state.report_losses(source, consumer)?;
+            }
             if flow == Flow::Continue {
                 flow = consumer.tick(&mut state.ctx(source))?;
             }
@@ -492,7 +559,7 @@ pub fn run(
     state.drain(source, consumer)?;
     state.report_losses(source, consumer)?;
     if opts.sockets_at_end {
-        state.sockets(source, consumer, false)?;
+        state.sockets(source, consumer, Moment::Closing, opts)?;
     }
     consumer.finish(&mut state.ctx(source))
 }

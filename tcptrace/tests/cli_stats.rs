@@ -41,19 +41,22 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
     leak_close_wait(&cw_listener, cw_port, 40, &mut held);
     // 200 client-side TIME_WAITs to tw_port: the client closes first.
     pile_time_wait(tw_listener, tw_port, 200);
-    let line = Streaming::wait_line(
+    let mut lines = Vec::new();
+    Streaming::wait_line(
         &running.out,
-        &mut Vec::new(),
+        &mut lines,
         "a summary with 50 CLOSE_WAIT and 200 TIME_WAIT",
         WAIT,
         |l| l.contains(r#""CLOSE_WAIT":50"#) && l.contains(r#""TIME_WAIT":200"#),
     );
+    // One more summary after it: the counts must hold, not just pass by.
+    Streaming::wait_line(&running.out, &mut lines, "the next summary", WAIT, |_| true);
     let ss_cw = ss_count("close-wait", cw_port, None);
     let ss_tw = ss_count("time-wait", tw_port, None);
     running.signal(libc::SIGINT);
     let (status, _, _) = running.wait(WAIT);
     assert!(status.success());
-    let last: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
 
     assert_eq!((ss_cw, ss_tw), (50, 200), "the scenario itself");
     assert_eq!(last["states"]["CLOSE_WAIT"], 50, "{last}");
@@ -139,18 +142,21 @@ fn reconciliation_repairs_what_lost_events_hid() {
     }
     running.signal(libc::SIGCONT);
     // Within a reconciliation period or two, the counts are right again.
-    let line = Streaming::wait_line(
+    let mut lines = Vec::new();
+    Streaming::wait_line(
         &running.out,
-        &mut Vec::new(),
+        &mut lines,
         "a summary with the 20 CLOSE_WAIT sockets back",
         WAIT,
         |l| l.contains(r#""CLOSE_WAIT":20"#),
     );
+    // And the next one too: repaired for good, not in passing.
+    Streaming::wait_line(&running.out, &mut lines, "the next summary", WAIT, |_| true);
     let ss_cw = ss_count("close-wait", port, None);
     running.signal(libc::SIGINT);
     let (status, _, _) = running.wait(WAIT);
     assert!(status.success());
-    let last: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert_eq!(ss_cw, 20);
     assert!(
         last["lost"]["ring_full"].as_u64().unwrap() > 0,

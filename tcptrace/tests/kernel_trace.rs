@@ -162,6 +162,33 @@ fn timewait_hook_falls_back_to_timer_tracepoints() {
     assert!(tracer.hooks.accept);
 }
 
+/// fentry refused (as on kernels without it, this one included): the timer
+/// hooks as tp_btf carry TIME_WAIT, and the reason is kept.
+#[test]
+fn refused_fentry_falls_back_to_the_timer_hooks() {
+    let port = free_port(false);
+    let tracer = tracer_with(tcptrace::ebpf::LoadOptions {
+        filter: filter_for_ports(&[port]),
+        refuse: tcptrace::ebpf::Refuse {
+            fentry: true,
+            ..Default::default()
+        },
+        ..tcptrace::ebpf::LoadOptions::default()
+    });
+    assert_eq!(tracer.hooks.transitions, "tp_btf");
+    assert_eq!(tracer.hooks.timewait, "timer tp_btf");
+    assert!(
+        tracer
+            .hooks
+            .fallbacks
+            .iter()
+            .any(|f| f.starts_with("TIME_WAIT via timer hooks: fentry refused")),
+        "{:?}",
+        tracer.hooks.fallbacks
+    );
+    active_close_with(false, tracer, port);
+}
+
 /// Every fallback, forced: with tp_btf and fentry refused (as a kernel
 /// without them would), the classic tracepoints carry transitions and the
 /// timer tracepoints TIME_WAIT, each reason is kept, and the events are the

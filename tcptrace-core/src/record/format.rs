@@ -1,6 +1,6 @@
 //! The recording file format: pure encoding and decoding, no I/O.
 //!
-//! # Wire format (version 1)
+//! # Wire format (version 2)
 //!
 //! All integers are little-endian; `varint` is unsigned LEB128 (at most 10
 //! bytes), `zigzag` a signed value mapped to unsigned first.

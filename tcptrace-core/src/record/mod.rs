@@ -9,8 +9,7 @@ pub mod format;
 pub use apply::RecordApplier;
 
 use std::{
-    fs::File,
-    io::{self, BufReader, Read, Write},
+    io::{self, Read, Write},
     path::Path,
 };
 
@@ -181,15 +180,6 @@ impl<R: Read> std::fmt::Debug for Reader<R> {
             .field("cut", &self.cut)
             .field("skipped", &self.skipped)
             .finish_non_exhaustive()
-    }
-}
-
-impl Reader<BufReader<File>> {
-    pub fn open(path: &Path) -> Result<Self> {
-        let f = File::open(path)
-            .map_err(|e| BadRecording(format!("cannot open {}: {e}", path.display())))?;
-        Reader::new(BufReader::with_capacity(1 << 20, f))
-            .map_err(|e| anyhow::Error::new(BadRecording(format!("{}: {e}", path.display()))))
     }
 }
 

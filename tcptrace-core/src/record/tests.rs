@@ -681,3 +681,32 @@ fn fuzz_the_reader_for_a_bounded_time() {
     );
     assert!(cases > 0);
 }
+
+#[test]
+fn a_version_1_file_with_its_older_loss_markers_reads_back() {
+    // Version 1: the header says 1 and a loss marker is tag 0x02 with three
+    // counts (no probe_failed).
+    let mut file = format::encode_header(&header());
+    file[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let mut raw = vec![2u8];
+    // ts 1000, the block's first (absolute) timestamp, zigzag-encoded.
+    format::put_varint(&mut raw, 2000);
+    for n in [4u64, 5, 6] {
+        format::put_varint(&mut raw, n);
+    }
+    let compressed = zstd::bulk::compress(&raw, 1).unwrap();
+    file.extend(format::encode_block(KIND_EVENTS, raw.len(), &compressed));
+    let got: Vec<Record> = Reader::new(&file[..]).unwrap().collect();
+    assert_eq!(
+        got,
+        [Record::Lost {
+            ts_ns: 1000,
+            lost: Lost {
+                ring_full: 4,
+                recursion_misses: 5,
+                map_full: 6,
+                probe_failed: 0,
+            },
+        }]
+    );
+}

@@ -256,7 +256,11 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
 /// owner, and carry the owner to the timewait socket's map entry.
 #[inline(always)]
 fn link_timewait(sk: u64, old: u8, tuple: &RawEvent, owner: &tcptrace_common::OwnerEntry) {
-    let Some(scratch) = tw_scratch() else { return };
+    let Some(scratch) = tw_scratch() else {
+        // A timewait begin may be parked there: it is lost.
+        count(Counter::ProbeFailed);
+        return;
+    };
     let begun = unsafe { &mut (*scratch).begun };
     if begun.sk == 0 || !same_tuple(begun, tuple) {
         return;

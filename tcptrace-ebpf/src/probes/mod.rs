@@ -48,6 +48,11 @@ pub enum Drop {
     /// `inet_twsk_deschedule_put` on a timer that already fired (the expiry
     /// is reported by `tw_timer_handler`).
     NotPending,
+    /// A read failed before the program could tell the event was one it
+    /// traces (a timer's function, the socket behind an accepted fd): most
+    /// such events are not ours (every timer of the system, accept() on
+    /// every kind of socket), so they are not counted as lost.
+    Unattributed,
 
     // An event lost because something failed: counted as
     // [`Counter::ProbeFailed`].

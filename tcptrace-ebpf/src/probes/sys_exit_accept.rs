@@ -48,24 +48,26 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
+    // Until the socket is found in the owner map (TCP, traced), a failed
+    // read is not a lost event: accept() runs on every kind of socket.
     let ret: i64 = unsafe { ctx.read_at(global!(OFFSETS.tp_accept_ret) as usize) }
-        .map_err(|_| Drop::ProbeRead)?;
+        .map_err(|_| Drop::Unattributed)?;
     if ret < 0 {
         return Err(Drop::AcceptFailed);
     }
     let fd = ret as u64;
     let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, global!(OFFSETS.task_files)).ok_or(Drop::ProbeRead)?;
-    let fdt: u64 = read(files, global!(OFFSETS.files_fdt)).ok_or(Drop::ProbeRead)?;
-    let max_fds: u32 = read(fdt, global!(OFFSETS.fdtable_max_fds)).ok_or(Drop::ProbeRead)?;
+    let files: u64 = read(task, global!(OFFSETS.task_files)).ok_or(Drop::Unattributed)?;
+    let fdt: u64 = read(files, global!(OFFSETS.files_fdt)).ok_or(Drop::Unattributed)?;
+    let max_fds: u32 = read(fdt, global!(OFFSETS.fdtable_max_fds)).ok_or(Drop::Unattributed)?;
     if fd >= max_fds as u64 {
         // The fd table read does not hold the fd accept() returned.
-        return Err(Drop::ProbeRead);
+        return Err(Drop::Unattributed);
     }
-    let fd_array: u64 = read(fdt, global!(OFFSETS.fdtable_fd)).ok_or(Drop::ProbeRead)?;
-    let file: u64 = read(fd_array + fd * 8, 0).ok_or(Drop::ProbeRead)?;
-    let socket: u64 = read(file, global!(OFFSETS.file_private_data)).ok_or(Drop::ProbeRead)?;
-    let sk: u64 = read(socket, global!(OFFSETS.socket_sk)).ok_or(Drop::ProbeRead)?;
+    let fd_array: u64 = read(fdt, global!(OFFSETS.fdtable_fd)).ok_or(Drop::Unattributed)?;
+    let file: u64 = read(fd_array + fd * 8, 0).ok_or(Drop::Unattributed)?;
+    let socket: u64 = read(file, global!(OFFSETS.file_private_data)).ok_or(Drop::Unattributed)?;
+    let sk: u64 = read(socket, global!(OFFSETS.socket_sk)).ok_or(Drop::Unattributed)?;
     let entry = unsafe { &mut *OWNERS.get_ptr_mut(sk).ok_or(Drop::Untracked)? };
     let was_known = entry.flags & event_flags::OWNER_KNOWN != 0;
     let was_tgid = entry.tgid;

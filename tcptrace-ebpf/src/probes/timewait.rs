@@ -40,10 +40,12 @@ pub enum Next {
     Other,
 }
 
-/// A field of a classic tracepoint record.
+/// A field of a timer tracepoint's record (the timer and its function: read
+/// before anything says it is a timewait timer, so a failure is
+/// [`Drop::Unattributed`]).
 #[inline(always)]
 pub fn ctx_read<T>(ctx: &TracePointContext, off: u32) -> Result<T, Drop> {
-    unsafe { ctx.read_at::<T>(off as usize) }.map_err(|_| Drop::ProbeRead)
+    unsafe { ctx.read_at::<T>(off as usize) }.map_err(|_| Drop::Unattributed)
 }
 
 #[inline(always)]
@@ -115,9 +117,19 @@ fn same_tuple(ev: &RawEvent) -> bool {
 }
 
 /// Builds the common part of a timewait event: tuple, substate, owner.
-/// Returns the substate.
+/// Returns the substate. On failure the slot is left empty (`sk == 0`), so
+/// a half-built event is never parked and emitted later.
 #[inline(always)]
 pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<u8, Drop> {
+    let built = build_into(ev, tw, ts, kind);
+    if built.is_err() {
+        ev.sk = 0;
+    }
+    built
+}
+
+#[inline(always)]
+fn build_into(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<u8, Drop> {
     *ev = RawEvent::zeroed();
     ev.ts_ns = ts;
     ev.kind = kind as u32;
@@ -147,7 +159,7 @@ pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<u8,
 /// programs get only the `struct timer_list *`).
 #[inline(always)]
 pub fn timer_function(timer: u64) -> Result<u64, Drop> {
-    sock::read(timer, global!(OFFSETS.timer_function)).ok_or(Drop::ProbeRead)
+    sock::read(timer, global!(OFFSETS.timer_function)).ok_or(Drop::Unattributed)
 }
 
 /// Whether a timer event that interrupted `inet_sock_set_state` or

@@ -137,14 +137,34 @@ impl<W: Write> Consumer for Doctor<W> {
             host_netns,
         };
         let findings = doctor::diagnose(&obs, &Thresholds::default());
-        if self.json {
-            serde_json::to_writer_pretty(&mut self.out, &findings).map_err(io::Error::from)?;
-            self.out.write_all(b"\n")?;
+        let written = if self.json {
+            serde_json::to_writer_pretty(&mut self.out, &findings)
+                .map_err(io::Error::from)
+                .and_then(|()| self.out.write_all(b"\n"))
         } else {
-            doctor::write_text(&mut EscapeWriter::new(&mut self.out), &findings)?;
+            doctor::write_text(&mut EscapeWriter::new(&mut self.out), &findings)
+        };
+        match written.and_then(|()| self.out.flush()) {
+            // `doctor | head`: the findings' exit code all the same.
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => {}
         }
-        self.out.flush()?;
         Ok(ExitCode::from(doctor::exit_code(&findings)))
+    }
+}
+
+/// The loop's options for `doctor`: seeded, a sample every second from the
+/// start, a closing reconciliation.
+pub fn options(duration: Duration) -> Options {
+    Options {
+        tick: Some(Duration::from_secs(1)),
+        tick_at_start: true,
+        deadline: Some(duration),
+        engine: Some(tcptrace_core::conn::DEFAULT_CAP),
+        sockets_at_start: true,
+        sockets_at_end: true,
+        hangup: Hangup::Stops,
+        ..Options::default()
     }
 }
 
@@ -155,15 +175,7 @@ pub fn run(cfg: DoctorConfig) -> Result<ExitCode> {
         UserFilter::default(),
         cfg.load.realtime_drain,
     );
-    let opts = Options {
-        tick: Some(Duration::from_secs(1)),
-        deadline: Some(cfg.duration),
-        engine: Some(tcptrace_core::conn::DEFAULT_CAP),
-        sockets_at_start: true,
-        sockets_at_end: true,
-        hangup: Hangup::Stops,
-        ..Options::default()
-    };
+    let opts = options(cfg.duration);
     let mut doctor = Doctor::new(io::stdout().lock(), cfg.json, cfg.duration);
     edges.run(&mut source, &mut doctor, &opts)
 }

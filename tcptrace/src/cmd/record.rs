@@ -194,15 +194,21 @@ impl Recorder {
     }
 
     /// Runs a write, turning its error into the one line that ends the
-    /// recording.
+    /// recording (after ending a terminal's status line).
     fn write(
         &mut self,
         f: impl FnOnce(&mut Writer<BufWriter<File>>) -> io::Result<()>,
     ) -> Result<()> {
         let path = self.cfg.output.clone();
+        let status_shown = self.tty && !self.cfg.quiet;
         let file = self.file();
         let bytes = file.writer.bytes;
-        f(&mut file.writer).map_err(|e| write_error(&path, bytes, e))
+        f(&mut file.writer).map_err(|e| {
+            if status_shown {
+                write_stderr("\n");
+            }
+            write_error(&path, bytes, e)
+        })
     }
 
     fn status_line(&self, lost: u64) -> String {
@@ -242,14 +248,19 @@ impl Recorder {
             false,
             ctx.source.clock_ns(),
         )?);
-        match ctx.source.sockets() {
-            Ok(Some(Record::Snapshot {
-                ts_ns,
-                namespaces,
-                sockets,
-            })) => self.write(|w| w.snapshot(ts_ns, &namespaces, &sockets))?,
-            Ok(_) => {}
-            Err(e) => log::warn!("snapshot failed: {e:#}"),
+        // Every file opens with a snapshot, as the first one does: a failure
+        // ends the recording (the previous files are complete).
+        let snapshot = ctx
+            .source
+            .sockets()
+            .context("cannot open the next file with a snapshot of sockets")?;
+        if let Some(Record::Snapshot {
+            ts_ns,
+            namespaces,
+            sockets,
+        }) = snapshot
+        {
+            self.write(|w| w.snapshot(ts_ns, &namespaces, &sockets))?;
         }
         Ok(())
     }

@@ -11,11 +11,11 @@ use anyhow::Result;
 
 use super::trace::Printer;
 use crate::{cli::ReplayArgs, clock::WallClock};
-use tcptrace_core::record::{Reader, Record};
+use tcptrace_core::record::Record;
 
 pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
     let speed = crate::cli::speed("--speed", args.speed)?;
-    let mut reader = Reader::open(&args.file)?;
+    let mut reader = crate::source::recording::open_reader(&args.file)?;
     let clock = WallClock {
         offset_ns: reader.header.clock_offset_ns as i128,
     };

@@ -10,14 +10,13 @@ use std::{
 use anyhow::Result;
 use tcptrace_core::{
     output::EscapeWriter,
-    record::Reader,
     report::{build, write_csv, write_text},
 };
 
 use crate::cli::ReportArgs;
 
 pub fn run(args: &ReportArgs) -> Result<ExitCode> {
-    let mut reader = Reader::open(&args.file)?;
+    let mut reader = crate::source::recording::open_reader(&args.file)?;
     let report = build(&mut reader, &args.file.display().to_string());
     for warning in reader.warnings(&args.file) {
         crate::say!("warning: {warning}");

@@ -77,6 +77,7 @@ pub fn engine_options(
         sockets_at_start: seed,
         sockets_every: reconcile,
         hangup: Hangup::Stops,
+        opening_hint: " (try --no-seed)",
         ..Options::default()
     }
 }

@@ -216,14 +216,15 @@ fn open_source(cfg: &TopConfig) -> Result<(Box<dyn Source>, Meta)> {
     Ok((source, meta))
 }
 
-/// The loop's options for `top`.
-fn options(cfg: &TopConfig) -> Options {
+/// The loop's options for `top` (its consumer refreshes once at start).
+pub fn options(cfg: &TopConfig) -> Options {
     Options {
         tick: Some(cfg.interval),
         engine: Some(cfg.max_conns),
         sockets_at_start: cfg.seed && cfg.replay.is_none(),
         sockets_every: cfg.reconcile,
         hangup: Hangup::Stops,
+        opening_hint: " (try --no-seed)",
         ..Options::default()
     }
 }

@@ -109,12 +109,11 @@ impl<W: Write> Consumer for Trace<W> {
     }
 
     fn record(&mut self, rec: &Record, _ctx: &mut Ctx<'_>) -> Result<Flow> {
-        if self.printer.printed >= self.limit {
-            return Ok(Flow::Stop);
-        }
         match rec {
-            Record::Event(e) => self.printer.event(e)?,
+            // Losses are always told, --count reached or not.
             Record::Lost { ts_ns, lost } => self.printer.lost_at(lost, *ts_ns)?,
+            _ if self.printer.printed >= self.limit => return Ok(Flow::Stop),
+            Record::Event(e) => self.printer.event(e)?,
             Record::Snapshot { .. } => {}
         }
         Ok(if self.printer.printed >= self.limit {

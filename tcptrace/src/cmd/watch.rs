@@ -111,6 +111,23 @@ impl<W: Write> Consumer for Watch<W> {
     }
 }
 
+/// The loop's options for `watch`: as `stats`, with SIGHUP for the rules
+/// and a first evaluation right after seeding (a leak that is already there
+/// alerts at once).
+pub fn options(cfg: &WatchConfig) -> crate::session::Options {
+    crate::session::Options {
+        hangup: Hangup::Consumer,
+        tick_at_start: true,
+        ..engine_options(
+            cfg.seed,
+            cfg.reconcile,
+            cfg.max_conns,
+            cfg.interval,
+            cfg.duration,
+        )
+    }
+}
+
 pub fn run(cfg: WatchConfig) -> Result<ExitCode> {
     let edges = Edges::install()?;
     edges.serve_metrics(cfg.metrics.clone())?;
@@ -119,16 +136,7 @@ pub fn run(cfg: WatchConfig) -> Result<ExitCode> {
         cfg.user_filter,
         cfg.load.realtime_drain,
     );
-    let opts = crate::session::Options {
-        hangup: Hangup::Consumer,
-        ..engine_options(
-            cfg.seed,
-            cfg.reconcile,
-            cfg.max_conns,
-            cfg.interval,
-            cfg.duration,
-        )
-    };
+    let opts = options(&cfg);
     let mut watch = Watch::new(cfg, io::stdout().lock());
     edges.run(&mut source, &mut watch, &opts)
 }

@@ -14,7 +14,7 @@ use tcptrace_core::{
     doctor::Sysctls,
     fixtures::{Conn, SEC, ip, leak, leak_sockets, owner},
     model::{Lost, TcpState},
-    record::{Reader, Record},
+    record::Record,
 };
 
 use super::*;
@@ -250,6 +250,7 @@ fn a_failed_opening_snapshot_ends_the_command_and_a_later_one_does_not() {
         sockets_at_start: true,
         sockets_every: Some(Duration::from_secs(1)),
         deadline: Some(Duration::from_secs(5)),
+        opening_hint: " (try --no-seed)",
         ..Options::default()
     };
     let mut failing = Scripted::new(START, vec![(START, Step::SocketsFail)]);
@@ -385,7 +386,7 @@ fn record_writes_every_record_and_its_snapshots_into_a_readable_file() {
     let opts = crate::cmd::record::options(&cfg);
     let mut recorder = crate::cmd::record::Recorder::create(cfg, &source).unwrap();
     run(&mut source, &mut recorder, &opts, &rx).unwrap();
-    let reader = Reader::open(&file).unwrap();
+    let reader = crate::source::recording::open_reader(&file).unwrap();
     assert_eq!(reader.header.filters, ["--port", "5432"]);
     assert_eq!(reader.header.start_mono_ns, START);
     let recs: Vec<Record> = reader.collect();
@@ -443,7 +444,7 @@ fn watch_alerts_as_json_and_exit_on_alert_exits_1() {
         s.push((at(6.0), Step::Input(Input::Stop)));
         s
     };
-    let opts = crate::cmd::stats::engine_options(false, None, 10_000, Duration::from_secs(1), None);
+    let opts = crate::cmd::watch::options(&watch_config(true, false));
     let mut watch = Watch::new(watch_config(true, false), Vec::new());
     assert_eq!(play(steps(), &mut watch, &opts), ExitCode::SUCCESS);
     let out = String::from_utf8(watch.into_inner()).unwrap();
@@ -476,14 +477,11 @@ fn doctor_names_a_close_wait_leak_and_exits_1() {
     steps.push((at(8.0), Step::Input(Input::Stop)));
     let mut doctor =
         Doctor::new(Vec::new(), true, Duration::from_secs(10)).with_facts(no_host_facts);
-    let opts = Options {
-        tick: Some(Duration::from_secs(1)),
-        engine: Some(10_000),
-        sockets_at_start: true,
-        sockets_at_end: true,
-        ..Options::default()
-    };
-    let code = play(steps, &mut doctor, &opts);
+    let code = play(
+        steps,
+        &mut doctor,
+        &crate::cmd::doctor::options(Duration::from_secs(10)),
+    );
     assert_eq!(code, ExitCode::from(1));
     let out = String::from_utf8(doctor.into_inner()).unwrap();
     let findings: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -508,12 +506,17 @@ fn top_gets_a_refresh_at_start_every_interval_and_a_page_per_view_change() {
     steps.push((at(1.5), Step::Input(Input::View(request.clone()))));
     steps.push((at(2.5), Step::Input(Input::Stop)));
     let mut feed = TopFeed::new(app_tx, request);
-    let opts = Options {
-        tick: Some(Duration::from_secs(1)),
-        engine: Some(10_000),
-        ..Options::default()
+    let cfg = crate::cli::TopConfig {
+        load: crate::ebpf::LoadOptions::default(),
+        user_filter: tcptrace_core::filter::UserFilter::default(),
+        interval: Duration::from_secs(1),
+        seed: true,
+        reconcile: Some(Duration::from_secs(10)),
+        max_conns: 10_000,
+        metrics: None,
+        replay: None,
     };
-    play(steps, &mut feed, &opts);
+    play(steps, &mut feed, &crate::cmd::top::options(&cfg));
     let got: Vec<crate::cmd::top::AppEvent> = app_rx.try_iter().collect();
     let data: Vec<&tcptrace_core::app::TopData> = got
         .iter()
@@ -531,4 +534,179 @@ fn top_gets_a_refresh_at_start_every_interval_and_a_page_per_view_change() {
         .count();
     assert_eq!(pages, 1);
     assert_eq!(feed.summary.events, 9);
+}
+
+#[test]
+fn watch_reloads_its_rules_on_sighup_and_evaluates_at_once() {
+    let dir = std::env::temp_dir().join(format!("tcptrace-session-hup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("watch.toml");
+    std::fs::write(
+        &config,
+        "close_wait_per_process = 1000\nclose_wait_host = 0\nlost_events = 0\n",
+    )
+    .unwrap();
+    let mut cfg = watch_config(true, false);
+    cfg.config = Some(config.clone());
+    cfg.overrides = crate::cli::RuleOverrides::default();
+    cfg.rules = cfg.overrides.rules(Some(&config), false).unwrap();
+    // 8 leaked sockets in sock_diag from the start: the first evaluation,
+    // right after seeding, sees them (no alert under 1000).
+    let c = |i| Conn::new(i, (ip(2), 40_000 + i as u16), (ip(5), 5432), Some(java()));
+    let seen = (0..8)
+        .map(|i| c(i).seen(TcpState::CloseWait, 10 + i))
+        .collect();
+    let steps = vec![
+        (START, Step::Sockets(seen)),
+        (at(2.5), Step::Input(Input::Hangup)),
+        (at(4.0), Step::Input(Input::Stop)),
+    ];
+    let opts = Options {
+        sockets_at_start: true,
+        ..crate::cmd::watch::options(&cfg)
+    };
+    // Before the reload the rules are 1000: write 5 just before SIGHUP.
+    let mut watch = Watch::new(cfg, Vec::new());
+    let (_tx, rx) = inputs();
+    let mut source = Scripted::new(START, steps);
+    std::fs::write(
+        &config,
+        "close_wait_per_process = 5\nclose_wait_host = 0\nlost_events = 0\n",
+    )
+    .unwrap();
+    run(&mut source, &mut watch, &opts, &rx).unwrap();
+    let out = String::from_utf8(watch.into_inner()).unwrap();
+    let alerts: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 1, "{out}");
+    assert_eq!(alerts[0]["rule"], "close_wait_count");
+    assert_eq!(alerts[0]["count"], 8);
+    // It fired after the reload at 2.5 s, not before.
+    let wall = alerts[0]["ts_ns"].as_u64().unwrap();
+    assert!(wall >= at(2.5) + WALL_OFFSET_NS, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stats_text_names_the_holder_and_trace_json_tells_every_loss_cause() {
+    let mut steps = records(leak(java(), 3, at(0.1), 100_000_000));
+    steps.push((at(3.5), Step::Input(Input::Stop)));
+    let mut stats = Stats::new(Vec::new(), false, Duration::from_secs(1));
+    play(
+        steps,
+        &mut stats,
+        &crate::cmd::stats::engine_options(false, None, 10_000, Duration::from_secs(1), None),
+    );
+    let text = String::from_utf8(stats.into_inner()).unwrap();
+    assert!(text.contains("CLOSE_WAIT by process:"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("4242") && l.contains("java") && l.contains(" 3 ")),
+        "{text}"
+    );
+
+    // Trace, JSON, --count 2: the losses are still told after the count
+    // (the count stops the loop at 0.1 s; the final report tells them).
+    let mut steps = records(leak(java(), 3, at(0.1), 100_000_000));
+    steps.push((
+        at(0.05),
+        Step::Lost(Lost {
+            probe_failed: 2,
+            ring_full: 1,
+            ..Lost::default()
+        }),
+    ));
+    steps.push((at(4.0), Step::Input(Input::Stop)));
+    let clock = tcptrace_core::clock::WallClock {
+        offset_ns: WALL_OFFSET_NS as i128,
+    };
+    let mut trace = Trace::new(Vec::new(), true, clock, Some(2));
+    play(steps, &mut trace, &Options::default());
+    let out = String::from_utf8(trace.printer.into_inner()).unwrap();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().filter(|l| l["kind"] == "transition").count(),
+        2,
+        "{out}"
+    );
+    let lost = lines
+        .iter()
+        .find(|l| l["kind"] == "lost")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(lost["probe_failed"], 2);
+    assert_eq!(lost["ring_full"], 1);
+    assert_eq!(lost["total"], 3);
+}
+
+#[test]
+fn a_recording_plays_through_the_loop_and_a_seek_back_starts_a_fresh_engine() {
+    use tcptrace_core::record::{Header, Writer};
+    let dir = std::env::temp_dir().join(format!("tcptrace-session-rec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("leak.tcptrace");
+    let header = Header {
+        start_mono_ns: START,
+        start_wall_ns: START + WALL_OFFSET_NS,
+        clock_offset_ns: WALL_OFFSET_NS as i64,
+        port_range: (32768, 60999),
+        ..Header::default()
+    };
+    let mut w = Writer::new(std::fs::File::create(&file).unwrap(), &header).unwrap();
+    w.snapshot(START, &[1], &[]).unwrap();
+    for e in leak(java(), 10, at(0.5), SEC / 2) {
+        w.event(&e).unwrap();
+        w.flush().unwrap();
+    }
+    w.finish().unwrap();
+
+    /// Keeps the CLOSE_WAIT count after each playback command, and whether
+    /// the engine was replaced.
+    #[derive(Default)]
+    struct Played(Vec<(bool, u64)>);
+    impl Consumer for Played {
+        fn input(&mut self, _input: Input, ctx: &mut Ctx<'_>) -> Result<Flow> {
+            let restarted = ctx.restarted;
+            let cw = ctx
+                .snapshot()
+                .states
+                .get("CLOSE_WAIT")
+                .copied()
+                .unwrap_or(0);
+            self.0.push((restarted, cw));
+            Ok(Flow::Continue)
+        }
+        fn finish(&mut self, _ctx: &mut Ctx<'_>) -> Result<ExitCode> {
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+    use tcptrace_core::app::PlaybackCommand;
+    let (tx, rx) = inputs();
+    // Paused at the start; 3 s forward (1 s steps), then 2 s back.
+    for cmd in [
+        PlaybackCommand::TogglePlay,
+        PlaybackCommand::Step(3),
+        PlaybackCommand::Step(-2),
+    ] {
+        tx.send(Input::Playback(cmd)).unwrap();
+    }
+    tx.send(Input::Stop).unwrap();
+    let mut source =
+        crate::source::Recording::open(&file, 1.0, Duration::from_secs(1), false).unwrap();
+    let mut played = Played::default();
+    let opts = Options {
+        engine: Some(10_000),
+        ..Options::default()
+    };
+    run(&mut source, &mut played, &opts, &rx).unwrap();
+    // Connections leak at 0.5, 1.0, ... s, each CLOSE_WAIT 1 ms later: 5
+    // by 3 s, 1 by 1 s.
+    assert_eq!(played.0, [(false, 0), (false, 5), (true, 1)]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

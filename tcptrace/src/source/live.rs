@@ -96,7 +96,12 @@ impl Source for Live {
         let errors = &mut self.decode_errors;
         self.tracer.drain(|bytes| match decode::decode(bytes) {
             Ok(e) => f(Record::Event(e)),
-            Err(_) => *errors += 1,
+            Err(err) => {
+                if *errors == 0 {
+                    crate::say!("undecodable event ({err}); counting further ones");
+                }
+                *errors += 1;
+            }
         });
         self.tracer.flush_logs();
     }

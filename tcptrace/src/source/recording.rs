@@ -21,11 +21,21 @@ use tcptrace_core::{
     app::data::{PlaybackCommand, PlaybackStatus},
     clock::WallClock,
     model::Lost,
-    record::{Cut, Header, Reader, Record},
+    record::{BadRecording, Cut, Header, Reader, Record},
 };
 
 use super::{Source, SourceInfo, wait_real};
 use crate::session::Input;
+
+/// Opens the recording at `path` (a file is an edge: the core reads any
+/// `Read`); a file that is not a readable recording is [`BadRecording`]
+/// (exit 2).
+pub fn open_reader(path: &Path) -> Result<Reader<BufReader<File>>> {
+    let f = File::open(path)
+        .map_err(|e| BadRecording(format!("cannot open {}: {e}", path.display())))?;
+    Reader::new(BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| anyhow::Error::new(BadRecording(format!("{}: {e}", path.display()))))
+}
 
 /// Records handed out per drain: about 100 ms of engine work, so requests
 /// and refreshes are answered during long seeks.
@@ -78,7 +88,7 @@ impl Replay<BufReader<File>> {
     /// Opens `path`, playing at `speed`, with `step` per `[`/`]`.
     pub fn open(path: &Path, speed: f64, step: Duration) -> Result<Self> {
         let owned = path.to_path_buf();
-        let reopen: Reopen<_> = Box::new(move || Reader::open(&owned));
+        let reopen: Reopen<_> = Box::new(move || open_reader(&owned));
         Self::new(path, reopen, speed, step)
     }
 }
