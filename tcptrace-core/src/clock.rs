@@ -54,6 +54,42 @@ pub fn fmt_ms(ms: f64) -> String {
     }
 }
 
+/// A measured change as it was measured: "+41 in 0.8s" while the span is
+/// shorter than the window it stands for, "+12.0/min" once the window is
+/// full (no rate over minutes from seconds of data). "-" with nothing
+/// measured yet.
+pub fn fmt_growth(delta: i64, span_ms: u64, window_ms: u64) -> String {
+    if span_ms == 0 {
+        return "-".into();
+    }
+    // A sample interval of slack: the window is "full" a tick early.
+    if span_ms + 1_500 >= window_ms {
+        let per_min = delta as f64 * 60_000.0 / span_ms as f64;
+        return format!("{per_min:+.1}/min");
+    }
+    format!("{delta:+} in {}", fmt_ms(span_ms as f64))
+}
+
+/// [`fmt_growth`] for a narrow column: "+41/0.8s", "+146/73s", "+900/4.2m",
+/// "+12.0" (per minute, the window full).
+pub fn fmt_growth_short(delta: i64, span_ms: u64, window_ms: u64) -> String {
+    if span_ms == 0 {
+        return "-".into();
+    }
+    if span_ms + 1_500 >= window_ms {
+        return format!("{:+.1}", delta as f64 * 60_000.0 / span_ms as f64);
+    }
+    let s = span_ms as f64 / 1000.0;
+    let span = if s < 10.0 {
+        format!("{s:.1}s")
+    } else if s < 100.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{:.1}m", s / 60.0)
+    };
+    format!("{delta:+}/{span}")
+}
+
 /// An age, marked `>=` when it is a lower bound (the socket predates the trace).
 pub fn fmt_age(ms: u64, lower_bound: bool) -> String {
     let t = fmt_ms(ms as f64);
@@ -68,6 +104,20 @@ mod tests {
     fn formats_time_of_day() {
         let ns = (3 * 3600 + 4 * 60 + 5) * 1_000_000_000 + 678_000_000;
         assert_eq!(hms_millis(ns), "03:04:05.678");
+    }
+
+    #[test]
+    fn growth_says_what_was_measured() {
+        assert_eq!(fmt_growth(41, 800, 300_000), "+41 in 800.0ms");
+        assert_eq!(fmt_growth(20, 10_000, 60_000), "+20 in 10.0s");
+        assert_eq!(fmt_growth(-3, 95_000, 300_000), "-3 in 1m35s");
+        assert_eq!(fmt_growth(10, 60_000, 60_000), "+10.0/min");
+        assert_eq!(fmt_growth(50, 299_000, 300_000), "+10.0/min");
+        assert_eq!(fmt_growth(0, 0, 60_000), "-");
+        assert_eq!(fmt_growth_short(20, 10_000, 60_000), "+20/10s");
+        assert_eq!(fmt_growth_short(41, 800, 60_000), "+41/0.8s");
+        assert_eq!(fmt_growth_short(900, 252_000, 300_000), "+900/4.2m");
+        assert_eq!(fmt_growth_short(30, 60_000, 60_000), "+30.0");
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub struct Engine {
     pub histograms_by: crate::stats::HistogramsBy,
     /// A sock_diag snapshot has been taken in (the next ones reconcile).
     seeded: bool,
+    /// Each network namespace's TCP sysctls, from the latest snapshot that
+    /// carried them.
+    pub facts: crate::netfacts::NetFacts,
+    /// The first input's time: what rates over a window shorter than
+    /// their own are measured over.
+    pub started_ns: Option<u64>,
 }
 
 impl Engine {
@@ -29,12 +35,15 @@ impl Engine {
             last_snapshot_ns: None,
             histograms_by: crate::stats::HistogramsBy::None,
             seeded: false,
+            facts: crate::netfacts::NetFacts::default(),
+            started_ns: None,
         }
     }
 
     /// A sock_diag snapshot, the one way every source's are taken in: the
     /// first seeds the table, the later ones reconcile it.
     pub fn take_sockets(&mut self, sockets: &[SeenSocket], namespaces: &[u32], taken_at_ns: u64) {
+        self.started_ns.get_or_insert(taken_at_ns);
         if self.seeded {
             self.reconcile(sockets, namespaces, taken_at_ns);
         } else {
@@ -49,6 +58,7 @@ impl Engine {
     }
 
     pub fn apply(&mut self, e: &Event) {
+        self.started_ns.get_or_insert(e.ts_ns);
         self.aggs.on_event(e);
         if e.kind == crate::model::EventKind::Transition {
             self.since_snapshot += 1;
@@ -119,6 +129,8 @@ impl Engine {
                 host,
                 transitions_per_sec,
                 histograms_by,
+                facts: &self.facts,
+                since_ns: self.started_ns.unwrap_or(now_ns),
             },
         )
     }
@@ -308,6 +320,30 @@ mod tests {
             None,
             "still open: not finished"
         );
+    }
+
+    #[test]
+    fn a_new_leak_grows_from_zero_over_the_span_measured() {
+        let mut e = Engine::new(1000);
+        // Sampled at 1 s with no CLOSE_WAIT; 20 appear between 5 and 10 s.
+        let _ = e.snapshot(SEC, SEC, host());
+        for i in 0..20u64 {
+            let sk = 0x1000 + i;
+            let port = 50000 + i as u16;
+            let t = 5 * SEC + i * 250 * MS;
+            e.apply(&tr(t, sk, Listen, SynRecv, 5432, port));
+            e.apply(&tr(t + MS, sk, SynRecv, Established, 5432, port));
+            e.apply(&tr(t + 2 * MS, sk, Established, CloseWait, 5432, port));
+        }
+        let snap = e.snapshot(10 * SEC, 10 * SEC, host());
+        let p = &snap.close_wait_by_process[0];
+        assert_eq!((p.count, p.growth_delta, p.growth_span_ms), (20, 20, 9_000));
+        assert_eq!((p.growth_delta_5m, p.growth_span_5m_ms), (20, 9_000));
+        assert_eq!(
+            crate::clock::fmt_growth(p.growth_delta_5m, p.growth_span_5m_ms, 300_000),
+            "+20 in 9.0s"
+        );
+        assert!(p.growth_per_min > 0.0, "not +0.0/m");
     }
 
     #[test]

@@ -88,6 +88,58 @@ impl Conn {
         ]
     }
 
+    /// The timewait socket that takes over from this one.
+    pub fn tw_sk(&self) -> u64 {
+        self.sk.wrapping_add(1 << 40)
+    }
+
+    /// The timewait socket's begin (linked to this socket) at `ts_ns`.
+    pub fn tw_begin(&self, ts_ns: u64, substate: TcpState) -> Event {
+        Event {
+            kind: EventKind::TwBegin,
+            sk: self.tw_sk(),
+            link: Some(self.sk),
+            old: Some(TcpState::FinWait2),
+            ..self.at(ts_ns, TcpState::FinWait2, substate)
+        }
+    }
+
+    /// This side closes first once established: FIN_WAIT1, FIN_WAIT2, then
+    /// a timewait socket in TIME_WAIT (the full socket goes to CLOSE).
+    fn closes_first(&self, ts_ns: u64) -> [Event; 4] {
+        use TcpState::*;
+        [
+            self.at(ts_ns + 200_000, Established, FinWait1),
+            self.at(ts_ns + 300_000, FinWait1, FinWait2),
+            self.tw_begin(ts_ns + 400_000, TimeWait),
+            self.at(ts_ns + 400_000, FinWait2, Close),
+        ]
+    }
+
+    /// A connection this side opened (connect() at `ts_ns`) and closed
+    /// first: it ends in TIME_WAIT here, holding an ephemeral port.
+    pub fn client_closes_first(&self, ts_ns: u64) -> Vec<Event> {
+        use TcpState::*;
+        let mut out = vec![
+            self.at(ts_ns, Close, SynSent),
+            self.at(ts_ns + 100_000, SynSent, Established),
+        ];
+        out.extend(self.closes_first(ts_ns));
+        out
+    }
+
+    /// A connection a listener here accepted at `ts_ns` and the server
+    /// closed first: TIME_WAIT on the service's side.
+    pub fn server_closes_first(&self, ts_ns: u64) -> Vec<Event> {
+        use TcpState::*;
+        let mut out = vec![
+            self.at(ts_ns, Listen, SynRecv),
+            self.at(ts_ns + 100_000, SynRecv, Established),
+        ];
+        out.extend(self.closes_first(ts_ns));
+        out
+    }
+
     /// The socket as sock_diag would report it, in `state`.
     pub fn seen(&self, state: TcpState, inode: u64) -> SeenSocket {
         SeenSocket {

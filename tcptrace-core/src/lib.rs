@@ -10,6 +10,8 @@
 //!   [`filter`]: the user's filters on what sock_diag reports.
 //! - [`conn`]: the lifecycle state machine and the bounded connection table;
 //!   [`engine`]: the table plus the aggregates, fed by events and snapshots.
+//! - [`netfacts`]: each network namespace's TCP sysctls and what they
+//!   mean for ephemeral ports and TIME_WAIT.
 //! - [`stats`]: histograms, rates, growth, snapshots and their JSON caps;
 //!   [`alerts`]: `watch`'s rules; [`doctor`]: findings from an observation.
 //! - [`record`]: the recording file format, writer, reader, and how records
@@ -32,6 +34,7 @@ pub mod filter;
 pub mod fixtures;
 pub mod metrics;
 pub mod model;
+pub mod netfacts;
 pub mod output;
 pub mod record;
 pub mod report;

@@ -207,7 +207,7 @@ fn main() {
     let started = Instant::now();
     let f = BufWriter::with_capacity(1 << 20, File::create(&path).unwrap());
     let mut w = Writer::new(f, &header).unwrap();
-    w.snapshot(0, &[4026531840], &[]).unwrap();
+    w.snapshot(0, &[4026531840], &[], None).unwrap();
     let mut next_flush = SEC;
     let mut write = |e: &Event| {
         if e.ts_ns >= next_flush {

@@ -347,6 +347,10 @@ pub struct DoctorArgs {
     /// `advice`, `sysctls`).
     #[arg(long)]
     pub json: bool,
+    /// Diagnose a recording (`tcptrace record`) instead of the live host:
+    /// the same findings, from the sysctls and counters it carries.
+    #[arg(long, value_name = "FILE", conflicts_with = "duration")]
+    pub from: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -357,6 +361,8 @@ pub struct DoctorConfig {
     pub load: LoadOptions,
     pub duration: Duration,
     pub json: bool,
+    /// `--from`: a recording instead of the kernel.
+    pub from: Option<std::path::PathBuf>,
 }
 
 impl DoctorArgs {
@@ -365,6 +371,7 @@ impl DoctorArgs {
             load: self.kernel.to_load_options(Filter::default())?,
             duration: seconds("--duration", self.duration, DURATION_SECS, "")?,
             json: self.json,
+            from: self.from.clone(),
         })
     }
 }

@@ -1,7 +1,9 @@
 //! `tcptrace doctor` against real sockets in network namespaces this test
 //! creates (each with its own sysctls): a CLOSE_WAIT leak, a server that
-//! closes first under load, and a client burning ephemeral ports to one
-//! destination with a narrowed `ip_local_port_range`. Each must produce its
+//! closes first under load, clients burning ephemeral ports to one
+//! destination with a narrowed `ip_local_port_range` (one address, many
+//! addresses, with and without `tcp_tw_reuse` applying), and the same
+//! findings from a recording (`doctor --from`). Each must produce its
 //! finding naming this process and the right port or peer. Root; fails
 //! (never skips) when the program cannot load.
 
@@ -9,7 +11,7 @@ mod common;
 
 use std::{
     io::Read,
-    net::{TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -109,7 +111,7 @@ fn server_closing_first_makes_server_side_time_wait() {
             drop(listener);
         });
     });
-    let f = find(&findings, "server_time_wait", &format!("port {port}"));
+    let f = find(&findings, "server_time_wait", &format!("127.0.0.1:{port}"));
     let title = f["title"].as_str().unwrap();
     assert!(title.contains(&format!("(pid {me})")), "{title}");
     assert!(title.contains("400 TIME_WAIT"), "{title}");
@@ -127,6 +129,8 @@ fn server_closing_first_makes_server_side_time_wait() {
 fn client_burning_ports_with_a_narrow_range() {
     let ns = NetNs::new("doc-cli");
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999");
+    // No reuse: every TIME_WAIT holds its port for 60 s.
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let me = std::process::id();
     let port = 19090;
     let (code, findings) = doctor_during(|| {
@@ -144,6 +148,11 @@ fn client_burning_ports_with_a_narrow_range() {
     let title = f["title"].as_str().unwrap();
     assert!(title.contains("45%"), "450 of 1000 ports: {title}");
     assert!(title.contains(&format!("(pid {me})")), "{title}");
+    assert!(
+        title.contains("from 127.0.0.1 in network namespace"),
+        "{title}"
+    );
+    assert_eq!(f["severity"], "warning");
     assert!(
         f["evidence"][0].as_str().unwrap().contains("(40000-40999)"),
         "the namespace's own range: {f}"
@@ -214,4 +223,227 @@ fn exhausted_ports_are_reported_from_eaddrnotavail() {
         "{findings:#?}"
     );
     assert_eq!(code, 1);
+}
+
+/// A namespace with a `ports`-port range from 40000 and `addr` on its
+/// loopback device (traffic to it goes through loopback, but the address is
+/// not a loopback one: `tcp_tw_reuse=2` does not apply to it).
+fn namespace_with(tag: &str, ports: u16, addr: &str) -> NetNs {
+    let ns = NetNs::new(tag);
+    ns.sysctl(
+        "net.ipv4.ip_local_port_range",
+        &format!("40000 {}", 40000 + ports - 1),
+    );
+    run(
+        "ip",
+        &[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "lo",
+        ],
+    );
+    ns
+}
+
+fn ids(findings: &[serde_json::Value]) -> Vec<(String, String)> {
+    findings
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_string(),
+                f["severity"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// 1,600 TIME_WAIT sockets to one server from 40 source addresses, over a
+/// 1,000-port range: 160% of the range, but each (address, destination)
+/// has its own 1,000 ports, and holds 4% of them.
+#[test]
+fn many_source_addresses_each_have_their_own_budget() {
+    let ns = namespace_with("doc-many", 1000, "10.77.0.1");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    let port = 19292;
+    let (_, findings) = doctor_during(|| {
+        ns.run(move || {
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+            for source in 1..=40u8 {
+                for _ in 0..40 {
+                    time_wait_from(Ipv4Addr::new(127, 10, 0, source), to, &listener).unwrap();
+                }
+            }
+        });
+    });
+    // (Other tests run beside this one: only findings about this
+    // destination count; the exit code is theirs too.)
+    let dest = format!("127.0.0.1:{port}");
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f["title"].as_str().unwrap().contains(&dest)),
+        "{findings:#?}"
+    );
+}
+
+/// One address, 100 ports, connects faster than `tcp_tw_reuse` may take
+/// over a TIME_WAIT (1 s): connect() fails with EADDRNOTAVAIL; critical.
+#[test]
+fn one_address_with_a_narrow_range_is_critical_and_fails_connects() {
+    let ns = namespace_with("doc-one", 100, "10.77.0.1");
+    let me = std::process::id();
+    let port = 19393;
+    let (code, findings) = doctor_during(|| {
+        let failures = ns.run(move || {
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+            let mut failures = 0;
+            for _ in 0..150 {
+                match time_wait_from(Ipv4Addr::LOCALHOST, to, &listener) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+                        failures += 1;
+                    }
+                }
+            }
+            failures
+        });
+        assert!(failures >= 1, "100 ports, 150 connects within a second");
+    });
+    let f = find(
+        &findings,
+        "client_port_pressure",
+        &format!("127.0.0.1:{port}"),
+    );
+    assert_eq!(f["severity"], "critical", "{f}");
+    let title = f["title"].as_str().unwrap();
+    assert!(
+        title.contains("from 127.0.0.1") && title.contains(&format!("(pid {me})")),
+        "{title}"
+    );
+    let evidence = f["evidence"].to_string();
+    assert!(evidence.contains("with EADDRNOTAVAIL"), "{evidence}");
+    assert!(evidence.contains("of the 100 ports"), "{evidence}");
+    assert_eq!(code, 1);
+}
+
+/// The seed's prober: 260 pings through 200 ports on loopback, paced like a
+/// prober. `tcp_tw_reuse=2` (the default) takes over TIME_WAIT ports older
+/// than 1 s: no connect fails, and doctor says so instead of "critical".
+#[test]
+fn loopback_reuse_keeps_a_full_range_working() {
+    let ns = namespace_with("doc-reuse", 200, "10.77.0.1");
+    let port = 19494;
+    let (_, findings) = doctor_during(|| {
+        ns.run(move || {
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+            for _ in 0..260 {
+                time_wait_from(Ipv4Addr::LOCALHOST, to, &listener)
+                    .expect("reuse keeps connect() working");
+                // A prober's pace: 260 pings over about 2.6 s.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+    });
+    let f = find(
+        &findings,
+        "client_port_pressure",
+        &format!("127.0.0.1:{port}"),
+    );
+    assert_eq!(f["severity"], "info", "{f}");
+    assert!(
+        f["title"].as_str().unwrap().contains("no connect failed"),
+        "{f}"
+    );
+    assert!(
+        f["evidence"].to_string().contains("tcp_tw_reuse=2 here"),
+        "{f}"
+    );
+    // Info: no warning about this destination (the exit code is shared
+    // with the tests running beside this one).
+    let dest = format!("127.0.0.1:{port}");
+    assert!(
+        !findings.iter().any(|f| f["severity"] != "info"
+            && f["severity"] != "ok"
+            && f["title"].as_str().unwrap().contains(&dest)),
+        "{findings:#?}"
+    );
+}
+
+/// The same scenario off loopback (a 10.77.0.1 address): `tcp_tw_reuse=2`
+/// does not apply, 170 TIME_WAIT hold 85% of the 200 ports: critical. And
+/// a recording of it gives `doctor --from` the same findings.
+#[test]
+fn off_loopback_reuse_does_not_apply_and_a_recording_says_the_same() {
+    let ns = namespace_with("doc-off", 200, "10.77.0.1");
+    let port = 19595;
+    let dir = tempdir();
+    let file = dir.join("incident.tcptrace");
+    let file_arg = file.to_str().unwrap().to_string();
+    let recorder = Running::start(
+        &["record", "-o", &file_arg, "--duration", "6"],
+        "recording to",
+    );
+    let (code, live) = doctor_during(|| {
+        ns.run(move || {
+            let listener = TcpListener::bind(("10.77.0.1", port)).unwrap();
+            let to = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), port);
+            for _ in 0..170 {
+                time_wait_from(Ipv4Addr::new(10, 77, 0, 1), to, &listener).unwrap();
+            }
+        });
+    });
+    let f = find(&live, "client_port_pressure", &format!("10.77.0.1:{port}"));
+    assert_eq!(f["severity"], "critical", "{f}");
+    assert!(f["title"].as_str().unwrap().contains("85%"), "{f}");
+    assert!(f["evidence"].to_string().contains("loopback only"), "{f}");
+    assert_eq!(code, 1);
+
+    let mut recorder = recorder;
+    let status = recorder.child.wait().unwrap();
+    assert!(status.success(), "record: {:?}", recorder.finish());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["doctor", "--from", &file_arg, "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let replayed: Vec<serde_json::Value> = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1));
+    // The same findings about this scenario, word for word (other tests
+    // running beside this one add their own to both).
+    let dest = format!("10.77.0.1:{port}");
+    let mine = |all: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        all.iter()
+            .filter(|f| f["title"].as_str().unwrap().contains(&dest))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(ids(&mine(&replayed)), ids(&mine(&live)));
+    assert_eq!(mine(&replayed), mine(&live), "{replayed:#?}\n{live:#?}");
+    assert!(
+        !replayed.iter().any(|f| f["id"] == "facts_missing"),
+        "the recording carries the sysctls: {replayed:#?}"
+    );
+}
+
+/// A fresh directory for this test's files.
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tcptrace-doctor-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -166,3 +166,82 @@ fn reconciliation_repairs_what_lost_events_hid() {
     assert!(last["corrections"].as_u64().unwrap() > 0);
     drop(held);
 }
+
+/// A real nginx that closes every connection first (no keep-alive): its
+/// TIME_WAIT is one row per service (the nginx port, owner nginx, closing
+/// first), not one row per client port; the metrics have it per service.
+#[test]
+fn server_side_time_wait_is_one_row_per_service_in_json_and_metrics() {
+    const REQUESTS: usize = 120;
+    let ns = common::NetNs::new("stats-nginx");
+    let port = common::free_port(false);
+    let nginx = common::Nginx::start(&ns, port);
+    let metrics_port = common::free_port(false);
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let p = port.to_string();
+    let running = Streaming::start(&[
+        "stats",
+        "--json",
+        "--interval",
+        "1",
+        "--port",
+        &p,
+        "--metrics",
+        &metrics_addr,
+    ]);
+    Streaming::wait_line(&running.err, &mut Vec::new(), "banner", WAIT, |l| {
+        l.contains("stats every")
+    });
+    nginx.requests(&ns, REQUESTS);
+    let mut lines = Vec::new();
+    let want = format!(r#""TIME_WAIT":{REQUESTS}"#);
+    Streaming::wait_line(&running.out, &mut lines, "every TIME_WAIT", WAIT, |l| {
+        l.contains(&want)
+    });
+    let snap: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let services = snap["time_wait_by_service"].as_array().unwrap();
+    assert_eq!(services.len(), 1, "{services:#?}");
+    let s = &services[0];
+    assert_eq!(
+        (s["sport"].as_u64(), s["count"].as_u64()),
+        (Some(port.into()), Some(REQUESTS as u64))
+    );
+    assert_eq!(s["saddr"], "127.0.0.1");
+    assert_eq!(s["comm"], "nginx", "the listener's owner: {s}");
+    assert_eq!(s["clients"], 1);
+    assert!(s["rate_per_sec"].as_f64().unwrap() > 0.0, "{s}");
+    assert_eq!(
+        s["closed_first"]["local"].as_u64(),
+        Some(REQUESTS as u64),
+        "{s}"
+    );
+    // Not one row per client: no destination row for the clients' ports.
+    assert!(
+        snap["time_wait_by_peer"].as_array().unwrap().is_empty(),
+        "{}",
+        snap["time_wait_by_peer"]
+    );
+    assert_eq!(
+        snap["time_wait_by_local"][0]["sport"].as_u64(),
+        Some(port.into())
+    );
+    let (_, body) = {
+        let (status, _, body) = common::http_get(metrics_port, "/metrics");
+        (status, body)
+    };
+    assert_eq!(
+        common::metric_value(
+            &body,
+            &format!(
+                r#"tcptrace_time_wait_service_sockets{{service="127.0.0.1:{port}",comm="nginx"}}"#
+            )
+        ),
+        Some(REQUESTS as f64),
+        "{body}"
+    );
+    assert!(!body.contains("tcptrace_time_wait_sockets{peer="), "{body}");
+    running.signal(libc::SIGINT);
+    let (status, _, _) = running.wait(WAIT);
+    assert!(status.success());
+    drop(nginx);
+}

@@ -435,3 +435,52 @@ fn top_from_a_recording_plays_pauses_and_seeks() {
     let _ = std::fs::remove_file(&file);
     drop(held);
 }
+
+/// A real nginx closing every connection first: `top`'s TIME_WAIT view
+/// shows it as one row (the service, its owner, "server" closing first) at
+/// 80 and at 200 columns, every column whole.
+#[test]
+fn server_side_time_wait_is_one_row_per_service_at_80_and_200_columns() {
+    const REQUESTS: usize = 60;
+    let ns = common::NetNs::new("top-nginx");
+    let port = common::free_port(false);
+    let nginx = common::Nginx::start(&ns, port);
+    let bin = env!("CARGO_BIN_EXE_tcptrace");
+    let cmd = format!("{bin} top --interval 0.5 --port {port}");
+    let narrow = Tmux::start("nginx80", 80, 24, &cmd);
+    let wide = Tmux::start("nginx200", 200, 30, &cmd);
+    for t in [&narrow, &wide] {
+        t.wait_for("the first refresh", |s| s.contains(" up "));
+    }
+    nginx.requests(&ns, REQUESTS);
+    let service = format!("svc 127.0.0.1:{port}");
+    for (t, width) in [(&narrow, 80), (&wide, 200)] {
+        t.keys(&["3"]);
+        let screen = t.wait_for("the nginx service row", |s| {
+            s.lines()
+                .any(|l| l.contains(&service) && l.contains(&REQUESTS.to_string()))
+        });
+        let rows: Vec<&str> = screen
+            .lines()
+            .filter(|l| l.starts_with("svc ") || l.starts_with("to "))
+            .collect();
+        assert_eq!(
+            rows.len(),
+            1,
+            "one row, not one per client ({width} columns):\n{screen}"
+        );
+        let cols: Vec<&str> = rows[0].split_whitespace().collect();
+        // svc ADDR PID COMM COUNT RATE PORTS CLOSES-FIRST...
+        assert_eq!(cols[..2], ["svc", &service[4..]], "{screen}");
+        assert_eq!(cols[3], "nginx", "the listener's owner:\n{screen}");
+        assert_eq!(cols[4], REQUESTS.to_string(), "{screen}");
+        assert_eq!(cols[6], "-", "no port budget for a service:\n{screen}");
+        assert_eq!(cols[7..9], ["server", "100%"], "{screen}");
+        assert!(
+            screen.lines().all(|l| l.chars().count() <= width),
+            "{screen}"
+        );
+        t.keys(&["q"]);
+    }
+    drop(nginx);
+}

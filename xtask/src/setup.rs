@@ -24,8 +24,14 @@ pub struct SetupArgs {
     no_apt: bool,
 }
 
-/// Debian packages the tests and benchmarks use as oracles/drivers.
-const APT_PACKAGES: &[&str] = &["libbpf-tools", "tmux", "iproute2"];
+/// Debian packages the tests and benchmarks use as oracles/drivers
+/// (nginx: a real server that closes first, started by the tests on a
+/// loopback port of their own namespace).
+const APT_PACKAGES: &[&str] = &["libbpf-tools", "tmux", "iproute2", "nginx-light"];
+
+/// Debian's way to keep maintainer scripts from starting services: the
+/// tests start nginx themselves; installing it must not start one on :80.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -352,12 +358,27 @@ fn apt_packages(report: &mut Report) -> Result<()> {
         return Ok(());
     }
     util::run(Command::new("apt-get").args(["update", "-qq"]))?;
-    util::run(
+    // Only ours to remove if it was not there.
+    let guard = !std::path::Path::new(POLICY_RC_D).exists();
+    if guard {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# tcptrace setup: no service starts during install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = util::run(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq"])
             .args(&missing),
-    )?;
+    );
+    if guard {
+        let _ = std::fs::remove_file(POLICY_RC_D);
+    }
+    installed?;
     for pkg in missing {
         report.installed(pkg);
     }

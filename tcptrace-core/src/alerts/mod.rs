@@ -140,7 +140,8 @@ enum Subject {
     Host,
     /// A process (`None`: sockets whose owner is unknown).
     Process(Option<u32>),
-    Peer(IpAddr, u16),
+    /// A port budget: (namespace, local address, destination ip:port).
+    Budget(u32, IpAddr, IpAddr, u16),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -320,11 +321,16 @@ impl Alerter {
             message,
         };
         for p in &snap.close_wait_by_process {
-            let growth = match r.close_wait_growth_window_min {
-                1 => p.growth_per_min,
-                15 => p.growth_per_min_15m,
-                _ => p.growth_per_min_5m,
+            let (growth, delta, span_ms) = match r.close_wait_growth_window_min {
+                1 => (p.growth_per_min, p.growth_delta, p.growth_span_ms),
+                15 => (
+                    p.growth_per_min_15m,
+                    p.growth_delta_15m,
+                    p.growth_span_15m_ms,
+                ),
+                _ => (p.growth_per_min_5m, p.growth_delta_5m, p.growth_span_5m_ms),
             };
+            let window_ms = r.close_wait_growth_window_min * 60_000;
             let whom = who(p.pid, p.comm.as_deref());
             let peers = if p.peers.is_empty() {
                 "its peers".to_string()
@@ -363,10 +369,20 @@ impl Alerter {
                 Rule::CloseWaitGrowth,
                 growth,
                 r.close_wait_growth_per_min,
-                format!(
-                    "CLOSE_WAIT of {whom} growing {growth:.1}/min over {} min ({} now)",
-                    r.close_wait_growth_window_min, p.count
-                ),
+                if span_ms + 1_500 >= window_ms {
+                    format!(
+                        "CLOSE_WAIT of {whom} growing {growth:.1}/min over {} min ({} now)",
+                        r.close_wait_growth_window_min, p.count
+                    )
+                } else {
+                    // Say what was measured: no rate over minutes from seconds.
+                    format!(
+                        "CLOSE_WAIT of {whom} grew {} ({} now; {} min of history not there yet)",
+                        crate::clock::fmt_growth(delta, span_ms, window_ms),
+                        p.count,
+                        r.close_wait_growth_window_min
+                    )
+                },
             );
             push(
                 Rule::CloseWaitOldest,
@@ -407,24 +423,41 @@ impl Alerter {
                 alert: a,
             });
         }
-        for p in &snap.time_wait_by_peer {
-            let peer = std::net::SocketAddr::new(p.daddr, p.dport).to_string();
+        // Per port budget (namespace, local address, destination): the
+        // share connect() cannot pick (TIME_WAIT that tcp_tw_reuse may take
+        // over does not count).
+        for b in &snap.port_budgets {
+            let peer = std::net::SocketAddr::new(b.daddr, b.dport).to_string();
+            let reuse = if b.reusable > 0 {
+                format!(
+                    " ({} more TIME_WAIT that tcp_tw_reuse may take over)",
+                    b.reusable
+                )
+            } else {
+                String::new()
+            };
             let mut a = alert(
                 Rule::TimeWaitPorts,
-                p.port_range_ratio,
+                b.in_use_ratio,
                 r.time_wait_port_share,
                 format!(
-                    "{} TIME_WAIT sockets to {peer} hold {:.0}% of ip_local_port_range: this host closes first on short connections and will run out of ephemeral ports to it; use keep-alive or a connection pool (nginx: upstream keepalive with HTTP/1.1), or let the peer close first",
-                    p.count,
-                    p.port_range_ratio * 100.0
+                    "{} TIME_WAIT and {} open sockets to {peer} from {} (netns {}) hold {:.0}% of the {} ephemeral ports connect() may pick there{reuse}: this host closes first on short connections and will run out of ports to it; use keep-alive or a connection pool (nginx: upstream keepalive with HTTP/1.1), or let the peer close first",
+                    b.time_wait.saturating_sub(b.reusable),
+                    b.open,
+                    b.saddr,
+                    b.netns,
+                    b.in_use_ratio * 100.0,
+                    b.ports,
                 ),
             );
-            a.count = p.count;
+            a.count = b.time_wait;
             a.peers = vec![peer];
+            a.pid = b.pid;
+            a.comm = b.comm.clone();
             out.push(Holding {
                 rule: Rule::TimeWaitPorts,
-                subject: Subject::Peer(p.daddr, p.dport),
-                value: p.port_range_ratio,
+                subject: Subject::Budget(b.netns, b.saddr, b.daddr, b.dport),
+                value: b.in_use_ratio,
                 threshold: r.time_wait_port_share,
                 alert: a,
             });

@@ -4,7 +4,7 @@
 use super::*;
 use crate::{
     engine::Engine,
-    stats::{CloseWaitByProcess, HostFacts, TimeWaitByPeer},
+    stats::{CloseWaitByProcess, HostFacts, PortBudget},
 };
 
 const SEC: u64 = 1_000_000_000;
@@ -28,6 +28,12 @@ fn leak(count: u64, growth_5m: f64, oldest_s: u64) -> Snapshot {
         growth_per_min: growth_5m,
         growth_per_min_5m: growth_5m,
         growth_per_min_15m: growth_5m,
+        growth_delta: (growth_5m) as i64,
+        growth_span_ms: 60_000,
+        growth_delta_5m: (growth_5m * 5.0) as i64,
+        growth_span_5m_ms: 300_000,
+        growth_delta_15m: (growth_5m * 15.0) as i64,
+        growth_span_15m_ms: 900_000,
         oldest_age_ms: oldest_s * 1000,
         oldest_age_is_lower_bound: false,
         peers: vec!["10.0.0.5:3306".into()],
@@ -162,20 +168,32 @@ fn host_wide_close_wait_and_time_wait_port_share() {
         ..Rules::default()
     });
     let mut s = leak(60, 0.0, 1);
-    s.time_wait_by_peer.push(TimeWaitByPeer {
+    s.port_budgets.push(PortBudget {
+        netns: 1,
+        saddr: "10.0.0.2".parse().unwrap(),
         daddr: "10.0.0.9".parse().unwrap(),
         dport: 8080,
-        count: 15_000,
+        time_wait: 15_000,
+        reusable: 0,
+        open: 0,
+        ports: 28_232,
+        port_range: (32768, 60999),
         port_range_ratio: 15_000.0 / 28_232.0,
+        in_use_ratio: 15_000.0 / 28_232.0,
+        tw_reuse: crate::netfacts::Reuse::LoopbackOnly,
+        facts_known: true,
+        pid: Some(7),
+        comm: Some("prober".into()),
     });
     let sent = a.evaluate(&s, 0, WALL);
     let rules: Vec<&str> = sent.iter().map(|x| x.rule).collect();
     assert_eq!(rules, ["close_wait_host", "time_wait_ports"]);
     assert!(sent[0].message.contains("the most by java (pid 4242)"));
     assert_eq!(sent[1].peers, ["10.0.0.9:8080"]);
+    assert_eq!(sent[1].pid, Some(7));
     assert!(
         sent[1].message.starts_with(
-            "15000 TIME_WAIT sockets to 10.0.0.9:8080 hold 53% of ip_local_port_range"
+            "15000 TIME_WAIT and 0 open sockets to 10.0.0.9:8080 from 10.0.0.2 (netns 1) hold 53% of the 28232 ephemeral ports"
         ),
         "{}",
         sent[1].message

@@ -19,8 +19,8 @@ use crate::{
     engine::Engine,
     model::{Comm, TcpState},
     stats::{
-        CloseWaitSocket, HistKind, HistSummary, HistogramsBy, HostFacts, KeyedHistograms, Snapshot,
-        keyed_histograms,
+        CloseWaitSocket, ClosedFirst, HistKind, HistSummary, HistogramsBy, HostFacts,
+        KeyedHistograms, Snapshot, keyed_histograms,
     },
 };
 
@@ -163,21 +163,43 @@ pub struct ConnPage {
     pub total: u64,
 }
 
-/// A TIME_WAIT destination with what the TIME_WAIT view shows of it.
+/// Which side a TIME_WAIT group is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TwSide {
+    /// Connections a local service accepted: the server closed first.
+    Service,
+    /// Connections opened here, to a destination: ephemeral ports.
+    Destination,
+}
+
+/// One row of the TIME_WAIT view: a local service or a destination.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TwPeer {
-    pub daddr: IpAddr,
-    pub dport: u16,
+pub struct TwGroup {
+    pub side: TwSide,
+    /// The service's local address, or the destination's.
+    pub addr: IpAddr,
+    pub port: u16,
     pub count: u64,
-    pub port_range_ratio: f64,
-    /// TIME_WAIT durations seen towards this peer (kept for the first
-    /// peers seen, up to the keyed histogram cap).
+    /// TIME_WAIT begun per second (last 10 s).
+    pub rate_per_sec: f64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Destinations: the fullest port budget's share connect() cannot pick
+    /// and its TIME_WAIT share (per namespace and local address).
+    pub port_share: Option<f64>,
+    pub time_wait_share: Option<f64>,
+    /// TIME_WAIT durations seen (destinations; kept for the first peers
+    /// seen, up to the keyed histogram cap).
     pub duration: Option<HistSummary>,
-    /// Of the live TIME_WAIT sockets: we closed first / both closed at once /
-    /// not linked to a full socket.
-    pub closed_local: u64,
-    pub closed_both: u64,
-    pub closed_unknown: u64,
+    /// Connections of this group that ended, by who closed first.
+    pub closed_first: ClosedFirst,
+}
+
+impl TwGroup {
+    /// The key the selection follows across refreshes.
+    pub fn key(&self) -> (TwSide, IpAddr, u16) {
+        (self.side, self.addr, self.port)
+    }
 }
 
 /// Everything one screen refresh needs.
@@ -192,7 +214,8 @@ pub struct TopData {
     /// CLOSE_WAIT sockets per owning pid, oldest first, at most
     /// [`CLOSE_WAIT_SOCKETS_KEPT`] each.
     pub close_wait_sockets: HashMap<Option<u32>, Vec<CloseWaitSocket>>,
-    pub tw_peers: Vec<TwPeer>,
+    /// TIME_WAIT per local service and per destination, most first.
+    pub tw_groups: Vec<TwGroup>,
     pub hists_by_process: Vec<KeyedHistograms>,
     pub hists_by_peer: Vec<KeyedHistograms>,
     pub history: History,
@@ -394,23 +417,6 @@ pub fn conn_page(engine: &Engine, req: &ViewRequest, now_ns: u64) -> ConnPage {
     }
 }
 
-/// Closed-first counts of live TIME_WAIT sockets per destination.
-fn tw_closers(engine: &Engine) -> HashMap<(IpAddr, u16), [u64; 3]> {
-    let mut out: HashMap<(IpAddr, u16), [u64; 3]> = HashMap::new();
-    for t in engine.table.timewaits() {
-        if t.substate != TcpState::TimeWait {
-            continue;
-        }
-        let slot = match t.closer {
-            Some(Closer::Active) | Some(Closer::Passive) => 0,
-            Some(Closer::Simultaneous) => 1,
-            None => 2,
-        };
-        out.entry((t.key.daddr, t.key.dport)).or_default()[slot] += 1;
-    }
-    out
-}
-
 impl Feed {
     pub fn new(started_ns: u64) -> Self {
         Self {
@@ -464,32 +470,7 @@ impl Feed {
 
         let hists_by_process = keyed_histograms(&engine.aggs, HistogramsBy::Process);
         let hists_by_peer = keyed_histograms(&engine.aggs, HistogramsBy::Peer);
-        let closers = tw_closers(engine);
-        let tw_peers = snap
-            .time_wait_by_peer
-            .iter()
-            .map(|p| {
-                let [closed_local, closed_both, closed_unknown] = closers
-                    .get(&(p.daddr, p.dport))
-                    .copied()
-                    .unwrap_or_default();
-                TwPeer {
-                    daddr: p.daddr,
-                    dport: p.dport,
-                    count: p.count,
-                    port_range_ratio: p.port_range_ratio,
-                    duration: engine
-                        .aggs
-                        .by_peer
-                        .get(&(p.daddr, p.dport))
-                        .map(|h| h.summary(HistKind::TimeWait))
-                        .filter(|s| s.count > 0),
-                    closed_local,
-                    closed_both,
-                    closed_unknown,
-                }
-            })
-            .collect();
+        let tw_groups = tw_groups(&snap, engine);
 
         TopData {
             uptime_ms: now_ns.saturating_sub(self.started_ns) / 1_000_000,
@@ -497,7 +478,7 @@ impl Feed {
             conns: conn_page(engine, req, now_ns),
             snap,
             close_wait_sockets,
-            tw_peers,
+            tw_groups,
             hists_by_process,
             hists_by_peer,
             history: self.history.clone(),
@@ -507,9 +488,64 @@ impl Feed {
     }
 }
 
-/// Peers ranked by TIME_WAIT count, then address: the default order.
-pub fn rank_tw_peers(peers: &mut [TwPeer]) {
-    peers.sort_by_key(|p| (Reverse(p.count), p.daddr, p.dport));
+/// The TIME_WAIT view's rows: services (server closes first) and
+/// destinations (this host closes first, using ephemeral ports), most
+/// TIME_WAIT first.
+fn tw_groups(snap: &Snapshot, engine: &Engine) -> Vec<TwGroup> {
+    let services = snap.time_wait_by_service.iter().map(|s| TwGroup {
+        side: TwSide::Service,
+        addr: s.saddr,
+        port: s.sport,
+        count: s.count,
+        rate_per_sec: s.rate_per_sec,
+        pid: s.pid,
+        comm: s.comm.clone(),
+        port_share: None,
+        time_wait_share: None,
+        duration: None,
+        closed_first: s.closed_first,
+    });
+    let destinations = snap.time_wait_by_peer.iter().map(|p| {
+        let worst = snap
+            .port_budgets
+            .iter()
+            .filter(|b| b.daddr == p.daddr && b.dport == p.dport)
+            .map(|b| b.in_use_ratio)
+            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+        TwGroup {
+            side: TwSide::Destination,
+            addr: p.daddr,
+            port: p.dport,
+            count: p.count,
+            rate_per_sec: p.rate_per_sec,
+            pid: p.pid,
+            comm: p.comm.clone(),
+            port_share: Some(worst.unwrap_or(0.0)),
+            time_wait_share: Some(p.port_range_ratio),
+            duration: engine
+                .aggs
+                .by_peer
+                .get(&(p.daddr, p.dport))
+                .map(|h| h.summary(HistKind::TimeWait))
+                .filter(|s| s.count > 0),
+            closed_first: p.closed_first,
+        }
+    });
+    let mut groups: Vec<TwGroup> = services.chain(destinations).collect();
+    rank_tw_groups(&mut groups);
+    groups
+}
+
+/// Groups ranked by TIME_WAIT count, then address: the default order.
+pub fn rank_tw_groups(groups: &mut [TwGroup]) {
+    groups.sort_by_key(|g| {
+        (
+            Reverse(g.count),
+            g.addr,
+            g.port,
+            g.side == TwSide::Destination,
+        )
+    });
 }
 
 #[cfg(test)]

@@ -133,12 +133,67 @@ pub fn engine() -> Engine {
 
 /// Second `s` of the incident: the DB closes idle connections the app
 /// never closes (2/s into CLOSE_WAIT); nginx opens and closes upstream
-/// connections without keepalive (5/s into TIME_WAIT).
+/// connections without keepalive (5/s into TIME_WAIT); a local API server
+/// on :9000 closes its clients' connections first (3/s, server-side
+/// TIME_WAIT).
 pub fn second(e: &mut Engine, s: u64) {
     use TcpState::*;
     let java = owner(4242, "java");
     let nginx = owner(777, "nginx");
+    let api = owner(900, "api");
     let t = s * SEC;
+    for j in 0..3u64 {
+        let sk = 0x30_0000 + s * 16 + j;
+        let client = (ip(10, 0, 0, 30 + (j as u8)), 33000 + (s * 3 + j) as u16);
+        let ts = t + 300 * MS + j * 10 * MS;
+        path(
+            e,
+            ts,
+            sk,
+            api,
+            (app_ip(), 9000),
+            client,
+            &[Listen, SynRecv, Established, FinWait1, FinWait2],
+        );
+        let mut begin = ev(
+            ts + 5 * MS,
+            EventKind::TwBegin,
+            sk | 0xF000_0000,
+            Some(api),
+            (app_ip(), 9000),
+            client,
+            FinWait2,
+            TimeWait,
+        );
+        begin.link = Some(sk);
+        e.apply(&begin);
+        e.apply(&ev(
+            ts + 5 * MS,
+            EventKind::Transition,
+            sk,
+            Some(api),
+            (app_ip(), 9000),
+            client,
+            FinWait2,
+            Close,
+        ));
+        if s >= 62 {
+            let old = s - 60;
+            let mut end = ev(
+                ts + 6 * MS,
+                EventKind::TwEnd,
+                (0x30_0000 + old * 16 + j) | 0xF000_0000,
+                Some(api),
+                (app_ip(), 9000),
+                (ip(10, 0, 0, 30 + (j as u8)), 33000 + (old * 3 + j) as u16),
+                TimeWait,
+                Close,
+            );
+            end.prev_ns = Some(60 * SEC + MS);
+            end.reason = Some(crate::model::TwEndReason::Expired);
+            e.apply(&end);
+        }
+    }
     for j in 0..2u64 {
         let port = 42000 + (s * 2 + j) as u16;
         path(

@@ -168,7 +168,7 @@ impl TimeWaitSort {
         match self {
             Self::Count => "count",
             Self::Duration => "p99 duration",
-            Self::Peer => "peer",
+            Self::Peer => "address",
         }
     }
 }
@@ -457,8 +457,14 @@ impl App {
                 if let Some(d) = &self.data
                     && let Some(&i) = self.time_wait.rows.get(self.time_wait.selected)
                 {
-                    let p = &d.tw_peers[i];
-                    let key = HistKey::Peer(p.daddr, p.dport);
+                    let g = &d.tw_groups[i];
+                    // A destination's TIME_WAIT durations are its own; a
+                    // service's are its owner's.
+                    let key = match (g.side, g.pid) {
+                        (data::TwSide::Destination, _) => HistKey::Peer(g.addr, g.port),
+                        (data::TwSide::Service, Some(pid)) => HistKey::Process(pid),
+                        (data::TwSide::Service, None) => HistKey::All,
+                    };
                     self.view = View::Histograms;
                     self.hist_selected = self.hist_keys.iter().position(|k| *k == key).unwrap_or(0);
                 }
@@ -597,39 +603,46 @@ impl App {
             .collect();
         self.close_wait_sockets.clamp();
 
-        // TIME_WAIT peers.
-        let peers = &d.tw_peers;
-        let selected_peer = self
+        // TIME_WAIT services and destinations.
+        let groups = &d.tw_groups;
+        let selected_group = self
             .time_wait
             .rows
             .get(self.time_wait.selected)
-            .and_then(|&i| peers.get(i))
-            .map(|p| (p.daddr, p.dport));
-        let mut rows: Vec<usize> = (0..peers.len())
+            .and_then(|&i| groups.get(i))
+            .map(|g| g.key());
+        let mut rows: Vec<usize> = (0..groups.len())
             .filter(|&i| {
-                let p = &peers[i];
+                let g = &groups[i];
+                let comm = g.comm.as_deref();
+                let (local, remote) = match g.side {
+                    data::TwSide::Service => ((Some(g.addr), Some(g.port)), (None, None)),
+                    data::TwSide::Destination => ((None, None), (Some(g.addr), Some(g.port))),
+                };
                 f.matches(&RowView {
-                    daddr: Some(p.daddr),
-                    dport: Some(p.dport),
+                    pid: Some(g.pid),
+                    comm: Some(comm),
+                    saddr: local.0,
+                    sport: local.1,
+                    daddr: remote.0,
+                    dport: remote.1,
                     state: Some(crate::model::TcpState::TimeWait),
-                    ..RowView::default()
                 })
             })
             .collect();
         match self.time_wait_sort {
-            TimeWaitSort::Count => {
-                rows.sort_by_key(|&i| (Reverse(peers[i].count), peers[i].daddr, peers[i].dport))
-            }
+            TimeWaitSort::Count => rows.sort_by_key(|&i| {
+                let g = &groups[i];
+                (Reverse(g.count), g.addr, g.port)
+            }),
             TimeWaitSort::Duration => rows.sort_by(|&a, &b| {
-                let p99 = |i: usize| peers[i].duration.map_or(-1.0, |h| h.p99_ms);
+                let p99 = |i: usize| groups[i].duration.map_or(-1.0, |h| h.p99_ms);
                 p99(b).total_cmp(&p99(a))
             }),
-            TimeWaitSort::Peer => rows.sort_by_key(|&i| (peers[i].daddr, peers[i].dport)),
+            TimeWaitSort::Peer => rows.sort_by_key(|&i| (groups[i].addr, groups[i].port)),
         }
-        if let Some(peer) = selected_peer
-            && let Some(pos) = rows
-                .iter()
-                .position(|&i| (peers[i].daddr, peers[i].dport) == peer)
+        if let Some(key) = selected_group
+            && let Some(pos) = rows.iter().position(|&i| groups[i].key() == key)
         {
             self.time_wait.selected = pos;
         }

@@ -3,6 +3,7 @@
 
 use super::{fixture::*, *};
 use crate::model::Lost;
+use data::TwSide;
 
 fn press(app: &mut App, keys: &[Key]) {
     for &k in keys {
@@ -184,11 +185,27 @@ fn time_wait_peer_drills_into_its_histograms() {
     let mut app = app();
     press(&mut app, &[Key::Char('3')]);
     let d = app.data.as_ref().unwrap();
-    let p = &d.tw_peers[app.time_wait.rows[0]];
-    assert_eq!((p.daddr, p.dport), (ip(10, 0, 0, 9), 8080));
+    let p = &d.tw_groups[app.time_wait.rows[0]];
+    assert_eq!(
+        (p.side, p.addr, p.port),
+        (TwSide::Destination, ip(10, 0, 0, 9), 8080)
+    );
     assert_eq!(p.count, 5 * 60, "one minute of TIME_WAIT at 5/s");
-    assert_eq!(p.closed_local, p.count, "nginx closed first");
+    assert_eq!(
+        p.closed_first.local,
+        5 * 74,
+        "nginx closed first, every time"
+    );
+    assert!((p.rate_per_sec - 5.0).abs() < 0.01, "{}", p.rate_per_sec);
     assert!((p.duration.unwrap().p50_ms / 1000.0 - 60.0).abs() < 1.0);
+    // The API server's TIME_WAIT is one row, not one per client port.
+    let svc = &d.tw_groups[app.time_wait.rows[1]];
+    assert_eq!(
+        (svc.side, svc.addr, svc.port),
+        (TwSide::Service, ip(10, 0, 0, 2), 9000)
+    );
+    assert_eq!((svc.count, svc.pid), (3 * 60, Some(900)));
+    assert_eq!(d.tw_groups.len(), 2);
     press(&mut app, &[Key::Enter]);
     assert_eq!(app.view, View::Histograms);
     let (label, hists) = app.selected_histograms();

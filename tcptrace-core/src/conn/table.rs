@@ -26,6 +26,14 @@ pub struct TupleKey {
 }
 
 impl TupleKey {
+    /// The address family (from the addresses: no field to keep in step).
+    pub fn family(&self) -> Family {
+        match self.saddr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
     pub fn of_event(e: &Event) -> Self {
         Self {
             netns: e.netns.unwrap_or(0),
@@ -56,6 +64,33 @@ pub enum Closer {
     Passive,
     /// Both at once (FIN_WAIT1 -> CLOSING).
     Simultaneous,
+}
+
+/// Which side opened a connection: what tells a server's TIME_WAIT (on
+/// connections it accepted, grouped by the service) from a client's (on
+/// connections it opened, grouped by destination, using ephemeral ports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Opened {
+    /// A listener here accepted it (LISTEN -> SYN_RECV).
+    Accepted,
+    /// connect() here opened it (CLOSE -> SYN_SENT).
+    Connected,
+}
+
+impl Opened {
+    /// From the first transition seen of a socket, when it tells.
+    fn of_event(e: &Event) -> Option<Self> {
+        match (e.old, e.new) {
+            (Some(TcpState::Close), TcpState::SynSent) | (Some(TcpState::SynSent), _) => {
+                Some(Self::Connected)
+            }
+            (Some(TcpState::Listen), TcpState::SynRecv) | (Some(TcpState::SynRecv), _) => {
+                Some(Self::Accepted)
+            }
+            _ if e.owner.is_some_and(|o| o.from_listener) => Some(Self::Accepted),
+            _ => None,
+        }
+    }
 }
 
 /// How a lifecycle ended.
@@ -107,7 +142,6 @@ pub mod conn_flags {
 pub struct Conn {
     pub sk: u64,
     pub key: TupleKey,
-    pub family: Family,
     pub owner: Option<Owner>,
     pub state: TcpState,
     /// Start of the lifecycle (lower bound when SEEDED/MIDLIFE).
@@ -115,6 +149,9 @@ pub struct Conn {
     /// When the current state was entered (exact only with STATE_EXACT).
     pub state_since_ns: u64,
     pub closer: Option<Closer>,
+    /// Accepted here or opened by connect(); `None` when not seen (sockets
+    /// from before tracing): [`crate::stats`] then asks the listeners.
+    pub opened: Option<Opened>,
     pub flags: u8,
 }
 
@@ -153,7 +190,6 @@ impl Identified for TwConn {
 pub struct TwConn {
     pub tw: u64,
     pub key: TupleKey,
-    pub family: Family,
     pub owner: Option<Owner>,
     /// TIME_WAIT or FIN_WAIT2 (orphan).
     pub substate: TcpState,
@@ -165,6 +201,8 @@ pub struct TwConn {
     /// Who closed first, from the linked full socket (Active, or
     /// Simultaneous after FIN_WAIT1 -> CLOSING); unknown when unlinked.
     pub closer: Option<Closer>,
+    /// From the linked full socket; unknown when unlinked.
+    pub opened: Option<Opened>,
 }
 
 /// A lifecycle or timewait socket that ended: what the aggregates consume.
@@ -372,12 +410,12 @@ impl ConnTable {
         Conn {
             sk: e.sk,
             key: TupleKey::of_event(e),
-            family: e.family,
             owner: e.owner,
             state: e.old.unwrap_or(e.new),
             born_ns: e.ts_ns,
             state_since_ns: e.ts_ns,
             closer: None,
+            opened: Opened::of_event(e),
             flags,
         }
     }
@@ -505,23 +543,23 @@ impl ConnTable {
         let mut out = Applied::default();
         self.make_room(&mut out.finished, e.ts_ns);
         let from = e.link.and_then(|sk| self.conns.get_mut(sk));
-        let (owner, closer) = match from {
+        let (owner, closer, opened) = match from {
             Some(c) => {
                 c.flags |= conn_flags::TO_TIMEWAIT;
-                (e.owner.or(c.owner), c.closer)
+                (e.owner.or(c.owner), c.closer, c.opened)
             }
-            None => (e.owner, None),
+            None => (e.owner, None, None),
         };
         let t = TwConn {
             tw: e.sk,
             key: TupleKey::of_event(e),
-            family: e.family,
             owner,
             substate: e.new,
             start_ns: e.ts_ns,
             start_estimated: false,
             from_sk: e.link.and_then(NonZeroU64::new),
             closer,
+            opened,
         };
         self.drop_seeded_duplicate(&t.key);
         if let Some(stale) = self.tws.insert(t) {
@@ -552,13 +590,13 @@ impl ConnTable {
         let tw = tw.unwrap_or_else(|| TwConn {
             tw: e.sk,
             key,
-            family: e.family,
             owner: e.owner,
             substate: e.old.unwrap_or(TcpState::TimeWait),
             start_ns: e.ts_ns.saturating_sub(e.prev_ns.unwrap_or(0)),
             start_estimated: e.prev_ns.is_none(),
             from_sk: None,
             closer: None,
+            opened: None,
         });
         let duration_ns = e.prev_ns.or_else(|| {
             (!tw.start_estimated || tw.tw < SYNTHETIC_LIMIT)
@@ -615,19 +653,18 @@ impl ConnTable {
             self.tws.insert(TwConn {
                 tw: synthetic,
                 key,
-                family: s.family,
                 owner,
                 substate: s.state,
                 start_ns: taken_at_ns.saturating_sub(elapsed_ms.unwrap_or(0) * 1_000_000),
                 start_estimated: true,
                 from_sk: None,
                 closer: None,
+                opened: None,
             });
         } else {
             self.conns.insert(Conn {
                 sk: synthetic,
                 key,
-                family: s.family,
                 owner,
                 state: s.state,
                 born_ns: taken_at_ns,
@@ -638,6 +675,7 @@ impl ConnTable {
                     TcpState::Closing => Some(Closer::Simultaneous),
                     _ => None,
                 },
+                opened: None,
                 flags: conn_flags::SEEDED,
             });
         }

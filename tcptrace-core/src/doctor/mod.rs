@@ -4,18 +4,35 @@
 //! evidence, a severity, what to do and the exact commands a user could run.
 //! The causes and fixes come from the incident write-ups (`domain.md`): a
 //! CLOSE_WAIT pile is the application not closing, TIME_WAIT belongs to
-//! whoever closes first, ephemeral ports run out per destination, and
-//! `tcp_fin_timeout` / `tcp_syncookies` do not touch TIME_WAIT. It never
-//! changes anything; the command only prints.
-
-pub mod census;
+//! whoever closes first, ephemeral ports run out per (namespace, local
+//! address, destination) unless `tcp_tw_reuse` applies, and
+//! `tcp_fin_timeout` / `tcp_syncookies` do not touch TIME_WAIT. The same
+//! diagnosis runs live and on a recording (`doctor --from`): everything it
+//! needs travels in the snapshots. It never changes anything; the command
+//! only prints.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
-pub use self::census::{Census, DestTimeWait, ListenerTimeWait, census};
-use crate::{alerts::who, clock::fmt_age, stats::CloseWaitByProcess};
+pub use crate::netfacts::Sysctls;
+use crate::{
+    alerts::who,
+    clock::fmt_age,
+    conn::ConnTable,
+    model::TcpState,
+    netfacts::{NetFacts, Reuse},
+    stats::{CloseWaitByProcess, PortBudget, TimeWaitByService},
+};
+
+/// Timewait sockets still in FIN_WAIT2: closed by the application, the
+/// peer's FIN not seen.
+pub fn fin_wait2_orphans(table: &ConnTable) -> u64 {
+    table
+        .timewaits()
+        .filter(|t| t.substate == TcpState::FinWait2)
+        .count() as u64
+}
 
 /// How bad a finding is; the exit code is 1 from [`Severity::Warning`] up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -54,36 +71,6 @@ pub struct Finding {
     pub sysctls: Vec<String>,
 }
 
-/// TCP sysctls of one network namespace (`None`: absent on this kernel).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sysctls {
-    /// `net.ipv4.tcp_tw_recycle` (removed in Linux 4.12).
-    pub tw_recycle: Option<u32>,
-    pub tw_reuse: Option<u32>,
-    pub timestamps: Option<u32>,
-    pub fin_timeout: Option<u32>,
-    pub syncookies: Option<u32>,
-    pub max_tw_buckets: Option<u64>,
-    pub port_range: (u16, u16),
-    pub reserved_ports: String,
-}
-
-impl Sysctls {
-    /// Linux's defaults.
-    pub fn defaults() -> Self {
-        Self {
-            tw_recycle: None,
-            tw_reuse: Some(2),
-            timestamps: Some(1),
-            fin_timeout: Some(60),
-            syncookies: Some(1),
-            max_tw_buckets: Some(262_144),
-            port_range: (32768, 60999),
-            reserved_ports: String::new(),
-        }
-    }
-}
-
 /// Connections to one peer that never got established during the window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailedConnects {
@@ -110,32 +97,59 @@ pub struct Observation {
     /// Sockets per state at the end (`TIME_WAIT`, `CLOSE_WAIT`, ...).
     pub states: BTreeMap<&'static str, u64>,
     pub close_wait: Vec<CloseWaitByProcess>,
-    pub census: Census,
+    /// TIME_WAIT on connections accepted here, per local service.
+    pub services: Vec<TimeWaitByService>,
+    /// Ephemeral port budgets per (namespace, local address, destination),
+    /// fullest first.
+    pub budgets: Vec<PortBudget>,
+    /// Timewait sockets still in FIN_WAIT2 (closed by the application, the
+    /// peer's FIN not seen).
+    pub fin_wait2_orphans: u64,
     pub failed_connects: Vec<FailedConnects>,
-    /// TCPTimeWaitOverflow: during the window, and since boot.
-    pub tw_overflow_during: u64,
-    pub tw_overflow_total: u64,
-    /// The initial namespace's sysctls.
-    pub sysctls: Sysctls,
-    /// `ip_local_port_range` of other namespaces seen, by netns inode.
-    pub port_ranges: BTreeMap<u32, (u16, u16)>,
-    /// The initial namespace's inode (its range is `sysctls.port_range`).
-    pub host_netns: Option<u32>,
+    /// Connections ended during the window, by reason (`stats`' `ended`).
+    pub ended: BTreeMap<&'static str, u64>,
+    /// Each namespace's TCP facts at the start and at the end of the window
+    /// (`None`: not known, e.g. a recording made before they were recorded).
+    pub facts_start: Option<NetFacts>,
+    pub facts_end: Option<NetFacts>,
 }
 
 impl Observation {
-    fn port_range(&self, netns: u32) -> (u16, u16) {
-        if Some(netns) == self.host_netns {
-            return self.sysctls.port_range;
-        }
-        self.port_ranges
-            .get(&netns)
-            .copied()
-            .unwrap_or(self.sysctls.port_range)
-    }
-
     fn state(&self, name: &str) -> u64 {
         self.states.get(name).copied().unwrap_or(0)
+    }
+
+    /// The host namespace's sysctls at the end, when known.
+    fn sysctls(&self) -> Option<&Sysctls> {
+        self.facts_end.as_ref()?.host().map(|f| &f.sysctls)
+    }
+
+    /// A namespace as findings name it.
+    fn netns_name(&self, netns: u32) -> String {
+        match &self.facts_end {
+            Some(f) if f.host_netns == Some(netns) => "the host namespace".into(),
+            _ => format!("network namespace {netns}"),
+        }
+    }
+
+    /// TCPTimeWaitOverflow per namespace: (during the window, since boot).
+    fn tw_overflow(&self) -> Vec<(u32, u64, u64)> {
+        let Some(end) = &self.facts_end else {
+            return Vec::new();
+        };
+        end.namespaces
+            .iter()
+            .filter_map(|(&ns, f)| {
+                let total = f.tw_overflow?;
+                let before = self
+                    .facts_start
+                    .as_ref()
+                    .and_then(|s| s.namespaces.get(&ns))
+                    .and_then(|f| f.tw_overflow);
+                // A namespace first seen at the end: all of it may be new.
+                Some((ns, total.saturating_sub(before.unwrap_or(total)), total))
+            })
+            .collect()
     }
 }
 
@@ -146,10 +160,10 @@ pub struct Thresholds {
     pub close_wait: u64,
     /// A CLOSE_WAIT socket this old is a leak whatever the count (ms).
     pub close_wait_age_ms: u64,
-    /// TIME_WAIT sockets on one listening port.
+    /// TIME_WAIT sockets on one local service.
     pub server_time_wait: u64,
-    /// Share of the ephemeral port range in TIME_WAIT to one destination:
-    /// warning, critical.
+    /// Share of one port budget (namespace, local address, destination)
+    /// that connect() cannot pick: warning, critical.
     pub port_share: (f64, f64),
     /// FIN_WAIT2 sockets (full and orphaned).
     pub fin_wait2: u64,
@@ -180,6 +194,7 @@ pub fn diagnose(obs: &Observation, t: &Thresholds) -> Vec<Finding> {
     sysctl_findings(obs, &mut out);
     fin_wait2(obs, t, &mut out);
     failed_connects(obs, t, &mut out);
+    missing_facts(obs, &mut out);
     if obs.lost > 0 {
         out.push(Finding {
             id: "lost_events",
@@ -207,10 +222,9 @@ pub fn exit_code(findings: &[Finding]) -> u8 {
 
 fn healthy(obs: &Observation) -> Finding {
     let worst_share = obs
-        .census
-        .time_wait_to
+        .budgets
         .iter()
-        .map(|d| share(d.count, obs.port_range(d.netns)))
+        .map(|b| b.in_use_ratio)
         .fold(0.0, f64::max);
     Finding {
         id: "healthy",
@@ -229,7 +243,7 @@ fn healthy(obs: &Observation) -> Finding {
                 obs.state("FIN_WAIT2")
             ),
             format!(
-                "largest TIME_WAIT share of the ephemeral port range to one destination: {:.1}%",
+                "fullest ephemeral port budget (one namespace, local address and destination): {:.1}% unavailable to connect()",
                 worst_share * 100.0
             ),
         ],
@@ -264,11 +278,13 @@ fn close_wait_leaks(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 fmt_age(p.oldest_age_ms, p.oldest_age_is_lower_bound)
             ),
         ];
-        if p.growth_per_min != 0.0 {
-            evidence.push(format!(
-                "growing {:+.1}/min (last minute)",
-                p.growth_per_min
-            ));
+        if p.growth_delta != 0 {
+            let measured = crate::clock::fmt_growth(p.growth_delta, p.growth_span_ms, 60_000);
+            evidence.push(if p.growth_span_ms + 1_500 >= 60_000 {
+                format!("growing {measured} (last minute)")
+            } else {
+                format!("grew {measured} (all the history there is)")
+            });
         }
         let pid_hint = p.pid.map(|p| format!(" -p {p}")).unwrap_or_default();
         out.push(Finding {
@@ -292,22 +308,41 @@ fn close_wait_leaks(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
 }
 
 fn server_time_wait(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
-    for l in &obs.census.time_wait_on_listener {
+    for l in &obs.services {
         if l.count < t.server_time_wait {
             continue;
         }
         let holder = who(l.pid, l.comm.as_deref());
+        let service = std::net::SocketAddr::new(l.saddr, l.sport);
+        let mut evidence = vec![
+            format!(
+                "{} TIME_WAIT sockets on {service} ({holder}, {}), {:.1} more per second, from {} client addresses",
+                l.count,
+                obs.netns_name(l.netns),
+                l.rate_per_sec,
+                l.clients
+            ),
+            "TIME_WAIT belongs to whichever side closes first: here the server, on connections it accepted".into(),
+        ];
+        let c = l.closed_first;
+        if c.total() > 0 {
+            evidence.push(format!(
+                "of the {} connections to {service} that ended, the server closed first on {} ({:.0}%), the clients on {}, both at once on {}",
+                c.total(),
+                c.local,
+                c.local as f64 * 100.0 / c.total() as f64,
+                c.remote,
+                c.both
+            ));
+        }
         out.push(Finding {
             id: "server_time_wait",
             severity: Severity::Warning,
             title: format!(
-                "Server-side TIME_WAIT: {} TIME_WAIT sockets on listening port {} ({holder}): the server closes first",
-                l.count, l.port
+                "Server-side TIME_WAIT: {} TIME_WAIT sockets on {service} ({holder}): the server closes first",
+                l.count
             ),
-            evidence: vec![
-                format!("{} TIME_WAIT sockets with local port {} (a listening port of {holder})", l.count, l.port),
-                format!("TIME_WAIT belongs to whichever side closes first; here it is the server, for {} clients", l.peers),
-            ],
+            evidence,
             advice: vec![
                 "Keep connections alive instead of one request per connection, or let clients close first (HTTP: do not send `Connection: close`).".into(),
                 "Behind a proxy (nginx): enable upstream keep-alive: `upstream backend { server ...; keepalive 32; }` with `proxy_http_version 1.1;` and `proxy_set_header Connection \"\";` in the location.".into(),
@@ -316,11 +351,6 @@ fn server_time_wait(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
             sysctls: vec![],
         });
     }
-}
-
-fn share(count: u64, (lo, hi): (u16, u16)) -> f64 {
-    let size = u64::from(hi.saturating_sub(lo)) + 1;
-    count as f64 / size as f64
 }
 
 /// Failed connects to one destination during the window: (refused or
@@ -334,36 +364,97 @@ fn failures_to(obs: &Observation, daddr: IpAddr, dport: u16) -> (u64, u64) {
         })
 }
 
+/// Port budgets judged at most (the fullest first): past this, the rest
+/// are the same story.
+const MAX_BUDGET_FINDINGS: usize = 10;
+
 fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
     let mut reported = Vec::new();
-    for d in &obs.census.time_wait_to {
-        let range = obs.port_range(d.netns);
-        let s = share(d.count, range);
-        let (failed, no_port) = failures_to(obs, d.daddr, d.dport);
-        if s < t.port_share.0 && no_port == 0 {
-            continue;
+    let mut findings = 0;
+    for b in &obs.budgets {
+        if findings == MAX_BUDGET_FINDINGS {
+            break;
         }
-        reported.push((d.daddr, d.dport));
-        let severity = if s >= t.port_share.1 || no_port > 0 {
+        let (failed, no_port) = failures_to(obs, b.daddr, b.dport);
+        let held = b.in_use_ratio;
+        let tw_share = b.port_range_ratio;
+        let severity = if no_port > 0 || held >= t.port_share.1 {
             Severity::Critical
-        } else {
+        } else if held >= t.port_share.0 {
             Severity::Warning
+        } else if tw_share >= t.port_share.0 {
+            // Many TIME_WAIT, but reuse keeps connect() working.
+            Severity::Info
+        } else {
+            continue;
         };
-        let holder = who(d.pid, d.comm.as_deref());
-        let dest = std::net::SocketAddr::new(d.daddr, d.dport);
-        let size = u32::from(range.1.saturating_sub(range.0)) + 1;
-        let mut evidence = vec![
-            format!(
-                "{} TIME_WAIT sockets to {dest}: {:.0}% of the {size} ephemeral ports ({}-{})",
-                d.count,
-                s * 100.0,
-                range.0,
-                range.1
+        findings += 1;
+        reported.push((b.daddr, b.dport));
+        let holder = who(b.pid, b.comm.as_deref());
+        let dest = std::net::SocketAddr::new(b.daddr, b.dport);
+        let (lo, hi) = b.port_range;
+        let range = if b.ports < u32::from(hi - lo) + 1 {
+            format!("{lo}-{hi} minus reserved ports")
+        } else {
+            format!("{lo}-{hi}")
+        };
+        let from = format!("from {} in {}", b.saddr, obs.netns_name(b.netns));
+        let mut evidence = vec![format!(
+            "{} TIME_WAIT sockets to {dest} {from}: {:.0}% of the {} ports connect() may pick there ({range})",
+            b.time_wait,
+            tw_share * 100.0,
+            b.ports
+        )];
+        if !b.facts_known {
+            evidence.push(
+                "that namespace's sysctls were not read: judged by the host's ip_local_port_range, without tcp_tw_reuse".into(),
+            );
+        }
+        evidence.push(format!("opened by {holder}, which closes first"));
+        let reuse = obs
+            .facts_end
+            .as_ref()
+            .and_then(|f| f.of(b.netns))
+            .map(|f| f.sysctls.clone());
+        let delay_ms = reuse
+            .as_ref()
+            .map_or(1000, |s| s.reuse_delay_ns() / 1_000_000);
+        let reuse_value = reuse
+            .as_ref()
+            .and_then(|s| s.tw_reuse)
+            .map_or("?".to_string(), |v| v.to_string());
+        evidence.push(match b.tw_reuse {
+            Reuse::Applies => format!(
+                "tcp_tw_reuse={reuse_value} here: connect() takes over a TIME_WAIT port to this destination once it is {delay_ms} ms old ({} of them are now), so {:.0}% of the ports are really unavailable; connect() fails with EADDRNOTAVAIL only when the rest are taken within {delay_ms} ms",
+                b.reusable,
+                held * 100.0
             ),
-            format!("opened by {holder}, which closes first"),
-            "each lasts 60 s: past 100%, connect() to this destination fails with EADDRNOTAVAIL"
-                .into(),
-        ];
+            Reuse::LoopbackOnly => format!(
+                "tcp_tw_reuse={reuse_value} (loopback only) does not apply to {}: each TIME_WAIT holds its port for 60 s; past 100%, connect() to {dest} {from} fails with EADDRNOTAVAIL",
+                b.saddr
+            ),
+            Reuse::NoTimestamps => "tcp_tw_reuse is on but tcp_timestamps is off: no reuse; each TIME_WAIT holds its port for 60 s, and past 100% connect() fails with EADDRNOTAVAIL".into(),
+            Reuse::Off | Reuse::Unknown => format!(
+                "each TIME_WAIT holds its port for 60 s (tcp_tw_reuse={reuse_value}): past 100%, connect() to {dest} {from} fails with EADDRNOTAVAIL"
+            ),
+        });
+        if b.open > 0 {
+            evidence.push(format!(
+                "{} open connections to {dest} {from} hold ports of the same budget",
+                b.open
+            ));
+        }
+        let others = obs
+            .budgets
+            .iter()
+            .filter(|o| o.daddr == b.daddr && o.dport == b.dport)
+            .count()
+            .saturating_sub(1);
+        if others > 0 {
+            evidence.push(format!(
+                "{others} other (namespace, local address) pairs connect to {dest}: each has its own budget"
+            ));
+        }
         if no_port > 0 {
             evidence.push(no_port_evidence(no_port, dest));
         }
@@ -372,28 +463,37 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 "{failed} more connections to {dest} were refused or timed out during the window"
             ));
         }
+        let title = if severity == Severity::Info {
+            format!(
+                "{} TIME_WAIT to {dest} {from} would use {:.0}% of its ports, but tcp_tw_reuse lets connect() reuse them: no connect failed ({holder})",
+                b.time_wait,
+                tw_share * 100.0
+            )
+        } else {
+            format!(
+                "Ephemeral port pressure: {:.0}% of the ports to {dest} {from} are unavailable ({} TIME_WAIT, {} open; {holder})",
+                held * 100.0,
+                b.time_wait,
+                b.open
+            )
+        };
         out.push(Finding {
             id: "client_port_pressure",
             severity,
-            title: format!(
-                "Ephemeral port pressure: {} TIME_WAIT to {dest} use {:.0}% of ip_local_port_range ({holder})",
-                d.count,
-                s * 100.0
-            ),
+            title,
             evidence,
             advice: port_advice(obs, &holder),
             sysctls: port_sysctls(obs),
         });
     }
-    // Ports exhausted by something else than TIME_WAIT (connections held
-    // open, a narrow range): the failures alone are the evidence.
+    // Ports exhausted with no budget above (connections held open, a narrow
+    // range): the failures alone are the evidence.
     for f in &obs.failed_connects {
         if f.no_port == 0 || reported.contains(&(f.daddr, f.dport)) {
             continue;
         }
         let dest = std::net::SocketAddr::new(f.daddr, f.dport);
         let holder = who(f.pid, f.comm.as_deref());
-        let (lo, hi) = obs.sysctls.port_range;
         out.push(Finding {
             id: "client_port_pressure",
             severity: Severity::Critical,
@@ -404,7 +504,7 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
             evidence: vec![
                 no_port_evidence(f.no_port, dest),
                 format!(
-                    "few TIME_WAIT sockets to {dest}: the ports are held by open connections (ip_local_port_range {lo}-{hi} here; `ss -tn dst {dest}` counts them)"
+                    "few TIME_WAIT sockets to {dest}: the ports are held by open connections or a narrow ip_local_port_range (`ss -tn dst {dest}` counts them)"
                 ),
             ],
             advice: port_advice(obs, &holder),
@@ -420,10 +520,12 @@ fn no_port_evidence(n: u64, dest: std::net::SocketAddr) -> String {
 }
 
 fn port_advice(obs: &Observation, holder: &str) -> Vec<String> {
-    let tw_reuse = match (obs.sysctls.tw_reuse, obs.sysctls.timestamps) {
-        (Some(1), Some(ts)) if ts != 0 => "tcp_tw_reuse is on".to_string(),
-        (Some(r), _) => format!("tcp_tw_reuse is {r}"),
-        (None, _) => "tcp_tw_reuse is absent".to_string(),
+    let tw_reuse = match obs.sysctls().map(|s| (s.tw_reuse, s.timestamps)) {
+        Some((Some(1), Some(ts))) if ts != 0 => "tcp_tw_reuse is on".to_string(),
+        Some((Some(2), _)) => "tcp_tw_reuse is 2: loopback only".to_string(),
+        Some((Some(r), _)) => format!("tcp_tw_reuse is {r}"),
+        Some((None, _)) => "tcp_tw_reuse is absent".to_string(),
+        None => "tcp_tw_reuse unknown".to_string(),
     };
     vec![
         format!("Reuse connections: a pool or keep-alive in {holder} removes the churn (the real fix)."),
@@ -438,10 +540,9 @@ fn port_sysctls(obs: &Observation) -> Vec<String> {
         "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".into(),
         format!(
             "sysctl -w net.ipv4.ip_local_reserved_ports=\"{}\"   # your service ports",
-            if obs.sysctls.reserved_ports.is_empty() {
-                "8080,9090"
-            } else {
-                &obs.sysctls.reserved_ports
+            match obs.sysctls() {
+                Some(s) if !s.reserved_ports.is_empty() => s.reserved_ports.as_str(),
+                _ => "8080,9090",
             }
         ),
         "sysctl -w net.ipv4.tcp_tw_reuse=1".into(),
@@ -449,37 +550,75 @@ fn port_sysctls(obs: &Observation) -> Vec<String> {
 }
 
 fn time_wait_overflow(obs: &Observation, out: &mut Vec<Finding>) {
-    if obs.tw_overflow_total == 0 {
+    for (netns, during, total) in obs.tw_overflow() {
+        if total == 0 {
+            continue;
+        }
+        let sysctls = obs
+            .facts_end
+            .as_ref()
+            .and_then(|f| f.namespaces.get(&netns))
+            .map(|f| &f.sysctls);
+        let buckets = sysctls
+            .and_then(|s| s.max_tw_buckets)
+            .map_or_else(|| "?".into(), |b| b.to_string());
+        let now = during > 0;
+        let where_ = obs.netns_name(netns);
+        let seen = obs.ended.get("time_wait_overflow").copied().unwrap_or(0);
+        let mut evidence = vec![
+            format!("TCPTimeWaitOverflow in {where_}: {during} during the window, {total} since it was created"),
+            format!("net.ipv4.tcp_max_tw_buckets = {buckets} there; TIME_WAIT now {} (all namespaces)", obs.state("TIME_WAIT")),
+            "past the limit, closing sockets skip TIME_WAIT (the kernel logs \"TCP: time wait bucket table overflow\")".into(),
+        ];
+        if now {
+            evidence.push(format!(
+                "tcptrace saw {seen} connections close without a TIME_WAIT socket (ended `time_wait_overflow`, all namespaces)"
+            ));
+        }
+        let double = sysctls
+            .and_then(|s| s.max_tw_buckets)
+            .map_or(524_288, |b| b.saturating_mul(2));
+        out.push(Finding {
+            id: "time_wait_overflow",
+            severity: if now { Severity::Warning } else { Severity::Info },
+            title: if now {
+                format!("TIME_WAIT bucket overflow in {where_}: {during} sockets skipped TIME_WAIT during the window")
+            } else {
+                format!("TIME_WAIT bucket overflow happened earlier in {where_} ({total} times)")
+            },
+            evidence,
+            advice: vec![
+                "Fix what makes the TIME_WAIT first (keep-alive, pooling, who closes first); raise tcp_max_tw_buckets only after, each bucket costs memory.".into(),
+            ],
+            sysctls: vec![format!("sysctl -w net.ipv4.tcp_max_tw_buckets={double}")],
+        });
+    }
+}
+
+/// A recording made without the namespaces' facts: say what cannot be
+/// judged rather than judge it by guesses.
+fn missing_facts(obs: &Observation, out: &mut Vec<Finding>) {
+    if obs.facts_end.is_some() {
         return;
     }
-    let buckets = obs
-        .sysctls
-        .max_tw_buckets
-        .map(|b| b.to_string())
-        .unwrap_or_else(|| "?".into());
-    let now = obs.tw_overflow_during > 0;
     out.push(Finding {
-        id: "time_wait_overflow",
-        severity: if now { Severity::Warning } else { Severity::Info },
-        title: if now {
-            format!("TIME_WAIT bucket overflow: {} sockets skipped TIME_WAIT during the window", obs.tw_overflow_during)
-        } else {
-            format!("TIME_WAIT bucket overflow happened earlier ({} times since boot)", obs.tw_overflow_total)
-        },
+        id: "facts_missing",
+        severity: Severity::Info,
+        title: "No sysctls or TIME_WAIT counters in this data: some findings cannot be made".into(),
         evidence: vec![
-            format!("TCPTimeWaitOverflow: {} during the window, {} since boot", obs.tw_overflow_during, obs.tw_overflow_total),
-            format!("net.ipv4.tcp_max_tw_buckets = {buckets}; TIME_WAIT now {}", obs.state("TIME_WAIT")),
-            "past the limit, closing sockets skip TIME_WAIT (the kernel logs \"TCP: time wait bucket table overflow\")".into(),
+            "no namespace facts were recorded (a recording from an older tcptrace, format version 2 or below, or one without sock_diag snapshots)".into(),
+            "not judged: tcp_tw_recycle, tcp_tw_reuse without timestamps, tcp_fin_timeout and tcp_syncookies settings; TIME_WAIT bucket overflow (TCPTimeWaitOverflow)".into(),
+            "judged with assumptions: ephemeral port pressure uses the recording's ip_local_port_range for every namespace and assumes no tcp_tw_reuse".into(),
         ],
-        advice: vec![
-            "Fix what makes the TIME_WAIT first (keep-alive, pooling, who closes first); raise tcp_max_tw_buckets only after, each bucket costs memory.".into(),
-        ],
-        sysctls: vec![format!("sysctl -w net.ipv4.tcp_max_tw_buckets={}", obs.sysctls.max_tw_buckets.map_or(524_288, |b| b.saturating_mul(2)))],
+        advice: vec!["Record with this tcptrace (`tcptrace record`) to carry the facts.".into()],
+        sysctls: vec![],
     });
 }
 
 fn sysctl_findings(obs: &Observation, out: &mut Vec<Finding>) {
-    let s = &obs.sysctls;
+    let Some(s) = obs.sysctls() else {
+        return;
+    };
     if let Some(v) = s.tw_recycle
         && v != 0
     {
@@ -536,15 +675,15 @@ fn fin_wait2(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
         return;
     }
     let timeout = obs
-        .sysctls
-        .fin_timeout
+        .sysctls()
+        .and_then(|s| s.fin_timeout)
         .map_or("?".into(), |v| v.to_string());
     out.push(Finding {
         id: "fin_wait2_orphans",
         severity: Severity::Warning,
         title: format!("{n} sockets in FIN_WAIT2: peers are not closing their side"),
         evidence: vec![
-            format!("FIN_WAIT2 {n} ({} of them orphaned: closed by the application)", obs.census.fin_wait2_orphans),
+            format!("FIN_WAIT2 {n} ({} of them orphaned: closed by the application)", obs.fin_wait2_orphans),
             format!("net.ipv4.tcp_fin_timeout = {timeout} s bounds the orphans"),
         ],
         advice: vec!["This host closed first and the peers never sent their FIN: look at the peers (a stuck or leaking client, a half-closed proxy). tcp_fin_timeout is the right knob for orphaned FIN_WAIT2, not for TIME_WAIT.".into()],

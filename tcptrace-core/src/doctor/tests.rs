@@ -3,8 +3,56 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
+use crate::{
+    engine::Engine,
+    fixtures::{Conn, SEC},
+    netfacts::NetnsFacts,
+    stats::{ClosedFirst, HostFacts},
+};
 
 const HOST_NS: u32 = 4026531840;
+
+/// Facts of the host namespace (and `others`), with Linux's defaults.
+fn facts(others: &[(u32, Sysctls)]) -> NetFacts {
+    let mut f = NetFacts {
+        host_netns: Some(HOST_NS),
+        ..NetFacts::default()
+    };
+    f.namespaces.insert(
+        HOST_NS,
+        NetnsFacts {
+            sysctls: Sysctls::defaults(),
+            tw_overflow: Some(0),
+            tw_recycled: Some(0),
+        },
+    );
+    for (ns, s) in others {
+        f.namespaces.insert(
+            *ns,
+            NetnsFacts {
+                sysctls: s.clone(),
+                tw_overflow: Some(0),
+                tw_recycled: Some(0),
+            },
+        );
+    }
+    f
+}
+
+/// What `doctor` sees of an engine fed with `events` under `facts`.
+fn observe(e: &mut Engine, facts: NetFacts, now: u64) -> Observation {
+    e.facts = facts.clone();
+    let snap = e.snapshot(now, now, HostFacts::default());
+    Observation {
+        services: snap.time_wait_by_service.clone(),
+        budgets: snap.port_budgets.clone(),
+        states: snap.states.clone(),
+        ended: snap.ended.clone(),
+        facts_start: Some(facts.clone()),
+        facts_end: Some(facts),
+        ..quiet()
+    }
+}
 
 fn quiet() -> Observation {
     Observation {
@@ -21,13 +69,13 @@ fn quiet() -> Observation {
         .into_iter()
         .collect(),
         close_wait: vec![],
-        census: Census::default(),
+        services: vec![],
+        budgets: vec![],
+        fin_wait2_orphans: 0,
         failed_connects: vec![],
-        tw_overflow_during: 0,
-        tw_overflow_total: 0,
-        sysctls: Sysctls::defaults(),
-        port_ranges: BTreeMap::new(),
-        host_netns: Some(HOST_NS),
+        ended: BTreeMap::new(),
+        facts_start: Some(facts(&[])),
+        facts_end: Some(facts(&[])),
     }
 }
 
@@ -47,6 +95,12 @@ fn leak(count: u64, oldest_age_ms: u64, growth: f64) -> CloseWaitByProcess {
         growth_per_min: growth,
         growth_per_min_5m: growth,
         growth_per_min_15m: growth,
+        growth_delta: (growth) as i64,
+        growth_span_ms: 60_000,
+        growth_delta_5m: (growth * 5.0) as i64,
+        growth_span_5m_ms: 300_000,
+        growth_delta_15m: (growth * 15.0) as i64,
+        growth_span_15m_ms: 900_000,
         oldest_age_ms,
         oldest_age_is_lower_bound: false,
         peers: vec!["10.0.0.5:5432".into()],
@@ -86,76 +140,175 @@ fn close_wait_leak_names_process_peer_age_and_growth() {
 }
 
 #[test]
-fn server_time_wait_points_at_the_listener_and_keepalive() {
+fn server_time_wait_points_at_the_service_and_keepalive() {
     let mut obs = quiet();
-    obs.census.time_wait_on_listener = vec![ListenerTimeWait {
+    obs.services = vec![TimeWaitByService {
         netns: HOST_NS,
-        port: 8080,
+        saddr: ip(1),
+        sport: 8080,
         count: 5000,
-        peers: 3,
+        rate_per_sec: 83.3,
         pid: Some(77),
         comm: Some("nginx".into()),
+        clients: 3,
+        closed_first: ClosedFirst {
+            local: 9800,
+            remote: 200,
+            both: 0,
+        },
     }];
     let f = diagnose(&obs, &Thresholds::default());
     assert_eq!(ids(&f), ["server_time_wait"]);
-    assert!(f[0].title.contains("port 8080") && f[0].title.contains("nginx (pid 77)"));
+    assert!(f[0].title.contains("10.0.0.1:8080") && f[0].title.contains("nginx (pid 77)"));
+    assert!(f[0].evidence[0].contains("83.3 more per second"));
+    assert!(
+        f[0].evidence[2].contains("server closed first on 9800 (98%)"),
+        "{:?}",
+        f[0].evidence
+    );
     assert!(f[0].advice.iter().any(|a| a.contains("keepalive 32")));
 }
 
+/// `n` outgoing connections closed first by this host, from `from` to
+/// 10.0.0.9:80 in namespace `netns`, a millisecond apart from `t0`.
+fn churn(e: &mut Engine, netns: u32, from: IpAddr, n: u64, t0: u64, first_sk: u64) {
+    for i in 0..n {
+        let mut c = Conn::new(
+            first_sk + i,
+            (from, 40_000 + (i % 20_000) as u16),
+            (ip(9), 80),
+            None,
+        );
+        c.netns = netns;
+        for ev in c.client_closes_first(t0 + i * 1_000_000) {
+            e.apply(&ev);
+        }
+    }
+}
+
 #[test]
-fn port_pressure_uses_the_namespace_range_and_explains_tw_reuse() {
-    let mut obs = quiet();
+fn many_source_addresses_each_have_their_own_budget() {
+    // 98,000 TIME_WAIT to one destination, from 4,900 addresses: 20 each.
+    let mut e = Engine::new(200_000);
+    for a in 0..4_900u64 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 10, (a / 250) as u8, (a % 250) as u8 + 1));
+        churn(&mut e, HOST_NS, from, 20, SEC, 0x1_0000_0000 + a * 100);
+    }
+    let obs = observe(&mut e, facts(&[]), 10 * SEC);
+    assert_eq!(obs.state("TIME_WAIT"), 98_000);
+    assert_eq!(obs.budgets.len(), 4_900);
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(ids(&f), ["healthy"], "{f:#?}");
+}
+
+#[test]
+fn one_address_with_a_narrow_range_is_critical_without_reuse() {
     let ns = 4026532000;
-    obs.port_ranges.insert(ns, (40000, 40999));
-    obs.census.time_wait_to = vec![DestTimeWait {
-        netns: ns,
-        daddr: ip(9),
-        dport: 80,
-        count: 600,
-        pid: Some(5),
-        comm: Some("prober".into()),
-    }];
+    let narrow = Sysctls {
+        port_range: (40000, 40099),
+        ..Sysctls::defaults()
+    };
+    let mut e = Engine::new(10_000);
+    churn(&mut e, ns, ip(2), 70, SEC, 0x1_0000_0000);
+    let obs = observe(&mut e, facts(&[(ns, narrow.clone())]), 5 * SEC);
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(ids(&f), ["client_port_pressure"], "{f:#?}");
+    let p = &f[0];
+    assert_eq!(p.severity, Severity::Critical, "70 of 100 ports");
+    assert!(
+        p.title.contains("10.0.0.9:80") && p.title.contains("70%"),
+        "{}",
+        p.title
+    );
+    assert!(
+        p.title
+            .contains("from 10.0.0.2 in network namespace 4026532000")
+    );
+    assert!(
+        p.evidence[0].contains("of the 100 ports"),
+        "{:?}",
+        p.evidence
+    );
+    assert!(
+        p.evidence
+            .iter()
+            .any(|e| e.contains("loopback only") && e.contains("EADDRNOTAVAIL")),
+        "tcp_tw_reuse=2 does not apply to 10.0.0.2: {:?}",
+        p.evidence
+    );
+    assert!(p.sysctls.iter().any(|s| s.contains("ip_local_port_range")));
+    // Reserved ports shrink the budget.
+    let reserved = Sysctls {
+        reserved_ports: "40000-40049".into(),
+        ..narrow.clone()
+    };
+    let obs = observe(&mut e, facts(&[(ns, reserved)]), 5 * SEC);
+    // (TIME_WAIT on reserved ports came from bind(), not connect(): not counted.)
+    assert_eq!((obs.budgets[0].ports, obs.budgets[0].time_wait), (50, 20));
+    // The host's default range: 70 of 28,232 is nothing.
+    let obs = observe(&mut e, facts(&[]), 5 * SEC);
+    assert_eq!(ids(&diagnose(&obs, &Thresholds::default())), ["healthy"]);
+}
+
+#[test]
+fn tw_reuse_makes_time_wait_harmless_until_connects_fail() {
+    let ns = 4026532001;
+    let reuse = Sysctls {
+        port_range: (40000, 40199),
+        tw_reuse: Some(1),
+        ..Sysctls::defaults()
+    };
+    let mut e = Engine::new(10_000);
+    // 170 TIME_WAIT over 200 ports, all older than a second at 5 s.
+    churn(&mut e, ns, ip(2), 170, SEC, 0x1_0000_0000);
+    let mut obs = observe(&mut e, facts(&[(ns, reuse)]), 5 * SEC);
+    assert_eq!(obs.budgets[0].reusable, 170);
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(ids(&f), ["healthy", "client_port_pressure"], "{f:#?}");
+    let p = &f[1];
+    assert_eq!(p.severity, Severity::Info);
+    assert!(p.title.contains("85%") && p.title.contains("no connect failed"));
+    assert!(
+        p.evidence
+            .iter()
+            .any(|e| e.contains("tcp_tw_reuse=1 here") && e.contains("1000 ms")),
+        "{:?}",
+        p.evidence
+    );
+    // Connects that fail all the same make it critical.
     obs.failed_connects = vec![FailedConnects {
         daddr: ip(9),
         dport: 80,
         refused: 0,
         timeout: 0,
-        no_port: 0,
+        no_port: 4,
         pid: None,
         comm: None,
     }];
-    let f = diagnose(&obs, &Thresholds::default());
-    assert_eq!(ids(&f), ["client_port_pressure"]);
-    let p = &f[0];
-    assert_eq!(p.severity, Severity::Critical, "600 of 1000 ports");
-    assert!(p.title.contains("10.0.0.9:80") && p.title.contains("60%"));
-    assert!(p.title.contains("prober (pid 5)"));
-    assert!(
-        p.advice
-            .iter()
-            .any(|a| a.contains("only helps outgoing") && a.contains("timestamps"))
-    );
-    assert!(p.sysctls.iter().any(|s| s.contains("ip_local_port_range")));
-    assert!(
-        p.sysctls
-            .iter()
-            .any(|s| s.contains("ip_local_reserved_ports"))
-    );
-    // The same count against the host's default range is below 20%.
-    obs.port_ranges.clear();
-    assert_eq!(ids(&diagnose(&obs, &Thresholds::default())), ["healthy"]);
-    // ...unless connect() already failed for want of a port.
-    obs.failed_connects[0].no_port = 3;
     let f = diagnose(&obs, &Thresholds::default());
     assert_eq!(ids(&f), ["client_port_pressure"]);
     assert_eq!(f[0].severity, Severity::Critical);
     assert!(
         f[0].evidence
             .iter()
-            .any(|e| e.contains("failed 3 times with EADDRNOTAVAIL")),
+            .any(|e| e.contains("failed 4 times with EADDRNOTAVAIL")),
         "{:?}",
         f[0].evidence
     );
+    // Young TIME_WAIT cannot be reused yet: at 1.1 s, most are under 1 s old.
+    let obs = observe(
+        &mut e,
+        facts(&[(
+            ns,
+            Sysctls {
+                port_range: (40000, 40199),
+                tw_reuse: Some(1),
+                ..Sysctls::defaults()
+            },
+        )]),
+        SEC + 100_000_000,
+    );
+    assert!(obs.budgets[0].reusable < 170);
 }
 
 #[test]
@@ -177,16 +330,31 @@ fn eaddrnotavail_without_time_wait_is_port_exhaustion() {
     assert!(f[0].title.contains("12 times with EADDRNOTAVAIL"));
 }
 
+fn set_overflow(f: &mut Option<NetFacts>, ns: u32, n: u64) {
+    let f = f.as_mut().unwrap();
+    f.namespaces.entry(ns).or_default().tw_overflow = Some(n);
+}
+
 #[test]
 fn time_wait_overflow_now_is_a_warning_earlier_is_info() {
     let mut obs = quiet();
-    obs.tw_overflow_total = 12;
+    set_overflow(&mut obs.facts_start, HOST_NS, 12);
+    set_overflow(&mut obs.facts_end, HOST_NS, 12);
     let f = diagnose(&obs, &Thresholds::default());
     assert_eq!(ids(&f), ["healthy", "time_wait_overflow"]);
     assert_eq!(f[1].severity, Severity::Info);
-    obs.tw_overflow_during = 3;
+    set_overflow(&mut obs.facts_end, HOST_NS, 15);
+    obs.ended.insert("time_wait_overflow", 3);
     let f = diagnose(&obs, &Thresholds::default());
     assert_eq!(ids(&f), ["time_wait_overflow"]);
+    assert!(
+        f[0].title.contains("3 sockets skipped TIME_WAIT") && f[0].title.contains("host namespace")
+    );
+    assert!(
+        f[0].evidence
+            .iter()
+            .any(|e| e.contains("saw 3 connections close without"))
+    );
     assert!(f[0].advice[0].contains("only after"));
     assert_eq!(
         f[0].sysctls,
@@ -195,13 +363,48 @@ fn time_wait_overflow_now_is_a_warning_earlier_is_info() {
 }
 
 #[test]
+fn overflow_is_told_per_namespace() {
+    let mut obs = quiet();
+    let ns = 4026532002;
+    set_overflow(&mut obs.facts_start, ns, 0);
+    set_overflow(&mut obs.facts_end, ns, 15);
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(ids(&f), ["time_wait_overflow"]);
+    assert!(
+        f[0].title.contains("network namespace 4026532002") && f[0].title.contains("15 sockets")
+    );
+}
+
+#[test]
+fn without_facts_says_what_it_cannot_judge() {
+    let mut obs = quiet();
+    obs.facts_start = None;
+    obs.facts_end = None;
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(ids(&f), ["healthy", "facts_missing"]);
+    assert!(
+        f[1].evidence
+            .iter()
+            .any(|e| e.contains("tcp_tw_recycle") && e.contains("TCPTimeWaitOverflow"))
+    );
+}
+
+#[test]
 fn risky_sysctls_and_myths() {
     let mut obs = quiet();
-    obs.sysctls.tw_recycle = Some(1);
-    obs.sysctls.tw_reuse = Some(1);
-    obs.sysctls.timestamps = Some(0);
-    obs.sysctls.fin_timeout = Some(10);
-    obs.sysctls.syncookies = Some(0);
+    let s = &mut obs
+        .facts_end
+        .as_mut()
+        .unwrap()
+        .namespaces
+        .get_mut(&HOST_NS)
+        .unwrap()
+        .sysctls;
+    s.tw_recycle = Some(1);
+    s.tw_reuse = Some(1);
+    s.timestamps = Some(0);
+    s.fin_timeout = Some(10);
+    s.syncookies = Some(0);
     let f = diagnose(&obs, &Thresholds::default());
     assert_eq!(
         ids(&f),
@@ -226,7 +429,7 @@ fn risky_sysctls_and_myths() {
 fn fin_wait2_pile_and_dead_backends() {
     let mut obs = quiet();
     obs.states.insert("FIN_WAIT2", 500);
-    obs.census.fin_wait2_orphans = 450;
+    obs.fin_wait2_orphans = 450;
     obs.failed_connects = vec![FailedConnects {
         daddr: ip(7),
         dport: 5432,

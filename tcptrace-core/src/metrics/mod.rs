@@ -15,7 +15,10 @@
 //! | `tcptrace_close_wait_sockets` | gauge | `pid`, `comm` |
 //! | `tcptrace_close_wait_oldest_seconds` | gauge | `pid`, `comm` |
 //! | `tcptrace_close_wait_growth_per_minute` | gauge | `pid`, `comm`, `window` (`1m`, `5m`, `15m`) |
-//! | `tcptrace_time_wait_sockets` | gauge | `peer` (remote `ip:port`) |
+//! | `tcptrace_time_wait_sockets` | gauge | `peer` (remote `ip:port` of connections opened here) |
+//! | `tcptrace_time_wait_service_sockets` | gauge | `service` (local `ip:port` of connections accepted here: the server closed first), `comm` |
+//! | `tcptrace_ephemeral_port_use_ratio` | gauge | `netns`, `local` (address), `peer`: share of the port budget connect() cannot pick (TIME_WAIT not reusable + open) |
+//! | `tcptrace_ephemeral_port_time_wait_ratio` | gauge | `netns`, `local`, `peer`: TIME_WAIT over the ports of the budget |
 //! | `tcptrace_ephemeral_ports` | gauge | (size of `ip_local_port_range`) |
 //! | `tcptrace_time_wait_overflow_total` | counter | (TcpExt TCPTimeWaitOverflow since boot) |
 //! | `tcptrace_state_duration_seconds` | histogram | `state` (time spent in it, per finished stay) |
@@ -27,9 +30,11 @@
 //! | `tcptrace_alerts_firing` | gauge | `rule` (`watch`: its rules; `top`: watch's default rules; absent from `stats`) |
 //!
 //! Cardinality is capped: at most [`MAX_PROCESS_SERIES`] processes (those
-//! holding the most CLOSE_WAIT sockets) and [`MAX_PEER_SERIES`] peers (most
-//! TIME_WAIT sockets) get their own series; the rest are summed into one
-//! series labelled `pid="other"` / `peer="other"`, so totals stay exact.
+//! holding the most CLOSE_WAIT sockets), [`MAX_PEER_SERIES`] peers and
+//! services (most TIME_WAIT sockets) get their own series; the rest are
+//! summed into one series labelled `pid="other"` / `peer="other"` /
+//! `service="other"`, so totals stay exact. Port budgets (ratios, which do
+//! not add up) keep the [`MAX_PEER_SERIES`] fullest only.
 //! Sockets with no known owner have `pid="unknown"`.
 //!
 //! Histograms come from the HDR histograms of `stats` (2 significant
@@ -120,6 +125,18 @@ pub struct ProcessSeries {
     pub growth_per_min: [f64; 3],
 }
 
+/// One port budget's ratios and labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetSeries {
+    pub netns: String,
+    pub local: String,
+    pub peer: String,
+    /// Share connect() cannot pick.
+    pub use_ratio: f64,
+    /// TIME_WAIT over the ports.
+    pub time_wait_ratio: f64,
+}
+
 /// Everything one scrape shows, as plain data.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Exposition {
@@ -130,6 +147,9 @@ pub struct Exposition {
     pub closers: Vec<(&'static str, u64)>,
     pub close_wait: Vec<ProcessSeries>,
     pub time_wait_by_peer: Vec<(String, u64)>,
+    /// (service ip:port, comm, count).
+    pub time_wait_by_service: Vec<(String, String, u64)>,
+    pub port_budgets: Vec<BudgetSeries>,
     pub ephemeral_ports: u64,
     pub tw_overflow: u64,
     /// (label name, label value or "" for none, metric, buckets).
@@ -226,6 +246,37 @@ impl Exposition {
         if snap.time_wait_by_peer.len() > MAX_PEER_SERIES {
             time_wait_by_peer.push(("other".into(), rest));
         }
+        let mut time_wait_by_service: Vec<(String, String, u64)> = snap
+            .time_wait_by_service
+            .iter()
+            .take(MAX_PEER_SERIES)
+            .map(|s| {
+                (
+                    std::net::SocketAddr::new(s.saddr, s.sport).to_string(),
+                    s.comm.clone().unwrap_or_default(),
+                    s.count,
+                )
+            })
+            .collect();
+        if snap.time_wait_by_service.len() > MAX_PEER_SERIES {
+            let rest = snap.time_wait_by_service[MAX_PEER_SERIES..]
+                .iter()
+                .map(|s| s.count)
+                .sum();
+            time_wait_by_service.push(("other".into(), String::new(), rest));
+        }
+        let port_budgets = snap
+            .port_budgets
+            .iter()
+            .take(MAX_PEER_SERIES)
+            .map(|b| BudgetSeries {
+                netns: b.netns.to_string(),
+                local: b.saddr.to_string(),
+                peer: std::net::SocketAddr::new(b.daddr, b.dport).to_string(),
+                use_ratio: b.in_use_ratio,
+                time_wait_ratio: b.port_range_ratio,
+            })
+            .collect();
         let durations = HistKind::ALL
             .iter()
             .map(|&k| {
@@ -255,6 +306,8 @@ impl Exposition {
             closers: snap.closers.iter().map(|(&k, &v)| (k, v)).collect(),
             close_wait,
             time_wait_by_peer,
+            time_wait_by_service,
+            port_budgets,
             ephemeral_ports: if hi >= lo { (hi - lo) as u64 + 1 } else { 0 },
             tw_overflow: snap.tw_overflow,
             durations,
@@ -430,6 +483,51 @@ impl Collector for Exposition {
                 .iter()
                 .map(|(peer, n)| (vec![("peer", peer.as_str())], *n as i64))
                 .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            &mut enc,
+            "tcptrace_time_wait_service_sockets",
+            "TIME_WAIT sockets on connections a local service accepted (the server closed first), by service ip:port (capped; the rest in service=\"other\").",
+            None,
+            &self
+                .time_wait_by_service
+                .iter()
+                .map(|(service, comm, n)| {
+                    (
+                        vec![("service", service.as_str()), ("comm", comm.as_str())],
+                        *n as i64,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let budget = |f: &dyn Fn(&BudgetSeries) -> f64| {
+            self.port_budgets
+                .iter()
+                .map(|b| {
+                    (
+                        vec![
+                            ("netns", b.netns.as_str()),
+                            ("local", b.local.as_str()),
+                            ("peer", b.peer.as_str()),
+                        ],
+                        f(b),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        gauges(
+            &mut enc,
+            "tcptrace_ephemeral_port_use_ratio",
+            "Share of the ephemeral ports of (netns, local address, peer) that connect() cannot pick: open sockets and TIME_WAIT not reusable (the fullest budgets only).",
+            None,
+            &budget(&|b| b.use_ratio),
+        )?;
+        gauges(
+            &mut enc,
+            "tcptrace_ephemeral_port_time_wait_ratio",
+            "TIME_WAIT sockets over the ephemeral ports of (netns, local address, peer), tcp_tw_reuse ignored.",
+            None,
+            &budget(&|b| b.time_wait_ratio),
         )?;
         gauges(
             &mut enc,

@@ -186,6 +186,7 @@ fn series_are_capped_and_the_rest_summed_into_other() {
             oldest_age_ms: 1000 * u64::from(pid),
             oldest_age_is_lower_bound: false,
             peers: vec![],
+            ..Default::default()
         });
     }
     for port in 0..(MAX_PEER_SERIES as u16 + 5) {
@@ -194,6 +195,12 @@ fn series_are_capped_and_the_rest_summed_into_other() {
             dport: 8000 + port,
             count: 2,
             port_range_ratio: 0.0,
+            ports: 28_232,
+            sources: 1,
+            rate_per_sec: 0.0,
+            pid: None,
+            comm: None,
+            closed_first: Default::default(),
         });
     }
     let x = Exposition::new(&snap, &e.aggs, None);
@@ -209,6 +216,46 @@ fn series_are_capped_and_the_rest_summed_into_other() {
     );
     let total: u64 = x.time_wait_by_peer.iter().map(|p| p.1).sum();
     assert_eq!(total, 2 * (MAX_PEER_SERIES as u64 + 5));
+}
+
+#[test]
+fn time_wait_series_per_service_and_per_budget() {
+    use crate::fixtures::{Conn, ip, owner};
+    let mut e = Engine::new(1000);
+    let nginx = Some(owner(77, "nginx"));
+    // A server that closes first: 3 clients' connections to 10.0.0.1:8080.
+    for i in 0..3u64 {
+        let c = Conn::new(i, (ip(1), 8080), (ip(20 + i as u8), 50_000), nginx);
+        for ev in c.server_closes_first(SEC + i * MS) {
+            e.apply(&ev);
+        }
+    }
+    // A client that closes first: 2 connections to 10.0.0.9:80.
+    for i in 0..2u64 {
+        let c = Conn::new(10 + i, (ip(1), 40_000 + i as u16), (ip(9), 80), nginx);
+        for ev in c.client_closes_first(SEC + i * MS) {
+            e.apply(&ev);
+        }
+    }
+    let snap = e.scrape_snapshot(2 * SEC, WALL, host());
+    let text = Exposition::new(&snap, &e.aggs, None).render();
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcptrace_time_wait_service_sockets{service="10.0.0.1:8080",comm="nginx"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(&text, r#"tcptrace_time_wait_sockets{peer="10.0.0.9:80"}"#),
+        2.0,
+        "the server's TIME_WAIT is not counted per client"
+    );
+    let share = sample(
+        &text,
+        r#"tcptrace_ephemeral_port_time_wait_ratio{netns="1",local="10.0.0.1",peer="10.0.0.9:80"}"#,
+    );
+    assert!((share - 2.0 / 28_232.0).abs() < 1e-9, "{share}");
 }
 
 #[test]
@@ -381,8 +428,18 @@ fn the_grafana_dashboard_uses_only_metrics_that_exist() {
     ))
     .expect("the dashboard is valid JSON");
     let mut x = exposition(Some(&["close_wait_count"]));
-    // A TIME_WAIT peer, so that every family has a sample line.
+    // A TIME_WAIT peer, service and port budget, so that every family has
+    // a sample line.
     x.time_wait_by_peer.push(("10.0.0.2:5432".into(), 3));
+    x.time_wait_by_service
+        .push(("10.0.0.1:8080".into(), "nginx".into(), 5));
+    x.port_budgets.push(BudgetSeries {
+        netns: "1".into(),
+        local: "10.0.0.1".into(),
+        peer: "10.0.0.2:5432".into(),
+        use_ratio: 0.5,
+        time_wait_ratio: 0.4,
+    });
     let text = x.render();
 
     // Series name (as in sample lines: `_total`, `_bucket`, ...) -> label names.

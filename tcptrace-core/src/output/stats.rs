@@ -58,10 +58,13 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
                 p.pid.map_or("-".into(), |p| p.to_string()),
                 escape(p.comm.as_deref().unwrap_or("-")),
                 p.count,
-                format!(
-                    "{:.1}/{:.1}/{:.1}",
-                    p.growth_per_min, p.growth_per_min_5m, p.growth_per_min_15m
-                ),
+                [
+                    (p.growth_delta, p.growth_span_ms, 60_000),
+                    (p.growth_delta_5m, p.growth_span_5m_ms, 300_000),
+                    (p.growth_delta_15m, p.growth_span_15m_ms, 900_000),
+                ]
+                .map(|(d, s, w)| crate::clock::fmt_growth_short(d, s, w))
+                .join("/"),
                 fmt_age(p.oldest_age_ms, p.oldest_age_is_lower_bound),
                 p.peers.join(" ")
             )?;
@@ -70,18 +73,52 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
     if !snap.time_wait_by_peer.is_empty() {
         writeln!(
             w,
-            "TIME_WAIT by peer:\n  {:<40} {:>7} {:>16}",
-            "PEER", "COUNT", "PORT RANGE USED"
+            "TIME_WAIT by destination (connections opened here):\n  {:<40} {:>7} {:>8} {:>16}  OWNER",
+            "PEER", "COUNT", "RATE/s", "PORT BUDGET USED"
         )?;
         for p in snap.time_wait_by_peer.iter().take(10) {
             writeln!(
                 w,
-                "  {:<40} {:>7} {:>15.1}%",
+                "  {:<40} {:>7} {:>8.1} {:>15.1}%  {}",
                 std::net::SocketAddr::new(p.daddr, p.dport).to_string(),
                 p.count,
-                p.port_range_ratio * 100.0
+                p.rate_per_sec,
+                p.port_range_ratio * 100.0,
+                owner(p.pid, p.comm.as_deref()),
             )?;
         }
+    }
+    if !snap.time_wait_by_service.is_empty() {
+        writeln!(
+            w,
+            "TIME_WAIT by service (connections accepted here: the server closed first):\n  {:<40} {:>7} {:>8} {:>8}  OWNER",
+            "SERVICE", "COUNT", "RATE/s", "CLIENTS"
+        )?;
+        for s in snap.time_wait_by_service.iter().take(10) {
+            writeln!(
+                w,
+                "  {:<40} {:>7} {:>8.1} {:>8}  {}",
+                std::net::SocketAddr::new(s.saddr, s.sport).to_string(),
+                s.count,
+                s.rate_per_sec,
+                s.clients,
+                owner(s.pid, s.comm.as_deref()),
+            )?;
+        }
+    }
+    if let Some(b) = snap.port_budgets.first() {
+        writeln!(
+            w,
+            "fullest port budget: {} -> {} (netns {}): {} TIME_WAIT ({} reusable), {} open, of {} ports: {:.1}% unavailable",
+            b.saddr,
+            std::net::SocketAddr::new(b.daddr, b.dport),
+            b.netns,
+            b.time_wait,
+            b.reusable,
+            b.open,
+            b.ports,
+            b.in_use_ratio * 100.0
+        )?;
     }
     let hists: Vec<String> = HistKind::ALL
         .iter()
@@ -122,4 +159,13 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         writeln!(w, "  [{who}] {}", parts.join("; "))?;
     }
     writeln!(w)
+}
+
+/// "1234 nginx", escaped; "-" when unknown.
+fn owner(pid: Option<u32>, comm: Option<&str>) -> String {
+    match (pid, comm) {
+        (Some(pid), Some(comm)) => format!("{pid} {}", escape(comm)),
+        (Some(pid), None) => pid.to_string(),
+        _ => "-".into(),
+    }
 }

@@ -21,7 +21,11 @@ impl RecordApplier {
                 ts_ns,
                 namespaces,
                 sockets,
+                facts,
             } => {
+                if let Some(facts) = facts {
+                    engine.facts = (**facts).clone();
+                }
                 engine.take_sockets(sockets, namespaces, *ts_ns);
                 *ts_ns
             }

@@ -1,6 +1,6 @@
 //! The recording file format: pure encoding and decoding, no I/O.
 //!
-//! # Wire format (version 2)
+//! # Wire format (version 3)
 //!
 //! All integers are little-endian; `varint` is unsigned LEB128 (at most 10
 //! bytes), `zigzag` a signed value mapped to unsigned first.
@@ -53,6 +53,9 @@
 //! socket   = flags u8 (0x01 netns, 0x02 owner, 0x04 timer, 0x08 v6),
 //!            [netns u32], saddr, daddr, sport u16, dport u16, state u8,
 //!            inode varint, cookie varint, [pid varint, comm], [timer_left_ms varint]
+//! facts    = (version 3, optional) length varint, JSON of `NetFacts`: each
+//!            namespace's TCP sysctls and TIME_WAIT counters when the
+//!            snapshot was taken (what `doctor --from` judges by)
 //! ```
 //!
 //! Blocks are self-contained (deltas and owner tables restart in each), so a
@@ -63,13 +66,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{
-    Comm, Event, EventKind, Family, Lost, Owner, SeenOwner, SeenSocket, TcpState, TwEndReason,
+use crate::{
+    model::{
+        Comm, Event, EventKind, Family, Lost, Owner, SeenOwner, SeenSocket, TcpState, TwEndReason,
+    },
+    netfacts::NetFacts,
 };
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
-/// 2: loss markers carry `probe_failed` (tag 0x03); version 1 files read too.
-pub const FORMAT_VERSION: u16 = 2;
+/// 3: snapshots carry each namespace's TCP facts; 2: loss markers carry
+/// `probe_failed` (tag 0x03). Versions 1 and 2 read too.
+pub const FORMAT_VERSION: u16 = 3;
 /// Fixed part of the header before its JSON.
 pub const HEADER_FIXED: usize = 8 + 2 + 4 + 4;
 /// Fixed part of a block before its payload.
@@ -107,12 +114,14 @@ pub enum Record {
         ts_ns: u64,
         lost: Lost,
     },
-    /// A sock_diag snapshot: the sockets alive at `ts_ns`, and the network
-    /// namespaces that were dumped.
+    /// A sock_diag snapshot: the sockets alive at `ts_ns`, the network
+    /// namespaces that were dumped, and their TCP facts (sysctls, TIME_WAIT
+    /// counters) when read.
     Snapshot {
         ts_ns: u64,
         namespaces: Vec<u32>,
         sockets: Vec<SeenSocket>,
+        facts: Option<Box<NetFacts>>,
     },
 }
 
@@ -263,7 +272,12 @@ impl BlockEncoder {
     }
 }
 
-pub fn encode_snapshot(ts_ns: u64, namespaces: &[u32], sockets: &[SeenSocket]) -> Vec<u8> {
+pub fn encode_snapshot(
+    ts_ns: u64,
+    namespaces: &[u32],
+    sockets: &[SeenSocket],
+    facts: Option<&NetFacts>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + sockets.len() * 48);
     put_varint(&mut out, ts_ns);
     put_varint(&mut out, namespaces.len() as u64);
@@ -292,6 +306,11 @@ pub fn encode_snapshot(ts_ns: u64, namespaces: &[u32], sockets: &[SeenSocket]) -
         if let Some(t) = s.timer_left_ms {
             put_varint(&mut out, t as u64);
         }
+    }
+    if let Some(facts) = facts {
+        let json = serde_json::to_vec(facts).expect("facts serialize");
+        put_varint(&mut out, json.len() as u64);
+        out.extend_from_slice(&json);
     }
     out
 }
@@ -558,6 +577,16 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
             cookie,
         });
     }
+    let facts = if c.is_empty() {
+        None
+    } else {
+        let len = c.varint()?;
+        let json =
+            c.bytes(usize::try_from(len).map_err(|_| FormatError::Corrupt("facts length"))?)?;
+        let facts: NetFacts =
+            serde_json::from_slice(json).map_err(|_| FormatError::Corrupt("facts"))?;
+        Some(Box::new(facts))
+    };
     if !c.is_empty() {
         return Err(FormatError::Corrupt("trailing bytes in snapshot"));
     }
@@ -565,6 +594,7 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
         ts_ns,
         namespaces,
         sockets,
+        facts,
     })
 }
 

@@ -70,9 +70,10 @@ impl<W: Write> Writer<W> {
         ts_ns: u64,
         namespaces: &[u32],
         sockets: &[SeenSocket],
+        facts: Option<&crate::netfacts::NetFacts>,
     ) -> io::Result<()> {
         self.flush()?;
-        let raw = format::encode_snapshot(ts_ns, namespaces, sockets);
+        let raw = format::encode_snapshot(ts_ns, namespaces, sockets, facts);
         self.write_block(KIND_SNAPSHOT, &raw)
     }
 

@@ -170,7 +170,7 @@ fn write(ops: &[Op]) -> Vec<u8> {
         match op {
             Op::Event(e) => w.event(e).unwrap(),
             Op::Lost(ts, l) => w.lost(*ts, l).unwrap(),
-            Op::Snapshot(ts, ns, s) => w.snapshot(*ts, ns, s).unwrap(),
+            Op::Snapshot(ts, ns, s) => w.snapshot(*ts, ns, s, None).unwrap(),
             Op::Flush => w.flush().unwrap(),
         }
     }
@@ -189,6 +189,7 @@ fn expected(ops: &[Op]) -> Vec<Record> {
                 ts_ns: *ts,
                 namespaces: ns.clone(),
                 sockets: s.clone(),
+                facts: None,
             }),
             Op::Flush => None,
         })
@@ -520,7 +521,7 @@ fn mutated_recording(ops: &[Op], muts: &[(usize, Mutation)]) -> (Vec<u8>, Vec<(u
                 if !enc.is_empty() {
                     blocks.push((KIND_EVENTS, enc.take()));
                 }
-                blocks.push((KIND_SNAPSHOT, format::encode_snapshot(*ts, ns, s)));
+                blocks.push((KIND_SNAPSHOT, format::encode_snapshot(*ts, ns, s, None)));
             }
             Op::Flush => {
                 if !enc.is_empty() {
@@ -709,4 +710,63 @@ fn a_version_1_file_with_its_older_loss_markers_reads_back() {
             },
         }]
     );
+}
+
+#[test]
+fn snapshots_carry_each_namespace_facts() {
+    use crate::netfacts::{NetFacts, NetnsFacts, Sysctls};
+    let mut facts = NetFacts {
+        host_netns: Some(1),
+        ..NetFacts::default()
+    };
+    facts.namespaces.insert(
+        1,
+        NetnsFacts {
+            sysctls: Sysctls::defaults(),
+            tw_overflow: Some(3),
+            tw_recycled: Some(9),
+        },
+    );
+    facts.namespaces.insert(
+        7,
+        NetnsFacts {
+            sysctls: Sysctls {
+                port_range: (40000, 40099),
+                reserved_ports: "40000-40009".into(),
+                tw_reuse: Some(0),
+                ..Sysctls::defaults()
+            },
+            tw_overflow: Some(15),
+            tw_recycled: None,
+        },
+    );
+    let mut file = Vec::new();
+    let mut w = Writer::new(&mut file, &header()).unwrap();
+    w.snapshot(10, &[1, 7], &[], Some(&facts)).unwrap();
+    w.snapshot(20, &[1], &[], None).unwrap();
+    drop(w);
+    let got: Vec<Record> = Reader::new(&file[..]).unwrap().collect();
+    assert_eq!(
+        got,
+        [
+            Record::Snapshot {
+                ts_ns: 10,
+                namespaces: vec![1, 7],
+                sockets: vec![],
+                facts: Some(Box::new(facts)),
+            },
+            Record::Snapshot {
+                ts_ns: 20,
+                namespaces: vec![1],
+                sockets: vec![],
+                facts: None,
+            }
+        ]
+    );
+    // An engine fed the first takes its facts (what `doctor --from` and
+    // the port budgets judge by).
+    let mut engine = crate::engine::Engine::new(10);
+    let mut applier = RecordApplier::default();
+    applier.apply(&mut engine, &got[0]);
+    assert_eq!(engine.facts.namespaces[&7].sysctls.usable_ports(), 90);
 }

@@ -18,16 +18,21 @@ pub const JSON_CLOSE_WAIT_SOCKETS: usize = 100;
 
 /// The lists of a `stats` snapshot (and of a `report`) and how many rows
 /// each keeps.
-const LISTS: [(&str, usize); 8] = [
+const LISTS: [(&str, usize); 10] = [
     ("close_wait", JSON_CLOSE_WAIT_SOCKETS),
     ("close_wait_by_process", JSON_ROWS),
     ("time_wait_by_peer", JSON_ROWS),
+    ("time_wait_by_service", JSON_ROWS),
     ("time_wait_by_local", JSON_ROWS),
+    ("port_budgets", JSON_ROWS),
     ("by_process", JSON_ROWS),
     ("by_local_port", JSON_ROWS),
     ("by_remote", JSON_ROWS),
     ("histograms_by", JSON_ROWS),
 ];
+
+/// Row fields that add up across rows (the rest are dropped when folded).
+const SUMMED: [&str; 6] = ["count", "total", "time_wait", "reusable", "open", "clients"];
 
 fn add_u64(into: &mut Map<String, Value>, key: &str, v: u64, max: bool) {
     let slot = into.entry(key.to_string()).or_insert(Value::from(0u64));
@@ -48,7 +53,7 @@ fn fold(other: &mut Map<String, Value>, row: &Map<String, Value>, in_states: boo
                 let Some(n) = n.as_u64() else { continue };
                 if k.ends_with("age_ms") {
                     add_u64(other, k, n, true);
-                } else if in_states || k == "count" || k == "total" {
+                } else if in_states || SUMMED.contains(&k.as_str()) {
                     add_u64(other, k, n, false);
                 }
             }

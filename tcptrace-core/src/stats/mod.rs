@@ -6,6 +6,7 @@
 mod capped;
 mod histos;
 mod snapshot;
+pub mod timewait;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -17,6 +18,7 @@ use rustc_hash::FxHashMap;
 pub use capped::{JSON_CLOSE_WAIT_SOCKETS, JSON_ROWS, cap_lists};
 pub use histos::{HistKind, HistSummary, Histos};
 pub use snapshot::*;
+pub use timewait::{ClosedFirst, PortBudget, TimeWaitByLocal, TimeWaitByPeer, TimeWaitByService};
 
 use crate::{
     conn::{Closer, EndReason, Finished, StateDuration},
@@ -48,9 +50,32 @@ pub struct Aggregates {
     /// Connections that never got established, by destination (at most
     /// [`MAX_FAILED_PEERS`] destinations): for `doctor`'s dead backends.
     pub failed_connects: FxHashMap<(IpAddr, u16), FailedConnectCount>,
+    /// Who closed first, per local service (connections accepted here) and
+    /// per destination (connections opened here), at most
+    /// [`MAX_CLOSE_GROUPS`] keys each.
+    pub closed_by_service: FxHashMap<timewait::ServiceKey, ClosedFirst>,
+    pub closed_by_peer: FxHashMap<(IpAddr, u16), ClosedFirst>,
     /// (ts of the sample, count) per process, oldest first.
     close_wait_history: HashMap<u32, VecDeque<(u64, u64)>>,
+    /// When CLOSE_WAIT was last sampled: a process first seen at the next
+    /// sample had none then (its growth starts from 0, not from itself).
+    last_close_wait_sample_ns: Option<u64>,
 }
+
+/// A change of a count over the span it was measured on.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Growth {
+    /// Per minute over `span_ns`.
+    pub per_min: f64,
+    /// The change itself.
+    pub delta: i64,
+    /// The span measured: the window, or the history available when shorter.
+    pub span_ns: u64,
+}
+
+/// Most keys [`Aggregates::closed_by_service`] and
+/// [`Aggregates::closed_by_peer`] keep each.
+pub const MAX_CLOSE_GROUPS: usize = 4096;
 
 /// Most destinations [`Aggregates::failed_connects`] keeps.
 pub const MAX_FAILED_PEERS: usize = 4096;
@@ -165,6 +190,7 @@ impl Aggregates {
                 }
                 if let Some(c) = conn.closer {
                     *self.closers.entry(c).or_default() += 1;
+                    self.count_close_group(conn, c);
                 }
                 if !conn.age_is_lower_bound() && *reason != EndReason::ListenerClosed {
                     self.record(
@@ -196,15 +222,34 @@ impl Aggregates {
         }
     }
 
+    fn count_close_group(&mut self, conn: &crate::conn::Conn, closer: Closer) {
+        fn bump<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, ClosedFirst>, key: K, c: Closer) {
+            if map.len() < MAX_CLOSE_GROUPS || map.contains_key(&key) {
+                map.entry(key).or_default().add(c);
+            }
+        }
+        match timewait::close_group(conn) {
+            Some(timewait::CloseGroup::Service(k)) => bump(&mut self.closed_by_service, k, closer),
+            Some(timewait::CloseGroup::Peer(k)) => bump(&mut self.closed_by_peer, k, closer),
+            None => {}
+        }
+    }
+
     /// Records the current CLOSE_WAIT count of each process at `now_ns`
     /// (processes absent from `counts` are recorded as 0 if they had history).
     pub fn sample_close_wait(&mut self, now_ns: u64, counts: &HashMap<u32, u64>) {
+        let previous = self.last_close_wait_sample_ns.filter(|&t| t < now_ns);
         for (&pid, &n) in counts {
-            self.close_wait_history
-                .entry(pid)
-                .or_default()
-                .push_back((now_ns, n));
+            let hist = self.close_wait_history.entry(pid).or_default();
+            if hist.is_empty()
+                && let Some(t) = previous
+            {
+                // Sampled before with no CLOSE_WAIT: it grew from 0 since.
+                hist.push_back((t, 0));
+            }
+            hist.push_back((now_ns, n));
         }
+        self.last_close_wait_sample_ns = Some(now_ns);
         self.close_wait_history.retain(|pid, hist| {
             if !counts.contains_key(pid) {
                 hist.push_back((now_ns, 0));
@@ -223,20 +268,31 @@ impl Aggregates {
     /// `window_ns` (or over the history available, if shorter; 0 with less
     /// than one sample interval of history).
     pub fn close_wait_growth_per_min(&self, pid: u32, now_ns: u64, window_ns: u64) -> f64 {
+        self.close_wait_growth(pid, now_ns, window_ns).per_min
+    }
+
+    /// CLOSE_WAIT growth of `pid` over the last `window_ns`, or over the
+    /// history available when shorter: the change, the span, the rate.
+    pub fn close_wait_growth(&self, pid: u32, now_ns: u64, window_ns: u64) -> Growth {
         let Some(hist) = self.close_wait_history.get(&pid) else {
-            return 0.0;
+            return Growth::default();
         };
         let Some(&(t_now, n_now)) = hist.back() else {
-            return 0.0;
+            return Growth::default();
         };
         let since = now_ns.saturating_sub(window_ns);
         let Some(&(t0, n0)) = hist.iter().find(|&&(t, _)| t >= since) else {
-            return 0.0;
+            return Growth::default();
         };
         let dt = t_now.saturating_sub(t0);
         if dt == 0 {
-            return 0.0;
+            return Growth::default();
         }
-        (n_now as f64 - n0 as f64) * 60e9 / dt as f64
+        let delta = n_now as i64 - n0 as i64;
+        Growth {
+            per_min: delta as f64 * 60e9 / dt as f64,
+            delta,
+            span_ns: dt,
+        }
     }
 }

@@ -10,7 +10,10 @@
 //! - `close_wait`: every CLOSE_WAIT socket, oldest first: `pid`, `comm`,
 //!   `saddr`, `sport`, `daddr`, `dport`, `age_ms`, `age_is_lower_bound`.
 //! - `close_wait_by_process`: `pid`, `comm`, `count`, `growth_per_min` (1 min
-//!   window), `growth_per_min_5m`, `growth_per_min_15m`, `oldest_age_ms`.
+//!   window), `growth_per_min_5m`, `growth_per_min_15m`, `oldest_age_ms`,
+//!   and what each rate was measured on: `growth_delta` and
+//!   `growth_span_ms` (and `_5m`, `_15m`): the change in sockets over the
+//!   span actually available (shorter than the window early on).
 //! - `time_wait_by_peer`: `daddr`, `dport`, `count`, `port_range_ratio`
 //!   (count / size of `ip_local_port_range`: how close this destination is to
 //!   exhausting ephemeral ports).
@@ -38,7 +41,11 @@ use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
-use super::{Aggregates, HistKind, HistSummary};
+use super::{
+    Aggregates, Growth, HistKind, HistSummary, PortBudget, TimeWaitByLocal, TimeWaitByPeer,
+    TimeWaitByService,
+    timewait::{GroupInput, group},
+};
 use crate::{
     conn::{Closer, ConnTable, EndReason},
     model::{Comm, Lost, TcpState},
@@ -70,33 +77,28 @@ pub struct CloseWaitSocket {
     pub age_is_lower_bound: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct CloseWaitByProcess {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub count: u64,
+    /// Per minute over the last minute, 5 and 15 minutes, or over the
+    /// history available when shorter (see the matching `growth_span*`).
     pub growth_per_min: f64,
     pub growth_per_min_5m: f64,
     pub growth_per_min_15m: f64,
+    /// What was measured for each window: the change in sockets and the
+    /// span it was measured over (shorter than the window early on).
+    pub growth_delta: i64,
+    pub growth_span_ms: u64,
+    pub growth_delta_5m: i64,
+    pub growth_span_5m_ms: u64,
+    pub growth_delta_15m: i64,
+    pub growth_span_15m_ms: u64,
     pub oldest_age_ms: u64,
     pub oldest_age_is_lower_bound: bool,
     /// Remote endpoints of these sockets, most frequent first (at most 5).
     pub peers: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TimeWaitByPeer {
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub count: u64,
-    pub port_range_ratio: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TimeWaitByLocal {
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub count: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -204,7 +206,9 @@ pub struct Snapshot {
     pub close_wait: Vec<CloseWaitSocket>,
     pub close_wait_by_process: Vec<CloseWaitByProcess>,
     pub time_wait_by_peer: Vec<TimeWaitByPeer>,
+    pub time_wait_by_service: Vec<TimeWaitByService>,
     pub time_wait_by_local: Vec<TimeWaitByLocal>,
+    pub port_budgets: Vec<PortBudget>,
     pub by_process: Vec<ByProcess>,
     pub by_local_port: Vec<ByLocalPort>,
     pub by_remote: Vec<ByRemote>,
@@ -302,7 +306,7 @@ pub fn closer_name(c: Closer) -> &'static str {
 type CloseWaitAcc = (Option<Comm>, u64, u64, bool, FxHashMap<SocketAddr, u64>);
 
 /// Inputs for [`build`] besides the table and aggregates.
-pub struct SnapshotInput {
+pub struct SnapshotInput<'a> {
     /// Monotonic now, the base of every age.
     pub now_ns: u64,
     /// Wall clock of `now_ns`.
@@ -310,10 +314,14 @@ pub struct SnapshotInput {
     pub host: HostFacts,
     pub transitions_per_sec: f64,
     pub histograms_by: HistogramsBy,
+    /// Each namespace's TCP sysctls (port budgets).
+    pub facts: &'a crate::netfacts::NetFacts,
+    /// When observation began (rates over a shorter span than their window).
+    pub since_ns: u64,
 }
 
 /// Builds a snapshot and samples CLOSE_WAIT counts for the growth rates.
-pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) -> Snapshot {
+pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>) -> Snapshot {
     let now = input.now_ns;
     let mut states = empty_states();
     let mut close_wait = Vec::new();
@@ -366,17 +374,10 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         }
     }
 
-    let range = (input.host.port_range.1 as u64).saturating_sub(input.host.port_range.0 as u64) + 1;
-    let mut tw_peer: FxHashMap<(IpAddr, u16), u64> = FxHashMap::default();
-    let mut tw_local: FxHashMap<(IpAddr, u16), u64> = FxHashMap::default();
     for t in table.timewaits() {
         // Counted by substate, as `ss` does: an orphaned FIN_WAIT2 handled by
         // a timewait socket is FIN_WAIT2.
         add(&mut all, t.substate);
-        if t.substate == TcpState::TimeWait {
-            *tw_peer.entry((t.key.daddr, t.key.dport)).or_default() += 1;
-            *tw_local.entry((t.key.saddr, t.key.sport)).or_default() += 1;
-        }
         let pid = t.owner.map(|o| o.pid);
         let entry = by_process
             .entry(pid)
@@ -391,6 +392,17 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
             t.substate,
         );
     }
+    let grouped = group(
+        table,
+        &GroupInput {
+            now_ns: now,
+            since_ns: input.since_ns,
+            facts: input.facts,
+            host_port_range: input.host.port_range,
+            closed_by_service: &aggs.closed_by_service,
+            closed_by_peer: &aggs.closed_by_peer,
+        },
+    );
 
     for s in TcpState::ALL {
         if all.0[s as usize] > 0 {
@@ -411,16 +423,24 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
     let mut close_wait_by_process: Vec<CloseWaitByProcess> = cw_by_pid
         .into_iter()
         .map(|(pid, (comm, count, oldest, lower, peers))| {
-            let growth = |w| pid.map_or(0.0, |p| aggs.close_wait_growth_per_min(p, now, w));
+            let growth =
+                |w| pid.map_or_else(Growth::default, |p| aggs.close_wait_growth(p, now, w));
+            let [g1, g5, g15] = [MIN, 5 * MIN, 15 * MIN].map(growth);
             let mut peers: Vec<(SocketAddr, u64)> = peers.into_iter().collect();
             peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             CloseWaitByProcess {
                 pid,
                 comm: comm.map(comm_string),
                 count,
-                growth_per_min: growth(MIN),
-                growth_per_min_5m: growth(5 * MIN),
-                growth_per_min_15m: growth(15 * MIN),
+                growth_per_min: g1.per_min,
+                growth_per_min_5m: g5.per_min,
+                growth_per_min_15m: g15.per_min,
+                growth_delta: g1.delta,
+                growth_span_ms: g1.span_ns / 1_000_000,
+                growth_delta_5m: g5.delta,
+                growth_span_5m_ms: g5.span_ns / 1_000_000,
+                growth_delta_15m: g15.delta,
+                growth_span_15m_ms: g15.span_ns / 1_000_000,
                 oldest_age_ms: oldest,
                 oldest_age_is_lower_bound: lower,
                 peers: peers.into_iter().take(5).map(|p| p.0.to_string()).collect(),
@@ -429,25 +449,15 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         .collect();
     close_wait_by_process.sort_by(|a, b| b.count.cmp(&a.count).then(a.pid.cmp(&b.pid)));
 
-    let mut time_wait_by_peer: Vec<TimeWaitByPeer> = tw_peer
-        .into_iter()
-        .map(|((daddr, dport), count)| TimeWaitByPeer {
-            daddr,
-            dport,
-            count,
-            port_range_ratio: count as f64 / range as f64,
+    let time_wait_by_local = grouped
+        .by_service
+        .iter()
+        .map(|s| TimeWaitByLocal {
+            saddr: s.saddr,
+            sport: s.sport,
+            count: s.count,
         })
         .collect();
-    time_wait_by_peer.sort_by(|a, b| b.count.cmp(&a.count).then(a.dport.cmp(&b.dport)));
-    let mut time_wait_by_local: Vec<TimeWaitByLocal> = tw_local
-        .into_iter()
-        .map(|((saddr, sport), count)| TimeWaitByLocal {
-            saddr,
-            sport,
-            count,
-        })
-        .collect();
-    time_wait_by_local.sort_by(|a, b| b.count.cmp(&a.count).then(a.sport.cmp(&b.sport)));
 
     let mut by_process: Vec<ByProcess> = by_process
         .into_iter()
@@ -504,8 +514,10 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput) ->
         states,
         close_wait,
         close_wait_by_process,
-        time_wait_by_peer,
+        time_wait_by_peer: grouped.by_peer,
+        time_wait_by_service: grouped.by_service,
         time_wait_by_local,
+        port_budgets: grouped.budgets,
         by_process,
         by_local_port,
         by_remote,

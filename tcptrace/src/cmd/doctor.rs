@@ -4,7 +4,6 @@
 //! sysctl.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     io::{self, Write},
     path::Path,
     process::ExitCode,
@@ -13,54 +12,61 @@ use std::{
 
 use anyhow::Result;
 use tcptrace_core::{
-    doctor::{self, FailedConnects, Observation, Sysctls, Thresholds},
+    doctor::{self, FailedConnects, Observation, Thresholds},
     filter::UserFilter,
+    netfacts::NetFacts,
     output::EscapeWriter,
+    record::Record,
 };
 
 use super::Edges;
 use crate::{
     cli::DoctorConfig,
     ebpf::Tracer,
-    seed,
     session::{Consumer, Ctx, Flow, Hangup, Options},
-    source::Live,
+    source::{Live, Recording, Source},
 };
 
 /// `doctor` as a consumer of the loop: samples every second (for the
 /// growth rates), diagnoses at the end (after a closing reconciliation:
 /// a timewait socket re-armed from FIN_WAIT2 to TIME_WAIT within one timer
-/// bucket fires no tracepoint).
+/// bucket fires no tracepoint). The namespaces' sysctls and TIME_WAIT
+/// counters come with the snapshots, so the same consumer diagnoses a
+/// recording (`--from`).
 pub struct Doctor<W: Write> {
     out: W,
     json: bool,
-    duration: Duration,
+    /// What is being observed, for the opening line.
+    observing: String,
     started_ns: u64,
-    overflow_before: u64,
-    /// Where sysctls and port ranges come from (the host's /proc).
-    facts: HostReader,
+    /// The facts of the first and the last snapshot that carried them.
+    facts_start: Option<NetFacts>,
+    facts_end: Option<NetFacts>,
 }
 
-/// The TCP sysctls, and the port range of each network namespace asked
-/// for (by inode).
-pub type HostReader = fn(&BTreeSet<u32>) -> (Sysctls, BTreeMap<u32, (u16, u16)>);
-
 impl<W: Write> Doctor<W> {
+    /// Observes the live host for `duration`.
     pub fn new(out: W, json: bool, duration: Duration) -> Self {
+        Self::observing(
+            out,
+            json,
+            format!(
+                "observing TCP for {:.0} s (Ctrl-C to stop early)",
+                duration.as_secs_f64()
+            ),
+        )
+    }
+
+    /// `observing`: the opening line's words ("reading FILE").
+    pub fn observing(out: W, json: bool, observing: String) -> Self {
         Self {
             out,
             json,
-            duration,
+            observing,
             started_ns: 0,
-            overflow_before: 0,
-            facts: host_facts,
+            facts_start: None,
+            facts_end: None,
         }
-    }
-
-    /// Sysctls and port ranges from `facts` instead of the host (tests).
-    pub fn with_facts(mut self, facts: HostReader) -> Self {
-        self.facts = facts;
-        self
     }
 
     pub fn into_inner(self) -> W {
@@ -68,23 +74,24 @@ impl<W: Write> Doctor<W> {
     }
 }
 
-/// The host's TCP sysctls and the port range of every namespace in `netns`.
-fn host_facts(netns: &BTreeSet<u32>) -> (Sysctls, BTreeMap<u32, (u16, u16)>) {
-    (
-        read_sysctls(Path::new("/proc/sys/net/ipv4")),
-        netns_port_ranges(netns),
-    )
-}
-
 impl<W: Write> Consumer for Doctor<W> {
     fn start(&mut self, ctx: &mut Ctx<'_>) -> Result<()> {
         self.started_ns = ctx.source.clock_ns();
-        self.overflow_before = ctx.source.host().1;
-        crate::say::write_stderr(&format!(
-            "tcptrace doctor: observing TCP for {:.0} s (Ctrl-C to stop early)...\n",
-            self.duration.as_secs_f64()
-        ));
+        crate::say::write_stderr(&format!("tcptrace doctor: {}...\n", self.observing));
         Ok(())
+    }
+
+    fn record(&mut self, rec: &Record, _ctx: &mut Ctx<'_>) -> Result<Flow> {
+        if let Record::Snapshot {
+            facts: Some(facts), ..
+        } = rec
+        {
+            if self.facts_start.is_none() {
+                self.facts_start = Some((**facts).clone());
+            }
+            self.facts_end = Some((**facts).clone());
+        }
+        Ok(Flow::Continue)
     }
 
     fn tick(&mut self, ctx: &mut Ctx<'_>) -> Result<Flow> {
@@ -97,15 +104,6 @@ impl<W: Write> Consumer for Doctor<W> {
         let snap = ctx.snapshot();
         let window_s = ctx.source.clock_ns().saturating_sub(self.started_ns) as f64 / 1e9;
         let engine = ctx.engine.as_deref().expect("doctor keeps an engine");
-        let census = doctor::census(&engine.table);
-        let host_netns = seed::sock_diag::current_netns().ok();
-        let others: BTreeSet<u32> = census
-            .time_wait_to
-            .iter()
-            .map(|d| d.netns)
-            .filter(|&n| Some(n) != host_netns)
-            .collect();
-        let (sysctls, port_ranges) = (self.facts)(&others);
         let mut failed: Vec<FailedConnects> = engine
             .aggs
             .failed_connects
@@ -128,13 +126,13 @@ impl<W: Write> Consumer for Doctor<W> {
             lost: snap.lost.values().fold(0u64, |a, n| a.saturating_add(*n)),
             states: snap.states.clone(),
             close_wait: snap.close_wait_by_process.clone(),
-            census,
+            services: snap.time_wait_by_service.clone(),
+            budgets: snap.port_budgets.clone(),
+            fin_wait2_orphans: doctor::fin_wait2_orphans(&engine.table),
             failed_connects: failed,
-            tw_overflow_during: snap.tw_overflow.saturating_sub(self.overflow_before),
-            tw_overflow_total: snap.tw_overflow,
-            sysctls,
-            port_ranges,
-            host_netns,
+            ended: snap.ended.clone(),
+            facts_start: self.facts_start.clone(),
+            facts_end: self.facts_end.clone(),
         };
         let findings = doctor::diagnose(&obs, &Thresholds::default());
         let written = if self.json {
@@ -168,8 +166,20 @@ pub fn options(duration: Duration) -> Options {
     }
 }
 
+/// The loop's options for `doctor --from`: the recording's own snapshots,
+/// to its end.
+pub fn options_from_recording() -> Options {
+    Options {
+        deadline: None,
+        ..options(Duration::ZERO)
+    }
+}
+
 pub fn run(cfg: DoctorConfig) -> Result<ExitCode> {
     let edges = Edges::install()?;
+    if let Some(path) = &cfg.from {
+        return run_from(&edges, path, cfg.json);
+    }
     let mut source = Live::new(
         Tracer::load(&cfg.load)?,
         UserFilter::default(),
@@ -180,47 +190,18 @@ pub fn run(cfg: DoctorConfig) -> Result<ExitCode> {
     edges.run(&mut source, &mut doctor, &opts)
 }
 
-/// The TCP sysctls under `dir` (`/proc/sys/net/ipv4` of the reading
-/// thread's namespace).
-pub fn read_sysctls(dir: &Path) -> Sysctls {
-    let text = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let num = |name: &str| text(name).and_then(|t| t.trim().parse::<u64>().ok());
-    let small = |name: &str| num(name).and_then(|v| u32::try_from(v).ok());
-    let defaults = Sysctls::defaults();
-    Sysctls {
-        tw_recycle: small("tcp_tw_recycle"),
-        tw_reuse: small("tcp_tw_reuse"),
-        timestamps: small("tcp_timestamps"),
-        fin_timeout: small("tcp_fin_timeout"),
-        syncookies: small("tcp_syncookies"),
-        max_tw_buckets: num("tcp_max_tw_buckets"),
-        port_range: text("ip_local_port_range")
-            .and_then(|t| seed::host::parse_port_range(&t).ok())
-            .unwrap_or(defaults.port_range),
-        reserved_ports: text("ip_local_reserved_ports")
-            .map(|t| t.trim().to_string())
-            .unwrap_or_default(),
+/// `doctor --from FILE`: the recording played as fast as it reads, on its
+/// own clock.
+fn run_from(edges: &Edges, path: &Path, json: bool) -> Result<ExitCode> {
+    let mut source = Recording::virtual_clock(path)?;
+    let observing = format!(
+        "reading {}",
+        tcptrace_core::output::escape(&path.display().to_string())
+    );
+    let mut doctor = Doctor::observing(io::stdout().lock(), json, observing);
+    let code = edges.run(&mut source, &mut doctor, &options_from_recording())?;
+    for warning in source.warnings() {
+        crate::say!("warning: {warning}");
     }
-}
-
-/// `ip_local_port_range` inside each network namespace of `wanted` (by
-/// inode) that can be entered: the namespaces are listed once.
-fn netns_port_ranges(wanted: &BTreeSet<u32>) -> BTreeMap<u32, (u16, u16)> {
-    if wanted.is_empty() {
-        return BTreeMap::new();
-    }
-    seed::netns::namespaces()
-        .into_iter()
-        .filter_map(|path| {
-            let inode = u32::try_from(seed::netns::namespace_inode(&path).ok()?).ok()?;
-            if !wanted.contains(&inode) {
-                return None;
-            }
-            let range =
-                seed::netns::in_namespace(&path, || seed::host::ephemeral_port_range().ok())
-                    .ok()
-                    .flatten()?;
-            Some((inode, range))
-        })
-        .collect()
+    Ok(code)
 }

@@ -258,9 +258,10 @@ impl Recorder {
             ts_ns,
             namespaces,
             sockets,
+            facts,
         }) = snapshot
         {
-            self.write(|w| w.snapshot(ts_ns, &namespaces, &sockets))?;
+            self.write(|w| w.snapshot(ts_ns, &namespaces, &sockets, facts.as_deref()))?;
         }
         Ok(())
     }
@@ -285,7 +286,8 @@ impl Consumer for Recorder {
                 ts_ns,
                 namespaces,
                 sockets,
-            } => self.write(|w| w.snapshot(*ts_ns, namespaces, sockets))?,
+                facts,
+            } => self.write(|w| w.snapshot(*ts_ns, namespaces, sockets, facts.as_deref()))?,
         }
         Ok(Flow::Continue)
     }

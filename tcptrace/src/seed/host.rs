@@ -7,6 +7,7 @@
 use std::fs;
 
 use anyhow::{Context, Result, anyhow, bail};
+use tcptrace_core::netfacts::{NetnsFacts, Sysctls};
 
 const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const NETSTAT: &str = "/proc/thread-self/net/netstat";
@@ -63,6 +64,46 @@ pub fn tw_overflow() -> Result<u64> {
     netstat_counter("TcpExt:TCPTimeWaitOverflow")?.ok_or_else(|| {
         anyhow!("TcpExt TCPTimeWaitOverflow missing from {NETSTAT}: needs Linux >= 2.6.29")
     })
+}
+
+/// The TCP sysctls under `dir` (`/proc/sys/net/ipv4` of the reading
+/// thread's namespace).
+pub fn read_sysctls(dir: &std::path::Path) -> Sysctls {
+    let text = |name: &str| fs::read_to_string(dir.join(name)).ok();
+    let num = |name: &str| text(name).and_then(|t| t.trim().parse::<u64>().ok());
+    let small = |name: &str| num(name).and_then(|v| u32::try_from(v).ok());
+    let defaults = Sysctls::defaults();
+    Sysctls {
+        tw_recycle: small("tcp_tw_recycle"),
+        tw_reuse: small("tcp_tw_reuse"),
+        tw_reuse_delay_ms: small("tcp_tw_reuse_delay"),
+        timestamps: small("tcp_timestamps"),
+        fin_timeout: small("tcp_fin_timeout"),
+        syncookies: small("tcp_syncookies"),
+        max_tw_buckets: num("tcp_max_tw_buckets"),
+        port_range: text("ip_local_port_range")
+            .and_then(|t| parse_port_range(&t).ok())
+            .unwrap_or(defaults.port_range),
+        reserved_ports: text("ip_local_reserved_ports")
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// The calling thread's namespace's TCP facts: sysctls and the TIME_WAIT
+/// counters of `/proc/thread-self/net/netstat`.
+pub fn netns_facts() -> NetnsFacts {
+    let netstat = fs::read_to_string(NETSTAT).ok();
+    let counter = |name: &str| {
+        netstat
+            .as_deref()
+            .and_then(|t| parse_netstat_counter(t, name).ok().flatten())
+    };
+    NetnsFacts {
+        sysctls: read_sysctls(std::path::Path::new("/proc/sys/net/ipv4")),
+        tw_overflow: counter("TcpExt:TCPTimeWaitOverflow"),
+        tw_recycled: counter("TcpExt:TWRecycled"),
+    }
 }
 
 /// Parses `ip_local_port_range` ("32768\t60999\n").
@@ -202,6 +243,14 @@ MPTcpExt: 3 5
             .collect();
         let (lo, hi) = ephemeral_port_range().unwrap();
         assert_eq!(vec![lo, hi], want);
+    }
+
+    #[test]
+    fn this_namespace_facts_read() {
+        let f = netns_facts();
+        assert_eq!(f.sysctls.port_range, ephemeral_port_range().unwrap());
+        assert!(f.sysctls.tw_reuse.is_some());
+        assert!(f.tw_overflow.is_some() && f.tw_recycled.is_some());
     }
 
     #[test]

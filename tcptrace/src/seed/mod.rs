@@ -17,12 +17,14 @@ pub use sock_diag::dump_tcp;
 
 use anyhow::Result;
 
-use tcptrace_core::model::SeenSocket;
+use tcptrace_core::{model::SeenSocket, netfacts::NetFacts};
 
 /// The socket table at one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub sockets: Vec<SeenSocket>,
+    /// The TCP facts of each namespace dumped (read inside it).
+    pub facts: NetFacts,
     /// CLOCK_MONOTONIC nanoseconds when the dump started (the base of kernel
     /// event timestamps).
     pub taken_at_mono_ns: u64,
@@ -35,9 +37,16 @@ pub struct Snapshot {
 /// skipped; a failing dump inside a namespace is an error.
 pub fn snapshot(all_namespaces: bool) -> Result<Snapshot> {
     let taken_at_mono_ns = crate::clock::monotonic_ns();
+    let mut facts = NetFacts {
+        host_netns: sock_diag::current_netns().ok(),
+        ..NetFacts::default()
+    };
     let mut sockets = if all_namespaces {
-        dump_all_namespaces()?
+        dump_all_namespaces(&mut facts)?
     } else {
+        if let Some(ns) = facts.host_netns {
+            facts.namespaces.insert(ns, host::netns_facts());
+        }
         dump_tcp()?
     };
     let owners = socket_owners();
@@ -48,16 +57,29 @@ pub fn snapshot(all_namespaces: bool) -> Result<Snapshot> {
     }
     Ok(Snapshot {
         sockets,
+        facts,
         taken_at_mono_ns,
     })
 }
 
-fn dump_all_namespaces() -> Result<Vec<SeenSocket>> {
+/// Every namespace's sockets, and its facts into `facts` (read on the same
+/// visit: entering a namespace is the expensive part).
+fn dump_all_namespaces(facts: &mut NetFacts) -> Result<Vec<SeenSocket>> {
     let mut sockets = Vec::new();
     let mut skipped = 0usize;
     for (i, path) in namespaces().into_iter().enumerate() {
-        match in_namespace(&path, dump_tcp) {
-            Ok(dumped) => sockets.extend(dumped?),
+        let visit = || {
+            let dumped = dump_tcp();
+            let netns = sock_diag::current_netns().ok();
+            (dumped, netns, host::netns_facts())
+        };
+        match in_namespace(&path, visit) {
+            Ok((dumped, netns, netns_facts)) => {
+                sockets.extend(dumped?);
+                if let Some(ns) = netns {
+                    facts.namespaces.insert(ns, netns_facts);
+                }
+            }
             // The first entry is our own namespace: entering it must work.
             Err(e) if i == 0 => return Err(e),
             Err(e) => {

@@ -3,15 +3,10 @@
 //! on a clock that jumps; what comes out (lines, JSON, a recording file,
 //! alerts, findings, metrics, `top`'s data) is checked.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    process::ExitCode,
-    time::Duration,
-};
+use std::{process::ExitCode, time::Duration};
 
 use tcptrace_core::{
     app::Action,
-    doctor::Sysctls,
     fixtures::{Conn, SEC, ip, leak, leak_sockets, owner},
     model::{Lost, TcpState},
     record::Record,
@@ -465,18 +460,13 @@ fn watch_alerts_as_json_and_exit_on_alert_exits_1() {
     assert_eq!(play(steps(), &mut watch, &opts), ExitCode::from(1));
 }
 
-fn no_host_facts(_: &BTreeSet<u32>) -> (Sysctls, BTreeMap<u32, (u16, u16)>) {
-    (Sysctls::defaults(), BTreeMap::new())
-}
-
 #[test]
 fn doctor_names_a_close_wait_leak_and_exits_1() {
     let mut steps = records(leak(java(), 40, at(0.1), 100_000_000));
     // sock_diag agrees once they are leaked (the closing reconciliation).
     steps.push((at(5.0), Step::Sockets(leak_sockets(java(), 40))));
     steps.push((at(8.0), Step::Input(Input::Stop)));
-    let mut doctor =
-        Doctor::new(Vec::new(), true, Duration::from_secs(10)).with_facts(no_host_facts);
+    let mut doctor = Doctor::new(Vec::new(), true, Duration::from_secs(10));
     let code = play(
         steps,
         &mut doctor,
@@ -659,7 +649,7 @@ fn a_recording_plays_through_the_loop_and_a_seek_back_starts_a_fresh_engine() {
         ..Header::default()
     };
     let mut w = Writer::new(std::fs::File::create(&file).unwrap(), &header).unwrap();
-    w.snapshot(START, &[1], &[]).unwrap();
+    w.snapshot(START, &[1], &[], None).unwrap();
     for e in leak(java(), 10, at(0.5), SEC / 2) {
         w.event(&e).unwrap();
         w.flush().unwrap();

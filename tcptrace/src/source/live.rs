@@ -6,13 +6,7 @@
 use std::sync::mpsc::Receiver;
 
 use anyhow::Result;
-use tcptrace_core::{
-    clock::WallClock,
-    decode,
-    filter::UserFilter,
-    model::{Lost, SeenSocket},
-    record::Record,
-};
+use tcptrace_core::{clock::WallClock, decode, filter::UserFilter, model::Lost, record::Record};
 
 use super::{Source, SourceInfo, wait_real};
 use crate::{clock::monotonic_ns, ebpf::Tracer, seed, session::Input};
@@ -29,8 +23,9 @@ pub struct Live {
 }
 
 /// A sock_diag snapshot of every namespace, keeping what the filter keeps:
-/// the sockets, the namespaces seen, and when it was taken (monotonic ns).
-pub fn take_snapshot(filter: &UserFilter) -> Result<(Vec<SeenSocket>, Vec<u32>, u64)> {
+/// the sockets, the namespaces seen, when it was taken (monotonic ns), and
+/// each namespace's TCP facts.
+pub fn take_snapshot(filter: &UserFilter) -> Result<Record> {
     let snap = seed::snapshot(true)?;
     let mut namespaces: Vec<u32> = snap.sockets.iter().filter_map(|s| s.netns).collect();
     namespaces.sort_unstable();
@@ -40,7 +35,12 @@ pub fn take_snapshot(filter: &UserFilter) -> Result<(Vec<SeenSocket>, Vec<u32>, 
         .into_iter()
         .filter(|s| filter.matches_seen(s))
         .collect();
-    Ok((sockets, namespaces, snap.taken_at_mono_ns))
+    Ok(Record::Snapshot {
+        ts_ns: snap.taken_at_mono_ns,
+        namespaces,
+        sockets,
+        facts: Some(Box::new(snap.facts)),
+    })
 }
 
 impl Live {
@@ -107,12 +107,7 @@ impl Source for Live {
     }
 
     fn sockets(&mut self) -> Result<Option<Record>> {
-        let (sockets, namespaces, ts_ns) = take_snapshot(&self.user_filter)?;
-        Ok(Some(Record::Snapshot {
-            ts_ns,
-            namespaces,
-            sockets,
-        }))
+        take_snapshot(&self.user_filter).map(Some)
     }
 
     fn take_lost(&mut self) -> Lost {

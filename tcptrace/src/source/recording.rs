@@ -156,6 +156,13 @@ impl<R: Read> Replay<R> {
         }
     }
 
+    /// Moves the clock forward to `ns` (a virtual clock's wait).
+    pub fn advance_to(&mut self, ns: u64) {
+        if !self.ended {
+            self.pos_ns = self.pos_ns.max(ns);
+        }
+    }
+
     /// Hands out up to `budget` records due by the clock; returns how many.
     pub fn due(&mut self, budget: usize, f: &mut dyn FnMut(Record)) -> usize {
         let mut n = 0;
@@ -251,12 +258,16 @@ fn record_ts(rec: &Record) -> u64 {
 }
 
 /// A recording file as the loop's source: the virtual clock follows real
-/// time (times the speed) between waits.
+/// time (times the speed) between waits, or jumps to whatever is due next
+/// ([`Recording::virtual_clock`]).
 pub struct Recording {
     replay: Replay,
     last_tick: Instant,
     /// Stop the loop at the end of the file (`top` stays, to be looked at).
     stop_at_end: bool,
+    /// The loop's clock is the recording's: waits never wait (`doctor
+    /// --from` reads an hour's recording as fast as it decodes).
+    jumps: bool,
 }
 
 impl Recording {
@@ -265,6 +276,16 @@ impl Recording {
             replay: Replay::open(path, speed, step)?,
             last_tick: Instant::now(),
             stop_at_end,
+            jumps: false,
+        })
+    }
+
+    /// The whole recording on its own clock, as fast as it reads: ticks and
+    /// snapshots fall at the recording's times; the loop stops at its end.
+    pub fn virtual_clock(path: &Path) -> Result<Self> {
+        Ok(Self {
+            jumps: true,
+            ..Self::open(path, 1.0, Duration::from_secs(1), true)?
         })
     }
 
@@ -287,10 +308,17 @@ impl Source for Recording {
     }
 
     fn clock_ns(&self) -> u64 {
+        if self.jumps {
+            return self.replay.pos_ns;
+        }
         crate::clock::monotonic_ns()
     }
 
     fn wait(&mut self, until: u64, inputs: &Receiver<Input>) -> Option<Input> {
+        if self.jumps {
+            self.replay.advance_to(until);
+            return inputs.try_recv().ok();
+        }
         let input = wait_real(until, inputs);
         let now = Instant::now();
         self.replay.tick(now - self.last_tick);
@@ -426,7 +454,7 @@ mod tests {
             .collect();
         let mut w = Writer::new(Vec::new(), &header()).unwrap();
         // Taken 2 ms after the header, as `record` does.
-        w.snapshot(START + 2_000_000, &[1], &seeded).unwrap();
+        w.snapshot(START + 2_000_000, &[1], &seeded, None).unwrap();
         for s in 1..=secs {
             let t = START + s * SEC;
             w.event(&transition(t, s, SynSent, Established)).unwrap();

@@ -9,6 +9,7 @@ use std::{collections::VecDeque, sync::mpsc::Receiver};
 use anyhow::{Result, bail};
 use tcptrace_core::{
     model::{Lost, SeenSocket},
+    netfacts::NetFacts,
     record::Record,
 };
 
@@ -45,6 +46,8 @@ pub struct Scripted {
     delivered: u64,
     info: SourceInfo,
     port_range: (u16, u16),
+    /// What snapshots report of the namespaces' sysctls.
+    facts: Option<NetFacts>,
 }
 
 impl Scripted {
@@ -67,7 +70,14 @@ impl Scripted {
                 ..SourceInfo::default()
             },
             port_range: (32768, 60999),
+            facts: None,
         }
+    }
+
+    /// Snapshots carry these namespace facts (sysctls, counters).
+    pub fn with_facts(mut self, facts: NetFacts) -> Self {
+        self.facts = Some(facts);
+        self
     }
 
     /// Another `ip_local_port_range`.
@@ -153,6 +163,7 @@ impl Source for Scripted {
                 ts_ns: self.now,
                 namespaces: self.namespaces.clone(),
                 sockets: sockets.clone(),
+                facts: self.facts.clone().map(Box::new),
             })),
             None => bail!("scripted sock_diag failure"),
         }

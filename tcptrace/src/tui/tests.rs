@@ -56,6 +56,29 @@ fn time_wait_by_peer() {
     insta::assert_snapshot!(screen(&app, 80, 24));
 }
 
+/// The TIME_WAIT view and the overview at 80, 120 and 200 columns: one
+/// row per service and per destination, every column legible.
+#[test]
+fn time_wait_and_overview_at_every_width() {
+    for w in [80u16, 120, 200] {
+        let mut app = fixture::app();
+        app.update(Action::Resize(w, 24));
+        insta::assert_snapshot!(format!("overview_{w}"), screen(&app, w, 24));
+        press(&mut app, &[Key::Char('3')]);
+        let text = screen(&app, w, 24);
+        // Whole values, never a column cut into "local 0 both 0 ?".
+        assert!(
+            text.contains("svc 10.0.0.2:9000") && text.contains("server"),
+            "{text}"
+        );
+        assert!(
+            text.contains("to 10.0.0.9:8080") && text.contains("here"),
+            "{text}"
+        );
+        insta::assert_snapshot!(format!("time_wait_{w}"), text);
+    }
+}
+
 #[test]
 fn connections_sorted_by_state_with_details() {
     let mut app = app_80x24();

@@ -14,7 +14,7 @@ pub fn selected_style() -> Style {
     Style::default().add_modifier(Modifier::REVERSED)
 }
 
-pub use crate::clock::{fmt_age, fmt_ms};
+pub use crate::clock::{fmt_age, fmt_growth_short, fmt_ms};
 
 pub fn header_style() -> Style {
     Style::default().fg(ACCENT).add_modifier(Modifier::BOLD)

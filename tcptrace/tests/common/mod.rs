@@ -361,6 +361,42 @@ pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpS
     Ok(s.into())
 }
 
+/// One client-closes-first connection from `from` to `to` whose local port
+/// connect() picks for that destination (`IP_BIND_ADDRESS_NO_PORT`: the
+/// source address is set, the port is not reserved by bind()), served by
+/// `listener`: the client ends in TIME_WAIT. Err: the connect's error
+/// (EADDRNOTAVAIL when no port is free).
+pub fn time_wait_from(
+    from: std::net::Ipv4Addr,
+    to: std::net::SocketAddrV4,
+    listener: &TcpListener,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket, an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_BIND_ADDRESS_NO_PORT");
+    s.bind(&std::net::SocketAddr::from((from, 0)).into())?;
+    s.connect(&std::net::SocketAddr::V4(to).into())?;
+    let mut c: TcpStream = s.into();
+    let (mut served, _) = listener.accept()?;
+    c.shutdown(Shutdown::Write)?;
+    let mut buf = [0u8; 1];
+    while served.read(&mut buf)? > 0 {}
+    drop(served);
+    while c.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
 /// `GET /metrics` on 127.0.0.1:port from source address `from`: the status
 /// line and the body.
 pub fn scrape_from(from: std::net::Ipv4Addr, port: u16) -> std::io::Result<(String, String)> {
@@ -549,5 +585,90 @@ pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real nginx (Debian's `nginx-light`, installed by `cargo xtask setup`)
+/// in a network namespace, serving `GET /` on 127.0.0.1:`port` with
+/// `keepalive_timeout 0`: it closes every connection first, like an
+/// upstream behind a proxy without keep-alive. The master runs in the
+/// foreground as this test's child and is stopped by its pid.
+pub struct Nginx {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl Nginx {
+    pub fn start(ns: &NetNs, port: u16) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tcptrace-nginx-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\n\
+                 daemon off;\n\
+                 pid {d}/nginx.pid;\n\
+                 error_log {d}/logs/error.log warn;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n\
+                   access_log off;\n\
+                   keepalive_timeout 0;\n\
+                   client_body_temp_path {d}/body;\n\
+                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n\
+                 }}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "nginx", "-p"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-e", "stderr"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "nginx is needed for this test: run `cargo xtask setup` (apt install nginx-light)",
+            );
+        let nginx = Self { child, dir, port };
+        // Listening, seen in the namespace's socket table (a probing
+        // connection would leave a TIME_WAIT of its own).
+        let want = format!("0100007F:{port:04X} 00000000:0000 0A");
+        wait_for("nginx listening", Duration::from_secs(10), || {
+            ns.run(|| std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default())
+                .contains(&want)
+        });
+        nginx
+    }
+
+    /// `n` requests, one connection each; nginx closes every one first.
+    pub fn requests(&self, ns: &NetNs, n: usize) {
+        let port = self.port;
+        ns.run(move || {
+            use std::io::Write;
+            for _ in 0..n {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                    .unwrap();
+                let mut reply = String::new();
+                c.read_to_string(&mut reply).unwrap();
+                assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+            }
+        });
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child (the nginx master) by pid; it
+        // stops its workers.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

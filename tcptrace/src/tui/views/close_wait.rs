@@ -91,8 +91,8 @@ impl Screen<'_> {
             Constraint::Length(15),
             Constraint::Length(7),
             Constraint::Length(8),
-            Constraint::Length(6),
-            Constraint::Length(6),
+            Constraint::Length(9),
+            Constraint::Length(9),
             Constraint::Length(10),
         ];
         if wide || area.width >= 80 {
@@ -109,18 +109,34 @@ impl Screen<'_> {
             Some(self.close_wait.selected),
             |i| {
                 let p = &procs[rows[i]];
-                let growth = |g: f64| {
-                    let c = Cell::from(format!("{g:+.1}"));
-                    if g > 0.0 { c.fg(BAD) } else { c }
+                // Per minute once the window is full; before, what was
+                // measured ("+20/10.0s"); "-" for a window no longer than
+                // the previous one's history.
+                let growth = |delta: i64, span_ms: u64, window_ms: u64, shorter: u64| {
+                    if window_ms > 60_000 && span_ms <= shorter {
+                        return Cell::from("-").fg(DIM);
+                    }
+                    let c = Cell::from(fmt_growth_short(delta, span_ms, window_ms));
+                    if delta > 0 { c.fg(BAD) } else { c }
                 };
                 let oldest = Cell::from(fmt_age(p.oldest_age_ms, p.oldest_age_is_lower_bound));
                 Row::new(vec![
                     Cell::from(p.pid.map_or("-".into(), |p| p.to_string())),
                     Cell::from(p.comm.clone().unwrap_or_else(|| "?".into())),
                     Cell::from(p.count.to_string()).bold(),
-                    growth(p.growth_per_min),
-                    growth(p.growth_per_min_5m),
-                    growth(p.growth_per_min_15m),
+                    growth(p.growth_delta, p.growth_span_ms, 60_000, 0),
+                    growth(
+                        p.growth_delta_5m,
+                        p.growth_span_5m_ms,
+                        300_000,
+                        p.growth_span_ms + 1_500,
+                    ),
+                    growth(
+                        p.growth_delta_15m,
+                        p.growth_span_15m_ms,
+                        900_000,
+                        p.growth_span_5m_ms + 1_500,
+                    ),
                     if p.oldest_age_is_lower_bound {
                         oldest.fg(WARN)
                     } else {

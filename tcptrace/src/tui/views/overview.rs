@@ -1,6 +1,5 @@
-//! The overview: live count per state with sparklines, the transition rate, the top CLOSE_WAIT holders and TIME_WAIT peers.
-
-use std::net::SocketAddr;
+//! The overview: live count per state with sparklines, the transition rate,
+//! the top CLOSE_WAIT holders and the top TIME_WAIT services and destinations.
 
 use ratatui::{
     buffer::Buffer,
@@ -84,12 +83,19 @@ impl Screen<'_> {
             .take(rest.height.saturating_sub(1) as usize)
         {
             let p = &d.snap.close_wait_by_process[i];
+            let growth = if p.growth_span_ms + 1_500 >= 60_000 {
+                format!("{:>+7.1}/m", p.growth_per_min)
+            } else {
+                format!(
+                    "{:>9}",
+                    fmt_growth_short(p.growth_delta, p.growth_span_ms, 60_000)
+                )
+            };
             cw.push(Line::from(format!(
-                " {:>6} {:<12} {:>6} {:>+7.1}/m",
+                " {:>6} {:<12} {:>6} {growth}",
                 p.pid.map_or("-".into(), |p| p.to_string()),
                 p.comm.as_deref().unwrap_or("?"),
                 p.count,
-                p.growth_per_min
             )));
         }
         if cw.is_empty() {
@@ -105,19 +111,22 @@ impl Screen<'_> {
             .iter()
             .take(rest.height.saturating_sub(1) as usize)
         {
-            let p = &d.tw_peers[i];
+            let g = &d.tw_groups[i];
+            let extra = match g.port_share {
+                Some(share) => format!("{:>5.1}%", share * 100.0),
+                None => format!("{:>4.0}/s", g.rate_per_sec),
+            };
             tw.push(Line::from(format!(
-                " {:<22} {:>6} {:>5.1}%",
-                SocketAddr::new(p.daddr, p.dport).to_string(),
-                p.count,
-                p.port_range_ratio * 100.0
+                " {:<22} {:>6} {extra}",
+                super::time_wait::where_(g),
+                fmt_count(g.count as f64),
             )));
         }
         if tw.is_empty() {
             tw.push(Line::from(" none").fg(DIM));
         }
         Paragraph::new(tw)
-            .block(titled(Line::from(" Top TIME_WAIT peers (3) ").bold()))
+            .block(titled(Line::from(" Top TIME_WAIT (3) ").bold()))
             .render(right, buf);
     }
 }

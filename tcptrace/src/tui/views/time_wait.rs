@@ -1,4 +1,8 @@
-//! TIME_WAIT: by peer (and local endpoint), with the share of the ephemeral port range each uses.
+//! TIME_WAIT by the side that matters: one row per local service whose
+//! server closes first (accepted connections: every client port differs,
+//! so per-client rows would be hundreds of "1"), one per destination this
+//! host connects to and closes first (ephemeral ports: the share of the
+//! fullest port budget). Columns drop from the right on narrow terminals.
 
 use std::net::SocketAddr;
 
@@ -9,8 +13,46 @@ use ratatui::{
     text::{Line, Span},
     widgets::{Block, Borders, Cell, Paragraph, Row, Widget},
 };
+use tcptrace_core::app::data::{TwGroup, TwSide};
 
 use super::super::{screen::Screen, theme::*, widgets::*};
+
+/// "server 98%": who closed first on most of the group's ended
+/// connections; with none ended yet, the side holding the TIME_WAIT (it
+/// closed first, by definition).
+pub fn closes_first(g: &TwGroup) -> String {
+    let c = g.closed_first;
+    let (here, there) = match g.side {
+        TwSide::Service => ("server", "client"),
+        TwSide::Destination => ("here", "peer"),
+    };
+    let total = c.total();
+    if total == 0 {
+        return here.to_string();
+    }
+    let (name, n) = [(here, c.local), (there, c.remote), ("both", c.both)]
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .expect("three");
+    format!("{name} {:.0}%", n as f64 * 100.0 / total as f64)
+}
+
+/// "svc 10.0.0.1:8080" or "to 10.0.0.9:80".
+pub fn where_(g: &TwGroup) -> String {
+    let tag = match g.side {
+        TwSide::Service => "svc",
+        TwSide::Destination => "to",
+    };
+    format!("{tag} {}", SocketAddr::new(g.addr, g.port))
+}
+
+fn owner(g: &TwGroup) -> String {
+    match (g.pid, g.comm.as_deref()) {
+        (Some(pid), Some(comm)) => format!("{pid} {comm}"),
+        (Some(pid), None) => pid.to_string(),
+        _ => "?".into(),
+    }
+}
 
 impl Screen<'_> {
     pub(in crate::tui) fn render_time_wait(&self, area: Rect, buf: &mut Buffer) {
@@ -18,93 +60,101 @@ impl Screen<'_> {
         let [list, summary] =
             Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(area);
         // (the summary: a rule and two lines)
-        let peers = &d.tw_peers;
-        let total: u64 = peers.iter().map(|p| p.count).sum();
-        let (lo, hi) = d.snap.port_range;
+        let groups = &d.tw_groups;
+        let total: u64 = groups.iter().map(|g| g.count).sum();
         let block = titled_with(
-            " TIME_WAIT by remote endpoint ",
-            format!(
-                "({total}; ephemeral ports {lo}-{hi}; sort: {}) ",
-                self.time_wait_sort.name()
-            ),
+            " TIME_WAIT by service and destination ",
+            format!("({total}; sort: {}) ", self.time_wait_sort.name()),
         );
         let rows = &self.time_wait.rows;
+        // Narrow terminals keep the essentials: where, owner, count, rate,
+        // ports, who closes first; wider ones add the durations.
+        let wide = area.width >= 110;
+        let mut header = vec!["WHERE", "OWNER", "COUNT", "RATE/s", "PORTS", "CLOSES FIRST"];
+        // As wide as the longest address (an IPv6 one is at most 47
+        // characters); owners get the rest.
+        let where_width = rows
+            .iter()
+            .map(|&i| where_(&groups[i]).len())
+            .max()
+            .unwrap_or(0)
+            .clamp(22, 48) as u16;
+        let mut widths = vec![
+            Constraint::Length(where_width),
+            Constraint::Min(14),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Length(12),
+        ];
+        if wide {
+            header.extend(["p50", "p99", "max"]);
+            widths.extend([Constraint::Length(6); 3]);
+        }
         window_table(
             list,
             buf,
             block,
-            &[
-                "REMOTE",
-                "COUNT",
-                "PORTS",
-                "p50",
-                "p99",
-                "max",
-                "CLOSED FIRST",
-            ],
-            &[
-                Constraint::Min(21),
-                Constraint::Length(7),
-                Constraint::Length(6),
-                Constraint::Length(6),
-                Constraint::Length(6),
-                Constraint::Length(6),
-                Constraint::Length(16),
-            ],
+            &header,
+            &widths,
             rows.len(),
             Some(self.time_wait.selected),
             |i| {
-                let p = &peers[rows[i]];
-                let pct = p.port_range_ratio * 100.0;
-                let ports = Cell::from(format!("{pct:.1}%"));
-                let ports = if pct >= 50.0 {
-                    ports.fg(BAD).bold()
-                } else if pct >= 10.0 {
-                    ports.fg(WARN)
-                } else {
-                    ports
+                let g = &groups[rows[i]];
+                let ports = match g.port_share {
+                    Some(share) => {
+                        let pct = share * 100.0;
+                        let cell = Cell::from(format!("{pct:.1}%"));
+                        if pct >= 50.0 {
+                            cell.fg(BAD).bold()
+                        } else if pct >= 10.0 {
+                            cell.fg(WARN)
+                        } else {
+                            cell
+                        }
+                    }
+                    None => Cell::from("-").fg(DIM),
                 };
-                let h = |f: fn(&tcptrace_core::stats::HistSummary) -> f64| {
-                    p.duration.map_or("-".into(), |s| fmt_ms(f(&s)))
-                };
-                let closed = if p.closed_both == 0 && p.closed_unknown == 0 {
-                    "local".to_string()
-                } else if p.closed_local == 0 && p.closed_unknown == 0 {
-                    "both (simult.)".to_string()
-                } else {
-                    format!(
-                        "local {} both {}{}",
-                        p.closed_local,
-                        p.closed_both,
-                        if p.closed_unknown > 0 { " ?" } else { "" }
-                    )
-                };
-                Row::new(vec![
-                    Cell::from(SocketAddr::new(p.daddr, p.dport).to_string()),
-                    Cell::from(p.count.to_string()).bold(),
+                let mut cells = vec![
+                    Cell::from(where_(g)),
+                    Cell::from(owner(g)),
+                    Cell::from(fmt_count(g.count as f64)).bold(),
+                    Cell::from(format!("{:.1}", g.rate_per_sec)),
                     ports,
-                    Cell::from(h(|s| s.p50_ms)),
-                    Cell::from(h(|s| s.p99_ms)),
-                    Cell::from(h(|s| s.max_ms)),
-                    Cell::from(closed),
-                ])
+                    Cell::from(closes_first(g)),
+                ];
+                if wide {
+                    let h = |f: fn(&tcptrace_core::stats::HistSummary) -> f64| {
+                        g.duration.map_or("-".into(), |s| fmt_ms(f(&s)))
+                    };
+                    cells.extend([
+                        Cell::from(h(|s| s.p50_ms)),
+                        Cell::from(h(|s| s.p99_ms)),
+                        Cell::from(h(|s| s.max_ms)),
+                    ]);
+                }
+                Row::new(cells)
             },
         );
         let closers = &d.snap.closers;
         let c = |k: &str| closers.get(k).copied().unwrap_or(0);
-        let locals: Vec<String> = d
-            .snap
-            .time_wait_by_local
-            .iter()
-            .take(3)
-            .map(|l| format!("{} {}", SocketAddr::new(l.saddr, l.sport), l.count))
-            .collect();
         let tw_overflow = d.snap.tw_overflow;
+        let worst = d.snap.port_budgets.first();
+        let budget = match worst {
+            Some(b) => format!(
+                "{:.1}% of {} ports ({} -> {})",
+                b.in_use_ratio * 100.0,
+                b.ports,
+                b.saddr,
+                SocketAddr::new(b.daddr, b.dport)
+            ),
+            None => "none".into(),
+        };
         let lines = vec![
             Line::from(vec![
                 Span::raw(" closed first, ended connections: ").fg(DIM),
                 Span::raw(format!(
-                    "we did {}  peer did {}  both {}",
+                    "here {}  peer {}  both {}",
                     c("active"),
                     c("passive"),
                     c("simultaneous")
@@ -117,12 +167,8 @@ impl Screen<'_> {
                 } else {
                     Span::raw("0")
                 },
-                Span::raw("  by local endpoint: ").fg(DIM),
-                Span::raw(if locals.is_empty() {
-                    "none".into()
-                } else {
-                    locals.join("  ")
-                }),
+                Span::raw("  fullest port budget: ").fg(DIM),
+                Span::raw(budget),
             ]),
         ];
         Paragraph::new(lines)
