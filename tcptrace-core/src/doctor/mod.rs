@@ -141,12 +141,16 @@ impl Observation {
             .iter()
             .filter_map(|(&ns, f)| {
                 let total = f.tw_overflow?;
-                let before = self
-                    .facts_start
-                    .as_ref()
-                    .and_then(|s| s.namespaces.get(&ns))
-                    .and_then(|f| f.tw_overflow);
-                // A namespace first seen at the end: all of it may be new.
+                let before = match &self.facts_start {
+                    // A namespace first seen at the end was created during
+                    // the window (its counters started at 0 then).
+                    Some(start) => start
+                        .namespaces
+                        .get(&ns)
+                        .map_or(Some(0), |f| f.tw_overflow),
+                    None => None,
+                };
+                // Nothing known at the start: no rise can be told.
                 Some((ns, total.saturating_sub(before.unwrap_or(total)), total))
             })
             .collect()
