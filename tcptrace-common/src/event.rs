@@ -28,6 +28,13 @@ pub enum EventKind {
     /// child socket of a listener that predates tracing stays ownerless when
     /// its peer closes before accept() returns.
     Accept = 6,
+    /// Userspace only: a timewait socket found in a new substate (FIN_WAIT2
+    /// -> TIME_WAIT) by asking the kernel (sock_diag), because the re-arm
+    /// that goes with it fired no timer tracepoint (same timer-wheel
+    /// bucket). `ts_ns` is when it was found; `prev_ns` the time since it
+    /// was last known in `old` (its begin, or the previous check): the
+    /// change happened within it.
+    TwSubstate = 7,
 }
 
 impl EventKind {
@@ -39,6 +46,7 @@ impl EventKind {
             4 => Self::TwEnd,
             5 => Self::Lost,
             6 => Self::Accept,
+            7 => Self::TwSubstate,
             _ => return None,
         })
     }

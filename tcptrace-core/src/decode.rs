@@ -48,7 +48,7 @@ fn state(v: u8) -> Result<TcpState, DecodeError> {
 
 pub fn from_raw(r: &RawEvent) -> Result<Event, DecodeError> {
     let kind = EventKind::from_u32(r.kind).ok_or(DecodeError::Kind(r.kind))?;
-    if kind == EventKind::Lost {
+    if matches!(kind, EventKind::Lost | EventKind::TwSubstate) {
         return Err(DecodeError::UserspaceKind(kind));
     }
     let (fam, saddr, daddr) = match r.family {
@@ -351,6 +351,16 @@ mod tests {
     }
 
     #[test]
+    fn tw_substate_kind_is_userspace_kind_error() {
+        let mut r = raw_v4_transition();
+        r.kind = 7;
+        assert_eq!(
+            decode_raw(&r),
+            Err(DecodeError::UserspaceKind(EventKind::TwSubstate))
+        );
+    }
+
+    #[test]
     fn unknown_family_is_family_error() {
         let mut r = raw_v4_transition();
         r.family = 3;
@@ -555,7 +565,7 @@ mod tests {
     fn arb_near_valid_record() -> impl Strategy<Value = [u8; 120]> {
         (
             any::<[u8; 120]>(),
-            0u32..=6,
+            0u32..=8,
             select(vec![0u8, 2, 3, 10, 255]),
             0u8..=13,
             0u8..=13,
@@ -592,6 +602,7 @@ mod tests {
         fn decoded_near_valid_records_reencode_to_the_same_event(bytes in arb_near_valid_record()) {
             if let Ok(e) = decode(&bytes) {
                 prop_assert_ne!(e.kind, EventKind::Lost);
+                prop_assert_ne!(e.kind, EventKind::TwSubstate);
                 prop_assert_eq!(e.reason.is_some(), e.kind == EventKind::TwEnd);
                 prop_assert_eq!(decode(&raw_bytes(&to_raw(&e))), Ok(e));
             }

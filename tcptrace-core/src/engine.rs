@@ -523,6 +523,72 @@ mod tests {
         assert_eq!((c.silent_rearms, c.owners_found, c.corrections), (1, 1, 0));
     }
 
+    /// The live source's check found the orphan in TIME_WAIT (a
+    /// `TwSubstate`): the table moves it, counts the silent re-arm once (a
+    /// later snapshot finding it TIME_WAIT does not count it again), and its
+    /// end is an ordinary TIME_WAIT end.
+    #[test]
+    fn tw_substate_moves_an_orphan_to_time_wait_counted_once() {
+        let mut e = Engine::new(1000);
+        let mut begin = tw(SEC, EventKind::TwBegin, 0xb, None, 40000, 80);
+        begin.new = FinWait2;
+        e.apply(&begin);
+        let found = Event {
+            kind: EventKind::TwSubstate,
+            link: None,
+            old: Some(FinWait2),
+            new: TimeWait,
+            prev_ns: Some(SEC),
+            ..begin
+        };
+        e.apply(&Event {
+            ts_ns: 2 * SEC,
+            ..found
+        });
+        let snap = e.snapshot(3 * SEC, 3 * SEC, host());
+        assert_eq!((snap.states["FIN_WAIT2"], snap.states["TIME_WAIT"]), (0, 1));
+        let c = e.table.counters;
+        assert_eq!(
+            (c.silent_rearms, c.unknown_sockets, c.corrections),
+            (1, 0, 0)
+        );
+        let mut tw_seen = seen(TimeWait, 40000, 80, None);
+        tw_seen.timer_left_ms = Some(58_000);
+        e.reconcile(&[tw_seen], &[1], 4 * SEC);
+        assert_eq!(e.table.counters.silent_rearms, 1, "counted once");
+        // Found twice (a duplicate): nothing more.
+        e.apply(&Event {
+            ts_ns: 5 * SEC,
+            ..found
+        });
+        assert_eq!(e.table.counters.silent_rearms, 1);
+        let mut end = tw(62 * SEC, EventKind::TwEnd, 0xb, None, 40000, 80);
+        end.prev_ns = None;
+        e.apply(&end);
+        let snap = e.snapshot(63 * SEC, 63 * SEC, host());
+        assert_eq!(snap.states["TIME_WAIT"], 0);
+        assert_eq!(snap.ended["time_wait_expired"], 1);
+        assert_eq!(snap.histograms["time_wait"].count, 1);
+    }
+
+    /// A `TwSubstate` for a timewait socket the table does not hold (evicted,
+    /// or begun before tracing and never adopted) changes nothing and is no
+    /// error.
+    #[test]
+    fn tw_substate_of_an_unknown_socket_is_ignored() {
+        let mut e = Engine::new(1000);
+        e.apply(&Event {
+            kind: EventKind::TwSubstate,
+            link: None,
+            old: Some(FinWait2),
+            new: TimeWait,
+            prev_ns: Some(SEC),
+            ..tw(SEC, EventKind::TwBegin, 0xb, None, 40000, 80)
+        });
+        assert!(e.table.is_empty());
+        assert_eq!(e.table.counters, crate::conn::TableCounters::default());
+    }
+
     #[test]
     fn cap_evicts_and_counts() {
         let mut e = Engine::new(3);

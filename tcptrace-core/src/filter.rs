@@ -1,9 +1,10 @@
 //! The userspace twin of the in-kernel filter, for what never passes through
-//! the kernel program: sockets found by sock_diag snapshots.
+//! the kernel program: sockets found by sock_diag snapshots, and events
+//! userspace makes itself (a timewait socket found in a new substate).
 
 use tcptrace_common::Filter;
 
-use crate::model::{Family, SeenSocket};
+use crate::model::{Event, Family, SeenSocket};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UserFilter(pub Filter);
@@ -15,6 +16,43 @@ fn in_list(list: &[u16], n: u32, a: u16, b: Option<u16>) -> bool {
 }
 
 impl UserFilter {
+    /// The kernel filter's rule for an event: the family, the old or the
+    /// new state, the owner (pid, command), the ports.
+    pub fn matches_event(&self, e: &Event) -> bool {
+        let f = &self.0;
+        if f.family_mask != 0 {
+            let bit = match e.family {
+                Family::V4 => Filter::FAMILY_INET,
+                Family::V6 => Filter::FAMILY_INET6,
+            };
+            if f.family_mask & bit == 0 {
+                return false;
+            }
+        }
+        if f.state_mask != 0
+            && e.old.is_none_or(|s| f.state_mask & (1 << s as u32) == 0)
+            && f.state_mask & (1 << e.new as u32) == 0
+        {
+            return false;
+        }
+        if f.tgid != 0 && e.owner.is_none_or(|o| o.pid != f.tgid) {
+            return false;
+        }
+        if f.comm_set != 0 && e.owner.is_none_or(|o| o.comm.0 != f.comm) {
+            return false;
+        }
+        if f.n_ports != 0 && !in_list(&f.ports, f.n_ports, e.sport, Some(e.dport)) {
+            return false;
+        }
+        if f.n_lports != 0 && !in_list(&f.lports, f.n_lports, e.sport, None) {
+            return false;
+        }
+        if f.n_rports != 0 && !in_list(&f.rports, f.n_rports, e.dport, None) {
+            return false;
+        }
+        true
+    }
+
     pub fn matches_seen(&self, s: &SeenSocket) -> bool {
         let f = &self.0;
         if f.family_mask != 0 {
@@ -92,5 +130,87 @@ mod tests {
         assert!(UserFilter(f).matches_seen(&sock(80, 2, TcpState::CloseWait, Some(7))));
         f.family_mask = Filter::FAMILY_INET6;
         assert!(!UserFilter(f).matches_seen(&sock(80, 2, TcpState::CloseWait, Some(7))));
+    }
+
+    fn found(sport: u16, dport: u16, pid: Option<u32>) -> Event {
+        Event {
+            ts_ns: 1,
+            kind: crate::model::EventKind::TwSubstate,
+            sk: 0x10,
+            link: None,
+            owner: pid.map(|pid| crate::model::Owner {
+                pid,
+                tid: pid,
+                comm: Comm::from_name("app"),
+                cgroup: 0,
+                from_listener: false,
+            }),
+            netns: None,
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport,
+            old: Some(TcpState::FinWait2),
+            new: TcpState::TimeWait,
+            prev_ns: Some(5),
+            reason: None,
+        }
+    }
+
+    /// Events userspace makes (a timewait socket found in TIME_WAIT) pass
+    /// the same filter the kernel applies to its own.
+    #[test]
+    fn events_pass_the_kernel_filter_rule() {
+        let e = found(40_000, 80, Some(7));
+        assert!(UserFilter::default().matches_event(&e));
+        let mut f = Filter::default();
+        f.ports[0] = 80;
+        f.n_ports = 1;
+        assert!(UserFilter(f).matches_event(&e));
+        f.ports[0] = 81;
+        assert!(!UserFilter(f).matches_event(&e));
+        let mut f = Filter::default();
+        f.lports[0] = 80;
+        f.n_lports = 1;
+        assert!(!UserFilter(f).matches_event(&e), "80 is the remote port");
+        let mut f = Filter::default();
+        f.rports[0] = 80;
+        f.n_rports = 1;
+        assert!(UserFilter(f).matches_event(&e));
+        // Old or new state.
+        for (state, keep) in [
+            (TcpState::TimeWait, true),
+            (TcpState::FinWait2, true),
+            (TcpState::CloseWait, false),
+        ] {
+            let f = Filter {
+                state_mask: 1 << state as u32,
+                ..Filter::default()
+            };
+            assert_eq!(UserFilter(f).matches_event(&e), keep, "{state}");
+        }
+        // Owner.
+        let f = Filter {
+            tgid: 7,
+            ..Filter::default()
+        };
+        assert!(UserFilter(f).matches_event(&e));
+        assert!(!UserFilter(f).matches_event(&found(40_000, 80, Some(8))));
+        assert!(!UserFilter(f).matches_event(&found(40_000, 80, None)));
+        let mut f = Filter {
+            comm_set: 1,
+            ..Filter::default()
+        };
+        f.comm = Comm::from_name("app").0;
+        assert!(UserFilter(f).matches_event(&e));
+        f.comm = Comm::from_name("other").0;
+        assert!(!UserFilter(f).matches_event(&e));
+        // Family.
+        let f = Filter {
+            family_mask: Filter::FAMILY_INET6,
+            ..Filter::default()
+        };
+        assert!(!UserFilter(f).matches_event(&e));
     }
 }

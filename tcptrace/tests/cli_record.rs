@@ -7,7 +7,9 @@ mod common;
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use common::{Running, Streaming, free_listener, leak_close_wait, pile_time_wait, wait_for};
+use common::{
+    Running, Streaming, free_listener, leak_close_wait, orphans, pile_time_wait, ss_count, wait_for,
+};
 use serde_json::Value;
 
 /// How long a condition may take to show up before the test fails.
@@ -518,5 +520,86 @@ fn kill_9_with_blocks_in_flight_loses_at_most_the_last_flush_interval() {
         "the newest recorded connect is {} ms before the kill",
         killed_at.saturating_sub(newest) / 1_000_000
     );
+    let _ = std::fs::remove_file(&file);
+}
+
+/// `replay --json --as-fast-as-possible` of `file` (a recording still being
+/// written reads to its last complete block), one value per line.
+fn replayed(file: &std::path::Path) -> Vec<Value> {
+    let out = bin()
+        .args(["replay", "--json", "--as-fast-as-possible"])
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Orphans found in TIME_WAIT by the live check (`tw_substate`, no hook
+/// fires for that move) are recorded: `replay` prints them as `trace` did,
+/// and `report` applies them (every orphan ends in TIME_WAIT, none left in
+/// FIN_WAIT2, each one found counted as a silent re-arm).
+#[test]
+fn recorded_substate_changes_replay_and_report() {
+    const N: usize = 10;
+    let (listener, port) = free_listener();
+    let file = temp("substate.tcptrace");
+    let p = port.to_string();
+    let record = Running::start(
+        &["record", "-o", file.to_str().unwrap(), "--port", &p],
+        "recording to",
+    );
+    let (servers, ports) = orphans(&listener, port, N);
+    wait_for("the orphans in FIN_WAIT2", WAIT, || {
+        ss_count("fin-wait-2", port, None) == N
+    });
+    drop(servers);
+    let ours = |v: &Value| {
+        v["sport"]
+            .as_u64()
+            .is_some_and(|p| ports.contains(&(p as u16)))
+    };
+    let time_wait_shown = |lines: &[Value]| {
+        lines
+            .iter()
+            .filter(|v| ours(v))
+            .filter(|v| {
+                matches!(v["kind"].as_str(), Some("tw_substate" | "tw_rearm"))
+                    && v["new"] == "TIME_WAIT"
+            })
+            .count()
+    };
+    wait_for("every orphan in TIME_WAIT in the recording", WAIT, || {
+        time_wait_shown(&replayed(&file)) == N
+    });
+    let (status, _, err) = record.stop();
+    assert!(status.success(), "{err}");
+
+    let lines = replayed(&file);
+    assert_eq!(time_wait_shown(&lines), N);
+    let found: Vec<&Value> = lines
+        .iter()
+        .filter(|v| ours(v) && v["kind"] == "tw_substate")
+        .collect();
+    assert!(!found.is_empty(), "no tw_substate in {lines:#?}");
+    for v in &found {
+        assert_eq!(v["found_by"], "reconciliation", "{v}");
+        assert_eq!(
+            (&v["old"], &v["new"]),
+            (&Value::from("FIN_WAIT2"), &Value::from("TIME_WAIT"))
+        );
+    }
+    let report = bin()
+        .args(["report", "--json", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{report:?}");
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["states"]["TIME_WAIT"], N, "{report}");
+    assert_eq!(report["states"]["FIN_WAIT2"], 0, "{report}");
+    assert_eq!(report["silent_rearms"], found.len(), "{report}");
     let _ = std::fs::remove_file(&file);
 }

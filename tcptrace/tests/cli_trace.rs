@@ -1,5 +1,6 @@
 //! `tcptrace trace` as a user runs it: exit codes, one-line errors, JSON
-//! Lines, a closed pipe, stopping by itself, and lost events reported.
+//! Lines, a closed pipe, stopping by itself, lost events reported, and
+//! orphans that move to TIME_WAIT without a hook shown as TIME_WAIT.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Running, free_listener};
+use common::{Running, Streaming, free_listener};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
 
@@ -219,4 +220,135 @@ fn ring_buffer_overflow_is_reported() {
     );
     assert!(rest.contains("ring buffer full"), "{rest}");
     assert!(!rest.contains("lost 0 "), "{rest}");
+}
+
+/// Reads JSON lines from `rx` into `seen` until `done` holds for one of
+/// them or `deadline` passes; whether `done` held.
+fn read_until(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<serde_json::Value>,
+    deadline: Instant,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+        let hit = done(&v);
+        seen.push(v);
+        if hit {
+            return true;
+        }
+    }
+}
+
+/// Whether a trace line shows the timewait socket as TIME_WAIT: found by
+/// the check (`tw_substate`), or a re-arm a tracepoint did show.
+fn shows_time_wait(v: &serde_json::Value) -> bool {
+    matches!(
+        v["kind"].as_str(),
+        Some("tw_substate" | "tw_rearm" | "tw_begin")
+    ) && v["new"] == "TIME_WAIT"
+}
+
+/// Clients that close first leave orphans, timewait sockets in FIN_WAIT2;
+/// when the servers close, the kernel moves them to TIME_WAIT, re-arming
+/// their timer mostly within the same timer-wheel bucket, where no timer
+/// tracepoint fires. `trace --json` shows every one as TIME_WAIT within
+/// 3 s of the servers' close.
+#[test]
+fn client_closes_first_connections_are_all_shown_as_time_wait_within_3_s() {
+    const N: usize = 20;
+    let (listener, port) = free_listener();
+    let p = port.to_string();
+    let trace = Streaming::start(&["trace", "--json", "--port", &p]);
+    Streaming::wait_line(
+        &trace.err,
+        &mut Vec::new(),
+        "the banner",
+        Duration::from_secs(30),
+        |l| l.contains("tracing TCP state changes"),
+    );
+    let (servers, ports) = common::orphans(&listener, port, N);
+    let ours = |v: &serde_json::Value| {
+        v["sport"]
+            .as_u64()
+            .is_some_and(|p| ports.contains(&(p as u16)))
+    };
+    // Every orphan began as a timewait socket in FIN_WAIT2, in the stream
+    // and in the kernel.
+    let mut seen = Vec::new();
+    let mut begun = std::collections::HashSet::new();
+    let all_begun = read_until(
+        &trace.out,
+        &mut seen,
+        Instant::now() + Duration::from_secs(30),
+        |v| {
+            if ours(v) && v["kind"] == "tw_begin" && v["new"] == "FIN_WAIT2" {
+                begun.insert(v["sport"].as_u64());
+            }
+            begun.len() == N
+        },
+    );
+    assert!(
+        all_begun,
+        "{} of {N} begins in FIN_WAIT2: {seen:#?}",
+        begun.len()
+    );
+    common::wait_for("the orphans in FIN_WAIT2", Duration::from_secs(30), || {
+        common::ss_count("fin-wait-2", port, None) == N
+    });
+
+    let closed = Instant::now();
+    drop(servers);
+    let mut shown = std::collections::HashSet::new();
+    read_until(
+        &trace.out,
+        &mut seen,
+        closed + Duration::from_secs(3),
+        |v| {
+            if ours(v) && shows_time_wait(v) {
+                shown.insert(v["sport"].as_u64());
+            }
+            shown.len() == N
+        },
+    );
+    let took = closed.elapsed();
+    assert_eq!(
+        shown.len(),
+        N,
+        "{} of {N} shown as TIME_WAIT within 3 s; stream: {seen:#?}",
+        shown.len()
+    );
+    let found: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|v| ours(v) && v["kind"] == "tw_substate")
+        .collect();
+    let rearms = seen
+        .iter()
+        .filter(|v| ours(v) && v["kind"] == "tw_rearm" && v["new"] == "TIME_WAIT")
+        .count();
+    eprintln!(
+        "all {N} shown as TIME_WAIT after {} ms: {} found by the check, {rearms} by a re-arm tracepoint",
+        took.as_millis(),
+        found.len()
+    );
+    let me = std::process::id();
+    for v in found {
+        assert_eq!(v["old"], "FIN_WAIT2", "{v}");
+        assert_eq!(v["found_by"], "reconciliation", "{v}");
+        assert_eq!(v["pid"], me, "the orphan keeps its owner: {v}");
+        assert!(v["netns"].is_u64(), "{v}");
+        let (ts, after) = (
+            v["ts_ns"].as_u64().unwrap(),
+            v["changed_after_ns"].as_u64().unwrap(),
+        );
+        assert_eq!(ts - after, v["prev_state_ns"].as_u64().unwrap(), "{v}");
+        assert!(after <= ts, "{v}");
+    }
+    trace.signal(libc::SIGINT);
+    let (status, _, _) = trace.wait(Duration::from_secs(30));
+    assert!(status.success());
 }

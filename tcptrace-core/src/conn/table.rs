@@ -252,6 +252,9 @@ pub struct TableCounters {
     /// Timewait sockets found in TIME_WAIT by reconciliation while the table
     /// had them in FIN_WAIT2: the kernel re-armed their timer within the same
     /// timer-wheel bucket, which emits no tracepoint. Expected, not a loss.
+    /// Found either by the live source's check of timewait sockets (a
+    /// `TwSubstate` event, within about a second) or, for those it does not
+    /// follow (seeded, or beyond its cap), by a snapshot reconciliation.
     pub silent_rearms: u64,
     /// Sockets whose owner only reconciliation found (`/proc/*/fd`).
     pub owners_found: u64,
@@ -394,6 +397,19 @@ impl ConnTable {
                 Applied::default()
             }
             EventKind::TwEnd => self.tw_end(e),
+            EventKind::TwSubstate => {
+                // The live source found it by asking the kernel: the silent
+                // re-arm a snapshot reconciliation would find, found sooner
+                // (counted the same way, once: the entry is TIME_WAIT now).
+                // Not an error, and nothing for an unknown socket.
+                if let Some(t) = self.tws.get_mut(e.sk)
+                    && t.substate != e.new
+                {
+                    t.substate = e.new;
+                    self.counters.silent_rearms += 1;
+                }
+                Applied::default()
+            }
             EventKind::Lost => Applied::default(),
             EventKind::Accept => {
                 if let Some(c) = self.conns.get_mut(e.sk)

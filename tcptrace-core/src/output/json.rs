@@ -5,7 +5,7 @@ use std::{fmt, io, net::IpAddr};
 use serde::{Serialize, Serializer};
 
 use super::{kind_name, reason_name};
-use crate::model::{Comm, Event, Lost};
+use crate::model::{Comm, Event, EventKind, Lost};
 
 struct Hex(u64);
 
@@ -50,10 +50,17 @@ struct JsonEvent {
     sk: Hex,
     link: Option<Hex>,
     owner_from_listener: bool,
+    /// tw_substate only: how it was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    found_by: Option<&'static str>,
+    /// tw_substate only: wall-clock time it was last known in `old`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed_after_ns: Option<u64>,
 }
 
 /// Writes one event as a JSON line. `wall_ns` is the event's wall-clock time.
 pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Result<()> {
+    let found = e.kind == EventKind::TwSubstate;
     let j = JsonEvent {
         ts_ns: wall_ns,
         kind: kind_name(e.kind),
@@ -74,6 +81,8 @@ pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Resul
         sk: Hex(e.sk),
         link: e.link.map(Hex),
         owner_from_listener: e.owner.is_some_and(|o| o.from_listener),
+        found_by: found.then_some("reconciliation"),
+        changed_after_ns: found.then(|| wall_ns.saturating_sub(e.prev_ns.unwrap_or(0))),
     };
     serde_json::to_writer(&mut *w, &j)?;
     w.write_all(b"\n")
@@ -111,7 +120,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::model::{EventKind, Family, Owner, TcpState, TwEndReason};
+    use crate::model::{Family, Owner, TcpState, TwEndReason};
 
     const EVENT_FIELDS: [&str; 19] = [
         "ts_ns",
@@ -325,6 +334,34 @@ mod tests {
         let m = parse_line(&write(&e, 0));
         assert_eq!(m["kind"], "tw_rearm");
         assert_eq!(m["link"], Value::Null);
+    }
+
+    /// A substate change found by asking the kernel: every field of the other
+    /// timewait events, plus how it was found and since when it can have
+    /// happened (wall clock: `ts_ns` - `prev_state_ns`).
+    #[test]
+    fn tw_substate_has_every_field_and_says_how_it_was_found() {
+        let mut e = transition();
+        e.kind = EventKind::TwSubstate;
+        e.old = Some(TcpState::FinWait2);
+        e.new = TcpState::TimeWait;
+        e.prev_ns = Some(900_000_000);
+        let m = parse_line(&write(&e, 1_700_000_001_000_000_000));
+        let mut fields = EVENT_FIELDS.to_vec();
+        fields.extend(["found_by", "changed_after_ns"]);
+        assert_eq!(keys(&m), sorted(&fields));
+        assert_eq!(m["kind"], "tw_substate");
+        assert_eq!(m["old"], "FIN_WAIT2");
+        assert_eq!(m["new"], "TIME_WAIT");
+        assert_eq!(m["found_by"], "reconciliation");
+        assert_eq!(m["prev_state_ns"], 900_000_000);
+        assert_eq!(m["changed_after_ns"], json!(1_700_000_000_100_000_000u64));
+        assert_eq!(m["pid"], 1234);
+        assert_eq!(m["netns"], 4_026_531_840u32);
+        assert_eq!(m["reason"], Value::Null);
+        // Other kinds do not carry them.
+        let m = parse_line(&write(&transition(), 0));
+        assert!(m.get("found_by").is_none() && m.get("changed_after_ns").is_none());
     }
 
     #[test]

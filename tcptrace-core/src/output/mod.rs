@@ -9,22 +9,24 @@
 //! | field | type | meaning |
 //! |---|---|---|
 //! | `ts_ns` | u64 | wall-clock time, Unix epoch nanoseconds |
-//! | `kind` | string | `"transition"`, `"tw_begin"`, `"tw_rearm"`, `"tw_end"`, `"lost"` |
+//! | `kind` | string | `"transition"`, `"tw_begin"`, `"tw_rearm"`, `"tw_end"`, `"tw_substate"`, `"lost"` |
 //! | `pid` | u32 \| null | owning process (tgid); null when unknown (socket predates the tracer) |
 //! | `tid` | u32 \| null | owning thread |
 //! | `comm` | string \| null | owning task's command name |
 //! | `family` | string | `"ipv4"` or `"ipv6"` |
 //! | `saddr`, `sport` | string, u16 | local address and port |
 //! | `daddr`, `dport` | string, u16 | remote address and port |
-//! | `old` | string \| null | state left (kernel names: `"ESTABLISHED"`, `"CLOSE_WAIT"`, ...); tw_begin: the full socket's last state; tw_end: the timewait substate |
-//! | `new` | string | state entered; tw_begin/tw_rearm: the timewait substate (`"TIME_WAIT"` or `"FIN_WAIT2"`); tw_end: `"CLOSE"` |
-//! | `prev_state_ns` | u64 \| null | time spent in `old`; for tw_end, time spent as a timewait socket; null when unknown |
+//! | `old` | string \| null | state left (kernel names: `"ESTABLISHED"`, `"CLOSE_WAIT"`, ...); tw_begin: the full socket's last state; tw_end: the timewait substate; tw_substate: `"FIN_WAIT2"` |
+//! | `new` | string | state entered; tw_begin/tw_rearm/tw_substate: the timewait substate (`"TIME_WAIT"` or `"FIN_WAIT2"`); tw_end: `"CLOSE"` |
+//! | `prev_state_ns` | u64 \| null | time spent in `old`; for tw_end, time spent as a timewait socket; for tw_substate, time since it was last known in `old` (the change happened within it); null when unknown |
 //! | `netns` | u32 \| null | network namespace inode |
 //! | `cgroup` | u64 \| null | owner's cgroup v2 id |
 //! | `reason` | string \| null | tw_end: `"expired"` or `"killed"`; null otherwise |
 //! | `sk` | string | kernel socket address (hex); the timewait socket for tw_* events |
 //! | `link` | string \| null | tw_begin: the full socket the timewait socket replaced |
 //! | `owner_from_listener` | bool | owner inherited from the listening socket (accept() not seen yet) |
+//! | `found_by` | string | tw_substate only: `"reconciliation"` (found by asking the kernel; no hook showed it) |
+//! | `changed_after_ns` | u64 | tw_substate only: wall-clock time it was last known in `old`: the change happened between it and `ts_ns` |
 //!
 //! A `"lost"` object has `ts_ns`, `kind`, and the counts since the previous
 //! one: `ring_full`, `recursion_misses`, `map_full`, `probe_failed` (a probe
@@ -47,6 +49,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::TwEnd => "tw_end",
         EventKind::Lost => "lost",
         EventKind::Accept => "accept",
+        EventKind::TwSubstate => "tw_substate",
     }
 }
 

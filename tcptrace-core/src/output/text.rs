@@ -1,5 +1,8 @@
 //! Human-readable lines for `trace`: one per transition or TIME_WAIT event,
-//! aligned columns, `-` where a value is unknown.
+//! aligned columns, `-` where a value is unknown. A timewait socket found in
+//! a new substate by asking the kernel reads `FIN_WAIT2 -> TIME_WAIT
+//! (found)`, its MS the time since it was last known in FIN_WAIT2 (the
+//! change happened within it).
 
 use std::{
     io,
@@ -44,6 +47,7 @@ pub fn describe(e: &Event) -> String {
         EventKind::TwEnd => format!("TIME_WAIT end: {}", e.reason.map_or("?", reason_name)),
         EventKind::Lost => "lost".to_string(),
         EventKind::Accept => "accepted".to_string(),
+        EventKind::TwSubstate => format!("{old} -> {} (found)", e.new),
     }
 }
 
@@ -194,6 +198,16 @@ mod tests {
             TcpState::TimeWait,
         );
         assert_eq!(describe(&e), "TIME_WAIT rearm (TIME_WAIT)");
+    }
+
+    #[test]
+    fn describe_tw_substate_is_old_arrow_new_found() {
+        let e = event(
+            EventKind::TwSubstate,
+            Some(TcpState::FinWait2),
+            TcpState::TimeWait,
+        );
+        assert_eq!(describe(&e), "FIN_WAIT2 -> TIME_WAIT (found)");
     }
 
     #[test]

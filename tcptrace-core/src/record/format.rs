@@ -23,7 +23,8 @@
 //! An events payload is a sequence of records, each opening with a tag:
 //!
 //! ```text
-//! event   = 0x01 kind u8, flags u8, ts zigzag (delta to the previous
+//! event   = 0x01 kind u8 (EventKind; 7, tw_substate, from version 3),
+//!           flags u8, ts zigzag (delta to the previous
 //!           record's ts in this block; the first is absolute),
 //!           sk varint (XOR the previous event's sk in this block),
 //!           [link varint (XOR sk)]          flags & 0x01
@@ -74,7 +75,10 @@ use crate::{
 };
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
-/// 3: snapshots carry each namespace's TCP facts; 2: loss markers carry
+/// 3: snapshots carry each namespace's TCP facts, and events of kind 7
+/// (`tw_substate`, a timewait socket found in TIME_WAIT by the live
+/// source's check), which a version-2 reader would take for a corrupt
+/// block, so it refuses the file instead; 2: loss markers carry
 /// `probe_failed` (tag 0x03). Versions 1 and 2 read too.
 pub const FORMAT_VERSION: u16 = 3;
 /// Fixed part of the header before its JSON.

@@ -64,7 +64,8 @@ fn arb_event() -> impl Strategy<Value = Event> {
                     Just(EventKind::TwBegin),
                     Just(EventKind::TwRearm),
                     Just(EventKind::TwEnd),
-                    Just(EventKind::Accept)
+                    Just(EventKind::Accept),
+                    Just(EventKind::TwSubstate)
                 ],
                 Just(ts),
                 any::<u64>(),
@@ -769,4 +770,48 @@ fn snapshots_carry_each_namespace_facts() {
     let mut applier = RecordApplier::default();
     applier.apply(&mut engine, &got[0]);
     assert_eq!(engine.facts.namespaces[&7].sysctls.usable_ports(), 90);
+}
+
+/// A recording keeps the substate changes the live source found: they read
+/// back as written (version 3), `replay` prints them as `trace` did, and
+/// applied as `report` and `top --from` apply records, the orphan ends in
+/// TIME_WAIT, counted as one silent re-arm.
+#[test]
+fn tw_substate_events_read_back_print_and_apply_like_live() {
+    let begin = Event {
+        kind: EventKind::TwBegin,
+        old: Some(TcpState::FinWait2),
+        new: TcpState::FinWait2,
+        prev_ns: None,
+        ..sample_event(1)
+    };
+    let found = Event {
+        ts_ns: begin.ts_ns + 900_000_000,
+        kind: EventKind::TwSubstate,
+        new: TcpState::TimeWait,
+        prev_ns: Some(900_000_000),
+        ..begin
+    };
+    let bytes = write(&[Op::Event(begin), Op::Event(found)]);
+    assert_eq!(
+        u16::from_le_bytes([bytes[8], bytes[9]]),
+        format::FORMAT_VERSION
+    );
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert_eq!(got, [Record::Event(begin), Record::Event(found)]);
+
+    let mut line = Vec::new();
+    crate::output::json::write_event(&mut line, &found, 1_000).unwrap();
+    let line = String::from_utf8(line).unwrap();
+    assert!(line.contains(r#""kind":"tw_substate""#), "{line}");
+    assert!(line.contains(r#""found_by":"reconciliation""#), "{line}");
+
+    let mut engine = crate::engine::Engine::new(100);
+    let mut applier = RecordApplier::default();
+    for rec in &got {
+        applier.apply(&mut engine, rec);
+    }
+    let tw = engine.table.timewait(begin.sk).expect("still live");
+    assert_eq!(tw.substate, TcpState::TimeWait);
+    assert_eq!(engine.table.counters.silent_rearms, 1);
 }

@@ -2,8 +2,17 @@
 //! `NETLINK_SOCK_DIAG`, the interface `ss` uses. Sockets that existed before
 //! the probes attached never produce events; this dump is how they become
 //! known (at startup and on each reconciliation).
+//!
+//! It also answers narrower questions cheaply, for the timewait check of the
+//! live source (`source/timewait_check.rs`): one socket by its 4-tuple (a
+//! request without `NLM_F_DUMP`, many of them in one datagram), or a dump of
+//! some states only. For a timewait socket the kernel reports its substate
+//! (`tw_substate`) as the state, with `idiag_timer` 3.
 
-use std::os::unix::fs::MetadataExt;
+use std::{
+    net::IpAddr,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+};
 
 use anyhow::{Context, Result, bail};
 use netlink_packet_core::{
@@ -27,25 +36,193 @@ const RECV_BUF: usize = 64 * 1024;
 /// because the crate drops the value for the TIME_WAIT timer.
 const EXPIRES_OFFSET: usize = 4 + 48;
 
+/// Lookups sent in one datagram. Each answer is a datagram of its own that
+/// waits in the socket's receive buffer (`net.core.rmem_default`, 208 KiB,
+/// holds about 100 of them at ~2 KiB of kernel memory each) until read: 64
+/// stays well inside it, and already turns 64 system calls into one.
+pub const LOOKUP_BATCH: usize = 64;
+
+/// How long a reply may take before the request is given up (the kernel
+/// answers within microseconds; this only keeps a lost reply from stopping
+/// the loop).
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `INET_DIAG_NOCOOKIE`: a lookup that does not name a socket by cookie.
+const NO_COOKIE: u64 = u64::MAX;
+
+/// One socket to look up by its 4-tuple (local first, as sock_diag reports
+/// it), and optionally the cookie it had when last found: a socket with the
+/// same tuple but another cookie is a new one, reported [`Lookup::Gone`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TupleQuery {
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub cookie: Option<u64>,
+}
+
+/// What the kernel said about one [`TupleQuery`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// No socket has that tuple (`ENOENT`), or another socket than the
+    /// cookie names has it (`ESTALE`).
+    Gone,
+    /// The socket: its state (a timewait socket's substate), whether it is a
+    /// timewait socket, and its cookie.
+    Found {
+        state: TcpState,
+        timewait: bool,
+        cookie: u64,
+    },
+}
+
+/// A `NETLINK_SOCK_DIAG` socket. It answers for the network namespace it was
+/// opened in, whichever thread uses it later.
+pub struct DiagSocket {
+    socket: Socket,
+    netns: u32,
+    buf: Vec<u8>,
+    request: Vec<u8>,
+    seq: u32,
+}
+
+impl DiagSocket {
+    /// Opens one in the calling thread's network namespace.
+    pub fn open() -> Result<Self> {
+        let netns = current_netns()?;
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).context(
+            "opening a NETLINK_SOCK_DIAG socket: load the diag modules (`modprobe inet_diag tcp_diag`)",
+        )?;
+        socket.bind_auto().context(
+            "binding the NETLINK_SOCK_DIAG socket: check netlink is not restricted (seccomp/LSM)",
+        )?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .context("connecting the NETLINK_SOCK_DIAG socket to the kernel: check netlink is not restricted (seccomp/LSM)")?;
+        set_recv_timeout(&socket, REPLY_TIMEOUT)?;
+        Ok(Self {
+            socket,
+            netns,
+            buf: Vec::with_capacity(RECV_BUF),
+            request: Vec::new(),
+            seq: 0,
+        })
+    }
+
+    /// Inode of the network namespace it answers for.
+    pub fn netns(&self) -> u32 {
+        self.netns
+    }
+
+    fn next_seq(&mut self, n: usize) -> u32 {
+        let first = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(n as u32);
+        first
+    }
+
+    /// Every TCP socket of `family` whose state (a timewait socket's
+    /// substate) is in `states` (bit `1 << state`), appended to `out`.
+    pub fn dump(&mut self, family: u8, states: u32, out: &mut Vec<SeenSocket>) -> Result<()> {
+        let seq = self.next_seq(1);
+        let request = request_bytes(family, seq, states);
+        self.socket.send(&request, 0).context(
+            "sending the sock_diag dump request: check netlink is not restricted (seccomp/LSM)",
+        )?;
+        let netns = Some(self.netns);
+        loop {
+            self.recv("dump")?;
+            if parse_datagram(&self.buf, seq, netns, out)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Looks up each query by its tuple (requests without `NLM_F_DUMP`,
+    /// [`LOOKUP_BATCH`] to a datagram); `out` gets one answer per query, in
+    /// order.
+    pub fn lookup(&mut self, queries: &[TupleQuery], out: &mut Vec<Lookup>) -> Result<()> {
+        out.reserve(queries.len());
+        for batch in queries.chunks(LOOKUP_BATCH) {
+            let first = self.next_seq(batch.len());
+            self.request.clear();
+            for (i, q) in batch.iter().enumerate() {
+                append_lookup(&mut self.request, q, first.wrapping_add(i as u32));
+            }
+            self.socket.send(&self.request, 0).context(
+                "sending sock_diag lookups: check netlink is not restricted (seccomp/LSM)",
+            )?;
+            let base = out.len();
+            out.resize(base + batch.len(), Lookup::Gone);
+            let mut answered = 0;
+            while answered < batch.len() {
+                self.recv("lookup")?;
+                answered += parse_lookups(&self.buf, first, &mut out[base..])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One datagram into `self.buf`.
+    fn recv(&mut self, what: &str) -> Result<()> {
+        loop {
+            self.buf.clear();
+            let n = match self.socket.recv(&mut self.buf, libc::MSG_TRUNC) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "reading the sock_diag {what} reply: retry; check netlink is not restricted (seccomp/LSM)"
+                        )
+                    });
+                }
+            };
+            if n > self.buf.len() {
+                bail!(
+                    "sock_diag reply of {n} bytes truncated to {}: this is a tcptrace bug, please report it",
+                    self.buf.len()
+                );
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// `SO_RCVTIMEO` on a netlink socket.
+fn set_recv_timeout(socket: &Socket, timeout: std::time::Duration) -> Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid descriptor and a timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("setting a receive timeout on the NETLINK_SOCK_DIAG socket");
+    }
+    Ok(())
+}
+
 /// All TCP sockets (IPv4, then IPv6; every state) of the calling thread's
 /// network namespace, without owners.
 pub fn dump_tcp() -> Result<Vec<SeenSocket>> {
-    let netns = Some(current_netns()?);
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context(
-        "opening a NETLINK_SOCK_DIAG socket: load the diag modules (`modprobe inet_diag tcp_diag`)",
-    )?;
-    socket.bind_auto().context(
-        "binding the NETLINK_SOCK_DIAG socket: check netlink is not restricted (seccomp/LSM)",
-    )?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .context("connecting the NETLINK_SOCK_DIAG socket to the kernel: check netlink is not restricted (seccomp/LSM)")?;
-
+    let mut socket = DiagSocket::open()?;
     let mut out = Vec::new();
     // Separate AF_INET and AF_INET6 requests: each only reports sockets of
-    // its own family, so nothing is listed twice.
-    for (seq, family) in [(1u32, AF_INET), (2u32, AF_INET6)] {
-        dump_family(&socket, family, seq, netns, &mut out)?;
+    // its own family, so nothing is listed twice. Every state bit, like
+    // `ss -a`: includes NEW_SYN_RECV and any future state.
+    for family in [AF_INET, AF_INET6] {
+        socket.dump(family, u32::MAX, &mut out)?;
     }
     Ok(out)
 }
@@ -57,44 +234,114 @@ pub fn current_netns() -> Result<u32> {
     Ok(md.ino() as u32)
 }
 
-fn dump_family(
-    socket: &Socket,
-    family: u8,
-    seq: u32,
-    netns: Option<u32>,
-    out: &mut Vec<SeenSocket>,
-) -> Result<()> {
-    let request = request_bytes(family, seq);
-    socket.send(&request, 0).context(
-        "sending the sock_diag dump request: check netlink is not restricted (seccomp/LSM)",
-    )?;
-
-    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
-    loop {
-        buf.clear();
-        let n = match socket.recv(&mut buf, libc::MSG_TRUNC) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(e).context(
-                    "reading the sock_diag dump reply: retry; check netlink is not restricted (seccomp/LSM)",
-                );
-            }
-        };
-        if n > buf.len() {
-            bail!(
-                "sock_diag reply of {n} bytes truncated to {}: this is a tcptrace bug, please report it",
-                buf.len()
-            );
-        }
-        if parse_datagram(&buf, seq, netns, out)? {
-            return Ok(());
-        }
+/// The `AF_INET`/`AF_INET6` constant of a family.
+pub fn family_constant(family: Family) -> u8 {
+    match family {
+        Family::V4 => AF_INET,
+        Family::V6 => AF_INET6,
     }
 }
 
-/// An `inet_diag_req_v2` dump request for every TCP state of `family`.
-fn request_bytes(family: u8, seq: u32) -> Vec<u8> {
+/// Appends one exact-lookup request (no `NLM_F_DUMP`) for `q`.
+fn append_lookup(out: &mut Vec<u8>, q: &TupleQuery, seq: u32) {
+    let cookie = q.cookie.unwrap_or(NO_COOKIE);
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family: family_constant(q.family),
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::from_bits_retain(u32::MAX),
+            socket_id: SocketId {
+                source_port: q.sport,
+                destination_port: q.dport,
+                source_address: q.saddr,
+                destination_address: q.daddr,
+                interface_id: 0,
+                cookie: cookie_bytes(cookie),
+            },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let at = out.len();
+    out.resize(at + packet.buffer_len(), 0);
+    packet.serialize(&mut out[at..]);
+}
+
+/// `idiag_cookie[2]`: two host-order u32 words, low word first.
+fn cookie_bytes(cookie: u64) -> [u8; 8] {
+    let mut c = [0u8; 8];
+    c[..4].copy_from_slice(&(cookie as u32).to_ne_bytes());
+    c[4..].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+    c
+}
+
+fn cookie_of(c: &[u8; 8]) -> u64 {
+    u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        | u64::from(u32::from_ne_bytes([c[4], c[5], c[6], c[7]])) << 32
+}
+
+/// Parses the answers to lookups numbered from `first` in one datagram into
+/// `answers` (indexed by sequence number - `first`); returns how many it
+/// held. `ENOENT` and `ESTALE` are [`Lookup::Gone`]; another error fails.
+fn parse_lookups(buf: &[u8], first: u32, answers: &mut [Lookup]) -> Result<usize> {
+    let mut offset = 0;
+    let mut got = 0;
+    while offset < buf.len() {
+        let rest = &buf[offset..];
+        let nl = NetlinkBuffer::new_checked(rest).context(
+            "malformed sock_diag reply: this is a tcptrace or kernel bug, please report it",
+        )?;
+        let len = nl.length() as usize;
+        let bytes = &rest[..len];
+        offset += len.next_multiple_of(4);
+        let index = nl.sequence_number().wrapping_sub(first) as usize;
+        if index >= answers.len() {
+            continue;
+        }
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(bytes).context(
+            "undecodable sock_diag reply: this is a tcptrace or kernel bug, please report it",
+        )?;
+        match message.payload {
+            NetlinkPayload::Error(err) => match err.code.map(|c| -c.get()) {
+                Some(libc::ENOENT | libc::ESTALE) => {
+                    answers[index] = Lookup::Gone;
+                    got += 1;
+                }
+                Some(_) => {
+                    let io = err.to_io();
+                    bail!(
+                        "sock_diag lookup refused: {io}; load the TCP diag module (`modprobe tcp_diag`)"
+                    );
+                }
+                // An acknowledgement (none is asked for): not an answer.
+                None => {}
+            },
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
+                let h = &resp.header;
+                answers[index] = match TcpState::from_u8(h.state) {
+                    Some(state) => Lookup::Found {
+                        state,
+                        timewait: h.timer == Some(Timer::TimeWait),
+                        cookie: cookie_of(&h.socket_id.cookie),
+                    },
+                    None => Lookup::Gone,
+                };
+                got += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(got)
+}
+
+/// An `inet_diag_req_v2` dump request for the TCP sockets of `family` whose
+/// state is in `states` (bit `1 << state`).
+fn request_bytes(family: u8, seq: u32, states: u32) -> Vec<u8> {
     let socket_id = if family == AF_INET6 {
         SocketId::new_v6()
     } else {
@@ -109,8 +356,7 @@ fn request_bytes(family: u8, seq: u32) -> Vec<u8> {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            // Every bit, like `ss -a`: includes NEW_SYN_RECV and any future state.
-            states: StateFlags::from_bits_retain(u32::MAX),
+            states: StateFlags::from_bits_retain(states),
             socket_id,
         })
         .into(),
@@ -188,10 +434,7 @@ fn to_seen(resp: &InetResponse, expires_ms: u32, netns: Option<u32>) -> Option<S
         _ => return None,
     };
     let id = &h.socket_id;
-    // `idiag_cookie` is two host-order u32 words, low word first.
-    let c = id.cookie;
-    let cookie = u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-        | u64::from(u32::from_ne_bytes([c[4], c[5], c[6], c[7]])) << 32;
+    let cookie = cookie_of(&id.cookie);
     // `Timer::TimeWait` is `idiag_timer == 3`, set for every timewait socket
     // (substate TIME_WAIT or FIN_WAIT2).
     let timer_left_ms = (h.timer == Some(Timer::TimeWait)).then_some(expires_ms);
@@ -397,5 +640,378 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), n);
+    }
+
+    /// Looks `q` up until `ok` holds (2 s at most); the last answer.
+    fn lookup_until(sock: &mut DiagSocket, q: TupleQuery, ok: impl Fn(&Lookup) -> bool) -> Lookup {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let mut out = Vec::new();
+            sock.lookup(&[q], &mut out).unwrap();
+            if ok(&out[0]) || std::time::Instant::now() > deadline {
+                return out[0];
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn query_of(client: &std::net::TcpStream, cookie: Option<u64>) -> TupleQuery {
+        let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        TupleQuery {
+            family: if local.is_ipv4() {
+                Family::V4
+            } else {
+                Family::V6
+            },
+            saddr: local.ip(),
+            sport: local.port(),
+            daddr: peer.ip(),
+            dport: peer.port(),
+            cookie,
+        }
+    }
+
+    /// The client closes first: its socket becomes an orphan, then a
+    /// timewait socket in FIN_WAIT2; the server closes: the same timewait
+    /// socket (same cookie) is now TIME_WAIT. Another cookie, or a tuple
+    /// nobody has, is gone.
+    fn check_lookup_follows_an_orphan(ip: &str) {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let q = query_of(&client, None);
+        let mut sock = DiagSocket::open().unwrap();
+        assert_eq!(sock.netns(), current_netns().unwrap());
+        let open = lookup_until(&mut sock, q, |_| true);
+        assert!(
+            matches!(
+                open,
+                Lookup::Found {
+                    state: TcpState::Established,
+                    timewait: false,
+                    ..
+                }
+            ),
+            "{open:?}"
+        );
+        drop(client);
+        let fw2 = lookup_until(&mut sock, q, |l| {
+            matches!(
+                l,
+                Lookup::Found {
+                    state: TcpState::FinWait2,
+                    timewait: true,
+                    ..
+                }
+            )
+        });
+        let Lookup::Found {
+            state: TcpState::FinWait2,
+            timewait: true,
+            cookie,
+        } = fw2
+        else {
+            panic!("not an orphan in FIN_WAIT2: {fw2:?}");
+        };
+        drop(server);
+        let named = TupleQuery {
+            cookie: Some(cookie),
+            ..q
+        };
+        let tw = lookup_until(&mut sock, named, |l| {
+            matches!(
+                l,
+                Lookup::Found {
+                    state: TcpState::TimeWait,
+                    ..
+                }
+            )
+        });
+        assert_eq!(
+            tw,
+            Lookup::Found {
+                state: TcpState::TimeWait,
+                timewait: true,
+                cookie
+            },
+            "the same timewait socket, now TIME_WAIT"
+        );
+        let other = TupleQuery {
+            cookie: Some(cookie ^ 1),
+            ..q
+        };
+        let nobody = TupleQuery { sport: 1, ..q };
+        let mut out = Vec::new();
+        sock.lookup(&[other, nobody], &mut out).unwrap();
+        assert_eq!(out, [Lookup::Gone, Lookup::Gone]);
+
+        // More queries than one datagram holds: every answer in its place.
+        let queries: Vec<TupleQuery> = (0..LOOKUP_BATCH * 2 + 7)
+            .map(|i| if i % 3 == 0 { named } else { nobody })
+            .collect();
+        let mut out = Vec::new();
+        sock.lookup(&queries, &mut out).unwrap();
+        assert_eq!(out.len(), queries.len());
+        for (i, a) in out.iter().enumerate() {
+            if i % 3 == 0 {
+                assert!(
+                    matches!(
+                        a,
+                        Lookup::Found {
+                            state: TcpState::TimeWait,
+                            ..
+                        }
+                    ),
+                    "{i}: {a:?}"
+                );
+            } else {
+                assert_eq!(*a, Lookup::Gone, "{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_follows_an_orphan_ipv4() {
+        check_lookup_follows_an_orphan("127.0.0.1");
+    }
+
+    #[test]
+    fn lookup_follows_an_orphan_ipv6() {
+        check_lookup_follows_an_orphan("::1");
+    }
+
+    #[test]
+    fn dump_of_one_state_keeps_only_that_state() {
+        let conns = Conns::build_v4();
+        let mut sock = DiagSocket::open().unwrap();
+        let mut out = Vec::new();
+        sock.dump(AF_INET, 1 << TcpState::FinWait2 as u32, &mut out)
+            .unwrap();
+        assert!(out.iter().all(|s| s.state == TcpState::FinWait2), "{out:?}");
+        let mine = conns.matching(&out);
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert_eq!(mine[0].sport, conns.close_wait_client);
+    }
+
+    /// CPU time of the calling thread (the kernel's sock_diag work runs in
+    /// it: requests are handled in sendmsg, dumps in recvmsg).
+    fn thread_cpu_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    /// Median (CPU, wall) µs of `runs` calls of `f`.
+    fn cost(runs: usize, mut f: impl FnMut()) -> (u64, u64) {
+        let mut cpu = Vec::new();
+        let mut wall = Vec::new();
+        for _ in 0..runs {
+            let (c, w) = (thread_cpu_ns(), std::time::Instant::now());
+            f();
+            cpu.push((thread_cpu_ns() - c) / 1_000);
+            wall.push(w.elapsed().as_micros() as u64);
+        }
+        cpu.sort_unstable();
+        wall.sort_unstable();
+        (cpu[runs / 2], wall[runs / 2])
+    }
+
+    /// `n` orphans in FIN_WAIT2 (client closed first, server holds its
+    /// end), in a namespace of their own: the cost of asking after them by
+    /// tuple and by a dump of the FIN_WAIT2 state, then with every other
+    /// server closed, so about half moved to TIME_WAIT (the dump then leaves
+    /// those to look up). Numbers for docs/benchmarks.md.
+    fn measure(n: usize) {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut servers = Vec::with_capacity(n);
+        let mut queries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = TcpStream::connect(addr).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            queries.push(query_of(&c, None));
+            servers.push(s);
+        }
+        let mut sock = DiagSocket::open().unwrap();
+        let mut answers = Vec::with_capacity(n);
+        // Settled: every client in FIN_WAIT2. Most are timewait sockets; an
+        // orphan whose ACK arrived while close() still held its lock stays a
+        // full socket (`sock_owned_by_user()` in tcp_rcv_state_process).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            answers.clear();
+            sock.lookup(&queries, &mut answers).unwrap();
+            let settled = answers
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Lookup::Found {
+                            state: TcpState::FinWait2,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            if settled == n {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{settled} of {n} in FIN_WAIT2"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let timewait = answers
+            .iter()
+            .filter(|a| matches!(a, Lookup::Found { timewait: true, .. }))
+            .count();
+        let fw2 = 1u32 << TcpState::FinWait2 as u32;
+        let mut dumped = Vec::with_capacity(n);
+        let runs = 9;
+        let lookup_all = cost(runs, || {
+            answers.clear();
+            sock.lookup(&queries, &mut answers).unwrap();
+        });
+        let dump_fw2 = cost(runs, || {
+            dumped.clear();
+            sock.dump(AF_INET, fw2, &mut dumped).unwrap();
+        });
+        // Every other server closes: those orphans go to TIME_WAIT.
+        for s in servers.iter().step_by(2) {
+            s.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        let moved = |answers: &[Lookup]| {
+            answers
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Lookup::Found {
+                            state: TcpState::TimeWait,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        loop {
+            answers.clear();
+            sock.lookup(&queries, &mut answers).unwrap();
+            let still = answers
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Lookup::Found {
+                            state: TcpState::FinWait2,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            if still == n / 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{still} still in FIN_WAIT2"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let lookup_half = cost(runs, || {
+            answers.clear();
+            sock.lookup(&queries, &mut answers).unwrap();
+        });
+        let moved = moved(&answers);
+        // The dump, then lookups of those it did not list.
+        let hybrid = cost(runs, || {
+            dumped.clear();
+            sock.dump(AF_INET, fw2, &mut dumped).unwrap();
+            let listed: std::collections::HashSet<(u16, u16)> =
+                dumped.iter().map(|s| (s.sport, s.dport)).collect();
+            let absent: Vec<TupleQuery> = queries
+                .iter()
+                .filter(|q| !listed.contains(&(q.sport, q.dport)))
+                .copied()
+                .collect();
+            answers.clear();
+            sock.lookup(&absent, &mut answers).unwrap();
+        });
+        println!(
+            "n={n:>6} ({timewait} timewait)  all FIN_WAIT2: lookups cpu {} us wall {} us | dump(FIN_WAIT2) cpu {} us wall {} us  \
+             || {moved} moved to TIME_WAIT: lookups cpu {} us wall {} us | dump + lookups of the rest cpu {} us wall {} us",
+            lookup_all.0,
+            lookup_all.1,
+            dump_fw2.0,
+            dump_fw2.1,
+            lookup_half.0,
+            lookup_half.1,
+            hybrid.0,
+            hybrid.1
+        );
+        drop(servers);
+    }
+
+    #[test]
+    #[ignore = "measurement: cargo test -p tcptrace --lib -- --ignored --nocapture measure_"]
+    fn measure_lookup_and_dump_costs() {
+        let name = format!("tcptrace-measure-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(
+            Command::new("ip")
+                .args(["-n", &name, "link", "set", "lo", "up"])
+                .status()
+                .unwrap()
+                .success()
+        );
+        // A new namespace keeps at most half the ehash size of timewait
+        // sockets (orphans beyond are destroyed): the host's cap instead.
+        assert!(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &name,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.tcp_max_tw_buckets=131072"
+                ])
+                .status()
+                .unwrap()
+                .success()
+        );
+        // The servers hold 10,000 descriptors: the soft limit up to the hard one.
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid rlimit pointers; our own descriptor limit.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        assert!(
+            limit.rlim_cur > 10_100,
+            "needs 10,100 descriptors: {limit:?}"
+        );
+        let path = std::path::PathBuf::from(format!("/run/netns/{name}"));
+        for n in [100, 1_000, 10_000] {
+            crate::seed::in_namespace(&path, move || measure(n)).unwrap();
+        }
+        let _ = Command::new("ip").args(["netns", "delete", &name]).status();
     }
 }

@@ -1,14 +1,21 @@
 //! The live kernel as a [`Source`]: the ring buffer (copied out by the
 //! reader thread, decoded here), sock_diag snapshots of every namespace
 //! (through the user's filters), the kernel's loss counters, on the
-//! monotonic clock the kernel stamps events with.
+//! monotonic clock the kernel stamps events with; and the timewait sockets
+//! whose move from FIN_WAIT2 to TIME_WAIT no hook shows, checked about once
+//! a second ([`super::timewait_check`]) so that every command gets their
+//! `TwSubstate` events in the stream, through the user's filters.
 
 use std::sync::mpsc::Receiver;
 
 use anyhow::Result;
 use tcptrace_core::{clock::WallClock, decode, filter::UserFilter, model::Lost, record::Record};
 
-use super::{Source, SourceInfo, wait_real};
+use super::{
+    Source, SourceInfo,
+    timewait_check::{CheckCounters, KernelAsker, TimewaitCheck, thread_cpu_ns},
+    wait_real,
+};
 use crate::{clock::monotonic_ns, ebpf::Tracer, seed, session::Input};
 
 /// The loaded tracer and what snapshots need.
@@ -20,6 +27,8 @@ pub struct Live {
     last_lost: Lost,
     start_events: u64,
     decode_errors: u64,
+    timewait: TimewaitCheck,
+    asker: KernelAsker,
 }
 
 /// A sock_diag snapshot of every namespace, keeping what the filter keeps:
@@ -55,11 +64,45 @@ impl Live {
             realtime,
             clock: crate::clock::measure_wall_clock(),
             decode_errors: 0,
+            timewait: TimewaitCheck::new(monotonic_ns()),
+            asker: KernelAsker::new(),
         }
     }
 
     pub fn tracer(&self) -> &Tracer {
         &self.tracer
+    }
+
+    /// What the check of timewait sockets in FIN_WAIT2 did so far.
+    pub fn timewait_counters(&self) -> CheckCounters {
+        self.timewait.counters
+    }
+
+    /// The check of timewait sockets in FIN_WAIT2, when due: each one found
+    /// in TIME_WAIT that passes the user's filter (the kernel's never saw
+    /// it) goes to `f`.
+    fn check_timewait(&mut self, f: &mut dyn FnMut(Record)) {
+        if !self.timewait.is_due(monotonic_ns()) {
+            return;
+        }
+        let cpu = thread_cpu_ns();
+        let filter = self.user_filter;
+        self.timewait
+            .run(&mut self.asker, &mut monotonic_ns, &mut |e| {
+                if filter.matches_event(&e) {
+                    f(Record::Event(e));
+                }
+            });
+        let spent = thread_cpu_ns().saturating_sub(cpu) + self.asker.take_other_threads_cpu_ns();
+        self.timewait.add_cpu(spent);
+        let c = &self.timewait.counters;
+        log::debug!(
+            "timewait check {}: {} in FIN_WAIT2 followed, {} found in TIME_WAIT so far, {} us of CPU",
+            c.checks,
+            self.timewait.followed(),
+            c.found,
+            spent / 1_000
+        );
     }
 }
 
@@ -94,8 +137,12 @@ impl Source for Live {
 
     fn drain(&mut self, f: &mut dyn FnMut(Record)) {
         let errors = &mut self.decode_errors;
+        let timewait = &mut self.timewait;
         self.tracer.drain(|bytes| match decode::decode(bytes) {
-            Ok(e) => f(Record::Event(e)),
+            Ok(e) => {
+                timewait.observe(&e);
+                f(Record::Event(e));
+            }
             Err(err) => {
                 if *errors == 0 {
                     crate::say!("undecodable event ({err}); counting further ones");
@@ -104,6 +151,7 @@ impl Source for Live {
             }
         });
         self.tracer.flush_logs();
+        self.check_timewait(f);
     }
 
     fn sockets(&mut self) -> Result<Option<Record>> {

@@ -1,7 +1,9 @@
 //! Where the loop's records come from, behind one trait so that the loop
 //! ([`crate::session`]) and every command are the same whatever feeds them:
-//! - [`Live`]: the kernel (the ring buffer, decoded), sock_diag snapshots
-//!   and the kernel's loss counters, on the real clock;
+//! - [`Live`]: the kernel (the ring buffer, decoded, with the timewait
+//!   sockets no hook shows moving to TIME_WAIT found by
+//!   [`timewait_check`]), sock_diag snapshots and the kernel's loss
+//!   counters, on the real clock;
 //! - [`Recording`]: a recording played against a virtual clock
 //!   (`top --from`);
 //! - [`Scripted`]: records, snapshots, losses and inputs at set times on a
@@ -10,6 +12,7 @@
 mod live;
 pub mod recording;
 pub mod scripted;
+pub mod timewait_check;
 
 use std::sync::mpsc::Receiver;
 

@@ -332,6 +332,24 @@ pub fn leak_close_wait(listener: &TcpListener, port: u16, n: usize, held: &mut V
     }
 }
 
+/// `n` connections to `listener` whose client closes first: each client
+/// socket becomes an orphan, then a timewait socket in FIN_WAIT2, while the
+/// server's end (returned, with the clients' ports) stays in CLOSE_WAIT.
+/// Dropping a server end moves its orphan to TIME_WAIT, usually without a
+/// timer tracepoint (the re-arm stays in its timer-wheel bucket).
+pub fn orphans(listener: &TcpListener, port: u16, n: usize) -> (Vec<TcpStream>, Vec<u16>) {
+    let mut servers = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        ports.push(c.local_addr().unwrap().port());
+        drop(c);
+        servers.push(s);
+    }
+    (servers, ports)
+}
+
 /// `n` client-side TIME_WAIT sockets to `port`: the client shuts down
 /// first, the server closes on EOF (the client socket stays open, so it goes
 /// straight to TIME_WAIT, not through an orphan's FIN_WAIT2).
