@@ -3,7 +3,7 @@
 
 use std::{
     cell::Cell,
-    net::{IpAddr, Ipv4Addr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     time::Instant,
 };
 
@@ -303,22 +303,6 @@ fn beyond_the_cap_sockets_are_counted_not_followed() {
 
 // ------------------------------------------------------------ the kernel
 
-/// A begin event as the hooks report an orphan: `client` closed, its
-/// timewait socket at a made-up address, in namespace `netns`.
-fn begin_of(client: &TcpStream, sk: u64, netns: u32) -> Event {
-    let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
-    Event {
-        ts_ns: crate::clock::monotonic_ns(),
-        saddr: local.ip(),
-        sport: local.port(),
-        daddr: peer.ip(),
-        dport: peer.port(),
-        netns: Some(netns),
-        owner: Some(owner(std::process::id())),
-        ..begin(0, sk, 0)
-    }
-}
-
 /// Checks until `done` holds for what was emitted (2 s at most).
 fn check_until(
     c: &mut TimewaitCheck,
@@ -336,45 +320,67 @@ fn check_until(
     }
 }
 
+/// A connection to `listener` whose client closed first, once the kernel
+/// holds the client's orphan as a timewait socket in FIN_WAIT2 (checked in
+/// the calling thread's namespace): the client's local and peer addresses
+/// and the server's end. An orphan whose ACK arrived while close() still
+/// held its lock stays a full socket in FIN_WAIT2 (rarely): another one is
+/// made then.
+fn timewait_orphan(listener: &TcpListener) -> (SocketAddr, SocketAddr, TcpStream) {
+    let mut sock = DiagSocket::open().unwrap();
+    for _ in 0..10 {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        let q = TupleQuery {
+            family: Family::V4,
+            saddr: local.ip(),
+            sport: local.port(),
+            daddr: peer.ip(),
+            dport: peer.port(),
+            cookie: None,
+        };
+        drop(client);
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let mut answer = Vec::new();
+            sock.lookup(&[q], &mut answer).unwrap();
+            match answer[0] {
+                Lookup::Found {
+                    state: TcpState::FinWait2,
+                    timewait,
+                    ..
+                } => {
+                    if timewait {
+                        return (local, peer, server);
+                    }
+                    break;
+                }
+                other => assert!(Instant::now() < deadline, "no orphan: {other:?}"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    panic!("no orphan became a timewait socket in 10 tries");
+}
+
 /// The client closes first: its orphan sits in FIN_WAIT2 and the check
 /// finds nothing; the server closes: the check finds it in TIME_WAIT.
 fn orphan_found_in_time_wait(netns: u32, asker: &mut KernelAsker) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
-    let b = begin_of(&client, 0xffff_0000_0000_0a00, netns);
-    drop(client);
+    let (local, peer, server) = timewait_orphan(&listener);
+    let b = Event {
+        ts_ns: crate::clock::monotonic_ns(),
+        saddr: local.ip(),
+        sport: local.port(),
+        daddr: peer.ip(),
+        dport: peer.port(),
+        netns: Some(netns),
+        owner: Some(owner(std::process::id())),
+        ..begin(0, 0xffff_0000_0000_0a00, 0)
+    };
     let mut c = TimewaitCheck::new(0);
     c.observe(&b);
-    // Until the kernel has it as a timewait socket in FIN_WAIT2.
-    let deadline = Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let mut q = vec![];
-        let f = Followed {
-            last: b,
-            known_ns: 0,
-            cookie: None,
-        };
-        let ok = asker
-            .ask(netns, Some(std::process::id()), &[f.query()])
-            .unwrap()
-            .is_some_and(|a| {
-                q = a;
-                matches!(
-                    q[0],
-                    Lookup::Found {
-                        state: TcpState::FinWait2,
-                        timewait: true,
-                        ..
-                    }
-                )
-            });
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no orphan in FIN_WAIT2: {q:?}");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
     let out = check_until(&mut c, asker, |_| true);
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(c.followed(), 1);
@@ -454,10 +460,7 @@ fn finds_a_real_orphan_in_time_wait_in_another_namespace() {
             // Run the whole scenario with the asker outside: hand the
             // sockets' lifecycle to the caller through channels.
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (server, _) = listener.accept().unwrap();
-            let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
-            drop(client);
+            let (local, peer, server) = timewait_orphan(&listener);
             ready_tx.send((local, peer)).unwrap();
             rx.recv().unwrap();
             drop(server);
@@ -479,32 +482,6 @@ fn finds_a_real_orphan_in_time_wait_in_another_namespace() {
     let mut asker = KernelAsker::new();
     let mut c = TimewaitCheck::new(0);
     c.observe(&b);
-    let deadline = Instant::now() + std::time::Duration::from_secs(2);
-    while asker
-        .ask(
-            inode,
-            None,
-            &[Followed {
-                last: b,
-                known_ns: 0,
-                cookie: None,
-            }
-            .query()],
-        )
-        .unwrap()
-        .is_none_or(|a| {
-            !matches!(
-                a[0],
-                Lookup::Found {
-                    state: TcpState::FinWait2,
-                    ..
-                }
-            )
-        })
-    {
-        assert!(Instant::now() < deadline, "no orphan in the namespace");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
     assert!(check_until(&mut c, &mut asker, |_| true).is_empty());
     tx.send(()).unwrap();
     let out = check_until(&mut c, &mut asker, |out| !out.is_empty());
