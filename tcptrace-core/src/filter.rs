@@ -4,7 +4,7 @@
 
 use tcptrace_common::Filter;
 
-use crate::model::{Event, Family, SeenSocket};
+use crate::model::{Event, Family, SeenSocket, TcpState};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UserFilter(pub Filter);
@@ -16,6 +16,27 @@ fn in_list(list: &[u16], n: u32, a: u16, b: Option<u16>) -> bool {
 }
 
 impl UserFilter {
+    /// The filter to load in the kernel: the user's, except that asking for
+    /// TIME_WAIT also lets FIN_WAIT2 through. An orphaned socket's timewait
+    /// socket begins in FIN_WAIT2 and moves to TIME_WAIT with no hook: the
+    /// live source must see its begin to follow it (and report the move);
+    /// what the user did not ask for is dropped in userspace
+    /// ([`Self::narrows`]).
+    pub fn kernel_filter(&self) -> Filter {
+        let mut f = self.0;
+        let tw = 1u32 << TcpState::TimeWait as u32;
+        if f.state_mask & tw != 0 {
+            f.state_mask |= 1 << TcpState::FinWait2 as u32;
+        }
+        f
+    }
+
+    /// Whether the kernel's filter lets through more than this one (its
+    /// events must go through [`Self::matches_event`] in userspace).
+    pub fn narrows(&self) -> bool {
+        self.kernel_filter() != self.0
+    }
+
     /// The kernel filter's rule for an event: the family, the old or the
     /// new state, the owner (pid, command), the ports.
     pub fn matches_event(&self, e: &Event) -> bool {
@@ -110,6 +131,19 @@ mod tests {
             timer_left_ms: None,
             cookie: 0,
         }
+    }
+
+    #[test]
+    fn asking_for_time_wait_lets_fin_wait2_through_the_kernel_only() {
+        let mut f = Filter::default();
+        f.state_mask = 1 << TcpState::TimeWait as u32;
+        let user = UserFilter(f);
+        assert!(user.narrows());
+        let k = user.kernel_filter();
+        assert_ne!(k.state_mask & (1 << TcpState::FinWait2 as u32), 0);
+        f.state_mask = 1 << TcpState::CloseWait as u32;
+        assert!(!UserFilter(f).narrows());
+        assert!(!UserFilter::default().narrows());
     }
 
     #[test]

@@ -948,6 +948,7 @@ fn usage(msg: impl Into<String>) -> UsageError {
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
     pub load: LoadOptions,
+    pub user_filter: tcptrace_core::filter::UserFilter,
     pub json: bool,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
@@ -1005,7 +1006,10 @@ impl FilterArgs {
 }
 
 impl KernelArgs {
+    /// `filter` is the user's; the kernel gets
+    /// [`tcptrace_core::filter::UserFilter::kernel_filter`] of it.
     pub fn to_load_options(&self, filter: Filter) -> Result<LoadOptions, UsageError> {
+        let filter = tcptrace_core::filter::UserFilter(filter).kernel_filter();
         if self.ring_size == 0 || !self.ring_size.is_power_of_two() || self.ring_size > 1024 {
             return Err(usage(format!(
                 "--ring-size {} is not a power of two between 1 and 1024 (MiB)",
@@ -1044,6 +1048,7 @@ impl TraceArgs {
         }
         Ok(TraceConfig {
             load: self.kernel.to_load_options(filter)?,
+            user_filter: tcptrace_core::filter::UserFilter(filter),
             json: self.json,
             duration: duration(self.duration)?,
             count: self.count,

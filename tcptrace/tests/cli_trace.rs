@@ -358,3 +358,53 @@ fn client_closes_first_connections_are_all_shown_as_time_wait_within_3_s() {
     let (status, _, _) = trace.wait(Duration::from_secs(30));
     assert!(status.success());
 }
+
+/// `--state TIME_WAIT` still shows orphans becoming TIME_WAIT (their begin
+/// is FIN_WAIT2 -> FIN_WAIT2: the kernel's filter lets it through so the
+/// live check can follow them), and nothing the user did not ask for.
+#[test]
+fn state_time_wait_follows_orphans_and_prints_only_time_wait() {
+    const N: usize = 10;
+    let (listener, port) = free_listener();
+    let p = port.to_string();
+    let trace = Streaming::start(&["trace", "--json", "--port", &p, "--state", "TIME_WAIT"]);
+    Streaming::wait_line(
+        &trace.err,
+        &mut Vec::new(),
+        "the banner",
+        Duration::from_secs(30),
+        |l| l.contains("tracing TCP state changes"),
+    );
+    let (servers, ports) = common::orphans(&listener, port, N);
+    common::wait_for("the orphans in FIN_WAIT2", Duration::from_secs(30), || {
+        common::ss_count("fin-wait-2", port, None) == N
+    });
+    let ours = |v: &serde_json::Value| {
+        v["sport"]
+            .as_u64()
+            .is_some_and(|p| ports.contains(&(p as u16)))
+    };
+    drop(servers);
+    let mut seen = Vec::new();
+    let mut shown = std::collections::HashSet::new();
+    read_until(
+        &trace.out,
+        &mut seen,
+        Instant::now() + Duration::from_secs(5),
+        |v| {
+            if ours(v) && shows_time_wait(v) {
+                shown.insert(v["sport"].as_u64());
+            }
+            shown.len() == N
+        },
+    );
+    assert_eq!(shown.len(), N, "{seen:#?}");
+    assert!(
+        seen.iter()
+            .all(|v| v["old"] == "TIME_WAIT" || v["new"] == "TIME_WAIT"),
+        "only what was asked for: {seen:#?}"
+    );
+    trace.signal(libc::SIGINT);
+    let (status, _, _) = trace.wait(Duration::from_secs(30));
+    assert!(status.success());
+}

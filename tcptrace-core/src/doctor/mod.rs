@@ -144,10 +144,7 @@ impl Observation {
                 let before = match &self.facts_start {
                     // A namespace first seen at the end was created during
                     // the window (its counters started at 0 then).
-                    Some(start) => start
-                        .namespaces
-                        .get(&ns)
-                        .map_or(Some(0), |f| f.tw_overflow),
+                    Some(start) => start.namespaces.get(&ns).map_or(Some(0), |f| f.tw_overflow),
                     None => None,
                 };
                 // Nothing known at the start: no rise can be told.

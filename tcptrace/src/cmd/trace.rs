@@ -10,7 +10,6 @@ use std::{
 use anyhow::Result;
 use tcptrace_core::{
     clock::WallClock,
-    filter::UserFilter,
     model::{Event, EventKind, Lost},
     output::{json, text},
     record::Record,
@@ -154,7 +153,7 @@ pub fn run(cfg: TraceConfig) -> Result<ExitCode> {
     let edges = Edges::install()?;
     let mut source = Live::new(
         Tracer::load(&cfg.load)?,
-        UserFilter::default(),
+        cfg.user_filter,
         cfg.load.realtime_drain,
     );
     let out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());

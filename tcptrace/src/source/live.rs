@@ -138,10 +138,16 @@ impl Source for Live {
     fn drain(&mut self, f: &mut dyn FnMut(Record)) {
         let errors = &mut self.decode_errors;
         let timewait = &mut self.timewait;
+        // The kernel's filter may be wider than the user's (see
+        // `UserFilter::kernel_filter`): the check follows what it lets
+        // through, the stream carries what the user asked for.
+        let narrow = self.user_filter.narrows().then_some(self.user_filter);
         self.tracer.drain(|bytes| match decode::decode(bytes) {
             Ok(e) => {
                 timewait.observe(&e);
-                f(Record::Event(e));
+                if narrow.is_none_or(|u| u.matches_event(&e)) {
+                    f(Record::Event(e));
+                }
             }
             Err(err) => {
                 if *errors == 0 {
