@@ -135,8 +135,10 @@ mod tests {
 
     #[test]
     fn asking_for_time_wait_lets_fin_wait2_through_the_kernel_only() {
-        let mut f = Filter::default();
-        f.state_mask = 1 << TcpState::TimeWait as u32;
+        let mut f = Filter {
+            state_mask: 1 << TcpState::TimeWait as u32,
+            ..Filter::default()
+        };
         let user = UserFilter(f);
         assert!(user.narrows());
         let k = user.kernel_filter();
