@@ -33,8 +33,15 @@ pub struct KernelOffsets {
     pub skc_net: u32,
     /// `struct net.ns.inum`.
     pub net_ns_inum: u32,
+    /// `struct net.ns.__ns_ref` (`ns.count` before 6.18): the namespace's
+    /// reference count, 0 while it is torn down. 0 here when BTF has
+    /// neither: purges are then told as kills.
+    pub net_ns_ref: u32,
     /// `struct sock.sk_protocol` (u16).
     pub sk_protocol: u32,
+    /// `struct sock.sk_err` (int): set by an RST or a hard error before the
+    /// socket goes to CLOSE.
+    pub sk_err: u32,
     /// `struct inet_sock.inet_sport` (big endian u16).
     pub inet_sport: u32,
     /// `struct task_struct.files`.

@@ -52,17 +52,29 @@ impl EventKind {
     }
 }
 
-/// Why a timewait socket ended ([`RawEvent::reason`] of a [`EventKind::TwEnd`]).
+/// Why a timewait socket ended ([`RawEvent::reason`] of a [`EventKind::TwEnd`]),
+/// or, in a [`EventKind::Transition`] to CLOSE, that none was made
+/// ([`TwEndReason::Overflow`]). Ids are never reused: retire, don't renumber.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TwEndReason {
-    /// Not a `TwEnd` event.
+    /// Not a `TwEnd` event (and a transition with nothing to tell).
     None = 0,
     /// The timer ran out (`tw_timer_handler`): the normal end after ~60 s.
     Expired = 1,
-    /// The timer was cancelled and not re-armed: RST, reuse by a new connect,
-    /// or namespace teardown.
+    /// The timer was cancelled and not re-armed, for none of the reasons
+    /// below: an RST or a SYN the timewait socket answered, for instance.
     Killed = 2,
+    /// A connect() took the timewait socket's 4-tuple over (`tcp_tw_reuse`):
+    /// `link` is the connecting socket, [`RawEvent::reused_by`] its task.
+    Reused = 3,
+    /// The network namespace is being torn down (`inet_twsk_purge()`).
+    Purged = 4,
+    /// Transitions only: the socket left FIN_WAIT2 or CLOSING for CLOSE
+    /// with no timewait socket in its place and no error: `tcp_time_wait()`
+    /// could not allocate one (`tcp_max_tw_buckets` reached, or out of
+    /// memory; the kernel counts TCPTimeWaitOverflow).
+    Overflow = 5,
 }
 
 impl TwEndReason {
@@ -71,6 +83,9 @@ impl TwEndReason {
             0 => Self::None,
             1 => Self::Expired,
             2 => Self::Killed,
+            3 => Self::Reused,
+            4 => Self::Purged,
+            5 => Self::Overflow,
             _ => return None,
         })
     }
@@ -98,7 +113,11 @@ pub mod event_flags {
 ///   `old` the state of the full socket `link` it replaced (0 if not linked).
 /// - `TwRearm`: `new` the substate now; `prev_ns` time since `TwBegin`.
 /// - `TwEnd`: `old` the substate at the end, `new` = CLOSE, `reason` why,
-///   `prev_ns` = time spent as a timewait socket.
+///   `prev_ns` = time spent as a timewait socket; when `reason` is
+///   [`TwEndReason::Reused`], `link` the connecting socket (LINKED) and
+///   `reused_by` the tgid of the task whose connect() reused it.
+/// - `Transition` to CLOSE: `reason` is [`TwEndReason::Overflow`] when the
+///   socket should have become a timewait socket and none was made.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawEvent {
@@ -121,7 +140,9 @@ pub struct RawEvent {
     pub daddr: [u8; 16],
     pub comm: [u8; 16],
     pub reason: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// `TwEnd` with [`TwEndReason::Reused`]: tgid of the reusing task (0 otherwise).
+    pub reused_by: u32,
 }
 
 impl RawEvent {
@@ -148,7 +169,8 @@ impl RawEvent {
             daddr: [0; 16],
             comm: [0; 16],
             reason: 0,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            reused_by: 0,
         }
     }
 }

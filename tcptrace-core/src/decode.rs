@@ -1,13 +1,18 @@
 //! Bytes from the ring buffer -> [`Event`] or a typed [`DecodeError`]. Pure.
 //!
 //! The wire format is [`tcptrace_common::RawEvent`]: fixed 120-byte records,
-//! native endian, documented there.
+//! native endian, documented there. A record names the process that reused
+//! a timewait socket by pid only; [`ReuserNames`] adds its name.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    mem,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use tcptrace_common::{RawEvent, event_flags, family};
+use rustc_hash::FxHashMap;
+use tcptrace_common::{RawEvent, TwEndReason as WireReason, event_flags, family};
 
-use crate::model::{Comm, Event, EventKind, Family, Owner, TcpState, TwEndReason};
+use crate::model::{Comm, Event, EventKind, Family, Owner, Reuser, TcpState, TwEndReason};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -73,13 +78,7 @@ pub fn from_raw(r: &RawEvent) -> Result<Event, DecodeError> {
         v => Some(state(v)?),
     };
     let new = state(r.new)?;
-    let reason = match kind {
-        EventKind::TwEnd => match TwEndReason::from_u8(r.reason) {
-            Some(TwEndReason::None) | None => return Err(DecodeError::Reason(r.reason)),
-            Some(reason) => Some(reason),
-        },
-        _ => None,
-    };
+    let reason = reason(kind, new, r)?;
     let owner = (r.flags & event_flags::OWNER_KNOWN != 0).then_some(Owner {
         pid: r.tgid,
         tid: r.tid,
@@ -104,6 +103,52 @@ pub fn from_raw(r: &RawEvent) -> Result<Event, DecodeError> {
         prev_ns: (r.flags & event_flags::PREV_KNOWN != 0).then_some(r.prev_ns),
         reason,
     })
+}
+
+/// The reason byte of a record of `kind` entering `new`: required in a
+/// `TwEnd` (expired, killed, reused with its process, purged), optional in a
+/// transition to CLOSE (overflow), ignored in other kinds.
+fn reason(
+    kind: EventKind,
+    new: TcpState,
+    r: &RawEvent,
+) -> Result<Option<TwEndReason>, DecodeError> {
+    let bad = DecodeError::Reason(r.reason);
+    let wire = match kind {
+        EventKind::TwEnd | EventKind::Transition => WireReason::from_u8(r.reason).ok_or(bad)?,
+        _ => return Ok(None),
+    };
+    Ok(match (kind, wire) {
+        (EventKind::TwEnd, WireReason::Expired) => Some(TwEndReason::Expired),
+        (EventKind::TwEnd, WireReason::Killed) => Some(TwEndReason::Killed),
+        (EventKind::TwEnd, WireReason::Reused) => Some(TwEndReason::Reused {
+            by: (r.reused_by != 0).then_some(Reuser {
+                pid: r.reused_by,
+                comm: None,
+            }),
+        }),
+        (EventKind::TwEnd, WireReason::Purged) => Some(TwEndReason::Purged),
+        (EventKind::Transition, WireReason::None) => None,
+        (EventKind::Transition, WireReason::Overflow) if new == TcpState::Close => {
+            Some(TwEndReason::Overflow)
+        }
+        _ => return Err(DecodeError::Reason(r.reason)),
+    })
+}
+
+/// The wire byte of a reason, and the reuser's pid (0 if none).
+pub fn reason_to_wire(reason: Option<TwEndReason>) -> (u8, u32) {
+    let wire = match reason {
+        None => WireReason::None,
+        Some(TwEndReason::Expired) => WireReason::Expired,
+        Some(TwEndReason::Killed) => WireReason::Killed,
+        Some(TwEndReason::Reused { by }) => {
+            return (WireReason::Reused as u8, by.map_or(0, |b| b.pid));
+        }
+        Some(TwEndReason::Purged) => WireReason::Purged,
+        Some(TwEndReason::Overflow) => WireReason::Overflow,
+    };
+    (wire as u8, 0)
 }
 
 /// The inverse of [`from_raw`], for tests and synthetic sources.
@@ -148,8 +193,74 @@ pub fn to_raw(e: &Event) -> RawEvent {
         r.prev_ns = p;
         r.flags |= event_flags::PREV_KNOWN;
     }
-    r.reason = e.reason.map_or(0, |x| x as u8);
+    (r.reason, r.reused_by) = reason_to_wire(e.reason);
     r
+}
+
+/// Names the process in a reused timewait socket's
+/// [`TwEndReason::Reused`], which a kernel record carries as a pid only:
+/// the reusing socket's CLOSE -> SYN_SENT came first (connect() enters
+/// SYN_SENT, then takes the 4-tuple over), and its owner is the task that
+/// called connect(). Keeps the owners of the last connects (two generations
+/// of at most [`ReuserNames::GENERATION`] sockets: bounded, O(1) per event).
+#[derive(Debug, Default)]
+pub struct ReuserNames {
+    recent: FxHashMap<u64, (u32, Comm)>,
+    older: FxHashMap<u64, (u32, Comm)>,
+}
+
+impl ReuserNames {
+    pub const GENERATION: usize = 4096;
+
+    /// Call with every event, in order: remembers connects and names the
+    /// reuser of a reused timewait socket. Returns the pid of a reuser left
+    /// unnamed (its connect was filtered out, or came before the tracer),
+    /// for the caller to look up elsewhere (`/proc`) and [`name`](Self::name).
+    pub fn observe(&mut self, e: &mut Event) -> Option<u32> {
+        match (e.kind, e.old, e.new, &mut e.reason) {
+            (EventKind::Transition, Some(TcpState::Close), TcpState::SynSent, _) => {
+                if let Some(o) = e.owner {
+                    if self.recent.len() >= Self::GENERATION {
+                        self.older = mem::take(&mut self.recent);
+                    }
+                    self.recent.insert(e.sk, (o.pid, o.comm));
+                }
+                None
+            }
+            (
+                EventKind::TwEnd,
+                _,
+                _,
+                Some(TwEndReason::Reused {
+                    by: Some(Reuser { pid, comm }),
+                }),
+            ) if comm.is_none() => {
+                let connect = e
+                    .link
+                    .and_then(|sk| self.recent.get(&sk).or_else(|| self.older.get(&sk)));
+                match connect {
+                    Some(&(owner, name)) if owner == *pid => {
+                        *comm = Some(name);
+                        None
+                    }
+                    _ => Some(*pid),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Names the reuser of `e` (a reused `TwEnd` whose reuser has no name).
+    pub fn name(e: &mut Event, comm: Comm) {
+        if let Some(TwEndReason::Reused {
+            by: Some(Reuser {
+                comm: name @ None, ..
+            }),
+        }) = &mut e.reason
+        {
+            *name = Some(comm);
+        }
+    }
 }
 
 /// The bytes of a raw event, as the kernel writes them.
@@ -164,10 +275,10 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use proptest::{option, prelude::*, sample::select};
-    use tcptrace_common::{RawEvent, event_flags, family, tcp_state};
+    use tcptrace_common::{RawEvent, TwEndReason as Wire, event_flags, family, tcp_state};
 
     use super::*;
-    use crate::model::{Comm, Event, EventKind, Family, Owner, TcpState, TwEndReason};
+    use crate::model::{Comm, Event, EventKind, Family, Owner, Reuser, TcpState, TwEndReason};
 
     /// A hand-built (not `to_raw`-built) IPv4 transition with every optional part known.
     fn raw_v4_transition() -> RawEvent {
@@ -303,16 +414,168 @@ mod tests {
         assert_eq!(decode_raw(&r).expect("valid record").old, None);
     }
 
-    #[test]
-    fn tw_end_decodes_expired_and_killed_reasons() {
+    fn raw_tw_end(reason: Wire) -> RawEvent {
         let mut r = raw_v4_transition();
         r.kind = EventKind::TwEnd as u32;
         r.old = tcp_state::TIME_WAIT;
         r.new = tcp_state::CLOSE;
-        r.reason = TwEndReason::Expired as u8;
-        assert_eq!(decode_raw(&r).unwrap().reason, Some(TwEndReason::Expired));
-        r.reason = TwEndReason::Killed as u8;
+        r.reason = reason as u8;
+        r
+    }
+
+    #[test]
+    fn tw_end_decodes_expired_killed_and_purged_reasons() {
+        for (wire, model) in [
+            (Wire::Expired, TwEndReason::Expired),
+            (Wire::Killed, TwEndReason::Killed),
+            (Wire::Purged, TwEndReason::Purged),
+        ] {
+            let r = raw_tw_end(wire);
+            assert_eq!(decode_raw(&r).unwrap().reason, Some(model), "{wire:?}");
+            assert_eq!(to_raw(&decode_raw(&r).unwrap()).reason, wire as u8);
+        }
+    }
+
+    #[test]
+    fn tw_end_reused_carries_the_reusing_pid_and_socket() {
+        let mut r = raw_tw_end(Wire::Reused);
+        r.reused_by = 9_999;
+        r.link = 0xffff_8880_0000_7000;
+        r.flags |= event_flags::LINKED;
+        let e = decode_raw(&r).unwrap();
+        assert_eq!(
+            e.reason,
+            Some(TwEndReason::Reused {
+                by: Some(Reuser {
+                    pid: 9_999,
+                    comm: None
+                })
+            })
+        );
+        assert_eq!(e.link, Some(0xffff_8880_0000_7000));
+        let back = to_raw(&e);
+        assert_eq!(back.reused_by, 9_999);
+        assert_eq!(back.reason, Wire::Reused as u8);
+
+        r.reused_by = 0;
+        assert_eq!(decode_raw(&r).unwrap().reason, Some(TwEndReason::REUSED));
+    }
+
+    #[test]
+    fn reused_by_is_ignored_unless_reused() {
+        let mut r = raw_tw_end(Wire::Killed);
+        r.reused_by = 77;
         assert_eq!(decode_raw(&r).unwrap().reason, Some(TwEndReason::Killed));
+        assert_eq!(to_raw(&decode_raw(&r).unwrap()).reused_by, 0);
+    }
+
+    #[test]
+    fn overflow_marks_a_transition_to_close_only() {
+        let mut r = raw_v4_transition();
+        r.old = tcp_state::FIN_WAIT2;
+        r.new = tcp_state::CLOSE;
+        r.reason = Wire::Overflow as u8;
+        let e = decode_raw(&r).unwrap();
+        assert_eq!(e.kind, EventKind::Transition);
+        assert_eq!(e.reason, Some(TwEndReason::Overflow));
+        assert_eq!(to_raw(&e).reason, Wire::Overflow as u8);
+        // Not to CLOSE, not a transition's reason, not a timewait end's.
+        r.new = tcp_state::TIME_WAIT;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Reason(5)));
+        r.new = tcp_state::CLOSE;
+        r.reason = Wire::Killed as u8;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Reason(2)));
+        assert_eq!(
+            decode_raw(&raw_tw_end(Wire::Overflow)),
+            Err(DecodeError::Reason(5))
+        );
+    }
+
+    #[test]
+    fn other_kinds_ignore_the_reason_byte() {
+        let mut r = raw_v4_transition();
+        r.kind = EventKind::TwBegin as u32;
+        r.reason = 200;
+        assert_eq!(decode_raw(&r).unwrap().reason, None);
+    }
+
+    /// `reused_by` sits in the last 4 bytes, after the reason and 3 padding bytes.
+    #[test]
+    fn reused_by_is_at_wire_offset_116() {
+        let mut r = raw_tw_end(Wire::Reused);
+        r.reused_by = 0x0102_0304;
+        let b = raw_bytes(&r);
+        assert_eq!(b[112], Wire::Reused as u8);
+        assert_eq!(&b[113..116], &[0, 0, 0]);
+        assert_eq!(b[116..120], 0x0102_0304u32.to_ne_bytes());
+    }
+
+    fn connect(sk: u64, pid: u32, name: &str) -> Event {
+        let mut r = raw_v4_transition();
+        r.sk = sk;
+        r.old = tcp_state::CLOSE;
+        r.new = tcp_state::SYN_SENT;
+        r.tgid = pid;
+        r.comm = Comm::from_name(name).0;
+        decode_raw(&r).unwrap()
+    }
+
+    fn reused(link: u64, pid: u32) -> Event {
+        let mut r = raw_tw_end(Wire::Reused);
+        r.link = link;
+        r.flags |= event_flags::LINKED;
+        r.reused_by = pid;
+        decode_raw(&r).unwrap()
+    }
+
+    fn reuser_of(e: &Event) -> Option<Reuser> {
+        match e.reason {
+            Some(TwEndReason::Reused { by }) => by,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn reuser_names_come_from_the_reusing_connect() {
+        let mut names = ReuserNames::default();
+        let mut c = connect(0x100, 42, "client");
+        assert_eq!(names.observe(&mut c), None);
+        let mut e = reused(0x100, 42);
+        assert_eq!(names.observe(&mut e), None);
+        assert_eq!(
+            reuser_of(&e),
+            Some(Reuser {
+                pid: 42,
+                comm: Some(Comm::from_name("client"))
+            })
+        );
+        // Another process's connect on that socket address: not named from it.
+        let mut e = reused(0x100, 43);
+        assert_eq!(names.observe(&mut e), Some(43));
+        ReuserNames::name(&mut e, Comm::from_name("from-proc"));
+        assert_eq!(
+            reuser_of(&e).unwrap().comm,
+            Some(Comm::from_name("from-proc"))
+        );
+        // A connect never seen.
+        let mut e = reused(0x200, 42);
+        assert_eq!(names.observe(&mut e), Some(42));
+    }
+
+    #[test]
+    fn reuser_names_stay_bounded_and_keep_the_previous_generation() {
+        let mut names = ReuserNames::default();
+        let n = ReuserNames::GENERATION as u64;
+        for sk in 0..3 * n {
+            names.observe(&mut connect(sk + 1, 7, "many"));
+        }
+        assert!(names.recent.len() + names.older.len() <= 2 * ReuserNames::GENERATION);
+        let mut newest = reused(3 * n, 7);
+        assert_eq!(names.observe(&mut newest), None);
+        let mut one_generation_ago = reused(3 * n - n, 7);
+        assert_eq!(names.observe(&mut one_generation_ago), None);
+        let mut forgotten = reused(1, 7);
+        assert_eq!(names.observe(&mut forgotten), Some(7));
     }
 
     #[test]
@@ -327,8 +590,10 @@ mod tests {
     fn tw_end_with_out_of_range_reason_is_reason_error() {
         let mut r = raw_v4_transition();
         r.kind = EventKind::TwEnd as u32;
-        r.reason = 3;
-        assert_eq!(decode_raw(&r), Err(DecodeError::Reason(3)));
+        r.reason = 6;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Reason(6)));
+        r.kind = EventKind::Transition as u32;
+        assert_eq!(decode_raw(&r), Err(DecodeError::Reason(6)));
     }
 
     #[test]
@@ -531,7 +796,7 @@ mod tests {
                 arb_state(),
                 option::of(any::<u64>()),
             ),
-            select(vec![TwEndReason::Expired, TwEndReason::Killed]),
+            (arb_tw_end_reason(), any::<bool>()),
         )
             .prop_map(
                 |(
@@ -539,7 +804,7 @@ mod tests {
                     (link, owner, netns),
                     ((family, saddr, daddr), sport, dport),
                     (old, new, prev_ns),
-                    end_reason,
+                    (end_reason, overflow),
                 )| Event {
                     ts_ns,
                     kind,
@@ -555,9 +820,28 @@ mod tests {
                     old,
                     new,
                     prev_ns,
-                    reason: (kind == EventKind::TwEnd).then_some(end_reason),
+                    reason: match kind {
+                        EventKind::TwEnd => Some(end_reason),
+                        EventKind::Transition if overflow && new == TcpState::Close => {
+                            Some(TwEndReason::Overflow)
+                        }
+                        _ => None,
+                    },
                 },
             )
+    }
+
+    /// Every reason a `TwEnd` record can carry (a reuser's name never: the
+    /// kernel sends its pid only).
+    fn arb_tw_end_reason() -> impl Strategy<Value = TwEndReason> {
+        prop_oneof![
+            Just(TwEndReason::Expired),
+            Just(TwEndReason::Killed),
+            Just(TwEndReason::Purged),
+            option::of(1u32..).prop_map(|pid| TwEndReason::Reused {
+                by: pid.map(|pid| Reuser { pid, comm: None }),
+            }),
+        ]
     }
 
     /// 120 random bytes with the validated fields steered into (and just past)
@@ -569,7 +853,7 @@ mod tests {
             select(vec![0u8, 2, 3, 10, 255]),
             0u8..=13,
             0u8..=13,
-            0u8..=3,
+            0u8..=6,
         )
             .prop_map(|(mut b, kind, fam, old, new, reason)| {
                 b[40..44].copy_from_slice(&kind.to_ne_bytes());
@@ -603,7 +887,10 @@ mod tests {
             if let Ok(e) = decode(&bytes) {
                 prop_assert_ne!(e.kind, EventKind::Lost);
                 prop_assert_ne!(e.kind, EventKind::TwSubstate);
-                prop_assert_eq!(e.reason.is_some(), e.kind == EventKind::TwEnd);
+                prop_assert!(
+                    e.reason.is_some() == (e.kind == EventKind::TwEnd)
+                        || e.reason == Some(TwEndReason::Overflow)
+                );
                 prop_assert_eq!(decode(&raw_bytes(&to_raw(&e))), Ok(e));
             }
         }

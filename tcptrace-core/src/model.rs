@@ -3,7 +3,7 @@
 
 use std::{fmt, net::IpAddr};
 
-pub use tcptrace_common::{EventKind, TwEndReason};
+pub use tcptrace_common::EventKind;
 
 /// A TCP state, numbered as in the kernel (`include/net/tcp_states.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,6 +145,49 @@ pub struct Owner {
     pub from_listener: bool,
 }
 
+/// Why a timewait socket ended ([`Event::reason`] of a `TwEnd`), or, on the
+/// transition to CLOSE of a socket that should have become one, that none
+/// was made ([`TwEndReason::Overflow`]). The wire form is
+/// [`tcptrace_common::TwEndReason`] (see [`crate::decode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwEndReason {
+    /// The timer ran out: the normal end after ~60 s.
+    Expired,
+    /// Ended early for none of the reasons below: an RST or a SYN it answered.
+    Killed,
+    /// A connect() took its 4-tuple over (`tcp_tw_reuse`): `Event::link` is
+    /// the connecting socket; `by` the process that called connect().
+    Reused { by: Option<Reuser> },
+    /// Its network namespace was deleted (`inet_twsk_purge()`).
+    Purged,
+    /// Transitions only (FIN_WAIT2 or CLOSING -> CLOSE): no timewait socket
+    /// was made (`tcp_max_tw_buckets` reached, or no memory: the kernel
+    /// counts TCPTimeWaitOverflow).
+    Overflow,
+}
+
+impl TwEndReason {
+    /// `Reused` with no process known.
+    pub const REUSED: Self = Self::Reused { by: None };
+
+    /// The same reason, its reuser aside (for comparing kinds).
+    pub const fn kind(self) -> Self {
+        match self {
+            Self::Reused { .. } => Self::REUSED,
+            other => other,
+        }
+    }
+}
+
+/// The process whose connect() reused a timewait socket's 4-tuple: its pid
+/// (tgid) from the kernel, its name when known (from the reusing socket's
+/// CLOSE -> SYN_SENT, or `/proc` right after).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reuser {
+    pub pid: u32,
+    pub comm: Option<Comm>,
+}
+
 /// One decoded kernel event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -153,7 +196,8 @@ pub struct Event {
     pub kind: EventKind,
     /// Address of the socket (the timewait socket for `Tw*` events).
     pub sk: u64,
-    /// For `TwBegin`: the full socket the timewait socket replaced.
+    /// For `TwBegin`: the full socket the timewait socket replaced. For a
+    /// `TwEnd` reused: the socket whose connect() took its 4-tuple over.
     pub link: Option<u64>,
     pub owner: Option<Owner>,
     /// Network namespace inode.
@@ -170,7 +214,8 @@ pub struct Event {
     pub new: TcpState,
     /// Time spent in `old` (TwEnd: time as a timewait socket), when known.
     pub prev_ns: Option<u64>,
-    /// TwEnd only.
+    /// TwEnd: why it ended. Transition to CLOSE: `Some(Overflow)` when no
+    /// timewait socket could be made. `None` otherwise.
     pub reason: Option<TwEndReason>,
 }
 

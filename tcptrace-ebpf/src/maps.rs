@@ -115,6 +115,30 @@ pub struct TwScratch {
     /// re-arm, the `timer_expire_entry` of an expiry, or anything else (killed).
     /// `cancelled.sk == 0` when empty.
     pub cancelled: RawEvent,
+    /// The last connect() on this CPU (see [`Connecting`]).
+    pub connect: Connecting,
+    /// fentry only: the full socket `inet_twsk_hashdance_schedule()` just
+    /// replaced by a timewait socket on this CPU; its CLOSE follows, and is
+    /// the hand-over, not an overflow. 0 when none.
+    pub handed_over: u64,
+}
+
+/// The socket that last went CLOSE -> SYN_SENT on this CPU and the task that
+/// called connect(). `tcp_v4_connect()` / `tcp_v6_connect()` enter SYN_SENT,
+/// then hash the socket (`__inet_hash_connect()`): when its 4-tuple is held
+/// by a timewait socket that `tcp_tw_reuse` lets go, that same task, on the
+/// same CPU, cancels the timewait socket's timer
+/// (`inet_twsk_deschedule_put()`) right after hashing the socket. A cancel
+/// by this task, of a timewait socket with this socket's 4-tuple, is that
+/// reuse. One store per connect on the transition path; read only on
+/// timewait timer cancels.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Connecting {
+    /// 0 when none.
+    pub sk: u64,
+    /// `bpf_get_current_pid_tgid()` of the connecting task.
+    pub pid_tgid: u64,
 }
 
 /// Reads a load-time global. Volatile so the compiler does not fold the

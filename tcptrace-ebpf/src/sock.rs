@@ -97,15 +97,17 @@ pub fn netns_of(net: u64) -> Option<u32> {
     read(net, global!(OFFSETS.net_ns_inum))
 }
 
-/// Records the current task as the owner (call only in the owner's process context).
+/// Records the current task as the owner (call only in the owner's process
+/// context); returns its `pid_tgid`.
 #[inline(always)]
-pub fn capture_current(owner: &mut OwnerEntry) {
+pub fn capture_current(owner: &mut OwnerEntry) -> u64 {
     let pid_tgid = bpf_get_current_pid_tgid();
     owner.tgid = (pid_tgid >> 32) as u32;
     owner.tid = pid_tgid as u32;
     owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     owner.cgroup = unsafe { bpf_get_current_cgroup_id() };
     owner.flags = (owner.flags | event_flags::OWNER_KNOWN) & !event_flags::OWNER_FROM_LISTENER;
+    pid_tgid
 }
 
 /// Copies an owner into an event (the owner's own flags come along).

@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::IpAddr, num::NonZeroU64};
 use rustc_hash::FxHashMap;
 
 use super::idmap::{IdMap, Identified};
-use crate::model::{Event, EventKind, Family, Owner, SeenSocket, TcpState, TwEndReason};
+use crate::model::{Event, EventKind, Family, Owner, Reuser, SeenSocket, TcpState, TwEndReason};
 
 /// Nominal TIME_WAIT length (`TCP_TIMEWAIT_LEN`): 60 s.
 pub const TIMEWAIT_LEN_MS: u64 = 60_000;
@@ -115,8 +115,17 @@ pub enum EndReason {
     ListenerClosed,
     /// A timewait socket's timer expired.
     TimeWaitExpired,
-    /// A timewait socket killed early (RST, reuse, namespace teardown).
+    /// A timewait socket killed early for none of the reasons below (an RST,
+    /// a SYN it answered).
     TimeWaitKilled,
+    /// A timewait socket whose 4-tuple a connect() took over (`tcp_tw_reuse`).
+    TimeWaitReused,
+    /// A timewait socket purged with its network namespace.
+    TimeWaitPurged,
+    /// A full socket that should have become a timewait socket (FIN_WAIT2 or
+    /// CLOSING -> CLOSE) and got none: `tcp_max_tw_buckets` reached (the
+    /// kernel's TCPTimeWaitOverflow).
+    TimeWaitOverflow,
     /// Dropped by the table: evicted at the cap, or found gone by reconciliation.
     Dropped,
 }
@@ -219,6 +228,10 @@ pub enum Finished {
         reason: EndReason,
         /// Time spent as a timewait socket, when known.
         duration_ns: Option<u64>,
+        /// [`EndReason::TimeWaitReused`]: the process whose connect() took the
+        /// 4-tuple over (the connecting socket's owner when the table has
+        /// it, else the pid and name the event carried).
+        reused_by: Option<Owner>,
     },
 }
 
@@ -333,6 +346,7 @@ impl ConnTable {
                     end_ns: now,
                     reason: EndReason::Dropped,
                     duration_ns: None,
+                    reused_by: None,
                 });
             } else if let Some(sk) = self.conns.any_id() {
                 let conn = self.remove_conn(sk).expect("present");
@@ -543,6 +557,11 @@ impl ConnTable {
                 }
                 TcpState::LastAck => EndReason::Normal,
                 _ if linked_tw => EndReason::TimeWait,
+                TcpState::FinWait2 | TcpState::Closing
+                    if e.reason == Some(TwEndReason::Overflow) =>
+                {
+                    EndReason::TimeWaitOverflow
+                }
                 _ => EndReason::Reset,
             };
             let conn = self.conns.remove(e.sk).expect("present");
@@ -584,6 +603,7 @@ impl ConnTable {
                 end_ns: e.ts_ns,
                 reason: EndReason::Dropped,
                 duration_ns: None,
+                reused_by: None,
             });
         }
         out
@@ -591,9 +611,13 @@ impl ConnTable {
 
     fn tw_end(&mut self, e: &Event) -> Applied {
         let mut out = Applied::default();
-        let reason = match e.reason {
-            Some(TwEndReason::Killed) => EndReason::TimeWaitKilled,
-            _ => EndReason::TimeWaitExpired,
+        let (reason, reused_by) = match e.reason {
+            Some(TwEndReason::Killed) => (EndReason::TimeWaitKilled, None),
+            Some(TwEndReason::Purged) => (EndReason::TimeWaitPurged, None),
+            Some(TwEndReason::Reused { by }) => {
+                (EndReason::TimeWaitReused, self.reuser(e.link, by))
+            }
+            _ => (EndReason::TimeWaitExpired, None),
         };
         let key = TupleKey::of_event(e);
         let tw = match self.remove_tw(e.sk) {
@@ -623,8 +647,29 @@ impl ConnTable {
             end_ns: e.ts_ns,
             reason,
             duration_ns,
+            reused_by,
         });
         out
+    }
+
+    /// The owner of the socket whose connect() reused a timewait socket:
+    /// the connecting socket's (captured in that same connect(), so exact)
+    /// when the table has it and the kernel's pid agrees, else what the event
+    /// says.
+    fn reuser(&self, link: Option<u64>, by: Option<Reuser>) -> Option<Owner> {
+        let connecting = link.and_then(|sk| self.conns.get(sk)).and_then(|c| c.owner);
+        match (connecting, by) {
+            (Some(o), Some(b)) if o.pid == b.pid => Some(o),
+            (Some(o), None) => Some(o),
+            (_, Some(b)) => Some(Owner {
+                pid: b.pid,
+                tid: b.pid,
+                comm: b.comm.unwrap_or_default(),
+                cgroup: 0,
+                from_listener: false,
+            }),
+            (None, None) => None,
+        }
     }
 
     /// Adds the sockets of a startup snapshot (sock_diag) taken at
@@ -753,6 +798,7 @@ impl ConnTable {
                 end_ns: taken_at_ns,
                 reason: EndReason::Dropped,
                 duration_ns: None,
+                reused_by: None,
             });
         }
 
@@ -813,5 +859,220 @@ impl ConnTable {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! How the table ends timewait sockets reused, purged and killed, and a
+    //! full socket that got no timewait socket.
+
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::model::Comm;
+
+    fn owner(pid: u32, name: &str) -> Owner {
+        Owner {
+            pid,
+            tid: pid + 1,
+            comm: Comm::from_name(name),
+            cgroup: 3,
+            from_listener: false,
+        }
+    }
+
+    fn ev(ts: u64, kind: EventKind, sk: u64, old: TcpState, new: TcpState) -> Event {
+        Event {
+            ts_ns: ts,
+            kind,
+            sk,
+            link: None,
+            owner: Some(owner(10, "client")),
+            netns: Some(1),
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            sport: 40_000,
+            daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            dport: 80,
+            old: Some(old),
+            new,
+            prev_ns: None,
+            reason: None,
+        }
+    }
+
+    /// A client socket `sk` that connects and closes first; its timewait
+    /// socket `tw` begins at `ts + 3`.
+    fn active_close(t: &mut ConnTable, ts: u64, sk: u64, tw: u64) {
+        use TcpState::*;
+        for (i, (old, new)) in [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t.apply(&ev(ts + i as u64, EventKind::Transition, sk, old, new));
+        }
+        let mut begin = ev(ts + 3, EventKind::TwBegin, tw, FinWait2, TimeWait);
+        begin.link = Some(sk);
+        t.apply(&begin);
+        let close = t.apply(&ev(ts + 3, EventKind::Transition, sk, FinWait2, Close));
+        assert!(matches!(
+            close.finished[..],
+            [Finished::Conn {
+                reason: EndReason::TimeWait,
+                ..
+            }]
+        ));
+    }
+
+    fn tw_end(ts: u64, tw: u64, reason: TwEndReason) -> Event {
+        let mut e = ev(
+            ts,
+            EventKind::TwEnd,
+            tw,
+            TcpState::TimeWait,
+            TcpState::Close,
+        );
+        e.reason = Some(reason);
+        e
+    }
+
+    fn ended(applied: &Applied) -> (EndReason, Option<Owner>, Option<u64>) {
+        match applied.finished[..] {
+            [
+                Finished::Tw {
+                    reason,
+                    reused_by,
+                    duration_ns,
+                    ..
+                },
+            ] => (reason, reused_by, duration_ns),
+            ref other => panic!("one timewait end expected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reused_timewait_names_the_connecting_sockets_owner() {
+        let mut t = ConnTable::default();
+        active_close(&mut t, 1_000, 0xa0, 0x7a);
+        // A new connect (another thread of another process) enters SYN_SENT,
+        // then takes the 4-tuple over.
+        let mut connect = ev(
+            2_000_000_000,
+            EventKind::Transition,
+            0xb0,
+            TcpState::Close,
+            TcpState::SynSent,
+        );
+        connect.owner = Some(owner(20, "pool"));
+        connect.sport = 0;
+        t.apply(&connect);
+        let mut end = tw_end(
+            2_000_000_100,
+            0x7a,
+            TwEndReason::Reused {
+                by: Some(Reuser {
+                    pid: 20,
+                    comm: None,
+                }),
+            },
+        );
+        end.link = Some(0xb0);
+        end.prev_ns = Some(1_999_999_000);
+        let (reason, by, duration) = ended(&t.apply(&end));
+        assert_eq!(reason, EndReason::TimeWaitReused);
+        assert_eq!(
+            by,
+            Some(owner(20, "pool")),
+            "the connecting socket's owner, tid and all"
+        );
+        assert_eq!(duration, Some(1_999_999_000));
+        assert!(t.timewait(0x7a).is_none());
+        assert!(t.conn(0xb0).is_some(), "the reusing connection lives on");
+    }
+
+    #[test]
+    fn reused_timewait_without_the_connect_keeps_the_kernels_pid() {
+        let mut t = ConnTable::default();
+        active_close(&mut t, 1_000, 0xa0, 0x7a);
+        let mut end = tw_end(
+            5_000,
+            0x7a,
+            TwEndReason::Reused {
+                by: Some(Reuser {
+                    pid: 31,
+                    comm: Some(Comm::from_name("curl")),
+                }),
+            },
+        );
+        end.link = Some(0xdead);
+        let (reason, by, _) = ended(&t.apply(&end));
+        assert_eq!(reason, EndReason::TimeWaitReused);
+        let by = by.expect("the pid the kernel sent");
+        assert_eq!((by.pid, by.comm), (31, Comm::from_name("curl")));
+        // Nothing known at all.
+        active_close(&mut t, 9_000, 0xa1, 0x7b);
+        let (reason, by, _) = ended(&t.apply(&tw_end(9_500, 0x7b, TwEndReason::REUSED)));
+        assert_eq!((reason, by), (EndReason::TimeWaitReused, None));
+    }
+
+    #[test]
+    fn purged_and_killed_timewait_sockets_end_as_such() {
+        let mut t = ConnTable::default();
+        active_close(&mut t, 1_000, 0xa0, 0x7a);
+        active_close(&mut t, 2_000, 0xa1, 0x7b);
+        active_close(&mut t, 3_000, 0xa2, 0x7c);
+        let cases = [
+            (0x7a, TwEndReason::Purged, EndReason::TimeWaitPurged),
+            (0x7b, TwEndReason::Killed, EndReason::TimeWaitKilled),
+            (0x7c, TwEndReason::Expired, EndReason::TimeWaitExpired),
+        ];
+        for (tw, reason, want) in cases {
+            let (got, by, _) = ended(&t.apply(&tw_end(10_000, tw, reason)));
+            assert_eq!((got, by), (want, None), "{reason:?}");
+        }
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn close_with_no_timewait_socket_is_an_overflow_not_a_reset() {
+        use TcpState::*;
+        let mut t = ConnTable::default();
+        for (sk, last) in [(0xa0, FinWait2), (0xa1, Closing)] {
+            t.apply(&ev(1, EventKind::Transition, sk, Close, SynSent));
+            t.apply(&ev(2, EventKind::Transition, sk, SynSent, Established));
+            t.apply(&ev(3, EventKind::Transition, sk, Established, FinWait1));
+            t.apply(&ev(4, EventKind::Transition, sk, FinWait1, last));
+            let mut close = ev(5, EventKind::Transition, sk, last, Close);
+            close.reason = Some(TwEndReason::Overflow);
+            let out = t.apply(&close);
+            assert!(
+                matches!(
+                    out.finished[..],
+                    [Finished::Conn {
+                        reason: EndReason::TimeWaitOverflow,
+                        ..
+                    }]
+                ),
+                "{out:?}"
+            );
+        }
+        // Without the mark, the same CLOSE is a reset.
+        t.apply(&ev(1, EventKind::Transition, 0xa2, Close, SynSent));
+        t.apply(&ev(2, EventKind::Transition, 0xa2, SynSent, FinWait1));
+        t.apply(&ev(3, EventKind::Transition, 0xa2, FinWait1, FinWait2));
+        let out = t.apply(&ev(4, EventKind::Transition, 0xa2, FinWait2, Close));
+        assert!(matches!(
+            out.finished[..],
+            [Finished::Conn {
+                reason: EndReason::Reset,
+                ..
+            }]
+        ));
     }
 }

@@ -4,7 +4,7 @@ use std::{fmt, io, net::IpAddr};
 
 use serde::{Serialize, Serializer};
 
-use super::{kind_name, reason_name};
+use super::{kind_name, no_time_wait, reason_name, reuser, tw_end_reason};
 use crate::model::{Comm, Event, EventKind, Lost};
 
 struct Hex(u64);
@@ -50,6 +50,9 @@ struct JsonEvent {
     sk: Hex,
     link: Option<Hex>,
     owner_from_listener: bool,
+    reused_by_pid: Option<u32>,
+    reused_by_comm: Option<CommStr>,
+    no_time_wait: Option<&'static str>,
     /// tw_substate only: how it was found.
     #[serde(skip_serializing_if = "Option::is_none")]
     found_by: Option<&'static str>,
@@ -77,10 +80,13 @@ pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Resul
         prev_state_ns: e.prev_ns,
         netns: e.netns,
         cgroup: e.owner.map(|o| o.cgroup),
-        reason: e.reason.map(reason_name),
+        reason: tw_end_reason(e).map(reason_name),
         sk: Hex(e.sk),
         link: e.link.map(Hex),
         owner_from_listener: e.owner.is_some_and(|o| o.from_listener),
+        reused_by_pid: reuser(e).map(|r| r.pid),
+        reused_by_comm: reuser(e).and_then(|r| r.comm).map(CommStr),
+        no_time_wait: no_time_wait(e).map(reason_name),
         found_by: found.then_some("reconciliation"),
         changed_after_ns: found.then(|| wall_ns.saturating_sub(e.prev_ns.unwrap_or(0))),
     };
@@ -120,9 +126,9 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::model::{Family, Owner, TcpState, TwEndReason};
+    use crate::model::{EventKind, Family, Owner, Reuser, TcpState, TwEndReason};
 
-    const EVENT_FIELDS: [&str; 19] = [
+    const EVENT_FIELDS: [&str; 22] = [
         "ts_ns",
         "kind",
         "pid",
@@ -142,6 +148,9 @@ mod tests {
         "sk",
         "link",
         "owner_from_listener",
+        "reused_by_pid",
+        "reused_by_comm",
+        "no_time_wait",
     ];
 
     fn transition() -> Event {
@@ -242,6 +251,9 @@ mod tests {
         assert_eq!(m["sk"], "0xffff88800abcd000");
         assert_eq!(m["link"], Value::Null);
         assert_eq!(m["owner_from_listener"], true);
+        assert_eq!(m["reused_by_pid"], Value::Null);
+        assert_eq!(m["reused_by_comm"], Value::Null);
+        assert_eq!(m["no_time_wait"], Value::Null);
     }
 
     #[test]
@@ -287,6 +299,9 @@ mod tests {
             "prev_state_ns",
             "netns",
             "link",
+            "reused_by_pid",
+            "reused_by_comm",
+            "no_time_wait",
         ] {
             assert_eq!(m[f], Value::Null, "{f}");
         }
@@ -306,6 +321,62 @@ mod tests {
     fn tw_end_killed_reason_is_killed() {
         let m = parse_line(&write(&tw_end(TwEndReason::Killed), 0));
         assert_eq!(m["reason"], "killed");
+    }
+
+    #[test]
+    fn tw_end_purged_reason_is_purged() {
+        let m = parse_line(&write(&tw_end(TwEndReason::Purged), 0));
+        assert_eq!(m["reason"], "purged");
+        assert_eq!(m["reused_by_pid"], Value::Null);
+    }
+
+    #[test]
+    fn tw_end_reused_names_the_reusing_process_and_socket() {
+        let mut e = tw_end(TwEndReason::Reused {
+            by: Some(Reuser {
+                pid: 4_242,
+                comm: Some(Comm::from_name("pool\"w")),
+            }),
+        });
+        e.link = Some(0xffff_8880_0000_0def);
+        e.prev_ns = Some(1_500_000_000);
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(keys(&m), sorted(&EVENT_FIELDS));
+        assert_eq!(m["reason"], "reused");
+        assert_eq!(m["reused_by_pid"], 4_242);
+        assert_eq!(m["reused_by_comm"], "pool\"w");
+        assert_eq!(m["link"], "0xffff888000000def");
+        assert_eq!(m["prev_state_ns"], 1_500_000_000u64);
+        assert_eq!(m["no_time_wait"], Value::Null);
+
+        // A reuser without a name, and a reuse without a reuser.
+        e.reason = Some(TwEndReason::Reused {
+            by: Some(Reuser { pid: 7, comm: None }),
+        });
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(m["reused_by_pid"], 7);
+        assert_eq!(m["reused_by_comm"], Value::Null);
+        e.reason = Some(TwEndReason::REUSED);
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(m["reason"], "reused");
+        assert_eq!(m["reused_by_pid"], Value::Null);
+    }
+
+    #[test]
+    fn overflow_transition_has_no_time_wait_and_no_reason() {
+        let mut e = transition();
+        e.old = Some(TcpState::FinWait2);
+        e.new = TcpState::Close;
+        e.reason = Some(TwEndReason::Overflow);
+        let m = parse_line(&write(&e, 0));
+        assert_eq!(keys(&m), sorted(&EVENT_FIELDS));
+        assert_eq!(m["kind"], "transition");
+        assert_eq!(m["no_time_wait"], "overflow");
+        assert_eq!(
+            m["reason"],
+            Value::Null,
+            "reason stays a tw_end field: consumers key tw_end on it"
+        );
     }
 
     #[test]

@@ -21,12 +21,15 @@
 //! | `prev_state_ns` | u64 \| null | time spent in `old`; for tw_end, time spent as a timewait socket; for tw_substate, time since it was last known in `old` (the change happened within it); null when unknown |
 //! | `netns` | u32 \| null | network namespace inode |
 //! | `cgroup` | u64 \| null | owner's cgroup v2 id |
-//! | `reason` | string \| null | tw_end: `"expired"` or `"killed"`; null otherwise |
+//! | `reason` | string \| null | tw_end: `"expired"` (timer ran out), `"reused"` (a connect() took the 4-tuple over: `tcp_tw_reuse`), `"purged"` (its network namespace was deleted) or `"killed"` (any other early end: RST, ...); null otherwise |
 //! | `sk` | string | kernel socket address (hex); the timewait socket for tw_* events |
-//! | `link` | string \| null | tw_begin: the full socket the timewait socket replaced |
+//! | `link` | string \| null | tw_begin: the full socket the timewait socket replaced; tw_end reused: the socket whose connect() reused it |
 //! | `owner_from_listener` | bool | owner inherited from the listening socket (accept() not seen yet) |
 //! | `found_by` | string | tw_substate only: `"reconciliation"` (found by asking the kernel; no hook showed it) |
 //! | `changed_after_ns` | u64 | tw_substate only: wall-clock time it was last known in `old`: the change happened between it and `ts_ns` |
+//! | `reused_by_pid` | u32 \| null | tw_end reused: the process whose connect() reused it |
+//! | `reused_by_comm` | string \| null | tw_end reused: that process's command name, when known |
+//! | `no_time_wait` | string \| null | transition FIN_WAIT2/CLOSING -> CLOSE: `"overflow"` when the kernel made no timewait socket (`tcp_max_tw_buckets` reached, TcpExt TCPTimeWaitOverflow); null otherwise |
 //!
 //! A `"lost"` object has `ts_ns`, `kind`, and the counts since the previous
 //! one: `ring_full`, `recursion_misses`, `map_full`, `probe_failed` (a probe
@@ -53,10 +56,32 @@ pub fn kind_name(kind: EventKind) -> &'static str {
     }
 }
 
+/// A tw_end's `reason` (and, for overflow, a transition's `no_time_wait`).
 pub fn reason_name(reason: TwEndReason) -> &'static str {
     match reason {
-        TwEndReason::None => "none",
         TwEndReason::Expired => "expired",
         TwEndReason::Killed => "killed",
+        TwEndReason::Reused { .. } => "reused",
+        TwEndReason::Purged => "purged",
+        TwEndReason::Overflow => "overflow",
+    }
+}
+
+/// The reason of a tw_end (`None` for other kinds).
+pub fn tw_end_reason(e: &crate::model::Event) -> Option<TwEndReason> {
+    e.reason.filter(|_| e.kind == EventKind::TwEnd)
+}
+
+/// `Some(Overflow)` for a transition to CLOSE that got no timewait socket.
+pub fn no_time_wait(e: &crate::model::Event) -> Option<TwEndReason> {
+    e.reason
+        .filter(|r| e.kind == EventKind::Transition && *r == TwEndReason::Overflow)
+}
+
+/// The process that reused a timewait socket (tw_end reused only).
+pub fn reuser(e: &crate::model::Event) -> Option<crate::model::Reuser> {
+    match tw_end_reason(e)? {
+        TwEndReason::Reused { by } => by,
+        _ => None,
     }
 }

@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::reason_name;
+use super::{no_time_wait, reason_name, reuser};
 use crate::{
     clock::hms_millis,
     model::{Event, EventKind, Lost, TcpState},
@@ -35,6 +35,9 @@ pub fn millis(ns: Option<u64>) -> String {
 pub fn describe(e: &Event) -> String {
     let old = e.old.map_or("?", |s| s.name());
     match e.kind {
+        EventKind::Transition if no_time_wait(e).is_some() => {
+            format!("{old} -> {} (no TIME_WAIT: overflow)", e.new)
+        }
         EventKind::Transition => format!("{old} -> {}", e.new),
         EventKind::TwBegin => {
             let sub = match e.new {
@@ -44,7 +47,20 @@ pub fn describe(e: &Event) -> String {
             format!("{old} -> TIME_WAIT begin{sub}")
         }
         EventKind::TwRearm => format!("TIME_WAIT rearm ({})", e.new),
-        EventKind::TwEnd => format!("TIME_WAIT end: {}", e.reason.map_or("?", reason_name)),
+        EventKind::TwEnd => {
+            let reason = e.reason.map_or("?", reason_name);
+            match reuser(e) {
+                Some(r) => match r.comm {
+                    Some(c) => format!(
+                        "TIME_WAIT end: {reason} by {} ({})",
+                        r.pid,
+                        super::escape(&c.to_str_lossy())
+                    ),
+                    None => format!("TIME_WAIT end: {reason} by {}", r.pid),
+                },
+                None => format!("TIME_WAIT end: {reason}"),
+            }
+        }
         EventKind::Lost => "lost".to_string(),
         EventKind::Accept => "accepted".to_string(),
         EventKind::TwSubstate => format!("{old} -> {} (found)", e.new),
@@ -94,7 +110,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::model::{Comm, Family, Owner, TwEndReason};
+    use crate::model::{Comm, Family, Owner, Reuser, TwEndReason};
 
     /// 03:04:05.678 UTC on 1970-01-01.
     const WALL_NS: u64 = (3 * 3600 + 4 * 60 + 5) * 1_000_000_000 + 678_000_000;
@@ -217,8 +233,51 @@ mod tests {
         assert_eq!(describe(&e), "TIME_WAIT end: expired");
         e.reason = Some(TwEndReason::Killed);
         assert_eq!(describe(&e), "TIME_WAIT end: killed");
+        e.reason = Some(TwEndReason::Purged);
+        assert_eq!(describe(&e), "TIME_WAIT end: purged");
         e.reason = None;
         assert_eq!(describe(&e), "TIME_WAIT end: ?");
+    }
+
+    #[test]
+    fn describe_tw_end_reused_names_the_reuser() {
+        let mut e = event(EventKind::TwEnd, Some(TcpState::TimeWait), TcpState::Close);
+        e.reason = Some(TwEndReason::Reused {
+            by: Some(Reuser {
+                pid: 4_242,
+                comm: Some(Comm::from_name("pool")),
+            }),
+        });
+        assert_eq!(describe(&e), "TIME_WAIT end: reused by 4242 (pool)");
+        e.reason = Some(TwEndReason::Reused {
+            by: Some(Reuser {
+                pid: 4_242,
+                comm: Some(Comm::from_name("a\x1b[2Jb")),
+            }),
+        });
+        assert_eq!(describe(&e), "TIME_WAIT end: reused by 4242 (a\\x1b[2Jb)");
+        e.reason = Some(TwEndReason::Reused {
+            by: Some(Reuser {
+                pid: 4_242,
+                comm: None,
+            }),
+        });
+        assert_eq!(describe(&e), "TIME_WAIT end: reused by 4242");
+        e.reason = Some(TwEndReason::REUSED);
+        assert_eq!(describe(&e), "TIME_WAIT end: reused");
+    }
+
+    #[test]
+    fn describe_overflow_transition_says_no_time_wait() {
+        let mut e = event(
+            EventKind::Transition,
+            Some(TcpState::FinWait2),
+            TcpState::Close,
+        );
+        e.reason = Some(TwEndReason::Overflow);
+        assert_eq!(describe(&e), "FIN_WAIT2 -> CLOSE (no TIME_WAIT: overflow)");
+        e.old = Some(TcpState::Closing);
+        assert_eq!(describe(&e), "CLOSING -> CLOSE (no TIME_WAIT: overflow)");
     }
 
     #[test]

@@ -36,8 +36,14 @@
 //!           [prev_ns varint]                flags & 0x08
 //!           saddr, daddr (4 bytes each, 16 with flags & 0x10), sport u16, dport u16,
 //!           [old u8]                        flags & 0x20
-//!           new u8, [reason u8]             flags & 0x40
+//!           new u8, [reason u8                flags & 0x40: the kernel's
+//!                                           TwEndReason (1 expired, 2 killed,
+//!                                           3 reused, 4 purged; 5 overflow on
+//!                                           a transition to CLOSE)
+//!           [reuser]]                       reason 3 (version 3)
 //!           (flags & 0x80: the owner came from the listener)
+//! reuser  = flags u8 (0x01 pid, 0x02 comm), [pid varint], [comm]: the
+//!           process whose connect() reused the timewait socket
 //! lost    = 0x03 ts zigzag (as above), ring_full, recursion_misses,
 //!           map_full, probe_failed varints: events lost since the previous
 //!           marker (version 2; version 1 files have the older form:)
@@ -67,18 +73,23 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use tcptrace_common::TwEndReason as WireReason;
+
 use crate::{
+    decode::reason_to_wire,
     model::{
-        Comm, Event, EventKind, Family, Lost, Owner, SeenOwner, SeenSocket, TcpState, TwEndReason,
+        Comm, Event, EventKind, Family, Lost, Owner, Reuser, SeenOwner, SeenSocket, TcpState,
+        TwEndReason,
     },
     netfacts::NetFacts,
 };
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
-/// 3: snapshots carry each namespace's TCP facts, and events of kind 7
+/// 3: snapshots carry each namespace's TCP facts; events of kind 7
 /// (`tw_substate`, a timewait socket found in TIME_WAIT by the live
 /// source's check), which a version-2 reader would take for a corrupt
-/// block, so it refuses the file instead; 2: loss markers carry
+/// block, so it refuses the file instead; timewait ends reused (with the
+/// reuser) and purged, transitions marked overflow. 2: loss markers carry
 /// `probe_failed` (tag 0x03). Versions 1 and 2 read too.
 pub const FORMAT_VERSION: u16 = 3;
 /// Fixed part of the header before its JSON.
@@ -253,7 +264,19 @@ impl BlockEncoder {
         }
         self.buf.push(e.new as u8);
         if let Some(r) = e.reason {
-            self.buf.push(r as u8);
+            self.buf.push(reason_to_wire(Some(r)).0);
+            if let TwEndReason::Reused { by } = r {
+                let pid = by.map(|b| b.pid);
+                let comm = by.and_then(|b| b.comm);
+                self.buf
+                    .push(pid.is_some() as u8 | (comm.is_some() as u8) << 1);
+                if let Some(pid) = pid {
+                    put_varint(&mut self.buf, pid as u64);
+                }
+                if let Some(c) = comm {
+                    put_comm(&mut self.buf, &c);
+                }
+            }
         }
         self.records += 1;
     }
@@ -425,6 +448,35 @@ impl<'a> Cursor<'a> {
         Ok(Comm(c))
     }
 
+    /// A reason byte and, for reused, the reuser.
+    fn reason(&mut self) -> Result<TwEndReason, FormatError> {
+        Ok(match WireReason::from_u8(self.u8()?) {
+            Some(WireReason::Expired) => TwEndReason::Expired,
+            Some(WireReason::Killed) => TwEndReason::Killed,
+            Some(WireReason::Purged) => TwEndReason::Purged,
+            Some(WireReason::Overflow) => TwEndReason::Overflow,
+            Some(WireReason::Reused) => {
+                let flags = self.u8()?;
+                let pid = (flags & 0x01 != 0)
+                    .then(|| u32_of(self.varint()?))
+                    .transpose()?;
+                let comm = (flags & 0x02 != 0).then(|| self.comm()).transpose()?;
+                TwEndReason::Reused {
+                    by: match (pid, comm) {
+                        (Some(pid), comm) => Some(Reuser { pid, comm }),
+                        (None, None) => None,
+                        (None, Some(_)) => {
+                            return Err(FormatError::Corrupt("reuser name without pid"));
+                        }
+                    },
+                }
+            }
+            Some(WireReason::None) | None => {
+                return Err(FormatError::Corrupt("unknown end reason"));
+            }
+        })
+    }
+
     fn state(&mut self) -> Result<TcpState, FormatError> {
         TcpState::from_u8(self.u8()?).ok_or(FormatError::Corrupt("unknown TCP state"))
     }
@@ -490,10 +542,7 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                 let old = (flags & 0x20 != 0).then(|| c.state()).transpose()?;
                 let new = c.state()?;
                 let reason = if flags & 0x40 != 0 {
-                    Some(
-                        TwEndReason::from_u8(c.u8()?)
-                            .ok_or(FormatError::Corrupt("unknown end reason"))?,
-                    )
+                    Some(c.reason()?)
                 } else {
                     None
                 };

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Comm, EventKind, Family, Owner, SeenOwner, TcpState, TwEndReason};
+use crate::model::{Comm, EventKind, Family, Owner, Reuser, SeenOwner, TcpState, TwEndReason};
 
 fn header() -> Header {
     Header {
@@ -81,10 +81,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
                 proptest::option::of(arb_state()),
                 arb_state(),
                 proptest::option::of(any::<u64>()),
-                proptest::option::of(prop_oneof![
-                    Just(TwEndReason::Expired),
-                    Just(TwEndReason::Killed)
-                ]),
+                proptest::option::of(arb_reason()),
             ),
         )
             .prop_map(
@@ -110,6 +107,24 @@ fn arb_event() -> impl Strategy<Value = Event> {
                 },
             )
     })
+}
+
+/// Every reason, reusers with and without a pid and a name.
+fn arb_reason() -> impl Strategy<Value = TwEndReason> {
+    prop_oneof![
+        Just(TwEndReason::Expired),
+        Just(TwEndReason::Killed),
+        Just(TwEndReason::Purged),
+        Just(TwEndReason::Overflow),
+        proptest::option::of((any::<u32>(), proptest::option::of("[a-z]{0,15}"))).prop_map(|by| {
+            TwEndReason::Reused {
+                by: by.map(|(pid, comm)| Reuser {
+                    pid,
+                    comm: comm.map(|c| Comm::from_name(&c)),
+                }),
+            }
+        }),
+    ]
 }
 
 fn arb_seen() -> impl Strategy<Value = SeenSocket> {
@@ -814,4 +829,111 @@ fn tw_substate_events_read_back_print_and_apply_like_live() {
     let tw = engine.table.timewait(begin.sk).expect("still live");
     assert_eq!(tw.substate, TcpState::TimeWait);
     assert_eq!(engine.table.counters.silent_rearms, 1);
+}
+
+/// The timewait ends `tcp_tw_reuse`, `tcp_max_tw_buckets` and a namespace's
+/// deletion cause survive a recording and count the same when `report` (or
+/// `top --from`) applies them: reused with its process, purged, overflow.
+#[test]
+fn reused_purged_and_overflow_survive_a_recording_and_count_when_applied() {
+    let client = Owner {
+        pid: 42,
+        tid: 43,
+        comm: Comm::from_name("client"),
+        cgroup: 7,
+        from_listener: false,
+    };
+    let at = |ts: u64, kind, sk, old, new| Event {
+        ts_ns: ts,
+        kind,
+        sk,
+        old: Some(old),
+        new,
+        owner: Some(client),
+        ..sample_event(0)
+    };
+    use TcpState::*;
+    let mut events = Vec::new();
+    // Three active closes: sockets 0xa0.. hand over to timewait sockets 0x70..
+    for i in 0..3u64 {
+        let (sk, tw, ts) = (0xa0 + i, 0x70 + i, 1_000 * (i + 1));
+        for (old, new) in [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+        ] {
+            events.push(at(ts, EventKind::Transition, sk, old, new));
+        }
+        events.push(Event {
+            link: Some(sk),
+            ..at(ts + 1, EventKind::TwBegin, tw, FinWait2, TimeWait)
+        });
+        events.push(at(ts + 1, EventKind::Transition, sk, FinWait2, Close));
+    }
+    // A fourth gets no timewait socket.
+    for (old, new) in [
+        (Close, SynSent),
+        (SynSent, Established),
+        (Established, FinWait1),
+        (FinWait1, FinWait2),
+    ] {
+        events.push(at(5_000, EventKind::Transition, 0xa9, old, new));
+    }
+    events.push(Event {
+        reason: Some(TwEndReason::Overflow),
+        ..at(5_001, EventKind::Transition, 0xa9, FinWait2, Close)
+    });
+    // A connect reuses the first timewait socket; the second is purged,
+    // the third killed.
+    events.push(at(
+        2_000_000_000,
+        EventKind::Transition,
+        0xb0,
+        Close,
+        SynSent,
+    ));
+    let reuser = Reuser {
+        pid: 42,
+        comm: Some(Comm::from_name("client")),
+    };
+    events.push(Event {
+        link: Some(0xb0),
+        prev_ns: Some(1_999_998_999),
+        reason: Some(TwEndReason::Reused { by: Some(reuser) }),
+        ..at(2_000_000_001, EventKind::TwEnd, 0x70, TimeWait, Close)
+    });
+    events.push(Event {
+        reason: Some(TwEndReason::Purged),
+        ..at(3_000_000_000, EventKind::TwEnd, 0x71, TimeWait, Close)
+    });
+    events.push(Event {
+        reason: Some(TwEndReason::Killed),
+        ..at(3_000_000_001, EventKind::TwEnd, 0x72, TimeWait, Close)
+    });
+
+    let ops: Vec<Op> = events.iter().map(|e| Op::Event(*e)).collect();
+    let bytes = write(&ops);
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert_eq!(got, expected(&ops), "every reason and the reuser read back");
+
+    let mut engine = crate::engine::Engine::new(1_000);
+    let mut applier = apply::RecordApplier::default();
+    for rec in &got {
+        applier.apply(&mut engine, rec);
+    }
+    let snap = engine.snapshot(4_000_000_000, 0, crate::stats::HostFacts::default());
+    for (key, n) in [
+        ("time_wait_reused", 1),
+        ("time_wait_purged", 1),
+        ("time_wait_killed", 1),
+        ("time_wait_overflow", 1),
+        ("time_wait", 3),
+    ] {
+        assert_eq!(snap.ended.get(key), Some(&n), "{key}: {:?}", snap.ended);
+    }
+    assert_eq!(snap.ended.get("reset"), None, "the overflow is no reset");
+    let reuses = engine.aggs.tw_reuses[&(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 8080)];
+    assert_eq!(reuses.reused, 1);
+    assert_eq!(reuses.last_by, Some((42, Comm::from_name("client"))));
 }

@@ -55,6 +55,10 @@ pub struct Aggregates {
     /// [`MAX_CLOSE_GROUPS`] keys each.
     pub closed_by_service: FxHashMap<timewait::ServiceKey, ClosedFirst>,
     pub closed_by_peer: FxHashMap<(IpAddr, u16), ClosedFirst>,
+    /// Timewait sockets whose 4-tuple a connect() took over (`tcp_tw_reuse`),
+    /// by destination (at most [`MAX_FAILED_PEERS`] destinations), with the
+    /// process that reused last.
+    pub tw_reuses: FxHashMap<(IpAddr, u16), TwReuseCount>,
     /// (ts of the sample, count) per process, oldest first.
     close_wait_history: HashMap<u32, VecDeque<(u64, u64)>>,
     /// When CLOSE_WAIT was last sampled: a process first seen at the next
@@ -88,6 +92,13 @@ pub struct FailedConnectCount {
     /// connect() failed with EADDRNOTAVAIL: no free local port.
     pub no_port: u64,
     pub owner: Option<(u32, Comm)>,
+}
+
+/// Timewait sockets reused towards one destination, and who reused last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwReuseCount {
+    pub reused: u64,
+    pub last_by: Option<(u32, Comm)>,
 }
 
 impl Aggregates {
@@ -205,9 +216,21 @@ impl Aggregates {
                 tw,
                 reason,
                 duration_ns,
+                reused_by,
                 ..
             } => {
                 *self.ended.entry(*reason).or_default() += 1;
+                if *reason == EndReason::TimeWaitReused {
+                    let key = (tw.key.daddr, tw.key.dport);
+                    if self.tw_reuses.len() < MAX_FAILED_PEERS || self.tw_reuses.contains_key(&key)
+                    {
+                        let r = self.tw_reuses.entry(key).or_default();
+                        r.reused += 1;
+                        if let Some(o) = reused_by {
+                            r.last_by = Some((o.pid, o.comm));
+                        }
+                    }
+                }
                 if let Some(ns) = duration_ns
                     && *reason != EndReason::Dropped
                 {

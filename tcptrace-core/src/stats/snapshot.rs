@@ -289,6 +289,9 @@ pub fn end_reason_name(r: EndReason) -> &'static str {
         EndReason::ListenerClosed => "listener_closed",
         EndReason::TimeWaitExpired => "time_wait_expired",
         EndReason::TimeWaitKilled => "time_wait_killed",
+        EndReason::TimeWaitReused => "time_wait_reused",
+        EndReason::TimeWaitPurged => "time_wait_purged",
+        EndReason::TimeWaitOverflow => "time_wait_overflow",
         EndReason::Dropped => "dropped",
     }
 }

@@ -11,8 +11,11 @@
 //! transition that interrupts it on the same CPU) read the socket through BTF
 //! offsets, the classic tracepoint reads the record. Both paths see the same
 //! events. This is also where owners are captured (connect and listen
-//! run in the owner's process context) and where a timewait socket is linked to
-//! the full socket it replaces.
+//! run in the owner's process context), where a connect is remembered for
+//! telling a timewait socket's reuse (`timewait::note_connect`), where a
+//! timewait socket is linked to the full socket it replaces, and where a
+//! socket that should have been replaced by one and was not is marked
+//! overflow ([`no_error`]).
 
 use aya_ebpf::{
     EbpfContext,
@@ -20,7 +23,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcptrace_common::{Counter, EventKind, IPPROTO_TCP, RawEvent, event_flags, family, tcp_state};
+use tcptrace_common::{
+    Counter, EventKind, IPPROTO_TCP, RawEvent, TwEndReason, event_flags, family, tcp_state,
+};
 
 use crate::{
     maps::{
@@ -187,7 +192,10 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
             }
             if old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN) {
                 // connect() / listen(): we are in the owner's process context.
-                capture_current(&mut owner);
+                let pid_tgid = capture_current(&mut owner);
+                if new == tcp_state::SYN_SENT {
+                    timewait::note_connect(sk, pid_tgid);
+                }
             } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
                 let key = ListenKey {
                     netns: owner.netns,
@@ -224,7 +232,13 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
     }
 
     if new == tcp_state::CLOSE {
-        link_timewait(sk, old, ev, &owner);
+        let handed_over = link_timewait(sk, old, ev, &owner);
+        if !handed_over
+            && (old == tcp_state::FIN_WAIT2 || old == tcp_state::CLOSING)
+            && no_error(sk)
+        {
+            ev.reason = TwEndReason::Overflow as u8;
+        }
         let _ = OWNERS.remove(sk);
         if old == tcp_state::LISTEN {
             let key = ListenKey {
@@ -250,20 +264,50 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
     emit(ev)
 }
 
+/// Whether a socket leaving FIN_WAIT2 or CLOSING for CLOSE with no timewait
+/// socket in its place went without an error: then `tcp_time_wait()` could
+/// not allocate the timewait socket (`inet_twsk_alloc()` fails past
+/// `tcp_max_tw_buckets`, or without memory; the kernel counts
+/// TCPTimeWaitOverflow and calls `tcp_done()`). An RST (`tcp_reset()`), a
+/// write timeout and `tcp_abort()` set `sk_err` before `tcp_done()`. Read only
+/// on this rare path. Closes it cannot tell apart (no error either, each
+/// with a counter of its own the kernel bumps): `TCP_LINGER2` < 0, or
+/// `tcp_fin_timeout` > 60 s and the keepalive timer's reset
+/// (TCPAbortOnLinger); close() with unread data, or SO_LINGER 0, on a
+/// socket already shut down for writing (TCPAbortOnClose); data for an
+/// orphan that acknowledges its FIN (TCPAbortOnData); orphans killed for
+/// memory (TCPAbortOnMemory). The namespace's TCPTimeWaitOverflow is the
+/// cross-check.
+#[inline(always)]
+fn no_error(sk: u64) -> bool {
+    let off = global!(OFFSETS.sk_err);
+    off != 0 && sock::read::<i32>(sk, off) == Some(0)
+}
+
 /// `tcp_time_wait()` armed a timewait socket's timer on this CPU just before
 /// `tcp_done()` moved the full socket to CLOSE: if the 4-tuples match, the
 /// timewait socket replaced this one. Emit its `TwBegin` with this socket's
-/// owner, and carry the owner to the timewait socket's map entry.
+/// owner, and carry the owner to the timewait socket's map entry. Returns
+/// whether a timewait socket took this one's place (with fentry, the
+/// hand-over `inet_twsk_hashdance_schedule` marked).
 #[inline(always)]
-fn link_timewait(sk: u64, old: u8, tuple: &RawEvent, owner: &tcptrace_common::OwnerEntry) {
+fn link_timewait(sk: u64, old: u8, tuple: &RawEvent, owner: &tcptrace_common::OwnerEntry) -> bool {
     let Some(scratch) = tw_scratch() else {
         // A timewait begin may be parked there: it is lost.
         count(Counter::ProbeFailed);
-        return;
+        return false;
     };
+    let handed_over = unsafe { &mut (*scratch).handed_over };
+    if *handed_over != 0 {
+        let ours = *handed_over == sk;
+        *handed_over = 0;
+        if ours {
+            return true;
+        }
+    }
     let begun = unsafe { &mut (*scratch).begun };
     if begun.sk == 0 || !same_tuple(begun, tuple) {
-        return;
+        return false;
     }
     begun.link = sk;
     begun.old = old;
@@ -283,4 +327,5 @@ fn link_timewait(sk: u64, old: u8, tuple: &RawEvent, owner: &tcptrace_common::Ow
     }
     let _ = emit(begun);
     begun.sk = 0;
+    true
 }

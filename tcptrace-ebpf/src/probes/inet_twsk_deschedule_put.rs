@@ -1,7 +1,8 @@
 //! fentry `inet_twsk_deschedule_put`: a timewait socket taken down before its
 //! timer ran out (RST, reuse, netns teardown). Where fentry loads, this
-//! reports the early kill; otherwise a `timer_cancel` followed by nothing
-//! that explains it does.
+//! reports the early end, told apart as the timer path does
+//! (`timewait::classify_kill`: reused, purged or killed); otherwise a
+//! `timer_cancel` followed by nothing that explains it does.
 //!
 //! ```c
 //! void inet_twsk_deschedule_put(struct inet_timewait_sock *tw);

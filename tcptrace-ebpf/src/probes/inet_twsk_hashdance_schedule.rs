@@ -14,7 +14,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::fentry, programs::FEntryContex
 use tcptrace_common::{Counter, EventKind, RawEvent, event_flags};
 
 use crate::{
-    maps::{OWNERS, count},
+    maps::{OWNERS, count, tw_scratch},
     probes::{Drop, emit, settle, timewait::build},
     sock::{self, apply_owner},
 };
@@ -33,7 +33,12 @@ pub fn try_hashdance(ctx: &FEntryContext) -> Result<(), Drop> {
     let sk: u64 = ctx.arg(1);
     let ts = unsafe { bpf_ktime_get_ns() };
     let mut ev = RawEvent::zeroed();
-    let substate = build(&mut ev, tw, ts, EventKind::TwBegin)?;
+    let substate = build(&mut ev, tw, ts, EventKind::TwBegin)?.substate;
+    // tcp_done() moves `sk` to CLOSE next, on this CPU: a hand-over, not
+    // an overflow (see `inet_sock_set_state.rs`).
+    if let Some(scratch) = tw_scratch() {
+        unsafe { (*scratch).handed_over = sk };
+    }
     ev.new = substate;
     ev.link = sk;
     ev.flags |= event_flags::LINKED;

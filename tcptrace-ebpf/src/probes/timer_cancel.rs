@@ -1,7 +1,9 @@
 //! `timer:timer_cancel`: a timer detached. For a timewait socket's timer that
-//! is a kill, a re-arm or an expiry, which only the next timer event on this
-//! CPU tells apart: the cancel is built here as a kill and parked (see
-//! `timewait.rs`), and any cancel parked before it was a kill.
+//! is an early end, a re-arm or an expiry, which only the next timer event on
+//! this CPU tells apart: the cancel is built here as an early end (reused,
+//! purged or killed, decided now while the cancelling task and the namespace
+//! can be seen) and parked (see `timewait.rs`), and any cancel parked before
+//! it ended early.
 //!
 //! ```c
 //! DEFINE_EVENT(timer_class, timer_cancel, TP_PROTO(struct timer_list *timer), ...)
@@ -12,13 +14,16 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tcptrace_common::{EventKind, TwEndReason, tcp_state};
+use tcptrace_common::{EventKind, tcp_state};
 
 use crate::{
     maps::{global, tw_scratch},
     probes::{
         Drop, settle,
-        timewait::{self, Next, build, ctx_read, is_tw_timer, skip_nested, timer_function, tw_of},
+        timewait::{
+            self, Next, build, classify_kill, ctx_read, is_tw_timer, skip_nested, timer_function,
+            tw_of,
+        },
     },
 };
 
@@ -64,10 +69,10 @@ fn cancel(timer: u64) -> Result<(), Drop> {
     let scratch = tw_scratch().ok_or(Drop::Scratch)?;
     let ev = unsafe { &mut (*scratch).cancelled };
     match build(ev, tw, ts, EventKind::TwEnd) {
-        Ok(substate) => {
-            ev.old = substate;
+        Ok(built) => {
+            ev.old = built.substate;
             ev.new = tcp_state::CLOSE;
-            ev.reason = TwEndReason::Killed as u8;
+            classify_kill(ev, built.net);
             Ok(())
         }
         Err(drop) => {

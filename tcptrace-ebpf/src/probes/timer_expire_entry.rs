@@ -68,9 +68,10 @@ fn expire(timer: u64, function: u64) -> Result<(), Drop> {
             ev.prev_ns += ts.saturating_sub(ev.ts_ns);
         }
         ev.ts_ns = ts;
+        // Built as an early end at the cancel: it was not one.
+        timewait::unclassify(ev);
     } else {
-        let substate = build(ev, tw, ts, EventKind::TwEnd)?;
-        ev.old = substate;
+        ev.old = build(ev, tw, ts, EventKind::TwEnd)?.substate;
         ev.new = tcp_state::CLOSE;
     }
     ev.reason = TwEndReason::Expired as u8;

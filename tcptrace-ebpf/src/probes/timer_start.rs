@@ -71,7 +71,7 @@ fn start<C: EbpfContext>(ctx: &C, timer: u64, function: u64) -> Result<(), Drop>
     if rearm {
         let ev = unsafe { &mut (*scratch).cancelled };
         let old = ev.old;
-        let substate = build(ev, tw, ts, EventKind::TwRearm)?;
+        let substate = build(ev, tw, ts, EventKind::TwRearm)?.substate;
         ev.old = old;
         ev.new = substate;
         if let Some(owner) = OWNERS.get_ptr_mut(tw) {
@@ -102,8 +102,7 @@ fn start<C: EbpfContext>(ctx: &C, timer: u64, function: u64) -> Result<(), Drop>
         let _ = emit(begun);
         begun.sk = 0;
     }
-    let substate = build(begun, tw, ts, EventKind::TwBegin)?;
-    begun.new = substate;
+    begun.new = build(begun, tw, ts, EventKind::TwBegin)?.substate;
     begun.old = 0;
     Ok(())
 }

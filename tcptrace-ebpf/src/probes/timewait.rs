@@ -16,20 +16,28 @@
 //!   the same timer address can be a kill followed by a new tw;
 //! - `timer_cancel` then `timer_expire_entry` of the same timer: expired
 //!   (`expire_timers()` detaches before calling `tw_timer_handler`);
-//! - `timer_cancel` followed by anything else: killed early (RST, reuse,
-//!   netns teardown: `inet_twsk_deschedule_put()`).
+//! - `timer_cancel` followed by anything else: ended early
+//!   (`inet_twsk_deschedule_put()`), and why is decided at the cancel
+//!   ([`classify_kill`]): reused when the task cancelling is the one whose
+//!   connect() on this CPU is hashing a socket with the timewait socket's
+//!   4-tuple (`tcp_tw_reuse`, see `maps::Connecting`); purged when its
+//!   network namespace's reference count is 0 (`inet_twsk_purge()` at
+//!   teardown); killed otherwise (an RST, a SYN answered).
 //!
 //! So a cancel is parked per CPU (`TwScratch::cancelled`) and decided by the
 //! next event on that CPU; a begun timewait socket is parked
 //! (`TwScratch::begun`) until the full socket it replaces goes to CLOSE.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::TracePointContext,
+};
 use tcptrace_common::{Counter, EventKind, RawEvent, TwEndReason, event_flags, family, tcp_state};
 
 use crate::{
-    maps::{OWNERS, Prog, busy, busy_in, count, global, prog_scratch, tw_scratch},
+    maps::{OWNERS, Prog, ProgScratch, busy, busy_in, count, global, prog_scratch, tw_scratch},
     probes::{Drop, emit},
-    sock::{self, apply_owner, read_tuple},
+    sock::{self, SockHead, apply_owner, eq16, field, read_tuple},
 };
 
 /// What the next event on this CPU is, for deciding a parked cancel.
@@ -116,11 +124,20 @@ fn same_tuple(ev: &RawEvent) -> bool {
     }
 }
 
+/// What [`build`] read besides the event.
+#[derive(Clone, Copy)]
+pub struct Built {
+    /// `tw_substate`: TIME_WAIT, or FIN_WAIT2 for an orphan.
+    pub substate: u8,
+    /// The timewait socket's `struct net *` (0 if unknown).
+    pub net: u64,
+}
+
 /// Builds the common part of a timewait event: tuple, substate, owner.
-/// Returns the substate. On failure the slot is left empty (`sk == 0`), so
-/// a half-built event is never parked and emitted later.
+/// On failure the slot is left empty (`sk == 0`), so a half-built event is
+/// never parked and emitted later.
 #[inline(always)]
-pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<u8, Drop> {
+pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<Built, Drop> {
     let built = build_into(ev, tw, ts, kind);
     if built.is_err() {
         ev.sk = 0;
@@ -129,7 +146,7 @@ pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<u8,
 }
 
 #[inline(always)]
-fn build_into(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<u8, Drop> {
+fn build_into(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<Built, Drop> {
     *ev = RawEvent::zeroed();
     ev.ts_ns = ts;
     ev.kind = kind as u32;
@@ -152,7 +169,107 @@ fn build_into(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<u8
         ev.netns = ns;
         ev.flags |= event_flags::NETNS_KNOWN;
     }
-    Ok(substate)
+    Ok(Built { substate, net })
+}
+
+/// CLOSE -> SYN_SENT in connect(), in the connecting task: remembered on
+/// this CPU for [`classify_kill`]. One per-CPU store.
+#[inline(always)]
+pub fn note_connect(sk: u64, pid_tgid: u64) {
+    if let Some(scratch) = tw_scratch() {
+        let connect = unsafe { &mut (*scratch).connect };
+        connect.sk = sk;
+        connect.pid_tgid = pid_tgid;
+    }
+}
+
+/// Why the timewait socket `ev` (a `TwEnd` being built, its `struct net *`
+/// `net`) ends if its timer's cancel is neither a re-arm nor an expiry:
+/// sets `reason` to reused (with `link` the connecting socket and
+/// `reused_by` its task), purged or killed. See the module docs.
+#[inline(always)]
+pub fn classify_kill(ev: &mut RawEvent, net: u64) {
+    ev.reason = TwEndReason::Killed as u8;
+    if let Some((sk, tgid)) = reused_by(ev, net) {
+        ev.reason = TwEndReason::Reused as u8;
+        ev.link = sk;
+        ev.flags |= event_flags::LINKED;
+        ev.reused_by = tgid;
+    } else if namespace_dying(net) {
+        ev.reason = TwEndReason::Purged as u8;
+    }
+}
+
+/// Undoes what [`classify_kill`] set, for a parked cancel that turned out
+/// to be an expiry.
+#[inline(always)]
+pub fn unclassify(ev: &mut RawEvent) {
+    ev.link = 0;
+    ev.flags &= !event_flags::LINKED;
+    ev.reused_by = 0;
+}
+
+/// The connecting socket and its task's tgid when the current task is the
+/// one whose connect() on this CPU is hashing a socket with `tw`'s 4-tuple
+/// in `tw`'s namespace. Reads the connecting socket only when the task
+/// matches.
+#[inline(always)]
+fn reused_by(tw: &RawEvent, tw_net: u64) -> Option<(u64, u32)> {
+    let scratch = tw_scratch()?;
+    let connect = unsafe { (*scratch).connect };
+    if connect.sk == 0 || bpf_get_current_pid_tgid() != connect.pid_tgid {
+        return None;
+    }
+    // The timer program's event slot is free: its timewait events are
+    // built in `TwScratch` (or on the stack, with fentry).
+    let ProgScratch {
+        event: sk_tuple,
+        head,
+    } = prog_scratch(Prog::Timer)?;
+    *sk_tuple = RawEvent::zeroed();
+    // The port is hashed by now: skc_num holds it.
+    let net = read_tuple(connect.sk, head, sk_tuple, false)?;
+    (net == tw_net && same_endpoints(sk_tuple, head, tw))
+        .then_some((connect.sk, (connect.pid_tgid >> 32) as u32))
+}
+
+/// Whether the connecting socket `sk` (its tuple, and its `sock_common`
+/// head) has the timewait socket `tw`'s 4-tuple. An IPv6 socket connecting
+/// to a v4-mapped address (`tcp_v6_connect()` hands over to
+/// `tcp_v4_connect()`) sets its v6 source only once connected: compare its
+/// IPv4 fields with the mapped addresses of the timewait socket then.
+#[inline(always)]
+fn same_endpoints(sk: &RawEvent, head: &SockHead, tw: &RawEvent) -> bool {
+    if sk.family != tw.family || sk.sport != tw.sport || sk.dport != tw.dport {
+        return false;
+    }
+    if eq16(&sk.saddr, &tw.saddr) && eq16(&sk.daddr, &tw.daddr) {
+        return true;
+    }
+    if sk.family != family::INET6 || !v4_mapped(&tw.saddr) || !v4_mapped(&tw.daddr) {
+        return false;
+    }
+    let saddr: Option<[u8; 4]> = field(head, global!(OFFSETS.skc_rcv_saddr));
+    let daddr: Option<[u8; 4]> = field(head, global!(OFFSETS.skc_daddr));
+    saddr.is_some_and(|a| tw.saddr[12..] == a) && daddr.is_some_and(|a| tw.daddr[12..] == a)
+}
+
+/// `::ffff:a.b.c.d`.
+#[inline(always)]
+fn v4_mapped(a: &[u8; 16]) -> bool {
+    let head = unsafe { core::ptr::read_unaligned(a.as_ptr() as *const u64) };
+    let mid = unsafe { core::ptr::read_unaligned(a.as_ptr().add(8) as *const u32) };
+    head == 0 && mid == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
+/// Whether the network namespace `net` is being torn down: its reference
+/// count is 0 while `cleanup_net()` runs the exit methods, among them
+/// `inet_twsk_purge()` (`check_net()` is how it picks the timewait sockets
+/// to kill). False when BTF did not give the offset.
+#[inline(always)]
+fn namespace_dying(net: u64) -> bool {
+    let off = global!(OFFSETS.net_ns_ref);
+    off != 0 && net != 0 && sock::read::<u32>(net, off) == Some(0)
 }
 
 /// The function a timer will call, read from the timer itself (tp_btf
@@ -172,15 +289,19 @@ pub fn skip_nested(function: u64) -> bool {
 }
 
 /// fentry: the end of timewait socket `tw` (`tw_timer_handler`,
-/// `inet_twsk_deschedule_put`), built and emitted at once.
+/// `inet_twsk_deschedule_put`), built and emitted at once. `reason`
+/// [`TwEndReason::Killed`] is refined by [`classify_kill`].
 #[inline(always)]
 pub fn end(tw: u64, reason: TwEndReason) -> Result<(), Drop> {
     let ts = unsafe { bpf_ktime_get_ns() };
     let mut ev = RawEvent::zeroed();
-    let substate = build(&mut ev, tw, ts, EventKind::TwEnd)?;
-    ev.old = substate;
+    let built = build(&mut ev, tw, ts, EventKind::TwEnd)?;
+    ev.old = built.substate;
     ev.new = tcp_state::CLOSE;
     ev.reason = reason as u8;
+    if reason == TwEndReason::Killed {
+        classify_kill(&mut ev, built.net);
+    }
     let _ = OWNERS.remove(tw);
     emit(&ev)
 }

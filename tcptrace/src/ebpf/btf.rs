@@ -98,7 +98,19 @@ impl KernelBtf {
     }
 }
 
-/// Fills the struct-offset part of `KernelOffsets` from BTF.
+/// `struct net.ns`'s reference count, 0 while the namespace is torn down:
+/// `__ns_ref` since 6.18's `ns_common` rework, `count` before. `None` when
+/// BTF has neither (timewait sockets purged with their namespace are then
+/// told as killed).
+pub fn net_ns_ref(btf: &KernelBtf) -> Option<u32> {
+    ["__ns_ref", "count"]
+        .into_iter()
+        .find_map(|member| btf.offset("net", &["ns", member]).ok())
+}
+
+/// Fills the struct-offset part of `KernelOffsets` from BTF. `net_ns_ref`
+/// and `sk_err` are optional (0 when absent: purges and overflows are not
+/// told apart); [`missing_optional`] says so.
 pub fn struct_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -> Result<()> {
     let sc = "sock_common";
     o.timer_function = btf.offset("timer_list", &["function"])?;
@@ -114,7 +126,9 @@ pub fn struct_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -
     o.skc_v6_rcv_saddr = btf.offset(sc, &["skc_v6_rcv_saddr"])?;
     o.skc_net = btf.offset(sc, &["skc_net"])?;
     o.net_ns_inum = btf.offset("net", &["ns", "inum"])?;
+    o.net_ns_ref = net_ns_ref(btf).unwrap_or(0);
     o.sk_protocol = btf.offset("sock", &["sk_protocol"])?;
+    o.sk_err = btf.offset("sock", &["sk_err"]).unwrap_or(0);
     o.inet_sport = btf.offset("inet_sock", &["inet_sport"])?;
     o.task_files = btf.offset("task_struct", &["files"])?;
     o.files_fdt = btf.offset("files_struct", &["fdt"])?;
@@ -150,6 +164,23 @@ pub fn struct_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -
     Ok(())
 }
 
+/// What the program cannot tell on this kernel because an optional offset
+/// is missing, for the load's fallbacks (`Hooks::fallbacks`: logged by every
+/// live command at `RUST_LOG=info`).
+pub fn missing_optional(o: &tcptrace_common::KernelOffsets) -> Vec<String> {
+    let mut out = Vec::new();
+    if o.net_ns_ref == 0 {
+        out.push(
+            "TIME_WAIT purged with its namespace is told as killed: BTF has no struct net.ns.__ns_ref (or ns.count)"
+                .to_string(),
+        );
+    }
+    if o.sk_err == 0 {
+        out.push("TIME_WAIT overflows are not told: BTF has no struct sock.sk_err".to_string());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +195,11 @@ mod tests {
         assert_eq!(o.skc_rcv_saddr, 4);
         assert!(o.tw_timer > o.skc_v6_rcv_saddr);
         assert!(btf.offset("sock", &["no_such_member"]).is_err());
+        // The namespace refcount and sk_err are found on this kernel (6.18:
+        // ns.__ns_ref), right after ns.inum's neighbours.
+        assert_ne!(o.net_ns_ref, 0);
+        assert_ne!(o.sk_err, 0);
+        assert_ne!(o.net_ns_ref, o.net_ns_inum);
+        assert!(missing_optional(&o).is_empty());
     }
 }

@@ -203,7 +203,7 @@ impl Tracer {
             .load(OBJECT)
             .map_err(|e| permission_hint(anyhow!(e), "load the eBPF object"))?;
         let mut prog_fds = Vec::new();
-        let mut fallbacks = Vec::new();
+        let mut fallbacks = btf::missing_optional(&offsets);
         // Parsed once for every BTF-typed program (tp_btf, fentry).
         let btf = Btf::from_sys_fs().context("read kernel BTF");
 

@@ -1,15 +1,22 @@
 //! The live kernel as a [`Source`]: the ring buffer (copied out by the
-//! reader thread, decoded here), sock_diag snapshots of every namespace
-//! (through the user's filters), the kernel's loss counters, on the
-//! monotonic clock the kernel stamps events with; and the timewait sockets
-//! whose move from FIN_WAIT2 to TIME_WAIT no hook shows, checked about once
-//! a second ([`super::timewait_check`]) so that every command gets their
+//! reader thread, decoded here, the process that reused a timewait socket
+//! named), sock_diag snapshots of every namespace (through the user's
+//! filters), the kernel's loss counters, on the monotonic clock the kernel
+//! stamps events with; and the timewait sockets whose move from FIN_WAIT2
+//! to TIME_WAIT no hook shows, checked about once a second
+//! ([`super::timewait_check`]) so that every command gets their
 //! `TwSubstate` events in the stream, through the user's filters.
 
 use std::sync::mpsc::Receiver;
 
 use anyhow::Result;
-use tcptrace_core::{clock::WallClock, decode, filter::UserFilter, model::Lost, record::Record};
+use tcptrace_core::{
+    clock::WallClock,
+    decode::{self, ReuserNames},
+    filter::UserFilter,
+    model::{Comm, Lost},
+    record::Record,
+};
 
 use super::{
     Source, SourceInfo,
@@ -29,6 +36,14 @@ pub struct Live {
     decode_errors: u64,
     timewait: TimewaitCheck,
     asker: KernelAsker,
+    reusers: ReuserNames,
+}
+
+/// A process's name from `/proc` (the reuser of a timewait socket whose
+/// connect the filters left out: it called connect() a moment ago).
+fn proc_comm(pid: u32) -> Option<Comm> {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(Comm::from_name(name.trim_end_matches('\n')))
 }
 
 /// A sock_diag snapshot of every namespace, keeping what the filter keeps:
@@ -66,6 +81,7 @@ impl Live {
             decode_errors: 0,
             timewait: TimewaitCheck::new(monotonic_ns()),
             asker: KernelAsker::new(),
+            reusers: ReuserNames::default(),
         }
     }
 
@@ -138,12 +154,18 @@ impl Source for Live {
     fn drain(&mut self, f: &mut dyn FnMut(Record)) {
         let errors = &mut self.decode_errors;
         let timewait = &mut self.timewait;
+        let reusers = &mut self.reusers;
         // The kernel's filter may be wider than the user's (see
         // `UserFilter::kernel_filter`): the check follows what it lets
         // through, the stream carries what the user asked for.
         let narrow = self.user_filter.narrows().then_some(self.user_filter);
         self.tracer.drain(|bytes| match decode::decode(bytes) {
-            Ok(e) => {
+            Ok(mut e) => {
+                if let Some(pid) = reusers.observe(&mut e)
+                    && let Some(comm) = proc_comm(pid)
+                {
+                    ReuserNames::name(&mut e, comm);
+                }
                 timewait.observe(&e);
                 if narrow.is_none_or(|u| u.matches_event(&e)) {
                     f(Record::Event(e));
