@@ -364,7 +364,7 @@ fn connection_refused() {
 }
 
 /// Deleting a network namespace purges its timewait sockets early: tw_end
-/// "killed", with the namespace's inode.
+/// "purged", with the namespace's inode (more in `kernel_tw_reasons.rs`).
 #[test]
 fn time_wait_killed_early_by_namespace_teardown() {
     let mut ns = NetNs::new("twkill");
@@ -402,7 +402,7 @@ fn time_wait_killed_early_by_namespace_teardown() {
         .iter()
         .find(|e| e.kind == EventKind::TwEnd && e.sk == tw.sk)
         .unwrap();
-    assert_eq!(end.reason, Some(TwEndReason::Killed));
+    assert_eq!(end.reason, Some(TwEndReason::Purged));
     assert_eq!(end.owner.unwrap().pid, std::process::id());
     assert!(end.prev_ns.unwrap() < 30_000_000_000);
 }
