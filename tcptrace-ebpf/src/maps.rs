@@ -131,7 +131,10 @@ pub struct TwScratch {
 /// (`inet_twsk_deschedule_put()`) right after hashing the socket. A cancel
 /// by this task, of a timewait socket with this socket's 4-tuple, is that
 /// reuse. One store per connect on the transition path; read only on
-/// timewait timer cancels.
+/// timewait timer cancels. A task moved to another CPU between the two
+/// (preempted in that window of `tcp_v4_connect()`) has its reuse told as a
+/// kill. A softirq that cancels another timewait socket while interrupting
+/// the connecting task runs as that task too: the 4-tuple tells them apart.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Connecting {

@@ -10,7 +10,7 @@ mod common;
 
 use std::{
     io::Read,
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     process::Command,
     time::{Duration, Instant},
 };
@@ -50,10 +50,20 @@ fn tcp_ext(ns: &NetNs, name: &str) -> u64 {
 /// 127.0.0.1:`port`, closed by the client first: the client's 4-tuple ends
 /// in TIME_WAIT. Returns the connected stream's result.
 fn bound_connect(cport: u16, port: u16) -> std::io::Result<TcpStream> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    bound_connect_at(IpAddr::V4(Ipv4Addr::LOCALHOST), cport, port)
+}
+
+/// A socket of `ip`'s family bound to `ip`:`cport` (SO_REUSEADDR)
+/// connecting to `ip`:`port`.
+fn bound_connect_at(ip: IpAddr, cport: u16, port: u16) -> std::io::Result<TcpStream> {
+    let domain = match ip {
+        IpAddr::V4(_) => socket2::Domain::IPV4,
+        IpAddr::V6(_) => socket2::Domain::IPV6,
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     s.set_reuse_address(true)?;
-    s.bind(&SocketAddr::from(([127, 0, 0, 1], cport)).into())?;
-    s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    s.bind(&SocketAddr::new(ip, cport).into())?;
+    s.connect(&SocketAddr::new(ip, port).into())?;
     Ok(s.into())
 }
 
@@ -70,6 +80,8 @@ fn close_first(client: &mut TcpStream, listener: &TcpListener) {
 /// What a reuse scenario made.
 struct Reuse {
     ns_inode: u32,
+    /// The reused timewait socket's family (set by `check_reuse`).
+    family: Option<tcptrace_core::model::Family>,
     /// The client's local port, both times.
     cport: u16,
     /// Failed connects before the kernel allowed the reuse.
@@ -87,6 +99,22 @@ enum Reconnect {
     /// timestamps the kernel lets it reuse the timewait socket at once
     /// (`tcp_twsk_unique()` without `twp`), whatever `tcp_tw_reuse` says.
     BoundPort,
+    /// The same over IPv6 (`::1`).
+    BoundPortV6,
+    /// The same from an IPv6 socket to a v4-mapped address
+    /// (`::ffff:127.0.0.1`, served by an IPv4 listener): `tcp_v6_connect()`
+    /// hands over to `tcp_v4_connect()`.
+    BoundPortV4Mapped,
+}
+
+impl Reconnect {
+    /// The server's (listening) address.
+    fn server(self) -> IpAddr {
+        match self {
+            Reconnect::BoundPortV6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
 }
 
 /// In a namespace with `tcp_tw_reuse=1`: a client closes first, then
@@ -101,9 +129,14 @@ fn reuse_in(ns: &NetNs, port: u16, how: Reconnect) -> Reuse {
     let connect = move || match how {
         Reconnect::EphemeralPort => TcpStream::connect(("127.0.0.1", port)),
         Reconnect::BoundPort => bound_connect(cport, port),
+        Reconnect::BoundPortV6 => bound_connect_at(how.server(), cport, port),
+        Reconnect::BoundPortV4Mapped => {
+            let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
+            bound_connect_at(IpAddr::V6(mapped), cport, port)
+        }
     };
     let attempts = ns.run(move || {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let listener = TcpListener::bind((how.server(), port)).unwrap();
         let mut first = connect().expect("first connect");
         assert_eq!(first.local_addr().unwrap().port(), cport);
         close_first(&mut first, &listener);
@@ -134,6 +167,7 @@ fn reuse_in(ns: &NetNs, port: u16, how: Reconnect) -> Reuse {
     });
     Reuse {
         ns_inode,
+        family: None,
         cport,
         attempts,
     }
@@ -188,6 +222,24 @@ fn reconnect_from_a_bound_port_is_reported_as_reused() {
     check_reuse("twrebind", 40_315, Reconnect::BoundPort, Hooks::Default);
 }
 
+/// The same over IPv6, and from an IPv6 socket to a v4-mapped address.
+#[test]
+fn reconnects_over_ipv6_and_v4_mapped_are_reported_as_reused() {
+    let r = check_reuse("twrebind6", 40_320, Reconnect::BoundPortV6, Hooks::Default);
+    assert_eq!(r.family, Some(tcptrace_core::model::Family::V6));
+    let r = check_reuse(
+        "twrebindmap",
+        40_321,
+        Reconnect::BoundPortV4Mapped,
+        Hooks::Default,
+    );
+    assert_eq!(
+        r.family,
+        Some(tcptrace_core::model::Family::V6),
+        "the timewait socket is AF_INET6"
+    );
+}
+
 /// The classic tracepoints (the fallback where tp_btf does not load) tell
 /// the same three ends.
 #[test]
@@ -205,7 +257,7 @@ fn classic_tracepoints_tell_reused_overflow_and_purged() {
 fn check_reuse(tag: &str, port: u16, how: Reconnect, hooks: Hooks) -> Reuse {
     let ns = NetNs::new(tag);
     let mut tracer = tracer(port, hooks);
-    let r = reuse_in(&ns, port, how);
+    let mut r = reuse_in(&ns, port, how);
     let mut events = Vec::new();
     let ok = collect_until(&mut tracer, &mut events, Duration::from_secs(5), |ev| {
         reused_end(ev, r.cport).is_some()
@@ -228,7 +280,7 @@ fn check_reuse(tag: &str, port: u16, how: Reconnect, hooks: Hooks) -> Reuse {
         Reconnect::EphemeralPort => {
             assert!(age >= REUSE_DELAY_NS, "reused after the delay: {end:?}")
         }
-        Reconnect::BoundPort => assert!(age < 30_000_000_000, "reused early: {end:?}"),
+        _ => assert!(age < 30_000_000_000, "reused early: {end:?}"),
     }
     let me = std::process::id();
     assert_eq!(
@@ -286,6 +338,7 @@ fn check_reuse(tag: &str, port: u16, how: Reconnect, hooks: Hooks) -> Reuse {
             .any(|e| e.kind == EventKind::TwEnd && e.reason == Some(TwEndReason::Killed)),
         "{events:#?}"
     );
+    r.family = Some(end.family);
     r
 }
 
