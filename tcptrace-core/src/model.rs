@@ -169,14 +169,6 @@ pub enum TwEndReason {
 impl TwEndReason {
     /// `Reused` with no process known.
     pub const REUSED: Self = Self::Reused { by: None };
-
-    /// The same reason, its reuser aside (for comparing kinds).
-    pub const fn kind(self) -> Self {
-        match self {
-            Self::Reused { .. } => Self::REUSED,
-            other => other,
-        }
-    }
 }
 
 /// The process whose connect() reused a timewait socket's 4-tuple: its pid

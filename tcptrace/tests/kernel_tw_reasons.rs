@@ -461,10 +461,40 @@ fn check_purge(tag: &str, port: u16, hooks: Hooks) {
 /// `tcptrace trace --json` tells the reuse with the reusing process.
 #[test]
 fn trace_json_shows_reused_with_the_reusing_process() {
-    let ns = NetNs::new("twreusecli");
-    let port = 40_314;
+    let (end, lines) = trace_reuse("twreusecli", 40_314, &[]);
+    let link = end["link"].as_str().expect("link to the reusing socket");
+    let connect = lines
+        .iter()
+        .rev()
+        .find(|v| v["sk"] == link && v["old"] == "CLOSE" && v["new"] == "SYN_SENT")
+        .unwrap_or_else(|| panic!("no connect of {link} in {lines:#?}"));
+    assert_eq!(end["reused_by_comm"], connect["comm"], "{end}");
+    assert!(lines.iter().all(|v| v["no_time_wait"].is_null()));
+}
+
+/// With `--state TIME_WAIT` the reusing connect is filtered out in the
+/// kernel: the reuser's name comes from `/proc` (the process's).
+#[test]
+fn trace_json_names_the_reuser_when_its_connect_is_filtered_out() {
+    let (end, lines) = trace_reuse("twreusestate", 40_322, &["--state", "TIME_WAIT"]);
+    assert!(lines.iter().all(|v| v["new"] != "SYN_SENT"), "{lines:#?}");
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(end["reused_by_comm"], me.trim_end(), "{end}");
+}
+
+/// `tcptrace trace --json --port PORT EXTRA...` while a client reuses its
+/// timewait socket (tcp_tw_reuse) in namespace `tag`: the reused tw_end,
+/// checked for the reusing pid and the age, and every JSON line before it.
+fn trace_reuse(
+    tag: &str,
+    port: u16,
+    extra: &[&str],
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let ns = NetNs::new(tag);
     let p = port.to_string();
-    let running = Streaming::start(&["trace", "--json", "--port", &p]);
+    let mut args = vec!["trace", "--json", "--port", &p];
+    args.extend_from_slice(extra);
+    let running = Streaming::start(&args);
     let mut err_seen = Vec::new();
     Streaming::wait_line(
         &running.err,
@@ -491,23 +521,14 @@ fn trace_json_shows_reused_with_the_reusing_process() {
     let (status, _, err) = running.wait(Duration::from_secs(10));
     assert!(status.success(), "{err:?}");
     let end = json(&line).unwrap();
-    let me = std::process::id();
-    assert_eq!(end["reused_by_pid"], me, "{end}");
+    assert_eq!(end["reused_by_pid"], std::process::id(), "{end}");
     assert!(end["reused_by_comm"].is_string(), "{end}");
     assert!(
         end["prev_state_ns"].as_u64().unwrap() >= REUSE_DELAY_NS,
         "{end}"
     );
     assert_eq!(end["netns"], r.ns_inode, "{end}");
-    let link = end["link"].as_str().expect("link to the reusing socket");
-    let lines: Vec<serde_json::Value> = seen.iter().filter_map(|l| json(l)).collect();
-    let connect = lines
-        .iter()
-        .rev()
-        .find(|v| v["sk"] == link && v["old"] == "CLOSE" && v["new"] == "SYN_SENT")
-        .unwrap_or_else(|| panic!("no connect of {link} in {seen:#?}"));
-    assert_eq!(end["reused_by_comm"], connect["comm"], "{end}");
-    assert!(lines.iter().all(|v| v["no_time_wait"].is_null()));
+    (end, seen.iter().filter_map(|l| json(l)).collect())
 }
 
 /// A server that closes first holds the timewait socket; the client

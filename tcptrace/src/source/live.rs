@@ -159,12 +159,25 @@ impl Source for Live {
         // `UserFilter::kernel_filter`): the check follows what it lets
         // through, the stream carries what the user asked for.
         let narrow = self.user_filter.narrows().then_some(self.user_filter);
+        // `/proc` is read at most once per process per drain (every 10 ms),
+        // however many reuses its connects' filtered-out transitions leave
+        // unnamed.
+        let mut looked_up: Vec<(u32, Option<Comm>)> = Vec::new();
         self.tracer.drain(|bytes| match decode::decode(bytes) {
             Ok(mut e) => {
-                if let Some(pid) = reusers.observe(&mut e)
-                    && let Some(comm) = proc_comm(pid)
-                {
-                    ReuserNames::name(&mut e, comm);
+                if let Some(pid) = reusers.observe(&mut e) {
+                    let comm = match looked_up.iter().find(|(p, _)| *p == pid) {
+                        Some(&(_, comm)) => comm,
+                        None if looked_up.len() < 64 => {
+                            let comm = proc_comm(pid);
+                            looked_up.push((pid, comm));
+                            comm
+                        }
+                        None => None,
+                    };
+                    if let Some(comm) = comm {
+                        ReuserNames::name(&mut e, comm);
+                    }
                 }
                 timewait.observe(&e);
                 if narrow.is_none_or(|u| u.matches_event(&e)) {
