@@ -366,6 +366,15 @@ fn loopback_reuse_keeps_a_full_range_working() {
         f["evidence"].to_string().contains("tcp_tw_reuse=2 here"),
         "{f}"
     );
+    // What reuse did: 260 connects through 200 ports reused at least 60.
+    let r = find(&findings, "time_wait_reuse", &format!("127.0.0.1:{port}"));
+    let reused: u64 = r["title"].as_str().unwrap()["tcp_tw_reuse reused ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reused >= 60, "{r}");
     // Info: no warning about this destination (the exit code is shared
     // with the tests running beside this one).
     let dest = format!("127.0.0.1:{port}");

@@ -87,6 +87,18 @@ pub struct FailedConnects {
     pub comm: Option<String>,
 }
 
+/// TIME_WAIT sockets to one destination that connect() took over during
+/// the window (`tcp_tw_reuse`, or a client reconnecting from its port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TwReuses {
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub reused: u64,
+    /// The process that reused last.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
 /// Everything the diagnosis looks at.
 #[derive(Clone, Debug)]
 pub struct Observation {
@@ -108,6 +120,8 @@ pub struct Observation {
     pub failed_connects: Vec<FailedConnects>,
     /// Connections ended during the window, by reason (`stats`' `ended`).
     pub ended: BTreeMap<&'static str, u64>,
+    /// Reuses of TIME_WAIT sockets per destination, most first.
+    pub tw_reuses: Vec<TwReuses>,
     /// Each namespace's TCP facts at the start and at the end of the window
     /// (`None`: not known, e.g. a recording made before they were recorded).
     pub facts_start: Option<NetFacts>,
@@ -192,6 +206,8 @@ pub fn diagnose(obs: &Observation, t: &Thresholds) -> Vec<Finding> {
     server_time_wait(obs, t, &mut out);
     port_pressure(obs, t, &mut out);
     time_wait_overflow(obs, &mut out);
+    time_wait_reuse(obs, &mut out);
+    time_wait_purged(obs, &mut out);
     sysctl_findings(obs, &mut out);
     fin_wait2(obs, t, &mut out);
     failed_connects(obs, t, &mut out);
@@ -594,6 +610,107 @@ fn time_wait_overflow(obs: &Observation, out: &mut Vec<Finding>) {
             sysctls: vec![format!("sysctl -w net.ipv4.tcp_max_tw_buckets={double}")],
         });
     }
+}
+
+/// Destinations listed in a reuse finding, at most.
+const MAX_REUSE_PEERS: usize = 5;
+
+/// What `tcp_tw_reuse` did during the window: connect() took over TIME_WAIT
+/// sockets (each shown by its end `reused`), cross-checked with the
+/// kernel's TWRecycled of each namespace.
+fn time_wait_reuse(obs: &Observation, out: &mut Vec<Finding>) {
+    let reused = obs.ended.get("time_wait_reused").copied().unwrap_or(0);
+    if reused == 0 {
+        return;
+    }
+    let peers: Vec<String> = obs
+        .tw_reuses
+        .iter()
+        .take(MAX_REUSE_PEERS)
+        .map(|r| {
+            format!(
+                "{} ({} by {})",
+                std::net::SocketAddr::new(r.daddr, r.dport),
+                r.reused,
+                who(r.pid, r.comm.as_deref())
+            )
+        })
+        .collect();
+    let more = obs.tw_reuses.len().saturating_sub(MAX_REUSE_PEERS);
+    let to = if peers.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " to {}{}",
+            peers.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut evidence = vec![format!(
+        "{reused} timewait sockets ended `reused`: a connect() took their 4-tuple over before the 60 s were up"
+    )];
+    if let (Some(start), Some(end)) = (&obs.facts_start, &obs.facts_end) {
+        let kernel: u64 = end
+            .namespaces
+            .iter()
+            .filter_map(|(ns, f)| {
+                let before = start
+                    .namespaces
+                    .get(ns)
+                    .map_or(Some(0), |s| s.tw_recycled)?;
+                Some(f.tw_recycled?.saturating_sub(before))
+            })
+            .sum();
+        evidence.push(format!(
+            "the kernel counted {kernel} (TcpExt TWRecycled, all namespaces) in the same window"
+        ));
+    }
+    if let Some(s) = obs.sysctls() {
+        evidence.push(format!(
+            "net.ipv4.tcp_tw_reuse = {} here (1: every outgoing connection; 2: only when one end is a loopback address), after tcp_tw_reuse_delay = {} ms; a client reconnecting from a fixed port reuses regardless",
+            s.tw_reuse.map_or_else(|| "?".into(), |v| v.to_string()),
+            s.reuse_delay_ns() / 1_000_000
+        ));
+    }
+    out.push(Finding {
+        id: "time_wait_reuse",
+        severity: Severity::Info,
+        title: format!(
+            "tcp_tw_reuse reused {reused} TIME_WAIT sockets in {:.0} s: it is working for outgoing connections{to}",
+            obs.window_s
+        ),
+        evidence,
+        advice: vec![
+            "Reuse keeps connect() working while TIME_WAIT piles up; the churn itself (a new connection per request) is what a pool or keep-alive removes.".into(),
+        ],
+        sysctls: vec![],
+    });
+}
+
+/// Timewait sockets taken down with their network namespace.
+fn time_wait_purged(obs: &Observation, out: &mut Vec<Finding>) {
+    let purged = obs.ended.get("time_wait_purged").copied().unwrap_or(0);
+    if purged == 0 {
+        return;
+    }
+    out.push(Finding {
+        id: "time_wait_purged",
+        severity: Severity::Info,
+        title: format!(
+            "{purged} TIME_WAIT sockets were purged with their network namespace during the window"
+        ),
+        evidence: vec![format!(
+            "{purged} timewait sockets ended `purged`: their namespace was deleted (a container or pod stopped) before their 60 s were up"
+        )],
+        advice: vec![
+            "Nothing to fix: the kernel drops a deleted namespace's TIME_WAIT at once. If TIME_WAIT counts fell suddenly, this is why.".into(),
+        ],
+        sysctls: vec![],
+    });
 }
 
 /// A recording made without the namespaces' facts: say what cannot be

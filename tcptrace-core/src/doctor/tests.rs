@@ -74,6 +74,7 @@ fn quiet() -> Observation {
         fin_wait2_orphans: 0,
         failed_connects: vec![],
         ended: BTreeMap::new(),
+        tw_reuses: vec![],
         facts_start: Some(facts(&[])),
         facts_end: Some(facts(&[])),
     }
@@ -360,6 +361,41 @@ fn time_wait_overflow_now_is_a_warning_earlier_is_info() {
         f[0].sysctls,
         ["sysctl -w net.ipv4.tcp_max_tw_buckets=524288"]
     );
+}
+
+#[test]
+fn reuse_and_purge_are_told_with_the_kernel_cross_check() {
+    let mut obs = quiet();
+    obs.ended.insert("time_wait_reused", 1204);
+    obs.ended.insert("time_wait_purged", 3);
+    obs.tw_reuses = vec![TwReuses {
+        daddr: ip(9),
+        dport: 80,
+        reused: 1200,
+        pid: Some(5),
+        comm: Some("prober".into()),
+    }];
+    obs.facts_end
+        .as_mut()
+        .unwrap()
+        .namespaces
+        .get_mut(&HOST_NS)
+        .unwrap()
+        .tw_recycled = Some(1204);
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(ids(&f), ["healthy", "time_wait_reuse", "time_wait_purged"]);
+    let r = &f[1];
+    assert!(
+        r.title.starts_with("tcp_tw_reuse reused 1204 TIME_WAIT sockets in 10 s: it is working for outgoing connections to 10.0.0.9:80 (1200 by prober (pid 5))"),
+        "{}",
+        r.title
+    );
+    assert!(
+        r.evidence[1].contains("counted 1204 (TcpExt TWRecycled"),
+        "{:?}",
+        r.evidence
+    );
+    assert!(f[2].title.starts_with("3 TIME_WAIT sockets were purged"));
 }
 
 #[test]

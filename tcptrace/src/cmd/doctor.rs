@@ -119,6 +119,19 @@ impl<W: Write> Consumer for Doctor<W> {
             })
             .collect();
         failed.sort_by_key(|f| std::cmp::Reverse(f.refused + f.timeout + f.no_port));
+        let mut tw_reuses: Vec<doctor::TwReuses> = engine
+            .aggs
+            .tw_reuses
+            .iter()
+            .map(|(&(daddr, dport), r)| doctor::TwReuses {
+                daddr,
+                dport,
+                reused: r.reused,
+                pid: r.last_by.map(|o| o.0),
+                comm: r.last_by.map(|o| o.1.to_str_lossy().into_owned()),
+            })
+            .collect();
+        tw_reuses.sort_by_key(|r| (std::cmp::Reverse(r.reused), r.daddr, r.dport));
         let obs = Observation {
             window_s,
             transitions: snap.transitions_total,
@@ -131,6 +144,7 @@ impl<W: Write> Consumer for Doctor<W> {
             fin_wait2_orphans: doctor::fin_wait2_orphans(&engine.table),
             failed_connects: failed,
             ended: snap.ended.clone(),
+            tw_reuses,
             facts_start: self.facts_start.clone(),
             facts_end: self.facts_end.clone(),
         };

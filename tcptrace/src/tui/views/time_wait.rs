@@ -58,8 +58,8 @@ impl Screen<'_> {
     pub(in crate::tui) fn render_time_wait(&self, area: Rect, buf: &mut Buffer) {
         let d = self.data.as_ref().expect("checked by caller");
         let [list, summary] =
-            Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(area);
-        // (the summary: a rule and two lines)
+            Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
+        // (the summary: a rule and three lines)
         let groups = &d.tw_groups;
         let total: u64 = groups.iter().map(|g| g.count).sum();
         let block = titled_with(
@@ -150,7 +150,27 @@ impl Screen<'_> {
             ),
             None => "none".into(),
         };
+        let ended = &d.snap.ended;
+        let e = |k: &str| ended.get(k).copied().unwrap_or(0);
         let lines = vec![
+            Line::from(vec![
+                Span::raw(" TIME_WAIT ended: ").fg(DIM),
+                Span::raw(format!(
+                    "expired {} reused {} killed {} purged {}",
+                    e("time_wait_expired"),
+                    e("time_wait_reused"),
+                    e("time_wait_killed"),
+                    e("time_wait_purged")
+                )),
+                Span::raw(" never made (overflow) ").fg(DIM),
+                if e("time_wait_overflow") > 0 {
+                    Span::raw(e("time_wait_overflow").to_string())
+                        .fg(BAD)
+                        .bold()
+                } else {
+                    Span::raw("0")
+                },
+            ]),
             Line::from(vec![
                 Span::raw(" closed first, ended connections: ").fg(DIM),
                 Span::raw(format!(
