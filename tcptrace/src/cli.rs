@@ -805,16 +805,137 @@ pub struct ReplayArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = TIME_FORMATS)]
 pub struct ReportArgs {
     /// A recording made by `tcptrace record`.
     #[arg(value_name = "FILE")]
     pub file: std::path::PathBuf,
-    /// One JSON object (the `stats --json` schema plus recording, gaps and timeline).
+    /// One JSON object (the `stats --json` schema plus recording, gaps,
+    /// timeline, window and holders).
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
     /// CSV rows (section,key,field,value) for spreadsheets.
     #[arg(long)]
     pub csv: bool,
+    /// The state at TIME: the summary then; holders and timeline up to it.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true, conflicts_with_all = ["from", "to"])]
+    pub at: Option<String>,
+    /// Start the window at TIME (holders, timeline, gaps and counts from
+    /// there; the state before it still counts).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub from: Option<String>,
+    /// End the window at TIME (the summary is the state then).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub to: Option<String>,
+    /// Timeline step, e.g. 10s, 1m, 500ms (default: about 60 points over
+    /// the recording or window).
+    #[arg(long, value_name = "DURATION")]
+    pub step: Option<String>,
+}
+
+/// What TIME may be, for `report --help` and every error about one.
+const TIME_FORMATS: &str = "TIME: an offset from the recording's start (90, 90s, 1m30s, +5s), \
+a UTC time of day on the recording's day (16:05:03, 16:05:03.250) or an RFC 3339 time \
+(2026-12-01T16:05:03Z)";
+
+/// How `report` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReportConfig {
+    pub file: std::path::PathBuf,
+    pub format: ReportFormat,
+    /// The window (or moment) and the timeline's step.
+    pub options: tcptrace_core::report::Options,
+}
+
+impl ReportArgs {
+    pub fn validate(&self) -> Result<ReportConfig, UsageError> {
+        let time =
+            |flag: &str, v: &Option<String>| v.as_deref().map(|s| parse_time(flag, s)).transpose();
+        let step_ns = self
+            .step
+            .as_deref()
+            .map(|s| {
+                let ns = parse_duration(s).ok_or_else(|| {
+                    usage(format!(
+                        "--step '{s}' is not a duration: give e.g. 10s, 1m, 500ms or 1m30s"
+                    ))
+                })?;
+                seconds("--step", ns as f64 / 1e9, STEP_SECS, "")?;
+                Ok::<u64, UsageError>(ns)
+            })
+            .transpose()?;
+        Ok(ReportConfig {
+            file: self.file.clone(),
+            format: if self.json {
+                ReportFormat::Json
+            } else if self.csv {
+                ReportFormat::Csv
+            } else {
+                ReportFormat::Text
+            },
+            options: tcptrace_core::report::Options {
+                from: time("--from", &self.from)?,
+                to: time("--to", &self.to)?,
+                at: time("--at", &self.at)?,
+                step_ns,
+            },
+        })
+    }
+}
+
+/// A non-negative duration in ns: plain seconds (`90`, `2.5`) or a friendly
+/// or ISO 8601 duration (`90s`, `1m30s`, `500ms`, `PT1M`), `+` allowed.
+fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s.starts_with('-') {
+        return None;
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0 && secs < 1e12)
+            .then(|| (secs * 1e9).round() as u64);
+    }
+    let d: jiff::SignedDuration = s.parse().ok()?;
+    u64::try_from(d.as_nanos()).ok()
+}
+
+/// A moment of a recording (see [`TIME_FORMATS`]).
+fn parse_time(flag: &str, s: &str) -> Result<tcptrace_core::report::TimeArg, UsageError> {
+    use tcptrace_core::report::{TimeArg, TimeSpec};
+    let text = s.trim();
+    let spec = if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        u64::try_from(t.as_nanosecond()).ok().map(TimeSpec::Wall)
+    } else if text.contains(':') && !text.contains(['-', 'T', 't', ' ']) {
+        // A time of day alone (a date without an offset is refused: UTC
+        // or not, it cannot be told).
+        text.parse::<jiff::civil::Time>().ok().map(|t| {
+            let secs = u64::from(t.hour().unsigned_abs()) * 3_600
+                + u64::from(t.minute().unsigned_abs()) * 60
+                + u64::from(t.second().unsigned_abs());
+            TimeSpec::TimeOfDay(
+                secs * 1_000_000_000 + u64::from(t.subsec_nanosecond().unsigned_abs()),
+            )
+        })
+    } else {
+        parse_duration(text).map(TimeSpec::Offset)
+    };
+    spec.map(|spec| TimeArg {
+        text: text.to_string(),
+        spec,
+    })
+    .ok_or_else(|| {
+        usage(format!(
+            "{flag} '{s}' is not a time: give {}",
+            &TIME_FORMATS[6..]
+        ))
+    })
 }
 
 /// `--histograms-by` values.
@@ -1097,6 +1218,90 @@ mod tests {
     #[test]
     fn both_families_means_no_family_filter() {
         assert_eq!(trace(&["-4", "-6"]).unwrap().load.filter.family_mask, 0);
+    }
+
+    fn report(args: &[&str]) -> Result<ReportConfig, UsageError> {
+        let mut full = vec!["tcptrace", "report", "f.tcptrace"];
+        full.extend_from_slice(args);
+        let Command::Report(r) = Cli::try_parse_from(full).expect("parses").command else {
+            panic!("report subcommand");
+        };
+        r.validate()
+    }
+
+    #[test]
+    fn report_times_are_offsets_times_of_day_or_rfc3339() {
+        use tcptrace_core::report::TimeSpec::*;
+        const S: u64 = 1_000_000_000;
+        let at = |t: &str| report(&["--at", t]).map(|c| c.options.at.unwrap().spec);
+        assert_eq!(at("90").unwrap(), Offset(90 * S));
+        assert_eq!(at("90s").unwrap(), Offset(90 * S));
+        assert_eq!(at("1m30s").unwrap(), Offset(90 * S));
+        assert_eq!(at("+5s").unwrap(), Offset(5 * S));
+        assert_eq!(at("2.5").unwrap(), Offset(2_500_000_000));
+        assert_eq!(at("500ms").unwrap(), Offset(S / 2));
+        assert_eq!(
+            at("16:05:03").unwrap(),
+            TimeOfDay((16 * 3600 + 5 * 60 + 3) * S)
+        );
+        assert_eq!(
+            at("16:05:03.250").unwrap(),
+            TimeOfDay((16 * 3600 + 5 * 60 + 3) * S + 250_000_000)
+        );
+        let wall: jiff::Timestamp = "2026-12-01T16:05:03Z".parse().unwrap();
+        assert_eq!(
+            at("2026-12-01T16:05:03Z").unwrap(),
+            Wall(wall.as_nanosecond() as u64)
+        );
+        assert_eq!(
+            at("2026-12-01T17:05:03+01:00").unwrap(),
+            Wall(wall.as_nanosecond() as u64)
+        );
+        for bad in [
+            "-5s",
+            "yesterday",
+            "25:00:00",
+            "2026-12-01T16:05:03",
+            "1x",
+            "",
+        ] {
+            let e = at(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--at '{bad}' is not a time: give an offset")),
+                "{e}"
+            );
+            assert!(e.contains("16:05:03.250") && e.contains("RFC 3339"), "{e}");
+            assert_eq!(e.lines().count(), 1);
+        }
+        let c = report(&[
+            "--from", "10s", "--to", "16:05:09", "--step", "1m30s", "--json",
+        ])
+        .unwrap();
+        assert_eq!(c.format, ReportFormat::Json);
+        assert_eq!(c.options.from.unwrap().spec, Offset(10 * S));
+        assert_eq!(c.options.step_ns, Some(90 * S));
+        assert_eq!(
+            report(&["--step", "10"]).unwrap().options.step_ns,
+            Some(10 * S)
+        );
+        assert!(report(&["--step", "0s"]).is_err());
+        assert!(
+            report(&["--step", "1us"])
+                .unwrap_err()
+                .to_string()
+                .contains("out of range")
+        );
+        assert!(
+            report(&["--step", "soon"])
+                .unwrap_err()
+                .to_string()
+                .contains("not a duration")
+        );
+        // --at is a moment, not a window.
+        assert!(
+            Cli::try_parse_from(["tcptrace", "report", "f", "--at", "1", "--from", "0"]).is_err()
+        );
+        assert_eq!(report(&[]).unwrap().format, ReportFormat::Text);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `tcptrace report`: a recording read (on a thread of its own, a few
-//! blocks ahead) into [`tcptrace_core::report`], printed as text, JSON or
-//! CSV; warnings about damage on stderr.
+//! blocks ahead) into [`tcptrace_core::report`] for the whole recording, a
+//! window (`--from`/`--to`) or a moment (`--at`), printed as text, JSON or
+//! CSV; warnings about damage on stderr. A moment outside the recording is
+//! a usage error (exit 2) naming the recording's span.
 
 use std::{
     io::{self, Write},
@@ -10,32 +12,32 @@ use std::{
 use anyhow::Result;
 use tcptrace_core::{
     output::EscapeWriter,
-    report::{build, write_csv, write_text},
+    report::{build_with, write_csv, write_text},
 };
 
-use crate::cli::ReportArgs;
+use crate::cli::{ReportArgs, ReportFormat, UsageError};
 
 pub fn run(args: &ReportArgs) -> Result<ExitCode> {
-    let mut reader = crate::source::recording::open_reader(&args.file)?;
-    let report = build(&mut reader, &args.file.display().to_string());
-    for warning in reader.warnings(&args.file) {
+    let cfg = args.validate()?;
+    let mut reader = crate::source::recording::open_reader(&cfg.file)?;
+    let built = build_with(&mut reader, &cfg.file.display().to_string(), &cfg.options);
+    for warning in reader.warnings(&cfg.file) {
         crate::say!("warning: {warning}");
     }
+    let report = built.map_err(|e| UsageError(e.to_string()))?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let written = if args.json {
-        serde_json::to_value(&report)
+    let written = match cfg.format {
+        ReportFormat::Json => serde_json::to_value(&report)
             .map(|mut v| {
                 tcptrace_core::stats::cap_lists(&mut v);
                 v
             })
             .and_then(|v| serde_json::to_writer(&mut out, &v))
             .map_err(io::Error::other)
-            .and_then(|()| out.write_all(b"\n"))
-    } else if args.csv {
-        write_csv(&mut EscapeWriter::new(&mut out), &report)
-    } else {
-        write_text(&mut EscapeWriter::new(&mut out), &report)
+            .and_then(|()| out.write_all(b"\n")),
+        ReportFormat::Csv => write_csv(&mut EscapeWriter::new(&mut out), &report),
+        ReportFormat::Text => write_text(&mut EscapeWriter::new(&mut out), &report),
     };
     written.and_then(|()| out.flush())?;
     Ok(ExitCode::SUCCESS)

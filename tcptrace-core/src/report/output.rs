@@ -1,0 +1,444 @@
+//! A report as text (for people: holders first, then the timeline, then the
+//! `stats` summary) and as long-format CSV (`section,key,field,value`, one
+//! fact per row). Names from outside are escaped in both.
+
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+};
+
+use super::{Held, Report, timeline::text_top, window::fmt_ns};
+use crate::{
+    clock::{fmt_age, fmt_ms, hms_millis},
+    output::escape,
+    stats::HistKind,
+};
+
+/// Holder rows printed per text section (JSON and CSV list them all).
+const TEXT_ROWS: usize = 20;
+/// Timeline lines printed at most (JSON and CSV have every point).
+const TEXT_POINTS: usize = 120;
+
+/// "1234 nginx", escaped; "-" when unknown.
+fn owner(pid: Option<u32>, comm: Option<&str>) -> String {
+    match (pid, comm) {
+        (Some(pid), Some(comm)) => format!("{pid} {}", escape(comm)),
+        (Some(pid), None) => pid.to_string(),
+        _ => "-".into(),
+    }
+}
+
+fn ms(v: u64) -> String {
+    fmt_ms(v as f64)
+}
+
+fn more(w: &mut impl Write, n: usize) -> io::Result<()> {
+    if n > TEXT_ROWS {
+        writeln!(
+            w,
+            "  ... {} more (--json or --csv lists them all)",
+            n - TEXT_ROWS
+        )?;
+    }
+    Ok(())
+}
+
+/// What the summary is the state of.
+fn summary_title(r: &Report) -> String {
+    let when = hms_millis(r.window.to_ns);
+    if r.window.at_ns.is_some() {
+        format!("state at {when} (--at)")
+    } else if r.window.to_ns < r.recording.end_ns {
+        format!("state at {when} (end of the window)")
+    } else {
+        format!("state at {when} (end of the recording)")
+    }
+}
+
+/// The report as text (names escaped).
+pub fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
+    let i = &r.recording;
+    writeln!(
+        w,
+        "recording {}: host {}, kernel {}, {} -> {} ({:.0} s), {} events, hooks {}+{}{}",
+        escape(&i.file),
+        escape(&i.host),
+        escape(&i.kernel),
+        hms_millis(i.start_ns),
+        hms_millis(i.end_ns),
+        i.end_ns.saturating_sub(i.start_ns) as f64 / 1e9,
+        i.events,
+        escape(&i.hook),
+        escape(&i.timewait_hook),
+        if i.filters.is_empty() {
+            String::new()
+        } else {
+            format!(", filters {}", escape(&i.filters.join(" ")))
+        }
+    )?;
+    let win = &r.window;
+    if win.from_ns != i.start_ns || win.to_ns != i.end_ns {
+        writeln!(
+            w,
+            "window {} -> {} ({}), {} events{}",
+            hms_millis(win.from_ns),
+            hms_millis(win.to_ns),
+            fmt_ns(win.to_ns.saturating_sub(win.from_ns)),
+            win.events,
+            if win.at_ns.is_some() {
+                ": holders and timeline up to --at, the summary at it"
+            } else {
+                ""
+            }
+        )?;
+    }
+    write_holders(w, r)?;
+    write_timeline(w, r)?;
+    writeln!(w, "{}:", summary_title(r))?;
+    crate::output::stats::write_text(w, &r.summary)?;
+    if r.gaps.is_empty() {
+        writeln!(w, "gaps: none (no event was lost)")?;
+    } else {
+        writeln!(w, "gaps (events lost):")?;
+        for g in &r.gaps {
+            writeln!(
+                w,
+                "  {}  ring_full {}  recursion_misses {}  map_full {}  probe_failed {}",
+                hms_millis(g.ts_ns),
+                g.ring_full,
+                g.recursion_misses,
+                g.map_full,
+                g.probe_failed
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// "5.0s" or "5.0s (3.2s held)" when it came and went.
+fn held_for(h: &Held) -> String {
+    let total = h.held_for_ms;
+    if h.held_total_ms + 1 < total {
+        format!("{} ({} held)", ms(total), ms(h.held_total_ms))
+    } else {
+        ms(total)
+    }
+}
+
+fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
+    let dropped = &r.holders_dropped;
+    if r.close_wait_holders.is_empty() {
+        writeln!(w, "CLOSE_WAIT holders: none")?;
+    } else {
+        writeln!(
+            w,
+            "CLOSE_WAIT holders (every process that held CLOSE_WAIT):\n  {:<8} {:<16} {:>6}  {:<12}  {:<20} {:>10} {:>6}  PEERS",
+            "PID", "COMM", "PEAK", "WHEN", "HELD FOR", "OLDEST", "END"
+        )?;
+        for h in r.close_wait_holders.iter().take(TEXT_ROWS) {
+            writeln!(
+                w,
+                "  {:<8} {:<16} {:>6}  {:<12}  {:<20} {:>10} {:>6}  {}",
+                h.pid.map_or("-".into(), |p| p.to_string()),
+                escape(h.comm.as_deref().unwrap_or("-")),
+                h.held.peak,
+                hms_millis(h.held.peak_ns),
+                held_for(&h.held),
+                fmt_age(h.oldest_age_ms, h.oldest_age_is_lower_bound),
+                h.held.count_at_end,
+                escape(&h.peers.join(" "))
+            )?;
+        }
+        more(w, r.close_wait_holders.len())?;
+    }
+    if dropped.close_wait > 0 {
+        writeln!(
+            w,
+            "  ({} more processes not kept: at most {} are)",
+            dropped.close_wait,
+            super::MAX_HOLDERS
+        )?;
+    }
+    if r.time_wait_destination_holders.is_empty() {
+        writeln!(w, "TIME_WAIT by destination: none")?;
+    } else {
+        writeln!(
+            w,
+            "TIME_WAIT by destination (connections opened here):\n  {:<40} {:>6}  {:<12}  {:<20} {:>7} {:>8}  OWNER",
+            "DESTINATION", "PEAK", "WHEN", "HELD FOR", "BEGUN", "PORTS%"
+        )?;
+        for h in r.time_wait_destination_holders.iter().take(TEXT_ROWS) {
+            writeln!(
+                w,
+                "  {:<40} {:>6}  {:<12}  {:<20} {:>7} {:>7.1}%  {}",
+                SocketAddr::new(h.daddr, h.dport).to_string(),
+                h.held.peak,
+                hms_millis(h.held.peak_ns),
+                held_for(&h.held),
+                h.begun,
+                h.port_share_at_peak * 100.0,
+                owner(h.pid, h.comm.as_deref())
+            )?;
+        }
+        more(w, r.time_wait_destination_holders.len())?;
+    }
+    if dropped.time_wait_destination > 0 {
+        writeln!(
+            w,
+            "  ({} more destinations not kept)",
+            dropped.time_wait_destination
+        )?;
+    }
+    if r.time_wait_service_holders.is_empty() {
+        writeln!(w, "TIME_WAIT by service: none")?;
+    } else {
+        writeln!(
+            w,
+            "TIME_WAIT by service (connections accepted here: the server closed first):\n  {:<40} {:>10} {:>6}  {:<12}  {:<20} {:>7} {:>8}  OWNER",
+            "SERVICE", "NETNS", "PEAK", "WHEN", "HELD FOR", "BEGUN", "RATE/s"
+        )?;
+        for h in r.time_wait_service_holders.iter().take(TEXT_ROWS) {
+            writeln!(
+                w,
+                "  {:<40} {:>10} {:>6}  {:<12}  {:<20} {:>7} {:>8.1}  {}",
+                SocketAddr::new(h.saddr, h.sport).to_string(),
+                h.netns,
+                h.held.peak,
+                hms_millis(h.held.peak_ns),
+                held_for(&h.held),
+                h.begun,
+                h.rate_per_sec,
+                owner(h.pid, h.comm.as_deref())
+            )?;
+        }
+        more(w, r.time_wait_service_holders.len())?;
+    }
+    if dropped.time_wait_service > 0 {
+        writeln!(
+            w,
+            "  ({} more services not kept)",
+            dropped.time_wait_service
+        )?;
+    }
+    Ok(())
+}
+
+fn write_timeline(w: &mut impl Write, r: &Report) -> io::Result<()> {
+    let points = &r.close_wait_timeline;
+    let every = points.len().div_ceil(TEXT_POINTS).max(1);
+    writeln!(
+        w,
+        "timeline (step {}, {} points{}):\n  {:<12}  {:>17}  {:>17}  TOP",
+        fmt_ns(r.window.step_ns),
+        points.len(),
+        if every > 1 {
+            format!("; every {every}th shown, --json or --csv has all")
+        } else {
+            String::new()
+        },
+        "TIME",
+        "CLOSE_WAIT (MAX)",
+        "TIME_WAIT (MAX)"
+    )?;
+    let last = points.len().saturating_sub(1);
+    for (i, p) in points.iter().enumerate() {
+        if i % every != 0 && i != last {
+            continue;
+        }
+        writeln!(
+            w,
+            "  {:<12}  {:>17}  {:>17}  {}",
+            hms_millis(p.ts_ns),
+            format!("{} ({})", p.close_wait, p.close_wait_max),
+            format!("{} ({})", p.time_wait, p.time_wait_max),
+            text_top(p)
+        )?;
+    }
+    Ok(())
+}
+
+/// Long-format CSV: `section,key,field,value`, one fact per row.
+pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
+    let mut c = csv::Writer::from_writer(w);
+    // Names from outside (process names, the host) escaped like every
+    // other text sink: a quoted newline is valid CSV, not a safe terminal.
+    let mut row = |section: &str, key: &str, field: &str, value: String| {
+        c.write_record([
+            section,
+            escape(key).as_ref(),
+            field,
+            escape(&value).as_ref(),
+        ])
+    };
+    row("section", "key", "field", "value".into()).map_err(io::Error::other)?;
+    let s = &r.summary;
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut push = |a: &str, b: String, f: &str, v: String| rows.push((a.into(), b, f.into(), v));
+    for (k, v) in &s.states {
+        push("states", k.to_string(), "count", v.to_string());
+    }
+    for p in &s.close_wait_by_process {
+        let key = format!(
+            "{} {}",
+            p.pid.map_or("-".into(), |p| p.to_string()),
+            p.comm.as_deref().unwrap_or("?")
+        );
+        push(
+            "close_wait_by_process",
+            key.clone(),
+            "count",
+            p.count.to_string(),
+        );
+        push(
+            "close_wait_by_process",
+            key.clone(),
+            "growth_per_min",
+            p.growth_per_min.to_string(),
+        );
+        push(
+            "close_wait_by_process",
+            key,
+            "oldest_age_ms",
+            p.oldest_age_ms.to_string(),
+        );
+    }
+    for p in &s.time_wait_by_peer {
+        let key = SocketAddr::new(p.daddr, p.dport).to_string();
+        push(
+            "time_wait_by_peer",
+            key.clone(),
+            "count",
+            p.count.to_string(),
+        );
+        push(
+            "time_wait_by_peer",
+            key,
+            "port_range_ratio",
+            p.port_range_ratio.to_string(),
+        );
+    }
+    for k in HistKind::ALL {
+        if let Some(h) = s.histograms.get(k.name()) {
+            for (f, v) in [
+                ("count", h.count as f64),
+                ("p50_ms", h.p50_ms),
+                ("p90_ms", h.p90_ms),
+                ("p99_ms", h.p99_ms),
+                ("max_ms", h.max_ms),
+            ] {
+                push("histograms", k.name().into(), f, v.to_string());
+            }
+        }
+    }
+    for (k, v) in &s.lost {
+        push("lost", k.to_string(), "count", v.to_string());
+    }
+    for g in &r.gaps {
+        let key = g.ts_ns.to_string();
+        push("gaps", key.clone(), "ring_full", g.ring_full.to_string());
+        push(
+            "gaps",
+            key.clone(),
+            "recursion_misses",
+            g.recursion_misses.to_string(),
+        );
+        push("gaps", key.clone(), "map_full", g.map_full.to_string());
+        push("gaps", key, "probe_failed", g.probe_failed.to_string());
+    }
+    for p in &r.close_wait_timeline {
+        let key = p.ts_ns.to_string();
+        for (f, v) in [
+            ("close_wait", p.close_wait),
+            ("time_wait", p.time_wait),
+            ("close_wait_max", p.close_wait_max),
+            ("time_wait_max", p.time_wait_max),
+        ] {
+            push("close_wait_timeline", key.clone(), f, v.to_string());
+        }
+    }
+    let win = &r.window;
+    for (f, v) in [
+        ("from_ns", Some(win.from_ns)),
+        ("to_ns", Some(win.to_ns)),
+        ("at_ns", win.at_ns),
+        ("events", Some(win.events)),
+        ("step_ns", Some(win.step_ns)),
+        ("points", Some(win.points)),
+    ] {
+        if let Some(v) = v {
+            push("window", "window".into(), f, v.to_string());
+        }
+    }
+    let held_rows =
+        |push: &mut dyn FnMut(&str, String, &str, String), section: &str, key: &str, h: &Held| {
+            for (f, v) in [
+                ("peak", h.peak),
+                ("peak_ns", h.peak_ns),
+                ("first_ns", h.first_ns),
+                ("last_ns", h.last_ns),
+                ("held_for_ms", h.held_for_ms),
+                ("held_total_ms", h.held_total_ms),
+                ("count_at_end", h.count_at_end),
+            ] {
+                push(section, key.to_string(), f, v.to_string());
+            }
+        };
+    for h in &r.close_wait_holders {
+        let key = format!(
+            "{} {}",
+            h.pid.map_or("-".into(), |p| p.to_string()),
+            h.comm.as_deref().unwrap_or("?")
+        );
+        held_rows(&mut push, "close_wait_holders", &key, &h.held);
+        push(
+            "close_wait_holders",
+            key.clone(),
+            "oldest_age_ms",
+            h.oldest_age_ms.to_string(),
+        );
+        push("close_wait_holders", key, "peers", h.peers.join(" "));
+    }
+    for h in &r.time_wait_destination_holders {
+        let key = SocketAddr::new(h.daddr, h.dport).to_string();
+        let section = "time_wait_destination_holders";
+        push(section, key.clone(), "owner", owner_plain(h.pid, &h.comm));
+        held_rows(&mut push, section, &key, &h.held);
+        push(section, key.clone(), "begun", h.begun.to_string());
+        push(section, key.clone(), "ports", h.ports.to_string());
+        push(
+            section,
+            key,
+            "port_share_at_peak",
+            h.port_share_at_peak.to_string(),
+        );
+    }
+    for h in &r.time_wait_service_holders {
+        let key = format!("{} {}", h.netns, SocketAddr::new(h.saddr, h.sport));
+        let section = "time_wait_service_holders";
+        push(section, key.clone(), "owner", owner_plain(h.pid, &h.comm));
+        held_rows(&mut push, section, &key, &h.held);
+        push(section, key.clone(), "begun", h.begun.to_string());
+        push(section, key, "rate_per_sec", h.rate_per_sec.to_string());
+    }
+    let d = &r.holders_dropped;
+    for (f, v) in [
+        ("close_wait", d.close_wait),
+        ("time_wait_destination", d.time_wait_destination),
+        ("time_wait_service", d.time_wait_service),
+    ] {
+        push("holders_dropped", f.into(), "count", v.to_string());
+    }
+    for (a, b, f, v) in rows {
+        row(&a, &b, &f, v).map_err(io::Error::other)?;
+    }
+    c.flush()
+}
+
+/// "1234 nginx" unescaped (the CSV writer escapes); "-" when unknown.
+fn owner_plain(pid: Option<u32>, comm: &Option<String>) -> String {
+    match (pid, comm) {
+        (Some(pid), Some(comm)) => format!("{pid} {comm}"),
+        (Some(pid), None) => pid.to_string(),
+        _ => "-".into(),
+    }
+}

@@ -1,0 +1,653 @@
+//! Who held CLOSE_WAIT and TIME_WAIT, and when, over a recording: a shadow
+//! of the engine's table that follows only the sockets that matter here
+//! (CLOSE_WAIT and listening full sockets, timewait sockets in TIME_WAIT),
+//! with live counts per process, per destination and per service.
+//!
+//! The shadow is brought in step with the table after every record, by
+//! looking up the sockets that record can have touched (the event's own
+//! socket, and any socket of the same 4-tuple: a socket seen at the opening
+//! snapshot that the event adopts or replaces), so every count is exact at
+//! every event: a leak that appears and ends between two timeline points
+//! still shows its true peak, when it was reached, and for how long it was
+//! held. Snapshot records (reconciliation) are followed by a full walk; so
+//! are table evictions (at most once a second: counts may be off by the
+//! evicted sockets until then). Cost: a few hash lookups per event and
+//! O(log n) per change of a count (the ranking the timeline's top holders
+//! come from).
+//!
+//! Holders (per process, destination, service) are kept for a window only,
+//! at most [`MAX_HOLDERS`] of each kind; a holder beyond that is counted in
+//! `dropped`, not kept.
+
+use std::{
+    cmp::Reverse,
+    collections::BTreeSet,
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
+};
+
+use rustc_hash::FxHashMap;
+
+use crate::{
+    conn::{ConnTable, Opened, TupleKey},
+    model::{Comm, Event, Owner, TcpState},
+    netfacts::{NetFacts, Sysctls},
+};
+
+/// Holders kept per kind (processes, destinations, services).
+pub const MAX_HOLDERS: usize = 10_000;
+/// Distinct peers counted per CLOSE_WAIT holder (the rest are not named).
+const MAX_PEERS: usize = 32;
+/// Distinct owners counted per TIME_WAIT group.
+const MAX_OWNERS: usize = 16;
+
+/// Counts per key, ranked (largest first) as they change.
+#[derive(Debug)]
+pub(super) struct Ranked<K> {
+    counts: FxHashMap<K, u64>,
+    order: BTreeSet<(Reverse<u64>, K)>,
+    pub total: u64,
+}
+
+impl<K> Default for Ranked<K> {
+    fn default() -> Self {
+        Self {
+            counts: FxHashMap::default(),
+            order: BTreeSet::new(),
+            total: 0,
+        }
+    }
+}
+
+impl<K: Copy + Ord + Hash> Ranked<K> {
+    /// One more for `k`; its new count.
+    fn add(&mut self, k: K) -> u64 {
+        let c = self.counts.entry(k).or_insert(0);
+        if *c > 0 {
+            self.order.remove(&(Reverse(*c), k));
+        }
+        *c += 1;
+        self.order.insert((Reverse(*c), k));
+        self.total += 1;
+        *c
+    }
+
+    /// One less for `k`; its new count.
+    fn sub(&mut self, k: K) -> u64 {
+        let Some(c) = self.counts.get_mut(&k) else {
+            return 0;
+        };
+        self.order.remove(&(Reverse(*c), k));
+        *c -= 1;
+        self.total = self.total.saturating_sub(1);
+        let n = *c;
+        if n == 0 {
+            self.counts.remove(&k);
+        } else {
+            self.order.insert((Reverse(n), k));
+        }
+        n
+    }
+
+    /// The `n` largest, largest first.
+    pub fn top(&self, n: usize) -> impl Iterator<Item = (K, u64)> + '_ {
+        self.order.iter().take(n).map(|&(Reverse(c), k)| (k, c))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (K, u64)> + '_ {
+        self.counts.iter().map(|(&k, &c)| (k, c))
+    }
+}
+
+/// A TIME_WAIT socket's group: the destination of a connection opened here,
+/// or the local service that accepted it (the server closed first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TwGroup {
+    Destination(IpAddr, u16),
+    /// (namespace, local address, port).
+    Service(u32, IpAddr, u16),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    CloseWait,
+    Listen,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConnEntry {
+    key: TupleKey,
+    held: Held,
+    owner: Option<Owner>,
+    since_ns: u64,
+    exact: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TwEntry {
+    key: TupleKey,
+    group: TwGroup,
+    owner: Option<Owner>,
+}
+
+/// Counts that rise and fall over a window: the peak and when, when it was
+/// first and last seen above zero, and the time spent above zero.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Episode {
+    pub peak: u64,
+    pub peak_ns: u64,
+    pub first_ns: u64,
+    /// The last moment it was seen above zero (its release, or the
+    /// window's end while still held).
+    pub last_ns: u64,
+    pub held_ns: u64,
+    /// The count now (at the window's end once closed).
+    pub now: u64,
+    since: Option<u64>,
+    seen: bool,
+}
+
+impl Episode {
+    fn set(&mut self, n: u64, ts: u64) {
+        self.now = n;
+        if n > self.peak {
+            self.peak = n;
+            self.peak_ns = ts;
+        }
+        match (n > 0, self.since) {
+            (true, None) => {
+                self.since = Some(ts);
+                if !self.seen {
+                    self.seen = true;
+                    self.first_ns = ts;
+                }
+            }
+            (false, Some(s)) => {
+                self.held_ns += ts.saturating_sub(s);
+                self.since = None;
+            }
+            _ => {}
+        }
+        self.last_ns = self.last_ns.max(ts);
+    }
+
+    fn close(&mut self, ts: u64) {
+        if let Some(s) = self.since {
+            self.held_ns += ts.saturating_sub(s);
+            self.since = Some(ts);
+            self.last_ns = ts;
+        }
+    }
+}
+
+/// One process that held CLOSE_WAIT in the window.
+#[derive(Clone, Debug, Default)]
+pub(super) struct CwHolder {
+    pub ep: Episode,
+    pub comm: Option<Comm>,
+    /// The oldest CLOSE_WAIT age reached (at a socket's release, or at the
+    /// window's end for those still held).
+    pub oldest_ns: u64,
+    pub oldest_lower_bound: bool,
+    pub peers: FxHashMap<SocketAddr, u64>,
+}
+
+/// One destination or service that held TIME_WAIT in the window.
+#[derive(Clone, Debug, Default)]
+pub(super) struct TwHolder {
+    pub ep: Episode,
+    /// TIME_WAIT sockets that began in the window.
+    pub begun: u64,
+    /// Sockets seen per owner (the process behind most is named).
+    pub owners: FxHashMap<u32, (u64, Comm)>,
+    /// The listener's owner (services).
+    pub listener: Option<Owner>,
+    /// Ports connect() may pick in the namespace of the peak (destinations).
+    pub ports_at_peak: u32,
+}
+
+impl TwHolder {
+    pub fn owner(&self) -> Option<(u32, Comm)> {
+        if let Some(o) = self.listener {
+            return Some((o.pid, o.comm));
+        }
+        self.owners
+            .iter()
+            .max_by_key(|(pid, (n, _))| (*n, Reverse(**pid)))
+            .map(|(pid, (_, comm))| (*pid, *comm))
+    }
+}
+
+/// A capped map of holders.
+#[derive(Debug)]
+pub(super) struct Capped<K, V> {
+    pub map: FxHashMap<K, V>,
+    pub dropped: u64,
+}
+
+impl<K, V> Default for Capped<K, V> {
+    fn default() -> Self {
+        Self {
+            map: FxHashMap::default(),
+            dropped: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Default> Capped<K, V> {
+    /// The holder of `k`, made if there is room; `starting` counts a refusal.
+    fn slot(&mut self, k: K, starting: bool) -> Option<&mut V> {
+        if self.map.len() >= MAX_HOLDERS && !self.map.contains_key(&k) {
+            if starting {
+                self.dropped += 1;
+            }
+            return None;
+        }
+        Some(self.map.entry(k).or_default())
+    }
+}
+
+/// The holders of one window.
+#[derive(Debug, Default)]
+pub(super) struct Holders {
+    pub close_wait: Capped<Option<u32>, CwHolder>,
+    pub destinations: Capped<TwGroup, TwHolder>,
+    pub services: Capped<TwGroup, TwHolder>,
+}
+
+impl Holders {
+    fn tw(&mut self, g: TwGroup) -> &mut Capped<TwGroup, TwHolder> {
+        match g {
+            TwGroup::Destination(..) => &mut self.destinations,
+            TwGroup::Service(..) => &mut self.services,
+        }
+    }
+}
+
+/// What the shadow needs from outside the table: the namespaces' port
+/// ranges.
+pub(super) struct Ctx<'a> {
+    pub facts: &'a NetFacts,
+    pub host_port_range: (u16, u16),
+}
+
+/// The shadow of the table and the live counts (see the module doc).
+#[derive(Debug, Default)]
+pub(super) struct Tracker {
+    conns: FxHashMap<u64, ConnEntry>,
+    tws: FxHashMap<u64, TwEntry>,
+    conn_by_key: FxHashMap<TupleKey, u64>,
+    tw_by_key: FxHashMap<TupleKey, u64>,
+    /// Listening sockets per (namespace, port), and the owner of one.
+    listeners: FxHashMap<(u32, u16), (u32, Option<Owner>)>,
+    /// CLOSE_WAIT sockets per owning process (`None`: owner unknown).
+    pub close_wait: Ranked<Option<u32>>,
+    /// The name of each process holding CLOSE_WAIT now.
+    pub comms: FxHashMap<Option<u32>, Comm>,
+    /// TIME_WAIT sockets per destination or service.
+    pub time_wait: Ranked<TwGroup>,
+    /// Usable ports per namespace (cleared when the facts change).
+    ports: FxHashMap<u32, u32>,
+    evictions: u64,
+    /// The table evicted sockets since the last full walk.
+    pub stale: bool,
+    /// Set while a window is open.
+    pub holders: Option<Holders>,
+}
+
+fn conn_entry(table: &ConnTable, id: u64) -> Option<ConnEntry> {
+    let c = table.conn(id)?;
+    let held = match c.state {
+        TcpState::CloseWait => Held::CloseWait,
+        TcpState::Listen => Held::Listen,
+        _ => return None,
+    };
+    Some(ConnEntry {
+        key: c.key,
+        held,
+        owner: c.owner,
+        since_ns: c.state_since_ns,
+        exact: !c.state_age_is_lower_bound(),
+    })
+}
+
+impl Tracker {
+    /// Follows one event the engine just applied.
+    pub fn after_event(&mut self, table: &ConnTable, ctx: &Ctx<'_>, e: &Event, now: u64) {
+        let key = TupleKey::of_event(e);
+        self.sync_conn(table, e.sk, now);
+        if let Some(&id) = self.conn_by_key.get(&key)
+            && id != e.sk
+        {
+            self.sync_conn(table, id, now);
+        }
+        self.sync_tw(table, ctx, e.sk, now);
+        if let Some(&id) = self.tw_by_key.get(&key)
+            && id != e.sk
+        {
+            self.sync_tw(table, ctx, id, now);
+        }
+        if table.counters.evictions != self.evictions {
+            self.evictions = table.counters.evictions;
+            self.stale = true;
+        }
+    }
+
+    /// Walks the whole table (after a snapshot record, or evictions).
+    pub fn resync(&mut self, table: &ConnTable, ctx: &Ctx<'_>, now: u64) {
+        let known: Vec<u64> = self.conns.keys().copied().collect();
+        for id in known {
+            self.sync_conn(table, id, now);
+        }
+        for c in table.conns() {
+            if matches!(c.state, TcpState::CloseWait | TcpState::Listen)
+                && !self.conns.contains_key(&c.sk)
+            {
+                self.sync_conn(table, c.sk, now);
+            }
+        }
+        let known: Vec<u64> = self.tws.keys().copied().collect();
+        for id in known {
+            self.sync_tw(table, ctx, id, now);
+        }
+        for t in table.timewaits() {
+            if t.substate == TcpState::TimeWait && !self.tws.contains_key(&t.tw) {
+                self.sync_tw(table, ctx, t.tw, now);
+            }
+        }
+        self.evictions = table.counters.evictions;
+        self.stale = false;
+    }
+
+    /// The namespaces' facts changed: port budgets are read again.
+    pub fn facts_changed(&mut self) {
+        self.ports.clear();
+    }
+
+    fn sync_conn(&mut self, table: &ConnTable, id: u64, now: u64) {
+        let want = conn_entry(table, id);
+        let have = self.conns.get(&id).copied();
+        match (have, want) {
+            (None, None) => {}
+            (Some(h), Some(w))
+                if h.key == w.key
+                    && h.held == w.held
+                    && h.owner.map(|o| o.pid) == w.owner.map(|o| o.pid) =>
+            {
+                self.conns.insert(id, w);
+            }
+            _ => {
+                if let Some(h) = have {
+                    self.remove_conn(id, h, now);
+                }
+                if let Some(w) = want {
+                    self.add_conn(id, w, now);
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, id: u64, e: ConnEntry, now: u64) {
+        self.conns.insert(id, e);
+        self.conn_by_key.insert(e.key, id);
+        match e.held {
+            Held::Listen => {
+                let l = self
+                    .listeners
+                    .entry((e.key.netns, e.key.sport))
+                    .or_insert((0, None));
+                l.0 += 1;
+                if e.owner.is_some() {
+                    l.1 = e.owner;
+                }
+            }
+            Held::CloseWait => {
+                let pid = e.owner.map(|o| o.pid);
+                let n = self.close_wait.add(pid);
+                if let Some(o) = e.owner {
+                    self.comms.insert(pid, o.comm);
+                }
+                if let Some(h) = &mut self.holders
+                    && let Some(holder) = h.close_wait.slot(pid, n == 1)
+                {
+                    holder.ep.set(n, now);
+                    if let Some(o) = e.owner {
+                        holder.comm = Some(o.comm);
+                    }
+                    count_peer(holder, &e);
+                }
+            }
+        }
+    }
+
+    fn remove_conn(&mut self, id: u64, e: ConnEntry, now: u64) {
+        self.conns.remove(&id);
+        if self.conn_by_key.get(&e.key) == Some(&id) {
+            self.conn_by_key.remove(&e.key);
+        }
+        match e.held {
+            Held::Listen => {
+                let port = (e.key.netns, e.key.sport);
+                if let Some(l) = self.listeners.get_mut(&port) {
+                    l.0 = l.0.saturating_sub(1);
+                    if l.0 == 0 {
+                        self.listeners.remove(&port);
+                    }
+                }
+            }
+            Held::CloseWait => {
+                let pid = e.owner.map(|o| o.pid);
+                let n = self.close_wait.sub(pid);
+                if n == 0 {
+                    self.comms.remove(&pid);
+                }
+                if let Some(h) = &mut self.holders
+                    && let Some(holder) = h.close_wait.slot(pid, false)
+                {
+                    note_age(holder, &e, now);
+                    holder.ep.set(n, now);
+                }
+            }
+        }
+    }
+
+    fn group_of(&self, t: &crate::conn::TwConn) -> TwGroup {
+        let opened = t.opened.unwrap_or(
+            if self.listeners.contains_key(&(t.key.netns, t.key.sport)) {
+                Opened::Accepted
+            } else {
+                Opened::Connected
+            },
+        );
+        match opened {
+            Opened::Accepted => TwGroup::Service(t.key.netns, t.key.saddr, t.key.sport),
+            Opened::Connected => TwGroup::Destination(t.key.daddr, t.key.dport),
+        }
+    }
+
+    fn sync_tw(&mut self, table: &ConnTable, ctx: &Ctx<'_>, id: u64, now: u64) {
+        let want = table
+            .timewait(id)
+            .filter(|t| t.substate == TcpState::TimeWait)
+            .map(|t| TwEntry {
+                key: t.key,
+                group: self.group_of(t),
+                owner: t.owner,
+            });
+        let have = self.tws.get(&id).copied();
+        match (have, want) {
+            (None, None) => {}
+            (Some(h), Some(w)) if h.key == w.key && h.group == w.group => {
+                self.tws.insert(id, w);
+            }
+            _ => {
+                if let Some(h) = have {
+                    self.remove_tw(id, h, now);
+                }
+                if let Some(w) = want {
+                    self.add_tw(id, w, ctx, now, true);
+                }
+            }
+        }
+    }
+
+    fn ports_of(&mut self, ctx: &Ctx<'_>, netns: u32) -> u32 {
+        *self.ports.entry(netns).or_insert_with(|| {
+            ctx.facts.of(netns).map_or_else(
+                || {
+                    Sysctls {
+                        port_range: ctx.host_port_range,
+                        ..Sysctls::default()
+                    }
+                    .usable_ports()
+                },
+                |f| f.sysctls.usable_ports(),
+            )
+        })
+    }
+
+    fn add_tw(&mut self, id: u64, e: TwEntry, ctx: &Ctx<'_>, now: u64, begun: bool) {
+        self.tws.insert(id, e);
+        self.tw_by_key.insert(e.key, id);
+        let n = self.time_wait.add(e.group);
+        if self.holders.is_none() {
+            return;
+        }
+        let ports = match e.group {
+            TwGroup::Destination(..) => self.ports_of(ctx, e.key.netns),
+            TwGroup::Service(..) => 0,
+        };
+        let listener = match e.group {
+            TwGroup::Service(netns, _, port) => {
+                self.listeners.get(&(netns, port)).and_then(|l| l.1)
+            }
+            TwGroup::Destination(..) => None,
+        };
+        let Some(h) = &mut self.holders else { return };
+        if let Some(holder) = h.tw(e.group).slot(e.group, n == 1) {
+            if n > holder.ep.peak {
+                holder.ports_at_peak = ports;
+            }
+            holder.ep.set(n, now);
+            holder.begun += u64::from(begun);
+            note_owner(holder, e.owner);
+            if listener.is_some() {
+                holder.listener = listener;
+            }
+        }
+    }
+
+    fn remove_tw(&mut self, id: u64, e: TwEntry, now: u64) {
+        self.tws.remove(&id);
+        if self.tw_by_key.get(&e.key) == Some(&id) {
+            self.tw_by_key.remove(&e.key);
+        }
+        let n = self.time_wait.sub(e.group);
+        if let Some(h) = &mut self.holders
+            && let Some(holder) = h.tw(e.group).slot(e.group, false)
+        {
+            holder.ep.set(n, now);
+        }
+    }
+
+    /// Opens a window at `now`: whatever is held then starts its holders.
+    pub fn open(&mut self, ctx: &Ctx<'_>, now: u64) {
+        let mut h = Holders::default();
+        for (pid, n) in self.close_wait.iter() {
+            if let Some(holder) = h.close_wait.slot(pid, true) {
+                holder.ep.set(n, now);
+                holder.comm = self.comms.get(&pid).copied();
+            }
+        }
+        for e in self.conns.values() {
+            if e.held == Held::CloseWait
+                && let Some(holder) = h.close_wait.slot(e.owner.map(|o| o.pid), false)
+            {
+                count_peer(holder, e);
+            }
+        }
+        let groups: Vec<(TwGroup, u64)> = self.time_wait.iter().collect();
+        for (g, n) in groups {
+            let ports = match g {
+                TwGroup::Destination(..) => {
+                    let netns = self
+                        .tws
+                        .values()
+                        .find(|e| e.group == g)
+                        .map_or(0, |e| e.key.netns);
+                    self.ports_of(ctx, netns)
+                }
+                TwGroup::Service(..) => 0,
+            };
+            if let Some(holder) = h.tw(g).slot(g, true) {
+                holder.ep.set(n, now);
+                holder.ports_at_peak = ports;
+                if let TwGroup::Service(netns, _, port) = g {
+                    holder.listener = self.listeners.get(&(netns, port)).and_then(|l| l.1);
+                }
+            }
+        }
+        for e in self.tws.values() {
+            if let Some(holder) = h.tw(e.group).slot(e.group, false) {
+                note_owner(holder, e.owner);
+            }
+        }
+        self.holders = Some(h);
+    }
+
+    /// Closes the window at `now`: ages of the sockets still held, and
+    /// every holder's time held up to now.
+    pub fn close(&mut self, now: u64) -> Option<Holders> {
+        let mut h = self.holders.take()?;
+        for e in self.conns.values() {
+            if e.held == Held::CloseWait
+                && let Some(holder) = h.close_wait.slot(e.owner.map(|o| o.pid), false)
+            {
+                note_age(holder, e, now);
+            }
+        }
+        for holder in h.close_wait.map.values_mut() {
+            holder.ep.close(now);
+        }
+        for holder in h
+            .destinations
+            .map
+            .values_mut()
+            .chain(h.services.map.values_mut())
+        {
+            holder.ep.close(now);
+        }
+        Some(h)
+    }
+
+    /// CLOSE_WAIT counts per known process, for the growth rates.
+    pub fn close_wait_by_pid(&self) -> std::collections::HashMap<u32, u64> {
+        self.close_wait
+            .iter()
+            .filter_map(|(pid, n)| Some((pid?, n)))
+            .collect()
+    }
+}
+
+fn count_peer(holder: &mut CwHolder, e: &ConnEntry) {
+    let peer = SocketAddr::new(e.key.daddr, e.key.dport);
+    if holder.peers.len() < MAX_PEERS || holder.peers.contains_key(&peer) {
+        *holder.peers.entry(peer).or_default() += 1;
+    }
+}
+
+fn note_age(holder: &mut CwHolder, e: &ConnEntry, now: u64) {
+    let age = now.saturating_sub(e.since_ns);
+    if age >= holder.oldest_ns {
+        holder.oldest_ns = age;
+        holder.oldest_lower_bound = !e.exact;
+    }
+}
+
+fn note_owner(holder: &mut TwHolder, owner: Option<Owner>) {
+    if let Some(o) = owner
+        && (holder.owners.len() < MAX_OWNERS || holder.owners.contains_key(&o.pid))
+    {
+        holder.owners.entry(o.pid).or_insert((0, o.comm)).0 += 1;
+    }
+}
