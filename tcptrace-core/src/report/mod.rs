@@ -346,7 +346,7 @@ impl Run<'_> {
             facts: &self.engine.facts,
             host_port_range: self.port_range,
         };
-        self.tracker.open(&ctx, at);
+        self.tracker.open(&self.engine.table, &ctx, at);
         self.grid = Some(timeline::Grid::new(at, self.opts.step_ns, &self.tracker));
         self.open_ns = at;
         self.phase = Phase::Open;

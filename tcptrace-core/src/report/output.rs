@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
 };
 
-use super::{Held, Report, timeline::text_top, window::fmt_ns};
+use super::{Held, Report, TimelinePoint, timeline::text_top, window::fmt_ns};
 use crate::{
     clock::{fmt_age, fmt_ms, hms_millis},
     output::escape,
@@ -164,17 +164,18 @@ fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
     } else {
         writeln!(
             w,
-            "TIME_WAIT by destination (connections opened here):\n  {:<40} {:>6}  {:<12}  {:<20} {:>7} {:>8}  OWNER",
-            "DESTINATION", "PEAK", "WHEN", "HELD FOR", "BEGUN", "PORTS%"
+            "TIME_WAIT by destination (connections opened here):\n  {:<40} {:>6}  {:<12}  {:<20} {:>6} {:>7} {:>8}  OWNER",
+            "DESTINATION", "PEAK", "WHEN", "HELD FOR", "END", "BEGUN", "PORTS%"
         )?;
         for h in r.time_wait_destination_holders.iter().take(TEXT_ROWS) {
             writeln!(
                 w,
-                "  {:<40} {:>6}  {:<12}  {:<20} {:>7} {:>7.1}%  {}",
+                "  {:<40} {:>6}  {:<12}  {:<20} {:>6} {:>7} {:>7.1}%  {}",
                 SocketAddr::new(h.daddr, h.dport).to_string(),
                 h.held.peak,
                 hms_millis(h.held.peak_ns),
                 held_for(&h.held),
+                h.held.count_at_end,
                 h.begun,
                 h.port_share_at_peak * 100.0,
                 owner(h.pid, h.comm.as_deref())
@@ -194,18 +195,19 @@ fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
     } else {
         writeln!(
             w,
-            "TIME_WAIT by service (connections accepted here: the server closed first):\n  {:<40} {:>10} {:>6}  {:<12}  {:<20} {:>7} {:>8}  OWNER",
-            "SERVICE", "NETNS", "PEAK", "WHEN", "HELD FOR", "BEGUN", "RATE/s"
+            "TIME_WAIT by service (connections accepted here: the server closed first):\n  {:<40} {:>10} {:>6}  {:<12}  {:<20} {:>6} {:>7} {:>8}  OWNER",
+            "SERVICE", "NETNS", "PEAK", "WHEN", "HELD FOR", "END", "BEGUN", "RATE/s"
         )?;
         for h in r.time_wait_service_holders.iter().take(TEXT_ROWS) {
             writeln!(
                 w,
-                "  {:<40} {:>10} {:>6}  {:<12}  {:<20} {:>7} {:>8.1}  {}",
+                "  {:<40} {:>10} {:>6}  {:<12}  {:<20} {:>6} {:>7} {:>8.1}  {}",
                 SocketAddr::new(h.saddr, h.sport).to_string(),
                 h.netns,
                 h.held.peak,
                 hms_millis(h.held.peak_ns),
                 held_for(&h.held),
+                h.held.count_at_end,
                 h.begun,
                 h.rate_per_sec,
                 owner(h.pid, h.comm.as_deref())
@@ -241,18 +243,38 @@ fn write_timeline(w: &mut impl Write, r: &Report) -> io::Result<()> {
         "TIME_WAIT (MAX)"
     )?;
     let last = points.len().saturating_sub(1);
-    for (i, p) in points.iter().enumerate() {
-        if i % every != 0 && i != last {
-            continue;
+    let shown: Vec<(&TimelinePoint, String)> = points
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % every == 0 || *i == last)
+        .map(|(_, p)| {
+            let line = format!(
+                "{:>17}  {:>17}  {}",
+                format!("{} ({})", p.close_wait, p.close_wait_max),
+                format!("{} ({})", p.time_wait, p.time_wait_max),
+                text_top(p)
+            );
+            (p, line)
+        })
+        .collect();
+    // A run of identical points is its first line and how long it lasted.
+    let mut i = 0;
+    while i < shown.len() {
+        let (p, line) = &shown[i];
+        writeln!(w, "  {:<12}  {}", hms_millis(p.ts_ns), line.trim_end())?;
+        let run = shown[i + 1..].iter().take_while(|(_, l)| l == line).count();
+        if run >= 2 {
+            writeln!(
+                w,
+                "  {:<12}  (the same for {} more points, to {})",
+                "",
+                run,
+                hms_millis(shown[i + run].0.ts_ns)
+            )?;
+            i += run + 1;
+        } else {
+            i += 1;
         }
-        writeln!(
-            w,
-            "  {:<12}  {:>17}  {:>17}  {}",
-            hms_millis(p.ts_ns),
-            format!("{} ({})", p.close_wait, p.close_wait_max),
-            format!("{} ({})", p.time_wait, p.time_wait_max),
-            text_top(p)
-        )?;
     }
     Ok(())
 }

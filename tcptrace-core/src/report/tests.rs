@@ -173,6 +173,16 @@ fn a_leak_released_before_the_end_is_named_with_its_peak_when_and_how_long() {
         text.contains("timeline (step 150.0ms, 61 points)"),
         "{text}"
     );
+    // A run of identical points is one line and how long it lasted: 20
+    // held from 1.2 s to 5.85 s.
+    assert!(
+        text.contains("(the same for 31 more points, to 16:05:05.850)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("state at 16:05:09.000 (end of the recording):"),
+        "{text}"
+    );
 
     let mut csv = Vec::new();
     write_csv(&mut csv, &r).unwrap();

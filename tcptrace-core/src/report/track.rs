@@ -123,12 +123,21 @@ struct ConnEntry {
     exact: bool,
 }
 
+/// A timewait socket as the table has it now (what [`Tracker::sync_tw`]
+/// compares against the shadow, which keeps only the group).
 #[derive(Clone, Copy, Debug)]
 struct TwEntry {
     key: TupleKey,
     group: TwGroup,
     owner: Option<Owner>,
 }
+
+/// Sockets the table took from a sock_diag snapshot have ids below this
+/// (its synthetic keys, until an event binds them to a kernel address);
+/// only they can leave the table through another socket's event (adopted
+/// by, or a duplicate of, the event's socket with the same 4-tuple), so
+/// only they are indexed by 4-tuple. Kernel addresses are far above.
+const SEEDED_IDS_BELOW: u64 = 1 << 40;
 
 /// Counts that rise and fall over a window: the peak and when, when it was
 /// first and last seen above zero, and the time spent above zero.
@@ -275,9 +284,12 @@ pub(super) struct Ctx<'a> {
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     conns: FxHashMap<u64, ConnEntry>,
-    tws: FxHashMap<u64, TwEntry>,
+    /// Timewait sockets in TIME_WAIT: their group.
+    tws: FxHashMap<u64, TwGroup>,
+    /// Seeded sockets (ids below [`SEEDED_IDS_BELOW`]) by 4-tuple, and back.
     conn_by_key: FxHashMap<TupleKey, u64>,
     tw_by_key: FxHashMap<TupleKey, u64>,
+    tw_keys: FxHashMap<u64, TupleKey>,
     /// Listening sockets per (namespace, port), and the owner of one.
     listeners: FxHashMap<(u32, u16), (u32, Option<Owner>)>,
     /// CLOSE_WAIT sockets per owning process (`None`: owner unknown).
@@ -312,20 +324,42 @@ fn conn_entry(table: &ConnTable, id: u64) -> Option<ConnEntry> {
 }
 
 impl Tracker {
-    /// Follows one event the engine just applied.
+    /// Follows one event the engine just applied: the sockets it can have
+    /// changed are its own and a seeded one with its 4-tuple.
     pub fn after_event(&mut self, table: &ConnTable, ctx: &Ctx<'_>, e: &Event, now: u64) {
-        let key = TupleKey::of_event(e);
-        self.sync_conn(table, e.sk, now);
-        if let Some(&id) = self.conn_by_key.get(&key)
-            && id != e.sk
-        {
-            self.sync_conn(table, id, now);
-        }
-        self.sync_tw(table, ctx, e.sk, now);
-        if let Some(&id) = self.tw_by_key.get(&key)
-            && id != e.sk
-        {
-            self.sync_tw(table, ctx, id, now);
+        use crate::model::EventKind;
+        let seeded_conn = |t: &Self| {
+            if t.conn_by_key.is_empty() {
+                return None;
+            }
+            t.conn_by_key.get(&TupleKey::of_event(e)).copied()
+        };
+        let seeded_tw = |t: &Self| {
+            if t.tw_by_key.is_empty() {
+                return None;
+            }
+            t.tw_by_key.get(&TupleKey::of_event(e)).copied()
+        };
+        match e.kind {
+            EventKind::Transition | EventKind::Accept => {
+                self.sync_conn(table, e.sk, now);
+                if let Some(id) = seeded_conn(self).filter(|&id| id != e.sk) {
+                    self.sync_conn(table, id, now);
+                }
+                if let Some(id) = seeded_tw(self) {
+                    self.sync_tw(table, ctx, id, now);
+                }
+            }
+            EventKind::TwBegin | EventKind::TwRearm | EventKind::TwEnd => {
+                self.sync_tw(table, ctx, e.sk, now);
+                if let Some(id) = seeded_tw(self).filter(|&id| id != e.sk) {
+                    self.sync_tw(table, ctx, id, now);
+                }
+                if let Some(id) = seeded_conn(self) {
+                    self.sync_conn(table, id, now);
+                }
+            }
+            EventKind::Lost => {}
         }
         if table.counters.evictions != self.evictions {
             self.evictions = table.counters.evictions;
@@ -389,7 +423,9 @@ impl Tracker {
 
     fn add_conn(&mut self, id: u64, e: ConnEntry, now: u64) {
         self.conns.insert(id, e);
-        self.conn_by_key.insert(e.key, id);
+        if id < SEEDED_IDS_BELOW {
+            self.conn_by_key.insert(e.key, id);
+        }
         match e.held {
             Held::Listen => {
                 let l = self
@@ -477,9 +513,7 @@ impl Tracker {
         let have = self.tws.get(&id).copied();
         match (have, want) {
             (None, None) => {}
-            (Some(h), Some(w)) if h.key == w.key && h.group == w.group => {
-                self.tws.insert(id, w);
-            }
+            (Some(h), Some(w)) if h == w.group => {}
             _ => {
                 if let Some(h) = have {
                     self.remove_tw(id, h, now);
@@ -507,8 +541,11 @@ impl Tracker {
     }
 
     fn add_tw(&mut self, id: u64, e: TwEntry, ctx: &Ctx<'_>, now: u64, begun: bool) {
-        self.tws.insert(id, e);
-        self.tw_by_key.insert(e.key, id);
+        self.tws.insert(id, e.group);
+        if id < SEEDED_IDS_BELOW {
+            self.tw_by_key.insert(e.key, id);
+            self.tw_keys.insert(id, e.key);
+        }
         let n = self.time_wait.add(e.group);
         if self.holders.is_none() {
             return;
@@ -537,21 +574,23 @@ impl Tracker {
         }
     }
 
-    fn remove_tw(&mut self, id: u64, e: TwEntry, now: u64) {
+    fn remove_tw(&mut self, id: u64, group: TwGroup, now: u64) {
         self.tws.remove(&id);
-        if self.tw_by_key.get(&e.key) == Some(&id) {
-            self.tw_by_key.remove(&e.key);
+        if let Some(key) = self.tw_keys.remove(&id)
+            && self.tw_by_key.get(&key) == Some(&id)
+        {
+            self.tw_by_key.remove(&key);
         }
-        let n = self.time_wait.sub(e.group);
+        let n = self.time_wait.sub(group);
         if let Some(h) = &mut self.holders
-            && let Some(holder) = h.tw(e.group).slot(e.group, false)
+            && let Some(holder) = h.tw(group).slot(group, false)
         {
             holder.ep.set(n, now);
         }
     }
 
     /// Opens a window at `now`: whatever is held then starts its holders.
-    pub fn open(&mut self, ctx: &Ctx<'_>, now: u64) {
+    pub fn open(&mut self, table: &ConnTable, ctx: &Ctx<'_>, now: u64) {
         let mut h = Holders::default();
         for (pid, n) in self.close_wait.iter() {
             if let Some(holder) = h.close_wait.slot(pid, true) {
@@ -568,28 +607,25 @@ impl Tracker {
         }
         let groups: Vec<(TwGroup, u64)> = self.time_wait.iter().collect();
         for (g, n) in groups {
-            let ports = match g {
-                TwGroup::Destination(..) => {
-                    let netns = self
-                        .tws
-                        .values()
-                        .find(|e| e.group == g)
-                        .map_or(0, |e| e.key.netns);
-                    self.ports_of(ctx, netns)
-                }
-                TwGroup::Service(..) => 0,
-            };
             if let Some(holder) = h.tw(g).slot(g, true) {
                 holder.ep.set(n, now);
-                holder.ports_at_peak = ports;
                 if let TwGroup::Service(netns, _, port) = g {
                     holder.listener = self.listeners.get(&(netns, port)).and_then(|l| l.1);
                 }
             }
         }
-        for e in self.tws.values() {
-            if let Some(holder) = h.tw(e.group).slot(e.group, false) {
-                note_owner(holder, e.owner);
+        let ids: Vec<(u64, TwGroup)> = self.tws.iter().map(|(&id, &g)| (id, g)).collect();
+        for (id, g) in ids {
+            let Some(t) = table.timewait(id) else {
+                continue;
+            };
+            let ports = match g {
+                TwGroup::Destination(..) => self.ports_of(ctx, t.key.netns),
+                TwGroup::Service(..) => 0,
+            };
+            if let Some(holder) = h.tw(g).slot(g, false) {
+                note_owner(holder, t.owner);
+                holder.ports_at_peak = holder.ports_at_peak.max(ports);
             }
         }
         self.holders = Some(h);

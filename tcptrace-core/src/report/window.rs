@@ -84,11 +84,12 @@ impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.wall {
             None => write!(f, "has no records"),
+            // To the millisecond, inward: both printed moments are inside.
             Some((start, end)) => write!(
                 f,
                 "spans {} to {} ({}; offsets 0 to {})",
-                rfc3339(start),
-                rfc3339(end),
+                rfc3339(start.div_ceil(1_000_000) * 1_000_000),
+                rfc3339(end - end % 1_000_000),
                 fmt_ns(end.saturating_sub(start)),
                 fmt_ns(end.saturating_sub(start)),
             ),
