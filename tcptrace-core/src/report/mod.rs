@@ -411,6 +411,10 @@ impl Run<'_> {
             }),
             _ => {}
         }
+        let before = match rec {
+            Record::Event(e) => self.tracker.before_event(&self.engine.table, e),
+            _ => None,
+        };
         self.applier.apply(&mut self.engine, rec);
         match rec {
             Record::Snapshot { facts, .. } => {
@@ -424,7 +428,8 @@ impl Run<'_> {
                     facts: &self.engine.facts,
                     host_port_range: self.port_range,
                 };
-                self.tracker.after_event(&self.engine.table, &ctx, e, now);
+                self.tracker
+                    .after_event(&self.engine.table, &ctx, e, before, now);
                 if self.tracker.stale && now >= self.next_resync {
                     self.resync(now);
                 }

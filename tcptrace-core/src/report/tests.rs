@@ -742,10 +742,18 @@ fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
     let mut pids = [1u32; 8];
     sims[6] = Sim::Full(CloseWait);
     sims[7] = Sim::Full(CloseWait);
-    let seeded: Vec<SeenSocket> = [6u8, 7]
+    sims[5] = Sim::TimeWait;
+    let mut seeded: Vec<SeenSocket> = [6u8, 7]
         .iter()
         .map(|&s| conn(s, 0, 1).seen(CloseWait, u64::from(s)))
         .collect();
+    seeded.push(SeenSocket {
+        timer_left_ms: Some(50_000),
+        ..conn(5, 0, 1).seen(TimeWait, 0)
+    });
+    // A listener on slot 3's port: its unlinked TIME_WAIT is a service's.
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    seeded.push(Conn::new(99, (ip(2), 45_003), (any, 0), Some(owner(1, "app1"))).seen(Listen, 99));
     let mut t = T0;
     let file = recording(|w| {
         w.snapshot(T0, &[1], &seeded, None).unwrap();
@@ -828,9 +836,18 @@ fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
                     sims[s] = Sim::Full(FinWait2);
                     vec![c.at(t, FinWait1, FinWait2)]
                 }
-                (Sim::Full(_), _) => {
+                (Sim::Full(_), a) => {
                     sims[s] = Sim::TimeWait;
-                    vec![c.tw_begin(t, TimeWait), c.at(t, FinWait2, Close)]
+                    // Unlinked (the begin did not find its full socket):
+                    // who opened it is not known.
+                    let link = if a % 3 == 0 { None } else { Some(c.sk) };
+                    vec![
+                        Event {
+                            link,
+                            ..c.tw_begin(t, TimeWait)
+                        },
+                        c.at(t, FinWait2, Close),
+                    ]
                 }
                 (Sim::TimeWait, _) => {
                     sims[s] = Sim::Closed;

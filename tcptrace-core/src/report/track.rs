@@ -29,7 +29,7 @@ use std::{
 use rustc_hash::FxHashMap;
 
 use crate::{
-    conn::{ConnTable, Opened, TupleKey},
+    conn::{ConnTable, Opened, TupleKey, TwConn},
     model::{Comm, Event, Owner, TcpState},
     netfacts::{NetFacts, Sysctls},
 };
@@ -89,6 +89,25 @@ impl<K: Copy + Ord + Hash> Ranked<K> {
         n
     }
 
+    pub fn get(&self, k: &K) -> u64 {
+        self.counts.get(k).copied().unwrap_or(0)
+    }
+
+    /// Sets `k`'s count.
+    fn set(&mut self, k: K, n: u64) {
+        let old = self.counts.get(&k).copied().unwrap_or(0);
+        if old > 0 {
+            self.order.remove(&(Reverse(old), k));
+        }
+        self.total = self.total - old + n;
+        if n == 0 {
+            self.counts.remove(&k);
+        } else {
+            self.counts.insert(k, n);
+            self.order.insert((Reverse(n), k));
+        }
+    }
+
     /// The `n` largest, largest first.
     pub fn top(&self, n: usize) -> impl Iterator<Item = (K, u64)> + '_ {
         self.order.iter().take(n).map(|&(Reverse(c), k)| (k, c))
@@ -121,15 +140,6 @@ struct ConnEntry {
     owner: Option<Owner>,
     since_ns: u64,
     exact: bool,
-}
-
-/// A timewait socket as the table has it now (what [`Tracker::sync_tw`]
-/// compares against the shadow, which keeps only the group).
-#[derive(Clone, Copy, Debug)]
-struct TwEntry {
-    key: TupleKey,
-    group: TwGroup,
-    owner: Option<Owner>,
 }
 
 /// Sockets the table took from a sock_diag snapshot have ids below this
@@ -284,8 +294,12 @@ pub(super) struct Ctx<'a> {
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     conns: FxHashMap<u64, ConnEntry>,
-    /// Timewait sockets in TIME_WAIT: their group.
-    tws: FxHashMap<u64, TwGroup>,
+    /// Timewait sockets in TIME_WAIT whose opening side was not seen
+    /// (seeded, or not linked to their full socket): the group each was
+    /// counted in, fixed then (it follows the listeners of that moment).
+    /// The others' group follows from the socket itself and is not kept:
+    /// a flood of TIME_WAIT costs no memory here.
+    unopened: FxHashMap<u64, TwGroup>,
     /// Seeded sockets (ids below [`SEEDED_IDS_BELOW`]) by 4-tuple, and back.
     conn_by_key: FxHashMap<TupleKey, u64>,
     tw_by_key: FxHashMap<TupleKey, u64>,
@@ -324,9 +338,27 @@ fn conn_entry(table: &ConnTable, id: u64) -> Option<ConnEntry> {
 }
 
 impl Tracker {
-    /// Follows one event the engine just applied: the sockets it can have
-    /// changed are its own and a seeded one with its 4-tuple.
-    pub fn after_event(&mut self, table: &ConnTable, ctx: &Ctx<'_>, e: &Event, now: u64) {
+    /// What an event about to be applied may change that the table will
+    /// no longer tell afterwards: the group its timewait socket counts in.
+    pub fn before_event(&self, table: &ConnTable, e: &Event) -> Option<TwGroup> {
+        use crate::model::EventKind;
+        match e.kind {
+            EventKind::TwBegin | EventKind::TwRearm | EventKind::TwEnd => self.counted(table, e.sk),
+            _ => None,
+        }
+    }
+
+    /// Follows one event the engine just applied (`before`: what
+    /// [`Self::before_event`] said): the sockets it can have changed are
+    /// its own and a seeded one with its 4-tuple.
+    pub fn after_event(
+        &mut self,
+        table: &ConnTable,
+        ctx: &Ctx<'_>,
+        e: &Event,
+        before: Option<TwGroup>,
+        now: u64,
+    ) {
         use crate::model::EventKind;
         let seeded_conn = |t: &Self| {
             if t.conn_by_key.is_empty() {
@@ -347,13 +379,22 @@ impl Tracker {
                     self.sync_conn(table, id, now);
                 }
                 if let Some(id) = seeded_tw(self) {
-                    self.sync_tw(table, ctx, id, now);
+                    self.sync_tw(table, ctx, id, None, now);
                 }
             }
             EventKind::TwBegin | EventKind::TwRearm | EventKind::TwEnd => {
-                self.sync_tw(table, ctx, e.sk, now);
+                // A begin on a socket the table had is a new one.
+                if e.kind == EventKind::TwBegin {
+                    if let Some(g) = before {
+                        self.tw_gone(e.sk, g, now);
+                    }
+                    self.sync_tw(table, ctx, e.sk, None, now);
+                } else {
+                    self.sync_tw(table, ctx, e.sk, before, now);
+                }
                 if let Some(id) = seeded_tw(self).filter(|&id| id != e.sk) {
-                    self.sync_tw(table, ctx, id, now);
+                    let was = self.unopened.get(&id).copied();
+                    self.sync_tw(table, ctx, id, was, now);
                 }
                 if let Some(id) = seeded_conn(self) {
                     self.sync_conn(table, id, now);
@@ -380,13 +421,71 @@ impl Tracker {
                 self.sync_conn(table, c.sk, now);
             }
         }
-        let known: Vec<u64> = self.tws.keys().copied().collect();
-        for id in known {
-            self.sync_tw(table, ctx, id, now);
-        }
+        // TIME_WAIT is counted again: the groups whose count changed
+        // change by that much now (one socket of each named, for its
+        // namespace and owner).
+        let mut counts: FxHashMap<TwGroup, (u64, u32, Option<Owner>)> = FxHashMap::default();
+        let mut unopened = FxHashMap::default();
+        let (mut by_key, mut keys) = (FxHashMap::default(), FxHashMap::default());
         for t in table.timewaits() {
-            if t.substate == TcpState::TimeWait && !self.tws.contains_key(&t.tw) {
-                self.sync_tw(table, ctx, t.tw, now);
+            if t.substate != TcpState::TimeWait {
+                continue;
+            }
+            let g = stable_group(t).unwrap_or_else(|| {
+                let g = self
+                    .unopened
+                    .get(&t.tw)
+                    .copied()
+                    .unwrap_or_else(|| self.by_listeners(t));
+                unopened.insert(t.tw, g);
+                g
+            });
+            if t.tw < SEEDED_IDS_BELOW {
+                by_key.insert(t.key, t.tw);
+                keys.insert(t.tw, t.key);
+            }
+            counts.entry(g).or_insert((0, t.key.netns, t.owner)).0 += 1;
+        }
+        self.unopened = unopened;
+        self.tw_by_key = by_key;
+        self.tw_keys = keys;
+        let mut changed: Vec<(TwGroup, u64, u64)> = self
+            .time_wait
+            .iter()
+            .map(|(g, n)| (g, n, counts.get(&g).map_or(0, |c| c.0)))
+            .filter(|(_, old, new)| old != new)
+            .collect();
+        changed.extend(
+            counts
+                .iter()
+                .filter(|(g, _)| self.time_wait.get(g) == 0)
+                .map(|(&g, c)| (g, 0, c.0)),
+        );
+        for (g, old, new) in changed {
+            self.time_wait.set(g, new);
+            if self.holders.is_none() {
+                continue;
+            }
+            let (_, netns, owner) = counts.get(&g).copied().unwrap_or((0, 0, None));
+            let ports = match g {
+                TwGroup::Destination(..) => self.ports_of(ctx, netns),
+                TwGroup::Service(..) => 0,
+            };
+            let listener = self.listener_of(g);
+            if let Some(h) = &mut self.holders
+                && let Some(holder) = h.tw(g).slot(g, old == 0)
+            {
+                if new > holder.ep.peak {
+                    holder.ports_at_peak = ports;
+                }
+                holder.ep.set(new, now);
+                holder.begun += new.saturating_sub(old);
+                if listener.is_some() {
+                    holder.listener = listener;
+                }
+                if new > old {
+                    note_owner(holder, owner);
+                }
             }
         }
         self.evictions = table.counters.evictions;
@@ -487,41 +586,53 @@ impl Tracker {
         }
     }
 
-    fn group_of(&self, t: &crate::conn::TwConn) -> TwGroup {
-        let opened = t.opened.unwrap_or(
-            if self.listeners.contains_key(&(t.key.netns, t.key.sport)) {
-                Opened::Accepted
-            } else {
-                Opened::Connected
-            },
-        );
-        match opened {
-            Opened::Accepted => TwGroup::Service(t.key.netns, t.key.saddr, t.key.sport),
-            Opened::Connected => TwGroup::Destination(t.key.daddr, t.key.dport),
-        }
+    /// The group of a socket whose opening side was not seen: a service
+    /// when a listener has its port.
+    fn by_listeners(&self, t: &TwConn) -> TwGroup {
+        let opened = if self.listeners.contains_key(&(t.key.netns, t.key.sport)) {
+            Opened::Accepted
+        } else {
+            Opened::Connected
+        };
+        group(opened, t)
     }
 
-    fn sync_tw(&mut self, table: &ConnTable, ctx: &Ctx<'_>, id: u64, now: u64) {
-        let want = table
+    /// The group timewait socket `id` is counted in now (if in TIME_WAIT).
+    fn counted(&self, table: &ConnTable, id: u64) -> Option<TwGroup> {
+        let t = table.timewait(id)?;
+        if t.substate != TcpState::TimeWait {
+            return None;
+        }
+        stable_group(t).or_else(|| self.unopened.get(&id).copied())
+    }
+
+    /// Brings timewait socket `id` in step: `was` is the group it was
+    /// counted in (None: not counted).
+    fn sync_tw(
+        &mut self,
+        table: &ConnTable,
+        ctx: &Ctx<'_>,
+        id: u64,
+        was: Option<TwGroup>,
+        now: u64,
+    ) {
+        let t = table
             .timewait(id)
-            .filter(|t| t.substate == TcpState::TimeWait)
-            .map(|t| TwEntry {
-                key: t.key,
-                group: self.group_of(t),
-                owner: t.owner,
-            });
-        let have = self.tws.get(&id).copied();
-        match (have, want) {
-            (None, None) => {}
-            (Some(h), Some(w)) if h == w.group => {}
-            _ => {
-                if let Some(h) = have {
-                    self.remove_tw(id, h, now);
-                }
-                if let Some(w) = want {
-                    self.add_tw(id, w, ctx, now, true);
-                }
-            }
+            .filter(|t| t.substate == TcpState::TimeWait);
+        let is = t.map(|t| {
+            stable_group(t)
+                .or_else(|| was.filter(|_| self.unopened.contains_key(&id)))
+                .unwrap_or_else(|| self.by_listeners(t))
+        });
+        if was == is {
+            return;
+        }
+        if let Some(g) = was {
+            self.tw_gone(id, g, now);
+        }
+        if let (Some(t), Some(g)) = (t, is) {
+            let (key, owner, netns, opened) = (t.key, t.owner, t.key.netns, t.opened);
+            self.tw_new(id, key, g, opened.is_none(), owner, netns, ctx, now);
         }
     }
 
@@ -540,50 +651,69 @@ impl Tracker {
         })
     }
 
-    fn add_tw(&mut self, id: u64, e: TwEntry, ctx: &Ctx<'_>, now: u64, begun: bool) {
-        self.tws.insert(id, e.group);
-        if id < SEEDED_IDS_BELOW {
-            self.tw_by_key.insert(e.key, id);
-            self.tw_keys.insert(id, e.key);
-        }
-        let n = self.time_wait.add(e.group);
-        if self.holders.is_none() {
-            return;
-        }
-        let ports = match e.group {
-            TwGroup::Destination(..) => self.ports_of(ctx, e.key.netns),
-            TwGroup::Service(..) => 0,
-        };
-        let listener = match e.group {
+    fn listener_of(&self, g: TwGroup) -> Option<Owner> {
+        match g {
             TwGroup::Service(netns, _, port) => {
                 self.listeners.get(&(netns, port)).and_then(|l| l.1)
             }
             TwGroup::Destination(..) => None,
+        }
+    }
+
+    /// A socket entered TIME_WAIT in group `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn tw_new(
+        &mut self,
+        id: u64,
+        key: TupleKey,
+        g: TwGroup,
+        unopened: bool,
+        owner: Option<Owner>,
+        netns: u32,
+        ctx: &Ctx<'_>,
+        now: u64,
+    ) {
+        if unopened {
+            self.unopened.insert(id, g);
+        }
+        if id < SEEDED_IDS_BELOW {
+            self.tw_by_key.insert(key, id);
+            self.tw_keys.insert(id, key);
+        }
+        let n = self.time_wait.add(g);
+        if self.holders.is_none() {
+            return;
+        }
+        let ports = match g {
+            TwGroup::Destination(..) => self.ports_of(ctx, netns),
+            TwGroup::Service(..) => 0,
         };
+        let listener = self.listener_of(g);
         let Some(h) = &mut self.holders else { return };
-        if let Some(holder) = h.tw(e.group).slot(e.group, n == 1) {
+        if let Some(holder) = h.tw(g).slot(g, n == 1) {
             if n > holder.ep.peak {
                 holder.ports_at_peak = ports;
             }
             holder.ep.set(n, now);
-            holder.begun += u64::from(begun);
-            note_owner(holder, e.owner);
+            holder.begun += 1;
+            note_owner(holder, owner);
             if listener.is_some() {
                 holder.listener = listener;
             }
         }
     }
 
-    fn remove_tw(&mut self, id: u64, group: TwGroup, now: u64) {
-        self.tws.remove(&id);
+    /// A socket counted in group `g` left TIME_WAIT.
+    fn tw_gone(&mut self, id: u64, g: TwGroup, now: u64) {
+        self.unopened.remove(&id);
         if let Some(key) = self.tw_keys.remove(&id)
             && self.tw_by_key.get(&key) == Some(&id)
         {
             self.tw_by_key.remove(&key);
         }
-        let n = self.time_wait.sub(group);
+        let n = self.time_wait.sub(g);
         if let Some(h) = &mut self.holders
-            && let Some(holder) = h.tw(group).slot(group, false)
+            && let Some(holder) = h.tw(g).slot(g, false)
         {
             holder.ep.set(n, now);
         }
@@ -614,9 +744,8 @@ impl Tracker {
                 }
             }
         }
-        let ids: Vec<(u64, TwGroup)> = self.tws.iter().map(|(&id, &g)| (id, g)).collect();
-        for (id, g) in ids {
-            let Some(t) = table.timewait(id) else {
+        for t in table.timewaits() {
+            let Some(g) = self.counted(table, t.tw) else {
                 continue;
             };
             let ports = match g {
@@ -663,6 +792,19 @@ impl Tracker {
             .filter_map(|(pid, n)| Some((pid?, n)))
             .collect()
     }
+}
+
+/// The group of a TIME_WAIT socket opened by `opened`.
+fn group(opened: Opened, t: &TwConn) -> TwGroup {
+    match opened {
+        Opened::Accepted => TwGroup::Service(t.key.netns, t.key.saddr, t.key.sport),
+        Opened::Connected => TwGroup::Destination(t.key.daddr, t.key.dport),
+    }
+}
+
+/// The group, when the socket says who opened its connection.
+fn stable_group(t: &TwConn) -> Option<TwGroup> {
+    t.opened.map(|o| group(o, t))
 }
 
 fn count_peer(holder: &mut CwHolder, e: &ConnEntry) {
