@@ -899,7 +899,7 @@ fn parse_duration(s: &str) -> Option<u64> {
         return None;
     }
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0 && secs < 1e12)
+        return (secs.is_finite() && (0.0..1e12).contains(&secs))
             .then(|| (secs * 1e9).round() as u64);
     }
     let d: jiff::SignedDuration = s.parse().ok()?;

@@ -729,7 +729,7 @@ enum Sim {
 /// the file and the moments (offsets) worth asking about.
 fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
     let conn = |slot: u8, generation: u64, pid: u32| {
-        let server = slot % 2 == 0;
+        let server = slot.is_multiple_of(2);
         Conn::new(
             u64::from(slot) * 1_000 + generation,
             (ip(2), 45_000 + u16::from(slot)),
@@ -786,7 +786,7 @@ fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
                 (Sim::Closed, a) => {
                     generation[s] += 1;
                     let c = conn(op.slot, generation[s], pids[s]);
-                    if a % 2 == 0 {
+                    if a.is_multiple_of(2) {
                         sims[s] = Sim::Full(SynRecv);
                         vec![c.at(t, Listen, SynRecv)]
                     } else {
@@ -820,7 +820,7 @@ fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
                     }
                 },
                 (Sim::Full(CloseWait), a) => {
-                    if a % 4 == 0 {
+                    if a.is_multiple_of(4) {
                         sims[s] = Sim::Closed;
                         vec![c.at(t, CloseWait, Close)]
                     } else {
@@ -840,7 +840,11 @@ fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
                     sims[s] = Sim::TimeWait;
                     // Unlinked (the begin did not find its full socket):
                     // who opened it is not known.
-                    let link = if a % 3 == 0 { None } else { Some(c.sk) };
+                    let link = if a.is_multiple_of(3) {
+                        None
+                    } else {
+                        Some(c.sk)
+                    };
                     vec![
                         Event {
                             link,

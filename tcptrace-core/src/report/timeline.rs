@@ -187,7 +187,7 @@ impl Grid {
         let mut carry = (0, 0);
         let mut out = Vec::with_capacity(self.points.len() / m as usize + 2);
         for (i, mut p) in self.points.into_iter().enumerate() {
-            if i as u64 % m == 0 || i == last {
+            if (i as u64).is_multiple_of(m) || i == last {
                 p.close_wait_max = p.close_wait_max.max(carry.0);
                 p.time_wait_max = p.time_wait_max.max(carry.1);
                 out.push(p);
