@@ -29,7 +29,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Print a recording as `trace` would have (same text and JSON).
     Replay(ReplayArgs),
-    /// Offline summary of a recording: the aggregates of `stats`, gaps, growth.
+    /// Postmortem of a recording: who held CLOSE_WAIT and TIME_WAIT and when,
+    /// a timeline, the state at any moment (--at) or over a window.
     Report(ReportArgs),
     /// Alert on CLOSE_WAIT growth, TIME_WAIT port exhaustion and lost events.
     Watch(WatchArgs),

@@ -751,6 +751,12 @@ fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
         timer_left_ms: Some(50_000),
         ..conn(5, 0, 1).seen(TimeWait, 0)
     });
+    // Slot 4's 4-tuple is in TIME_WAIT from before, and its next
+    // connection takes the tuple over (the seeded timewait socket goes).
+    seeded.push(SeenSocket {
+        timer_left_ms: Some(50_000),
+        ..conn(4, 0, 1).seen(TimeWait, 0)
+    });
     // A listener on slot 3's port: its unlinked TIME_WAIT is a service's.
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     seeded.push(Conn::new(99, (ip(2), 45_003), (any, 0), Some(owner(1, "app1"))).seen(Listen, 99));

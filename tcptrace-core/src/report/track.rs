@@ -1,19 +1,22 @@
-//! Who held CLOSE_WAIT and TIME_WAIT, and when, over a recording: a shadow
-//! of the engine's table that follows only the sockets that matter here
-//! (CLOSE_WAIT and listening full sockets, timewait sockets in TIME_WAIT),
-//! with live counts per process, per destination and per service.
+//! Who held CLOSE_WAIT and TIME_WAIT, and when, over a recording: live
+//! counts per process, per destination and per service, kept in step with
+//! the engine's table at every event.
 //!
-//! The shadow is brought in step with the table after every record, by
-//! looking up the sockets that record can have touched (the event's own
-//! socket, and any socket of the same 4-tuple: a socket seen at the opening
-//! snapshot that the event adopts or replaces), so every count is exact at
-//! every event: a leak that appears and ends between two timeline points
-//! still shows its true peak, when it was reached, and for how long it was
-//! held. Snapshot records (reconciliation) are followed by a full walk; so
-//! are table evictions (at most once a second: counts may be off by the
-//! evicted sockets until then). Cost: a few hash lookups per event and
-//! O(log n) per change of a count (the ranking the timeline's top holders
-//! come from).
+//! After each event, the sockets it can have changed are looked up in the
+//! table: the event's own, and a socket of the same 4-tuple seen at a
+//! snapshot (which the event adopts or replaces). CLOSE_WAIT and listening
+//! sockets have a shadow entry each (owner, since when: what a release
+//! needs for its age); a timewait socket's group (destination or service)
+//! follows from the socket itself, looked up before and after the event,
+//! so a TIME_WAIT flood needs no shadow (only sockets whose opening side
+//! was not seen keep the group they were first counted in). Every count is
+//! thus exact at every event: a leak that appears and ends between two
+//! timeline points still shows its true peak, when it was reached, and for
+//! how long it was held. Snapshot records (reconciliation) are followed by
+//! a recount; so are table evictions (at most once a second: counts may
+//! include the evicted sockets until then). Cost: a few hash lookups per
+//! event and O(log n) per change of a count (the ranking the timeline's top
+//! holders come from).
 //!
 //! Holders (per process, destination, service) are kept for a window only,
 //! at most [`MAX_HOLDERS`] of each kind; a holder beyond that is counted in
@@ -379,7 +382,7 @@ impl Tracker {
                     self.sync_conn(table, id, now);
                 }
                 if let Some(id) = seeded_tw(self) {
-                    self.sync_tw(table, ctx, id, None, now);
+                    self.sync_seeded_tw(table, ctx, id, now);
                 }
             }
             EventKind::TwBegin | EventKind::TwRearm | EventKind::TwEnd => {
@@ -393,8 +396,7 @@ impl Tracker {
                     self.sync_tw(table, ctx, e.sk, before, now);
                 }
                 if let Some(id) = seeded_tw(self).filter(|&id| id != e.sk) {
-                    let was = self.unopened.get(&id).copied();
-                    self.sync_tw(table, ctx, id, was, now);
+                    self.sync_seeded_tw(table, ctx, id, now);
                 }
                 if let Some(id) = seeded_conn(self) {
                     self.sync_conn(table, id, now);
@@ -406,6 +408,13 @@ impl Tracker {
             self.evictions = table.counters.evictions;
             self.stale = true;
         }
+    }
+
+    /// A seeded timewait socket (its opening side never seen: counted in
+    /// the group it was first given) after another socket's event.
+    fn sync_seeded_tw(&mut self, table: &ConnTable, ctx: &Ctx<'_>, id: u64, now: u64) {
+        let was = self.unopened.get(&id).copied();
+        self.sync_tw(table, ctx, id, was, now);
     }
 
     /// Walks the whole table (after a snapshot record, or evictions).
