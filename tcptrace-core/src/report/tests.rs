@@ -719,6 +719,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
 enum Sim {
     Closed,
     Full(TcpState),
+    /// An orphan's timewait socket, still FIN_WAIT2.
+    TwFinWait2,
     TimeWait,
 }
 
@@ -776,6 +778,10 @@ fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
                             Sim::TimeWait => Some(SeenSocket {
                                 timer_left_ms: Some(30_000),
                                 ..c.seen(TimeWait, 0)
+                            }),
+                            Sim::TwFinWait2 => Some(SeenSocket {
+                                timer_left_ms: Some(30_000),
+                                ..c.seen(FinWait2, 0)
                             }),
                         }
                     })
@@ -841,6 +847,23 @@ fn random_recording(ops: &[Op]) -> (Vec<u8>, u64) {
                 (Sim::Full(FinWait1), _) => {
                     sims[s] = Sim::Full(FinWait2);
                     vec![c.at(t, FinWait1, FinWait2)]
+                }
+                (Sim::Full(_), a) if a % 5 == 4 => {
+                    // An orphan: its timewait socket begins in FIN_WAIT2.
+                    sims[s] = Sim::TwFinWait2;
+                    vec![c.tw_begin(t, FinWait2), c.at(t, FinWait2, Close)]
+                }
+                (Sim::TwFinWait2, _) => {
+                    // The live check found it in TIME_WAIT.
+                    sims[s] = Sim::TimeWait;
+                    let begin = c.tw_begin(t, FinWait2);
+                    vec![Event {
+                        kind: EventKind::TwSubstate,
+                        link: None,
+                        new: TimeWait,
+                        prev_ns: Some(1_000),
+                        ..begin
+                    }]
                 }
                 (Sim::Full(_), a) => {
                     sims[s] = Sim::TimeWait;

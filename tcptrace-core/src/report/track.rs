@@ -346,7 +346,9 @@ impl Tracker {
     pub fn before_event(&self, table: &ConnTable, e: &Event) -> Option<TwGroup> {
         use crate::model::EventKind;
         match e.kind {
-            EventKind::TwBegin | EventKind::TwRearm | EventKind::TwEnd => self.counted(table, e.sk),
+            EventKind::TwBegin | EventKind::TwRearm | EventKind::TwSubstate | EventKind::TwEnd => {
+                self.counted(table, e.sk)
+            }
             _ => None,
         }
     }
@@ -385,7 +387,7 @@ impl Tracker {
                     self.sync_seeded_tw(table, ctx, id, now);
                 }
             }
-            EventKind::TwBegin | EventKind::TwRearm | EventKind::TwEnd => {
+            EventKind::TwBegin | EventKind::TwRearm | EventKind::TwSubstate | EventKind::TwEnd => {
                 // A begin on a socket the table had is a new one.
                 if e.kind == EventKind::TwBegin {
                     if let Some(g) = before {
