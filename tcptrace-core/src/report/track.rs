@@ -447,7 +447,7 @@ impl Tracker {
                     .unopened
                     .get(&t.tw)
                     .copied()
-                    .unwrap_or_else(|| self.by_listeners(t));
+                    .unwrap_or_else(|| self.by_listeners(t, ctx));
                 unopened.insert(t.tw, g);
                 g
             });
@@ -599,13 +599,14 @@ impl Tracker {
 
     /// The group of a socket whose opening side was not seen: a service
     /// when a listener has its port.
-    fn by_listeners(&self, t: &TwConn) -> TwGroup {
-        let opened = if self.listeners.contains_key(&(t.key.netns, t.key.sport)) {
-            Opened::Accepted
-        } else {
-            Opened::Connected
-        };
-        group(opened, t)
+    fn by_listeners(&self, t: &TwConn, ctx: &Ctx<'_>) -> TwGroup {
+        let sys =
+            crate::stats::timewait::netns_sysctls(ctx.facts, t.key.netns, ctx.host_port_range);
+        let listening = self.listeners.contains_key(&(t.key.netns, t.key.sport));
+        group(
+            crate::stats::timewait::side_of(None, &t.key, listening, &sys),
+            t,
+        )
     }
 
     /// The group timewait socket `id` is counted in now (if in TIME_WAIT).
@@ -633,7 +634,7 @@ impl Tracker {
         let is = t.map(|t| {
             stable_group(t)
                 .or_else(|| was.filter(|_| self.unopened.contains_key(&id)))
-                .unwrap_or_else(|| self.by_listeners(t))
+                .unwrap_or_else(|| self.by_listeners(t, ctx))
         });
         if was == is {
             return;

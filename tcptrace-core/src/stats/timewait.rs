@@ -157,12 +157,18 @@ pub struct GroupInput<'a> {
 /// A local service: (namespace, local address, port).
 pub type ServiceKey = (u32, IpAddr, u16);
 
-/// Which side opened a socket, asking the listeners when it was not seen.
-fn opened(opened: Option<Opened>, key: &TupleKey, listeners: &FxHashSet<(u32, u16)>) -> Opened {
-    opened.unwrap_or(if listeners.contains(&(key.netns, key.sport)) {
-        Opened::Accepted
-    } else {
-        Opened::Connected
+/// Which side opened a socket, when it was not seen: accepted when its
+/// local port is listening in its namespace (`listening`), or (the
+/// listener gone) when only the remote port is an ephemeral one there;
+/// else opened here. The one rule `stats` and `report` group by.
+pub fn side_of(opened: Option<Opened>, key: &TupleKey, listening: bool, sys: &Sysctls) -> Opened {
+    opened.unwrap_or_else(|| {
+        let accepted = listening || (!sys.is_ephemeral(key.sport) && sys.is_ephemeral(key.dport));
+        if accepted {
+            Opened::Accepted
+        } else {
+            Opened::Connected
+        }
     })
 }
 
@@ -201,6 +207,25 @@ struct BudgetAcc {
     reusable: u64,
     open: u64,
     owners: Owners,
+}
+
+/// The sysctls of `netns` from `facts`: its own, else the host's range
+/// (and reserved ports) with nothing else assumed.
+pub fn netns_sysctls(facts: &NetFacts, netns: u32, host_port_range: (u16, u16)) -> Sysctls {
+    if let Some(f) = facts.namespaces.get(&netns) {
+        return f.sysctls.clone();
+    }
+    match facts.host() {
+        Some(h) => Sysctls {
+            port_range: h.sysctls.port_range,
+            reserved_ports: h.sysctls.reserved_ports.clone(),
+            ..Sysctls::default()
+        },
+        None => Sysctls {
+            port_range: host_port_range,
+            ..Sysctls::default()
+        },
+    }
 }
 
 /// The sysctls budgets of `netns` are judged by: its own, else the host
@@ -247,7 +272,9 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
 
     for t in table.timewaits() {
         let recent = !t.start_estimated && t.start_ns >= recent_since;
-        match opened(t.opened, &t.key, &listening) {
+        let (sys, _) = sysctls_of(input, t.key.netns, &fallback);
+        let listens = listening.contains(&(t.key.netns, t.key.sport));
+        match side_of(t.opened, &t.key, listens, sys) {
             Opened::Accepted => {
                 if t.substate == TcpState::TimeWait {
                     let g = services
@@ -274,12 +301,17 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
     // make their own when they fill one by themselves).
     let mut open_only: FxHashMap<(u32, IpAddr, IpAddr, u16), BudgetAcc> = FxHashMap::default();
     for c in table.conns() {
+        let (sys, _) = sysctls_of(input, c.key.netns, &fallback);
         if matches!(c.state, TcpState::Listen | TcpState::Close)
-            || opened(c.opened, &c.key, &listening) != Opened::Connected
+            || side_of(
+                c.opened,
+                &c.key,
+                listening.contains(&(c.key.netns, c.key.sport)),
+                sys,
+            ) != Opened::Connected
         {
             continue;
         }
-        let (sys, _) = sysctls_of(input, c.key.netns, &fallback);
         if !sys.is_ephemeral(c.key.sport) {
             continue;
         }
@@ -441,4 +473,49 @@ pub fn close_group(c: &Conn) -> Option<CloseGroup> {
 pub enum CloseGroup {
     Service(ServiceKey),
     Peer((IpAddr, u16)),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::ip;
+
+    fn key(sport: u16, dport: u16) -> TupleKey {
+        TupleKey {
+            netns: 1,
+            saddr: ip(1),
+            daddr: ip(2),
+            sport,
+            dport,
+        }
+    }
+
+    #[test]
+    fn an_unseen_socket_is_accepted_when_listening_or_only_its_peer_port_is_ephemeral() {
+        let sys = Sysctls::defaults();
+        // Seen: that side, whatever the ports.
+        assert_eq!(
+            side_of(Some(Opened::Connected), &key(80, 40_000), true, &sys),
+            Opened::Connected
+        );
+        // A listener on its local port.
+        assert_eq!(
+            side_of(None, &key(40_000, 41_000), true, &sys),
+            Opened::Accepted
+        );
+        // The listener gone: a service port here, an ephemeral one there.
+        assert_eq!(
+            side_of(None, &key(8080, 45_000), false, &sys),
+            Opened::Accepted
+        );
+        // An ephemeral port here: opened here.
+        assert_eq!(
+            side_of(None, &key(45_000, 8080), false, &sys),
+            Opened::Connected
+        );
+        assert_eq!(
+            side_of(None, &key(45_000, 46_000), false, &sys),
+            Opened::Connected
+        );
+    }
 }
