@@ -1068,7 +1068,12 @@ fn stats_json_lists_are_capped_with_an_other_row_carrying_the_true_totals() {
     );
     let rows = report["time_wait_by_peer"].as_array().unwrap();
     assert_eq!(rows.len(), tcptrace_core::stats::JSON_ROWS + 1);
-    let sum: u64 = rows.iter().map(|r| r["count"].as_u64().unwrap()).sum();
+    let services = report["time_wait_by_service"].as_array().unwrap();
+    let sum: u64 = rows
+        .iter()
+        .chain(services)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(sum, report["states"]["TIME_WAIT"].as_u64().unwrap());
     let _ = std::fs::remove_file(&file);
     drop(ns);

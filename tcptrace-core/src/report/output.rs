@@ -339,6 +339,21 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
             p.port_range_ratio.to_string(),
         );
     }
+    for v in &s.time_wait_by_service {
+        let key = format!("{} netns {}", SocketAddr::new(v.saddr, v.sport), v.netns);
+        push(
+            "time_wait_by_service",
+            key.clone(),
+            "count",
+            v.count.to_string(),
+        );
+        push(
+            "time_wait_by_service",
+            key,
+            "comm",
+            v.comm.clone().unwrap_or_default(),
+        );
+    }
     for k in HistKind::ALL {
         if let Some(h) = s.histograms.get(k.name()) {
             for (f, v) in [
