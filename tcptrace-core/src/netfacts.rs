@@ -34,7 +34,34 @@ pub struct Sysctls {
     /// `net.ipv4.ip_local_reserved_ports` as the kernel prints it
     /// ("8080,9000-9100").
     pub reserved_ports: String,
+    /// `reserved_ports` parsed and merged, once (it is asked for every
+    /// socket of every snapshot, and a recording's list has any length).
+    #[serde(skip)]
+    pub reserved_parsed: ReservedCache,
 }
+
+/// A parsed [`Sysctls::reserved_ports`], with the text it was parsed from
+/// (the field is public: a changed list is parsed again). Derived data, so
+/// equal to any other (two `Sysctls` compare by what was read).
+#[derive(Debug, Default)]
+pub struct ReservedCache(std::sync::Mutex<Option<(String, PortRanges)>>);
+
+/// Sorted, merged, inclusive port ranges.
+type PortRanges = std::sync::Arc<[(u16, u16)]>;
+
+impl Clone for ReservedCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for ReservedCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ReservedCache {}
 
 impl Sysctls {
     /// Linux's defaults.
@@ -49,6 +76,24 @@ impl Sysctls {
             max_tw_buckets: Some(262_144),
             port_range: (32768, 60999),
             reserved_ports: String::new(),
+            reserved_parsed: ReservedCache::default(),
+        }
+    }
+
+    /// The reserved ports as sorted, merged ranges (parsed once per list).
+    fn reserved(&self) -> PortRanges {
+        let mut cache = self
+            .reserved_parsed
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*cache {
+            Some((text, ranges)) if *text == self.reserved_ports => ranges.clone(),
+            _ => {
+                let ranges: PortRanges = merged(parse_port_list(&self.reserved_ports)).into();
+                *cache = Some((self.reserved_ports.clone(), ranges.clone()));
+                ranges
+            }
         }
     }
 
@@ -62,9 +107,10 @@ impl Sysctls {
     /// ports inside it (at least 1, so a share is always defined).
     pub fn usable_ports(&self) -> u32 {
         let (lo, hi) = self.port_range;
-        let reserved: u32 = merged(parse_port_list(&self.reserved_ports))
-            .into_iter()
-            .map(|(a, b)| {
+        let reserved: u32 = self
+            .reserved()
+            .iter()
+            .map(|&(a, b)| {
                 let (a, b) = (a.max(lo), b.min(hi));
                 if a > b { 0 } else { u32::from(b - a) + 1 }
             })
@@ -75,10 +121,16 @@ impl Sysctls {
     /// Whether `port` is one connect() may pick.
     pub fn is_ephemeral(&self, port: u16) -> bool {
         let (lo, hi) = self.port_range;
-        (lo..=hi).contains(&port)
-            && !parse_port_list(&self.reserved_ports)
-                .iter()
-                .any(|&(a, b)| (a..=b).contains(&port))
+        if !(lo..=hi).contains(&port) {
+            return false;
+        }
+        if self.reserved_ports.is_empty() {
+            return true;
+        }
+        // Sorted and disjoint: the last range starting at or below `port`.
+        let reserved = self.reserved();
+        let i = reserved.partition_point(|&(a, _)| a <= port);
+        !(i > 0 && port <= reserved[i - 1].1)
     }
 
     /// What `tcp_tw_reuse` does for outgoing connections from `saddr` to

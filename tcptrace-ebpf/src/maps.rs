@@ -130,8 +130,10 @@ pub struct TwScratch {
 /// same CPU, cancels the timewait socket's timer
 /// (`inet_twsk_deschedule_put()`) right after hashing the socket. A cancel
 /// by this task, of a timewait socket with this socket's 4-tuple, is that
-/// reuse. One store per connect on the transition path; read only on
-/// timewait timer cancels. A task moved to another CPU between the two
+/// reuse. One store per connect on the transition path, cleared when that
+/// socket leaves SYN_SENT (so a later kill of its own timewait socket, in
+/// a softirq interrupting the same task, is not told as a reuse); read only
+/// on timewait timer cancels. A task moved to another CPU between the two
 /// (preempted in that window of `tcp_v4_connect()`) has its reuse told as a
 /// kill. A softirq that cancels another timewait socket while interrupting
 /// the connecting task runs as that task too: the 4-tuple tells them apart.

@@ -233,7 +233,8 @@ fn server_side_time_wait_is_one_row_per_service_in_json_and_metrics() {
         common::metric_value(
             &body,
             &format!(
-                r#"tcptrace_time_wait_service_sockets{{service="127.0.0.1:{port}",comm="nginx"}}"#
+                r#"tcptrace_time_wait_service_sockets{{service="127.0.0.1:{port}",netns="{}",comm="nginx"}}"#,
+                s["netns"]
             )
         ),
         Some(REQUESTS as f64),

@@ -572,22 +572,34 @@ fn stalled_consumer_loses_nothing_while_the_reader_copies_the_ring() {
             assert_eq!(client.read(&mut buf).unwrap(), 0);
         }
     });
-    // Not drained until now; let the last events arrive.
-    std::thread::sleep(Duration::from_millis(300));
+    // Not drained until now. The last ACKs' transitions (LAST_ACK ->
+    // CLOSE, in softirq) may still be on their way: wait for them.
+    let transitions = |events: &[tcptrace_core::model::Event]| {
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Transition)
+            .count()
+    };
     let mut events = Vec::new();
-    poll(&mut tracer, &mut events);
-    let transitions = events
-        .iter()
-        .filter(|e| e.kind == EventKind::Transition)
-        .count();
+    // 5 per side per connection, plus the listener's CLOSE -> LISTEN -> CLOSE.
+    let want = CONNECTIONS * 10 + 2;
+    collect_until(&mut tracer, &mut events, Duration::from_secs(10), |e| {
+        transitions(e) >= want
+    });
     let lost = tracer.counters().lost();
     assert_eq!(lost.total() - lost_before, 0, "{lost:?}");
-    // 5 per side per connection, plus the listener's CLOSE -> LISTEN -> CLOSE.
-    assert_eq!(
-        transitions,
-        CONNECTIONS * 10 + 2,
-        "every transition delivered"
-    );
+    if transitions(&events) != want {
+        let mut by_pair = std::collections::BTreeMap::new();
+        for e in events.iter().filter(|e| e.kind == EventKind::Transition) {
+            *by_pair
+                .entry(format!("{:?}->{:?}", e.old, e.new))
+                .or_insert(0) += 1;
+        }
+        panic!(
+            "every transition delivered: {} of {want}: {by_pair:#?}",
+            transitions(&events)
+        );
+    }
     let ends = events
         .iter()
         .filter(|e| e.kind == EventKind::TwBegin)

@@ -179,6 +179,12 @@ pub struct TwGroup {
     /// The service's local address, or the destination's.
     pub addr: IpAddr,
     pub port: u16,
+    /// A service's network namespace (destinations gather every
+    /// namespace's connections to them: `None`).
+    pub netns: Option<u32>,
+    /// Whether another namespace has a service on the same ip:port, so the
+    /// row must name its namespace.
+    pub netns_shown: bool,
     pub count: u64,
     /// TIME_WAIT begun per second (last 10 s).
     pub rate_per_sec: f64,
@@ -197,8 +203,8 @@ pub struct TwGroup {
 
 impl TwGroup {
     /// The key the selection follows across refreshes.
-    pub fn key(&self) -> (TwSide, IpAddr, u16) {
-        (self.side, self.addr, self.port)
+    pub fn key(&self) -> (TwSide, Option<u32>, IpAddr, u16) {
+        (self.side, self.netns, self.addr, self.port)
     }
 }
 
@@ -492,10 +498,16 @@ impl Feed {
 /// destinations (this host closes first, using ephemeral ports), most
 /// TIME_WAIT first.
 fn tw_groups(snap: &Snapshot, engine: &Engine) -> Vec<TwGroup> {
+    let mut namespaces_of: HashMap<(IpAddr, u16), u32> = HashMap::new();
+    for s in &snap.time_wait_by_service {
+        *namespaces_of.entry((s.saddr, s.sport)).or_default() += 1;
+    }
     let services = snap.time_wait_by_service.iter().map(|s| TwGroup {
         side: TwSide::Service,
         addr: s.saddr,
         port: s.sport,
+        netns: Some(s.netns),
+        netns_shown: namespaces_of.get(&(s.saddr, s.sport)).copied() > Some(1),
         count: s.count,
         rate_per_sec: s.rate_per_sec,
         pid: s.pid,
@@ -505,17 +517,20 @@ fn tw_groups(snap: &Snapshot, engine: &Engine) -> Vec<TwGroup> {
         duration: None,
         closed_first: s.closed_first,
     });
+    // The fullest budget of each destination, in one pass.
+    let mut fullest: HashMap<(IpAddr, u16), f64> = HashMap::new();
+    for b in &snap.port_budgets {
+        let r = fullest.entry((b.daddr, b.dport)).or_insert(b.in_use_ratio);
+        *r = r.max(b.in_use_ratio);
+    }
     let destinations = snap.time_wait_by_peer.iter().map(|p| {
-        let worst = snap
-            .port_budgets
-            .iter()
-            .filter(|b| b.daddr == p.daddr && b.dport == p.dport)
-            .map(|b| b.in_use_ratio)
-            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+        let worst = fullest.get(&(p.daddr, p.dport)).copied();
         TwGroup {
             side: TwSide::Destination,
             addr: p.daddr,
             port: p.dport,
+            netns: None,
+            netns_shown: false,
             count: p.count,
             rate_per_sec: p.rate_per_sec,
             pid: p.pid,

@@ -260,6 +260,67 @@ pub fn second(e: &mut Engine, s: u64) {
             e.apply(&end);
         }
     }
+    // Every other second, a health checker closes a connection to an IPv6
+    // service first: the longest addresses a view has to fit.
+    if s.is_multiple_of(2) {
+        let checker = owner(3100, "healthcheck");
+        let here = (
+            IpAddr::V6("2001:db8:ffff:ffff:ffff:ffff:ffff:2".parse().expect("v6")),
+            40000 + s as u16,
+        );
+        let there = (
+            IpAddr::V6(
+                "2001:db8:ffff:ffff:ffff:ffff:ffff:fe01"
+                    .parse()
+                    .expect("v6"),
+            ),
+            8443,
+        );
+        let sk = 0x30_0000 + s;
+        let ts = t + 400 * MS;
+        for (i, w) in [Close, SynSent, Established, FinWait1, FinWait2]
+            .windows(2)
+            .enumerate()
+        {
+            let mut tr = ev(
+                ts + i as u64 * MS,
+                EventKind::Transition,
+                sk,
+                Some(checker),
+                here,
+                there,
+                w[0],
+                w[1],
+            );
+            tr.family = Family::V6;
+            e.apply(&tr);
+        }
+        let mut begin = ev(
+            ts + 5 * MS,
+            EventKind::TwBegin,
+            sk | 0xF000_0000,
+            Some(checker),
+            here,
+            there,
+            FinWait2,
+            TimeWait,
+        );
+        begin.family = Family::V6;
+        begin.link = Some(sk);
+        e.apply(&begin);
+        let mut close = ev(
+            ts + 5 * MS,
+            EventKind::Transition,
+            sk,
+            Some(checker),
+            here,
+            there,
+            FinWait2,
+            Close,
+        );
+        close.family = Family::V6;
+        e.apply(&close);
+    }
 }
 
 pub fn meta() -> Meta {

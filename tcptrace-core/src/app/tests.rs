@@ -205,7 +205,13 @@ fn time_wait_peer_drills_into_its_histograms() {
         (TwSide::Service, ip(10, 0, 0, 2), 9000)
     );
     assert_eq!((svc.count, svc.pid), (3 * 60, Some(900)));
-    assert_eq!(d.tw_groups.len(), 2);
+    // And the IPv6 health checks, a destination of their own.
+    assert_eq!(d.tw_groups.len(), 3);
+    let v6 = &d.tw_groups[app.time_wait.rows[2]];
+    assert_eq!(
+        (v6.side, v6.port, v6.pid),
+        (TwSide::Destination, 8443, Some(3100))
+    );
     press(&mut app, &[Key::Enter]);
     assert_eq!(app.view, View::Histograms);
     let (label, hists) = app.selected_histograms();

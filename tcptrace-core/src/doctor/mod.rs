@@ -91,6 +91,8 @@ pub struct FailedConnects {
 /// the window (`tcp_tw_reuse`, or a client reconnecting from its port).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TwReuses {
+    /// The namespace of the last reuse.
+    pub netns: u32,
     pub daddr: IpAddr,
     pub dport: u16,
     pub reused: u64,
@@ -118,6 +120,9 @@ pub struct Observation {
     /// peer's FIN not seen).
     pub fin_wait2_orphans: u64,
     pub failed_connects: Vec<FailedConnects>,
+    /// connect() failures with EADDRNOTAVAIL per port budget (namespace,
+    /// local address, destination address, port).
+    pub no_port_by_budget: BTreeMap<(u32, IpAddr, IpAddr, u16), u64>,
     /// Connections ended during the window, by reason (`stats`' `ended`).
     pub ended: BTreeMap<&'static str, u64>,
     /// Reuses of TIME_WAIT sockets per destination, most first.
@@ -392,7 +397,12 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
         if findings == MAX_BUDGET_FINDINGS {
             break;
         }
-        let (failed, no_port) = failures_to(obs, b.daddr, b.dport);
+        let (failed, _) = failures_to(obs, b.daddr, b.dport);
+        let no_port = obs
+            .no_port_by_budget
+            .get(&(b.netns, b.saddr, b.daddr, b.dport))
+            .copied()
+            .unwrap_or(0);
         let held = b.in_use_ratio;
         let tw_share = b.port_range_ratio;
         let severity = if no_port > 0 || held >= t.port_share.1 {
@@ -406,8 +416,14 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
             continue;
         };
         findings += 1;
-        reported.push((b.daddr, b.dport));
+        if no_port > 0 {
+            reported.push((b.daddr, b.dport));
+        }
         let holder = who(b.pid, b.comm.as_deref());
+        let place = Place {
+            netns: b.netns,
+            pid: b.pid,
+        };
         let dest = std::net::SocketAddr::new(b.daddr, b.dport);
         let (lo, hi) = b.port_range;
         let range = if b.ports < u32::from(hi - lo) + 1 {
@@ -499,8 +515,8 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
             severity,
             title,
             evidence,
-            advice: port_advice(obs, &holder),
-            sysctls: port_sysctls(obs),
+            advice: port_advice(obs, &holder, Some(place)),
+            sysctls: port_sysctls(obs, Some(place)),
         });
     }
     // Ports exhausted with no budget above (connections held open, a narrow
@@ -524,8 +540,8 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                     "few TIME_WAIT sockets to {dest}: the ports are held by open connections or a narrow ip_local_port_range (`ss -tn dst {dest}` counts them)"
                 ),
             ],
-            advice: port_advice(obs, &holder),
-            sysctls: port_sysctls(obs),
+            advice: port_advice(obs, &holder, None),
+            sysctls: port_sysctls(obs, None),
         });
     }
 }
@@ -536,8 +552,40 @@ fn no_port_evidence(n: u64, dest: std::net::SocketAddr) -> String {
     )
 }
 
-fn port_advice(obs: &Observation, holder: &str) -> Vec<String> {
-    let tw_reuse = match obs.sysctls().map(|s| (s.tw_reuse, s.timestamps)) {
+/// Where a budget lives, for the advice: its namespace and a process in it.
+#[derive(Clone, Copy)]
+struct Place {
+    netns: u32,
+    pid: Option<u32>,
+}
+
+impl Observation {
+    /// `place`'s namespace's sysctls (the host's when not known or none).
+    fn sysctls_at(&self, place: Option<Place>) -> Option<&Sysctls> {
+        match place {
+            Some(p) => self.facts_end.as_ref()?.of(p.netns).map(|f| &f.sysctls),
+            None => self.sysctls(),
+        }
+    }
+
+    /// A command run in `place`'s namespace: `nsenter` into it through a
+    /// process of it when that is not the host's.
+    fn in_place(&self, place: Option<Place>, command: &str) -> String {
+        let host = self.facts_end.as_ref().and_then(|f| f.host_netns);
+        match place {
+            Some(p) if Some(p.netns) != host => match p.pid {
+                Some(pid) => format!("nsenter --net=/proc/{pid}/ns/net {command}"),
+                None => format!("{command}   # inside network namespace {}", p.netns),
+            },
+            _ => command.to_string(),
+        }
+    }
+}
+
+fn port_advice(obs: &Observation, holder: &str, place: Option<Place>) -> Vec<String> {
+    let sysctls = obs.sysctls_at(place);
+    let delay_ms = sysctls.map_or(1000, |s| s.reuse_delay_ns() / 1_000_000);
+    let tw_reuse = match sysctls.map(|s| (s.tw_reuse, s.timestamps)) {
         Some((Some(1), Some(ts))) if ts != 0 => "tcp_tw_reuse is on".to_string(),
         Some((Some(2), _)) => "tcp_tw_reuse is 2: loopback only".to_string(),
         Some((Some(r), _)) => format!("tcp_tw_reuse is {r}"),
@@ -548,21 +596,28 @@ fn port_advice(obs: &Observation, holder: &str) -> Vec<String> {
         format!("Reuse connections: a pool or keep-alive in {holder} removes the churn (the real fix)."),
         "Widen the ephemeral range if it was narrowed (the ports are per destination ip:port, so more ports is more headroom).".into(),
         "Reserve the host's own service ports from the ephemeral range with net.ipv4.ip_local_reserved_ports, so a wider range cannot take them.".into(),
-        format!("net.ipv4.tcp_tw_reuse=1 lets connect() reuse a TIME_WAIT port to the same destination once it is 1 s old; it only helps outgoing connections and needs TCP timestamps on both ends ({tw_reuse}). It does nothing for a server's TIME_WAIT."),
+        format!("net.ipv4.tcp_tw_reuse=1 lets connect() reuse a TIME_WAIT port to the same destination once it is {delay_ms} ms old (tcp_tw_reuse_delay); it only helps outgoing connections and needs TCP timestamps on both ends ({tw_reuse}). It does nothing for a server's TIME_WAIT."),
     ]
 }
 
-fn port_sysctls(obs: &Observation) -> Vec<String> {
+fn port_sysctls(obs: &Observation, place: Option<Place>) -> Vec<String> {
+    let reserved = match obs.sysctls_at(place) {
+        Some(s) if !s.reserved_ports.is_empty() => s.reserved_ports.as_str(),
+        _ => "8080,9090",
+    };
     vec![
-        "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".into(),
-        format!(
-            "sysctl -w net.ipv4.ip_local_reserved_ports=\"{}\"   # your service ports",
-            match obs.sysctls() {
-                Some(s) if !s.reserved_ports.is_empty() => s.reserved_ports.as_str(),
-                _ => "8080,9090",
-            }
+        obs.in_place(
+            place,
+            "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"",
         ),
-        "sysctl -w net.ipv4.tcp_tw_reuse=1".into(),
+        format!(
+            "{}   # your service ports",
+            obs.in_place(
+                place,
+                &format!("sysctl -w net.ipv4.ip_local_reserved_ports=\"{reserved}\"")
+            )
+        ),
+        obs.in_place(place, "sysctl -w net.ipv4.tcp_tw_reuse=1"),
     ]
 }
 
@@ -669,7 +724,11 @@ fn time_wait_reuse(obs: &Observation, out: &mut Vec<Finding>) {
             "the kernel counted {kernel} (TcpExt TWRecycled, all namespaces) in the same window"
         ));
     }
-    if let Some(s) = obs.sysctls() {
+    let place = obs.tw_reuses.first().map(|r| Place {
+        netns: r.netns,
+        pid: r.pid,
+    });
+    if let Some(s) = obs.sysctls_at(place) {
         evidence.push(format!(
             "net.ipv4.tcp_tw_reuse = {} here (1: every outgoing connection; 2: only when one end is a loopback address), after tcp_tw_reuse_delay = {} ms; a client reconnecting from a fixed port reuses regardless",
             s.tw_reuse.map_or_else(|| "?".into(), |v| v.to_string()),
@@ -679,16 +738,61 @@ fn time_wait_reuse(obs: &Observation, out: &mut Vec<Finding>) {
     out.push(Finding {
         id: "time_wait_reuse",
         severity: Severity::Info,
-        title: format!(
-            "tcp_tw_reuse reused {reused} TIME_WAIT sockets in {:.0} s: it is working for outgoing connections{to}",
-            obs.window_s
-        ),
+        title: match reuse_sysctl(obs) {
+            ReuseSysctl::On => format!(
+                "tcp_tw_reuse reused {reused} TIME_WAIT sockets in {:.0} s: it is working for outgoing connections{to}",
+                obs.window_s
+            ),
+            // With tcp_tw_reuse=0 only a connect() from a port bound
+            // beforehand takes a TIME_WAIT over (`tcp_twsk_unique()` with
+            // no `twp`).
+            ReuseSysctl::Off => format!(
+                "connect() from fixed ports took over {reused} TIME_WAIT sockets in {:.0} s (tcp_tw_reuse is off){to}",
+                obs.window_s
+            ),
+            ReuseSysctl::Mixed => format!(
+                "connect() took over {reused} TIME_WAIT sockets in {:.0} s (tcp_tw_reuse, or clients binding fixed ports){to}",
+                obs.window_s
+            ),
+        },
         evidence,
         advice: vec![
             "Reuse keeps connect() working while TIME_WAIT piles up; the churn itself (a new connection per request) is what a pool or keep-alive removes.".into(),
         ],
         sysctls: vec![],
     });
+}
+
+/// `tcp_tw_reuse` in the namespaces where connect() took TIME_WAIT over.
+enum ReuseSysctl {
+    /// On (1 or 2) everywhere known.
+    On,
+    /// 0 everywhere known.
+    Off,
+    /// Some of each, or not known.
+    Mixed,
+}
+
+fn reuse_sysctl(obs: &Observation) -> ReuseSysctl {
+    // The namespaces the reuses happened in.
+    let modes: Vec<Option<u32>> = obs
+        .tw_reuses
+        .iter()
+        .map(|r| {
+            obs.sysctls_at(Some(Place {
+                netns: r.netns,
+                pid: None,
+            }))
+            .and_then(|s| s.tw_reuse)
+        })
+        .collect();
+    if !modes.is_empty() && modes.iter().all(|m| matches!(m, Some(1 | 2))) {
+        ReuseSysctl::On
+    } else if !modes.is_empty() && modes.iter().all(|m| *m == Some(0)) {
+        ReuseSysctl::Off
+    } else {
+        ReuseSysctl::Mixed
+    }
 }
 
 /// Timewait sockets taken down with their network namespace.

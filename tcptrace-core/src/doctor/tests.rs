@@ -73,6 +73,7 @@ fn quiet() -> Observation {
         budgets: vec![],
         fin_wait2_orphans: 0,
         failed_connects: vec![],
+        no_port_by_budget: BTreeMap::new(),
         ended: BTreeMap::new(),
         tw_reuses: vec![],
         facts_start: Some(facts(&[])),
@@ -276,7 +277,8 @@ fn tw_reuse_makes_time_wait_harmless_until_connects_fail() {
         "{:?}",
         p.evidence
     );
-    // Connects that fail all the same make it critical.
+    // Connects that fail from another source address leave this budget
+    // alone; failing from this one make it critical.
     obs.failed_connects = vec![FailedConnects {
         daddr: ip(9),
         dport: 80,
@@ -286,6 +288,18 @@ fn tw_reuse_makes_time_wait_harmless_until_connects_fail() {
         pid: None,
         comm: None,
     }];
+    let b = &obs.budgets[0];
+    let (ns, saddr, daddr, dport) = (b.netns, b.saddr, b.daddr, b.dport);
+    obs.no_port_by_budget = [((ns, ip(77), daddr, dport), 4)].into_iter().collect();
+    let f = diagnose(&obs, &Thresholds::default());
+    assert_eq!(
+        f.iter()
+            .filter(|f| f.severity == Severity::Critical && f.title.contains("unavailable"))
+            .count(),
+        0,
+        "{f:#?}"
+    );
+    obs.no_port_by_budget = [((ns, saddr, daddr, dport), 4)].into_iter().collect();
     let f = diagnose(&obs, &Thresholds::default());
     assert_eq!(ids(&f), ["client_port_pressure"]);
     assert_eq!(f[0].severity, Severity::Critical);
@@ -369,6 +383,7 @@ fn reuse_and_purge_are_told_with_the_kernel_cross_check() {
     obs.ended.insert("time_wait_reused", 1204);
     obs.ended.insert("time_wait_purged", 3);
     obs.tw_reuses = vec![TwReuses {
+        netns: HOST_NS,
         daddr: ip(9),
         dport: 80,
         reused: 1200,
@@ -396,6 +411,28 @@ fn reuse_and_purge_are_told_with_the_kernel_cross_check() {
         r.evidence
     );
     assert!(f[2].title.starts_with("3 TIME_WAIT sockets were purged"));
+    // With tcp_tw_reuse=0 where they happened, only connects from fixed
+    // ports take TIME_WAIT over: the sysctl is not credited.
+    let ns = 4026532077;
+    obs.facts_end.as_mut().unwrap().namespaces.insert(
+        ns,
+        NetnsFacts {
+            sysctls: Sysctls {
+                tw_reuse: Some(0),
+                ..Sysctls::defaults()
+            },
+            tw_overflow: Some(0),
+            tw_recycled: Some(0),
+        },
+    );
+    obs.tw_reuses[0].netns = ns;
+    let f = diagnose(&obs, &Thresholds::default());
+    assert!(
+        f[1].title
+            .starts_with("connect() from fixed ports took over 1204 TIME_WAIT sockets in 10 s (tcp_tw_reuse is off)"),
+        "{}",
+        f[1].title
+    );
 }
 
 #[test]

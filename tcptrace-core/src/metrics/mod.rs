@@ -147,8 +147,8 @@ pub struct Exposition {
     pub closers: Vec<(&'static str, u64)>,
     pub close_wait: Vec<ProcessSeries>,
     pub time_wait_by_peer: Vec<(String, u64)>,
-    /// (service ip:port, comm, count).
-    pub time_wait_by_service: Vec<(String, String, u64)>,
+    /// (service ip:port, netns, comm, count).
+    pub time_wait_by_service: Vec<(String, String, String, u64)>,
     pub port_budgets: Vec<BudgetSeries>,
     pub ephemeral_ports: u64,
     pub tw_overflow: u64,
@@ -246,13 +246,14 @@ impl Exposition {
         if snap.time_wait_by_peer.len() > MAX_PEER_SERIES {
             time_wait_by_peer.push(("other".into(), rest));
         }
-        let mut time_wait_by_service: Vec<(String, String, u64)> = snap
+        let mut time_wait_by_service: Vec<(String, String, String, u64)> = snap
             .time_wait_by_service
             .iter()
             .take(MAX_PEER_SERIES)
             .map(|s| {
                 (
                     std::net::SocketAddr::new(s.saddr, s.sport).to_string(),
+                    s.netns.to_string(),
                     s.comm.clone().unwrap_or_default(),
                     s.count,
                 )
@@ -263,7 +264,7 @@ impl Exposition {
                 .iter()
                 .map(|s| s.count)
                 .sum();
-            time_wait_by_service.push(("other".into(), String::new(), rest));
+            time_wait_by_service.push(("other".into(), String::new(), String::new(), rest));
         }
         let port_budgets = snap
             .port_budgets
@@ -487,14 +488,18 @@ impl Collector for Exposition {
         gauges(
             &mut enc,
             "tcptrace_time_wait_service_sockets",
-            "TIME_WAIT sockets on connections a local service accepted (the server closed first), by service ip:port (capped; the rest in service=\"other\").",
+            "TIME_WAIT sockets on connections a local service accepted (the server closed first), by service ip:port and network namespace (capped; the rest in service=\"other\").",
             None,
             &self
                 .time_wait_by_service
                 .iter()
-                .map(|(service, comm, n)| {
+                .map(|(service, netns, comm, n)| {
                     (
-                        vec![("service", service.as_str()), ("comm", comm.as_str())],
+                        vec![
+                            ("service", service.as_str()),
+                            ("netns", netns.as_str()),
+                            ("comm", comm.as_str()),
+                        ],
                         *n as i64,
                     )
                 })

@@ -242,7 +242,7 @@ fn time_wait_series_per_service_and_per_budget() {
     assert_eq!(
         sample(
             &text,
-            r#"tcptrace_time_wait_service_sockets{service="10.0.0.1:8080",comm="nginx"}"#
+            r#"tcptrace_time_wait_service_sockets{service="10.0.0.1:8080",netns="1",comm="nginx"}"#
         ),
         3.0
     );
@@ -432,7 +432,7 @@ fn the_grafana_dashboard_uses_only_metrics_that_exist() {
     // a sample line.
     x.time_wait_by_peer.push(("10.0.0.2:5432".into(), 3));
     x.time_wait_by_service
-        .push(("10.0.0.1:8080".into(), "nginx".into(), 5));
+        .push(("10.0.0.1:8080".into(), "1".into(), "nginx".into(), 5));
     x.port_budgets.push(BudgetSeries {
         netns: "1".into(),
         local: "10.0.0.1".into(),

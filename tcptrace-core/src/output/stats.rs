@@ -71,19 +71,35 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         }
     }
     if !snap.time_wait_by_peer.is_empty() {
+        // PORTS HELD: the fullest (namespace, local address) budget to the
+        // destination, less what tcp_tw_reuse may take back (what doctor
+        // judges); OF WHICH TW: that budget's share held by TIME_WAIT alone.
+        let mut fullest: std::collections::HashMap<_, (f64, f64)> =
+            std::collections::HashMap::new();
+        for b in &snap.port_budgets {
+            let e = fullest.entry((b.daddr, b.dport)).or_insert((0.0, 0.0));
+            if b.in_use_ratio >= e.0 {
+                *e = (b.in_use_ratio, b.port_range_ratio);
+            }
+        }
         writeln!(
             w,
-            "TIME_WAIT by destination (connections opened here):\n  {:<40} {:>7} {:>8} {:>16}  OWNER",
-            "PEER", "COUNT", "RATE/s", "PORT BUDGET USED"
+            "TIME_WAIT by destination (connections opened here):\n  {:<40} {:>7} {:>8} {:>10} {:>10}  OWNER",
+            "PEER", "COUNT", "RATE/s", "PORTS HELD", "BY TW"
         )?;
         for p in snap.time_wait_by_peer.iter().take(10) {
+            let (held, tw) = fullest
+                .get(&(p.daddr, p.dport))
+                .copied()
+                .unwrap_or((0.0, p.port_range_ratio));
             writeln!(
                 w,
-                "  {:<40} {:>7} {:>8.1} {:>15.1}%  {}",
+                "  {:<40} {:>7} {:>8.1} {:>9.1}% {:>9.1}%  {}",
                 std::net::SocketAddr::new(p.daddr, p.dport).to_string(),
                 p.count,
                 p.rate_per_sec,
-                p.port_range_ratio * 100.0,
+                held * 100.0,
+                tw * 100.0,
                 owner(p.pid, p.comm.as_deref()),
             )?;
         }

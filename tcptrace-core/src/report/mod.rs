@@ -43,7 +43,8 @@
 //!   `peak`, `peak_ns`, `first_ns`, `last_ns`, `held_for_ms`,
 //!   `held_total_ms`, `count_at_end`, `begun` (TIME_WAIT begun in the
 //!   window), `ports` (ports connect() may pick in the namespace),
-//!   `port_share_at_peak` (`peak / ports`).
+//!   `port_share_at_peak` (the fullest (namespace, local address) budget's
+//!   share at its fullest), `budget_netns`/`budget_saddr`/`budget_time_wait`.
 //! - `time_wait_service_holders`: per local service (connections accepted
 //!   here, the server closed first): `netns`, `saddr`, `sport`, `pid`,
 //!   `comm` (the listener's owner), the same times and counts, `begun`,
@@ -208,11 +209,18 @@ pub struct TimeWaitDestinationHolder {
     pub held: Held,
     /// TIME_WAIT begun in the window.
     pub begun: u64,
-    /// Ports connect() may pick in the namespace of the peak.
+    /// Ports connect() may pick in the fullest budget's namespace (or, with
+    /// no budget, the namespace of the peak).
     pub ports: u32,
-    /// `peak / ports` (the whole destination: one local address's budget
-    /// holds a share of it when several connect there).
+    /// The fullest port budget's share at its fullest in the window: its
+    /// TIME_WAIT over its ports, per (namespace, local address,
+    /// destination) as connect() picks ports (0 when every local port
+    /// was outside the ephemeral range).
     pub port_share_at_peak: f64,
+    /// That budget: its namespace, local address and TIME_WAIT then.
+    pub budget_netns: Option<u32>,
+    pub budget_saddr: Option<IpAddr>,
+    pub budget_time_wait: Option<u64>,
 }
 
 /// TIME_WAIT on one local service (connections accepted here).
@@ -713,12 +721,11 @@ fn holder_rows(h: Holders, clock: &WallClock) -> HolderRows {
                 comm: comm_string(owner.map(|o| o.1)),
                 held: held(&x.ep, clock),
                 begun: x.begun,
-                ports: x.ports_at_peak,
-                port_share_at_peak: if x.ports_at_peak > 0 {
-                    x.ep.peak as f64 / f64::from(x.ports_at_peak)
-                } else {
-                    0.0
-                },
+                ports: x.budget_peak.map_or(x.ports_at_peak, |b| b.ports),
+                port_share_at_peak: x.budget_peak.map_or(0.0, |b| b.share()),
+                budget_netns: x.budget_peak.map(|b| b.netns),
+                budget_saddr: x.budget_peak.map(|b| b.saddr),
+                budget_time_wait: x.budget_peak.map(|b| b.time_wait),
             })
         })
         .collect();

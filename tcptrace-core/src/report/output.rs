@@ -340,7 +340,7 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
         );
     }
     for v in &s.time_wait_by_service {
-        let key = format!("{} netns {}", SocketAddr::new(v.saddr, v.sport), v.netns);
+        let key = format!("{} {}", v.netns, SocketAddr::new(v.saddr, v.sport));
         push(
             "time_wait_by_service",
             key.clone(),
@@ -353,6 +353,23 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
             "comm",
             v.comm.clone().unwrap_or_default(),
         );
+    }
+    for b in &s.port_budgets {
+        let key = format!(
+            "{} {} {}",
+            b.netns,
+            b.saddr,
+            SocketAddr::new(b.daddr, b.dport)
+        );
+        for (field, value) in [
+            ("time_wait", b.time_wait.to_string()),
+            ("open", b.open.to_string()),
+            ("ports", b.ports.to_string()),
+            ("in_use_ratio", b.in_use_ratio.to_string()),
+            ("port_range_ratio", b.port_range_ratio.to_string()),
+        ] {
+            push("port_budgets", key.clone(), field, value);
+        }
     }
     for k in HistKind::ALL {
         if let Some(h) = s.histograms.get(k.name()) {

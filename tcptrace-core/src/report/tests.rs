@@ -461,6 +461,51 @@ fn time_wait_is_held_per_destination_and_per_service() {
     assert_eq!(r.close_wait_timeline.last().unwrap().time_wait, 5);
 }
 
+/// Many source addresses to one destination: each (namespace, local
+/// address) has its own ports, so the share is the fullest budget's, not
+/// the destination's total over one range; a fixed local port is not an
+/// ephemeral one and counts in no budget.
+#[test]
+fn a_destination_share_is_its_fullest_budget() {
+    let curl = owner(77, "curl");
+    let mut conns: Vec<Conn> = Vec::new();
+    for (source, n) in [(ip(3), 6u64), (ip(4), 4), (ip(5), 2)] {
+        for i in 0..n {
+            conns.push(Conn::new(
+                conns.len() as u64 + 300,
+                (source, 50_000 + i as u16),
+                (ip(9), 80),
+                Some(curl),
+            ));
+        }
+    }
+    // From port 1000 (below the range): bound by the client, no budget.
+    conns.push(Conn::new(399, (ip(6), 1000), (ip(9), 80), Some(curl)));
+    let file = recording(|w| {
+        w.snapshot(T0, &[1], &[], None).unwrap();
+        for (i, c) in conns.iter().enumerate() {
+            for e in c.client_closes_first(T0 + SEC + i as u64 * MS) {
+                w.event(&e).unwrap();
+            }
+        }
+        w.snapshot(T0 + 3 * SEC, &[1], &[], None).unwrap();
+    });
+    let r = report(&file, &Options::default()).unwrap();
+    let d = &r.time_wait_destination_holders;
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].held.peak, 13);
+    assert_eq!(d[0].ports, 28_232);
+    assert!(
+        (d[0].port_share_at_peak - 6.0 / 28_232.0).abs() < 1e-12,
+        "{}",
+        d[0].port_share_at_peak
+    );
+    assert_eq!(
+        (d[0].budget_saddr, d[0].budget_time_wait, d[0].budget_netns),
+        (Some(ip(3)), Some(6), Some(1))
+    );
+}
+
 #[test]
 fn moments_outside_the_recording_name_its_span() {
     let file = leak_then_release();

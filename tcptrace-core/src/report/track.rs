@@ -121,6 +121,24 @@ impl<K: Copy + Ord + Hash> Ranked<K> {
     }
 }
 
+/// A port budget: (namespace, local address, destination address, port).
+pub(super) type BudgetKey = (u32, IpAddr, IpAddr, u16);
+
+/// The fullest port budget of a destination, at its fullest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct BudgetPeak {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub time_wait: u64,
+    pub ports: u32,
+}
+
+impl BudgetPeak {
+    pub fn share(&self) -> f64 {
+        self.time_wait as f64 / f64::from(self.ports.max(1))
+    }
+}
+
 /// A TIME_WAIT socket's group: the destination of a connection opened here,
 /// or the local service that accepted it (the server closed first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -226,6 +244,24 @@ pub(super) struct TwHolder {
     pub listener: Option<Owner>,
     /// Ports connect() may pick in the namespace of the peak (destinations).
     pub ports_at_peak: u32,
+    /// The fullest (namespace, local address) budget to this destination
+    /// at its fullest in the window (destinations).
+    pub budget_peak: Option<BudgetPeak>,
+}
+
+impl TwHolder {
+    /// Budget `key` now holds `n` TIME_WAIT of `ports`.
+    pub fn note_budget(&mut self, key: BudgetKey, n: u64, ports: u32) {
+        let now = BudgetPeak {
+            netns: key.0,
+            saddr: key.1,
+            time_wait: n,
+            ports,
+        };
+        if self.budget_peak.is_none_or(|p| now.share() > p.share()) {
+            self.budget_peak = Some(now);
+        }
+    }
 }
 
 impl TwHolder {
@@ -317,6 +353,14 @@ pub(super) struct Tracker {
     pub time_wait: Ranked<TwGroup>,
     /// Usable ports per namespace (cleared when the facts change).
     ports: FxHashMap<u32, u32>,
+    /// Each namespace's sysctls (cleared when the facts change).
+    sysctls: FxHashMap<u32, Sysctls>,
+    /// TIME_WAIT per port budget (namespace, local address, destination),
+    /// from ephemeral local ports: what a destination's share is judged by.
+    budgets: FxHashMap<BudgetKey, u64>,
+    /// The budget each counted socket is in (destination sockets from an
+    /// ephemeral port only: a client's flood costs one entry per socket).
+    tw_budget: FxHashMap<u64, BudgetKey>,
     evictions: u64,
     /// The table evicted sockets since the last full walk.
     pub stale: bool,
@@ -437,6 +481,8 @@ impl Tracker {
         // namespace and owner).
         let mut counts: FxHashMap<TwGroup, (u64, u32, Option<Owner>)> = FxHashMap::default();
         let mut unopened = FxHashMap::default();
+        self.budgets.clear();
+        self.tw_budget.clear();
         let (mut by_key, mut keys) = (FxHashMap::default(), FxHashMap::default());
         for t in table.timewaits() {
             if t.substate != TcpState::TimeWait {
@@ -456,7 +502,14 @@ impl Tracker {
                 keys.insert(t.tw, t.key);
             }
             counts.entry(g).or_insert((0, t.key.netns, t.owner)).0 += 1;
+            if matches!(g, TwGroup::Destination(..))
+                && let Some(b) = self.budget_of(ctx, &t.key)
+            {
+                self.tw_budget.insert(t.tw, b);
+                *self.budgets.entry(b).or_default() += 1;
+            }
         }
+        self.note_budgets(ctx);
         self.unopened = unopened;
         self.tw_by_key = by_key;
         self.tw_keys = keys;
@@ -506,6 +559,63 @@ impl Tracker {
     /// The namespaces' facts changed: port budgets are read again.
     pub fn facts_changed(&mut self) {
         self.ports.clear();
+        self.sysctls.clear();
+    }
+
+    /// The budget a destination socket from `key` counts in: none when its
+    /// local port is not one connect() picks.
+    fn budget_of(&mut self, ctx: &Ctx<'_>, key: &TupleKey) -> Option<BudgetKey> {
+        let sys = self.sysctls.entry(key.netns).or_insert_with(|| {
+            crate::stats::timewait::netns_sysctls(ctx.facts, key.netns, ctx.host_port_range)
+        });
+        sys.is_ephemeral(key.sport)
+            .then_some((key.netns, key.saddr, key.daddr, key.dport))
+    }
+
+    /// One more TIME_WAIT in the budget of destination socket `id`: the
+    /// budget, its count now and its ports.
+    fn budget_add(
+        &mut self,
+        ctx: &Ctx<'_>,
+        id: u64,
+        key: &TupleKey,
+    ) -> Option<(BudgetKey, u64, u32)> {
+        let b = self.budget_of(ctx, key)?;
+        self.tw_budget.insert(id, b);
+        let n = self.budgets.entry(b).or_default();
+        *n += 1;
+        let n = *n;
+        Some((b, n, self.ports_of(ctx, b.0)))
+    }
+
+    /// Every budget's count now, to its destination's holder (a window
+    /// opening, a recount).
+    fn note_budgets(&mut self, ctx: &Ctx<'_>) {
+        if self.holders.is_none() {
+            return;
+        }
+        let budgets: Vec<(BudgetKey, u64)> = self.budgets.iter().map(|(&b, &n)| (b, n)).collect();
+        for (b, n) in budgets {
+            let ports = self.ports_of(ctx, b.0);
+            let g = TwGroup::Destination(b.2, b.3);
+            if let Some(h) = &mut self.holders
+                && let Some(holder) = h.tw(g).slot(g, false)
+            {
+                holder.note_budget(b, n, ports);
+            }
+        }
+    }
+
+    /// Socket `id` left its budget.
+    fn budget_sub(&mut self, id: u64) {
+        if let Some(b) = self.tw_budget.remove(&id)
+            && let Some(n) = self.budgets.get_mut(&b)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.budgets.remove(&b);
+            }
+        }
     }
 
     fn sync_conn(&mut self, table: &ConnTable, id: u64, now: u64) {
@@ -693,6 +803,10 @@ impl Tracker {
             self.tw_keys.insert(id, key);
         }
         let n = self.time_wait.add(g);
+        let budget = match g {
+            TwGroup::Destination(..) => self.budget_add(ctx, id, &key),
+            TwGroup::Service(..) => None,
+        };
         if self.holders.is_none() {
             return;
         }
@@ -709,6 +823,9 @@ impl Tracker {
             holder.ep.set(n, now);
             holder.begun += 1;
             note_owner(holder, owner);
+            if let Some((b, count, ports)) = budget {
+                holder.note_budget(b, count, ports);
+            }
             if listener.is_some() {
                 holder.listener = listener;
             }
@@ -718,6 +835,7 @@ impl Tracker {
     /// A socket counted in group `g` left TIME_WAIT.
     fn tw_gone(&mut self, id: u64, g: TwGroup, now: u64) {
         self.unopened.remove(&id);
+        self.budget_sub(id);
         if let Some(key) = self.tw_keys.remove(&id)
             && self.tw_by_key.get(&key) == Some(&id)
         {
@@ -770,6 +888,7 @@ impl Tracker {
             }
         }
         self.holders = Some(h);
+        self.note_budgets(ctx);
     }
 
     /// Closes the window at `now`: ages of the sockets still held, and

@@ -50,6 +50,11 @@ pub struct Aggregates {
     /// Connections that never got established, by destination (at most
     /// [`MAX_FAILED_PEERS`] destinations): for `doctor`'s dead backends.
     pub failed_connects: FxHashMap<(IpAddr, u16), FailedConnectCount>,
+    /// connect() failures with EADDRNOTAVAIL per port budget (namespace,
+    /// local address, destination), at most [`MAX_FAILED_PEERS`] budgets:
+    /// one exhausted source says nothing about the others to the same
+    /// destination.
+    pub no_port_by_budget: FxHashMap<(u32, IpAddr, IpAddr, u16), u64>,
     /// Who closed first, per local service (connections accepted here) and
     /// per destination (connections opened here), at most
     /// [`MAX_CLOSE_GROUPS`] keys each.
@@ -98,6 +103,8 @@ pub struct FailedConnectCount {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TwReuseCount {
     pub reused: u64,
+    /// The namespace of the last reuse.
+    pub netns: u32,
     pub last_by: Option<(u32, Comm)>,
 }
 
@@ -194,9 +201,23 @@ impl Aggregates {
                             EndReason::Timeout => f.timeout += 1,
                             _ => f.no_port += 1,
                         }
-                        if let Some(o) = conn.owner {
-                            f.owner = Some((o.pid, o.comm));
-                        }
+                    }
+                    let budget = (
+                        conn.key.netns,
+                        conn.key.saddr,
+                        conn.key.daddr,
+                        conn.key.dport,
+                    );
+                    if *reason == EndReason::NoPort
+                        && (self.no_port_by_budget.len() < MAX_FAILED_PEERS
+                            || self.no_port_by_budget.contains_key(&budget))
+                    {
+                        *self.no_port_by_budget.entry(budget).or_default() += 1;
+                    }
+                    if let Some(f) = self.failed_connects.get_mut(&key)
+                        && let Some(o) = conn.owner
+                    {
+                        f.owner = Some((o.pid, o.comm));
                     }
                 }
                 if let Some(c) = conn.closer {
@@ -226,6 +247,7 @@ impl Aggregates {
                     {
                         let r = self.tw_reuses.entry(key).or_default();
                         r.reused += 1;
+                        r.netns = tw.key.netns;
                         if let Some(o) = reused_by {
                             r.last_by = Some((o.pid, o.comm));
                         }

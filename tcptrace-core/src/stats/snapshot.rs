@@ -14,10 +14,21 @@
 //!   and what each rate was measured on: `growth_delta` and
 //!   `growth_span_ms` (and `_5m`, `_15m`): the change in sockets over the
 //!   span actually available (shorter than the window early on).
-//! - `time_wait_by_peer`: `daddr`, `dport`, `count`, `port_range_ratio`
-//!   (count / size of `ip_local_port_range`: how close this destination is to
-//!   exhausting ephemeral ports).
-//! - `time_wait_by_local`: `saddr`, `sport`, `count` (a server collecting TIME_WAIT).
+//! - `time_wait_by_peer` (connections opened here, by destination):
+//!   `daddr`, `dport`, `count`, `port_range_ratio` (the fullest port
+//!   budget's TIME_WAIT share: per namespace and local address, over the
+//!   ports connect() may pick there), `ports` (that budget's), `sources`
+//!   (budgets to this destination), `rate_per_sec`, `pid`, `comm`,
+//!   `closed_first`.
+//! - `time_wait_by_service` (connections accepted here: the server closed
+//!   first): `netns`, `saddr`, `sport`, `count`, `rate_per_sec`, `pid`,
+//!   `comm` (the listener's owner), `clients`, `closed_first`.
+//! - `time_wait_by_local`: `saddr`, `sport`, `count`, `netns`: the services
+//!   of `time_wait_by_service` in the older shape.
+//! - `port_budgets`: per (netns, local address, destination): `netns`,
+//!   `saddr`, `daddr`, `dport`, `time_wait`, `reusable`, `open`, `ports`,
+//!   `port_range`, `port_range_ratio`, `in_use_ratio`, `tw_reuse`,
+//!   `facts_known`, `pid`, `comm`.
 //! - `by_process`, `by_local_port`, `by_remote`: live counts per state
 //!   (the JSON printers cap every list: [`super::cap_lists`]).
 //! - `histograms`: name -> `count`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`.
@@ -459,6 +470,7 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
             saddr: s.saddr,
             sport: s.sport,
             count: s.count,
+            netns: s.netns,
         })
         .collect();
 

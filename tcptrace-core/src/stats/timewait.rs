@@ -99,6 +99,9 @@ pub struct TimeWaitByLocal {
     pub saddr: IpAddr,
     pub sport: u16,
     pub count: u64,
+    /// The service's network namespace (the same ip:port in two
+    /// namespaces is two rows).
+    pub netns: u32,
 }
 
 /// The ephemeral ports one (namespace, local address, destination) can use,
@@ -365,14 +368,26 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
     });
 
     let rate = |recent: u64| recent as f64 * 1e9 / window as f64;
+    // Each destination's budgets: how many, and the fullest (one pass).
+    let mut per_dest: FxHashMap<(IpAddr, u16), (u64, &PortBudget)> = FxHashMap::default();
+    for b in &budgets {
+        per_dest
+            .entry((b.daddr, b.dport))
+            .and_modify(|(n, worst)| {
+                *n += 1;
+                if b.port_range_ratio > worst.port_range_ratio {
+                    *worst = b;
+                }
+            })
+            .or_insert((1, b));
+    }
     let mut by_peer: Vec<TimeWaitByPeer> = peers
         .into_iter()
         .map(|((daddr, dport), g)| {
-            let mine = budgets
-                .iter()
-                .filter(|b| b.daddr == daddr && b.dport == dport);
-            let sources = mine.clone().count() as u64;
-            let worst = mine.max_by(|a, b| a.port_range_ratio.total_cmp(&b.port_range_ratio));
+            let (sources, worst) = match per_dest.get(&(daddr, dport)) {
+                Some(&(n, worst)) => (n, Some(worst)),
+                None => (0, None),
+            };
             let (pid, comm) = g.owners.top();
             TimeWaitByPeer {
                 daddr,

@@ -231,6 +231,9 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
         }
     }
 
+    if old == tcp_state::SYN_SENT {
+        timewait::forget_connect(sk);
+    }
     if new == tcp_state::CLOSE {
         let handed_over = link_timewait(sk, old, ev, &owner);
         if !handed_over

@@ -183,6 +183,18 @@ pub fn note_connect(sk: u64, pid_tgid: u64) {
     }
 }
 
+/// `sk` left SYN_SENT: its connect() has hashed it (or failed), so a later
+/// timewait cancel on this CPU is not its reuse.
+#[inline(always)]
+pub fn forget_connect(sk: u64) {
+    if let Some(scratch) = tw_scratch() {
+        let connect = unsafe { &mut (*scratch).connect };
+        if connect.sk == sk {
+            connect.sk = 0;
+        }
+    }
+}
+
 /// Why the timewait socket `ev` (a `TwEnd` being built, its `struct net *`
 /// `net`) ends if its timer's cancel is neither a re-arm nor an expiry:
 /// sets `reason` to reused (with `link` the connecting socket and

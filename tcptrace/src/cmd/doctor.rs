@@ -124,6 +124,7 @@ impl<W: Write> Consumer for Doctor<W> {
             .tw_reuses
             .iter()
             .map(|(&(daddr, dport), r)| doctor::TwReuses {
+                netns: r.netns,
                 daddr,
                 dport,
                 reused: r.reused,
@@ -143,6 +144,12 @@ impl<W: Write> Consumer for Doctor<W> {
             budgets: snap.port_budgets.clone(),
             fin_wait2_orphans: doctor::fin_wait2_orphans(&engine.table),
             failed_connects: failed,
+            no_port_by_budget: engine
+                .aggs
+                .no_port_by_budget
+                .iter()
+                .map(|(&k, &n)| (k, n))
+                .collect(),
             ended: snap.ended.clone(),
             tw_reuses,
             facts_start: self.facts_start.clone(),

@@ -87,6 +87,7 @@ pub fn read_sysctls(dir: &std::path::Path) -> Sysctls {
         reserved_ports: text("ip_local_reserved_ports")
             .map(|t| t.trim().to_string())
             .unwrap_or_default(),
+        ..defaults
     }
 }
 

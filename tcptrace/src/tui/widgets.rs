@@ -93,3 +93,35 @@ pub fn centered(area: Rect, width: u16, height: u16) -> Rect {
 pub fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
+
+/// `text` cut in the middle to `width` characters ("to [2001:db8:…:fe01]:8443"),
+/// so both its start and its end (an address's port) stay visible.
+pub fn fit_middle(text: &str, width: usize) -> String {
+    let n = text.chars().count();
+    if n <= width || width < 3 {
+        return text.to_string();
+    }
+    let keep = width - 1;
+    let tail = keep / 2;
+    let head = keep - tail;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(n - tail).collect();
+    format!("{start}…{end}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_middle;
+
+    #[test]
+    fn fit_middle_keeps_both_ends() {
+        let w = "to [2001:db8:ffff:ffff:ffff:ffff:ffff:fe01]:8443";
+        let f = fit_middle(w, 27);
+        assert_eq!(f.chars().count(), 27);
+        assert!(
+            f.starts_with("to [2001:db8:") && f.ends_with("fe01]:8443"),
+            "{f}"
+        );
+        assert_eq!(fit_middle("svc 1.2.3.4:80", 27), "svc 1.2.3.4:80");
+    }
+}

@@ -84,18 +84,18 @@ impl Screen<'_> {
             ),
         );
         let rows = &self.close_wait.rows;
-        let wide = area.width >= 100;
         let mut header = vec!["PID", "COMM", "COUNT", "+/MIN 1m", "5m", "15m", "OLDEST"];
+        // Growth is "+12.5" per minute, or "+1500/4.2m" over a shorter span.
         let mut widths = vec![
             Constraint::Length(7),
             Constraint::Length(15),
             Constraint::Length(7),
-            Constraint::Length(8),
-            Constraint::Length(9),
-            Constraint::Length(9),
             Constraint::Length(10),
+            Constraint::Length(10),
+            Constraint::Length(10),
+            Constraint::Length(9),
         ];
-        if wide || area.width >= 80 {
+        if area.width >= 90 {
             header.push("PEERS");
             widths.push(Constraint::Min(10));
         }

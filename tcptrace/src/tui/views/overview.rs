@@ -116,9 +116,11 @@ impl Screen<'_> {
                 Some(share) => format!("{:>5.1}%", share * 100.0),
                 None => format!("{:>4.0}/s", g.rate_per_sec),
             };
+            // What the count and share leave (" {where} {count:6} {extra:7}").
+            let room = usize::from(right.width).saturating_sub(16).max(12);
             tw.push(Line::from(format!(
                 " {:<22} {:>6} {extra}",
-                super::time_wait::where_(g),
+                fit_middle(&super::time_wait::where_(g), room),
                 fmt_count(g.count as f64),
             )));
         }

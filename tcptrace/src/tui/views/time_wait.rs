@@ -37,13 +37,18 @@ pub fn closes_first(g: &TwGroup) -> String {
     format!("{name} {:.0}%", n as f64 * 100.0 / total as f64)
 }
 
-/// "svc 10.0.0.1:8080" or "to 10.0.0.9:80".
+/// "svc 10.0.0.1:8080" or "to 10.0.0.9:80"; a service also on the same
+/// ip:port in another network namespace: "svc 10.0.0.1:8080 ns 4026532001".
 pub fn where_(g: &TwGroup) -> String {
     let tag = match g.side {
         TwSide::Service => "svc",
         TwSide::Destination => "to",
     };
-    format!("{tag} {}", SocketAddr::new(g.addr, g.port))
+    let at = SocketAddr::new(g.addr, g.port);
+    match g.netns {
+        Some(ns) if g.netns_shown => format!("{tag} {at} ns {ns}"),
+        _ => format!("{tag} {at}"),
+    }
 }
 
 fn owner(g: &TwGroup) -> String {
@@ -58,8 +63,9 @@ impl Screen<'_> {
     pub(in crate::tui) fn render_time_wait(&self, area: Rect, buf: &mut Buffer) {
         let d = self.data.as_ref().expect("checked by caller");
         let [list, summary] =
-            Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
-        // (the summary: a rule and three lines)
+            Layout::vertical([Constraint::Min(3), Constraint::Length(5)]).areas(area);
+        // (the summary: a rule and four short lines, the numbers that
+        // matter first, so 80 columns cut nothing but an address's tail)
         let groups = &d.tw_groups;
         let total: u64 = groups.iter().map(|g| g.count).sum();
         let block = titled_with(
@@ -79,6 +85,9 @@ impl Screen<'_> {
             .max()
             .unwrap_or(0)
             .clamp(22, 48) as u16;
+        // Never wider than what the other columns leave (borders 2, owner
+        // at least 14, the rest 32, gaps 5).
+        let where_width = where_width.min(list.width.saturating_sub(2 + 14 + 32 + 5).max(22));
         let mut widths = vec![
             Constraint::Length(where_width),
             Constraint::Min(14),
@@ -116,7 +125,7 @@ impl Screen<'_> {
                     None => Cell::from("-").fg(DIM),
                 };
                 let mut cells = vec![
-                    Cell::from(where_(g)),
+                    Cell::from(fit_middle(&where_(g), usize::from(where_width))),
                     Cell::from(owner(g)),
                     Cell::from(fmt_count(g.count as f64)).bold(),
                     Cell::from(format!("{:.1}", g.rate_per_sec)),
@@ -139,37 +148,47 @@ impl Screen<'_> {
         let closers = &d.snap.closers;
         let c = |k: &str| closers.get(k).copied().unwrap_or(0);
         let tw_overflow = d.snap.tw_overflow;
-        let worst = d.snap.port_budgets.first();
-        let budget = match worst {
-            Some(b) => format!(
-                "{:.1}% of {} ports ({} -> {})",
-                b.in_use_ratio * 100.0,
-                b.ports,
-                b.saddr,
-                SocketAddr::new(b.daddr, b.dport)
-            ),
-            None => "none".into(),
-        };
         let ended = &d.snap.ended;
         let e = |k: &str| ended.get(k).copied().unwrap_or(0);
+        let alarm = |n: u64| {
+            if n > 0 {
+                Span::raw(n.to_string()).fg(BAD).bold()
+            } else {
+                Span::raw("0")
+            }
+        };
+        let budget = match d.snap.port_budgets.first() {
+            Some(b) => vec![
+                Span::raw(" fullest port budget: ").fg(DIM),
+                Span::raw(format!("{:.1}%", b.in_use_ratio * 100.0)).bold(),
+                Span::raw(format!(
+                    " of {} ports, {} -> {}",
+                    b.ports,
+                    b.saddr,
+                    SocketAddr::new(b.daddr, b.dport)
+                )),
+            ],
+            None => vec![
+                Span::raw(" fullest port budget: ").fg(DIM),
+                Span::raw("none"),
+            ],
+        };
         let lines = vec![
             Line::from(vec![
-                Span::raw(" TIME_WAIT ended: ").fg(DIM),
+                Span::raw(" never made (overflow): ").fg(DIM),
+                alarm(e("time_wait_overflow")),
+                Span::raw("  TCPTimeWaitOverflow (host): ").fg(DIM),
+                alarm(tw_overflow),
+            ]),
+            Line::from(vec![
+                Span::raw(" ended: ").fg(DIM),
                 Span::raw(format!(
-                    "expired {} reused {} killed {} purged {}",
+                    "expired {}  reused {}  killed {}  purged {}",
                     e("time_wait_expired"),
                     e("time_wait_reused"),
                     e("time_wait_killed"),
                     e("time_wait_purged")
                 )),
-                Span::raw(" never made (overflow) ").fg(DIM),
-                if e("time_wait_overflow") > 0 {
-                    Span::raw(e("time_wait_overflow").to_string())
-                        .fg(BAD)
-                        .bold()
-                } else {
-                    Span::raw("0")
-                },
             ]),
             Line::from(vec![
                 Span::raw(" closed first, ended connections: ").fg(DIM),
@@ -180,16 +199,7 @@ impl Screen<'_> {
                     c("simultaneous")
                 )),
             ]),
-            Line::from(vec![
-                Span::raw(" TCPTimeWaitOverflow ").fg(DIM),
-                if tw_overflow > 0 {
-                    Span::raw(tw_overflow.to_string()).fg(BAD).bold()
-                } else {
-                    Span::raw("0")
-                },
-                Span::raw("  fullest port budget: ").fg(DIM),
-                Span::raw(budget),
-            ]),
+            Line::from(budget),
         ];
         Paragraph::new(lines)
             .block(
