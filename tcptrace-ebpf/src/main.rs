@@ -14,7 +14,9 @@
 //!   (`probes/inet_twsk_hashdance_schedule.rs`), `tw_rearm_fentry`
 //!   (`probes/inet_twsk_schedule.rs`), `tw_expire_fentry`
 //!   (`probes/tw_timer_handler.rs`), `tw_kill_fentry`
-//!   (`probes/inet_twsk_deschedule_put.rs`).
+//!   (`probes/inet_twsk_deschedule_put.rs`);
+//! - benchmarks only: `empty_*` (`probes/empty.rs`), programs that return at
+//!   once on the same hooks, to measure what merely attaching costs.
 #![no_std]
 #![no_main]
 

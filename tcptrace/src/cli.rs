@@ -1039,6 +1039,10 @@ pub struct KernelArgs {
     /// may then be lost when the host's CPUs are saturated).
     #[arg(long)]
     pub no_realtime: bool,
+    /// Benchmarks only (`cargo xtask bench`'s limit): attach programs that
+    /// return at once to the same hooks instead of the real ones.
+    #[arg(long, hide = true)]
+    pub bench_empty_programs: bool,
 }
 
 #[derive(Debug, Args)]
@@ -1150,6 +1154,7 @@ impl KernelArgs {
             hook: self.hook,
             timewait: self.timewait_hook,
             realtime_drain: !self.no_realtime,
+            empty_programs: self.bench_empty_programs,
             ..LoadOptions::default()
         })
     }

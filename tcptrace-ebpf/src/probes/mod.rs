@@ -6,6 +6,7 @@
 //! [`settle`], which counts the failures ([`Drop::is_failure`]) as
 //! [`Counter::ProbeFailed`].
 
+pub mod empty;
 pub mod inet_sock_set_state;
 pub mod inet_twsk_deschedule_put;
 pub mod inet_twsk_hashdance_schedule;

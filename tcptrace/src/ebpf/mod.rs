@@ -61,6 +61,9 @@ pub struct LoadOptions {
     /// Hooks to treat as refused, as a kernel without them would: tests of
     /// the fallbacks on a kernel that has them.
     pub refuse: Refuse,
+    /// Benchmarks only: attach programs that return at once to the same
+    /// hooks instead of the real ones (what merely attaching costs).
+    pub empty_programs: bool,
 }
 
 /// Hooks [`Tracer::load`] treats as refused by the kernel.
@@ -95,6 +98,7 @@ impl Default for LoadOptions {
             },
             realtime_drain: true,
             refuse: Refuse::default(),
+            empty_programs: false,
         }
     }
 }
@@ -207,10 +211,14 @@ impl Tracer {
         // Parsed once for every BTF-typed program (tp_btf, fentry).
         let btf = Btf::from_sys_fs().context("read kernel BTF");
 
+        if opts.empty_programs {
+            prog_fds.extend(attach_empty(&mut ebpf, &btf)?);
+        }
         // TIME_WAIT first, so no timewait socket begun after the transition
         // hook is attached goes unseen.
         let refuse = opts.refuse;
         let timewait = match opts.timewait {
+            _ if opts.empty_programs => "empty programs",
             TimewaitChoice::Timer => {
                 let (fds, hook) = attach_timers(&mut ebpf, &btf, refuse, &mut fallbacks)?;
                 prog_fds.extend(fds);
@@ -243,7 +251,7 @@ impl Tracer {
                 }
             },
         };
-        let mut accept = offsets.tp_accept_ret != 0;
+        let mut accept = offsets.tp_accept_ret != 0 && !opts.empty_programs;
         if accept {
             for name in ["sys_exit_accept4", "sys_exit_accept"] {
                 match attach_tracepoint(&mut ebpf, name, "syscalls", name) {
@@ -257,6 +265,7 @@ impl Tracer {
         }
 
         let transitions = match opts.hook {
+            _ if opts.empty_programs => "empty programs",
             HookChoice::Tracepoint => {
                 prog_fds.push(attach_classic(&mut ebpf)?);
                 "tracepoint"
@@ -376,6 +385,32 @@ fn attach_nested(ebpf: &mut Ebpf, btf: &Result<Btf>, fallbacks: &mut Vec<String>
     if let Err(e) = attached {
         fallbacks.push(format!("no twin for nested transitions: {e:#}"));
     }
+}
+
+/// The `empty_*` programs (they return at once) on the hooks the real ones
+/// use with this kernel's preferred attachment: both tp_btf programs on
+/// `inet_sock_set_state`, the three tp_btf timer hooks, the accept exits.
+fn attach_empty(ebpf: &mut Ebpf, btf: &Result<Btf>) -> Result<Vec<RawFd>> {
+    let btf = kernel_btf(btf)?;
+    let mut fds = Vec::new();
+    for (prog, tracepoint) in [
+        ("empty_set_state", "inet_sock_set_state"),
+        ("empty_set_state_nested", "inet_sock_set_state"),
+        ("empty_timer_start", "timer_start"),
+        ("empty_timer_cancel", "timer_cancel"),
+        ("empty_timer_expire_entry", "timer_expire_entry"),
+    ] {
+        fds.push(attach_one_btf(ebpf, prog, tracepoint, btf)?);
+    }
+    for name in ["sys_exit_accept4", "sys_exit_accept"] {
+        fds.push(attach_tracepoint(
+            ebpf,
+            &format!("empty_{name}"),
+            "syscalls",
+            name,
+        )?);
+    }
+    Ok(fds)
 }
 
 /// The kernel BTF parsed once at load, or why it could not be.
