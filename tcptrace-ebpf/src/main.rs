@@ -24,6 +24,7 @@ mod filter;
 mod maps;
 mod probes;
 mod sock;
+mod words;
 
 #[cfg(not(test))]
 #[panic_handler]

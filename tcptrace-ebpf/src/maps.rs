@@ -160,6 +160,15 @@ pub fn read_global<T: Copy>(field: &T) -> T {
     unsafe { core::ptr::read_volatile(field) }
 }
 
+/// Stores `owner` for socket `sk` (by reference: a by-value `OwnerEntry`
+/// is copied with a byte-loop `memmove` on BPF); counts a full map.
+#[inline(always)]
+pub fn remember_owner(sk: u64, owner: &OwnerEntry) {
+    if OWNERS.insert(sk, owner, 0).is_err() {
+        count(Counter::MapFull);
+    }
+}
+
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -173,7 +182,7 @@ pub fn count(counter: Counter) {
 pub fn output(event: &RawEvent) {
     match EVENTS.reserve::<RawEvent>(0) {
         Some(mut slot) => {
-            slot.write(*event);
+            crate::words::copy(slot.as_mut_ptr(), event);
             slot.submit(global!(TUNING.submit_flags));
             count(Counter::Events);
         }

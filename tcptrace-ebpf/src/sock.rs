@@ -3,7 +3,7 @@
 //! Offsets come from the running kernel's BTF via `OFFSETS`.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated,
+    bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated,
     generated::bpf_get_current_cgroup_id,
 };
 use tcptrace_common::{OwnerEntry, RawEvent, config::SOCK_HEAD_BYTES, event_flags, family};
@@ -30,6 +30,25 @@ pub fn field<T: Copy, const W: usize>(words: &[u64; W], off: u32) -> Option<T> {
         return None;
     }
     Some(unsafe { core::ptr::read((words.as_ptr() as *const u8).add(off) as *const T) })
+}
+
+/// An IPv6 address at byte offset `off` of `head` (4-aligned: checked in
+/// userspace) into `dst`, as four 32-bit words (a 16-byte array copy would
+/// be a byte-loop `memmove` call on BPF).
+#[inline(always)]
+fn field_addr16(head: &SockHead, off: u32, dst: &mut [u8; 16]) -> Option<()> {
+    let off = off as usize;
+    if off + 16 > HEAD_WORDS * 8 {
+        return None;
+    }
+    let src = unsafe { (head.as_ptr() as *const u8).add(off) } as *const u32;
+    let dst = dst.as_mut_ptr() as *mut u32;
+    let mut i = 0;
+    while i < 4 {
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+        i += 1;
+    }
+    Some(())
 }
 
 /// Copies the head of `sk`'s `sock_common` into `head`: the 4-tuple, family
@@ -69,13 +88,13 @@ pub fn read_tuple(
     };
     ev.dport = u16::from_be(field(head, global!(OFFSETS.skc_dport))?);
     if ev.family == family::INET6 {
-        ev.saddr = field(head, global!(OFFSETS.skc_v6_rcv_saddr))?;
-        ev.daddr = field(head, global!(OFFSETS.skc_v6_daddr))?;
+        field_addr16(head, global!(OFFSETS.skc_v6_rcv_saddr), &mut ev.saddr)?;
+        field_addr16(head, global!(OFFSETS.skc_v6_daddr), &mut ev.daddr)?;
     } else {
         let s: [u8; 4] = field(head, global!(OFFSETS.skc_rcv_saddr))?;
         let d: [u8; 4] = field(head, global!(OFFSETS.skc_daddr))?;
-        ev.saddr = [0; 16];
-        ev.daddr = [0; 16];
+        crate::words::zero16(&mut ev.saddr);
+        crate::words::zero16(&mut ev.daddr);
         ev.saddr[..4].copy_from_slice(&s);
         ev.daddr[..4].copy_from_slice(&d);
     }
@@ -104,7 +123,8 @@ pub fn capture_current(owner: &mut OwnerEntry) -> u64 {
     let pid_tgid = bpf_get_current_pid_tgid();
     owner.tgid = (pid_tgid >> 32) as u32;
     owner.tid = pid_tgid as u32;
-    owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight into the entry (NUL-padded by the kernel; zeroed on error).
+    unsafe { generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), 16) };
     owner.cgroup = unsafe { bpf_get_current_cgroup_id() };
     owner.flags = (owner.flags | event_flags::OWNER_KNOWN) & !event_flags::OWNER_FROM_LISTENER;
     pid_tgid
@@ -115,27 +135,19 @@ pub fn capture_current(owner: &mut OwnerEntry) -> u64 {
 pub fn apply_owner(ev: &mut RawEvent, owner: &OwnerEntry) {
     ev.tgid = owner.tgid;
     ev.tid = owner.tid;
-    ev.comm = owner.comm;
+    crate::words::copy16(&mut ev.comm, &owner.comm);
     ev.cgroup = owner.cgroup;
     ev.netns = owner.netns;
     ev.flags |= owner.flags
         & (event_flags::OWNER_KNOWN | event_flags::OWNER_FROM_LISTENER | event_flags::NETNS_KNOWN);
 }
 
-/// An empty owner entry.
+/// An empty owner entry in `slot` (zeroed word by word in place: see
+/// `words`; returning one by value is a `memset` call again).
 #[inline(always)]
-pub const fn empty_owner() -> OwnerEntry {
-    OwnerEntry {
-        state_ts: 0,
-        cgroup: 0,
-        tgid: 0,
-        tid: 0,
-        netns: 0,
-        flags: 0,
-        state: 0,
-        _pad: [0; 2],
-        comm: [0; 16],
-    }
+pub fn empty_owner(slot: &mut core::mem::MaybeUninit<OwnerEntry>) -> &mut OwnerEntry {
+    crate::words::zero(slot.as_mut_ptr());
+    unsafe { slot.assume_init_mut() }
 }
 
 /// 16-byte equality without `memcmp` (BPF has none).
@@ -157,4 +169,77 @@ pub fn same_tuple(a: &RawEvent, b: &RawEvent) -> bool {
         && a.dport == b.dport
         && eq16(&a.saddr, &b.saddr)
         && eq16(&a.daddr, &b.daddr)
+}
+
+/// tp_btf programs only: reads through a `struct sock *` taken straight from
+/// the program's context, with plain loads the verifier checks against the
+/// kernel's BTF (each at a member's exact offset and size) instead of
+/// `bpf_probe_read_kernel` calls. Offsets are load-time constants (frozen
+/// `.rodata`), as the verifier requires. A load that faults reads 0.
+pub mod direct {
+    use tcptrace_common::{RawEvent, family};
+
+    use crate::maps::global;
+
+    /// A `T` at `base + off`.
+    ///
+    /// # Safety
+    /// `base` must be a BTF pointer from the context (or loaded through
+    /// one), and `off` a member of its type of `T`'s size.
+    #[inline(always)]
+    pub unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
+        unsafe { (base.add(off as usize) as *const T).read_volatile() }
+    }
+
+    /// `sk->sk_protocol`.
+    #[inline(always)]
+    pub fn protocol(sk: *const u8) -> u16 {
+        unsafe { load(sk, global!(OFFSETS.sk_protocol)) }
+    }
+
+    /// Fills `ev`'s family, ports and addresses as [`super::read_tuple`]
+    /// does (the local port from `skc_num`: callers read `inet_sport` where
+    /// that is already 0); returns the socket's `struct net *` (a BTF
+    /// pointer too).
+    #[inline(always)]
+    pub fn read_tuple(sk: *const u8, ev: &mut RawEvent) -> *const u8 {
+        unsafe {
+            ev.family = load::<u16>(sk, global!(OFFSETS.skc_family)) as u8;
+            ev.sport = load(sk, global!(OFFSETS.skc_num));
+            ev.dport = u16::from_be(load(sk, global!(OFFSETS.skc_dport)));
+            if ev.family == family::INET6 {
+                addr16(sk, global!(OFFSETS.skc_v6_rcv_saddr), &mut ev.saddr);
+                addr16(sk, global!(OFFSETS.skc_v6_daddr), &mut ev.daddr);
+            } else {
+                let s = ev.saddr.as_mut_ptr() as *mut u32;
+                let d = ev.daddr.as_mut_ptr() as *mut u32;
+                s.write_volatile(load(sk, global!(OFFSETS.skc_rcv_saddr)));
+                d.write_volatile(load(sk, global!(OFFSETS.skc_daddr)));
+                let mut i = 1;
+                while i < 4 {
+                    s.add(i).write_volatile(0);
+                    d.add(i).write_volatile(0);
+                    i += 1;
+                }
+            }
+            load(sk, global!(OFFSETS.skc_net))
+        }
+    }
+
+    /// An `in6_addr` at `off`, as its four 32-bit words.
+    #[inline(always)]
+    unsafe fn addr16(sk: *const u8, off: u32, dst: &mut [u8; 16]) {
+        let d = dst.as_mut_ptr() as *mut u32;
+        let mut i = 0;
+        while i < 4 {
+            unsafe { d.add(i).write_volatile(load(sk, off + 4 * i as u32)) };
+            i += 1;
+        }
+    }
+
+    /// The inode number of `net`'s namespace (None for a null `net`).
+    #[inline(always)]
+    pub fn netns_of(net: *const u8) -> Option<u32> {
+        (!net.is_null()).then(|| unsafe { load(net, global!(OFFSETS.net_ns_inum)) })
+    }
 }

@@ -29,11 +29,11 @@ use tcptrace_common::{
 
 use crate::{
     maps::{
-        LISTENERS, ListenKey, ListenerEntry, OWNERS, Prog, ProgScratch, RECORD_WORDS, busy,
-        busy_in, count, global, guarded, prog_scratch, scratch, tw_scratch,
+        LISTENERS, ListenKey, ListenerEntry, OWNERS, Prog, RECORD_WORDS, busy, busy_in, count,
+        global, guarded, prog_scratch, remember_owner, scratch, tw_scratch,
     },
     probes::{Drop, emit, settle, timewait},
-    sock::{self, apply_owner, capture_current, empty_owner, field, read_tuple, same_tuple},
+    sock::{self, apply_owner, capture_current, empty_owner, field, same_tuple},
 };
 
 /// `sock:inet_sock_set_state` as a BTF-enabled raw tracepoint (preferred).
@@ -68,25 +68,33 @@ pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
 /// the same CPU (its own scratch).
 #[inline(always)]
 pub fn try_btf(ctx: &BtfTracePointContext, nested: bool) -> Result<(), Drop> {
-    let sk: u64 = ctx.arg(0);
+    // Straight from the context: a BTF pointer read with plain loads.
+    let sk_ptr: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    let protocol: u16 = sock::read(sk, global!(OFFSETS.sk_protocol)).ok_or(Drop::ProbeRead)?;
-    if protocol != IPPROTO_TCP {
+    if sock::direct::protocol(sk_ptr) != IPPROTO_TCP {
         return Err(Drop::NotTcp);
     }
-    let ProgScratch { event: ev, head } = prog_scratch(if nested {
+    let ev = &mut prog_scratch(if nested {
         Prog::SetStateNested
     } else {
         Prog::SetState
     })
-    .ok_or(Drop::Scratch)?;
-    *ev = RawEvent::zeroed();
-    let net = read_tuple(sk, head, ev, true).ok_or(Drop::ProbeRead)?;
+    .ok_or(Drop::Scratch)?
+    .event;
+    crate::words::zero(ev);
+    let net = sock::direct::read_tuple(sk_ptr, ev);
+    let sk = sk_ptr as u64;
+    if new as u8 == tcp_state::CLOSE {
+        // Unhashed by now (`skc_num` is 0): the port stays in inet_sport,
+        // beyond `struct sock` (not a direct load).
+        ev.sport =
+            u16::from_be(sock::read(sk, global!(OFFSETS.inet_sport)).ok_or(Drop::ProbeRead)?);
+    }
     handle(
         unsafe { bpf_ktime_get_ns() },
         sk,
-        net,
+        || sock::direct::netns_of(net),
         old as u8,
         new as u8,
         ev,
@@ -117,7 +125,7 @@ pub fn try_classic(ctx: &TracePointContext) -> Result<(), Drop> {
     let old: i32 = rec_field(rec, global!(OFFSETS.tp_oldstate))?;
     let new: i32 = rec_field(rec, global!(OFFSETS.tp_newstate))?;
     let tuple = &mut prog_scratch(Prog::SetState).ok_or(Drop::Scratch)?.event;
-    *tuple = RawEvent::zeroed();
+    crate::words::zero(tuple);
     let fam: u16 = rec_field(rec, global!(OFFSETS.tp_family))?;
     tuple.family = fam as u8;
     tuple.sport = rec_field(rec, global!(OFFSETS.tp_sport))?;
@@ -134,7 +142,7 @@ pub fn try_classic(ctx: &TracePointContext) -> Result<(), Drop> {
     handle(
         unsafe { bpf_ktime_get_ns() },
         sk,
-        0,
+        || sock::netns(sk),
         old as u8,
         new as u8,
         tuple,
@@ -154,14 +162,23 @@ fn starts_lifecycle(old: u8, new: u8) -> bool {
     old == tcp_state::CLOSE || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
 }
 
-/// `net` is the socket's `struct net *` when already read (0: read it here).
+/// `netns` reads the socket's network namespace (asked only for a socket
+/// the owner map does not know).
 #[inline(always)]
-fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Result<(), Drop> {
+fn handle(
+    ts: u64,
+    sk: u64,
+    netns: impl FnOnce() -> Option<u32>,
+    old: u8,
+    new: u8,
+    ev: &mut RawEvent,
+) -> Result<(), Drop> {
     // A transition can't fall between a re-arm's cancel and start: any
     // pending cancel on this CPU was a kill.
     timewait::resolve_pending_cancel(0, timewait::Next::Other);
 
-    let mut owner = empty_owner();
+    let mut owner_slot = core::mem::MaybeUninit::uninit();
+    let owner = empty_owner(&mut owner_slot);
     let mut prev_ns = 0u64;
     let mut flags = 0u8;
     let known = if starts_lifecycle(old, new) {
@@ -172,7 +189,7 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
     match known {
         Some(entry) => {
             let entry = unsafe { &mut *entry };
-            owner = *entry;
+            crate::words::copy(owner, entry);
             if ts >= entry.state_ts {
                 prev_ns = ts - entry.state_ts;
                 flags |= event_flags::PREV_KNOWN;
@@ -181,18 +198,13 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
             entry.state = new;
         }
         None => {
-            let ns = if net != 0 {
-                sock::netns_of(net)
-            } else {
-                sock::netns(sk)
-            };
-            if let Some(ns) = ns {
+            if let Some(ns) = netns() {
                 owner.netns = ns;
                 owner.flags |= event_flags::NETNS_KNOWN;
             }
             if old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN) {
                 // connect() / listen(): we are in the owner's process context.
-                let pid_tgid = capture_current(&mut owner);
+                let pid_tgid = capture_current(owner);
                 if new == tcp_state::SYN_SENT {
                     timewait::note_connect(sk, pid_tgid);
                 }
@@ -204,7 +216,7 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
                 if let Some(listener) = unsafe { LISTENERS.get(key) } {
                     let netns = owner.netns;
                     let ns_flags = owner.flags;
-                    owner = listener.owner;
+                    crate::words::copy(owner, &listener.owner);
                     owner.netns = netns;
                     owner.flags = (owner.flags & event_flags::OWNER_KNOWN)
                         | event_flags::OWNER_FROM_LISTENER
@@ -215,15 +227,15 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
             }
             owner.state_ts = ts;
             owner.state = new;
-            if new != tcp_state::CLOSE && OWNERS.insert(sk, owner, 0).is_err() {
-                count(Counter::MapFull);
+            if new != tcp_state::CLOSE {
+                remember_owner(sk, owner);
             }
             if new == tcp_state::LISTEN {
                 let key = ListenKey {
                     netns: owner.netns,
                     port: ev.sport as u32,
                 };
-                let entry = ListenerEntry { sk, owner };
+                let entry = ListenerEntry { sk, owner: *owner };
                 if LISTENERS.insert(key, entry, 0).is_err() {
                     count(Counter::MapFull);
                 }
@@ -235,7 +247,7 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
         timewait::forget_connect(sk);
     }
     if new == tcp_state::CLOSE {
-        let handed_over = link_timewait(sk, old, ev, &owner);
+        let handed_over = link_timewait(sk, old, ev, owner);
         if !handed_over
             && (old == tcp_state::FIN_WAIT2 || old == tcp_state::CLOSING)
             && no_error(sk)
@@ -263,7 +275,7 @@ fn handle(ts: u64, sk: u64, net: u64, old: u8, new: u8, ev: &mut RawEvent) -> Re
     ev.new = new;
     ev.prev_ns = prev_ns;
     ev.flags = flags;
-    apply_owner(ev, &owner);
+    apply_owner(ev, owner);
     emit(ev)
 }
 
@@ -321,13 +333,13 @@ fn link_timewait(sk: u64, old: u8, tuple: &RawEvent, owner: &tcptrace_common::Ow
     if netns_known {
         begun.netns = tw_netns;
     }
-    let mut tw_owner = *owner;
+    let mut tw_slot = core::mem::MaybeUninit::uninit();
+    let tw_owner = empty_owner(&mut tw_slot);
+    crate::words::copy(tw_owner, owner);
     tw_owner.state_ts = begun.ts_ns;
     tw_owner.state = begun.new;
     tw_owner.netns = begun.netns;
-    if OWNERS.insert(begun.sk, tw_owner, 0).is_err() {
-        count(Counter::MapFull);
-    }
+    remember_owner(begun.sk, tw_owner);
     let _ = emit(begun);
     begun.sk = 0;
     true

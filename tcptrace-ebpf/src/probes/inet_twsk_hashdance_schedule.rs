@@ -32,7 +32,7 @@ pub fn try_hashdance(ctx: &FEntryContext) -> Result<(), Drop> {
     let tw: u64 = ctx.arg(0);
     let sk: u64 = ctx.arg(1);
     let ts = unsafe { bpf_ktime_get_ns() };
-    let mut ev = RawEvent::zeroed();
+    let mut ev: RawEvent = crate::words::zeroed();
     let substate = build(&mut ev, tw, ts, EventKind::TwBegin)?.substate;
     // tcp_done() moves `sk` to CLOSE next, on this CPU: a hand-over, not
     // an overflow (see `inet_sock_set_state.rs`).
@@ -44,18 +44,17 @@ pub fn try_hashdance(ctx: &FEntryContext) -> Result<(), Drop> {
     ev.flags |= event_flags::LINKED;
     ev.flags &= !event_flags::PREV_KNOWN;
     ev.prev_ns = 0;
-    let mut entry = sock::empty_owner();
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let entry = sock::empty_owner(&mut slot);
     if let Some(owner) = unsafe { OWNERS.get(sk) } {
         apply_owner(&mut ev, owner);
         ev.old = owner.state;
-        entry = *owner;
+        crate::words::copy(entry, owner);
     } else {
         count(Counter::TwUnlinked);
     }
     entry.state_ts = ts;
     entry.state = substate;
-    if OWNERS.insert(tw, entry, 0).is_err() {
-        count(Counter::MapFull);
-    }
+    crate::maps::remember_owner(tw, entry);
     emit(&ev)
 }

@@ -31,7 +31,7 @@ pub fn try_schedule(ctx: &FEntryContext) -> Result<(), Drop> {
         return Err(Drop::NotRearm);
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    let mut ev = RawEvent::zeroed();
+    let mut ev: RawEvent = crate::words::zeroed();
     let substate = build(&mut ev, tw, ts, EventKind::TwRearm)?.substate;
     ev.new = substate;
     if let Some(owner) = OWNERS.get_ptr_mut(tw) {

@@ -24,7 +24,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tcptrace_common::{EventKind, RawEvent, event_flags};
+use tcptrace_common::{EventKind, event_flags};
 
 use crate::{
     maps::{OWNERS, Prog, ProgScratch, global, prog_scratch},
@@ -76,7 +76,7 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
         return Ok(());
     }
     let ProgScratch { event: ev, head } = prog_scratch(Prog::Accept).ok_or(Drop::Scratch)?;
-    *ev = RawEvent::zeroed();
+    crate::words::zero(ev);
     read_tuple(sk, head, ev, true).ok_or(Drop::ProbeRead)?;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.kind = EventKind::Accept as u32;

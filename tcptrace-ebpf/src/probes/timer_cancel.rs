@@ -21,8 +21,8 @@ use crate::{
     probes::{
         Drop, settle,
         timewait::{
-            self, Next, build, classify_kill, ctx_read, is_tw_timer, skip_nested, timer_function,
-            tw_of,
+            self, Next, build, classify_kill, ctx_read, is_tw_timer, other_timer_pending,
+            skip_nested, timer_function, tw_of,
         },
     },
 };
@@ -44,18 +44,27 @@ pub fn timer_cancel(ctx: TracePointContext) -> u32 {
 /// tp_btf `timer_cancel(struct timer_list *timer)`.
 #[inline(always)]
 pub fn try_timer_cancel_btf(ctx: &BtfTracePointContext) -> Result<(), Drop> {
-    cancel(ctx.arg(0))
+    let timer: *const u8 = ctx.arg(0);
+    let function = timer_function(timer);
+    if !is_tw_timer(function) && !other_timer_pending(true) {
+        // Not ours, and no parked cancel to decide: the common case, first.
+        return Err(Drop::NotTimewait);
+    }
+    cancel(timer as u64, function)
 }
 
 /// Classic `timer:timer_cancel`: the record has only the timer.
 #[inline(always)]
 pub fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), Drop> {
-    cancel(ctx_read(ctx, global!(OFFSETS.tp_cancel_timer))?)
+    let timer: u64 = ctx_read(ctx, global!(OFFSETS.tp_cancel_timer))?;
+    // The classic record has no function: read it from the timer.
+    let function: u64 =
+        crate::sock::read(timer, global!(OFFSETS.timer_function)).ok_or(Drop::Unattributed)?;
+    cancel(timer, function)
 }
 
 #[inline(always)]
-fn cancel(timer: u64) -> Result<(), Drop> {
-    let function = timer_function(timer)?;
+fn cancel(timer: u64, function: u64) -> Result<(), Drop> {
     if skip_nested(function) {
         return Err(Drop::Nested);
     }

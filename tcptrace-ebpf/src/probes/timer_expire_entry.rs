@@ -19,14 +19,22 @@ use crate::{
     maps::{OWNERS, busy, global, guarded, tw_scratch},
     probes::{
         Drop, emit, settle,
-        timewait::{self, Next, build, ctx_read, is_tw_timer, timer_function, tw_of},
+        timewait::{
+            self, Next, build, ctx_read, is_tw_timer, other_timer_pending, timer_function, tw_of,
+        },
     },
 };
 
-/// `timer:timer_expire_entry` as a BTF-enabled raw tracepoint.
+/// `timer:timer_expire_entry` as a BTF-enabled raw tracepoint:
+/// `timer_expire_entry(struct timer_list *timer, unsigned long baseclk)`.
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_expire_entry_btf(ctx: BtfTracePointContext) -> i32 {
-    settle(guarded(busy::EXPIRE, || try_timer_expire_entry_btf(&ctx)));
+    let timer: *const u8 = ctx.arg(0);
+    let function = timer_function(timer);
+    // Not ours, and no parked cancel to decide: the common case, first.
+    if is_tw_timer(function) || other_timer_pending(false) {
+        settle(guarded(busy::EXPIRE, || expire(timer as u64, function)));
+    }
     0
 }
 
@@ -35,13 +43,6 @@ pub fn timer_expire_entry_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn timer_expire_entry(ctx: TracePointContext) -> u32 {
     settle(guarded(busy::EXPIRE, || try_timer_expire_entry(&ctx)));
     0
-}
-
-/// tp_btf `timer_expire_entry(struct timer_list *timer, unsigned long baseclk)`.
-#[inline(always)]
-pub fn try_timer_expire_entry_btf(ctx: &BtfTracePointContext) -> Result<(), Drop> {
-    let timer: u64 = ctx.arg(0);
-    expire(timer, timer_function(timer)?)
 }
 
 /// Classic `timer:timer_expire_entry`: the record carries the function.

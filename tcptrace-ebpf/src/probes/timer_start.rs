@@ -21,7 +21,10 @@ use crate::{
     maps::{OWNERS, count, global, tw_scratch},
     probes::{
         Drop, emit, settle,
-        timewait::{self, Next, build, ctx_read, is_tw_timer, skip_nested, timer_function, tw_of},
+        timewait::{
+            self, Next, build, ctx_read, is_tw_timer, other_timer_pending, skip_nested,
+            timer_function, tw_of,
+        },
     },
     sock,
 };
@@ -44,8 +47,13 @@ pub fn timer_start(ctx: TracePointContext) -> u32 {
 /// tp_btf `timer_start(struct timer_list *timer, unsigned long bucket_expiry)`.
 #[inline(always)]
 pub fn try_timer_start_btf(ctx: &BtfTracePointContext) -> Result<(), Drop> {
-    let timer: u64 = ctx.arg(0);
-    start(ctx, timer, timer_function(timer)?)
+    let timer: *const u8 = ctx.arg(0);
+    let function = timer_function(timer);
+    if !is_tw_timer(function) && !other_timer_pending(true) {
+        // Not ours, and no parked cancel to decide: the common case, first.
+        return Err(Drop::NotTimewait);
+    }
+    start(ctx, timer as u64, function)
 }
 
 /// Classic `timer:timer_start`: the record carries the function.
@@ -93,12 +101,13 @@ fn start<C: EbpfContext>(ctx: &C, timer: u64, function: u64) -> Result<(), Drop>
             begun.sk,
             begun.sport
         );
-        let mut entry = sock::empty_owner();
+        let mut slot = core::mem::MaybeUninit::uninit();
+        let entry = sock::empty_owner(&mut slot);
         entry.state_ts = begun.ts_ns;
         entry.state = begun.new;
         entry.netns = begun.netns;
         entry.flags = begun.flags & event_flags::NETNS_KNOWN;
-        let _ = OWNERS.insert(begun.sk, entry, 0);
+        crate::maps::remember_owner(begun.sk, entry);
         let _ = emit(begun);
         begun.sk = 0;
     }

@@ -147,7 +147,7 @@ pub fn build(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<Bui
 
 #[inline(always)]
 fn build_into(ev: &mut RawEvent, tw: u64, ts: u64, kind: EventKind) -> Result<Built, Drop> {
-    *ev = RawEvent::zeroed();
+    crate::words::zero(ev);
     ev.ts_ns = ts;
     ev.kind = kind as u32;
     ev.sk = tw;
@@ -238,7 +238,7 @@ fn reused_by(tw: &RawEvent, tw_net: u64) -> Option<(u64, u32)> {
         event: sk_tuple,
         head,
     } = prog_scratch(Prog::Timer)?;
-    *sk_tuple = RawEvent::zeroed();
+    crate::words::zero(sk_tuple);
     // The port is hashed by now: skc_num holds it.
     let net = read_tuple(connect.sk, head, sk_tuple, false)?;
     (net == tw_net && same_endpoints(sk_tuple, head, tw))
@@ -285,10 +285,27 @@ fn namespace_dying(net: u64) -> bool {
 }
 
 /// The function a timer will call, read from the timer itself (tp_btf
-/// programs get only the `struct timer_list *`).
+/// programs get only the `struct timer_list *`, a BTF pointer: one plain
+/// load, no helper call, on the millions of timers that are not ours).
 #[inline(always)]
-pub fn timer_function(timer: u64) -> Result<u64, Drop> {
-    sock::read(timer, global!(OFFSETS.timer_function)).ok_or(Drop::Unattributed)
+pub fn timer_function(timer: *const u8) -> u64 {
+    unsafe { sock::direct::load(timer, global!(OFFSETS.timer_function)) }
+}
+
+/// Whether a timer event that is not a timewait timer's has anything to
+/// do: only a cancel parked on this CPU to decide (as killed), and not
+/// when it interrupted a guarded program (`respect_busy`), which owns the
+/// parked state until it returns. One per-CPU lookup (inlined by the
+/// verifier) and two loads: what every unrelated timer costs.
+#[inline(always)]
+pub fn other_timer_pending(respect_busy: bool) -> bool {
+    let Some(s) = crate::maps::scratch() else {
+        return false;
+    };
+    unsafe {
+        (*s).tw.cancelled.sk != 0
+            && !(respect_busy && (*s).busy & (busy::SET_STATE | busy::EXPIRE) != 0)
+    }
 }
 
 /// Whether a timer event that interrupted `inet_sock_set_state` or
@@ -306,7 +323,7 @@ pub fn skip_nested(function: u64) -> bool {
 #[inline(always)]
 pub fn end(tw: u64, reason: TwEndReason) -> Result<(), Drop> {
     let ts = unsafe { bpf_ktime_get_ns() };
-    let mut ev = RawEvent::zeroed();
+    let mut ev: RawEvent = crate::words::zeroed();
     let built = build(&mut ev, tw, ts, EventKind::TwEnd)?;
     ev.old = built.substate;
     ev.new = tcp_state::CLOSE;
