@@ -20,7 +20,7 @@
 //! before accept() returned makes no further transition that would.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_task_btf},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -29,7 +29,7 @@ use tcptrace_common::{EventKind, event_flags};
 use crate::{
     maps::{OWNERS, Prog, ProgScratch, global, prog_scratch},
     probes::{Drop, emit, settle},
-    sock::{apply_owner, capture_current, read, read_tuple},
+    sock::{apply_owner, capture_current, direct, read, read_tuple},
 };
 
 /// `syscalls:sys_exit_accept4`: the accepting process owns the child socket.
@@ -56,23 +56,39 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
         return Err(Drop::AcceptFailed);
     }
     let fd = ret as u64;
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, global!(OFFSETS.task_files)).ok_or(Drop::Unattributed)?;
-    let fdt: u64 = read(files, global!(OFFSETS.files_fdt)).ok_or(Drop::Unattributed)?;
-    let max_fds: u32 = read(fdt, global!(OFFSETS.fdtable_max_fds)).ok_or(Drop::Unattributed)?;
+    // The task as a BTF pointer: task -> files -> fdt are plain loads (a
+    // faulting one reads 0, and 0 max_fds rejects below); the fd array's
+    // slot (a variable index) and the untyped `private_data` need reads.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let (fdt, max_fds) = unsafe {
+        let files: *const u8 = direct::load(task, global!(OFFSETS.task_files));
+        let fdt: *const u8 = direct::load(files, global!(OFFSETS.files_fdt));
+        (
+            fdt,
+            direct::load::<u32>(fdt, global!(OFFSETS.fdtable_max_fds)),
+        )
+    };
     if fd >= max_fds as u64 {
         // The fd table read does not hold the fd accept() returned.
         return Err(Drop::Unattributed);
     }
-    let fd_array: u64 = read(fdt, global!(OFFSETS.fdtable_fd)).ok_or(Drop::Unattributed)?;
+    let fd_array: u64 = unsafe { direct::load(fdt, global!(OFFSETS.fdtable_fd)) };
     let file: u64 = read(fd_array + fd * 8, 0).ok_or(Drop::Unattributed)?;
     let socket: u64 = read(file, global!(OFFSETS.file_private_data)).ok_or(Drop::Unattributed)?;
     let sk: u64 = read(socket, global!(OFFSETS.socket_sk)).ok_or(Drop::Unattributed)?;
     let entry = unsafe { &mut *OWNERS.get_ptr_mut(sk).ok_or(Drop::Untracked)? };
-    let was_known = entry.flags & event_flags::OWNER_KNOWN != 0;
+    // Accepted by the very thread that owns it already (a single-threaded
+    // server that listens and accepts): nothing changes, and no comm or
+    // cgroup needs reading to know it.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let known = entry.flags & event_flags::OWNER_KNOWN != 0;
+    if known && entry.tgid == (pid_tgid >> 32) as u32 && entry.tid == pid_tgid as u32 {
+        return Ok(());
+    }
     let was_tgid = entry.tgid;
     capture_current(entry);
-    if was_known && was_tgid == entry.tgid {
+    if known && was_tgid == entry.tgid {
+        // Another thread of the same process: its thread recorded, no event.
         return Ok(());
     }
     let ProgScratch { event: ev, head } = prog_scratch(Prog::Accept).ok_or(Drop::Scratch)?;
