@@ -1,37 +1,43 @@
 //! `cargo xtask bench`: the benchmarks, built optimised and run as they are
-//! (not timed tests), each reported as ratios to its target:
-//! - live (root): the load generator's connection rate untraced and under
-//!   each tracer, tcptrace against libbpf-tools' tcpstates ([`live`]);
+//! (not timed tests), each reported against its target:
+//! - live (root): the load generator's connection rate untraced, at the limit
+//!   (tcptrace's hooks with programs that return at once) and under each
+//!   tracer, tcptrace against libbpf-tools' tcpstates, in interleaved rounds
+//!   whose medians are the result ([`live`], [`summary`]), with each eBPF
+//!   program's cost per run from the kernel's bpf_stats ([`bpf_stats`]);
 //! - offline: the recording format and `report` (`tcptrace/benches/recording.rs`),
 //!   and the engine at 1M live sockets: memory per socket, TUI refresh and
 //!   frame time (`tcptrace/benches/engine.rs`).
 //!
 //! `--json` prints one object with every number, to compare commits.
 
+pub mod bpf_stats;
 pub mod live;
+pub mod summary;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::loadgen::Mode;
+use crate::loadgen::{MAX_DURATION, Mode};
 use crate::setup;
 use crate::util::{self, say};
 
-/// Targets of issue 7.
-const TARGET_RATIO: f64 = 0.90;
+/// Most rounds, so a typo cannot keep the box busy for hours.
+const MAX_ROUNDS: usize = 20;
 
 /// Options for `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Seconds of load per tracer configuration (at most 600).
+    /// Seconds of load per configuration and round (at most 600).
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub duration: f64,
     /// Close pattern of the load (`mixed` is this box's fastest).
     #[arg(long, value_enum, default_value = "mixed")]
     pub mode: Mode,
-    /// Rounds of every configuration (the table shows each round).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Interleaved rounds: every configuration once per round, in order; the
+    /// medians across rounds are the result (at most 20).
+    #[arg(long, value_name = "N", default_value_t = 3)]
     pub rounds: usize,
     /// Only the offline benchmarks (no root, no load).
     #[arg(long, conflicts_with = "live_only")]
@@ -42,14 +48,23 @@ pub struct BenchArgs {
     /// One JSON object on stdout instead of the tables.
     #[arg(long)]
     pub json: bool,
-    /// Only these live configurations (comma-separated; ratios need
-    /// `untraced` first), e.g. `--only stats --duration 70` for a soak with
-    /// TIME_WAIT expiry bursts.
+    /// Only these live configurations, in this order (comma-separated; the
+    /// ratios need `untraced` and `limit`), e.g. `--only stats --duration 70`
+    /// for a soak with TIME_WAIT expiry bursts.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = live::Tracer::ALL)]
     pub only: Vec<live::Tracer>,
 }
 
 pub fn main(args: &BenchArgs) -> Result<()> {
+    let seconds_ok = args.duration.is_finite()
+        && args.duration > 0.0
+        && args.duration <= MAX_DURATION.as_secs_f64();
+    if !seconds_ok {
+        anyhow::bail!("--duration {} must be in (0, 600] seconds", args.duration);
+    }
+    if !(1..=MAX_ROUNDS).contains(&args.rounds) {
+        anyhow::bail!("--rounds {} must be in 1..={MAX_ROUNDS}", args.rounds);
+    }
     setup::ensure(true)?;
     let mut report = serde_json::Map::new();
     if !args.live_only {
@@ -78,16 +93,30 @@ pub fn main(args: &BenchArgs) -> Result<()> {
         }
     }
     if !args.offline_only {
-        if !util::is_root() {
-            anyhow::bail!(
-                "the live benchmark loads eBPF programs: run as root (or pass --offline-only)"
-            );
-        }
-        say("==> live: building tcptrace (release)");
-        util::run(util::cargo().args(["build", "--release", "-p", "tcptrace"]))?;
-        let bin = util::target_dir().join("release/tcptrace");
-        let mut runs = Vec::new();
-        for round in 0..args.rounds.max(1) {
+        report.insert("live".into(), live_bench(args)?);
+    }
+    if args.json {
+        println!("{}", Value::Object(report));
+    }
+    Ok(())
+}
+
+/// The live benchmark: rounds of every configuration, with bpf_stats on.
+fn live_bench(args: &BenchArgs) -> Result<Value> {
+    if !util::is_root() {
+        anyhow::bail!(
+            "the live benchmark loads eBPF programs: run as root (or pass --offline-only)"
+        );
+    }
+    say("==> live: building tcptrace (release)");
+    util::run(util::cargo().args(["build", "--release", "-p", "tcptrace"]))?;
+    let bin = util::target_dir().join("release/tcptrace");
+    let mut runs = Vec::new();
+    {
+        // On for the rounds only; restored when this scope ends, whatever
+        // ends it (a signal restores it at once).
+        let _stats = bpf_stats::StatsGuard::enable()?;
+        for round in 0..args.rounds {
             runs.extend(live::round(
                 &bin,
                 &args.only,
@@ -96,75 +125,34 @@ pub fn main(args: &BenchArgs) -> Result<()> {
                 round,
             )?);
         }
-        if !args.json {
-            print_live(&runs, args);
-        }
-        report.insert(
-            "live".into(),
-            json!({
-                "mode": format!("{:?}", args.mode),
-                "seconds_per_run": args.duration,
-                "runs": runs,
-            }),
-        );
+        bpf_stats::check_interrupted()?;
     }
-    if args.json {
-        println!("{}", Value::Object(report));
-    }
-    Ok(())
-}
-
-fn print_live(runs: &[live::Run], args: &BenchArgs) {
-    println!(
-        "live: load generator ({:?} close, {} s per run, a fresh netns each), ratio to untraced (target >= {TARGET_RATIO})",
-        args.mode, args.duration
-    );
-    println!(
-        "  {:<30} {:>9} {:>6} {:>11} {:>11} {:>6} {:>7} {:>9} {:>8}",
-        "tracer",
-        "conn/s",
-        "ratio",
-        "expected",
-        "delivered",
-        "lost",
-        "cpu s",
-        "cpu s/M",
-        "peak MiB"
-    );
-    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
-    for r in runs {
+    let medians = summary::summarize(&runs, &args.only);
+    let overheads = summary::overheads(&medians);
+    if !args.json {
         println!(
-            "  {:<30} {:>9.0} {:>6.3} {:>11} {:>11} {:>6} {:>7} {:>9} {:>8}",
-            r.tracer,
-            r.per_sec,
-            r.ratio,
-            r.expected,
-            r.delivered.map_or("-".into(), |d| d.to_string()),
-            r.lost.map_or("-".into(), |d| d.to_string()),
-            opt(r.cpu_secs, 2),
-            opt(r.cpu_secs_per_m_transitions, 2),
-            opt(r.peak_rss_mb, 1),
+            "live: load generator ({:?} close, {} s per run, {} interleaved round(s), a fresh netns each, bpf_stats on)",
+            args.mode, args.duration, args.rounds
         );
+        summary::print_runs(&runs);
+        summary::print_summary(&medians, &overheads, args.rounds);
     }
-    // The overhead comparison: 1 - ratio, tcptrace against tcpstates.
-    let overhead = |name: &str| {
-        let v: Vec<f64> = runs
-            .iter()
-            .filter(|r| r.tracer.starts_with(name))
-            .map(|r| 1.0 - r.ratio)
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-    };
-    if let (Some(ours), Some(theirs)) = (overhead("tcptrace stats"), overhead("tcpstates")) {
-        println!(
-            "  overhead (1 - ratio): tcptrace stats {:.3}, tcpstates {:.3}: {:.2} of tcpstates' (target <= 0.25)",
-            ours,
-            theirs,
-            if theirs > 0.0 {
-                ours / theirs
-            } else {
-                f64::NAN
-            }
-        );
-    }
+    Ok(json!({
+        "mode": format!("{:?}", args.mode),
+        "seconds_per_run": args.duration,
+        "rounds": args.rounds,
+        "order": args.only.iter().map(|t| t.key()).collect::<Vec<_>>(),
+        "bpf_stats": true,
+        "runs": runs,
+        "medians": medians,
+        "overhead_vs_tcpstates": overheads,
+        "targets": {
+            "ratio_to_limit": summary::TARGET_TO_LIMIT,
+            "ratio_to_limit_at_least": summary::TARGET_TO_LIMIT_AT_LEAST,
+            "top_ratio_to_limit": summary::TARGET_TOP_TO_LIMIT,
+            "overhead_share_of_tcpstates": summary::TARGET_OVERHEAD_SHARE,
+            "cpu_secs_per_m_transitions": summary::TARGET_CPU_PER_M,
+            "ns_per_run": bpf_stats::HOOKS.iter().map(|h| (h.name, h.target_ns)).collect::<std::collections::BTreeMap<_, _>>(),
+        },
+    }))
 }

@@ -4,8 +4,9 @@
 //! -Z build-std`, which needs nightly's `rust-src` and a `bpf-linker` linked
 //! against the *same* LLVM as that nightly; loading the programs needs
 //! tracefs; the tests compare against `tcpstates`, `ss` and `ip` and drive
-//! `tmux`. Every step checks first and only acts when needed, so this is safe
-//! to run (and is run by `test` and `run`) every time.
+//! `tmux`; the benchmark reads programs' costs with `bpftool`. Every step
+//! checks first and only acts when needed, so this is safe to run (and is
+//! run by `test` and `run`) every time.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,15 +20,17 @@ use crate::util::{self, say};
 /// Options for `cargo xtask setup`.
 #[derive(Debug, Args)]
 pub struct SetupArgs {
-    /// Do not check or install the Debian packages (libbpf-tools, tmux, iproute2).
+    /// Do not check or install the Debian packages (libbpf-tools, tmux,
+    /// iproute2, nginx-light, bpftool).
     #[arg(long)]
     no_apt: bool,
 }
 
 /// Debian packages the tests and benchmarks use as oracles/drivers
 /// (nginx: a real server that closes first, started by the tests on a
-/// loopback port of their own namespace).
-const APT_PACKAGES: &[&str] = &["libbpf-tools", "tmux", "iproute2", "nginx-light"];
+/// loopback port of their own namespace; bpftool: the live benchmark reads
+/// each program's bpf_stats with it).
+const APT_PACKAGES: &[&str] = &["libbpf-tools", "tmux", "iproute2", "nginx-light", "bpftool"];
 
 /// Debian's way to keep maintainer scripts from starting services: the
 /// tests start nginx themselves; installing it must not start one on :80.

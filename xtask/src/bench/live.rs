@@ -1,14 +1,18 @@
 //! The live part of `cargo xtask bench`: the connection rate of the load
-//! generator with nothing attached, with `tcptrace record` (to /dev/null),
-//! `tcptrace stats`, `tcptrace top` (in a detached tmux, so it really draws)
-//! and libbpf-tools' `tcpstates` (to /dev/null), each as a ratio to the
-//! untraced rate, with events delivered against what the generator must
-//! have caused, losses, the tracer's CPU per million events and its peak RSS.
+//! generator with nothing attached, with the limit (tcptrace's hooks with
+//! programs that return at once: what merely attaching costs),
+//! `tcptrace record` (to /dev/null), `tcptrace stats`, `tcptrace top` (in a
+//! detached tmux, so it really draws) and libbpf-tools' `tcpstates` (to
+//! /dev/null). Per run: the rate and its ratios to the untraced and limit
+//! runs of the same round, events delivered against what the generator must
+//! have caused, losses (recursion misses apart), the tracer's CPU per million
+//! transitions, its RSS once attached (idle) and at its peak, and what each
+//! of its eBPF programs cost per run ([`super::bpf_stats`]).
 //!
 //! Every run loads a fresh network namespace of its own (its loopback, its
-//! TIME_WAIT table), so runs start from the same state and do not wait for
-//! the previous run's TIME_WAIT sockets to expire; the tracers see every
-//! namespace, as they do on a real host.
+//! TIME_WAIT table), deleted after the run, so runs start from the same state
+//! and do not wait for the previous run's TIME_WAIT sockets to expire; the
+//! tracers see every namespace, as they do on a real host.
 
 use std::{
     fs,
@@ -22,16 +26,19 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::bpf_stats::{self, ProgStat};
 use crate::{
     loadgen::{self, Mode},
     util::{self, say},
 };
 
-/// One tracer configuration measured.
+/// One configuration measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tracer {
     #[value(name = "untraced")]
     None,
+    /// tcptrace `stats` with `--bench-empty-programs`: the same hooks, programs that return at once.
+    Limit,
     Record,
     Stats,
     Top,
@@ -39,8 +46,9 @@ pub enum Tracer {
 }
 
 impl Tracer {
-    pub const ALL: [Tracer; 5] = [
+    pub const ALL: [Tracer; 6] = [
         Tracer::None,
+        Tracer::Limit,
         Tracer::Record,
         Tracer::Stats,
         Tracer::Top,
@@ -50,31 +58,66 @@ impl Tracer {
     pub fn name(self) -> &'static str {
         match self {
             Tracer::None => "untraced",
+            Tracer::Limit => "limit (empty programs)",
             Tracer::Record => "tcptrace record --force -o /dev/null",
             Tracer::Stats => "tcptrace stats",
             Tracer::Top => "tcptrace top (tmux)",
             Tracer::Tcpstates => "tcpstates > /dev/null",
         }
     }
+
+    /// Short name: `--only`'s value, the JSON's key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Tracer::None => "untraced",
+            Tracer::Limit => "limit",
+            Tracer::Record => "record",
+            Tracer::Stats => "stats",
+            Tracer::Top => "top",
+            Tracer::Tcpstates => "tcpstates",
+        }
+    }
 }
 
 /// What one run measured.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Run {
+    /// Display name.
     pub tracer: &'static str,
+    /// `--only`'s value.
+    pub config: &'static str,
+    /// Round, from 0.
+    pub round: usize,
     pub connections: u64,
     pub per_sec: f64,
-    /// Rate over the untraced rate of the same round.
+    /// Rate over the untraced rate of the same round (0 without one).
     pub ratio: f64,
+    /// Rate over the limit's rate of the same round.
+    pub ratio_to_limit: Option<f64>,
     /// Transitions the generator must have caused (both ends).
     pub expected: u64,
     /// Transitions the tracer counted (tcptrace only).
     pub delivered: Option<u64>,
-    /// Events lost, all sources (ring full, recursion misses, ...).
+    /// Events lost, all sources (ring full, recursion misses, ...), as the
+    /// tracer counts them.
     pub lost: Option<u64>,
+    /// Of `lost`, recursion misses (`stats`, `top`, limit: from the metrics).
+    pub recursion_lost: Option<u64>,
     pub cpu_secs: Option<f64>,
     pub cpu_secs_per_m_transitions: Option<f64>,
+    /// RSS once attached, before the load.
+    pub idle_rss_mb: Option<f64>,
     pub peak_rss_mb: Option<f64>,
+    /// The tracer's eBPF programs (bpf_stats), read before it stopped.
+    pub bpf_programs: Vec<ProgStat>,
+    /// All its programs' run time over the connections made, µs.
+    pub bpf_us_per_connection: Option<f64>,
+    /// CPU the rest of the host used while the load ran, as a share of all
+    /// CPUs: user + system time of the host (/proc/stat) less the load
+    /// generator's and the tracer's. A few percent is the kernel's own
+    /// (ksoftirqd, workers); much more means something else ran (a build)
+    /// and the run is noise.
+    pub others_cpu_share: Option<f64>,
 }
 
 /// A tracer process being measured, and how to read it.
@@ -82,8 +125,8 @@ struct Running {
     pid: u32,
     /// Our child, to reap; `None` for `top`, which tmux runs.
     child: Option<Child>,
-    /// tmux server socket name for `top`.
-    tmux: Option<String>,
+    /// tmux server socket path for `top` (removed when it stops).
+    tmux: Option<PathBuf>,
     metrics_port: Option<u16>,
     stderr_file: Option<PathBuf>,
 }
@@ -98,12 +141,39 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// Peak resident set of `pid`, MiB.
-fn peak_rss_mb(pid: u32) -> Option<f64> {
+/// User + system CPU time of the whole host, seconds (/proc/stat's `cpu`
+/// line: user, nice, system; interrupts apart, as they are not any task's).
+fn host_busy_secs() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (ticks.len() == 3).then(|| ticks.iter().sum::<f64>() / 100.0)
+}
+
+/// User + system CPU of this process's reaped children (the load
+/// generators), seconds.
+fn children_cpu_secs() -> f64 {
+    // SAFETY: an all-zero rusage is valid; getrusage writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage that outlives the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Resident set of `pid` now (`VmRSS:`) or at its peak (`VmHWM:`), MiB.
+fn rss_mb(pid: u32, field: &str) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -137,16 +207,32 @@ pub fn metric_sum(body: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Sum of the samples of family `name` that carry `label` (e.g.
+/// `source="recursion_misses"`).
+fn metric_sum_with(body: &str, name: &str, label: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 fn start(tracer: Tracer, bin: &Path, tag: &str) -> Result<Option<Running>> {
     let metrics_port = free_port()?;
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let running = match tracer {
+    let mut running = match tracer {
         Tracer::None => return Ok(None),
-        Tracer::Record | Tracer::Stats => {
-            let args: Vec<&str> = if tracer == Tracer::Record {
-                vec!["record", "--force", "-o", "/dev/null"]
-            } else {
-                vec!["stats", "--interval", "3600", "--metrics", &metrics]
+        Tracer::Record | Tracer::Stats | Tracer::Limit => {
+            let args: Vec<&str> = match tracer {
+                Tracer::Record => vec!["record", "--force", "-o", "/dev/null"],
+                Tracer::Stats => vec!["stats", "--interval", "3600", "--metrics", &metrics],
+                _ => vec![
+                    "stats",
+                    "--interval",
+                    "3600",
+                    "--bench-empty-programs",
+                    "--metrics",
+                    &metrics,
+                ],
             };
             let stderr_file = std::env::temp_dir().join(format!("tcptrace-bench-{tag}.err"));
             let child = Command::new(bin)
@@ -159,36 +245,25 @@ fn start(tracer: Tracer, bin: &Path, tag: &str) -> Result<Option<Running>> {
                 pid: child.id(),
                 child: Some(child),
                 tmux: None,
-                metrics_port: (tracer == Tracer::Stats).then_some(metrics_port),
+                metrics_port: (tracer != Tracer::Record).then_some(metrics_port),
                 stderr_file: Some(stderr_file),
             }
         }
         Tracer::Top => {
-            let socket = format!("tcptrace-bench-{tag}");
+            let socket = std::env::temp_dir().join(format!("tcptrace-bench-{tag}.tmux"));
             let stderr_file = std::env::temp_dir().join(format!("tcptrace-bench-{tag}.err"));
             let cmd = format!(
                 "exec {} top --interval 1 --metrics {metrics} 2>{}",
                 bin.display(),
                 stderr_file.display()
             );
-            util::run(Command::new("tmux").args([
-                "-L",
-                &socket,
-                "new-session",
-                "-d",
-                "-x",
-                "160",
-                "-y",
-                "48",
-                &cmd,
-            ]))?;
-            let pid = util::stdout_of(Command::new("tmux").args([
-                "-L",
-                &socket,
-                "list-panes",
-                "-F",
-                "#{pane_pid}",
-            ]))?;
+            let tmux = || {
+                let mut c = Command::new("tmux");
+                c.arg("-S").arg(&socket);
+                c
+            };
+            util::run(tmux().args(["new-session", "-d", "-x", "160", "-y", "48", &cmd]))?;
+            let pid = util::stdout_of(tmux().args(["list-panes", "-F", "#{pane_pid}"]))?;
             Running {
                 pid: pid.trim().parse().context("tmux pane pid")?,
                 child: None,
@@ -231,8 +306,17 @@ fn start(tracer: Tracer, bin: &Path, tag: &str) -> Result<Option<Running>> {
         if ready {
             break;
         }
-        if Instant::now() > deadline {
-            bail!("{} did not attach within 30 s", tracer.name());
+        let exited = match running.child.as_mut() {
+            Some(c) => c.try_wait()?.is_some(),
+            None => !Path::new(&format!("/proc/{}", running.pid)).exists(),
+        };
+        if exited || Instant::now() > deadline || bpf_stats::interrupted() {
+            let err = stop(running).unwrap_or_default();
+            bail!(
+                "{} did not attach (exited: {exited}; 30 s at most; or interrupted): {}",
+                tracer.name(),
+                err.trim()
+            );
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -288,7 +372,8 @@ fn delete_netns(ns: &str, baseline: u64) {
     }
 }
 
-/// Runs one round: each of `tracers` once, in order, against fresh namespaces.
+/// Runs one round: each of `tracers` once, in order, against fresh
+/// namespaces; then the ratios to the round's untraced and limit runs.
 pub fn round(
     bin: &Path,
     tracers: &[Tracer],
@@ -297,61 +382,134 @@ pub fn round(
     round: usize,
 ) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
-    let mut untraced = 0.0;
     for (i, &tracer) in tracers.iter().enumerate() {
+        bpf_stats::check_interrupted()?;
         let tag = format!("{}-{round}-{i}", std::process::id());
-        say(format!("--> {} ({mode:?}, {duration} s)", tracer.name()));
-        let running = start(tracer, bin, &tag)?;
-        let pid = running.as_ref().map(|r| r.pid);
-        let cpu0 = pid.and_then(cpu_secs);
-        let baseline = timewait_objects();
-        let ns = format!("tcptrace-bench-{tag}");
-        let result = load(mode, duration, &ns);
-        // Let the tracer drain what is in the ring.
-        thread::sleep(Duration::from_millis(1500));
-        let cpu = pid.and_then(cpu_secs).zip(cpu0).map(|(a, b)| a - b);
-        let rss = pid.and_then(peak_rss_mb);
-        let scraped = running
-            .as_ref()
-            .and_then(|r| r.metrics_port)
-            .and_then(scrape);
-        let stderr = running.map(stop).transpose();
-        delete_netns(&ns, baseline);
-        let (stderr, r) = (stderr?, result?);
-        let expected = r.connections * loadgen::transitions_per_connection(mode);
-        let (delivered, lost) = match (&scraped, &stderr) {
-            (Some(body), _) => (
-                Some(metric_sum(body, "tcptrace_transitions_total")),
-                Some(metric_sum(body, "tcptrace_lost_events_total")),
-            ),
-            (None, Some(err)) if tracer == Tracer::Record => {
-                (None, parse_lost(err).or(Some(u64::MAX)))
-            }
-            _ => (None, None),
-        };
-        let per_sec = r.rate();
-        if tracer == Tracer::None {
-            untraced = per_sec;
-        }
-        let per_m = |secs: f64| secs / (delivered.unwrap_or(expected).max(1) as f64 / 1e6);
-        runs.push(Run {
-            tracer: tracer.name(),
-            connections: r.connections,
-            per_sec,
-            ratio: if untraced > 0.0 {
-                per_sec / untraced
-            } else {
-                0.0
-            },
-            expected,
-            delivered,
-            lost,
-            cpu_secs: cpu,
-            cpu_secs_per_m_transitions: cpu.map(per_m),
-            peak_rss_mb: rss,
-        });
+        say(format!(
+            "--> round {}: {} ({mode:?}, {duration} s)",
+            round + 1,
+            tracer.name()
+        ));
+        let run = one(bin, tracer, mode, duration, round, &tag)?;
+        say(format!(
+            "    {:.0} conn/s, lost {}, cpu {} s, idle RSS {} MiB, {} programs",
+            run.per_sec,
+            run.lost.map_or("-".into(), |l| l.to_string()),
+            run.cpu_secs.map_or("-".into(), |c| format!("{c:.2}")),
+            run.idle_rss_mb.map_or("-".into(), |c| format!("{c:.1}")),
+            run.bpf_programs.len()
+        ));
+        runs.push(run);
+    }
+    let rate_of = |t: Tracer| runs.iter().find(|r| r.config == t.key()).map(|r| r.per_sec);
+    let (untraced, limit) = (rate_of(Tracer::None), rate_of(Tracer::Limit));
+    for r in &mut runs {
+        r.ratio = untraced.filter(|&u| u > 0.0).map_or(0.0, |u| r.per_sec / u);
+        r.ratio_to_limit = limit.filter(|&l| l > 0.0).map(|l| r.per_sec / l);
     }
     Ok(runs)
+}
+
+/// One configuration once: start the tracer, note its idle RSS, load a fresh
+/// namespace, let the tracer drain, read its counters and programs, stop it,
+/// delete the namespace.
+fn one(
+    bin: &Path,
+    tracer: Tracer,
+    mode: Mode,
+    duration: f64,
+    round: usize,
+    tag: &str,
+) -> Result<Run> {
+    let running = start(tracer, bin, tag)?;
+    let pid = running.as_ref().map(|r| r.pid);
+    let idle_rss = pid.and_then(|p| rss_mb(p, "VmRSS:"));
+    let cpu0 = pid.and_then(cpu_secs);
+    let baseline = timewait_objects();
+    let ns = format!("tcptrace-bench-{tag}");
+    let cpus = thread::available_parallelism().ok().map(|n| n.get() as f64);
+    let (busy0, children0, started) = (host_busy_secs(), children_cpu_secs(), Instant::now());
+    let result = if bpf_stats::interrupted() {
+        Err(anyhow::anyhow!("interrupted"))
+    } else {
+        load(mode, duration, &ns)
+    };
+    let (busy1, children1) = (host_busy_secs(), children_cpu_secs());
+    let others_cpu_share = match (busy0, busy1, pid.map(cpu_secs), cpus) {
+        (Some(b0), Some(b1), tracer, Some(cpus)) => {
+            let tracer = match (tracer.flatten(), cpu0) {
+                (Some(a), Some(b)) => a - b,
+                _ => 0.0,
+            };
+            let others = (b1 - b0) - (children1 - children0) - tracer;
+            Some((others / (started.elapsed().as_secs_f64() * cpus)).max(0.0))
+        }
+        _ => None,
+    };
+    // Let the tracer drain what is in the ring.
+    if result.is_ok() {
+        thread::sleep(Duration::from_millis(1500));
+    }
+    let cpu = pid.and_then(cpu_secs).zip(cpu0).map(|(a, b)| a - b);
+    let peak_rss = pid.and_then(|p| rss_mb(p, "VmHWM:"));
+    let scraped = running
+        .as_ref()
+        .and_then(|r| r.metrics_port)
+        .and_then(scrape);
+    let programs = match pid {
+        Some(pid) if result.is_ok() => bpf_stats::programs_of(pid).unwrap_or_else(|e| {
+            say(format!(
+                "warning: no bpf_stats for {}: {e:#}",
+                tracer.name()
+            ));
+            Vec::new()
+        }),
+        _ => Vec::new(),
+    };
+    let stderr = running.map(stop).transpose();
+    delete_netns(&ns, baseline);
+    let (stderr, r) = (stderr?, result?);
+    let expected = r.connections * loadgen::transitions_per_connection(mode);
+    let (delivered, lost, recursion_lost) = match (&scraped, &stderr) {
+        (Some(body), _) => (
+            Some(metric_sum(body, "tcptrace_transitions_total")),
+            Some(metric_sum(body, "tcptrace_lost_events_total")),
+            Some(metric_sum_with(
+                body,
+                "tcptrace_lost_events_total",
+                "source=\"recursion_misses\"",
+            )),
+        ),
+        (None, Some(err)) if tracer == Tracer::Record => {
+            (None, parse_lost(err).or(Some(u64::MAX)), None)
+        }
+        _ => (None, None, None),
+    };
+    // The limit's programs deliver nothing: no transitions to count.
+    let delivered = delivered.filter(|_| tracer != Tracer::Limit);
+    let per_m = |secs: f64| secs / (delivered.unwrap_or(expected).max(1) as f64 / 1e6);
+    let bpf_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
+    Ok(Run {
+        tracer: tracer.name(),
+        config: tracer.key(),
+        round,
+        connections: r.connections,
+        per_sec: r.rate(),
+        ratio: 0.0,
+        ratio_to_limit: None,
+        expected,
+        delivered,
+        lost,
+        recursion_lost,
+        cpu_secs: cpu,
+        cpu_secs_per_m_transitions: cpu.map(per_m),
+        idle_rss_mb: idle_rss,
+        peak_rss_mb: peak_rss,
+        bpf_us_per_connection: (!programs.is_empty() && r.connections > 0)
+            .then(|| bpf_ns as f64 / 1e3 / r.connections as f64),
+        bpf_programs: programs,
+        others_cpu_share,
+    })
 }
 
 /// Stops a tracer (SIGINT, as Ctrl-C) and returns its stderr.
@@ -377,9 +535,14 @@ fn stop(mut r: Running) -> Result<String> {
         thread::sleep(Duration::from_millis(50));
     }
     if let Some(socket) = &r.tmux {
+        // Usually gone with its only pane already.
         let _ = Command::new("tmux")
-            .args(["-L", socket, "kill-server"])
+            .arg("-S")
+            .arg(socket)
+            .arg("kill-server")
+            .stderr(Stdio::null())
             .status();
+        let _ = fs::remove_file(socket);
     }
     let err = r
         .stderr_file
