@@ -635,3 +635,32 @@ fn recursion_misses(prog_fd: RawFd) -> u64 {
             .expect("8 bytes"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+
+    /// On BPF, Rust's `memset`/`memmove`/`memcpy` are byte loops called as
+    /// subprograms (zeroing and copying one 120-byte event cost ~1,000
+    /// instructions): no program may call them (`tcptrace-ebpf/src/words.rs`).
+    #[test]
+    fn no_program_calls_a_byte_loop_mem_function() {
+        let elf = object::File::parse(super::OBJECT).expect("the eBPF object is ELF");
+        let mut calls = Vec::new();
+        for section in elf.sections() {
+            let name = section.name().unwrap_or("?");
+            if name.starts_with(".debug") || name == ".text" {
+                continue;
+            }
+            for (_, reloc) in section.relocations() {
+                if let RelocationTarget::Symbol(i) = reloc.target()
+                    && let Ok(sym) = elf.symbol_by_index(i)
+                    && matches!(sym.name(), Ok("memset" | "memmove" | "memcpy"))
+                {
+                    calls.push(format!("{name} -> {}", sym.name().unwrap_or("?")));
+                }
+            }
+        }
+        assert!(calls.is_empty(), "byte-loop calls: {calls:?}");
+    }
+}
