@@ -20,6 +20,7 @@
 //! before accept() returned makes no further transition that would.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_task_btf},
     macros::tracepoint,
     programs::TracePointContext,
@@ -46,12 +47,30 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Where `struct syscall_trace_exit` keeps `ret` (after the 8-byte
+/// `trace_entry` and the `int nr`, aligned).
+const RET_OFFSET: u32 = 16;
+
 #[inline(always)]
 pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
     // Until the socket is found in the owner map (TCP, traced), a failed
     // read is not a lost event: accept() runs on every kind of socket.
-    let ret: i64 = unsafe { ctx.read_at(global!(OFFSETS.tp_accept_ret) as usize) }
-        .map_err(|_| Drop::Unattributed)?;
+    // `ret` sits at 16 in every kernel's `struct syscall_trace_exit`: a
+    // plain load from the record (the verifier only takes a constant offset
+    // in the instruction itself); the format file said otherwise, a read
+    // (the verifier drops the branch not taken: the offset is a load-time
+    // constant).
+    let off = global!(OFFSETS.tp_accept_ret);
+    let ret: i64 = if off == RET_OFFSET {
+        unsafe {
+            (ctx.as_ptr() as *const u8)
+                .add(RET_OFFSET as usize)
+                .cast::<i64>()
+                .read_volatile()
+        }
+    } else {
+        unsafe { ctx.read_at(off as usize) }.map_err(|_| Drop::Unattributed)?
+    };
     if ret < 0 {
         return Err(Drop::AcceptFailed);
     }
