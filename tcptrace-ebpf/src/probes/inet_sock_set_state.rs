@@ -29,7 +29,7 @@ use tcptrace_common::{
 
 use crate::{
     maps::{
-        LISTENERS, ListenKey, ListenerEntry, OWNERS, Prog, RECORD_WORDS, busy, busy_in, count,
+        Handled, LISTENERS, ListenKey, ListenerEntry, OWNERS, Prog, RECORD_WORDS, busy, count,
         global, guarded, prog_scratch, remember_owner, scratch, tw_scratch,
     },
     probes::{Drop, emit, settle, timewait},
@@ -39,17 +39,28 @@ use crate::{
 /// `sock:inet_sock_set_state` as a BTF-enabled raw tracepoint (preferred).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    // First of all, so the twin knows this transition is taken.
+    if let Some(s) = scratch() {
+        let sk: u64 = ctx.arg(0);
+        let new: i32 = ctx.arg(2);
+        unsafe { (*s).handled.record(Handled::key(sk, new as u32)) };
+    }
     settle(guarded(busy::SET_STATE, || try_btf(&ctx, false)));
     0
 }
 
 /// The twin of `inet_sock_set_state_btf`, attached beside it: the kernel
 /// skips a program that is already running on the CPU, so a transition in a
-/// softirq that interrupted it would be lost; this one handles exactly those
-/// and returns at once otherwise.
+/// softirq that interrupted it would be lost; this one handles exactly
+/// those (the transitions the main program did not record as taken: see
+/// `maps::Handled`) and returns at once otherwise.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
-    if busy_in(busy::SET_STATE) {
+    let sk: u64 = ctx.arg(0);
+    let new: i32 = ctx.arg(2);
+    let taken =
+        scratch().is_none_or(|s| unsafe { (*s).handled.contains(Handled::key(sk, new as u32)) });
+    if !taken {
         count(Counter::NestedRecovered);
         settle(try_btf(&ctx, true));
     }
