@@ -1030,7 +1030,7 @@ pub struct KernelArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub timewait_hook: TimewaitChoice,
     /// Ring buffer size in MiB (power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ring_size: u32,
     /// Capacity of the in-kernel socket owner map (LRU).
     #[arg(long, value_name = "N", default_value_t = 1 << 18)]

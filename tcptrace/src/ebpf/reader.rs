@@ -3,7 +3,8 @@
 //! draining thread for work that grows with the host: `top` refreshing a
 //! million sockets (0.24 s), a reconciliation dumping them through
 //! sock_diag, `record` compressing a block. Meanwhile a saturated host fills
-//! the ring at ~65 MB/s, and the 64 MiB ring lasts about a second. The
+//! the ring at ~65-110 MB/s, and a 16 MiB ring (the default; resident from
+//! the start, mapped twice) lasts 0.15-0.25 s. The
 //! reader thread (real-time, like the consumer: see `crate::sched`) only
 //! copies, so it keeps the ring near empty and the records wait in memory
 //! instead, in batches, until the consumer takes them.
