@@ -164,10 +164,11 @@ pub enum Counter {
     /// Timewait sockets killed whose memory was at once taken by a new
     /// timewait socket (told apart from a re-arm by the tuple).
     TwMemoryReused = 6,
-    /// Transitions that interrupted `inet_sock_set_state` on the same CPU (a
-    /// softirq over process context): the kernel skips the busy program (a
-    /// recursion miss) and its twin handles them. Each one makes up for one
-    /// recursion miss of the main program.
+    /// Transitions the twin of `inet_sock_set_state` handled because the main
+    /// program did not record them: the kernel skipped it, busy on the same
+    /// CPU (a recursion miss; a softirq over process context). Each one
+    /// makes up for one recursion miss of the main program (but for the rare
+    /// repeat the twin makes: see the eBPF `maps::Handled`).
     NestedRecovered = 7,
     /// Events lost because the program failed to build them: a read of
     /// kernel memory failed (or a field lay outside the bytes copied), or a

@@ -76,8 +76,9 @@ pub struct Scratch {
     pub tw: TwScratch,
     /// [`Busy`] bits: which of `inet_sock_set_state` and `timer_expire_entry`
     /// runs on this CPU. A timer event that interrupts them (tp_btf programs
-    /// can nest in each other) must leave the parked timewait state alone, and
-    /// a transition that interrupts `inet_sock_set_state` is handled by its twin.
+    /// can nest in each other) must leave the parked timewait state alone.
+    /// (A transition that interrupts `inet_sock_set_state` is handled by its
+    /// twin: see [`Handled`].)
     pub busy: u32,
     /// The transitions `inet_sock_set_state` took on this CPU, last
     /// [`HANDLED`]: what its twin leaves alone (see [`Handled`]).
@@ -94,9 +95,11 @@ pub const HANDLED: usize = 16;
 /// a busy flag the program sets leaves windows at both ends where a nested
 /// transition is missed and the twin, seeing no flag, skips it too. The
 /// twin instead takes every transition the main program did not record:
-/// recorded first thing, so the only ones it repeats are those pushed out
-/// by [`HANDLED`] newer ones between the two programs' runs of one
-/// transition (a softirq in that gap taking 16 transitions on this CPU).
+/// recorded first thing and consumed by the twin's check, so the only ones
+/// it repeats are those pushed out by [`HANDLED`] newer ones between the
+/// two programs' runs of one transition (a softirq in that gap taking 16
+/// transitions on this CPU), and the only ones it skips wrongly match an
+/// entry a skipped run of the twin left behind.
 #[repr(C)]
 pub struct Handled {
     pub ring: [u64; HANDLED],
@@ -120,13 +123,19 @@ impl Handled {
         self.next = self.next.wrapping_add(1);
     }
 
-    /// Whether `key` is among the recorded, newest first.
+    /// Whether `key` is among the recorded, newest first; a match is
+    /// consumed (the twin runs once per transition, right after the main
+    /// program: the ring stays nearly empty, so a socket address the slab
+    /// hands out again cannot match a stale entry).
     #[inline(always)]
-    pub fn contains(&self, key: u64) -> bool {
+    pub fn take(&mut self, key: u64) -> bool {
         let mut i = 0;
         while i < HANDLED {
             let at = (self.next.wrapping_sub(1 + i as u32) as usize) % HANDLED;
-            if self.ring.get(at) == Some(&key) {
+            if let Some(slot) = self.ring.get_mut(at)
+                && *slot == key
+            {
+                *slot = 0;
                 return true;
             }
             i += 1;

@@ -478,6 +478,47 @@ fn accepting_process_owns_the_child_socket() {
     }
 }
 
+/// A thread that listens and accepts itself: after accept() its owner is
+/// confirmed (no longer the listener's guess), with no Accept event needed.
+#[test]
+fn the_listening_thread_accepting_confirms_its_ownership() {
+    let port = free_port(false);
+    let mut tracer = tracer_for_ports(&[port]);
+    let (listening_tx, listening) = std::sync::mpsc::channel();
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    // One thread does both (the harness's threads differ from this one).
+    let server = std::thread::spawn(move || {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listening_tx.send(()).unwrap();
+        let (mut c, _) = listener.accept().unwrap();
+        accepted_tx.send(()).unwrap();
+        let mut b = [0u8; 1];
+        let _ = c.read(&mut b);
+    });
+    listening.recv().unwrap();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Closed only once accept() returned: the FIN's transition comes after.
+    accepted.recv().unwrap();
+    drop(client);
+    server.join().unwrap();
+    let mut events = Vec::new();
+    let ok = collect_until(&mut tracer, &mut events, Duration::from_secs(5), |ev| {
+        sk_with(ev, port, LastAck, Close).is_some()
+    });
+    assert!(ok, "{events:#?}");
+    let child_sk = sk_with(&events, port, Listen, SynRecv).unwrap();
+    let later: Vec<_> = events
+        .iter()
+        .filter(|e| e.sk == child_sk && e.old == Some(Established))
+        .collect();
+    assert!(!later.is_empty(), "{events:#?}");
+    for e in later {
+        let owner = e.owner.unwrap();
+        assert_eq!(owner.pid, std::process::id());
+        assert!(!owner.from_listener, "accepted by its own thread: {e:?}");
+    }
+}
+
 /// Both sides shut down at once: FIN_WAIT1 -> CLOSING -> (TIME_WAIT) on each.
 /// Loopback delivers synchronously, so the test races two threads through a
 /// barrier until the FINs cross (a few percent of attempts), bounded in count.
@@ -549,8 +590,8 @@ fn simultaneous_close_goes_through_closing() {
 /// compressing) loses nothing: the reader thread keeps copying the ring out.
 #[test]
 fn stalled_consumer_loses_nothing_while_the_reader_copies_the_ring() {
-    // ~26,000 events, ~3 MB: three times the ring, within the four rings'
-    // worth the reader may queue.
+    // ~26,000 events, ~3 MB: three times the ring, within what the reader
+    // may queue (four rings' worth, at least 256 MiB).
     const CONNECTIONS: usize = 2_000;
     let ns = NetNs::new("stall");
     let port = 18777;

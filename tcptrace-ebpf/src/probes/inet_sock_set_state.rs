@@ -59,7 +59,7 @@ pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let new: i32 = ctx.arg(2);
     let taken =
-        scratch().is_none_or(|s| unsafe { (*s).handled.contains(Handled::key(sk, new as u32)) });
+        scratch().is_none_or(|s| unsafe { (*s).handled.take(Handled::key(sk, new as u32)) });
     if !taken {
         count(Counter::NestedRecovered);
         settle(try_btf(&ctx, true));

@@ -1,7 +1,9 @@
 //! `syscalls:sys_exit_accept4` and `syscalls:sys_exit_accept`: the task that
 //! accept()s a child socket owns it. The child was created in softirq with the
 //! listener's owner; here, in the acceptor's process context, we find the
-//! socket behind the returned fd and record the real owner.
+//! socket behind the returned fd and record the real owner (when that is
+//! the thread that listened, only the name is read again: same task, same
+//! cgroup).
 //!
 //! ```c
 //! SYSCALL_DEFINE4(accept4, int, fd, struct sockaddr __user *, upeer_sockaddr,
@@ -97,11 +99,16 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
     let sk: u64 = read(socket, global!(OFFSETS.socket_sk)).ok_or(Drop::Unattributed)?;
     let entry = unsafe { &mut *OWNERS.get_ptr_mut(sk).ok_or(Drop::Untracked)? };
     // Accepted by the very thread that owns it already (a single-threaded
-    // server that listens and accepts): nothing changes, and no comm or
-    // cgroup needs reading to know it.
+    // server that listens and accepts): the owner is confirmed (no longer
+    // the listener's guess) and its name read again (a thread may rename
+    // itself); its task, and so its cgroup, are the same: no event.
     let pid_tgid = bpf_get_current_pid_tgid();
     let known = entry.flags & event_flags::OWNER_KNOWN != 0;
     if known && entry.tgid == (pid_tgid >> 32) as u32 && entry.tid == pid_tgid as u32 {
+        entry.flags &= !event_flags::OWNER_FROM_LISTENER;
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_get_current_comm(entry.comm.as_mut_ptr().cast(), 16)
+        };
         return Ok(());
     }
     let was_tgid = entry.tgid;
