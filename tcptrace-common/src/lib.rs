@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod event;
+pub mod handled;
 
 pub use config::{Counter, Filter, KernelOffsets, OwnerEntry, Tuning};
 pub use event::{EventKind, RawEvent, TwEndReason, event_flags};

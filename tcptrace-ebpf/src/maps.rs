@@ -81,68 +81,11 @@ pub struct Scratch {
     /// twin: see [`Handled`].)
     pub busy: u32,
     /// The transitions `inet_sock_set_state` took on this CPU, last
-    /// [`HANDLED`]: what its twin leaves alone (see [`Handled`]).
+    /// `HANDLED`: what its twin leaves alone (see [`Handled`]).
     pub handled: Handled,
 }
 
-/// How many of the transition program's last transitions its twin knows.
-pub const HANDLED: usize = 16;
-
-/// The transitions the main transition program took on this CPU, most
-/// recent at `next - 1`, each as `sk + new state`. The kernel skips a
-/// program already running on the CPU and counts a recursion miss from the
-/// moment it enters its dispatcher, before the program's first instruction:
-/// a busy flag the program sets leaves windows at both ends where a nested
-/// transition is missed and the twin, seeing no flag, skips it too. The
-/// twin instead takes every transition the main program did not record:
-/// recorded first thing and consumed by the twin's check, so the only ones
-/// it repeats are those pushed out by [`HANDLED`] newer ones between the
-/// two programs' runs of one transition (a softirq in that gap taking 16
-/// transitions on this CPU), and the only ones it skips wrongly match an
-/// entry a skipped run of the twin left behind.
-#[repr(C)]
-pub struct Handled {
-    pub ring: [u64; HANDLED],
-    pub next: u32,
-    pub _pad: u32,
-}
-
-impl Handled {
-    /// The key of a transition of `sk` to `new`.
-    #[inline(always)]
-    pub fn key(sk: u64, new: u32) -> u64 {
-        sk.wrapping_add(u64::from(new))
-    }
-
-    #[inline(always)]
-    pub fn record(&mut self, key: u64) {
-        let i = (self.next as usize) % HANDLED;
-        if let Some(slot) = self.ring.get_mut(i) {
-            *slot = key;
-        }
-        self.next = self.next.wrapping_add(1);
-    }
-
-    /// Whether `key` is among the recorded, newest first; a match is
-    /// consumed (the twin runs once per transition, right after the main
-    /// program: the ring stays nearly empty, so a socket address the slab
-    /// hands out again cannot match a stale entry).
-    #[inline(always)]
-    pub fn take(&mut self, key: u64) -> bool {
-        let mut i = 0;
-        while i < HANDLED {
-            let at = (self.next.wrapping_sub(1 + i as u32) as usize) % HANDLED;
-            if let Some(slot) = self.ring.get_mut(at)
-                && *slot == key
-            {
-                *slot = 0;
-                return true;
-            }
-            i += 1;
-        }
-        false
-    }
-}
+pub use tcptrace_common::handled::Handled;
 
 /// Which program's [`Scratch::progs`] slot.
 #[derive(Clone, Copy)]
