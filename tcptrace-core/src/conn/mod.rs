@@ -2,7 +2,7 @@
 //! decoded events and sock_diag snapshots in, finished lifecycles and
 //! durations out; no kernel, no clock (timestamps come with the inputs).
 
-mod idmap;
+mod slab;
 mod table;
 
 pub use table::*;

@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr, num::NonZeroU64};
 
 use rustc_hash::FxHashMap;
 
-use super::idmap::{IdMap, Identified};
+use super::slab::{IdSlab, Identified, Slot};
 use crate::model::{Event, EventKind, Family, Owner, Reuser, SeenSocket, TcpState, TwEndReason};
 
 /// Nominal TIME_WAIT length (`TCP_TIMEWAIT_LEN`): 60 s.
@@ -274,8 +274,8 @@ pub struct TableCounters {
 }
 
 pub struct ConnTable {
-    conns: IdMap<Conn>,
-    tws: IdMap<TwConn>,
+    conns: IdSlab<Conn>,
+    tws: IdSlab<TwConn>,
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
     seeded: FxHashMap<TupleKey, u64>,
@@ -298,8 +298,8 @@ impl Default for ConnTable {
 impl ConnTable {
     pub fn new(cap: usize) -> Self {
         Self {
-            conns: IdMap::default(),
-            tws: IdMap::default(),
+            conns: IdSlab::default(),
+            tws: IdSlab::default(),
             seeded: FxHashMap::default(),
             next_synthetic: 1,
             cap: cap.max(1),
@@ -339,8 +339,8 @@ impl ConnTable {
     fn make_room(&mut self, out: &mut Vec<Finished>, now: u64) {
         while self.len() >= self.cap {
             self.counters.evictions += 1;
-            if let Some(tw) = self.tws.any_id() {
-                let tw = self.remove_tw(tw).expect("present");
+            if let Some(slot) = self.tws.any_slot() {
+                let tw = self.remove_tw_at(slot).expect("a live slot");
                 out.push(Finished::Tw {
                     tw,
                     end_ns: now,
@@ -348,8 +348,8 @@ impl ConnTable {
                     duration_ns: None,
                     reused_by: None,
                 });
-            } else if let Some(sk) = self.conns.any_id() {
-                let conn = self.remove_conn(sk).expect("present");
+            } else if let Some(slot) = self.conns.any_slot() {
+                let conn = self.remove_conn_at(slot).expect("a live slot");
                 out.push(Finished::Conn {
                     conn,
                     end_ns: now,
@@ -361,20 +361,30 @@ impl ConnTable {
         }
     }
 
-    fn remove_conn(&mut self, sk: u64) -> Option<Conn> {
-        let conn = self.conns.remove(sk)?;
-        if sk < SYNTHETIC_LIMIT && self.seeded.get(&conn.key) == Some(&sk) {
+    fn remove_conn_at(&mut self, slot: Slot) -> Option<Conn> {
+        let conn = self.conns.remove_at(slot)?;
+        if conn.sk < SYNTHETIC_LIMIT && self.seeded.get(&conn.key) == Some(&conn.sk) {
             self.seeded.remove(&conn.key);
         }
         Some(conn)
     }
 
-    fn remove_tw(&mut self, tw: u64) -> Option<TwConn> {
-        let t = self.tws.remove(tw)?;
-        if tw < SYNTHETIC_LIMIT && self.seeded.get(&t.key) == Some(&tw) {
+    fn remove_conn(&mut self, sk: u64) -> Option<Conn> {
+        let slot = self.conns.slot(sk)?;
+        self.remove_conn_at(slot)
+    }
+
+    fn remove_tw_at(&mut self, slot: Slot) -> Option<TwConn> {
+        let t = self.tws.remove_at(slot)?;
+        if t.tw < SYNTHETIC_LIMIT && self.seeded.get(&t.key) == Some(&t.tw) {
             self.seeded.remove(&t.key);
         }
         Some(t)
+    }
+
+    fn remove_tw(&mut self, tw: u64) -> Option<TwConn> {
+        let slot = self.tws.slot(tw)?;
+        self.remove_tw_at(slot)
     }
 
     /// Takes a seeded entry for this tuple out of the table, if any.
@@ -394,23 +404,31 @@ impl ConnTable {
             return;
         }
         if let Some(synthetic) = self.seeded.remove(key) {
-            self.conns.remove(synthetic);
-            self.tws.remove(synthetic);
+            self.remove_conn(synthetic);
+            self.remove_tw(synthetic);
         }
     }
 
     /// Applies one kernel event.
     pub fn apply(&mut self, e: &Event) -> Applied {
+        let mut finished = Vec::new();
+        let duration = self.apply_into(e, &mut finished);
+        Applied { duration, finished }
+    }
+
+    /// Applies one kernel event: the lifecycles it ended are pushed to
+    /// `finished` (a buffer the caller reuses: nothing is allocated per
+    /// event), the time spent in the state it left is returned.
+    pub fn apply_into(&mut self, e: &Event, finished: &mut Vec<Finished>) -> Option<StateDuration> {
         match e.kind {
-            EventKind::Transition => self.transition(e),
-            EventKind::TwBegin => self.tw_begin(e),
+            EventKind::Transition => return self.transition(e, finished),
+            EventKind::TwBegin => self.tw_begin(e, finished),
             EventKind::TwRearm => {
                 if let Some(t) = self.tws.get_mut(e.sk) {
                     t.substate = e.new;
                 }
-                Applied::default()
             }
-            EventKind::TwEnd => self.tw_end(e),
+            EventKind::TwEnd => self.tw_end(e, finished),
             EventKind::TwSubstate => {
                 // The live source found it by asking the kernel: the silent
                 // re-arm a snapshot reconciliation would find, found sooner
@@ -422,18 +440,17 @@ impl ConnTable {
                     t.substate = e.new;
                     self.counters.silent_rearms += 1;
                 }
-                Applied::default()
             }
-            EventKind::Lost => Applied::default(),
+            EventKind::Lost => {}
             EventKind::Accept => {
                 if let Some(c) = self.conns.get_mut(e.sk)
                     && e.owner.is_some()
                 {
                     c.owner = e.owner;
                 }
-                Applied::default()
             }
         }
+        None
     }
 
     fn new_conn(e: &Event, flags: u8) -> Conn {
@@ -450,38 +467,41 @@ impl ConnTable {
         }
     }
 
-    fn transition(&mut self, e: &Event) -> Applied {
-        let mut out = Applied::default();
-        let Some(old) = e.old else { return out };
+    /// A transition: one index lookup finds the socket's slot, every later
+    /// step works on the slot.
+    fn transition(&mut self, e: &Event, out: &mut Vec<Finished>) -> Option<StateDuration> {
+        let old = e.old?;
         let starts =
             old == TcpState::Close || (old == TcpState::Listen && e.new == TcpState::SynRecv);
-        if starts && let Some(stale) = self.remove_conn(e.sk) {
+        let mut found = self.conns.slot(e.sk);
+        if starts && let Some(stale) = found.and_then(|s| self.remove_conn_at(s)) {
             // The previous lifecycle on this address ended unseen.
-            out.finished.push(Finished::Conn {
+            out.push(Finished::Conn {
                 conn: stale,
                 end_ns: e.ts_ns,
                 reason: EndReason::Dropped,
             });
+            found = None;
         }
         // The common case (a known socket) is updated in place, not removed
         // and re-inserted. Later events know more: ports are 0 at
         // CLOSE -> SYN_SENT, so the tuple is refreshed.
         let key = TupleKey::of_event(e);
-        let new_tuple = match self.conns.get_mut(e.sk) {
-            Some(c) if c.key == key => false,
-            Some(c) => {
+        let (mut slot, new_tuple) = match found.and_then(|s| Some((s, self.conns.at_mut(s)?))) {
+            Some((s, c)) if c.key == key => (s, false),
+            Some((s, c)) => {
                 c.key = key;
-                true
+                (s, true)
             }
             None => {
                 let conn = if starts {
-                    self.make_room(&mut out.finished, e.ts_ns);
+                    self.make_room(out, e.ts_ns);
                     let mut c = Self::new_conn(e, conn_flags::STATE_EXACT);
                     c.state = old;
                     c
                 } else {
                     self.counters.unknown_sockets += 1;
-                    self.make_room(&mut out.finished, e.ts_ns);
+                    self.make_room(out, e.ts_ns);
                     match self.adopt_seeded_conn(&key) {
                         Some(mut c) => {
                             c.sk = e.sk;
@@ -500,15 +520,17 @@ impl ConnTable {
                         }
                     }
                 };
-                self.conns.insert(conn);
-                true
+                (self.conns.insert_new(conn), true)
             }
         };
         // Only a tuple seen for the first time can duplicate a seeded socket.
-        if new_tuple {
+        if new_tuple && !self.seeded.is_empty() {
             self.drop_seeded_duplicate(&key);
+            // That removed another entry: this one's slot stands, unless
+            // the duplicate was this very id.
+            slot = self.conns.slot(e.sk)?;
         }
-        let conn = self.conns.get_mut(e.sk).expect("present");
+        let conn = self.conns.at_mut(slot)?;
         if e.owner.is_some() {
             conn.owner = e.owner;
         }
@@ -517,18 +539,17 @@ impl ConnTable {
             (conn.flags & conn_flags::STATE_EXACT != 0)
                 .then(|| e.ts_ns.saturating_sub(conn.state_since_ns))
         });
-        if let Some(ns) = exact
-            && !starts
-        {
-            out.duration = Some(StateDuration {
+        let duration = match exact {
+            Some(ns) if !starts => Some(StateDuration {
                 state: old,
                 handshake: e.new == TcpState::Established
                     && matches!(old, TcpState::SynSent | TcpState::SynRecv),
                 ns,
                 owner: conn.owner,
                 peer: (conn.key.daddr, conn.key.dport),
-            });
-        }
+            }),
+            _ => None,
+        };
 
         match (old, e.new) {
             (TcpState::Established | TcpState::SynRecv, TcpState::FinWait1) => {
@@ -564,19 +585,19 @@ impl ConnTable {
                 }
                 _ => EndReason::Reset,
             };
-            let conn = self.conns.remove(e.sk).expect("present");
-            out.finished.push(Finished::Conn {
-                conn,
-                end_ns: e.ts_ns,
-                reason,
-            });
+            if let Some(conn) = self.remove_conn_at(slot) {
+                out.push(Finished::Conn {
+                    conn,
+                    end_ns: e.ts_ns,
+                    reason,
+                });
+            }
         }
-        out
+        duration
     }
 
-    fn tw_begin(&mut self, e: &Event) -> Applied {
-        let mut out = Applied::default();
-        self.make_room(&mut out.finished, e.ts_ns);
+    fn tw_begin(&mut self, e: &Event, out: &mut Vec<Finished>) {
+        self.make_room(out, e.ts_ns);
         let from = e.link.and_then(|sk| self.conns.get_mut(sk));
         let (owner, closer, opened) = match from {
             Some(c) => {
@@ -597,8 +618,8 @@ impl ConnTable {
             opened,
         };
         self.drop_seeded_duplicate(&t.key);
-        if let Some(stale) = self.tws.insert(t) {
-            out.finished.push(Finished::Tw {
+        if let (_, Some(stale)) = self.tws.insert(t) {
+            out.push(Finished::Tw {
                 tw: stale,
                 end_ns: e.ts_ns,
                 reason: EndReason::Dropped,
@@ -606,11 +627,9 @@ impl ConnTable {
                 reused_by: None,
             });
         }
-        out
     }
 
-    fn tw_end(&mut self, e: &Event) -> Applied {
-        let mut out = Applied::default();
+    fn tw_end(&mut self, e: &Event, out: &mut Vec<Finished>) {
         let (reason, reused_by) = match e.reason {
             Some(TwEndReason::Killed) => (EndReason::TimeWaitKilled, None),
             Some(TwEndReason::Purged) => (EndReason::TimeWaitPurged, None),
@@ -642,14 +661,13 @@ impl ConnTable {
             (!tw.start_estimated || tw.tw < SYNTHETIC_LIMIT)
                 .then(|| e.ts_ns.saturating_sub(tw.start_ns))
         });
-        out.finished.push(Finished::Tw {
+        out.push(Finished::Tw {
             tw,
             end_ns: e.ts_ns,
             reason,
             duration_ns,
             reused_by,
         });
-        out
     }
 
     /// The owner of the socket whose connect() reused a timewait socket:
