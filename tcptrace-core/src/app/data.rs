@@ -20,7 +20,7 @@ use crate::{
     model::{Comm, TcpState},
     stats::{
         CloseWaitSocket, ClosedFirst, HistKind, HistSummary, HistogramsBy, HostFacts,
-        KeyedHistograms, Snapshot, keyed_histograms,
+        KeyedHistograms, Snapshot, close_wait_sockets_by_process, keyed_histograms,
     },
 };
 
@@ -393,25 +393,44 @@ fn compare(sort: ConnSort, a: &Live<'_>, b: &Live<'_>) -> Ordering {
 }
 
 /// The first `req.limit` rows of the sorted, filtered list of live sockets:
-/// O(live sockets) to filter and select, O(limit log limit) to sort.
+/// one pass over the table keeping the best candidates (most sockets are
+/// turned away by one comparison with the worst kept), then a sort of
+/// those only: O(live sockets + limit log limit), no list of every socket.
 pub fn conn_page(engine: &Engine, req: &ViewRequest, now_ns: u64) -> ConnPage {
     let table = &engine.table;
-    let mut live: Vec<Live<'_>> = table
+    let limit = req.limit.max(1);
+    let order = |a: &Live<'_>, b: &Live<'_>| compare(req.sort, a, b);
+    let mut kept: Vec<Live<'_>> = Vec::with_capacity(2 * limit);
+    // The worst of the kept once `limit` were selected: what a newcomer must beat.
+    let mut bar: Option<Live<'_>> = None;
+    let mut matching = 0u64;
+    for l in table
         .conns()
         .map(Live::Full)
         .chain(table.timewaits().map(Live::Tw))
-        .filter(|l| l.matches(&req.filter))
-        .collect();
-    let matching = live.len() as u64;
-    let limit = req.limit.max(1);
-    if live.len() > limit {
-        live.select_nth_unstable_by(limit - 1, |a, b| compare(req.sort, a, b));
-        live.truncate(limit);
+    {
+        if !l.matches(&req.filter) {
+            continue;
+        }
+        matching += 1;
+        if bar.is_some_and(|b| order(&l, &b) != Ordering::Less) {
+            continue;
+        }
+        kept.push(l);
+        if kept.len() == 2 * limit {
+            kept.select_nth_unstable_by(limit - 1, order);
+            kept.truncate(limit);
+            bar = kept.iter().copied().max_by(|a, b| order(a, b));
+        }
     }
-    live.sort_unstable_by(|a, b| compare(req.sort, a, b));
+    if kept.len() > limit {
+        kept.select_nth_unstable_by(limit - 1, order);
+        kept.truncate(limit);
+    }
+    kept.sort_unstable_by(order);
     ConnPage {
         generation: req.generation,
-        rows: live.iter().map(|l| l.row(now_ns)).collect(),
+        rows: kept.iter().map(|l| l.row(now_ns)).collect(),
         matching,
         total: table.len() as u64,
     }
@@ -460,13 +479,9 @@ impl Feed {
         self.alerter.evaluate(&snap, now_ns, wall_ns);
         let alerts = self.alerter.firing().into_iter().cloned().collect();
 
-        let mut close_wait_sockets: HashMap<Option<u32>, Vec<CloseWaitSocket>> = HashMap::new();
-        for s in std::mem::take(&mut snap.close_wait) {
-            let list = close_wait_sockets.entry(s.pid).or_default();
-            if list.len() < CLOSE_WAIT_SOCKETS_KEPT {
-                list.push(s);
-            }
-        }
+        snap.close_wait.clear();
+        let close_wait_sockets =
+            close_wait_sockets_by_process(&engine.table, now_ns, CLOSE_WAIT_SOCKETS_KEPT);
 
         let hists_by_process = keyed_histograms(&engine.aggs, HistogramsBy::Process);
         let hists_by_peer = keyed_histograms(&engine.aggs, HistogramsBy::Peer);

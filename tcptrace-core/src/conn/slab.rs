@@ -99,7 +99,11 @@ impl<T: Identified> IdSlab<T> {
 
     /// The entry in `slot`, if it holds one.
     pub fn at(&self, slot: Slot) -> Option<&T> {
-        match self.chunks.get(slot as usize / CHUNK)?.get(slot as usize % CHUNK)? {
+        match self
+            .chunks
+            .get(slot as usize / CHUNK)?
+            .get(slot as usize % CHUNK)?
+        {
             Place::Full(v) => Some(v),
             Place::Free(_) => None,
         }
@@ -155,20 +159,6 @@ impl<T: Identified> IdSlab<T> {
         slot
     }
 
-    /// Inserts `value` under its id; returns its slot and the entry it
-    /// replaced (in the same slot).
-    pub fn insert(&mut self, value: T) -> (Slot, Option<T>) {
-        let id = value.id();
-        if let Some(slot) = self.slot(id) {
-            let old = std::mem::replace(self.place_mut(slot), Place::Full(value));
-            let Place::Full(old) = old else {
-                unreachable!("the index points at entries")
-            };
-            return (slot, Some(old));
-        }
-        (self.insert_new(value), None)
-    }
-
     /// Inserts `value`, whose id is not in the slab (the caller looked).
     pub fn insert_new(&mut self, value: T) -> Slot {
         let t = tag(value.id());
@@ -206,10 +196,11 @@ impl<T: Identified> IdSlab<T> {
         })
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.chunks.iter_mut().flat_map(|c| {
-            c.iter_mut().filter_map(|p| match p {
-                Place::Full(v) => Some(v),
+    /// Every entry with its slot, in slot order.
+    pub fn slots(&self) -> impl Iterator<Item = (Slot, &T)> {
+        self.chunks.iter().enumerate().flat_map(|(i, c)| {
+            c.iter().enumerate().filter_map(move |(j, p)| match p {
+                Place::Full(v) => Some(((i * CHUNK + j) as Slot, v)),
                 Place::Free(_) => None,
             })
         })
@@ -238,9 +229,8 @@ mod tests {
     #[test]
     fn behaves_as_a_map_by_id() {
         let mut m = IdSlab::default();
-        assert_eq!(m.insert(Entry(1, "a")).1, None);
-        assert_eq!(m.insert(Entry(2, "b")).1, None);
-        assert_eq!(m.insert(Entry(1, "c")).1, Some(Entry(1, "a")));
+        m.insert_new(Entry(1, "c"));
+        m.insert_new(Entry(2, "b"));
         assert_eq!(m.len(), 2);
         assert_eq!(m.get(1), Some(&Entry(1, "c")));
         m.get_mut(2).unwrap().1 = "d";
