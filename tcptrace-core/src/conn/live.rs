@@ -252,6 +252,11 @@ impl<K: Copy + Eq + Hash> Groups<K> {
         self.ids.get(key).map(|&g| &self.rows[g as usize])
     }
 
+    /// The index of `key`'s group (as [`CloseWaitItem::pid_group`] names it).
+    pub fn index_of(&self, key: &K) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
     /// The group at index `g` (as [`CloseWaitItem::pid_group`] names it).
     pub fn at(&self, g: u32) -> &Group<K> {
         &self.rows[g as usize]

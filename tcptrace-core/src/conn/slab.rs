@@ -23,7 +23,7 @@ pub trait Identified {
 pub type Slot = u32;
 
 /// Entries per chunk (the slab grows by this many).
-const CHUNK: usize = 2048;
+pub const CHUNK: usize = 2048;
 const NO_SLOT: u32 = u32::MAX;
 
 /// One bucket of the index: the slot and 32 bits of the id's hash (the
@@ -189,6 +189,16 @@ impl<T: Identified> IdSlab<T> {
     /// Every entry, in slot order.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.chunks.iter().flat_map(|c| {
+            c.iter().filter_map(|p| match p {
+                Place::Full(v) => Some(v),
+                Place::Free(_) => None,
+            })
+        })
+    }
+
+    /// The entries of chunk `i` (slots `i * CHUNK ..`), in slot order.
+    pub fn chunk(&self, i: usize) -> impl Iterator<Item = &T> {
+        self.chunks.get(i).into_iter().flat_map(|c| {
             c.iter().filter_map(|p| match p {
                 Place::Full(v) => Some(v),
                 Place::Free(_) => None,

@@ -287,12 +287,33 @@ pub struct ConnTable {
     /// one that ends before then is never counted at all.
     pending_conns: Vec<Slot>,
     pending_tws: Vec<Slot>,
+    /// Per slab chunk, no entry in it began before this (`born_ns` of full
+    /// sockets, `start_ns` of timewait sockets; not raised when entries
+    /// go): what lets `top` list the oldest sockets without reading all.
+    conn_floors: Vec<u64>,
+    tw_floors: Vec<u64>,
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
     seeded: FxHashMap<TupleKey, u64>,
     next_synthetic: u64,
     cap: usize,
     pub counters: TableCounters,
+}
+
+/// A slab chunk of full sockets or of timewait sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    Full(usize),
+    TimeWait(usize),
+}
+
+/// Lowers the floor of `slot`'s chunk to `t`.
+fn lower_floor(floors: &mut Vec<u64>, slot: Slot, t: u64) {
+    let i = slot as usize / super::slab::CHUNK;
+    if floors.len() <= i {
+        floors.resize(i + 1, u64::MAX);
+    }
+    floors[i] = floors[i].min(t);
 }
 
 /// How an entry changing in a transition is counted now.
@@ -325,6 +346,8 @@ impl ConnTable {
             counting: true,
             pending_conns: Vec::new(),
             pending_tws: Vec::new(),
+            conn_floors: Vec::new(),
+            tw_floors: Vec::new(),
             seeded: FxHashMap::default(),
             next_synthetic: 1,
             cap: cap.max(1),
@@ -515,15 +538,49 @@ impl ConnTable {
     }
 
     fn insert_conn(&mut self, conn: Conn) -> Slot {
-        let slot = self.conns.insert_new(Held::new(conn));
+        let slot = self.put_conn(conn);
         self.note_new_conn(slot);
         slot
     }
 
+    /// Stores a new full socket (not counted yet).
+    fn put_conn(&mut self, conn: Conn) -> Slot {
+        let born = conn.born_ns;
+        let slot = self.conns.insert_new(Held::new(conn));
+        lower_floor(&mut self.conn_floors, slot, born);
+        slot
+    }
+
     fn insert_tw(&mut self, tw: TwConn) -> Slot {
+        let start = tw.start_ns;
         let slot = self.tws.insert_new(Held::new(tw));
+        lower_floor(&mut self.tw_floors, slot, start);
         self.note_new_tw(slot);
         slot
+    }
+
+    /// The table's slab chunks with the time none of their entries began
+    /// before, lowest first: the oldest sockets are in the first chunks.
+    pub fn chunks_by_floor(&self) -> Vec<(u64, Chunk)> {
+        let conns = self.conn_floors.iter().enumerate();
+        let tws = self.tw_floors.iter().enumerate();
+        let mut v: Vec<(u64, Chunk)> = conns
+            .map(|(i, &f)| (f, Chunk::Full(i)))
+            .chain(tws.map(|(i, &f)| (f, Chunk::TimeWait(i))))
+            .filter(|c| c.0 != u64::MAX)
+            .collect();
+        v.sort_unstable_by_key(|c| c.0);
+        v
+    }
+
+    /// The full sockets of chunk `i`.
+    pub fn chunk_conns(&self, i: usize) -> impl Iterator<Item = &Conn> {
+        self.conns.chunk(i).map(|h| &h.v)
+    }
+
+    /// The timewait sockets of chunk `i`.
+    pub fn chunk_timewaits(&self, i: usize) -> impl Iterator<Item = &TwConn> {
+        self.tws.chunk(i).map(|h| &h.v)
     }
 
     /// Changes the timewait socket in `slot`, keeping the counts.
@@ -752,7 +809,7 @@ impl ConnTable {
                             }
                         }
                     };
-                    (self.conns.insert_new(Held::new(conn)), true, Counted::Not)
+                    (self.put_conn(conn), true, Counted::Not)
                 }
             };
         // Only a tuple seen for the first time can duplicate a seeded socket.

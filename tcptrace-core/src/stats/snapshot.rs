@@ -63,7 +63,7 @@ pub struct HostFacts {
     pub decode_errors: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CloseWaitSocket {
     pub pid: Option<u32>,
     pub comm: Option<String>,
@@ -401,43 +401,15 @@ pub fn close_wait_sockets_of(
     limit: usize,
 ) -> Vec<CloseWaitSocket> {
     let live = table.live();
-    let Some(group) = live.by_pid.get(&pid) else {
+    let Some(group) = live.by_pid.index_of(&pid) else {
         return Vec::new();
     };
-    if group.counts[TcpState::CloseWait as usize] == 0 {
-        return Vec::new();
-    }
     let items = live
         .close_wait
         .iter()
-        .filter(|i| live.by_pid.at(i.pid_group).key == pid)
+        .filter(|i| i.pid_group == group)
         .collect();
     oldest(table, items, now_ns, limit)
-}
-
-/// The oldest `limit` CLOSE_WAIT sockets of every process, oldest first:
-/// what `top` lists when a process is opened.
-pub fn close_wait_sockets_by_process(
-    table: &ConnTable,
-    now_ns: u64,
-    limit: usize,
-) -> HashMap<Option<u32>, Vec<CloseWaitSocket>> {
-    let live = table.live();
-    let mut by_group: Vec<Vec<&CloseWaitItem>> = vec![Vec::new(); live.by_pid.bound()];
-    for i in &live.close_wait {
-        by_group[i.pid_group as usize].push(i);
-    }
-    by_group
-        .into_iter()
-        .enumerate()
-        .filter(|(_, items)| !items.is_empty())
-        .map(|(g, items)| {
-            (
-                live.by_pid.at(g as u32).key,
-                oldest(table, items, now_ns, limit),
-            )
-        })
-        .collect()
 }
 
 /// Builds a snapshot and samples CLOSE_WAIT counts for the growth rates.
