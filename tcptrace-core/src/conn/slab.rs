@@ -12,6 +12,8 @@
 //! Slots are reused last-freed first; iteration is in slot order (stable
 //! for a given sequence of inserts and removals).
 
+use std::cell::Cell;
+
 use hashbrown::HashTable;
 
 /// An entry that knows its id.
@@ -51,6 +53,9 @@ pub struct IdSlab<T> {
     /// Slots at or above this were never used.
     fresh: u32,
     len: usize,
+    /// The last entry found: the engine, then what follows it (a report's
+    /// tracker, a snapshot's list) look the same socket up in a row.
+    recent: Cell<(u64, Slot)>,
 }
 
 impl<T> Default for IdSlab<T> {
@@ -61,6 +66,7 @@ impl<T> Default for IdSlab<T> {
             free_head: NO_SLOT,
             fresh: 0,
             len: 0,
+            recent: Cell::new((0, NO_SLOT)),
         }
     }
 }
@@ -81,7 +87,10 @@ fn spread(tag: u32) -> u64 {
 }
 
 fn holds<T: Identified>(chunks: &[Box<[Place<T>]>], slot: Slot, id: u64) -> bool {
-    matches!(&chunks[slot as usize / CHUNK][slot as usize % CHUNK], Place::Full(v) if v.id() == id)
+    matches!(
+        chunks.get(slot as usize / CHUNK).and_then(|c| c.get(slot as usize % CHUNK)),
+        Some(Place::Full(v)) if v.id() == id
+    )
 }
 
 impl<T: Identified> IdSlab<T> {
@@ -122,11 +131,18 @@ impl<T: Identified> IdSlab<T> {
 
     /// The slot of entry `id`.
     pub fn slot(&self, id: u64) -> Option<Slot> {
+        let (last, slot) = self.recent.get();
+        if last == id && slot != NO_SLOT && holds(&self.chunks, slot, id) {
+            return Some(slot);
+        }
         let t = tag(id);
         let chunks = &self.chunks;
-        self.index
+        let slot = self
+            .index
             .find(spread(t), |b| b.tag == t && holds(chunks, b.slot, id))
-            .map(|b| b.slot)
+            .map(|b| b.slot)?;
+        self.recent.set((id, slot));
+        Some(slot)
     }
 
     pub fn get(&self, id: u64) -> Option<&T> {

@@ -292,6 +292,9 @@ pub struct ConnTable {
     /// go): what lets `top` list the oldest sockets without reading all.
     conn_floors: Vec<u64>,
     tw_floors: Vec<u64>,
+    /// The last event's full socket: its address, its state before and
+    /// after (`None`: not in the table), when the event applied whole.
+    touched: Option<(u64, Option<TcpState>, Option<TcpState>)>,
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
     seeded: FxHashMap<TupleKey, u64>,
@@ -348,6 +351,7 @@ impl ConnTable {
             pending_tws: Vec::new(),
             conn_floors: Vec::new(),
             tw_floors: Vec::new(),
+            touched: None,
             seeded: FxHashMap::default(),
             next_synthetic: 1,
             cap: cap.max(1),
@@ -377,6 +381,15 @@ impl ConnTable {
 
     pub fn timewait(&self, tw: u64) -> Option<&TwConn> {
         self.tws.get(tw).map(|h| &h.v)
+    }
+
+    /// The state before and after the last event of full socket `sk`, if
+    /// that event was about it and applied whole (`None` in a state: not
+    /// in the table).
+    pub fn touched(&self, sk: u64) -> Option<(Option<TcpState>, Option<TcpState>)> {
+        self.touched
+            .filter(|t| t.0 == sk)
+            .map(|(_, before, after)| (before, after))
     }
 
     /// What the table holds, counted: the entries inserted since the last
@@ -693,6 +706,31 @@ impl ConnTable {
         }
     }
 
+    /// Looks up the sockets of `events` without changing anything, so
+    /// that applying them next finds them in the cache: the lookups of a
+    /// batch go out together (a million-socket index and slab miss the
+    /// cache at every new socket; one after the other those misses add up,
+    /// together they overlap).
+    pub fn warm<'e>(&self, events: impl IntoIterator<Item = &'e Event>) {
+        // Only events that may find their socket cold: a new lifecycle
+        // (whose address was last used long ago) and timewait sockets (a
+        // minute old at their end); the rest follow one of those.
+        let mut seen = 0u64;
+        for e in events {
+            let held = match (e.kind, e.old) {
+                (EventKind::Transition, Some(TcpState::Close | TcpState::Listen)) => {
+                    self.conns.get(e.sk).map(|h| h.v.born_ns)
+                }
+                (EventKind::TwBegin | EventKind::TwEnd, _) => {
+                    self.tws.get(e.sk).map(|h| h.v.start_ns)
+                }
+                _ => continue,
+            };
+            seen = seen.wrapping_add(held.unwrap_or(0));
+        }
+        std::hint::black_box(seen);
+    }
+
     /// Applies one kernel event.
     pub fn apply(&mut self, e: &Event) -> Applied {
         let mut finished = Vec::new();
@@ -704,6 +742,7 @@ impl ConnTable {
     /// `finished` (a buffer the caller reuses: nothing is allocated per
     /// event), the time spent in the state it left is returned.
     pub fn apply_into(&mut self, e: &Event, finished: &mut Vec<Finished>) -> Option<StateDuration> {
+        self.touched = None;
         match e.kind {
             EventKind::Transition => return self.transition(e, finished),
             EventKind::TwBegin => self.tw_begin(e, finished),
@@ -727,11 +766,14 @@ impl ConnTable {
             }
             EventKind::Lost => {}
             EventKind::Accept => {
-                if let Some(slot) = self.conns.slot(e.sk)
+                let slot = self.conns.slot(e.sk);
+                if let Some(slot) = slot
                     && e.owner.is_some()
                 {
                     self.change_conn(slot, |c| c.owner = e.owner);
                 }
+                let state = slot.and_then(|s| self.conn_at(s)).map(|c| c.state);
+                self.touched = Some((e.sk, state, state));
             }
         }
         None
@@ -758,6 +800,7 @@ impl ConnTable {
         let starts =
             old == TcpState::Close || (old == TcpState::Listen && e.new == TcpState::SynRecv);
         let mut found = self.conns.slot(e.sk);
+        let was = found.and_then(|s| self.conn_at(s)).map(|c| c.state);
         if starts && let Some(stale) = found.and_then(|s| self.remove_conn_at(s)) {
             // The previous lifecycle on this address ended unseen.
             out.push(Finished::Conn {
@@ -892,7 +935,9 @@ impl ConnTable {
                     reason,
                 });
             }
+            self.touched = Some((e.sk, was, None));
         } else {
+            self.touched = Some((e.sk, was, Some(e.new)));
             match counted {
                 Counted::Profile(p) => self.recount_conn(slot, Some(&p)),
                 Counted::State(before) => self.restate_conn(slot, before),

@@ -340,6 +340,7 @@ impl Run<'_> {
         if self.window.is_some_and(|w| w.explicit_from) {
             // Counts, histograms and rates start with the window.
             self.engine.aggs = Aggregates::default();
+            self.engine.aggs.keyed = false;
             self.lost_base = self.applier.lost;
         }
         let ctx = Ctx {
@@ -347,12 +348,14 @@ impl Run<'_> {
             host_port_range: self.port_range,
         };
         self.tracker.open(&self.engine.table, &ctx, at);
+        self.tracker.rank();
         self.grid = Some(timeline::Grid::new(at, self.opts.step_ns, &self.tracker));
         self.open_ns = at;
         self.phase = Phase::Open;
     }
 
     fn close(&mut self, at: u64) {
+        self.tracker.rank();
         if let Some(grid) = self.grid.take() {
             self.timeline = Some(grid.finish(at, &self.tracker, &self.clock));
         }
@@ -396,7 +399,10 @@ impl Run<'_> {
         }
         self.now = self.now.max(ts);
         let now = self.now;
-        if let Some(grid) = &mut self.grid {
+        if let Some(grid) = &mut self.grid
+            && grid.due_before(now)
+        {
+            self.tracker.rank();
             grid.advance(now, &self.tracker, &self.clock);
         }
         let open = self.phase == Phase::Open;
@@ -469,7 +475,14 @@ fn build_inner<R: io::Read + Send>(
             offset_ns: header.clock_offset_ns as i128,
         },
         port_range: header.port_range,
-        engine: Engine::new(DEFAULT_CAP),
+        engine: {
+            // One summary, at the end: the table counts its sockets then.
+            let mut e = Engine::new(DEFAULT_CAP);
+            e.table.set_counting(false);
+            // Nor are durations per owner and peer shown.
+            e.aggs.keyed = false;
+            e
+        },
         applier: RecordApplier::default(),
         tracker: Tracker::default(),
         phase: Phase::Before,
@@ -506,8 +519,15 @@ fn build_inner<R: io::Read + Send>(
             }
         });
         for mut block in full_rx {
-            for rec in &block {
-                run.take(rec);
+            for window in block.chunks(crate::engine::WARM_AHEAD) {
+                // The sockets of the next few events, looked up together.
+                run.engine.table.warm(window.iter().filter_map(|r| match r {
+                    Record::Event(e) => Some(e),
+                    _ => None,
+                }));
+                for rec in window {
+                    run.take(rec);
+                }
             }
             block.clear();
             let _ = empty_tx.send(block);

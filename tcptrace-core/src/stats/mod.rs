@@ -33,9 +33,12 @@ pub const MAX_KEYED_HISTOGRAMS: usize = 256;
 /// plus slack).
 const GROWTH_HISTORY_NS: u64 = 16 * 60 * 1_000_000_000;
 
-#[derive(Default)]
 pub struct Aggregates {
     pub all: Histos,
+    /// Whether durations are also kept per owner and per peer (`top` and
+    /// `stats --histograms-by` show them; `report` does not: off there, a
+    /// duration costs one histogram record instead of three).
+    pub keyed: bool,
     pub by_owner: FxHashMap<u32, (Comm, Histos)>,
     pub by_peer: FxHashMap<(IpAddr, u16), Histos>,
     pub untracked_keys: u64,
@@ -64,6 +67,30 @@ pub struct Aggregates {
     /// When CLOSE_WAIT was last sampled: a process first seen at the next
     /// sample had none then (its growth starts from 0, not from itself).
     last_close_wait_sample_ns: Option<u64>,
+}
+
+impl Default for Aggregates {
+    fn default() -> Self {
+        Self {
+            all: Histos::default(),
+            keyed: true,
+            by_owner: FxHashMap::default(),
+            by_peer: FxHashMap::default(),
+            untracked_keys: 0,
+            ended: FxHashMap::default(),
+            closers: FxHashMap::default(),
+            transitions: Box::default(),
+            transitions_total: 0,
+            timewait_total: 0,
+            events_total: 0,
+            failed_connects: FxHashMap::default(),
+            closed_by_service: FxHashMap::default(),
+            closed_by_peer: FxHashMap::default(),
+            tw_reuses: FxHashMap::default(),
+            close_wait_history: HashMap::default(),
+            last_close_wait_sample_ns: None,
+        }
+    }
 }
 
 /// A change of a count over the span it was measured on.
@@ -145,6 +172,9 @@ impl Aggregates {
 
     fn record(&mut self, kind: HistKind, ns: u64, owner: Option<(u32, Comm)>, peer: (IpAddr, u16)) {
         self.all.record(kind, ns);
+        if !self.keyed {
+            return;
+        }
         if let Some((pid, comm)) = owner
             && let Some(h) = self.keyed_owner(pid, comm)
         {
