@@ -5,7 +5,7 @@
 use crate::{
     conn::{ConnTable, Finished},
     model::{Event, SeenSocket},
-    stats::{Aggregates, Snapshot, SnapshotInput, build},
+    stats::{Aggregates, Batch, Deferred, HistKind, Snapshot, SnapshotInput, build},
 };
 
 /// Events looked up together before they apply (see [`Engine::apply_all`]).
@@ -29,6 +29,12 @@ pub struct Engine {
     pub started_ns: Option<u64>,
     /// Lifecycles one event ended, reused from event to event.
     finished: Vec<Finished>,
+    /// Durations and ends left for another thread (see
+    /// [`Self::defer_aggregates`]), and what is ready to go.
+    batch: Option<Batch>,
+    deferred: Vec<Deferred>,
+    /// Emptied batches back from the aggregating thread, to fill again.
+    spare: Vec<Batch>,
 }
 
 impl Engine {
@@ -43,6 +49,55 @@ impl Engine {
             facts: crate::netfacts::NetFacts::default(),
             started_ns: None,
             finished: Vec::new(),
+            batch: None,
+            deferred: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// On: durations and ends are not aggregated here but kept, in order,
+    /// for another thread ([`Self::take_deferred`], [`Aggregates::take`]),
+    /// which merges them back with [`Aggregates::merge_counts`]; `aggs`
+    /// keeps only the event counts and the CLOSE_WAIT history meanwhile.
+    /// Only with durations not kept per owner and peer (`report`). Off:
+    /// aggregated here again (what was deferred must have been taken).
+    pub fn defer_aggregates(&mut self, on: bool) {
+        debug_assert!(!on || !self.aggs.keyed);
+        self.batch = on.then(Batch::default);
+        self.deferred.clear();
+    }
+
+    /// What was deferred since the last call, in order.
+    pub fn take_deferred(&mut self) -> Vec<Deferred> {
+        self.close_batch();
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// A batch back from the aggregating thread, emptied: filled again
+    /// rather than grown anew.
+    pub fn reuse(&mut self, b: Batch) {
+        self.spare.push(b);
+    }
+
+    fn close_batch(&mut self) {
+        if let Some(b) = &mut self.batch
+            && !(b.durations.is_empty() && b.finished.is_empty())
+        {
+            let next = self.spare.pop().unwrap_or_default();
+            self.deferred
+                .push(Deferred::Batch(std::mem::replace(b, next)));
+        }
+    }
+
+    /// Aggregates start again (a report window's start): here, and where
+    /// they are deferred to.
+    pub fn reset_aggregates(&mut self) {
+        let keyed = self.aggs.keyed;
+        self.aggs = Aggregates::default();
+        self.aggs.keyed = keyed;
+        if self.batch.is_some() {
+            self.close_batch();
+            self.deferred.push(Deferred::Reset);
         }
     }
 
@@ -57,9 +112,14 @@ impl Engine {
         }
     }
 
-    fn fold(&mut self, finished: &[Finished]) {
-        for f in finished {
-            self.aggs.on_finished(f);
+    fn fold(&mut self, finished: &mut Vec<Finished>) {
+        match &mut self.batch {
+            Some(b) => b.finished.append(finished),
+            None => {
+                for f in finished.drain(..) {
+                    self.aggs.on_finished(&f);
+                }
+            }
         }
     }
 
@@ -71,10 +131,18 @@ impl Engine {
         }
         let mut finished = std::mem::take(&mut self.finished);
         if let Some(d) = self.table.apply_into(e, &mut finished) {
-            self.aggs.on_duration(&d);
+            match &mut self.batch {
+                Some(b) => {
+                    if let Some(kind) = HistKind::of_duration(&d) {
+                        b.durations.push((kind, d.ns));
+                    }
+                }
+                None => self.aggs.on_duration(&d),
+            }
         }
-        self.fold(&finished);
-        finished.clear();
+        if !finished.is_empty() {
+            self.fold(&mut finished);
+        }
         self.finished = finished;
     }
 
@@ -91,13 +159,13 @@ impl Engine {
 
     pub fn seed(&mut self, sockets: &[SeenSocket], taken_at_ns: u64) {
         self.seeded = true;
-        let finished = self.table.seed(sockets, taken_at_ns);
-        self.fold(&finished);
+        let mut finished = self.table.seed(sockets, taken_at_ns);
+        self.fold(&mut finished);
     }
 
     pub fn reconcile(&mut self, sockets: &[SeenSocket], namespaces: &[u32], taken_at_ns: u64) {
-        let finished = self.table.reconcile(sockets, namespaces, taken_at_ns);
-        self.fold(&finished);
+        let mut finished = self.table.reconcile(sockets, namespaces, taken_at_ns);
+        self.fold(&mut finished);
     }
 
     /// A snapshot for a metrics scrape: like [`Self::snapshot`] but with no

@@ -33,6 +33,21 @@ impl HistKind {
         Self::TimeWait,
     ];
 
+    /// The histogram a state's duration goes to, if any.
+    pub fn of_duration(d: &crate::conn::StateDuration) -> Option<Self> {
+        use crate::model::TcpState;
+        Some(match (d.state, d.handshake) {
+            (TcpState::SynSent, true) => Self::HandshakeConnect,
+            (TcpState::SynRecv, true) => Self::HandshakeAccept,
+            (TcpState::Established, _) => Self::Established,
+            (TcpState::CloseWait, _) => Self::CloseWait,
+            (TcpState::FinWait1, _) => Self::FinWait1,
+            (TcpState::FinWait2, _) => Self::FinWait2,
+            (TcpState::LastAck, _) => Self::LastAck,
+            _ => return None,
+        })
+    }
+
     /// The JSON key.
     pub const fn name(self) -> &'static str {
         match self {

@@ -22,7 +22,7 @@ pub use timewait::{ClosedFirst, PortBudget, TimeWaitByLocal, TimeWaitByPeer, Tim
 
 use crate::{
     conn::{Closer, EndReason, Finished, StateDuration},
-    model::{Comm, Event, EventKind, TcpState},
+    model::{Comm, Event, EventKind},
 };
 
 /// Per-owner and per-peer histogram sets kept at most (the rest are counted
@@ -91,6 +91,24 @@ impl Default for Aggregates {
             last_close_wait_sample_ns: None,
         }
     }
+}
+
+/// Durations and ends an engine left for another thread to aggregate
+/// (`report`: [`crate::engine::Engine::defer_aggregates`]), in order.
+/// Durations are not kept per owner and peer there, so the two lists
+/// commute: only the ends' order matters (capped maps keep the first keys).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub durations: Vec<(HistKind, u64)>,
+    pub finished: Vec<Finished>,
+}
+
+/// What an aggregating thread takes, in order.
+#[derive(Debug)]
+pub enum Deferred {
+    Batch(Batch),
+    /// Start again (a report window's start).
+    Reset,
 }
 
 /// A change of a count over the span it was measured on.
@@ -186,17 +204,53 @@ impl Aggregates {
     }
 
     pub fn on_duration(&mut self, d: &StateDuration) {
-        let kind = match (d.state, d.handshake) {
-            (TcpState::SynSent, true) => HistKind::HandshakeConnect,
-            (TcpState::SynRecv, true) => HistKind::HandshakeAccept,
-            (TcpState::Established, _) => HistKind::Established,
-            (TcpState::CloseWait, _) => HistKind::CloseWait,
-            (TcpState::FinWait1, _) => HistKind::FinWait1,
-            (TcpState::FinWait2, _) => HistKind::FinWait2,
-            (TcpState::LastAck, _) => HistKind::LastAck,
-            _ => return,
+        let Some(kind) = HistKind::of_duration(d) else {
+            return;
         };
         self.record(kind, d.ns, d.owner.map(|o| (o.pid, o.comm)), d.peer);
+    }
+
+    /// What [`Self::on_duration`] records when durations are not kept per
+    /// owner and peer.
+    fn on_duration_unkeyed(&mut self, kind: HistKind, ns: u64) {
+        self.all.record(kind, ns);
+    }
+
+    /// Takes what another thread's engine deferred ([`Deferred`]), in
+    /// order; returns a batch's emptied lists, for the engine to reuse.
+    pub fn take(&mut self, d: Deferred) -> Option<Batch> {
+        match d {
+            Deferred::Batch(mut b) => {
+                for &(kind, ns) in &b.durations {
+                    self.on_duration_unkeyed(kind, ns);
+                }
+                for f in &b.finished {
+                    self.on_finished(f);
+                }
+                b.durations.clear();
+                b.finished.clear();
+                Some(b)
+            }
+            Deferred::Reset => {
+                *self = Self {
+                    keyed: self.keyed,
+                    ..Self::default()
+                };
+                None
+            }
+        }
+    }
+
+    /// Takes over what another `Aggregates` kept of the same events while
+    /// this one took their durations and ends ([`Deferred`]): the event
+    /// counts and the CLOSE_WAIT history.
+    pub fn merge_counts(&mut self, from: Aggregates) {
+        self.transitions = from.transitions;
+        self.transitions_total = from.transitions_total;
+        self.timewait_total = from.timewait_total;
+        self.events_total = from.events_total;
+        self.close_wait_history = from.close_wait_history;
+        self.last_close_wait_sample_ns = from.last_close_wait_sample_ns;
     }
 
     pub fn on_finished(&mut self, f: &Finished) {
