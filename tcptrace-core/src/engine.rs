@@ -8,9 +8,6 @@ use crate::{
     stats::{Aggregates, Batch, Deferred, HistKind, Snapshot, SnapshotInput, build},
 };
 
-/// Events looked up together before they apply (see [`Engine::apply_all`]).
-pub const WARM_AHEAD: usize = 16;
-
 pub struct Engine {
     pub table: ConnTable,
     pub aggs: Aggregates,
@@ -144,17 +141,6 @@ impl Engine {
             self.fold(&mut finished);
         }
         self.finished = finished;
-    }
-
-    /// Applies events in order, as [`Self::apply`] each, looking up a few
-    /// ahead first so their cache misses overlap ([`ConnTable::warm`]).
-    pub fn apply_all(&mut self, events: &[Event]) {
-        for batch in events.chunks(WARM_AHEAD) {
-            self.table.warm(batch);
-            for e in batch {
-                self.apply(e);
-            }
-        }
     }
 
     pub fn seed(&mut self, sockets: &[SeenSocket], taken_at_ns: u64) {

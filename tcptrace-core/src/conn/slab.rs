@@ -177,12 +177,14 @@ impl<T: Identified> IdSlab<T> {
 
     /// Inserts `value`, whose id is not in the slab (the caller looked).
     pub fn insert_new(&mut self, value: T) -> Slot {
-        let t = tag(value.id());
+        let id = value.id();
+        let t = tag(id);
         let slot = self.take_free_slot();
         *self.place_mut(slot) = Place::Full(value);
         self.index
             .insert_unique(spread(t), Bucket { slot, tag: t }, |b| spread(b.tag));
         self.len += 1;
+        self.recent.set((id, slot));
         slot
     }
 

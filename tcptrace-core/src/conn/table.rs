@@ -295,6 +295,9 @@ pub struct ConnTable {
     /// The last event's full socket: its address, its state before and
     /// after (`None`: not in the table), when the event applied whole.
     touched: Option<(u64, Option<TcpState>, Option<TcpState>)>,
+    /// The last timewait event's socket as it was before (`None` inside:
+    /// not in the table).
+    tw_before: Option<(u64, Option<TwConn>)>,
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
     seeded: FxHashMap<TupleKey, u64>,
@@ -352,6 +355,7 @@ impl ConnTable {
             conn_floors: Vec::new(),
             tw_floors: Vec::new(),
             touched: None,
+            tw_before: None,
             seeded: FxHashMap::default(),
             next_synthetic: 1,
             cap: cap.max(1),
@@ -381,6 +385,20 @@ impl ConnTable {
 
     pub fn timewait(&self, tw: u64) -> Option<&TwConn> {
         self.tws.get(tw).map(|h| &h.v)
+    }
+
+    fn note_tw_before(&mut self, tw: u64, slot: Option<Slot>) {
+        let before = slot.and_then(|s| self.tws.at(s)).map(|h| h.v.clone());
+        self.tw_before = Some((tw, before));
+    }
+
+    /// Timewait socket `tw` as it was before the last event, if that event
+    /// was about it (`Some(None)`: not in the table then).
+    pub fn timewait_before(&self, tw: u64) -> Option<Option<&TwConn>> {
+        self.tw_before
+            .as_ref()
+            .filter(|b| b.0 == tw)
+            .map(|b| b.1.as_ref())
     }
 
     /// The state before and after the last event of full socket `sk`, if
@@ -706,31 +724,6 @@ impl ConnTable {
         }
     }
 
-    /// Looks up the sockets of `events` without changing anything, so
-    /// that applying them next finds them in the cache: the lookups of a
-    /// batch go out together (a million-socket index and slab miss the
-    /// cache at every new socket; one after the other those misses add up,
-    /// together they overlap).
-    pub fn warm<'e>(&self, events: impl IntoIterator<Item = &'e Event>) {
-        // Only events that may find their socket cold: a new lifecycle
-        // (whose address was last used long ago) and timewait sockets (a
-        // minute old at their end); the rest follow one of those.
-        let mut seen = 0u64;
-        for e in events {
-            let held = match (e.kind, e.old) {
-                (EventKind::Transition, Some(TcpState::Close | TcpState::Listen)) => {
-                    self.conns.get(e.sk).map(|h| h.v.born_ns)
-                }
-                (EventKind::TwBegin | EventKind::TwEnd, _) => {
-                    self.tws.get(e.sk).map(|h| h.v.start_ns)
-                }
-                _ => continue,
-            };
-            seen = seen.wrapping_add(held.unwrap_or(0));
-        }
-        std::hint::black_box(seen);
-    }
-
     /// Applies one kernel event.
     pub fn apply(&mut self, e: &Event) -> Applied {
         let mut finished = Vec::new();
@@ -743,11 +736,14 @@ impl ConnTable {
     /// event), the time spent in the state it left is returned.
     pub fn apply_into(&mut self, e: &Event, finished: &mut Vec<Finished>) -> Option<StateDuration> {
         self.touched = None;
+        self.tw_before = None;
         match e.kind {
             EventKind::Transition => return self.transition(e, finished),
             EventKind::TwBegin => self.tw_begin(e, finished),
             EventKind::TwRearm => {
-                if let Some(slot) = self.tws.slot(e.sk) {
+                let slot = self.tws.slot(e.sk);
+                self.note_tw_before(e.sk, slot);
+                if let Some(slot) = slot {
                     self.change_tw(slot, |t| t.substate = e.new);
                 }
             }
@@ -757,7 +753,9 @@ impl ConnTable {
                 // re-arm a snapshot reconciliation would find, found sooner
                 // (counted the same way, once: the entry is TIME_WAIT now).
                 // Not an error, and nothing for an unknown socket.
-                if let Some(slot) = self.tws.slot(e.sk)
+                let slot = self.tws.slot(e.sk);
+                self.note_tw_before(e.sk, slot);
+                if let Some(slot) = slot
                     && self.tws.at(slot).is_some_and(|t| t.v.substate != e.new)
                 {
                     self.change_tw(slot, |t| t.substate = e.new);
@@ -948,6 +946,8 @@ impl ConnTable {
     }
 
     fn tw_begin(&mut self, e: &Event, out: &mut Vec<Finished>) {
+        let existing = self.tws.slot(e.sk);
+        self.note_tw_before(e.sk, existing);
         self.make_room(out, e.ts_ns);
         let from = e
             .link
@@ -972,7 +972,9 @@ impl ConnTable {
             opened,
         };
         self.drop_seeded_duplicate(&t.key);
-        if let Some(stale) = self.tws.slot(t.tw).and_then(|s| self.remove_tw_at(s)) {
+        // (Making room may have evicted it, or moved another into its slot.)
+        let existing = existing.filter(|&s| self.tws.at(s).is_some_and(|h| h.v.tw == t.tw));
+        if let Some(stale) = existing.and_then(|s| self.remove_tw_at(s)) {
             out.push(Finished::Tw {
                 tw: stale,
                 end_ns: e.ts_ns,
@@ -995,8 +997,12 @@ impl ConnTable {
         };
         let key = TupleKey::of_event(e);
         let tw = match self.remove_tw(e.sk) {
-            Some(t) => Some(t),
+            Some(t) => {
+                self.tw_before = Some((e.sk, Some(t.clone())));
+                Some(t)
+            }
             None => {
+                self.tw_before = Some((e.sk, None));
                 self.counters.unknown_sockets += 1;
                 self.adopt_seeded_tw(&key)
             }

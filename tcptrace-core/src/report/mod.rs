@@ -435,11 +435,13 @@ impl Run<'_> {
             }),
             _ => {}
         }
+        self.applier.apply(&mut self.engine, rec);
+        // (What the event's timewait socket was counted as: the table kept
+        // it as it was before.)
         let before = match rec {
             Record::Event(e) => self.tracker.before_event(&self.engine.table, e),
             _ => None,
         };
-        self.applier.apply(&mut self.engine, rec);
         match rec {
             Record::Snapshot { facts, .. } => {
                 if facts.is_some() {
@@ -558,16 +560,9 @@ fn build_inner<R: io::Read + Send>(
         });
         let mut unsent = 0;
         for mut block in full_rx {
-            for window in block.chunks(crate::engine::WARM_AHEAD) {
-                // The sockets of the next few events, looked up together.
-                run.engine.table.warm(window.iter().filter_map(|r| match r {
-                    Record::Event(e) => Some(e),
-                    _ => None,
-                }));
-                for rec in window {
-                    run.take(rec);
-                }
-                unsent += window.len();
+            for rec in &block {
+                run.take(rec);
+                unsent += 1;
                 if parallel && unsent >= DEFER_BATCH {
                     while let Ok(b) = spare_rx.try_recv() {
                         run.engine.reuse(b);

@@ -371,11 +371,18 @@ fn conn_entry(table: &ConnTable, id: u64) -> Option<ConnEntry> {
 impl Tracker {
     /// What an event about to be applied may change that the table will
     /// no longer tell afterwards: the group its timewait socket counts in.
+    /// Asked right after the engine applied the event: the table kept
+    /// the timewait socket as it was before ([`ConnTable::timewait_before`]),
+    /// which saves looking it up twice.
     pub fn before_event(&self, table: &ConnTable, e: &Event) -> Option<TwGroup> {
         use crate::model::EventKind;
         match e.kind {
             EventKind::TwBegin | EventKind::TwRearm | EventKind::TwSubstate | EventKind::TwEnd => {
-                self.counted(table, e.sk)
+                let t = table.timewait_before(e.sk).flatten()?;
+                if t.substate != TcpState::TimeWait {
+                    return None;
+                }
+                stable_group(t).or_else(|| self.unopened.get(&e.sk).copied())
             }
             _ => None,
         }
