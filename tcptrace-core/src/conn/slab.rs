@@ -53,9 +53,10 @@ pub struct IdSlab<T> {
     /// Slots at or above this were never used.
     fresh: u32,
     len: usize,
-    /// The last entry found: the engine, then what follows it (a report's
-    /// tracker, a snapshot's list) look the same socket up in a row.
-    recent: Cell<(u64, Slot)>,
+    /// The last two entries found or inserted (the older first): the engine,
+    /// then what follows it (a report's tracker) look the same socket up in
+    /// a row, and a connection's two ends take turns.
+    recent: [Cell<(u64, Slot)>; 2],
 }
 
 impl<T> Default for IdSlab<T> {
@@ -66,7 +67,7 @@ impl<T> Default for IdSlab<T> {
             free_head: NO_SLOT,
             fresh: 0,
             len: 0,
-            recent: Cell::new((0, NO_SLOT)),
+            recent: [Cell::new((0, NO_SLOT)), Cell::new((0, NO_SLOT))],
         }
     }
 }
@@ -129,11 +130,18 @@ impl<T: Identified> IdSlab<T> {
         }
     }
 
+    fn remember(&self, id: u64, slot: Slot) {
+        self.recent[0].set(self.recent[1].get());
+        self.recent[1].set((id, slot));
+    }
+
     /// The slot of entry `id`.
     pub fn slot(&self, id: u64) -> Option<Slot> {
-        let (last, slot) = self.recent.get();
-        if last == id && slot != NO_SLOT && holds(&self.chunks, slot, id) {
-            return Some(slot);
+        for r in &self.recent {
+            let (last, slot) = r.get();
+            if last == id && slot != NO_SLOT && holds(&self.chunks, slot, id) {
+                return Some(slot);
+            }
         }
         let t = tag(id);
         let chunks = &self.chunks;
@@ -141,7 +149,7 @@ impl<T: Identified> IdSlab<T> {
             .index
             .find(spread(t), |b| b.tag == t && holds(chunks, b.slot, id))
             .map(|b| b.slot)?;
-        self.recent.set((id, slot));
+        self.remember(id, slot);
         Some(slot)
     }
 
@@ -184,7 +192,7 @@ impl<T: Identified> IdSlab<T> {
         self.index
             .insert_unique(spread(t), Bucket { slot, tag: t }, |b| spread(b.tag));
         self.len += 1;
-        self.recent.set((id, slot));
+        self.remember(id, slot);
         slot
     }
 

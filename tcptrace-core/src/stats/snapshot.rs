@@ -1,14 +1,18 @@
 //! A point-in-time summary of the engine: what `stats` prints (and what the
-//! TUI will draw). Built by walking the live table once, so its cost is
-//! O(live sockets) per interval, never per event.
+//! TUI will draw). Built from the counts the table keeps as sockets come,
+//! change and go ([`crate::conn::Live`]), so its cost is O(processes,
+//! ports, peers and CLOSE_WAIT sockets) plus the timewait sockets for their
+//! groups, never O(live sockets): 1.5 ms at a million accepted sockets.
 //!
 //! # `tcptrace stats --json` schema
 //!
 //! One object per interval; field names are a stable contract:
 //! - `ts_ns`: wall clock, Unix epoch ns.
 //! - `states`: state name -> live count (TIME_WAIT counts timewait sockets).
-//! - `close_wait`: every CLOSE_WAIT socket, oldest first: `pid`, `comm`,
-//!   `saddr`, `sport`, `daddr`, `dport`, `age_ms`, `age_is_lower_bound`.
+//! - `close_wait`: the CLOSE_WAIT sockets, oldest first: `pid`, `comm`,
+//!   `saddr`, `sport`, `daddr`, `dport`, `age_ms`, `age_is_lower_bound`
+//!   (a snapshot lists the oldest [`CLOSE_WAIT_LISTED`]; those beyond the
+//!   JSON rows count in its `other` row as ever).
 //! - `close_wait_by_process`: `pid`, `comm`, `count`, `growth_per_min` (1 min
 //!   window), `growth_per_min_5m`, `growth_per_min_15m`, `oldest_age_ms`,
 //!   and what each rate was measured on: `growth_delta` and

@@ -10,7 +10,9 @@
 //!   namespace's `ip_local_port_range`, reserved ports and `tcp_tw_reuse`
 //!   ([`crate::netfacts`]).
 //!
-//! Built in the snapshot's one walk over the table.
+//! Built at each snapshot from the table's timewait sockets and, for the
+//! port budgets, the full sockets that may hold an ephemeral port (the
+//! table's list of them: none of a million accepted connections is read).
 
 use std::net::IpAddr;
 
