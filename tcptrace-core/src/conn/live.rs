@@ -316,7 +316,8 @@ pub struct Live {
     /// CLOSE_WAIT sockets per (process group, peer).
     pub close_wait_peers: FxHashMap<(u32, SocketAddr), u32>,
     pub listeners: FxHashMap<(u32, u16), Listening>,
-    /// Full sockets that may hold an ephemeral port (see [`Profile`]).
+    /// Full sockets that may hold an ephemeral port: not listening or
+    /// closed, not seen accepted.
     pub candidates: Vec<Slot>,
 }
 
