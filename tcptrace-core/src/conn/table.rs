@@ -296,8 +296,9 @@ pub struct ConnTable {
     /// after (`None`: not in the table), when the event applied whole.
     touched: Option<(u64, Option<TcpState>, Option<TcpState>)>,
     /// The last timewait event's socket as it was before (`None` inside:
-    /// not in the table).
+    /// not in the table), when asked for ([`Self::keep_timewait_before`]).
     tw_before: Option<(u64, Option<TwConn>)>,
+    keep_tw_before: bool,
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
     seeded: FxHashMap<TupleKey, u64>,
@@ -356,6 +357,7 @@ impl ConnTable {
             tw_floors: Vec::new(),
             touched: None,
             tw_before: None,
+            keep_tw_before: false,
             seeded: FxHashMap::default(),
             next_synthetic: 1,
             cap: cap.max(1),
@@ -388,8 +390,16 @@ impl ConnTable {
     }
 
     fn note_tw_before(&mut self, tw: u64, slot: Option<Slot>) {
-        let before = slot.and_then(|s| self.tws.at(s)).map(|h| h.v.clone());
-        self.tw_before = Some((tw, before));
+        if self.keep_tw_before {
+            let before = slot.and_then(|s| self.tws.at(s)).map(|h| h.v.clone());
+            self.tw_before = Some((tw, before));
+        }
+    }
+
+    /// Keep the timewait socket each event changes as it was before
+    /// ([`Self::timewait_before`]: what `report` follows).
+    pub fn keep_timewait_before(&mut self, on: bool) {
+        self.keep_tw_before = on;
     }
 
     /// Timewait socket `tw` as it was before the last event, if that event
@@ -998,11 +1008,15 @@ impl ConnTable {
         let key = TupleKey::of_event(e);
         let tw = match self.remove_tw(e.sk) {
             Some(t) => {
-                self.tw_before = Some((e.sk, Some(t.clone())));
+                if self.keep_tw_before {
+                    self.tw_before = Some((e.sk, Some(t.clone())));
+                }
                 Some(t)
             }
             None => {
-                self.tw_before = Some((e.sk, None));
+                if self.keep_tw_before {
+                    self.tw_before = Some((e.sk, None));
+                }
                 self.counters.unknown_sockets += 1;
                 self.adopt_seeded_tw(&key)
             }

@@ -500,6 +500,8 @@ fn build_inner<R: io::Read + Send>(
             // One summary, at the end: the table counts its sockets then.
             let mut e = Engine::new(DEFAULT_CAP);
             e.table.set_counting(false);
+            // The tracker reads a timewait socket's state before an event.
+            e.table.keep_timewait_before(true);
             // Nor are durations per owner and peer shown.
             e.aggs.keyed = false;
             e

@@ -97,10 +97,19 @@ impl<K: Copy + Ord + Hash> Ranked<K> {
 
     /// One less for `k`; its new count.
     fn sub(&mut self, k: K) -> u64 {
-        if !self.counts.contains_key(&k) {
+        let Some((c, ranked)) = self.counts.get_mut(&k) else {
+            return 0;
+        };
+        let old = *c;
+        if old == 0 {
             return 0;
         }
-        self.update(k, |c| c.saturating_sub(1))
+        *c = old - 1;
+        if old == *ranked {
+            self.changed.push(k);
+        }
+        self.total -= 1;
+        old - 1
     }
 
     pub fn get(&self, k: &K) -> u64 {
@@ -612,7 +621,7 @@ impl Tracker {
 
     fn remove_conn(&mut self, id: u64, e: ConnEntry, now: u64) {
         self.conns.remove(&id);
-        if self.conn_by_key.get(&e.key) == Some(&id) {
+        if id < SEEDED_IDS_BELOW && self.conn_by_key.get(&e.key) == Some(&id) {
             self.conn_by_key.remove(&e.key);
         }
         match e.held {
@@ -761,8 +770,12 @@ impl Tracker {
 
     /// A socket counted in group `g` left TIME_WAIT.
     fn tw_gone(&mut self, id: u64, g: TwGroup, now: u64) {
-        self.unopened.remove(&id);
-        if let Some(key) = self.tw_keys.remove(&id)
+        // (Both are empty in a flood of linked timewait sockets: no hashing.)
+        if !self.unopened.is_empty() {
+            self.unopened.remove(&id);
+        }
+        if !self.tw_keys.is_empty()
+            && let Some(key) = self.tw_keys.remove(&id)
             && self.tw_by_key.get(&key) == Some(&id)
         {
             self.tw_by_key.remove(&key);
