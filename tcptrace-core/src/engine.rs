@@ -5,7 +5,7 @@
 use crate::{
     conn::{ConnTable, Finished},
     model::{Event, SeenSocket},
-    stats::{Aggregates, Snapshot, SnapshotInput, build},
+    stats::{Aggregates, Batch, Deferred, HistKind, Snapshot, SnapshotInput, build},
 };
 
 pub struct Engine {
@@ -24,6 +24,14 @@ pub struct Engine {
     /// The first input's time: what rates over a window shorter than
     /// their own are measured over.
     pub started_ns: Option<u64>,
+    /// Lifecycles one event ended, reused from event to event.
+    finished: Vec<Finished>,
+    /// Durations and ends left for another thread (see
+    /// [`Self::defer_aggregates`]), and what is ready to go.
+    batch: Option<Batch>,
+    deferred: Vec<Deferred>,
+    /// Emptied batches back from the aggregating thread, to fill again.
+    spare: Vec<Batch>,
 }
 
 impl Engine {
@@ -37,6 +45,56 @@ impl Engine {
             seeded: false,
             facts: crate::netfacts::NetFacts::default(),
             started_ns: None,
+            finished: Vec::new(),
+            batch: None,
+            deferred: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// On: durations and ends are not aggregated here but kept, in order,
+    /// for another thread ([`Self::take_deferred`], [`Aggregates::take`]),
+    /// which merges them back with [`Aggregates::merge_counts`]; `aggs`
+    /// keeps only the event counts and the CLOSE_WAIT history meanwhile.
+    /// Only with durations not kept per owner and peer (`report`). Off:
+    /// aggregated here again (what was deferred must have been taken).
+    pub fn defer_aggregates(&mut self, on: bool) {
+        debug_assert!(!on || !self.aggs.keyed);
+        self.batch = on.then(Batch::default);
+        self.deferred.clear();
+    }
+
+    /// What was deferred since the last call, in order.
+    pub fn take_deferred(&mut self) -> Vec<Deferred> {
+        self.close_batch();
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// A batch back from the aggregating thread, emptied: filled again
+    /// rather than grown anew.
+    pub fn reuse(&mut self, b: Batch) {
+        self.spare.push(b);
+    }
+
+    fn close_batch(&mut self) {
+        if let Some(b) = &mut self.batch
+            && !(b.durations.is_empty() && b.finished.is_empty())
+        {
+            let next = self.spare.pop().unwrap_or_default();
+            self.deferred
+                .push(Deferred::Batch(std::mem::replace(b, next)));
+        }
+    }
+
+    /// Aggregates start again (a report window's start): here, and where
+    /// they are deferred to.
+    pub fn reset_aggregates(&mut self) {
+        let keyed = self.aggs.keyed;
+        self.aggs = Aggregates::default();
+        self.aggs.keyed = keyed;
+        if self.batch.is_some() {
+            self.close_batch();
+            self.deferred.push(Deferred::Reset);
         }
     }
 
@@ -51,9 +109,14 @@ impl Engine {
         }
     }
 
-    fn fold(&mut self, finished: &[Finished]) {
-        for f in finished {
-            self.aggs.on_finished(f);
+    fn fold(&mut self, finished: &mut Vec<Finished>) {
+        match &mut self.batch {
+            Some(b) => b.finished.append(finished),
+            None => {
+                for f in finished.drain(..) {
+                    self.aggs.on_finished(&f);
+                }
+            }
         }
     }
 
@@ -63,22 +126,32 @@ impl Engine {
         if e.kind == crate::model::EventKind::Transition {
             self.since_snapshot += 1;
         }
-        let applied = self.table.apply(e);
-        if let Some(d) = &applied.duration {
-            self.aggs.on_duration(d);
+        let mut finished = std::mem::take(&mut self.finished);
+        if let Some(d) = self.table.apply_into(e, &mut finished) {
+            match &mut self.batch {
+                Some(b) => {
+                    if let Some(kind) = HistKind::of_duration(&d) {
+                        b.durations.push((kind, d.ns));
+                    }
+                }
+                None => self.aggs.on_duration(&d),
+            }
         }
-        self.fold(&applied.finished);
+        if !finished.is_empty() {
+            self.fold(&mut finished);
+        }
+        self.finished = finished;
     }
 
     pub fn seed(&mut self, sockets: &[SeenSocket], taken_at_ns: u64) {
         self.seeded = true;
-        let finished = self.table.seed(sockets, taken_at_ns);
-        self.fold(&finished);
+        let mut finished = self.table.seed(sockets, taken_at_ns);
+        self.fold(&mut finished);
     }
 
     pub fn reconcile(&mut self, sockets: &[SeenSocket], namespaces: &[u32], taken_at_ns: u64) {
-        let finished = self.table.reconcile(sockets, namespaces, taken_at_ns);
-        self.fold(&finished);
+        let mut finished = self.table.reconcile(sockets, namespaces, taken_at_ns);
+        self.fold(&mut finished);
     }
 
     /// A snapshot for a metrics scrape: like [`Self::snapshot`] but with no
@@ -120,6 +193,7 @@ impl Engine {
         transitions_per_sec: f64,
         histograms_by: crate::stats::HistogramsBy,
     ) -> Snapshot {
+        self.table.counts();
         build(
             &self.table,
             &mut self.aggs,
@@ -629,15 +703,218 @@ mod tests {
 
     #[test]
     fn memory_per_live_entry_is_bounded() {
-        // Table entry: the value (it holds its own id) and hashbrown's
-        // control byte, plus 8 bytes of margin, with half the buckets used
-        // (1M sockets, just past a doubling): <= 256 bytes.
+        // A live socket: its entry in a slab chunk, plus the index's bucket
+        // (slot and tag: 8 bytes) and control byte, 2.3 buckets per socket
+        // just after the index doubles (7/16 full), plus one chunk of slack
+        // spread over the sockets: <= 256 bytes at any table size.
         for value in [
             std::mem::size_of::<crate::conn::Conn>(),
             std::mem::size_of::<crate::conn::TwConn>(),
         ] {
-            let worst = (std::mem::size_of::<u64>() + value + 1) * 2;
-            assert!(worst <= 256, "{worst} bytes per live socket");
+            let worst = value as f64 + 9.0 * 16.0 / 7.0;
+            assert!(worst <= 240.0, "{worst} bytes per live socket");
+        }
+    }
+
+    /// What a snapshot says, computed the plain way: one walk of the table
+    /// (as snapshots were built before the table kept counts).
+    fn walked(e: &Engine, now: u64) -> serde_json::Value {
+        use std::collections::BTreeMap;
+        let mut states: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut by_pid: BTreeMap<Option<u32>, BTreeMap<&str, u64>> = BTreeMap::new();
+        let mut by_port: BTreeMap<u16, BTreeMap<&str, u64>> = BTreeMap::new();
+        let mut by_remote: BTreeMap<IpAddr, BTreeMap<&str, u64>> = BTreeMap::new();
+        type Listed = (u64, (IpAddr, u16, IpAddr, u16), bool, Option<u32>);
+        let mut cw: Vec<Listed> = Vec::new();
+        // Per process: sockets, oldest age, lower bound, sockets per peer.
+        type Held = (u64, u64, bool, BTreeMap<String, u64>);
+        let mut cw_pids: BTreeMap<Option<u32>, Held> = BTreeMap::new();
+        let add = |m: &mut BTreeMap<&str, u64>, s: TcpState| *m.entry(s.name()).or_default() += 1;
+        for c in e.table.conns() {
+            let pid = c.owner.map(|o| o.pid);
+            add(&mut states, c.state);
+            add(by_pid.entry(pid).or_default(), c.state);
+            add(by_port.entry(c.key.sport).or_default(), c.state);
+            if c.state != Listen {
+                add(by_remote.entry(c.key.daddr).or_default(), c.state);
+            }
+            if c.state == CloseWait {
+                let age = now.saturating_sub(c.state_since_ns) / 1_000_000;
+                let lower = c.state_age_is_lower_bound();
+                cw.push((
+                    age,
+                    (c.key.saddr, c.key.sport, c.key.daddr, c.key.dport),
+                    lower,
+                    pid,
+                ));
+                let p = cw_pids.entry(pid).or_default();
+                p.0 += 1;
+                if age > p.1 || p.0 == 1 {
+                    (p.1, p.2) = (age, lower);
+                } else if age == p.1 {
+                    p.2 |= lower;
+                }
+                let peer = std::net::SocketAddr::new(c.key.daddr, c.key.dport).to_string();
+                *p.3.entry(peer).or_default() += 1;
+            }
+        }
+        for t in e.table.timewaits() {
+            add(&mut states, t.substate);
+            add(
+                by_pid.entry(t.owner.map(|o| o.pid)).or_default(),
+                t.substate,
+            );
+            add(by_port.entry(t.key.sport).or_default(), t.substate);
+            add(by_remote.entry(t.key.daddr).or_default(), t.substate);
+        }
+        cw.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let listed: Vec<_> = cw
+            .iter()
+            .take(crate::stats::CLOSE_WAIT_LISTED)
+            .map(|c| (c.0, c.1.1, c.1.3, c.2))
+            .collect();
+        serde_json::json!({
+            "states": states,
+            "by_pid": by_pid.into_iter().map(|(k, v)| (format!("{k:?}"), v)).collect::<BTreeMap<_, _>>(),
+            "by_port": by_port,
+            "by_remote": by_remote.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
+            "close_wait": listed,
+            "close_wait_total": cw.len(),
+            "close_wait_by_pid": cw_pids.into_iter().map(|(k, (n, age, lower, peers))| {
+                let mut peers: Vec<(String, u64)> = peers.into_iter().collect();
+                peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.parse::<std::net::SocketAddr>().unwrap().cmp(&b.0.parse().unwrap())));
+                (format!("{k:?}"), serde_json::json!([n, age, lower, peers.into_iter().take(5).map(|p| p.0).collect::<Vec<_>>()]))
+            }).collect::<BTreeMap<_, _>>(),
+        })
+    }
+
+    /// The same, from a snapshot built from the kept counts.
+    fn counted(snap: &Snapshot) -> serde_json::Value {
+        use std::collections::BTreeMap;
+        let states: BTreeMap<&str, u64> = snap
+            .states
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (*k, *n))
+            .collect();
+        let rows = |c: &crate::stats::StateCounts| c.states.iter().collect::<BTreeMap<_, _>>();
+        serde_json::json!({
+            "states": states,
+            "by_pid": snap.by_process.iter().map(|p| (format!("{:?}", p.pid), rows(&p.counts))).collect::<BTreeMap<_, _>>(),
+            "by_port": snap.by_local_port.iter().map(|p| (p.port, rows(&p.counts))).collect::<BTreeMap<_, _>>(),
+            "by_remote": snap.by_remote.iter().map(|p| (p.daddr.to_string(), rows(&p.counts))).collect::<BTreeMap<_, _>>(),
+            "close_wait": snap.close_wait.iter().map(|c| (c.age_ms, c.sport, c.dport, c.age_is_lower_bound)).collect::<Vec<_>>(),
+            "close_wait_total": snap.close_wait.len() as u64 + snap.close_wait_unlisted,
+            "close_wait_by_pid": snap.close_wait_by_process.iter().map(|p| {
+                (format!("{:?}", p.pid), serde_json::json!([p.count, p.oldest_age_ms, p.oldest_age_is_lower_bound, p.peers]))
+            }).collect::<BTreeMap<_, _>>(),
+        })
+    }
+
+    /// One random input: an event of any kind, a seed or a reconciliation.
+    fn arb_input() -> impl Strategy<Value = (u8, u64, TcpState, TcpState, u16, u16, u32, u64)> {
+        (
+            0u8..12,
+            0u64..24,
+            arb_state(),
+            arb_state(),
+            0u16..6,
+            0u16..4,
+            0u32..4,
+            0u64..3_000,
+        )
+    }
+
+    fn input_of(
+        (kind, sk, old, new, port, peer, pid, jitter): (
+            u8,
+            u64,
+            TcpState,
+            TcpState,
+            u16,
+            u16,
+            u32,
+            u64,
+        ),
+        t: u64,
+    ) -> Result<Event, Vec<SeenSocket>> {
+        let ts = t.saturating_sub(jitter * 1_000);
+        let mut ev = tr(ts, 0x1000 + sk, old, new, 1000 + port, 80 + peer);
+        ev.owner = (pid > 0).then(|| owner(pid));
+        ev.daddr = ip(2 + (peer % 2) as u8);
+        ev.prev_ns = (jitter % 3 == 0).then_some(jitter * MS);
+        Ok(match kind {
+            0..=4 => ev,
+            5 => Event {
+                kind: EventKind::TwBegin,
+                link: Some(0x1000 + (sk ^ 1)),
+                ..ev
+            },
+            6 => Event {
+                kind: EventKind::TwEnd,
+                reason: Some(TwEndReason::Expired),
+                ..ev
+            },
+            7 => Event {
+                kind: EventKind::TwRearm,
+                ..ev
+            },
+            8 => Event {
+                kind: EventKind::TwSubstate,
+                ..ev
+            },
+            9 => Event {
+                kind: EventKind::Accept,
+                owner: Some(owner(pid + 7)),
+                ..ev
+            },
+            _ => {
+                let mut s = seen(new, 1000 + port, 80 + peer, (pid > 0).then_some(pid));
+                s.daddr = ip(2 + (peer % 2) as u8);
+                let mut other = seen(old, 2000 + port, 90 + peer, None);
+                other.timer_left_ms = (old == TimeWait).then_some(30_000);
+                return Err(vec![s, other]);
+            }
+        })
+    }
+
+    proptest! {
+        /// Snapshots read counts the table keeps as entries come, change and
+        /// go (some counted only when the counts are read): whatever the
+        /// inputs (events of every kind, seeds, reconciliations, a small
+        /// cap evicting), they say what a walk of the table says; and a
+        /// table that counted nothing until the end (`report`'s) says the
+        /// same.
+        #[test]
+        fn kept_counts_say_what_a_walk_says(
+            inputs in proptest::collection::vec(arb_input(), 1..250),
+            reads in proptest::collection::vec(0usize..250, 0..6),
+        ) {
+            let mut kept = Engine::new(20);
+            let mut once = Engine::new(20);
+            once.table.set_counting(false);
+            let mut t = 10 * SEC;
+            for (n, input) in inputs.into_iter().enumerate() {
+                t += 7 * MS;
+                for e in [&mut kept, &mut once] {
+                    match input_of(input, t) {
+                        Ok(ev) => e.apply(&ev),
+                        Err(sockets) => e.take_sockets(&sockets, &[1], t),
+                    }
+                }
+                if reads.contains(&n) {
+                    kept.table.assert_counts_match();
+                }
+            }
+            let now = t + 90 * SEC;
+            let a = kept.snapshot(now, now, host());
+            prop_assert_eq!(counted(&a), walked(&kept, now));
+            let b = once.snapshot(now, now, host());
+            prop_assert_eq!(
+                serde_json::to_value(&a).unwrap(),
+                serde_json::to_value(&b).unwrap()
+            );
+            kept.table.assert_counts_match();
         }
     }
 
@@ -658,7 +935,7 @@ mod tests {
         ) {
             let mut e = Engine::new(16);
             let mut t = SEC;
-            for (kind, sk, old, new, jitter, port, prev, pid) in ops {
+            for (n, (kind, sk, old, new, jitter, port, prev, pid)) in ops.into_iter().enumerate() {
                 t += 1_000;
                 let ts = t.saturating_sub(jitter);
                 let mut ev = tr(ts, sk, old, new, 1000 + port, 80 + port);
@@ -671,7 +948,12 @@ mod tests {
                 };
                 e.apply(&ev);
                 prop_assert!(e.table.len() <= 16);
+                // Counted now and then (in between, new entries wait).
+                if n % 5 == 0 {
+                    e.table.assert_counts_match();
+                }
             }
+            e.table.assert_counts_match();
             let snap = e.snapshot(t + SEC, t + SEC, host());
             let by_state: u64 = snap.states.values().sum();
             let by_owner: u64 = snap.by_process.iter().map(|p| p.counts.total).sum();

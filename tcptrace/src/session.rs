@@ -111,6 +111,10 @@ pub struct Options {
     pub engine: Option<usize>,
     /// Keyed histograms in the engine's snapshots (`stats --histograms-by`).
     pub histograms_by: HistogramsBy,
+    /// The engine keeps durations per owner and per peer (what `top` and
+    /// `stats --histograms-by` show; two more histogram records and hash
+    /// lookups per transition for the others).
+    pub histograms_per_key: bool,
     /// A sock_diag snapshot before anything else (seeds the engine).
     pub sockets_at_start: bool,
     /// A sock_diag snapshot every so often (reconciles the engine).
@@ -131,6 +135,7 @@ impl Default for Options {
             deadline: None,
             engine: None,
             histograms_by: HistogramsBy::None,
+            histograms_per_key: true,
             sockets_at_start: false,
             sockets_every: None,
             sockets_at_end: false,
@@ -428,6 +433,7 @@ fn new_engine(opts: &Options) -> Option<Engine> {
     opts.engine.map(|cap| {
         let mut e = Engine::new(cap);
         e.histograms_by = opts.histograms_by;
+        e.aggs.keyed = opts.histograms_per_key;
         e
     })
 }

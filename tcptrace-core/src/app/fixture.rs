@@ -369,3 +369,16 @@ pub fn app_at(until_s: u64, lost: Lost) -> App {
 pub fn app() -> App {
     app_at(75, Lost::default())
 }
+
+/// What the engine answers the standard fixture's current view request
+/// (a process's CLOSE_WAIT sockets, a connection page), as `top`'s loop
+/// does when the request changes.
+pub fn answer(app: &mut App) {
+    let mut e = engine();
+    for s in 2..=75 {
+        second(&mut e, s);
+    }
+    e.table.counts();
+    let page = super::data::conn_page(&e, &app.request, 76 * SEC);
+    app.update(Action::Page(page));
+}

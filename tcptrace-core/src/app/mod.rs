@@ -372,10 +372,16 @@ impl App {
                     self.take_data(d);
                 }
             }
-            Action::Page(p) => {
+            Action::Page(mut p) => {
                 if p.generation == self.request.generation {
+                    if let Some((pid, sockets)) = p.close_wait.take()
+                        && let Some(d) = &mut self.data
+                    {
+                        d.close_wait_sockets = [(pid, sockets)].into();
+                    }
                     self.conns = p;
                     self.clamp_conn();
+                    self.refresh_lists();
                 }
             }
             Action::Fatal(msg) => {
@@ -448,8 +454,12 @@ impl App {
                     && let Some(d) = &self.data
                     && let Some(&i) = self.close_wait.rows.get(self.close_wait.selected)
                 {
-                    self.close_wait_drill = Some(d.snap.close_wait_by_process[i].pid);
+                    let pid = d.snap.close_wait_by_process[i].pid;
+                    self.close_wait_drill = Some(pid);
                     self.close_wait_sockets.selected = 0;
+                    // The engine sends this process's sockets.
+                    self.request.close_wait_of = Some(pid);
+                    self.request.generation += 1;
                     self.refresh_lists();
                 }
             }
@@ -481,6 +491,8 @@ impl App {
             self.help = false;
         } else if self.view == View::CloseWait && self.close_wait_drill.is_some() {
             self.close_wait_drill = None;
+            self.request.close_wait_of = None;
+            self.request.generation += 1;
         } else if self.view == View::Connections && self.conn_detail {
             self.conn_detail = false;
         } else if !self.filter.is_empty() {

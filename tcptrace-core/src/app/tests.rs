@@ -68,6 +68,8 @@ fn close_wait_ranks_processes_and_drills_into_sockets_oldest_first() {
     assert!(top.oldest_age_is_lower_bound);
     press(&mut app, &[Key::Enter]);
     assert_eq!(app.close_wait_drill, Some(Some(4242)));
+    assert_eq!(app.request.close_wait_of, Some(Some(4242)));
+    answer(&mut app);
     let d = app.data.as_ref().unwrap();
     let sockets = &d.close_wait_sockets[&Some(4242)];
     assert_eq!(app.close_wait_sockets.rows.len(), 151);
@@ -80,6 +82,7 @@ fn close_wait_ranks_processes_and_drills_into_sockets_oldest_first() {
     assert_eq!(app.close_wait_sockets.selected, 150);
     press(&mut app, &[Key::Esc]);
     assert_eq!(app.close_wait_drill, None);
+    assert_eq!(app.request.close_wait_of, None, "no list asked for");
 }
 
 #[test]
@@ -244,7 +247,9 @@ fn resize_changes_the_page_size() {
     let mut app = app();
     app.update(Action::Resize(200, 60));
     assert_eq!(app.page_rows(), 53);
-    press(&mut app, &[Key::Char('2'), Key::Enter, Key::PageDown]);
+    press(&mut app, &[Key::Char('2'), Key::Enter]);
+    answer(&mut app);
+    press(&mut app, &[Key::PageDown]);
     assert_eq!(app.close_wait_sockets.selected, 53);
 }
 

@@ -8,7 +8,10 @@ use std::{collections::HashMap, net::IpAddr, num::NonZeroU64};
 
 use rustc_hash::FxHashMap;
 
-use super::idmap::{IdMap, Identified};
+use super::{
+    live::{Held, Live, Moved, Profile},
+    slab::{IdSlab, Identified, Slot},
+};
 use crate::model::{Event, EventKind, Family, Owner, Reuser, SeenSocket, TcpState, TwEndReason};
 
 /// Nominal TIME_WAIT length (`TCP_TIMEWAIT_LEN`): 60 s.
@@ -274,14 +277,60 @@ pub struct TableCounters {
 }
 
 pub struct ConnTable {
-    conns: IdMap<Conn>,
-    tws: IdMap<TwConn>,
+    conns: IdSlab<Held<Conn>>,
+    tws: IdSlab<Held<TwConn>>,
+    /// What the entries add up to, kept as they change.
+    live: Live,
+    /// Whether `live` is kept (else rebuilt when asked for: `report`).
+    counting: bool,
+    /// Entries inserted since the counts were last read, not counted yet:
+    /// one that ends before then is never counted at all.
+    pending_conns: Vec<Slot>,
+    pending_tws: Vec<Slot>,
+    /// Per slab chunk, no entry in it began before this (`born_ns` of full
+    /// sockets, `start_ns` of timewait sockets; not raised when entries
+    /// go): what lets `top` list the oldest sockets without reading all.
+    conn_floors: Vec<u64>,
+    tw_floors: Vec<u64>,
+    /// The last event's full socket: its address, its state before and
+    /// after (`None`: not in the table), when the event applied whole.
+    touched: Option<(u64, Option<TcpState>, Option<TcpState>)>,
+    /// The last timewait event's socket as it was before (`None` inside:
+    /// not in the table), when asked for ([`Self::keep_timewait_before`]).
+    tw_before: Option<(u64, Option<TwConn>)>,
+    keep_tw_before: bool,
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
     seeded: FxHashMap<TupleKey, u64>,
     next_synthetic: u64,
     cap: usize,
     pub counters: TableCounters,
+}
+
+/// A slab chunk of full sockets or of timewait sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    Full(usize),
+    TimeWait(usize),
+}
+
+/// Lowers the floor of `slot`'s chunk to `t`.
+fn lower_floor(floors: &mut Vec<u64>, slot: Slot, t: u64) {
+    let i = slot as usize / super::slab::CHUNK;
+    if floors.len() <= i {
+        floors.resize(i + 1, u64::MAX);
+    }
+    floors[i] = floors[i].min(t);
+}
+
+/// How an entry changing in a transition is counted now.
+enum Counted {
+    /// In this state, with the owner and 4-tuple it still has.
+    State(TcpState),
+    /// As this profile (its owner or 4-tuple changes).
+    Profile(Profile),
+    /// Not yet: a new entry.
+    Not,
 }
 
 /// Kernel addresses are far above this; synthetic keys of seeded sockets below.
@@ -298,8 +347,17 @@ impl Default for ConnTable {
 impl ConnTable {
     pub fn new(cap: usize) -> Self {
         Self {
-            conns: IdMap::default(),
-            tws: IdMap::default(),
+            conns: IdSlab::default(),
+            tws: IdSlab::default(),
+            live: Live::default(),
+            counting: true,
+            pending_conns: Vec::new(),
+            pending_tws: Vec::new(),
+            conn_floors: Vec::new(),
+            tw_floors: Vec::new(),
+            touched: None,
+            tw_before: None,
+            keep_tw_before: false,
             seeded: FxHashMap::default(),
             next_synthetic: 1,
             cap: cap.max(1),
@@ -316,19 +374,274 @@ impl ConnTable {
     }
 
     pub fn conns(&self) -> impl Iterator<Item = &Conn> {
-        self.conns.values()
+        self.conns.values().map(|h| &h.v)
     }
 
     pub fn timewaits(&self) -> impl Iterator<Item = &TwConn> {
-        self.tws.values()
+        self.tws.values().map(|h| &h.v)
     }
 
     pub fn conn(&self, sk: u64) -> Option<&Conn> {
-        self.conns.get(sk)
+        self.conns.get(sk).map(|h| &h.v)
     }
 
     pub fn timewait(&self, tw: u64) -> Option<&TwConn> {
-        self.tws.get(tw)
+        self.tws.get(tw).map(|h| &h.v)
+    }
+
+    fn note_tw_before(&mut self, tw: u64, slot: Option<Slot>) {
+        if self.keep_tw_before {
+            let before = slot.and_then(|s| self.tws.at(s)).map(|h| h.v.clone());
+            self.tw_before = Some((tw, before));
+        }
+    }
+
+    /// Keep the timewait socket each event changes as it was before
+    /// ([`Self::timewait_before`]: what `report` follows).
+    pub fn keep_timewait_before(&mut self, on: bool) {
+        self.keep_tw_before = on;
+    }
+
+    /// Timewait socket `tw` as it was before the last event, if that event
+    /// was about it (`Some(None)`: not in the table then).
+    pub fn timewait_before(&self, tw: u64) -> Option<Option<&TwConn>> {
+        self.tw_before
+            .as_ref()
+            .filter(|b| b.0 == tw)
+            .map(|b| b.1.as_ref())
+    }
+
+    /// The state before and after the last event of full socket `sk`, if
+    /// that event was about it and applied whole (`None` in a state: not
+    /// in the table).
+    pub fn touched(&self, sk: u64) -> Option<(Option<TcpState>, Option<TcpState>)> {
+        self.touched
+            .filter(|t| t.0 == sk)
+            .map(|(_, before, after)| (before, after))
+    }
+
+    /// What the table holds, counted: the entries inserted since the last
+    /// call are counted now (rebuilt from scratch when counting was off).
+    pub fn counts(&mut self) -> &Live {
+        if !self.counting {
+            self.live = Live::default();
+            let conns: Vec<Slot> = self.conns.slots().map(|(s, _)| s).collect();
+            let tws: Vec<Slot> = self.tws.slots().map(|(s, _)| s).collect();
+            for slot in conns {
+                if let Some(h) = self.conns.at_mut(slot) {
+                    h.links = Default::default();
+                }
+                self.recount_conn(slot, None);
+            }
+            for slot in tws {
+                if let Some(h) = self.tws.at_mut(slot) {
+                    h.links = Default::default();
+                }
+                self.recount_tw(slot, None);
+            }
+            self.counting = true;
+        }
+        self.count_pending();
+        &self.live
+    }
+
+    /// The counts as of the last [`Self::counts`] (what a snapshot built
+    /// right after it reads).
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Off: nothing is counted as events apply (what `report` wants: one
+    /// summary at the end); [`Self::counts`] then counts everything once
+    /// and keeps counting.
+    pub fn set_counting(&mut self, on: bool) {
+        if !on {
+            self.counting = false;
+            self.live = Live::default();
+            self.pending_conns = Vec::new();
+            self.pending_tws = Vec::new();
+        }
+    }
+
+    fn count_pending(&mut self) {
+        for slot in std::mem::take(&mut self.pending_conns) {
+            if self.conns.at(slot).is_some_and(|h| !h.links.counted()) {
+                self.recount_conn(slot, None);
+            }
+        }
+        for slot in std::mem::take(&mut self.pending_tws) {
+            if self.tws.at(slot).is_some_and(|h| !h.links.counted()) {
+                self.recount_tw(slot, None);
+            }
+        }
+    }
+
+    /// Entry `slot` is new: counted at the next [`Self::counts`], or now
+    /// when the list of those would hold more than the table (most ended).
+    fn note_new_conn(&mut self, slot: Slot) {
+        if self.counting {
+            self.pending_conns.push(slot);
+            if self.pending_conns.len() > self.conns.len() + 4096 {
+                self.count_pending();
+            }
+        }
+    }
+
+    fn note_new_tw(&mut self, slot: Slot) {
+        if self.counting {
+            self.pending_tws.push(slot);
+            if self.pending_tws.len() > self.tws.len() + 4096 {
+                self.count_pending();
+            }
+        }
+    }
+
+    /// Panics unless the kept counts equal counts built from scratch.
+    #[cfg(test)]
+    pub(crate) fn assert_counts_match(&mut self) {
+        self.counts();
+        self.live
+            .assert_matches(self.conns.slots(), self.tws.slots());
+    }
+
+    /// The full socket in `slot` (as [`Live`]'s lists name them).
+    pub fn conn_at(&self, slot: Slot) -> Option<&Conn> {
+        self.conns.at(slot).map(|h| &h.v)
+    }
+
+    /// Counts full socket `slot`, which was counted as `before` (`None`:
+    /// not counted yet), as it is now.
+    fn recount_conn(&mut self, slot: Slot, before: Option<&Profile>) {
+        let Some(h) = self.conns.at(slot) else { return };
+        if before.is_some() && !h.links.counted() {
+            return;
+        }
+        let after = Profile::of_conn(&h.v);
+        if before == Some(&after) {
+            return;
+        }
+        let mut links = h.links;
+        let moved = self.live.change(slot, before, Some(&after), &mut links);
+        self.relink(slot, links, moved);
+    }
+
+    /// Counts full socket `slot`, whose state alone changed (from `before`).
+    fn restate_conn(&mut self, slot: Slot, before: TcpState) {
+        let Some(h) = self.conns.at(slot).filter(|h| h.links.counted()) else {
+            return;
+        };
+        let mut links = h.links;
+        let moved = self.live.restate(slot, &h.v, before, &mut links);
+        self.relink(slot, links, moved);
+    }
+
+    /// Takes full socket `slot`, counted as `counted`, out of the counts.
+    fn uncount_conn(&mut self, slot: Slot, counted: &Profile) {
+        let Some(h) = self.conns.at(slot).filter(|h| h.links.counted()) else {
+            return;
+        };
+        let mut links = h.links;
+        let moved = self.live.change(slot, Some(counted), None, &mut links);
+        self.relink(slot, links, moved);
+    }
+
+    fn relink(&mut self, slot: Slot, links: super::live::Links, (cw, candidate): (Moved, Moved)) {
+        if let Some(h) = self.conns.at_mut(slot) {
+            h.links = links;
+        }
+        if let Some((s, pos)) = cw
+            && let Some(h) = self.conns.at_mut(s)
+        {
+            h.links.set_cw(pos);
+        }
+        if let Some((s, pos)) = candidate
+            && let Some(h) = self.conns.at_mut(s)
+        {
+            h.links.set_candidate(pos);
+        }
+    }
+
+    fn recount_tw(&mut self, slot: Slot, before: Option<&Profile>) {
+        let Some(h) = self.tws.at(slot) else { return };
+        if before.is_some() && !h.links.counted() {
+            return;
+        }
+        let after = Profile::of_tw(&h.v);
+        if before == Some(&after) {
+            return;
+        }
+        let mut links = h.links;
+        // Timewait sockets are in no list: nothing moves.
+        let _ = self.live.change(slot, before, Some(&after), &mut links);
+        if let Some(h) = self.tws.at_mut(slot) {
+            h.links = links;
+        }
+    }
+
+    fn insert_conn(&mut self, conn: Conn) -> Slot {
+        let slot = self.put_conn(conn);
+        self.note_new_conn(slot);
+        slot
+    }
+
+    /// Stores a new full socket (not counted yet).
+    fn put_conn(&mut self, conn: Conn) -> Slot {
+        let born = conn.born_ns;
+        let slot = self.conns.insert_new(Held::new(conn));
+        lower_floor(&mut self.conn_floors, slot, born);
+        slot
+    }
+
+    fn insert_tw(&mut self, tw: TwConn) -> Slot {
+        let start = tw.start_ns;
+        let slot = self.tws.insert_new(Held::new(tw));
+        lower_floor(&mut self.tw_floors, slot, start);
+        self.note_new_tw(slot);
+        slot
+    }
+
+    /// The table's slab chunks with the time none of their entries began
+    /// before, lowest first: the oldest sockets are in the first chunks.
+    pub fn chunks_by_floor(&self) -> Vec<(u64, Chunk)> {
+        let conns = self.conn_floors.iter().enumerate();
+        let tws = self.tw_floors.iter().enumerate();
+        let mut v: Vec<(u64, Chunk)> = conns
+            .map(|(i, &f)| (f, Chunk::Full(i)))
+            .chain(tws.map(|(i, &f)| (f, Chunk::TimeWait(i))))
+            .filter(|c| c.0 != u64::MAX)
+            .collect();
+        v.sort_unstable_by_key(|c| c.0);
+        v
+    }
+
+    /// The full sockets of chunk `i`.
+    pub fn chunk_conns(&self, i: usize) -> impl Iterator<Item = &Conn> {
+        self.conns.chunk(i).map(|h| &h.v)
+    }
+
+    /// The timewait sockets of chunk `i`.
+    pub fn chunk_timewaits(&self, i: usize) -> impl Iterator<Item = &TwConn> {
+        self.tws.chunk(i).map(|h| &h.v)
+    }
+
+    /// Changes the timewait socket in `slot`, keeping the counts.
+    fn change_tw(&mut self, slot: Slot, f: impl FnOnce(&mut TwConn)) {
+        let Some(h) = self.tws.at_mut(slot) else {
+            return;
+        };
+        let before = Profile::of_tw(&h.v);
+        f(&mut h.v);
+        self.recount_tw(slot, Some(&before));
+    }
+
+    /// Changes the full socket in `slot`, keeping the counts.
+    fn change_conn(&mut self, slot: Slot, f: impl FnOnce(&mut Conn)) {
+        let Some(h) = self.conns.at_mut(slot) else {
+            return;
+        };
+        let before = Profile::of_conn(&h.v);
+        f(&mut h.v);
+        self.recount_conn(slot, Some(&before));
     }
 
     /// At the cap, evicts until there is room for one more socket: timewait sockets
@@ -339,8 +652,8 @@ impl ConnTable {
     fn make_room(&mut self, out: &mut Vec<Finished>, now: u64) {
         while self.len() >= self.cap {
             self.counters.evictions += 1;
-            if let Some(tw) = self.tws.any_id() {
-                let tw = self.remove_tw(tw).expect("present");
+            if let Some(slot) = self.tws.any_slot() {
+                let tw = self.remove_tw_at(slot).expect("a live slot");
                 out.push(Finished::Tw {
                     tw,
                     end_ns: now,
@@ -348,8 +661,8 @@ impl ConnTable {
                     duration_ns: None,
                     reused_by: None,
                 });
-            } else if let Some(sk) = self.conns.any_id() {
-                let conn = self.remove_conn(sk).expect("present");
+            } else if let Some(slot) = self.conns.any_slot() {
+                let conn = self.remove_conn_at(slot).expect("a live slot");
                 out.push(Finished::Conn {
                     conn,
                     end_ns: now,
@@ -361,20 +674,42 @@ impl ConnTable {
         }
     }
 
-    fn remove_conn(&mut self, sk: u64) -> Option<Conn> {
-        let conn = self.conns.remove(sk)?;
-        if sk < SYNTHETIC_LIMIT && self.seeded.get(&conn.key) == Some(&sk) {
+    fn remove_conn_at(&mut self, slot: Slot) -> Option<Conn> {
+        let counted = Profile::of_conn(&self.conns.at(slot)?.v);
+        self.uncount_conn(slot, &counted);
+        self.take_conn(slot)
+    }
+
+    /// Takes the full socket in `slot` out, already uncounted.
+    fn take_conn(&mut self, slot: Slot) -> Option<Conn> {
+        let conn = self.conns.remove_at(slot)?.v;
+        if conn.sk < SYNTHETIC_LIMIT && self.seeded.get(&conn.key) == Some(&conn.sk) {
             self.seeded.remove(&conn.key);
         }
         Some(conn)
     }
 
-    fn remove_tw(&mut self, tw: u64) -> Option<TwConn> {
-        let t = self.tws.remove(tw)?;
-        if tw < SYNTHETIC_LIMIT && self.seeded.get(&t.key) == Some(&tw) {
+    fn remove_conn(&mut self, sk: u64) -> Option<Conn> {
+        let slot = self.conns.slot(sk)?;
+        self.remove_conn_at(slot)
+    }
+
+    fn remove_tw_at(&mut self, slot: Slot) -> Option<TwConn> {
+        let h = self.tws.at(slot)?;
+        let (counted, mut links) = (Profile::of_tw(&h.v), h.links);
+        if links.counted() {
+            let _ = self.live.change(slot, Some(&counted), None, &mut links);
+        }
+        let t = self.tws.remove_at(slot)?.v;
+        if t.tw < SYNTHETIC_LIMIT && self.seeded.get(&t.key) == Some(&t.tw) {
             self.seeded.remove(&t.key);
         }
         Some(t)
+    }
+
+    fn remove_tw(&mut self, tw: u64) -> Option<TwConn> {
+        let slot = self.tws.slot(tw)?;
+        self.remove_tw_at(slot)
     }
 
     /// Takes a seeded entry for this tuple out of the table, if any.
@@ -394,46 +729,62 @@ impl ConnTable {
             return;
         }
         if let Some(synthetic) = self.seeded.remove(key) {
-            self.conns.remove(synthetic);
-            self.tws.remove(synthetic);
+            self.remove_conn(synthetic);
+            self.remove_tw(synthetic);
         }
     }
 
     /// Applies one kernel event.
     pub fn apply(&mut self, e: &Event) -> Applied {
+        let mut finished = Vec::new();
+        let duration = self.apply_into(e, &mut finished);
+        Applied { duration, finished }
+    }
+
+    /// Applies one kernel event: the lifecycles it ended are pushed to
+    /// `finished` (a buffer the caller reuses: nothing is allocated per
+    /// event), the time spent in the state it left is returned.
+    pub fn apply_into(&mut self, e: &Event, finished: &mut Vec<Finished>) -> Option<StateDuration> {
+        self.touched = None;
+        self.tw_before = None;
         match e.kind {
-            EventKind::Transition => self.transition(e),
-            EventKind::TwBegin => self.tw_begin(e),
+            EventKind::Transition => return self.transition(e, finished),
+            EventKind::TwBegin => self.tw_begin(e, finished),
             EventKind::TwRearm => {
-                if let Some(t) = self.tws.get_mut(e.sk) {
-                    t.substate = e.new;
+                let slot = self.tws.slot(e.sk);
+                self.note_tw_before(e.sk, slot);
+                if let Some(slot) = slot {
+                    self.change_tw(slot, |t| t.substate = e.new);
                 }
-                Applied::default()
             }
-            EventKind::TwEnd => self.tw_end(e),
+            EventKind::TwEnd => self.tw_end(e, finished),
             EventKind::TwSubstate => {
                 // The live source found it by asking the kernel: the silent
                 // re-arm a snapshot reconciliation would find, found sooner
                 // (counted the same way, once: the entry is TIME_WAIT now).
                 // Not an error, and nothing for an unknown socket.
-                if let Some(t) = self.tws.get_mut(e.sk)
-                    && t.substate != e.new
+                let slot = self.tws.slot(e.sk);
+                self.note_tw_before(e.sk, slot);
+                if let Some(slot) = slot
+                    && self.tws.at(slot).is_some_and(|t| t.v.substate != e.new)
                 {
-                    t.substate = e.new;
+                    self.change_tw(slot, |t| t.substate = e.new);
                     self.counters.silent_rearms += 1;
                 }
-                Applied::default()
             }
-            EventKind::Lost => Applied::default(),
+            EventKind::Lost => {}
             EventKind::Accept => {
-                if let Some(c) = self.conns.get_mut(e.sk)
+                let slot = self.conns.slot(e.sk);
+                if let Some(slot) = slot
                     && e.owner.is_some()
                 {
-                    c.owner = e.owner;
+                    self.change_conn(slot, |c| c.owner = e.owner);
                 }
-                Applied::default()
+                let state = slot.and_then(|s| self.conn_at(s)).map(|c| c.state);
+                self.touched = Some((e.sk, state, state));
             }
         }
+        None
     }
 
     fn new_conn(e: &Event, flags: u8) -> Conn {
@@ -450,66 +801,80 @@ impl ConnTable {
         }
     }
 
-    fn transition(&mut self, e: &Event) -> Applied {
-        let mut out = Applied::default();
-        let Some(old) = e.old else { return out };
+    /// A transition: one index lookup finds the socket's slot, every later
+    /// step works on the slot.
+    fn transition(&mut self, e: &Event, out: &mut Vec<Finished>) -> Option<StateDuration> {
+        let old = e.old?;
         let starts =
             old == TcpState::Close || (old == TcpState::Listen && e.new == TcpState::SynRecv);
-        if starts && let Some(stale) = self.remove_conn(e.sk) {
+        let mut found = self.conns.slot(e.sk);
+        let was = found.and_then(|s| self.conn_at(s)).map(|c| c.state);
+        if starts && let Some(stale) = found.and_then(|s| self.remove_conn_at(s)) {
             // The previous lifecycle on this address ended unseen.
-            out.finished.push(Finished::Conn {
+            out.push(Finished::Conn {
                 conn: stale,
                 end_ns: e.ts_ns,
                 reason: EndReason::Dropped,
             });
+            found = None;
         }
         // The common case (a known socket) is updated in place, not removed
         // and re-inserted. Later events know more: ports are 0 at
         // CLOSE -> SYN_SENT, so the tuple is refreshed.
         let key = TupleKey::of_event(e);
-        let new_tuple = match self.conns.get_mut(e.sk) {
-            Some(c) if c.key == key => false,
-            Some(c) => {
-                c.key = key;
-                true
-            }
-            None => {
-                let conn = if starts {
-                    self.make_room(&mut out.finished, e.ts_ns);
-                    let mut c = Self::new_conn(e, conn_flags::STATE_EXACT);
-                    c.state = old;
-                    c
-                } else {
-                    self.counters.unknown_sockets += 1;
-                    self.make_room(&mut out.finished, e.ts_ns);
-                    match self.adopt_seeded_conn(&key) {
-                        Some(mut c) => {
-                            c.sk = e.sk;
-                            c
-                        }
-                        None => {
-                            let mut c = Self::new_conn(e, conn_flags::MIDLIFE);
-                            // The kernel knows how long the old state lasted
-                            // even when we never saw it start.
-                            if let Some(p) = e.prev_ns {
-                                c.born_ns = e.ts_ns.saturating_sub(p);
-                                c.state_since_ns = c.born_ns;
-                                c.flags |= conn_flags::STATE_EXACT;
+        // How the entry is counted now: the state it was in (the common
+        // case: only that changes), or all of it when the tuple or owner
+        // changes too; nothing for a new entry (counted once changed).
+        let (mut slot, new_tuple, mut counted) =
+            match found.and_then(|s| Some((s, &mut self.conns.at_mut(s)?.v))) {
+                Some((s, c)) if c.key == key => (s, false, Counted::State(c.state)),
+                Some((s, c)) => {
+                    let counted = Profile::of_conn(c);
+                    c.key = key;
+                    (s, true, Counted::Profile(counted))
+                }
+                None => {
+                    let conn = if starts {
+                        self.make_room(out, e.ts_ns);
+                        let mut c = Self::new_conn(e, conn_flags::STATE_EXACT);
+                        c.state = old;
+                        c
+                    } else {
+                        self.counters.unknown_sockets += 1;
+                        self.make_room(out, e.ts_ns);
+                        match self.adopt_seeded_conn(&key) {
+                            Some(mut c) => {
+                                c.sk = e.sk;
+                                c
                             }
-                            c
+                            None => {
+                                let mut c = Self::new_conn(e, conn_flags::MIDLIFE);
+                                // The kernel knows how long the old state lasted
+                                // even when we never saw it start.
+                                if let Some(p) = e.prev_ns {
+                                    c.born_ns = e.ts_ns.saturating_sub(p);
+                                    c.state_since_ns = c.born_ns;
+                                    c.flags |= conn_flags::STATE_EXACT;
+                                }
+                                c
+                            }
                         }
-                    }
-                };
-                self.conns.insert(conn);
-                true
-            }
-        };
+                    };
+                    (self.put_conn(conn), true, Counted::Not)
+                }
+            };
         // Only a tuple seen for the first time can duplicate a seeded socket.
-        if new_tuple {
+        if new_tuple && !self.seeded.is_empty() {
             self.drop_seeded_duplicate(&key);
+            // That removed another entry: this one's slot stands, unless
+            // the duplicate was this very id.
+            slot = self.conns.slot(e.sk)?;
         }
-        let conn = self.conns.get_mut(e.sk).expect("present");
-        if e.owner.is_some() {
+        let conn = &mut self.conns.at_mut(slot)?.v;
+        if e.owner.is_some() && e.owner != conn.owner {
+            if let Counted::State(_) = counted {
+                counted = Counted::Profile(Profile::of_conn(conn));
+            }
             conn.owner = e.owner;
         }
 
@@ -517,18 +882,17 @@ impl ConnTable {
             (conn.flags & conn_flags::STATE_EXACT != 0)
                 .then(|| e.ts_ns.saturating_sub(conn.state_since_ns))
         });
-        if let Some(ns) = exact
-            && !starts
-        {
-            out.duration = Some(StateDuration {
+        let duration = match exact {
+            Some(ns) if !starts => Some(StateDuration {
                 state: old,
                 handshake: e.new == TcpState::Established
                     && matches!(old, TcpState::SynSent | TcpState::SynRecv),
                 ns,
                 owner: conn.owner,
                 peer: (conn.key.daddr, conn.key.dport),
-            });
-        }
+            }),
+            _ => None,
+        };
 
         match (old, e.new) {
             (TcpState::Established | TcpState::SynRecv, TcpState::FinWait1) => {
@@ -564,20 +928,41 @@ impl ConnTable {
                 }
                 _ => EndReason::Reset,
             };
-            let conn = self.conns.remove(e.sk).expect("present");
-            out.finished.push(Finished::Conn {
-                conn,
-                end_ns: e.ts_ns,
-                reason,
-            });
+            match counted {
+                Counted::Profile(p) => self.uncount_conn(slot, &p),
+                Counted::State(before) => {
+                    let p = Profile::of_conn_in(&self.conns.at(slot)?.v, before);
+                    self.uncount_conn(slot, &p);
+                }
+                Counted::Not => {}
+            }
+            if let Some(conn) = self.take_conn(slot) {
+                out.push(Finished::Conn {
+                    conn,
+                    end_ns: e.ts_ns,
+                    reason,
+                });
+            }
+            self.touched = Some((e.sk, was, None));
+        } else {
+            self.touched = Some((e.sk, was, Some(e.new)));
+            match counted {
+                Counted::Profile(p) => self.recount_conn(slot, Some(&p)),
+                Counted::State(before) => self.restate_conn(slot, before),
+                Counted::Not => self.note_new_conn(slot),
+            }
         }
-        out
+        duration
     }
 
-    fn tw_begin(&mut self, e: &Event) -> Applied {
-        let mut out = Applied::default();
-        self.make_room(&mut out.finished, e.ts_ns);
-        let from = e.link.and_then(|sk| self.conns.get_mut(sk));
+    fn tw_begin(&mut self, e: &Event, out: &mut Vec<Finished>) {
+        let existing = self.tws.slot(e.sk);
+        self.note_tw_before(e.sk, existing);
+        self.make_room(out, e.ts_ns);
+        let from = e
+            .link
+            .and_then(|sk| self.conns.get_mut(sk))
+            .map(|h| &mut h.v);
         let (owner, closer, opened) = match from {
             Some(c) => {
                 c.flags |= conn_flags::TO_TIMEWAIT;
@@ -597,8 +982,10 @@ impl ConnTable {
             opened,
         };
         self.drop_seeded_duplicate(&t.key);
-        if let Some(stale) = self.tws.insert(t) {
-            out.finished.push(Finished::Tw {
+        // (Making room may have evicted it, or moved another into its slot.)
+        let existing = existing.filter(|&s| self.tws.at(s).is_some_and(|h| h.v.tw == t.tw));
+        if let Some(stale) = existing.and_then(|s| self.remove_tw_at(s)) {
+            out.push(Finished::Tw {
                 tw: stale,
                 end_ns: e.ts_ns,
                 reason: EndReason::Dropped,
@@ -606,11 +993,10 @@ impl ConnTable {
                 reused_by: None,
             });
         }
-        out
+        self.insert_tw(t);
     }
 
-    fn tw_end(&mut self, e: &Event) -> Applied {
-        let mut out = Applied::default();
+    fn tw_end(&mut self, e: &Event, out: &mut Vec<Finished>) {
         let (reason, reused_by) = match e.reason {
             Some(TwEndReason::Killed) => (EndReason::TimeWaitKilled, None),
             Some(TwEndReason::Purged) => (EndReason::TimeWaitPurged, None),
@@ -621,8 +1007,16 @@ impl ConnTable {
         };
         let key = TupleKey::of_event(e);
         let tw = match self.remove_tw(e.sk) {
-            Some(t) => Some(t),
+            Some(t) => {
+                if self.keep_tw_before {
+                    self.tw_before = Some((e.sk, Some(t.clone())));
+                }
+                Some(t)
+            }
             None => {
+                if self.keep_tw_before {
+                    self.tw_before = Some((e.sk, None));
+                }
                 self.counters.unknown_sockets += 1;
                 self.adopt_seeded_tw(&key)
             }
@@ -642,14 +1036,13 @@ impl ConnTable {
             (!tw.start_estimated || tw.tw < SYNTHETIC_LIMIT)
                 .then(|| e.ts_ns.saturating_sub(tw.start_ns))
         });
-        out.finished.push(Finished::Tw {
+        out.push(Finished::Tw {
             tw,
             end_ns: e.ts_ns,
             reason,
             duration_ns,
             reused_by,
         });
-        out
     }
 
     /// The owner of the socket whose connect() reused a timewait socket:
@@ -657,7 +1050,7 @@ impl ConnTable {
     /// when the table has it and the kernel's pid agrees, else what the event
     /// says.
     fn reuser(&self, link: Option<u64>, by: Option<Reuser>) -> Option<Owner> {
-        let connecting = link.and_then(|sk| self.conns.get(sk)).and_then(|c| c.owner);
+        let connecting = link.and_then(|sk| self.conn(sk)).and_then(|c| c.owner);
         match (connecting, by) {
             (Some(o), Some(b)) if o.pid == b.pid => Some(o),
             (Some(o), None) => Some(o),
@@ -711,7 +1104,7 @@ impl ConnTable {
             let elapsed_ms = s
                 .timer_left_ms
                 .map(|left| TIMEWAIT_LEN_MS.saturating_sub(left as u64));
-            self.tws.insert(TwConn {
+            self.insert_tw(TwConn {
                 tw: synthetic,
                 key,
                 owner,
@@ -723,7 +1116,7 @@ impl ConnTable {
                 opened: None,
             });
         } else {
-            self.conns.insert(Conn {
+            self.insert_conn(Conn {
                 sk: synthetic,
                 key,
                 owner,
@@ -761,8 +1154,7 @@ impl ConnTable {
         let judged: HashSet<u32> = namespaces.iter().copied().collect();
 
         let ghosts: Vec<u64> = self
-            .conns
-            .values()
+            .conns()
             .filter(|c| {
                 judged.contains(&c.key.netns)
                     && c.state_since_ns < taken_at_ns
@@ -781,8 +1173,7 @@ impl ConnTable {
             });
         }
         let tw_ghosts: Vec<u64> = self
-            .tws
-            .values()
+            .timewaits()
             .filter(|t| {
                 judged.contains(&t.key.netns)
                     && t.start_ns < taken_at_ns
@@ -803,46 +1194,73 @@ impl ConnTable {
         }
 
         let known: HashSet<TupleKey> = self
-            .conns
-            .values()
+            .conns()
             .map(|c| c.key)
-            .chain(self.tws.values().map(|t| t.key))
+            .chain(self.timewaits().map(|t| t.key))
             .collect();
-        for t in self.tws.values_mut() {
-            if let Some(s) = seen.get(&t.key)
-                && t.substate == TcpState::FinWait2
-                && s.state == TcpState::TimeWait
-                && t.start_ns < taken_at_ns
-            {
-                t.substate = TcpState::TimeWait;
-                self.counters.silent_rearms += 1;
-            }
+        let rearmed: Vec<Slot> = self
+            .tws
+            .slots()
+            .filter(|(_, h)| {
+                let t = &h.v;
+                seen.get(&t.key).is_some_and(|s| {
+                    t.substate == TcpState::FinWait2
+                        && s.state == TcpState::TimeWait
+                        && t.start_ns < taken_at_ns
+                })
+            })
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in rearmed {
+            self.change_tw(slot, |t| t.substate = TcpState::TimeWait);
+            self.counters.silent_rearms += 1;
         }
-        for c in self.conns.values_mut() {
-            if c.owner.is_none()
-                && let Some(o) = seen.get(&c.key).and_then(|s| s.owner)
-            {
-                c.owner = Some(Owner {
-                    pid: o.pid,
-                    tid: o.pid,
-                    comm: o.comm,
-                    cgroup: 0,
-                    from_listener: false,
-                });
+        let owner_found = |c: &Conn| {
+            c.owner
+                .is_none()
+                .then(|| seen.get(&c.key).and_then(|s| s.owner))
+                .flatten()
+        };
+        let corrected = |c: &Conn| {
+            seen.get(&c.key).map(|s| s.state).filter(|&state| {
+                state != c.state
+                    && state != TcpState::TimeWait
+                    && seen.get(&c.key).is_some_and(|s| s.timer_left_ms.is_none())
+                    && c.state_since_ns < taken_at_ns
+                    && !matches!(state, TcpState::SynRecv | TcpState::NewSynRecv)
+            })
+        };
+        let fixes: Vec<(Slot, Option<crate::model::SeenOwner>, Option<TcpState>)> = self
+            .conns
+            .slots()
+            .filter_map(|(slot, h)| {
+                let (owner, state) = (owner_found(&h.v), corrected(&h.v));
+                (owner.is_some() || state.is_some()).then_some((slot, owner, state))
+            })
+            .collect();
+        for (slot, owner, state) in fixes {
+            if owner.is_some() {
                 self.counters.owners_found += 1;
             }
-            if let Some(s) = seen.get(&c.key)
-                && s.state != c.state
-                && s.state != TcpState::TimeWait
-                && s.timer_left_ms.is_none()
-                && c.state_since_ns < taken_at_ns
-                && !matches!(s.state, TcpState::SynRecv | TcpState::NewSynRecv)
-            {
-                c.state = s.state;
-                c.state_since_ns = taken_at_ns;
-                c.flags &= !conn_flags::STATE_EXACT;
+            if state.is_some() {
                 self.counters.corrections += 1;
             }
+            self.change_conn(slot, |c| {
+                if let Some(o) = owner {
+                    c.owner = Some(Owner {
+                        pid: o.pid,
+                        tid: o.pid,
+                        comm: o.comm,
+                        cgroup: 0,
+                        from_listener: false,
+                    });
+                }
+                if let Some(state) = state {
+                    c.state = state;
+                    c.state_since_ns = taken_at_ns;
+                    c.flags &= !conn_flags::STATE_EXACT;
+                }
+            });
         }
         for s in sockets {
             let key = TupleKey::of_seen(s);

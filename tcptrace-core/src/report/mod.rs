@@ -75,12 +75,17 @@ use crate::{
     engine::Engine,
     model::Lost,
     record::{Reader, Record, RecordApplier},
-    stats::{Aggregates, HostFacts, Snapshot},
+    stats::{Aggregates, Batch, Deferred, HostFacts, Snapshot},
 };
 use track::{Ctx, Holders, Tracker, TwGroup};
 
 /// Blocks decoded ahead of the engine.
 const READ_AHEAD: usize = 4;
+
+/// Records between two hand-overs of deferred durations and ends to the
+/// aggregating thread (small enough to stay in the cache; tiny in tests, to
+/// hand over many batches).
+const DEFER_BATCH: usize = if cfg!(test) { 7 } else { 2048 };
 
 /// How often (recording time) CLOSE_WAIT growth is sampled, as `stats
 /// --interval 1` does live.
@@ -260,9 +265,23 @@ pub struct Report {
     pub holders_dropped: HoldersDropped,
 }
 
+/// [`build_with`] on this thread alone: what the threaded report must
+/// equal.
+#[cfg(test)]
+pub(crate) fn build_on_one_thread<R: io::Read + Send>(
+    reader: &mut Reader<R>,
+    file: &str,
+    opts: &Options,
+) -> Result<Report, ReportError> {
+    match build_inner(reader, file, opts, false) {
+        (report, None) => Ok(report),
+        (_, Some(e)) => Err(e),
+    }
+}
+
 /// Runs a whole recording's records through the engine.
 pub fn build<R: io::Read + Send>(reader: &mut Reader<R>, file: &str) -> Report {
-    build_inner(reader, file, &Options::default()).0
+    build_inner(reader, file, &Options::default(), true).0
 }
 
 /// Runs a recording through the engine for the window (or moment) of
@@ -273,7 +292,7 @@ pub fn build_with<R: io::Read + Send>(
     file: &str,
     opts: &Options,
 ) -> Result<Report, ReportError> {
-    match build_inner(reader, file, opts) {
+    match build_inner(reader, file, opts, true) {
         (report, None) => Ok(report),
         (_, Some(e)) => Err(e),
     }
@@ -347,7 +366,7 @@ impl Run<'_> {
     fn open(&mut self, at: u64) {
         if self.window.is_some_and(|w| w.explicit_from) {
             // Counts, histograms and rates start with the window.
-            self.engine.aggs = Aggregates::default();
+            self.engine.reset_aggregates();
             self.lost_base = self.applier.lost;
         }
         let ctx = Ctx {
@@ -355,12 +374,14 @@ impl Run<'_> {
             host_port_range: self.port_range,
         };
         self.tracker.open(&self.engine.table, &ctx, at);
+        self.tracker.rank();
         self.grid = Some(timeline::Grid::new(at, self.opts.step_ns, &self.tracker));
         self.open_ns = at;
         self.phase = Phase::Open;
     }
 
     fn close(&mut self, at: u64) {
+        self.tracker.rank();
         if let Some(grid) = self.grid.take() {
             self.timeline = Some(grid.finish(at, &self.tracker, &self.clock));
         }
@@ -404,7 +425,10 @@ impl Run<'_> {
         }
         self.now = self.now.max(ts);
         let now = self.now;
-        if let Some(grid) = &mut self.grid {
+        if let Some(grid) = &mut self.grid
+            && grid.due_before(now)
+        {
+            self.tracker.rank();
             grid.advance(now, &self.tracker, &self.clock);
         }
         let open = self.phase == Phase::Open;
@@ -419,11 +443,13 @@ impl Run<'_> {
             }),
             _ => {}
         }
+        self.applier.apply(&mut self.engine, rec);
+        // (What the event's timewait socket was counted as: the table kept
+        // it as it was before.)
         let before = match rec {
             Record::Event(e) => self.tracker.before_event(&self.engine.table, e),
             _ => None,
         };
-        self.applier.apply(&mut self.engine, rec);
         match rec {
             Record::Snapshot { facts, .. } => {
                 if facts.is_some() {
@@ -469,6 +495,7 @@ fn build_inner<R: io::Read + Send>(
     reader: &mut Reader<R>,
     file: &str,
     opts: &Options,
+    parallel: bool,
 ) -> (Report, Option<ReportError>) {
     let header = reader.header.clone();
     let mut run = Run {
@@ -477,7 +504,16 @@ fn build_inner<R: io::Read + Send>(
             offset_ns: header.clock_offset_ns as i128,
         },
         port_range: header.port_range,
-        engine: Engine::new(DEFAULT_CAP),
+        engine: {
+            // One summary, at the end: the table counts its sockets then.
+            let mut e = Engine::new(DEFAULT_CAP);
+            e.table.set_counting(false);
+            // The tracker reads a timewait socket's state before an event.
+            e.table.keep_timewait_before(true);
+            // Nor are durations per owner and peer shown.
+            e.aggs.keyed = false;
+            e
+        },
         applier: RecordApplier::default(),
         tracker: Tracker::default(),
         phase: Phase::Before,
@@ -502,7 +538,10 @@ fn build_inner<R: io::Read + Send>(
     // ahead of the engine; blocks go back and forth without copying.
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(READ_AHEAD);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<Record>>();
+    let (agg_tx, agg_rx) = std::sync::mpsc::sync_channel::<Vec<Deferred>>(READ_AHEAD);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Batch>();
     let reading = &mut *reader;
+    run.engine.defer_aggregates(parallel);
     std::thread::scope(|s| {
         s.spawn(move || {
             let mut spare = Vec::new();
@@ -513,13 +552,49 @@ fn build_inner<R: io::Read + Send>(
                 spare = empty_rx.try_recv().unwrap_or_default();
             }
         });
+        // Durations and ends are aggregated on a thread of their own, in
+        // order: the same calls on the same data as on this thread.
+        let aggregating = parallel.then(|| {
+            s.spawn(move || {
+                let mut aggs = Aggregates::default();
+                aggs.keyed = false;
+                for batch in agg_rx {
+                    for d in batch {
+                        if let Some(emptied) = aggs.take(d) {
+                            let _ = spare_tx.send(emptied);
+                        }
+                    }
+                }
+                aggs
+            })
+        });
+        let mut unsent = 0;
         for mut block in full_rx {
             for rec in &block {
                 run.take(rec);
+                unsent += 1;
+                if parallel && unsent >= DEFER_BATCH {
+                    while let Ok(b) = spare_rx.try_recv() {
+                        run.engine.reuse(b);
+                    }
+                    let _ = agg_tx.send(run.engine.take_deferred());
+                    unsent = 0;
+                }
             }
             block.clear();
             let _ = empty_tx.send(block);
         }
+        if let Some(thread) = aggregating {
+            let _ = agg_tx.send(run.engine.take_deferred());
+            drop(agg_tx);
+            let mut aggs = match thread.join() {
+                Ok(aggs) => aggs,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            aggs.merge_counts(std::mem::take(&mut run.engine.aggs));
+            run.engine.aggs = aggs;
+        }
+        run.engine.defer_aggregates(false);
     });
 
     let first = run.first;

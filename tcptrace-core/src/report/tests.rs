@@ -1000,3 +1000,31 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// `report` aggregates durations and ends on a thread of its own: on
+    /// random recordings, for the whole of them, a window (whose start
+    /// resets the aggregates) and a moment, it says exactly what the same
+    /// report built on one thread says.
+    #[test]
+    fn the_threaded_report_is_the_one_thread_report(
+        ops in proptest::collection::vec(arb_op(), 1..400),
+        cuts in proptest::collection::vec(0u64..1_000, 2),
+    ) {
+        let (file, span) = random_recording(&ops);
+        let (a, b) = (span * cuts[0].min(cuts[1]) / 1_000, span * cuts[0].max(cuts[1]) / 1_000);
+        let moment = |ns: u64| Some(TimeArg { text: "t".into(), spec: TimeSpec::Offset(ns) });
+        for opts in [
+            Options::default(),
+            Options { from: moment(a), to: moment(b), ..Options::default() },
+            Options { at: moment(b), ..Options::default() },
+        ] {
+            let threaded = report(&file, &opts).map(|r| serde_json::to_value(r).unwrap());
+            let one = build_on_one_thread(&mut Reader::new(&file[..]).unwrap(), "t.tcptrace", &opts)
+                .map(|r| serde_json::to_value(r).unwrap());
+            prop_assert_eq!(threaded.ok(), one.ok());
+        }
+    }
+}

@@ -102,6 +102,14 @@ impl Grid {
         self.tw_max = self.tw_max.max(tracker.time_wait.total);
     }
 
+    /// Whether a point is due before `before` (what [`Self::advance`]
+    /// would make): most records make none.
+    #[inline]
+    pub fn due_before(&self, before: u64) -> bool {
+        let due = self.next_due();
+        due < before && due != u64::MAX
+    }
+
     /// Makes the points due before `before` (monotonic): the state now is
     /// the state at each of them (nothing happened in between).
     pub fn advance(&mut self, before: u64, tracker: &Tracker, clock: &WallClock) {

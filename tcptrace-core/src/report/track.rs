@@ -44,11 +44,17 @@ const MAX_PEERS: usize = 32;
 /// Distinct owners counted per TIME_WAIT group.
 const MAX_OWNERS: usize = 16;
 
-/// Counts per key, ranked (largest first) as they change.
+/// Counts per key, ranked (largest first) when asked: a count changes at
+/// every event of a flood, a ranking is read at each timeline point, so
+/// the keys changed since are re-ranked then ([`Ranked::rank`]), not at
+/// every change.
 #[derive(Debug)]
 pub(super) struct Ranked<K> {
-    counts: FxHashMap<K, u64>,
+    /// Each key's count, and the count it is ranked at (0: not ranked).
+    counts: FxHashMap<K, (u64, u64)>,
     order: BTreeSet<(Reverse<u64>, K)>,
+    /// Keys whose count changed since the last ranking.
+    changed: Vec<K>,
     pub total: u64,
 }
 
@@ -57,67 +63,98 @@ impl<K> Default for Ranked<K> {
         Self {
             counts: FxHashMap::default(),
             order: BTreeSet::new(),
+            changed: Vec::new(),
             total: 0,
         }
     }
 }
 
 impl<K: Copy + Ord + Hash> Ranked<K> {
+    /// Sets `k`'s count by `f`; its new count.
+    fn update(&mut self, k: K, f: impl FnOnce(u64) -> u64) -> u64 {
+        let (c, ranked) = self.counts.entry(k).or_insert((0, 0));
+        let old = *c;
+        *c = f(old);
+        let n = *c;
+        if n == old {
+            if n == 0 && *ranked == 0 {
+                self.counts.remove(&k);
+            }
+            return n;
+        }
+        if old == *ranked {
+            // No longer ranked at its count (once in `changed` per key).
+            self.changed.push(k);
+        }
+        self.total = self.total - old + n;
+        n
+    }
+
     /// One more for `k`; its new count.
     fn add(&mut self, k: K) -> u64 {
-        let c = self.counts.entry(k).or_insert(0);
-        if *c > 0 {
-            self.order.remove(&(Reverse(*c), k));
-        }
-        *c += 1;
-        self.order.insert((Reverse(*c), k));
-        self.total += 1;
-        *c
+        self.update(k, |c| c + 1)
     }
 
     /// One less for `k`; its new count.
     fn sub(&mut self, k: K) -> u64 {
-        let Some(c) = self.counts.get_mut(&k) else {
+        let Some((c, ranked)) = self.counts.get_mut(&k) else {
             return 0;
         };
-        self.order.remove(&(Reverse(*c), k));
-        *c -= 1;
-        self.total = self.total.saturating_sub(1);
-        let n = *c;
-        if n == 0 {
-            self.counts.remove(&k);
-        } else {
-            self.order.insert((Reverse(n), k));
+        let old = *c;
+        if old == 0 {
+            return 0;
         }
-        n
+        *c = old - 1;
+        if old == *ranked {
+            self.changed.push(k);
+        }
+        self.total -= 1;
+        old - 1
     }
 
     pub fn get(&self, k: &K) -> u64 {
-        self.counts.get(k).copied().unwrap_or(0)
+        self.counts.get(k).map_or(0, |c| c.0)
     }
 
     /// Sets `k`'s count.
     fn set(&mut self, k: K, n: u64) {
-        let old = self.counts.get(&k).copied().unwrap_or(0);
-        if old > 0 {
-            self.order.remove(&(Reverse(old), k));
-        }
-        self.total = self.total - old + n;
-        if n == 0 {
-            self.counts.remove(&k);
-        } else {
-            self.counts.insert(k, n);
-            self.order.insert((Reverse(n), k));
+        self.update(k, |_| n);
+    }
+
+    /// Ranks the keys changed since the last ranking.
+    pub fn rank(&mut self) {
+        for k in std::mem::take(&mut self.changed) {
+            let Some((c, ranked)) = self.counts.get_mut(&k) else {
+                continue;
+            };
+            if *c == *ranked {
+                if *c == 0 {
+                    self.counts.remove(&k);
+                }
+                continue;
+            }
+            if *ranked > 0 {
+                self.order.remove(&(Reverse(*ranked), k));
+            }
+            *ranked = *c;
+            if *c > 0 {
+                self.order.insert((Reverse(*c), k));
+            } else {
+                self.counts.remove(&k);
+            }
         }
     }
 
-    /// The `n` largest, largest first.
+    /// The `n` largest, largest first, as of the last [`Self::rank`].
     pub fn top(&self, n: usize) -> impl Iterator<Item = (K, u64)> + '_ {
         self.order.iter().take(n).map(|&(Reverse(c), k)| (k, c))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (K, u64)> + '_ {
-        self.counts.iter().map(|(&k, &c)| (k, c))
+        self.counts
+            .iter()
+            .filter(|(_, c)| c.0 > 0)
+            .map(|(&k, &c)| (k, c.0))
     }
 }
 
@@ -387,11 +424,18 @@ fn conn_entry(table: &ConnTable, id: u64) -> Option<ConnEntry> {
 impl Tracker {
     /// What an event about to be applied may change that the table will
     /// no longer tell afterwards: the group its timewait socket counts in.
+    /// Asked right after the engine applied the event: the table kept
+    /// the timewait socket as it was before ([`ConnTable::timewait_before`]),
+    /// which saves looking it up twice.
     pub fn before_event(&self, table: &ConnTable, e: &Event) -> Option<TwGroup> {
         use crate::model::EventKind;
         match e.kind {
             EventKind::TwBegin | EventKind::TwRearm | EventKind::TwSubstate | EventKind::TwEnd => {
-                self.counted(table, e.sk)
+                let t = table.timewait_before(e.sk).flatten()?;
+                if t.substate != TcpState::TimeWait {
+                    return None;
+                }
+                stable_group(t).or_else(|| self.unopened.get(&e.sk).copied())
             }
             _ => None,
         }
@@ -423,7 +467,16 @@ impl Tracker {
         };
         match e.kind {
             EventKind::Transition | EventKind::Accept => {
-                self.sync_conn(table, e.sk, now);
+                // Only CLOSE_WAIT and listening sockets are followed: an
+                // event that moved its socket between other states (most)
+                // changes nothing here (the shadow follows the table, so
+                // it holds no socket the table had in another state).
+                let followed =
+                    |s: Option<TcpState>| matches!(s, Some(TcpState::CloseWait | TcpState::Listen));
+                match table.touched(e.sk) {
+                    Some((before, after)) if !followed(before) && !followed(after) => {}
+                    _ => self.sync_conn(table, e.sk, now),
+                }
                 if let Some(id) = seeded_conn(self).filter(|&id| id != e.sk) {
                     self.sync_conn(table, id, now);
                 }
@@ -678,7 +731,7 @@ impl Tracker {
 
     fn remove_conn(&mut self, id: u64, e: ConnEntry, now: u64) {
         self.conns.remove(&id);
-        if self.conn_by_key.get(&e.key) == Some(&id) {
+        if id < SEEDED_IDS_BELOW && self.conn_by_key.get(&e.key) == Some(&id) {
             self.conn_by_key.remove(&e.key);
         }
         match e.held {
@@ -834,9 +887,15 @@ impl Tracker {
 
     /// A socket counted in group `g` left TIME_WAIT.
     fn tw_gone(&mut self, id: u64, g: TwGroup, now: u64) {
-        self.unopened.remove(&id);
-        self.budget_sub(id);
-        if let Some(key) = self.tw_keys.remove(&id)
+        // (Both are empty in a flood of linked timewait sockets: no hashing.)
+        if !self.unopened.is_empty() {
+            self.unopened.remove(&id);
+        }
+        if !self.tw_budget.is_empty() {
+            self.budget_sub(id);
+        }
+        if !self.tw_keys.is_empty()
+            && let Some(key) = self.tw_keys.remove(&id)
             && self.tw_by_key.get(&key) == Some(&id)
         {
             self.tw_by_key.remove(&key);
@@ -914,6 +973,13 @@ impl Tracker {
             holder.ep.close(now);
         }
         Some(h)
+    }
+
+    /// Ranks the counts changed since the last ranking (before a timeline
+    /// point reads the largest).
+    pub fn rank(&mut self) {
+        self.close_wait.rank();
+        self.time_wait.rank();
     }
 
     /// CLOSE_WAIT counts per known process, for the growth rates.

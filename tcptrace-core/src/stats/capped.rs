@@ -88,9 +88,16 @@ fn fold(other: &mut Map<String, Value>, row: &Map<String, Value>, in_states: boo
     }
 }
 
-/// Caps every list of a serialized snapshot or report in place.
+/// Caps every list of a serialized snapshot or report in place. A
+/// snapshot lists only the oldest CLOSE_WAIT sockets and says how many it
+/// left out (`close_wait_unlisted`, taken out here): they count in the
+/// `other` row and in `capped`, as if listed.
 pub fn cap_lists(summary: &mut Value) {
     let Value::Object(top) = summary else { return };
+    let unlisted = top
+        .remove("close_wait_unlisted")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
     let mut capped = Map::new();
     for (name, keep) in LISTS {
         let Some(Value::Array(rows)) = top.get_mut(name) else {
@@ -99,7 +106,12 @@ pub fn cap_lists(summary: &mut Value) {
         if rows.len() <= keep {
             continue;
         }
-        let all = rows.len();
+        let all = rows.len()
+            + if name == "close_wait" {
+                unlisted as usize
+            } else {
+                0
+            };
         let mut other = Map::new();
         other.insert("other".into(), Value::Bool(true));
         other.insert("rows".into(), Value::from((all - keep) as u64));
@@ -162,6 +174,23 @@ mod tests {
         assert_eq!(other["states"]["CLOSE_WAIT"], 20);
         assert_eq!(other["oldest_age_ms"], 590);
         assert!(other.get("pid").is_none());
+    }
+
+    /// A snapshot lists the oldest 101 CLOSE_WAIT sockets and counts the
+    /// rest: capped, it prints what the whole list would have printed.
+    #[test]
+    fn close_wait_sockets_left_out_count_as_if_listed() {
+        let socket = |i: u64| json!({"pid": 7, "comm": "db", "sport": 5432, "age_ms": 10_000 - i});
+        let mut whole = json!({"close_wait": (0..150).map(socket).collect::<Vec<_>>()});
+        let mut listed = json!({
+            "close_wait": (0..JSON_CLOSE_WAIT_SOCKETS as u64 + 1).map(socket).collect::<Vec<_>>(),
+            "close_wait_unlisted": 150 - JSON_CLOSE_WAIT_SOCKETS - 1,
+        });
+        cap_lists(&mut whole);
+        cap_lists(&mut listed);
+        assert_eq!(listed, whole);
+        assert_eq!(listed["capped"]["close_wait"]["rows"], 150);
+        assert_eq!(listed["close_wait"][JSON_CLOSE_WAIT_SOCKETS]["rows"], 50);
     }
 
     #[test]

@@ -33,6 +33,21 @@ impl HistKind {
         Self::TimeWait,
     ];
 
+    /// The histogram a state's duration goes to, if any.
+    pub fn of_duration(d: &crate::conn::StateDuration) -> Option<Self> {
+        use crate::model::TcpState;
+        Some(match (d.state, d.handshake) {
+            (TcpState::SynSent, true) => Self::HandshakeConnect,
+            (TcpState::SynRecv, true) => Self::HandshakeAccept,
+            (TcpState::Established, _) => Self::Established,
+            (TcpState::CloseWait, _) => Self::CloseWait,
+            (TcpState::FinWait1, _) => Self::FinWait1,
+            (TcpState::FinWait2, _) => Self::FinWait2,
+            (TcpState::LastAck, _) => Self::LastAck,
+            _ => return None,
+        })
+    }
+
     /// The JSON key.
     pub const fn name(self) -> &'static str {
         match self {
@@ -85,11 +100,15 @@ impl Histos {
             return HistSummary::default();
         };
         let ms = |us: u64| us as f64 / 1_000.0;
+        // One pass for the three (`value_at_quantile` each would walk the
+        // counts again: `top` summarises hundreds of these per refresh).
+        let mut q = h.value_at_quantiles([0.50, 0.90, 0.99]);
+        let mut next = || ms(q.next().unwrap_or(0));
         HistSummary {
             count: h.len(),
-            p50_ms: ms(h.value_at_quantile(0.50)),
-            p90_ms: ms(h.value_at_quantile(0.90)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
+            p50_ms: next(),
+            p90_ms: next(),
+            p99_ms: next(),
             max_ms: ms(h.max()),
         }
     }

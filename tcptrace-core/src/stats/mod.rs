@@ -22,7 +22,7 @@ pub use timewait::{ClosedFirst, PortBudget, TimeWaitByLocal, TimeWaitByPeer, Tim
 
 use crate::{
     conn::{Closer, EndReason, Finished, StateDuration},
-    model::{Comm, Event, EventKind, TcpState},
+    model::{Comm, Event, EventKind},
 };
 
 /// Per-owner and per-peer histogram sets kept at most (the rest are counted
@@ -33,9 +33,12 @@ pub const MAX_KEYED_HISTOGRAMS: usize = 256;
 /// plus slack).
 const GROWTH_HISTORY_NS: u64 = 16 * 60 * 1_000_000_000;
 
-#[derive(Default)]
 pub struct Aggregates {
     pub all: Histos,
+    /// Whether durations are also kept per owner and per peer (`top` and
+    /// `stats --histograms-by` show them; `report` does not: off there, a
+    /// duration costs one histogram record instead of three).
+    pub keyed: bool,
     pub by_owner: FxHashMap<u32, (Comm, Histos)>,
     pub by_peer: FxHashMap<(IpAddr, u16), Histos>,
     pub untracked_keys: u64,
@@ -69,6 +72,49 @@ pub struct Aggregates {
     /// When CLOSE_WAIT was last sampled: a process first seen at the next
     /// sample had none then (its growth starts from 0, not from itself).
     last_close_wait_sample_ns: Option<u64>,
+}
+
+impl Default for Aggregates {
+    fn default() -> Self {
+        Self {
+            all: Histos::default(),
+            keyed: true,
+            by_owner: FxHashMap::default(),
+            by_peer: FxHashMap::default(),
+            untracked_keys: 0,
+            ended: FxHashMap::default(),
+            closers: FxHashMap::default(),
+            transitions: Box::default(),
+            transitions_total: 0,
+            timewait_total: 0,
+            events_total: 0,
+            failed_connects: FxHashMap::default(),
+            no_port_by_budget: FxHashMap::default(),
+            closed_by_service: FxHashMap::default(),
+            closed_by_peer: FxHashMap::default(),
+            tw_reuses: FxHashMap::default(),
+            close_wait_history: HashMap::default(),
+            last_close_wait_sample_ns: None,
+        }
+    }
+}
+
+/// Durations and ends an engine left for another thread to aggregate
+/// (`report`: [`crate::engine::Engine::defer_aggregates`]), in order.
+/// Durations are not kept per owner and peer there, so the two lists
+/// commute: only the ends' order matters (capped maps keep the first keys).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub durations: Vec<(HistKind, u64)>,
+    pub finished: Vec<Finished>,
+}
+
+/// What an aggregating thread takes, in order.
+#[derive(Debug)]
+pub enum Deferred {
+    Batch(Batch),
+    /// Start again (a report window's start).
+    Reset,
 }
 
 /// A change of a count over the span it was measured on.
@@ -152,6 +198,9 @@ impl Aggregates {
 
     fn record(&mut self, kind: HistKind, ns: u64, owner: Option<(u32, Comm)>, peer: (IpAddr, u16)) {
         self.all.record(kind, ns);
+        if !self.keyed {
+            return;
+        }
         if let Some((pid, comm)) = owner
             && let Some(h) = self.keyed_owner(pid, comm)
         {
@@ -163,17 +212,53 @@ impl Aggregates {
     }
 
     pub fn on_duration(&mut self, d: &StateDuration) {
-        let kind = match (d.state, d.handshake) {
-            (TcpState::SynSent, true) => HistKind::HandshakeConnect,
-            (TcpState::SynRecv, true) => HistKind::HandshakeAccept,
-            (TcpState::Established, _) => HistKind::Established,
-            (TcpState::CloseWait, _) => HistKind::CloseWait,
-            (TcpState::FinWait1, _) => HistKind::FinWait1,
-            (TcpState::FinWait2, _) => HistKind::FinWait2,
-            (TcpState::LastAck, _) => HistKind::LastAck,
-            _ => return,
+        let Some(kind) = HistKind::of_duration(d) else {
+            return;
         };
         self.record(kind, d.ns, d.owner.map(|o| (o.pid, o.comm)), d.peer);
+    }
+
+    /// What [`Self::on_duration`] records when durations are not kept per
+    /// owner and peer.
+    fn on_duration_unkeyed(&mut self, kind: HistKind, ns: u64) {
+        self.all.record(kind, ns);
+    }
+
+    /// Takes what another thread's engine deferred ([`Deferred`]), in
+    /// order; returns a batch's emptied lists, for the engine to reuse.
+    pub fn take(&mut self, d: Deferred) -> Option<Batch> {
+        match d {
+            Deferred::Batch(mut b) => {
+                for &(kind, ns) in &b.durations {
+                    self.on_duration_unkeyed(kind, ns);
+                }
+                for f in &b.finished {
+                    self.on_finished(f);
+                }
+                b.durations.clear();
+                b.finished.clear();
+                Some(b)
+            }
+            Deferred::Reset => {
+                *self = Self {
+                    keyed: self.keyed,
+                    ..Self::default()
+                };
+                None
+            }
+        }
+    }
+
+    /// Takes over what another `Aggregates` kept of the same events while
+    /// this one took their durations and ends ([`Deferred`]): the event
+    /// counts and the CLOSE_WAIT history.
+    pub fn merge_counts(&mut self, from: Aggregates) {
+        self.transitions = from.transitions;
+        self.transitions_total = from.transitions_total;
+        self.timewait_total = from.timewait_total;
+        self.events_total = from.events_total;
+        self.close_wait_history = from.close_wait_history;
+        self.last_close_wait_sample_ns = from.last_close_wait_sample_ns;
     }
 
     pub fn on_finished(&mut self, f: &Finished) {

@@ -10,7 +10,9 @@
 //!   namespace's `ip_local_port_range`, reserved ports and `tcp_tw_reuse`
 //!   ([`crate::netfacts`]).
 //!
-//! Built in the snapshot's one walk over the table.
+//! Built at each snapshot from the table's timewait sockets and, for the
+//! port budgets, the full sockets that may hold an ephemeral port (the
+//! table's list of them: none of a million accepted connections is read).
 
 use std::net::IpAddr;
 
@@ -245,14 +247,11 @@ fn sysctls_of<'a>(
 }
 
 /// Groups the table's timewait sockets (and the open connections sharing a
-/// port budget with them).
+/// port budget with them: the table's list of full sockets that may hold
+/// an ephemeral port, so a million accepted connections cost nothing here).
 pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
-    let listeners: FxHashMap<(u32, u16), Option<Owner>> = table
-        .conns()
-        .filter(|c| c.state == TcpState::Listen)
-        .map(|c| ((c.key.netns, c.key.sport), c.owner))
-        .collect();
-    let listening: FxHashSet<(u32, u16)> = listeners.keys().copied().collect();
+    let listeners = &table.live().listeners;
+    let listening = |port: &(u32, u16)| listeners.contains_key(port);
     let fallback = match input.facts.host() {
         Some(h) => Sysctls {
             port_range: h.sysctls.port_range,
@@ -276,7 +275,7 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
     for t in table.timewaits() {
         let recent = !t.start_estimated && t.start_ns >= recent_since;
         let (sys, _) = sysctls_of(input, t.key.netns, &fallback);
-        let listens = listening.contains(&(t.key.netns, t.key.sport));
+        let listens = listening(&(t.key.netns, t.key.sport));
         match side_of(t.opened, &t.key, listens, sys) {
             Opened::Accepted => {
                 if t.substate == TcpState::TimeWait {
@@ -303,13 +302,14 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
     // Open connections count against the budgets that have TIME_WAIT (and
     // make their own when they fill one by themselves).
     let mut open_only: FxHashMap<(u32, IpAddr, IpAddr, u16), BudgetAcc> = FxHashMap::default();
-    for c in table.conns() {
+    let candidates = table.live().candidates.iter();
+    for c in candidates.filter_map(|&slot| table.conn_at(slot)) {
         let (sys, _) = sysctls_of(input, c.key.netns, &fallback);
         if matches!(c.state, TcpState::Listen | TcpState::Close)
             || side_of(
                 c.opened,
                 &c.key,
-                listening.contains(&(c.key.netns, c.key.sport)),
+                listening(&(c.key.netns, c.key.sport)),
                 sys,
             ) != Opened::Connected
         {
@@ -417,7 +417,7 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
     let mut by_service: Vec<TimeWaitByService> = services
         .into_iter()
         .map(|((netns, saddr, sport), g)| {
-            let (pid, comm) = match listeners.get(&(netns, sport)).copied().flatten() {
+            let (pid, comm) = match listeners.get(&(netns, sport)).and_then(|l| l.owner()) {
                 Some(o) => (Some(o.pid), Some(o.comm.to_str_lossy().into_owned())),
                 None => g.owners.top(),
             };

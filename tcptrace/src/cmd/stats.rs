@@ -62,7 +62,8 @@ impl<W: Write> Consumer for Stats<W> {
 }
 
 /// The loop's options for an engine command: seeded, reconciled every
-/// `reconcile`, a tick every `interval`.
+/// `reconcile`, a tick every `interval`, durations not kept per owner and
+/// peer (`stats --histograms-by` asks for them).
 pub fn engine_options(
     seed: bool,
     reconcile: Option<std::time::Duration>,
@@ -78,6 +79,7 @@ pub fn engine_options(
         sockets_every: reconcile,
         hangup: Hangup::Stops,
         opening_hint: " (try --no-seed)",
+        histograms_per_key: false,
         ..Options::default()
     }
 }
@@ -97,6 +99,7 @@ pub fn run(cfg: StatsConfig) -> Result<ExitCode> {
     );
     let opts = Options {
         histograms_by: cfg.histograms_by,
+        histograms_per_key: cfg.histograms_by != tcptrace_core::stats::HistogramsBy::None,
         ..engine_options(
             cfg.seed,
             cfg.reconcile,

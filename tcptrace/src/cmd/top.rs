@@ -131,7 +131,9 @@ impl Consumer for TopFeed {
             Input::View(req) => {
                 self.request = req;
                 let (mono, _) = ctx.source.now();
-                let engine = ctx.engine.as_deref().expect("top keeps an engine");
+                let engine = ctx.engine.as_deref_mut().expect("top keeps an engine");
+                // The CLOSE_WAIT list asked for counts sockets new since the last refresh.
+                engine.table.counts();
                 Ok(self.send(Action::Page(conn_page(engine, &self.request, mono))))
             }
             Input::Playback(_) => {

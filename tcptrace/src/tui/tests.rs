@@ -46,6 +46,7 @@ fn close_wait_by_process() {
 fn close_wait_sockets_with_lower_bound_ages() {
     let mut app = app_80x24();
     press(&mut app, &[Key::Char('2'), Key::Enter]);
+    fixture::answer(&mut app);
     insta::assert_snapshot!(screen(&app, 80, 24));
 }
 
