@@ -396,18 +396,7 @@ impl Live {
         }
         let cw = self.close_wait_change(slot, before, after, links);
         let candidate = |p: Option<&Profile>| p.is_some_and(|p| p.candidate);
-        let candidate = match (candidate(before), candidate(after)) {
-            (false, true) => {
-                links.candidate = self.candidates.len() as u32;
-                self.candidates.push(slot);
-                None
-            }
-            (true, false) => {
-                let pos = std::mem::replace(&mut links.candidate, NONE);
-                remove_from(&mut self.candidates, pos, |&s| s)
-            }
-            _ => None,
-        };
+        let candidate = self.candidate_change(slot, links, candidate(before), candidate(after));
         (cw, candidate)
     }
 
@@ -465,7 +454,14 @@ impl Live {
         let candidate = |s: TcpState| {
             !matches!(s, TcpState::Listen | TcpState::Close) && c.opened != Some(Opened::Accepted)
         };
-        let candidate = match (candidate(before), candidate(after)) {
+        let candidate = self.candidate_change(slot, links, candidate(before), candidate(after));
+        (cw, candidate)
+    }
+
+    /// Slot `slot` joins or leaves the list of budget candidates (`was`,
+    /// `is`); returns the entry moved into a removed one's place.
+    fn candidate_change(&mut self, slot: Slot, links: &mut Links, was: bool, is: bool) -> Moved {
+        match (was, is) {
             (false, true) => {
                 links.candidate = self.candidates.len() as u32;
                 self.candidates.push(slot);
@@ -476,8 +472,7 @@ impl Live {
                 remove_from(&mut self.candidates, pos, |&s| s)
             }
             _ => None,
-        };
-        (cw, candidate)
+        }
     }
 
     fn close_wait_change(
