@@ -41,43 +41,45 @@ impl UserFilter {
     /// new state, the owner (pid, command), the ports.
     pub fn matches_event(&self, e: &Event) -> bool {
         let f = &self.0;
-        if f.family_mask != 0 {
-            let bit = match e.family {
-                Family::V4 => Filter::FAMILY_INET,
-                Family::V6 => Filter::FAMILY_INET6,
-            };
-            if f.family_mask & bit == 0 {
-                return false;
-            }
-        }
         if f.state_mask != 0
             && e.old.is_none_or(|s| f.state_mask & (1 << s as u32) == 0)
             && f.state_mask & (1 << e.new as u32) == 0
         {
             return false;
         }
-        if f.tgid != 0 && e.owner.is_none_or(|o| o.pid != f.tgid) {
-            return false;
-        }
-        if f.comm_set != 0 && e.owner.is_none_or(|o| o.comm.0 != f.comm) {
-            return false;
-        }
-        if f.n_ports != 0 && !in_list(&f.ports, f.n_ports, e.sport, Some(e.dport)) {
-            return false;
-        }
-        if f.n_lports != 0 && !in_list(&f.lports, f.n_lports, e.sport, None) {
-            return false;
-        }
-        if f.n_rports != 0 && !in_list(&f.rports, f.n_rports, e.dport, None) {
-            return false;
-        }
-        true
+        self.matches_rest(
+            e.family,
+            e.owner.map(|o| (o.pid, o.comm.0)),
+            e.sport,
+            e.dport,
+        )
     }
 
     pub fn matches_seen(&self, s: &SeenSocket) -> bool {
         let f = &self.0;
+        if f.state_mask != 0 && f.state_mask & (1 << s.state as u32) == 0 {
+            return false;
+        }
+        self.matches_rest(
+            s.family,
+            s.owner.map(|o| (o.pid, o.comm.0)),
+            s.sport,
+            s.dport,
+        )
+    }
+
+    /// Everything but the states: the family, the owner (pid, command),
+    /// the ports.
+    fn matches_rest(
+        &self,
+        family: Family,
+        owner: Option<(u32, [u8; 16])>,
+        sport: u16,
+        dport: u16,
+    ) -> bool {
+        let f = &self.0;
         if f.family_mask != 0 {
-            let bit = match s.family {
+            let bit = match family {
                 Family::V4 => Filter::FAMILY_INET,
                 Family::V6 => Filter::FAMILY_INET6,
             };
@@ -85,22 +87,19 @@ impl UserFilter {
                 return false;
             }
         }
-        if f.state_mask != 0 && f.state_mask & (1 << s.state as u32) == 0 {
+        if f.tgid != 0 && owner.is_none_or(|(pid, _)| pid != f.tgid) {
             return false;
         }
-        if f.tgid != 0 && s.owner.is_none_or(|o| o.pid != f.tgid) {
+        if f.comm_set != 0 && owner.is_none_or(|(_, comm)| comm != f.comm) {
             return false;
         }
-        if f.comm_set != 0 && s.owner.is_none_or(|o| o.comm.0 != f.comm) {
+        if f.n_ports != 0 && !in_list(&f.ports, f.n_ports, sport, Some(dport)) {
             return false;
         }
-        if f.n_ports != 0 && !in_list(&f.ports, f.n_ports, s.sport, Some(s.dport)) {
+        if f.n_lports != 0 && !in_list(&f.lports, f.n_lports, sport, None) {
             return false;
         }
-        if f.n_lports != 0 && !in_list(&f.lports, f.n_lports, s.sport, None) {
-            return false;
-        }
-        if f.n_rports != 0 && !in_list(&f.rports, f.n_rports, s.dport, None) {
+        if f.n_rports != 0 && !in_list(&f.rports, f.n_rports, dport, None) {
             return false;
         }
         true
