@@ -851,18 +851,7 @@ mod tests {
         loop {
             answers.clear();
             sock.lookup(&queries, &mut answers).unwrap();
-            let settled = answers
-                .iter()
-                .filter(|a| {
-                    matches!(
-                        a,
-                        Lookup::Found {
-                            state: TcpState::FinWait2,
-                            ..
-                        }
-                    )
-                })
-                .count();
+            let settled = in_state(&answers, TcpState::FinWait2);
             if settled == n {
                 break;
             }
@@ -891,35 +880,11 @@ mod tests {
         for s in servers.iter().step_by(2) {
             s.shutdown(std::net::Shutdown::Both).unwrap();
         }
-        let moved = |answers: &[Lookup]| {
-            answers
-                .iter()
-                .filter(|a| {
-                    matches!(
-                        a,
-                        Lookup::Found {
-                            state: TcpState::TimeWait,
-                            ..
-                        }
-                    )
-                })
-                .count()
-        };
+        let moved = |answers: &[Lookup]| in_state(answers, TcpState::TimeWait);
         loop {
             answers.clear();
             sock.lookup(&queries, &mut answers).unwrap();
-            let still = answers
-                .iter()
-                .filter(|a| {
-                    matches!(
-                        a,
-                        Lookup::Found {
-                            state: TcpState::FinWait2,
-                            ..
-                        }
-                    )
-                })
-                .count();
+            let still = in_state(&answers, TcpState::FinWait2);
             if still == n / 2 {
                 break;
             }
@@ -961,6 +926,14 @@ mod tests {
             hybrid.1
         );
         drop(servers);
+    }
+
+    /// Sockets found in `state` among the answers.
+    fn in_state(answers: &[Lookup], state: TcpState) -> usize {
+        answers
+            .iter()
+            .filter(|a| matches!(a, Lookup::Found { state: s, .. } if *s == state))
+            .count()
     }
 
     #[test]
