@@ -22,7 +22,6 @@ use tcptrace_core::{
 use super::Edges;
 use crate::{
     cli::DoctorConfig,
-    ebpf::Tracer,
     session::{Consumer, Ctx, Flow, Hangup, Options},
     source::{Live, Recording, Source},
 };
@@ -201,11 +200,7 @@ pub fn run(cfg: DoctorConfig) -> Result<ExitCode> {
     if let Some(path) = &cfg.from {
         return run_from(&edges, path, cfg.json);
     }
-    let mut source = Live::new(
-        Tracer::load(&cfg.load)?,
-        UserFilter::default(),
-        cfg.load.realtime_drain,
-    );
+    let mut source = Live::load(&cfg.load, UserFilter::default())?;
     let opts = options(cfg.duration);
     let mut doctor = Doctor::new(io::stdout().lock(), cfg.json, cfg.duration);
     edges.run(&mut source, &mut doctor, &opts)

@@ -23,7 +23,6 @@ use tcptrace_core::{
 use super::Edges;
 use crate::{
     cli::RecordConfig,
-    ebpf::Tracer,
     say::write_stderr,
     session::{Consumer, Ctx, Flow, Hangup, Options},
     source::{Live, Source},
@@ -354,11 +353,7 @@ pub fn options(cfg: &RecordConfig) -> Options {
 
 pub fn run(cfg: RecordConfig) -> Result<ExitCode> {
     let edges = Edges::install()?;
-    let mut source = Live::new(
-        Tracer::load(&cfg.load)?,
-        cfg.user_filter,
-        cfg.load.realtime_drain,
-    );
+    let mut source = Live::load(&cfg.load, cfg.user_filter)?;
     let opts = options(&cfg);
     let mut recorder = Recorder::create(cfg, &source)?;
     edges.run(&mut source, &mut recorder, &opts)

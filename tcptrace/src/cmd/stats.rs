@@ -12,7 +12,6 @@ use tcptrace_core::output::{EscapeWriter, stats};
 use super::Edges;
 use crate::{
     cli::StatsConfig,
-    ebpf::Tracer,
     session::{Consumer, Ctx, Flow, Hangup, Options},
     source::Live,
 };
@@ -87,11 +86,7 @@ pub fn engine_options(
 pub fn run(cfg: StatsConfig) -> Result<ExitCode> {
     let edges = Edges::install()?;
     edges.serve_metrics(cfg.metrics.clone())?;
-    let mut source = Live::new(
-        Tracer::load(&cfg.load)?,
-        cfg.user_filter,
-        cfg.load.realtime_drain,
-    );
+    let mut source = Live::load(&cfg.load, cfg.user_filter)?;
     let mut stats = Stats::new(
         io::BufWriter::new(io::stdout().lock()),
         cfg.json,

@@ -29,7 +29,6 @@ use tcptrace_core::app::{
 use super::Edges;
 use crate::{
     cli::TopConfig,
-    ebpf::Tracer,
     preflight::EnvError,
     session::{self, Consumer, Ctx, Flow, Hangup, Input, Options},
     source::{Live, Recording, Source},
@@ -203,11 +202,7 @@ fn open_source(cfg: &TopConfig) -> Result<(Box<dyn Source>, Meta)> {
             meta.step_ms = r.step.as_millis() as u64;
             Box::new(Recording::open(&r.file, r.speed, r.step, false)?)
         }
-        None => Box::new(Live::new(
-            Tracer::load(&cfg.load)?,
-            cfg.user_filter,
-            cfg.load.realtime_drain,
-        )),
+        None => Box::new(Live::load(&cfg.load, cfg.user_filter)?),
     };
     let info = source.info();
     meta.host = info.host;

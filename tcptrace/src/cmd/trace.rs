@@ -18,7 +18,6 @@ use tcptrace_core::{
 use super::Edges;
 use crate::{
     cli::TraceConfig,
-    ebpf::Tracer,
     session::{Consumer, Ctx, Flow, Hangup, Options},
     source::Live,
 };
@@ -151,11 +150,7 @@ impl<W: Write> Consumer for Trace<W> {
 
 pub fn run(cfg: TraceConfig) -> Result<ExitCode> {
     let edges = Edges::install()?;
-    let mut source = Live::new(
-        Tracer::load(&cfg.load)?,
-        cfg.user_filter,
-        cfg.load.realtime_drain,
-    );
+    let mut source = Live::load(&cfg.load, cfg.user_filter)?;
     let out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let mut trace = Trace::new(out, cfg.json, crate::clock::measure_wall_clock(), cfg.count);
     let opts = Options {

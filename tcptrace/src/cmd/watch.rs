@@ -15,7 +15,6 @@ use tcptrace_core::alerts::{AlertState, Alerter};
 use super::{Edges, stats::engine_options};
 use crate::{
     cli::WatchConfig,
-    ebpf::Tracer,
     exec::{EXEC_TIMEOUT, ExecHooks, FinishHooksOnDrop, exec_alert},
     session::{Consumer, Ctx, Flow, Hangup, Input},
     source::Live,
@@ -131,11 +130,7 @@ pub fn options(cfg: &WatchConfig) -> crate::session::Options {
 pub fn run(cfg: WatchConfig) -> Result<ExitCode> {
     let edges = Edges::install()?;
     edges.serve_metrics(cfg.metrics.clone())?;
-    let mut source = Live::new(
-        Tracer::load(&cfg.load)?,
-        cfg.user_filter,
-        cfg.load.realtime_drain,
-    );
+    let mut source = Live::load(&cfg.load, cfg.user_filter)?;
     let opts = options(&cfg);
     let mut watch = Watch::new(cfg, io::stdout().lock());
     edges.run(&mut source, &mut watch, &opts)

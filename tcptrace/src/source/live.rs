@@ -69,6 +69,15 @@ pub fn take_snapshot(filter: &UserFilter) -> Result<Record> {
 
 impl Live {
     /// `realtime`: drain at SCHED_RR 1 (see [`crate::sched`]).
+    /// Loads the tracer with `opts` (draining at the priority it asks for).
+    pub fn load(opts: &crate::ebpf::LoadOptions, user_filter: UserFilter) -> anyhow::Result<Self> {
+        Ok(Self::new(
+            Tracer::load(opts)?,
+            user_filter,
+            opts.realtime_drain,
+        ))
+    }
+
     pub fn new(tracer: Tracer, user_filter: UserFilter, realtime: bool) -> Self {
         let counters = tracer.counters();
         Self {
