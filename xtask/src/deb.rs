@@ -7,6 +7,13 @@
 //! `--install-test` it then installs the package with dpkg, checks every file
 //! and that the installed binary runs, and purges it again, so CI proves the
 //! .deb works rather than just that it was written.
+//!
+//! The package is `tcptrace-ebpf`, not `tcptrace`: Debian already has a
+//! `tcptrace` (6.6.7, a pcap analyser that also installs /usr/bin/tcptrace),
+//! which apt took for a newer version of ours and installed over it on
+//! `apt upgrade`. Ours now `Conflicts:`/`Replaces:` it, and the install test
+//! asks apt itself, with Debian's lists, that no upgrade replaces ours and
+//! that installing Debian's package explicitly would remove ours first.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -31,8 +38,13 @@ pub struct DebArgs {
 /// cargo-deb release known to build with our toolchain and to understand the
 /// metadata (3.x: `systemd-units`, `target/release/` assets, `$auto`).
 const CARGO_DEB_VERSION: &str = "3.8.0";
-/// Debian package name (= crate name).
-const PACKAGE: &str = "tcptrace";
+/// The crate `cargo deb -p` packages.
+const CRATE: &str = "tcptrace";
+/// Debian package name (`name` in `[package.metadata.deb]`).
+const PACKAGE: &str = "tcptrace-ebpf";
+/// Debian's unrelated package that ships the same /usr/bin/tcptrace (and the
+/// name this tool's package had before it was renamed).
+const DEBIAN_NAMESAKE: &str = "tcptrace";
 
 /// `tcptrace generate` kind -> file name in `<target>/release/packaging/`
 /// (the `assets` of `[package.metadata.deb]` name these files).
@@ -52,8 +64,8 @@ const EXPECTED_FILES: &[&str] = &[
     "/usr/share/fish/vendor_completions.d/tcptrace.fish",
     "/usr/lib/systemd/system/tcptrace-watch.service",
     "/etc/tcptrace/watch.toml",
-    "/usr/share/doc/tcptrace/README.md",
-    "/usr/share/doc/tcptrace/copyright",
+    "/usr/share/doc/tcptrace-ebpf/README.md",
+    "/usr/share/doc/tcptrace-ebpf/copyright",
 ];
 const CONFFILE: &str = "/etc/tcptrace/watch.toml";
 
@@ -82,7 +94,7 @@ pub fn main(args: &DebArgs) -> Result<()> {
     )?;
 
     let mut cmd = util::cargo();
-    cmd.args(["deb", "-p", PACKAGE, "--no-build"]);
+    cmd.args(["deb", "-p", CRATE, "--no-build"]);
     say(format!("+ {}", util::display(&cmd)));
     // cargo-deb prints the .deb path on stdout, its progress on stderr.
     let out = cmd
@@ -144,18 +156,23 @@ fn ensure_tools() -> Result<()> {
     Ok(())
 }
 
-/// Whether dpkg has the package installed (not merely known or config-files).
-fn package_installed() -> Result<bool> {
-    let out = util::capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", PACKAGE]))?;
+/// Whether dpkg has `package` installed (not merely known or config-files).
+fn package_installed(package: &str) -> Result<bool> {
+    let out = util::capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))?;
     Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).ends_with(" installed"))
 }
 
 /// `dpkg -i`, check, `dpkg --purge`; the purge runs even when a check fails.
 fn install_test(deb: &Path, binary: &Path) -> Result<()> {
     say("==> install test");
-    if package_installed()? {
+    if package_installed(PACKAGE)? {
         bail!(
             "the {PACKAGE} package is installed already; --install-test would replace and then purge it: run `dpkg -r {PACKAGE}` first"
+        );
+    }
+    if package_installed(DEBIAN_NAMESAKE)? {
+        bail!(
+            "a package named {DEBIAN_NAMESAKE} is installed (Debian's pcap analyser, or this tool's package from before it was renamed {PACKAGE}); installing {PACKAGE} would remove it: run `dpkg -r {DEBIAN_NAMESAKE}` first"
         );
     }
     // Purging removes the conffile; put back a file that was there before
@@ -168,7 +185,7 @@ fn install_test(deb: &Path, binary: &Path) -> Result<()> {
         .arg(deb)
         .stdin(Stdio::null());
     let installed = util::run(&mut dpkg);
-    let checked = installed.and_then(|()| check_installed(binary));
+    let checked = installed.and_then(|()| check_installed(deb, binary));
     let purged = util::run(Command::new("dpkg").args(["--purge", PACKAGE]));
     if let Some(text) = saved_config {
         let restored = fs::create_dir_all("/etc/tcptrace")
@@ -181,7 +198,7 @@ fn install_test(deb: &Path, binary: &Path) -> Result<()> {
     }
     checked?;
     purged?;
-    if package_installed()? || Path::new("/usr/bin/tcptrace").exists() {
+    if package_installed(PACKAGE)? || Path::new("/usr/bin/tcptrace").exists() {
         bail!("{PACKAGE} is still installed after `dpkg --purge {PACKAGE}`");
     }
     say("==> install test passed (installed, checked, purged)");
@@ -189,7 +206,7 @@ fn install_test(deb: &Path, binary: &Path) -> Result<()> {
 }
 
 /// Every check of the installed package; all run, failures are listed together.
-fn check_installed(binary: &Path) -> Result<()> {
+fn check_installed(deb: &Path, binary: &Path) -> Result<()> {
     let mut failures: Vec<String> = Vec::new();
     let mut check = |what: &str, result: Result<()>| match result {
         Ok(()) => say(format!("ok: {what}")),
@@ -226,6 +243,14 @@ fn check_installed(binary: &Path) -> Result<()> {
     check("the bash completion loads", bash_completion_loads());
     check("the unit runs /usr/bin/tcptrace watch", unit_is_valid());
     check("tcptrace watch runs with the shipped config", watch_runs());
+    check(
+        &format!("the .deb declares Conflicts/Replaces: {DEBIAN_NAMESAKE}"),
+        control_fields(deb),
+    );
+    check(
+        &format!("apt never upgrades {PACKAGE} to Debian's {DEBIAN_NAMESAKE}"),
+        apt_keeps_package(),
+    );
 
     if !failures.is_empty() {
         bail!(
@@ -303,4 +328,93 @@ fn watch_runs() -> Result<()> {
         "1",
     ]))
     .map(drop)
+}
+
+/// The control fields that keep apt and dpkg from mixing the two packages up.
+fn control_fields(deb: &Path) -> Result<()> {
+    let fields = util::stdout_of(Command::new("dpkg-deb").arg("-f").arg(deb).args([
+        "Package",
+        "Conflicts",
+        "Replaces",
+    ]))?;
+    let want =
+        format!("Package: {PACKAGE}\nConflicts: {DEBIAN_NAMESAKE}\nReplaces: {DEBIAN_NAMESAKE}");
+    if fields.trim() != want {
+        bail!("dpkg-deb -f says {fields:?}, want {want:?}");
+    }
+    Ok(())
+}
+
+/// `apt-get -s ARGS`: a simulation (changes nothing, takes no lock), in the C locale.
+fn apt_simulate(args: &[&str]) -> Result<String> {
+    util::stdout_of(
+        Command::new("apt-get")
+            .env("LC_ALL", "C")
+            .args(["-s", "-o", "Debug::NoLocking=1"])
+            .args(args),
+    )
+}
+
+/// Debian's candidate version of its `tcptrace`, if the lists know one.
+fn namesake_candidate() -> Result<Option<String>> {
+    let policy = util::stdout_of(
+        Command::new("apt-cache")
+            .env("LC_ALL", "C")
+            .args(["policy", DEBIAN_NAMESAKE]),
+    )?;
+    Ok(policy
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Candidate:"))
+        .map(str::trim)
+        .filter(|version| !version.is_empty() && *version != "(none)")
+        .map(str::to_owned))
+}
+
+/// With Debian's lists present, asks apt what it would do with our package
+/// installed: `apt upgrade` (= `upgrade --with-new-pkgs`) and `dist-upgrade`
+/// must leave it alone, and `apt-get install tcptrace` must remove ours
+/// first (so apt asks before replacing it). Without a candidate for Debian's
+/// package the check would prove nothing, so it runs `apt-get update` once
+/// and fails if there is still none.
+fn apt_keeps_package() -> Result<()> {
+    let candidate = match namesake_candidate()? {
+        Some(version) => version,
+        None => {
+            say(format!(
+                "apt-cache policy {DEBIAN_NAMESAKE} shows no candidate; running apt-get update"
+            ));
+            util::run(Command::new("apt-get").args(["update", "-qq"]))?;
+            namesake_candidate()?.with_context(|| {
+                format!(
+                    "apt-cache policy {DEBIAN_NAMESAKE} shows no candidate even after apt-get update: the check needs Debian's package lists (a Debian mirror in sources.list)"
+                )
+            })?
+        }
+    };
+    say(format!(
+        "apt: Debian's {DEBIAN_NAMESAKE} candidate is {candidate}"
+    ));
+    let replaces_ours = |line: &str| {
+        line.starts_with(&format!("Inst {DEBIAN_NAMESAKE} "))
+            || line.starts_with(&format!("Remv {PACKAGE} "))
+    };
+    for args in [&["upgrade", "--with-new-pkgs"][..], &["dist-upgrade"][..]] {
+        let plan = apt_simulate(args)?;
+        if let Some(line) = plan.lines().find(|line| replaces_ours(line)) {
+            bail!(
+                "`apt-get -s {}` would replace {PACKAGE} with Debian's {DEBIAN_NAMESAKE}: {line}",
+                args.join(" ")
+            );
+        }
+    }
+    let plan = apt_simulate(&["install", DEBIAN_NAMESAKE])?;
+    if !plan
+        .lines()
+        .any(|line| line.starts_with(&format!("Remv {PACKAGE} ")))
+    {
+        bail!(
+            "`apt-get -s install {DEBIAN_NAMESAKE}` does not remove {PACKAGE} first (no `Remv {PACKAGE}` line): the Conflicts is not in effect"
+        );
+    }
+    Ok(())
 }
