@@ -4,7 +4,8 @@
 //! -Z build-std`, which needs nightly's `rust-src` and a `bpf-linker` linked
 //! against the *same* LLVM as that nightly; loading the programs needs
 //! tracefs; the tests compare against `tcpstates`, `ss` and `ip` and drive
-//! `tmux`; the benchmark reads programs' costs with `bpftool`. Every step
+//! `tmux`, and check the shipped Prometheus rules with `promtool`; the
+//! benchmark reads programs' costs with `bpftool`. Every step
 //! checks first and only acts when needed, so this is safe to run (and is
 //! run by `test` and `run`) every time.
 
@@ -21,7 +22,7 @@ use crate::util::{self, say};
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Do not check or install the Debian packages (libbpf-tools, tmux,
-    /// iproute2, nginx-light, bpftool).
+    /// iproute2, nginx-light, bpftool, prometheus).
     #[arg(long)]
     no_apt: bool,
 }
@@ -29,8 +30,27 @@ pub struct SetupArgs {
 /// Debian packages the tests and benchmarks use as oracles/drivers
 /// (nginx: a real server that closes first, started by the tests on a
 /// loopback port of their own namespace; bpftool: the live benchmark reads
-/// each program's bpf_stats with it).
-const APT_PACKAGES: &[&str] = &["libbpf-tools", "tmux", "iproute2", "nginx-light", "bpftool"];
+/// each program's bpf_stats with it; prometheus: its `promtool` checks and
+/// unit-tests the shipped alerting rules, and the tests start their own
+/// server on a loopback port when they need one).
+const APT_PACKAGES: &[&str] = &[
+    "libbpf-tools",
+    "tmux",
+    "iproute2",
+    "nginx-light",
+    "bpftool",
+    "prometheus",
+];
+
+/// Installed without their Recommends: prometheus's would bring
+/// prometheus-node-exporter (another service, on :9100), smartmontools,
+/// ipmitool, nvme-cli... none of which a test uses.
+const NO_RECOMMENDS: &[&str] = &["prometheus"];
+
+/// Packages whose distro service must not stay enabled once installed:
+/// the tests run their own instance, and Debian's prometheus would hold
+/// :9090 and scrape on its own from the next boot on.
+const NO_SERVICE: &[&str] = &["prometheus"];
 
 /// Debian's way to keep maintainer scripts from starting services: the
 /// tests start nginx themselves; installing it must not start one on :80.
@@ -372,18 +392,43 @@ fn apt_packages(report: &mut Report) -> Result<()> {
         .with_context(|| format!("writing {POLICY_RC_D}"))?;
         std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
     }
-    let installed = util::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq"])
-            .args(&missing),
-    );
+    let (bare, usual): (Vec<&str>, Vec<&str>) =
+        missing.iter().partition(|pkg| NO_RECOMMENDS.contains(pkg));
+    let install = |pkgs: &[&str], extra: &[&str]| {
+        if pkgs.is_empty() {
+            return Ok(());
+        }
+        util::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq"])
+                .args(extra)
+                .args(pkgs),
+        )
+    };
+    let installed =
+        install(&usual, &[]).and_then(|()| install(&bare, &["--no-install-recommends"]));
     if guard {
         let _ = std::fs::remove_file(POLICY_RC_D);
     }
     installed?;
-    for pkg in missing {
+    for pkg in &missing {
         report.installed(pkg);
+    }
+    // policy-rc.d kept them from starting, but the package enabled them for
+    // the next boot; under systemd, disable them (and stop any that started
+    // because the policy file was someone else's). Without systemd nothing
+    // starts them.
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    for &service in NO_SERVICE.iter().filter(|s| missing.contains(s)) {
+        if systemd {
+            util::run(Command::new("systemctl").args(["disable", "--now", service]))?;
+            report.installed(format!("{service}: its service disabled and stopped"));
+        } else {
+            report.ok(format!(
+                "{service}: installed with its service not started; no systemd here to start it at boot"
+            ));
+        }
     }
     Ok(())
 }
