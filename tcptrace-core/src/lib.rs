@@ -21,6 +21,8 @@
 //! - [`output`]: text (one escaping rule) and JSON Lines;
 //!   [`metrics`]: the Prometheus exposition; [`clock`]: wall-clock
 //!   conversion and human durations.
+//! - [`workload`]: cgroup paths as systemd units, containers and pods;
+//!   their cache and the `--cgroup`/`--container`/`--unit` filters.
 
 pub mod alerts;
 pub mod app;
@@ -39,3 +41,4 @@ pub mod output;
 pub mod record;
 pub mod report;
 pub mod stats;
+pub mod workload;
