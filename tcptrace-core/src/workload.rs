@@ -314,7 +314,7 @@ impl fmt::Display for Workload {
 
 /// The string people see for `w` (the `workload` JSON field, the metric
 /// label, the column): k8s `ns/pod/container`, `ns/pod`, `pod/<uid>/<id12>`;
-/// `docker/<name>`, `podman/<name>`, `containerd/<ns>/<id12>`, `cri-o/<id12>`;
+/// `docker/<name>`, `podman/<name>`, `containerd/<ns>/<name or id12>`, `cri-o/<name or id12>`;
 /// units by name (`user@UID.service/<unit>` for a user manager's); the path
 /// for other cgroups; `cgroup:<id>` when unknown. Control characters are
 /// escaped and the result is cut to [`MAX_DISPLAY_BYTES`].
@@ -361,10 +361,9 @@ fn container_display(w: &Workload) -> String {
         Some(Runtime::Docker) => format!("docker/{name}"),
         Some(Runtime::Podman) => format!("podman/{name}"),
         Some(Runtime::CriO) => format!("cri-o/{name}"),
-        Some(Runtime::Containerd) => match (w.containerd_namespace.as_deref(), named) {
-            (_, Some(n)) => format!("containerd/{n}"),
-            (Some(ns), None) => format!("containerd/{ns}/{id12}"),
-            (None, None) => format!("containerd/{id12}"),
+        Some(Runtime::Containerd) => match w.containerd_namespace.as_deref() {
+            Some(ns) => format!("containerd/{ns}/{name}"),
+            None => format!("containerd/{name}"),
         },
         None => format!("container/{name}"),
     }
