@@ -1,14 +1,19 @@
 //! The live edge that lists TCP sockets which already exist: the eBPF probes
 //! only see transitions from the moment they attach, so at startup (and for
 //! periodic reconciliation) the socket table is read through sock_diag, in
-//! every network namespace, with owners recovered from /proc.
+//! every network namespace, with owners recovered from /proc. It also
+//! attributes cgroups to workloads (`cgroupfs`, `runtimes`, `workloads`):
+//! systemd units, containers and pods named from the host's own files.
 
+pub mod cgroupfs;
 pub mod host;
 pub mod netns;
 pub mod owners;
+pub mod runtimes;
 pub mod sock_diag;
 #[cfg(test)]
 mod testutil;
+pub mod workloads;
 
 pub use host::{ephemeral_port_range, netstat_counter, tw_overflow};
 pub use netns::{in_namespace, namespaces};
