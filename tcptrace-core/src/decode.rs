@@ -43,8 +43,26 @@ pub fn raw(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
 }
 
+/// Decodes a record in place when its bytes are aligned as the ring
+/// keeps them (8 bytes); else through an aligned copy ([`raw`]).
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    from_raw(&raw(bytes)?)
+    match in_place(bytes) {
+        Some(r) => from_raw(r),
+        None => from_raw(&raw(bytes)?),
+    }
+}
+
+/// The record in `bytes` itself, when they are exactly one record and
+/// aligned for it.
+fn in_place(bytes: &[u8]) -> Option<&RawEvent> {
+    let aligned = bytes.as_ptr().align_offset(mem::align_of::<RawEvent>()) == 0;
+    if bytes.len() != RawEvent::SIZE || !aligned {
+        return None;
+    }
+    // SAFETY: RawEvent is repr(C) plain data, valid for every bit pattern;
+    // the bytes are exactly its size and aligned for it, and the reference
+    // borrows them.
+    Some(unsafe { &*bytes.as_ptr().cast::<RawEvent>() })
 }
 
 fn state(v: u8) -> Result<TcpState, DecodeError> {
@@ -306,6 +324,24 @@ mod tests {
 
     fn decode_raw(r: &RawEvent) -> Result<Event, DecodeError> {
         decode(&raw_bytes(r))
+    }
+
+    #[test]
+    fn decodes_the_same_in_place_and_from_unaligned_bytes() {
+        let bytes = raw_bytes(&raw_v4_transition());
+        // 8-aligned storage, then the record at offsets 0 (in place) and 4.
+        #[repr(C, align(8))]
+        struct Aligned([u8; RawEvent::SIZE + 8]);
+        let mut aligned_store = Aligned([0; RawEvent::SIZE + 8]);
+        let store = &mut aligned_store.0;
+        store[..RawEvent::SIZE].copy_from_slice(&bytes);
+        assert!(in_place(&store[..RawEvent::SIZE]).is_some());
+        let aligned = decode(&store[..RawEvent::SIZE]);
+        store[4..4 + RawEvent::SIZE].copy_from_slice(&bytes);
+        assert!(in_place(&store[4..4 + RawEvent::SIZE]).is_none());
+        let unaligned = decode(&store[4..4 + RawEvent::SIZE]);
+        assert_eq!(aligned, unaligned);
+        assert_eq!(aligned, decode_raw(&raw_v4_transition()));
     }
 
     #[test]
