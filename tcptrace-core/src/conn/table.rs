@@ -285,8 +285,8 @@ pub struct ConnTable {
     counting: bool,
     /// Entries inserted since the counts were last read, not counted yet:
     /// one that ends before then is never counted at all.
-    pending_conns: Vec<Slot>,
-    pending_tws: Vec<Slot>,
+    pending_conns: Pending,
+    pending_tws: Pending,
     /// Per slab chunk, no entry in it began before this (`born_ns` of full
     /// sockets, `start_ns` of timewait sockets; not raised when entries
     /// go): what lets `top` list the oldest sockets without reading all.
@@ -336,6 +336,57 @@ enum Counted {
 /// Kernel addresses are far above this; synthetic keys of seeded sockets below.
 const SYNTHETIC_LIMIT: u64 = 1 << 40;
 
+/// Slots of new entries left uncounted beyond as many as the table holds,
+/// at most.
+const PENDING_ROOM: usize = 4096;
+
+/// The slots of entries inserted and not counted yet, each listed once:
+/// slots are reused last-freed first, so a churn of short-lived sockets
+/// inserts into the same few slots over and over (listing each insert
+/// filled the list, and had every entry live then counted, after a few
+/// thousand inserts).
+#[derive(Debug, Default)]
+struct Pending {
+    slots: Vec<Slot>,
+    /// One bit per slot: whether it is in `slots`.
+    listed: Vec<u64>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn note(&mut self, slot: Slot) {
+        let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        if self.listed.len() <= word {
+            self.listed.resize(word + 1, 0);
+        }
+        if self.listed[word] & bit == 0 {
+            self.listed[word] |= bit;
+            self.slots.push(slot);
+        }
+    }
+
+    /// The slots listed, none listed any more.
+    fn take(&mut self) -> Vec<Slot> {
+        for &slot in &self.slots {
+            if let Some(w) = self.listed.get_mut(slot as usize / 64) {
+                *w &= !(1u64 << (slot % 64));
+            }
+        }
+        std::mem::take(&mut self.slots)
+    }
+
+    /// A list [`Self::take`] gave, once read: its room is reused.
+    fn give_back(&mut self, mut slots: Vec<Slot>) {
+        if self.slots.is_empty() {
+            slots.clear();
+            self.slots = slots;
+        }
+    }
+}
+
 pub const DEFAULT_CAP: usize = 1_000_000;
 
 impl Default for ConnTable {
@@ -351,8 +402,8 @@ impl ConnTable {
             tws: IdSlab::default(),
             live: Live::default(),
             counting: true,
-            pending_conns: Vec::new(),
-            pending_tws: Vec::new(),
+            pending_conns: Pending::default(),
+            pending_tws: Pending::default(),
             conn_floors: Vec::new(),
             tw_floors: Vec::new(),
             touched: None,
@@ -458,30 +509,38 @@ impl ConnTable {
         if !on {
             self.counting = false;
             self.live = Live::default();
-            self.pending_conns = Vec::new();
-            self.pending_tws = Vec::new();
+            self.pending_conns = Pending::default();
+            self.pending_tws = Pending::default();
         }
     }
 
     fn count_pending(&mut self) {
-        for slot in std::mem::take(&mut self.pending_conns) {
+        let conns = self.pending_conns.take();
+        for &slot in &conns {
             if self.conns.at(slot).is_some_and(|h| !h.links.counted()) {
                 self.recount_conn(slot, None);
             }
         }
-        for slot in std::mem::take(&mut self.pending_tws) {
+        self.pending_conns.give_back(conns);
+        let tws = self.pending_tws.take();
+        for &slot in &tws {
             if self.tws.at(slot).is_some_and(|h| !h.links.counted()) {
                 self.recount_tw(slot, None);
             }
         }
+        self.pending_tws.give_back(tws);
     }
 
     /// Entry `slot` is new: counted at the next [`Self::counts`], or now
-    /// when the list of those would hold more than the table (most ended).
+    /// when the list of those would hold more than the table and
+    /// [`PENDING_ROOM`] (most ended). The list names each slot once, so
+    /// that it outgrows the table only when the table shrank: counting
+    /// early costs a count and a removal from the counts for every entry
+    /// live then.
     fn note_new_conn(&mut self, slot: Slot) {
         if self.counting {
-            self.pending_conns.push(slot);
-            if self.pending_conns.len() > self.conns.len() + 4096 {
+            self.pending_conns.note(slot);
+            if self.pending_conns.len() > self.conns.len() + PENDING_ROOM {
                 self.count_pending();
             }
         }
@@ -489,8 +548,8 @@ impl ConnTable {
 
     fn note_new_tw(&mut self, slot: Slot) {
         if self.counting {
-            self.pending_tws.push(slot);
-            if self.pending_tws.len() > self.tws.len() + 4096 {
+            self.pending_tws.note(slot);
+            if self.pending_tws.len() > self.tws.len() + PENDING_ROOM {
                 self.count_pending();
             }
         }
