@@ -239,7 +239,10 @@ impl ReuserNames {
             (EventKind::Transition, Some(TcpState::Close), TcpState::SynSent, _) => {
                 if let Some(o) = e.owner {
                     if self.recent.len() >= Self::GENERATION {
-                        self.older = mem::take(&mut self.recent);
+                        // The older generation's map is emptied and
+                        // reused (its room kept: no regrowing).
+                        mem::swap(&mut self.older, &mut self.recent);
+                        self.recent.clear();
                     }
                     self.recent.insert(e.sk, (o.pid, o.comm));
                 }

@@ -113,9 +113,11 @@ impl Engine {
         match &mut self.batch {
             Some(b) => b.finished.append(finished),
             None => {
-                for f in finished.drain(..) {
-                    self.aggs.on_finished(&f);
+                // By reference: a lifecycle that ended is read, not moved.
+                for f in finished.iter() {
+                    self.aggs.on_finished(f);
                 }
+                finished.clear();
             }
         }
     }
