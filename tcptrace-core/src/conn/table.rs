@@ -302,6 +302,8 @@ pub struct ConnTable {
     /// Seeded entries not yet bound to a kernel address, by tuple: their key in
     /// `conns`/`tws` is synthetic (below [`SYNTHETIC_LIMIT`]).
     seeded: FxHashMap<TupleKey, u64>,
+    /// Which tuples may be in `seeded` (checked before hashing into it).
+    maybe_seeded: MaybeSeeded,
     next_synthetic: u64,
     cap: usize,
     pub counters: TableCounters,
@@ -339,6 +341,71 @@ const SYNTHETIC_LIMIT: u64 = 1 << 40;
 /// Slots of new entries left uncounted beyond as many as the table holds,
 /// at most.
 const PENDING_ROOM: usize = 4096;
+
+/// Which tuples may be among the seeded entries: one bit per hash of a
+/// tuple, at least 16 bits per seeded entry (a clear bit is a sure miss, a
+/// set one is checked in the map). A host seeded with many sockets (a
+/// hundred thousand in TIME_WAIT, or other namespaces' load) otherwise pays
+/// a probe of that large map, missing the cache, for every new tuple until
+/// they end. Bits are cleared only when rebuilt (as the map grows).
+#[derive(Debug, Default)]
+struct MaybeSeeded {
+    bits: Vec<u64>,
+    /// Keys inserted since the bits were (re)built, and the map's size then.
+    inserted: usize,
+    built_for: usize,
+}
+
+impl MaybeSeeded {
+    fn index(&self, key: &TupleKey) -> (usize, u64) {
+        let addr = |a: IpAddr| match a {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => {
+                let b = a.octets();
+                u64::from_ne_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
+                    ^ u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+            }
+        };
+        let mut h =
+            (u64::from(key.netns) << 32) | (u64::from(key.sport) << 16) | u64::from(key.dport);
+        h ^= addr(key.daddr).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= addr(key.saddr).rotate_left(29);
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 31;
+        let bit = (h as usize) & (self.bits.len() * 64 - 1);
+        (bit / 64, 1u64 << (bit % 64))
+    }
+
+    /// False only if `key` is surely not seeded.
+    fn may_hold(&self, key: &TupleKey) -> bool {
+        if self.bits.is_empty() {
+            return false;
+        }
+        let (word, bit) = self.index(key);
+        self.bits[word] & bit != 0
+    }
+
+    /// `key` was just inserted into `seeded`.
+    fn insert(&mut self, key: &TupleKey, seeded: &FxHashMap<TupleKey, u64>) {
+        self.inserted += 1;
+        if (self.built_for + self.inserted) * 16 > self.bits.len() * 64 {
+            let words = (seeded.len() * 32).next_power_of_two().max(4096) / 64;
+            self.bits = vec![0; words];
+            self.inserted = 0;
+            self.built_for = seeded.len();
+            for k in seeded.keys() {
+                self.set(k);
+            }
+        } else {
+            self.set(key);
+        }
+    }
+
+    fn set(&mut self, key: &TupleKey) {
+        let (word, bit) = self.index(key);
+        self.bits[word] |= bit;
+    }
+}
 
 /// The slots of entries inserted and not counted yet, each listed once:
 /// slots are reused last-freed first, so a churn of short-lived sockets
@@ -410,6 +477,7 @@ impl ConnTable {
             tw_before: None,
             keep_tw_before: false,
             seeded: FxHashMap::default(),
+            maybe_seeded: MaybeSeeded::default(),
             next_synthetic: 1,
             cap: cap.max(1),
             counters: TableCounters::default(),
@@ -773,18 +841,25 @@ impl ConnTable {
 
     /// Takes a seeded entry for this tuple out of the table, if any.
     fn adopt_seeded_conn(&mut self, key: &TupleKey) -> Option<Conn> {
+        if !self.maybe_seeded.may_hold(key) {
+            return None;
+        }
         self.remove_conn(*self.seeded.get(key)?)
     }
 
     fn adopt_seeded_tw(&mut self, key: &TupleKey) -> Option<TwConn> {
+        if !self.maybe_seeded.may_hold(key) {
+            return None;
+        }
         self.remove_tw(*self.seeded.get(key)?)
     }
 
     /// A socket the snapshot found and an event also reports (it started
     /// after the tracer attached but before the snapshot): keep the event's.
     fn drop_seeded_duplicate(&mut self, key: &TupleKey) {
-        // Runs for every new tuple: skip the hash once no seeded entry is left.
-        if self.seeded.is_empty() {
+        // Runs for every new tuple: skip the hash once no seeded entry is
+        // left, or when this tuple cannot be one.
+        if self.seeded.is_empty() || !self.maybe_seeded.may_hold(key) {
             return;
         }
         if let Some(synthetic) = self.seeded.remove(key) {
@@ -1193,6 +1268,7 @@ impl ConnTable {
             });
         }
         self.seeded.insert(key, synthetic);
+        self.maybe_seeded.insert(&key, &self.seeded);
     }
 
     /// Reconciles the table with a fresh snapshot of the kernel's sockets:
@@ -1348,6 +1424,27 @@ mod tests {
 
     use super::*;
     use crate::model::Comm;
+
+    #[test]
+    fn the_seeded_filter_never_misses_a_seeded_tuple_and_rules_out_most_others() {
+        let key = |netns: u32, port: u16| TupleKey {
+            netns,
+            saddr: IpAddr::V4(Ipv4Addr::new(10, 0, (port >> 8) as u8, port as u8)),
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: port,
+            dport: 443,
+        };
+        let mut map = FxHashMap::default();
+        let mut filter = MaybeSeeded::default();
+        assert!(!filter.may_hold(&key(1, 1)));
+        for port in 1..=20_000u16 {
+            map.insert(key(1, port), u64::from(port));
+            filter.insert(&key(1, port), &map);
+        }
+        assert!((1..=20_000u16).all(|p| filter.may_hold(&key(1, p))));
+        let others = (1..=20_000u16).filter(|&p| filter.may_hold(&key(2, p))).count();
+        assert!(others < 2_000, "{others} of 20000 other tuples pass");
+    }
 
     fn owner(pid: u32, name: &str) -> Owner {
         Owner {
