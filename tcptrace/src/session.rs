@@ -297,7 +297,7 @@ impl Loop {
     /// Everything the source has now; `Stop` if the consumer said so.
     fn drain(&mut self, source: &mut dyn Source, consumer: &mut dyn Consumer) -> Result<Flow> {
         let mut got = std::mem::take(&mut self.drained);
-        source.drain_into(&mut got);
+        source.drain(&mut |rec| got.push(rec));
         if source.ended() {
             self.ended = true;
         }

@@ -129,10 +129,38 @@ impl Live {
             spent / 1_000
         );
     }
+}
 
-    /// What [`Source::drain`] and [`Source::drain_into`] do, with `f`
-    /// known to the compiler (a record can then be built in place).
-    fn drain_with(&mut self, mut f: impl FnMut(Record)) {
+impl Source for Live {
+    fn info(&self) -> SourceInfo {
+        SourceInfo {
+            hook: self.tracer.hooks.transitions.to_string(),
+            timewait_hook: self.tracer.hooks.timewait.to_string(),
+            fallbacks: self.tracer.hooks.fallbacks.clone(),
+            host: seed::host::hostname(),
+            kernel: seed::host::kernel_release(),
+            recording: None,
+        }
+    }
+
+    fn enter_loop(&mut self) {
+        crate::sched::drain_priority(self.realtime);
+    }
+
+    fn clock_ns(&self) -> u64 {
+        monotonic_ns()
+    }
+
+    fn wait(&mut self, until: u64, inputs: &Receiver<Input>) -> Option<Input> {
+        wait_real(until, inputs)
+    }
+
+    fn now(&self) -> (u64, u64) {
+        let mono = monotonic_ns();
+        (mono, self.clock.wall_ns(mono))
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(Record)) {
         let errors = &mut self.decode_errors;
         let timewait = &mut self.timewait;
         let reusers = &mut self.reusers;
@@ -173,45 +201,7 @@ impl Live {
             }
         });
         self.tracer.flush_logs();
-        self.check_timewait(&mut f);
-    }
-}
-
-impl Source for Live {
-    fn info(&self) -> SourceInfo {
-        SourceInfo {
-            hook: self.tracer.hooks.transitions.to_string(),
-            timewait_hook: self.tracer.hooks.timewait.to_string(),
-            fallbacks: self.tracer.hooks.fallbacks.clone(),
-            host: seed::host::hostname(),
-            kernel: seed::host::kernel_release(),
-            recording: None,
-        }
-    }
-
-    fn enter_loop(&mut self) {
-        crate::sched::drain_priority(self.realtime);
-    }
-
-    fn clock_ns(&self) -> u64 {
-        monotonic_ns()
-    }
-
-    fn wait(&mut self, until: u64, inputs: &Receiver<Input>) -> Option<Input> {
-        wait_real(until, inputs)
-    }
-
-    fn now(&self) -> (u64, u64) {
-        let mono = monotonic_ns();
-        (mono, self.clock.wall_ns(mono))
-    }
-
-    fn drain(&mut self, f: &mut dyn FnMut(Record)) {
-        self.drain_with(f);
-    }
-
-    fn drain_into(&mut self, out: &mut Vec<Record>) {
-        self.drain_with(|rec| out.push(rec));
+        self.check_timewait(f);
     }
 
     fn sockets(&mut self) -> Result<Option<Record>> {

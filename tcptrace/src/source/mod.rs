@@ -66,12 +66,6 @@ pub trait Source: Send {
     /// Every record available now, in order.
     fn drain(&mut self, f: &mut dyn FnMut(Record));
 
-    /// [`Source::drain`] appended to `out` (what the loop calls: the live
-    /// source builds each record where it stays).
-    fn drain_into(&mut self, out: &mut Vec<Record>) {
-        self.drain(&mut |rec| out.push(rec));
-    }
-
     /// A sock_diag snapshot of the sockets that exist now, as a
     /// [`Record::Snapshot`]; `None` when the source carries its own.
     fn sockets(&mut self) -> Result<Option<Record>>;
