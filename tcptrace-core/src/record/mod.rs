@@ -20,8 +20,10 @@ pub use format::{FormatError, Header, Record};
 
 use crate::model::{Event, Lost, SeenSocket};
 
-/// zstd level: fast, and about 4x on event blocks.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level 1: the recorder compresses while the box is at its busiest,
+/// and at level 3 compression was 46% of `record`'s CPU (docs/benchmarks.md:
+/// level 1 takes about half that for files a little larger).
+const ZSTD_LEVEL: i32 = 1;
 /// An events block is written once its payload reaches this size (or when
 /// the caller flushes, at least every second).
 pub const BLOCK_TARGET: usize = 1 << 20;
