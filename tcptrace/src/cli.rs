@@ -803,6 +803,8 @@ pub struct ReplayArgs {
     /// Print everything at once, without pacing.
     #[arg(long)]
     pub as_fast_as_possible: bool,
+    #[command(flatten)]
+    pub workload: WorkloadFilterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -832,6 +834,8 @@ pub struct ReportArgs {
     /// the recording or window).
     #[arg(long, value_name = "DURATION")]
     pub step: Option<String>,
+    #[command(flatten)]
+    pub workload: WorkloadFilterArgs,
 }
 
 /// What TIME may be, for `report --help` and every error about one.
@@ -886,6 +890,7 @@ impl ReportArgs {
                 to: time("--to", &self.to)?,
                 at: time("--at", &self.at)?,
                 step_ns,
+                workloads: self.workload.to_filter()?,
             },
         })
     }
@@ -1017,6 +1022,53 @@ pub struct FilterArgs {
     /// IPv6 only.
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+    /// `--cgroup`, `--container`, `--unit`: the live commands apply them in
+    /// the session's workload wiring (the resolver's names at run time).
+    #[command(flatten)]
+    pub workload: WorkloadFilterArgs,
+}
+
+/// Workload filters: `--cgroup PATH`, `--container ID|NAME`, `--unit NAME`
+/// (each repeatable, up to 8; a workload matching any value is kept).
+/// `report` and `replay` match them against the names the recording
+/// stores, never against this host.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WorkloadFilterArgs {
+    /// Keep workloads whose cgroup v2 path is PATH or below it (absolute,
+    /// e.g. /system.slice/api.service; repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroup: Vec<String>,
+    /// Keep a container: an id prefix (hex) or a name (Docker/Podman name,
+    /// Kubernetes container name, or ns/pod/container; repeatable).
+    #[arg(long = "container", value_name = "ID|NAME")]
+    pub container: Vec<String>,
+    /// Keep a systemd unit (`.service` appended when no suffix is given;
+    /// repeatable).
+    #[arg(long = "unit", value_name = "NAME")]
+    pub unit: Vec<String>,
+}
+
+impl WorkloadFilterArgs {
+    /// The validated filter; a malformed value is a usage error (one line).
+    pub fn to_filter(&self) -> Result<tcptrace_core::workload::WorkloadFilter, UsageError> {
+        tcptrace_core::workload::WorkloadFilter::parse(&self.cgroup, &self.container, &self.unit)
+            .map_err(|e| usage(e.0))
+    }
+
+    /// The flags as given, for messages (`--unit x.service --cgroup /a`).
+    pub fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for (flag, list) in [
+            ("--cgroup", &self.cgroup),
+            ("--container", &self.container),
+            ("--unit", &self.unit),
+        ] {
+            for v in list {
+                out.push(format!("{flag} {}", tcptrace_core::output::escape(v)));
+            }
+        }
+        out.join(" ")
+    }
 }
 
 /// Kernel-side knobs shared by live commands.

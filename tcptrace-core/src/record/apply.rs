@@ -1,20 +1,26 @@
 //! How records apply to an engine, the one way every reader (`report`,
 //! `top --from`) and the live loop do it: snapshots are taken in (the first
 //! seeds, later ones reconcile: [`Engine::take_sockets`]), events apply,
-//! lost markers add up.
+//! lost markers add up, workload records fill the recording's own table of
+//! names (never looked up on the reading host).
 
 use super::Record;
-use crate::{engine::Engine, model::Lost};
+use crate::{engine::Engine, model::Lost, workload::WorkloadTable};
 
 /// Applies records to an engine the one way every reader does: the first
-/// snapshot seeds, later snapshots reconcile, lost markers add up.
+/// snapshot seeds, later snapshots reconcile, lost markers add up,
+/// workloads go into [`workloads`](Self::workloads) (the latest per id).
 #[derive(Debug, Default)]
 pub struct RecordApplier {
     pub lost: Lost,
+    /// The recording's workloads by cgroup id: what its owners' cgroups
+    /// were when recorded (ids it never named are not in it: `cgroup:<id>`).
+    pub workloads: WorkloadTable,
 }
 
 impl RecordApplier {
-    /// Applies one record; returns its timestamp (monotonic ns).
+    /// Applies one record; returns its timestamp (monotonic ns; 0 for a
+    /// workload record, which has none).
     pub fn apply(&mut self, engine: &mut Engine, rec: &Record) -> u64 {
         match rec {
             Record::Snapshot {
@@ -37,6 +43,10 @@ impl RecordApplier {
                 // Saturating: a damaged (yet checksummed) file may say anything.
                 self.lost = self.lost.saturating_add(lost);
                 *ts_ns
+            }
+            Record::Workload { cgroup, workload } => {
+                self.workloads.insert(*cgroup, (**workload).clone(), 0);
+                0
             }
         }
     }

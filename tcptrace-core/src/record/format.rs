@@ -1,6 +1,6 @@
 //! The recording file format: pure encoding and decoding, no I/O.
 //!
-//! # Wire format (version 3)
+//! # Wire format (version 4)
 //!
 //! All integers are little-endian; `varint` is unsigned LEB128 (at most 10
 //! bytes), `zigzag` a signed value mapped to unsigned first.
@@ -49,6 +49,18 @@
 //!           marker (version 2; version 1 files have the older form:)
 //! lost_v1 = 0x02 ts zigzag (as above), ring_full, recursion_misses,
 //!           map_full varints: events lost since the previous marker
+//! workload = 0x04 cgroup varint, length varint (at most
+//!           MAX_WORKLOAD_JSON), JSON of `Workload` (version 4): what the
+//!           recorder knew about an owner's cgroup id (its path, unit,
+//!           container, pod, display name). Written before the first event
+//!           whose owner is in that cgroup, again when it changed (names
+//!           found later), and every one written so far again in the events
+//!           block after each snapshot block, so a reader starting at a
+//!           snapshot, or past a damaged stretch, still names them. Missing
+//!           keys take their defaults and unknown keys are ignored, so the
+//!           record can grow. A reader keeps the latest per id; names are
+//!           never looked up on the reading host. Files of versions 1 to 3
+//!           have none: their owners show as `cgroup:<id>`.
 //! ```
 //!
 //! A snapshot payload is the sockets a sock_diag dump found (the state to
@@ -69,7 +81,10 @@
 //! file cut at any byte reads back to its last complete block; writers emit
 //! a block at least every second.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,16 +97,23 @@ use crate::{
         TwEndReason,
     },
     netfacts::NetFacts,
+    workload::Workload,
 };
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
+/// 4: workload records (tag 0x04: a cgroup id's unit, container or pod, so
+/// a recording names workloads after they are gone), which a version-3
+/// reader would take for a corrupt block, so it refuses the file instead.
 /// 3: snapshots carry each namespace's TCP facts; events of kind 7
 /// (`tw_substate`, a timewait socket found in TIME_WAIT by the live
 /// source's check), which a version-2 reader would take for a corrupt
 /// block, so it refuses the file instead; timewait ends reused (with the
 /// reuser) and purged, transitions marked overflow. 2: loss markers carry
 /// `probe_failed` (tag 0x03). Versions 1 and 2 read too.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
+/// Longest workload JSON a record holds; a longer one is not written (its
+/// id shows as `cgroup:<id>`), and a reader takes a longer one for damage.
+pub const MAX_WORKLOAD_JSON: usize = 4096;
 /// Fixed part of the header before its JSON.
 pub const HEADER_FIXED: usize = 8 + 2 + 4 + 4;
 /// Fixed part of a block before its payload.
@@ -137,6 +159,12 @@ pub enum Record {
         namespaces: Vec<u32>,
         sockets: Vec<SeenSocket>,
         facts: Option<Box<NetFacts>>,
+    },
+    /// What the recorder knew about cgroup `cgroup` (version 4): the
+    /// workload of the events whose owner is in it. It has no timestamp.
+    Workload {
+        cgroup: u64,
+        workload: Arc<Workload>,
     },
 }
 
@@ -289,6 +317,23 @@ impl BlockEncoder {
         put_varint(&mut self.buf, lost.map_full);
         put_varint(&mut self.buf, lost.probe_failed);
         self.records += 1;
+    }
+
+    /// A workload record for cgroup `id`; false (nothing written) when its
+    /// JSON is longer than [`MAX_WORKLOAD_JSON`].
+    pub fn workload(&mut self, id: u64, w: &Workload) -> bool {
+        let Ok(json) = serde_json::to_vec(w) else {
+            return false;
+        };
+        if json.len() > MAX_WORKLOAD_JSON {
+            return false;
+        }
+        self.buf.push(4);
+        put_varint(&mut self.buf, id);
+        put_varint(&mut self.buf, json.len() as u64);
+        self.buf.extend_from_slice(&json);
+        self.records += 1;
+        true
     }
 
     /// The payload so far; the encoder starts a fresh block.
@@ -486,6 +531,21 @@ fn u32_of(v: u64) -> Result<u32, FormatError> {
     u32::try_from(v).map_err(|_| FormatError::Corrupt("value out of range"))
 }
 
+/// A workload read from a file is input: an unknown one is named by its id,
+/// and a display name that is empty, too long or has control characters is
+/// made again from the fields (escaped and capped as the recorder does).
+fn sanitize(w: &mut Workload, id: u64) {
+    use crate::workload::{MAX_DISPLAY_BYTES, WorkloadKind, display};
+    if w.kind == WorkloadKind::Unknown {
+        *w = Workload::unknown(id);
+    } else if w.display.is_empty()
+        || w.display.len() > MAX_DISPLAY_BYTES
+        || w.display.chars().any(char::is_control)
+    {
+        w.display = display(w).into();
+    }
+}
+
 /// Decodes every record of an events payload.
 pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), FormatError> {
     let mut c = Cursor::new(payload);
@@ -575,6 +635,21 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                         map_full: c.varint()?,
                         probe_failed: if tag == 3 { c.varint()? } else { 0 },
                     },
+                });
+            }
+            4 => {
+                let cgroup = c.varint()?;
+                let len = c.varint()?;
+                if len > MAX_WORKLOAD_JSON as u64 {
+                    return Err(FormatError::Corrupt("workload record too long"));
+                }
+                let json = c.bytes(len as usize)?;
+                let mut workload: Workload =
+                    serde_json::from_slice(json).map_err(|_| FormatError::Corrupt("workload"))?;
+                sanitize(&mut workload, cgroup);
+                out.push(Record::Workload {
+                    cgroup,
+                    workload: Arc::new(workload),
                 });
             }
             _ => return Err(FormatError::Corrupt("unknown record tag")),

@@ -11,6 +11,7 @@ pub use apply::RecordApplier;
 use std::{
     io::{self, Read, Write},
     path::Path,
+    sync::Arc,
 };
 
 use anyhow::Result;
@@ -18,7 +19,11 @@ use anyhow::Result;
 use format::{BLOCK_FIXED, BlockEncoder, KIND_EVENTS, KIND_SNAPSHOT};
 pub use format::{FormatError, Header, Record};
 
-use crate::model::{Event, Lost, SeenSocket};
+use crate::{
+    model::{Event, Lost, SeenSocket},
+    workload::Workload,
+};
+use rustc_hash::FxHashMap;
 
 /// zstd level 1: the recorder compresses while the box is at its busiest,
 /// and at level 3 compression was 46% of `record`'s CPU (docs/benchmarks.md:
@@ -37,6 +42,9 @@ pub struct Writer<W: Write> {
     pub bytes: u64,
     /// Events written (in flushed or pending blocks).
     pub events: u64,
+    /// Every workload written to this file, by cgroup id: written again
+    /// after each snapshot block.
+    workloads: FxHashMap<u64, Arc<Workload>>,
 }
 
 impl<W: Write> Writer<W> {
@@ -49,7 +57,28 @@ impl<W: Write> Writer<W> {
             enc: BlockEncoder::default(),
             bytes: h.len() as u64,
             events: 0,
+            workloads: FxHashMap::default(),
         })
+    }
+
+    /// Names cgroup `id` for the events that follow: a workload record is
+    /// written unless this one was already (the same `Arc`, or an equal
+    /// workload); a changed one is written again. Call it before the
+    /// first event whose owner is in `id`. Cheap when known: one lookup.
+    pub fn workload(&mut self, id: u64, w: &Arc<Workload>) {
+        if let Some(known) = self.workloads.get(&id)
+            && (Arc::ptr_eq(known, w) || **known == **w)
+        {
+            return;
+        }
+        if self.enc.workload(id, w) {
+            self.workloads.insert(id, Arc::clone(w));
+        }
+    }
+
+    /// Workloads written to this file so far.
+    pub fn workloads_written(&self) -> usize {
+        self.workloads.len()
     }
 
     pub fn event(&mut self, e: &Event) -> io::Result<()> {
@@ -76,7 +105,15 @@ impl<W: Write> Writer<W> {
     ) -> io::Result<()> {
         self.flush()?;
         let raw = format::encode_snapshot(ts_ns, namespaces, sockets, facts);
-        self.write_block(KIND_SNAPSHOT, &raw)
+        self.write_block(KIND_SNAPSHOT, &raw)?;
+        // The whole table again, first in the next events block: a reader
+        // starting here (or past damage) still names every workload.
+        let mut ids: Vec<u64> = self.workloads.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.enc.workload(id, &self.workloads[&id]);
+        }
+        Ok(())
     }
 
     fn write_block(&mut self, kind: u8, raw: &[u8]) -> io::Result<()> {

@@ -37,9 +37,21 @@
 //!   `first_ns`, `last_ns` (first and last moment seen holding),
 //!   `held_for_ms` (`last - first`), `held_total_ms` (time spent holding
 //!   any: less when it came and went), `count_at_end`, `oldest_age_ms`,
-//!   `oldest_age_is_lower_bound`, `peers` (most frequent first, at most 5).
+//!   `oldest_age_is_lower_bound`, `peers` (most frequent first, at most 5),
+//!   and the owner's workload as recorded: `workload`, `workload_kind`,
+//!   `cgroup_path`, `unit`, `container`, `pod`, `namespace` (null when
+//!   unknown; `workload` is `cgroup:<id>` for a cgroup the recording does
+//!   not name, as in recordings older than format 4).
+//! - `close_wait_workload_holders`: the same per workload (owners' cgroups
+//!   folded by workload name: a restarted unit's cgroups are one row, its
+//!   `peak` the largest one cgroup reached), largest peak first: the
+//!   workload fields, `comm` (a process seen holding), `cgroups` (the ids),
+//!   the times and counts above, `oldest_age_ms`,
+//!   `oldest_age_is_lower_bound`, `peers`. Owners of unknown cgroup are not
+//!   in it. Capped in JSON like the `stats` lists (an `other` row, `capped`).
 //! - `time_wait_destination_holders`: per destination of connections opened
-//!   here: `daddr`, `dport`, `pid`, `comm` (the process behind most),
+//!   here: `daddr`, `dport`, `pid`, `comm` (the process behind most) and
+//!   its workload fields,
 //!   `peak`, `peak_ns`, `first_ns`, `last_ns`, `held_for_ms`,
 //!   `held_total_ms`, `count_at_end`, `begun` (TIME_WAIT begun in the
 //!   window), `ports` (ports connect() may pick in the namespace),
@@ -47,10 +59,18 @@
 //!   share at its fullest), `budget_netns`/`budget_saddr`/`budget_time_wait`.
 //! - `time_wait_service_holders`: per local service (connections accepted
 //!   here, the server closed first): `netns`, `saddr`, `sport`, `pid`,
-//!   `comm` (the listener's owner), the same times and counts, `begun`,
+//!   `comm` (the listener's owner) and its workload fields, the same times
+//!   and counts, `begun`,
 //!   `rate_per_sec` (`begun` over the time held).
 //! - `holders_dropped`: holders beyond [`track::MAX_HOLDERS`] per kind, not
-//!   kept: `close_wait`, `time_wait_destination`, `time_wait_service`.
+//!   kept: `close_wait`, `close_wait_workload`, `time_wait_destination`,
+//!   `time_wait_service`.
+//!
+//! Workload names come only from the recording (format 4 records), never
+//! from the host reading it. `--cgroup`/`--container`/`--unit`
+//! ([`Options::workloads`]) keep the holder rows whose recorded workload
+//! matches; the totals, the timeline and the state summary stay the
+//! recording's.
 
 mod output;
 mod timeline;
@@ -76,6 +96,7 @@ use crate::{
     model::Lost,
     record::{Reader, Record, RecordApplier},
     stats::{Aggregates, Batch, Deferred, HostFacts, Snapshot},
+    workload::{Workload, WorkloadFilter, WorkloadTable},
 };
 use track::{Ctx, Holders, Tracker, TwGroup};
 
@@ -189,17 +210,91 @@ pub struct Held {
     pub count_at_end: u64,
 }
 
+/// The workload of a row's owner, as the recording named it (all null
+/// when the owner's cgroup is unknown).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WorkloadFields {
+    pub workload: Option<String>,
+    pub workload_kind: Option<&'static str>,
+    pub cgroup_path: Option<String>,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl WorkloadFields {
+    fn of(w: &Workload) -> Self {
+        let s = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
+        Self {
+            workload: Some(w.display.to_string()),
+            workload_kind: Some(w.kind.as_str()),
+            cgroup_path: s(&w.cgroup_path),
+            unit: s(&w.unit),
+            container: s(&w.container),
+            pod: s(&w.pod),
+            namespace: s(&w.namespace),
+        }
+    }
+}
+
+/// Cgroup ids to the recording's workloads (`cgroup:<id>` for ids it does
+/// not name), and the filter rows are kept by.
+struct Names<'a> {
+    table: &'a WorkloadTable,
+    filter: &'a WorkloadFilter,
+}
+
+impl Names<'_> {
+    /// The workload of cgroup `id` (None: unknown owner cgroup).
+    fn get(&self, id: u64) -> Option<std::borrow::Cow<'_, Workload>> {
+        use std::borrow::Cow;
+        (id != 0).then(|| match self.table.get(id) {
+            Some(w) => Cow::Borrowed(&**w),
+            None => Cow::Owned(Workload::unknown(id)),
+        })
+    }
+
+    fn fields(&self, id: u64) -> WorkloadFields {
+        self.get(id)
+            .map_or_else(WorkloadFields::default, |w| WorkloadFields::of(&w))
+    }
+
+    /// Whether a row owned by cgroup `id` is kept.
+    fn keeps(&self, id: u64) -> bool {
+        !self.filter.narrows() || self.get(id).is_some_and(|w| self.filter.matches(&w))
+    }
+}
+
 /// A process that held CLOSE_WAIT in the window.
 #[derive(Clone, Debug, Serialize)]
 pub struct CloseWaitHolder {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     #[serde(flatten)]
+    pub workload: WorkloadFields,
+    #[serde(flatten)]
     pub held: Held,
     /// The oldest CLOSE_WAIT age reached in the window.
     pub oldest_age_ms: u64,
     pub oldest_age_is_lower_bound: bool,
     /// Remote endpoints, most frequent first.
+    pub peers: Vec<String>,
+}
+
+/// A workload that held CLOSE_WAIT in the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct CloseWaitWorkloadHolder {
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
+    /// A process seen holding.
+    pub comm: Option<String>,
+    /// The cgroup ids folded into this row.
+    pub cgroups: Vec<u64>,
+    #[serde(flatten)]
+    pub held: Held,
+    pub oldest_age_ms: u64,
+    pub oldest_age_is_lower_bound: bool,
     pub peers: Vec<String>,
 }
 
@@ -210,6 +305,8 @@ pub struct TimeWaitDestinationHolder {
     pub dport: u16,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    #[serde(flatten)]
+    pub workload: WorkloadFields,
     #[serde(flatten)]
     pub held: Held,
     /// TIME_WAIT begun in the window.
@@ -237,6 +334,8 @@ pub struct TimeWaitServiceHolder {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     #[serde(flatten)]
+    pub workload: WorkloadFields,
+    #[serde(flatten)]
     pub held: Held,
     pub begun: u64,
     /// `begun` per second held.
@@ -247,6 +346,7 @@ pub struct TimeWaitServiceHolder {
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct HoldersDropped {
     pub close_wait: u64,
+    pub close_wait_workload: u64,
     pub time_wait_destination: u64,
     pub time_wait_service: u64,
 }
@@ -260,9 +360,14 @@ pub struct Report {
     pub close_wait_timeline: Vec<TimelinePoint>,
     pub window: WindowInfo,
     pub close_wait_holders: Vec<CloseWaitHolder>,
+    pub close_wait_workload_holders: Vec<CloseWaitWorkloadHolder>,
     pub time_wait_destination_holders: Vec<TimeWaitDestinationHolder>,
     pub time_wait_service_holders: Vec<TimeWaitServiceHolder>,
     pub holders_dropped: HoldersDropped,
+    /// With a workload filter: whether any workload the recording names
+    /// matches it (the caller warns when none does). True without one.
+    #[serde(skip)]
+    pub filter_matched: bool,
 }
 
 /// [`build_with`] on this thread alone: what the threaded report must
@@ -302,6 +407,7 @@ fn record_ts(rec: &Record) -> u64 {
     match rec {
         Record::Event(e) => e.ts_ns,
         Record::Lost { ts_ns, .. } | Record::Snapshot { ts_ns, .. } => *ts_ns,
+        Record::Workload { .. } => 0,
     }
 }
 
@@ -391,6 +497,11 @@ impl Run<'_> {
     }
 
     fn take(&mut self, rec: &Record) {
+        if let Record::Workload { .. } = rec {
+            // Names only: no moment, nothing counted.
+            self.applier.apply(&mut self.engine, rec);
+            return;
+        }
         let ts = record_ts(rec);
         if self.first.is_none() {
             self.first = Some(ts);
@@ -468,7 +579,7 @@ impl Run<'_> {
                     self.resync(now);
                 }
             }
-            Record::Lost { .. } => {}
+            Record::Lost { .. } | Record::Workload { .. } => {}
         }
         if let Some(grid) = &mut self.grid {
             grid.note(&self.tracker);
@@ -668,8 +779,23 @@ fn build_inner<R: io::Read + Send>(
     }
     let clock = run.clock;
     let holders = run.holders.take().unwrap_or_default();
-    let (close_wait_holders, time_wait_destination_holders, time_wait_service_holders, dropped) =
-        holder_rows(holders, &clock);
+    let names = Names {
+        table: &run.applier.workloads,
+        filter: &opts.workloads,
+    };
+    let filter_matched = !opts.workloads.narrows()
+        || run
+            .applier
+            .workloads
+            .iter()
+            .any(|(_, w)| opts.workloads.matches(w));
+    let HolderRows {
+        close_wait: close_wait_holders,
+        close_wait_workload: close_wait_workload_holders,
+        destinations: time_wait_destination_holders,
+        services: time_wait_service_holders,
+        dropped,
+    } = holder_rows(holders, &clock, &names);
     let report = Report {
         recording: RecordingInfo {
             file: file.to_string(),
@@ -718,9 +844,11 @@ fn build_inner<R: io::Read + Send>(
         },
         close_wait_timeline: timeline.points,
         close_wait_holders,
+        close_wait_workload_holders,
         time_wait_destination_holders,
         time_wait_service_holders,
         holders_dropped: dropped,
+        filter_matched,
     };
     (report, error)
 }
@@ -741,26 +869,117 @@ fn comm_string(c: Option<crate::model::Comm>) -> Option<String> {
     c.map(|c| c.to_str_lossy().into_owned())
 }
 
-type HolderRows = (
-    Vec<CloseWaitHolder>,
-    Vec<TimeWaitDestinationHolder>,
-    Vec<TimeWaitServiceHolder>,
-    HoldersDropped,
-);
+struct HolderRows {
+    close_wait: Vec<CloseWaitHolder>,
+    close_wait_workload: Vec<CloseWaitWorkloadHolder>,
+    destinations: Vec<TimeWaitDestinationHolder>,
+    services: Vec<TimeWaitServiceHolder>,
+    dropped: HoldersDropped,
+}
 
-/// The holders as rows, largest peak first (then earliest peak).
-fn holder_rows(h: Holders, clock: &WallClock) -> HolderRows {
+/// Peers, most frequent first, the first [`PEERS_SHOWN`].
+fn top_peers(peers: impl IntoIterator<Item = (std::net::SocketAddr, u64)>) -> Vec<String> {
+    let mut peers: Vec<_> = peers.into_iter().collect();
+    peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    peers
+        .into_iter()
+        .take(PEERS_SHOWN)
+        .map(|(p, _)| p.to_string())
+        .collect()
+}
+
+/// The cgroups' holders folded by workload name, largest peak first.
+fn workload_rows(
+    map: rustc_hash::FxHashMap<u64, track::CwHolder>,
+    clock: &WallClock,
+    names: &Names<'_>,
+) -> Vec<CloseWaitWorkloadHolder> {
+    struct Acc {
+        fields: WorkloadFields,
+        comm: Option<crate::model::Comm>,
+        cgroups: Vec<u64>,
+        ep: track::Episode,
+        oldest_ns: u64,
+        lower_bound: bool,
+        peers: rustc_hash::FxHashMap<std::net::SocketAddr, u64>,
+    }
+    let mut by_name: std::collections::BTreeMap<String, Acc> = Default::default();
+    for (id, x) in map.into_iter().filter(|(_, x)| x.ep.peak > 0) {
+        if !names.keeps(id) {
+            continue;
+        }
+        let fields = names.fields(id);
+        let key = fields.workload.clone().unwrap_or_default();
+        match by_name.get_mut(&key) {
+            None => {
+                by_name.insert(
+                    key,
+                    Acc {
+                        fields,
+                        comm: x.comm,
+                        cgroups: vec![id],
+                        ep: x.ep,
+                        oldest_ns: x.oldest_ns,
+                        lower_bound: x.oldest_lower_bound,
+                        peers: x.peers,
+                    },
+                );
+            }
+            Some(acc) => {
+                acc.cgroups.push(id);
+                acc.comm = acc.comm.or(x.comm);
+                acc.ep.merge(&x.ep);
+                if x.oldest_ns >= acc.oldest_ns {
+                    acc.oldest_ns = x.oldest_ns;
+                    acc.lower_bound = x.oldest_lower_bound;
+                }
+                for (p, n) in x.peers {
+                    *acc.peers.entry(p).or_default() += n;
+                }
+            }
+        }
+    }
+    let mut rows: Vec<CloseWaitWorkloadHolder> = by_name
+        .into_values()
+        .map(|mut a| {
+            a.cgroups.sort_unstable();
+            CloseWaitWorkloadHolder {
+                workload: a.fields,
+                comm: comm_string(a.comm),
+                cgroups: a.cgroups,
+                held: held(&a.ep, clock),
+                oldest_age_ms: a.oldest_ns / 1_000_000,
+                oldest_age_is_lower_bound: a.lower_bound,
+                peers: top_peers(a.peers),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.held
+            .peak
+            .cmp(&a.held.peak)
+            .then(a.held.peak_ns.cmp(&b.held.peak_ns))
+            .then(a.workload.workload.cmp(&b.workload.workload))
+    });
+    rows
+}
+
+/// The holders as rows, largest peak first (then earliest peak); with a
+/// workload filter, only rows whose owner's workload matches.
+fn holder_rows(h: Holders, clock: &WallClock, names: &Names<'_>) -> HolderRows {
+    let close_wait_workload = workload_rows(h.close_wait_cgroups.map, clock, names);
     let mut cw: Vec<CloseWaitHolder> = h
         .close_wait
         .map
         .into_iter()
-        .filter(|(_, x)| x.ep.peak > 0)
+        .filter(|(_, x)| x.ep.peak > 0 && names.keeps(x.cgroup))
         .map(|(pid, x)| {
             let mut peers: Vec<_> = x.peers.into_iter().collect();
             peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             CloseWaitHolder {
                 pid,
                 comm: comm_string(x.comm),
+                workload: names.fields(x.cgroup),
                 held: held(&x.ep, clock),
                 oldest_age_ms: x.oldest_ns / 1_000_000,
                 oldest_age_is_lower_bound: x.oldest_lower_bound,
@@ -789,11 +1008,16 @@ fn holder_rows(h: Holders, clock: &WallClock) -> HolderRows {
                 return None;
             };
             let owner = x.owner();
+            let cgroup = owner.map_or(0, |o| o.2);
+            if !names.keeps(cgroup) {
+                return None;
+            }
             Some(TimeWaitDestinationHolder {
                 daddr,
                 dport,
                 pid: owner.map(|o| o.0),
                 comm: comm_string(owner.map(|o| o.1)),
+                workload: names.fields(cgroup),
                 held: held(&x.ep, clock),
                 begun: x.begun,
                 ports: x.budget_peak.map_or(x.ports_at_peak, |b| b.ports),
@@ -821,6 +1045,10 @@ fn holder_rows(h: Holders, clock: &WallClock) -> HolderRows {
                 return None;
             };
             let owner = x.owner();
+            let cgroup = owner.map_or(0, |o| o.2);
+            if !names.keeps(cgroup) {
+                return None;
+            }
             let held_s = x.ep.held_ns as f64 / 1e9;
             Some(TimeWaitServiceHolder {
                 netns,
@@ -828,6 +1056,7 @@ fn holder_rows(h: Holders, clock: &WallClock) -> HolderRows {
                 sport,
                 pid: owner.map(|o| o.0),
                 comm: comm_string(owner.map(|o| o.1)),
+                workload: names.fields(cgroup),
                 held: held(&x.ep, clock),
                 begun: x.begun,
                 rate_per_sec: if held_s > 0.0 {
@@ -847,8 +1076,15 @@ fn holder_rows(h: Holders, clock: &WallClock) -> HolderRows {
     });
     let dropped = HoldersDropped {
         close_wait: h.close_wait.dropped,
+        close_wait_workload: h.close_wait_cgroups.dropped,
         time_wait_destination: h.destinations.dropped,
         time_wait_service: h.services.dropped,
     };
-    (cw, dest, svc, dropped)
+    HolderRows {
+        close_wait: cw,
+        close_wait_workload,
+        destinations: dest,
+        services: svc,
+        dropped,
+    }
 }

@@ -1,13 +1,14 @@
 //! A report as text (for people: holders first, then the timeline, then the
-//! `stats` summary) and as long-format CSV (`section,key,field,value`, one
-//! fact per row). Names from outside are escaped in both.
+//! `stats` summary) and as long-format CSV (`section,key,field,value,workload`,
+//! one fact per row; `workload` names the row's workload where it has one,
+//! else it is empty). Names from outside are escaped in both.
 
 use std::{
     io::{self, Write},
     net::SocketAddr,
 };
 
-use super::{Held, Report, TimelinePoint, timeline::text_top, window::fmt_ns};
+use super::{Held, Report, TimelinePoint, WorkloadFields, timeline::text_top, window::fmt_ns};
 use crate::{
     clock::{fmt_age, fmt_ms, hms_millis},
     output::escape,
@@ -25,6 +26,34 @@ fn owner(pid: Option<u32>, comm: Option<&str>) -> String {
         (Some(pid), Some(comm)) => format!("{pid} {}", escape(comm)),
         (Some(pid), None) => pid.to_string(),
         _ => "-".into(),
+    }
+}
+
+/// Width of the text WORKLOAD column.
+const WORKLOAD_WIDTH: usize = 24;
+
+/// A workload for a text column: escaped, cut in the middle to
+/// [`WORKLOAD_WIDTH`] characters (`first11…last12`); "-" when unknown.
+fn workload_cell(w: &WorkloadFields) -> String {
+    let Some(name) = w.workload.as_deref() else {
+        return "-".into();
+    };
+    let name = escape(name);
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= WORKLOAD_WIDTH {
+        return name.into_owned();
+    }
+    let head: String = chars[..11].iter().collect();
+    let tail: String = chars[chars.len() - 12..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+/// "1234 nginx (payments.service)": the owner and its workload when known.
+fn owner_with_workload(pid: Option<u32>, comm: Option<&str>, w: &WorkloadFields) -> String {
+    let o = owner(pid, comm);
+    match w.workload.as_deref() {
+        Some(name) => format!("{o} ({})", escape(name)),
+        None => o,
     }
 }
 
@@ -132,15 +161,16 @@ fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
     } else {
         writeln!(
             w,
-            "CLOSE_WAIT holders (every process that held CLOSE_WAIT):\n  {:<8} {:<16} {:>6}  {:<12}  {:<20} {:>10} {:>6}  PEERS",
-            "PID", "COMM", "PEAK", "WHEN", "HELD FOR", "OLDEST", "END"
+            "CLOSE_WAIT holders (every process that held CLOSE_WAIT):\n  {:<8} {:<16} {:<24} {:>6}  {:<12}  {:<20} {:>10} {:>6}  PEERS",
+            "PID", "COMM", "WORKLOAD", "PEAK", "WHEN", "HELD FOR", "OLDEST", "END"
         )?;
         for h in r.close_wait_holders.iter().take(TEXT_ROWS) {
             writeln!(
                 w,
-                "  {:<8} {:<16} {:>6}  {:<12}  {:<20} {:>10} {:>6}  {}",
+                "  {:<8} {:<16} {:<24} {:>6}  {:<12}  {:<20} {:>10} {:>6}  {}",
                 h.pid.map_or("-".into(), |p| p.to_string()),
                 escape(h.comm.as_deref().unwrap_or("-")),
+                workload_cell(&h.workload),
                 h.held.peak,
                 hms_millis(h.held.peak_ns),
                 held_for(&h.held),
@@ -156,6 +186,36 @@ fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
             w,
             "  ({} more processes not kept: at most {} are)",
             dropped.close_wait,
+            super::MAX_HOLDERS
+        )?;
+    }
+    if !r.close_wait_workload_holders.is_empty() {
+        writeln!(
+            w,
+            "CLOSE_WAIT by workload (the owners' units, containers and pods, as recorded):\n  {:<40} {:<10} {:>6}  {:<12}  {:<20} {:>10} {:>6}  PEERS",
+            "WORKLOAD", "KIND", "PEAK", "WHEN", "HELD FOR", "OLDEST", "END"
+        )?;
+        for h in r.close_wait_workload_holders.iter().take(TEXT_ROWS) {
+            writeln!(
+                w,
+                "  {:<40} {:<10} {:>6}  {:<12}  {:<20} {:>10} {:>6}  {}",
+                escape(h.workload.workload.as_deref().unwrap_or("-")),
+                h.workload.workload_kind.unwrap_or("-"),
+                h.held.peak,
+                hms_millis(h.held.peak_ns),
+                held_for(&h.held),
+                fmt_age(h.oldest_age_ms, h.oldest_age_is_lower_bound),
+                h.held.count_at_end,
+                escape(&h.peers.join(" "))
+            )?;
+        }
+        more(w, r.close_wait_workload_holders.len())?;
+    }
+    if dropped.close_wait_workload > 0 {
+        writeln!(
+            w,
+            "  ({} more cgroups not kept: at most {} are)",
+            dropped.close_wait_workload,
             super::MAX_HOLDERS
         )?;
     }
@@ -178,7 +238,7 @@ fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
                 h.held.count_at_end,
                 h.begun,
                 h.port_share_at_peak * 100.0,
-                owner(h.pid, h.comm.as_deref())
+                owner_with_workload(h.pid, h.comm.as_deref(), &h.workload)
             )?;
         }
         more(w, r.time_wait_destination_holders.len())?;
@@ -210,7 +270,7 @@ fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
                 h.held.count_at_end,
                 h.begun,
                 h.rate_per_sec,
-                owner(h.pid, h.comm.as_deref())
+                owner_with_workload(h.pid, h.comm.as_deref(), &h.workload)
             )?;
         }
         more(w, r.time_wait_service_holders.len())?;
@@ -284,20 +344,22 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
     let mut c = csv::Writer::from_writer(w);
     // Names from outside (process names, the host) escaped like every
     // other text sink: a quoted newline is valid CSV, not a safe terminal.
-    let mut row = |section: &str, key: &str, field: &str, value: String| {
+    let mut row = |section: &str, key: &str, field: &str, value: String, workload: &str| {
         c.write_record([
             section,
             escape(key).as_ref(),
             field,
             escape(&value).as_ref(),
+            escape(workload).as_ref(),
         ])
     };
-    row("section", "key", "field", "value".into()).map_err(io::Error::other)?;
+    row("section", "key", "field", "value".into(), "workload").map_err(io::Error::other)?;
     let s = &r.summary;
-    let mut rows: Vec<(String, String, String, String)> = Vec::new();
-    let mut push = |a: &str, b: String, f: &str, v: String| rows.push((a.into(), b, f.into(), v));
+    // (section, key, field, value, workload): the workload column is empty
+    // for rows with none; it is set for holder rows below.
+    let mut rows = CsvRows::default();
     for (k, v) in &s.states {
-        push("states", k.to_string(), "count", v.to_string());
+        rows.add("states", k.to_string(), "count", v.to_string());
     }
     for p in &s.close_wait_by_process {
         let key = format!(
@@ -305,19 +367,19 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
             p.pid.map_or("-".into(), |p| p.to_string()),
             p.comm.as_deref().unwrap_or("?")
         );
-        push(
+        rows.add(
             "close_wait_by_process",
             key.clone(),
             "count",
             p.count.to_string(),
         );
-        push(
+        rows.add(
             "close_wait_by_process",
             key.clone(),
             "growth_per_min",
             p.growth_per_min.to_string(),
         );
-        push(
+        rows.add(
             "close_wait_by_process",
             key,
             "oldest_age_ms",
@@ -326,13 +388,13 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
     }
     for p in &s.time_wait_by_peer {
         let key = SocketAddr::new(p.daddr, p.dport).to_string();
-        push(
+        rows.add(
             "time_wait_by_peer",
             key.clone(),
             "count",
             p.count.to_string(),
         );
-        push(
+        rows.add(
             "time_wait_by_peer",
             key,
             "port_range_ratio",
@@ -341,13 +403,13 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
     }
     for v in &s.time_wait_by_service {
         let key = format!("{} {}", v.netns, SocketAddr::new(v.saddr, v.sport));
-        push(
+        rows.add(
             "time_wait_by_service",
             key.clone(),
             "count",
             v.count.to_string(),
         );
-        push(
+        rows.add(
             "time_wait_by_service",
             key,
             "comm",
@@ -368,7 +430,7 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
             ("in_use_ratio", b.in_use_ratio.to_string()),
             ("port_range_ratio", b.port_range_ratio.to_string()),
         ] {
-            push("port_budgets", key.clone(), field, value);
+            rows.add("port_budgets", key.clone(), field, value);
         }
     }
     for k in HistKind::ALL {
@@ -380,24 +442,24 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
                 ("p99_ms", h.p99_ms),
                 ("max_ms", h.max_ms),
             ] {
-                push("histograms", k.name().into(), f, v.to_string());
+                rows.add("histograms", k.name().into(), f, v.to_string());
             }
         }
     }
     for (k, v) in &s.lost {
-        push("lost", k.to_string(), "count", v.to_string());
+        rows.add("lost", k.to_string(), "count", v.to_string());
     }
     for g in &r.gaps {
         let key = g.ts_ns.to_string();
-        push("gaps", key.clone(), "ring_full", g.ring_full.to_string());
-        push(
+        rows.add("gaps", key.clone(), "ring_full", g.ring_full.to_string());
+        rows.add(
             "gaps",
             key.clone(),
             "recursion_misses",
             g.recursion_misses.to_string(),
         );
-        push("gaps", key.clone(), "map_full", g.map_full.to_string());
-        push("gaps", key, "probe_failed", g.probe_failed.to_string());
+        rows.add("gaps", key.clone(), "map_full", g.map_full.to_string());
+        rows.add("gaps", key, "probe_failed", g.probe_failed.to_string());
     }
     for p in &r.close_wait_timeline {
         let key = p.ts_ns.to_string();
@@ -407,7 +469,7 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
             ("close_wait_max", p.close_wait_max),
             ("time_wait_max", p.time_wait_max),
         ] {
-            push("close_wait_timeline", key.clone(), f, v.to_string());
+            rows.add("close_wait_timeline", key.clone(), f, v.to_string());
         }
     }
     let win = &r.window;
@@ -420,46 +482,78 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
         ("points", Some(win.points)),
     ] {
         if let Some(v) = v {
-            push("window", "window".into(), f, v.to_string());
+            rows.add("window", "window".into(), f, v.to_string());
         }
     }
-    let held_rows =
-        |push: &mut dyn FnMut(&str, String, &str, String), section: &str, key: &str, h: &Held| {
-            for (f, v) in [
-                ("peak", h.peak),
-                ("peak_ns", h.peak_ns),
-                ("first_ns", h.first_ns),
-                ("last_ns", h.last_ns),
-                ("held_for_ms", h.held_for_ms),
-                ("held_total_ms", h.held_total_ms),
-                ("count_at_end", h.count_at_end),
-            ] {
-                push(section, key.to_string(), f, v.to_string());
-            }
-        };
+    let held_rows = |rows: &mut CsvRows, section: &str, key: &str, h: &Held| {
+        for (f, v) in [
+            ("peak", h.peak),
+            ("peak_ns", h.peak_ns),
+            ("first_ns", h.first_ns),
+            ("last_ns", h.last_ns),
+            ("held_for_ms", h.held_for_ms),
+            ("held_total_ms", h.held_total_ms),
+            ("count_at_end", h.count_at_end),
+        ] {
+            rows.add(section, key.to_string(), f, v.to_string());
+        }
+    };
+    // Holder rows: `name` sets their workload column.
     for h in &r.close_wait_holders {
+        rows.name(&h.workload);
         let key = format!(
             "{} {}",
             h.pid.map_or("-".into(), |p| p.to_string()),
             h.comm.as_deref().unwrap_or("?")
         );
-        held_rows(&mut push, "close_wait_holders", &key, &h.held);
-        push(
+        held_rows(&mut rows, "close_wait_holders", &key, &h.held);
+        rows.add(
             "close_wait_holders",
             key.clone(),
             "oldest_age_ms",
             h.oldest_age_ms.to_string(),
         );
-        push("close_wait_holders", key, "peers", h.peers.join(" "));
+        rows.add("close_wait_holders", key, "peers", h.peers.join(" "));
+    }
+    for h in &r.close_wait_workload_holders {
+        rows.name(&h.workload);
+        let key = h.workload.workload.clone().unwrap_or_default();
+        let section = "close_wait_workload_holders";
+        rows.add(
+            section,
+            key.clone(),
+            "workload_kind",
+            h.workload.workload_kind.unwrap_or_default().to_string(),
+        );
+        for (f, v) in [
+            ("cgroup_path", &h.workload.cgroup_path),
+            ("unit", &h.workload.unit),
+            ("container", &h.workload.container),
+            ("pod", &h.workload.pod),
+            ("namespace", &h.workload.namespace),
+        ] {
+            if let Some(v) = v {
+                rows.add(section, key.clone(), f, v.clone());
+            }
+        }
+        held_rows(&mut rows, section, &key, &h.held);
+        rows.add(
+            section,
+            key.clone(),
+            "oldest_age_ms",
+            h.oldest_age_ms.to_string(),
+        );
+        rows.add(section, key, "peers", h.peers.join(" "));
     }
     for h in &r.time_wait_destination_holders {
+        rows.name(&h.workload);
         let key = SocketAddr::new(h.daddr, h.dport).to_string();
         let section = "time_wait_destination_holders";
-        push(section, key.clone(), "owner", owner_plain(h.pid, &h.comm));
-        held_rows(&mut push, section, &key, &h.held);
-        push(section, key.clone(), "begun", h.begun.to_string());
-        push(section, key.clone(), "ports", h.ports.to_string());
-        push(
+        rows.add(section, key.clone(), "owner", owner_plain(h.pid, &h.comm));
+        held_rows(&mut rows, section, &key, &h.held);
+        rows.add(section, key.clone(), "begun", h.begun.to_string());
+        rows.add(section, key.clone(), "ports", h.ports.to_string());
+        rows.add(
             section,
             key,
             "port_share_at_peak",
@@ -467,25 +561,56 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
         );
     }
     for h in &r.time_wait_service_holders {
+        rows.name(&h.workload);
         let key = format!("{} {}", h.netns, SocketAddr::new(h.saddr, h.sport));
         let section = "time_wait_service_holders";
-        push(section, key.clone(), "owner", owner_plain(h.pid, &h.comm));
-        held_rows(&mut push, section, &key, &h.held);
-        push(section, key.clone(), "begun", h.begun.to_string());
-        push(section, key, "rate_per_sec", h.rate_per_sec.to_string());
+        rows.add(section, key.clone(), "owner", owner_plain(h.pid, &h.comm));
+        held_rows(&mut rows, section, &key, &h.held);
+        rows.add(section, key.clone(), "begun", h.begun.to_string());
+        rows.add(section, key, "rate_per_sec", h.rate_per_sec.to_string());
     }
+    rows.workload.clear();
     let d = &r.holders_dropped;
     for (f, v) in [
         ("close_wait", d.close_wait),
+        ("close_wait_workload", d.close_wait_workload),
         ("time_wait_destination", d.time_wait_destination),
         ("time_wait_service", d.time_wait_service),
     ] {
-        push("holders_dropped", f.into(), "count", v.to_string());
+        rows.add("holders_dropped", f.into(), "count", v.to_string());
     }
-    for (a, b, f, v) in rows {
-        row(&a, &b, &f, v).map_err(io::Error::other)?;
+    for (a, b, f, v, wl) in rows.rows {
+        row(&a, &b, &f, v, &wl).map_err(io::Error::other)?;
     }
     c.flush()
+}
+
+/// One CSV row: section, key, field, value, workload.
+type CsvRow = (String, String, String, String, String);
+
+/// The rows so far, and the workload column of the next ones.
+#[derive(Default)]
+struct CsvRows {
+    rows: Vec<CsvRow>,
+    /// Set while a holder's rows are added; empty otherwise.
+    workload: String,
+}
+
+impl CsvRows {
+    fn add(&mut self, section: &str, key: String, field: &str, value: String) {
+        self.rows.push((
+            section.into(),
+            key,
+            field.into(),
+            value,
+            self.workload.clone(),
+        ));
+    }
+
+    /// The workload column of the rows that follow.
+    fn name(&mut self, w: &WorkloadFields) {
+        self.workload = w.workload.clone().unwrap_or_default();
+    }
 }
 
 /// "1234 nginx" unescaped (the CSV writer escapes); "-" when unknown.

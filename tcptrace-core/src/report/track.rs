@@ -18,7 +18,11 @@
 //! event and O(log n) per change of a count (the ranking the timeline's top
 //! holders come from).
 //!
-//! Holders (per process, destination, service) are kept for a window only,
+//! CLOSE_WAIT is also counted per owner cgroup (the workload: resolved to
+//! names only when the report is made, from the recording's own table),
+//! with the same episodes as per process.
+//!
+//! Holders (per process, cgroup, destination, service) are kept for a window only,
 //! at most [`MAX_HOLDERS`] of each kind; a holder beyond that is counted in
 //! `dropped`, not kept.
 
@@ -248,6 +252,27 @@ impl Episode {
         self.last_ns = self.last_ns.max(ts);
     }
 
+    /// Folds another (closed) episode of the same workload in: the larger
+    /// peak, the earliest first and latest last moment, the times held
+    /// added (an upper bound when they overlapped), the counts now added.
+    pub fn merge(&mut self, other: &Episode) {
+        if other.peak > self.peak || (other.peak == self.peak && other.peak_ns < self.peak_ns) {
+            self.peak = other.peak;
+            self.peak_ns = other.peak_ns;
+        }
+        if other.seen {
+            self.first_ns = if self.seen {
+                self.first_ns.min(other.first_ns)
+            } else {
+                other.first_ns
+            };
+            self.seen = true;
+        }
+        self.last_ns = self.last_ns.max(other.last_ns);
+        self.held_ns = self.held_ns.saturating_add(other.held_ns);
+        self.now = self.now.saturating_add(other.now);
+    }
+
     fn close(&mut self, ts: u64) {
         if let Some(s) = self.since {
             self.held_ns += ts.saturating_sub(s);
@@ -262,6 +287,8 @@ impl Episode {
 pub(super) struct CwHolder {
     pub ep: Episode,
     pub comm: Option<Comm>,
+    /// The owner's cgroup id last seen (0: unknown).
+    pub cgroup: u64,
     /// The oldest CLOSE_WAIT age reached (at a socket's release, or at the
     /// window's end for those still held).
     pub oldest_ns: u64,
@@ -275,8 +302,9 @@ pub(super) struct TwHolder {
     pub ep: Episode,
     /// TIME_WAIT sockets that began in the window.
     pub begun: u64,
-    /// Sockets seen per owner (the process behind most is named).
-    pub owners: FxHashMap<u32, (u64, Comm)>,
+    /// Sockets seen per owner (the process behind most is named), with
+    /// the owner's cgroup id (0: unknown).
+    pub owners: FxHashMap<u32, (u64, Comm, u64)>,
     /// The listener's owner (services).
     pub listener: Option<Owner>,
     /// Ports connect() may pick in the namespace of the peak (destinations).
@@ -302,14 +330,15 @@ impl TwHolder {
 }
 
 impl TwHolder {
-    pub fn owner(&self) -> Option<(u32, Comm)> {
+    /// The process behind the group: pid, name and cgroup id (0: unknown).
+    pub fn owner(&self) -> Option<(u32, Comm, u64)> {
         if let Some(o) = self.listener {
-            return Some((o.pid, o.comm));
+            return Some((o.pid, o.comm, o.cgroup));
         }
         self.owners
             .iter()
-            .max_by_key(|(pid, (n, _))| (*n, Reverse(**pid)))
-            .map(|(pid, (_, comm))| (*pid, *comm))
+            .max_by_key(|(pid, (n, _, _))| (*n, Reverse(**pid)))
+            .map(|(pid, (_, comm, cgroup))| (*pid, *comm, *cgroup))
     }
 }
 
@@ -346,6 +375,9 @@ impl<K: Hash + Eq, V: Default> Capped<K, V> {
 #[derive(Debug, Default)]
 pub(super) struct Holders {
     pub close_wait: Capped<Option<u32>, CwHolder>,
+    /// CLOSE_WAIT per owner cgroup id (owners of unknown cgroup are not
+    /// counted here).
+    pub close_wait_cgroups: Capped<u64, CwHolder>,
     pub destinations: Capped<TwGroup, TwHolder>,
     pub services: Capped<TwGroup, TwHolder>,
 }
@@ -386,6 +418,10 @@ pub(super) struct Tracker {
     pub close_wait: Ranked<Option<u32>>,
     /// The name of each process holding CLOSE_WAIT now.
     pub comms: FxHashMap<Option<u32>, Comm>,
+    /// The cgroup of each process holding CLOSE_WAIT now (when known).
+    cgroups_of: FxHashMap<u32, u64>,
+    /// CLOSE_WAIT sockets per owner cgroup id (known ones only).
+    close_wait_cgroups: FxHashMap<u64, u64>,
     /// TIME_WAIT sockets per destination or service.
     pub time_wait: Ranked<TwGroup>,
     /// Usable ports per namespace (cleared when the facts change).
@@ -679,7 +715,7 @@ impl Tracker {
             (Some(h), Some(w))
                 if h.key == w.key
                     && h.held == w.held
-                    && h.owner.map(|o| o.pid) == w.owner.map(|o| o.pid) =>
+                    && h.owner.map(|o| (o.pid, o.cgroup)) == w.owner.map(|o| (o.pid, o.cgroup)) =>
             {
                 self.conns.insert(id, w);
             }
@@ -713,17 +749,39 @@ impl Tracker {
             Held::CloseWait => {
                 let pid = e.owner.map(|o| o.pid);
                 let n = self.close_wait.add(pid);
+                let cgroup = e.owner.map_or(0, |o| o.cgroup);
                 if let Some(o) = e.owner {
                     self.comms.insert(pid, o.comm);
-                }
-                if let Some(h) = &mut self.holders
-                    && let Some(holder) = h.close_wait.slot(pid, n == 1)
-                {
-                    holder.ep.set(n, now);
-                    if let Some(o) = e.owner {
-                        holder.comm = Some(o.comm);
+                    if cgroup != 0 {
+                        self.cgroups_of.insert(o.pid, cgroup);
                     }
-                    count_peer(holder, &e);
+                }
+                let by_cgroup = (cgroup != 0).then(|| {
+                    let c = self.close_wait_cgroups.entry(cgroup).or_default();
+                    *c += 1;
+                    *c
+                });
+                if let Some(h) = &mut self.holders {
+                    if let Some(holder) = h.close_wait.slot(pid, n == 1) {
+                        holder.ep.set(n, now);
+                        if let Some(o) = e.owner {
+                            holder.comm = Some(o.comm);
+                        }
+                        if cgroup != 0 {
+                            holder.cgroup = cgroup;
+                        }
+                        count_peer(holder, &e);
+                    }
+                    if let Some(c) = by_cgroup
+                        && let Some(holder) = h.close_wait_cgroups.slot(cgroup, c == 1)
+                    {
+                        holder.ep.set(c, now);
+                        holder.cgroup = cgroup;
+                        if let Some(o) = e.owner {
+                            holder.comm = Some(o.comm);
+                        }
+                        count_peer(holder, &e);
+                    }
                 }
             }
         }
@@ -749,12 +807,33 @@ impl Tracker {
                 let n = self.close_wait.sub(pid);
                 if n == 0 {
                     self.comms.remove(&pid);
+                    if let Some(pid) = pid {
+                        self.cgroups_of.remove(&pid);
+                    }
                 }
-                if let Some(h) = &mut self.holders
-                    && let Some(holder) = h.close_wait.slot(pid, false)
-                {
-                    note_age(holder, &e, now);
-                    holder.ep.set(n, now);
+                let cgroup = e.owner.map_or(0, |o| o.cgroup);
+                let by_cgroup = match self.close_wait_cgroups.get_mut(&cgroup) {
+                    Some(c) if cgroup != 0 => {
+                        *c = c.saturating_sub(1);
+                        let left = *c;
+                        if left == 0 {
+                            self.close_wait_cgroups.remove(&cgroup);
+                        }
+                        Some(left)
+                    }
+                    _ => None,
+                };
+                if let Some(h) = &mut self.holders {
+                    if let Some(holder) = h.close_wait.slot(pid, false) {
+                        note_age(holder, &e, now);
+                        holder.ep.set(n, now);
+                    }
+                    if let Some(c) = by_cgroup
+                        && let Some(holder) = h.close_wait_cgroups.slot(cgroup, false)
+                    {
+                        note_age(holder, &e, now);
+                        holder.ep.set(c, now);
+                    }
                 }
             }
         }
@@ -915,12 +994,28 @@ impl Tracker {
             if let Some(holder) = h.close_wait.slot(pid, true) {
                 holder.ep.set(n, now);
                 holder.comm = self.comms.get(&pid).copied();
+                holder.cgroup = pid
+                    .and_then(|p| self.cgroups_of.get(&p).copied())
+                    .unwrap_or(0);
+            }
+        }
+        for (&cgroup, &n) in &self.close_wait_cgroups {
+            if let Some(holder) = h.close_wait_cgroups.slot(cgroup, true) {
+                holder.ep.set(n, now);
+                holder.cgroup = cgroup;
             }
         }
         for e in self.conns.values() {
-            if e.held == Held::CloseWait
-                && let Some(holder) = h.close_wait.slot(e.owner.map(|o| o.pid), false)
+            if e.held != Held::CloseWait {
+                continue;
+            }
+            if let Some(holder) = h.close_wait.slot(e.owner.map(|o| o.pid), false) {
+                count_peer(holder, e);
+            }
+            if let Some(o) = e.owner.filter(|o| o.cgroup != 0)
+                && let Some(holder) = h.close_wait_cgroups.slot(o.cgroup, false)
             {
+                holder.comm = Some(o.comm);
                 count_peer(holder, e);
             }
         }
@@ -955,13 +1050,24 @@ impl Tracker {
     pub fn close(&mut self, now: u64) -> Option<Holders> {
         let mut h = self.holders.take()?;
         for e in self.conns.values() {
-            if e.held == Held::CloseWait
-                && let Some(holder) = h.close_wait.slot(e.owner.map(|o| o.pid), false)
+            if e.held != Held::CloseWait {
+                continue;
+            }
+            if let Some(holder) = h.close_wait.slot(e.owner.map(|o| o.pid), false) {
+                note_age(holder, e, now);
+            }
+            if let Some(o) = e.owner.filter(|o| o.cgroup != 0)
+                && let Some(holder) = h.close_wait_cgroups.slot(o.cgroup, false)
             {
                 note_age(holder, e, now);
             }
         }
-        for holder in h.close_wait.map.values_mut() {
+        for holder in h
+            .close_wait
+            .map
+            .values_mut()
+            .chain(h.close_wait_cgroups.map.values_mut())
+        {
             holder.ep.close(now);
         }
         for holder in h
@@ -1023,6 +1129,10 @@ fn note_owner(holder: &mut TwHolder, owner: Option<Owner>) {
     if let Some(o) = owner
         && (holder.owners.len() < MAX_OWNERS || holder.owners.contains_key(&o.pid))
     {
-        holder.owners.entry(o.pid).or_insert((0, o.comm)).0 += 1;
+        let slot = holder.owners.entry(o.pid).or_insert((0, o.comm, 0));
+        slot.0 += 1;
+        if o.cgroup != 0 {
+            slot.2 = o.cgroup;
+        }
     }
 }

@@ -45,6 +45,9 @@ pub struct Options {
     /// `--step`: the timeline's step; default about
     /// [`super::timeline::TARGET_POINTS`] points over the window.
     pub step_ns: Option<u64>,
+    /// `--cgroup`/`--container`/`--unit`: holder rows are kept when their
+    /// owner's recorded workload matches.
+    pub workloads: crate::workload::WorkloadFilter,
 }
 
 /// Why a report cannot be made as asked: one line, a usage error.

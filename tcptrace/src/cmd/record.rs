@@ -5,12 +5,19 @@
 //! and closes it. A write error (disk full, a file-size limit) stops the
 //! recording with one line naming the file and offset: it never continues
 //! silently.
+//!
+//! Workloads: the first time an owner's cgroup id is seen, it is resolved
+//! at once (one lookup: [`WorkloadResolver::resolve`]) and written before
+//! the event, so a container that exits within the second keeps its name
+//! in the file; the writer repeats every name after each snapshot. A
+//! failed lookup is never fatal: the id is recorded as `cgroup:<id>`.
 
 use std::{
     fs::{self, File},
     io::{self, BufWriter, IsTerminal, Write},
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,12 +25,14 @@ use anyhow::{Context, Result, anyhow};
 use tcptrace_core::{
     output::escape,
     record::{Header, Record, Writer},
+    workload::Workload,
 };
 
 use super::Edges;
 use crate::{
     cli::RecordConfig,
     say::write_stderr,
+    seed::{runtimes::RuntimeRoots, workloads::WorkloadResolver},
     session::{Consumer, Ctx, Flow, Hangup, Options},
     source::{Live, Source},
 };
@@ -142,6 +151,11 @@ pub struct Recorder {
     events: u64,
     seconds: u64,
     tty: bool,
+    /// Owner cgroup ids to workloads (this host's, at recording time).
+    workloads: WorkloadResolver,
+    /// The last id named, and its workload: events come in runs of one
+    /// owner, so most need no lookup at all.
+    last_workload: Option<(u64, Arc<Workload>)>,
 }
 
 impl Recorder {
@@ -170,6 +184,8 @@ impl Recorder {
             file: Some(file),
             events: 0,
             seconds: 0,
+            workloads: WorkloadResolver::new(RuntimeRoots::default()),
+            last_workload: None,
         })
     }
 
@@ -208,6 +224,21 @@ impl Recorder {
             }
             write_error(&path, bytes, e)
         })
+    }
+
+    /// Writes cgroup `id`'s workload before the event that uses it: looked
+    /// up at its first sight (the writer skips one it already wrote to
+    /// this file, so a rotation names every id again as it recurs).
+    fn name_cgroup(&mut self, id: u64) {
+        let w = match &self.last_workload {
+            Some((last, w)) if *last == id => Arc::clone(w),
+            _ => {
+                let w = self.workloads.resolve(id);
+                self.last_workload = Some((id, Arc::clone(&w)));
+                w
+            }
+        };
+        self.file().writer.workload(id, &w);
     }
 
     fn status_line(&self, lost: u64) -> String {
@@ -278,7 +309,14 @@ impl Consumer for Recorder {
         match rec {
             Record::Event(e) => {
                 self.events += 1;
+                if let Some(id) = e.owner.map(|o| o.cgroup).filter(|id| *id != 0) {
+                    self.name_cgroup(id);
+                }
                 self.write(|w| w.event(e))?;
+            }
+            Record::Workload { cgroup, workload } => {
+                let (id, w) = (*cgroup, Arc::clone(workload));
+                self.file().writer.workload(id, &w);
             }
             Record::Lost { ts_ns, lost } => self.write(|w| w.lost(*ts_ns, lost))?,
             Record::Snapshot {

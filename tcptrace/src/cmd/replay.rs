@@ -1,5 +1,14 @@
 //! `tcptrace replay`: a recording printed exactly as `trace` prints live
 //! events (text, or the same JSON Lines), paced at `--speed` or all at once.
+//!
+//! Each event also names its owner's workload as the recording stored it
+//! (format 4; never looked up on this host): a `WORKLOAD` column at the end
+//! of a text line, and in JSON the fields `cgroup_path`, `workload`,
+//! `workload_kind`, `unit`, `container`, `container_id`, `pod`, `pod_uid`,
+//! `namespace`, `qos` (null when not applicable or unknown; `workload` is
+//! `cgroup:<id>` for a cgroup the recording does not name).
+//! `--cgroup`/`--container`/`--unit` keep the events whose recorded
+//! workload matches (loss lines are always printed).
 
 use std::{
     io::{self, Write},
@@ -8,23 +17,135 @@ use std::{
 };
 
 use anyhow::Result;
+use serde::Serialize;
 
-use super::trace::Printer;
 use crate::{cli::ReplayArgs, clock::WallClock};
-use tcptrace_core::record::Record;
+use tcptrace_core::{
+    model::{Event, EventKind},
+    output::{escape, json, text},
+    record::Record,
+    workload::{Workload, WorkloadTable},
+};
+
+/// The workload fields a replayed JSON event gains (the `trace --json`
+/// names).
+#[derive(Default, Serialize)]
+struct JsonWorkload<'a> {
+    cgroup_path: Option<&'a str>,
+    workload: Option<&'a str>,
+    workload_kind: Option<&'static str>,
+    unit: Option<&'a str>,
+    container: Option<&'a str>,
+    container_id: Option<&'a str>,
+    pod: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    namespace: Option<&'a str>,
+    qos: Option<&'static str>,
+}
+
+impl<'a> JsonWorkload<'a> {
+    fn of(w: Option<&'a Workload>) -> Self {
+        let Some(w) = w else {
+            return Self::default();
+        };
+        Self {
+            cgroup_path: w.cgroup_path.as_deref(),
+            workload: Some(&w.display),
+            workload_kind: Some(w.kind.as_str()),
+            unit: w.unit.as_deref(),
+            container: w.container.as_deref(),
+            container_id: w.container_id.as_deref(),
+            pod: w.pod.as_deref(),
+            pod_uid: w.pod_uid.as_deref(),
+            namespace: w.namespace.as_deref(),
+            qos: w.qos.map(|q| q.as_str()),
+        }
+    }
+}
+
+/// Prints replayed events with their recorded workloads.
+struct Replayer<W: Write> {
+    out: W,
+    json: bool,
+    clock: WallClock,
+    line: Vec<u8>,
+    /// The recording's workloads, by cgroup id (the latest record wins).
+    workloads: WorkloadTable,
+}
+
+impl<W: Write> Replayer<W> {
+    fn header(&mut self) -> io::Result<()> {
+        if !self.json {
+            writeln!(self.out, "{}  WORKLOAD", text::HEADER)?;
+        }
+        Ok(())
+    }
+
+    /// The workload of `e`'s owner: the recording's, else `cgroup:<id>`;
+    /// None without an owner cgroup.
+    fn workload_of(&self, e: &Event) -> Option<std::borrow::Cow<'_, Workload>> {
+        use std::borrow::Cow;
+        let id = e.owner.map(|o| o.cgroup).filter(|id| *id != 0)?;
+        Some(match self.workloads.get(id) {
+            Some(w) => Cow::Borrowed(&**w),
+            None => Cow::Owned(Workload::unknown(id)),
+        })
+    }
+
+    fn event(&mut self, e: &Event, w: Option<&Workload>) -> io::Result<()> {
+        if e.kind == EventKind::Accept {
+            return Ok(());
+        }
+        let wall = self.clock.wall_ns(e.ts_ns);
+        self.line.clear();
+        if self.json {
+            json::write_event(&mut self.line, e, wall)?;
+            let extra = serde_json::to_vec(&JsonWorkload::of(w)).map_err(io::Error::other)?;
+            // `{...}\n` + `{fields}` -> `{...,fields}\n`.
+            let end = self.line.len().saturating_sub(2);
+            if self.line.get(end) == Some(&b'}') && extra.len() > 2 {
+                self.line.truncate(end);
+                self.line.push(b',');
+                self.line.extend_from_slice(&extra[1..]);
+                self.line.push(b'\n');
+            }
+        } else {
+            text::write_event(&mut self.line, e, wall)?;
+            if self.line.last() == Some(&b'\n') {
+                self.line.pop();
+            }
+            let name = w.map_or("-".into(), |w| escape(&w.display).into_owned());
+            self.line
+                .extend_from_slice(format!("  {name}\n").as_bytes());
+        }
+        self.out.write_all(&self.line)
+    }
+
+    fn lost_at(&mut self, lost: &tcptrace_core::model::Lost, mono_ns: u64) -> io::Result<()> {
+        let wall = self.clock.wall_ns(mono_ns);
+        if self.json {
+            json::write_lost(&mut self.out, lost, wall)
+        } else {
+            text::write_lost(&mut self.out, lost, wall)
+        }
+    }
+}
 
 pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
     let speed = crate::cli::speed("--speed", args.speed)?;
+    let filter = args.workload.to_filter()?;
     let mut reader = crate::source::recording::open_reader(&args.file)?;
     let clock = WallClock {
         offset_ns: reader.header.clock_offset_ns as i128,
     };
     let stdout = io::stdout().lock();
-    let mut printer = Printer::new(
-        io::BufWriter::with_capacity(64 * 1024, stdout),
-        args.json,
+    let mut printer = Replayer {
+        out: io::BufWriter::with_capacity(64 * 1024, stdout),
+        json: args.json,
         clock,
-    );
+        line: Vec::with_capacity(512),
+        workloads: WorkloadTable::default(),
+    };
     let paced = !args.as_fast_as_possible;
     let started = Instant::now();
     let mut first_ts: Option<u64> = None;
@@ -35,6 +156,10 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
                 Record::Event(e) => e.ts_ns,
                 Record::Lost { ts_ns, .. } => *ts_ns,
                 Record::Snapshot { .. } => continue,
+                Record::Workload { cgroup, workload } => {
+                    printer.workloads.insert(*cgroup, (**workload).clone(), 0);
+                    continue;
+                }
             };
             if paced {
                 let first = *first_ts.get_or_insert(ts);
@@ -43,21 +168,34 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
                     Duration::try_from_secs_f64(ts.saturating_sub(first) as f64 / 1e9 / speed)
                         .unwrap_or(Duration::MAX);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    printer.flush()?;
+                    printer.out.flush()?;
                     std::thread::sleep(wait);
                 }
             }
             match rec {
-                Record::Event(e) => printer.event(&e)?,
+                Record::Event(e) => {
+                    let w = printer.workload_of(&e).map(|w| w.into_owned());
+                    if filter.narrows() && !w.as_ref().is_some_and(|w| filter.matches(w)) {
+                        continue;
+                    }
+                    printer.event(&e, w.as_ref())?;
+                }
                 Record::Lost { ts_ns, lost } => printer.lost_at(&lost, ts_ns)?,
-                Record::Snapshot { .. } => {}
+                Record::Snapshot { .. } | Record::Workload { .. } => {}
             }
         }
-        printer.flush()
+        printer.out.flush()
     })();
     written?;
     for warning in reader.warnings(&args.file) {
         crate::say!("warning: {warning}");
+    }
+    if filter.narrows() && !printer.workloads.iter().any(|(_, w)| filter.matches(w)) {
+        crate::say!(
+            "warning: {} matches no workload in {}",
+            args.workload.describe(),
+            escape(&args.file.display().to_string())
+        );
     }
     let _ = io::stderr().flush();
     Ok(ExitCode::SUCCESS)

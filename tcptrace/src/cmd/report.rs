@@ -2,7 +2,10 @@
 //! blocks ahead) into [`tcptrace_core::report`] for the whole recording, a
 //! window (`--from`/`--to`) or a moment (`--at`), printed as text, JSON or
 //! CSV; warnings about damage on stderr. A moment outside the recording is
-//! a usage error (exit 2) naming the recording's span.
+//! a usage error (exit 2) naming the recording's span. Workloads are the
+//! ones the recording names; `--cgroup`/`--container`/`--unit` keep the
+//! holder rows whose recorded workload matches (a filter matching no
+//! workload of the recording says so in one warning line).
 
 use std::{
     io::{self, Write},
@@ -25,6 +28,13 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode> {
         crate::say!("warning: {warning}");
     }
     let report = built.map_err(|e| UsageError(e.to_string()))?;
+    if !report.filter_matched {
+        crate::say!(
+            "warning: {} matches no workload in {}",
+            args.workload.describe(),
+            tcptrace_core::output::escape(&cfg.file.display().to_string())
+        );
+    }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let written = match cfg.format {

@@ -112,7 +112,7 @@ impl<W: Write> Consumer for Trace<W> {
             Record::Lost { ts_ns, lost } => self.printer.lost_at(lost, *ts_ns)?,
             _ if self.printer.printed >= self.limit => return Ok(Flow::Stop),
             Record::Event(e) => self.printer.event(e)?,
-            Record::Snapshot { .. } => {}
+            Record::Snapshot { .. } | Record::Workload { .. } => {}
         }
         Ok(if self.printer.printed >= self.limit {
             Flow::Stop
