@@ -937,3 +937,158 @@ fn reused_purged_and_overflow_survive_a_recording_and_count_when_applied() {
     assert_eq!(reuses.reused, 1);
     assert_eq!(reuses.last_by, Some((42, Comm::from_name("client"))));
 }
+
+fn payments() -> std::sync::Arc<crate::workload::Workload> {
+    std::sync::Arc::new(crate::workload::Workload::new(
+        "/system.slice/payments.service",
+        crate::workload::Names::default(),
+    ))
+}
+
+/// Workload records of `records`, by cgroup id, in order.
+fn workloads_in(records: &[Record]) -> Vec<(u64, String)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Workload { cgroup, workload } => Some((*cgroup, workload.display.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn workloads_round_trip_once_before_their_first_event_and_again_when_changed() {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    let p = payments();
+    w.workload(7, &p);
+    w.event(&sample_event(1)).unwrap();
+    // The same one again (another Arc, equal): not written twice.
+    w.workload(7, &std::sync::Arc::new((*p).clone()));
+    w.event(&sample_event(2)).unwrap();
+    // Changed (names found later): written again.
+    let mut named = (*p).clone();
+    named.display = "payments-renamed".into();
+    w.workload(7, &std::sync::Arc::new(named));
+    w.event(&sample_event(3)).unwrap();
+    let bytes = w.finish().unwrap();
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 4, "format v4");
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert_eq!(got.len(), 5);
+    assert!(
+        matches!(&got[0], Record::Workload { cgroup: 7, workload } if **workload == *p),
+        "{:?}",
+        got[0]
+    );
+    assert!(matches!(got[1], Record::Event(_)));
+    assert_eq!(
+        workloads_in(&got),
+        [
+            (7, "payments.service".to_string()),
+            (7, "payments-renamed".to_string())
+        ]
+    );
+    // Applied: the latest wins.
+    let mut engine = crate::engine::Engine::new(1000);
+    let mut applier = RecordApplier::default();
+    for r in &got {
+        applier.apply(&mut engine, r);
+    }
+    assert_eq!(
+        &*applier.workloads.get(7).unwrap().display,
+        "payments-renamed"
+    );
+}
+
+#[test]
+fn every_workload_is_written_again_after_each_snapshot() {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    w.workload(7, &payments());
+    w.event(&sample_event(1)).unwrap();
+    w.snapshot(2_000_000, &[], &[], None).unwrap();
+    w.event(&sample_event(3)).unwrap();
+    w.snapshot(4_000_000, &[], &[], None).unwrap();
+    let bytes = w.finish().unwrap();
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|r| match r {
+            Record::Workload { .. } => "w",
+            Record::Event(_) => "e",
+            Record::Snapshot { .. } => "s",
+            Record::Lost { .. } => "l",
+        })
+        .collect();
+    assert_eq!(kinds, ["w", "e", "s", "w", "e", "s", "w"]);
+}
+
+#[test]
+fn a_damaged_head_still_yields_the_names_after_the_next_snapshot() {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    let head = w.bytes as usize;
+    w.workload(7, &payments());
+    w.event(&sample_event(1)).unwrap();
+    w.flush().unwrap();
+    w.snapshot(2_000_000, &[], &[], None).unwrap();
+    w.event(&sample_event(3)).unwrap();
+    let mut bytes = w.finish().unwrap();
+    // Damage the first events block (the one with the first workload record).
+    bytes[head + BLOCK_FIXED + 3] ^= 0x5a;
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    let got: Vec<Record> = r.by_ref().collect();
+    assert_eq!(r.skipped.len(), 1, "the damaged block is skipped");
+    assert_eq!(workloads_in(&got), [(7, "payments.service".to_string())]);
+    assert!(matches!(got.last(), Some(Record::Event(e)) if e.owner.unwrap().cgroup == 7));
+}
+
+#[test]
+fn a_version_3_file_reads_and_names_nothing() {
+    // Version 3: no workload records; events keep their cgroup ids.
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    w.event(&sample_event(1)).unwrap();
+    let mut bytes = w.finish().unwrap();
+    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert_eq!(got.len(), 1);
+    let mut engine = crate::engine::Engine::new(1000);
+    let mut applier = RecordApplier::default();
+    applier.apply(&mut engine, &got[0]);
+    assert!(applier.workloads.is_empty());
+    // Readers of version 3 refuse version 4 files; this one refuses 5.
+    bytes[8..10].copy_from_slice(&5u16.to_le_bytes());
+    assert_eq!(
+        Reader::new(&bytes[..]).unwrap_err(),
+        FormatError::NewerVersion(5)
+    );
+}
+
+#[test]
+fn hostile_workload_records_are_bounded_and_sanitized() {
+    let raw_record = |json: &[u8], len: u64| {
+        let mut raw = vec![4u8];
+        format::put_varint(&mut raw, 9);
+        format::put_varint(&mut raw, len);
+        raw.extend_from_slice(json);
+        raw
+    };
+    let mut out = Vec::new();
+    // Unknown keys ignored, missing keys defaulted, control characters in
+    // the display made again from the fields.
+    let json = br#"{"workload_kind":"unit","unit":"a.service","workload":"x\u001b[2J","future":1}"#;
+    format::decode_events(&raw_record(json, json.len() as u64), &mut out).unwrap();
+    let Record::Workload { cgroup, workload } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*cgroup, 9);
+    assert_eq!(&*workload.display, "a.service");
+    // An unknown kind is named by its id, whatever it says.
+    out.clear();
+    let json = br#"{"workload_kind":"unknown","workload":"evil"}"#;
+    format::decode_events(&raw_record(json, json.len() as u64), &mut out).unwrap();
+    assert!(
+        matches!(&out[0], Record::Workload { workload, .. } if &*workload.display == "cgroup:9")
+    );
+    // Too long, or not JSON: a corrupt block.
+    let long = raw_record(b"", (format::MAX_WORKLOAD_JSON + 1) as u64);
+    assert!(format::decode_events(&long, &mut Vec::new()).is_err());
+    assert!(format::decode_events(&raw_record(b"{[", 2), &mut Vec::new()).is_err());
+}
