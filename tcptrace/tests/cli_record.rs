@@ -168,7 +168,11 @@ fn report_of_a_recording_equals_what_stats_saw_live() {
         .output()
         .unwrap();
     let csv = String::from_utf8(csv.stdout).unwrap();
-    assert!(csv.starts_with("section,key,field,value\n"), "{csv}");
+    // The workload column was added at the end (empty where none applies).
+    assert!(
+        csv.starts_with("section,key,field,value,workload\n"),
+        "{csv}"
+    );
     assert!(csv.contains("states,CLOSE_WAIT,count,30"), "{csv}");
     drop(held);
     let _ = std::fs::remove_file(&file);
