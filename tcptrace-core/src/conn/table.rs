@@ -1442,7 +1442,9 @@ mod tests {
             filter.insert(&key(1, port), &map);
         }
         assert!((1..=20_000u16).all(|p| filter.may_hold(&key(1, p))));
-        let others = (1..=20_000u16).filter(|&p| filter.may_hold(&key(2, p))).count();
+        let others = (1..=20_000u16)
+            .filter(|&p| filter.may_hold(&key(2, p)))
+            .count();
         assert!(others < 2_000, "{others} of 20000 other tuples pass");
     }
 

@@ -470,8 +470,9 @@ fn compact_enough() {
     let bytes = w.finish().unwrap();
     let per_event = bytes.len() as f64 / n as f64;
     eprintln!("{per_event:.1} bytes per transition");
-    // Measured 4.2 (zstd and the encoding pinned): a regression shows.
-    assert!(per_event <= 5.0, "{per_event:.1} bytes per transition");
+    // Measured 5.3 at zstd level 1 (4.2 at level 3; real recordings differ
+    // by 6%: docs/benchmarks.md), the encoding pinned: a regression shows.
+    assert!(per_event <= 6.0, "{per_event:.1} bytes per transition");
 }
 
 /// One change to a block's decompressed payload.
