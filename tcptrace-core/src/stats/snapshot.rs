@@ -360,18 +360,35 @@ pub struct SnapshotInput<'a> {
 pub const CLOSE_WAIT_LISTED: usize = super::JSON_CLOSE_WAIT_SOCKETS + 1;
 
 /// The order of CLOSE_WAIT lists: oldest first (by whole milliseconds, as
-/// shown), then by 4-tuple.
-fn older_first(now: u64) -> impl Fn(&CloseWaitItem, &CloseWaitItem) -> std::cmp::Ordering {
+/// shown), then by 4-tuple, namespace and owner (the same tuple can be held
+/// twice, e.g. a seeded socket and a traced one: the order never depends on
+/// where the table keeps them).
+fn older_first(
+    table: &ConnTable,
+    now: u64,
+) -> impl Fn(&CloseWaitItem, &CloseWaitItem) -> std::cmp::Ordering + '_ {
     move |a, b| {
         let age = |i: &CloseWaitItem| now.saturating_sub(i.since_ns) / 1_000_000;
-        age(b).cmp(&age(a)).then_with(|| {
-            (a.key.saddr, a.key.sport, a.key.daddr, a.key.dport).cmp(&(
-                b.key.saddr,
-                b.key.sport,
-                b.key.daddr,
-                b.key.dport,
-            ))
-        })
+        let pid = |i: &CloseWaitItem| table.conn_at(i.slot).and_then(|c| c.owner).map(|o| o.pid);
+        age(b)
+            .cmp(&age(a))
+            .then_with(|| {
+                (
+                    a.key.saddr,
+                    a.key.sport,
+                    a.key.daddr,
+                    a.key.dport,
+                    a.key.netns,
+                )
+                    .cmp(&(
+                        b.key.saddr,
+                        b.key.sport,
+                        b.key.daddr,
+                        b.key.dport,
+                        b.key.netns,
+                    ))
+            })
+            .then_with(|| pid(a).cmp(&pid(b)))
     }
 }
 
@@ -383,7 +400,7 @@ fn oldest(
     now: u64,
     limit: usize,
 ) -> Vec<CloseWaitSocket> {
-    let order = older_first(now);
+    let order = older_first(table, now);
     if items.len() > limit && limit > 0 {
         items.select_nth_unstable_by(limit - 1, |a, b| order(a, b));
     }
