@@ -299,7 +299,10 @@ impl WatchArgs {
         };
         let rules = overrides.rules(self.config.as_deref(), self.exec.is_some())?;
         Ok(WatchConfig {
-            load: self.kernel.to_load_options(filter)?,
+            load: self
+                .kernel
+                .to_load_options(filter)?
+                .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             json: self.json,
             interval: interval(self.interval)?,
@@ -500,7 +503,10 @@ impl TopArgs {
             }
         };
         Ok(TopConfig {
-            load: self.kernel.to_load_options(filter)?,
+            load: self
+                .kernel
+                .to_load_options(filter)?
+                .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             interval: interval(self.interval)?,
             seed: engine.seed,
@@ -738,6 +744,16 @@ impl FilterArgs {
         if self.ipv6 {
             out.push("-6".into());
         }
+        for (flag, list) in [
+            ("--cgroup", &self.workload.cgroup),
+            ("--container", &self.workload.container),
+            ("--unit", &self.workload.unit),
+            ("--netns", &self.netns),
+        ] {
+            for v in list {
+                out.extend([flag.to_string(), v.clone()]);
+            }
+        }
         out
     }
 }
@@ -770,7 +786,10 @@ impl RecordArgs {
         check_output(&self.output, self.force)?;
         Ok(RecordConfig {
             force: self.force,
-            load: self.kernel.to_load_options(filter)?,
+            load: self
+                .kernel
+                .to_load_options(filter)?
+                .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             filter_args: self.filter.as_args(),
             output: self.output.clone(),
@@ -981,7 +1000,10 @@ impl StatsArgs {
         let filter = self.filter.to_filter()?;
         let engine = self.engine.validate()?;
         Ok(StatsConfig {
-            load: self.kernel.to_load_options(filter)?,
+            load: self
+                .kernel
+                .to_load_options(filter)?
+                .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             json: self.json,
             interval: interval(self.interval)?,
@@ -1026,6 +1048,14 @@ pub struct FilterArgs {
     /// the session's workload wiring (the resolver's names at run time).
     #[command(flatten)]
     pub workload: WorkloadFilterArgs,
+    /// Keep a network namespace: its inode, or an `ip netns` name (looked
+    /// up in /run/netns; repeatable, up to 8).
+    #[arg(long = "netns", value_name = "INODE|NAME")]
+    pub netns: Vec<String>,
+    /// Tests only: the root under which runtime state is read for names
+    /// (`var/lib/docker`, `var/log/containers`, ...) instead of `/`.
+    #[arg(long = "workload-roots", value_name = "DIR", hide = true)]
+    pub workload_roots: Option<std::path::PathBuf>,
 }
 
 /// Workload filters: `--cgroup PATH`, `--container ID|NAME`, `--unit NAME`
@@ -1068,6 +1098,29 @@ impl WorkloadFilterArgs {
             }
         }
         out.join(" ")
+    }
+}
+
+impl FilterArgs {
+    /// The live commands' workload and netns filters, validated (a
+    /// malformed value: exit 2, one line).
+    pub fn workloads(&self) -> Result<crate::workloads::WorkloadOptions, UsageError> {
+        let filter = self.workload.to_filter()?;
+        let (netns, netns_missing) = crate::workloads::parse_netns(&self.netns).map_err(usage)?;
+        let mut described = self.workload.describe();
+        for n in &self.netns {
+            if !described.is_empty() {
+                described.push(' ');
+            }
+            described.push_str(&format!("--netns {}", tcptrace_core::output::escape(n)));
+        }
+        Ok(crate::workloads::WorkloadOptions {
+            filter,
+            netns,
+            netns_missing,
+            described,
+            roots: self.workload_roots.clone(),
+        })
     }
 }
 
@@ -1226,7 +1279,10 @@ impl TraceArgs {
             ));
         }
         Ok(TraceConfig {
-            load: self.kernel.to_load_options(filter)?,
+            load: self
+                .kernel
+                .to_load_options(filter)?
+                .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             json: self.json,
             duration: duration(self.duration)?,

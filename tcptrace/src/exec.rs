@@ -139,6 +139,24 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
             "TCPTRACE_ALERT_CGROUP",
             a.cgroup.clone().unwrap_or_default(),
         )
+        .env(
+            "TCPTRACE_ALERT_WORKLOAD",
+            a.workload.clone().unwrap_or_default(),
+        )
+        .env(
+            "TCPTRACE_ALERT_WORKLOAD_KIND",
+            a.workload_kind.clone().unwrap_or_default(),
+        )
+        .env("TCPTRACE_ALERT_UNIT", a.unit.clone().unwrap_or_default())
+        .env(
+            "TCPTRACE_ALERT_CONTAINER",
+            a.container.clone().unwrap_or_default(),
+        )
+        .env("TCPTRACE_ALERT_POD", a.pod.clone().unwrap_or_default())
+        .env(
+            "TCPTRACE_ALERT_NAMESPACE",
+            a.namespace.clone().unwrap_or_default(),
+        )
         .env("TCPTRACE_ALERT_COUNT", a.count.to_string())
         .env("TCPTRACE_ALERT_PEERS", a.peers.join(" "))
         .env("TCPTRACE_ALERT_MESSAGE", &a.message)

@@ -14,7 +14,8 @@
 //! - [`tui`]: terminal take-over and restore, keys, one file per view;
 //! - [`http`]: the metrics server; [`signals`]: signals as loop inputs;
 //!   [`exec`]: `watch --exec` commands; [`clock`]: reading the clocks;
-//!   [`say`]: messages on stderr; [`preflight`]: root, BTF, tracefs.
+//!   [`say`]: messages on stderr; [`preflight`]: root, BTF, tracefs;
+//! - [`workloads`]: the live commands' workload filters and resolver.
 
 pub mod cli;
 pub mod clock;
@@ -30,3 +31,4 @@ pub mod session;
 pub mod signals;
 pub mod source;
 pub mod tui;
+pub mod workloads;

@@ -231,10 +231,15 @@ impl Ctx<'_> {
     pub fn snapshot(&mut self) -> Snapshot {
         let (now, wall) = self.source.now();
         let host = self.host_facts();
-        self.engine
+        let mut snap = self
+            .engine
             .as_deref_mut()
             .expect("this command keeps an engine")
-            .snapshot(now, wall, host)
+            .snapshot(now, wall, host);
+        if let Some(w) = self.source.workloads() {
+            w.fold(&mut snap);
+        }
+        snap
     }
 }
 
@@ -316,6 +321,10 @@ impl Loop {
             }
         }
         got.clear();
+        // Names of cgroups first seen in this drain, within a budget.
+        if let Some(w) = source.workloads() {
+            w.after_drain();
+        }
         // A backlog drained at once leaves no lasting room behind.
         got.shrink_to(KEPT_DRAIN_ROOM);
         self.drained = got;
@@ -415,7 +424,10 @@ impl Loop {
         let (now, wall) = ctx.source.now();
         let text = match ctx.engine {
             Some(engine) => {
-                let snap = engine.scrape_snapshot(now, wall, host);
+                let mut snap = engine.scrape_snapshot(now, wall, host);
+                if let Some(w) = ctx.source.workloads() {
+                    w.fold(&mut snap);
+                }
                 metrics::Exposition::new(&snap, &engine.aggs, firing.as_deref()).render()
             }
             None => String::new(),

@@ -161,8 +161,18 @@ pub struct Alert {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     /// The process's cgroup v2 path (e.g. `/system.slice/api.service`),
-    /// filled in by `watch` from `/proc/PID/cgroup`; `None` when unknown.
+    /// filled in by `watch` from the owner's cgroup id (`/proc/PID/cgroup`
+    /// as a fallback); `None` when unknown.
     pub cgroup: Option<String>,
+    /// The workload (unit, container, pod) holding the sockets, as
+    /// `stats --json` names it (filled in by `watch`); null when unknown.
+    pub workload: Option<String>,
+    pub workload_kind: Option<String>,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    /// The Kubernetes namespace (not the network namespace).
+    pub namespace: Option<String>,
     pub count: u64,
     pub growth_per_min: Option<f64>,
     pub oldest_age_ms: Option<u64>,
@@ -312,6 +322,12 @@ impl Alerter {
             pid: None,
             comm: None,
             cgroup: None,
+            workload: None,
+            workload_kind: None,
+            unit: None,
+            container: None,
+            pod: None,
+            namespace: None,
             count: 0,
             growth_per_min: None,
             oldest_age_ms: None,
@@ -536,11 +552,12 @@ impl Alert {
             AlertState::Firing => "ALERT",
             AlertState::Resolved => "RESOLVED",
         };
-        let cgroup = a
-            .cgroup
-            .as_deref()
-            .map(|c| format!(" [cgroup {c}]"))
-            .unwrap_or_default();
+        let cgroup = match (a.workload.as_deref(), a.cgroup.as_deref()) {
+            (Some(w), Some(c)) => format!(" [workload {w}; cgroup {c}]"),
+            (Some(w), None) => format!(" [workload {w}]"),
+            (None, Some(c)) => format!(" [cgroup {c}]"),
+            (None, None) => String::new(),
+        };
         format!(
             "{} {state} {}: {}{cgroup}",
             hms_millis(a.ts_ns),

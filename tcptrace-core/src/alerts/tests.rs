@@ -37,6 +37,7 @@ fn leak(count: u64, growth_5m: f64, oldest_s: u64) -> Snapshot {
         oldest_age_ms: oldest_s * 1000,
         oldest_age_is_lower_bound: false,
         peers: vec!["10.0.0.5:3306".into()],
+        ..Default::default()
     });
     s
 }
@@ -246,6 +247,13 @@ fn the_text_line_names_the_cgroup() {
     let line = crate::fixtures::alert().text_line();
     assert!(
         line.ends_with("ALERT close_wait_count: m [cgroup /init.scope]"),
+        "{line}"
+    );
+    let mut named = crate::fixtures::alert();
+    named.workload = Some("init.scope".into());
+    let line = named.text_line();
+    assert!(
+        line.ends_with("ALERT close_wait_count: m [workload init.scope; cgroup /init.scope]"),
         "{line}"
     );
 }

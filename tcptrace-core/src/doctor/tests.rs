@@ -106,6 +106,7 @@ fn leak(count: u64, oldest_age_ms: u64, growth: f64) -> CloseWaitByProcess {
         oldest_age_ms,
         oldest_age_is_lower_bound: false,
         peers: vec!["10.0.0.5:5432".into()],
+        ..Default::default()
     }
 }
 

@@ -12,9 +12,12 @@
 //! | `tcptrace_time_wait_begun_total` | counter | |
 //! | `tcptrace_connections_ended_total` | counter | `reason` (as `stats --json` `ended`) |
 //! | `tcptrace_closes_total` | counter | `closer` (`active`, `passive`, `simultaneous`) |
-//! | `tcptrace_close_wait_sockets` | gauge | `pid`, `comm` |
-//! | `tcptrace_close_wait_oldest_seconds` | gauge | `pid`, `comm` |
-//! | `tcptrace_close_wait_growth_per_minute` | gauge | `pid`, `comm`, `window` (`1m`, `5m`, `15m`) |
+//! | `tcptrace_close_wait_sockets` | gauge | `pid`, `comm`, `workload` |
+//! | `tcptrace_close_wait_oldest_seconds` | gauge | `pid`, `comm`, `workload` |
+//! | `tcptrace_close_wait_growth_per_minute` | gauge | `pid`, `comm`, `workload`, `window` (`1m`, `5m`, `15m`) |
+//! | `tcptrace_workload_close_wait_sockets` | gauge | `workload`, `workload_kind` |
+//! | `tcptrace_workload_close_wait_oldest_seconds` | gauge | `workload`, `workload_kind` |
+//! | `tcptrace_workload_time_wait_sockets` | gauge | `workload`, `workload_kind` |
 //! | `tcptrace_time_wait_sockets` | gauge | `peer` (remote `ip:port` of connections opened here) |
 //! | `tcptrace_time_wait_service_sockets` | gauge | `service` (local `ip:port` of connections accepted here: the server closed first), `comm` |
 //! | `tcptrace_ephemeral_port_use_ratio` | gauge | `netns`, `local` (address), `peer`: share of the port budget connect() cannot pick (TIME_WAIT not reusable + open) |
@@ -35,7 +38,12 @@
 //! summed into one series labelled `pid="other"` / `peer="other"` /
 //! `service="other"`, so totals stay exact. Port budgets (ratios, which do
 //! not add up) keep the [`MAX_PEER_SERIES`] fullest only.
-//! Sockets with no known owner have `pid="unknown"`.
+//! Sockets with no known owner have `pid="unknown"`. Workloads likewise:
+//! at most [`MAX_WORKLOAD_SERIES`], the rest in `workload="other"`; a
+//! process whose workload is not known has `workload="unknown"`. The
+//! labels are not `pod`/`namespace`/`container`: Kubernetes service
+//! discovery gives those to tcptrace's own pod, and a clash would rename
+//! ours to `exported_*`; `workload` carries `ns/pod/container`.
 //!
 //! Histograms come from the HDR histograms of `stats` (2 significant
 //! digits): bucket counts are exact to the HDR bucket holding a bound, and
@@ -57,6 +65,8 @@ use crate::{
 
 /// Processes with their own CLOSE_WAIT series, at most.
 pub const MAX_PROCESS_SERIES: usize = 50;
+/// Workloads with their own series, at most.
+pub const MAX_WORKLOAD_SERIES: usize = 50;
 /// Peers with their own TIME_WAIT series, at most.
 pub const MAX_PEER_SERIES: usize = 50;
 
@@ -119,10 +129,43 @@ impl Buckets {
 pub struct ProcessSeries {
     pub pid: String,
     pub comm: String,
+    /// The process's workload (`unknown` when not known).
+    pub workload: String,
     pub count: u64,
     pub oldest_secs: f64,
     /// Growth per minute over 1, 5 and 15 min.
     pub growth_per_min: [f64; 3],
+}
+
+/// One workload's series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadSeries {
+    pub workload: String,
+    pub kind: String,
+    pub count: u64,
+    pub oldest_secs: f64,
+}
+
+/// The first [`MAX_WORKLOAD_SERIES`] rows, the rest summed into `other`.
+fn capped_workloads(rows: impl ExactSizeIterator<Item = WorkloadSeries>) -> Vec<WorkloadSeries> {
+    let mut out = Vec::new();
+    let mut other: Option<WorkloadSeries> = None;
+    for (i, r) in rows.enumerate() {
+        if i < MAX_WORKLOAD_SERIES {
+            out.push(r);
+        } else {
+            let o = other.get_or_insert_with(|| WorkloadSeries {
+                workload: "other".into(),
+                kind: String::new(),
+                count: 0,
+                oldest_secs: 0.0,
+            });
+            o.count += r.count;
+            o.oldest_secs = o.oldest_secs.max(r.oldest_secs);
+        }
+    }
+    out.extend(other);
+    out
 }
 
 /// One port budget's ratios and labels.
@@ -146,6 +189,8 @@ pub struct Exposition {
     pub ended: Vec<(&'static str, u64)>,
     pub closers: Vec<(&'static str, u64)>,
     pub close_wait: Vec<ProcessSeries>,
+    pub close_wait_by_workload: Vec<WorkloadSeries>,
+    pub time_wait_by_workload: Vec<WorkloadSeries>,
     pub time_wait_by_peer: Vec<(String, u64)>,
     /// (service ip:port, netns, comm, count).
     pub time_wait_by_service: Vec<(String, String, String, u64)>,
@@ -207,6 +252,11 @@ impl Exposition {
             .map(|p| ProcessSeries {
                 pid: p.pid.map_or_else(|| "unknown".into(), |p| p.to_string()),
                 comm: p.comm.clone().unwrap_or_default(),
+                workload: p
+                    .workload
+                    .workload
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
                 count: p.count,
                 oldest_secs: p.oldest_age_ms as f64 / 1e3,
                 growth_per_min: [p.growth_per_min, p.growth_per_min_5m, p.growth_per_min_15m],
@@ -217,6 +267,7 @@ impl Exposition {
             close_wait.push(ProcessSeries {
                 pid: "other".into(),
                 comm: String::new(),
+                workload: "other".into(),
                 count: rest.iter().map(|p| p.count).sum(),
                 oldest_secs: rest.iter().map(|p| p.oldest_age_ms).max().unwrap_or(0) as f64 / 1e3,
                 growth_per_min: [0, 1, 2].map(|i| {
@@ -226,6 +277,20 @@ impl Exposition {
                 }),
             });
         }
+        let close_wait_by_workload =
+            capped_workloads(snap.close_wait_by_workload.iter().map(|w| WorkloadSeries {
+                workload: w.workload.clone(),
+                kind: w.workload_kind.into(),
+                count: w.count,
+                oldest_secs: w.oldest_age_ms as f64 / 1e3,
+            }));
+        let time_wait_by_workload =
+            capped_workloads(snap.time_wait_by_workload.iter().map(|w| WorkloadSeries {
+                workload: w.workload.clone(),
+                kind: w.workload_kind.into(),
+                count: w.count,
+                oldest_secs: 0.0,
+            }));
         let mut time_wait_by_peer: Vec<(String, u64)> = snap
             .time_wait_by_peer
             .iter()
@@ -306,6 +371,8 @@ impl Exposition {
             ended: snap.ended.iter().map(|(&k, &v)| (k, v)).collect(),
             closers: snap.closers.iter().map(|(&k, &v)| (k, v)).collect(),
             close_wait,
+            close_wait_by_workload,
+            time_wait_by_workload,
             time_wait_by_peer,
             time_wait_by_service,
             port_budgets,
@@ -425,7 +492,11 @@ impl Collector for Exposition {
                 .iter()
                 .map(|p| {
                     (
-                        vec![("pid", p.pid.as_str()), ("comm", p.comm.as_str())],
+                        vec![
+                            ("pid", p.pid.as_str()),
+                            ("comm", p.comm.as_str()),
+                            ("workload", p.workload.as_str()),
+                        ],
                         f(p),
                     )
                 })
@@ -441,7 +512,11 @@ impl Collector for Exposition {
                 .iter()
                 .map(|p| {
                     (
-                        vec![("pid", p.pid.as_str()), ("comm", p.comm.as_str())],
+                        vec![
+                            ("pid", p.pid.as_str()),
+                            ("comm", p.comm.as_str()),
+                            ("workload", p.workload.as_str()),
+                        ],
                         p.count as i64,
                     )
                 })
@@ -461,6 +536,7 @@ impl Collector for Exposition {
                     vec![
                         ("pid", p.pid.as_str()),
                         ("comm", p.comm.as_str()),
+                        ("workload", p.workload.as_str()),
                         ("window", window),
                     ],
                     p.growth_per_min[i],
@@ -473,6 +549,52 @@ impl Collector for Exposition {
             "CLOSE_WAIT growth of the process, sockets per minute over the window.",
             None,
             &growth,
+        )?;
+        fn by_workload(rows: &[WorkloadSeries]) -> Vec<Labelled<'_, i64>> {
+            rows.iter()
+                .map(|w| {
+                    (
+                        vec![
+                            ("workload", w.workload.as_str()),
+                            ("workload_kind", w.kind.as_str()),
+                        ],
+                        w.count as i64,
+                    )
+                })
+                .collect()
+        }
+        gauges(
+            &mut enc,
+            "tcptrace_workload_close_wait_sockets",
+            "CLOSE_WAIT sockets held, by workload (unit, container, pod; capped; the rest in workload=\"other\").",
+            None,
+            &by_workload(&self.close_wait_by_workload),
+        )?;
+        gauges(
+            &mut enc,
+            "tcptrace_workload_close_wait_oldest",
+            "Age of the workload's oldest CLOSE_WAIT socket.",
+            Some(&Unit::Seconds),
+            &self
+                .close_wait_by_workload
+                .iter()
+                .map(|w| {
+                    (
+                        vec![
+                            ("workload", w.workload.as_str()),
+                            ("workload_kind", w.kind.as_str()),
+                        ],
+                        w.oldest_secs,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            &mut enc,
+            "tcptrace_workload_time_wait_sockets",
+            "TIME_WAIT sockets by the workload that owned them (capped; the rest in workload=\"other\").",
+            None,
+            &by_workload(&self.time_wait_by_workload),
         )?;
         gauges(
             &mut enc,

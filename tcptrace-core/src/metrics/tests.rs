@@ -102,14 +102,14 @@ fn states_transitions_and_close_wait_holders_are_exposed() {
     assert_eq!(
         sample(
             &text,
-            r#"tcptrace_close_wait_sockets{pid="100",comm="api"}"#
+            r#"tcptrace_close_wait_sockets{pid="100",comm="api",workload="unknown"}"#
         ),
         2.0
     );
     assert_eq!(
         sample(
             &text,
-            r#"tcptrace_close_wait_oldest_seconds{pid="100",comm="api"}"#
+            r#"tcptrace_close_wait_oldest_seconds{pid="100",comm="api",workload="unknown"}"#
         ),
         60.0
     );

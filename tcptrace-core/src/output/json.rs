@@ -5,7 +5,10 @@ use std::{fmt, io, net::IpAddr};
 use serde::{Serialize, Serializer};
 
 use super::{kind_name, no_time_wait, reason_name, reuser, tw_end_reason};
-use crate::model::{Comm, Event, EventKind, Lost};
+use crate::{
+    model::{Comm, Event, EventKind, Lost},
+    workload::Workload,
+};
 
 struct Hex(u64);
 
@@ -30,7 +33,7 @@ impl fmt::Debug for CommStr {
 }
 
 #[derive(Serialize)]
-struct JsonEvent {
+struct JsonEvent<'a> {
     ts_ns: u64,
     kind: &'static str,
     pid: Option<u32>,
@@ -59,10 +62,31 @@ struct JsonEvent {
     /// tw_substate only: wall-clock time it was last known in `old`.
     #[serde(skip_serializing_if = "Option::is_none")]
     changed_after_ns: Option<u64>,
+    cgroup_path: Option<&'a str>,
+    workload: Option<&'a str>,
+    workload_kind: Option<&'static str>,
+    unit: Option<&'a str>,
+    container: Option<&'a str>,
+    container_id: Option<&'a str>,
+    pod: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    namespace: Option<&'a str>,
+    qos: Option<&'static str>,
 }
 
 /// Writes one event as a JSON line. `wall_ns` is the event's wall-clock time.
 pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Result<()> {
+    write_event_with(w, e, wall_ns, None)
+}
+
+/// [`write_event`] naming the owner's `workload` (its fields are null when
+/// it is `None`).
+pub fn write_event_with(
+    w: &mut impl io::Write,
+    e: &Event,
+    wall_ns: u64,
+    workload: Option<&Workload>,
+) -> io::Result<()> {
     let found = e.kind == EventKind::TwSubstate;
     let j = JsonEvent {
         ts_ns: wall_ns,
@@ -89,6 +113,16 @@ pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Resul
         no_time_wait: no_time_wait(e).map(reason_name),
         found_by: found.then_some("reconciliation"),
         changed_after_ns: found.then(|| wall_ns.saturating_sub(e.prev_ns.unwrap_or(0))),
+        cgroup_path: workload.and_then(|w| w.cgroup_path.as_deref()),
+        workload: workload.map(|w| &*w.display),
+        workload_kind: workload.map(|w| w.kind.as_str()),
+        unit: workload.and_then(|w| w.unit.as_deref()),
+        container: workload.and_then(|w| w.container.as_deref()),
+        container_id: workload.and_then(|w| w.container_id.as_deref()),
+        pod: workload.and_then(|w| w.pod.as_deref()),
+        pod_uid: workload.and_then(|w| w.pod_uid.as_deref()),
+        namespace: workload.and_then(|w| w.namespace.as_deref()),
+        qos: workload.and_then(|w| w.qos).map(|q| q.as_str()),
     };
     serde_json::to_writer(&mut *w, &j)?;
     w.write_all(b"\n")
@@ -128,7 +162,7 @@ mod tests {
     use super::*;
     use crate::model::{EventKind, Family, Owner, Reuser, TcpState, TwEndReason};
 
-    const EVENT_FIELDS: [&str; 22] = [
+    const EVENT_FIELDS: [&str; 32] = [
         "ts_ns",
         "kind",
         "pid",
@@ -151,6 +185,16 @@ mod tests {
         "reused_by_pid",
         "reused_by_comm",
         "no_time_wait",
+        "cgroup_path",
+        "workload",
+        "workload_kind",
+        "unit",
+        "container",
+        "container_id",
+        "pod",
+        "pod_uid",
+        "namespace",
+        "qos",
     ];
 
     fn transition() -> Event {
@@ -226,6 +270,28 @@ mod tests {
         let mut v = fields.to_vec();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn the_workload_fields_name_the_owner_or_are_null() {
+        let m = parse_line(&write(&transition(), 1));
+        for f in ["workload", "workload_kind", "unit", "cgroup_path", "qos"] {
+            assert!(m[f].is_null(), "{f}");
+        }
+        let w = crate::workload::Workload::new(
+            "/system.slice/payments.service",
+            crate::workload::Names::default(),
+        );
+        let mut out = Vec::new();
+        write_event_with(&mut out, &transition(), 1, Some(&w)).unwrap();
+        let m = parse_line(&String::from_utf8(out).unwrap());
+        assert_eq!(keys(&m), sorted(&EVENT_FIELDS));
+        assert_eq!(m["workload"], "payments.service");
+        assert_eq!(m["workload_kind"], "unit");
+        assert_eq!(m["unit"], "payments.service");
+        assert_eq!(m["cgroup_path"], "/system.slice/payments.service");
+        assert!(m["container"].is_null());
+        assert_eq!(m["cgroup"].as_u64(), Some(98765), "cgroup stays the id");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::{
 
 /// Column headings; addresses get 21 columns (IPv4 with port), longer IPv6
 /// endpoints push the rest of the line right.
-pub const HEADER: &str = "TIME          PID     COMM             IP LOCAL                 REMOTE                EVENT                           MS";
+pub const HEADER: &str = "TIME          PID     COMM             WORKLOAD                 IP LOCAL                 REMOTE                EVENT                           MS";
 
 fn endpoint(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
@@ -67,7 +67,37 @@ pub fn describe(e: &Event) -> String {
     }
 }
 
+/// Width of the `WORKLOAD` column.
+pub const WORKLOAD_WIDTH: usize = 24;
+
+/// `s` escaped and cut to `width` characters in the middle (`first…last`),
+/// so that both a workload's kind and its distinguishing end stay visible.
+pub fn cut_middle(s: &str, width: usize) -> String {
+    let s = super::escape(s);
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= width || width < 3 {
+        return s.into_owned();
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
 pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Result<()> {
+    write_event_with(w, e, wall_ns, None)
+}
+
+/// [`write_event`] with the owner's workload display name (`-` when none).
+pub fn write_event_with(
+    w: &mut impl io::Write,
+    e: &Event,
+    wall_ns: u64,
+    workload: Option<&str>,
+) -> io::Result<()> {
+    let workload = workload.map_or_else(|| "-".to_string(), |s| cut_middle(s, WORKLOAD_WIDTH));
     let (pid, comm) = match &e.owner {
         Some(o) => (
             o.pid.to_string(),
@@ -77,10 +107,11 @@ pub fn write_event(w: &mut impl io::Write, e: &Event, wall_ns: u64) -> io::Resul
     };
     writeln!(
         w,
-        "{:<13} {:<7} {:<16} {:<2} {:<21} {:<21} {:<31} {}",
+        "{:<13} {:<7} {:<16} {:<24} {:<2} {:<21} {:<21} {:<31} {}",
         hms_millis(wall_ns),
         pid,
         comm,
+        workload,
         match e.family {
             crate::model::Family::V4 => "4",
             crate::model::Family::V6 => "6",
@@ -287,6 +318,16 @@ mod tests {
     }
 
     #[test]
+    fn workloads_are_cut_in_the_middle_and_escaped() {
+        assert_eq!(cut_middle("payments.service", 24), "payments.service");
+        let long = "shop/payments-7d9f-abcde/application-container";
+        let cut = cut_middle(long, 24);
+        assert_eq!(cut.chars().count(), 24);
+        assert_eq!(cut, "shop/paymen…on-container");
+        assert!(!cut_middle("a\x1bb", 24).contains('\x1b'));
+    }
+
+    #[test]
     fn write_event_unknown_owner_prints_dashes_and_unknown_ms() {
         let e = event(
             EventKind::Transition,
@@ -302,6 +343,7 @@ mod tests {
             cols,
             [
                 "03:04:05.678",
+                "-",
                 "-",
                 "-",
                 "4",

@@ -7,6 +7,7 @@ mod capped;
 mod histos;
 mod snapshot;
 pub mod timewait;
+pub mod workloads;
 
 use std::{
     collections::{HashMap, VecDeque},

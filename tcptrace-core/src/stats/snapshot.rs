@@ -58,6 +58,10 @@ use super::{
     Aggregates, Growth, HistKind, HistSummary, PortBudget, TimeWaitByLocal, TimeWaitByPeer,
     TimeWaitByService,
     timewait::{GroupInput, group},
+    workloads::{
+        CloseWaitByWorkload, KeyCloseWait, TimeWaitByWorkload, WorkloadKey, WorkloadRef,
+        WorkloadStatus,
+    },
 };
 use crate::{
     conn::{CloseWaitItem, Closer, ConnTable, EndReason},
@@ -112,6 +116,13 @@ pub struct CloseWaitByProcess {
     pub oldest_age_is_lower_bound: bool,
     /// Remote endpoints of these sockets, most frequent first (at most 5).
     pub peers: Vec<String>,
+    /// Whose cgroup the row is counted under (the owner's at its first
+    /// CLOSE_WAIT socket), for [`super::workloads::fold`].
+    #[serde(skip)]
+    pub key: WorkloadKey,
+    /// The owner's workload, once folded.
+    #[serde(flatten)]
+    pub workload: WorkloadRef,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -162,6 +173,10 @@ pub struct ByProcess {
     pub comm: Option<String>,
     #[serde(flatten)]
     pub counts: StateCounts,
+    #[serde(skip)]
+    pub key: WorkloadKey,
+    #[serde(flatten)]
+    pub workload: WorkloadRef,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -283,6 +298,19 @@ pub struct Snapshot {
     pub unknown_sockets: u64,
     pub silent_rearms: u64,
     pub owners_found: u64,
+    /// CLOSE_WAIT by workload (filled by [`super::workloads::fold`]).
+    pub close_wait_by_workload: Vec<CloseWaitByWorkload>,
+    /// TIME_WAIT by workload (filled by [`super::workloads::fold`]).
+    pub time_wait_by_workload: Vec<TimeWaitByWorkload>,
+    /// How workloads are attributed here (the live commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<WorkloadStatus>,
+    /// CLOSE_WAIT counts by owner cgroup, before names.
+    #[serde(skip)]
+    pub close_wait_keys: Vec<KeyCloseWait>,
+    /// TIME_WAIT counts by owner cgroup, before names.
+    #[serde(skip)]
+    pub time_wait_keys: Vec<(WorkloadKey, u64)>,
 }
 
 /// States always listed in `states` (others only when non-zero).
@@ -478,6 +506,42 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
             None => (1, age, i.lower),
         });
     }
+    // By owner cgroup (O(CLOSE_WAIT sockets), at snapshot time: the
+    // per-event path keeps no count by cgroup), and each process's key.
+    let mut key_of_group: Vec<Option<WorkloadKey>> = vec![None; live.by_pid.bound()];
+    let mut by_key: HashMap<WorkloadKey, KeyCloseWait> = HashMap::new();
+    for i in &live.close_wait {
+        let owner = table.conn_at(i.slot).and_then(|c| c.owner);
+        let key = WorkloadKey::of(owner);
+        key_of_group[i.pid_group as usize].get_or_insert(key);
+        let age = now.saturating_sub(i.since_ns) / 1_000_000;
+        let k = by_key.entry(key).or_insert_with(|| KeyCloseWait {
+            key,
+            ..KeyCloseWait::default()
+        });
+        k.count += 1;
+        if age > k.oldest_age_ms || k.count == 1 {
+            k.oldest_age_ms = age;
+            k.oldest_age_is_lower_bound = i.lower;
+        } else if age == k.oldest_age_ms {
+            k.oldest_age_is_lower_bound |= i.lower;
+        }
+        if let Some(o) = owner {
+            match k.pids.iter_mut().find(|p| p.0 == o.pid) {
+                Some(p) => p.1 += 1,
+                None => k.pids.push((o.pid, 1)),
+            }
+        }
+    }
+    for (&(g, peer), &n) in &live.close_wait_peers {
+        if let Some(key) = key_of_group[g as usize]
+            && let Some(k) = by_key.get_mut(&key)
+        {
+            k.peers.push((peer.to_string(), u64::from(n)));
+        }
+    }
+    let mut close_wait_keys: Vec<KeyCloseWait> = by_key.into_values().collect();
+    close_wait_keys.sort_by_key(|k| k.key);
     let mut peers_of: Vec<Vec<(u32, SocketAddr)>> = vec![Vec::new(); live.by_pid.bound()];
     for (&(g, peer), &n) in &live.close_wait_peers {
         let top = &mut peers_of[g as usize];
@@ -527,6 +591,9 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
                     .iter()
                     .map(|p| p.1.to_string())
                     .collect(),
+                key: key_of_group[g as usize]
+                    .unwrap_or_else(|| pid.map_or(WorkloadKey::Unknown, WorkloadKey::Pid)),
+                workload: WorkloadRef::default(),
             }
         })
         .collect();
@@ -567,6 +634,12 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
             pid: r.key,
             comm: r.key.and(r.comm()).map(comm_string),
             counts: counts_of(r),
+            key: live
+                .by_pid
+                .index_of(&r.key)
+                .and_then(|g| key_of_group.get(g as usize).copied().flatten())
+                .unwrap_or_else(|| r.key.map_or(WorkloadKey::Unknown, WorkloadKey::Pid)),
+            workload: WorkloadRef::default(),
         })
         .collect();
     by_process.sort_by(|a, b| b.counts.total.cmp(&a.counts.total).then(a.pid.cmp(&b.pid)));
@@ -648,5 +721,10 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         unknown_sockets: counters.unknown_sockets,
         silent_rearms: counters.silent_rearms,
         owners_found: counters.owners_found,
+        close_wait_by_workload: Vec::new(),
+        time_wait_by_workload: Vec::new(),
+        workloads: None,
+        close_wait_keys,
+        time_wait_keys: grouped.by_cgroup,
     }
 }

@@ -145,6 +145,8 @@ pub struct Grouped {
     pub by_peer: Vec<TimeWaitByPeer>,
     pub by_service: Vec<TimeWaitByService>,
     pub budgets: Vec<PortBudget>,
+    /// TIME_WAIT sockets by owner cgroup (folded into workloads at the edge).
+    pub by_cgroup: Vec<(super::workloads::WorkloadKey, u64)>,
 }
 
 /// What the groupings need besides the table.
@@ -272,7 +274,13 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
     let mut peers: FxHashMap<(IpAddr, u16), Group> = FxHashMap::default();
     let mut budgets: FxHashMap<(u32, IpAddr, IpAddr, u16), BudgetAcc> = FxHashMap::default();
 
+    let mut by_cgroup: FxHashMap<super::workloads::WorkloadKey, u64> = FxHashMap::default();
     for t in table.timewaits() {
+        if t.substate == TcpState::TimeWait {
+            *by_cgroup
+                .entry(super::workloads::WorkloadKey::of(t.owner))
+                .or_default() += 1;
+        }
         let recent = !t.start_estimated && t.start_ns >= recent_since;
         let (sys, _) = sysctls_of(input, t.key.netns, &fallback);
         let listens = listening(&(t.key.netns, t.key.sport));
@@ -443,10 +451,13 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
             .cmp(&a.count)
             .then((a.netns, a.saddr, a.sport).cmp(&(b.netns, b.saddr, b.sport)))
     });
+    let mut by_cgroup: Vec<_> = by_cgroup.into_iter().collect();
+    by_cgroup.sort_unstable();
     Grouped {
         by_peer,
         by_service,
         budgets,
+        by_cgroup,
     }
 }
 

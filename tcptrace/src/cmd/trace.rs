@@ -13,6 +13,7 @@ use tcptrace_core::{
     model::{Event, EventKind, Lost},
     output::{json, text},
     record::Record,
+    workload::Workload,
 };
 
 use super::Edges;
@@ -50,14 +51,20 @@ impl<W: Write> Printer<W> {
     /// One event (owner updates from the accept hook feed the engine only:
     /// `trace` shows transitions and TIME_WAIT).
     pub fn event(&mut self, e: &Event) -> io::Result<()> {
+        self.event_with(e, None)
+    }
+
+    /// One event with its owner's workload (the `WORKLOAD` column and the
+    /// JSON workload fields; `-`/null when `None`).
+    pub fn event_with(&mut self, e: &Event, workload: Option<&Workload>) -> io::Result<()> {
         if e.kind == EventKind::Accept {
             return Ok(());
         }
         let wall = self.clock.wall_ns(e.ts_ns);
         if self.json {
-            json::write_event(&mut self.out, e, wall)?;
+            json::write_event_with(&mut self.out, e, wall, workload)?;
         } else {
-            text::write_event(&mut self.out, e, wall)?;
+            text::write_event_with(&mut self.out, e, wall, workload.map(|w| &*w.display))?;
         }
         self.printed += 1;
         Ok(())
@@ -106,12 +113,15 @@ impl<W: Write> Consumer for Trace<W> {
         Ok(())
     }
 
-    fn record(&mut self, rec: &Record, _ctx: &mut Ctx<'_>) -> Result<Flow> {
+    fn record(&mut self, rec: &Record, ctx: &mut Ctx<'_>) -> Result<Flow> {
         match rec {
             // Losses are always told, --count reached or not.
             Record::Lost { ts_ns, lost } => self.printer.lost_at(lost, *ts_ns)?,
             _ if self.printer.printed >= self.limit => return Ok(Flow::Stop),
-            Record::Event(e) => self.printer.event(e)?,
+            Record::Event(e) => {
+                let w = ctx.source.workloads().and_then(|w| w.of_owner(e.owner));
+                self.printer.event_with(e, w.as_deref())?
+            }
             Record::Snapshot { .. } | Record::Workload { .. } => {}
         }
         Ok(if self.printer.printed >= self.limit {

@@ -64,7 +64,10 @@ impl<W: Write> Consumer for Watch<W> {
         let mut fired = false;
         for mut a in self.alerter.evaluate(&snap, now, wall) {
             fired |= a.state == AlertState::Firing;
-            a.cgroup = a.pid.and_then(self.cgroup_of);
+            name_workload(&mut a, &snap);
+            if a.cgroup.is_none() {
+                a.cgroup = a.pid.and_then(self.cgroup_of);
+            }
             if let Some(cmd) = &self.cfg.exec {
                 exec_alert(cmd, &a, &self.hooks, EXEC_TIMEOUT);
             }
@@ -107,6 +110,48 @@ impl<W: Write> Consumer for Watch<W> {
     fn finish(&mut self, _ctx: &mut Ctx<'_>) -> Result<ExitCode> {
         self.out.flush()?;
         Ok(self.exit)
+    }
+}
+
+/// Names the workload of an alert about a process (from the snapshot's
+/// folded rows: the owner's cgroup id, so it works after the process
+/// exited) or about a workload.
+fn name_workload(a: &mut tcptrace_core::alerts::Alert, snap: &tcptrace_core::stats::Snapshot) {
+    let from_process = a.pid.and_then(|pid| {
+        snap.close_wait_by_process
+            .iter()
+            .find(|p| p.pid == Some(pid))
+            .map(|p| &p.workload)
+    });
+    if let Some(w) = from_process
+        && w.workload.is_some()
+    {
+        let kind = snap
+            .close_wait_by_workload
+            .iter()
+            .find(|r| Some(&r.workload) == w.workload.as_ref())
+            .map(|r| r.workload_kind.to_string());
+        a.workload = w.workload.clone();
+        a.workload_kind = kind;
+        a.unit = w.unit.clone();
+        a.container = w.container.clone();
+        a.pod = w.pod.clone();
+        a.namespace = w.namespace.clone();
+        a.cgroup = w.cgroup_path.clone();
+        return;
+    }
+    if let Some(name) = a.workload.clone()
+        && let Some(r) = snap
+            .close_wait_by_workload
+            .iter()
+            .find(|r| r.workload == name)
+    {
+        a.workload_kind = Some(r.workload_kind.to_string());
+        a.unit = r.unit.clone();
+        a.container = r.container.clone();
+        a.pod = r.pod.clone();
+        a.namespace = r.namespace.clone();
+        a.cgroup = r.cgroup_path.clone();
     }
 }
 

@@ -64,6 +64,9 @@ pub struct LoadOptions {
     /// Benchmarks only: attach programs that return at once to the same
     /// hooks instead of the real ones (what merely attaching costs).
     pub empty_programs: bool,
+    /// The workload filters and where names are read (userspace only; the
+    /// live source applies them).
+    pub workloads: crate::workloads::WorkloadOptions,
 }
 
 /// Hooks [`Tracer::load`] treats as refused by the kernel.
@@ -99,6 +102,7 @@ impl Default for LoadOptions {
             realtime_drain: true,
             refuse: Refuse::default(),
             empty_programs: false,
+            workloads: Default::default(),
         }
     }
 }

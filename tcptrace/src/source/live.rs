@@ -23,7 +23,7 @@ use super::{
     timewait_check::{CheckCounters, KernelAsker, TimewaitCheck, thread_cpu_ns},
     wait_real,
 };
-use crate::{clock::monotonic_ns, ebpf::Tracer, seed, session::Input};
+use crate::{clock::monotonic_ns, ebpf::Tracer, seed, session::Input, workloads::Workloads};
 
 /// The loaded tracer and what snapshots need.
 pub struct Live {
@@ -37,6 +37,9 @@ pub struct Live {
     timewait: TimewaitCheck,
     asker: KernelAsker,
     reusers: ReuserNames,
+    /// The workload resolver and the `--cgroup`/`--container`/`--unit`/
+    /// `--netns` filters.
+    workloads: Workloads,
 }
 
 /// A process's name from `/proc` (the reuser of a timewait socket whose
@@ -49,7 +52,7 @@ fn proc_comm(pid: u32) -> Option<Comm> {
 /// A sock_diag snapshot of every namespace, keeping what the filter keeps:
 /// the sockets, the namespaces seen, when it was taken (monotonic ns), and
 /// each namespace's TCP facts.
-pub fn take_snapshot(filter: &UserFilter) -> Result<Record> {
+pub fn take_snapshot(filter: &UserFilter, workloads: &mut Workloads) -> Result<Record> {
     let snap = seed::snapshot(true)?;
     let mut namespaces: Vec<u32> = snap.sockets.iter().filter_map(|s| s.netns).collect();
     namespaces.sort_unstable();
@@ -58,6 +61,7 @@ pub fn take_snapshot(filter: &UserFilter) -> Result<Record> {
         .sockets
         .into_iter()
         .filter(|s| filter.matches_seen(s))
+        .filter(|s| !workloads.narrows() || workloads.keeps_seen(s))
         .collect();
     Ok(Record::Snapshot {
         ts_ns: snap.taken_at_mono_ns,
@@ -71,11 +75,12 @@ impl Live {
     /// `realtime`: drain at SCHED_RR 1 (see [`crate::sched`]).
     /// Loads the tracer with `opts` (draining at the priority it asks for).
     pub fn load(opts: &crate::ebpf::LoadOptions, user_filter: UserFilter) -> anyhow::Result<Self> {
-        Ok(Self::new(
-            Tracer::load(opts)?,
-            user_filter,
-            opts.realtime_drain,
-        ))
+        let mut live = Self::new(Tracer::load(opts)?, user_filter, opts.realtime_drain);
+        live.workloads = Workloads::new(opts.workloads.clone());
+        if let Some(warning) = live.workloads.nothing_matches_warning() {
+            crate::say!("{warning}");
+        }
+        Ok(live)
     }
 
     pub fn new(tracer: Tracer, user_filter: UserFilter, realtime: bool) -> Self {
@@ -91,6 +96,7 @@ impl Live {
             timewait: TimewaitCheck::new(monotonic_ns()),
             asker: KernelAsker::new(),
             reusers: ReuserNames::default(),
+            workloads: Workloads::new(Default::default()),
         }
     }
 
@@ -112,9 +118,11 @@ impl Live {
         }
         let cpu = thread_cpu_ns();
         let filter = self.user_filter;
+        let workloads = &mut self.workloads;
+        let narrows = workloads.narrows();
         self.timewait
             .run(&mut self.asker, &mut monotonic_ns, &mut |e| {
-                if filter.matches_event(&e) {
+                if filter.matches_event(&e) && (!narrows || workloads.keeps_event(&e)) {
                     f(Record::Event(e));
                 }
             });
@@ -164,6 +172,8 @@ impl Source for Live {
         let errors = &mut self.decode_errors;
         let timewait = &mut self.timewait;
         let reusers = &mut self.reusers;
+        let workloads = &mut self.workloads;
+        let by_workload = workloads.narrows();
         // The kernel's filter may be wider than the user's (see
         // `UserFilter::kernel_filter`): the check follows what it lets
         // through, the stream carries what the user asked for.
@@ -189,7 +199,9 @@ impl Source for Live {
                     }
                 }
                 timewait.observe(&e);
-                if narrow.is_none_or(|u| u.matches_event(&e)) {
+                if narrow.is_none_or(|u| u.matches_event(&e))
+                    && (!by_workload || workloads.keeps_event(&e))
+                {
                     f(Record::Event(e));
                 }
             }
@@ -205,7 +217,11 @@ impl Source for Live {
     }
 
     fn sockets(&mut self) -> Result<Option<Record>> {
-        take_snapshot(&self.user_filter).map(Some)
+        take_snapshot(&self.user_filter, &mut self.workloads).map(Some)
+    }
+
+    fn workloads(&mut self) -> Option<&mut Workloads> {
+        Some(&mut self.workloads)
     }
 
     fn take_lost(&mut self) -> Lost {

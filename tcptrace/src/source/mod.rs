@@ -66,6 +66,11 @@ pub trait Source: Send {
     /// Every record available now, in order.
     fn drain(&mut self, f: &mut dyn FnMut(Record));
 
+    /// The workload resolver (the live kernel's; `None` elsewhere).
+    fn workloads(&mut self) -> Option<&mut crate::workloads::Workloads> {
+        None
+    }
+
     /// A sock_diag snapshot of the sockets that exist now, as a
     /// [`Record::Snapshot`]; `None` when the source carries its own.
     fn sockets(&mut self) -> Result<Option<Record>>;
