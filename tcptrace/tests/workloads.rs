@@ -1,0 +1,572 @@
+//! Workloads end to end, as root on the real kernel: three real servers in
+//! real cgroup v2 groups made under the *discovered* cgroup2 root, shaped
+//! like a systemd unit (`…/system.slice/payments.service`), a Docker
+//! container (`…/docker-<64hex>.scope`, name from a fake `config.v2.json`)
+//! and a Kubernetes/containerd container (`…/kubepods-burstable-pod<uid>
+//! .slice/cri-containerd-<64hex>.scope`, names from `/var/log/containers`-
+//! style files), each moved into its group before it listens (`pre_exec`
+//! writes `cgroup.procs`), the Kubernetes one in its own network
+//! namespace, each leaking CLOSE_WAIT. The names must show in `trace
+//! --json`, `stats --json` (`close_wait_by_workload` counts equal to `ss`),
+//! `watch --json` and the metrics, and a real Prometheus scraping tcptrace
+//! must see `tcptrace_workload_close_wait_sockets` equal to `ss`. Bad
+//! filter input: exit 2 with one line, or one warning.
+
+mod common;
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{BufRead, BufReader},
+    net::TcpStream,
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{NetNs, Streaming, free_port, http_get, metric_value, ss_count, wait_for};
+use serde_json::Value;
+use tcptrace::seed::cgroupfs::Cgroup2Root;
+
+const WAIT: Duration = Duration::from_secs(30);
+const UID: &str = "1d2c3b4a-0000-1111-2222-333344445555";
+const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
+
+/// Accepts forever and never closes: every connection the client closes
+/// stays in CLOSE_WAIT. Prints its port once listening.
+const SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+print(s.getsockname()[1], flush=True)
+held = []
+while True:
+    c, _ = s.accept()
+    held.append(c)
+"#;
+
+fn hex_id(tag: u8) -> String {
+    format!("{tag:02x}{:062x}", std::process::id())
+}
+
+/// Cgroups and the servers in them; dropping kills the servers (by pid)
+/// and removes the groups deepest first.
+struct Tree {
+    mount: PathBuf,
+    dirs: Vec<PathBuf>,
+    children: Vec<Child>,
+}
+
+impl Tree {
+    fn make(&mut self, path: &str) {
+        let mut dir = self.mount.clone();
+        for comp in path.trim_start_matches('/').split('/') {
+            dir.push(comp);
+            if !dir.exists() {
+                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                self.dirs.push(dir.clone());
+            }
+        }
+    }
+
+    /// A server moved into cgroup `path` before it runs (so before it
+    /// listens), optionally in network namespace `netns`; returns its port.
+    fn server_in(&mut self, path: &str, netns: Option<&str>) -> u16 {
+        let procs = self
+            .mount
+            .join(path.trim_start_matches('/'))
+            .join("cgroup.procs");
+        let procs = CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3", "-c", SERVER]);
+                c
+            }
+            None => {
+                let mut c = Command::new("python3");
+                c.args(["-c", SERVER]);
+                c
+            }
+        };
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls (getpid, open, write,
+        // close) on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut buf = [0u8; 20];
+                let mut n = libc::getpid() as u32;
+                let mut i = buf.len();
+                loop {
+                    i -= 1;
+                    buf[i] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let len = buf.len() - i;
+                let wrote = libc::write(fd, buf[i..].as_ptr().cast(), len);
+                libc::close(fd);
+                if wrote != len as isize {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.children.push(child);
+        line.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("a port, got {line:?}"))
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // `ip netns exec` execs python: the pid is the server's.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for dir in self.dirs.iter().rev() {
+            let _ = wait_rmdir(dir);
+        }
+    }
+}
+
+fn wait_rmdir(dir: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                eprintln!("warning: rmdir {}: {e}", dir.display());
+                return Err(e);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// `n` connections to 127.0.0.1:`port` closed by the client: the server's
+/// ends stay in CLOSE_WAIT.
+fn leak(port: u16, n: usize, netns: Option<&NetNs>) {
+    let go = move || {
+        for _ in 0..n {
+            let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            drop(c);
+        }
+    };
+    match netns {
+        Some(ns) => ns.run(go),
+        None => go(),
+    }
+}
+
+struct FakeRoot(PathBuf);
+
+impl Drop for FakeRoot {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write(root: &Path, rel: &str, bytes: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+struct Servers {
+    tree: Tree,
+    paths: [String; 3],
+    _fake: FakeRoot,
+    ns: NetNs,
+    roots: String,
+    base: String,
+    /// (expected workload, port, in the netns)
+    expect: Vec<(String, u16, bool)>,
+}
+
+impl Servers {
+    fn ss(&self, port: u16, in_ns: bool) -> usize {
+        ss_count("close-wait", port, in_ns.then_some(self.ns.name.as_str()))
+    }
+
+    /// Starts the three servers (after the tracer, so that their listening
+    /// sockets' owners are captured: accepted sockets inherit them).
+    fn start(&mut self) {
+        let unit_port = self.tree.server_in(&self.paths[0], None);
+        let docker_port = self.tree.server_in(&self.paths[1], None);
+        let k8s_port = self.tree.server_in(&self.paths[2], Some(&self.ns.name));
+        self.expect = vec![
+            ("payments.service".into(), unit_port, false),
+            ("docker/web-1".into(), docker_port, false),
+            ("shop/payments-7d9f-abcde/app".into(), k8s_port, true),
+        ];
+    }
+}
+
+fn setup(tag: &str) -> Servers {
+    let root = Cgroup2Root::discover().expect("the test host has a cgroup2 mount");
+    let mount = root.mount_point().to_path_buf();
+    let base = format!("/tcptrace-test-{tag}-{}", std::process::id());
+    let mut tree = Tree {
+        mount,
+        dirs: Vec::new(),
+        children: Vec::new(),
+    };
+    let (docker_id, k8s_id) = (hex_id(1), hex_id(2));
+    let uid_ = UID.replace('-', "_");
+    let unit_path = format!("{base}/system.slice/payments.service");
+    let docker_path = format!("{base}/system.slice/docker-{docker_id}.scope");
+    let k8s_path = format!(
+        "{base}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{k8s_id}.scope"
+    );
+    for p in [&unit_path, &docker_path, &k8s_path] {
+        tree.make(p);
+    }
+    let fake =
+        FakeRoot(std::env::temp_dir().join(format!("tcptrace-wl-{tag}-{}", std::process::id())));
+    let _ = fs::remove_dir_all(&fake.0);
+    write(
+        &fake.0,
+        &format!("var/lib/docker/containers/{docker_id}/config.v2.json"),
+        r#"{"ID":"x","Name":"/web-1","State":{"Running":true,"Pid":1},"Config":{"Labels":{}}}"#,
+    );
+    write(
+        &fake.0,
+        &format!("var/log/containers/payments-7d9f-abcde_shop_app-{k8s_id}.log"),
+        "",
+    );
+    fs::create_dir_all(
+        fake.0
+            .join(format!("var/log/pods/shop_payments-7d9f-abcde_{UID}/app")),
+    )
+    .unwrap();
+    let ns = NetNs::new(tag);
+    Servers {
+        tree,
+        paths: [unit_path, docker_path, k8s_path],
+        roots: fake.0.display().to_string(),
+        _fake: fake,
+        ns,
+        base,
+        expect: Vec::new(),
+    }
+}
+
+fn leak_all(s: &Servers, n: usize) {
+    for (i, (_, port, in_ns)) in s.expect.iter().enumerate() {
+        leak(*port, n + i, in_ns.then_some(&s.ns));
+    }
+}
+
+fn json_lines_until(run: &Streaming, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let mut seen = Vec::new();
+    let line = Streaming::wait_line(&run.out, &mut seen, what, WAIT, |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| ok(&v))
+    });
+    serde_json::from_str(&line).unwrap()
+}
+
+fn banner(run: &Streaming, words: &str) {
+    let mut errs = Vec::new();
+    Streaming::wait_line(&run.err, &mut errs, "banner", WAIT, |l| l.contains(words));
+}
+
+#[test]
+fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
+    let mut s = setup("e2e");
+
+    // trace --json: the events of each server's CLOSE_WAIT name it.
+    let trace = Streaming::start(&["trace", "--json", "--workload-roots", &s.roots]);
+    banner(&trace, "tracing");
+    s.start();
+    leak_all(&s, 2);
+    for (workload, port, _) in &s.expect {
+        let e = json_lines_until(&trace, &format!("a CLOSE_WAIT event of {workload}"), |v| {
+            v["new"] == "CLOSE_WAIT" && v["sport"] == *port
+        });
+        assert_eq!(e["workload"], *workload, "{e}");
+        assert!(e["cgroup"].is_u64(), "cgroup stays the id: {e}");
+        assert!(
+            e["cgroup_path"].as_str().unwrap().starts_with(&s.base),
+            "{e}"
+        );
+    }
+    drop(trace);
+
+    // stats --json: close_wait_by_workload counts equal ss per server.
+    let stats = Streaming::start(&[
+        "stats",
+        "--json",
+        "--interval",
+        "0.5",
+        "--workload-roots",
+        &s.roots,
+    ]);
+    banner(&stats, "stats every");
+    let want: Vec<(String, u64)> = s
+        .expect
+        .iter()
+        .map(|(w, port, ns)| (w.clone(), s.ss(*port, *ns) as u64))
+        .collect();
+    assert!(want.iter().all(|(_, n)| *n >= 2), "{want:?}");
+    let line = json_lines_until(&stats, "close_wait_by_workload equal to ss", |v| {
+        want.iter().all(|(w, n)| {
+            v["close_wait_by_workload"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().any(|r| r["workload"] == *w && r["count"] == *n))
+        })
+    });
+    let rows = line["close_wait_by_workload"].as_array().unwrap();
+    let k8s = rows
+        .iter()
+        .find(|r| r["workload"] == "shop/payments-7d9f-abcde/app")
+        .unwrap();
+    assert_eq!(k8s["workload_kind"], "container", "{k8s}");
+    assert_eq!(k8s["namespace"], "shop", "{k8s}");
+    assert_eq!(k8s["pod"], "payments-7d9f-abcde", "{k8s}");
+    assert_eq!(k8s["pod_uid"], UID, "{k8s}");
+    assert_eq!(k8s["qos"], "burstable", "{k8s}");
+    let docker = rows
+        .iter()
+        .find(|r| r["workload"] == "docker/web-1")
+        .unwrap();
+    assert_eq!(docker["container"], "web-1", "{docker}");
+    assert_eq!(
+        line["workloads"]["method"], "handle",
+        "{}",
+        line["workloads"]
+    );
+    let procs = line["close_wait_by_process"].as_array().unwrap();
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["workload"] == "payments.service" && p["unit"] == "payments.service"),
+        "{procs:?}"
+    );
+    drop(stats);
+
+    // watch --json with metrics: the alert names the workload; the
+    // per-workload series equal ss.
+    let metrics_port = free_port(false);
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let watch = Streaming::start(&[
+        "watch",
+        "--json",
+        "--interval",
+        "0.5",
+        "--close-wait",
+        "2",
+        "--metrics",
+        &listen,
+        "--workload-roots",
+        &s.roots,
+    ]);
+    banner(&watch, "watching every");
+    let alert = json_lines_until(&watch, "an alert naming payments.service", |v| {
+        v["rule"] == "close_wait_count" && v["workload"] == "payments.service"
+    });
+    assert_eq!(alert["unit"], "payments.service", "{alert}");
+    assert!(
+        alert["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("/system.slice/payments.service")),
+        "cgroup stays the path: {alert}"
+    );
+    for (workload, port, ns) in &s.expect {
+        let kind = if workload == "payments.service" {
+            "unit"
+        } else {
+            "container"
+        };
+        let series = format!(
+            "tcptrace_workload_close_wait_sockets{{workload=\"{workload}\",workload_kind=\"{kind}\"}}"
+        );
+        let want = s.ss(*port, *ns) as f64;
+        wait_for(&format!("{series} = {want}"), WAIT, || {
+            metric_value(&http_get(metrics_port, "/metrics").2, &series) == Some(want)
+        });
+    }
+    let body = http_get(metrics_port, "/metrics").2;
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("tcptrace_close_wait_sockets{")
+                && l.contains("workload=\"payments.service\"")),
+        "{body}"
+    );
+
+    // A real Prometheus scraping tcptrace, queried for the unit's count.
+    let prom = Prometheus::start(metrics_port);
+    let want = s.ss(s.expect[0].1, false) as f64;
+    wait_for(
+        "Prometheus to see payments.service's CLOSE_WAIT",
+        Duration::from_secs(60),
+        || {
+            prom.query("tcptrace_workload_close_wait_sockets{workload=\"payments.service\"}")
+                == Some(want)
+        },
+    );
+    drop(prom);
+    drop(watch);
+}
+
+/// Debian's `prometheus`, on a free loopback port with its own storage,
+/// scraping tcptrace every second; stopped by pid when dropped.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target_port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("tcptrace-prom-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("data")).unwrap();
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port(false);
+        let child = Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("/usr/bin/prometheus runs (Debian's prometheus package)");
+        Self { child, port, dir }
+    }
+
+    /// The single value of an instant query, if any.
+    fn query(&self, expr: &str) -> Option<f64> {
+        let q: String = expr
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let conn = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        drop(conn);
+        let (status, _, body) = http_get(self.port, &format!("/api/v1/query?query={q}"));
+        if !status.contains("200") {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        if result.len() != 1 {
+            return None;
+        }
+        result[0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn filters_keep_the_workloads_asked_for_and_say_so_on_bad_input() {
+    let mut s = setup("filters");
+    // --cgroup: the two servers below system.slice, not the pod's.
+    let system = format!("{}/system.slice", s.base);
+    let trace = Streaming::start(&[
+        "trace",
+        "--json",
+        "--cgroup",
+        &system,
+        "--workload-roots",
+        &s.roots,
+    ]);
+    banner(&trace, "tracing");
+    s.start();
+    // The pod's first, then the others: what arrives before the unit's
+    // and docker's must not include the pod's.
+    leak(s.expect[2].1, 2, Some(&s.ns));
+    leak(s.expect[0].1, 2, None);
+    leak(s.expect[1].1, 2, None);
+    let mut seen_ports = std::collections::BTreeSet::new();
+    let mut lines = Vec::new();
+    while seen_ports.len() < 2 {
+        let line = Streaming::wait_line(&trace.out, &mut lines, "events of both", WAIT, |l| {
+            l.contains("CLOSE_WAIT")
+        });
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let port = v["sport"].as_u64().unwrap() as u16;
+        assert_ne!(port, s.expect[2].1, "the pod is filtered out: {v}");
+        if v["new"] == "CLOSE_WAIT" {
+            seen_ports.insert(port);
+        }
+    }
+    drop(trace);
+
+    // --netns NAME: only the pod's namespace.
+    let trace = Streaming::start(&[
+        "trace",
+        "--json",
+        "--netns",
+        &s.ns.name,
+        "--workload-roots",
+        &s.roots,
+    ]);
+    banner(&trace, "tracing");
+    leak(s.expect[0].1, 1, None);
+    leak(s.expect[2].1, 1, Some(&s.ns));
+    let e = json_lines_until(&trace, "the pod's event", |v| v["new"] == "CLOSE_WAIT");
+    assert_eq!(e["sport"], s.expect[2].1, "{e}");
+    assert_eq!(e["netns"], s.ns.inode(), "{e}");
+    drop(trace);
+
+    // Malformed: exit 2, one line.
+    let out = Command::new(BIN)
+        .args(["trace", "--cgroup", "relative"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--cgroup"), "{err}");
+
+    // Well-formed, matching nothing yet: one warning, exit 0.
+    let out = Command::new(BIN)
+        .args(["trace", "--unit", "nope.service", "--duration", "0.5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("--unit nope.service"), "{err}");
+    let _ = fs::metadata("/").map(|m| m.ino());
+}
