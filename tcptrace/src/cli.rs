@@ -110,6 +110,10 @@ pub struct WatchArgs {
     /// Seconds between repeats of an alert that still holds [default 600].
     #[arg(long, value_name = "SECS")]
     pub repeat: Option<u64>,
+    /// CLOSE_WAIT count and age rules per `process` or per `workload`
+    /// (unit, container, pod) [default process; TOML `group_by`].
+    #[arg(long, value_name = "process|workload")]
+    pub group_by: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +146,7 @@ pub struct RuleOverrides {
     pub time_wait_share: Option<f64>,
     pub lost: Option<u64>,
     pub repeat: Option<u64>,
+    pub group_by: Option<tcptrace_core::alerts::GroupBy>,
 }
 
 impl RuleOverrides {
@@ -182,6 +187,9 @@ impl RuleOverrides {
         }
         if let Some(s) = self.time_wait_share {
             r.time_wait_port_share = s;
+        }
+        if let Some(g) = self.group_by {
+            r.group_by = g;
         }
         r.check().map_err(usage)?;
         Ok(r)
@@ -296,6 +304,18 @@ impl WatchArgs {
             time_wait_share: self.time_wait_share,
             lost: self.lost,
             repeat: self.repeat,
+            group_by: self
+                .group_by
+                .as_deref()
+                .map(|g| {
+                    tcptrace_core::alerts::GroupBy::parse(g).ok_or_else(|| {
+                        usage(format!(
+                            "--group-by {:?}: give process or workload",
+                            tcptrace_core::output::escape(g)
+                        ))
+                    })
+                })
+                .transpose()?,
         };
         let rules = overrides.rules(self.config.as_deref(), self.exec.is_some())?;
         Ok(WatchConfig {

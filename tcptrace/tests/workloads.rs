@@ -422,6 +422,33 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
     );
     drop(prom);
     drop(watch);
+
+    // watch --group-by workload: the rule is the workload's.
+    let watch = Streaming::start(&[
+        "watch",
+        "--json",
+        "--interval",
+        "0.5",
+        "--close-wait",
+        "3",
+        "--group-by",
+        "workload",
+        "--workload-roots",
+        &s.roots,
+    ]);
+    banner(&watch, "watching every");
+    let alert = json_lines_until(&watch, "an alert about docker/web-1", |v| {
+        v["rule"] == "close_wait_count" && v["workload"] == "docker/web-1"
+    });
+    assert_eq!(alert["container"], "web-1", "{alert}");
+    assert_eq!(alert["workload_kind"], "container", "{alert}");
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("workload docker/web-1"),
+        "{alert}"
+    );
 }
 
 /// Debian's `prometheus`, on a free loopback port with its own storage,

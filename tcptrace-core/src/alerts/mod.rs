@@ -45,6 +45,30 @@ pub struct Rules {
     pub lost_events: u64,
     /// Seconds between repeats of an alert that still holds.
     pub repeat_secs: u64,
+    /// What the CLOSE_WAIT count and age rules are about: each process
+    /// (`"process"`, the default) or each workload (`"workload"`: a unit,
+    /// container or pod, whatever its pids; `stats --json`
+    /// `close_wait_by_workload`). The growth rule stays per process.
+    pub group_by: GroupBy,
+}
+
+/// What per-owner CLOSE_WAIT rules are evaluated on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    #[default]
+    Process,
+    Workload,
+}
+
+impl GroupBy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "process" => Some(Self::Process),
+            "workload" => Some(Self::Workload),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Rules {
@@ -59,6 +83,7 @@ impl Default for Rules {
             time_wait_overflow: true,
             lost_events: 1,
             repeat_secs: 600,
+            group_by: GroupBy::Process,
         }
     }
 }
@@ -142,6 +167,15 @@ enum Subject {
     Process(Option<u32>),
     /// A port budget: (namespace, local address, destination ip:port).
     Budget(u32, IpAddr, IpAddr, u16),
+    /// A workload, by a hash of its name (`group_by = "workload"`).
+    Workload(u64),
+}
+
+fn workload_subject(name: &str) -> Subject {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    name.hash(&mut h);
+    Subject::Workload(h.finish())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -336,7 +370,65 @@ impl Alerter {
             threshold,
             message,
         };
+        if r.group_by == GroupBy::Workload {
+            for w in &snap.close_wait_by_workload {
+                let name = crate::output::escape(&w.workload).into_owned();
+                let peers = if w.peers.is_empty() {
+                    "its peers".to_string()
+                } else {
+                    w.peers.join(", ")
+                };
+                let cause = format!(
+                    "workload {name} is not closing connections to {peers} after the peer closed: a leaked connection; check code paths that return without closing (or releasing to the pool)"
+                );
+                let detail = |mut a: Alert| {
+                    a.pid = w.pids.first().copied();
+                    a.count = w.count;
+                    a.oldest_age_ms = Some(w.oldest_age_ms);
+                    a.peers = w.peers.clone();
+                    a.workload = Some(w.workload.clone());
+                    a.workload_kind = Some(w.workload_kind.to_string());
+                    a.unit = w.unit.clone();
+                    a.container = w.container.clone();
+                    a.pod = w.pod.clone();
+                    a.namespace = w.namespace.clone();
+                    a.cgroup = w.cgroup_path.clone();
+                    a
+                };
+                let subject = workload_subject(&w.workload);
+                let mut push = |rule, value: f64, threshold: f64, what: String| {
+                    out.push(Holding {
+                        rule,
+                        subject,
+                        value,
+                        threshold,
+                        alert: detail(alert(rule, value, threshold, format!("{what}: {cause}"))),
+                    });
+                };
+                push(
+                    Rule::CloseWaitCount,
+                    w.count as f64,
+                    r.close_wait_per_process as f64,
+                    format!("{} CLOSE_WAIT sockets held by workload {name}", w.count),
+                );
+                push(
+                    Rule::CloseWaitOldest,
+                    w.oldest_age_ms as f64 / 1000.0,
+                    r.close_wait_oldest_secs as f64,
+                    format!(
+                        "workload {name} has held a CLOSE_WAIT socket for {}{}",
+                        if w.oldest_age_is_lower_bound {
+                            "at least "
+                        } else {
+                            ""
+                        },
+                        fmt_age(w.oldest_age_ms, false)
+                    ),
+                );
+            }
+        }
         for p in &snap.close_wait_by_process {
+            let by_workload = r.group_by == GroupBy::Workload;
             let (growth, delta, span_ms) = match r.close_wait_growth_window_min {
                 1 => (p.growth_per_min, p.growth_delta, p.growth_span_ms),
                 15 => (
@@ -375,12 +467,14 @@ impl Alerter {
                     alert: detail(alert(rule, value, threshold, format!("{what}: {cause}"))),
                 });
             };
-            push(
-                Rule::CloseWaitCount,
-                p.count as f64,
-                r.close_wait_per_process as f64,
-                format!("{} CLOSE_WAIT sockets held by {whom}", p.count),
-            );
+            if !by_workload {
+                push(
+                    Rule::CloseWaitCount,
+                    p.count as f64,
+                    r.close_wait_per_process as f64,
+                    format!("{} CLOSE_WAIT sockets held by {whom}", p.count),
+                );
+            }
             push(
                 Rule::CloseWaitGrowth,
                 growth,
@@ -400,6 +494,9 @@ impl Alerter {
                     )
                 },
             );
+            if by_workload {
+                continue;
+            }
             push(
                 Rule::CloseWaitOldest,
                 p.oldest_age_ms as f64 / 1000.0,

@@ -257,3 +257,50 @@ fn the_text_line_names_the_cgroup() {
         "{line}"
     );
 }
+
+#[test]
+fn grouped_by_workload_the_count_rule_names_the_workload_not_a_process() {
+    let mut snap = leak(150, 0.0, 1);
+    snap.close_wait_by_workload
+        .push(crate::stats::workloads::CloseWaitByWorkload {
+            workload: "shop/payments-7d9f-abcde/app".into(),
+            workload_kind: "container",
+            container: Some("app".into()),
+            pod: Some("payments-7d9f-abcde".into()),
+            namespace: Some("shop".into()),
+            cgroup_path: Some("/kubepods.slice/x".into()),
+            count: 150,
+            pids: vec![4242],
+            ..Default::default()
+        });
+    let mut a = Alerter::new(Rules {
+        group_by: GroupBy::Workload,
+        close_wait_host: 0,
+        ..Rules::default()
+    });
+    let sent = a.evaluate(&snap, SEC, WALL);
+    let count: Vec<&Alert> = sent
+        .iter()
+        .filter(|a| a.rule == "close_wait_count")
+        .collect();
+    assert_eq!(count.len(), 1, "one alert, for the workload: {sent:?}");
+    let alert = count[0];
+    assert_eq!(
+        alert.workload.as_deref(),
+        Some("shop/payments-7d9f-abcde/app")
+    );
+    assert_eq!(alert.namespace.as_deref(), Some("shop"));
+    assert_eq!(alert.cgroup.as_deref(), Some("/kubepods.slice/x"));
+    assert!(
+        alert
+            .message
+            .contains("workload shop/payments-7d9f-abcde/app")
+    );
+    assert!(
+        alert
+            .text_line()
+            .contains("[workload shop/payments-7d9f-abcde/app; cgroup /kubepods.slice/x]")
+    );
+    let toml: Rules = toml::from_str("group_by = \"workload\"").unwrap();
+    assert_eq!(toml.group_by, GroupBy::Workload);
+}

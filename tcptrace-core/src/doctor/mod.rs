@@ -22,6 +22,7 @@ use crate::{
     conn::ConnTable,
     model::TcpState,
     netfacts::{NetFacts, Reuse},
+    output::escape,
     stats::{CloseWaitByProcess, PortBudget, TimeWaitByService},
 };
 
@@ -286,7 +287,11 @@ fn close_wait_leaks(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
         } else {
             Severity::Warning
         };
-        let holder = who(p.pid, p.comm.as_deref());
+        let mut holder = who(p.pid, p.comm.as_deref());
+        let workload = p.workload.workload.as_deref().map(escape);
+        if let Some(w) = &workload {
+            holder.push_str(&format!(" in {w}"));
+        }
         let peers = if p.peers.is_empty() {
             "unknown".to_string()
         } else {
@@ -308,7 +313,15 @@ fn close_wait_leaks(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 format!("grew {measured} (all the history there is)")
             });
         }
-        let pid_hint = p.pid.map(|p| format!(" -p {p}")).unwrap_or_default();
+        if let Some(path) = &p.workload.cgroup_path {
+            evidence.push(format!("cgroup {}", escape(path)));
+        }
+        // A workload outlives the pid: follow it by unit or container.
+        let pid_hint = match (&p.workload.container, &p.workload.unit) {
+            (Some(c), _) => format!(" --container {}", escape(c)),
+            (None, Some(u)) => format!(" --unit {}", escape(u)),
+            (None, None) => p.pid.map(|p| format!(" -p {p}")).unwrap_or_default(),
+        };
         out.push(Finding {
             id: "close_wait_leak",
             severity,

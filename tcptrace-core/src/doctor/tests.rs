@@ -542,3 +542,39 @@ fn json_fields_are_the_contract() {
     assert_eq!(f["severity"], "warning");
     assert_eq!(f["id"], "close_wait_leak");
 }
+
+#[test]
+fn a_close_wait_leak_names_its_workload_and_follows_it_by_unit() {
+    let mut p = leak(500, 600_000, 2.0);
+    p.workload = crate::stats::workloads::WorkloadRef {
+        workload: Some("payments.service".into()),
+        cgroup_path: Some("/system.slice/payments.service".into()),
+        unit: Some("payments.service".into()),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    close_wait_leaks(
+        &Observation {
+            close_wait: vec![p],
+            ..quiet()
+        },
+        &Thresholds::default(),
+        &mut out,
+    );
+    let f = &out[0];
+    assert!(f.title.contains("in payments.service"), "{}", f.title);
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e == "cgroup /system.slice/payments.service"),
+        "{:?}",
+        f.evidence
+    );
+    assert!(
+        f.advice
+            .iter()
+            .any(|a| a.ends_with("--state CLOSE_WAIT --unit payments.service")),
+        "{:?}",
+        f.advice
+    );
+}
