@@ -67,7 +67,7 @@ fn promtool_ok(dir: &Path, args: &[&str]) -> String {
 #[test]
 fn promtool_checks_the_rule_file() {
     let out = promtool_ok(&kubernetes_dir(), &["check", "rules", RULES]);
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn the_prometheus_rule_is_the_rule_file() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("spec.yml"), &spec).expect("write spec.yml");
     let out = promtool_ok(&dir, &["check", "rules", "spec.yml"]);
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
 }
 
 #[test]
@@ -197,6 +197,14 @@ fn the_thresholds_are_watchs_defaults() {
     );
     hysteresis(
         r#"tcptrace_close_wait_oldest_seconds{pid!="other"}"#,
+        r.close_wait_oldest_secs as f64,
+    );
+    hysteresis(
+        r#"tcptrace_workload_close_wait_sockets{workload!="other"}"#,
+        r.close_wait_per_process as f64,
+    );
+    hysteresis(
+        r#"tcptrace_workload_close_wait_oldest_seconds{workload!="other"}"#,
         r.close_wait_oldest_secs as f64,
     );
     hysteresis("tcptrace_ephemeral_port_use_ratio", r.time_wait_port_share);

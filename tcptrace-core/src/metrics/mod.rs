@@ -156,7 +156,7 @@ fn capped_workloads(rows: impl ExactSizeIterator<Item = WorkloadSeries>) -> Vec<
         } else {
             let o = other.get_or_insert_with(|| WorkloadSeries {
                 workload: "other".into(),
-                kind: String::new(),
+                kind: "other".into(),
                 count: 0,
                 oldest_secs: 0.0,
             });

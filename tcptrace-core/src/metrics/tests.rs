@@ -433,6 +433,14 @@ fn the_grafana_dashboard_uses_only_metrics_that_exist() {
     x.time_wait_by_peer.push(("10.0.0.2:5432".into(), 3));
     x.time_wait_by_service
         .push(("10.0.0.1:8080".into(), "1".into(), "nginx".into(), 5));
+    let workload = WorkloadSeries {
+        workload: "payments.service".into(),
+        kind: "unit".into(),
+        count: 2,
+        oldest_secs: 1.0,
+    };
+    x.close_wait_by_workload.push(workload.clone());
+    x.time_wait_by_workload.push(workload);
     x.port_budgets.push(BudgetSeries {
         netns: "1".into(),
         local: "10.0.0.1".into(),
@@ -534,4 +542,40 @@ fn the_grafana_dashboard_uses_only_metrics_that_exist() {
             rest = after;
         }
     }
+}
+
+#[test]
+fn workload_series_are_capped_and_the_rest_summed_into_other() {
+    let mut e = Engine::new(1000);
+    let mut snap = e.scrape_snapshot(0, WALL, host());
+    for i in 0..(MAX_WORKLOAD_SERIES as u64 + 5) {
+        snap.close_wait_by_workload
+            .push(crate::stats::workloads::CloseWaitByWorkload {
+                workload: format!("w{i}.service"),
+                workload_kind: "unit",
+                count: 2,
+                oldest_age_ms: 1000 * i,
+                ..Default::default()
+            });
+    }
+    let text = Exposition::new(&snap, &e.aggs, None).render();
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcptrace_workload_close_wait_sockets{workload="w0.service",workload_kind="unit"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcptrace_workload_close_wait_sockets{workload="other",workload_kind="other"}"#
+        ),
+        10.0
+    );
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("tcptrace_workload_close_wait_sockets{"))
+        .count();
+    assert_eq!(series, MAX_WORKLOAD_SERIES + 1);
 }
