@@ -21,6 +21,10 @@
 //! | `prev_state_ns` | u64 \| null | time spent in `old`; for tw_end, time spent as a timewait socket; for tw_substate, time since it was last known in `old` (the change happened within it); null when unknown |
 //! | `netns` | u32 \| null | network namespace inode |
 //! | `cgroup` | u64 \| null | owner's cgroup v2 id |
+//! | `cgroup_path` | string \| null | that cgroup's v2 path (`trace`: from the edge's resolver) |
+//! | `workload`, `workload_kind` | string \| null | the owner's workload and its kind ([`crate::workload`]) |
+//! | `unit`, `container`, `container_id` | string \| null | systemd unit; container name (or short id) and id |
+//! | `pod`, `pod_uid`, `namespace`, `qos` | string \| null | Kubernetes pod, uid, namespace (not the netns), QoS class |
 //! | `reason` | string \| null | tw_end: `"expired"` (timer ran out), `"reused"` (a connect() took the 4-tuple over: `tcp_tw_reuse`), `"purged"` (its network namespace was deleted) or `"killed"` (any other early end: RST, ...); null otherwise |
 //! | `sk` | string | kernel socket address (hex); the timewait socket for tw_* events |
 //! | `link` | string \| null | tw_begin: the full socket the timewait socket replaced; tw_end reused: the socket whose connect() reused it |

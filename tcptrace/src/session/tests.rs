@@ -279,7 +279,9 @@ fn scrapes_are_answered_from_the_engine_after_a_drain_all_with_one_rendering() {
     assert_eq!(first, second);
     let text = String::from_utf8_lossy(&first);
     assert!(
-        text.contains(r#"tcptrace_close_wait_sockets{pid="4242",comm="java"} 4"#),
+        text.contains(
+            r#"tcptrace_close_wait_sockets{pid="4242",comm="java",workload="unknown"} 4"#
+        ),
         "{text}"
     );
 }
