@@ -109,6 +109,10 @@ impl TopFeed {
         let feed = self.feed.get_or_insert_with(|| Feed::new(mono));
         let engine = ctx.engine.as_deref_mut().expect("top keeps an engine");
         let mut data = feed.update(engine, &self.request, mono, wall, host);
+        // Names of the owners' workloads (the live source's resolver).
+        if let Some(w) = ctx.source.workloads() {
+            w.fold(&mut data.snap);
+        }
         data.playback = status;
         self.shown = status;
         self.send(Action::Data(Box::new(data)))

@@ -95,6 +95,12 @@ impl Screen<'_> {
             Constraint::Length(10),
             Constraint::Length(9),
         ];
+        // The owner's unit, container or pod, on wide screens.
+        let workloads = area.width >= 120;
+        if workloads {
+            header.push("WORKLOAD");
+            widths.push(Constraint::Length(24));
+        }
         if area.width >= 90 {
             header.push("PEERS");
             widths.push(Constraint::Min(10));
@@ -120,7 +126,7 @@ impl Screen<'_> {
                     if delta > 0 { c.fg(BAD) } else { c }
                 };
                 let oldest = Cell::from(fmt_age(p.oldest_age_ms, p.oldest_age_is_lower_bound));
-                Row::new(vec![
+                let mut cells = vec![
                     Cell::from(p.pid.map_or("-".into(), |p| p.to_string())),
                     Cell::from(p.comm.clone().unwrap_or_else(|| "?".into())),
                     Cell::from(p.count.to_string()).bold(),
@@ -142,8 +148,15 @@ impl Screen<'_> {
                     } else {
                         oldest
                     },
-                    Cell::from(p.peers.join(" ")),
-                ])
+                ];
+                if workloads {
+                    cells.push(Cell::from(p.workload.workload.as_deref().map_or_else(
+                        || "-".to_string(),
+                        |w| tcptrace_core::output::text::cut_middle(w, 24),
+                    )));
+                }
+                cells.push(Cell::from(p.peers.join(" ")));
+                Row::new(cells)
             },
         );
     }
