@@ -508,17 +508,33 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
     }
     // By owner cgroup (O(CLOSE_WAIT sockets), at snapshot time: the
     // per-event path keeps no count by cgroup), and each process's key.
+    // Consecutive sockets mostly share a key: the last one is remembered,
+    // so most sockets cost no hashing. Pids and peers come per process
+    // group afterwards (O(groups), not O(sockets)).
     let mut key_of_group: Vec<Option<WorkloadKey>> = vec![None; live.by_pid.bound()];
-    let mut by_key: HashMap<WorkloadKey, KeyCloseWait> = HashMap::new();
+    let mut keys: Vec<KeyCloseWait> = Vec::new();
+    let mut key_index: rustc_hash::FxHashMap<WorkloadKey, usize> = Default::default();
+    let mut last: Option<(WorkloadKey, usize)> = None;
     for i in &live.close_wait {
         let owner = table.conn_at(i.slot).and_then(|c| c.owner);
         let key = WorkloadKey::of(owner);
         key_of_group[i.pid_group as usize].get_or_insert(key);
+        let at = match last {
+            Some((k, at)) if k == key => at,
+            _ => {
+                let at = *key_index.entry(key).or_insert_with(|| {
+                    keys.push(KeyCloseWait {
+                        key,
+                        ..KeyCloseWait::default()
+                    });
+                    keys.len() - 1
+                });
+                last = Some((key, at));
+                at
+            }
+        };
+        let k = &mut keys[at];
         let age = now.saturating_sub(i.since_ns) / 1_000_000;
-        let k = by_key.entry(key).or_insert_with(|| KeyCloseWait {
-            key,
-            ..KeyCloseWait::default()
-        });
         k.count += 1;
         if age > k.oldest_age_ms || k.count == 1 {
             k.oldest_age_ms = age;
@@ -526,21 +542,8 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         } else if age == k.oldest_age_ms {
             k.oldest_age_is_lower_bound |= i.lower;
         }
-        if let Some(o) = owner {
-            match k.pids.iter_mut().find(|p| p.0 == o.pid) {
-                Some(p) => p.1 += 1,
-                None => k.pids.push((o.pid, 1)),
-            }
-        }
     }
-    for (&(g, peer), &n) in &live.close_wait_peers {
-        if let Some(key) = key_of_group[g as usize]
-            && let Some(k) = by_key.get_mut(&key)
-        {
-            k.peers.push((peer.to_string(), u64::from(n)));
-        }
-    }
-    let mut close_wait_keys: Vec<KeyCloseWait> = by_key.into_values().collect();
+    let mut close_wait_keys = keys;
     close_wait_keys.sort_by_key(|k| k.key);
     let mut peers_of: Vec<Vec<(u32, SocketAddr)>> = vec![Vec::new(); live.by_pid.bound()];
     for (&(g, peer), &n) in &live.close_wait_peers {
@@ -560,6 +563,23 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         .filter_map(|(g, o)| Some((g as u32, live.by_pid.at(g as u32), (*o)?)))
         .collect();
 
+    // Each process's sockets and top peers, under its key (the key of its
+    // first CLOSE_WAIT socket).
+    for &(g, r, (n, ..)) in &held {
+        let Some(key) = key_of_group[g as usize] else {
+            continue;
+        };
+        let Ok(at) = close_wait_keys.binary_search_by_key(&key, |k| k.key) else {
+            continue;
+        };
+        let k = &mut close_wait_keys[at];
+        if let Some(pid) = r.key {
+            k.pids.push((pid, n));
+        }
+        for (count, peer) in &peers_of[g as usize] {
+            k.peers.push((peer.to_string(), u64::from(*count)));
+        }
+    }
     let counts: HashMap<u32, u64> = held
         .iter()
         .filter_map(|(_, r, (n, ..))| r.key.map(|p| (p, *n)))

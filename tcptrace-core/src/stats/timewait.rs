@@ -274,12 +274,21 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
     let mut peers: FxHashMap<(IpAddr, u16), Group> = FxHashMap::default();
     let mut budgets: FxHashMap<(u32, IpAddr, IpAddr, u16), BudgetAcc> = FxHashMap::default();
 
+    // TIME_WAIT by owner cgroup: a run of sockets with one key is counted
+    // before it is hashed.
     let mut by_cgroup: FxHashMap<super::workloads::WorkloadKey, u64> = FxHashMap::default();
+    let mut run: Option<(super::workloads::WorkloadKey, u64)> = None;
     for t in table.timewaits() {
         if t.substate == TcpState::TimeWait {
-            *by_cgroup
-                .entry(super::workloads::WorkloadKey::of(t.owner))
-                .or_default() += 1;
+            let key = super::workloads::WorkloadKey::of(t.owner);
+            match &mut run {
+                Some((k, n)) if *k == key => *n += 1,
+                _ => {
+                    if let Some((k, n)) = run.replace((key, 1)) {
+                        *by_cgroup.entry(k).or_default() += n;
+                    }
+                }
+            }
         }
         let recent = !t.start_estimated && t.start_ns >= recent_since;
         let (sys, _) = sysctls_of(input, t.key.netns, &fallback);
@@ -451,6 +460,9 @@ pub fn group(table: &ConnTable, input: &GroupInput<'_>) -> Grouped {
             .cmp(&a.count)
             .then((a.netns, a.saddr, a.sport).cmp(&(b.netns, b.saddr, b.sport)))
     });
+    if let Some((k, n)) = run {
+        *by_cgroup.entry(k).or_default() += n;
+    }
     let mut by_cgroup: Vec<_> = by_cgroup.into_iter().collect();
     by_cgroup.sort_unstable();
     Grouped {
