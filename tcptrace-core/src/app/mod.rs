@@ -95,6 +95,9 @@ pub enum Action {
     /// A replay command, for the engine (`top --from`).
     Playback(PlaybackCommand),
     ToggleHelp,
+    /// `w`: CLOSE_WAIT and TIME_WAIT grouped by process <-> by workload
+    /// (unit, container, pod).
+    ToggleGrouping,
     /// The terminal now has this many columns and rows.
     Resize(u16, u16),
     /// A refresh from the engine.
@@ -221,6 +224,8 @@ pub struct App {
     pub filter_input: Option<String>,
     pub filter_error: Option<String>,
     pub close_wait_sort: CloseWaitSort,
+    /// CLOSE_WAIT and TIME_WAIT shown by workload instead of by process.
+    pub by_workload: bool,
     /// Processes with CLOSE_WAIT sockets (indices into `close_wait_by_process`).
     pub close_wait: ListView,
     /// The process whose sockets are shown (its pid; `None` inside for
@@ -316,6 +321,7 @@ impl App {
             Key::Char('/') => Action::StartFilter,
             Key::Char('p') => Action::TogglePause,
             Key::Char('?') | Key::Char('h') => Action::ToggleHelp,
+            Key::Char('w') => Action::ToggleGrouping,
             _ => return None,
         })
     }
@@ -361,6 +367,11 @@ impl App {
             }
             Action::Playback(cmd) => self.playback_out.push(cmd),
             Action::ToggleHelp => self.help = !self.help,
+            Action::ToggleGrouping => {
+                self.by_workload = !self.by_workload;
+                self.close_wait_drill = None;
+                self.request.close_wait_of = None;
+            }
             Action::Resize(w, h) => {
                 self.size = (w, h);
                 self.ensure_conn_rows();
@@ -451,6 +462,7 @@ impl App {
             View::Overview => {}
             View::CloseWait => {
                 if self.close_wait_drill.is_none()
+                    && !self.by_workload
                     && let Some(d) = &self.data
                     && let Some(&i) = self.close_wait.rows.get(self.close_wait.selected)
                 {

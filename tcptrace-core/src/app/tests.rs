@@ -311,3 +311,20 @@ fn live_keeps_space_for_paging_and_ignores_brackets() {
     assert!(app.paused);
     assert!(app.playback_out.is_empty());
 }
+
+#[test]
+fn w_switches_close_wait_and_time_wait_between_processes_and_workloads() {
+    let mut app = app();
+    assert!(!app.by_workload);
+    assert!(matches!(
+        app.action_for(Key::Char('w')),
+        Some(Action::ToggleGrouping)
+    ));
+    press(&mut app, &[Key::Char('2'), Key::Char('w')]);
+    assert!(app.by_workload);
+    // No drill-down into a workload (its rows are not a process's).
+    press(&mut app, &[Key::Enter]);
+    assert_eq!(app.close_wait_drill, None);
+    press(&mut app, &[Key::Char('w')]);
+    assert!(!app.by_workload);
+}

@@ -408,6 +408,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     ("Esc", "back; clears the filter when nothing is open"),
     ("s", "cycle sort of the current list"),
+    ("w", "CLOSE_WAIT, TIME_WAIT: by process <-> by workload"),
     ("/", "filter: 5432 pid:42 comm:java addr:10.0. state:cw"),
     ("p", "pause the screen (collection continues)"),
     ("q Ctrl-C", "quit"),

@@ -74,12 +74,59 @@ impl Screen<'_> {
             );
             return;
         }
+        if self.by_workload {
+            let rows = &d.snap.close_wait_by_workload;
+            let total: u64 = rows.iter().map(|w| w.count).sum();
+            let block = titled_with(
+                " CLOSE_WAIT by workload ",
+                format!("({total} sockets; w: by process) "),
+            );
+            window_table(
+                area,
+                buf,
+                block,
+                &["WORKLOAD", "KIND", "COUNT", "OLDEST", "PIDS", "PEERS"],
+                &[
+                    Constraint::Length(32),
+                    Constraint::Length(10),
+                    Constraint::Length(7),
+                    Constraint::Length(9),
+                    Constraint::Length(18),
+                    Constraint::Min(10),
+                ],
+                rows.len(),
+                None,
+                |i| {
+                    let w = &rows[i];
+                    let oldest = Cell::from(fmt_age(w.oldest_age_ms, w.oldest_age_is_lower_bound));
+                    Row::new(vec![
+                        Cell::from(tcptrace_core::output::text::cut_middle(&w.workload, 32)),
+                        Cell::from(w.workload_kind),
+                        Cell::from(w.count.to_string()).bold(),
+                        if w.oldest_age_is_lower_bound {
+                            oldest.fg(WARN)
+                        } else {
+                            oldest
+                        },
+                        Cell::from(
+                            w.pids
+                                .iter()
+                                .map(u32::to_string)
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        ),
+                        Cell::from(w.peers.join(" ")),
+                    ])
+                },
+            );
+            return;
+        }
         let procs = &d.snap.close_wait_by_process;
         let total: u64 = procs.iter().map(|p| p.count).sum();
         let block = titled_with(
             " CLOSE_WAIT by process ",
             format!(
-                "({total} sockets; sort: {}; Enter: sockets) ",
+                "({total} sockets; sort: {}; Enter: sockets; w) ",
                 self.close_wait_sort.name()
             ),
         );

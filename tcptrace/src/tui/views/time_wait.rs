@@ -66,6 +66,37 @@ impl Screen<'_> {
             Layout::vertical([Constraint::Min(3), Constraint::Length(5)]).areas(area);
         // (the summary: a rule and four short lines, the numbers that
         // matter first, so 80 columns cut nothing but an address's tail)
+        if self.by_workload {
+            let rows = &d.snap.time_wait_by_workload;
+            let total: u64 = rows.iter().map(|w| w.count).sum();
+            let block = titled_with(
+                " TIME_WAIT by workload ",
+                format!("({total}; w: by service and destination) "),
+            );
+            window_table(
+                list,
+                buf,
+                block,
+                &["WORKLOAD", "KIND", "TIME_WAIT"],
+                &[
+                    Constraint::Min(32),
+                    Constraint::Length(10),
+                    Constraint::Length(10),
+                ],
+                rows.len(),
+                None,
+                |i| {
+                    let w = &rows[i];
+                    Row::new(vec![
+                        Cell::from(tcptrace_core::output::text::cut_middle(&w.workload, 48)),
+                        Cell::from(w.workload_kind),
+                        Cell::from(w.count.to_string()),
+                    ])
+                },
+            );
+            let _ = summary; // the per-service summary belongs to the other grouping
+            return;
+        }
         let groups = &d.tw_groups;
         let total: u64 = groups.iter().map(|g| g.count).sum();
         let block = titled_with(
