@@ -2,8 +2,8 @@
 //! events (text, or the same JSON Lines), paced at `--speed` or all at once.
 //!
 //! Each event also names its owner's workload as the recording stored it
-//! (format 4; never looked up on this host): a `WORKLOAD` column at the end
-//! of a text line, and in JSON the fields `cgroup_path`, `workload`,
+//! (format 4; never looked up on this host): the `WORKLOAD` column `trace`
+//! prints, and in JSON the same fields as `trace --json`: `cgroup_path`, `workload`,
 //! `workload_kind`, `unit`, `container`, `container_id`, `pod`, `pod_uid`,
 //! `namespace`, `qos` (null when not applicable or unknown; `workload` is
 //! `cgroup:<id>` for a cgroup the recording does not name).
@@ -17,7 +17,6 @@ use std::{
 };
 
 use anyhow::Result;
-use serde::Serialize;
 
 use crate::{cli::ReplayArgs, clock::WallClock};
 use tcptrace_core::{
@@ -26,42 +25,6 @@ use tcptrace_core::{
     record::Record,
     workload::{Workload, WorkloadTable},
 };
-
-/// The workload fields a replayed JSON event gains (the `trace --json`
-/// names).
-#[derive(Default, Serialize)]
-struct JsonWorkload<'a> {
-    cgroup_path: Option<&'a str>,
-    workload: Option<&'a str>,
-    workload_kind: Option<&'static str>,
-    unit: Option<&'a str>,
-    container: Option<&'a str>,
-    container_id: Option<&'a str>,
-    pod: Option<&'a str>,
-    pod_uid: Option<&'a str>,
-    namespace: Option<&'a str>,
-    qos: Option<&'static str>,
-}
-
-impl<'a> JsonWorkload<'a> {
-    fn of(w: Option<&'a Workload>) -> Self {
-        let Some(w) = w else {
-            return Self::default();
-        };
-        Self {
-            cgroup_path: w.cgroup_path.as_deref(),
-            workload: Some(&w.display),
-            workload_kind: Some(w.kind.as_str()),
-            unit: w.unit.as_deref(),
-            container: w.container.as_deref(),
-            container_id: w.container_id.as_deref(),
-            pod: w.pod.as_deref(),
-            pod_uid: w.pod_uid.as_deref(),
-            namespace: w.namespace.as_deref(),
-            qos: w.qos.map(|q| q.as_str()),
-        }
-    }
-}
 
 /// Prints replayed events with their recorded workloads.
 struct Replayer<W: Write> {
@@ -76,7 +39,7 @@ struct Replayer<W: Write> {
 impl<W: Write> Replayer<W> {
     fn header(&mut self) -> io::Result<()> {
         if !self.json {
-            writeln!(self.out, "{}  WORKLOAD", text::HEADER)?;
+            writeln!(self.out, "{}", text::HEADER)?;
         }
         Ok(())
     }
@@ -98,25 +61,11 @@ impl<W: Write> Replayer<W> {
         }
         let wall = self.clock.wall_ns(e.ts_ns);
         self.line.clear();
+        // The printers `trace` uses, naming the recorded workload.
         if self.json {
-            json::write_event(&mut self.line, e, wall)?;
-            let extra = serde_json::to_vec(&JsonWorkload::of(w)).map_err(io::Error::other)?;
-            // `{...}\n` + `{fields}` -> `{...,fields}\n`.
-            let end = self.line.len().saturating_sub(2);
-            if self.line.get(end) == Some(&b'}') && extra.len() > 2 {
-                self.line.truncate(end);
-                self.line.push(b',');
-                self.line.extend_from_slice(&extra[1..]);
-                self.line.push(b'\n');
-            }
+            json::write_event_with(&mut self.line, e, wall, w)?;
         } else {
-            text::write_event(&mut self.line, e, wall)?;
-            if self.line.last() == Some(&b'\n') {
-                self.line.pop();
-            }
-            let name = w.map_or("-".into(), |w| escape(&w.display).into_owned());
-            self.line
-                .extend_from_slice(format!("  {name}\n").as_bytes());
+            text::write_event_with(&mut self.line, e, wall, w.map(|w| &*w.display))?;
         }
         self.out.write_all(&self.line)
     }
