@@ -8,6 +8,7 @@
 //! writes `cgroup.procs`), the Kubernetes one in its own network
 //! namespace, each leaking CLOSE_WAIT. The names must show in `trace
 //! --json`, `stats --json` (`close_wait_by_workload` counts equal to `ss`),
+//! `top` in tmux (the WORKLOAD column, then `w`),
 //! `watch --json` and the metrics, and a real Prometheus scraping tcptrace
 //! must see `tcptrace_workload_close_wait_sockets` equal to `ss`. Bad
 //! filter input: exit 2 with one line, or one warning.
@@ -360,6 +361,25 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
     );
     drop(stats);
 
+    // top in a real terminal: the WORKLOAD column, then `w`.
+    {
+        let tmux = Tmux::start(&format!(
+            "{BIN} top --interval 0.5 --workload-roots {}",
+            s.roots
+        ));
+        tmux.wait_for("the first refresh", |sc| sc.contains(" up "));
+        tmux.keys(&["2"]);
+        tmux.wait_for("the WORKLOAD column naming the unit", |sc| {
+            sc.contains("WORKLOAD") && sc.contains("payments.service")
+        });
+        tmux.keys(&["w"]);
+        tmux.wait_for("CLOSE_WAIT by workload", |sc| {
+            sc.contains("CLOSE_WAIT by workload")
+                && sc.contains("docker/web-1")
+                && sc.contains("shop/payments-7d9f-abcde/app")
+        });
+    }
+
     // watch --json with metrics: the alert names the workload; the
     // per-workload series equal ss.
     let metrics_port = free_port(false);
@@ -449,6 +469,67 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
             .contains("workload docker/web-1"),
         "{alert}"
     );
+}
+
+/// A private tmux server running `command` in a 160x32 pane; killed (by
+/// its socket) on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Self {
+        let t = Tmux {
+            socket: format!("tcptrace-wl-{}", std::process::id()),
+        };
+        let status = Command::new("tmux")
+            .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
+            .args(["-x", "160", "-y", "32"])
+            .arg(command)
+            .status()
+            .expect("tmux runs (cargo xtask setup installs it)");
+        assert!(status.success(), "tmux new-session failed");
+        t
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p"])
+            .output()
+            .expect("tmux runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            let _ = Command::new("tmux")
+                .args(["-L", &self.socket, "send-keys", k])
+                .status();
+        }
+    }
+
+    fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let sc = self.screen();
+            if ok(&sc) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{sc}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
 }
 
 /// Debian's `prometheus`, on a free loopback port with its own storage,
