@@ -128,14 +128,14 @@ fn top_shows_a_close_wait_leak_switches_views_and_restores_the_terminal() {
     assert!(overview.contains(&format!("CW {LEAKED}")), "{overview}");
     // top serves the same numbers to Prometheus.
     let (_, _, metrics) = common::http_get(metrics_port, "/metrics");
-    assert_eq!(
-        common::metric_value(
-            &metrics,
-            &format!(r#"tcptrace_close_wait_sockets{{pid="{pid}",comm="leakydb"}}"#)
-        ),
-        Some(LEAKED as f64),
-        "{metrics}"
-    );
+    // (with the process's workload as a third label)
+    let prefix = format!(r#"tcptrace_close_wait_sockets{{pid="{pid}",comm="leakydb",workload=""#);
+    let value = metrics
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<f64>().ok());
+    assert_eq!(value, Some(LEAKED as f64), "{metrics}");
     // A lying client is refused; top keeps drawing and keeps serving.
     let reply = common::raw_exchange(
         metrics_port,
