@@ -373,14 +373,7 @@ impl Alerter {
         if r.group_by == GroupBy::Workload {
             for w in &snap.close_wait_by_workload {
                 let name = crate::output::escape(&w.workload).into_owned();
-                let peers = if w.peers.is_empty() {
-                    "its peers".to_string()
-                } else {
-                    w.peers.join(", ")
-                };
-                let cause = format!(
-                    "workload {name} is not closing connections to {peers} after the peer closed: a leaked connection; check code paths that return without closing (or releasing to the pool)"
-                );
+                let cause = leak_cause(&format!("workload {name}"), &w.peers);
                 let detail = |mut a: Alert| {
                     a.pid = w.pids.first().copied();
                     a.count = w.count;
@@ -440,14 +433,7 @@ impl Alerter {
             };
             let window_ms = r.close_wait_growth_window_min * 60_000;
             let whom = who(p.pid, p.comm.as_deref());
-            let peers = if p.peers.is_empty() {
-                "its peers".to_string()
-            } else {
-                p.peers.join(", ")
-            };
-            let cause = format!(
-                "{whom} is not closing connections to {peers} after the peer closed: a leaked connection; check code paths that return without closing (or releasing to the pool)"
-            );
+            let cause = leak_cause(&whom, &p.peers);
             let detail = |mut a: Alert| {
                 a.pid = p.pid;
                 a.comm = p.comm.clone();
@@ -635,6 +621,18 @@ impl Alerter {
         }
         out
     }
+}
+
+/// Why a holder of CLOSE_WAIT sockets leaks, naming `whom` and its peers.
+fn leak_cause(whom: &str, peers: &[String]) -> String {
+    let peers = if peers.is_empty() {
+        "its peers".to_string()
+    } else {
+        peers.join(", ")
+    };
+    format!(
+        "{whom} is not closing connections to {peers} after the peer closed: a leaked connection; check code paths that return without closing (or releasing to the pool)"
+    )
 }
 
 #[cfg(test)]

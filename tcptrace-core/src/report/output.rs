@@ -154,6 +154,20 @@ fn held_for(h: &Held) -> String {
     }
 }
 
+/// The columns every CLOSE_WAIT holder row ends with: PEAK, WHEN, HELD FOR,
+/// OLDEST, END, PEERS.
+fn held_cells(h: &Held, oldest_age_ms: u64, lower_bound: bool, peers: &[String]) -> String {
+    format!(
+        "{:>6}  {:<12}  {:<20} {:>10} {:>6}  {}",
+        h.peak,
+        hms_millis(h.peak_ns),
+        held_for(h),
+        fmt_age(oldest_age_ms, lower_bound),
+        h.count_at_end,
+        escape(&peers.join(" "))
+    )
+}
+
 fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
     let dropped = &r.holders_dropped;
     if r.close_wait_holders.is_empty() {
@@ -167,16 +181,16 @@ fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
         for h in r.close_wait_holders.iter().take(TEXT_ROWS) {
             writeln!(
                 w,
-                "  {:<8} {:<16} {:<24} {:>6}  {:<12}  {:<20} {:>10} {:>6}  {}",
+                "  {:<8} {:<16} {:<24} {}",
                 h.pid.map_or("-".into(), |p| p.to_string()),
                 escape(h.comm.as_deref().unwrap_or("-")),
                 workload_cell(&h.workload),
-                h.held.peak,
-                hms_millis(h.held.peak_ns),
-                held_for(&h.held),
-                fmt_age(h.oldest_age_ms, h.oldest_age_is_lower_bound),
-                h.held.count_at_end,
-                escape(&h.peers.join(" "))
+                held_cells(
+                    &h.held,
+                    h.oldest_age_ms,
+                    h.oldest_age_is_lower_bound,
+                    &h.peers
+                )
             )?;
         }
         more(w, r.close_wait_holders.len())?;
@@ -198,15 +212,15 @@ fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {
         for h in r.close_wait_workload_holders.iter().take(TEXT_ROWS) {
             writeln!(
                 w,
-                "  {:<40} {:<10} {:>6}  {:<12}  {:<20} {:>10} {:>6}  {}",
+                "  {:<40} {:<10} {}",
                 escape(h.workload.workload.as_deref().unwrap_or("-")),
                 h.workload.workload_kind.unwrap_or("-"),
-                h.held.peak,
-                hms_millis(h.held.peak_ns),
-                held_for(&h.held),
-                fmt_age(h.oldest_age_ms, h.oldest_age_is_lower_bound),
-                h.held.count_at_end,
-                escape(&h.peers.join(" "))
+                held_cells(
+                    &h.held,
+                    h.oldest_age_ms,
+                    h.oldest_age_is_lower_bound,
+                    &h.peers
+                )
             )?;
         }
         more(w, r.close_wait_workload_holders.len())?;
