@@ -10,13 +10,11 @@ mod common;
 use std::{
     fs,
     os::unix::fs::{MetadataExt, symlink},
-    path::{Path, PathBuf},
-    process::{Child, Command},
     sync::Arc,
     time::Duration,
 };
 
-use common::wait_for;
+use common::cgroups::{CgroupTree, FakeRoot, hex_id};
 use tcptrace::seed::{
     cgroupfs::{Cgroup2Root, Lookup, Method},
     runtimes::{RuntimeNames, RuntimeRoots},
@@ -26,121 +24,9 @@ use tcptrace_core::workload::{Qos, Runtime, Shape, Workload, WorkloadKind, class
 
 const UID: &str = "1d2c3b4a-0000-1111-2222-333344445555";
 
-/// A 64-hex id unique to this test process and `tag`.
-fn hex_id(tag: u8) -> String {
-    format!("{tag:02x}{:062x}", std::process::id())
-}
-
-/// Cgroups made for a test and the processes moved into them. Dropping it
-/// kills the children (by pid), waits for them, and removes the groups
-/// deepest first.
-struct CgroupTree {
-    mount: PathBuf,
-    dirs: Vec<PathBuf>,
-    children: Vec<Child>,
-}
-
-impl CgroupTree {
-    fn new(mount: &Path) -> Self {
-        Self {
-            mount: mount.to_path_buf(),
-            dirs: Vec::new(),
-            children: Vec::new(),
-        }
-    }
-
-    /// Makes cgroup `path` (and its parents) below the mount; returns its
-    /// id (the directory's inode).
-    fn make(&mut self, path: &str) -> u64 {
-        let mut dir = self.mount.clone();
-        for comp in path.trim_start_matches('/').split('/') {
-            dir.push(comp);
-            if !dir.exists() {
-                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                self.dirs.push(dir.clone());
-            }
-        }
-        fs::metadata(&dir).unwrap().ino()
-    }
-
-    /// A `sleep 30` moved into cgroup `path`; returns its pid.
-    fn spawn_into(&mut self, path: &str) -> u32 {
-        let child = Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = child.id();
-        self.children.push(child);
-        let procs = self
-            .mount
-            .join(path.trim_start_matches('/'))
-            .join("cgroup.procs");
-        fs::write(&procs, pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", procs.display()));
-        let want = format!("0::{path}");
-        wait_for(
-            "the child to be in its cgroup",
-            Duration::from_secs(5),
-            || {
-                fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                    .is_ok_and(|c| c.lines().any(|l| l == want))
-            },
-        );
-        pid
-    }
-
-    fn remove(&mut self, path: &str) {
-        let dir = self.mount.join(path.trim_start_matches('/'));
-        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
-        self.dirs.retain(|d| *d != dir);
-    }
-}
-
-impl Drop for CgroupTree {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for dir in self.dirs.iter().rev() {
-            if let Err(e) = fs::remove_dir(dir) {
-                eprintln!("warning: rmdir {}: {e}", dir.display());
-            }
-        }
-    }
-}
-
-/// A temporary runtime root; removed when dropped.
-struct FakeRoot(PathBuf);
-
-impl FakeRoot {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("tcptrace-wl-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn roots(&self) -> RuntimeRoots {
-        RuntimeRoots::new(&self.0)
-    }
-
-    fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(rel);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, bytes).unwrap();
-        path
-    }
-
-    fn mkdir(&self, rel: &str) {
-        fs::create_dir_all(self.0.join(rel)).unwrap();
-    }
-}
-
-impl Drop for FakeRoot {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// The runtime roots under a fake root.
+fn roots(fake: &FakeRoot) -> RuntimeRoots {
+    RuntimeRoots::new(&fake.0)
 }
 
 fn docker_config(name: &str) -> String {
@@ -186,7 +72,7 @@ fn real_cgroups_resolve_to_units_containers_and_pods() {
     );
     fake.mkdir(&format!("var/log/pods/shop_payments-7d9f-abcde_{UID}/app"));
 
-    let mut resolver = WorkloadResolver::new(fake.roots());
+    let mut resolver = WorkloadResolver::new(roots(&fake));
     assert_eq!(resolver.status().cgroup2.as_deref(), Some(mount.as_path()));
     assert_eq!(resolver.id_of(&unit_path), Some(unit_cg));
 
@@ -230,7 +116,7 @@ fn real_cgroups_resolve_to_units_containers_and_pods() {
     // The same answers by walking the tree (as when handles are refused).
     let mut walking = Cgroup2Root::discover().unwrap();
     walking.prefer_walk();
-    let mut by_walk = WorkloadResolver::with_cgroups(Ok(walking), fake.roots());
+    let mut by_walk = WorkloadResolver::with_cgroups(Ok(walking), roots(&fake));
     for (id, want) in [
         (unit_cg, &unit),
         (docker_cg, &docker),
@@ -374,7 +260,7 @@ fn hostile_runtime_files_are_skipped_without_panic() {
         "",
     );
 
-    let mut names = RuntimeNames::new(fake.roots());
+    let mut names = RuntimeNames::new(roots(&fake));
     for id in [&linked, &linked_dir, &big, &deep, &writable] {
         let (n, complete) = names.names_for(&docker(id));
         assert!(complete);
@@ -433,7 +319,7 @@ fn runtimes_without_kubernetes_and_the_order_of_sources() {
             r#"{{"annotations":{{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.container-name":"side","io.kubernetes.cri.sandbox-name":"web-0","io.kubernetes.cri.sandbox-namespace":"edge","io.kubernetes.cri.sandbox-uid":"{UID}"}}}}"#
         ),
     );
-    let mut names = RuntimeNames::new(fake.roots());
+    let mut names = RuntimeNames::new(roots(&fake));
     let named = |names: &mut RuntimeNames, path: &str| {
         let (n, complete) = names.names_for(&classify(path));
         assert!(complete);

@@ -16,17 +16,19 @@
 mod common;
 
 use std::{
-    ffi::CString,
     fs,
-    io::{BufRead, BufReader},
     net::TcpStream,
-    os::unix::{fs::MetadataExt, process::CommandExt},
-    path::{Path, PathBuf},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{NetNs, Streaming, free_port, http_get, metric_value, ss_count, wait_for};
+use common::{
+    NetNs, Streaming,
+    cgroups::{CgroupTree, FakeRoot, hex_id},
+    free_port, http_get, metric_value, ss_count, wait_for,
+};
 use serde_json::Value;
 use tcptrace::seed::cgroupfs::Cgroup2Root;
 
@@ -48,118 +50,6 @@ while True:
     held.append(c)
 "#;
 
-fn hex_id(tag: u8) -> String {
-    format!("{tag:02x}{:062x}", std::process::id())
-}
-
-/// Cgroups and the servers in them; dropping kills the servers (by pid)
-/// and removes the groups deepest first.
-struct Tree {
-    mount: PathBuf,
-    dirs: Vec<PathBuf>,
-    children: Vec<Child>,
-}
-
-impl Tree {
-    fn make(&mut self, path: &str) {
-        let mut dir = self.mount.clone();
-        for comp in path.trim_start_matches('/').split('/') {
-            dir.push(comp);
-            if !dir.exists() {
-                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                self.dirs.push(dir.clone());
-            }
-        }
-    }
-
-    /// A server moved into cgroup `path` before it runs (so before it
-    /// listens), optionally in network namespace `netns`; returns its port.
-    fn server_in(&mut self, path: &str, netns: Option<&str>) -> u16 {
-        let procs = self
-            .mount
-            .join(path.trim_start_matches('/'))
-            .join("cgroup.procs");
-        let procs = CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "python3", "-c", SERVER]);
-                c
-            }
-            None => {
-                let mut c = Command::new("python3");
-                c.args(["-c", SERVER]);
-                c
-            }
-        };
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        // SAFETY: only async-signal-safe calls (getpid, open, write,
-        // close) on memory prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut buf = [0u8; 20];
-                let mut n = libc::getpid() as u32;
-                let mut i = buf.len();
-                loop {
-                    i -= 1;
-                    buf[i] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let len = buf.len() - i;
-                let wrote = libc::write(fd, buf[i..].as_ptr().cast(), len);
-                libc::close(fd);
-                if wrote != len as isize {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("python3 runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.children.push(child);
-        line.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("a port, got {line:?}"))
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            // `ip netns exec` execs python: the pid is the server's.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for dir in self.dirs.iter().rev() {
-            let _ = wait_rmdir(dir);
-        }
-    }
-}
-
-fn wait_rmdir(dir: &Path) -> std::io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                eprintln!("warning: rmdir {}: {e}", dir.display());
-                return Err(e);
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
 /// `n` connections to 127.0.0.1:`port` closed by the client: the server's
 /// ends stay in CLOSE_WAIT.
 fn leak(port: u16, n: usize, netns: Option<&NetNs>) {
@@ -175,22 +65,8 @@ fn leak(port: u16, n: usize, netns: Option<&NetNs>) {
     }
 }
 
-struct FakeRoot(PathBuf);
-
-impl Drop for FakeRoot {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn write(root: &Path, rel: &str, bytes: &str) {
-    let path = root.join(rel);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, bytes).unwrap();
-}
-
 struct Servers {
-    tree: Tree,
+    tree: CgroupTree,
     paths: [String; 3],
     _fake: FakeRoot,
     ns: NetNs,
@@ -208,9 +84,11 @@ impl Servers {
     /// Starts the three servers (after the tracer, so that their listening
     /// sockets' owners are captured: accepted sockets inherit them).
     fn start(&mut self) {
-        let unit_port = self.tree.server_in(&self.paths[0], None);
-        let docker_port = self.tree.server_in(&self.paths[1], None);
-        let k8s_port = self.tree.server_in(&self.paths[2], Some(&self.ns.name));
+        let unit_port = self.tree.server_in(&self.paths[0], None, SERVER);
+        let docker_port = self.tree.server_in(&self.paths[1], None, SERVER);
+        let k8s_port = self
+            .tree
+            .server_in(&self.paths[2], Some(&self.ns.name), SERVER);
         self.expect = vec![
             ("payments.service".into(), unit_port, false),
             ("docker/web-1".into(), docker_port, false),
@@ -223,11 +101,7 @@ fn setup(tag: &str) -> Servers {
     let root = Cgroup2Root::discover().expect("the test host has a cgroup2 mount");
     let mount = root.mount_point().to_path_buf();
     let base = format!("/tcptrace-test-{tag}-{}", std::process::id());
-    let mut tree = Tree {
-        mount,
-        dirs: Vec::new(),
-        children: Vec::new(),
-    };
+    let mut tree = CgroupTree::new(&mount);
     let (docker_id, k8s_id) = (hex_id(1), hex_id(2));
     let uid_ = UID.replace('-', "_");
     let unit_path = format!("{base}/system.slice/payments.service");
@@ -238,24 +112,16 @@ fn setup(tag: &str) -> Servers {
     for p in [&unit_path, &docker_path, &k8s_path] {
         tree.make(p);
     }
-    let fake =
-        FakeRoot(std::env::temp_dir().join(format!("tcptrace-wl-{tag}-{}", std::process::id())));
-    let _ = fs::remove_dir_all(&fake.0);
-    write(
-        &fake.0,
+    let fake = FakeRoot::new(tag);
+    fake.write(
         &format!("var/lib/docker/containers/{docker_id}/config.v2.json"),
         r#"{"ID":"x","Name":"/web-1","State":{"Running":true,"Pid":1},"Config":{"Labels":{}}}"#,
     );
-    write(
-        &fake.0,
+    fake.write(
         &format!("var/log/containers/payments-7d9f-abcde_shop_app-{k8s_id}.log"),
         "",
     );
-    fs::create_dir_all(
-        fake.0
-            .join(format!("var/log/pods/shop_payments-7d9f-abcde_{UID}/app")),
-    )
-    .unwrap();
+    fake.mkdir(&format!("var/log/pods/shop_payments-7d9f-abcde_{UID}/app"));
     let ns = NetNs::new(tag);
     Servers {
         tree,

@@ -3,6 +3,8 @@
 //! collect events, make ports and network namespaces.
 #![allow(dead_code)]
 
+pub mod cgroups;
+
 use std::{
     io::Read,
     net::{Shutdown, TcpListener, TcpStream},
