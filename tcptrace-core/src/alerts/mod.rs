@@ -379,13 +379,7 @@ impl Alerter {
                     a.count = w.count;
                     a.oldest_age_ms = Some(w.oldest_age_ms);
                     a.peers = w.peers.clone();
-                    a.workload = Some(w.workload.clone());
-                    a.workload_kind = Some(w.workload_kind.to_string());
-                    a.unit = w.unit.clone();
-                    a.container = w.container.clone();
-                    a.pod = w.pod.clone();
-                    a.namespace = w.namespace.clone();
-                    a.cgroup = w.cgroup_path.clone();
+                    a.name_workload(w);
                     a
                 };
                 let subject = workload_subject(&w.workload);
@@ -639,6 +633,18 @@ fn leak_cause(whom: &str, peers: &[String]) -> String {
 mod tests;
 
 impl Alert {
+    /// Names workload row `w` as the alert's workload (its kind, unit,
+    /// container, pod, namespace and cgroup path).
+    pub fn name_workload(&mut self, w: &crate::stats::workloads::CloseWaitByWorkload) {
+        self.workload = Some(w.workload.clone());
+        self.workload_kind = Some(w.workload_kind.to_string());
+        self.unit = w.unit.clone();
+        self.container = w.container.clone();
+        self.pod = w.pod.clone();
+        self.namespace = w.namespace.clone();
+        self.cgroup = w.cgroup_path.clone();
+    }
+
     /// The alert as one text line (stderr, the journal); the caller
     /// escapes it with the rest of the line.
     pub fn text_line(&self) -> String {

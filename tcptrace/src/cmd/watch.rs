@@ -146,12 +146,7 @@ fn name_workload(a: &mut tcptrace_core::alerts::Alert, snap: &tcptrace_core::sta
             .iter()
             .find(|r| r.workload == name)
     {
-        a.workload_kind = Some(r.workload_kind.to_string());
-        a.unit = r.unit.clone();
-        a.container = r.container.clone();
-        a.pod = r.pod.clone();
-        a.namespace = r.namespace.clone();
-        a.cgroup = r.cgroup_path.clone();
+        a.name_workload(r);
     }
 }
 
