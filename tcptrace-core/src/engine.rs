@@ -497,6 +497,7 @@ mod tests {
             }),
             timer_left_ms: (state == TimeWait).then_some(45_000),
             cookie: 0,
+            cgroup: None,
         }
     }
 
@@ -532,6 +533,127 @@ mod tests {
         assert_eq!(c.owner.unwrap().pid, 7);
         assert!(c.age_is_lower_bound());
         assert_eq!(e.table.len(), 2);
+    }
+
+    /// A socket of a snapshot in `cgroup` (sock_diag's cgroup id).
+    fn seen_in(state: TcpState, sport: u16, pid: Option<u32>, cgroup: Option<u64>) -> SeenSocket {
+        SeenSocket {
+            cgroup,
+            ..seen(state, sport, 7000 + sport, pid)
+        }
+    }
+
+    #[test]
+    fn seeded_sockets_count_under_their_sock_diag_cgroup() {
+        use crate::stats::workloads::WorkloadKey;
+        let mut e = Engine::new(1000);
+        e.seed(
+            &[
+                // An owner found: its owner is in the socket's cgroup.
+                seen_in(CloseWait, 1, Some(7), Some(63)),
+                // No owner found (an orphan, a process out of sight).
+                seen_in(CloseWait, 2, None, Some(64)),
+                seen_in(CloseWait, 3, None, Some(64)),
+                // Nothing known at all.
+                seen_in(CloseWait, 4, None, None),
+                // Established now, CLOSE_WAIT once an event says so.
+                seen_in(Established, 5, None, Some(65)),
+                // TIME_WAIT: the kernel sends no cgroup; none is kept.
+                seen_in(TimeWait, 6, None, Some(66)),
+            ],
+            100 * SEC,
+        );
+        let cgroup_of = |e: &Engine, sport: u16| {
+            let c = e.table.conns().find(|c| c.key.sport == sport).unwrap();
+            e.table.cgroup_of(c)
+        };
+        assert_eq!(
+            e.table
+                .conns()
+                .find(|c| c.key.sport == 1)
+                .unwrap()
+                .owner
+                .unwrap()
+                .cgroup,
+            63
+        );
+        assert_eq!(
+            [1, 2, 3, 4, 5].map(|p| cgroup_of(&e, p)),
+            [63, 64, 64, 0, 65]
+        );
+        assert_eq!(
+            e.table.seeded_cgroups(),
+            3,
+            "only ownerless sockets need an entry"
+        );
+
+        // The leak's socket moves to CLOSE_WAIT: the event (no owner: the
+        // kernel never saw the socket open) adopts the seeded entry, which
+        // keeps its cgroup under the real address.
+        let mut ev = tr(110 * SEC, 0xbeef, Established, CloseWait, 5, 7005);
+        ev.owner = None;
+        e.apply(&ev);
+        assert_eq!(e.table.cgroup_of(e.table.conn(0xbeef).unwrap()), 65);
+
+        let snap = e.snapshot(160 * SEC, 160 * SEC, host());
+        let keys: Vec<(WorkloadKey, u64)> = snap
+            .close_wait_keys
+            .iter()
+            .map(|k| (k.key, k.count))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (WorkloadKey::Cgroup(63), 1),
+                (WorkloadKey::Cgroup(64), 2),
+                (WorkloadKey::Cgroup(65), 1),
+                (WorkloadKey::Unknown, 1),
+            ]
+        );
+        // The process rows stay as they were: pid 7 under its cgroup, the
+        // row of unknown owners under no workload.
+        let rows: Vec<(Option<u32>, u64, WorkloadKey)> = snap
+            .close_wait_by_process
+            .iter()
+            .map(|r| (r.pid, r.count, r.key))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (None, 4, WorkloadKey::Unknown),
+                (Some(7), 1, WorkloadKey::Cgroup(63)),
+            ]
+        );
+
+        // Closed: the entry goes with the socket.
+        let mut last = tr(170 * SEC, 0xbeef, CloseWait, LastAck, 5, 7005);
+        last.owner = None;
+        e.apply(&last);
+        let mut gone = tr(171 * SEC, 0xbeef, LastAck, Close, 5, 7005);
+        gone.owner = None;
+        e.apply(&gone);
+        assert!(e.table.conn(0xbeef).is_none());
+        assert_eq!(e.table.seeded_cgroups(), 2);
+
+        // A later snapshot finds the owner of port 2: in the socket's cgroup.
+        e.reconcile(
+            &[
+                seen_in(CloseWait, 1, Some(7), Some(63)),
+                seen_in(CloseWait, 2, Some(8), Some(64)),
+                seen_in(CloseWait, 3, None, Some(64)),
+                seen_in(CloseWait, 4, None, None),
+            ],
+            &[1],
+            200 * SEC,
+        );
+        let o = e
+            .table
+            .conns()
+            .find(|c| c.key.sport == 2)
+            .unwrap()
+            .owner
+            .unwrap();
+        assert_eq!((o.pid, o.cgroup), (8, 64));
     }
 
     #[test]

@@ -129,6 +129,7 @@ mod tests {
             }),
             timer_left_ms: None,
             cookie: 0,
+            cgroup: None,
         }
     }
 

@@ -157,6 +157,7 @@ impl Conn {
             }),
             timer_left_ms: None,
             cookie: inode,
+            cgroup: None,
         }
     }
 }

@@ -472,6 +472,13 @@ pub struct SeenSocket {
     pub timer_left_ms: Option<u32>,
     /// The kernel's socket cookie.
     pub cookie: u64,
+    /// The cgroup v2 id the socket was created in (`INET_DIAG_CGROUP_ID`:
+    /// the creating process's cgroup, a listener's for the sockets it
+    /// accepted), whatever became of that process since. Every full socket
+    /// has one; timewait and request sockets have none (`None`), nor do
+    /// recordings made before it was kept. A seeded socket's workload
+    /// comes from it (see [`crate::conn::ConnTable::seed`]).
+    pub cgroup: Option<u64>,
 }
 
 /// A process holding a socket, from /proc.

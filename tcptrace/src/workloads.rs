@@ -8,7 +8,9 @@
 //! Events whose owner's cgroup is unknown (owner not captured, or a socket
 //! older than the tracer whose owner is known by pid only) are judged by
 //! the owner's `/proc/PID/cgroup` when there is a pid, else dropped while a
-//! workload filter is set.
+//! workload filter is set. Sockets of a sock_diag snapshot are judged by
+//! the cgroup the kernel reported for each (its creator's), so an orphan
+//! or a socket whose process is out of sight still matches its workload.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -167,8 +169,10 @@ impl Workloads {
         }
     }
 
-    /// Whether a socket of a sock_diag snapshot passes them (its owner is
-    /// known by pid only).
+    /// Whether a socket of a sock_diag snapshot passes them: judged by the
+    /// cgroup sock_diag reported for the socket (the one its workload is
+    /// counted under, see `ConnTable::seed`), else by its owner's
+    /// `/proc/PID/cgroup` (timewait sockets, kernels before 5.7).
     pub fn keeps_seen(&mut self, s: &SeenSocket) -> bool {
         if !self.opts.netns.is_empty() || !self.opts.netns_missing.is_empty() {
             let Some(ns) = s.netns else { return false };
@@ -179,9 +183,10 @@ impl Workloads {
         if !self.opts.filter.narrows() {
             return true;
         }
-        match s.owner {
-            Some(o) => self.pid_kept(o.pid),
-            None => false,
+        match (s.cgroup, s.owner) {
+            (Some(id), _) => self.cgroup_kept(id),
+            (None, Some(o)) => self.pid_kept(o.pid),
+            (None, None) => false,
         }
     }
 

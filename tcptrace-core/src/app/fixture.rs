@@ -114,6 +114,7 @@ pub fn engine() -> Engine {
             }),
             timer_left_ms: None,
             cookie: 1 + i as u64,
+            cgroup: None,
         })
         .collect();
     e.seed(&seeded, SEC);

@@ -305,6 +305,13 @@ pub struct ConnTable {
     /// Which tuples may be in `seeded` (checked before hashing into it).
     maybe_seeded: MaybeSeeded,
     next_synthetic: u64,
+    /// The sock_diag cgroup id of seeded full sockets whose owner no
+    /// /proc walk found (orphans, processes out of sight, gone), by the
+    /// entry's id: the cgroup their workload is counted under
+    /// ([`Self::cgroup_of`]). Only such sockets have an entry, so a table
+    /// that seeded none pays nothing; it follows the entry when an event
+    /// adopts it and goes with it.
+    seen_cgroups: FxHashMap<u64, u64>,
     cap: usize,
     pub counters: TableCounters,
 }
@@ -314,6 +321,21 @@ pub struct ConnTable {
 pub enum Chunk {
     Full(usize),
     TimeWait(usize),
+}
+
+/// The owner of a seeded socket: the process a /proc walk found holding
+/// it, in the cgroup sock_diag reported for the socket (the kernel's
+/// `INET_DIAG_CGROUP_ID`: where the socket was created, which a recording
+/// keeps and a report can name after the process is gone); 0 when none was
+/// reported, and the process's `/proc/PID/cgroup` names it then.
+fn seen_owner(o: crate::model::SeenOwner, cgroup: Option<u64>) -> Owner {
+    Owner {
+        pid: o.pid,
+        tid: o.pid,
+        comm: o.comm,
+        cgroup: cgroup.unwrap_or(0),
+        from_listener: false,
+    }
 }
 
 /// Lowers the floor of `slot`'s chunk to `t`.
@@ -479,6 +501,7 @@ impl ConnTable {
             seeded: FxHashMap::default(),
             maybe_seeded: MaybeSeeded::default(),
             next_synthetic: 1,
+            seen_cgroups: FxHashMap::default(),
             cap: cap.max(1),
             counters: TableCounters::default(),
         }
@@ -813,7 +836,26 @@ impl ConnTable {
         if conn.sk < SYNTHETIC_LIMIT && self.seeded.get(&conn.key) == Some(&conn.sk) {
             self.seeded.remove(&conn.key);
         }
+        if !self.seen_cgroups.is_empty() {
+            self.seen_cgroups.remove(&conn.sk);
+        }
         Some(conn)
+    }
+
+    /// The cgroup id a full socket's workload is counted under (0:
+    /// unknown): its owner's, else, for a socket seeded with no owner
+    /// found, the one sock_diag reported for the socket itself.
+    pub fn cgroup_of(&self, c: &Conn) -> u64 {
+        match c.owner {
+            Some(o) => o.cgroup,
+            None if self.seen_cgroups.is_empty() => 0,
+            None => self.seen_cgroups.get(&c.sk).copied().unwrap_or(0),
+        }
+    }
+
+    /// Full sockets seeded with no owner but with a sock_diag cgroup.
+    pub fn seeded_cgroups(&self) -> usize {
+        self.seen_cgroups.len()
     }
 
     fn remove_conn(&mut self, sk: u64) -> Option<Conn> {
@@ -839,12 +881,15 @@ impl ConnTable {
         self.remove_tw_at(slot)
     }
 
-    /// Takes a seeded entry for this tuple out of the table, if any.
-    fn adopt_seeded_conn(&mut self, key: &TupleKey) -> Option<Conn> {
+    /// Takes a seeded entry for this tuple out of the table, if any, with
+    /// its sock_diag cgroup when it has no owner.
+    fn adopt_seeded_conn(&mut self, key: &TupleKey) -> Option<(Conn, Option<u64>)> {
         if !self.maybe_seeded.may_hold(key) {
             return None;
         }
-        self.remove_conn(*self.seeded.get(key)?)
+        let synthetic = *self.seeded.get(key)?;
+        let cgroup = self.seen_cgroups.get(&synthetic).copied();
+        Some((self.remove_conn(synthetic)?, cgroup))
     }
 
     fn adopt_seeded_tw(&mut self, key: &TupleKey) -> Option<TwConn> {
@@ -977,7 +1022,10 @@ impl ConnTable {
                         self.counters.unknown_sockets += 1;
                         self.make_room(out, e.ts_ns);
                         match self.adopt_seeded_conn(&key) {
-                            Some(mut c) => {
+                            Some((mut c, seen_cgroup)) => {
+                                if let Some(cg) = seen_cgroup {
+                                    self.seen_cgroups.insert(e.sk, cg);
+                                }
                                 c.sk = e.sk;
                                 c
                             }
@@ -1225,13 +1273,7 @@ impl ConnTable {
         self.make_room(out, taken_at_ns);
         let synthetic = self.next_synthetic;
         self.next_synthetic += 1;
-        let owner = s.owner.map(|o| Owner {
-            pid: o.pid,
-            tid: o.pid,
-            comm: o.comm,
-            cgroup: 0,
-            from_listener: false,
-        });
+        let owner = s.owner.map(|o| seen_owner(o, s.cgroup));
         // sock_diag reports timewait sockets by substate (TIME_WAIT, or
         // FIN_WAIT2 for orphans) with the timewait timer set.
         if s.state == TcpState::TimeWait || s.timer_left_ms.is_some() {
@@ -1266,6 +1308,11 @@ impl ConnTable {
                 opened: None,
                 flags: conn_flags::SEEDED,
             });
+            if owner.is_none()
+                && let Some(cgroup) = s.cgroup.filter(|&c| c != 0)
+            {
+                self.seen_cgroups.insert(synthetic, cgroup);
+            }
         }
         self.seeded.insert(key, synthetic);
         self.maybe_seeded.insert(&key, &self.seeded);
@@ -1353,7 +1400,10 @@ impl ConnTable {
         let owner_found = |c: &Conn| {
             c.owner
                 .is_none()
-                .then(|| seen.get(&c.key).and_then(|s| s.owner))
+                .then(|| {
+                    seen.get(&c.key)
+                        .and_then(|s| Some(seen_owner(s.owner?, s.cgroup)))
+                })
                 .flatten()
         };
         let corrected = |c: &Conn| {
@@ -1365,7 +1415,7 @@ impl ConnTable {
                     && !matches!(state, TcpState::SynRecv | TcpState::NewSynRecv)
             })
         };
-        let fixes: Vec<(Slot, Option<crate::model::SeenOwner>, Option<TcpState>)> = self
+        let fixes: Vec<(Slot, Option<Owner>, Option<TcpState>)> = self
             .conns
             .slots()
             .filter_map(|(slot, h)| {
@@ -1381,14 +1431,8 @@ impl ConnTable {
                 self.counters.corrections += 1;
             }
             self.change_conn(slot, |c| {
-                if let Some(o) = owner {
-                    c.owner = Some(Owner {
-                        pid: o.pid,
-                        tid: o.pid,
-                        comm: o.comm,
-                        cgroup: 0,
-                        from_listener: false,
-                    });
+                if owner.is_some() {
+                    c.owner = owner;
                 }
                 if let Some(state) = state {
                     c.state = state;

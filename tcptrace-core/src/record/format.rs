@@ -69,9 +69,16 @@
 //! ```text
 //! snapshot = ts varint (monotonic), n_namespaces varint, netns u32 * n,
 //!            n_sockets varint, socket * n
-//! socket   = flags u8 (0x01 netns, 0x02 owner, 0x04 timer, 0x08 v6),
+//! socket   = flags u8 (0x01 netns, 0x02 owner, 0x04 timer, 0x08 v6,
+//!            0x10 cgroup; other bits are damage),
 //!            [netns u32], saddr, daddr, sport u16, dport u16, state u8,
-//!            inode varint, cookie varint, [pid varint, comm], [timer_left_ms varint]
+//!            inode varint, cookie varint, [pid varint, comm], [timer_left_ms varint],
+//!            [cgroup varint]            flags & 0x10 (version 4): the cgroup id
+//!                                       sock_diag reported for the socket
+//!                                       (`INET_DIAG_CGROUP_ID`); the writer
+//!                                       names it with a workload record
+//!                                       before the snapshot block, as it
+//!                                       does for event owners
 //! facts    = (version 3, optional) length varint, JSON of `NetFacts`: each
 //!            namespace's TCP sysctls and TIME_WAIT counters when the
 //!            snapshot was taken (what `doctor --from` judges by)
@@ -362,7 +369,8 @@ pub fn encode_snapshot(
         let flags = s.netns.is_some() as u8
             | (s.owner.is_some() as u8) << 1
             | (s.timer_left_ms.is_some() as u8) << 2
-            | (v6 as u8) << 3;
+            | (v6 as u8) << 3
+            | (s.cgroup.is_some() as u8) << 4;
         out.push(flags);
         if let Some(ns) = s.netns {
             out.extend_from_slice(&ns.to_le_bytes());
@@ -377,6 +385,9 @@ pub fn encode_snapshot(
         }
         if let Some(t) = s.timer_left_ms {
             put_varint(&mut out, t as u64);
+        }
+        if let Some(cgroup) = s.cgroup {
+            put_varint(&mut out, cgroup);
         }
     }
     if let Some(facts) = facts {
@@ -658,6 +669,10 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
     Ok(())
 }
 
+/// The flag bits a snapshot socket may have (netns, owner, timer, v6,
+/// cgroup): any other is damage, never a field skipped unread.
+const SOCKET_FLAGS: u8 = 0x1f;
+
 pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
     let mut c = Cursor::new(payload);
     let ts_ns = c.varint()?;
@@ -674,6 +689,9 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
     let mut sockets = Vec::with_capacity((n as usize).min(payload.len() / 16));
     for _ in 0..n {
         let flags = c.u8()?;
+        if flags & !SOCKET_FLAGS != 0 {
+            return Err(FormatError::Corrupt("unknown snapshot socket flags"));
+        }
         let netns = (flags & 0x01 != 0).then(|| c.u32()).transpose()?;
         let v6 = flags & 0x08 != 0;
         let (saddr, daddr, sport, dport) = c.endpoints(v6)?;
@@ -691,6 +709,7 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
         let timer_left_ms = (flags & 0x04 != 0)
             .then(|| u32_of(c.varint()?))
             .transpose()?;
+        let cgroup = (flags & 0x10 != 0).then(|| c.varint()).transpose()?;
         sockets.push(SeenSocket {
             netns,
             family: if v6 { Family::V6 } else { Family::V4 },
@@ -703,6 +722,7 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<Record, FormatError> {
             owner,
             timer_left_ms,
             cookie,
+            cgroup,
         });
     }
     let facts = if c.is_empty() {

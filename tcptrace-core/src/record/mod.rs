@@ -81,6 +81,22 @@ impl<W: Write> Writer<W> {
         self.workloads.len()
     }
 
+    /// The distinct cgroup ids of `sockets` (the sock_diag ones of a
+    /// snapshot about to be written) that this file has not named yet, in
+    /// order: name each ([`Self::workload`]) before [`Self::snapshot`], so
+    /// that the workload records precede the sockets that use them, as
+    /// they precede events.
+    pub fn unnamed_cgroups(&self, sockets: &[SeenSocket]) -> Vec<u64> {
+        let mut ids: Vec<u64> = sockets
+            .iter()
+            .filter_map(|s| s.cgroup)
+            .filter(|id| *id != 0 && !self.workloads.contains_key(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     pub fn event(&mut self, e: &Event) -> io::Result<()> {
         self.enc.event(e);
         self.events += 1;

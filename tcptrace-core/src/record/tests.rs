@@ -136,26 +136,29 @@ fn arb_seen() -> impl Strategy<Value = SeenSocket> {
         proptest::option::of((any::<u32>(), "[a-z]{0,15}")),
         proptest::option::of(any::<u32>()),
         any::<u64>(),
-        any::<(u16, u16)>(),
+        (any::<(u16, u16)>(), proptest::option::of(any::<u64>())),
     )
-        .prop_flat_map(|(v6, netns, state, inode, owner, timer, cookie, ports)| {
-            (arb_addr(v6), arb_addr(v6)).prop_map(move |(saddr, daddr)| SeenSocket {
-                netns,
-                family: if v6 { Family::V6 } else { Family::V4 },
-                saddr,
-                sport: ports.0,
-                daddr,
-                dport: ports.1,
-                state,
-                inode,
-                owner: owner.clone().map(|(pid, comm)| SeenOwner {
-                    pid,
-                    comm: Comm::from_name(&comm),
-                }),
-                timer_left_ms: timer,
-                cookie,
-            })
-        })
+        .prop_flat_map(
+            |(v6, netns, state, inode, owner, timer, cookie, (ports, cgroup))| {
+                (arb_addr(v6), arb_addr(v6)).prop_map(move |(saddr, daddr)| SeenSocket {
+                    netns,
+                    family: if v6 { Family::V6 } else { Family::V4 },
+                    saddr,
+                    sport: ports.0,
+                    daddr,
+                    dport: ports.1,
+                    state,
+                    inode,
+                    owner: owner.clone().map(|(pid, comm)| SeenOwner {
+                        pid,
+                        comm: Comm::from_name(&comm),
+                    }),
+                    timer_left_ms: timer,
+                    cookie,
+                    cgroup,
+                })
+            },
+        )
 }
 
 #[derive(Clone, Debug)]
@@ -1092,4 +1095,129 @@ fn hostile_workload_records_are_bounded_and_sanitized() {
     let long = raw_record(b"", (format::MAX_WORKLOAD_JSON + 1) as u64);
     assert!(format::decode_events(&long, &mut Vec::new()).is_err());
     assert!(format::decode_events(&raw_record(b"{[", 2), &mut Vec::new()).is_err());
+}
+
+/// A CLOSE_WAIT socket of a snapshot, with no owner found, in `cgroup`.
+fn seen_in(cgroup: Option<u64>, sport: u16) -> SeenSocket {
+    SeenSocket {
+        netns: Some(4026531840),
+        family: Family::V4,
+        saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        sport,
+        daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        dport: 40_000,
+        state: TcpState::CloseWait,
+        inode: 7,
+        owner: None,
+        timer_left_ms: None,
+        cookie: 99,
+        cgroup,
+    }
+}
+
+#[test]
+fn snapshot_sockets_keep_their_cgroup_and_its_name_comes_first() {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    let sockets = [
+        seen_in(Some(63), 80),
+        seen_in(Some(63), 81),
+        seen_in(None, 82),
+        seen_in(Some(u64::MAX), 83),
+    ];
+    // What the recorder does: names what the file does not name yet, then
+    // writes the snapshot.
+    assert_eq!(w.unnamed_cgroups(&sockets), [63, u64::MAX]);
+    w.workload(63, &payments());
+    assert_eq!(w.unnamed_cgroups(&sockets), [u64::MAX]);
+    w.snapshot(1_000_000, &[4026531840], &sockets, None)
+        .unwrap();
+    let bytes = w.finish().unwrap();
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert!(
+        matches!(&got[0], Record::Workload { cgroup: 63, .. }),
+        "the name precedes the snapshot: {got:?}"
+    );
+    let Record::Snapshot { sockets: read, .. } = &got[1] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(read, &sockets);
+
+    // Applied: the socket whose owner is unknown counts under its
+    // cgroup, whose name the recording holds.
+    let mut engine = crate::engine::Engine::new(1000);
+    let mut applier = RecordApplier::default();
+    for r in &got {
+        applier.apply(&mut engine, r);
+    }
+    let cgroups: Vec<u64> = engine
+        .table
+        .conns()
+        .map(|c| engine.table.cgroup_of(c))
+        .collect();
+    assert_eq!(cgroups.iter().filter(|&&c| c == 63).count(), 2);
+    assert_eq!(cgroups.iter().filter(|&&c| c == 0).count(), 1);
+    assert_eq!(
+        &*applier.workloads.get(63).unwrap().display,
+        "payments.service"
+    );
+}
+
+#[test]
+fn a_snapshot_without_cgroups_reads_as_before() {
+    // Bytes as a writer before the cgroup flag made them (flags 0x01 netns
+    // only): the same socket, with no cgroup.
+    let s = seen_in(None, 80);
+    let raw = format::encode_snapshot(5, &[1], std::slice::from_ref(&s), None);
+    assert_eq!(raw[2 + 4 + 1] & 0x10, 0, "no cgroup flag");
+    let Record::Snapshot { sockets, .. } = format::decode_snapshot(&raw).unwrap() else {
+        panic!()
+    };
+    assert_eq!(sockets, [s]);
+    // A version 3 file with such a snapshot reads too.
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    w.snapshot(5, &[1], &[seen_in(None, 80)], None).unwrap();
+    let mut bytes = w.finish().unwrap();
+    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert!(matches!(&got[0], Record::Snapshot { sockets, .. } if sockets[0].cgroup.is_none()));
+}
+
+#[test]
+fn hostile_snapshot_cgroups_are_errors_not_panics() {
+    let raw = format::encode_snapshot(5, &[], &[seen_in(Some(300), 80)], None);
+    // ts, n_namespaces, n_sockets: one byte each here; then the flags.
+    let flags_at = 3;
+    assert_eq!(raw[flags_at], 0x11);
+    let cgroup_at = raw.len() - 2; // 300 is a 2-byte varint, last.
+    assert_eq!(&raw[cgroup_at..], &[0xac, 0x02]);
+    // Cut in the varint, or before it.
+    for cut in [cgroup_at, cgroup_at + 1] {
+        assert!(
+            format::decode_snapshot(&raw[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    // A varint that never ends (11 bytes with the high bit), and one of
+    // 10 bytes whose last carries bits past 64: never a panic.
+    let mut endless = raw[..cgroup_at].to_vec();
+    endless.extend_from_slice(&[0xff; 11]);
+    assert!(format::decode_snapshot(&endless).is_err());
+    let mut wide = raw[..cgroup_at].to_vec();
+    wide.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    let _ = format::decode_snapshot(&wide);
+    // The flag set with no cgroup written: the next bytes are misread,
+    // and what is left over is damage.
+    let mut flagged =
+        format::encode_snapshot(5, &[], &[seen_in(None, 80), seen_in(None, 81)], None);
+    flagged[flags_at] |= 0x10;
+    assert!(format::decode_snapshot(&flagged).is_err());
+    // Flag bits no writer sets: damage, not a field skipped unread.
+    for bit in [0x20u8, 0x40, 0x80] {
+        let mut bad = raw.clone();
+        bad[flags_at] |= bit;
+        assert_eq!(
+            format::decode_snapshot(&bad).unwrap_err(),
+            FormatError::Corrupt("unknown snapshot socket flags")
+        );
+    }
 }

@@ -200,6 +200,9 @@ struct ConnEntry {
     key: TupleKey,
     held: Held,
     owner: Option<Owner>,
+    /// The cgroup its workload counts under (0: unknown): the owner's, or
+    /// for a seeded socket with no owner found, its sock_diag one.
+    cgroup: u64,
     since_ns: u64,
     exact: bool,
 }
@@ -452,6 +455,7 @@ fn conn_entry(table: &ConnTable, id: u64) -> Option<ConnEntry> {
         key: c.key,
         held,
         owner: c.owner,
+        cgroup: table.cgroup_of(c),
         since_ns: c.state_since_ns,
         exact: !c.state_age_is_lower_bound(),
     })
@@ -715,7 +719,8 @@ impl Tracker {
             (Some(h), Some(w))
                 if h.key == w.key
                     && h.held == w.held
-                    && h.owner.map(|o| (o.pid, o.cgroup)) == w.owner.map(|o| (o.pid, o.cgroup)) =>
+                    && h.owner.map(|o| o.pid) == w.owner.map(|o| o.pid)
+                    && h.cgroup == w.cgroup =>
             {
                 self.conns.insert(id, w);
             }
@@ -749,7 +754,7 @@ impl Tracker {
             Held::CloseWait => {
                 let pid = e.owner.map(|o| o.pid);
                 let n = self.close_wait.add(pid);
-                let cgroup = e.owner.map_or(0, |o| o.cgroup);
+                let cgroup = e.cgroup;
                 if let Some(o) = e.owner {
                     self.comms.insert(pid, o.comm);
                     if cgroup != 0 {
@@ -766,9 +771,9 @@ impl Tracker {
                         holder.ep.set(n, now);
                         if let Some(o) = e.owner {
                             holder.comm = Some(o.comm);
-                        }
-                        if cgroup != 0 {
-                            holder.cgroup = cgroup;
+                            if cgroup != 0 {
+                                holder.cgroup = cgroup;
+                            }
                         }
                         count_peer(holder, &e);
                     }
@@ -811,7 +816,7 @@ impl Tracker {
                         self.cgroups_of.remove(&pid);
                     }
                 }
-                let cgroup = e.owner.map_or(0, |o| o.cgroup);
+                let cgroup = e.cgroup;
                 let by_cgroup = match self.close_wait_cgroups.get_mut(&cgroup) {
                     Some(c) if cgroup != 0 => {
                         *c = c.saturating_sub(1);
@@ -1012,10 +1017,12 @@ impl Tracker {
             if let Some(holder) = h.close_wait.slot(e.owner.map(|o| o.pid), false) {
                 count_peer(holder, e);
             }
-            if let Some(o) = e.owner.filter(|o| o.cgroup != 0)
-                && let Some(holder) = h.close_wait_cgroups.slot(o.cgroup, false)
+            if e.cgroup != 0
+                && let Some(holder) = h.close_wait_cgroups.slot(e.cgroup, false)
             {
-                holder.comm = Some(o.comm);
+                if let Some(o) = e.owner {
+                    holder.comm = Some(o.comm);
+                }
                 count_peer(holder, e);
             }
         }
@@ -1056,8 +1063,8 @@ impl Tracker {
             if let Some(holder) = h.close_wait.slot(e.owner.map(|o| o.pid), false) {
                 note_age(holder, e, now);
             }
-            if let Some(o) = e.owner.filter(|o| o.cgroup != 0)
-                && let Some(holder) = h.close_wait_cgroups.slot(o.cgroup, false)
+            if e.cgroup != 0
+                && let Some(holder) = h.close_wait_cgroups.slot(e.cgroup, false)
             {
                 note_age(holder, e, now);
             }

@@ -516,9 +516,20 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
     let mut key_index: rustc_hash::FxHashMap<WorkloadKey, usize> = Default::default();
     let mut last: Option<(WorkloadKey, usize)> = None;
     for i in &live.close_wait {
-        let owner = table.conn_at(i.slot).and_then(|c| c.owner);
-        let key = WorkloadKey::of(owner);
-        key_of_group[i.pid_group as usize].get_or_insert(key);
+        let conn = table.conn_at(i.slot);
+        let owner = conn.and_then(|c| c.owner);
+        // No owner: a seeded socket counts under the cgroup sock_diag
+        // reported for it (the process row of unknown owners keeps none).
+        let key = match conn {
+            Some(c) if owner.is_none() => match table.cgroup_of(c) {
+                0 => WorkloadKey::Unknown,
+                id => WorkloadKey::Cgroup(id),
+            },
+            _ => WorkloadKey::of(owner),
+        };
+        if owner.is_some() {
+            key_of_group[i.pid_group as usize].get_or_insert(key);
+        }
         let at = match last {
             Some((k, at)) if k == key => at,
             _ => {

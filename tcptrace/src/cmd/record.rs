@@ -9,8 +9,10 @@
 //! Workloads: the first time an owner's cgroup id is seen, it is resolved
 //! at once (one lookup: [`WorkloadResolver::resolve`]) and written before
 //! the event, so a container that exits within the second keeps its name
-//! in the file; the writer repeats every name after each snapshot. A
-//! failed lookup is never fatal: the id is recorded as `cgroup:<id>`.
+//! in the file; the writer repeats every name after each snapshot. The
+//! cgroups sock_diag reported for a snapshot's sockets are named the same
+//! way, before the snapshot block. A failed lookup is never fatal: the id
+//! is recorded as `cgroup:<id>`.
 
 use std::{
     fs::{self, File},
@@ -23,6 +25,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 use tcptrace_core::{
+    model::SeenSocket,
     output::escape,
     record::{Header, Record, Writer},
     workload::Workload,
@@ -241,6 +244,16 @@ impl Recorder {
         self.file().writer.workload(id, &w);
     }
 
+    /// Names the cgroups of a snapshot's sockets (the ones sock_diag
+    /// reported) that this file has not named yet, before the snapshot is
+    /// written: a socket whose owner is gone, or was never found, still
+    /// has a workload in the file.
+    fn name_snapshot_cgroups(&mut self, sockets: &[SeenSocket]) {
+        for id in self.file().writer.unnamed_cgroups(sockets) {
+            self.name_cgroup(id);
+        }
+    }
+
     fn status_line(&self, lost: u64) -> String {
         let w = &self.file.as_ref().expect("open").writer;
         let per = if w.events > 0 {
@@ -291,6 +304,7 @@ impl Recorder {
             facts,
         }) = snapshot
         {
+            self.name_snapshot_cgroups(&sockets);
             self.write(|w| w.snapshot(ts_ns, &namespaces, &sockets, facts.as_deref()))?;
         }
         Ok(())
@@ -324,7 +338,10 @@ impl Consumer for Recorder {
                 namespaces,
                 sockets,
                 facts,
-            } => self.write(|w| w.snapshot(*ts_ns, namespaces, sockets, facts.as_deref()))?,
+            } => {
+                self.name_snapshot_cgroups(sockets);
+                self.write(|w| w.snapshot(*ts_ns, namespaces, sockets, facts.as_deref()))?;
+            }
         }
         Ok(Flow::Continue)
     }

@@ -21,7 +21,7 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer, nlas::Nla},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -46,6 +46,13 @@ pub const LOOKUP_BATCH: usize = 64;
 /// answers within microseconds; this only keeps a lost reply from stopping
 /// the loop).
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `INET_DIAG_CGROUP_ID` (`include/uapi/linux/inet_diag.h`, Linux >= 5.7):
+/// a u64 in host order, the cgroup v2 id of the socket
+/// (`cgroup_id(sock_cgroup_ptr(&sk->sk_cgrp_data))`), sent for every full
+/// socket with no extension asked for; timewait and request sockets have
+/// none.
+const INET_DIAG_CGROUP_ID: u16 = 21;
 
 /// `INET_DIAG_NOCOOKIE`: a lookup that does not name a socket by cookie.
 const NO_COOKIE: u64 = u64::MAX;
@@ -438,6 +445,7 @@ fn to_seen(resp: &InetResponse, expires_ms: u32, netns: Option<u32>) -> Option<S
     // `Timer::TimeWait` is `idiag_timer == 3`, set for every timewait socket
     // (substate TIME_WAIT or FIN_WAIT2).
     let timer_left_ms = (h.timer == Some(Timer::TimeWait)).then_some(expires_ms);
+    let cgroup = cgroup_of(&resp.nlas);
     Some(SeenSocket {
         netns,
         family,
@@ -450,6 +458,22 @@ fn to_seen(resp: &InetResponse, expires_ms: u32, netns: Option<u32>) -> Option<S
         owner: None,
         timer_left_ms,
         cookie,
+        cgroup,
+    })
+}
+
+/// The socket's cgroup id from its `INET_DIAG_CGROUP_ID` attribute: `None`
+/// without one, or when it is not exactly 8 bytes (a short or long value
+/// is ignored, never read past), or 0 (no cgroup id is 0: the root's is 1).
+fn cgroup_of(nlas: &[Nla]) -> Option<u64> {
+    use netlink_packet_core::Nla as _;
+    nlas.iter().find_map(|nla| match nla {
+        Nla::Other(attr) if attr.kind() == INET_DIAG_CGROUP_ID && attr.value_len() == 8 => {
+            let mut value = [0u8; 8];
+            attr.emit_value(&mut value);
+            Some(u64::from_ne_bytes(value)).filter(|&id| id != 0)
+        }
+        _ => None,
     })
 }
 
@@ -462,14 +486,20 @@ mod tests {
     /// A reply datagram: one TIME_WAIT socket with a raw expires value, then
     /// NLMSG_DONE.
     fn fake_reply(seq: u32, expires: u32) -> Vec<u8> {
+        fake_reply_with(seq, expires, TcpState::TimeWait, Vec::new())
+    }
+
+    /// A reply datagram: one socket in `state` with attributes `nlas`
+    /// (a timewait socket for TIME_WAIT), then NLMSG_DONE.
+    fn fake_reply_with(seq: u32, expires: u32, state: TcpState, nlas: Vec<Nla>) -> Vec<u8> {
         use netlink_packet_core::DoneMessage;
         use netlink_packet_sock_diag::inet::InetResponseHeader;
 
         let resp = InetResponse {
             header: InetResponseHeader {
                 family: AF_INET,
-                state: TcpState::TimeWait as u8,
-                timer: Some(Timer::TimeWait),
+                state: state as u8,
+                timer: (state == TcpState::TimeWait).then_some(Timer::TimeWait),
                 socket_id: SocketId {
                     source_port: 40000,
                     destination_port: 80,
@@ -483,7 +513,7 @@ mod tests {
                 uid: 0,
                 inode: 0,
             },
-            nlas: Default::default(),
+            nlas: nlas.into_iter().collect(),
         };
         let mut header = NetlinkHeader::default();
         header.sequence_number = seq;
@@ -529,6 +559,103 @@ mod tests {
         assert_eq!(s.family, Family::V4);
         assert_eq!(s.netns, Some(99));
         assert_eq!(s.cookie, (2 << 32) | 1);
+    }
+
+    fn attr(kind: u16, value: &[u8]) -> Nla {
+        Nla::Other(netlink_packet_core::DefaultNla::new(kind, value.to_vec()))
+    }
+
+    /// The one socket a fake reply with `nlas` parses to.
+    fn parsed_with(nlas: Vec<Nla>) -> SeenSocket {
+        let buf = fake_reply_with(3, 0, TcpState::CloseWait, nlas);
+        let mut out = Vec::new();
+        assert!(parse_datagram(&buf, 3, None, &mut out).unwrap());
+        assert_eq!(out.len(), 1);
+        out.pop().unwrap()
+    }
+
+    #[test]
+    fn parses_the_cgroup_id_attribute() {
+        let id: u64 = 0x0000_0001_0000_2a3f;
+        // As the kernel lays it out: INET_DIAG_PAD (empty) before the u64,
+        // among other attributes (INET_DIAG_SHUTDOWN, INET_DIAG_SOCKOPT).
+        let s = parsed_with(vec![
+            Nla::Shutdown(0),
+            attr(20, &[]),
+            attr(INET_DIAG_CGROUP_ID, &id.to_ne_bytes()),
+            attr(22, &[0, 0]),
+        ]);
+        assert_eq!(s.cgroup, Some(id));
+        assert_eq!(s.state, TcpState::CloseWait);
+        assert_eq!(s.timer_left_ms, None);
+    }
+
+    #[test]
+    fn a_socket_without_the_attribute_has_no_cgroup() {
+        assert_eq!(parsed_with(Vec::new()).cgroup, None);
+        // A timewait socket never has one.
+        let buf = fake_reply(7, 1);
+        let mut out = Vec::new();
+        parse_datagram(&buf, 7, None, &mut out).unwrap();
+        assert_eq!(out[0].cgroup, None);
+    }
+
+    #[test]
+    fn a_cgroup_attribute_of_the_wrong_size_or_zero_is_ignored() {
+        for value in [
+            &[][..],
+            &[1, 2, 3, 4][..],
+            &[1; 7][..],
+            &[1; 9][..],
+            &[1; 16][..],
+        ] {
+            let s = parsed_with(vec![attr(INET_DIAG_CGROUP_ID, value)]);
+            assert_eq!(s.cgroup, None, "{value:?}");
+            assert_eq!((s.sport, s.dport), (40000, 80), "the socket still reads");
+        }
+        assert_eq!(
+            parsed_with(vec![attr(INET_DIAG_CGROUP_ID, &[0; 8])]).cgroup,
+            None
+        );
+        // The first well-formed one counts, a malformed one before it is skipped.
+        let s = parsed_with(vec![
+            attr(INET_DIAG_CGROUP_ID, &[9; 4]),
+            attr(INET_DIAG_CGROUP_ID, &77u64.to_ne_bytes()),
+        ]);
+        assert_eq!(s.cgroup, Some(77));
+    }
+
+    #[test]
+    fn a_damaged_attribute_never_panics() {
+        let good = fake_reply_with(
+            3,
+            0,
+            TcpState::Established,
+            vec![attr(INET_DIAG_CGROUP_ID, &5u64.to_ne_bytes())],
+        );
+        // The attribute's header follows the 16-byte netlink header and the
+        // 72-byte inet_diag_msg: every length it could claim, and every
+        // message cut short, is an error or a socket, never a panic.
+        let nla = 16 + 72;
+        for claimed in [0u16, 1, 3, 4, 5, 8, 11, 12, 13, 200, u16::MAX] {
+            let mut buf = good.clone();
+            buf[nla..nla + 2].copy_from_slice(&claimed.to_ne_bytes());
+            let mut out = Vec::new();
+            if parse_datagram(&buf, 3, None, &mut out).is_ok() {
+                assert!(out.len() <= 1);
+                if claimed != 12 {
+                    assert!(out.iter().all(|s| s.cgroup.is_none()), "{claimed}: {out:?}");
+                }
+            }
+        }
+        let len = u32::from_ne_bytes(good[..4].try_into().unwrap()) as usize;
+        for cut in nla..len {
+            let mut buf = good[..len].to_vec();
+            buf[..4].copy_from_slice(&(cut as u32).to_ne_bytes());
+            buf.truncate(cut);
+            let mut out = Vec::new();
+            let _ = parse_datagram(&buf, 3, None, &mut out);
+        }
     }
 
     #[test]

@@ -452,6 +452,7 @@ mod tests {
                 }),
                 timer_left_ms: None,
                 cookie: 1 + i as u64,
+                cgroup: None,
             })
             .collect();
         let mut w = Writer::new(Vec::new(), &header()).unwrap();
