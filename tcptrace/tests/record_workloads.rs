@@ -5,6 +5,11 @@
 //! `payments.service` for those sockets (as many as `ss` showed),
 //! `report --unit payments.service` keeps them, `--unit other.service`
 //! warns and shows none, and `replay --json` events carry the unit.
+//!
+//! And a leak older than the recording: sockets that only the opening
+//! sock_diag snapshot knows, some of them with no owner a /proc walk can
+//! find (in flight in a unix socket's queue), are named after the cgroup
+//! the kernel reports for each socket, after that cgroup is gone.
 
 mod common;
 
@@ -221,6 +226,147 @@ fn a_recording_names_the_workload_after_its_cgroup_is_gone() {
             .count(),
         1,
         "only the header"
+    );
+    let _ = fs::remove_file(&file);
+}
+
+/// A child killed (by pid) and reaped when dropped: declared after the
+/// cgroups, it goes before them.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_leak_older_than_the_recording_is_named_from_its_sockets_cgroup() {
+    use common::cgroups::CgroupTree;
+    use tcptrace::seed::{owners::socket_owners, sock_diag::dump_tcp};
+    use tcptrace_core::model::TcpState;
+    const IN_FLIGHT: usize = 3;
+
+    let root = Cgroup2Root::discover().expect("a cgroup2 mount");
+    let mount = root.mount_point().to_path_buf();
+    let cg = format!(
+        "/tcptrace-seedrec-{}/system.slice/ledger.service",
+        std::process::id()
+    );
+    let mut tree = CgroupTree::new(&mount);
+    let cg_id = tree.make(&cg);
+    let procs = mount.join(cg.trim_start_matches('/')).join("cgroup.procs");
+    let port = free_port(false);
+
+    // The server moves itself into the cgroup, listens, accepts LEAKS
+    // connections and never closes them; IN_FLIGHT of them it sends over
+    // a unix socket pair it never reads and closes its own descriptor: no
+    // process has those sockets in its descriptor table any more (no owner
+    // for a /proc walk), yet they stay in CLOSE_WAIT.
+    let script = format!(
+        "import os,socket,sys,time\n\
+         open({procs:?},'w').write(str(os.getpid()))\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('127.0.0.1',{port})); s.listen(64)\n\
+         sys.stdout.write('listening\\n'); sys.stdout.flush()\n\
+         held=[s.accept()[0] for _ in range({LEAKS})]\n\
+         a,b=socket.socketpair(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
+         for c in held[:{IN_FLIGHT}]:\n\
+         \x20   socket.send_fds(a,[b'x'],[c.fileno()]); c.close()\n\
+         held=held[{IN_FLIGHT}:]\n\
+         sys.stdout.write('held\\n'); sys.stdout.flush()\n\
+         time.sleep(120)\n",
+        procs = procs.to_str().unwrap()
+    );
+    let mut server = Killed(
+        Command::new("python3")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    let mut clients = Vec::new();
+    for _ in 0..LEAKS {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        clients.push(c);
+    }
+    assert_eq!(lines.next().unwrap().unwrap(), "held");
+    wait_for("the server's sockets in CLOSE_WAIT", WAIT, || {
+        ss_count("close-wait", port, None) == LEAKS
+    });
+    let seen_by_ss = ss_count("close-wait", port, None);
+
+    // What the recorder's snapshot will see: every socket in the cgroup,
+    // IN_FLIGHT of them with no owner to find.
+    let owners = socket_owners();
+    let leaked: Vec<_> = dump_tcp()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.sport == port && s.state == TcpState::CloseWait)
+        .collect();
+    assert_eq!(leaked.len(), seen_by_ss);
+    assert!(leaked.iter().all(|s| s.cgroup == Some(cg_id)), "{leaked:?}");
+    let ownerless = leaked
+        .iter()
+        .filter(|s| !owners.contains_key(&s.inode))
+        .count();
+    assert_eq!(ownerless, IN_FLIGHT, "{leaked:?}");
+
+    let file = std::env::temp_dir().join(format!(
+        "tcptrace-{}-seeded-wl.tcptrace",
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&file);
+    let path = file.to_str().unwrap().to_string();
+    let p = port.to_string();
+    // The banner follows the opening snapshot: the file has it.
+    let record = Running::start(&["record", "-o", &path, "--port", &p], "recording to");
+
+    // The workload vanishes: the server is killed and its cgroup removed.
+    drop(server);
+    wait_for("the CLOSE_WAIT sockets to be gone", WAIT, || {
+        ss_count("close-wait", port, None) == 0
+    });
+    tree.remove(&cg);
+    drop(clients);
+    let (status, _, err) = record.stop();
+    assert!(status.success(), "{err}");
+
+    let (report, _) = run_json(&["report", "--json", &path]);
+    let rows = report["close_wait_workload_holders"].as_array().unwrap();
+    let ledger = rows
+        .iter()
+        .find(|r| r["workload"] == "ledger.service")
+        .unwrap_or_else(|| panic!("ledger.service in {rows:?}"));
+    assert_eq!(ledger["peak"], seen_by_ss as u64, "{ledger}");
+    assert_eq!(ledger["unit"], "ledger.service");
+    assert_eq!(ledger["cgroup_path"], cg.as_str());
+    assert_eq!(ledger["cgroups"], serde_json::json!([cg_id]));
+    // The process rows stay as they are: python3 holds the sockets it
+    // kept, in its workload; the row of unknown owners names none.
+    let holders = report["close_wait_holders"].as_array().unwrap();
+    let python = holders
+        .iter()
+        .find(|h| h["comm"] == "python3")
+        .unwrap_or_else(|| panic!("python3 in {holders:?}"));
+    assert_eq!(python["peak"], (LEAKS - IN_FLIGHT) as u64, "{python}");
+    assert_eq!(python["unit"], "ledger.service");
+    let unknown = holders
+        .iter()
+        .find(|h| h["pid"].is_null())
+        .unwrap_or_else(|| panic!("the unknown owners' row in {holders:?}"));
+    assert_eq!(unknown["peak"], IN_FLIGHT as u64, "{unknown}");
+    assert!(unknown["workload"].is_null(), "{unknown}");
+    // The filter on the recorded names keeps the workload's row.
+    let (kept, _) = run_json(&["report", "--json", "--unit", "ledger.service", &path]);
+    assert_eq!(
+        kept["close_wait_workload_holders"][0]["peak"],
+        seen_by_ss as u64
     );
     let _ = fs::remove_file(&file);
 }
