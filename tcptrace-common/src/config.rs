@@ -94,6 +94,10 @@ pub const SOCK_HEAD_BYTES: u32 = 128;
 
 /// Maximum ports per port filter list.
 pub const MAX_FILTER_PORTS: usize = 8;
+/// Maximum cgroup ancestors in [`Filter::cgroup_ids`].
+pub const MAX_FILTER_CGROUPS: usize = 8;
+/// Maximum namespaces in [`Filter::netns`].
+pub const MAX_FILTER_NETNS: usize = 8;
 
 /// In-kernel event filter. Zero values mean "no filter".
 #[repr(C)]
@@ -116,7 +120,32 @@ pub struct Filter {
     pub ports: [u16; MAX_FILTER_PORTS],
     pub lports: [u16; MAX_FILTER_PORTS],
     pub rports: [u16; MAX_FILTER_PORTS],
+    /// The kernel part of `--cgroup`/`--unit`/`--container`: non-zero when
+    /// an owner captured in process context must be below one of
+    /// `cgroup_ids[..n_cgroups]` (`bpf_get_current_ancestor_cgroup_id` at
+    /// `cgroup_levels[i]`, 0 being the root), else its events are dropped.
+    /// Sockets whose owner the kernel does not know pass (userspace judges
+    /// them). The ids are stable ancestors (a slice, `/docker`, a pod QoS
+    /// level), never a unit's or container's own cgroup: see
+    /// `tcptrace::ebpf::workload_filter`.
+    pub n_cgroups: u32,
+    /// The kernel part of `--netns`: non-zero when an event whose namespace
+    /// is known must be in `netns[..n_netns]`.
+    pub n_netns: u32,
+    pub cgroup_levels: [u32; MAX_FILTER_CGROUPS],
+    pub cgroup_ids: [u64; MAX_FILTER_CGROUPS],
+    pub netns: [u32; MAX_FILTER_NETNS],
 }
+
+// The layout is shared with the kernel program: no implicit padding.
+const _: () = {
+    assert!(core::mem::size_of::<Filter>() == 232);
+    assert!(core::mem::align_of::<Filter>() == 8);
+    assert!(core::mem::offset_of!(Filter, n_cgroups) == 96);
+    assert!(core::mem::offset_of!(Filter, cgroup_levels) == 104);
+    assert!(core::mem::offset_of!(Filter, cgroup_ids) == 136);
+    assert!(core::mem::offset_of!(Filter, netns) == 200);
+};
 
 impl Filter {
     /// No filtering; usable in `static` initialisers.
@@ -176,10 +205,14 @@ pub enum Counter {
     /// a timewait timer, filtered, skipped by the nesting guard) are not
     /// counted here.
     ProbeFailed = 8,
+    /// Events dropped by the in-kernel filter's workload part (the cgroup
+    /// ancestors and namespaces of `--cgroup`, `--unit`, `--container`,
+    /// `--netns`); also counted in [`Counter::Filtered`].
+    FilteredWorkload = 9,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const N_COUNTERS: u32 = 9;
+pub const N_COUNTERS: u32 = 10;
 
 /// Value of the owner map, keyed by socket address (full or timewait socket).
 #[repr(C)]

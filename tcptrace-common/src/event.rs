@@ -103,6 +103,10 @@ pub mod event_flags {
     pub const OWNER_FROM_LISTENER: u8 = 1 << 3;
     /// `netns` is valid.
     pub const NETNS_KNOWN: u8 = 1 << 4;
+    /// The owner's task was below one of the in-kernel filter's cgroup
+    /// ancestors when it was captured (set only while that filter is on;
+    /// an owner inherited from a listener carries the listener's).
+    pub const CGROUP_MATCH: u8 = 1 << 5;
 }
 
 /// One event, as written by the kernel. See the module docs for the wire format.

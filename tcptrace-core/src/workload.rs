@@ -859,6 +859,25 @@ impl WorkloadFilter {
             || self.units.iter().any(|u| unit_matches(u, w))
     }
 
+    /// One filter per value given (`--unit a --unit b` gives two), each
+    /// matching what that value matches: the filter is their OR.
+    pub fn each(&self) -> Vec<WorkloadFilter> {
+        let one = |f: &dyn Fn(&mut WorkloadFilter)| {
+            let mut w = WorkloadFilter::default();
+            f(&mut w);
+            w
+        };
+        let mut out = Vec::new();
+        out.extend(self.cgroups.iter().map(|c| one(&|w| w.cgroups.push(c.clone()))));
+        out.extend(
+            self.containers
+                .iter()
+                .map(|c| one(&|w| w.containers.push(c.clone()))),
+        );
+        out.extend(self.units.iter().map(|u| one(&|w| w.units.push(u.clone()))));
+        out
+    }
+
     /// The `--cgroup` paths, normalized.
     pub fn cgroups(&self) -> &[String] {
         &self.cgroups
@@ -985,6 +1004,23 @@ fn unit_matches(unit: &str, w: &Workload) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn each_value_is_a_filter_of_its_own() {
+        let f = WorkloadFilter::parse(
+            &["/shop.slice".into()],
+            &["web".into()],
+            &["api".into(), "db".into()],
+        )
+        .unwrap();
+        let each = f.each();
+        assert_eq!(each.len(), 4);
+        assert_eq!(each[0].cgroups(), ["/shop.slice"]);
+        assert_eq!(each[2].units(), ["api.service"]);
+        assert_eq!(each[3].units(), ["db.service"]);
+        assert!(each.iter().all(WorkloadFilter::narrows));
+        assert!(WorkloadFilter::default().each().is_empty());
+    }
 
     const UID: &str = "1d2c3b4a-0000-1111-2222-333344445555";
     const UID_: &str = "1d2c3b4a_0000_1111_2222_333344445555";

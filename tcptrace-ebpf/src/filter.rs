@@ -1,10 +1,22 @@
 //! The in-kernel filter (`--port`, `--lport`, `--rport`, `--pid`, `--comm`,
-//! `--state`, `-4`/`-6`): dropping here is cheaper than in userspace.
+//! `--state`, `-4`/`-6`, and the workload part of `--cgroup`, `--unit`,
+//! `--container`, `--netns`): dropping here is cheaper than in userspace.
+//!
+//! The workload part is a superset of what userspace keeps: an event is
+//! dropped only when the kernel knows its owner and that owner was not
+//! below one of the filter's cgroup ancestors when captured
+//! ([`event_flags::CGROUP_MATCH`], set by `sock::capture_current`), or
+//! when its namespace is known and not in the list. Everything else goes
+//! on to userspace, which matches exactly.
 
-use tcptrace_common::{Counter, Filter, RawEvent, config::MAX_FILTER_PORTS, event_flags, family};
+use tcptrace_common::{
+    Counter, Filter, RawEvent,
+    config::{MAX_FILTER_NETNS, MAX_FILTER_PORTS},
+    event_flags, family,
+};
 
 use crate::{
-    maps::{count, global},
+    maps::{FILTER, count, global, read_global},
     sock::eq16,
 };
 
@@ -24,14 +36,54 @@ fn in_list(list: &[u16; MAX_FILTER_PORTS], n: u32, port: u16, port2: Option<u16>
     false
 }
 
-/// True when the event passes the filter; counts it as filtered otherwise.
+/// True when the event passes the filter; counts it as filtered otherwise
+/// (and as filtered by the workload part when that dropped it).
 #[inline(always)]
 pub fn passes(ev: &RawEvent) -> bool {
-    let keep = check(ev);
-    if !keep {
+    if !check(ev) {
         count(Counter::Filtered);
+        return false;
     }
-    keep
+    if !check_workload(ev) {
+        count(Counter::Filtered);
+        count(Counter::FilteredWorkload);
+        return false;
+    }
+    true
+}
+
+/// The workload part (see the module docs). Both counts are load-time
+/// constants: with no workload filter the verifier drops all of it.
+#[inline(always)]
+fn check_workload(ev: &RawEvent) -> bool {
+    if global!(FILTER.n_cgroups) != 0
+        && ev.flags & event_flags::OWNER_KNOWN != 0
+        && ev.flags & event_flags::CGROUP_MATCH == 0
+        // No cgroup read at capture: userspace judges it by pid.
+        && ev.cgroup != 0
+    {
+        return false;
+    }
+    let n = global!(FILTER.n_netns);
+    if n != 0 && ev.flags & event_flags::NETNS_KNOWN != 0 && !in_netns(n, ev.netns) {
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+fn in_netns(n: u32, netns: u32) -> bool {
+    let mut i = 0;
+    while i < MAX_FILTER_NETNS {
+        if (i as u32) >= n {
+            break;
+        }
+        if read_global(&FILTER.netns[i]) == netns {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[inline(always)]

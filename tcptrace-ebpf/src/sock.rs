@@ -4,11 +4,15 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated,
-    generated::bpf_get_current_cgroup_id,
+    generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
 };
-use tcptrace_common::{OwnerEntry, RawEvent, config::SOCK_HEAD_BYTES, event_flags, family};
+use tcptrace_common::{
+    OwnerEntry, RawEvent,
+    config::{MAX_FILTER_CGROUPS, SOCK_HEAD_BYTES},
+    event_flags, family,
+};
 
-use crate::maps::global;
+use crate::maps::{FILTER, global, read_global};
 
 /// Reads a `T` at `base + offset` in kernel memory.
 #[inline(always)]
@@ -117,7 +121,8 @@ pub fn netns_of(net: u64) -> Option<u32> {
 }
 
 /// Records the current task as the owner (call only in the owner's process
-/// context); returns its `pid_tgid`.
+/// context); returns its `pid_tgid`. With the filter's cgroup part on, also
+/// whether the task is below one of its ancestors ([`in_filter_cgroups`]).
 #[inline(always)]
 pub fn capture_current(owner: &mut OwnerEntry) -> u64 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -126,8 +131,35 @@ pub fn capture_current(owner: &mut OwnerEntry) -> u64 {
     // Straight into the entry (NUL-padded by the kernel; zeroed on error).
     unsafe { generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), 16) };
     owner.cgroup = unsafe { bpf_get_current_cgroup_id() };
-    owner.flags = (owner.flags | event_flags::OWNER_KNOWN) & !event_flags::OWNER_FROM_LISTENER;
+    let mut flags = (owner.flags | event_flags::OWNER_KNOWN)
+        & !(event_flags::OWNER_FROM_LISTENER | event_flags::CGROUP_MATCH);
+    // A load-time constant: with no cgroup filter the verifier drops this.
+    let n = global!(FILTER.n_cgroups);
+    if n != 0 && in_filter_cgroups(n) {
+        flags |= event_flags::CGROUP_MATCH;
+    }
+    owner.flags = flags;
     pid_tgid
+}
+
+/// Whether the current task's cgroup is, or is below, one of the filter's
+/// `cgroup_ids[..n]` (each compared with the task's ancestor at its level:
+/// one helper call per id, at most [`MAX_FILTER_CGROUPS`]).
+#[inline(always)]
+fn in_filter_cgroups(n: u32) -> bool {
+    let mut i = 0;
+    while i < MAX_FILTER_CGROUPS {
+        if i as u32 >= n {
+            break;
+        }
+        let level = read_global(&FILTER.cgroup_levels[i]);
+        let id = read_global(&FILTER.cgroup_ids[i]);
+        if unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) } == id {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Copies an owner into an event (the owner's own flags come along).
@@ -139,7 +171,10 @@ pub fn apply_owner(ev: &mut RawEvent, owner: &OwnerEntry) {
     ev.cgroup = owner.cgroup;
     ev.netns = owner.netns;
     ev.flags |= owner.flags
-        & (event_flags::OWNER_KNOWN | event_flags::OWNER_FROM_LISTENER | event_flags::NETNS_KNOWN);
+        & (event_flags::OWNER_KNOWN
+            | event_flags::OWNER_FROM_LISTENER
+            | event_flags::NETNS_KNOWN
+            | event_flags::CGROUP_MATCH);
 }
 
 /// An empty owner entry in `slot` (zeroed word by word in place: see

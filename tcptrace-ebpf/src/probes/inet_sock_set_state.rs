@@ -229,7 +229,9 @@ fn handle(
                     let ns_flags = owner.flags;
                     crate::words::copy(owner, &listener.owner);
                     owner.netns = netns;
-                    owner.flags = (owner.flags & event_flags::OWNER_KNOWN)
+                    // The listener's cgroup verdict travels with its owner.
+                    owner.flags = (owner.flags
+                        & (event_flags::OWNER_KNOWN | event_flags::CGROUP_MATCH))
                         | event_flags::OWNER_FROM_LISTENER
                         | ns_flags;
                 }

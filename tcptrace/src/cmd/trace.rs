@@ -154,6 +154,9 @@ impl<W: Write> Consumer for Trace<W> {
                 String::new()
             }
         );
+        if let Some(n) = ctx.source.kernel_workload_filtered() {
+            crate::say!("{n} events of other workloads dropped in the kernel");
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -7,6 +7,7 @@ pub mod btf;
 pub mod kallsyms;
 mod reader;
 pub mod tracefs;
+pub mod workload_filter;
 
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
@@ -131,6 +132,9 @@ pub struct KernelCounters {
     /// `tcptrace-ebpf/src/probes/timewait.rs`).
     pub tw_memory_reused: u64,
     pub filtered: u64,
+    /// Of `filtered`, those the workload part dropped (`--cgroup`,
+    /// `--unit`, `--container`, `--netns`: see [`workload_filter`]).
+    pub filtered_workload: u64,
     pub map_full: u64,
     pub recursion_misses: u64,
     /// Events a program dropped because a probe read or a scratch lookup
@@ -158,6 +162,8 @@ pub struct Tracer {
     counters: PerCpuArray<MapData, u64>,
     prog_fds: Vec<RawFd>,
     pub hooks: Hooks,
+    /// What the kernel filters of the workload flags.
+    pub kernel_workloads: workload_filter::KernelPart,
 }
 
 /// The least the reader thread may queue while the consumer is busy (about
@@ -206,9 +212,17 @@ impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         raise_memlock();
         let offsets = kernel_offsets()?;
+        let kernel_workloads = if opts.workloads.narrows() {
+            let part = workload_filter::kernel_part(&opts.workloads);
+            log::debug!("in-kernel workload filter: {}", part.describe());
+            part
+        } else {
+            workload_filter::KernelPart::default()
+        };
+        let filter = kernel_workloads.apply(opts.filter);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
-            .override_global("FILTER", &opts.filter, true)
+            .override_global("FILTER", &filter, true)
             .override_global("TUNING", &opts.tuning, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("OWNERS", opts.owner_entries)
@@ -329,6 +343,7 @@ impl Tracer {
                 accept,
                 fallbacks,
             },
+            kernel_workloads,
         })
     }
 
@@ -355,7 +370,7 @@ impl Tracer {
                 }
             }
         };
-        debug_assert!((Counter::ProbeFailed as u32) < N_COUNTERS);
+        debug_assert!((Counter::FilteredWorkload as u32) < N_COUNTERS);
         KernelCounters {
             events: sum(Counter::Events),
             ring_full: sum(Counter::RingFull),
@@ -363,6 +378,7 @@ impl Tracer {
             tw_unlinked: sum(Counter::TwUnlinked),
             tw_memory_reused: sum(Counter::TwMemoryReused),
             filtered: sum(Counter::Filtered),
+            filtered_workload: sum(Counter::FilteredWorkload),
             map_full: sum(Counter::MapFull),
             recursion_misses: self.lost_recursions(sum(Counter::NestedRecovered)),
             probe_failed: sum(Counter::ProbeFailed),

@@ -247,6 +247,13 @@ impl Source for Live {
             .saturating_sub(self.start_events)
     }
 
+    fn kernel_workload_filtered(&self) -> Option<u64> {
+        self.tracer
+            .kernel_workloads
+            .is_on()
+            .then(|| self.tracer.counters().filtered_workload)
+    }
+
     fn host(&self) -> ((u16, u16), u64) {
         (
             seed::host::ephemeral_port_range().unwrap_or((32768, 60999)),

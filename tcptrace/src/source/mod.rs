@@ -91,6 +91,12 @@ pub trait Source: Send {
         0
     }
 
+    /// Events the in-kernel workload filter dropped since the source
+    /// started (`None` when the kernel filters no workload).
+    fn kernel_workload_filtered(&self) -> Option<u64> {
+        None
+    }
+
     /// `ip_local_port_range` and TcpExt TCPTimeWaitOverflow now.
     fn host(&self) -> ((u16, u16), u64);
 
