@@ -868,7 +868,11 @@ impl WorkloadFilter {
             w
         };
         let mut out = Vec::new();
-        out.extend(self.cgroups.iter().map(|c| one(&|w| w.cgroups.push(c.clone()))));
+        out.extend(
+            self.cgroups
+                .iter()
+                .map(|c| one(&|w| w.cgroups.push(c.clone()))),
+        );
         out.extend(
             self.containers
                 .iter()

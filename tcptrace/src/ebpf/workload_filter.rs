@@ -40,7 +40,7 @@ use crate::{
     workloads::WorkloadOptions,
 };
 
-/// A cgroup the kernel checks owners against.
+/// A cgroup the kernel checks owners against (ordered by level, then id).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KernelCgroup {
     /// Components below the root (`/system.slice` is 1).
@@ -157,11 +157,7 @@ pub fn existing_ancestor(
     while !p.is_empty() {
         if let Some(id) = id_of(&p) {
             let level = p.split('/').filter(|c| !c.is_empty()).count() as u32;
-            return Some(KernelCgroup {
-                level,
-                id,
-                path: p,
-            });
+            return Some(KernelCgroup { level, id, path: p });
         }
         p.truncate(p.rfind('/').unwrap_or(0));
     }
@@ -294,7 +290,10 @@ mod tests {
     fn units_containers_and_pods_give_their_stable_parent() {
         let cases = [
             ("/system.slice/api.service", Some(("/system.slice", 1))),
-            ("/system.slice/api.service/worker", Some(("/system.slice", 1))),
+            (
+                "/system.slice/api.service/worker",
+                Some(("/system.slice", 1)),
+            ),
             ("/shop.slice/pay.slice", Some(("/shop.slice/pay.slice", 2))),
             (
                 "/shop.slice/pay.slice/pay.service",
@@ -330,11 +329,7 @@ mod tests {
             ),
         ];
         for (path, want) in cases {
-            assert_eq!(
-                anc(path),
-                want.map(|(p, l)| (p.to_string(), l)),
-                "{path}"
-            );
+            assert_eq!(anc(path), want.map(|(p, l)| (p.to_string(), l)), "{path}");
         }
     }
 
@@ -362,8 +357,8 @@ mod tests {
     #[test]
     fn a_cgroup_not_made_yet_is_checked_at_its_nearest_existing_ancestor() {
         let mut id_of = ids(&[("/shop.slice", 7)]);
-        let f = WorkloadFilter::parse(&["/shop.slice/pay.slice/api.service".into()], &[], &[])
-            .unwrap();
+        let f =
+            WorkloadFilter::parse(&["/shop.slice/pay.slice/api.service".into()], &[], &[]).unwrap();
         assert_eq!(
             kernel_cgroups(&f, &[], &mut id_of),
             Ok(vec![kc("/shop.slice", 1, 7)])
@@ -380,16 +375,20 @@ mod tests {
             Workload::new("/other.slice/api.service", Names::default()),
             Workload::new("/system.slice/cron.service", Names::default()),
         ];
-        let mut id_of = ids(&[("/shop.slice", 7), ("/other.slice", 9), ("/system.slice", 3)]);
+        let mut id_of = ids(&[
+            ("/shop.slice", 7),
+            ("/other.slice", 9),
+            ("/system.slice", 3),
+        ]);
         let f = WorkloadFilter::parse(&[], &[], &["api".into()]).unwrap();
         assert_eq!(
             kernel_cgroups(&f, &live, &mut id_of),
-            Ok(vec![kc("/other.slice", 1, 9), kc("/shop.slice", 1, 7)])
+            Ok(vec![kc("/shop.slice", 1, 7), kc("/other.slice", 1, 9)])
         );
         let f = WorkloadFilter::parse(&[], &[], &["db".into(), "cron".into()]).unwrap();
         assert_eq!(
             kernel_cgroups(&f, &live, &mut id_of),
-            Ok(vec![kc("/shop.slice", 1, 7), kc("/system.slice", 1, 3)])
+            Ok(vec![kc("/system.slice", 1, 3), kc("/shop.slice", 1, 7)])
         );
         // A unit not running at start: the kernel cannot know where it will.
         let f = WorkloadFilter::parse(&[], &[], &["api".into(), "mail".into()]).unwrap();
@@ -408,7 +407,10 @@ mod tests {
             ..KernelPart::default()
         };
         let f = part.apply(Filter::default());
-        assert_eq!((f.n_cgroups, f.cgroup_levels[1], f.cgroup_ids[1]), (2, 2, 11));
+        assert_eq!(
+            (f.n_cgroups, f.cgroup_levels[1], f.cgroup_ids[1]),
+            (2, 2, 11)
+        );
         assert_eq!((f.n_netns, f.netns[0]), (1, 4026531840));
         assert_eq!(KernelPart::default().apply(Filter::NONE), Filter::NONE);
         assert!(!KernelPart::default().is_on());
