@@ -131,14 +131,14 @@ pub fn capture_current(owner: &mut OwnerEntry) -> u64 {
     // Straight into the entry (NUL-padded by the kernel; zeroed on error).
     unsafe { generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), 16) };
     owner.cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let mut flags = (owner.flags | event_flags::OWNER_KNOWN)
+    owner.flags = (owner.flags | event_flags::OWNER_KNOWN)
         & !(event_flags::OWNER_FROM_LISTENER | event_flags::CGROUP_MATCH);
-    // A load-time constant: with no cgroup filter the verifier drops this.
+    // A load-time constant: with no cgroup filter the verifier drops the
+    // loop (one load and a hard-wired branch stay).
     let n = global!(FILTER.n_cgroups);
     if n != 0 && in_filter_cgroups(n) {
-        flags |= event_flags::CGROUP_MATCH;
+        owner.flags |= event_flags::CGROUP_MATCH;
     }
-    owner.flags = flags;
     pid_tgid
 }
 
