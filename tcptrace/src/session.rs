@@ -231,13 +231,13 @@ impl Ctx<'_> {
     pub fn snapshot(&mut self) -> Snapshot {
         let (now, wall) = self.source.now();
         let host = self.host_facts();
-        let mut snap = self
+        let engine = self
             .engine
             .as_deref_mut()
-            .expect("this command keeps an engine")
-            .snapshot(now, wall, host);
+            .expect("this command keeps an engine");
+        let mut snap = engine.snapshot(now, wall, host);
         if let Some(w) = self.source.workloads() {
-            w.fold(&mut snap);
+            w.fold(&mut snap, Some(&mut engine.aggs));
         }
         snap
     }
@@ -426,7 +426,7 @@ impl Loop {
             Some(engine) => {
                 let mut snap = engine.scrape_snapshot(now, wall, host);
                 if let Some(w) = ctx.source.workloads() {
-                    w.fold(&mut snap);
+                    w.fold(&mut snap, Some(&mut engine.aggs));
                 }
                 metrics::Exposition::new(&snap, &engine.aggs, firing.as_deref()).render()
             }

@@ -288,8 +288,13 @@ impl Workloads {
     /// Names the snapshot's workloads (see
     /// [`tcptrace_core::stats::workloads::fold`]): cgroup ids through the
     /// resolver (one lookup per id not cached yet, bounded by the ids in
-    /// the snapshot), owners known by pid through `/proc/PID/cgroup`.
-    pub fn fold(&mut self, snap: &mut tcptrace_core::stats::Snapshot) {
+    /// the snapshot), owners known by pid through `/proc/PID/cgroup`; with
+    /// the engine's aggregates, the workloads' CLOSE_WAIT growth too.
+    pub fn fold(
+        &mut self,
+        snap: &mut tcptrace_core::stats::Snapshot,
+        aggs: Option<&mut tcptrace_core::stats::Aggregates>,
+    ) {
         use tcptrace_core::stats::workloads::{WorkloadKey, fold};
         let status = self.status();
         let resolver = &mut self.resolver;
@@ -301,6 +306,7 @@ impl Workloads {
                 WorkloadKey::Unknown => None,
             },
             Some(status),
+            aggs,
         );
     }
 }

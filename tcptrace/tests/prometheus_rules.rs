@@ -67,7 +67,7 @@ fn promtool_ok(dir: &Path, args: &[&str]) -> String {
 #[test]
 fn promtool_checks_the_rule_file() {
     let out = promtool_ok(&kubernetes_dir(), &["check", "rules", RULES]);
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn the_prometheus_rule_is_the_rule_file() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("spec.yml"), &spec).expect("write spec.yml");
     let out = promtool_ok(&dir, &["check", "rules", "spec.yml"]);
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
 }
 
 #[test]
@@ -206,6 +206,13 @@ fn the_thresholds_are_watchs_defaults() {
     hysteresis(
         r#"tcptrace_workload_close_wait_oldest_seconds{workload!="other"}"#,
         r.close_wait_oldest_secs as f64,
+    );
+    hysteresis(
+        &format!(
+            r#"tcptrace_workload_close_wait_growth_per_minute{{window="{}m", workload!="other"}}"#,
+            r.close_wait_growth_window_min
+        ),
+        r.close_wait_growth_per_min,
     );
     hysteresis("tcptrace_ephemeral_port_use_ratio", r.time_wait_port_share);
     // Counter rules hold while the counter rose within watch's quiet time.

@@ -45,10 +45,11 @@ pub struct Rules {
     pub lost_events: u64,
     /// Seconds between repeats of an alert that still holds.
     pub repeat_secs: u64,
-    /// What the CLOSE_WAIT count and age rules are about: each process
-    /// (`"process"`, the default) or each workload (`"workload"`: a unit,
-    /// container or pod, whatever its pids; `stats --json`
-    /// `close_wait_by_workload`). The growth rule stays per process.
+    /// What the CLOSE_WAIT count, growth and age rules are about: each
+    /// process (`"process"`, the default) or each workload (`"workload"`: a
+    /// unit, container or pod, whatever its pids; `stats --json`
+    /// `close_wait_by_workload`, whose growth history is the workload's, so
+    /// a restarted process does not restart it).
     pub group_by: GroupBy,
 }
 
@@ -374,8 +375,10 @@ impl Alerter {
             for w in &snap.close_wait_by_workload {
                 let name = crate::output::escape(&w.workload).into_owned();
                 let cause = leak_cause(&format!("workload {name}"), &w.peers);
+                let (growth, delta, span_ms) = w.growth_over(r.close_wait_growth_window_min);
                 let detail = |mut a: Alert| {
                     a.pid = w.pids.first().copied();
+                    a.growth_per_min = Some(growth);
                     a.count = w.count;
                     a.oldest_age_ms = Some(w.oldest_age_ms);
                     a.peers = w.peers.clone();
@@ -399,6 +402,17 @@ impl Alerter {
                     format!("{} CLOSE_WAIT sockets held by workload {name}", w.count),
                 );
                 push(
+                    Rule::CloseWaitGrowth,
+                    growth,
+                    r.close_wait_growth_per_min,
+                    growth_message(
+                        &format!("workload {name}"),
+                        (growth, delta, span_ms),
+                        r.close_wait_growth_window_min * 60_000,
+                        w.count,
+                    ),
+                );
+                push(
                     Rule::CloseWaitOldest,
                     w.oldest_age_ms as f64 / 1000.0,
                     r.close_wait_oldest_secs as f64,
@@ -414,8 +428,12 @@ impl Alerter {
                 );
             }
         }
-        for p in &snap.close_wait_by_process {
-            let by_workload = r.group_by == GroupBy::Workload;
+        let by_process = if r.group_by == GroupBy::Workload {
+            &[][..]
+        } else {
+            &snap.close_wait_by_process[..]
+        };
+        for p in by_process {
             let (growth, delta, span_ms) = match r.close_wait_growth_window_min {
                 1 => (p.growth_per_min, p.growth_delta, p.growth_span_ms),
                 15 => (
@@ -447,36 +465,18 @@ impl Alerter {
                     alert: detail(alert(rule, value, threshold, format!("{what}: {cause}"))),
                 });
             };
-            if !by_workload {
-                push(
-                    Rule::CloseWaitCount,
-                    p.count as f64,
-                    r.close_wait_per_process as f64,
-                    format!("{} CLOSE_WAIT sockets held by {whom}", p.count),
-                );
-            }
+            push(
+                Rule::CloseWaitCount,
+                p.count as f64,
+                r.close_wait_per_process as f64,
+                format!("{} CLOSE_WAIT sockets held by {whom}", p.count),
+            );
             push(
                 Rule::CloseWaitGrowth,
                 growth,
                 r.close_wait_growth_per_min,
-                if span_ms + 1_500 >= window_ms {
-                    format!(
-                        "CLOSE_WAIT of {whom} growing {growth:.1}/min over {} min ({} now)",
-                        r.close_wait_growth_window_min, p.count
-                    )
-                } else {
-                    // Say what was measured: no rate over minutes from seconds.
-                    format!(
-                        "CLOSE_WAIT of {whom} grew {} ({} now; {} min of history not there yet)",
-                        crate::clock::fmt_growth(delta, span_ms, window_ms),
-                        p.count,
-                        r.close_wait_growth_window_min
-                    )
-                },
+                growth_message(&whom, (growth, delta, span_ms), window_ms, p.count),
             );
-            if by_workload {
-                continue;
-            }
             push(
                 Rule::CloseWaitOldest,
                 p.oldest_age_ms as f64 / 1000.0,
@@ -614,6 +614,26 @@ impl Alerter {
             }
         }
         out
+    }
+}
+
+/// The growth rule's words for `whom`: the rate over the window, or what
+/// was measured when the history is shorter than the window (no rate over
+/// minutes from seconds).
+fn growth_message(
+    whom: &str,
+    (growth, delta, span_ms): (f64, i64, u64),
+    window_ms: u64,
+    now: u64,
+) -> String {
+    let minutes = window_ms / 60_000;
+    if span_ms + 1_500 >= window_ms {
+        format!("CLOSE_WAIT of {whom} growing {growth:.1}/min over {minutes} min ({now} now)")
+    } else {
+        format!(
+            "CLOSE_WAIT of {whom} grew {} ({now} now; {minutes} min of history not there yet)",
+            crate::clock::fmt_growth(delta, span_ms, window_ms),
+        )
     }
 }
 

@@ -304,3 +304,61 @@ fn grouped_by_workload_the_count_rule_names_the_workload_not_a_process() {
     let toml: Rules = toml::from_str("group_by = \"workload\"").unwrap();
     assert_eq!(toml.group_by, GroupBy::Workload);
 }
+
+#[test]
+fn grouped_by_workload_the_growth_rule_is_the_workloads() {
+    // The process grows fast, the workload (its restarts' sum) slower:
+    // grouped by workload, only the workload's rate is judged.
+    let mut snap = leak(50, 40.0, 1);
+    snap.close_wait_by_workload
+        .push(crate::stats::workloads::CloseWaitByWorkload {
+            workload: "payments.service".into(),
+            workload_kind: "unit",
+            unit: Some("payments.service".into()),
+            count: 50,
+            growth_per_min_5m: 12.0,
+            growth_delta_5m: 60,
+            growth_span_5m_ms: 300_000,
+            pids: vec![4242],
+            ..Default::default()
+        });
+    let mut a = Alerter::new(Rules {
+        group_by: GroupBy::Workload,
+        close_wait_host: 0,
+        ..Rules::default()
+    });
+    let sent = a.evaluate(&snap, SEC, WALL);
+    let growth: Vec<&Alert> = sent
+        .iter()
+        .filter(|a| a.rule == "close_wait_growth")
+        .collect();
+    assert_eq!(growth.len(), 1, "one alert, for the workload: {sent:?}");
+    assert_eq!(growth[0].workload.as_deref(), Some("payments.service"));
+    assert_eq!(growth[0].growth_per_min, Some(12.0));
+    assert_eq!(growth[0].value, 12.0);
+    assert!(
+        growth[0]
+            .message
+            .starts_with("CLOSE_WAIT of workload payments.service growing 12.0/min over 5 min"),
+        "{}",
+        growth[0].message
+    );
+    // Hysteresis as per process: 9/min (>= 80%) holds, 7 resolves.
+    snap.close_wait_by_workload[0].growth_per_min_5m = 9.0;
+    assert!(at(&mut a, &snap, 2).is_empty());
+    snap.close_wait_by_workload[0].growth_per_min_5m = 7.0;
+    assert_eq!(at(&mut a, &snap, 3), vec![("close_wait_growth", Resolved)]);
+    // By process (the default), the process's 40/min fires instead.
+    let mut a = Alerter::new(Rules {
+        close_wait_host: 0,
+        ..Rules::default()
+    });
+    let sent = a.evaluate(&snap, SEC, WALL);
+    let growth: Vec<&Alert> = sent
+        .iter()
+        .filter(|a| a.rule == "close_wait_growth")
+        .collect();
+    assert_eq!(growth.len(), 1);
+    assert_eq!(growth[0].pid, Some(4242));
+    assert_eq!(growth[0].workload, None);
+}

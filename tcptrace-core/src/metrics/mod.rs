@@ -17,6 +17,7 @@
 //! | `tcptrace_close_wait_growth_per_minute` | gauge | `pid`, `comm`, `workload`, `window` (`1m`, `5m`, `15m`) |
 //! | `tcptrace_workload_close_wait_sockets` | gauge | `workload`, `workload_kind` |
 //! | `tcptrace_workload_close_wait_oldest_seconds` | gauge | `workload`, `workload_kind` |
+//! | `tcptrace_workload_close_wait_growth_per_minute` | gauge | `workload`, `workload_kind`, `window` (`1m`, `5m`, `15m`) |
 //! | `tcptrace_workload_time_wait_sockets` | gauge | `workload`, `workload_kind` |
 //! | `tcptrace_time_wait_sockets` | gauge | `peer` (remote `ip:port` of connections opened here) |
 //! | `tcptrace_time_wait_service_sockets` | gauge | `service` (local `ip:port` of connections accepted here: the server closed first), `comm` |
@@ -144,6 +145,9 @@ pub struct WorkloadSeries {
     pub kind: String,
     pub count: u64,
     pub oldest_secs: f64,
+    /// CLOSE_WAIT growth per minute over 1, 5 and 15 min (0 for TIME_WAIT
+    /// rows; summed into `other`, as per process).
+    pub growth_per_min: [f64; 3],
 }
 
 /// The first [`MAX_WORKLOAD_SERIES`] rows, the rest summed into `other`.
@@ -159,9 +163,13 @@ fn capped_workloads(rows: impl ExactSizeIterator<Item = WorkloadSeries>) -> Vec<
                 kind: "other".into(),
                 count: 0,
                 oldest_secs: 0.0,
+                growth_per_min: [0.0; 3],
             });
             o.count += r.count;
             o.oldest_secs = o.oldest_secs.max(r.oldest_secs);
+            for (sum, g) in o.growth_per_min.iter_mut().zip(r.growth_per_min) {
+                *sum += g;
+            }
         }
     }
     out.extend(other);
@@ -283,6 +291,7 @@ impl Exposition {
                 kind: w.workload_kind.into(),
                 count: w.count,
                 oldest_secs: w.oldest_age_ms as f64 / 1e3,
+                growth_per_min: [w.growth_per_min, w.growth_per_min_5m, w.growth_per_min_15m],
             }));
         let time_wait_by_workload =
             capped_workloads(snap.time_wait_by_workload.iter().map(|w| WorkloadSeries {
@@ -290,6 +299,7 @@ impl Exposition {
                 kind: w.workload_kind.into(),
                 count: w.count,
                 oldest_secs: 0.0,
+                growth_per_min: [0.0; 3],
             }));
         let mut time_wait_by_peer: Vec<(String, u64)> = snap
             .time_wait_by_peer
@@ -588,6 +598,26 @@ impl Collector for Exposition {
                     )
                 })
                 .collect::<Vec<_>>(),
+        )?;
+        let mut growth = Vec::new();
+        for w in &self.close_wait_by_workload {
+            for (i, window) in ["1m", "5m", "15m"].into_iter().enumerate() {
+                growth.push((
+                    vec![
+                        ("workload", w.workload.as_str()),
+                        ("workload_kind", w.kind.as_str()),
+                        ("window", window),
+                    ],
+                    w.growth_per_min[i],
+                ));
+            }
+        }
+        gauges(
+            &mut enc,
+            "tcptrace_workload_close_wait_growth_per_minute",
+            "CLOSE_WAIT growth of the workload, sockets per minute over the window (capped; the rest in workload=\"other\").",
+            None,
+            &growth,
         )?;
         gauges(
             &mut enc,

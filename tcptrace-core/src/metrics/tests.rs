@@ -438,6 +438,7 @@ fn the_grafana_dashboard_uses_only_metrics_that_exist() {
         kind: "unit".into(),
         count: 2,
         oldest_secs: 1.0,
+        growth_per_min: [1.0, 0.5, 0.2],
     };
     x.close_wait_by_workload.push(workload.clone());
     x.time_wait_by_workload.push(workload);
@@ -554,6 +555,7 @@ fn workload_series_are_capped_and_the_rest_summed_into_other() {
                 workload: format!("w{i}.service"),
                 workload_kind: "unit",
                 count: 2,
+                growth_per_min_5m: 1.5,
                 oldest_age_ms: 1000 * i,
                 ..Default::default()
             });
@@ -578,4 +580,24 @@ fn workload_series_are_capped_and_the_rest_summed_into_other() {
         .filter(|l| l.starts_with("tcptrace_workload_close_wait_sockets{"))
         .count();
     assert_eq!(series, MAX_WORKLOAD_SERIES + 1);
+    // Growth: capped the same way, the rest's rates summed into `other`.
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcptrace_workload_close_wait_growth_per_minute{workload="w0.service",workload_kind="unit",window="5m"}"#
+        ),
+        1.5
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcptrace_workload_close_wait_growth_per_minute{workload="other",workload_kind="other",window="5m"}"#
+        ),
+        7.5
+    );
+    let growth = text
+        .lines()
+        .filter(|l| l.starts_with("tcptrace_workload_close_wait_growth_per_minute{"))
+        .count();
+    assert_eq!(growth, 3 * (MAX_WORKLOAD_SERIES + 1));
 }

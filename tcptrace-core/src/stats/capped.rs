@@ -18,7 +18,7 @@ pub const JSON_CLOSE_WAIT_SOCKETS: usize = 100;
 
 /// The lists of a `stats` snapshot (and of a `report`) and how many rows
 /// each keeps.
-const LISTS: [(&str, usize); 13] = [
+const LISTS: [(&str, usize); 14] = [
     ("close_wait", JSON_CLOSE_WAIT_SOCKETS),
     ("close_wait_by_process", JSON_ROWS),
     ("time_wait_by_peer", JSON_ROWS),
@@ -32,6 +32,7 @@ const LISTS: [(&str, usize); 13] = [
     ("close_wait_workload_holders", JSON_ROWS),
     ("close_wait_by_workload", JSON_ROWS),
     ("time_wait_by_workload", JSON_ROWS),
+    ("by_workload", JSON_ROWS),
 ];
 
 /// Row fields that add up across rows (the rest are dropped when folded).

@@ -1,6 +1,6 @@
 //! Aggregates over the connection table: HDR histograms of state durations
 //! (all, per owner, per peer), end reasons, who closed first, transition
-//! counts and rates, CLOSE_WAIT growth per process. Pure: fed by
+//! counts and rates, CLOSE_WAIT growth per process and per workload. Pure: fed by
 //! [`crate::conn`] outputs with timestamps from the events.
 
 mod capped;
@@ -68,11 +68,95 @@ pub struct Aggregates {
     /// by destination (at most [`MAX_FAILED_PEERS`] destinations), with the
     /// process that reused last.
     pub tw_reuses: FxHashMap<(IpAddr, u16), TwReuseCount>,
-    /// (ts of the sample, count) per process, oldest first.
-    close_wait_history: HashMap<u32, VecDeque<(u64, u64)>>,
-    /// When CLOSE_WAIT was last sampled: a process first seen at the next
-    /// sample had none then (its growth starts from 0, not from itself).
-    last_close_wait_sample_ns: Option<u64>,
+    /// CLOSE_WAIT counts sampled per process.
+    close_wait_history: GrowthRing<u32>,
+    /// The same per workload (its display name, as `close_wait_by_workload`
+    /// names it: a restarted unit or container keeps its history).
+    close_wait_history_by_workload: GrowthRing<Box<str>>,
+}
+
+/// (ts of the sample, count) per key, oldest first, over the last
+/// [`GROWTH_HISTORY_NS`]: what CLOSE_WAIT growth rates are measured on. A
+/// key is kept while it had CLOSE_WAIT sockets within that history.
+#[derive(Debug)]
+struct GrowthRing<K> {
+    history: HashMap<K, VecDeque<(u64, u64)>>,
+    /// When it was last sampled: a key first seen at the next sample had
+    /// none then (its growth starts from 0, not from itself).
+    last_sample_ns: Option<u64>,
+}
+
+impl<K> Default for GrowthRing<K> {
+    fn default() -> Self {
+        Self {
+            history: HashMap::default(),
+            last_sample_ns: None,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> GrowthRing<K> {
+    /// Records each key's count at `now_ns` (keys absent from `counts` are
+    /// recorded as 0 if they had history).
+    fn sample(&mut self, now_ns: u64, counts: &HashMap<K, u64>) {
+        let previous = self.last_sample_ns.filter(|&t| t < now_ns);
+        for (key, &n) in counts {
+            let hist = self.history.entry(key.clone()).or_default();
+            if hist.is_empty()
+                && let Some(t) = previous
+            {
+                // Sampled before with no CLOSE_WAIT: it grew from 0 since.
+                hist.push_back((t, 0));
+            }
+            hist.push_back((now_ns, n));
+        }
+        self.last_sample_ns = Some(now_ns);
+        self.history.retain(|key, hist| {
+            if !counts.contains_key(key) {
+                hist.push_back((now_ns, 0));
+            }
+            while hist
+                .front()
+                .is_some_and(|&(t, _)| now_ns.saturating_sub(t) > GROWTH_HISTORY_NS)
+            {
+                hist.pop_front();
+            }
+            hist.iter().any(|&(_, n)| n > 0)
+        });
+    }
+
+    /// Growth of `key` over the last `window_ns`, or over the history
+    /// available when shorter (nothing with less than one sample interval).
+    fn growth<Q>(&self, key: &Q, now_ns: u64, window_ns: u64) -> Growth
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let Some(hist) = self.history.get(key) else {
+            return Growth::default();
+        };
+        let Some(&(t_now, n_now)) = hist.back() else {
+            return Growth::default();
+        };
+        let since = now_ns.saturating_sub(window_ns);
+        let Some(&(t0, n0)) = hist.iter().find(|&&(t, _)| t >= since) else {
+            return Growth::default();
+        };
+        let dt = t_now.saturating_sub(t0);
+        if dt == 0 {
+            return Growth::default();
+        }
+        let delta = n_now as i64 - n0 as i64;
+        Growth {
+            per_min: delta as f64 * 60e9 / dt as f64,
+            delta,
+            span_ns: dt,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.history.len()
+    }
 }
 
 impl Default for Aggregates {
@@ -94,8 +178,8 @@ impl Default for Aggregates {
             closed_by_service: FxHashMap::default(),
             closed_by_peer: FxHashMap::default(),
             tw_reuses: FxHashMap::default(),
-            close_wait_history: HashMap::default(),
-            last_close_wait_sample_ns: None,
+            close_wait_history: GrowthRing::default(),
+            close_wait_history_by_workload: GrowthRing::default(),
         }
     }
 }
@@ -259,7 +343,7 @@ impl Aggregates {
         self.timewait_total = from.timewait_total;
         self.events_total = from.events_total;
         self.close_wait_history = from.close_wait_history;
-        self.last_close_wait_sample_ns = from.last_close_wait_sample_ns;
+        self.close_wait_history_by_workload = from.close_wait_history_by_workload;
     }
 
     pub fn on_finished(&mut self, f: &Finished) {
@@ -369,30 +453,7 @@ impl Aggregates {
     /// Records the current CLOSE_WAIT count of each process at `now_ns`
     /// (processes absent from `counts` are recorded as 0 if they had history).
     pub fn sample_close_wait(&mut self, now_ns: u64, counts: &HashMap<u32, u64>) {
-        let previous = self.last_close_wait_sample_ns.filter(|&t| t < now_ns);
-        for (&pid, &n) in counts {
-            let hist = self.close_wait_history.entry(pid).or_default();
-            if hist.is_empty()
-                && let Some(t) = previous
-            {
-                // Sampled before with no CLOSE_WAIT: it grew from 0 since.
-                hist.push_back((t, 0));
-            }
-            hist.push_back((now_ns, n));
-        }
-        self.last_close_wait_sample_ns = Some(now_ns);
-        self.close_wait_history.retain(|pid, hist| {
-            if !counts.contains_key(pid) {
-                hist.push_back((now_ns, 0));
-            }
-            while hist
-                .front()
-                .is_some_and(|&(t, _)| now_ns.saturating_sub(t) > GROWTH_HISTORY_NS)
-            {
-                hist.pop_front();
-            }
-            hist.iter().any(|&(_, n)| n > 0)
-        });
+        self.close_wait_history.sample(now_ns, counts);
     }
 
     /// CLOSE_WAIT growth of `pid` in sockets per minute over the last
@@ -405,25 +466,28 @@ impl Aggregates {
     /// CLOSE_WAIT growth of `pid` over the last `window_ns`, or over the
     /// history available when shorter: the change, the span, the rate.
     pub fn close_wait_growth(&self, pid: u32, now_ns: u64, window_ns: u64) -> Growth {
-        let Some(hist) = self.close_wait_history.get(&pid) else {
-            return Growth::default();
-        };
-        let Some(&(t_now, n_now)) = hist.back() else {
-            return Growth::default();
-        };
-        let since = now_ns.saturating_sub(window_ns);
-        let Some(&(t0, n0)) = hist.iter().find(|&&(t, _)| t >= since) else {
-            return Growth::default();
-        };
-        let dt = t_now.saturating_sub(t0);
-        if dt == 0 {
-            return Growth::default();
-        }
-        let delta = n_now as i64 - n0 as i64;
-        Growth {
-            per_min: delta as f64 * 60e9 / dt as f64,
-            delta,
-            span_ns: dt,
-        }
+        self.close_wait_history.growth(&pid, now_ns, window_ns)
+    }
+
+    /// Records the current CLOSE_WAIT count of each workload (by its
+    /// display name) at `now_ns`, as [`Self::sample_close_wait`] does per
+    /// process: workloads absent from `counts` are recorded as 0 if they
+    /// had history.
+    pub fn sample_close_wait_by_workload(&mut self, now_ns: u64, counts: &HashMap<Box<str>, u64>) {
+        self.close_wait_history_by_workload.sample(now_ns, counts);
+    }
+
+    /// CLOSE_WAIT growth of workload `name` over the last `window_ns`, or
+    /// over the history available when shorter (the same sample ring as
+    /// per process, keyed by workload).
+    pub fn close_wait_growth_of_workload(&self, name: &str, now_ns: u64, window_ns: u64) -> Growth {
+        self.close_wait_history_by_workload
+            .growth(name, now_ns, window_ns)
+    }
+
+    /// Workloads with CLOSE_WAIT history kept (bounded by the rows folded
+    /// per snapshot).
+    pub fn workloads_with_history(&self) -> usize {
+        self.close_wait_history_by_workload.len()
     }
 }

@@ -35,6 +35,9 @@
 //!   `facts_known`, `pid`, `comm`.
 //! - `by_process`, `by_local_port`, `by_remote`: live counts per state
 //!   (the JSON printers cap every list: [`super::cap_lists`]).
+//! - The workload fields (`close_wait_by_workload`, `time_wait_by_workload`,
+//!   `by_workload`, `workloads`, and those of process rows): see
+//!   [`super::workloads`].
 //! - `histograms`: name -> `count`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms`.
 //! - `histograms_by` (only with `--histograms-by process|peer`): list of
 //!   `pid`+`comm` or `daddr`+`dport` with their own `histograms`.
@@ -59,8 +62,8 @@ use super::{
     TimeWaitByService,
     timewait::{GroupInput, group},
     workloads::{
-        CloseWaitByWorkload, KeyCloseWait, TimeWaitByWorkload, WorkloadKey, WorkloadRef,
-        WorkloadStatus,
+        ByWorkload, CloseWaitByWorkload, KeyCloseWait, TimeWaitByWorkload, WorkloadKey,
+        WorkloadRef, WorkloadStatus,
     },
 };
 use crate::{
@@ -302,6 +305,9 @@ pub struct Snapshot {
     pub close_wait_by_workload: Vec<CloseWaitByWorkload>,
     /// TIME_WAIT by workload (filled by [`super::workloads::fold`]).
     pub time_wait_by_workload: Vec<TimeWaitByWorkload>,
+    /// Live sockets per state by workload, most first (filled by
+    /// [`super::workloads::fold`]).
+    pub by_workload: Vec<ByWorkload>,
     /// How workloads are attributed here (the live commands).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workloads: Option<WorkloadStatus>,
@@ -311,6 +317,9 @@ pub struct Snapshot {
     /// TIME_WAIT counts by owner cgroup, before names.
     #[serde(skip)]
     pub time_wait_keys: Vec<(WorkloadKey, u64)>,
+    /// Monotonic time of the snapshot (growth samples by workload).
+    #[serde(skip)]
+    pub mono_ns: u64,
 }
 
 /// States always listed in `states` (others only when non-zero).
@@ -754,8 +763,10 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         owners_found: counters.owners_found,
         close_wait_by_workload: Vec::new(),
         time_wait_by_workload: Vec::new(),
+        by_workload: Vec::new(),
         workloads: None,
         close_wait_keys,
         time_wait_keys: grouped.by_cgroup,
+        mono_ns: now,
     }
 }

@@ -111,7 +111,8 @@ impl TopFeed {
         let mut data = feed.update(engine, &self.request, mono, wall, host);
         // Names of the owners' workloads (the live source's resolver).
         if let Some(w) = ctx.source.workloads() {
-            w.fold(&mut data.snap);
+            let engine = ctx.engine.as_deref_mut().expect("top keeps an engine");
+            w.fold(&mut data.snap, Some(&mut engine.aggs));
         }
         data.playback = status;
         self.shown = status;
