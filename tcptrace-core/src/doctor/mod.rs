@@ -10,6 +10,16 @@
 //! diagnosis runs live and on a recording (`doctor --from`): everything it
 //! needs travels in the snapshots. It never changes anything; the command
 //! only prints.
+//!
+//! A finding about a process names its workload too (`workload` in
+//! `doctor --json`: an object with `workload`, `workload_kind`, `unit`,
+//! `container`, `pod`, `namespace`; null when the finding is about no
+//! process, or the process's workload is not known): a pid changes at every
+//! restart, the unit, container or pod does not. When names degrade (no
+//! cgroup2 mount, file handles refused so the tree is walked, runtime
+//! directories unreadable, many ids unresolved), the info finding
+//! `workload_attribution` says why, from the resolver's status the command
+//! passes in ([`Attribution`]).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -23,7 +33,7 @@ use crate::{
     model::TcpState,
     netfacts::{NetFacts, Reuse},
     output::escape,
-    stats::{CloseWaitByProcess, PortBudget, TimeWaitByService},
+    stats::{CloseWaitByProcess, PortBudget, TimeWaitByService, workloads::WorkloadRef},
 };
 
 /// Timewait sockets still in FIN_WAIT2: closed by the application, the
@@ -70,6 +80,58 @@ pub struct Finding {
     pub advice: Vec<String>,
     /// Exact commands a user could run (never run by tcptrace).
     pub sysctls: Vec<String>,
+    /// The workload (unit, container, pod) of the process the finding is
+    /// about; null when none or not known.
+    pub workload: Option<FindingWorkload>,
+}
+
+/// The workload a finding is about, as `doctor --json` writes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FindingWorkload {
+    /// Its display name (`payments.service`, `docker/web-1`,
+    /// `shop/payments-7d9f-abcde/app`).
+    pub workload: String,
+    /// `host`, `unit`, `session`, `user_unit`, `container`, `pod`,
+    /// `cgroup` or `unknown`.
+    pub workload_kind: Option<String>,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    /// The Kubernetes namespace (not the network namespace).
+    pub namespace: Option<String>,
+}
+
+impl FindingWorkload {
+    /// The workload of a process row; `None` when it is not known.
+    pub fn of(w: &WorkloadRef) -> Option<Self> {
+        Some(Self {
+            workload: w.workload.clone()?,
+            workload_kind: w.workload_kind.map(str::to_string),
+            unit: w.unit.clone(),
+            container: w.container.clone(),
+            pod: w.pod.clone(),
+            namespace: w.namespace.clone(),
+        })
+    }
+}
+
+/// How workloads were attributed during the window (the live resolver's
+/// status, passed in by the command; `None` for a recording).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attribution {
+    /// `handle`, `walk` or `unavailable`.
+    pub method: String,
+    /// The cgroup2 mount used.
+    pub cgroup2: Option<String>,
+    /// Why there is no cgroup2 tree (with `unavailable`).
+    pub unavailable: Option<String>,
+    /// Workloads named.
+    pub resolved: u64,
+    /// Lookups that ended as `cgroup:<id>`.
+    pub unresolved: u64,
+    /// Runtime files skipped, by (source, reason: `unsafe`, `oversize`,
+    /// `json`, `io`).
+    pub read_errors: BTreeMap<(String, String), u64>,
 }
 
 /// Connections to one peer that never got established during the window.
@@ -132,9 +194,19 @@ pub struct Observation {
     /// (`None`: not known, e.g. a recording made before they were recorded).
     pub facts_start: Option<NetFacts>,
     pub facts_end: Option<NetFacts>,
+    /// The workload of each process with sockets at the end (`stats`'
+    /// `by_process` rows, named), for findings about a process.
+    pub workloads: BTreeMap<u32, WorkloadRef>,
+    /// How workloads were attributed (live only).
+    pub attribution: Option<Attribution>,
 }
 
 impl Observation {
+    /// The workload of process `pid`, when known.
+    fn workload_of(&self, pid: Option<u32>) -> Option<FindingWorkload> {
+        FindingWorkload::of(self.workloads.get(&pid?)?)
+    }
+
     fn state(&self, name: &str) -> u64 {
         self.states.get(name).copied().unwrap_or(0)
     }
@@ -218,6 +290,7 @@ pub fn diagnose(obs: &Observation, t: &Thresholds) -> Vec<Finding> {
     fin_wait2(obs, t, &mut out);
     failed_connects(obs, t, &mut out);
     missing_facts(obs, &mut out);
+    workload_attribution(obs, &mut out);
     if obs.lost > 0 {
         out.push(Finding {
             id: "lost_events",
@@ -229,6 +302,7 @@ pub fn diagnose(obs: &Observation, t: &Thresholds) -> Vec<Finding> {
                     .into(),
             ],
             sysctls: vec![],
+            workload: None,
         });
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
@@ -272,6 +346,7 @@ fn healthy(obs: &Observation) -> Finding {
         ],
         advice: vec![],
         sysctls: vec![],
+        workload: None,
     }
 }
 
@@ -338,6 +413,7 @@ fn close_wait_leaks(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 format!("Follow one: tcptrace trace --state CLOSE_WAIT{pid_hint}"),
             ],
             sysctls: vec![],
+            workload: FindingWorkload::of(&p.workload).or_else(|| obs.workload_of(p.pid)),
         });
     }
 }
@@ -384,6 +460,7 @@ fn server_time_wait(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 "Server-side TIME_WAIT does not use ephemeral ports; it costs memory and timewait buckets (tcp_max_tw_buckets). Lowering tcp_fin_timeout does not shorten it (TIME_WAIT is fixed at 60 s).".into(),
             ],
             sysctls: vec![],
+            workload: obs.workload_of(l.pid),
         });
     }
 }
@@ -530,6 +607,7 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
             evidence,
             advice: port_advice(obs, &holder, Some(place)),
             sysctls: port_sysctls(obs, Some(place)),
+            workload: obs.workload_of(b.pid),
         });
     }
     // Ports exhausted with no budget above (connections held open, a narrow
@@ -555,6 +633,7 @@ fn port_pressure(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
             ],
             advice: port_advice(obs, &holder, None),
             sysctls: port_sysctls(obs, None),
+            workload: obs.workload_of(f.pid),
         });
     }
 }
@@ -676,6 +755,7 @@ fn time_wait_overflow(obs: &Observation, out: &mut Vec<Finding>) {
                 "Fix what makes the TIME_WAIT first (keep-alive, pooling, who closes first); raise tcp_max_tw_buckets only after, each bucket costs memory.".into(),
             ],
             sysctls: vec![format!("sysctl -w net.ipv4.tcp_max_tw_buckets={double}")],
+            workload: None,
         });
     }
 }
@@ -773,6 +853,7 @@ fn time_wait_reuse(obs: &Observation, out: &mut Vec<Finding>) {
             "Reuse keeps connect() working while TIME_WAIT piles up; the churn itself (a new connection per request) is what a pool or keep-alive removes.".into(),
         ],
         sysctls: vec![],
+        workload: obs.tw_reuses.first().and_then(|r| obs.workload_of(r.pid)),
     });
 }
 
@@ -827,6 +908,7 @@ fn time_wait_purged(obs: &Observation, out: &mut Vec<Finding>) {
             "Nothing to fix: the kernel drops a deleted namespace's TIME_WAIT at once. If TIME_WAIT counts fell suddenly, this is why.".into(),
         ],
         sysctls: vec![],
+        workload: None,
     });
 }
 
@@ -847,6 +929,108 @@ fn missing_facts(obs: &Observation, out: &mut Vec<Finding>) {
         ],
         advice: vec!["Record with this tcptrace (`tcptrace record`) to carry the facts.".into()],
         sysctls: vec![],
+        workload: None,
+    });
+}
+
+/// Share of lookups left as `cgroup:<id>` from which names count as
+/// degraded, and the fewest lookups judged that way.
+const UNRESOLVED_SHARE: f64 = 0.2;
+const UNRESOLVED_MIN: u64 = 10;
+
+/// Why workloads show as ids or less precisely than they could: no cgroup2
+/// tree, file handles refused (the tree is walked: slower, still right),
+/// runtime files unreadable (containers show short ids), many ids not
+/// resolved. Nothing when attribution is whole or not live.
+fn workload_attribution(obs: &Observation, out: &mut Vec<Finding>) {
+    let Some(a) = &obs.attribution else {
+        return;
+    };
+    let mut evidence = Vec::new();
+    let mut advice = Vec::new();
+    let mut title = None;
+    match a.method.as_str() {
+        "unavailable" => {
+            title = Some(
+                "Workloads cannot be named: no cgroup v2 hierarchy was found, so every owner shows as cgroup:<id>"
+                    .to_string(),
+            );
+            evidence.push(format!(
+                "no cgroup2 mount whose root is the root cgroup: {}",
+                a.unavailable
+                    .as_deref()
+                    .unwrap_or("none in /proc/self/mountinfo")
+            ));
+            advice.push("Mount the cgroup v2 hierarchy (on a hybrid host it is /sys/fs/cgroup/unified); in a container, bind-mount the host's /sys/fs/cgroup read-only (the Kubernetes DaemonSet mounts it at /host/sys/fs/cgroup).".into());
+        }
+        "walk" => {
+            title = Some(
+                "Workload names come from walking the cgroup tree: open_by_handle_at was refused"
+                    .to_string(),
+            );
+            evidence.push(format!(
+                "cgroup ids are looked up by walking {} (bounded, at most one walk per 2 s) instead of one file-handle lookup each",
+                a.cgroup2.as_deref().unwrap_or("the cgroup2 tree")
+            ));
+            advice.push("Names stay right, only slower to find for short-lived cgroups. To look them up directly, give tcptrace CAP_DAC_READ_SEARCH and allow open_by_handle_at (systemd: add it to SystemCallFilter=; a container: the capability, which the runtime's default seccomp profile then allows).".into());
+        }
+        _ => {}
+    }
+    let unreadable: u64 = a
+        .read_errors
+        .iter()
+        .filter(|((_, reason), _)| reason == "io" || reason == "unsafe")
+        .map(|(_, n)| n)
+        .sum();
+    if a.read_errors.values().any(|&n| n > 0) {
+        let listed: Vec<String> = a
+            .read_errors
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|((source, reason), n)| format!("{source} {reason} {n}"))
+            .collect();
+        evidence.push(format!(
+            "runtime files skipped (source, reason, count): {}",
+            listed.join(", ")
+        ));
+        if unreadable > 0 {
+            title.get_or_insert_with(|| {
+                format!("Container names are partly unknown: {unreadable} runtime files could not be read")
+            });
+            advice.push("Containers whose files cannot be read show their short id: run tcptrace as root with the runtime directories readable (/var/lib/docker/containers, /run/containerd, /var/lib/containers, /var/log/pods, /var/log/containers; read-only mounts in a container). Symlinked, non-root-owned or world-writable files are skipped on purpose.".into());
+        }
+    }
+    let looked_up = a.resolved + a.unresolved;
+    if a.method != "unavailable"
+        && a.unresolved >= UNRESOLVED_MIN
+        && a.unresolved as f64 >= UNRESOLVED_SHARE * looked_up as f64
+    {
+        title.get_or_insert_with(|| {
+            format!(
+                "{} cgroup lookups were left unnamed (cgroup:<id>)",
+                a.unresolved
+            )
+        });
+        evidence.push(format!(
+            "{} workloads named, {} lookups left as cgroup:<id> (the cgroup was gone when looked up, or outside the tree tcptrace sees)",
+            a.resolved, a.unresolved
+        ));
+        advice.push("Short-lived cgroups (a container that exits within the second) can vanish before their name is read; tcptrace in a container needs the host's cgroup tree, not its own cgroup namespace's.".into());
+    }
+    let Some(title) = title else {
+        return;
+    };
+    if let Some(mount) = &a.cgroup2 {
+        evidence.push(format!("cgroup2 tree: {mount} (method {})", a.method));
+    }
+    out.push(Finding {
+        id: "workload_attribution",
+        severity: Severity::Info,
+        title,
+        evidence,
+        advice,
+        sysctls: vec![],
+        workload: None,
     });
 }
 
@@ -866,6 +1050,7 @@ fn sysctl_findings(obs: &Observation, out: &mut Vec<Finding>) {
                 "It drops SYNs whose TCP timestamp is lower than the last one seen from the same IP: clients sharing a NAT address have unrelated clocks, so some of them cannot connect, with no error anywhere. It was removed in Linux 4.12; turn it off.".into(),
             ],
             sysctls: vec!["sysctl -w net.ipv4.tcp_tw_recycle=0".into()],
+            workload: None,
         });
     }
     if s.tw_reuse == Some(1) && s.timestamps == Some(0) {
@@ -876,6 +1061,7 @@ fn sysctl_findings(obs: &Observation, out: &mut Vec<Finding>) {
             evidence: vec!["net.ipv4.tcp_tw_reuse = 1".into(), "net.ipv4.tcp_timestamps = 0".into()],
             advice: vec!["TIME_WAIT reuse relies on timestamps to tell old segments from new; turn timestamps back on.".into()],
             sysctls: vec!["sysctl -w net.ipv4.tcp_timestamps=1".into()],
+            workload: None,
         });
     }
     if let Some(v) = s.fin_timeout
@@ -888,6 +1074,7 @@ fn sysctl_findings(obs: &Observation, out: &mut Vec<Finding>) {
             evidence: vec![format!("net.ipv4.tcp_fin_timeout = {v} (default 60)")],
             advice: vec!["tcp_fin_timeout bounds orphaned FIN_WAIT2 sockets; TIME_WAIT is fixed at 60 s (TCP_TIMEWAIT_LEN). If it was lowered to fix TIME_WAIT, fix who closes first or the port pressure instead.".into()],
             sysctls: vec![],
+            workload: None,
         });
     }
     if let Some(v) = s.syncookies
@@ -900,6 +1087,7 @@ fn sysctl_findings(obs: &Observation, out: &mut Vec<Finding>) {
             evidence: vec![format!("net.ipv4.tcp_syncookies = {v} (default 1)")],
             advice: vec!["SYN cookies protect the accept queue from SYN floods; they neither cause nor cure TIME_WAIT. Keep the default unless you know why.".into()],
             sysctls: vec!["sysctl -w net.ipv4.tcp_syncookies=1".into()],
+            workload: None,
         });
     }
 }
@@ -923,6 +1111,7 @@ fn fin_wait2(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
         ],
         advice: vec!["This host closed first and the peers never sent their FIN: look at the peers (a stuck or leaking client, a half-closed proxy). tcp_fin_timeout is the right knob for orphaned FIN_WAIT2, not for TIME_WAIT.".into()],
         sysctls: vec![],
+        workload: None,
     });
 }
 
@@ -951,6 +1140,7 @@ fn failed_connects(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 "A client retrying in a tight loop burns ephemeral ports: back off between attempts.".into(),
             ],
             sysctls: vec![],
+            workload: None,
         });
     }
 }

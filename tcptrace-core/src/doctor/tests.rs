@@ -78,6 +78,8 @@ fn quiet() -> Observation {
         tw_reuses: vec![],
         facts_start: Some(facts(&[])),
         facts_end: Some(facts(&[])),
+        workloads: BTreeMap::new(),
+        attribution: None,
     }
 }
 
@@ -536,7 +538,9 @@ fn json_fields_are_the_contract() {
     obs.close_wait = vec![leak(25, 9_000, 0.0)];
     let v = serde_json::to_value(diagnose(&obs, &Thresholds::default())).unwrap();
     let f = &v[0];
-    for key in ["id", "severity", "title", "evidence", "advice", "sysctls"] {
+    for key in [
+        "id", "severity", "title", "evidence", "advice", "sysctls", "workload",
+    ] {
         assert!(f.get(key).is_some(), "{key} in {f}");
     }
     assert_eq!(f["severity"], "warning");
@@ -577,4 +581,158 @@ fn a_close_wait_leak_names_its_workload_and_follows_it_by_unit() {
         "{:?}",
         f.advice
     );
+}
+
+fn payments_ref() -> crate::stats::workloads::WorkloadRef {
+    crate::stats::workloads::WorkloadRef {
+        workload: Some("payments.service".into()),
+        workload_kind: Some("unit"),
+        cgroup_path: Some("/system.slice/payments.service".into()),
+        unit: Some("payments.service".into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_close_wait_leak_carries_the_workload_object() {
+    let mut p = leak(500, 600_000, 2.0);
+    p.workload = payments_ref();
+    let mut obs = quiet();
+    obs.close_wait = vec![p];
+    let findings = diagnose(&obs, &Thresholds::default());
+    let v = serde_json::to_value(&findings).unwrap();
+    let leak = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "close_wait_leak")
+        .unwrap();
+    assert_eq!(
+        leak["workload"],
+        serde_json::json!({
+            "workload": "payments.service",
+            "workload_kind": "unit",
+            "unit": "payments.service",
+            "container": null,
+            "pod": null,
+            "namespace": null,
+        })
+    );
+    // A finding about no process has none.
+    let healthy = serde_json::to_value(diagnose(&quiet(), &Thresholds::default())).unwrap();
+    assert!(healthy[0]["workload"].is_null(), "{healthy}");
+}
+
+#[test]
+fn a_time_wait_finding_names_the_owners_workload_when_known() {
+    let mut obs = quiet();
+    obs.workloads.insert(
+        7,
+        crate::stats::workloads::WorkloadRef {
+            workload: Some("shop/api-1/nginx".into()),
+            workload_kind: Some("container"),
+            container: Some("nginx".into()),
+            pod: Some("api-1".into()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        },
+    );
+    obs.services = vec![TimeWaitByService {
+        netns: HOST_NS,
+        saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        sport: 8080,
+        count: 500,
+        rate_per_sec: 8.0,
+        pid: Some(7),
+        comm: Some("nginx".into()),
+        clients: 3,
+        closed_first: ClosedFirst::default(),
+    }];
+    let mut out = Vec::new();
+    server_time_wait(&obs, &Thresholds::default(), &mut out);
+    let w = out[0].workload.as_ref().expect("the owner's workload");
+    assert_eq!(w.workload, "shop/api-1/nginx");
+    assert_eq!(w.namespace.as_deref(), Some("shop"));
+    assert_eq!(w.workload_kind.as_deref(), Some("container"));
+    // An owner not known: no workload.
+    obs.services[0].pid = Some(8);
+    let mut out = Vec::new();
+    server_time_wait(&obs, &Thresholds::default(), &mut out);
+    assert_eq!(out[0].workload, None);
+}
+
+fn attribution(method: &str) -> Attribution {
+    Attribution {
+        method: method.into(),
+        cgroup2: Some("/sys/fs/cgroup/unified".into()),
+        resolved: 12,
+        ..Attribution::default()
+    }
+}
+
+fn attribution_finding(a: Attribution) -> Option<Finding> {
+    let mut obs = quiet();
+    obs.attribution = Some(a);
+    diagnose(&obs, &Thresholds::default())
+        .into_iter()
+        .find(|f| f.id == "workload_attribution")
+}
+
+#[test]
+fn workload_attribution_says_why_names_degrade() {
+    // Whole: nothing to say (and nothing for a recording).
+    assert_eq!(attribution_finding(attribution("handle")), None);
+    assert!(
+        diagnose(&quiet(), &Thresholds::default())
+            .iter()
+            .all(|f| f.id != "workload_attribution")
+    );
+    // No cgroup2 mount.
+    let f = attribution_finding(Attribution {
+        method: "unavailable".into(),
+        cgroup2: None,
+        unavailable: Some("no cgroup2 mount in /proc/self/mountinfo".into()),
+        ..Attribution::default()
+    })
+    .unwrap();
+    assert_eq!(f.severity, Severity::Info);
+    assert!(f.title.contains("no cgroup v2 hierarchy"), "{}", f.title);
+    assert!(f.evidence[0].contains("no cgroup2 mount in /proc/self/mountinfo"));
+    // Handles denied: the walk.
+    let f = attribution_finding(attribution("walk")).unwrap();
+    assert!(
+        f.title.contains("open_by_handle_at was refused"),
+        "{}",
+        f.title
+    );
+    assert!(f.advice.iter().any(|a| a.contains("CAP_DAC_READ_SEARCH")));
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.contains("/sys/fs/cgroup/unified")),
+        "{:?}",
+        f.evidence
+    );
+    // Runtime directories unreadable.
+    let mut a = attribution("handle");
+    a.read_errors.insert(("docker".into(), "io".into()), 3);
+    let f = attribution_finding(a).unwrap();
+    assert!(
+        f.title.contains("3 runtime files could not be read"),
+        "{}",
+        f.title
+    );
+    assert!(f.evidence.iter().any(|e| e.contains("docker io 3")));
+    // Many ids unresolved; a few are not worth a finding.
+    let mut a = attribution("handle");
+    a.unresolved = 40;
+    let f = attribution_finding(a).unwrap();
+    assert!(f.title.starts_with("40 cgroup lookups"), "{}", f.title);
+    let mut a = attribution("handle");
+    a.unresolved = 2;
+    assert_eq!(attribution_finding(a), None);
+    // It never makes the exit code fail.
+    let mut obs = quiet();
+    obs.attribution = Some(attribution("walk"));
+    assert_eq!(exit_code(&diagnose(&obs, &Thresholds::default())), 0);
 }

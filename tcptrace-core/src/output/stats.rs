@@ -70,6 +70,35 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
             )?;
         }
     }
+    if !snap.close_wait_by_workload.is_empty() {
+        writeln!(
+            w,
+            "CLOSE_WAIT by workload:\n  {:<40} {:<10} {:>7} {:>22} {:>10}  PIDS",
+            "WORKLOAD", "KIND", "COUNT", "GROWTH/MIN 1m/5m/15m", "OLDEST"
+        )?;
+        for r in snap.close_wait_by_workload.iter().take(5) {
+            writeln!(
+                w,
+                "  {:<40} {:<10} {:>7} {:>22} {:>10}  {}",
+                escape(&r.workload),
+                r.workload_kind,
+                r.count,
+                [
+                    (r.growth_delta, r.growth_span_ms, 60_000),
+                    (r.growth_delta_5m, r.growth_span_5m_ms, 300_000),
+                    (r.growth_delta_15m, r.growth_span_15m_ms, 900_000),
+                ]
+                .map(|(d, s, w)| crate::clock::fmt_growth_short(d, s, w))
+                .join("/"),
+                fmt_age(r.oldest_age_ms, r.oldest_age_is_lower_bound),
+                r.pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )?;
+        }
+    }
     if !snap.time_wait_by_peer.is_empty() {
         // PORTS HELD: the fullest (namespace, local address) budget to the
         // destination, less what tcp_tw_reuse may take back (what doctor

@@ -153,6 +153,12 @@ impl<W: Write> Consumer for Doctor<W> {
             tw_reuses,
             facts_start: self.facts_start.clone(),
             facts_end: self.facts_end.clone(),
+            workloads: snap
+                .by_process
+                .iter()
+                .filter_map(|p| Some((p.pid?, p.workload.clone())))
+                .collect(),
+            attribution: ctx.source.workloads().map(|w| attribution(&w.resolver)),
         };
         let findings = doctor::diagnose(&obs, &Thresholds::default());
         let written = if self.json {
@@ -168,6 +174,25 @@ impl<W: Write> Consumer for Doctor<W> {
             _ => {}
         }
         Ok(ExitCode::from(doctor::exit_code(&findings)))
+    }
+}
+
+/// What the live resolver says of its names, for the
+/// `workload_attribution` finding.
+fn attribution(r: &crate::seed::workloads::WorkloadResolver) -> doctor::Attribution {
+    let s = r.status();
+    doctor::Attribution {
+        method: s.method.to_string(),
+        cgroup2: s.cgroup2.map(|p| p.display().to_string()),
+        unavailable: s.unavailable,
+        resolved: s.resolved as u64,
+        unresolved: s.unresolved,
+        read_errors: r
+            .names()
+            .errors()
+            .iter()
+            .map(|(&(source, reason), &n)| ((source.to_string(), reason.to_string()), n))
+            .collect(),
     }
 }
 
