@@ -276,6 +276,9 @@ pub struct Feed {
     last_events: Option<(u64, u64)>,
     /// `watch`'s default rules, evaluated at every refresh for the alert strip.
     alerter: Alerter,
+    /// Each process's workload, from the last snapshot the edge named
+    /// ([`Feed::note_workloads`]), for the `/` filter on connections.
+    workloads: WorkloadNames,
 }
 
 fn conn_row(c: &Conn, now: u64) -> ConnRow {
@@ -355,7 +358,7 @@ impl Live<'_> {
             Live::Tw(t) => tw_row(t, now),
         }
     }
-    fn matches(&self, f: &RowFilter) -> bool {
+    fn matches(&self, f: &RowFilter, workloads: &WorkloadNames) -> bool {
         if f.is_empty() {
             return true;
         }
@@ -365,9 +368,13 @@ impl Live<'_> {
         let comm = f
             .needs_comm()
             .then(|| owner.map(|o| o.comm.to_str_lossy().into_owned()));
+        let workload = f
+            .needs_workload()
+            .then(|| owner.and_then(|o| workloads.get(&o.pid).map(|w| &**w)));
         f.matches(&RowView {
             pid: Some(owner.map(|o| o.pid)),
             comm: comm.as_ref().map(|c| c.as_deref()),
+            workload,
             saddr: Some(k.saddr),
             sport: Some(k.sport),
             daddr: Some(k.daddr),
@@ -412,6 +419,20 @@ fn compare(sort: ConnSort, a: &Live<'_>, b: &Live<'_>) -> Ordering {
 /// turned away by one comparison with the worst kept), then a sort of
 /// those only: O(live sockets + limit log limit), no list of every socket.
 pub fn conn_page(engine: &Engine, req: &ViewRequest, now_ns: u64) -> ConnPage {
+    conn_page_named(engine, req, now_ns, &WorkloadNames::default())
+}
+
+/// Each process's workload as shown (from the last snapshot the edge
+/// named), for the `/` filter's workload terms on connection rows.
+pub type WorkloadNames = rustc_hash::FxHashMap<u32, Box<str>>;
+
+/// [`conn_page`] with the workloads of the owners, by pid.
+pub fn conn_page_named(
+    engine: &Engine,
+    req: &ViewRequest,
+    now_ns: u64,
+    workloads: &WorkloadNames,
+) -> ConnPage {
     let table = &engine.table;
     let limit = req.limit.max(1);
     let order = |a: &Live<'_>, b: &Live<'_>| compare(req.sort, a, b);
@@ -443,7 +464,7 @@ pub fn conn_page(engine: &Engine, req: &ViewRequest, now_ns: u64) -> ConnPage {
             .map(Live::Full)
             .chain(table.timewaits().map(Live::Tw))
         {
-            if l.matches(&req.filter) {
+            if l.matches(&req.filter, workloads) {
                 matching += 1;
                 best.offer(l);
             }
@@ -505,6 +526,19 @@ impl Feed {
             history: History::default(),
             last_events: None,
             alerter: Alerter::new(Rules::default()),
+            workloads: WorkloadNames::default(),
+        }
+    }
+
+    /// Keeps the workload of each process of `snap` (named by the edge:
+    /// [`crate::stats::workloads::fold`]) for the next refreshes'
+    /// connection filter. O(processes with sockets).
+    pub fn note_workloads(&mut self, snap: &crate::stats::Snapshot) {
+        self.workloads.clear();
+        for p in &snap.by_process {
+            if let (Some(pid), Some(w)) = (p.pid, p.workload.workload.as_deref()) {
+                self.workloads.insert(pid, w.into());
+            }
         }
     }
 
@@ -542,7 +576,7 @@ impl Feed {
         let alerts = self.alerter.firing().into_iter().cloned().collect();
 
         snap.close_wait.clear();
-        let mut conns = conn_page(engine, req, now_ns);
+        let mut conns = conn_page_named(engine, req, now_ns, &self.workloads);
         let close_wait_sockets = conns.close_wait.take().into_iter().collect();
 
         let hists_by_process = keyed_histograms(&engine.aggs, HistogramsBy::Process);

@@ -5,10 +5,13 @@
 //! Syntax: space-separated terms, all of which must match.
 //! - `port:N` (either side), `lport:N`, `rport:N`
 //! - `pid:N`, `comm:TEXT` (substring of the process name)
+//! - `workload:TEXT` (or `wl:`; substring of the workload as shown:
+//!   `payments.service`, `docker/web-1`, `shop/payments-7d9f-abcde/app`)
 //! - `addr:TEXT` (prefix of either address as printed, e.g. `10.1.` or `::1`)
 //! - `state:S` (`CLOSE_WAIT`, `close-wait`, `time_wait`...)
 //! - a bare term is guessed: a number is a port, an IP address is an
-//!   address, a state name is a state, anything else is a process name.
+//!   address, a state name is a state, anything else is a name: a
+//!   substring of the process name or of the workload.
 //!
 //! `=` works in place of `:`. A term about a field a row does not have (a
 //! port, for a process row) does not exclude that row.
@@ -25,6 +28,10 @@ pub enum Term {
     RemotePort(u16),
     Pid(u32),
     Comm(String),
+    /// A substring of the workload's name.
+    Workload(String),
+    /// A bare word: a substring of the process name or of the workload.
+    Name(String),
     Addr(String),
     State(TcpState),
 }
@@ -41,6 +48,8 @@ pub struct RowFilter {
 pub struct RowView<'a> {
     pub pid: Option<Option<u32>>,
     pub comm: Option<Option<&'a str>>,
+    /// The owner's workload as shown (`Some(None)`: not known).
+    pub workload: Option<Option<&'a str>>,
     pub saddr: Option<IpAddr>,
     pub sport: Option<u16>,
     pub daddr: Option<IpAddr>,
@@ -83,11 +92,12 @@ fn term(raw: &str) -> Result<Term, FilterError> {
                 "rport" | "dport" => Term::RemotePort(number(key, v)?),
                 "pid" => Term::Pid(number(key, v)?),
                 "comm" | "proc" | "process" => Term::Comm(v.to_string()),
+                "workload" | "wl" => Term::Workload(v.to_string()),
                 "addr" | "ip" | "host" => Term::Addr(v.to_string()),
                 "state" => Term::State(state(v)?),
                 other => {
                     return Err(FilterError(format!(
-                        "unknown filter key '{other}': use port, lport, rport, pid, comm, addr or state"
+                        "unknown filter key '{other}': use port, lport, rport, pid, comm, workload, addr or state"
                     )));
                 }
             });
@@ -102,7 +112,7 @@ fn term(raw: &str) -> Result<Term, FilterError> {
     if let Some(s) = TcpState::parse(raw) {
         return Ok(Term::State(s));
     }
-    Ok(Term::Comm(raw.to_string()))
+    Ok(Term::Name(raw.to_string()))
 }
 
 fn addr_matches(addr: Option<IpAddr>, prefix: &str) -> bool {
@@ -127,7 +137,16 @@ impl RowFilter {
 
     /// Whether a term tests the process name.
     pub fn needs_comm(&self) -> bool {
-        self.terms.iter().any(|t| matches!(t, Term::Comm(_)))
+        self.terms
+            .iter()
+            .any(|t| matches!(t, Term::Comm(_) | Term::Name(_)))
+    }
+
+    /// Whether a term tests the workload.
+    pub fn needs_workload(&self) -> bool {
+        self.terms
+            .iter()
+            .any(|t| matches!(t, Term::Workload(_) | Term::Name(_)))
     }
 
     pub fn matches(&self, r: &RowView<'_>) -> bool {
@@ -143,6 +162,14 @@ impl RowFilter {
             Term::Comm(c) => r
                 .comm
                 .is_none_or(|comm| comm.is_some_and(|comm| comm.contains(c.as_str()))),
+            Term::Workload(w) => r
+                .workload
+                .is_none_or(|wl| wl.is_some_and(|wl| wl.contains(w.as_str()))),
+            Term::Name(n) => {
+                let has =
+                    |f: Option<Option<&str>>| f.flatten().is_some_and(|v| v.contains(n.as_str()));
+                (r.comm.is_none() && r.workload.is_none()) || has(r.comm) || has(r.workload)
+            }
             Term::Addr(a) => {
                 (r.saddr.is_none() && r.daddr.is_none())
                     || addr_matches(r.saddr, a)
@@ -163,6 +190,7 @@ mod tests {
         RowView {
             pid: Some(Some(pid)),
             comm: Some(Some(comm)),
+            workload: Some(Some("payments.service")),
             saddr: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
             sport: Some(sport),
             daddr: Some(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 7))),
@@ -180,10 +208,14 @@ mod tests {
                 Term::Port(5432),
                 Term::State(TcpState::CloseWait),
                 Term::Addr("192.168.1.7".into()),
-                Term::Comm("java".into())
+                Term::Name("java".into())
             ]
         );
         assert!(RowFilter::parse("::1").unwrap().terms == vec![Term::Addr("::1".into())]);
+        assert_eq!(
+            RowFilter::parse("comm:java workload:shop/").unwrap().terms,
+            vec![Term::Comm("java".into()), Term::Workload("shop/".into())]
+        );
     }
 
     #[test]
@@ -214,6 +246,47 @@ mod tests {
             ..RowView::default()
         };
         assert!(!RowFilter::parse("pid:1").unwrap().matches(&ownerless));
+    }
+
+    #[test]
+    fn the_workload_text_matches_too() {
+        let row = conn_row(42, "java", 40000, 5432, TcpState::CloseWait);
+        // A bare word: the process name or the workload.
+        assert!(RowFilter::parse("payments").unwrap().matches(&row));
+        assert!(RowFilter::parse("java").unwrap().matches(&row));
+        assert!(!RowFilter::parse("nginx").unwrap().matches(&row));
+        // Keyed: only that field.
+        assert!(
+            RowFilter::parse("workload:payments.service")
+                .unwrap()
+                .matches(&row)
+        );
+        assert!(RowFilter::parse("wl:.service").unwrap().matches(&row));
+        assert!(!RowFilter::parse("workload:java").unwrap().matches(&row));
+        assert!(!RowFilter::parse("comm:payments").unwrap().matches(&row));
+        // A workload row (no process name) is found by its name.
+        let workload_row = RowView {
+            workload: Some(Some("shop/payments-7d9f-abcde/app")),
+            state: Some(TcpState::CloseWait),
+            ..RowView::default()
+        };
+        assert!(
+            RowFilter::parse("shop/ close-wait")
+                .unwrap()
+                .matches(&workload_row)
+        );
+        assert!(!RowFilter::parse("docker/").unwrap().matches(&workload_row));
+        assert!(RowFilter::parse("pid:42").unwrap().matches(&workload_row));
+        // The owner's workload not known: a workload term excludes it.
+        let unknown = RowView {
+            comm: Some(Some("java")),
+            workload: Some(None),
+            ..RowView::default()
+        };
+        assert!(!RowFilter::parse("workload:x").unwrap().matches(&unknown));
+        assert!(RowFilter::parse("jav").unwrap().matches(&unknown));
+        assert!(RowFilter::parse("payments").unwrap().needs_workload());
+        assert!(!RowFilter::parse("pid:1 comm:x").unwrap().needs_workload());
     }
 
     #[test]

@@ -226,6 +226,10 @@ pub struct App {
     pub close_wait_sort: CloseWaitSort,
     /// CLOSE_WAIT and TIME_WAIT shown by workload instead of by process.
     pub by_workload: bool,
+    /// The workload rows the filter keeps (indices into
+    /// `close_wait_by_workload` and `time_wait_by_workload`).
+    pub close_wait_workloads: Vec<usize>,
+    pub time_wait_workloads: Vec<usize>,
     /// Processes with CLOSE_WAIT sockets (indices into `close_wait_by_process`).
     pub close_wait: ListView,
     /// The process whose sockets are shown (its pid; `None` inside for
@@ -565,6 +569,46 @@ impl App {
             return;
         };
         let f = &self.filter;
+        // The workload of each process, for rows that carry only a pid
+        // (built only when a term asks for it).
+        let workload_of: std::collections::HashMap<u32, &str> = if f.needs_workload() {
+            d.snap
+                .by_process
+                .iter()
+                .filter_map(|p| Some((p.pid?, p.workload.workload.as_deref()?)))
+                .chain(
+                    d.snap
+                        .close_wait_by_process
+                        .iter()
+                        .filter_map(|p| Some((p.pid?, p.workload.workload.as_deref()?))),
+                )
+                .collect()
+        } else {
+            std::collections::HashMap::new()
+        };
+        let workload_of = |pid: Option<u32>| Some(pid.and_then(|p| workload_of.get(&p).copied()));
+
+        // Workload rows (`w`).
+        let cw_workloads = &d.snap.close_wait_by_workload;
+        self.close_wait_workloads = (0..cw_workloads.len())
+            .filter(|&i| {
+                f.matches(&RowView {
+                    workload: Some(Some(&cw_workloads[i].workload)),
+                    state: Some(crate::model::TcpState::CloseWait),
+                    ..RowView::default()
+                })
+            })
+            .collect();
+        let tw_workloads = &d.snap.time_wait_by_workload;
+        self.time_wait_workloads = (0..tw_workloads.len())
+            .filter(|&i| {
+                f.matches(&RowView {
+                    workload: Some(Some(&tw_workloads[i].workload)),
+                    state: Some(crate::model::TcpState::TimeWait),
+                    ..RowView::default()
+                })
+            })
+            .collect();
 
         // CLOSE_WAIT processes.
         let procs = &d.snap.close_wait_by_process;
@@ -580,6 +624,7 @@ impl App {
                 f.matches(&RowView {
                     pid: Some(p.pid),
                     comm: Some(p.comm.as_deref()),
+                    workload: Some(p.workload.workload.as_deref()),
                     state: Some(crate::model::TcpState::CloseWait),
                     ..RowView::default()
                 })
@@ -611,12 +656,17 @@ impl App {
             .and_then(|pid| d.close_wait_sockets.get(&pid))
             .map(Vec::as_slice)
             .unwrap_or_default();
+        let drilled_workload = self
+            .close_wait_drill
+            .and_then(|pid| procs.iter().find(|p| p.pid == pid))
+            .and_then(|p| p.workload.workload.as_deref());
         self.close_wait_sockets.rows = (0..sockets.len())
             .filter(|&i| {
                 let s = &sockets[i];
                 f.matches(&RowView {
                     pid: Some(s.pid),
                     comm: Some(s.comm.as_deref()),
+                    workload: Some(drilled_workload),
                     saddr: Some(s.saddr),
                     sport: Some(s.sport),
                     daddr: Some(s.daddr),
@@ -646,6 +696,7 @@ impl App {
                 f.matches(&RowView {
                     pid: Some(g.pid),
                     comm: Some(comm),
+                    workload: workload_of(g.pid),
                     saddr: local.0,
                     sport: local.1,
                     daddr: remote.0,
@@ -683,6 +734,7 @@ impl App {
                     f.matches(&RowView {
                         pid: Some(k.pid),
                         comm: Some(k.comm.as_deref()),
+                        workload: workload_of(k.pid),
                         ..RowView::default()
                     })
                 })

@@ -328,3 +328,44 @@ fn w_switches_close_wait_and_time_wait_between_processes_and_workloads() {
     press(&mut app, &[Key::Char('w')]);
     assert!(!app.by_workload);
 }
+
+#[test]
+fn the_filter_matches_workloads_by_name() {
+    let mut app = app();
+    {
+        let d = app.data.as_mut().expect("the fixture has data");
+        for p in &mut d.snap.close_wait_by_process {
+            p.workload.workload = Some("shop/payments-7d9f-abcde/app".into());
+        }
+        for (name, count) in [("shop/payments-7d9f-abcde/app", 5), ("docker/web-1", 2)] {
+            d.snap
+                .close_wait_by_workload
+                .push(crate::stats::workloads::CloseWaitByWorkload {
+                    workload: name.into(),
+                    workload_kind: "container",
+                    count,
+                    ..Default::default()
+                });
+        }
+    }
+    app.refresh_lists();
+    assert_eq!(app.close_wait_workloads, vec![0, 1]);
+    let procs = app.close_wait.rows.len();
+    assert!(procs > 0);
+    // A bare word finds the process by its workload (its name is java).
+    press(&mut app, &[Key::Char('2'), Key::Char('/')]);
+    type_text(&mut app, "payments");
+    press(&mut app, &[Key::Enter]);
+    assert_eq!(app.close_wait.rows.len(), procs);
+    assert_eq!(
+        app.close_wait_workloads,
+        vec![0],
+        "docker/web-1 is filtered out"
+    );
+    // Keyed: the workload only.
+    press(&mut app, &[Key::Esc, Key::Char('/')]);
+    type_text(&mut app, "workload:docker/");
+    press(&mut app, &[Key::Enter]);
+    assert!(app.close_wait.rows.is_empty());
+    assert_eq!(app.close_wait_workloads, vec![1]);
+}

@@ -113,6 +113,7 @@ impl TopFeed {
         if let Some(w) = ctx.source.workloads() {
             let engine = ctx.engine.as_deref_mut().expect("top keeps an engine");
             w.fold(&mut data.snap, Some(&mut engine.aggs));
+            feed.note_workloads(&data.snap);
         }
         data.playback = status;
         self.shown = status;

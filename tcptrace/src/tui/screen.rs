@@ -410,6 +410,7 @@ const HELP: &[(&str, &str)] = &[
     ("s", "cycle sort of the current list"),
     ("w", "CLOSE_WAIT, TIME_WAIT: by process <-> by workload"),
     ("/", "filter: 5432 pid:42 comm:java addr:10.0. state:cw"),
+    ("", "  workload:shop/ (a bare word: process or workload)"),
     ("p", "pause the screen (collection continues)"),
     ("q Ctrl-C", "quit"),
     ("", ""),

@@ -75,7 +75,12 @@ impl Screen<'_> {
             return;
         }
         if self.by_workload {
-            let rows = &d.snap.close_wait_by_workload;
+            let all = &d.snap.close_wait_by_workload;
+            let rows: Vec<_> = self
+                .close_wait_workloads
+                .iter()
+                .filter_map(|&i| all.get(i))
+                .collect();
             let total: u64 = rows.iter().map(|w| w.count).sum();
             let block = titled_with(
                 " CLOSE_WAIT by workload ",

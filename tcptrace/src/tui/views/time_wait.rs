@@ -67,7 +67,12 @@ impl Screen<'_> {
         // (the summary: a rule and four short lines, the numbers that
         // matter first, so 80 columns cut nothing but an address's tail)
         if self.by_workload {
-            let rows = &d.snap.time_wait_by_workload;
+            let all = &d.snap.time_wait_by_workload;
+            let rows: Vec<_> = self
+                .time_wait_workloads
+                .iter()
+                .filter_map(|&i| all.get(i))
+                .collect();
             let total: u64 = rows.iter().map(|w| w.count).sum();
             let block = titled_with(
                 " TIME_WAIT by workload ",
