@@ -7,7 +7,8 @@
 //! style files), each moved into its group before it listens (`pre_exec`
 //! writes `cgroup.procs`), the Kubernetes one in its own network
 //! namespace, each leaking CLOSE_WAIT. The names must show in `trace
-//! --json`, `stats --json` (`close_wait_by_workload` counts equal to `ss`),
+//! --json`, `stats --json` (`close_wait_by_workload` counts equal to `ss`,
+//! their growth, `by_workload`), `doctor --json` (the leak's `workload`),
 //! `top` in tmux (the WORKLOAD column, then `w`),
 //! `watch --json` and the metrics, and a real Prometheus scraping tcptrace
 //! must see `tcptrace_workload_close_wait_sockets` equal to `ss`. Bad
@@ -176,11 +177,15 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
     drop(trace);
 
     // stats --json: close_wait_by_workload counts equal ss per server.
+    // (Only this test's cgroups: another run of these tests on the host
+    // has workloads of the same names.)
     let stats = Streaming::start(&[
         "stats",
         "--json",
         "--interval",
         "0.5",
+        "--cgroup",
+        &s.base,
         "--workload-roots",
         &s.roots,
     ]);
@@ -225,7 +230,67 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
             .any(|p| p["workload"] == "payments.service" && p["unit"] == "payments.service"),
         "{procs:?}"
     );
+    // by_workload: each server's CLOSE_WAIT among its live sockets per state.
+    let by = line["by_workload"].as_array().unwrap();
+    assert!(by.len() <= 51, "capped: {}", by.len());
+    for (w, n) in &want {
+        let row = by.iter().find(|r| r["workload"] == *w);
+        assert!(
+            row.is_some_and(|r| r["states"]["CLOSE_WAIT"].as_u64() >= Some(*n)),
+            "{w}: {by:?}"
+        );
+    }
+    // Growth per workload: 3 more leaked by the unit show in its rates.
+    for r in rows {
+        for f in ["growth_per_min", "growth_per_min_5m", "growth_per_min_15m"] {
+            assert!(r[f].is_f64(), "{f} in {r}");
+        }
+    }
+    let (_, unit_port, _) = s.expect[0];
+    leak(unit_port, 3, None);
+    let unit_now = s.ss(unit_port, false) as u64;
+    let line = json_lines_until(&stats, "payments.service's growth", |v| {
+        v["close_wait_by_workload"].as_array().is_some_and(|rows| {
+            rows.iter().any(|r| {
+                r["workload"] == "payments.service"
+                    && r["count"] == unit_now
+                    && r["growth_delta"].as_i64() >= Some(3)
+            })
+        })
+    });
+    let unit = line["close_wait_by_workload"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["workload"] == "payments.service")
+        .unwrap()
+        .clone();
+    assert!(unit["growth_per_min"].as_f64() > Some(0.0), "{unit}");
     drop(stats);
+
+    // doctor --json: the leak's finding carries the workload object.
+    leak(unit_port, 20, None);
+    let out = Command::new(BIN)
+        .args(["doctor", "--json", "--duration", "1"])
+        .output()
+        .unwrap();
+    let findings: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let leak_finding = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "close_wait_leak" && f["workload"]["workload"] == "payments.service")
+        .unwrap_or_else(|| panic!("no close_wait_leak naming payments.service: {findings}"));
+    assert_eq!(
+        leak_finding["workload"]["workload_kind"], "unit",
+        "{leak_finding}"
+    );
+    assert_eq!(
+        leak_finding["workload"]["unit"], "payments.service",
+        "{leak_finding}"
+    );
+    assert!(leak_finding["workload"]["pod"].is_null(), "{leak_finding}");
 
     // top in a real terminal: the WORKLOAD column, then `w`.
     {
@@ -259,6 +324,8 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
         "2",
         "--metrics",
         &listen,
+        "--cgroup",
+        &s.base,
         "--workload-roots",
         &s.roots,
     ]);
@@ -319,6 +386,8 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
         "3",
         "--group-by",
         "workload",
+        "--cgroup",
+        &s.base,
         "--workload-roots",
         &s.roots,
     ]);
