@@ -41,6 +41,9 @@ pub struct Doctor<W: Write> {
     /// The facts of the first and the last snapshot that carried them.
     facts_start: Option<NetFacts>,
     facts_end: Option<NetFacts>,
+    /// The workloads a recording names (`--from`): its findings name them
+    /// as the live run did, from the file only.
+    recorded: tcptrace_core::workload::WorkloadTable,
 }
 
 impl<W: Write> Doctor<W> {
@@ -65,6 +68,7 @@ impl<W: Write> Doctor<W> {
             started_ns: 0,
             facts_start: None,
             facts_end: None,
+            recorded: tcptrace_core::workload::WorkloadTable::default(),
         }
     }
 
@@ -81,6 +85,9 @@ impl<W: Write> Consumer for Doctor<W> {
     }
 
     fn record(&mut self, rec: &Record, _ctx: &mut Ctx<'_>) -> Result<Flow> {
+        if let Record::Workload { cgroup, workload } = rec {
+            self.recorded.insert(*cgroup, (**workload).clone(), 0);
+        }
         if let Record::Snapshot {
             facts: Some(facts), ..
         } = rec
@@ -100,7 +107,28 @@ impl<W: Write> Consumer for Doctor<W> {
     }
 
     fn finish(&mut self, ctx: &mut Ctx<'_>) -> Result<ExitCode> {
-        let snap = ctx.snapshot();
+        let mut snap = ctx.snapshot();
+        if ctx.source.workloads().is_none() {
+            // A recording: the names it stores (`cgroup:<id>` for those it
+            // does not), never this host's.
+            use tcptrace_core::{stats::workloads::WorkloadKey, workload::Workload};
+            let recorded = &self.recorded;
+            let engine = ctx.engine.as_deref_mut().expect("doctor keeps an engine");
+            tcptrace_core::stats::workloads::fold(
+                &mut snap,
+                &mut |key| match key {
+                    WorkloadKey::Cgroup(id) => Some(
+                        recorded
+                            .get(id)
+                            .cloned()
+                            .unwrap_or_else(|| std::sync::Arc::new(Workload::unknown(id))),
+                    ),
+                    WorkloadKey::Pid(_) | WorkloadKey::Unknown => None,
+                },
+                None,
+                Some(&mut engine.aggs),
+            );
+        }
         let window_s = ctx.source.clock_ns().saturating_sub(self.started_ns) as f64 / 1e9;
         let engine = ctx.engine.as_deref().expect("doctor keeps an engine");
         let mut failed: Vec<FailedConnects> = engine
@@ -153,9 +181,18 @@ impl<W: Write> Consumer for Doctor<W> {
             tw_reuses,
             facts_start: self.facts_start.clone(),
             facts_end: self.facts_end.clone(),
+            // Owners named from their captured cgroup id only (which a
+            // recording stores too), not from /proc now: `doctor --from`
+            // then names the same owners as the live run did.
             workloads: snap
                 .by_process
                 .iter()
+                .filter(|p| {
+                    matches!(
+                        p.key,
+                        tcptrace_core::stats::workloads::WorkloadKey::Cgroup(_)
+                    )
+                })
                 .filter_map(|p| Some((p.pid?, p.workload.clone())))
                 .collect(),
             attribution: ctx.source.workloads().map(|w| attribution(&w.resolver)),
