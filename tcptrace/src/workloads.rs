@@ -228,29 +228,9 @@ impl Workloads {
     /// Whether any live process (at most 20 000 looked at) is in a
     /// matching workload.
     fn any_process_matches(&mut self) -> bool {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return false;
-        };
-        let mut seen = std::collections::HashSet::new();
-        for entry in dir.flatten().take(20_000) {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Some(path) = crate::seed::host::cgroup_path(pid) else {
-                continue;
-            };
-            if !seen.insert(path) {
-                continue;
-            }
-            if self.pid_kept(pid) {
-                return true;
-            }
-        }
-        false
+        crate::seed::host::one_pid_per_cgroup(20_000)
+            .into_iter()
+            .any(|(pid, _)| self.pid_kept(pid))
     }
 
     /// The workload of cgroup `id` from the cache (a miss is queued).

@@ -248,30 +248,11 @@ pub fn kernel_part(opts: &WorkloadOptions) -> KernelPart {
 /// The workloads of live processes, one per distinct cgroup (at most
 /// [`PROC_SCAN`] processes looked at).
 fn live_workloads(resolver: &mut WorkloadResolver) -> Vec<tcptrace_core::workload::Workload> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for entry in dir.flatten().take(PROC_SCAN) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some(path) = crate::seed::host::cgroup_path(pid) else {
-            continue;
-        };
-        if !seen.insert(path) {
-            continue;
-        }
-        if let Some(w) = resolver.from_pid(pid) {
-            out.push((*w).clone());
-        }
-    }
-    out
+    crate::seed::host::one_pid_per_cgroup(PROC_SCAN)
+        .into_iter()
+        .filter_map(|(pid, _)| resolver.from_pid(pid))
+        .map(|w| (*w).clone())
+        .collect()
 }
 
 #[cfg(test)]

@@ -27,6 +27,33 @@ pub fn cgroup_path(pid: u32) -> Option<String> {
     parse_cgroup_v2(&text)
 }
 
+/// One live pid per distinct cgroup v2 path, looking at no more than
+/// `limit` entries of /proc: what the workload filters check at start
+/// ("is anything running in it?") without resolving every process.
+pub fn one_pid_per_cgroup(limit: usize) -> Vec<(u32, String)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for entry in dir.flatten().take(limit) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(path) = cgroup_path(pid) else {
+            continue;
+        };
+        if seen.insert(path.clone()) {
+            out.push((pid, path));
+        }
+    }
+    out
+}
+
 /// The path of the `0::` (unified hierarchy) line.
 pub fn parse_cgroup_v2(text: &str) -> Option<String> {
     text.lines()
