@@ -67,8 +67,10 @@ pub enum WorkloadKind {
     Pod,
     /// A cgroup with no recognised shape, shown by its path.
     Cgroup,
-    /// An id whose path is not known (gone, or not resolved yet).
+    /// An id whose path is not known (gone, or not resolved yet); also a
+    /// kind a newer tcptrace wrote that this one does not know.
     #[default]
+    #[serde(other)]
     Unknown,
 }
 
@@ -206,6 +208,9 @@ pub struct Workload {
     pub unit: Option<Box<str>>,
     #[serde(rename = "uid")]
     pub user: Option<u32>,
+    /// (A runtime a newer tcptrace wrote that this one does not know
+    /// reads as none, as does an unknown QoS class.)
+    #[serde(deserialize_with = "lenient")]
     pub runtime: Option<Runtime>,
     pub container_id: Option<Box<str>>,
     /// The container's name when one was read, else its 12-hex short id.
@@ -214,6 +219,7 @@ pub struct Workload {
     pub pod: Option<Box<str>>,
     /// The Kubernetes namespace (not the network namespace).
     pub namespace: Option<Box<str>>,
+    #[serde(deserialize_with = "lenient")]
     pub qos: Option<Qos>,
     /// The containerd namespace of a containerd container outside
     /// Kubernetes (`default` for nerdctl).
@@ -223,6 +229,17 @@ pub struct Workload {
     /// [`MAX_DISPLAY_BYTES`].
     #[serde(rename = "workload")]
     pub display: Box<str>,
+}
+
+/// An optional value read from a recording: one this version does not
+/// know is `None`, not damage (the workload record can grow).
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
 }
 
 impl Workload {
@@ -900,7 +917,8 @@ fn normalize_cgroup(p: &str) -> Result<String, FilterError> {
             escape(p)
         ))
     };
-    if !p.starts_with('/') || p.len() > 4096 || p.chars().any(char::is_control) {
+    if !p.starts_with('/') || p.len() > 4096 || p.chars().any(char::is_control) || p.contains("//")
+    {
         return Err(bad());
     }
     let trimmed = if p.len() > 1 {
@@ -1008,6 +1026,24 @@ fn unit_matches(unit: &str, w: &Workload) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_newer_recordings_unknown_kind_runtime_and_qos_read_as_unknown_not_damage() {
+        let w: Workload = serde_json::from_str(
+            r#"{"workload":"x","workload_kind":"vm","runtime":"kata","qos":"premium","container":"c","new_field":1}"#,
+        )
+        .unwrap();
+        assert_eq!(w.kind, WorkloadKind::Unknown);
+        assert_eq!((w.runtime, w.qos), (None, None));
+        assert_eq!((&*w.display, w.container.as_deref()), ("x", Some("c")));
+        let known: Workload =
+            serde_json::from_str(r#"{"runtime":"cri-o","qos":"burstable","workload_kind":"pod"}"#)
+                .unwrap();
+        assert_eq!(
+            (known.kind, known.runtime, known.qos),
+            (WorkloadKind::Pod, Some(Runtime::CriO), Some(Qos::Burstable))
+        );
+    }
 
     #[test]
     fn each_value_is_a_filter_of_its_own() {
@@ -1529,7 +1565,9 @@ mod tests {
 
     #[test]
     fn malformed_filters_are_one_line_errors() {
-        for bad in ["relative", "/a//b", "/a/./b", "/a/../b", "", "/a\nb"] {
+        for bad in [
+            "relative", "/a//b", "/a/./b", "/a/../b", "", "/a\nb", "//", "/a/b//",
+        ] {
             let e = filter(&[bad], &[], &[]).unwrap_err();
             assert!(e.0.starts_with("--cgroup"), "{bad}: {e}");
             assert!(!e.0.contains('\n'), "{bad}");

@@ -368,13 +368,21 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub duration: f64,
     /// The findings as a JSON array (`id`, `severity`, `title`, `evidence`,
-    /// `advice`, `sysctls`).
+    /// `advice`, `sysctls`, `workload`).
     #[arg(long)]
     pub json: bool,
     /// Diagnose a recording (`tcptrace record`) instead of the live host:
     /// the same findings, from the sysctls and counters it carries.
     #[arg(long, value_name = "FILE", conflicts_with = "duration")]
     pub from: Option<std::path::PathBuf>,
+    /// `--cgroup`, `--container`, `--unit`: diagnose only the sockets of
+    /// these workloads (live runs).
+    #[command(flatten)]
+    pub workload: WorkloadFilterArgs,
+    /// Diagnose only a network namespace: its inode, or an `ip netns`
+    /// name (repeatable, up to 8; live runs).
+    #[arg(long = "netns", value_name = "INODE|NAME")]
+    pub netns: Vec<String>,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -391,8 +399,18 @@ pub struct DoctorConfig {
 
 impl DoctorArgs {
     pub fn validate(&self) -> Result<DoctorConfig, UsageError> {
+        let workloads = self.workload.options(&self.netns, None)?;
+        if self.from.is_some() && workloads.narrows() {
+            return Err(usage(format!(
+                "{}: doctor --from diagnoses the whole recording; `tcptrace report --unit/--container/--cgroup FILE` shows one workload's holders",
+                workloads.described
+            )));
+        }
         Ok(DoctorConfig {
-            load: self.kernel.to_load_options(Filter::default())?,
+            load: self
+                .kernel
+                .to_load_options(Filter::default())?
+                .with_workloads(workloads),
             duration: seconds("--duration", self.duration, DURATION_SECS, "")?,
             json: self.json,
             from: self.from.clone(),
@@ -844,6 +862,40 @@ pub struct ReplayArgs {
     pub as_fast_as_possible: bool,
     #[command(flatten)]
     pub workload: WorkloadFilterArgs,
+    /// Keep the events of a network namespace, by the inode the recording
+    /// stores (repeatable, up to 8).
+    #[arg(long = "netns", value_name = "INODE")]
+    pub netns: Vec<String>,
+}
+
+impl ReplayArgs {
+    /// `--netns` inodes, validated (names mean this host's namespaces,
+    /// not the recording's: refused).
+    pub fn netns(&self) -> Result<Vec<u32>, UsageError> {
+        recorded_netns(&self.netns)
+    }
+}
+
+/// `--netns` of `report`/`replay`: inodes only, at most 8.
+fn recorded_netns(values: &[String]) -> Result<Vec<u32>, UsageError> {
+    if values.len() > crate::workloads::MAX_NETNS {
+        return Err(usage(format!(
+            "--netns given {} times: at most {}",
+            values.len(),
+            crate::workloads::MAX_NETNS
+        )));
+    }
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<u32>().ok().filter(|&i| i != 0).ok_or_else(|| {
+                usage(format!(
+                    "--netns {}: give the namespace's inode as the recording stores it (1 to 4294967295; `ip netns` names are this host's)",
+                    tcptrace_core::output::escape(v)
+                ))
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Args)]
@@ -856,7 +908,7 @@ pub struct ReportArgs {
     /// timeline, window and holders).
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
-    /// CSV rows (section,key,field,value) for spreadsheets.
+    /// CSV rows (section,key,field,value,workload) for spreadsheets.
     #[arg(long)]
     pub csv: bool,
     /// The state at TIME: the summary then; holders and timeline up to it.
@@ -875,6 +927,10 @@ pub struct ReportArgs {
     pub step: Option<String>,
     #[command(flatten)]
     pub workload: WorkloadFilterArgs,
+    /// Report one network namespace: only its events and sockets, by the
+    /// inode the recording stores (repeatable, up to 8).
+    #[arg(long = "netns", value_name = "INODE")]
+    pub netns: Vec<String>,
 }
 
 /// What TIME may be, for `report --help` and every error about one.
@@ -930,6 +986,7 @@ impl ReportArgs {
                 at: time("--at", &self.at)?,
                 step_ns,
                 workloads: self.workload.to_filter()?,
+                netns: recorded_netns(&self.netns)?,
             },
         })
     }
@@ -1125,10 +1182,23 @@ impl FilterArgs {
     /// The live commands' workload and netns filters, validated (a
     /// malformed value: exit 2, one line).
     pub fn workloads(&self) -> Result<crate::workloads::WorkloadOptions, UsageError> {
-        let filter = self.workload.to_filter()?;
-        let (netns, netns_missing) = crate::workloads::parse_netns(&self.netns).map_err(usage)?;
-        let mut described = self.workload.describe();
-        for n in &self.netns {
+        self.workload
+            .options(&self.netns, self.workload_roots.clone())
+    }
+}
+
+impl WorkloadFilterArgs {
+    /// These flags and `--netns` values as a live run's workload options,
+    /// validated (a malformed value: exit 2, one line).
+    pub fn options(
+        &self,
+        netns_values: &[String],
+        roots: Option<std::path::PathBuf>,
+    ) -> Result<crate::workloads::WorkloadOptions, UsageError> {
+        let filter = self.to_filter()?;
+        let (netns, netns_missing) = crate::workloads::parse_netns(netns_values).map_err(usage)?;
+        let mut described = self.describe();
+        for n in netns_values {
             if !described.is_empty() {
                 described.push(' ');
             }
@@ -1139,7 +1209,7 @@ impl FilterArgs {
             netns,
             netns_missing,
             described,
-            roots: self.workload_roots.clone(),
+            roots,
         })
     }
 }

@@ -12,7 +12,11 @@
 //! the cgroup the kernel reported for each (its creator's), so an orphan
 //! or a socket whose process is out of sight still matches its workload.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use rustc_hash::FxHashMap;
 use tcptrace_core::{
@@ -81,13 +85,29 @@ pub fn parse_netns(values: &[String]) -> Result<(Vec<u32>, Vec<String>), String>
                 escape(v)
             ));
         }
-        let path = std::path::Path::new(NETNS_RUN_DIR).join(v);
-        match crate::seed::netns::namespace_inode(&path) {
-            Ok(ino) => inodes.push(u32::try_from(ino).unwrap_or(u32::MAX)),
-            Err(_) => missing.push(v.clone()),
+        match mounted_namespace_inode(&std::path::Path::new(NETNS_RUN_DIR).join(v)) {
+            Some(ino) => inodes.push(ino),
+            None => missing.push(v.clone()),
         }
     }
     Ok((inodes, missing))
+}
+
+/// The inode of the network namespace bind-mounted at `path`, when one is
+/// (the file system there is nsfs); `None` for a missing name or the
+/// plain file `ip netns add` creates before it mounts.
+fn mounted_namespace_inode(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    /// `NSFS_MAGIC` of <linux/magic.h>.
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path and a zeroed statfs the kernel fills.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut fs) } != 0 || fs.f_type != NSFS_MAGIC {
+        return None;
+    }
+    let ino = crate::seed::netns::namespace_inode(path).ok()?;
+    u32::try_from(ino).ok()
 }
 
 /// The live source's workload state: the resolver and the filter's
@@ -96,12 +116,28 @@ pub fn parse_netns(values: &[String]) -> Result<(Vec<u32>, Vec<String>), String>
 pub struct Workloads {
     pub resolver: WorkloadResolver,
     opts: WorkloadOptions,
-    verdicts: FxHashMap<u64, bool>,
+    verdicts: FxHashMap<u64, Verdict>,
     pid_verdicts: FxHashMap<u32, bool>,
+    /// When `--netns` names not found at start were last looked for.
+    netns_checked: Option<Instant>,
+}
+
+/// A filter's verdict on one cgroup id.
+#[derive(Clone, Copy, Debug)]
+enum Verdict {
+    /// From a workload the resolver cached (or an id it knows is gone):
+    /// it stands for the run.
+    Final(bool),
+    /// From a lookup that was not final (the tree walk not due yet, names
+    /// not readable yet): asked again after [`RECHECK`].
+    Until(bool, Instant),
 }
 
 /// Verdicts cached at most (then the cache starts again).
 const VERDICTS: usize = 1 << 16;
+/// How long a verdict from a lookup that was not final stands, and how
+/// often `--netns` names that did not exist are looked for again.
+const RECHECK: Duration = Duration::from_secs(1);
 
 impl Workloads {
     pub fn new(opts: WorkloadOptions) -> Self {
@@ -114,6 +150,7 @@ impl Workloads {
             opts,
             verdicts: FxHashMap::default(),
             pid_verdicts: FxHashMap::default(),
+            netns_checked: None,
         }
     }
 
@@ -122,18 +159,63 @@ impl Workloads {
     }
 
     fn cgroup_kept(&mut self, id: u64) -> bool {
-        if let Some(&v) = self.verdicts.get(&id) {
-            return v;
+        match self.verdicts.get(&id) {
+            Some(&Verdict::Final(v)) => return v,
+            Some(&Verdict::Until(v, until)) if Instant::now() < until => return v,
+            _ => {}
         }
-        // First sight of this id: resolved now (one handle lookup), so the
-        // verdict is final; an id not resolvable is not kept.
+        // First sight of this id (or a verdict due again): resolved now
+        // (one handle lookup). The verdict stands for the run only when the
+        // resolver cached the workload or knows the id is gone; a lookup
+        // that could not finish (the walk not due, names not readable yet)
+        // is asked again a second later, so a workload started while
+        // tracing is never dropped for the whole run.
         let w = self.resolver.resolve(id);
         let v = self.opts.filter.matches(&w);
+        let table = self.resolver.table();
+        let verdict = if table.get(id).is_some() || table.is_gone(id) {
+            Verdict::Final(v)
+        } else {
+            Verdict::Until(v, Instant::now() + RECHECK)
+        };
         if self.verdicts.len() >= VERDICTS {
             self.verdicts.clear();
         }
-        self.verdicts.insert(id, v);
+        self.verdicts.insert(id, verdict);
         v
+    }
+
+    /// Looks again (at most once per [`RECHECK`]) for `--netns` names that
+    /// did not exist: `ip netns add NAME` after the start is kept from then
+    /// on. Only a mounted namespace counts (the file `ip` creates before it
+    /// bind-mounts would give a wrong inode).
+    fn recheck_missing_netns(&mut self) {
+        if self.opts.netns_missing.is_empty()
+            || self.netns_checked.is_some_and(|t| t.elapsed() < RECHECK)
+        {
+            return;
+        }
+        self.netns_checked = Some(Instant::now());
+        let opts = &mut self.opts;
+        opts.netns_missing.retain(|name| {
+            match mounted_namespace_inode(&std::path::Path::new(NETNS_RUN_DIR).join(name)) {
+                Some(ino) => {
+                    log::info!("--netns {}: namespace {ino} exists now", escape(name));
+                    opts.netns.push(ino);
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+
+    /// Whether the `--netns` values keep namespace `ns`.
+    fn netns_kept(&mut self, ns: Option<u32>) -> bool {
+        if self.opts.netns.is_empty() && self.opts.netns_missing.is_empty() {
+            return true;
+        }
+        self.recheck_missing_netns();
+        ns.is_some_and(|ns| self.opts.netns.contains(&ns))
     }
 
     fn pid_kept(&mut self, pid: u32) -> bool {
@@ -153,11 +235,8 @@ impl Workloads {
 
     /// Whether `e` passes the workload and netns filters.
     pub fn keeps_event(&mut self, e: &Event) -> bool {
-        if !self.opts.netns.is_empty() || !self.opts.netns_missing.is_empty() {
-            let Some(ns) = e.netns else { return false };
-            if !self.opts.netns.contains(&ns) {
-                return false;
-            }
+        if !self.netns_kept(e.netns) {
+            return false;
         }
         if !self.opts.filter.narrows() {
             return true;
@@ -174,11 +253,8 @@ impl Workloads {
     /// counted under, see `ConnTable::seed`), else by its owner's
     /// `/proc/PID/cgroup` (timewait sockets, kernels before 5.7).
     pub fn keeps_seen(&mut self, s: &SeenSocket) -> bool {
-        if !self.opts.netns.is_empty() || !self.opts.netns_missing.is_empty() {
-            let Some(ns) = s.netns else { return false };
-            if !self.opts.netns.contains(&ns) {
-                return false;
-            }
+        if !self.netns_kept(s.netns) {
+            return false;
         }
         if !self.opts.filter.narrows() {
             return true;
@@ -200,7 +276,7 @@ impl Workloads {
         }
         if !self.opts.netns_missing.is_empty() {
             return Some(format!(
-                "warning: --netns {} names no namespace in {NETNS_RUN_DIR} yet; its events show once it exists",
+                "warning: --netns {} names no namespace in {NETNS_RUN_DIR} yet; its events show once it exists (looked for every second)",
                 self.opts.netns_missing.join(",")
             ));
         }

@@ -319,3 +319,136 @@ fn a_unit_restarted_while_tracing_is_still_kept() {
         "{restarted:#?}"
     );
 }
+
+/// `--netns NAME` given before `ip netns add NAME`: one warning at start,
+/// and the namespace's events show once it exists (the name is looked for
+/// again every second).
+#[test]
+fn a_netns_named_before_it_exists_is_kept_once_it_does() {
+    let mut h = host("late-ns");
+    // `NetNs::new(tag)` names it `tcptrace-test-TAG-PID`.
+    let name = format!("tcptrace-test-late-{}", std::process::id());
+    let run = Streaming::start(&["trace", "--json", "--netns", &name]);
+    let mut errs = Vec::new();
+    Streaming::wait_line(&run.err, &mut errs, "the warning", WAIT, |l| {
+        l.contains("names no namespace") && l.contains(&name)
+    });
+    Streaming::wait_line(&run.err, &mut errs, "the banner", WAIT, |l| {
+        l.contains("tracing")
+    });
+    let ns = NetNs::new("late");
+    assert_eq!(ns.name, name);
+    let port = h.server(&format!("{}/late.service", h.base), Some(&ns.name));
+    // Connections until the events show (the first ones may come before
+    // the name is looked for again).
+    let deadline = Instant::now() + WAIT;
+    let mut events: Vec<Value> = Vec::new();
+    while close_waits(&events, port) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no event of the namespace: {events:#?}"
+        );
+        leak(port, 1, Some(&ns));
+        while let Ok(line) = run.out.recv_timeout(Duration::from_millis(500)) {
+            events.push(serde_json::from_str(&line).expect("a JSON event"));
+        }
+    }
+    stop(run, &mut events);
+    assert!(
+        events.iter().all(|e| e["netns"] == ns.inode()),
+        "{events:#?}"
+    );
+}
+
+/// With file handles refused (no CAP_DAC_READ_SEARCH: cgroup ids are then
+/// found by walking the tree, at most every 2 s), a workload started just
+/// after another one's first event is still kept: a verdict from a lookup
+/// that could not finish is asked again, never kept for the whole run.
+#[test]
+fn a_workload_started_while_tracing_is_kept_when_handles_are_refused() {
+    let mut h = host("walk");
+    let first = h.server(&format!("{}/b.service", h.base), None);
+    let run = Streaming::start_program(
+        "setpriv",
+        &[
+            "--inh-caps=-dac_read_search",
+            "--bounding-set=-dac_read_search",
+            env!("CARGO_BIN_EXE_tcptrace"),
+            "trace",
+            "--json",
+            "--cgroup",
+            &h.base,
+        ],
+    );
+    let mut errs = Vec::new();
+    Streaming::wait_line(&run.err, &mut errs, "the banner", WAIT, |l| {
+        l.contains("tracing")
+    });
+    leak(first, 1, None);
+    let mut events = events_until(&run, "b.service's event", |ev| close_waits(ev, first) == 1);
+    // Started right after: its first lookup finds the walk not due yet.
+    let second = h.server(&format!("{}/a.service", h.base), None);
+    let deadline = Instant::now() + WAIT;
+    while close_waits(&events, second) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a.service's events never kept: {events:#?}"
+        );
+        leak(second, 1, None);
+        while let Ok(line) = run.out.recv_timeout(Duration::from_millis(500)) {
+            events.push(serde_json::from_str(&line).expect("a JSON event"));
+        }
+    }
+    stop(run, &mut events);
+    assert!(
+        events
+            .iter()
+            .filter(|e| touches(e, second))
+            .all(|e| e["workload"] == "a.service"),
+        "{events:#?}"
+    );
+}
+
+/// The workload filters on the commands that are not live tracers:
+/// `doctor` (live runs; `--from` refuses them in one line), `report` and
+/// `replay` (`--netns` by the recorded inode; a name is refused).
+#[test]
+fn doctor_report_and_replay_take_the_filters() {
+    let bin = env!("CARGO_BIN_EXE_tcptrace");
+    let one_line_exit_2 = |args: &[&str], says: &str| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    one_line_exit_2(
+        &["doctor", "--from", "/nonexistent", "--unit", "x"],
+        "doctor --from diagnoses the whole recording",
+    );
+    one_line_exit_2(
+        &["report", "/nonexistent", "--netns", "blue"],
+        "--netns blue",
+    );
+    one_line_exit_2(&["replay", "/nonexistent", "--netns", "0"], "--netns 0");
+    one_line_exit_2(&["doctor", "--unit", "bad/unit"], "--unit");
+
+    // A live doctor scoped to a unit that runs nothing: it says so once,
+    // and diagnoses.
+    let out = std::process::Command::new(bin)
+        .args([
+            "doctor",
+            "--duration",
+            "1",
+            "--json",
+            "--unit",
+            "nothing-here-at-all.service",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{err}");
+    assert!(err.contains("nothing-here-at-all.service"), "{err}");
+    let findings: Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    assert!(findings.is_array(), "{findings}");
+}

@@ -42,9 +42,15 @@ pub struct Writer<W: Write> {
     pub bytes: u64,
     /// Events written (in flushed or pending blocks).
     pub events: u64,
-    /// Every workload written to this file, by cgroup id: written again
-    /// after each snapshot block.
-    workloads: FxHashMap<u64, Arc<Workload>>,
+    /// The workloads written to this file that are still in use, by
+    /// cgroup id, with the snapshot period they were last used in: the
+    /// ones used since the last snapshot (or by its sockets) are written
+    /// again after each snapshot block, the others forgotten then (they
+    /// are in the file already; one used again is simply written again),
+    /// so a host with churning containers does not grow the recorder.
+    workloads: FxHashMap<u64, (Arc<Workload>, u64)>,
+    /// The current snapshot period (one more after each snapshot).
+    period: u64,
 }
 
 impl<W: Write> Writer<W> {
@@ -58,6 +64,7 @@ impl<W: Write> Writer<W> {
             bytes: h.len() as u64,
             events: 0,
             workloads: FxHashMap::default(),
+            period: 0,
         })
     }
 
@@ -66,13 +73,14 @@ impl<W: Write> Writer<W> {
     /// workload); a changed one is written again. Call it before the
     /// first event whose owner is in `id`. Cheap when known: one lookup.
     pub fn workload(&mut self, id: u64, w: &Arc<Workload>) {
-        if let Some(known) = self.workloads.get(&id)
+        if let Some((known, used)) = self.workloads.get_mut(&id)
             && (Arc::ptr_eq(known, w) || **known == **w)
         {
+            *used = self.period;
             return;
         }
         if self.enc.workload(id, w) {
-            self.workloads.insert(id, Arc::clone(w));
+            self.workloads.insert(id, (Arc::clone(w), self.period));
         }
     }
 
@@ -122,12 +130,25 @@ impl<W: Write> Writer<W> {
         self.flush()?;
         let raw = format::encode_snapshot(ts_ns, namespaces, sockets, facts);
         self.write_block(KIND_SNAPSHOT, &raw)?;
-        // The whole table again, first in the next events block: a reader
-        // starting here (or past damage) still names every workload.
-        let mut ids: Vec<u64> = self.workloads.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            self.enc.workload(id, &self.workloads[&id]);
+        // The workloads in use again, first in the next events block: a
+        // reader starting here (or past damage) still names every socket
+        // of the snapshot and every owner seen since the last one.
+        for id in sockets.iter().filter_map(|s| s.cgroup) {
+            if let Some((_, used)) = self.workloads.get_mut(&id) {
+                *used = self.period;
+            }
+        }
+        let period = self.period;
+        self.workloads.retain(|_, (_, used)| *used == period);
+        self.period += 1;
+        let mut kept: Vec<(u64, Arc<Workload>)> = self
+            .workloads
+            .iter()
+            .map(|(id, (w, _))| (*id, Arc::clone(w)))
+            .collect();
+        kept.sort_unstable_by_key(|(id, _)| *id);
+        for (id, w) in kept {
+            self.enc.workload(id, &w);
         }
         Ok(())
     }

@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Comm, EventKind, Family, Owner, Reuser, SeenOwner, TcpState, TwEndReason};
+use crate::model::{
+    Comm, EventKind, Family, Owner, Reuser, SeenOwner, SeenSocket, TcpState, TwEndReason,
+};
 
 fn header() -> Header {
     Header {
@@ -1004,11 +1006,13 @@ fn workloads_round_trip_once_before_their_first_event_and_again_when_changed() {
 }
 
 #[test]
-fn every_workload_is_written_again_after_each_snapshot() {
+fn every_workload_in_use_is_written_again_after_each_snapshot() {
     let mut w = Writer::new(Vec::new(), &header()).unwrap();
     w.workload(7, &payments());
     w.event(&sample_event(1)).unwrap();
     w.snapshot(2_000_000, &[], &[], None).unwrap();
+    // The recorder names the owner's cgroup before each event.
+    w.workload(7, &payments());
     w.event(&sample_event(3)).unwrap();
     w.snapshot(4_000_000, &[], &[], None).unwrap();
     let bytes = w.finish().unwrap();
@@ -1023,6 +1027,71 @@ fn every_workload_is_written_again_after_each_snapshot() {
         })
         .collect();
     assert_eq!(kinds, ["w", "e", "s", "w", "e", "s", "w"]);
+}
+
+#[test]
+fn workloads_no_longer_in_use_are_forgotten_at_a_snapshot_and_written_again_if_they_return() {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    // 1 000 short-lived containers, each seen once before the first snapshot.
+    for id in 1..=1_000 {
+        w.workload(id, &payments());
+    }
+    w.workload(7_000, &payments());
+    let socket = SeenSocket {
+        netns: None,
+        family: Family::V4,
+        saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        sport: 8080,
+        daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        dport: 40_000,
+        state: TcpState::CloseWait,
+        inode: 1,
+        owner: None,
+        timer_left_ms: None,
+        cookie: 1,
+        cgroup: Some(8_000),
+    };
+    w.workload(8_000, &payments());
+    w.snapshot(1_000_000, &[], &[], None).unwrap();
+    assert_eq!(
+        w.workloads_written(),
+        1_002,
+        "all in use in the first period"
+    );
+    // Since then only 7 000 was used, and 8 000 is a socket of the snapshot.
+    w.workload(7_000, &payments());
+    w.snapshot(2_000_000, &[], std::slice::from_ref(&socket), None)
+        .unwrap();
+    assert_eq!(w.workloads_written(), 2, "the others are forgotten");
+    w.snapshot(3_000_000, &[], &[], None).unwrap();
+    assert_eq!(w.workloads_written(), 0);
+    // One comes back: written again before its event.
+    w.workload(5, &payments());
+    w.event(&sample_event(9)).unwrap();
+    let bytes = w.finish().unwrap();
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    let after = |n: usize| {
+        let at = got
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Record::Snapshot { .. }))
+            .nth(n)
+            .unwrap()
+            .0;
+        let mut ids: Vec<u64> = got[at + 1..]
+            .iter()
+            .take_while(|r| matches!(r, Record::Workload { .. }))
+            .map(|r| match r {
+                Record::Workload { cgroup, .. } => *cgroup,
+                _ => 0,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(after(0).len(), 1_002);
+    assert_eq!(after(1), [7_000, 8_000]);
+    assert_eq!(after(2), [5], "only the one that came back");
 }
 
 #[test]

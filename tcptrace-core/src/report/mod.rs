@@ -497,6 +497,33 @@ impl Run<'_> {
     }
 
     fn take(&mut self, rec: &Record) {
+        let narrowed;
+        let rec = match rec {
+            Record::Event(e) if !self.keeps_netns(e.netns) => return,
+            Record::Snapshot {
+                ts_ns,
+                namespaces,
+                sockets,
+                facts,
+            } if !self.opts.netns.is_empty() => {
+                narrowed = Record::Snapshot {
+                    ts_ns: *ts_ns,
+                    namespaces: namespaces
+                        .iter()
+                        .copied()
+                        .filter(|n| self.opts.netns.contains(n))
+                        .collect(),
+                    sockets: sockets
+                        .iter()
+                        .filter(|s| self.keeps_netns(s.netns))
+                        .cloned()
+                        .collect(),
+                    facts: facts.clone(),
+                };
+                &narrowed
+            }
+            _ => rec,
+        };
         if let Record::Workload { .. } = rec {
             // Names only: no moment, nothing counted.
             self.applier.apply(&mut self.engine, rec);
@@ -589,6 +616,11 @@ impl Run<'_> {
             self.engine.aggs.sample_close_wait(now, &counts);
             self.next_growth = now + GROWTH_SAMPLE_NS;
         }
+    }
+
+    /// Whether `--netns` keeps namespace `ns` (no `--netns`: all).
+    fn keeps_netns(&self, ns: Option<u32>) -> bool {
+        self.opts.netns.is_empty() || ns.is_some_and(|n| self.opts.netns.contains(&n))
     }
 
     fn resync(&mut self, now: u64) {

@@ -353,7 +353,7 @@ fn write_timeline(w: &mut impl Write, r: &Report) -> io::Result<()> {
     Ok(())
 }
 
-/// Long-format CSV: `section,key,field,value`, one fact per row.
+/// Long-format CSV: `section,key,field,value,workload`, one fact per row.
 pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
     let mut c = csv::Writer::from_writer(w);
     // Names from outside (process names, the host) escaped like every

@@ -48,6 +48,9 @@ pub struct Options {
     /// `--cgroup`/`--container`/`--unit`: holder rows are kept when their
     /// owner's recorded workload matches.
     pub workloads: crate::workload::WorkloadFilter,
+    /// `--netns`: only the events and snapshot sockets of these
+    /// namespaces (inodes) are read; empty: all.
+    pub netns: Vec<u32>,
 }
 
 /// Why a report cannot be made as asked: one line, a usage error.

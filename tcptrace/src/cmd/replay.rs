@@ -83,6 +83,7 @@ impl<W: Write> Replayer<W> {
 pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
     let speed = crate::cli::speed("--speed", args.speed)?;
     let filter = args.workload.to_filter()?;
+    let netns = args.netns()?;
     let mut reader = crate::source::recording::open_reader(&args.file)?;
     let clock = WallClock {
         offset_ns: reader.header.clock_offset_ns as i128,
@@ -123,6 +124,9 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
             }
             match rec {
                 Record::Event(e) => {
+                    if !netns.is_empty() && !e.netns.is_some_and(|n| netns.contains(&n)) {
+                        continue;
+                    }
                     let w = printer.workload_of(&e).map(|w| w.into_owned());
                     if filter.narrows() && !w.as_ref().is_some_and(|w| filter.matches(w)) {
                         continue;
