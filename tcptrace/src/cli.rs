@@ -1150,7 +1150,8 @@ pub struct WorkloadFilterArgs {
     #[arg(long = "container", value_name = "ID|NAME")]
     pub container: Vec<String>,
     /// Keep a systemd unit (`.service` appended when no suffix is given;
-    /// repeatable).
+    /// repeatable). A slice matches its own processes only: for everything
+    /// below it, use `--cgroup /NAME.slice`.
     #[arg(long = "unit", value_name = "NAME")]
     pub unit: Vec<String>,
 }

@@ -118,6 +118,10 @@ fn exited_unreaped(pid: i32) -> io::Result<bool> {
 /// its own: the alert as JSON on stdin and in `TCPTRACE_ALERT_*` variables,
 /// the group killed after `timeout`; failures are logged on stderr. Returns
 /// at once.
+///
+/// Every value passes through [`no_nul`]: a name read from a file on the
+/// host could hold a NUL, which the environment cannot carry (the spawn
+/// would fail and the hook would not run).
 pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) -> Exec {
     let json = serde_json::to_string(a).unwrap_or_default();
     let state = match a.state {
@@ -128,38 +132,47 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
     command
         .arg("-c")
         .arg(cmd)
-        .env("TCPTRACE_ALERT_RULE", a.rule)
-        .env("TCPTRACE_ALERT_STATE", state)
+        .env("TCPTRACE_ALERT_RULE", no_nul(a.rule))
+        .env("TCPTRACE_ALERT_STATE", no_nul(state))
         .env(
             "TCPTRACE_ALERT_PID",
-            a.pid.map(|p| p.to_string()).unwrap_or_default(),
+            no_nul(a.pid.map(|p| p.to_string()).unwrap_or_default()),
         )
-        .env("TCPTRACE_ALERT_COMM", a.comm.clone().unwrap_or_default())
+        .env(
+            "TCPTRACE_ALERT_COMM",
+            no_nul(a.comm.clone().unwrap_or_default()),
+        )
         .env(
             "TCPTRACE_ALERT_CGROUP",
-            a.cgroup.clone().unwrap_or_default(),
+            no_nul(a.cgroup.clone().unwrap_or_default()),
         )
         .env(
             "TCPTRACE_ALERT_WORKLOAD",
-            a.workload.clone().unwrap_or_default(),
+            no_nul(a.workload.clone().unwrap_or_default()),
         )
         .env(
             "TCPTRACE_ALERT_WORKLOAD_KIND",
-            a.workload_kind.clone().unwrap_or_default(),
+            no_nul(a.workload_kind.clone().unwrap_or_default()),
         )
-        .env("TCPTRACE_ALERT_UNIT", a.unit.clone().unwrap_or_default())
+        .env(
+            "TCPTRACE_ALERT_UNIT",
+            no_nul(a.unit.clone().unwrap_or_default()),
+        )
         .env(
             "TCPTRACE_ALERT_CONTAINER",
-            a.container.clone().unwrap_or_default(),
+            no_nul(a.container.clone().unwrap_or_default()),
         )
-        .env("TCPTRACE_ALERT_POD", a.pod.clone().unwrap_or_default())
+        .env(
+            "TCPTRACE_ALERT_POD",
+            no_nul(a.pod.clone().unwrap_or_default()),
+        )
         .env(
             "TCPTRACE_ALERT_NAMESPACE",
-            a.namespace.clone().unwrap_or_default(),
+            no_nul(a.namespace.clone().unwrap_or_default()),
         )
-        .env("TCPTRACE_ALERT_COUNT", a.count.to_string())
-        .env("TCPTRACE_ALERT_PEERS", a.peers.join(" "))
-        .env("TCPTRACE_ALERT_MESSAGE", &a.message)
+        .env("TCPTRACE_ALERT_COUNT", no_nul(a.count.to_string()))
+        .env("TCPTRACE_ALERT_PEERS", no_nul(a.peers.join(" ")))
+        .env("TCPTRACE_ALERT_MESSAGE", no_nul(&a.message))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .process_group(0);
@@ -231,6 +244,11 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
     Exec::Started
 }
 
+/// `s` with each NUL written as `\x00`, so it fits in the environment.
+fn no_nul(s: impl AsRef<str>) -> String {
+    s.as_ref().replace('\0', "\\x00")
+}
+
 #[cfg(test)]
 mod tests {
     use tcptrace_core::fixtures::alert;
@@ -291,5 +309,25 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
         assert_eq!(json["cgroup"], "/init.scope");
         assert_eq!(lines.next(), Some("close_wait_count 1 /init.scope"));
+    }
+
+    #[test]
+    fn a_nul_in_a_name_read_from_the_host_still_runs_the_hook() {
+        let hooks = ExecHooks::default();
+        let mut a = alert();
+        a.container = Some("web\0evil".into());
+        let out = std::env::temp_dir().join(format!("tcptrace-exec-nul-{}", std::process::id()));
+        let cmd = format!(
+            "printf %s \"$TCPTRACE_ALERT_CONTAINER\" > {}",
+            out.display()
+        );
+        assert_eq!(
+            exec_alert(&cmd, &a, &hooks, Duration::from_secs(5)),
+            Exec::Started
+        );
+        wait_until(|| hooks.running() == 0);
+        let text = std::fs::read_to_string(&out).unwrap();
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(text, "web\\x00evil");
     }
 }
