@@ -293,18 +293,11 @@ mod tests {
         assert_eq!(got[EXEC_MAX_RUNNING..], [Exec::Skipped, Exec::Skipped]);
         wait_until(|| hooks.running() == 0);
         // Room again once they are gone.
-        let out = std::env::temp_dir().join(format!("tcptrace-exec-env-{}", std::process::id()));
-        let cmd = format!(
-            "cat > {0}; echo \"$TCPTRACE_ALERT_RULE $TCPTRACE_ALERT_PID $TCPTRACE_ALERT_CGROUP\" >> {0}",
-            out.display()
-        );
-        assert_eq!(
-            exec_alert(&cmd, &a, &hooks, Duration::from_secs(5)),
-            Exec::Started
-        );
-        wait_until(|| hooks.running() == 0);
-        let text = std::fs::read_to_string(&out).unwrap();
-        let _ = std::fs::remove_file(&out);
+        let text = hook_output(&hooks, &a, "env", |out| {
+            format!(
+                "cat > {out}; echo \"$TCPTRACE_ALERT_RULE $TCPTRACE_ALERT_PID $TCPTRACE_ALERT_CGROUP\" >> {out}"
+            )
+        });
         let mut lines = text.lines();
         let json: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
         assert_eq!(json["cgroup"], "/init.scope");
@@ -316,18 +309,28 @@ mod tests {
         let hooks = ExecHooks::default();
         let mut a = alert();
         a.container = Some("web\0evil".into());
-        let out = std::env::temp_dir().join(format!("tcptrace-exec-nul-{}", std::process::id()));
-        let cmd = format!(
-            "printf %s \"$TCPTRACE_ALERT_CONTAINER\" > {}",
-            out.display()
-        );
+        let text = hook_output(&hooks, &a, "nul", |out| {
+            format!("printf %s \"$TCPTRACE_ALERT_CONTAINER\" > {out}")
+        });
+        assert_eq!(text, "web\\x00evil");
+    }
+
+    /// Runs the hook `cmd(file)` for `a` and returns what it wrote to `file`.
+    fn hook_output(
+        hooks: &ExecHooks,
+        a: &Alert,
+        tag: &str,
+        cmd: impl Fn(&str) -> String,
+    ) -> String {
+        let out = std::env::temp_dir().join(format!("tcptrace-exec-{tag}-{}", std::process::id()));
+        let cmd = cmd(&out.display().to_string());
         assert_eq!(
-            exec_alert(&cmd, &a, &hooks, Duration::from_secs(5)),
+            exec_alert(&cmd, a, hooks, Duration::from_secs(5)),
             Exec::Started
         );
         wait_until(|| hooks.running() == 0);
         let text = std::fs::read_to_string(&out).unwrap();
         let _ = std::fs::remove_file(&out);
-        assert_eq!(text, "web\\x00evil");
+        text
     }
 }
