@@ -32,6 +32,8 @@ pub struct Engine {
     deferred: Vec<Deferred>,
     /// Emptied batches back from the aggregating thread, to fill again.
     spare: Vec<Batch>,
+    /// Names of user stacks (`--stacks`; `enabled` puts them in snapshots).
+    pub stacks: crate::stacks::StackTable,
 }
 
 impl Engine {
@@ -49,6 +51,7 @@ impl Engine {
             batch: None,
             deferred: Vec::new(),
             spare: Vec::new(),
+            stacks: crate::stacks::StackTable::default(),
         }
     }
 
@@ -207,6 +210,7 @@ impl Engine {
                 histograms_by,
                 facts: &self.facts,
                 since_ns: self.started_ns.unwrap_or(now_ns),
+                stacks: self.stacks.enabled.then_some(&self.stacks),
             },
         )
     }
@@ -260,6 +264,7 @@ mod tests {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 

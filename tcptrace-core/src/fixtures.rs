@@ -74,6 +74,7 @@ impl Conn {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 

@@ -223,6 +223,7 @@ impl Ctx<'_> {
             tw_overflow,
             lost: self.lost,
             decode_errors: self.decode_errors,
+            stacks: Default::default(),
         }
     }
 

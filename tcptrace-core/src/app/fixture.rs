@@ -56,6 +56,7 @@ fn ev(
         new,
         prev_ns: None,
         reason: None,
+        stack: None,
     }
 }
 
@@ -342,6 +343,7 @@ pub fn host(lost: Lost) -> HostFacts {
         tw_overflow: 0,
         lost,
         decode_errors: 0,
+        stacks: Default::default(),
     }
 }
 

@@ -1519,6 +1519,7 @@ mod tests {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 

@@ -104,6 +104,7 @@ use crate::{
         TwEndReason,
     },
     netfacts::NetFacts,
+    stacks::{Stack, StackKey},
     workload::Workload,
 };
 
@@ -147,6 +148,10 @@ pub struct Header {
     pub port_range: (u16, u16),
     pub start_mono_ns: u64,
     pub start_wall_ns: u64,
+    /// Recorded with `--stacks` (version 5): events carry stack ids and
+    /// stack records name them.
+    #[serde(default)]
+    pub stacks: bool,
 }
 
 /// One decoded record.
@@ -172,6 +177,12 @@ pub enum Record {
     Workload {
         cgroup: u64,
         workload: Arc<Workload>,
+    },
+    /// A recording's name of one user stack (version 5): the frames of the
+    /// stack `key.id` captured in process `key.pid`. It has no timestamp.
+    Stack {
+        key: StackKey,
+        stack: Arc<Stack>,
     },
 }
 
@@ -633,6 +644,7 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                     new,
                     prev_ns,
                     reason,
+                    stack: None,
                 }));
             }
             2 | 3 => {

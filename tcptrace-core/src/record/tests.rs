@@ -19,6 +19,7 @@ fn header() -> Header {
         port_range: (32768, 60999),
         start_mono_ns: 5,
         start_wall_ns: 6,
+        stacks: false,
     }
 }
 
@@ -104,6 +105,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
                     new,
                     prev_ns,
                     reason,
+                    stack: None,
                 },
             )
     })
@@ -285,6 +287,7 @@ fn sample_event(i: u64) -> Event {
         new: TcpState::Established,
         prev_ns: Some(250_000),
         reason: None,
+        stack: None,
     }
 }
 
@@ -622,6 +625,7 @@ fn fuzz_case(ops: &[Op], muts: &[(usize, Mutation)]) -> bool {
         tw_overflow: 0,
         lost: applier.lost,
         decode_errors: 0,
+        stacks: Default::default(),
     };
     let _ = engine.snapshot(last, last, host);
     reader.cut.is_some()
@@ -1020,6 +1024,7 @@ fn every_workload_is_written_again_after_each_snapshot() {
             Record::Event(_) => "e",
             Record::Snapshot { .. } => "s",
             Record::Lost { .. } => "l",
+            Record::Stack { .. } => "k",
         })
         .collect();
     assert_eq!(kinds, ["w", "e", "s", "w", "e", "s", "w"]);

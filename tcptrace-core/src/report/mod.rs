@@ -407,7 +407,7 @@ fn record_ts(rec: &Record) -> u64 {
     match rec {
         Record::Event(e) => e.ts_ns,
         Record::Lost { ts_ns, .. } | Record::Snapshot { ts_ns, .. } => *ts_ns,
-        Record::Workload { .. } => 0,
+        Record::Workload { .. } | Record::Stack { .. } => 0,
     }
 }
 
@@ -466,6 +466,7 @@ impl Run<'_> {
             tw_overflow: 0,
             lost,
             decode_errors: 0,
+            stacks: Default::default(),
         }
     }
 
@@ -497,7 +498,7 @@ impl Run<'_> {
     }
 
     fn take(&mut self, rec: &Record) {
-        if let Record::Workload { .. } = rec {
+        if let Record::Workload { .. } | Record::Stack { .. } = rec {
             // Names only: no moment, nothing counted.
             self.applier.apply(&mut self.engine, rec);
             return;
@@ -579,7 +580,7 @@ impl Run<'_> {
                     self.resync(now);
                 }
             }
-            Record::Lost { .. } | Record::Workload { .. } => {}
+            Record::Lost { .. } | Record::Workload { .. } | Record::Stack { .. } => {}
         }
         if let Some(grid) = &mut self.grid {
             grid.note(&self.tracker);

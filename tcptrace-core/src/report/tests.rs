@@ -46,6 +46,7 @@ fn header() -> Header {
         port_range: (32768, 60999),
         start_mono_ns: T0,
         start_wall_ns: start_wall(),
+        stacks: false,
     }
 }
 

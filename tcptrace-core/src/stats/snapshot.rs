@@ -69,6 +69,7 @@ use super::{
 use crate::{
     conn::{CloseWaitItem, Closer, ConnTable, EndReason},
     model::{Comm, Lost, TcpState},
+    stacks::{Frame, StackCounts, StackTable},
 };
 
 const MIN: u64 = 60 * 1_000_000_000;
@@ -83,6 +84,48 @@ pub struct HostFacts {
     /// Kernel-side losses since start.
     pub lost: Lost,
     pub decode_errors: u64,
+    /// What the live source's stack namer did (`--stacks`; zero otherwise).
+    pub stacks: StackCounts,
+}
+
+/// CLOSE_WAIT sockets of one process opened by one code path (`--stacks`):
+/// a row of `close_wait_by_stack`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CloseWaitByStack {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The kernel's stack id; null: this process's CLOSE_WAIT sockets with no
+    /// stack (opened before tracing, or the kernel missed it).
+    pub stack_id: Option<u32>,
+    pub count: u64,
+    /// The process's CLOSE_WAIT sockets in all ("412 of 460").
+    pub process_count: u64,
+    pub oldest_age_ms: u64,
+    pub oldest_age_is_lower_bound: bool,
+    /// Remote endpoints of these sockets, most frequent first (at most 5).
+    pub peers: Vec<String>,
+    /// [`crate::stacks::Stack::code_path`] of 3 frames; "(not named yet)";
+    /// "(no stack)".
+    pub code_path: String,
+    pub top_frame: Option<String>,
+    /// [`crate::stacks::StackQuality`] names, plus "pending" (not named
+    /// yet) and "none" (no stack).
+    pub stack_quality: &'static str,
+    /// The full stack, innermost first; empty when pending or none.
+    pub frames: Vec<Frame>,
+}
+
+/// How stacks are doing (`--stacks`): the `stacks` object.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StacksStatus {
+    #[serde(flatten)]
+    pub counts: StackCounts,
+    /// Stacks with names in this engine.
+    pub known: u64,
+    /// Live full sockets with a stack.
+    pub sockets_with_stack: u64,
+    /// CLOSE_WAIT sockets with no stack (the null rows).
+    pub close_wait_without_stack: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -311,6 +354,13 @@ pub struct Snapshot {
     /// How workloads are attributed here (the live commands).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workloads: Option<WorkloadStatus>,
+    /// CLOSE_WAIT sockets by process and the code that opened them, most
+    /// first (only with stacks on: the key is absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_wait_by_stack: Option<Vec<CloseWaitByStack>>,
+    /// How stacks are doing (only with stacks on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<StacksStatus>,
     /// CLOSE_WAIT counts by owner cgroup, before names.
     #[serde(skip)]
     pub close_wait_keys: Vec<KeyCloseWait>,
@@ -390,6 +440,8 @@ pub struct SnapshotInput<'a> {
     pub facts: &'a crate::netfacts::NetFacts,
     /// When observation began (rates over a shorter span than their window).
     pub since_ns: u64,
+    /// The engine's stack names: `Some` iff stacks are on.
+    pub stacks: Option<&'a StackTable>,
 }
 
 /// CLOSE_WAIT sockets a snapshot lists, oldest first: those the JSON
@@ -765,6 +817,8 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         time_wait_by_workload: Vec::new(),
         by_workload: Vec::new(),
         workloads: None,
+        close_wait_by_stack: None,
+        stacks: None,
         close_wait_keys,
         time_wait_keys: grouped.by_cgroup,
         mono_ns: now,

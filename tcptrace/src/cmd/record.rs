@@ -178,6 +178,7 @@ impl Recorder {
             port_range: source.host().0,
             start_mono_ns,
             start_wall_ns,
+            stacks: false,
         };
         let file = Self::open(&cfg, &header, cfg.force, source.clock_ns())?;
         Ok(Self {
@@ -331,6 +332,10 @@ impl Consumer for Recorder {
             Record::Workload { cgroup, workload } => {
                 let (id, w) = (*cgroup, Arc::clone(workload));
                 self.file().writer.workload(id, &w);
+            }
+            Record::Stack { key, stack } => {
+                let (key, stack) = (*key, Arc::clone(stack));
+                self.file().writer.stack(key, &stack);
             }
             Record::Lost { ts_ns, lost } => self.write(|w| w.lost(*ts_ns, lost))?,
             Record::Snapshot {
