@@ -306,6 +306,7 @@ impl Source for Recording {
             host: h.host.clone(),
             kernel: h.kernel.clone(),
             recording: Some(self.replay.path.clone()),
+            stacks: h.stacks,
         }
     }
 
