@@ -15,7 +15,6 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel},
     thread::JoinHandle,
 };
@@ -164,6 +163,13 @@ impl StackNamer {
                         }
                         _ => self.counts.named += 1,
                     }
+                    log::debug!(
+                        "stack {}/{} named: {} ({})",
+                        key.pid,
+                        key.id,
+                        tcptrace_core::output::escape(&stack.code_path(4)),
+                        stack.quality.name()
+                    );
                     f(key, stack);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -428,8 +434,11 @@ pub(crate) fn name_ips(
 /// Whether a path names a file called `name` (the tests').
 #[cfg(test)]
 fn file_is(path: &Option<String>, name: &str) -> bool {
-    path.as_deref()
-        .is_some_and(|p| Path::new(p).file_name().is_some_and(|f| f == name))
+    path.as_deref().is_some_and(|p| {
+        std::path::Path::new(p)
+            .file_name()
+            .is_some_and(|f| f == name)
+    })
 }
 
 #[cfg(test)]
