@@ -150,7 +150,10 @@ impl Service {
             .and_then(|p| p.parse::<u32>().ok())
             .unwrap_or_else(|| {
                 let status = service.child.try_wait();
-                panic!("{}: unexpected first line {line:?} ({status:?})", bin.display())
+                panic!(
+                    "{}: unexpected first line {line:?} ({status:?})",
+                    bin.display()
+                )
             });
         assert_eq!(pid, service.pid, "the service reports its own pid");
         service.pid = pid;
