@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel},
+    sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     thread::JoinHandle,
 };
 
@@ -154,26 +154,19 @@ impl StackNamer {
 
     /// Named stacks back since the last call.
     pub fn take_named(&mut self, f: &mut dyn FnMut(StackKey, Stack)) {
-        loop {
-            match self.named.try_recv() {
-                Ok((key, stack)) => {
-                    match stack.quality {
-                        StackQuality::ProcessGone | StackQuality::Unsymbolized => {
-                            self.counts.failed += 1
-                        }
-                        _ => self.counts.named += 1,
-                    }
-                    log::debug!(
-                        "stack {}/{} named: {} ({})",
-                        key.pid,
-                        key.id,
-                        tcptrace_core::output::escape(&stack.code_path(4)),
-                        stack.quality.name()
-                    );
-                    f(key, stack);
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        while let Ok((key, stack)) = self.named.try_recv() {
+            match stack.quality {
+                StackQuality::ProcessGone | StackQuality::Unsymbolized => self.counts.failed += 1,
+                _ => self.counts.named += 1,
             }
+            log::debug!(
+                "stack {}/{} named: {} ({})",
+                key.pid,
+                key.id,
+                tcptrace_core::output::escape(&stack.code_path(4)),
+                stack.quality.name()
+            );
+            f(key, stack);
         }
     }
 
