@@ -46,6 +46,9 @@ pub struct Writer<W: Write> {
     /// Every workload written to this file, by cgroup id: written again
     /// after each snapshot block.
     workloads: FxHashMap<u64, Arc<Workload>>,
+    /// Every stack written to this file, by key: written again after each
+    /// snapshot block.
+    stacks: FxHashMap<StackKey, Arc<Stack>>,
 }
 
 impl<W: Write> Writer<W> {
@@ -59,6 +62,7 @@ impl<W: Write> Writer<W> {
             bytes: h.len() as u64,
             events: 0,
             workloads: FxHashMap::default(),
+            stacks: FxHashMap::default(),
         })
     }
 
@@ -77,10 +81,25 @@ impl<W: Write> Writer<W> {
         }
     }
 
-    /// Names stack `key` for the events that use it (version 5; the
-    /// encoding lands with the format bump).
+    /// Names stack `key` (version 5): a stack record is written unless
+    /// this one was already (the same `Arc`, or an equal stack); a changed
+    /// one is written again. Names are looked up at snapshot time, so it
+    /// may come before or after the events that use it. Cheap when known:
+    /// one lookup.
     pub fn stack(&mut self, key: StackKey, stack: &Arc<Stack>) {
-        let _ = (key, stack);
+        if let Some(known) = self.stacks.get(&key)
+            && (Arc::ptr_eq(known, stack) || **known == **stack)
+        {
+            return;
+        }
+        if self.enc.stack(key, stack) {
+            self.stacks.insert(key, Arc::clone(stack));
+        }
+    }
+
+    /// Stacks written to this file so far.
+    pub fn stacks_written(&self) -> usize {
+        self.stacks.len()
     }
 
     /// Workloads written to this file so far.
@@ -135,6 +154,12 @@ impl<W: Write> Writer<W> {
         ids.sort_unstable();
         for id in ids {
             self.enc.workload(id, &self.workloads[&id]);
+        }
+        // And every stack (a reader starting here names them too).
+        let mut keys: Vec<StackKey> = self.stacks.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.enc.stack(key, &self.stacks[&key]);
         }
         Ok(())
     }
