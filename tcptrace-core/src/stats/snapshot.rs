@@ -69,7 +69,7 @@ use super::{
 use crate::{
     conn::{CloseWaitItem, Closer, ConnTable, EndReason},
     model::{Comm, Lost, TcpState},
-    stacks::{Frame, StackCounts, StackTable},
+    stacks::{Frame, StackCounts, StackKey, StackTable},
 };
 
 const MIN: u64 = 60 * 1_000_000_000;
@@ -533,6 +533,91 @@ pub fn close_wait_sockets_of(
     oldest(table, items, now_ns, limit)
 }
 
+/// One (process, stack) group of CLOSE_WAIT sockets being counted.
+#[derive(Default)]
+struct StackGroup {
+    count: u64,
+    oldest_age_ms: u64,
+    lower: bool,
+    peers: rustc_hash::FxHashMap<SocketAddr, u32>,
+}
+
+/// CLOSE_WAIT sockets by process and the stack that opened them (stacks
+/// on only): O(CLOSE_WAIT sockets), at snapshot time, like the groups by
+/// cgroup; names from `names` (pending until the namer answers). Most
+/// first, then by pid, then by stack id (no stack last).
+fn close_wait_by_stack(
+    table: &ConnTable,
+    names: &StackTable,
+    oldest_of: &[Option<(u64, u64, bool)>],
+    now: u64,
+) -> Vec<CloseWaitByStack> {
+    let live = table.live();
+    let mut groups: rustc_hash::FxHashMap<(u32, Option<StackKey>), StackGroup> = Default::default();
+    for i in &live.close_wait {
+        let key = table.conn_at(i.slot).and_then(|c| table.stack_of(c));
+        let g = groups.entry((i.pid_group, key)).or_default();
+        let age = now.saturating_sub(i.since_ns) / 1_000_000;
+        g.count += 1;
+        if g.count == 1 || age > g.oldest_age_ms {
+            g.oldest_age_ms = age;
+            g.lower = i.lower;
+        } else if age == g.oldest_age_ms {
+            g.lower |= i.lower;
+        }
+        *g.peers
+            .entry(SocketAddr::new(i.key.daddr, i.key.dport))
+            .or_insert(0) += 1;
+    }
+    let mut rows: Vec<CloseWaitByStack> = groups
+        .into_iter()
+        .map(|((group, key), g)| {
+            let r = live.by_pid.at(group);
+            let pid = r.key;
+            let (code_path, top_frame, stack_quality, frames) =
+                match (key, key.and_then(|k| names.get(&k))) {
+                    (None, _) => ("(no stack)".to_string(), None, "none", Vec::new()),
+                    (Some(_), None) => ("(not named yet)".to_string(), None, "pending", Vec::new()),
+                    (Some(_), Some(s)) => (
+                        s.code_path(3),
+                        s.top_frame(),
+                        s.quality.name(),
+                        s.frames.clone(),
+                    ),
+                };
+            let mut peers: Vec<(u32, SocketAddr)> =
+                g.peers.into_iter().map(|(p, n)| (n, p)).collect();
+            peers.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            peers.truncate(PEERS_SHOWN);
+            CloseWaitByStack {
+                pid,
+                comm: pid.and(r.comm()).map(comm_string),
+                stack_id: key.map(|k| k.id),
+                count: g.count,
+                process_count: oldest_of
+                    .get(group as usize)
+                    .copied()
+                    .flatten()
+                    .map_or(g.count, |o| o.0),
+                oldest_age_ms: g.oldest_age_ms,
+                oldest_age_is_lower_bound: g.lower,
+                peers: peers.into_iter().map(|p| p.1.to_string()).collect(),
+                code_path,
+                top_frame,
+                stack_quality,
+                frames,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.pid.cmp(&b.pid))
+            .then((a.stack_id.is_none(), a.stack_id).cmp(&(b.stack_id.is_none(), b.stack_id)))
+    });
+    rows
+}
+
 /// Builds a snapshot and samples CLOSE_WAIT counts for the growth rates.
 /// Reads the counts the table keeps ([`crate::conn::Live`]): O(groups and
 /// CLOSE_WAIT sockets, plus timewait sockets for their groups), not
@@ -567,6 +652,24 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
             None => (1, age, i.lower),
         });
     }
+    let (close_wait_by_stack, stacks) = match input.stacks {
+        Some(names) => {
+            let rows = close_wait_by_stack(table, names, &oldest_of, now);
+            let without = rows
+                .iter()
+                .filter(|r| r.stack_id.is_none())
+                .map(|r| r.count)
+                .sum();
+            let status = StacksStatus {
+                counts: input.host.stacks,
+                known: names.len() as u64,
+                sockets_with_stack: table.sockets_with_stacks() as u64,
+                close_wait_without_stack: without,
+            };
+            (Some(rows), Some(status))
+        }
+        None => (None, None),
+    };
     // By owner cgroup (O(CLOSE_WAIT sockets), at snapshot time: the
     // per-event path keeps no count by cgroup), and each process's key.
     // Consecutive sockets mostly share a key: the last one is remembered,
@@ -817,8 +920,8 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         time_wait_by_workload: Vec::new(),
         by_workload: Vec::new(),
         workloads: None,
-        close_wait_by_stack: None,
-        stacks: None,
+        close_wait_by_stack,
+        stacks,
         close_wait_keys,
         time_wait_keys: grouped.by_cgroup,
         mono_ns: now,
