@@ -1266,6 +1266,54 @@ mod tests {
     }
 
     #[test]
+    fn stats_text_lists_code_paths_escaped() {
+        use crate::stacks::{Frame, Stack, StackKey};
+        let mut e = Engine::new(100);
+        e.stacks.enabled = true;
+        leaked(&mut e, 0, 10, 5000, Some(7));
+        leaked(&mut e, 0, 11, 5001, None);
+        e.stacks.insert(
+            StackKey { pid: 100, id: 7 },
+            std::sync::Arc::new(Stack {
+                frames: vec![Frame {
+                    function: Some("evil\x1b[2J".into()),
+                    module: Some("/srv/x".into()),
+                    ..Frame::default()
+                }],
+                quality: crate::stacks::StackQuality::NoFramePointers,
+                ..Stack::default()
+            }),
+        );
+        let snap = e.snapshot(SEC, SEC, host());
+        let mut out = Vec::new();
+        crate::output::stats::write_text(&mut out, &snap).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("CLOSE_WAIT by code path:"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            text.contains("1/2") && text.contains("[no frame pointers: one frame]"),
+            "{text}"
+        );
+        assert!(text.contains("(no stack)"), "{text}");
+        let mut out = Vec::new();
+        crate::output::stats::write_stack(
+            &mut out,
+            &snap.close_wait_by_stack.unwrap()[0].frames,
+            "no_frame_pointers",
+        )
+        .unwrap();
+        let stack = String::from_utf8(out).unwrap();
+        assert!(stack.starts_with("    #0   evil"), "{stack}");
+        assert!(stack.contains("(one frame only"), "{stack}");
+        // Without stacks: no section.
+        let mut e = Engine::new(100);
+        leaked(&mut e, 0, 10, 5000, Some(7));
+        let mut out = Vec::new();
+        crate::output::stats::write_text(&mut out, &e.snapshot(SEC, SEC, host())).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("code path"));
+    }
+
+    #[test]
     fn without_stacks_the_keys_are_absent() {
         let mut e = Engine::new(100);
         leaked(&mut e, 0, 10, 5000, Some(7));

@@ -114,6 +114,21 @@ impl StackQuality {
         }
     }
 
+    /// The quality of a serde (JSON) name; None for another word
+    /// ("pending", "none").
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Complete,
+            Self::Truncated,
+            Self::Cut,
+            Self::NoFramePointers,
+            Self::ProcessGone,
+            Self::Unsymbolized,
+        ]
+        .into_iter()
+        .find(|q| q.name() == name)
+    }
+
     /// What a stack of this quality misses, for a human (None: complete).
     pub fn note(self) -> Option<&'static str> {
         match self {
@@ -487,6 +502,7 @@ mod tests {
                 format!("\"{}\"", q.name())
             );
             assert_eq!(q.note().is_none(), q == Complete);
+            assert_eq!(StackQuality::from_name(q.name()), Some(q));
         }
     }
 

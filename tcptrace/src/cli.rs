@@ -959,6 +959,7 @@ impl ReportArgs {
                 at: time("--at", &self.at)?,
                 step_ns,
                 workloads: self.workload.to_filter()?,
+                stacks: self.stacks,
             },
         })
     }

@@ -48,6 +48,10 @@ pub struct Options {
     /// `--cgroup`/`--container`/`--unit`: holder rows are kept when their
     /// owner's recorded workload matches.
     pub workloads: crate::workload::WorkloadFilter,
+    /// `--stacks`: the text shows the full stack of each process's leading
+    /// code path (the code paths themselves show whenever the recording
+    /// has stacks; JSON has them then too).
+    pub stacks: bool,
 }
 
 /// Why a report cannot be made as asked: one line, a usage error.

@@ -35,6 +35,18 @@
 //!   `facts_known`, `pid`, `comm`.
 //! - `by_process`, `by_local_port`, `by_remote`: live counts per state
 //!   (the JSON printers cap every list: [`super::cap_lists`]).
+//! - `close_wait_by_stack` (only with stacks on: `--stacks`, or a recording
+//!   made with it; the key is absent otherwise): CLOSE_WAIT sockets per
+//!   process and stack, most first, then by `pid`, then by `stack_id`
+//!   (null last): `pid`, `comm`, `stack_id` (null: no stack), `count`,
+//!   `process_count`, `oldest_age_ms`, `oldest_age_is_lower_bound`,
+//!   `peers`, `code_path`, `top_frame`, `stack_quality` (a
+//!   [`crate::stacks::StackQuality`] name, `pending` or `none`), `frames`
+//!   (`addr`, `function`, `function_offset`, `module`, `module_offset`,
+//!   `build_id`, `file`, `line`). O(CLOSE_WAIT sockets) at snapshot time.
+//! - `stacks` (only with stacks on): `kernel_misses`, `requested`, `named`,
+//!   `failed`, `pending`, `dropped`, `max_depth`, `known`,
+//!   `sockets_with_stack`, `close_wait_without_stack`.
 //! - The workload fields (`close_wait_by_workload`, `time_wait_by_workload`,
 //!   `by_workload`, `workloads`, and those of process rows): see
 //!   [`super::workloads`].

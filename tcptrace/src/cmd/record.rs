@@ -188,7 +188,7 @@ impl Recorder {
             port_range: source.host().0,
             start_mono_ns,
             start_wall_ns,
-            stacks: false,
+            stacks: info.stacks,
         };
         let file = Self::open(&cfg, &header, cfg.force, source.clock_ns())?;
         Ok(Self {
