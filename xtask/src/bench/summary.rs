@@ -104,7 +104,7 @@ fn by_hook(run: &Run) -> BTreeMap<&str, (u64, u64, u64)> {
 
 pub fn target_to_limit(t: Tracer) -> Option<f64> {
     match t {
-        Tracer::Record | Tracer::Stats => Some(TARGET_TO_LIMIT),
+        Tracer::Record | Tracer::Stats | Tracer::StatsStacks => Some(TARGET_TO_LIMIT),
         Tracer::Top => Some(TARGET_TOP_TO_LIMIT),
         _ => None,
     }
@@ -197,22 +197,27 @@ pub fn overheads(summaries: &[ConfigSummary]) -> Vec<Overhead> {
     else {
         return Vec::new();
     };
-    [Tracer::Stats, Tracer::Record, Tracer::Top]
-        .iter()
-        .filter_map(|t| {
-            let ours = 1.0
-                - summaries
-                    .iter()
-                    .find(|s| s.config == t.key())?
-                    .ratio_to_untraced?;
-            Some(Overhead {
-                config: t.key(),
-                overhead: ours,
-                tcpstates_overhead: theirs,
-                share_of_tcpstates: (theirs > 0.0).then(|| ours / theirs),
-            })
+    [
+        Tracer::Stats,
+        Tracer::StatsStacks,
+        Tracer::Record,
+        Tracer::Top,
+    ]
+    .iter()
+    .filter_map(|t| {
+        let ours = 1.0
+            - summaries
+                .iter()
+                .find(|s| s.config == t.key())?
+                .ratio_to_untraced?;
+        Some(Overhead {
+            config: t.key(),
+            overhead: ours,
+            tcpstates_overhead: theirs,
+            share_of_tcpstates: (theirs > 0.0).then(|| ours / theirs),
         })
-        .collect()
+    })
+    .collect()
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
