@@ -159,6 +159,10 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
         )
         .env("TCPTRACE_ALERT_COUNT", a.count.to_string())
         .env("TCPTRACE_ALERT_PEERS", a.peers.join(" "))
+        .env(
+            "TCPTRACE_ALERT_OPENED_AT",
+            a.opened_at.clone().unwrap_or_default(),
+        )
         .env("TCPTRACE_ALERT_MESSAGE", &a.message)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

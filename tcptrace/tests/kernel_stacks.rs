@@ -205,9 +205,13 @@ fn a_full_stack_map_counts_its_misses() {
     // 64 buckets, 200 processes: each one's stack is new (ASLR), so most
     // find their bucket taken (no REUSE_STACKID) or the map full.
     const PROCESSES: usize = 200;
-    let mut filter = Filter::default();
-    filter.comm_set = 1;
-    filter.comm[..9].copy_from_slice(b"stackleak");
+    let mut comm = [0u8; 16];
+    comm[..9].copy_from_slice(b"stackleak");
+    let filter = Filter {
+        comm_set: 1,
+        comm,
+        ..Filter::default()
+    };
     let mut tracer = tracer_with(with_stacks(64, filter));
     let (port, server) = closing_listener(PROCESSES);
     let bin = build_stackleak();
