@@ -245,7 +245,7 @@ fn verdict_at_least(v: Option<f64>, target: Option<f64>) -> &'static str {
 /// Every round's runs, one line each.
 pub fn print_runs(runs: &[Run]) {
     println!(
-        "  {:>2} {:<10} {:>8} {:>6} {:>6} {:>10} {:>10} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>5}",
+        "  {:>2} {:<12} {:>8} {:>6} {:>6} {:>10} {:>10} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>5}",
         "r",
         "config",
         "conn/s",
@@ -264,7 +264,7 @@ pub fn print_runs(runs: &[Run]) {
     );
     for r in runs {
         println!(
-            "  {:>2} {:<10} {:>8.0} {:>6} {:>6} {:>10} {:>10} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>5}",
+            "  {:>2} {:<12} {:>8.0} {:>6} {:>6} {:>10} {:>10} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>5}",
             r.round + 1,
             r.config,
             r.per_sec,
@@ -293,7 +293,7 @@ pub fn print_summary(s: &[ConfigSummary], overheads: &[Overhead], rounds: usize)
     println!();
     println!("medians of {rounds} round(s) (lost: summed over the rounds)");
     println!(
-        "  {:<10} {:>8} {:>6} {:>6} {:>14} {:>8} {:>6} {:>5} {:>14} {:>6} {:>6} {:>7}",
+        "  {:<12} {:>8} {:>6} {:>6} {:>14} {:>8} {:>6} {:>5} {:>14} {:>6} {:>6} {:>7}",
         "config",
         "conn/s",
         "/untr",
@@ -318,7 +318,7 @@ pub fn print_summary(s: &[ConfigSummary], overheads: &[Overhead], rounds: usize)
             v => opt(v, 3),
         };
         println!(
-            "  {:<10} {:>8} {:>6} {:>6} {:>14} {:>8} {:>6} {:>5} {:>14} {:>6} {:>6} {:>7}",
+            "  {:<12} {:>8} {:>6} {:>6} {:>14} {:>8} {:>6} {:>5} {:>14} {:>6} {:>6} {:>7}",
             c.config,
             opt(c.per_sec, 0),
             opt(c.ratio_to_untraced, 3),
