@@ -263,10 +263,36 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The process's name now (`/proc/PID/comm`), as the kernel keeps it.
-fn comm_now(pid: u32) -> Option<Comm> {
-    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+/// A name as the kernel keeps it, from a `/proc` `comm` file.
+fn comm_at(path: &str) -> Option<Comm> {
+    let name = std::fs::read_to_string(path).ok()?;
     Some(Comm::from_name(name.trim_end_matches('\n')))
+}
+
+/// The process's name now (`/proc/PID/comm`: its main thread's).
+fn comm_now(pid: u32) -> Option<Comm> {
+    comm_at(&format!("/proc/{pid}/comm"))
+}
+
+/// Threads looked at, at most, for a thread of the owner's name.
+const THREADS_MAX: usize = 4096;
+
+/// Whether process `pid` is still the one whose thread called `comm` opened
+/// the socket: its main thread, or one of its threads, has that name (the
+/// owner is the thread that called connect() or accept(), often a worker
+/// named apart from the main thread: "tokio-runtime-w", "pool-1-thread-3").
+/// A reused pid, or a process that exec'd something else, has other names.
+fn still_named(pid: u32, comm: &Comm) -> bool {
+    if comm_now(pid).as_ref() == Some(comm) {
+        return true;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .take(THREADS_MAX)
+        .flatten()
+        .any(|t| comm_at(&format!("{}/comm", t.path().display())).as_ref() == Some(comm))
 }
 
 /// Frames with the addresses only (nothing named).
@@ -296,10 +322,13 @@ pub(crate) fn name_ips(
     max_depth: u32,
 ) -> Stack {
     let ips = &ips[..ips.len().min(MAX_FRAMES)];
-    // Pid 0 is "this process" to blazesym; a pid whose name changed was
+    // Pid 0 is "this process" to blazesym; a pid whose names changed was
     // reused (or exec'd something else): its addresses mean other code now.
-    if pid == 0 || comm_now(pid).as_ref() != Some(comm) {
+    if pid == 0 || !still_named(pid, comm) {
         return bare(ips, StackQuality::ProcessGone);
+    }
+    if ips.is_empty() {
+        return bare(ips, StackQuality::Unsymbolized);
     }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
@@ -542,6 +571,34 @@ mod tests {
         assert!(stack.frames.iter().all(|f| f.function.is_none()));
         let stack = name_ips(&mut naming, 0, &own_comm(), &[a + 1], 127);
         assert_eq!(stack.quality, StackQuality::ProcessGone);
+    }
+
+    #[test]
+    fn a_worker_thread_named_apart_from_the_main_one_is_the_same_process() {
+        let (a, b) = addrs();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("c1-pool-worker".into())
+            .spawn(move || {
+                ready_tx.send(()).unwrap();
+                let _ = rx.recv();
+            })
+            .unwrap();
+        ready.recv().unwrap();
+        let mut naming = Naming::new();
+        let stack = name_ips(
+            &mut naming,
+            std::process::id(),
+            &Comm::from_name("c1-pool-worker"),
+            &[a + 1, b + 1],
+            127,
+        );
+        drop(tx);
+        worker.join().unwrap();
+        assert_eq!(stack.quality, StackQuality::Complete, "{stack:?}");
+        let empty = name_ips(&mut naming, std::process::id(), &own_comm(), &[], 127);
+        assert_eq!(empty.quality, StackQuality::Unsymbolized);
     }
 
     #[test]
