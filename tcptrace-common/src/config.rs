@@ -1,6 +1,6 @@
 //! Globals and map values the eBPF program shares with userspace.
 //!
-//! Userspace fills [`KernelOffsets`], [`Filter`] and [`Tuning`] at load time
+//! Userspace fills [`KernelOffsets`], [`Filter`], [`Tuning`] and [`Features`] at load time
 //! (`EbpfLoader::override_global`) from the running kernel's BTF, kallsyms and the
 //! command line. Rust eBPF has no CO-RE, so no kernel layout is compiled in.
 
@@ -209,10 +209,42 @@ pub enum Counter {
     /// ancestors and namespaces of `--cgroup`, `--unit`, `--container`,
     /// `--netns`); also counted in [`Counter::Filtered`].
     FilteredWorkload = 9,
+    /// A user stack the kernel could not keep: the stack map was full or
+    /// another stack held its bucket (no REUSE_STACKID), or there was no user
+    /// stack (a kernel thread, an io_uring worker).
+    StackMiss = 10,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const N_COUNTERS: u32 = 10;
+pub const N_COUNTERS: u32 = 11;
+
+/// Deepest user stack kept (the aya-ebpf `StackTrace` value: 127 frames,
+/// `PERF_MAX_STACK_DEPTH`). The kernel refuses to create the stack map when
+/// `kernel.perf_event_max_stack` is lower.
+pub const STACK_DEPTH: u32 = 127;
+/// Most entries of the stack map: ids must fit `stack_id: u16`
+/// (the kernel's id is `hash & (entries - 1)`, entries a power of two).
+pub const MAX_STACK_ENTRIES: u32 = 1 << 15;
+
+/// Load-time switches of optional work (a frozen global: the verifier drops
+/// the code of a switch that is off, so it costs nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Non-zero: capture the user stack where a lifecycle starts (`--stacks`).
+    pub user_stacks: u32,
+    pub _pad: u32,
+}
+
+impl Features {
+    /// Everything off; usable in `static` initialisers.
+    pub const NONE: Self = Self {
+        user_stacks: 0,
+        _pad: 0,
+    };
+}
+
+const _: () = assert!(core::mem::size_of::<Features>() == 8);
 
 /// Value of the owner map, keyed by socket address (full or timewait socket).
 #[repr(C)]
@@ -228,9 +260,16 @@ pub struct OwnerEntry {
     pub flags: u8,
     /// Current state (substate for timewait sockets).
     pub state: u8,
-    pub _pad: [u8; 2],
+    /// With [`crate::event_flags::STACK_KNOWN`] in `flags`: see
+    /// [`crate::RawEvent::stack_id`].
+    pub stack_id: u16,
     pub comm: [u8; COMM_LEN],
 }
+
+const _: () = {
+    assert!(core::mem::size_of::<OwnerEntry>() == 48);
+    assert!(core::mem::offset_of!(OwnerEntry, stack_id) == 30);
+};
 
 #[cfg(feature = "user")]
 mod pod {
@@ -238,4 +277,5 @@ mod pod {
     unsafe impl aya::Pod for super::Filter {}
     unsafe impl aya::Pod for super::Tuning {}
     unsafe impl aya::Pod for super::OwnerEntry {}
+    unsafe impl aya::Pod for super::Features {}
 }

@@ -107,6 +107,10 @@ pub mod event_flags {
     /// ancestors when it was captured (set only while that filter is on;
     /// an owner inherited from a listener carries the listener's).
     pub const CGROUP_MATCH: u8 = 1 << 5;
+    /// `stack_id` holds the kernel's id (in the `STACKS` map) of the user
+    /// stack captured when the owner opened the socket (connect, listen,
+    /// accept; with `--stacks`). Travels with the owner.
+    pub const STACK_KNOWN: u8 = 1 << 6;
 }
 
 /// One event, as written by the kernel. See the module docs for the wire format.
@@ -122,6 +126,10 @@ pub mod event_flags {
 ///   `reused_by` the tgid of the task whose connect() reused it.
 /// - `Transition` to CLOSE: `reason` is [`TwEndReason::Overflow`] when the
 ///   socket should have become a timewait socket and none was made.
+/// - Any kind with an owner: `stack_id` with [`event_flags::STACK_KNOWN`] is
+///   the user stack captured with the owner (connect, listen, accept;
+///   `--stacks` only). It takes 2 of the 3 bytes of padding after `reason`,
+///   so the record stays 120 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawEvent {
@@ -144,7 +152,10 @@ pub struct RawEvent {
     pub daddr: [u8; 16],
     pub comm: [u8; 16],
     pub reason: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// With [`event_flags::STACK_KNOWN`]: the owner's user stack id (an id
+    /// in the `STACKS` map, meaningful in the process `tgid`; 0 otherwise).
+    pub stack_id: u16,
     /// `TwEnd` with [`TwEndReason::Reused`]: tgid of the reusing task (0 otherwise).
     pub reused_by: u32,
 }
@@ -173,13 +184,16 @@ impl RawEvent {
             daddr: [0; 16],
             comm: [0; 16],
             reason: 0,
-            _pad: [0; 3],
+            _pad: 0,
+            stack_id: 0,
             reused_by: 0,
         }
     }
 }
 
 const _: () = assert!(RawEvent::SIZE == 120);
+const _: () = assert!(core::mem::offset_of!(RawEvent, stack_id) == 114);
+const _: () = assert!(core::mem::offset_of!(RawEvent, reused_by) == 116);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RawEvent {}

@@ -9,12 +9,12 @@ pub mod config;
 pub mod event;
 pub mod handled;
 
-pub use config::{Counter, Filter, KernelOffsets, OwnerEntry, Tuning};
+pub use config::{Counter, Features, Filter, KernelOffsets, OwnerEntry, Tuning};
 pub use event::{EventKind, RawEvent, TwEndReason, event_flags};
 
 /// Version of the event layout and of the globals handed to the eBPF program.
 /// Bump it whenever a `#[repr(C)]` type in this crate changes shape.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// TCP states, numbered as in the kernel (`include/net/tcp_states.h`).
 pub mod tcp_state {

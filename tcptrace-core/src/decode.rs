@@ -120,6 +120,7 @@ pub fn from_raw(r: &RawEvent) -> Result<Event, DecodeError> {
         new,
         prev_ns: (r.flags & event_flags::PREV_KNOWN != 0).then_some(r.prev_ns),
         reason,
+        stack: (r.flags & event_flags::STACK_KNOWN != 0).then_some(u32::from(r.stack_id)),
     })
 }
 
@@ -212,6 +213,11 @@ pub fn to_raw(e: &Event) -> RawEvent {
         r.flags |= event_flags::PREV_KNOWN;
     }
     (r.reason, r.reused_by) = reason_to_wire(e.reason);
+    if let Some(id) = e.stack {
+        // Kernel ids fit 16 bits (the map has at most 32768 entries).
+        r.stack_id = id as u16;
+        r.flags |= event_flags::STACK_KNOWN;
+    }
     r
 }
 
@@ -501,6 +507,20 @@ mod tests {
     }
 
     #[test]
+    fn stack_id_is_read_with_its_flag_only_at_byte_114() {
+        let mut r = raw_tw_end(Wire::Expired);
+        r.stack_id = 0x1234;
+        assert_eq!(decode_raw(&r).unwrap().stack, None);
+        r.flags |= event_flags::STACK_KNOWN;
+        let e = decode_raw(&r).unwrap();
+        assert_eq!(e.stack, Some(0x1234));
+        let bytes = raw_bytes(&to_raw(&e));
+        assert_eq!(&bytes[114..116], &0x1234u16.to_le_bytes());
+        assert_ne!(bytes[60 + 3] & event_flags::STACK_KNOWN, 0);
+        assert_eq!(to_raw(&Event { stack: None, ..e }).stack_id, 0);
+    }
+
+    #[test]
     fn reused_by_is_ignored_unless_reused() {
         let mut r = raw_tw_end(Wire::Killed);
         r.reused_by = 77;
@@ -761,6 +781,7 @@ mod tests {
                 new: TcpState::TimeWait,
                 prev_ns: Some(33),
                 reason: None,
+                stack: None,
             }
         );
         assert_eq!(raw_bytes(&to_raw(&e)), b);
@@ -835,7 +856,7 @@ mod tests {
                 arb_state(),
                 option::of(any::<u64>()),
             ),
-            (arb_tw_end_reason(), any::<bool>()),
+            (arb_tw_end_reason(), any::<bool>(), option::of(any::<u16>())),
         )
             .prop_map(
                 |(
@@ -843,7 +864,7 @@ mod tests {
                     (link, owner, netns),
                     ((family, saddr, daddr), sport, dport),
                     (old, new, prev_ns),
-                    (end_reason, overflow),
+                    (end_reason, overflow, stack),
                 )| Event {
                     ts_ns,
                     kind,
@@ -866,6 +887,7 @@ mod tests {
                         }
                         _ => None,
                     },
+                    stack: stack.map(u32::from),
                 },
             )
     }

@@ -32,6 +32,8 @@ pub struct Engine {
     deferred: Vec<Deferred>,
     /// Emptied batches back from the aggregating thread, to fill again.
     spare: Vec<Batch>,
+    /// Names of user stacks (`--stacks`; `enabled` puts them in snapshots).
+    pub stacks: crate::stacks::StackTable,
 }
 
 impl Engine {
@@ -49,6 +51,7 @@ impl Engine {
             batch: None,
             deferred: Vec::new(),
             spare: Vec::new(),
+            stacks: crate::stacks::StackTable::default(),
         }
     }
 
@@ -207,6 +210,7 @@ impl Engine {
                 histograms_by,
                 facts: &self.facts,
                 since_ns: self.started_ns.unwrap_or(now_ns),
+                stacks: self.stacks.enabled.then_some(&self.stacks),
             },
         )
     }
@@ -260,6 +264,7 @@ mod tests {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 
@@ -1091,5 +1096,254 @@ mod tests {
                 prop_assert!(h.max_ms <= 86_400_000.0);
             }
         }
+    }
+
+    /// Socket `sk` of owner 100 connects with stack `stack` and enters
+    /// CLOSE_WAIT at `t0 + 10 ms`.
+    fn leaked(e: &mut Engine, t0: u64, sk: u64, sport: u16, stack: Option<u32>) {
+        for (i, (old, new)) in [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, CloseWait),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            e.apply(&Event {
+                stack,
+                ..tr(t0 + 5 * MS * i as u64, sk, old, new, sport, 80)
+            });
+        }
+    }
+
+    fn named_leak() -> crate::stacks::Stack {
+        use crate::stacks::{Frame, Stack, StackQuality};
+        let frame = |function: &str, module: &str| Frame {
+            addr: 0x4000,
+            function: Some(function.into()),
+            module: Some(module.into()),
+            ..Frame::default()
+        };
+        Stack {
+            frames: vec![
+                frame("__connect", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+                frame("checkout_reserve_items", "/tmp/stackleak"),
+                frame("handle_order", "/tmp/stackleak"),
+                frame("main", "/tmp/stackleak"),
+                frame(
+                    "__libc_start_call_main",
+                    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                ),
+            ],
+            quality: StackQuality::Complete,
+            depth: 5,
+            exe: Some("/tmp/stackleak".into()),
+        }
+    }
+
+    #[test]
+    fn close_wait_by_stack_groups_by_code_path_and_names_what_is_named() {
+        use crate::{
+            record::{Record, RecordApplier},
+            stacks::{StackCounts, StackKey},
+        };
+        let mut e = Engine::new(100);
+        e.stacks.enabled = true;
+        for i in 0..3 {
+            leaked(&mut e, i * MS, 10 + i, 5000 + i as u16, Some(7));
+        }
+        leaked(&mut e, 50 * MS, 20, 6000, Some(8));
+        leaked(&mut e, 60 * MS, 21, 6001, None);
+        // A connection with a stack that did not leak.
+        e.apply(&Event {
+            stack: Some(9),
+            ..tr(70 * MS, 30, Close, SynSent, 0, 80)
+        });
+        RecordApplier::default().apply(
+            &mut e,
+            &Record::Stack {
+                key: StackKey { pid: 100, id: 7 },
+                stack: std::sync::Arc::new(named_leak()),
+            },
+        );
+        let mut facts = host();
+        facts.stacks = StackCounts {
+            kernel_misses: 2,
+            requested: 2,
+            named: 1,
+            pending: 1,
+            max_depth: 127,
+            ..StackCounts::default()
+        };
+        let snap = e.snapshot(SEC, SEC, facts);
+        let rows = snap.close_wait_by_stack.as_ref().unwrap();
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|r| (r.pid, r.stack_id, r.count, r.process_count, r.stack_quality))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some(100), Some(7), 3, 5, "complete"),
+                (Some(100), Some(8), 1, 5, "pending"),
+                (Some(100), None, 1, 5, "none"),
+            ]
+        );
+        assert_eq!(
+            rows[0].code_path,
+            "checkout_reserve_items ← handle_order ← main ← …"
+        );
+        assert_eq!(rows[0].top_frame.as_deref(), Some("checkout_reserve_items"));
+        assert_eq!(rows[0].frames.len(), 5);
+        assert_eq!(rows[0].oldest_age_ms, 1000 - 10);
+        assert_eq!(rows[0].peers, ["10.0.0.2:80"]);
+        assert_eq!(rows[0].comm.as_deref(), Some("app100"));
+        assert_eq!(rows[1].code_path, "(not named yet)");
+        assert!(rows[1].frames.is_empty() && rows[1].top_frame.is_none());
+        assert_eq!(rows[2].code_path, "(no stack)");
+        let status = snap.stacks.as_ref().unwrap();
+        assert_eq!(
+            (
+                status.known,
+                status.sockets_with_stack,
+                status.close_wait_without_stack
+            ),
+            (1, 5, 1)
+        );
+        // The JSON contract (§ stats --json).
+        let json = serde_json::to_value(&snap).unwrap();
+        let row = &json["close_wait_by_stack"][0];
+        for key in [
+            "pid",
+            "comm",
+            "stack_id",
+            "count",
+            "process_count",
+            "oldest_age_ms",
+            "oldest_age_is_lower_bound",
+            "peers",
+            "code_path",
+            "top_frame",
+            "stack_quality",
+            "frames",
+        ] {
+            assert!(row.get(key).is_some(), "{key} in {row}");
+        }
+        let frame = &row["frames"][1];
+        for key in [
+            "addr",
+            "function",
+            "function_offset",
+            "module",
+            "module_offset",
+            "build_id",
+            "file",
+            "line",
+        ] {
+            assert!(frame.get(key).is_some(), "{key} in {frame}");
+        }
+        assert_eq!(frame["addr"], "0x4000");
+        assert_eq!(
+            json["close_wait_by_stack"][2]["stack_id"],
+            serde_json::Value::Null
+        );
+        let stacks = &json["stacks"];
+        for key in [
+            "kernel_misses",
+            "requested",
+            "named",
+            "failed",
+            "pending",
+            "dropped",
+            "max_depth",
+            "known",
+            "sockets_with_stack",
+            "close_wait_without_stack",
+        ] {
+            assert!(stacks.get(key).is_some(), "{key} in {stacks}");
+        }
+        assert_eq!(stacks["kernel_misses"], 2);
+    }
+
+    #[test]
+    fn stats_text_lists_code_paths_escaped() {
+        use crate::stacks::{Frame, Stack, StackKey};
+        let mut e = Engine::new(100);
+        e.stacks.enabled = true;
+        leaked(&mut e, 0, 10, 5000, Some(7));
+        leaked(&mut e, 0, 11, 5001, None);
+        e.stacks.insert(
+            StackKey { pid: 100, id: 7 },
+            std::sync::Arc::new(Stack {
+                frames: vec![Frame {
+                    function: Some("evil\x1b[2J".into()),
+                    module: Some("/srv/x".into()),
+                    ..Frame::default()
+                }],
+                quality: crate::stacks::StackQuality::NoFramePointers,
+                ..Stack::default()
+            }),
+        );
+        let snap = e.snapshot(SEC, SEC, host());
+        let mut out = Vec::new();
+        crate::output::stats::write_text(&mut out, &snap).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("CLOSE_WAIT by code path:"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            text.contains("1/2") && text.contains("[no frame pointers: one frame]"),
+            "{text}"
+        );
+        assert!(text.contains("(no stack)"), "{text}");
+        let mut out = Vec::new();
+        crate::output::stats::write_stack(
+            &mut out,
+            &snap.close_wait_by_stack.unwrap()[0].frames,
+            "no_frame_pointers",
+        )
+        .unwrap();
+        let stack = String::from_utf8(out).unwrap();
+        assert!(stack.starts_with("    #0   evil"), "{stack}");
+        assert!(stack.contains("(one frame only"), "{stack}");
+        // Without stacks: no section.
+        let mut e = Engine::new(100);
+        leaked(&mut e, 0, 10, 5000, Some(7));
+        let mut out = Vec::new();
+        crate::output::stats::write_text(&mut out, &e.snapshot(SEC, SEC, host())).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("code path"));
+    }
+
+    #[test]
+    fn without_stacks_the_keys_are_absent() {
+        let mut e = Engine::new(100);
+        leaked(&mut e, 0, 10, 5000, Some(7));
+        let snap = e.snapshot(SEC, SEC, host());
+        assert!(snap.close_wait_by_stack.is_none() && snap.stacks.is_none());
+        let json = serde_json::to_value(&snap).unwrap();
+        assert!(json.get("close_wait_by_stack").is_none());
+        assert!(json.get("stacks").is_none());
+        // On, with nothing in CLOSE_WAIT: present and empty.
+        let mut e = Engine::new(100);
+        e.stacks.enabled = true;
+        let json = serde_json::to_value(e.snapshot(SEC, SEC, host())).unwrap();
+        assert_eq!(json["close_wait_by_stack"], serde_json::json!([]));
+        assert_eq!(json["stacks"]["known"], 0);
+    }
+
+    #[test]
+    fn close_wait_by_stack_rows_are_capped_in_json() {
+        let mut e = Engine::new(1000);
+        e.stacks.enabled = true;
+        for i in 0..60u64 {
+            leaked(&mut e, 0, 100 + i, 7000 + i as u16, Some(i as u32));
+        }
+        let mut json = serde_json::to_value(e.snapshot(SEC, SEC, host())).unwrap();
+        crate::stats::cap_lists(&mut json);
+        let rows = json["close_wait_by_stack"].as_array().unwrap();
+        assert_eq!(rows.len(), crate::stats::JSON_ROWS + 1);
+        let other = rows.last().unwrap();
+        assert_eq!(other["other"], true);
+        assert_eq!(other["count"], 10);
+        assert!(other.get("frames").is_none());
     }
 }

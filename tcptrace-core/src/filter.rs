@@ -191,6 +191,7 @@ mod tests {
             new: TcpState::TimeWait,
             prev_ns: Some(5),
             reason: None,
+            stack: None,
         }
     }
 

@@ -74,6 +74,7 @@ impl Conn {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 
@@ -201,6 +202,9 @@ pub fn alert() -> Alert {
         growth_per_min: None,
         oldest_age_ms: None,
         peers: vec![],
+        opened_at: None,
+        opened_at_path: None,
+        opened_at_count: None,
         value: 1.0,
         threshold: 1.0,
         message: "m".into(),

@@ -23,6 +23,8 @@
 //!   conversion and human durations.
 //! - [`workload`]: cgroup paths as systemd units, containers and pods;
 //!   their cache and the `--cgroup`/`--container`/`--unit` filters.
+//! - [`stacks`]: user stacks (`--stacks`): which code opened a connection,
+//!   their names and the headline rule.
 
 pub mod alerts;
 pub mod app;
@@ -40,5 +42,6 @@ pub mod netfacts;
 pub mod output;
 pub mod record;
 pub mod report;
+pub mod stacks;
 pub mod stats;
 pub mod workload;

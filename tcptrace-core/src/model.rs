@@ -209,6 +209,11 @@ pub struct Event {
     /// TwEnd: why it ended. Transition to CLOSE: `Some(Overflow)` when no
     /// timewait socket could be made. `None` otherwise.
     pub reason: Option<TwEndReason>,
+    /// The kernel's id of the user stack captured when the owner opened this
+    /// socket (connect, listen, accept) with `--stacks`; meaningful with
+    /// `owner.pid` ([`crate::stacks::StackKey`]). `None` without `--stacks`,
+    /// for sockets opened before tracing, and when the kernel missed it.
+    pub stack: Option<u32>,
 }
 
 /// Lost events since the last report, by cause.

@@ -10,7 +10,7 @@
 //! on to userspace, which matches exactly.
 
 use tcptrace_common::{
-    Counter, Filter, RawEvent,
+    Counter, Filter, OwnerEntry, RawEvent,
     config::{MAX_FILTER_NETNS, MAX_FILTER_PORTS},
     event_flags, family,
 };
@@ -50,6 +50,26 @@ pub fn passes(ev: &RawEvent) -> bool {
         return false;
     }
     true
+}
+
+/// Whether events with this owner can pass the filter's owner part
+/// (`--pid`, `--comm`, the cgroup ancestors), judged on an owner just
+/// captured in process context (ports are not known yet at connect()).
+/// `stacks::capture` keeps no stack for an owner this drops, so `--pid` or
+/// `--comm` does not fill the stack map with other processes' stacks. All
+/// load-time constants: with none of them set it is `true`.
+#[inline(always)]
+pub fn owner_may_pass(owner: &OwnerEntry) -> bool {
+    let tgid = global!(FILTER.tgid);
+    if tgid != 0 && owner.tgid != tgid {
+        return false;
+    }
+    if global!(FILTER.comm_set) != 0 && !eq16(&global!(FILTER.comm), &owner.comm) {
+        return false;
+    }
+    !(global!(FILTER.n_cgroups) != 0
+        && owner.flags & event_flags::CGROUP_MATCH == 0
+        && owner.cgroup != 0)
 }
 
 /// The workload part (see the module docs). Both counts are load-time

@@ -15,6 +15,8 @@
 //!   (`probes/inet_twsk_schedule.rs`), `tw_expire_fentry`
 //!   (`probes/tw_timer_handler.rs`), `tw_kill_fentry`
 //!   (`probes/inet_twsk_deschedule_put.rs`);
+//! - `stacks.rs` (no entry point): the user stack captured with an owner
+//!   in process context (`--stacks`), by the transition and accept hooks;
 //! - benchmarks only: `empty_*` (`probes/empty.rs`), programs that return at
 //!   once on the same hooks, to measure what merely attaching costs.
 #![no_std]
@@ -24,6 +26,7 @@ mod filter;
 mod maps;
 mod probes;
 mod sock;
+mod stacks;
 mod words;
 
 #[cfg(not(test))]

@@ -4,10 +4,10 @@
 use crate::{probes::Drop, sock::SockHead};
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tcptrace_common::{
-    Counter, Filter, KernelOffsets, OwnerEntry, RawEvent, Tuning, config::N_COUNTERS,
+    Counter, Features, Filter, KernelOffsets, OwnerEntry, RawEvent, Tuning, config::N_COUNTERS,
 };
 
 /// Events to userspace. Userspace sets the real size at load time.
@@ -33,6 +33,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_COUNTERS
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// User stacks captured where a lifecycle starts (`--stacks`, see
+/// `stacks`): the kernel's stack map, deduplicated by content. Userspace
+/// sets its size (1 when off).
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
+
 #[unsafe(no_mangle)]
 pub static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
 
@@ -41,6 +47,10 @@ pub static FILTER: Filter = Filter::NONE;
 
 #[unsafe(no_mangle)]
 pub static TUNING: Tuning = Tuning::EAGER;
+
+/// Optional work, switched on at load time (`--stacks`).
+#[unsafe(no_mangle)]
+pub static FEATURES: Features = Features::NONE;
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -123,6 +123,8 @@ pub fn netns_of(net: u64) -> Option<u32> {
 /// Records the current task as the owner (call only in the owner's process
 /// context); returns its `pid_tgid`. With the filter's cgroup part on, also
 /// whether the task is below one of its ancestors ([`in_filter_cgroups`]).
+/// A stack from an earlier owner is dropped: `stacks::capture` takes the
+/// new one.
 #[inline(always)]
 pub fn capture_current(owner: &mut OwnerEntry) -> u64 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -132,7 +134,9 @@ pub fn capture_current(owner: &mut OwnerEntry) -> u64 {
     unsafe { generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), 16) };
     owner.cgroup = unsafe { bpf_get_current_cgroup_id() };
     owner.flags = (owner.flags | event_flags::OWNER_KNOWN)
-        & !(event_flags::OWNER_FROM_LISTENER | event_flags::CGROUP_MATCH);
+        & !(event_flags::OWNER_FROM_LISTENER
+            | event_flags::CGROUP_MATCH
+            | event_flags::STACK_KNOWN);
     // A load-time constant: with no cgroup filter the verifier drops the
     // loop (one load and a hard-wired branch stay).
     let n = global!(FILTER.n_cgroups);
@@ -170,11 +174,13 @@ pub fn apply_owner(ev: &mut RawEvent, owner: &OwnerEntry) {
     crate::words::copy16(&mut ev.comm, &owner.comm);
     ev.cgroup = owner.cgroup;
     ev.netns = owner.netns;
+    ev.stack_id = owner.stack_id;
     ev.flags |= owner.flags
         & (event_flags::OWNER_KNOWN
             | event_flags::OWNER_FROM_LISTENER
             | event_flags::NETNS_KNOWN
-            | event_flags::CGROUP_MATCH);
+            | event_flags::CGROUP_MATCH
+            | event_flags::STACK_KNOWN);
 }
 
 /// An empty owner entry in `slot` (zeroed word by word in place: see

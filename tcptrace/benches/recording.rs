@@ -74,6 +74,7 @@ impl Flood {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 
@@ -194,6 +195,7 @@ fn main() {
         port_range: (32768, 60999),
         start_mono_ns: 0,
         start_wall_ns: 1_790_000_000 * SEC,
+        stacks: false,
     };
     let flood = Flood {
         client: owner(1200, "wrk"),

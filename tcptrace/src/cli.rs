@@ -66,6 +66,8 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub kernel: KernelArgs,
     #[command(flatten)]
+    pub stacks: StackArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
     /// Rules from a TOML file (names as in the README); flags override it. SIGHUP reloads it.
     #[arg(long, value_name = "FILE")]
@@ -322,6 +324,7 @@ impl WatchArgs {
             load: self
                 .kernel
                 .to_load_options(filter)?
+                .with_stacks(&self.stacks)?
                 .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             json: self.json,
@@ -346,6 +349,8 @@ pub struct StatsArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub kernel: KernelArgs,
+    #[command(flatten)]
+    pub stacks: StackArgs,
     /// One JSON object per interval (schema in the README).
     #[arg(long)]
     pub json: bool,
@@ -385,6 +390,8 @@ pub struct DoctorArgs {
     pub netns: Vec<String>,
     #[command(flatten)]
     pub kernel: KernelArgs,
+    #[command(flatten)]
+    pub stacks: StackArgs,
 }
 
 /// [`DoctorArgs`], validated.
@@ -406,11 +413,15 @@ impl DoctorArgs {
                 workloads.described
             )));
         }
+        if self.from.is_some() && self.stacks.stacks {
+            return Err(usage(STACKS_LIVE_ONLY));
+        }
         Ok(DoctorConfig {
             load: self
                 .kernel
                 .to_load_options(Filter::default())?
-                .with_workloads(workloads),
+                .with_workloads(workloads)
+                .with_stacks(&self.stacks)?,
             duration: seconds("--duration", self.duration, DURATION_SECS, "")?,
             json: self.json,
             from: self.from.clone(),
@@ -483,6 +494,8 @@ pub struct TopArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub kernel: KernelArgs,
+    #[command(flatten)]
+    pub stacks: StackArgs,
     /// Seconds between screen refreshes.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub interval: f64,
@@ -528,6 +541,9 @@ impl TopArgs {
         let replay = match &self.from {
             None => None,
             Some(file) => {
+                if self.stacks.stacks {
+                    return Err(usage(STACKS_LIVE_ONLY));
+                }
                 if !self.filter.as_args().is_empty() {
                     return Err(usage(
                         "filters apply when recording, not with --from: filter the replay with / inside top",
@@ -544,6 +560,7 @@ impl TopArgs {
             load: self
                 .kernel
                 .to_load_options(filter)?
+                .with_stacks(&self.stacks)?
                 .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             interval: interval(self.interval)?,
@@ -581,6 +598,8 @@ pub mod limits {
     pub const OWNER_MAP: (u64, u64) = (1_024, 1 << 24);
     /// `record --keep`.
     pub const KEEP: (u64, u64) = (1, 1_000);
+    /// `--stack-map-size` (a power of two; ids must fit 15 bits).
+    pub const STACK_MAP: (u64, u64) = (64, 32_768);
 }
 use limits::*;
 
@@ -654,6 +673,8 @@ pub struct RecordArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub kernel: KernelArgs,
+    #[command(flatten)]
+    pub stacks: StackArgs,
     /// The recording to write (rotated files get .1, .2, ...).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: std::path::PathBuf,
@@ -827,6 +848,7 @@ impl RecordArgs {
             load: self
                 .kernel
                 .to_load_options(filter)?
+                .with_stacks(&self.stacks)?
                 .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             filter_args: self.filter.as_args(),
@@ -925,6 +947,11 @@ pub struct ReportArgs {
     /// the recording or window).
     #[arg(long, value_name = "DURATION")]
     pub step: Option<String>,
+    /// Show the code paths that opened the CLOSE_WAIT sockets and their full
+    /// stacks in the text (a recording made with --stacks; its JSON has
+    /// them either way).
+    #[arg(long)]
+    pub stacks: bool,
     #[command(flatten)]
     pub workload: WorkloadFilterArgs,
     /// Report one network namespace: only its events and sockets, by the
@@ -987,6 +1014,7 @@ impl ReportArgs {
                 step_ns,
                 workloads: self.workload.to_filter()?,
                 netns: recorded_netns(&self.netns)?,
+                stacks: self.stacks,
             },
         })
     }
@@ -1080,6 +1108,7 @@ impl StatsArgs {
             load: self
                 .kernel
                 .to_load_options(filter)?
+                .with_stacks(&self.stacks)?
                 .with_workloads(self.filter.workloads()?),
             user_filter: tcptrace_core::filter::UserFilter(filter),
             json: self.json,
@@ -1212,6 +1241,50 @@ impl WorkloadFilterArgs {
             described,
             roots,
         })
+    }
+}
+
+/// `--stacks` (top, stats, watch, record, doctor).
+#[derive(Debug, Args, Clone)]
+pub struct StackArgs {
+    /// Name the code that opened each connection: the user stack at
+    /// connect(), accept() and listen(), symbolized (needs frame pointers:
+    /// README, "Stacks").
+    #[arg(long)]
+    pub stacks: bool,
+    /// With --stacks: distinct stacks the kernel keeps (power of two,
+    /// 64 to 32768; about 1 KiB each).
+    #[arg(long, value_name = "N", default_value_t = crate::ebpf::DEFAULT_STACK_ENTRIES)]
+    pub stack_map_size: u32,
+}
+
+/// What `--stacks` with `--from` says: the stacks of a recording are the
+/// ones it was made with.
+const STACKS_LIVE_ONLY: &str =
+    "--stacks applies when tracing live: a recording shows the stacks it was made with";
+
+impl StackArgs {
+    /// `--stack-map-size` checked (also without `--stacks`: a typo is
+    /// reported either way).
+    fn check(&self) -> Result<(), UsageError> {
+        let n = u64::from(self.stack_map_size);
+        if !n.is_power_of_two() || !(STACK_MAP.0..=STACK_MAP.1).contains(&n) {
+            return Err(usage(format!(
+                "--stack-map-size {n} is out of range: give a power of two from {} to {}",
+                STACK_MAP.0, STACK_MAP.1
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl LoadOptions {
+    /// `--stacks` and its map size into the load options.
+    pub fn with_stacks(mut self, stacks: &StackArgs) -> Result<Self, UsageError> {
+        stacks.check()?;
+        self.stacks = stacks.stacks;
+        self.stack_entries = stacks.stack_map_size;
+        Ok(self)
     }
 }
 
@@ -1521,5 +1594,53 @@ mod tests {
         assert!(trace(&["--ring-size", "3"]).is_err());
         let nine: Vec<&str> = (0..9).flat_map(|_| ["--port", "1"]).collect();
         assert!(trace(&nine).unwrap_err().to_string().contains("at most 8"));
+    }
+
+    #[test]
+    fn stacks_set_the_load_options_and_are_checked() {
+        let parse = |args: &[&str]| {
+            let mut full = vec!["tcptrace"];
+            full.extend_from_slice(args);
+            Cli::try_parse_from(full).expect("parses").command
+        };
+        let Command::Stats(s) = parse(&["stats", "--stacks", "--stack-map-size", "1024"]) else {
+            panic!("stats")
+        };
+        let load = s.validate().unwrap().load;
+        assert!(load.stacks);
+        assert_eq!(load.stack_entries, 1024);
+        let Command::Stats(s) = parse(&["stats"]) else {
+            panic!("stats")
+        };
+        let load = s.validate().unwrap().load;
+        assert!(!load.stacks);
+        assert_eq!(load.stack_entries, crate::ebpf::DEFAULT_STACK_ENTRIES);
+        for bad in ["100", "32", "65536", "0"] {
+            let Command::Stats(r) = parse(&["stats", "--stacks", "--stack-map-size", bad]) else {
+                panic!("stats")
+            };
+            let e = r.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("--stack-map-size") && e.contains("out of range"),
+                "{e}"
+            );
+        }
+        let Command::Top(t) = parse(&["top", "--from", "x.tcptrace", "--stacks"]) else {
+            panic!("top")
+        };
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("--stacks applies when tracing live"), "{e}");
+        let Command::Doctor(d) = parse(&["doctor", "--from", "x.tcptrace", "--stacks"]) else {
+            panic!("doctor")
+        };
+        assert!(d.validate().is_err());
+        let Command::Watch(w) = parse(&["watch", "--stacks"]) else {
+            panic!("watch")
+        };
+        assert!(w.validate().unwrap().load.stacks);
+        let Command::Doctor(d) = parse(&["doctor", "--stacks"]) else {
+            panic!("doctor")
+        };
+        assert!(d.validate().unwrap().load.stacks);
     }
 }

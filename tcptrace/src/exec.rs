@@ -172,6 +172,10 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
         )
         .env("TCPTRACE_ALERT_COUNT", no_nul(a.count.to_string()))
         .env("TCPTRACE_ALERT_PEERS", no_nul(a.peers.join(" ")))
+        .env(
+            "TCPTRACE_ALERT_OPENED_AT",
+            no_nul(a.opened_at.clone().unwrap_or_default()),
+        )
         .env("TCPTRACE_ALERT_MESSAGE", no_nul(&a.message))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -30,5 +30,6 @@ pub mod seed;
 pub mod session;
 pub mod signals;
 pub mod source;
+pub mod stacks;
 pub mod tui;
 pub mod workloads;

@@ -17,7 +17,11 @@
 //! - every `tick`: the consumer's periodic work (print, evaluate, refresh);
 //! - scrapes: drained first, then answered from the engine, all waiting
 //!   scrapes with one rendering;
-//! - the deadline; hook fallbacks logged; losses counted from the banner on.
+//! - the deadline; hook fallbacks logged; losses counted from the banner on;
+//! - named user stacks (`--stacks`) are records like the others
+//!   ([`Record::Stack`]): the live source's namer puts them in the stream,
+//!   the engine keeps them, `record` writes them; the engine groups
+//!   CLOSE_WAIT sockets by stack when the source says it names them.
 //!
 //! Reconciliation failures, one policy: the opening snapshot failing ends
 //! the command (exit 1, with the command's way around it, e.g. "try
@@ -223,6 +227,7 @@ impl Ctx<'_> {
             tw_overflow,
             lost: self.lost,
             decode_errors: self.decode_errors,
+            stacks: self.source.stack_counts(),
         }
     }
 
@@ -452,10 +457,13 @@ fn next_after(prev: u64, every: u64, now: u64) -> u64 {
     }
 }
 
-/// A fresh engine as `opts` asks for.
-fn new_engine(opts: &Options) -> Option<Engine> {
+/// A fresh engine as `opts` asks for; `stacks`: the source names user
+/// stacks ([`crate::source::SourceInfo::stacks`]), so its snapshots group
+/// CLOSE_WAIT sockets by the code that opened them.
+fn new_engine(opts: &Options, stacks: bool) -> Option<Engine> {
     opts.engine.map(|cap| {
         let mut e = Engine::new(cap);
+        e.stacks.enabled = stacks;
         e.histograms_by = opts.histograms_by;
         e.aggs.keyed = opts.histograms_per_key;
         e
@@ -476,7 +484,7 @@ pub fn run(
     }
     source.enter_loop();
     let mut state = Loop {
-        engine: new_engine(opts),
+        engine: new_engine(opts, info.stacks),
         applier: RecordApplier::default(),
         drained: Vec::new(),
         lost: Lost::default(),
@@ -540,7 +548,7 @@ pub fn run(
                     if state.restarted {
                         // A seek back: the recording is read again from its
                         // start into a fresh engine.
-                        state.engine = new_engine(opts);
+                        state.engine = new_engine(opts, info.stacks);
                         state.applier = RecordApplier::default();
                         state.lost = Lost::default();
                     }

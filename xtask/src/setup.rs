@@ -32,7 +32,8 @@ pub struct SetupArgs {
 /// loopback port of their own namespace; bpftool: the live benchmark reads
 /// each program's bpf_stats with it; prometheus: its `promtool` checks and
 /// unit-tests the shipped alerting rules, and the tests start their own
-/// server on a loopback port when they need one).
+/// server on a loopback port when they need one; gcc and golang-go: the
+/// stack tests build their leaking services, in C and in Go, with them).
 const APT_PACKAGES: &[&str] = &[
     "libbpf-tools",
     "tmux",
@@ -40,6 +41,8 @@ const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     "bpftool",
     "prometheus",
+    "gcc",
+    "golang-go",
 ];
 
 /// Installed without their Recommends: prometheus's would bring

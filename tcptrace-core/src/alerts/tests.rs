@@ -362,3 +362,92 @@ fn grouped_by_workload_the_growth_rule_is_the_workloads() {
     assert_eq!(growth[0].pid, Some(4242));
     assert_eq!(growth[0].workload, None);
 }
+
+/// A `close_wait_by_stack` row of pid 4242 (`leak()`'s process).
+fn path_row(
+    stack_id: Option<u32>,
+    count: u64,
+    top: Option<&str>,
+    path: &str,
+) -> crate::stats::CloseWaitByStack {
+    crate::stats::CloseWaitByStack {
+        pid: Some(4242),
+        comm: Some("java".into()),
+        stack_id,
+        count,
+        process_count: 460,
+        oldest_age_ms: 400_000,
+        oldest_age_is_lower_bound: false,
+        peers: vec!["10.0.0.5:3306".into()],
+        code_path: path.into(),
+        top_frame: top.map(str::to_string),
+        stack_quality: if top.is_some() { "complete" } else { "none" },
+        frames: vec![],
+    }
+}
+
+#[test]
+fn a_close_wait_alert_names_the_code_that_opened_most_of_them() {
+    let mut snap = leak(460, 0.0, 0);
+    snap.close_wait_by_stack = Some(vec![
+        path_row(None, 30, None, "(no stack)"),
+        path_row(Some(3), 18, Some("refresh"), "refresh ← main"),
+        path_row(
+            Some(7),
+            412,
+            Some("checkout_reserve_items"),
+            "checkout_reserve_items ← handle_order ← main",
+        ),
+    ]);
+    let mut a = Alerter::new(Rules::default());
+    let sent = a.evaluate(&snap, 0, WALL);
+    let count = sent
+        .iter()
+        .find(|x| x.rule == "close_wait_count")
+        .expect("the count rule fires");
+    assert_eq!(count.opened_at.as_deref(), Some("checkout_reserve_items"));
+    assert_eq!(
+        count.opened_at_path.as_deref(),
+        Some("checkout_reserve_items ← handle_order ← main")
+    );
+    assert_eq!(count.opened_at_count, Some(412));
+    assert!(
+        count
+            .message
+            .ends_with("; opened at checkout_reserve_items (412 of 460)"),
+        "{}",
+        count.message
+    );
+    let json = serde_json::to_value(count).unwrap();
+    assert_eq!(json["opened_at"], "checkout_reserve_items");
+    assert_eq!(json["opened_at_count"], 412);
+}
+
+#[test]
+fn without_stacks_or_names_nothing_is_said_of_the_code() {
+    // No --stacks: the fields are null (present in JSON), the message as before.
+    let snap = leak(460, 0.0, 0);
+    let mut a = Alerter::new(Rules::default());
+    let sent = a.evaluate(&snap, 0, WALL);
+    let count = sent.iter().find(|x| x.rule == "close_wait_count").unwrap();
+    assert_eq!(count.opened_at, None);
+    assert_eq!(count.opened_at_path, None);
+    assert_eq!(count.opened_at_count, None);
+    assert!(!count.message.contains("opened at"), "{}", count.message);
+    let json = serde_json::to_value(count).unwrap();
+    assert!(json["opened_at"].is_null() && json.get("opened_at_path").is_some());
+    // Stacks on, the leading path not named yet: its path and count, no
+    // function, nothing in the message.
+    let mut snap = leak(460, 0.0, 0);
+    snap.close_wait_by_stack = Some(vec![
+        path_row(None, 60, None, "(no stack)"),
+        path_row(Some(7), 400, None, "(not named yet)"),
+    ]);
+    let mut a = Alerter::new(Rules::default());
+    let sent = a.evaluate(&snap, 0, WALL);
+    let count = sent.iter().find(|x| x.rule == "close_wait_count").unwrap();
+    assert_eq!(count.opened_at, None);
+    assert_eq!(count.opened_at_path.as_deref(), Some("(not named yet)"));
+    assert_eq!(count.opened_at_count, Some(400));
+    assert!(!count.message.contains("opened at"), "{}", count.message);
+}

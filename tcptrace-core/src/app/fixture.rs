@@ -56,6 +56,7 @@ fn ev(
         new,
         prev_ns: None,
         reason: None,
+        stack: None,
     }
 }
 
@@ -138,6 +139,12 @@ pub fn engine() -> Engine {
 /// on :9000 closes its clients' connections first (3/s, server-side
 /// TIME_WAIT).
 pub fn second(e: &mut Engine, s: u64) {
+    second_with(e, s, false)
+}
+
+/// [`second`]; with `stacks`, java's leaked connections carry the stack of
+/// the code that opened them (`--stacks`): ids 7 and 8 by turn.
+fn second_with(e: &mut Engine, s: u64, stacks: bool) {
     use TcpState::*;
     let java = owner(4242, "java");
     let nginx = owner(777, "nginx");
@@ -197,15 +204,36 @@ pub fn second(e: &mut Engine, s: u64) {
     }
     for j in 0..2u64 {
         let port = 42000 + (s * 2 + j) as u16;
-        path(
-            e,
-            t + j * 10 * MS,
-            0x10_0000 + s * 16 + j,
-            java,
-            (app_ip(), port),
-            db(),
-            &[Close, SynSent, Established, CloseWait],
-        );
+        let sk = 0x10_0000 + s * 16 + j;
+        if stacks {
+            for (i, w) in [Close, SynSent, Established, CloseWait]
+                .windows(2)
+                .enumerate()
+            {
+                let mut tr = ev(
+                    t + j * 10 * MS + i as u64 * MS,
+                    EventKind::Transition,
+                    sk,
+                    Some(java),
+                    (app_ip(), port),
+                    db(),
+                    w[0],
+                    w[1],
+                );
+                tr.stack = Some(7 + j as u32);
+                e.apply(&tr);
+            }
+        } else {
+            path(
+                e,
+                t + j * 10 * MS,
+                sk,
+                java,
+                (app_ip(), port),
+                db(),
+                &[Close, SynSent, Established, CloseWait],
+            );
+        }
     }
     for j in 0..5u64 {
         let sk = 0x20_0000 + s * 16 + j;
@@ -342,6 +370,7 @@ pub fn host(lost: Lost) -> HostFacts {
         tw_overflow: 0,
         lost,
         decode_errors: 0,
+        stacks: Default::default(),
     }
 }
 
@@ -369,6 +398,95 @@ pub fn app_at(until_s: u64, lost: Lost) -> App {
 /// The standard fixture: 75 s into the incident, nothing lost.
 pub fn app() -> App {
     app_at(75, Lost::default())
+}
+
+/// The named stacks of the `--stacks` fixture: java's leak opened at
+/// `checkout_reserve_items` (7, complete, with file:line), and a second path
+/// whose walk was cut (8).
+pub fn stack_records() -> Vec<crate::record::Record> {
+    use crate::stacks::{Frame, Stack, StackKey, StackQuality};
+    let exe = "/opt/shop/bin/shop";
+    let frame = |addr: u64, function: &str, off: u64, module: &str, line: Option<u32>| Frame {
+        addr,
+        function: Some(function.to_string()),
+        function_offset: off,
+        module: Some(module.to_string()),
+        module_offset: addr & 0xffff,
+        build_id: Some("3f2a9c".to_string()),
+        file: line.map(|_| "/src/shop/orders.c".to_string()),
+        line,
+    };
+    let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    let complete = Stack {
+        frames: vec![
+            frame(0x7f00_0010_a7c0, "__connect", 0x10, libc, None),
+            frame(
+                0x5600_0000_1234,
+                "checkout_reserve_items",
+                0x1c,
+                exe,
+                Some(37),
+            ),
+            frame(0x5600_0000_1300, "handle_order", 0x9, exe, Some(52)),
+            frame(0x5600_0000_1400, "main", 0x40, exe, Some(61)),
+            frame(0x7f00_0002_724a, "__libc_start_call_main", 0x7a, libc, None),
+        ],
+        quality: StackQuality::Complete,
+        depth: 5,
+        exe: Some(exe.to_string()),
+    };
+    let cut = Stack {
+        frames: vec![
+            frame(0x7f00_0010_a7c0, "__connect", 0x10, libc, None),
+            frame(0x5600_0000_2000, "pool_refill", 0x33, exe, Some(88)),
+        ],
+        quality: StackQuality::Cut,
+        depth: 9,
+        exe: Some(exe.to_string()),
+    };
+    vec![
+        crate::record::Record::Stack {
+            key: StackKey { pid: 4242, id: 7 },
+            stack: std::sync::Arc::new(complete),
+        },
+        crate::record::Record::Stack {
+            key: StackKey { pid: 4242, id: 8 },
+            stack: std::sync::Arc::new(cut),
+        },
+    ]
+}
+
+/// The standard fixture's engine traced with `--stacks`: java's leaked
+/// sockets carry stacks 7 and 8, named through the record applier as the
+/// live loop does (the seeded ones have none).
+pub fn engine_with_stacks() -> Engine {
+    let mut e = engine();
+    e.stacks.enabled = true;
+    let mut applier = crate::record::RecordApplier::default();
+    for rec in stack_records() {
+        applier.apply(&mut e, &rec);
+    }
+    e
+}
+
+/// [`app`] traced with `--stacks`.
+pub fn app_with_stacks() -> App {
+    let mut app = App::new(meta());
+    let mut e = engine_with_stacks();
+    let mut feed = Feed::new(0);
+    for s in 2..=75 {
+        second_with(&mut e, s, true);
+        let now = (s + 1) * SEC;
+        let d = feed.update(
+            &mut e,
+            &app.request,
+            now,
+            1_790_000_000 * SEC + now,
+            host(Lost::default()),
+        );
+        app.update(Action::Data(Box::new(d)));
+    }
+    app
 }
 
 /// What the engine answers the standard fixture's current view request

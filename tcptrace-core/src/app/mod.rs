@@ -237,6 +237,11 @@ pub struct App {
     pub close_wait_drill: Option<Option<u32>>,
     /// Sockets of the drilled process (indices into its socket list).
     pub close_wait_sockets: ListView,
+    /// Code paths of the drilled process (`--stacks`): indices into
+    /// `close_wait_by_stack`, most sockets first. Empty without stacks.
+    pub close_wait_paths: ListView,
+    /// The selected code path's full stack is shown.
+    pub close_wait_stack_open: bool,
     pub time_wait_sort: TimeWaitSort,
     pub time_wait: ListView,
     pub conns: ConnPage,
@@ -374,6 +379,8 @@ impl App {
             Action::ToggleGrouping => {
                 self.by_workload = !self.by_workload;
                 self.close_wait_drill = None;
+                self.close_wait_stack_open = false;
+                self.close_wait_paths = ListView::default();
                 self.request.close_wait_of = None;
             }
             Action::Resize(w, h) => {
@@ -414,6 +421,12 @@ impl App {
     fn move_by(&mut self, n: isize) {
         match self.view {
             View::Overview => {}
+            // With code paths (`--stacks`), the arrows pick the path.
+            View::CloseWait
+                if self.close_wait_drill.is_some() && !self.close_wait_paths.rows.is_empty() =>
+            {
+                self.close_wait_paths.move_by(n)
+            }
             View::CloseWait if self.close_wait_drill.is_some() => {
                 self.close_wait_sockets.move_by(n)
             }
@@ -465,7 +478,9 @@ impl App {
         match self.view {
             View::Overview => {}
             View::CloseWait => {
-                if self.close_wait_drill.is_none()
+                if self.close_wait_drill.is_some() && !self.close_wait_paths.rows.is_empty() {
+                    self.close_wait_stack_open = true;
+                } else if self.close_wait_drill.is_none()
                     && !self.by_workload
                     && let Some(d) = &self.data
                     && let Some(&i) = self.close_wait.rows.get(self.close_wait.selected)
@@ -473,6 +488,8 @@ impl App {
                     let pid = d.snap.close_wait_by_process[i].pid;
                     self.close_wait_drill = Some(pid);
                     self.close_wait_sockets.selected = 0;
+                    self.close_wait_paths = ListView::default();
+                    self.close_wait_stack_open = false;
                     // The engine sends this process's sockets.
                     self.request.close_wait_of = Some(pid);
                     self.request.generation += 1;
@@ -505,8 +522,11 @@ impl App {
             self.filter_error = None;
         } else if self.help {
             self.help = false;
+        } else if self.view == View::CloseWait && self.close_wait_stack_open {
+            self.close_wait_stack_open = false;
         } else if self.view == View::CloseWait && self.close_wait_drill.is_some() {
             self.close_wait_drill = None;
+            self.close_wait_paths = ListView::default();
             self.request.close_wait_of = None;
             self.request.generation += 1;
         } else if self.view == View::Connections && self.conn_detail {
@@ -677,6 +697,34 @@ impl App {
             .collect();
         self.close_wait_sockets.clamp();
 
+        // Code paths of the drilled process (`--stacks`): most sockets
+        // first, the cursor kept on the same stack.
+        let paths = d.snap.close_wait_by_stack.as_deref().unwrap_or_default();
+        let selected_path = self
+            .close_wait_paths
+            .rows
+            .get(self.close_wait_paths.selected)
+            .and_then(|&i| paths.get(i))
+            .map(|r| r.stack_id);
+        let mut rows: Vec<usize> = match self.close_wait_drill {
+            Some(pid) => (0..paths.len()).filter(|&i| paths[i].pid == pid).collect(),
+            None => Vec::new(),
+        };
+        rows.sort_by_key(|&i| {
+            let r = &paths[i];
+            (Reverse(r.count), r.stack_id.is_none(), r.stack_id)
+        });
+        if let Some(id) = selected_path
+            && let Some(pos) = rows.iter().position(|&i| paths[i].stack_id == id)
+        {
+            self.close_wait_paths.selected = pos;
+        }
+        self.close_wait_paths.rows = rows;
+        self.close_wait_paths.clamp();
+        if self.close_wait_paths.rows.is_empty() {
+            self.close_wait_stack_open = false;
+        }
+
         // TIME_WAIT services and destinations.
         let groups = &d.tw_groups;
         let selected_group = self
@@ -798,6 +846,21 @@ impl App {
             }
         }
     }
+}
+
+/// What a code path's `stack_quality` means, for a note under it (None:
+/// complete, nothing to say).
+pub fn quality_note(quality: &str) -> Option<&'static str> {
+    Some(match quality {
+        "cut" => "frames stop here: the code below has no frame pointers (or is JIT code)",
+        "truncated" => "the kernel's depth limit cut the outermost callers",
+        "no_frame_pointers" => "one frame only: its callers keep no frame pointers",
+        "process_gone" => "the process was gone before its stack was named: addresses only",
+        "unsymbolized" => "naming failed: addresses only",
+        "pending" => "not named yet",
+        "none" => "no stack: opened before tracing, or the kernel missed it",
+        _ => return None,
+    })
 }
 
 #[cfg(any(test, feature = "test-fixtures"))]

@@ -369,3 +369,81 @@ fn the_filter_matches_workloads_by_name() {
     assert!(app.close_wait.rows.is_empty());
     assert_eq!(app.close_wait_workloads, vec![1]);
 }
+
+#[test]
+fn close_wait_drill_with_stacks_picks_a_code_path_and_opens_its_stack() {
+    let mut app = app_with_stacks();
+    press(&mut app, &[Key::Char('2'), Key::Enter]);
+    answer(&mut app);
+    assert_eq!(app.close_wait_drill, Some(Some(4242)));
+    let paths = app.data.as_ref().unwrap().snap.close_wait_by_stack.clone();
+    let paths = paths.expect("stacks on: the rows are there");
+    let rows: Vec<_> = app
+        .close_wait_paths
+        .rows
+        .iter()
+        .map(|&i| (paths[i].stack_id, paths[i].count))
+        .collect();
+    // Two named paths of 74 sockets each, then the 3 seeded ones without.
+    assert_eq!(rows, [(Some(7), 74), (Some(8), 74), (None, 3)]);
+    assert_eq!(
+        paths[app.close_wait_paths.rows[0]].top_frame.as_deref(),
+        Some("checkout_reserve_items")
+    );
+    // The arrows move on the paths, Enter opens the selected one's stack.
+    press(&mut app, &[Key::Down]);
+    assert_eq!(app.close_wait_paths.selected, 1);
+    assert_eq!(app.close_wait_sockets.selected, 0);
+    press(&mut app, &[Key::Up, Key::Enter]);
+    assert!(app.close_wait_stack_open);
+    // A refresh keeps it open on the same path.
+    let d = app.data.clone().unwrap();
+    app.update(Action::Data(d));
+    assert!(app.close_wait_stack_open);
+    assert_eq!(app.close_wait_paths.selected, 0);
+    // Esc closes the stack first, then the drill.
+    press(&mut app, &[Key::Esc]);
+    assert!(!app.close_wait_stack_open);
+    assert_eq!(app.close_wait_drill, Some(Some(4242)));
+    press(&mut app, &[Key::Esc]);
+    assert_eq!(app.close_wait_drill, None);
+    assert!(app.close_wait_paths.rows.is_empty());
+}
+
+#[test]
+fn close_wait_drill_without_stacks_is_unchanged() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('2'), Key::Enter]);
+    answer(&mut app);
+    assert!(
+        app.data
+            .as_ref()
+            .unwrap()
+            .snap
+            .close_wait_by_stack
+            .is_none()
+    );
+    assert!(app.close_wait_paths.rows.is_empty());
+    press(&mut app, &[Key::Down, Key::Enter]);
+    assert_eq!(
+        app.close_wait_sockets.selected, 1,
+        "the arrows move on sockets"
+    );
+    assert!(!app.close_wait_stack_open);
+}
+
+#[test]
+fn quality_notes_say_what_a_stack_lacks() {
+    assert_eq!(quality_note("complete"), None);
+    for q in [
+        "cut",
+        "truncated",
+        "no_frame_pointers",
+        "process_gone",
+        "unsymbolized",
+        "pending",
+        "none",
+    ] {
+        assert!(quality_note(q).is_some(), "{q}");
+    }
+}

@@ -12,7 +12,10 @@ use super::{
     live::{Held, Live, Moved, Profile},
     slab::{IdSlab, Identified, Slot},
 };
-use crate::model::{Event, EventKind, Family, Owner, Reuser, SeenSocket, TcpState, TwEndReason};
+use crate::{
+    model::{Event, EventKind, Family, Owner, Reuser, SeenSocket, TcpState, TwEndReason},
+    stacks::StackKey,
+};
 
 /// Nominal TIME_WAIT length (`TCP_TIMEWAIT_LEN`): 60 s.
 pub const TIMEWAIT_LEN_MS: u64 = 60_000;
@@ -312,6 +315,13 @@ pub struct ConnTable {
     /// that seeded none pays nothing; it follows the entry when an event
     /// adopts it and goes with it.
     seen_cgroups: FxHashMap<u64, u64>,
+    /// The user stack each full socket's owner opened it with
+    /// (`--stacks`), by the entry's id. Only sockets with a stack have an
+    /// entry, so a table with no stacks pays nothing; it follows the
+    /// entry's id and goes with it. Set where a lifecycle starts, where the
+    /// entry is made, and when the owner changes (an accept re-captures
+    /// the owner, and its stack with it). Timewait sockets keep none (v1).
+    stacks: FxHashMap<u64, StackKey>,
     cap: usize,
     pub counters: TableCounters,
 }
@@ -502,6 +512,7 @@ impl ConnTable {
             maybe_seeded: MaybeSeeded::default(),
             next_synthetic: 1,
             seen_cgroups: FxHashMap::default(),
+            stacks: FxHashMap::default(),
             cap: cap.max(1),
             counters: TableCounters::default(),
         }
@@ -839,7 +850,24 @@ impl ConnTable {
         if !self.seen_cgroups.is_empty() {
             self.seen_cgroups.remove(&conn.sk);
         }
+        if !self.stacks.is_empty() {
+            self.stacks.remove(&conn.sk);
+        }
         Some(conn)
+    }
+
+    /// The user stack a full socket was opened with (`--stacks`), with
+    /// the pid it means something in; cheap when the table has none.
+    pub fn stack_of(&self, c: &Conn) -> Option<StackKey> {
+        if self.stacks.is_empty() {
+            return None;
+        }
+        self.stacks.get(&c.sk).copied()
+    }
+
+    /// Live full sockets with a stack.
+    pub fn sockets_with_stacks(&self) -> usize {
+        self.stacks.len()
     }
 
     /// The cgroup id a full socket's workload is counted under (0:
@@ -958,6 +986,17 @@ impl ConnTable {
                     && e.owner.is_some()
                 {
                     self.change_conn(slot, |c| c.owner = e.owner);
+                    // The acceptor's stack (captured at accept) replaces
+                    // the listener's; none known: the listener's goes.
+                    match StackKey::of_event(e) {
+                        Some(key) => {
+                            self.stacks.insert(e.sk, key);
+                        }
+                        None if !self.stacks.is_empty() => {
+                            self.stacks.remove(&e.sk);
+                        }
+                        None => {}
+                    }
                 }
                 let state = slot.and_then(|s| self.conn_at(s)).map(|c| c.state);
                 self.touched = Some((e.sk, state, state));
@@ -1052,13 +1091,27 @@ impl ConnTable {
             // the duplicate was this very id.
             slot = self.conns.slot(e.sk)?;
         }
+        let created = matches!(counted, Counted::Not);
         let conn = &mut self.conns.at_mut(slot)?.v;
-        if e.owner.is_some() && e.owner != conn.owner {
+        let owner_changed = e.owner.is_some() && e.owner != conn.owner;
+        if owner_changed {
             if let Counted::State(_) = counted {
                 counted = Counted::Profile(Profile::of_conn(conn));
             }
             conn.owner = e.owner;
         }
+        // A stack comes with an owner's capture: where a lifecycle starts,
+        // on a new entry, or with a new owner (an accept). No work for
+        // events without one, unless their owner is new: the old owner's
+        // stack does not name the new owner's code.
+        if e.stack.is_some() && (starts || created || owner_changed) {
+            if let Some(key) = StackKey::of_event(e) {
+                self.stacks.insert(e.sk, key);
+            }
+        } else if owner_changed && !self.stacks.is_empty() {
+            self.stacks.remove(&e.sk);
+        }
+        let conn = &mut self.conns.at_mut(slot)?.v;
 
         let exact = e.prev_ns.or_else(|| {
             (conn.flags & conn_flags::STATE_EXACT != 0)
@@ -1519,6 +1572,7 @@ mod tests {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 
@@ -1694,5 +1748,170 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    fn with_stack(mut e: Event, id: u32) -> Event {
+        e.stack = Some(id);
+        e
+    }
+
+    fn key(pid: u32, id: u32) -> StackKey {
+        StackKey { pid, id }
+    }
+
+    fn stack_of_sk(t: &ConnTable, sk: u64) -> Option<StackKey> {
+        let slot = t.conns.slot(sk)?;
+        t.stack_of(t.conn_at(slot)?)
+    }
+
+    #[test]
+    fn a_stack_set_at_connect_lasts_through_close_wait_and_goes_at_close() {
+        use TcpState::*;
+        let mut t = ConnTable::new(16);
+        t.apply(&with_stack(
+            ev(1, EventKind::Transition, 7, Close, SynSent),
+            42,
+        ));
+        // Later events carry it too (the owner's); they change nothing.
+        t.apply(&with_stack(
+            ev(2, EventKind::Transition, 7, SynSent, Established),
+            42,
+        ));
+        t.apply(&with_stack(
+            ev(3, EventKind::Transition, 7, Established, CloseWait),
+            42,
+        ));
+        assert_eq!(stack_of_sk(&t, 7), Some(key(10, 42)));
+        assert_eq!(t.sockets_with_stacks(), 1);
+        t.apply(&with_stack(
+            ev(4, EventKind::Transition, 7, CloseWait, LastAck),
+            42,
+        ));
+        t.apply(&with_stack(
+            ev(5, EventKind::Transition, 7, LastAck, Close),
+            42,
+        ));
+        assert_eq!(t.sockets_with_stacks(), 0);
+        assert!(t.stacks.is_empty());
+    }
+
+    #[test]
+    fn events_without_a_stack_never_make_an_entry() {
+        use TcpState::*;
+        let mut t = ConnTable::new(16);
+        active_close(&mut t, 1, 7, 8);
+        t.apply(&ev(10, EventKind::Transition, 9, Close, SynSent));
+        t.apply(&ev(11, EventKind::Transition, 9, SynSent, Established));
+        let mut other = ev(12, EventKind::Accept, 9, Established, Established);
+        other.owner = Some(owner(20, "worker"));
+        t.apply(&other);
+        assert!(t.stacks.is_empty());
+        assert_eq!(stack_of_sk(&t, 9), None);
+    }
+
+    #[test]
+    fn an_accept_by_another_process_replaces_the_listeners_stack() {
+        use TcpState::*;
+        let mut t = ConnTable::new(16);
+        // A child of a listener: it inherits the listener's owner and
+        // listen() stack.
+        let mut child = with_stack(ev(1, EventKind::Transition, 7, Listen, SynRecv), 5);
+        child.owner = Some(Owner {
+            from_listener: true,
+            ..owner(10, "server")
+        });
+        t.apply(&child);
+        assert_eq!(stack_of_sk(&t, 7), Some(key(10, 5)));
+        // Another process accepts it, with its own stack.
+        let mut accept = with_stack(ev(2, EventKind::Accept, 7, Established, Established), 9);
+        accept.owner = Some(owner(20, "worker"));
+        t.apply(&accept);
+        assert_eq!(stack_of_sk(&t, 7), Some(key(20, 9)));
+        // An accept whose stack the kernel missed drops the old one.
+        let mut missed = ev(3, EventKind::Accept, 7, Established, Established);
+        missed.owner = Some(owner(30, "other"));
+        t.apply(&missed);
+        assert_eq!(stack_of_sk(&t, 7), None);
+    }
+
+    #[test]
+    fn a_listener_inherited_stack_is_replaced_when_from_listener_flips() {
+        use TcpState::*;
+        let mut t = ConnTable::new(16);
+        let mut child = with_stack(ev(1, EventKind::Transition, 7, Listen, SynRecv), 5);
+        child.owner = Some(Owner {
+            from_listener: true,
+            ..owner(10, "server")
+        });
+        t.apply(&child);
+        // The same thread accepted it: no event then; the next one carries
+        // the accept stack with the owner no longer from the listener.
+        let next = with_stack(ev(2, EventKind::Transition, 7, SynRecv, Established), 6);
+        t.apply(&next);
+        assert_eq!(stack_of_sk(&t, 7), Some(key(10, 6)));
+        // The same owner again with another id changes nothing (no capture).
+        t.apply(&with_stack(
+            ev(3, EventKind::Transition, 7, Established, CloseWait),
+            99,
+        ));
+        assert_eq!(stack_of_sk(&t, 7), Some(key(10, 6)));
+        // A new owner without a stack: the old one goes.
+        let mut moved = ev(4, EventKind::Transition, 7, CloseWait, LastAck);
+        moved.owner = Some(owner(11, "server"));
+        t.apply(&moved);
+        assert_eq!(stack_of_sk(&t, 7), None);
+    }
+
+    #[test]
+    fn a_seeded_socket_has_no_stack_until_an_owner_brings_one() {
+        use TcpState::*;
+        let mut t = ConnTable::new(16);
+        let e = ev(1, EventKind::Transition, 7, Established, CloseWait);
+        t.seed(
+            &[SeenSocket {
+                netns: e.netns,
+                family: Family::V4,
+                saddr: e.saddr,
+                sport: e.sport,
+                daddr: e.daddr,
+                dport: e.dport,
+                state: Established,
+                inode: 1,
+                owner: None,
+                timer_left_ms: None,
+                cookie: 1,
+                cgroup: None,
+            }],
+            0,
+        );
+        assert_eq!(t.sockets_with_stacks(), 0);
+        // The first event adopts the seeded entry (the owner is new): with
+        // no stack it brings none.
+        t.apply(&e);
+        assert_eq!(stack_of_sk(&t, 7), None);
+        assert!(t.stacks.is_empty());
+    }
+
+    #[test]
+    fn a_reused_address_starts_again_with_the_new_stack() {
+        use TcpState::*;
+        let mut t = ConnTable::new(16);
+        t.apply(&with_stack(
+            ev(1, EventKind::Transition, 7, Close, SynSent),
+            1,
+        ));
+        t.apply(&with_stack(
+            ev(2, EventKind::Transition, 7, Close, SynSent),
+            2,
+        ));
+        assert_eq!(stack_of_sk(&t, 7), Some(key(10, 2)));
+        // A timewait socket keeps none; the full socket's goes with it.
+        active_close(&mut t, 10, 8, 9);
+        assert_eq!(t.sockets_with_stacks(), 1);
+        t.apply(&with_stack(
+            ev(30, EventKind::Transition, 7, SynSent, Close),
+            2,
+        ));
+        assert_eq!(t.sockets_with_stacks(), 0);
     }
 }

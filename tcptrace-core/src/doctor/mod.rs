@@ -20,6 +20,13 @@
 //! directories unreadable, many ids unresolved), the info finding
 //! `workload_attribution` says why, from the resolver's status the command
 //! passes in ([`Attribution`]).
+//!
+//! With `--stacks`, a CLOSE_WAIT leak also names the code that opened the
+//! leaked connections: evidence lines `opened at checkout_reserve_items ←
+//! handle_order ← main: 412 of 460` for up to 3 code paths
+//! (`close_wait_by_stack`), how many have no stack, what a stack of lesser
+//! quality misses, and advice that points at the leading path's function.
+//! Without it, the advice says how to get them.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -33,7 +40,11 @@ use crate::{
     model::TcpState,
     netfacts::{NetFacts, Reuse},
     output::escape,
-    stats::{CloseWaitByProcess, PortBudget, TimeWaitByService, workloads::WorkloadRef},
+    stacks::StackQuality,
+    stats::{
+        CloseWaitByProcess, CloseWaitByStack, PortBudget, StacksStatus, TimeWaitByService,
+        workloads::WorkloadRef,
+    },
 };
 
 /// Timewait sockets still in FIN_WAIT2: closed by the application, the
@@ -199,6 +210,11 @@ pub struct Observation {
     pub workloads: BTreeMap<u32, WorkloadRef>,
     /// How workloads were attributed (live only).
     pub attribution: Option<Attribution>,
+    /// CLOSE_WAIT sockets per (process, code path that opened them)
+    /// (`--stacks`; empty without).
+    pub close_wait_by_stack: Vec<CloseWaitByStack>,
+    /// How stacks are doing; `None` without `--stacks`.
+    pub stacks: Option<StacksStatus>,
 }
 
 impl Observation {
@@ -380,6 +396,8 @@ fn close_wait_leaks(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 fmt_age(p.oldest_age_ms, p.oldest_age_is_lower_bound)
             ),
         ];
+        let paths = code_paths(obs, p);
+        evidence.extend(paths.evidence);
         if p.growth_delta != 0 {
             let measured = crate::clock::fmt_growth(p.growth_delta, p.growth_span_ms, 60_000);
             evidence.push(if p.growth_span_ms + 1_500 >= 60_000 {
@@ -405,17 +423,112 @@ fn close_wait_leaks(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
                 p.count
             ),
             evidence,
-            advice: vec![
-                "The peer closed these connections and the application never called close(): a leak in its code, not a kernel or network setting.".into(),
-                "Look for a connection or pool object not returned on an error path, or a read loop that ignores EOF; close the socket when read() returns 0.".into(),
-                "No sysctl fixes CLOSE_WAIT (tcp_fin_timeout and keepalive do not apply); restarting the process only resets the pile.".into(),
-                format!("See them: ss -tnp state close-wait | grep 'pid={}'", p.pid.map(|p| p.to_string()).unwrap_or_default()),
-                format!("Follow one: tcptrace trace --state CLOSE_WAIT{pid_hint}"),
-            ],
+            advice: [
+                Some("The peer closed these connections and the application never called close(): a leak in its code, not a kernel or network setting.".into()),
+                Some(match &paths.top_frame {
+                    Some(f) => format!("Look at {f} (where most were opened) and what it hands them to: a connection or pool object not returned on an error path, or a read loop that ignores EOF; close the socket when read() returns 0."),
+                    None => "Look for a connection or pool object not returned on an error path, or a read loop that ignores EOF; close the socket when read() returns 0.".into(),
+                }),
+                Some("No sysctl fixes CLOSE_WAIT (tcp_fin_timeout and keepalive do not apply); restarting the process only resets the pile.".into()),
+                Some(format!("See them: ss -tnp state close-wait | grep 'pid={}'", p.pid.map(|p| p.to_string()).unwrap_or_default())),
+                Some(format!("Follow one: tcptrace trace --state CLOSE_WAIT{pid_hint}")),
+                obs.stacks.is_none().then(|| "Name the code that opened them: tcptrace doctor --stacks (or stats --stacks) while the leak grows".into()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             sysctls: vec![],
             workload: FindingWorkload::of(&p.workload).or_else(|| obs.workload_of(p.pid)),
         });
     }
+}
+
+/// What `close_wait_by_stack` says of process `p`'s CLOSE_WAIT sockets.
+struct CodePaths {
+    evidence: Vec<String>,
+    /// The leading path's function (escaped), for the advice.
+    top_frame: Option<String>,
+}
+
+/// Paths shown per leak, most sockets first.
+const CODE_PATHS_SHOWN: usize = 3;
+
+/// The code paths that opened `p`'s CLOSE_WAIT sockets (`--stacks`):
+/// `opened at PATH: N of TOTAL` for up to [`CODE_PATHS_SHOWN`] of them, the
+/// sockets with no stack, and what the leading path's stack misses when it
+/// is not whole. Nothing without stacks.
+fn code_paths(obs: &Observation, p: &CloseWaitByProcess) -> CodePaths {
+    let mut rows: Vec<&CloseWaitByStack> = obs
+        .close_wait_by_stack
+        .iter()
+        .filter(|r| p.pid.is_some() && r.pid == p.pid)
+        .collect();
+    rows.sort_by_key(|r| (std::cmp::Reverse(r.count), r.stack_id.is_none(), r.stack_id));
+    let with_stack: Vec<&CloseWaitByStack> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.stack_id.is_some())
+        .collect();
+    let mut evidence: Vec<String> = with_stack
+        .iter()
+        .take(CODE_PATHS_SHOWN)
+        .map(|r| {
+            format!(
+                "opened at {}: {} of {}",
+                escape(&r.code_path),
+                r.count,
+                p.count
+            )
+        })
+        .collect();
+    if with_stack.len() > CODE_PATHS_SHOWN {
+        let rest: u64 = with_stack[CODE_PATHS_SHOWN..].iter().map(|r| r.count).sum();
+        evidence.push(format!(
+            "{rest} of {} opened at {} other code paths",
+            p.count,
+            with_stack.len() - CODE_PATHS_SHOWN
+        ));
+    }
+    let without: u64 = rows
+        .iter()
+        .filter(|r| r.stack_id.is_none())
+        .map(|r| r.count)
+        .sum();
+    if without > 0 {
+        evidence.push(format!(
+            "{without} of {} have no stack (opened before tracing, or the kernel missed it)",
+            p.count
+        ));
+    }
+    let leading = with_stack.first();
+    if let Some(r) = leading
+        && let Some(note) = quality_of(r.stack_quality).and_then(StackQuality::note)
+    {
+        evidence.push(format!(
+            "stack of the leading path ({}): {note}",
+            r.stack_quality
+        ));
+    }
+    CodePaths {
+        evidence,
+        top_frame: leading
+            .and_then(|r| r.top_frame.as_deref())
+            .map(|f| escape(f).into_owned()),
+    }
+}
+
+/// The [`StackQuality`] of a `stack_quality` name (None: "pending", "none").
+fn quality_of(name: &str) -> Option<StackQuality> {
+    [
+        StackQuality::Complete,
+        StackQuality::Truncated,
+        StackQuality::Cut,
+        StackQuality::NoFramePointers,
+        StackQuality::ProcessGone,
+        StackQuality::Unsymbolized,
+    ]
+    .into_iter()
+    .find(|q| q.name() == name)
 }
 
 fn server_time_wait(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {

@@ -80,6 +80,8 @@ fn quiet() -> Observation {
         facts_end: Some(facts(&[])),
         workloads: BTreeMap::new(),
         attribution: None,
+        close_wait_by_stack: vec![],
+        stacks: None,
     }
 }
 
@@ -735,4 +737,150 @@ fn workload_attribution_says_why_names_degrade() {
     let mut obs = quiet();
     obs.attribution = Some(attribution("walk"));
     assert_eq!(exit_code(&diagnose(&obs, &Thresholds::default())), 0);
+}
+
+/// A `close_wait_by_stack` row of the `leak()` process (pid 4242).
+fn path_row(
+    stack_id: Option<u32>,
+    count: u64,
+    path: &str,
+    quality: &'static str,
+) -> CloseWaitByStack {
+    let top = path.split(" ← ").next().map(str::to_string);
+    CloseWaitByStack {
+        pid: Some(4242),
+        comm: Some("api".into()),
+        stack_id,
+        count,
+        process_count: 460,
+        oldest_age_ms: 60_000,
+        oldest_age_is_lower_bound: false,
+        peers: vec!["10.0.0.5:5432".into()],
+        code_path: path.into(),
+        top_frame: top.filter(|_| !matches!(quality, "pending" | "none")),
+        stack_quality: quality,
+        frames: vec![],
+    }
+}
+
+fn with_paths(rows: Vec<CloseWaitByStack>) -> Observation {
+    Observation {
+        close_wait: vec![leak(460, 600_000, 2.0)],
+        close_wait_by_stack: rows,
+        stacks: Some(StacksStatus::default()),
+        ..quiet()
+    }
+}
+
+#[test]
+fn a_close_wait_leak_names_the_code_paths_that_opened_it() {
+    let obs = with_paths(vec![
+        path_row(None, 20, "(no stack)", "none"),
+        path_row(Some(9), 8, "sync_prices ← main", "complete"),
+        path_row(
+            Some(7),
+            412,
+            "checkout_reserve_items ← handle_order ← main ← …",
+            "complete",
+        ),
+        path_row(Some(3), 12, "refresh ← main", "complete"),
+        path_row(Some(5), 8, "warm_up ← main", "complete"),
+    ]);
+    let f = diagnose(&obs, &Thresholds::default());
+    let l = &f[0];
+    assert_eq!(l.id, "close_wait_leak");
+    let opened: Vec<&str> = l
+        .evidence
+        .iter()
+        .filter(|e| e.starts_with("opened at "))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        opened,
+        [
+            "opened at checkout_reserve_items ← handle_order ← main ← …: 412 of 460",
+            "opened at refresh ← main: 12 of 460",
+            "opened at warm_up ← main: 8 of 460",
+        ]
+    );
+    assert!(
+        l.evidence
+            .iter()
+            .any(|e| e == "8 of 460 opened at 1 other code paths"),
+        "{:?}",
+        l.evidence
+    );
+    assert!(
+        l.evidence.iter().any(
+            |e| e == "20 of 460 have no stack (opened before tracing, or the kernel missed it)"
+        ),
+        "{:?}",
+        l.evidence
+    );
+    // Complete: no quality note.
+    assert!(!l.evidence.iter().any(|e| e.starts_with("stack of")));
+    assert!(
+        l.advice[1].starts_with("Look at checkout_reserve_items (where most were opened)"),
+        "{:?}",
+        l.advice
+    );
+    assert!(!l.advice.iter().any(|a| a.contains("--stacks")));
+}
+
+#[test]
+fn a_leading_path_of_lesser_quality_says_what_it_misses() {
+    for (quality, says) in [
+        (
+            "cut",
+            "frames stop here: the code below has no frame pointers",
+        ),
+        ("no_frame_pointers", "one frame only"),
+        ("truncated", "outermost callers are cut"),
+    ] {
+        let obs = with_paths(vec![path_row(Some(7), 400, "checkout ← main", quality)]);
+        let l = &diagnose(&obs, &Thresholds::default())[0];
+        let note = l
+            .evidence
+            .iter()
+            .find(|e| e.starts_with(&format!("stack of the leading path ({quality}): ")))
+            .unwrap_or_else(|| panic!("no note for {quality}: {:?}", l.evidence));
+        assert!(note.contains(says), "{note}");
+    }
+    // Not named yet: the path shows as such, no function to point at.
+    let obs = with_paths(vec![path_row(Some(7), 400, "(not named yet)", "pending")]);
+    let l = &diagnose(&obs, &Thresholds::default())[0];
+    assert!(
+        l.evidence
+            .iter()
+            .any(|e| e == "opened at (not named yet): 400 of 460")
+    );
+    assert!(l.advice[1].starts_with("Look for a connection"));
+}
+
+#[test]
+fn without_stacks_only_the_advice_to_get_them_is_new() {
+    let mut obs = quiet();
+    obs.close_wait = vec![leak(460, 600_000, 2.0)];
+    let l = &diagnose(&obs, &Thresholds::default())[0];
+    assert!(
+        !l.evidence
+            .iter()
+            .any(|e| e.contains("opened at") || e.contains("no stack"))
+    );
+    assert!(l.advice[1].starts_with("Look for a connection"));
+    assert_eq!(
+        l.advice.last().map(String::as_str),
+        Some(
+            "Name the code that opened them: tcptrace doctor --stacks (or stats --stacks) while the leak grows"
+        )
+    );
+    // With stacks on but none for this process: its no-stack row only.
+    let obs = with_paths(vec![path_row(None, 460, "(no stack)", "none")]);
+    let l = &diagnose(&obs, &Thresholds::default())[0];
+    assert!(
+        l.evidence
+            .iter()
+            .any(|e| e.starts_with("460 of 460 have no stack"))
+    );
+    assert!(!l.advice.iter().any(|a| a.contains("--stacks")));
 }

@@ -45,6 +45,7 @@ fn tr(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> Event {
         new,
         prev_ns: None,
         reason: None,
+        stack: None,
     }
 }
 

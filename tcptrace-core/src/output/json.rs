@@ -220,6 +220,7 @@ mod tests {
             new: TcpState::CloseWait,
             prev_ns: Some(1_500_000),
             reason: None,
+            stack: None,
         }
     }
 
@@ -240,6 +241,7 @@ mod tests {
             new: TcpState::Close,
             prev_ns: None,
             reason: Some(reason),
+            stack: None,
         }
     }
 

@@ -6,8 +6,67 @@ use std::io::{self, Write};
 use crate::{
     clock::{fmt_age, hms_millis},
     output::escape,
-    stats::{HistKind, Snapshot},
+    stacks::{Frame, StackQuality},
+    stats::{CloseWaitByStack, HistKind, Snapshot},
 };
+
+/// Code-path rows printed in text (JSON has them all, capped).
+pub const TEXT_CODE_PATHS: usize = 10;
+
+/// A short note for a row whose stack is not complete ("" otherwise).
+fn quality_tag(quality: &str) -> String {
+    match StackQuality::from_name(quality) {
+        Some(StackQuality::Complete) | None => String::new(),
+        Some(StackQuality::Truncated) => "  [truncated: outermost callers cut]".into(),
+        Some(StackQuality::Cut) => "  [cut: no frame pointers below]".into(),
+        Some(StackQuality::NoFramePointers) => "  [no frame pointers: one frame]".into(),
+        Some(StackQuality::ProcessGone) => "  [process gone: addresses only]".into(),
+        Some(StackQuality::Unsymbolized) => "  [unsymbolized: addresses only]".into(),
+    }
+}
+
+/// "CLOSE_WAIT by code path" (`--stacks`): the `limit` largest rows, COUNT
+/// as "of the path/of the process"; names escaped.
+pub fn write_code_paths(
+    w: &mut impl Write,
+    rows: &[CloseWaitByStack],
+    limit: usize,
+) -> io::Result<()> {
+    writeln!(
+        w,
+        "CLOSE_WAIT by code path:\n  {:<8} {:<16} {:>11} {:>10}  OPENED AT",
+        "PID", "COMM", "COUNT", "OLDEST"
+    )?;
+    for r in rows.iter().take(limit) {
+        writeln!(
+            w,
+            "  {:<8} {:<16} {:>11} {:>10}  {}{}",
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            escape(r.comm.as_deref().unwrap_or("-")),
+            format!("{}/{}", r.count, r.process_count),
+            fmt_age(r.oldest_age_ms, r.oldest_age_is_lower_bound),
+            escape(&r.code_path),
+            quality_tag(r.stack_quality)
+        )?;
+    }
+    if rows.len() > limit {
+        writeln!(w, "  ... {} more", rows.len() - limit)?;
+    }
+    Ok(())
+}
+
+/// A full stack, one frame a line (`#i  function+0xOFF  file:line
+/// (module)`), then what its quality means when it is not complete; names
+/// escaped. `quality` is a `stack_quality` name.
+pub fn write_stack(w: &mut impl Write, frames: &[Frame], quality: &str) -> io::Result<()> {
+    for (i, f) in frames.iter().enumerate() {
+        writeln!(w, "    #{i:<3} {}", escape(&f.describe()))?;
+    }
+    if let Some(note) = StackQuality::from_name(quality).and_then(StackQuality::note) {
+        writeln!(w, "    ({note})")?;
+    }
+    Ok(())
+}
 
 /// One JSON object per line, lists capped.
 pub fn write_json(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
@@ -69,6 +128,13 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
                 p.peers.join(" ")
             )?;
         }
+    }
+    if let Some(rows) = snap
+        .close_wait_by_stack
+        .as_deref()
+        .filter(|r| !r.is_empty())
+    {
+        write_code_paths(w, rows, TEXT_CODE_PATHS)?;
     }
     if !snap.close_wait_by_workload.is_empty() {
         writeln!(

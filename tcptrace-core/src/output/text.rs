@@ -163,6 +163,7 @@ mod tests {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 

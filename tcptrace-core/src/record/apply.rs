@@ -2,7 +2,8 @@
 //! `top --from`) and the live loop do it: snapshots are taken in (the first
 //! seeds, later ones reconcile: [`Engine::take_sockets`]), events apply,
 //! lost markers add up, workload records fill the recording's own table of
-//! names (never looked up on the reading host).
+//! names (never looked up on the reading host), stack records name the
+//! engine's stacks (and turn them on).
 
 use super::Record;
 use crate::{engine::Engine, model::Lost, workload::WorkloadTable};
@@ -20,7 +21,7 @@ pub struct RecordApplier {
 
 impl RecordApplier {
     /// Applies one record; returns its timestamp (monotonic ns; 0 for a
-    /// workload record, which has none).
+    /// workload or stack record, which have none).
     pub fn apply(&mut self, engine: &mut Engine, rec: &Record) -> u64 {
         match rec {
             Record::Snapshot {
@@ -46,6 +47,12 @@ impl RecordApplier {
             }
             Record::Workload { cgroup, workload } => {
                 self.workloads.insert(*cgroup, (**workload).clone(), 0);
+                0
+            }
+            Record::Stack { key, stack } => {
+                // A recording with stack records was made with stacks on.
+                engine.stacks.enabled = true;
+                engine.stacks.insert(*key, std::sync::Arc::clone(stack));
                 0
             }
         }

@@ -1,6 +1,6 @@
 //! The recording file format: pure encoding and decoding, no I/O.
 //!
-//! # Wire format (version 4)
+//! # Wire format (version 5)
 //!
 //! All integers are little-endian; `varint` is unsigned LEB128 (at most 10
 //! bytes), `zigzag` a signed value mapped to unsigned first.
@@ -42,6 +42,9 @@
 //!                                           a transition to CLOSE)
 //!           [reuser]]                       reason 3 (version 3)
 //!           (flags & 0x80: the owner came from the listener)
+//! event_s = 0x06 <exactly the fields of 0x01> stack varint (version 5):
+//!           an event whose owner came with a user stack (`--stacks`):
+//!           the kernel's stack id, named by a stack record
 //! reuser  = flags u8 (0x01 pid, 0x02 comm), [pid varint], [comm]: the
 //!           process whose connect() reused the timewait socket
 //! lost    = 0x03 ts zigzag (as above), ring_full, recursion_misses,
@@ -61,6 +64,16 @@
 //!           record can grow. A reader keeps the latest per id; names are
 //!           never looked up on the reading host. Files of versions 1 to 3
 //!           have none: their owners show as `cgroup:<id>`.
+//! stack   = 0x05 pid varint, id varint, length varint (at most
+//!           MAX_STACK_JSON), JSON of `Stack` (version 5): the names of
+//!           the user stack `id` captured in process `pid` (frames,
+//!           quality). Written once per file before or after the events
+//!           that use it (names are looked up at snapshot time: order does
+//!           not matter), again when it changed, and every one written so
+//!           far again in the events block after each snapshot block (like
+//!           workloads). A JSON too long is written without `file` fields,
+//!           then with its first 32 frames as `truncated`. A reader takes a
+//!           longer record, or a stack failing `Stack::check`, for damage.
 //! ```
 //!
 //! A snapshot payload is the sockets a sock_diag dump found (the state to
@@ -104,10 +117,14 @@ use crate::{
         TwEndReason,
     },
     netfacts::NetFacts,
+    stacks::{Stack, StackKey},
     workload::Workload,
 };
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
+/// 5: stack records (tag 0x05) and events with a stack id (tag 0x06,
+/// `--stacks`), which a version-4 reader would take for a corrupt block,
+/// so it refuses the file instead (even one recorded without stacks).
 /// 4: workload records (tag 0x04: a cgroup id's unit, container or pod, so
 /// a recording names workloads after they are gone), which a version-3
 /// reader would take for a corrupt block, so it refuses the file instead.
@@ -117,7 +134,12 @@ pub const MAGIC: &[u8; 8] = b"TCPTRACE";
 /// block, so it refuses the file instead; timewait ends reused (with the
 /// reuser) and purged, transitions marked overflow. 2: loss markers carry
 /// `probe_failed` (tag 0x03). Versions 1 and 2 read too.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
+/// Longest stack JSON a record holds (see the wire format for how a writer
+/// fits a longer one); a reader takes a longer one for damage.
+pub const MAX_STACK_JSON: usize = 64 << 10;
+/// Frames a stack too long for [`MAX_STACK_JSON`] keeps (as `truncated`).
+const STACK_FRAMES_WHEN_LONG: usize = 32;
 /// Longest workload JSON a record holds; a longer one is not written (its
 /// id shows as `cgroup:<id>`), and a reader takes a longer one for damage.
 pub const MAX_WORKLOAD_JSON: usize = 4096;
@@ -147,6 +169,10 @@ pub struct Header {
     pub port_range: (u16, u16),
     pub start_mono_ns: u64,
     pub start_wall_ns: u64,
+    /// Recorded with `--stacks` (version 5): events carry stack ids and
+    /// stack records name them.
+    #[serde(default)]
+    pub stacks: bool,
 }
 
 /// One decoded record.
@@ -172,6 +198,12 @@ pub enum Record {
     Workload {
         cgroup: u64,
         workload: Arc<Workload>,
+    },
+    /// A recording's name of one user stack (version 5): the frames of the
+    /// stack `key.id` captured in process `key.pid`. It has no timestamp.
+    Stack {
+        key: StackKey,
+        stack: Arc<Stack>,
     },
 }
 
@@ -258,7 +290,8 @@ impl BlockEncoder {
         flags |= (e.old.is_some() as u8) << 5;
         flags |= (e.reason.is_some() as u8) << 6;
         flags |= (e.owner.is_some_and(|o| o.from_listener) as u8) << 7;
-        self.buf.push(1);
+        // The flags byte is full: an event with a stack has its own tag.
+        self.buf.push(if e.stack.is_some() { 6 } else { 1 });
         self.buf.push(e.kind as u8);
         self.buf.push(flags);
         self.ts(e.ts_ns);
@@ -313,7 +346,25 @@ impl BlockEncoder {
                 }
             }
         }
+        if let Some(id) = e.stack {
+            put_varint(&mut self.buf, u64::from(id));
+        }
         self.records += 1;
+    }
+
+    /// A stack record naming `key`; false (nothing written) when even its
+    /// shortened JSON is too long ([`stack_json`]).
+    pub fn stack(&mut self, key: StackKey, stack: &Stack) -> bool {
+        let Some(json) = stack_json(stack) else {
+            return false;
+        };
+        self.buf.push(5);
+        put_varint(&mut self.buf, u64::from(key.pid));
+        put_varint(&mut self.buf, u64::from(key.id));
+        put_varint(&mut self.buf, json.len() as u64);
+        self.buf.extend_from_slice(&json);
+        self.records += 1;
+        true
     }
 
     pub fn lost(&mut self, ts_ns: u64, lost: &Lost) {
@@ -349,6 +400,31 @@ impl BlockEncoder {
         *self = Self::default();
         buf
     }
+}
+
+/// The JSON of a stack record, at most [`MAX_STACK_JSON`] bytes: as is,
+/// else without `file` fields, else with its first
+/// [`STACK_FRAMES_WHEN_LONG`] frames only (quality `truncated`); None when
+/// even that is too long.
+fn stack_json(stack: &Stack) -> Option<Vec<u8>> {
+    let fits = |s: &Stack| {
+        serde_json::to_vec(s)
+            .ok()
+            .filter(|j| j.len() <= MAX_STACK_JSON)
+    };
+    if let Some(json) = fits(stack) {
+        return Some(json);
+    }
+    let mut short = stack.clone();
+    for f in &mut short.frames {
+        f.file = None;
+    }
+    if let Some(json) = fits(&short) {
+        return Some(json);
+    }
+    short.frames.truncate(STACK_FRAMES_WHEN_LONG);
+    short.quality = crate::stacks::StackQuality::Truncated;
+    fits(&short)
 }
 
 pub fn encode_snapshot(
@@ -566,7 +642,7 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
     while !c.is_empty() {
         let tag = c.u8()?;
         match tag {
-            1 => {
+            1 | 6 => {
                 let kind = EventKind::from_u32(c.u8()? as u32)
                     .filter(|k| *k != EventKind::Lost)
                     .ok_or(FormatError::Corrupt("unknown event kind"))?;
@@ -617,6 +693,11 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                 } else {
                     None
                 };
+                let stack = if tag == 6 {
+                    Some(u32_of(c.varint()?)?)
+                } else {
+                    None
+                };
                 out.push(Record::Event(Event {
                     ts_ns: ts,
                     kind,
@@ -633,6 +714,7 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                     new,
                     prev_ns,
                     reason,
+                    stack,
                 }));
             }
             2 | 3 => {
@@ -661,6 +743,24 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                 out.push(Record::Workload {
                     cgroup,
                     workload: Arc::new(workload),
+                });
+            }
+            5 => {
+                let pid = u32_of(c.varint()?)?;
+                let id = u32_of(c.varint()?)?;
+                let len = c.varint()?;
+                if len > MAX_STACK_JSON as u64 {
+                    return Err(FormatError::Corrupt("stack record too long"));
+                }
+                let json = c.bytes(len as usize)?;
+                let stack: Stack = serde_json::from_slice(json)
+                    .map_err(|_| FormatError::Corrupt("stack record"))?;
+                stack
+                    .check()
+                    .map_err(|_| FormatError::Corrupt("stack record"))?;
+                out.push(Record::Stack {
+                    key: StackKey { pid, id },
+                    stack: Arc::new(stack),
                 });
             }
             _ => return Err(FormatError::Corrupt("unknown record tag")),

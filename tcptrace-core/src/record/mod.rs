@@ -21,6 +21,7 @@ pub use format::{FormatError, Header, Record};
 
 use crate::{
     model::{Event, Lost, SeenSocket},
+    stacks::{Stack, StackKey},
     workload::Workload,
 };
 use rustc_hash::FxHashMap;
@@ -51,6 +52,9 @@ pub struct Writer<W: Write> {
     workloads: FxHashMap<u64, (Arc<Workload>, u64)>,
     /// The current snapshot period (one more after each snapshot).
     period: u64,
+    /// Every stack written to this file, by key: written again after each
+    /// snapshot block.
+    stacks: FxHashMap<StackKey, Arc<Stack>>,
 }
 
 impl<W: Write> Writer<W> {
@@ -65,6 +69,7 @@ impl<W: Write> Writer<W> {
             events: 0,
             workloads: FxHashMap::default(),
             period: 0,
+            stacks: FxHashMap::default(),
         })
     }
 
@@ -82,6 +87,27 @@ impl<W: Write> Writer<W> {
         if self.enc.workload(id, w) {
             self.workloads.insert(id, (Arc::clone(w), self.period));
         }
+    }
+
+    /// Names stack `key` (version 5): a stack record is written unless
+    /// this one was already (the same `Arc`, or an equal stack); a changed
+    /// one is written again. Names are looked up at snapshot time, so it
+    /// may come before or after the events that use it. Cheap when known:
+    /// one lookup.
+    pub fn stack(&mut self, key: StackKey, stack: &Arc<Stack>) {
+        if let Some(known) = self.stacks.get(&key)
+            && (Arc::ptr_eq(known, stack) || **known == **stack)
+        {
+            return;
+        }
+        if self.enc.stack(key, stack) {
+            self.stacks.insert(key, Arc::clone(stack));
+        }
+    }
+
+    /// Stacks written to this file so far.
+    pub fn stacks_written(&self) -> usize {
+        self.stacks.len()
     }
 
     /// Workloads written to this file so far.
@@ -149,6 +175,12 @@ impl<W: Write> Writer<W> {
         kept.sort_unstable_by_key(|(id, _)| *id);
         for (id, w) in kept {
             self.enc.workload(id, &w);
+        }
+        // And every stack (a reader starting here names them too).
+        let mut keys: Vec<StackKey> = self.stacks.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.enc.stack(key, &self.stacks[&key]);
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ fn header() -> Header {
         port_range: (32768, 60999),
         start_mono_ns: 5,
         start_wall_ns: 6,
+        stacks: false,
     }
 }
 
@@ -85,11 +86,13 @@ fn arb_event() -> impl Strategy<Value = Event> {
                 proptest::option::of(any::<u64>()),
                 proptest::option::of(arb_reason()),
             ),
+            proptest::option::of(any::<u32>()),
         )
             .prop_map(
                 move |(
                     (kind, ts_ns, sk, link, owner, netns),
                     (saddr, sport, daddr, dport, old, new, prev_ns, reason),
+                    stack,
                 )| Event {
                     ts_ns,
                     kind,
@@ -106,6 +109,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
                     new,
                     prev_ns,
                     reason,
+                    stack,
                 },
             )
     })
@@ -287,6 +291,7 @@ fn sample_event(i: u64) -> Event {
         new: TcpState::Established,
         prev_ns: Some(250_000),
         reason: None,
+        stack: None,
     }
 }
 
@@ -624,6 +629,7 @@ fn fuzz_case(ops: &[Op], muts: &[(usize, Mutation)]) -> bool {
         tw_overflow: 0,
         lost: applier.lost,
         decode_errors: 0,
+        stacks: Default::default(),
     };
     let _ = engine.snapshot(last, last, host);
     reader.cut.is_some()
@@ -977,7 +983,11 @@ fn workloads_round_trip_once_before_their_first_event_and_again_when_changed() {
     w.workload(7, &std::sync::Arc::new(named));
     w.event(&sample_event(3)).unwrap();
     let bytes = w.finish().unwrap();
-    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 4, "format v4");
+    assert_eq!(
+        u16::from_le_bytes([bytes[8], bytes[9]]),
+        format::FORMAT_VERSION,
+        "format v5"
+    );
     let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
     assert_eq!(got.len(), 5);
     assert!(
@@ -1024,6 +1034,7 @@ fn every_workload_in_use_is_written_again_after_each_snapshot() {
             Record::Event(_) => "e",
             Record::Snapshot { .. } => "s",
             Record::Lost { .. } => "l",
+            Record::Stack { .. } => "k",
         })
         .collect();
     assert_eq!(kinds, ["w", "e", "s", "w", "e", "s", "w"]);
@@ -1126,11 +1137,11 @@ fn a_version_3_file_reads_and_names_nothing() {
     let mut applier = RecordApplier::default();
     applier.apply(&mut engine, &got[0]);
     assert!(applier.workloads.is_empty());
-    // Readers of version 3 refuse version 4 files; this one refuses 5.
-    bytes[8..10].copy_from_slice(&5u16.to_le_bytes());
+    // Readers of version 3 refuse version 4 files; this one refuses 6.
+    bytes[8..10].copy_from_slice(&6u16.to_le_bytes());
     assert_eq!(
         Reader::new(&bytes[..]).unwrap_err(),
-        FormatError::NewerVersion(5)
+        FormatError::NewerVersion(6)
     );
 }
 
@@ -1289,4 +1300,244 @@ fn hostile_snapshot_cgroups_are_errors_not_panics() {
             FormatError::Corrupt("unknown snapshot socket flags")
         );
     }
+}
+
+fn leak_stack() -> std::sync::Arc<Stack> {
+    use crate::stacks::{Frame, StackQuality};
+    let frame = |function: &str, line| Frame {
+        addr: 0x5555_0000_1000 + u64::from(line),
+        function: Some(function.into()),
+        function_offset: 0x1c,
+        module: Some("/tmp/x/stackleak".into()),
+        module_offset: 0x1234,
+        build_id: Some("abcdef".into()),
+        file: Some("/src/stackleak.c".into()),
+        line: Some(line),
+    };
+    std::sync::Arc::new(Stack {
+        frames: vec![
+            frame("checkout_reserve_items", 37),
+            frame("handle_order", 60),
+            frame("main", 90),
+        ],
+        quality: StackQuality::Complete,
+        depth: 3,
+        exe: Some("/tmp/x/stackleak".into()),
+    })
+}
+
+fn stacks_in(records: &[Record]) -> Vec<(StackKey, Option<String>)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Stack { key, stack } => Some((*key, stack.top_frame())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn stacks_and_events_with_stacks_round_trip_and_repeat_after_each_snapshot() {
+    let key = StackKey { pid: 4242, id: 7 };
+    let mut w = Writer::new(
+        Vec::new(),
+        &Header {
+            stacks: true,
+            ..header()
+        },
+    )
+    .unwrap();
+    let mut e = sample_event(1);
+    e.stack = Some(7);
+    w.event(&e).unwrap();
+    // After the event that uses it: order does not matter to readers.
+    w.stack(key, &leak_stack());
+    // Written once: the same one again is skipped.
+    w.stack(key, &leak_stack());
+    w.snapshot(2_000_000, &[], &[], None).unwrap();
+    w.event(&sample_event(3)).unwrap();
+    assert_eq!(w.stacks_written(), 1);
+    let bytes = w.finish().unwrap();
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    assert!(r.header.stacks);
+    let got: Vec<Record> = r.by_ref().collect();
+    assert!(r.cut.is_none());
+    assert_eq!(got[0], Record::Event(e));
+    assert_eq!(
+        got[1],
+        Record::Stack {
+            key,
+            stack: leak_stack()
+        }
+    );
+    assert_eq!(
+        stacks_in(&got),
+        [
+            (key, Some("checkout_reserve_items".into())),
+            (key, Some("checkout_reserve_items".into()))
+        ]
+    );
+    let Record::Event(plain) = got.last().unwrap() else {
+        panic!("{got:?}")
+    };
+    assert_eq!(plain.stack, None);
+    // A changed stack is written again.
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    w.stack(key, &leak_stack());
+    let mut other = (*leak_stack()).clone();
+    other.frames.truncate(1);
+    w.stack(key, &std::sync::Arc::new(other));
+    let got: Vec<Record> = Reader::new(&w.finish().unwrap()[..]).unwrap().collect();
+    assert_eq!(stacks_in(&got).len(), 2);
+    // Applied: the engine names it and turns stacks on.
+    let mut engine = crate::engine::Engine::new(100);
+    RecordApplier::default().apply(&mut engine, &got[1]);
+    assert!(engine.stacks.enabled);
+    assert_eq!(engine.stacks.get(&key).unwrap().frames.len(), 1);
+}
+
+#[test]
+fn events_without_a_stack_are_byte_identical_to_version_4() {
+    let mut plain = format::BlockEncoder::default();
+    plain.event(&sample_event(1));
+    assert_eq!(plain.buf[0], 1);
+    let mut with = format::BlockEncoder::default();
+    with.event(&Event {
+        stack: Some(300),
+        ..sample_event(1)
+    });
+    assert_eq!(with.buf[0], 6);
+    // The same fields, then the id (300: two varint bytes).
+    assert_eq!(with.buf[1..with.buf.len() - 2], plain.buf[1..]);
+    assert_eq!(with.buf[with.buf.len() - 2..], [0xac, 0x02]);
+}
+
+#[test]
+fn a_version_4_file_reads_with_no_stacks() {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    w.event(&sample_event(1)).unwrap();
+    let mut bytes = w.finish().unwrap();
+    bytes[8..10].copy_from_slice(&4u16.to_le_bytes());
+    let r = Reader::new(&bytes[..]).unwrap();
+    assert!(!r.header.stacks);
+    let got: Vec<Record> = r.collect();
+    assert_eq!(got, [Record::Event(sample_event(1))]);
+    // This reader refuses version 6.
+    bytes[8..10].copy_from_slice(&6u16.to_le_bytes());
+    assert_eq!(
+        Reader::new(&bytes[..]).unwrap_err(),
+        FormatError::NewerVersion(6)
+    );
+}
+
+#[test]
+fn a_stack_too_long_is_written_shorter() {
+    use crate::stacks::{Frame, MAX_FRAMES, MAX_NAME_BYTES, StackQuality};
+    let key = StackKey { pid: 1, id: 2 };
+    // Long file names: written without them.
+    let mut s = (*leak_stack()).clone();
+    let long_file = "f".repeat(MAX_NAME_BYTES);
+    s.frames = vec![
+        Frame {
+            file: Some(long_file.clone()),
+            ..s.frames[0].clone()
+        };
+        100
+    ];
+    let mut enc = format::BlockEncoder::default();
+    assert!(enc.stack(key, &s));
+    let mut out = Vec::new();
+    format::decode_events(&enc.take(), &mut out).unwrap();
+    let Record::Stack { stack, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(stack.frames.len(), 100);
+    assert!(stack.frames.iter().all(|f| f.file.is_none()));
+    assert_eq!(stack.quality, StackQuality::Complete);
+    // Long function names too: the first 32 frames, as truncated.
+    s.frames = vec![
+        Frame {
+            function: Some("g".repeat(600)),
+            module: Some("m".repeat(600)),
+            ..s.frames[0].clone()
+        };
+        MAX_FRAMES
+    ];
+    assert!(enc.stack(key, &s));
+    out.clear();
+    format::decode_events(&enc.take(), &mut out).unwrap();
+    let Record::Stack { stack, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(stack.frames.len(), 32);
+    assert_eq!(stack.quality, StackQuality::Truncated);
+}
+
+#[test]
+fn hostile_stack_records_are_corrupt_blocks_not_panics() {
+    let raw_record = |json: &[u8], len: u64| {
+        let mut raw = vec![5u8];
+        format::put_varint(&mut raw, 4242);
+        format::put_varint(&mut raw, 7);
+        format::put_varint(&mut raw, len);
+        raw.extend_from_slice(json);
+        raw
+    };
+    let corrupt = |raw: &[u8]| {
+        matches!(
+            format::decode_events(raw, &mut Vec::new()),
+            Err(FormatError::Corrupt(_))
+        )
+    };
+    // Unknown keys ignored, missing keys defaulted.
+    let json = br#"{"frames":[{"addr":"0x10","function":"main"}],"future":1}"#;
+    let mut out = Vec::new();
+    format::decode_events(&raw_record(json, json.len() as u64), &mut out).unwrap();
+    assert!(matches!(&out[0], Record::Stack { key, stack }
+        if key.pid == 4242 && stack.frames[0].addr == 0x10 && stack.quality == crate::stacks::StackQuality::Complete));
+    // Too long a length, cut short, not JSON, a bad address, an unknown
+    // quality, too many frames, too long a name, a pid past u32.
+    assert!(corrupt(&raw_record(
+        b"",
+        (format::MAX_STACK_JSON + 1) as u64
+    )));
+    assert!(corrupt(&raw_record(b"{}", 10)));
+    assert!(corrupt(&raw_record(b"{[", 2)));
+    for json in [
+        r#"{"frames":[{"addr":"16"}]}"#.to_string(),
+        r#"{"frames":[{"addr":"0xnope"}]}"#.to_string(),
+        r#"{"quality":"perfect"}"#.to_string(),
+        format!(
+            r#"{{"frames":[{}]}}"#,
+            vec!["{}"; crate::stacks::MAX_FRAMES + 1].join(",")
+        ),
+        format!(
+            r#"{{"frames":[{{"function":"{}"}}]}}"#,
+            "x".repeat(crate::stacks::MAX_NAME_BYTES + 1)
+        ),
+    ] {
+        assert!(
+            corrupt(&raw_record(json.as_bytes(), json.len() as u64)),
+            "{json}"
+        );
+    }
+    let mut big_pid = vec![5u8];
+    format::put_varint(&mut big_pid, u64::from(u32::MAX) + 1);
+    format::put_varint(&mut big_pid, 7);
+    format::put_varint(&mut big_pid, 2);
+    big_pid.extend_from_slice(b"{}");
+    assert!(corrupt(&big_pid));
+    // An event with a stack id past u32.
+    let mut enc = format::BlockEncoder::default();
+    enc.event(&sample_event(1));
+    let mut raw = enc.take();
+    raw[0] = 6;
+    format::put_varint(&mut raw, u64::from(u32::MAX) + 1);
+    assert!(corrupt(&raw));
+    // Tag 6 with its id missing: cut short.
+    let mut enc = format::BlockEncoder::default();
+    enc.event(&sample_event(1));
+    let mut raw = enc.take();
+    raw[0] = 6;
+    assert!(corrupt(&raw));
 }

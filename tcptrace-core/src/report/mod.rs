@@ -66,6 +66,14 @@
 //!   kept: `close_wait`, `close_wait_workload`, `time_wait_destination`,
 //!   `time_wait_service`.
 //!
+//! With stacks (a recording made with `--stacks`: format 5), the flattened
+//! summary also has `close_wait_by_stack` and `stacks` (the `stats --json`
+//! schema: [`crate::stats`]), named from the recording's stack records
+//! (names kept while recording, so they read after the processes are
+//! gone); the `stacks` counts of the live namer are zero. `--stacks`
+//! ([`Options::stacks`]) adds the full stack of each process's leading
+//! code path to the text.
+//!
 //! Workload names come only from the recording (format 4 records), never
 //! from the host reading it. `--cgroup`/`--container`/`--unit`
 //! ([`Options::workloads`]) keep the holder rows whose recorded workload
@@ -368,6 +376,13 @@ pub struct Report {
     /// matches it (the caller warns when none does). True without one.
     #[serde(skip)]
     pub filter_matched: bool,
+    /// The recording has stacks (made with `--stacks`, or it names some):
+    /// with `--stacks` and none, the caller warns.
+    #[serde(skip)]
+    pub has_stacks: bool,
+    /// `--stacks`: the text shows full stacks.
+    #[serde(skip)]
+    pub show_stacks: bool,
 }
 
 /// [`build_with`] on this thread alone: what the threaded report must
@@ -407,7 +422,7 @@ fn record_ts(rec: &Record) -> u64 {
     match rec {
         Record::Event(e) => e.ts_ns,
         Record::Lost { ts_ns, .. } | Record::Snapshot { ts_ns, .. } => *ts_ns,
-        Record::Workload { .. } => 0,
+        Record::Workload { .. } | Record::Stack { .. } => 0,
     }
 }
 
@@ -466,6 +481,7 @@ impl Run<'_> {
             tw_overflow: 0,
             lost,
             decode_errors: 0,
+            stacks: Default::default(),
         }
     }
 
@@ -524,7 +540,7 @@ impl Run<'_> {
             }
             _ => rec,
         };
-        if let Record::Workload { .. } = rec {
+        if let Record::Workload { .. } | Record::Stack { .. } = rec {
             // Names only: no moment, nothing counted.
             self.applier.apply(&mut self.engine, rec);
             return;
@@ -606,7 +622,7 @@ impl Run<'_> {
                     self.resync(now);
                 }
             }
-            Record::Lost { .. } | Record::Workload { .. } => {}
+            Record::Lost { .. } | Record::Workload { .. } | Record::Stack { .. } => {}
         }
         if let Some(grid) = &mut self.grid {
             grid.note(&self.tracker);
@@ -655,6 +671,9 @@ fn build_inner<R: io::Read + Send>(
             e.table.keep_timewait_before(true);
             // Nor are durations per owner and peer shown.
             e.aggs.keyed = false;
+            // Stacks in the summary when the recording has them (stack
+            // records turn them on too) or they are asked for.
+            e.stacks.enabled = header.stacks || opts.stacks;
             e
         },
         applier: RecordApplier::default(),
@@ -881,6 +900,8 @@ fn build_inner<R: io::Read + Send>(
         time_wait_service_holders,
         holders_dropped: dropped,
         filter_matched,
+        has_stacks: header.stacks || !run.engine.stacks.is_empty(),
+        show_stacks: opts.stacks,
     };
     (report, error)
 }

@@ -125,6 +125,9 @@ pub fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
     write_timeline(w, r)?;
     writeln!(w, "{}:", summary_title(r))?;
     crate::output::stats::write_text(w, &r.summary)?;
+    if r.show_stacks {
+        write_leading_stacks(w, r)?;
+    }
     if r.gaps.is_empty() {
         writeln!(w, "gaps: none (no event was lost)")?;
     } else {
@@ -140,6 +143,36 @@ pub fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
                 g.probe_failed
             )?;
         }
+    }
+    Ok(())
+}
+
+/// `--stacks`: the full stack of each process's leading code path (its
+/// largest row with a named stack) at the summary's moment.
+fn write_leading_stacks(w: &mut impl Write, r: &Report) -> io::Result<()> {
+    let Some(rows) = r.summary.close_wait_by_stack.as_deref() else {
+        return Ok(());
+    };
+    // Rows are sorted by count: a process's first named row leads.
+    let mut seen = std::collections::HashSet::new();
+    let leading: Vec<_> = rows
+        .iter()
+        .filter(|row| !row.frames.is_empty() && seen.insert(row.pid))
+        .take(TEXT_ROWS)
+        .collect();
+    if leading.is_empty() {
+        return writeln!(w, "stacks: none named in the recording at this moment");
+    }
+    for row in leading {
+        writeln!(
+            w,
+            "stack of {} ({} of {} in CLOSE_WAIT): {}",
+            owner(row.pid, row.comm.as_deref()),
+            row.count,
+            row.process_count,
+            escape(&row.code_path)
+        )?;
+        crate::output::stats::write_stack(w, &row.frames, row.stack_quality)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    fixtures::{Conn, SEC, ip, leak, owner},
+    fixtures::{Conn, SEC, ip, leak, leak_sockets, owner},
     model::{Event, EventKind, Owner, SeenSocket, TcpState, TcpState::*, TwEndReason},
     record::{Header, Writer},
 };
@@ -46,6 +46,7 @@ fn header() -> Header {
         port_range: (32768, 60999),
         start_mono_ns: T0,
         start_wall_ns: start_wall(),
+        stacks: false,
     }
 }
 
@@ -1027,4 +1028,143 @@ proptest! {
             prop_assert_eq!(threaded.ok(), one.ok());
         }
     }
+}
+
+/// leakyd leaks 20 CLOSE_WAIT sockets opened with stack 7 (named in the
+/// recording, after the events), and its stack-less twin 5 more.
+fn leak_with_stacks(header_stacks: bool) -> Vec<u8> {
+    use crate::stacks::{Frame, Stack, StackKey, StackQuality};
+    let mut w = Writer::new(
+        Vec::new(),
+        &Header {
+            stacks: header_stacks,
+            ..header()
+        },
+    )
+    .unwrap();
+    w.snapshot(T0, &[1], &[], None).unwrap();
+    for (i, mut e) in leak(leakyd(), 25, T0 + SEC, 10 * MS)
+        .into_iter()
+        .enumerate()
+    {
+        // The first 20 sockets' events carry the stack (3 events each).
+        if i < 20 * 3 {
+            e.stack = Some(7);
+        }
+        w.event(&e).unwrap();
+    }
+    let frame = |function: &str, line| Frame {
+        addr: 0x1000 + u64::from(line),
+        function: Some(function.into()),
+        module: Some("/srv/leakyd".into()),
+        file: Some("/src/leakyd.c".into()),
+        line: Some(line),
+        ..Frame::default()
+    };
+    w.stack(
+        StackKey { pid: 4242, id: 7 },
+        &std::sync::Arc::new(Stack {
+            frames: vec![
+                frame("checkout_reserve_items", 37),
+                frame("handle_order", 60),
+                frame("main", 90),
+            ],
+            quality: StackQuality::Cut,
+            depth: 3,
+            exe: None,
+        }),
+    );
+    // Still leaking at the closing snapshot.
+    w.snapshot(T0 + 9 * SEC, &[1], &leak_sockets(leakyd(), 25), None)
+        .unwrap();
+    w.finish().unwrap()
+}
+
+#[test]
+fn a_recording_with_stacks_names_the_code_paths_after_the_process_is_gone() {
+    let r = report(&leak_with_stacks(true), &Options::default()).unwrap();
+    assert!(r.has_stacks);
+    let rows = r.summary.close_wait_by_stack.as_ref().unwrap();
+    let summary: Vec<_> = rows
+        .iter()
+        .map(|r| (r.pid, r.stack_id, r.count, r.process_count, r.stack_quality))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some(4242), Some(7), 20, 25, "cut"),
+            (Some(4242), None, 5, 25, "none")
+        ]
+    );
+    assert_eq!(
+        rows[0].code_path,
+        "checkout_reserve_items ← handle_order ← main"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        json["close_wait_by_stack"][0]["top_frame"],
+        "checkout_reserve_items"
+    );
+    assert_eq!(json["stacks"]["known"], 1);
+    assert_eq!(json["stacks"]["close_wait_without_stack"], 5);
+    // Text: the code paths always; the full stack with --stacks only.
+    let text = |opts: &Options| {
+        let r = report(&leak_with_stacks(true), opts).unwrap();
+        let mut out = Vec::new();
+        write_text(&mut out, &r).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let plain = text(&Options::default());
+    assert!(plain.contains("CLOSE_WAIT by code path:"), "{plain}");
+    assert!(
+        plain.contains("20/25")
+            && plain.contains(
+                "checkout_reserve_items ← handle_order ← main  [cut: no frame pointers below]"
+            ),
+        "{plain}"
+    );
+    assert!(plain.contains("(no stack)"), "{plain}");
+    assert!(!plain.contains("stack of "), "{plain}");
+    let full = text(&Options {
+        stacks: true,
+        ..Options::default()
+    });
+    assert!(
+        full.contains("stack of 4242 leakyd (20 of 25 in CLOSE_WAIT)"),
+        "{full}"
+    );
+    assert!(
+        full.contains("#1   handle_order+0x0  leakyd.c:60  (/srv/leakyd)"),
+        "{full}"
+    );
+    assert!(
+        full.contains("(frames stop here: the code below has no frame pointers)"),
+        "{full}"
+    );
+}
+
+#[test]
+fn stack_records_turn_stacks_on_even_when_the_header_says_nothing() {
+    let r = report(&leak_with_stacks(false), &Options::default()).unwrap();
+    assert!(r.has_stacks);
+    assert_eq!(r.summary.close_wait_by_stack.as_ref().unwrap().len(), 2);
+}
+
+#[test]
+fn a_recording_without_stacks_has_no_stack_keys_and_says_so_when_asked() {
+    let r = report(&leak_then_release(), &Options::default()).unwrap();
+    assert!(!r.has_stacks);
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json.get("close_wait_by_stack").is_none());
+    assert!(json.get("stacks").is_none());
+    let asked = report(
+        &leak_then_release(),
+        &Options {
+            stacks: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    // The caller warns; the report itself goes on.
+    assert!(!asked.has_stacks && asked.show_stacks);
 }

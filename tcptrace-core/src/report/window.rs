@@ -51,6 +51,10 @@ pub struct Options {
     /// `--netns`: only the events and snapshot sockets of these
     /// namespaces (inodes) are read; empty: all.
     pub netns: Vec<u32>,
+    /// `--stacks`: the text shows the full stack of each process's leading
+    /// code path (the code paths themselves show whenever the recording
+    /// has stacks; JSON has them then too).
+    pub stacks: bool,
 }
 
 /// Why a report cannot be made as asked: one line, a usage error.

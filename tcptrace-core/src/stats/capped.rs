@@ -18,7 +18,7 @@ pub const JSON_CLOSE_WAIT_SOCKETS: usize = 100;
 
 /// The lists of a `stats` snapshot (and of a `report`) and how many rows
 /// each keeps.
-const LISTS: [(&str, usize); 14] = [
+const LISTS: [(&str, usize); 15] = [
     ("close_wait", JSON_CLOSE_WAIT_SOCKETS),
     ("close_wait_by_process", JSON_ROWS),
     ("time_wait_by_peer", JSON_ROWS),
@@ -33,6 +33,7 @@ const LISTS: [(&str, usize); 14] = [
     ("close_wait_by_workload", JSON_ROWS),
     ("time_wait_by_workload", JSON_ROWS),
     ("by_workload", JSON_ROWS),
+    ("close_wait_by_stack", JSON_ROWS),
 ];
 
 /// Row fields that add up across rows (the rest are dropped when folded).

@@ -35,6 +35,18 @@
 //!   `facts_known`, `pid`, `comm`.
 //! - `by_process`, `by_local_port`, `by_remote`: live counts per state
 //!   (the JSON printers cap every list: [`super::cap_lists`]).
+//! - `close_wait_by_stack` (only with stacks on: `--stacks`, or a recording
+//!   made with it; the key is absent otherwise): CLOSE_WAIT sockets per
+//!   process and stack, most first, then by `pid`, then by `stack_id`
+//!   (null last): `pid`, `comm`, `stack_id` (null: no stack), `count`,
+//!   `process_count`, `oldest_age_ms`, `oldest_age_is_lower_bound`,
+//!   `peers`, `code_path`, `top_frame`, `stack_quality` (a
+//!   [`crate::stacks::StackQuality`] name, `pending` or `none`), `frames`
+//!   (`addr`, `function`, `function_offset`, `module`, `module_offset`,
+//!   `build_id`, `file`, `line`). O(CLOSE_WAIT sockets) at snapshot time.
+//! - `stacks` (only with stacks on): `kernel_misses`, `requested`, `named`,
+//!   `failed`, `pending`, `dropped`, `max_depth`, `known`,
+//!   `sockets_with_stack`, `close_wait_without_stack`.
 //! - The workload fields (`close_wait_by_workload`, `time_wait_by_workload`,
 //!   `by_workload`, `workloads`, and those of process rows): see
 //!   [`super::workloads`].
@@ -69,6 +81,7 @@ use super::{
 use crate::{
     conn::{CloseWaitItem, Closer, ConnTable, EndReason},
     model::{Comm, Lost, TcpState},
+    stacks::{Frame, StackCounts, StackKey, StackTable},
 };
 
 const MIN: u64 = 60 * 1_000_000_000;
@@ -83,6 +96,48 @@ pub struct HostFacts {
     /// Kernel-side losses since start.
     pub lost: Lost,
     pub decode_errors: u64,
+    /// What the live source's stack namer did (`--stacks`; zero otherwise).
+    pub stacks: StackCounts,
+}
+
+/// CLOSE_WAIT sockets of one process opened by one code path (`--stacks`):
+/// a row of `close_wait_by_stack`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CloseWaitByStack {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The kernel's stack id; null: this process's CLOSE_WAIT sockets with no
+    /// stack (opened before tracing, or the kernel missed it).
+    pub stack_id: Option<u32>,
+    pub count: u64,
+    /// The process's CLOSE_WAIT sockets in all ("412 of 460").
+    pub process_count: u64,
+    pub oldest_age_ms: u64,
+    pub oldest_age_is_lower_bound: bool,
+    /// Remote endpoints of these sockets, most frequent first (at most 5).
+    pub peers: Vec<String>,
+    /// [`crate::stacks::Stack::code_path`] of 3 frames; "(not named yet)";
+    /// "(no stack)".
+    pub code_path: String,
+    pub top_frame: Option<String>,
+    /// [`crate::stacks::StackQuality`] names, plus "pending" (not named
+    /// yet) and "none" (no stack).
+    pub stack_quality: &'static str,
+    /// The full stack, innermost first; empty when pending or none.
+    pub frames: Vec<Frame>,
+}
+
+/// How stacks are doing (`--stacks`): the `stacks` object.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StacksStatus {
+    #[serde(flatten)]
+    pub counts: StackCounts,
+    /// Stacks with names in this engine.
+    pub known: u64,
+    /// Live full sockets with a stack.
+    pub sockets_with_stack: u64,
+    /// CLOSE_WAIT sockets with no stack (the null rows).
+    pub close_wait_without_stack: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -311,6 +366,13 @@ pub struct Snapshot {
     /// How workloads are attributed here (the live commands).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workloads: Option<WorkloadStatus>,
+    /// CLOSE_WAIT sockets by process and the code that opened them, most
+    /// first (only with stacks on: the key is absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_wait_by_stack: Option<Vec<CloseWaitByStack>>,
+    /// How stacks are doing (only with stacks on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<StacksStatus>,
     /// CLOSE_WAIT counts by owner cgroup, before names.
     #[serde(skip)]
     pub close_wait_keys: Vec<KeyCloseWait>,
@@ -390,6 +452,8 @@ pub struct SnapshotInput<'a> {
     pub facts: &'a crate::netfacts::NetFacts,
     /// When observation began (rates over a shorter span than their window).
     pub since_ns: u64,
+    /// The engine's stack names: `Some` iff stacks are on.
+    pub stacks: Option<&'a StackTable>,
 }
 
 /// CLOSE_WAIT sockets a snapshot lists, oldest first: those the JSON
@@ -481,6 +545,91 @@ pub fn close_wait_sockets_of(
     oldest(table, items, now_ns, limit)
 }
 
+/// One (process, stack) group of CLOSE_WAIT sockets being counted.
+#[derive(Default)]
+struct StackGroup {
+    count: u64,
+    oldest_age_ms: u64,
+    lower: bool,
+    peers: rustc_hash::FxHashMap<SocketAddr, u32>,
+}
+
+/// CLOSE_WAIT sockets by process and the stack that opened them (stacks
+/// on only): O(CLOSE_WAIT sockets), at snapshot time, like the groups by
+/// cgroup; names from `names` (pending until the namer answers). Most
+/// first, then by pid, then by stack id (no stack last).
+fn close_wait_by_stack(
+    table: &ConnTable,
+    names: &StackTable,
+    oldest_of: &[Option<(u64, u64, bool)>],
+    now: u64,
+) -> Vec<CloseWaitByStack> {
+    let live = table.live();
+    let mut groups: rustc_hash::FxHashMap<(u32, Option<StackKey>), StackGroup> = Default::default();
+    for i in &live.close_wait {
+        let key = table.conn_at(i.slot).and_then(|c| table.stack_of(c));
+        let g = groups.entry((i.pid_group, key)).or_default();
+        let age = now.saturating_sub(i.since_ns) / 1_000_000;
+        g.count += 1;
+        if g.count == 1 || age > g.oldest_age_ms {
+            g.oldest_age_ms = age;
+            g.lower = i.lower;
+        } else if age == g.oldest_age_ms {
+            g.lower |= i.lower;
+        }
+        *g.peers
+            .entry(SocketAddr::new(i.key.daddr, i.key.dport))
+            .or_insert(0) += 1;
+    }
+    let mut rows: Vec<CloseWaitByStack> = groups
+        .into_iter()
+        .map(|((group, key), g)| {
+            let r = live.by_pid.at(group);
+            let pid = r.key;
+            let (code_path, top_frame, stack_quality, frames) =
+                match (key, key.and_then(|k| names.get(&k))) {
+                    (None, _) => ("(no stack)".to_string(), None, "none", Vec::new()),
+                    (Some(_), None) => ("(not named yet)".to_string(), None, "pending", Vec::new()),
+                    (Some(_), Some(s)) => (
+                        s.code_path(3),
+                        s.top_frame(),
+                        s.quality.name(),
+                        s.frames.clone(),
+                    ),
+                };
+            let mut peers: Vec<(u32, SocketAddr)> =
+                g.peers.into_iter().map(|(p, n)| (n, p)).collect();
+            peers.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            peers.truncate(PEERS_SHOWN);
+            CloseWaitByStack {
+                pid,
+                comm: pid.and(r.comm()).map(comm_string),
+                stack_id: key.map(|k| k.id),
+                count: g.count,
+                process_count: oldest_of
+                    .get(group as usize)
+                    .copied()
+                    .flatten()
+                    .map_or(g.count, |o| o.0),
+                oldest_age_ms: g.oldest_age_ms,
+                oldest_age_is_lower_bound: g.lower,
+                peers: peers.into_iter().map(|p| p.1.to_string()).collect(),
+                code_path,
+                top_frame,
+                stack_quality,
+                frames,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.pid.cmp(&b.pid))
+            .then((a.stack_id.is_none(), a.stack_id).cmp(&(b.stack_id.is_none(), b.stack_id)))
+    });
+    rows
+}
+
 /// Builds a snapshot and samples CLOSE_WAIT counts for the growth rates.
 /// Reads the counts the table keeps ([`crate::conn::Live`]): O(groups and
 /// CLOSE_WAIT sockets, plus timewait sockets for their groups), not
@@ -515,6 +664,24 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
             None => (1, age, i.lower),
         });
     }
+    let (close_wait_by_stack, stacks) = match input.stacks {
+        Some(names) => {
+            let rows = close_wait_by_stack(table, names, &oldest_of, now);
+            let without = rows
+                .iter()
+                .filter(|r| r.stack_id.is_none())
+                .map(|r| r.count)
+                .sum();
+            let status = StacksStatus {
+                counts: input.host.stacks,
+                known: names.len() as u64,
+                sockets_with_stack: table.sockets_with_stacks() as u64,
+                close_wait_without_stack: without,
+            };
+            (Some(rows), Some(status))
+        }
+        None => (None, None),
+    };
     // By owner cgroup (O(CLOSE_WAIT sockets), at snapshot time: the
     // per-event path keeps no count by cgroup), and each process's key.
     // Consecutive sockets mostly share a key: the last one is remembered,
@@ -765,6 +932,8 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         time_wait_by_workload: Vec::new(),
         by_workload: Vec::new(),
         workloads: None,
+        close_wait_by_stack,
+        stacks,
         close_wait_keys,
         time_wait_keys: grouped.by_cgroup,
         mono_ns: now,

@@ -11,7 +11,10 @@
 //! transition that interrupts it on the same CPU) read the socket through BTF
 //! offsets, the classic tracepoint reads the record. Both paths see the same
 //! events. This is also where owners are captured (connect and listen
-//! run in the owner's process context), where a connect is remembered for
+//! run in the owner's process context), with their user stack under
+//! `--stacks` (`stacks::capture`: never by the twin, which runs in softirq
+//! where the user stack is an innocent task's; a child socket carries its
+//! listener's listen() stack until accept()), where a connect is remembered for
 //! telling a timewait socket's reuse (`timewait::note_connect`), where a
 //! timewait socket is linked to the full socket it replaces, and where a
 //! socket that should have been replaced by one and was not is marked
@@ -24,7 +27,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
-    Counter, EventKind, IPPROTO_TCP, RawEvent, TwEndReason, event_flags, family, tcp_state,
+    Counter, EventKind, IPPROTO_TCP, OwnerEntry, RawEvent, TwEndReason, event_flags, family,
+    tcp_state,
 };
 
 use crate::{
@@ -106,6 +110,11 @@ pub fn try_btf(ctx: &BtfTracePointContext, nested: bool) -> Result<(), Drop> {
         unsafe { bpf_ktime_get_ns() },
         sk,
         || sock::direct::netns_of(net),
+        |owner| {
+            if !nested {
+                crate::stacks::capture(ctx, owner)
+            }
+        },
         old as u8,
         new as u8,
         ev,
@@ -154,6 +163,7 @@ pub fn try_classic(ctx: &TracePointContext) -> Result<(), Drop> {
         unsafe { bpf_ktime_get_ns() },
         sk,
         || sock::netns(sk),
+        |owner| crate::stacks::capture(ctx, owner),
         old as u8,
         new as u8,
         tuple,
@@ -174,12 +184,14 @@ fn starts_lifecycle(old: u8, new: u8) -> bool {
 }
 
 /// `netns` reads the socket's network namespace (asked only for a socket
-/// the owner map does not know).
+/// the owner map does not know); `stack` captures the user stack into an
+/// owner just captured in process context (connect(), listen()).
 #[inline(always)]
 fn handle(
     ts: u64,
     sk: u64,
     netns: impl FnOnce() -> Option<u32>,
+    stack: impl FnOnce(&mut OwnerEntry),
     old: u8,
     new: u8,
     ev: &mut RawEvent,
@@ -216,6 +228,7 @@ fn handle(
             if old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN) {
                 // connect() / listen(): we are in the owner's process context.
                 let pid_tgid = capture_current(owner);
+                stack(owner);
                 if new == tcp_state::SYN_SENT {
                     timewait::note_connect(sk, pid_tgid);
                 }
@@ -229,9 +242,12 @@ fn handle(
                     let ns_flags = owner.flags;
                     crate::words::copy(owner, &listener.owner);
                     owner.netns = netns;
-                    // The listener's cgroup verdict travels with its owner.
+                    // The listener's cgroup verdict and listen() stack
+                    // travel with its owner (the stack until accept()).
                     owner.flags = (owner.flags
-                        & (event_flags::OWNER_KNOWN | event_flags::CGROUP_MATCH))
+                        & (event_flags::OWNER_KNOWN
+                            | event_flags::CGROUP_MATCH
+                            | event_flags::STACK_KNOWN))
                         | event_flags::OWNER_FROM_LISTENER
                         | ns_flags;
                 }

@@ -20,6 +20,12 @@
 //! When that changes the owner userspace knows (none before, or another
 //! process), an [`EventKind::Accept`] tells it: a socket whose peer closed
 //! before accept() returned makes no further transition that would.
+//!
+//! Under `--stacks` the acceptor's user stack is captured here too
+//! (`stacks::capture`), replacing the listen() stack the child inherited.
+//! An accept by the same thread or the same process emits no event: its
+//! stack reaches userspace with the socket's next event (from the owner
+//! map).
 
 use aya_ebpf::{
     EbpfContext,
@@ -109,10 +115,12 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
         unsafe {
             aya_ebpf::helpers::generated::bpf_get_current_comm(entry.comm.as_mut_ptr().cast(), 16)
         };
+        crate::stacks::capture(ctx, entry);
         return Ok(());
     }
     let was_tgid = entry.tgid;
     capture_current(entry);
+    crate::stacks::capture(ctx, entry);
     if known && was_tgid == entry.tgid {
         // Another thread of the same process: its thread recorded, no event.
         return Ok(());

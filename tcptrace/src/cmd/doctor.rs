@@ -196,6 +196,8 @@ impl<W: Write> Consumer for Doctor<W> {
                 .filter_map(|p| Some((p.pid?, p.workload.clone())))
                 .collect(),
             attribution: ctx.source.workloads().map(|w| attribution(&w.resolver)),
+            close_wait_by_stack: snap.close_wait_by_stack.clone().unwrap_or_default(),
+            stacks: snap.stacks.clone(),
         };
         let findings = doctor::diagnose(&obs, &Thresholds::default());
         let written = if self.json {

@@ -13,8 +13,15 @@
 //! cgroups sock_diag reported for a snapshot's sockets are named the same
 //! way, before the snapshot block. A failed lookup is never fatal: the id
 //! is recorded as `cgroup:<id>`.
+//!
+//! Stacks (`--stacks`): the live source's namer hands named stacks in as
+//! records; each is written once per file (the writer repeats them after
+//! every snapshot) and kept here, so a rotated file opens with every name
+//! known so far: `report --stacks` names code paths after the processes
+//! are gone.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     io::{self, BufWriter, IsTerminal, Write},
     path::{Path, PathBuf},
@@ -28,6 +35,7 @@ use tcptrace_core::{
     model::SeenSocket,
     output::escape,
     record::{Header, Record, Writer},
+    stacks::{MAX_NAMED_STACKS, Stack, StackKey},
     workload::Workload,
 };
 
@@ -159,6 +167,8 @@ pub struct Recorder {
     /// The last id named, and its workload: events come in runs of one
     /// owner, so most need no lookup at all.
     last_workload: Option<(u64, Arc<Workload>)>,
+    /// Every stack named so far, for the next file of a rotation.
+    stacks_seen: BTreeMap<StackKey, Arc<Stack>>,
 }
 
 impl Recorder {
@@ -178,6 +188,7 @@ impl Recorder {
             port_range: source.host().0,
             start_mono_ns,
             start_wall_ns,
+            stacks: info.stacks,
         };
         let file = Self::open(&cfg, &header, cfg.force, source.clock_ns())?;
         Ok(Self {
@@ -189,6 +200,7 @@ impl Recorder {
             seconds: 0,
             workloads: WorkloadResolver::new(RuntimeRoots::default()),
             last_workload: None,
+            stacks_seen: BTreeMap::new(),
         })
     }
 
@@ -297,6 +309,15 @@ impl Recorder {
             .source
             .sockets()
             .context("cannot open the next file with a snapshot of sockets")?;
+        // The names of every stack so far open the new file.
+        let seen: Vec<(StackKey, Arc<Stack>)> = self
+            .stacks_seen
+            .iter()
+            .map(|(k, s)| (*k, Arc::clone(s)))
+            .collect();
+        for (key, stack) in seen {
+            self.file().writer.stack(key, &stack);
+        }
         if let Some(Record::Snapshot {
             ts_ns,
             namespaces,
@@ -331,6 +352,14 @@ impl Consumer for Recorder {
             Record::Workload { cgroup, workload } => {
                 let (id, w) = (*cgroup, Arc::clone(workload));
                 self.file().writer.workload(id, &w);
+            }
+            Record::Stack { key, stack } => {
+                let (key, stack) = (*key, Arc::clone(stack));
+                self.file().writer.stack(key, &stack);
+                if self.stacks_seen.len() < MAX_NAMED_STACKS || self.stacks_seen.contains_key(&key)
+                {
+                    self.stacks_seen.insert(key, stack);
+                }
             }
             Record::Lost { ts_ns, lost } => self.write(|w| w.lost(*ts_ns, lost))?,
             Record::Snapshot {

@@ -35,6 +35,12 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode> {
             tcptrace_core::output::escape(&cfg.file.display().to_string())
         );
     }
+    if cfg.options.stacks && !report.has_stacks {
+        crate::say!(
+            "warning: {} was recorded without --stacks: no stacks to show",
+            tcptrace_core::output::escape(&cfg.file.display().to_string())
+        );
+    }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let written = match cfg.format {

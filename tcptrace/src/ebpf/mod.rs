@@ -2,6 +2,8 @@
 //! kernel's offsets and the user's filter, attaches the hooks (tp_btf or the
 //! classic tracepoint for transitions; the timer tracepoints for TIME_WAIT;
 //! accept exits for owners), drains the ring buffer and reads the loss counters.
+//! With `--stacks` it also sizes the kernel's user-stack map and hands it to
+//! the namer ([`Tracer::take_stack_map`]).
 
 pub mod btf;
 pub mod kallsyms;
@@ -14,10 +16,13 @@ use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, FEntry, Program, TracePoint},
 };
-use tcptrace_common::{Counter, Filter, KernelOffsets, Tuning, config::N_COUNTERS};
+use tcptrace_common::{
+    Counter, Features, Filter, KernelOffsets, Tuning,
+    config::{MAX_STACK_ENTRIES, N_COUNTERS, STACK_DEPTH},
+};
 
 use crate::preflight::EnvError;
 use tcptrace_core::model::Lost;
@@ -68,7 +73,20 @@ pub struct LoadOptions {
     /// The workload filters and where names are read (userspace only; the
     /// live source applies them).
     pub workloads: crate::workloads::WorkloadOptions,
+    /// `--stacks`: capture the user stack where a lifecycle starts
+    /// (connect, listen, accept) into the kernel's stack map.
+    pub stacks: bool,
+    /// With `stacks`: the stack map's entries (a power of two, at most
+    /// [`MAX_STACK_ENTRIES`]; about 1 KiB of kernel memory each).
+    pub stack_entries: u32,
 }
+
+/// The stack map's entries with `--stacks` unless told otherwise.
+pub const DEFAULT_STACK_ENTRIES: u32 = 8192;
+
+/// Kernel memory of one stack map entry: the bucket (a header of 8 + 16
+/// bytes) and its 127 frames (`kernel/bpf/stackmap.c`).
+pub const STACK_ENTRY_BYTES: u64 = 8 + 16 + 8 * STACK_DEPTH as u64;
 
 /// Hooks [`Tracer::load`] treats as refused by the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,6 +122,8 @@ impl Default for LoadOptions {
             refuse: Refuse::default(),
             empty_programs: false,
             workloads: Default::default(),
+            stacks: false,
+            stack_entries: DEFAULT_STACK_ENTRIES,
         }
     }
 }
@@ -140,6 +160,9 @@ pub struct KernelCounters {
     /// Events a program dropped because a probe read or a scratch lookup
     /// failed.
     pub probe_failed: u64,
+    /// User stacks the kernel could not keep (`--stacks`): a full stack
+    /// map, a bucket held by another stack, or no user stack.
+    pub stack_miss: u64,
 }
 
 impl KernelCounters {
@@ -164,6 +187,47 @@ pub struct Tracer {
     pub hooks: Hooks,
     /// What the kernel filters of the workload flags.
     pub kernel_workloads: workload_filter::KernelPart,
+    /// `--stacks`: the kernel's user-stack map, until the namer takes it.
+    stacks: Option<StackTraceMap<MapData>>,
+    /// Whether the program captures stacks (`--stacks`).
+    stacks_on: bool,
+    /// Frames the kernel walks at most: `min(127, perf_event_max_stack)`.
+    stack_depth: u32,
+}
+
+/// `/proc/sys/kernel/perf_event_max_stack`: the deepest stack the kernel
+/// walks, and the deepest a stack map may hold (None: unreadable).
+pub fn perf_event_max_stack() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_stack")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The stack map holds [`STACK_DEPTH`] frames per entry, and the kernel
+/// refuses to create it (and so to load the whole object, with or without
+/// `--stacks`) when `perf_event_max_stack` is lower.
+fn check_stack_depth(max_stack: Option<u32>) -> Result<()> {
+    match max_stack {
+        Some(n) if n < STACK_DEPTH => Err(EnvError(format!(
+            "kernel.perf_event_max_stack is {n}: tcptrace's stack map needs {STACK_DEPTH} frames, \
+             even without --stacks (sysctl -w kernel.perf_event_max_stack={STACK_DEPTH})"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// The stack map's entries for `opts`: 1 without `--stacks` (the map must
+/// exist; about 1 KiB), else `stack_entries` capped at [`MAX_STACK_ENTRIES`]
+/// (ids must fit the events' 16 bits).
+fn stack_map_entries(opts: &LoadOptions) -> u32 {
+    if opts.stacks {
+        opts.stack_entries.clamp(1, MAX_STACK_ENTRIES)
+    } else {
+        1
+    }
 }
 
 /// The least the reader thread may queue while the consumer is busy (about
@@ -220,12 +284,28 @@ impl Tracer {
             workload_filter::KernelPart::default()
         };
         let filter = kernel_workloads.apply(opts.filter);
+        let max_stack = perf_event_max_stack();
+        check_stack_depth(max_stack)?;
+        let stack_depth = max_stack.unwrap_or(STACK_DEPTH).min(STACK_DEPTH);
+        let features = Features {
+            user_stacks: u32::from(opts.stacks),
+            _pad: 0,
+        };
+        let stack_entries = stack_map_entries(opts);
+        if opts.stacks {
+            log::info!(
+                "stacks: on ({stack_entries} entries, ~{:.1} MiB kernel memory, {stack_depth} frames)",
+                (u64::from(stack_entries) * STACK_ENTRY_BYTES) as f64 / f64::from(1 << 20)
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
             .override_global("TUNING", &opts.tuning, true)
+            .override_global("FEATURES", &features, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("OWNERS", opts.owner_entries)
+            .map_max_entries("STACKS", stack_entries)
             .load(OBJECT)
             .map_err(|e| permission_hint(anyhow!(e), "load the eBPF object"))?;
         let mut prog_fds = Vec::new();
@@ -331,6 +411,13 @@ impl Tracer {
         let ring = reader::Reader::start(ring, queue_limit, opts.realtime_drain)
             .context("start the ring buffer reader thread")?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        let stacks = if opts.stacks {
+            Some(StackTraceMap::try_from(
+                ebpf.take_map("STACKS").context("STACKS map")?,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             _ebpf: ebpf,
             logs,
@@ -344,7 +431,29 @@ impl Tracer {
                 fallbacks,
             },
             kernel_workloads,
+            stacks,
+            stacks_on: opts.stacks,
+            stack_depth,
         })
+    }
+
+    /// The kernel's user-stack map (`--stacks`), for the namer: read an id
+    /// from an event's `stack` with `get(&id, 0)`. `None` without
+    /// `--stacks`, and after the first call.
+    pub fn take_stack_map(&mut self) -> Option<StackTraceMap<MapData>> {
+        self.stacks.take()
+    }
+
+    /// Whether the program captures user stacks (`--stacks`).
+    pub fn stacks_on(&self) -> bool {
+        self.stacks_on
+    }
+
+    /// The deepest user stack the kernel walks: `min(127,
+    /// perf_event_max_stack)`. A stack this deep may have lost its
+    /// outermost callers.
+    pub fn stack_depth(&self) -> u32 {
+        self.stack_depth
     }
 
     /// Calls `f` with every record produced so far (copied out of the ring
@@ -370,7 +479,7 @@ impl Tracer {
                 }
             }
         };
-        debug_assert!((Counter::FilteredWorkload as u32) < N_COUNTERS);
+        debug_assert!((Counter::StackMiss as u32) < N_COUNTERS);
         KernelCounters {
             events: sum(Counter::Events),
             ring_full: sum(Counter::RingFull),
@@ -382,6 +491,7 @@ impl Tracer {
             map_full: sum(Counter::MapFull),
             recursion_misses: self.lost_recursions(sum(Counter::NestedRecovered)),
             probe_failed: sum(Counter::ProbeFailed),
+            stack_miss: sum(Counter::StackMiss),
         }
     }
 }
@@ -701,5 +811,43 @@ mod tests {
             }
         }
         assert!(calls.is_empty(), "byte-loop calls: {calls:?}");
+    }
+
+    /// The stack map holds 127 frames: a lower `perf_event_max_stack` makes
+    /// the kernel refuse it, so the load is refused first, saying how to fix it.
+    #[test]
+    fn a_lowered_perf_event_max_stack_is_refused_with_the_fix() {
+        assert!(super::check_stack_depth(Some(127)).is_ok());
+        assert!(super::check_stack_depth(Some(512)).is_ok());
+        assert!(super::check_stack_depth(None).is_ok());
+        let err = super::check_stack_depth(Some(64)).unwrap_err();
+        assert!(err.downcast_ref::<crate::preflight::EnvError>().is_some());
+        let text = format!("{err:#}");
+        assert!(text.contains("perf_event_max_stack is 64"), "{text}");
+        assert!(
+            text.contains("sysctl -w kernel.perf_event_max_stack=127"),
+            "{text}"
+        );
+    }
+
+    /// Off, the map has one entry; on, the size asked for, capped so ids
+    /// fit the events' 16 bits.
+    #[test]
+    fn the_stack_map_is_one_entry_unless_stacks_are_on() {
+        use super::{LoadOptions, stack_map_entries};
+        let off = LoadOptions::default();
+        assert_eq!(stack_map_entries(&off), 1);
+        let on = LoadOptions {
+            stacks: true,
+            ..LoadOptions::default()
+        };
+        assert_eq!(stack_map_entries(&on), super::DEFAULT_STACK_ENTRIES);
+        let huge = LoadOptions {
+            stacks: true,
+            stack_entries: 1 << 20,
+            ..LoadOptions::default()
+        };
+        assert_eq!(stack_map_entries(&huge), 1 << 15);
+        assert!(u16::try_from(stack_map_entries(&huge) - 1).is_ok());
     }
 }

@@ -5,9 +5,13 @@
 //! stamps events with; and the timewait sockets whose move from FIN_WAIT2
 //! to TIME_WAIT no hook shows, checked about once a second
 //! ([`super::timewait_check`]) so that every command gets their
-//! `TwSubstate` events in the stream, through the user's filters.
+//! `TwSubstate` events in the stream, through the user's filters. With
+//! `--stacks`, the sockets entering CLOSE_WAIT with a user stack are handed
+//! to the namer ([`crate::stacks::StackNamer`], its own thread), whose
+//! named stacks come back into the stream as [`Record::Stack`] records at
+//! the start of a later drain.
 
-use std::sync::mpsc::Receiver;
+use std::sync::{Arc, mpsc::Receiver};
 
 use anyhow::Result;
 use tcptrace_core::{
@@ -16,6 +20,7 @@ use tcptrace_core::{
     filter::UserFilter,
     model::{Comm, Lost},
     record::Record,
+    stacks::StackCounts,
 };
 
 use super::{
@@ -23,7 +28,10 @@ use super::{
     timewait_check::{CheckCounters, KernelAsker, TimewaitCheck, thread_cpu_ns},
     wait_real,
 };
-use crate::{clock::monotonic_ns, ebpf::Tracer, seed, session::Input, workloads::Workloads};
+use crate::{
+    clock::monotonic_ns, ebpf::Tracer, seed, session::Input, stacks::StackNamer,
+    workloads::Workloads,
+};
 
 /// The loaded tracer and what snapshots need.
 pub struct Live {
@@ -40,6 +48,8 @@ pub struct Live {
     /// The workload resolver and the `--cgroup`/`--container`/`--unit`/
     /// `--netns` filters.
     workloads: Workloads,
+    /// `--stacks`: names the stacks of sockets entering CLOSE_WAIT.
+    stacks: Option<StackNamer>,
 }
 
 /// A process's name from `/proc` (the reuser of a timewait socket whose
@@ -77,6 +87,16 @@ impl Live {
     pub fn load(opts: &crate::ebpf::LoadOptions, user_filter: UserFilter) -> anyhow::Result<Self> {
         let mut live = Self::new(Tracer::load(opts)?, user_filter, opts.realtime_drain);
         live.workloads = Workloads::new(opts.workloads.clone());
+        if opts.stacks {
+            // Started here, before `enter_loop` raises the loop thread's
+            // priority: the naming thread does not inherit SCHED_RR.
+            let depth = live.tracer.stack_depth();
+            let map = live
+                .tracer
+                .take_stack_map()
+                .ok_or_else(|| anyhow::anyhow!("--stacks: the tracer has no stack map"))?;
+            live.stacks = Some(StackNamer::start(map, depth)?);
+        }
         if let Some(warning) = live.workloads.nothing_matches_warning() {
             crate::say!("{warning}");
         }
@@ -97,6 +117,7 @@ impl Live {
             asker: KernelAsker::new(),
             reusers: ReuserNames::default(),
             workloads: Workloads::new(Default::default()),
+            stacks: None,
         }
     }
 
@@ -148,6 +169,7 @@ impl Source for Live {
             host: seed::host::hostname(),
             kernel: seed::host::kernel_release(),
             recording: None,
+            stacks: self.stacks.is_some(),
         }
     }
 
@@ -169,6 +191,17 @@ impl Source for Live {
     }
 
     fn drain(&mut self, f: &mut dyn FnMut(Record)) {
+        // Names made since the last drain first: a snapshot taken after
+        // this drain already has them.
+        let namer = &mut self.stacks;
+        if let Some(n) = namer.as_mut() {
+            n.take_named(&mut |key, stack| {
+                f(Record::Stack {
+                    key,
+                    stack: Arc::new(stack),
+                })
+            });
+        }
         let errors = &mut self.decode_errors;
         let timewait = &mut self.timewait;
         let reusers = &mut self.reusers;
@@ -202,6 +235,9 @@ impl Source for Live {
                 if narrow.is_none_or(|u| u.matches_event(&e))
                     && (!by_workload || workloads.keeps_event(&e))
                 {
+                    if let Some(n) = namer.as_mut() {
+                        n.observe(&e);
+                    }
                     f(Record::Event(e));
                 }
             }
@@ -252,6 +288,16 @@ impl Source for Live {
             .kernel_workloads
             .is_on()
             .then(|| self.tracer.counters().filtered_workload)
+    }
+
+    fn stack_counts(&self) -> StackCounts {
+        match &self.stacks {
+            Some(n) => StackCounts {
+                kernel_misses: self.tracer.counters().stack_miss,
+                ..n.counts()
+            },
+            None => StackCounts::default(),
+        }
     }
 
     fn host(&self) -> ((u16, u16), u64) {

@@ -3,7 +3,8 @@
 //! - [`Live`]: the kernel (the ring buffer, decoded, with the timewait
 //!   sockets no hook shows moving to TIME_WAIT found by
 //!   [`timewait_check`]), sock_diag snapshots and the kernel's loss
-//!   counters, on the real clock;
+//!   counters, on the real clock; with `--stacks`, the user stacks named by
+//!   [`crate::stacks::StackNamer`] as [`Record::Stack`] records;
 //! - [`Recording`]: a recording played against a virtual clock
 //!   (`top --from`);
 //! - [`Scripted`]: records, snapshots, losses and inputs at set times on a
@@ -24,6 +25,7 @@ use tcptrace_core::{
     app::{PlaybackCommand, PlaybackStatus},
     model::Lost,
     record::Record,
+    stacks::StackCounts,
 };
 
 use crate::session::Input;
@@ -41,6 +43,10 @@ pub struct SourceInfo {
     pub kernel: String,
     /// The recording being played, if any.
     pub recording: Option<std::path::PathBuf>,
+    /// User stacks are captured and named (`--stacks` live, or a recording
+    /// made with it): the engine keeps their names
+    /// ([`tcptrace_core::stacks::StackTable`]).
+    pub stacks: bool,
 }
 
 /// A source of records for the loop.
@@ -95,6 +101,12 @@ pub trait Source: Send {
     /// started (`None` when the kernel filters no workload).
     fn kernel_workload_filtered(&self) -> Option<u64> {
         None
+    }
+
+    /// What naming user stacks did so far (`--stacks`, live only: zero
+    /// elsewhere, and from a recording).
+    fn stack_counts(&self) -> StackCounts {
+        StackCounts::default()
     }
 
     /// `ip_local_port_range` and TcpExt TCPTimeWaitOverflow now.

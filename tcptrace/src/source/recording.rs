@@ -255,7 +255,7 @@ fn record_ts(rec: &Record) -> u64 {
         Record::Event(e) => e.ts_ns,
         Record::Lost { ts_ns, .. } | Record::Snapshot { ts_ns, .. } => *ts_ns,
         // Names only: due at once, moving no clock.
-        Record::Workload { .. } => 0,
+        Record::Workload { .. } | Record::Stack { .. } => 0,
     }
 }
 
@@ -306,6 +306,7 @@ impl Source for Recording {
             host: h.host.clone(),
             kernel: h.kernel.clone(),
             recording: Some(self.replay.path.clone()),
+            stacks: h.stacks,
         }
     }
 
@@ -397,6 +398,7 @@ mod tests {
             port_range: (32768, 60999),
             start_mono_ns: START,
             start_wall_ns: 1_700_000_000 * SEC + START,
+            stacks: false,
         }
     }
 
@@ -428,6 +430,7 @@ mod tests {
             new,
             prev_ns: None,
             reason: None,
+            stack: None,
         }
     }
 
@@ -510,6 +513,7 @@ mod tests {
             tw_overflow: 0,
             lost: Lost::default(),
             decode_errors: 0,
+            stacks: Default::default(),
         };
         let snap = engine.snapshot(mono, wall, host);
         snap.states.get("CLOSE_WAIT").copied().unwrap_or(0)

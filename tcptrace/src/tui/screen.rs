@@ -406,6 +406,10 @@ const HELP: &[(&str, &str)] = &[
         "Enter",
         "drill in (process sockets, peer histograms, details)",
     ),
+    (
+        "",
+        "  on a code path (CLOSE_WAIT, --stacks): its full stack",
+    ),
     ("Esc", "back; clears the filter when nothing is open"),
     ("s", "cycle sort of the current list"),
     ("w", "CLOSE_WAIT, TIME_WAIT: by process <-> by workload"),

@@ -50,6 +50,41 @@ fn close_wait_sockets_with_lower_bound_ages() {
     insta::assert_snapshot!(screen(&app, 80, 24));
 }
 
+/// `--stacks`: the drilled process's code paths above its sockets.
+#[test]
+fn close_wait_code_paths() {
+    let mut app = fixture::app_with_stacks();
+    app.update(Action::Resize(80, 24));
+    press(&mut app, &[Key::Char('2'), Key::Enter]);
+    fixture::answer(&mut app);
+    let text = screen(&app, 80, 24);
+    assert!(
+        text.contains("checkout_reserve_items ← handle_order ← main"),
+        "{text}"
+    );
+    insta::assert_snapshot!(text);
+}
+
+/// `--stacks`: Enter on a code path shows its full stack.
+#[test]
+fn close_wait_full_stack() {
+    let mut app = fixture::app_with_stacks();
+    app.update(Action::Resize(80, 24));
+    press(&mut app, &[Key::Char('2'), Key::Enter]);
+    fixture::answer(&mut app);
+    press(&mut app, &[Key::Enter]);
+    let text = screen(&app, 80, 24);
+    assert!(
+        text.contains("handle_order") && text.contains("orders.c:52"),
+        "{text}"
+    );
+    insta::assert_snapshot!(text);
+    // The cut path says why it stops.
+    press(&mut app, &[Key::Esc, Key::Down, Key::Enter]);
+    let text = screen(&app, 80, 24);
+    assert!(text.contains("frames stop here"), "{text}");
+}
+
 #[test]
 fn time_wait_by_peer() {
     let mut app = app_80x24();

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod cgroups;
+pub mod stacks;
+pub mod tmux;
 
 use std::{
     io::Read,

@@ -30,6 +30,7 @@ pub fn accepted(i: u64) -> [Event; 2] {
         new: TcpState::SynRecv,
         prev_ns: None,
         reason: None,
+        stack: None,
     };
     let established = Event {
         old: Some(TcpState::SynRecv),

@@ -1,7 +1,8 @@
 //! The live part of `cargo xtask bench`: the connection rate of the load
 //! generator with nothing attached, with the limit (tcptrace's hooks with
 //! programs that return at once: what merely attaching costs),
-//! `tcptrace record` (to /dev/null), `tcptrace stats`, `tcptrace top` (in a
+//! `tcptrace record` (to /dev/null), `tcptrace stats`, `tcptrace stats
+//! --stacks` (a user stack captured at every connect and accept), `tcptrace top` (in a
 //! detached tmux, so it really draws) and libbpf-tools' `tcpstates` (to
 //! /dev/null). Per run: the rate and its ratios to the untraced and limit
 //! runs of the same round, events delivered against what the generator must
@@ -41,16 +42,19 @@ pub enum Tracer {
     Limit,
     Record,
     Stats,
+    /// `stats --stacks`: one `bpf_get_stackid` per connect and accept.
+    StatsStacks,
     Top,
     Tcpstates,
 }
 
 impl Tracer {
-    pub const ALL: [Tracer; 6] = [
+    pub const ALL: [Tracer; 7] = [
         Tracer::None,
         Tracer::Limit,
         Tracer::Record,
         Tracer::Stats,
+        Tracer::StatsStacks,
         Tracer::Top,
         Tracer::Tcpstates,
     ];
@@ -61,6 +65,7 @@ impl Tracer {
             Tracer::Limit => "limit (empty programs)",
             Tracer::Record => "tcptrace record --force -o /dev/null",
             Tracer::Stats => "tcptrace stats",
+            Tracer::StatsStacks => "tcptrace stats --stacks",
             Tracer::Top => "tcptrace top (tmux)",
             Tracer::Tcpstates => "tcpstates > /dev/null",
         }
@@ -73,6 +78,7 @@ impl Tracer {
             Tracer::Limit => "limit",
             Tracer::Record => "record",
             Tracer::Stats => "stats",
+            Tracer::StatsStacks => "stats-stacks",
             Tracer::Top => "top",
             Tracer::Tcpstates => "tcpstates",
         }
@@ -221,10 +227,18 @@ fn start(tracer: Tracer, bin: &Path, tag: &str) -> Result<Option<Running>> {
     let metrics = format!("127.0.0.1:{metrics_port}");
     let mut running = match tracer {
         Tracer::None => return Ok(None),
-        Tracer::Record | Tracer::Stats | Tracer::Limit => {
+        Tracer::Record | Tracer::Stats | Tracer::StatsStacks | Tracer::Limit => {
             let args: Vec<&str> = match tracer {
                 Tracer::Record => vec!["record", "--force", "-o", "/dev/null"],
                 Tracer::Stats => vec!["stats", "--interval", "3600", "--metrics", &metrics],
+                Tracer::StatsStacks => vec![
+                    "stats",
+                    "--interval",
+                    "3600",
+                    "--stacks",
+                    "--metrics",
+                    &metrics,
+                ],
                 _ => vec![
                     "stats",
                     "--interval",

@@ -104,7 +104,7 @@ fn by_hook(run: &Run) -> BTreeMap<&str, (u64, u64, u64)> {
 
 pub fn target_to_limit(t: Tracer) -> Option<f64> {
     match t {
-        Tracer::Record | Tracer::Stats => Some(TARGET_TO_LIMIT),
+        Tracer::Record | Tracer::Stats | Tracer::StatsStacks => Some(TARGET_TO_LIMIT),
         Tracer::Top => Some(TARGET_TOP_TO_LIMIT),
         _ => None,
     }
@@ -197,22 +197,27 @@ pub fn overheads(summaries: &[ConfigSummary]) -> Vec<Overhead> {
     else {
         return Vec::new();
     };
-    [Tracer::Stats, Tracer::Record, Tracer::Top]
-        .iter()
-        .filter_map(|t| {
-            let ours = 1.0
-                - summaries
-                    .iter()
-                    .find(|s| s.config == t.key())?
-                    .ratio_to_untraced?;
-            Some(Overhead {
-                config: t.key(),
-                overhead: ours,
-                tcpstates_overhead: theirs,
-                share_of_tcpstates: (theirs > 0.0).then(|| ours / theirs),
-            })
+    [
+        Tracer::Stats,
+        Tracer::StatsStacks,
+        Tracer::Record,
+        Tracer::Top,
+    ]
+    .iter()
+    .filter_map(|t| {
+        let ours = 1.0
+            - summaries
+                .iter()
+                .find(|s| s.config == t.key())?
+                .ratio_to_untraced?;
+        Some(Overhead {
+            config: t.key(),
+            overhead: ours,
+            tcpstates_overhead: theirs,
+            share_of_tcpstates: (theirs > 0.0).then(|| ours / theirs),
         })
-        .collect()
+    })
+    .collect()
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -240,7 +245,7 @@ fn verdict_at_least(v: Option<f64>, target: Option<f64>) -> &'static str {
 /// Every round's runs, one line each.
 pub fn print_runs(runs: &[Run]) {
     println!(
-        "  {:>2} {:<10} {:>8} {:>6} {:>6} {:>10} {:>10} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>5}",
+        "  {:>2} {:<12} {:>8} {:>6} {:>6} {:>10} {:>10} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>5}",
         "r",
         "config",
         "conn/s",
@@ -259,7 +264,7 @@ pub fn print_runs(runs: &[Run]) {
     );
     for r in runs {
         println!(
-            "  {:>2} {:<10} {:>8.0} {:>6} {:>6} {:>10} {:>10} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>5}",
+            "  {:>2} {:<12} {:>8.0} {:>6} {:>6} {:>10} {:>10} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>7} {:>5}",
             r.round + 1,
             r.config,
             r.per_sec,
@@ -288,7 +293,7 @@ pub fn print_summary(s: &[ConfigSummary], overheads: &[Overhead], rounds: usize)
     println!();
     println!("medians of {rounds} round(s) (lost: summed over the rounds)");
     println!(
-        "  {:<10} {:>8} {:>6} {:>6} {:>14} {:>8} {:>6} {:>5} {:>14} {:>6} {:>6} {:>7}",
+        "  {:<12} {:>8} {:>6} {:>6} {:>14} {:>8} {:>6} {:>5} {:>14} {:>6} {:>6} {:>7}",
         "config",
         "conn/s",
         "/untr",
@@ -313,7 +318,7 @@ pub fn print_summary(s: &[ConfigSummary], overheads: &[Overhead], rounds: usize)
             v => opt(v, 3),
         };
         println!(
-            "  {:<10} {:>8} {:>6} {:>6} {:>14} {:>8} {:>6} {:>5} {:>14} {:>6} {:>6} {:>7}",
+            "  {:<12} {:>8} {:>6} {:>6} {:>14} {:>8} {:>6} {:>5} {:>14} {:>6} {:>6} {:>7}",
             c.config,
             opt(c.per_sec, 0),
             opt(c.ratio_to_untraced, 3),

@@ -41,6 +41,7 @@ fn tw(ts: u64, kind: EventKind, sk: u64, new: TcpState, sport: u16) -> Event {
         new,
         prev_ns: None,
         reason: (kind == EventKind::TwEnd).then_some(TwEndReason::Expired),
+        stack: None,
     }
 }
 

@@ -1,13 +1,17 @@
-//! CLOSE_WAIT: processes ranked by CLOSE_WAIT sockets, their growth and oldest socket; Enter lists a process's sockets.
+//! CLOSE_WAIT: processes ranked by CLOSE_WAIT sockets, their growth and
+//! oldest socket; Enter lists a process's sockets, and with `--stacks` the
+//! code paths that opened them above (Enter again: the full stack).
 
 use std::net::SocketAddr;
 
 use ratatui::{
     buffer::Buffer,
-    layout::{Constraint, Rect},
+    layout::{Constraint, Layout, Rect},
     style::Stylize,
-    widgets::{Cell, Row},
+    text::{Line, Span},
+    widgets::{Cell, Paragraph, Row, Widget},
 };
+use tcptrace_core::{app::quality_note, output::escape, stats::CloseWaitByStack};
 
 use super::super::{screen::Screen, theme::*, widgets::*};
 
@@ -15,6 +19,30 @@ impl Screen<'_> {
     pub(in crate::tui) fn render_close_wait(&self, area: Rect, buf: &mut Buffer) {
         let d = self.data.as_ref().expect("checked by caller");
         if let Some(pid) = self.close_wait_drill {
+            let paths = d.snap.close_wait_by_stack.as_deref().unwrap_or_default();
+            let selected_path = self
+                .close_wait_paths
+                .rows
+                .get(self.close_wait_paths.selected)
+                .and_then(|&i| paths.get(i));
+            if let Some(row) = selected_path
+                && self.close_wait_stack_open
+            {
+                render_stack(row, area, buf);
+                return;
+            }
+            let area = if self.close_wait_paths.rows.is_empty() {
+                area
+            } else {
+                // The code paths on top (at most 40% of the height), the
+                // sockets below.
+                let want = self.close_wait_paths.rows.len() as u16 + 3;
+                let top = want.min(area.height * 2 / 5).max(4);
+                let [paths_area, sockets_area] =
+                    Layout::vertical([Constraint::Length(top), Constraint::Min(3)]).areas(area);
+                self.render_code_paths(paths, paths_area, buf);
+                sockets_area
+            };
             let sockets = d
                 .close_wait_sockets
                 .get(&pid)
@@ -212,4 +240,107 @@ impl Screen<'_> {
             },
         );
     }
+}
+
+impl Screen<'_> {
+    /// The drilled process's code paths (`--stacks`): sockets, oldest and
+    /// where they were opened, most first; the selected one's quality note
+    /// in the title when it is not complete.
+    fn render_code_paths(&self, paths: &[CloseWaitByStack], area: Rect, buf: &mut Buffer) {
+        let rows = &self.close_wait_paths.rows;
+        let Some(first) = rows.first().and_then(|&i| paths.get(i)) else {
+            return;
+        };
+        let with_stack: u64 = rows
+            .iter()
+            .map(|&i| &paths[i])
+            .filter(|r| r.stack_id.is_some())
+            .map(|r| r.count)
+            .sum();
+        let who = format!(
+            "{} {}",
+            first.pid.map_or("-".into(), |p| p.to_string()),
+            escape(first.comm.as_deref().unwrap_or("?"))
+        );
+        let note = rows
+            .get(self.close_wait_paths.selected)
+            .and_then(|&i| paths.get(i))
+            .and_then(|r| quality_note(r.stack_quality))
+            .map_or_else(String::new, |n| format!(" [{n}]"));
+        let block = titled_with(
+            format!(" Code paths of {who} "),
+            format!(
+                "({with_stack} of {} with a stack; Enter: full stack){note} ",
+                first.process_count
+            ),
+        );
+        window_table(
+            area,
+            buf,
+            block,
+            &["COUNT", "OLDEST", "OPENED AT"],
+            &[
+                Constraint::Length(7),
+                Constraint::Length(9),
+                Constraint::Min(20),
+            ],
+            rows.len(),
+            Some(self.close_wait_paths.selected),
+            |i| {
+                let r = &paths[rows[i]];
+                let oldest = Cell::from(fmt_age(r.oldest_age_ms, r.oldest_age_is_lower_bound));
+                let path = Cell::from(escape(&r.code_path).into_owned());
+                Row::new(vec![
+                    Cell::from(r.count.to_string()).bold(),
+                    if r.oldest_age_is_lower_bound {
+                        oldest.fg(WARN)
+                    } else {
+                        oldest
+                    },
+                    if r.stack_id.is_none() || r.stack_quality != "complete" {
+                        path.fg(DIM)
+                    } else {
+                        path
+                    },
+                ])
+            },
+        );
+    }
+}
+
+/// One code path's full stack, innermost frame first, and what its quality
+/// means.
+fn render_stack(row: &CloseWaitByStack, area: Rect, buf: &mut Buffer) {
+    let who = format!(
+        "{} {}",
+        row.pid.map_or("-".into(), |p| p.to_string()),
+        escape(row.comm.as_deref().unwrap_or("?"))
+    );
+    let block = titled_with(
+        format!(" Stack of {who} "),
+        format!(
+            "({} socket{}, {}; Esc back) ",
+            row.count,
+            plural(row.count as usize),
+            row.stack_quality
+        ),
+    );
+    let mut lines: Vec<Line> = row
+        .frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            Line::from(vec![
+                Span::raw(format!("#{i:<3} ")).fg(DIM),
+                Span::raw(escape(&f.describe()).into_owned()),
+            ])
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push(Line::from(escape(&row.code_path).into_owned()).fg(DIM));
+    }
+    if let Some(note) = quality_note(row.stack_quality) {
+        lines.push(Line::from(note).fg(WARN));
+    }
+    Paragraph::new(lines).block(block).render(area, buf);
 }
