@@ -34,6 +34,12 @@ const ZSTD_LEVEL: i32 = 1;
 /// the caller flushes, at least every second).
 pub const BLOCK_TARGET: usize = 1 << 20;
 
+/// Stacks a file keeps to write again after each snapshot, at most: past
+/// them a new stack is written once, where it is first named (a host
+/// whose short-lived processes each leak with stacks of their own would
+/// otherwise grow the recorder, and every snapshot's repeat, for ever).
+pub const MAX_REPEATED_STACKS: usize = 4096;
+
 /// Writes a recording: header, then blocks.
 #[derive(Debug)]
 pub struct Writer<W: Write> {
@@ -100,7 +106,7 @@ impl<W: Write> Writer<W> {
         {
             return;
         }
-        if self.enc.stack(key, stack) {
+        if self.enc.stack(key, stack) && self.stacks.len() < MAX_REPEATED_STACKS {
             self.stacks.insert(key, Arc::clone(stack));
         }
     }

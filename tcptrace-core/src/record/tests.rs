@@ -1541,3 +1541,26 @@ fn hostile_stack_records_are_corrupt_blocks_not_panics() {
     raw[0] = 6;
     assert!(corrupt(&raw));
 }
+
+#[test]
+fn stacks_repeated_after_snapshots_are_bounded() {
+    use crate::stacks::{Stack, StackKey};
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    let stack = std::sync::Arc::new(Stack::default());
+    for id in 0..(MAX_REPEATED_STACKS as u32 + 10) {
+        w.stack(StackKey { pid: 7, id }, &stack);
+    }
+    assert_eq!(w.stacks_written(), MAX_REPEATED_STACKS);
+    w.snapshot(1_000_000, &[], &[], None).unwrap();
+    let bytes = w.finish().unwrap();
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    let stacks = got
+        .iter()
+        .filter(|r| matches!(r, Record::Stack { .. }))
+        .count();
+    assert_eq!(
+        stacks,
+        2 * MAX_REPEATED_STACKS + 10,
+        "every one once, the kept ones again"
+    );
+}

@@ -35,7 +35,7 @@ use tcptrace_core::{
     model::SeenSocket,
     output::escape,
     record::{Header, Record, Writer},
-    stacks::{MAX_NAMED_STACKS, Stack, StackKey},
+    stacks::{Stack, StackKey},
     workload::Workload,
 };
 
@@ -356,7 +356,8 @@ impl Consumer for Recorder {
             Record::Stack { key, stack } => {
                 let (key, stack) = (*key, Arc::clone(stack));
                 self.file().writer.stack(key, &stack);
-                if self.stacks_seen.len() < MAX_NAMED_STACKS || self.stacks_seen.contains_key(&key)
+                if self.stacks_seen.len() < tcptrace_core::record::MAX_REPEATED_STACKS
+                    || self.stacks_seen.contains_key(&key)
                 {
                     self.stacks_seen.insert(key, stack);
                 }
