@@ -1274,6 +1274,11 @@ impl StackArgs {
                 STACK_MAP.0, STACK_MAP.1
             )));
         }
+        if !self.stacks && self.stack_map_size != crate::ebpf::DEFAULT_STACK_ENTRIES {
+            return Err(usage(format!(
+                "--stack-map-size {n} sizes the map of --stacks: add --stacks"
+            )));
+        }
         Ok(())
     }
 }

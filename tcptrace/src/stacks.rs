@@ -116,10 +116,13 @@ impl StackNamer {
     }
 
     /// An event the filters kept: asks for its stack's names when it enters
-    /// CLOSE_WAIT (the first time per key; a full queue asks again next
-    /// time).
+    /// CLOSE_WAIT, or is accepted already in CLOSE_WAIT (its peer closed
+    /// before accept(): the acceptor's stack comes with the Accept), the
+    /// first time per key; a full queue asks again next time.
     pub fn observe(&mut self, e: &Event) {
-        if e.kind != EventKind::Transition || e.new != TcpState::CloseWait {
+        if !matches!(e.kind, EventKind::Transition | EventKind::Accept)
+            || e.new != TcpState::CloseWait
+        {
             return;
         }
         let Some(key) = StackKey::of_event(e) else {

@@ -730,7 +730,7 @@ fn huge_tiny_and_odd_numbers_are_one_line_and_exit_2() {
         vec!["stats", "--max-conns", "99999999999"],
         vec!["trace", "--owner-map-size", "4294967295"],
         vec!["stats", "--stacks", "--stack-map-size", "100"],
-        vec!["top", "--stack-map-size", "65536"],
+        vec!["top", "--stacks", "--stack-map-size", "65536"],
     ];
     for args in cases {
         let out = Command::new(TCPTRACE).args(&args).output().unwrap();

@@ -10,9 +10,10 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Running, Streaming,
-    stacks::{Service, build_goleak, build_stackleak, closing_listener},
+    Running, Streaming, ss_count,
+    stacks::{Service, build_earlyaccept, build_goleak, build_stackleak, closing_listener},
     tmux::Tmux,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -153,6 +154,108 @@ fn go_service_is_named_too() {
                 .any(|n| n == "main.refreshInventoryCache"),
             "{r}"
         );
+    }
+}
+
+/// Sockets whose peers closed before `accept()` returned (health checks, a
+/// full backlog) are accepted already in CLOSE_WAIT, with no transition
+/// left to carry the acceptor's stack: they still name the accepting code,
+/// never the `listen()` path, whether the listening thread accepts them or
+/// a forked child does (a pre-fork server).
+#[test]
+fn sockets_closed_before_accept_name_the_acceptor() {
+    use std::io::{BufRead, Write};
+    const N: u64 = 6;
+    let bin = build_earlyaccept();
+    for mode in ["same", "fork"] {
+        let running = Streaming::start(&[
+            "stats",
+            "--stacks",
+            "--json",
+            "--interval",
+            "0.5",
+            "--comm",
+            "earlyaccept",
+        ]);
+        let mut seen = Vec::new();
+        Streaming::wait_line(&running.out, &mut seen, "the first summary", WAIT, |l| {
+            l.starts_with('{')
+        });
+        let mut server = std::process::Command::new(&bin)
+            .args([mode, &N.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run earlyaccept");
+        let mut stdin = server.stdin.take().unwrap();
+        let stdout = server.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let next = |what: &str| {
+            lines
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|_| panic!("earlyaccept {mode}: no `{what}` line"))
+        };
+        let ready = next("ready");
+        let fields: Vec<&str> = ready.split_whitespace().collect();
+        let (pid, port): (u32, u16) = match fields[..] {
+            ["ready", pid, port] => (pid.parse().unwrap(), port.parse().unwrap()),
+            _ => panic!("unexpected {ready:?}"),
+        };
+        let acceptor: u32 = if mode == "fork" {
+            next("acceptor")
+                .strip_prefix("acceptor ")
+                .and_then(|p| p.parse().ok())
+                .expect("the acceptor's pid")
+        } else {
+            pid
+        };
+        // The peers connect and close before the server accepts anything.
+        let clients: Vec<std::net::TcpStream> = (0..N)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        drop(clients);
+        wait_for("the sockets in CLOSE_WAIT before accept()", WAIT, || {
+            ss_count("close-wait", port, None) == N as usize
+        });
+        writeln!(stdin, "go").unwrap();
+        assert_eq!(next("accepted"), "accepted");
+        let line = Streaming::wait_line(
+            &running.out,
+            &mut seen,
+            &format!("serve_health_checks named for {N} sockets of pid {acceptor} ({mode})"),
+            WAIT,
+            |l| {
+                serde_json::from_str::<Value>(l).is_ok_and(|snap| {
+                    rows_of(&snap, acceptor)
+                        .iter()
+                        .any(|r| r["top_frame"] == "serve_health_checks" && r["count"] == N)
+                })
+            },
+        );
+        let snap: Value = serde_json::from_str(&line).unwrap();
+        for r in rows_of(&snap, acceptor) {
+            assert!(
+                !functions(&r).iter().any(|f| f == "start_server_socket"),
+                "{mode}: the listen() path named for accepted sockets: {r}"
+            );
+        }
+        drop(stdin);
+        for p in [acceptor, pid] {
+            // SAFETY: signalling processes this test started, by pid.
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        let _ = server.wait();
+        running.signal(libc::SIGINT);
+        let (status, _, err) = running.wait(WAIT);
+        assert!(status.success(), "{status}: {err:?}");
     }
 }
 

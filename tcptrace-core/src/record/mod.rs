@@ -181,12 +181,14 @@ impl<W: Write> Writer<W> {
         kept.sort_unstable_by_key(|(id, _)| *id);
         for (id, w) in kept {
             self.enc.workload(id, &w);
+            self.flush_if_full()?;
         }
         // And every stack (a reader starting here names them too).
         let mut keys: Vec<StackKey> = self.stacks.keys().copied().collect();
         keys.sort_unstable();
         for key in keys {
             self.enc.stack(key, &self.stacks[&key]);
+            self.flush_if_full()?;
         }
         Ok(())
     }
@@ -197,6 +199,16 @@ impl<W: Write> Writer<W> {
         self.w.write_all(&block)?;
         self.w.flush()?;
         self.bytes += block.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the pending records as a block once they reach
+    /// [`BLOCK_TARGET`]: after a run of name records (workloads, stacks:
+    /// up to 64 KiB each), so that no block outgrows what readers take.
+    pub fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.enc.buf.len() >= BLOCK_TARGET {
+            self.flush()?;
+        }
         Ok(())
     }
 

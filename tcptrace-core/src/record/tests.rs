@@ -1564,3 +1564,41 @@ fn stacks_repeated_after_snapshots_are_bounded() {
         "every one once, the kept ones again"
     );
 }
+
+#[test]
+fn a_run_of_large_stack_records_is_split_into_blocks_readers_take() {
+    use crate::stacks::{Frame, Stack, StackKey};
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    // About 60 KiB of JSON each: 2,000 of them would make a 120 MiB block.
+    let frame = Frame {
+        function: Some("f".repeat(400)),
+        file: Some("x".repeat(400)),
+        ..Frame::default()
+    };
+    let big = std::sync::Arc::new(Stack {
+        frames: vec![frame; 64],
+        ..Stack::default()
+    });
+    for id in 0..2_000 {
+        w.stack(StackKey { pid: 1, id }, &big);
+        w.flush_if_full().unwrap();
+    }
+    w.snapshot(1_000_000, &[], &[], None).unwrap();
+    let bytes = w.finish().unwrap();
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    let stacks = r
+        .by_ref()
+        .filter(|rec| matches!(rec, Record::Stack { .. }))
+        .count();
+    assert!(
+        r.cut.is_none() && r.skipped.is_empty(),
+        "{:?} {:?}",
+        r.cut,
+        r.skipped
+    );
+    assert_eq!(
+        stacks,
+        2_000 + 2_000,
+        "each once, and again after the snapshot"
+    );
+}

@@ -25,7 +25,8 @@
 //! (`stacks::capture`), replacing the listen() stack the child inherited.
 //! An accept by the same thread or the same process emits no event: its
 //! stack reaches userspace with the socket's next event (from the owner
-//! map).
+//! map) — except for a socket already in CLOSE_WAIT at accept, which has
+//! no next event to carry it: with `--stacks` that one gets its Accept.
 
 use aya_ebpf::{
     EbpfContext,
@@ -33,7 +34,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tcptrace_common::{EventKind, event_flags};
+use tcptrace_common::{EventKind, OwnerEntry, event_flags, tcp_state};
 
 use crate::{
     maps::{OWNERS, Prog, ProgScratch, global, prog_scratch},
@@ -58,6 +59,17 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 /// Where `struct syscall_trace_exit` keeps `ret` (after the 8-byte
 /// `trace_entry` and the `int nr`, aligned).
 const RET_OFFSET: u32 = 16;
+
+/// With `--stacks`, whether the accepted socket is already in CLOSE_WAIT
+/// (its peer closed before `accept()`: a health check, a full backlog).
+/// No later transition would carry the accept's stack to userspace until
+/// the process closes the socket (which a leak never does), so the Accept
+/// event goes out even when the owner did not change. Without `--stacks`
+/// a load-time constant makes it `false`.
+#[inline(always)]
+fn closed_before_accept(entry: &OwnerEntry) -> bool {
+    global!(FEATURES.user_stacks) != 0 && entry.state == tcp_state::CLOSE_WAIT
+}
 
 #[inline(always)]
 pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
@@ -116,14 +128,17 @@ pub fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), Drop> {
             aya_ebpf::helpers::generated::bpf_get_current_comm(entry.comm.as_mut_ptr().cast(), 16)
         };
         crate::stacks::capture(ctx, entry);
-        return Ok(());
-    }
-    let was_tgid = entry.tgid;
-    capture_current(entry);
-    crate::stacks::capture(ctx, entry);
-    if known && was_tgid == entry.tgid {
-        // Another thread of the same process: its thread recorded, no event.
-        return Ok(());
+        if !closed_before_accept(entry) {
+            return Ok(());
+        }
+    } else {
+        let was_tgid = entry.tgid;
+        capture_current(entry);
+        crate::stacks::capture(ctx, entry);
+        if known && was_tgid == entry.tgid && !closed_before_accept(entry) {
+            // Another thread of the same process: its thread recorded, no event.
+            return Ok(());
+        }
     }
     let ProgScratch { event: ev, head } = prog_scratch(Prog::Accept).ok_or(Drop::Scratch)?;
     crate::words::zero(ev);

@@ -317,6 +317,7 @@ impl Recorder {
             .collect();
         for (key, stack) in seen {
             self.file().writer.stack(key, &stack);
+            self.write(|w| w.flush_if_full())?;
         }
         if let Some(Record::Snapshot {
             ts_ns,
@@ -356,6 +357,7 @@ impl Consumer for Recorder {
             Record::Stack { key, stack } => {
                 let (key, stack) = (*key, Arc::clone(stack));
                 self.file().writer.stack(key, &stack);
+                self.write(|w| w.flush_if_full())?;
                 if self.stacks_seen.len() < tcptrace_core::record::MAX_REPEATED_STACKS
                     || self.stacks_seen.contains_key(&key)
                 {

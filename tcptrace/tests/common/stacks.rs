@@ -29,28 +29,37 @@ fn build_dir() -> PathBuf {
     dir
 }
 
-/// `stackleak` built with frame pointers and debug info (file:line), once
-/// per test binary.
+/// C fixture `NAME.c` built with frame pointers and debug info
+/// (file:line).
+fn build_c(name: &str) -> PathBuf {
+    let out = build_dir().join(name);
+    let status = Command::new("cc")
+        .args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(fixture(&format!("{name}.c")))
+        .status()
+        .expect("cc is needed to build the stack tests' services: run `cargo xtask setup` (apt install gcc)");
+    assert!(status.success(), "cc {name}.c failed: {status}");
+    out
+}
+
+/// `stackleak`, once per test binary.
 pub fn build_stackleak() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = build_dir().join("stackleak");
-        let status = Command::new("cc")
-            .args([
-                "-O1",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-fno-optimize-sibling-calls",
-                "-o",
-            ])
-            .arg(&out)
-            .arg(fixture("stackleak.c"))
-            .status()
-            .expect("cc is needed to build the stack tests' service: run `cargo xtask setup` (apt install gcc)");
-        assert!(status.success(), "cc stackleak.c failed: {status}");
-        out
-    })
-    .clone()
+    BIN.get_or_init(|| build_c("stackleak")).clone()
+}
+
+/// `earlyaccept` (sockets accepted after their peers closed), once per
+/// test binary.
+pub fn build_earlyaccept() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_c("earlyaccept")).clone()
 }
 
 /// `goleak` built with the Go toolchain (its caches in the build
