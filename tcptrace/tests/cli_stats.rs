@@ -42,12 +42,25 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
     // 200 client-side TIME_WAITs to tw_port: the client closes first.
     pile_time_wait(tw_listener, tw_port, 200);
     let mut lines = Vec::new();
+    // 200 TIME_WAITs, less any the kernel itself ended early (a connect
+    // elsewhere on this busy host reusing one of their ports: tcptrace
+    // counts it in `ended.time_wait_killed`, and `ss` no longer has it).
+    let tw_of = |l: &str| -> Option<(u64, u64)> {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        Some((
+            v["states"]["TIME_WAIT"].as_u64()?,
+            v["ended"]["time_wait_killed"].as_u64().unwrap_or(0),
+        ))
+    };
     Streaming::wait_line(
         &running.out,
         &mut lines,
         "a summary with 50 CLOSE_WAIT and 200 TIME_WAIT",
         WAIT,
-        |l| l.contains(r#""CLOSE_WAIT":50"#) && l.contains(r#""TIME_WAIT":200"#),
+        |l| {
+            l.contains(r#""CLOSE_WAIT":50"#)
+                && tw_of(l).is_some_and(|(tw, killed)| tw + killed == 200)
+        },
     );
     // One more summary after it: the counts must hold, not just pass by.
     Streaming::wait_line(&running.out, &mut lines, "the next summary", WAIT, |_| true);
@@ -58,9 +71,18 @@ fn stats_json_matches_ss_for_close_wait_leak_and_time_wait_pile() {
     assert!(status.success());
     let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
 
-    assert_eq!((ss_cw, ss_tw), (50, 200), "the scenario itself");
+    let (tw, killed) = tw_of(lines.last().unwrap()).unwrap();
+    assert!(
+        killed <= 2,
+        "{killed} TIME_WAIT sockets ended early: {last}"
+    );
+    assert_eq!(
+        (ss_cw, ss_tw as u64 + killed),
+        (50, 200),
+        "the scenario itself"
+    );
     assert_eq!(last["states"]["CLOSE_WAIT"], 50, "{last}");
-    assert_eq!(last["states"]["TIME_WAIT"], 200, "{last}");
+    assert_eq!(tw, ss_tw as u64, "TIME_WAIT equals ss: {last}");
     let me = std::process::id();
     let procs = last["close_wait_by_process"].as_array().unwrap();
     assert_eq!(procs.len(), 1, "{procs:?}");

@@ -22,13 +22,15 @@ use std::{
     os::unix::fs::MetadataExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{
     NetNs, Streaming,
     cgroups::{CgroupTree, FakeRoot, hex_id},
-    free_port, http_get, metric_value, ss_count, wait_for,
+    free_port, http_get, metric_value, ss_count,
+    tmux::Tmux,
+    wait_for,
 };
 use serde_json::Value;
 use tcptrace::seed::cgroupfs::Cgroup2Root;
@@ -294,10 +296,12 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
 
     // top in a real terminal: the WORKLOAD column, then `w`.
     {
-        let tmux = Tmux::start(&format!(
-            "{BIN} top --interval 0.5 --workload-roots {}",
-            s.roots
-        ));
+        let tmux = Tmux::start(
+            "wl",
+            160,
+            32,
+            &format!("{BIN} top --interval 0.5 --workload-roots {}", s.roots),
+        );
         tmux.wait_for("the first refresh", |sc| sc.contains(" up "));
         tmux.keys(&["2"]);
         tmux.wait_for("the WORKLOAD column naming the unit", |sc| {
@@ -404,67 +408,6 @@ fn trace_stats_watch_and_metrics_name_units_containers_and_pods() {
             .contains("workload docker/web-1"),
         "{alert}"
     );
-}
-
-/// A private tmux server running `command` in a 160x32 pane; killed (by
-/// its socket) on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn start(command: &str) -> Self {
-        let t = Tmux {
-            socket: format!("tcptrace-wl-{}", std::process::id()),
-        };
-        let status = Command::new("tmux")
-            .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
-            .args(["-x", "160", "-y", "32"])
-            .arg(command)
-            .status()
-            .expect("tmux runs (cargo xtask setup installs it)");
-        assert!(status.success(), "tmux new-session failed");
-        t
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p"])
-            .output()
-            .expect("tmux runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            let _ = Command::new("tmux")
-                .args(["-L", &self.socket, "send-keys", k])
-                .status();
-        }
-    }
-
-    fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let sc = self.screen();
-            if ok(&sc) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; screen:\n{sc}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .status();
-    }
 }
 
 /// Debian's `prometheus`, on a free loopback port with its own storage,

@@ -1,6 +1,6 @@
 //! A private tmux server for the end-to-end tests of `top`: the real binary
 //! in a real terminal, the screen read back with `capture-pane`, keys sent
-//! with `send-keys`. (A copy of `cli_top.rs`'s, shared by the newer tests.)
+//! with `send-keys`.
 
 use std::{
     process::Command,
