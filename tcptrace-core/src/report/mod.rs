@@ -219,32 +219,8 @@ pub struct Held {
 }
 
 /// The workload of a row's owner, as the recording named it (all null
-/// when the owner's cgroup is unknown).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct WorkloadFields {
-    pub workload: Option<String>,
-    pub workload_kind: Option<&'static str>,
-    pub cgroup_path: Option<String>,
-    pub unit: Option<String>,
-    pub container: Option<String>,
-    pub pod: Option<String>,
-    pub namespace: Option<String>,
-}
-
-impl WorkloadFields {
-    fn of(w: &Workload) -> Self {
-        let s = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
-        Self {
-            workload: Some(w.display.to_string()),
-            workload_kind: Some(w.kind.as_str()),
-            cgroup_path: s(&w.cgroup_path),
-            unit: s(&w.unit),
-            container: s(&w.container),
-            pod: s(&w.pod),
-            namespace: s(&w.namespace),
-        }
-    }
-}
+/// when the owner's cgroup is unknown): the same fields as `stats`' rows.
+pub use crate::stats::workloads::WorkloadRef as WorkloadFields;
 
 /// Cgroup ids to the recording's workloads (`cgroup:<id>` for ids it does
 /// not name), and the filter rows are kept by.
