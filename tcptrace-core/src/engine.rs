@@ -34,6 +34,9 @@ pub struct Engine {
     spare: Vec<Batch>,
     /// Names of user stacks (`--stacks`; `enabled` puts them in snapshots).
     pub stacks: crate::stacks::StackTable,
+    /// Listeners, their accept queues and the connection attempts dropped
+    /// at them ([`crate::listeners`]).
+    pub listeners: crate::listeners::ListenerTable,
 }
 
 impl Engine {
@@ -52,6 +55,7 @@ impl Engine {
             deferred: Vec::new(),
             spare: Vec::new(),
             stacks: crate::stacks::StackTable::default(),
+            listeners: Default::default(),
         }
     }
 

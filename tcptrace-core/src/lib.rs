@@ -36,6 +36,7 @@ pub mod engine;
 pub mod filter;
 #[cfg(any(test, feature = "test-fixtures"))]
 pub mod fixtures;
+pub mod listeners;
 pub mod metrics;
 pub mod model;
 pub mod netfacts;

@@ -55,6 +55,18 @@ impl RecordApplier {
                 engine.stacks.insert(*key, std::sync::Arc::clone(stack));
                 0
             }
+            Record::Listeners {
+                ts_ns,
+                listeners,
+                counters,
+            } => {
+                engine.listeners.apply_sample(*ts_ns, listeners, counters);
+                *ts_ns
+            }
+            Record::Drop(d) => {
+                engine.listeners.apply_drop(d);
+                d.ts_ns
+            }
         }
     }
 }

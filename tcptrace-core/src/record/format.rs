@@ -112,6 +112,7 @@ use tcptrace_common::TwEndReason as WireReason;
 
 use crate::{
     decode::reason_to_wire,
+    listeners::{ListenerSample, NetnsDropCounters, SynDrop},
     model::{
         Comm, Event, EventKind, Family, Lost, Owner, Reuser, SeenOwner, SeenSocket, TcpState,
         TwEndReason,
@@ -205,6 +206,17 @@ pub enum Record {
         key: StackKey,
         stack: Arc<Stack>,
     },
+    /// A sample of every listener of the namespaces in `counters`
+    /// (version 6): accept queues and drop counts from sock_diag, and each
+    /// sampled namespace's drop counters (see [`crate::listeners`]).
+    Listeners {
+        ts_ns: u64,
+        listeners: Vec<ListenerSample>,
+        counters: Vec<NetnsDropCounters>,
+    },
+    /// A connection attempt the kernel dropped and reported, with its
+    /// reason (version 6; `skb:kfree_skb`).
+    Drop(SynDrop),
 }
 
 /// Why bytes are not a recording (or not a complete one).

@@ -1035,6 +1035,8 @@ fn every_workload_in_use_is_written_again_after_each_snapshot() {
             Record::Snapshot { .. } => "s",
             Record::Lost { .. } => "l",
             Record::Stack { .. } => "k",
+            Record::Listeners { .. } => "L",
+            Record::Drop(_) => "d",
         })
         .collect();
     assert_eq!(kinds, ["w", "e", "s", "w", "e", "s", "w"]);

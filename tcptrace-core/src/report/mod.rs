@@ -397,7 +397,10 @@ pub fn build_with<R: io::Read + Send>(
 fn record_ts(rec: &Record) -> u64 {
     match rec {
         Record::Event(e) => e.ts_ns,
-        Record::Lost { ts_ns, .. } | Record::Snapshot { ts_ns, .. } => *ts_ns,
+        Record::Lost { ts_ns, .. }
+        | Record::Snapshot { ts_ns, .. }
+        | Record::Listeners { ts_ns, .. } => *ts_ns,
+        Record::Drop(d) => d.ts_ns,
         Record::Workload { .. } | Record::Stack { .. } => 0,
     }
 }
@@ -598,7 +601,11 @@ impl Run<'_> {
                     self.resync(now);
                 }
             }
-            Record::Lost { .. } | Record::Workload { .. } | Record::Stack { .. } => {}
+            Record::Lost { .. }
+            | Record::Workload { .. }
+            | Record::Stack { .. }
+            | Record::Listeners { .. }
+            | Record::Drop(_) => {}
         }
         if let Some(grid) = &mut self.grid {
             grid.note(&self.tracker);

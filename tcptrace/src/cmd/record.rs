@@ -354,6 +354,8 @@ impl Consumer for Recorder {
                 let (id, w) = (*cgroup, Arc::clone(workload));
                 self.file().writer.workload(id, &w);
             }
+            // Written by the listener work (recording format 6).
+            Record::Listeners { .. } | Record::Drop(_) => {}
             Record::Stack { key, stack } => {
                 let (key, stack) = (*key, Arc::clone(stack));
                 self.file().writer.stack(key, &stack);

@@ -105,7 +105,10 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
             let ts = match &rec {
                 Record::Event(e) => e.ts_ns,
                 Record::Lost { ts_ns, .. } => *ts_ns,
-                Record::Snapshot { .. } | Record::Stack { .. } => continue,
+                Record::Snapshot { .. }
+                | Record::Stack { .. }
+                | Record::Listeners { .. }
+                | Record::Drop(_) => continue,
                 Record::Workload { cgroup, workload } => {
                     printer.workloads.insert(*cgroup, (**workload).clone(), 0);
                     continue;
@@ -134,7 +137,11 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode> {
                     printer.event(&e, w.as_ref())?;
                 }
                 Record::Lost { ts_ns, lost } => printer.lost_at(&lost, ts_ns)?,
-                Record::Snapshot { .. } | Record::Workload { .. } | Record::Stack { .. } => {}
+                Record::Snapshot { .. }
+                | Record::Workload { .. }
+                | Record::Stack { .. }
+                | Record::Listeners { .. }
+                | Record::Drop(_) => {}
             }
         }
         printer.out.flush()

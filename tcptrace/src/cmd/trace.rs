@@ -122,7 +122,11 @@ impl<W: Write> Consumer for Trace<W> {
                 let w = ctx.source.workloads().and_then(|w| w.of_owner(e.owner));
                 self.printer.event_with(e, w.as_deref())?
             }
-            Record::Snapshot { .. } | Record::Workload { .. } | Record::Stack { .. } => {}
+            Record::Snapshot { .. }
+            | Record::Workload { .. }
+            | Record::Stack { .. }
+            | Record::Listeners { .. }
+            | Record::Drop(_) => {}
         }
         Ok(if self.printer.printed >= self.limit {
             Flow::Stop

@@ -253,7 +253,10 @@ impl<R: Read> Replay<R> {
 fn record_ts(rec: &Record) -> u64 {
     match rec {
         Record::Event(e) => e.ts_ns,
-        Record::Lost { ts_ns, .. } | Record::Snapshot { ts_ns, .. } => *ts_ns,
+        Record::Lost { ts_ns, .. }
+        | Record::Snapshot { ts_ns, .. }
+        | Record::Listeners { ts_ns, .. } => *ts_ns,
+        Record::Drop(d) => d.ts_ns,
         // Names only: due at once, moving no clock.
         Record::Workload { .. } | Record::Stack { .. } => 0,
     }
