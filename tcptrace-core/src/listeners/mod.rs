@@ -437,6 +437,9 @@ pub struct Listener {
     pub drops: ReasonCounts,
     /// The kernel's count at the last sample (deltas are taken from it).
     last_kernel_drops: Option<u64>,
+    /// The kernel's count when first seen, in its namespace's first sample:
+    /// drops from before tracing began (reason unknown).
+    pub drops_before_tracing: u64,
     /// Kernel-reported accept-queue drops since the last sample (already in
     /// the kernel's count).
     reported_overflows: u64,
@@ -461,6 +464,7 @@ impl Listener {
             peak_queue: 0,
             drops: ReasonCounts::default(),
             last_kernel_drops: None,
+            drops_before_tracing: 0,
             reported_overflows: 0,
             history: VecDeque::new(),
             first_seen_ns: now,
@@ -531,6 +535,13 @@ pub struct ListenerTable {
     /// Samples taken in.
     pub samples: u64,
     pub last_sample_ns: Option<u64>,
+}
+
+/// Whether `netns` was sampled before (its counters were taken in).
+fn ns_sampled_before(namespaces: &BTreeMap<u32, NetnsDrops>, netns: Option<u32>) -> bool {
+    netns
+        .and_then(|n| namespaces.get(&n))
+        .is_some_and(|n| n.last.is_some())
 }
 
 /// The unspecified address of `addr`'s family.
@@ -665,7 +676,18 @@ impl ListenerTable {
             let reported = std::mem::take(&mut l.reported_overflows);
             *reported_by_ns.entry(s.netns).or_default() += reported;
             if let Some(now) = s.drops {
-                if let Some(prev) = l.last_kernel_drops {
+                // A listener first seen in a namespace sampled before
+                // opened since: its whole count is new. One in its
+                // namespace's first sample: its count is history.
+                let prev = match l.last_kernel_drops {
+                    Some(prev) => Some(prev),
+                    None if ns_sampled_before(&self.namespaces, s.netns) => Some(0),
+                    None => {
+                        l.drops_before_tracing = l.drops_before_tracing.max(now);
+                        None
+                    }
+                };
+                if let Some(prev) = prev {
                     let delta = now.saturating_sub(prev).saturating_sub(reported);
                     if delta > 0 {
                         unexplained
@@ -847,7 +869,12 @@ pub struct ListenerRow {
     pub accept_queue: u32,
     pub accept_queue_limit: u32,
     pub accept_queue_peak: u32,
+    /// Drops since tracing began (by reason below).
     pub drops_total: u64,
+    /// The kernel's count of the listener's drops from before tracing
+    /// began (when it was first seen), reason unknown: what happened
+    /// before tcptrace was started (`ss -ltnm`'s `d`).
+    pub drops_before_tracing: u64,
     pub drops_by_reason: BTreeMap<&'static str, u64>,
     /// Over the last [`RATE_WINDOW_NS`] (or since the first sample).
     pub drops_per_sec: f64,
@@ -883,6 +910,7 @@ impl ListenerRow {
             accept_queue_limit: l.limit,
             accept_queue_peak: l.peak_queue,
             drops_total: l.drops.total(),
+            drops_before_tracing: l.drops_before_tracing,
             drops_by_reason: l.drops.by_name(),
             drops_per_sec: per_sec(recent.total()),
             drops_per_sec_by_reason: DropReason::ALL

@@ -145,12 +145,30 @@ fn a_closed_listener_is_marked_and_a_reopened_one_starts_a_new_count() {
     t.apply_sample(2 * S, &[], &counters(0, 0));
     assert!(t.rows(2 * S)[0].closed_age_ms.is_some());
     assert_eq!(t.find(Some(7), lo(), 8080), None);
-    // Reopened with a fresh kernel count of 2: no negative or huge delta.
+    // Reopened with a fresh kernel count of 2 (all since it opened, its
+    // namespace was sampled before): no negative or huge delta.
     t.apply_sample(3 * S, &[sample(8080, 0, 1, 2)], &counters(0, 0));
     t.apply_sample(4 * S, &[sample(8080, 0, 1, 4)], &counters(2, 2));
     let l = &t.rows(4 * S)[0];
     assert_eq!(l.closed_age_ms, None);
-    assert_eq!(l.drops_total, 2);
+    assert_eq!(l.drops_total, 4);
+}
+
+#[test]
+fn a_listener_opened_after_its_namespace_was_sampled_counts_its_whole_count() {
+    let mut t = ListenerTable::default();
+    t.apply_sample(S, &[sample(9090, 0, 128, 7)], &counters(0, 0));
+    t.apply_sample(
+        2 * S,
+        &[sample(9090, 0, 128, 7), sample(8080, 2, 1, 38)],
+        &counters(38, 38),
+    );
+    let rows = t.rows(2 * S);
+    assert_eq!(rows[0].listener, "127.0.0.1:8080");
+    assert_eq!(rows[0].drops_total, 38);
+    assert_eq!(rows[0].drops_before_tracing, 0);
+    assert_eq!(rows[1].drops_total, 0);
+    assert_eq!(rows[1].drops_before_tracing, 7, "history, not new drops");
 }
 
 #[test]
