@@ -7,6 +7,7 @@
 
 pub mod cgroupfs;
 pub mod host;
+pub mod listeners;
 pub mod netns;
 pub mod owners;
 pub mod runtimes;
@@ -16,6 +17,7 @@ mod testutil;
 pub mod workloads;
 
 pub use host::{ephemeral_port_range, netstat_counter, tw_overflow};
+pub use listeners::ListenerSampler;
 pub use netns::{in_namespace, namespaces};
 pub use owners::socket_owners;
 pub use sock_diag::dump_tcp;

@@ -8,6 +8,11 @@
 //! request without `NLM_F_DUMP`, many of them in one datagram), or a dump of
 //! some states only. For a timewait socket the kernel reports its substate
 //! (`tw_substate`) as the state, with `idiag_timer` 3.
+//!
+//! For the listener sampler (`seed/listeners.rs`) it dumps LISTEN sockets
+//! only, with `INET_DIAG_SKMEMINFO`: a listener's `idiag_rqueue` is its
+//! accept queue's depth, `idiag_wqueue` its limit, and `SK_MEMINFO_DROPS`
+//! the connection attempts it dropped (`tcp_listendrop()`).
 
 use std::{
     net::IpAddr,
@@ -25,7 +30,10 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use tcptrace_core::model::{Family, SeenSocket, TcpState};
+use tcptrace_core::{
+    listeners::ListenerSample,
+    model::{Family, SeenSocket, TcpState},
+};
 
 /// Receive buffer size. The kernel fills dump datagrams up to 32 KiB when
 /// the reader offers that much; more room only avoids truncation.
@@ -133,7 +141,7 @@ impl DiagSocket {
     /// substate) is in `states` (bit `1 << state`), appended to `out`.
     pub fn dump(&mut self, family: u8, states: u32, out: &mut Vec<SeenSocket>) -> Result<()> {
         let seq = self.next_seq(1);
-        let request = request_bytes(family, seq, states);
+        let request = request_bytes(family, seq, states, ExtensionFlags::empty());
         self.socket.send(&request, 0).context(
             "sending the sock_diag dump request: check netlink is not restricted (seccomp/LSM)",
         )?;
@@ -142,6 +150,45 @@ impl DiagSocket {
             self.recv("dump")?;
             if parse_datagram(&self.buf, seq, netns, out)? {
                 return Ok(());
+            }
+        }
+    }
+
+    /// The LISTEN sockets of `family` with their accept queues and drop
+    /// counts, appended to `out` while it holds fewer than `max`; the
+    /// rest of the dump is read and counted, not kept. Returns how many
+    /// were left out.
+    pub fn dump_listeners(
+        &mut self,
+        family: u8,
+        max: usize,
+        out: &mut Vec<ListenerSample>,
+    ) -> Result<usize> {
+        let seq = self.next_seq(1);
+        let request = request_bytes(
+            family,
+            seq,
+            1 << TcpState::Listen as u32,
+            ExtensionFlags::SKMEMINFO,
+        );
+        self.socket.send(&request, 0).context(
+            "sending the sock_diag listener dump request: check netlink is not restricted (seccomp/LSM)",
+        )?;
+        let netns = Some(self.netns);
+        let mut left_out = 0;
+        loop {
+            self.recv("listener dump")?;
+            let done = parse_datagram_with(&self.buf, seq, &mut |resp, _| {
+                if let Some(l) = to_listener(resp, netns) {
+                    if out.len() < max {
+                        out.push(l);
+                    } else {
+                        left_out += 1;
+                    }
+                }
+            })?;
+            if done {
+                return Ok(left_out);
             }
         }
     }
@@ -348,7 +395,8 @@ fn parse_lookups(buf: &[u8], first: u32, answers: &mut [Lookup]) -> Result<usize
 
 /// An `inet_diag_req_v2` dump request for the TCP sockets of `family` whose
 /// state is in `states` (bit `1 << state`).
-fn request_bytes(family: u8, seq: u32, states: u32) -> Vec<u8> {
+/// `extensions` asks for attributes beyond the defaults.
+fn request_bytes(family: u8, seq: u32, states: u32, extensions: ExtensionFlags) -> Vec<u8> {
     let socket_id = if family == AF_INET6 {
         SocketId::new_v6()
     } else {
@@ -362,7 +410,7 @@ fn request_bytes(family: u8, seq: u32, states: u32) -> Vec<u8> {
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
+            extensions,
             states: StateFlags::from_bits_retain(states),
             socket_id,
         })
@@ -382,6 +430,25 @@ fn parse_datagram(
     seq: u32,
     netns: Option<u32>,
     out: &mut Vec<SeenSocket>,
+) -> Result<bool> {
+    parse_datagram_with(buf, seq, &mut |resp, payload| {
+        let expires = payload
+            .get(EXPIRES_OFFSET..EXPIRES_OFFSET + 4)
+            .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        if let Some(s) = to_seen(resp, expires, netns) {
+            out.push(s);
+        }
+    })
+}
+
+/// Parses one datagram of a dump reply, handing each socket (and its raw
+/// `inet_diag_msg` bytes) to `each`. Returns `true` once the dump is
+/// complete (`NLMSG_DONE`). Messages for another sequence number are
+/// ignored.
+fn parse_datagram_with(
+    buf: &[u8],
+    seq: u32,
+    each: &mut dyn FnMut(&InetResponse, &[u8]),
 ) -> Result<bool> {
     let mut offset = 0;
     while offset < buf.len() {
@@ -417,17 +484,44 @@ fn parse_datagram(
                 bail!("sock_diag dump overran: retry with fewer sockets changing")
             }
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
-                let expires = payload
-                    .get(EXPIRES_OFFSET..EXPIRES_OFFSET + 4)
-                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                if let Some(s) = to_seen(&resp, expires, netns) {
-                    out.push(s);
-                }
+                each(&resp, payload);
             }
             _ => {}
         }
     }
     Ok(false)
+}
+
+/// One LISTEN socket's `inet_diag_msg` as a [`ListenerSample`] (no owner
+/// yet); `None` for another state or an unknown family. The drop count is
+/// `SK_MEMINFO_DROPS` of its `INET_DIAG_SKMEMINFO` attribute, `None`
+/// without one.
+fn to_listener(resp: &InetResponse, netns: Option<u32>) -> Option<ListenerSample> {
+    let h = &resp.header;
+    if TcpState::from_u8(h.state)? != TcpState::Listen {
+        return None;
+    }
+    let family = match h.family {
+        AF_INET => Family::V4,
+        AF_INET6 => Family::V6,
+        _ => return None,
+    };
+    let drops = resp.nlas.iter().find_map(|nla| match nla {
+        Nla::MemInfo(m) => Some(u64::from(m.drops)),
+        _ => None,
+    });
+    Some(ListenerSample {
+        netns,
+        family,
+        addr: h.socket_id.source_address,
+        port: h.socket_id.source_port,
+        inode: u64::from(h.inode),
+        owner: None,
+        cgroup: cgroup_of(&resp.nlas),
+        queue: h.recv_queue,
+        limit: h.send_queue,
+        drops,
+    })
 }
 
 /// One `inet_diag_msg` as a [`SeenSocket`]; `None` for an unknown state or
@@ -656,6 +750,71 @@ mod tests {
             let mut out = Vec::new();
             let _ = parse_datagram(&buf, 3, None, &mut out);
         }
+    }
+
+    /// The listeners a fake reply of one socket in `state` with `nlas`
+    /// parses to.
+    fn listeners_of(state: TcpState, nlas: Vec<Nla>) -> Vec<ListenerSample> {
+        let buf = fake_reply_with(4, 0, state, nlas);
+        let mut out = Vec::new();
+        let done = parse_datagram_with(&buf, 4, &mut |resp, _| {
+            out.extend(to_listener(resp, Some(12)));
+        })
+        .unwrap();
+        assert!(done);
+        out
+    }
+
+    #[test]
+    fn a_listener_takes_its_drops_from_skmeminfo() {
+        use netlink_packet_sock_diag::inet::nlas::MemInfo;
+        let meminfo = MemInfo {
+            receive_queue: 0,
+            receive_queue_max: 131_072,
+            bottom_send_queues: 0,
+            send_queue_max: 16_384,
+            cache: 0,
+            send_queue: 0,
+            options: 0,
+            backlog_queue_length: 0,
+            drops: 76,
+        };
+        let got = listeners_of(
+            TcpState::Listen,
+            vec![
+                Nla::MemInfo(meminfo),
+                attr(INET_DIAG_CGROUP_ID, &9u64.to_ne_bytes()),
+            ],
+        );
+        assert_eq!(got.len(), 1);
+        let l = &got[0];
+        assert_eq!((l.port, l.family, l.netns), (40000, Family::V4, Some(12)));
+        assert_eq!(l.drops, Some(76));
+        assert_eq!(l.cgroup, Some(9));
+        assert_eq!(l.owner, None);
+        // Without the attribute the count is unknown, not zero.
+        assert_eq!(listeners_of(TcpState::Listen, Vec::new())[0].drops, None);
+        // Only LISTEN sockets are listeners.
+        assert!(listeners_of(TcpState::Established, Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn the_listener_request_asks_for_listen_and_skmeminfo() {
+        let bytes = request_bytes(
+            AF_INET6,
+            5,
+            1 << TcpState::Listen as u32,
+            ExtensionFlags::SKMEMINFO,
+        );
+        // nlmsghdr (16), then inet_diag_req_v2: family, protocol, ext, pad,
+        // states (u32).
+        assert_eq!(bytes[16], AF_INET6);
+        assert_eq!(bytes[17], IPPROTO_TCP);
+        assert_eq!(bytes[18], 1 << (7 - 1), "INET_DIAG_SKMEMINFO");
+        assert_eq!(
+            u32::from_ne_bytes(bytes[20..24].try_into().unwrap()),
+            1 << 10
+        );
     }
 
     #[test]
