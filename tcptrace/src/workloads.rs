@@ -248,6 +248,11 @@ impl Workloads {
         }
     }
 
+    /// Whether namespace `netns` passes the `--netns` filter.
+    pub fn keeps_netns(&mut self, netns: u32) -> bool {
+        self.netns_kept(Some(netns))
+    }
+
     /// Whether a socket of a sock_diag snapshot passes them: judged by the
     /// cgroup sock_diag reported for the socket (the one its workload is
     /// counted under, see `ConnTable::seed`), else by its owner's

@@ -520,6 +520,11 @@ pub struct NetnsDrops {
     /// Listen drops the namespace counted (`ListenDrops` delta) that no
     /// listener's own count shows (a listener that closed in between).
     pub unattributed: u64,
+    /// Overflows and SYN-queue drops of the last interval not given to a
+    /// listener: a drop between a listener's dump and the counters' read
+    /// shows in the counters one sample before the listener's count.
+    overflow_credit: u64,
+    synq_credit: u64,
 }
 
 /// Listeners, their queues and drops; see the module docs.
@@ -722,11 +727,13 @@ impl ListenerTable {
             let d = delta.unwrap_or_default();
             // The kernel-reported overflows of this namespace are in
             // ListenOverflows too.
-            let mut overflows = d
+            let fresh_overflows = d
                 .listen_overflows
                 .unwrap_or(0)
                 .saturating_sub(reported_by_ns.get(&Some(c.netns)).copied().unwrap_or(0));
-            let mut synq = d.req_qfull_drop.unwrap_or(0);
+            let fresh_synq = d.req_qfull_drop.unwrap_or(0);
+            let mut overflows = fresh_overflows.saturating_add(ns.overflow_credit);
+            let mut synq = fresh_synq.saturating_add(ns.synq_credit);
             let no_counters = c.counters.listen_overflows.is_none();
             // Full queues first, then the largest deltas.
             rows.sort_by(|a, b| b.2.cmp(&a.2).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));
@@ -753,6 +760,10 @@ impl ListenerTable {
                 l.add(DropReason::SynQueueFull, q, ts_ns);
                 l.add(DropReason::ListenDrop, n, ts_ns);
             }
+            // What this interval's counters did not give out waits one
+            // sample for the listener count that trails them.
+            ns.overflow_credit = overflows.min(fresh_overflows);
+            ns.synq_credit = synq.min(fresh_synq);
         }
         // Namespaces sampled without counters (none read): by queue alone.
         for (_, rows) in unexplained {

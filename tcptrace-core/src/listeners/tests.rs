@@ -172,6 +172,22 @@ fn a_listener_opened_after_its_namespace_was_sampled_counts_its_whole_count() {
 }
 
 #[test]
+fn an_overflow_counted_before_the_listener_s_count_moved_is_still_its_reason() {
+    let mut t = ListenerTable::default();
+    t.apply_sample(S, &[sample(8080, 0, 1, 0)], &counters(0, 0));
+    // The drop lands between the dump and the counters' read.
+    t.apply_sample(2 * S, &[sample(8080, 2, 1, 0)], &counters(1, 1));
+    t.apply_sample(3 * S, &[sample(8080, 2, 1, 1)], &counters(1, 1));
+    let l = &t.rows(3 * S)[0];
+    assert_eq!(
+        l.drops_by_reason.get("accept_queue_full"),
+        Some(&1),
+        "{l:?}"
+    );
+    assert_eq!(l.drops_total, 1);
+}
+
+#[test]
 fn netstat_counters_parse_and_unknown_text_gives_none() {
     let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPReqQFullDrop PAWSPassive\n\
                 TcpExt: 1 114 115 0 3\n\

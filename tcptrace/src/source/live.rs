@@ -18,7 +18,7 @@ use tcptrace_core::{
     clock::WallClock,
     decode::{self, ReuserNames},
     filter::UserFilter,
-    model::{Comm, Lost},
+    model::{Comm, Family, Lost, SeenSocket, TcpState},
     record::Record,
     stacks::StackCounts,
 };
@@ -50,7 +50,19 @@ pub struct Live {
     workloads: Workloads,
     /// `--stacks`: names the stacks of sockets entering CLOSE_WAIT.
     stacks: Option<StackNamer>,
+    /// Every listener's accept queue and drop count, and each namespace's
+    /// drop counters, about once a second ([`LISTENER_SAMPLE_EVERY_NS`]).
+    listeners: seed::ListenerSampler,
+    next_listener_sample: u64,
+    /// Failed listener samples (reported at most once a minute).
+    listener_failures: u64,
+    listener_failure_reported: Option<u64>,
 }
+
+/// How often listeners are sampled (`Record::Listeners`).
+pub const LISTENER_SAMPLE_EVERY_NS: u64 = 1_000_000_000;
+/// Failed listener samples are reported at most this often.
+const LISTENER_FAILURE_REPORT_NS: u64 = 60_000_000_000;
 
 /// A process's name from `/proc` (the reuser of a timewait socket whose
 /// connect the filters left out: it called connect() a moment ago).
@@ -79,6 +91,28 @@ pub fn take_snapshot(filter: &UserFilter, workloads: &mut Workloads) -> Result<R
         sockets,
         facts: Some(Box::new(snap.facts)),
     })
+}
+
+/// A listener as the socket filters see it: a LISTEN socket.
+fn listener_as_seen(l: &tcptrace_core::listeners::ListenerSample) -> SeenSocket {
+    let unspecified = match l.family {
+        Family::V4 => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        Family::V6 => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    SeenSocket {
+        netns: l.netns,
+        family: l.family,
+        saddr: l.addr,
+        sport: l.port,
+        daddr: unspecified,
+        dport: 0,
+        state: TcpState::Listen,
+        inode: l.inode,
+        owner: l.owner,
+        timer_left_ms: None,
+        cookie: 0,
+        cgroup: l.cgroup,
+    }
 }
 
 impl Live {
@@ -118,6 +152,12 @@ impl Live {
             reusers: ReuserNames::default(),
             workloads: Workloads::new(Default::default()),
             stacks: None,
+            listeners: seed::ListenerSampler::new(true),
+            // The first drain samples: the listeners are known (and their
+            // counts taken as history) before the banner.
+            next_listener_sample: 0,
+            listener_failures: 0,
+            listener_failure_reported: None,
         }
     }
 
@@ -128,6 +168,60 @@ impl Live {
     /// What the check of timewait sockets in FIN_WAIT2 did so far.
     pub fn timewait_counters(&self) -> CheckCounters {
         self.timewait.counters
+    }
+
+    /// A listener sample, when due, through the user's filters: a listener
+    /// is kept like a LISTEN socket would be (its port, family, owner,
+    /// namespace, workload); the counters of namespaces the filters leave
+    /// out are left out too.
+    fn sample_listeners(&mut self, f: &mut dyn FnMut(Record)) {
+        let now = monotonic_ns();
+        if now < self.next_listener_sample {
+            return;
+        }
+        self.next_listener_sample = now.saturating_add(LISTENER_SAMPLE_EVERY_NS);
+        let rec = match self.listeners.sample(now) {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.listener_failures += 1;
+                if self
+                    .listener_failure_reported
+                    .is_none_or(|t| now.saturating_sub(t) >= LISTENER_FAILURE_REPORT_NS)
+                {
+                    crate::say!(
+                        "warning: sampling listeners (sock_diag) failed ({} so far): {e:#}; going on",
+                        self.listener_failures
+                    );
+                    self.listener_failure_reported = Some(now);
+                }
+                return;
+            }
+        };
+        let Record::Listeners {
+            ts_ns,
+            mut listeners,
+            mut counters,
+        } = rec
+        else {
+            return;
+        };
+        let filter = self.user_filter;
+        let workloads = &mut self.workloads;
+        let by_workload = workloads.narrows();
+        if filter.narrows() || by_workload {
+            listeners.retain(|l| {
+                let seen = listener_as_seen(l);
+                filter.matches_seen(&seen) && (!by_workload || workloads.keeps_seen(&seen))
+            });
+        }
+        if by_workload {
+            counters.retain(|c| workloads.keeps_netns(c.netns));
+        }
+        f(Record::Listeners {
+            ts_ns,
+            listeners,
+            counters,
+        });
     }
 
     /// The check of timewait sockets in FIN_WAIT2, when due: each one found
@@ -250,6 +344,7 @@ impl Source for Live {
         });
         self.tracer.flush_logs();
         self.check_timewait(f);
+        self.sample_listeners(f);
     }
 
     fn sockets(&mut self) -> Result<Option<Record>> {
