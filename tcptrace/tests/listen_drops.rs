@@ -168,7 +168,7 @@ fn a_full_accept_queue_s_drops_are_counted_for_that_listener_with_owner_and_reas
         WAIT,
         |l| {
             serde_json::from_str::<serde_json::Value>(l)
-                .is_ok_and(|v| row(&v, "127.0.0.1:8080").is_some())
+                .is_ok_and(|v| row(&v, &format!("127.0.0.1:{SLOW}")).is_some())
         },
     );
     let before = overflows(&ns);
@@ -188,12 +188,12 @@ fn a_full_accept_queue_s_drops_are_counted_for_that_listener_with_owner_and_reas
         WAIT,
         |l| {
             serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
-                row(&v, "127.0.0.1:8080").is_some_and(|r| r["drops_total"] == overflowed)
+                row(&v, &format!("127.0.0.1:{SLOW}")).is_some_and(|r| r["drops_total"] == overflowed)
             })
         },
     );
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let slow = row(&v, "127.0.0.1:8080").unwrap();
+    let slow = row(&v, &format!("127.0.0.1:{SLOW}")).unwrap();
     assert_eq!(
         slow["drops_by_reason"]["accept_queue_full"], overflowed,
         "{slow}"
@@ -207,7 +207,7 @@ fn a_full_accept_queue_s_drops_are_counted_for_that_listener_with_owner_and_reas
     assert_eq!(slow["pid"], server_pid);
     assert_eq!(slow["netns"], ns.inode());
     assert_eq!(slow["accept_queue_limit"], 1);
-    let fast = row(&v, "127.0.0.1:8081").expect("the normal listener is listed");
+    let fast = row(&v, &format!("127.0.0.1:{FAST}")).expect("the normal listener is listed");
     assert_eq!(fast["drops_total"], 0, "{fast}");
     assert_eq!(fast["accept_queue_limit"], 128);
 
