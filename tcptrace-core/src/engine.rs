@@ -215,6 +215,7 @@ impl Engine {
                 facts: &self.facts,
                 since_ns: self.started_ns.unwrap_or(now_ns),
                 stacks: self.stacks.enabled.then_some(&self.stacks),
+                listeners: Some(&self.listeners),
             },
         )
     }

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use crate::{
     clock::{fmt_age, hms_millis},
+    listeners::ListenerRow,
     output::escape,
     stacks::{Frame, StackQuality},
     stats::{CloseWaitByStack, HistKind, Snapshot},
@@ -217,6 +218,7 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
             )?;
         }
     }
+    write_listeners(w, snap, TEXT_LISTENERS)?;
     if let Some(b) = snap.port_budgets.first() {
         writeln!(
             w,
@@ -270,6 +272,96 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot) -> io::Result<()> {
         writeln!(w, "  [{who}] {}", parts.join("; "))?;
     }
     writeln!(w)
+}
+
+/// Listener rows printed in text (JSON has them all, capped).
+pub const TEXT_LISTENERS: usize = 10;
+
+/// Whether a listener is worth a line in text: it dropped something, or its
+/// accept queue is over half its limit.
+pub fn listener_notable(r: &ListenerRow) -> bool {
+    r.drops_total > 0 || (r.accept_queue_limit > 0 && r.accept_queue * 2 > r.accept_queue_limit)
+}
+
+/// "accept_queue_full 3.2/s, paws 0.1/s" (the recent rates), or the
+/// totals' reasons when nothing was dropped recently.
+fn reasons_line(r: &ListenerRow) -> String {
+    if r.drops_per_sec_by_reason.is_empty() {
+        return r
+            .drops_by_reason
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    r.drops_per_sec_by_reason
+        .iter()
+        .map(|(k, n)| format!("{k} {n:.1}/s"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "Listeners": the listeners that dropped connection attempts or whose
+/// accept queue is over half full (nothing when none); then the
+/// destinations with drops and no listener. Names escaped.
+pub fn write_listeners(w: &mut impl Write, snap: &Snapshot, limit: usize) -> io::Result<()> {
+    let notable: Vec<&ListenerRow> = snap
+        .listeners
+        .iter()
+        .flatten()
+        .filter(|r| listener_notable(r))
+        .collect();
+    if !notable.is_empty() {
+        writeln!(
+            w,
+            "Listeners (dropped connection attempts, accept queues):\n  {:<28} {:>10} {:<22} {:>9} {:>8} {:>8}  REASONS",
+            "LISTENER", "NETNS", "OWNER", "QUEUE", "DROPS", "DROPS/s"
+        )?;
+        for r in notable.iter().take(limit) {
+            writeln!(
+                w,
+                "  {:<28} {:>10} {:<22} {:>9} {:>8} {:>8.1}  {}",
+                r.listener,
+                r.netns.map_or("-".into(), |n| n.to_string()),
+                owner(r.pid, r.comm.as_deref()),
+                format!("{}/{}", r.accept_queue, r.accept_queue_limit),
+                r.drops_total,
+                r.drops_per_sec,
+                reasons_line(r)
+            )?;
+        }
+        if notable.len() > limit {
+            writeln!(w, "  ... {} more", notable.len() - limit)?;
+        }
+    }
+    if let Some(d) = &snap.listen_drops
+        && !d.unmatched.is_empty()
+    {
+        let parts: Vec<String> = d
+            .unmatched
+            .iter()
+            .take(5)
+            .map(|u| {
+                let reasons: Vec<String> = u
+                    .drops_by_reason
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                format!("{} ({})", u.destination, reasons.join(", "))
+            })
+            .collect();
+        writeln!(
+            w,
+            "dropped with no listener: {}{}",
+            parts.join("  "),
+            if d.unmatched.len() > 5 {
+                format!("  ... {} more", d.unmatched.len() - 5)
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    Ok(())
 }
 
 /// "1234 nginx", escaped; "-" when unknown.

@@ -18,7 +18,7 @@ pub const JSON_CLOSE_WAIT_SOCKETS: usize = 100;
 
 /// The lists of a `stats` snapshot (and of a `report`) and how many rows
 /// each keeps.
-const LISTS: [(&str, usize); 15] = [
+const LISTS: [(&str, usize); 16] = [
     ("close_wait", JSON_CLOSE_WAIT_SOCKETS),
     ("close_wait_by_process", JSON_ROWS),
     ("time_wait_by_peer", JSON_ROWS),
@@ -34,10 +34,19 @@ const LISTS: [(&str, usize); 15] = [
     ("time_wait_by_workload", JSON_ROWS),
     ("by_workload", JSON_ROWS),
     ("close_wait_by_stack", JSON_ROWS),
+    ("listeners", JSON_ROWS),
 ];
 
 /// Row fields that add up across rows (the rest are dropped when folded).
-const SUMMED: [&str; 6] = ["count", "total", "time_wait", "reusable", "open", "clients"];
+const SUMMED: [&str; 7] = [
+    "count",
+    "total",
+    "time_wait",
+    "reusable",
+    "open",
+    "clients",
+    "drops_total",
+];
 
 fn add_u64(into: &mut Map<String, Value>, key: &str, v: u64, max: bool) {
     let slot = into.entry(key.to_string()).or_insert(Value::from(0u64));

@@ -5,6 +5,10 @@
 
 mod capped;
 mod histos;
+#[cfg(test)]
+pub(crate) mod listener_fixture;
+#[cfg(test)]
+mod listener_tests;
 mod snapshot;
 pub mod timewait;
 pub mod workloads;

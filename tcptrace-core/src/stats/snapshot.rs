@@ -57,6 +57,9 @@
 //!   `probe_failed`, `evictions`, `decode_errors`).
 //! - `transitions_total`, `transitions_per_sec`, `closers`, `ended`,
 //!   `tw_overflow`, `port_range`, `tracked`, `corrections`, `unknown_sockets`.
+//! - `listeners` and `listen_drops` (only when listener data came: the
+//!   live commands' sampler or kernel drop reports, or a recording of
+//!   them; both keys absent otherwise): see [`ListenDrops`].
 //! - `silent_rearms`: timewait sockets reconciliation found in TIME_WAIT
 //!   while events left them in FIN_WAIT2 (the kernel re-armed the timer in
 //!   the same timer-wheel bucket: no tracepoint fires); `owners_found`:
@@ -80,6 +83,7 @@ use super::{
 };
 use crate::{
     conn::{CloseWaitItem, Closer, ConnTable, EndReason},
+    listeners::{DropCounters, ListenerRow, ListenerTable, ReasonCounts, UnmatchedRow},
     model::{Comm, Lost, TcpState},
     stacks::{Frame, StackCounts, StackKey, StackTable},
 };
@@ -373,6 +377,14 @@ pub struct Snapshot {
     /// How stacks are doing (only with stacks on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks: Option<StacksStatus>,
+    /// Every listener (queue, limit, drops by reason and per second), most
+    /// drops first ([`crate::listeners::ListenerRow`]; the JSON printers
+    /// cap it like every list). Absent when no listener data came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Vec<crate::listeners::ListenerRow>>,
+    /// Dropped connection attempts in all (absent like `listeners`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_drops: Option<ListenDrops>,
     /// CLOSE_WAIT counts by owner cgroup, before names.
     #[serde(skip)]
     pub close_wait_keys: Vec<KeyCloseWait>,
@@ -454,6 +466,84 @@ pub struct SnapshotInput<'a> {
     pub since_ns: u64,
     /// The engine's stack names: `Some` iff stacks are on.
     pub stacks: Option<&'a StackTable>,
+    /// The engine's listeners (the `listeners` and `listen_drops`
+    /// sections, when [`ListenerTable::is_active`]).
+    pub listeners: Option<&'a ListenerTable>,
+}
+
+/// `listen_drops`: connection attempts dropped, in all.
+///
+/// - `total`: drops at listeners since tracing began (the sum of the
+///   `listeners[]` rows' `drops_total`, closed listeners still kept
+///   included); `by_reason`: name -> count ([`crate::listeners::DropReason`]
+///   names); `per_sec`: over the last 10 s, all listeners.
+/// - `kernel_reported`: drops the kernel reported one by one
+///   (`skb:kfree_skb`), at listeners or not; `kernel_suppressed`: those it
+///   counted without reporting (its rate limit); `samples`: listener
+///   samples taken (sock_diag, about 1/s).
+/// - `namespaces[]`: `netns`, the namespace's TcpExt counters since the
+///   first sample (`listen_overflows`, `listen_drops`, `req_qfull_drop`,
+///   `req_qfull_cookies`, `paws_passive`, `paws_active`, `paws_estab`,
+///   `syncookies_sent`, `syncookies_failed`; null: not on this kernel) and
+///   `unattributed` (ListenDrops no listener's own count shows).
+/// - `unmatched[]`: destinations with drops and no listener (SYNs to a
+///   closed port...): `destination`, `netns`, `drops_total`,
+///   `drops_by_reason`, most first (at most 256 kept).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenDrops {
+    pub total: u64,
+    pub by_reason: BTreeMap<&'static str, u64>,
+    pub per_sec: f64,
+    pub kernel_reported: u64,
+    pub kernel_suppressed: u64,
+    pub samples: u64,
+    pub namespaces: Vec<NetnsListenDrops>,
+    pub unmatched: Vec<UnmatchedRow>,
+    /// Typed copy of `by_reason`.
+    #[serde(skip)]
+    pub counts: ReasonCounts,
+}
+
+/// One namespace's counters in `listen_drops.namespaces[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NetnsListenDrops {
+    pub netns: u32,
+    #[serde(flatten)]
+    pub counters: DropCounters,
+    pub unattributed: u64,
+}
+
+/// The `listeners` rows and the `listen_drops` summary of `table`, `None`
+/// when it never had data.
+pub fn listener_sections(
+    table: &ListenerTable,
+    now_ns: u64,
+) -> Option<(Vec<ListenerRow>, ListenDrops)> {
+    if !table.is_active() {
+        return None;
+    }
+    let rows = table.rows(now_ns);
+    let counts = table.total();
+    let drops = ListenDrops {
+        total: counts.total(),
+        by_reason: counts.by_name(),
+        per_sec: rows.iter().map(|r| r.drops_per_sec).sum(),
+        kernel_reported: table.kernel_drops.total(),
+        kernel_suppressed: table.kernel_suppressed,
+        samples: table.samples,
+        namespaces: table
+            .namespaces
+            .iter()
+            .map(|(&netns, n)| NetnsListenDrops {
+                netns,
+                counters: n.since_start,
+                unattributed: n.unattributed,
+            })
+            .collect(),
+        unmatched: table.unmatched_rows(),
+        counts,
+    };
+    Some((rows, drops))
 }
 
 /// CLOSE_WAIT sockets a snapshot lists, oldest first: those the JSON
@@ -883,6 +973,10 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         .iter()
         .map(|&k| (k.name(), aggs.all.summary(k)))
         .collect();
+    let (listeners, listen_drops) = input
+        .listeners
+        .and_then(|l| listener_sections(l, now))
+        .unzip();
     let counters = table.counters;
     let lost = BTreeMap::from([
         ("ring_full", input.host.lost.ring_full),
@@ -934,6 +1028,8 @@ pub fn build(table: &ConnTable, aggs: &mut Aggregates, input: &SnapshotInput<'_>
         workloads: None,
         close_wait_by_stack,
         stacks,
+        listeners,
+        listen_drops,
         close_wait_keys,
         time_wait_keys: grouped.by_cgroup,
         mono_ns: now,

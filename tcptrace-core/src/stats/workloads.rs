@@ -19,7 +19,8 @@
 //!   sockets per state, as `by_process`), most sockets first; owners not
 //!   known are one row `workload: "unknown"`. Capped like every list (at
 //!   most 50 rows, then the `{"other": true}` row).
-//! - `close_wait_by_process[]` and `by_process[]` rows: `workload`,
+//! - `close_wait_by_process[]`, `by_process[]` and `listeners[]` rows
+//!   (a listener by the cgroup sock_diag reported, else its owner's pid): `workload`,
 //!   `workload_kind`, `cgroup_path`, `unit`, `container`, `pod`,
 //!   `namespace` (null when unknown).
 //! - `workloads`: `method` (`handle`, `walk` or `unavailable`), `cgroup2`
@@ -314,6 +315,18 @@ pub fn fold(
     tw.truncate(WORKLOAD_ROWS);
     snap.time_wait_by_workload = tw;
 
+    if let Some(listeners) = &mut snap.listeners {
+        for row in listeners {
+            let key = match (row.cgroup, row.pid) {
+                (Some(id), _) if id != 0 => WorkloadKey::Cgroup(id),
+                (_, Some(pid)) => WorkloadKey::Pid(pid),
+                _ => WorkloadKey::Unknown,
+            };
+            if let Some(w) = name(key) {
+                row.workload = WorkloadRef::of(&w);
+            }
+        }
+    }
     for row in &mut snap.close_wait_by_process {
         if let Some(w) = name(row.key) {
             row.workload = WorkloadRef::of(&w);
