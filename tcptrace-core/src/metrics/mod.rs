@@ -31,6 +31,9 @@
 //! | `tcptrace_lost_events_total` | counter | `source` (as `stats --json` `lost`) |
 //! | `tcptrace_events_total` | counter | (events applied) |
 //! | `tcptrace_tracked_connections` | gauge | |
+//! | `tcptrace_listen_drops_total` | counter | `listener` (local `ip:port`, `*:port` for a wildcard; `none`: drops to destinations nobody listens on), `netns`, `reason` (a `DropReason` name: `accept_queue_full`, `syn_queue_full`, `paws`, `timewait_paws`, `no_listener`, ...) |
+//! | `tcptrace_accept_queue` | gauge | `listener`, `netns`: connections waiting to be accepted |
+//! | `tcptrace_accept_queue_limit` | gauge | `listener`, `netns`: the accept queue's limit, min(backlog, net.core.somaxconn) |
 //! | `tcptrace_alerts_firing` | gauge | `rule` (`watch`: its rules; `top`: watch's default rules; absent from `stats`) |
 //!
 //! Cardinality is capped: at most [`MAX_PROCESS_SERIES`] processes (those
@@ -38,7 +41,12 @@
 //! services (most TIME_WAIT sockets) get their own series; the rest are
 //! summed into one series labelled `pid="other"` / `peer="other"` /
 //! `service="other"`, so totals stay exact. Port budgets (ratios, which do
-//! not add up) keep the [`MAX_PEER_SERIES`] fullest only.
+//! not add up) keep the [`MAX_PEER_SERIES`] fullest only. Listeners: at
+//! most [`MAX_LISTENER_SERIES`] (most drops first, then the fullest
+//! queues), the rest summed into `listener="other"` (`netns=""`); closed
+//! listeners keep their drop counters but have no queue series. The
+//! listener families are absent when no listener data came (a source
+//! without the sampler, a recording without listener records).
 //! Sockets with no known owner have `pid="unknown"`. Workloads likewise:
 //! at most [`MAX_WORKLOAD_SERIES`], the rest in `workload="other"`; a
 //! process whose workload is not known has `workload="unknown"`. The
@@ -68,6 +76,8 @@ use crate::{
 pub const MAX_PROCESS_SERIES: usize = 50;
 /// Workloads with their own series, at most.
 pub const MAX_WORKLOAD_SERIES: usize = 50;
+/// Listeners with their own series, at most.
+pub const MAX_LISTENER_SERIES: usize = 50;
 /// Peers with their own TIME_WAIT series, at most.
 pub const MAX_PEER_SERIES: usize = 50;
 
@@ -188,6 +198,119 @@ pub struct BudgetSeries {
     pub time_wait_ratio: f64,
 }
 
+/// One listener's (or the capped rest's) accept queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueSeries {
+    pub listener: String,
+    pub netns: String,
+    pub queue: u64,
+    pub limit: u64,
+}
+
+/// Drops of one listener (`none`: no listener; `other`: the capped rest)
+/// for one reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenDropSeries {
+    pub listener: String,
+    pub netns: String,
+    pub reason: &'static str,
+    pub count: u64,
+}
+
+fn netns_label(n: Option<u32>) -> String {
+    n.map_or_else(String::new, |n| n.to_string())
+}
+
+/// The listener series of `snap`: `None` without listener data.
+fn listener_series(snap: &Snapshot) -> Option<(Vec<ListenDropSeries>, Vec<QueueSeries>)> {
+    use crate::listeners::{DropReason, ListenerRow};
+    let rows = snap.listeners.as_ref()?;
+    let mut order: Vec<&ListenerRow> = rows.iter().collect();
+    let fill = |r: &ListenerRow| {
+        if r.accept_queue_limit == 0 {
+            0.0
+        } else {
+            f64::from(r.accept_queue) / f64::from(r.accept_queue_limit)
+        }
+    };
+    order.sort_by(|a, b| {
+        b.drops_total
+            .cmp(&a.drops_total)
+            .then(fill(b).total_cmp(&fill(a)))
+            .then(a.listener.cmp(&b.listener))
+            .then(a.netns.cmp(&b.netns))
+    });
+    let (shown, rest) = order.split_at(order.len().min(MAX_LISTENER_SERIES));
+    let mut drops = Vec::new();
+    let mut queues = Vec::new();
+    for r in shown {
+        for reason in DropReason::ALL {
+            let n = r.drops.get(reason);
+            if n > 0 {
+                drops.push(ListenDropSeries {
+                    listener: r.listener.clone(),
+                    netns: netns_label(r.netns),
+                    reason: reason.name(),
+                    count: n,
+                });
+            }
+        }
+        if r.closed_age_ms.is_none() {
+            queues.push(QueueSeries {
+                listener: r.listener.clone(),
+                netns: netns_label(r.netns),
+                queue: u64::from(r.accept_queue),
+                limit: u64::from(r.accept_queue_limit),
+            });
+        }
+    }
+    if !rest.is_empty() {
+        let mut other = crate::listeners::ReasonCounts::default();
+        let (mut queue, mut limit) = (0u64, 0u64);
+        for r in rest {
+            for reason in DropReason::ALL {
+                other.add(reason, r.drops.get(reason));
+            }
+            if r.closed_age_ms.is_none() {
+                queue += u64::from(r.accept_queue);
+                limit += u64::from(r.accept_queue_limit);
+            }
+        }
+        for reason in DropReason::ALL {
+            if other.get(reason) > 0 {
+                drops.push(ListenDropSeries {
+                    listener: "other".into(),
+                    netns: String::new(),
+                    reason: reason.name(),
+                    count: other.get(reason),
+                });
+            }
+        }
+        queues.push(QueueSeries {
+            listener: "other".into(),
+            netns: String::new(),
+            queue,
+            limit,
+        });
+    }
+    // Destinations without a listener, per namespace and reason.
+    let mut none: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+    for u in snap.listen_drops.iter().flat_map(|d| &d.unmatched) {
+        for (&reason, &n) in &u.drops_by_reason {
+            *none.entry((netns_label(u.netns), reason)).or_default() += n;
+        }
+    }
+    for ((netns, reason), count) in none {
+        drops.push(ListenDropSeries {
+            listener: "none".into(),
+            netns,
+            reason,
+            count,
+        });
+    }
+    Some((drops, queues))
+}
+
 /// Everything one scrape shows, as plain data.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Exposition {
@@ -210,6 +333,10 @@ pub struct Exposition {
     pub lost: Vec<(&'static str, u64)>,
     pub events_total: u64,
     pub tracked: u64,
+    /// Drops per listener and reason; `None` without listener data.
+    pub listen_drops: Option<Vec<ListenDropSeries>>,
+    /// Accept queues per listener; `None` without listener data.
+    pub accept_queues: Option<Vec<QueueSeries>>,
     /// Firing count per rule; `None` when no rules are evaluated.
     pub alerts_firing: Option<Vec<(&'static str, u64)>>,
 }
@@ -373,8 +500,11 @@ impl Exposition {
                 })
                 .collect()
         });
+        let (listen_drops, accept_queues) = listener_series(snap).unzip();
         let (lo, hi) = snap.port_range;
         Self {
+            listen_drops,
+            accept_queues,
             states,
             transitions,
             time_wait_begun: aggs.timewait_total,
@@ -741,6 +871,56 @@ impl Collector for Exposition {
             None,
             &[(vec![], self.tracked as i64)],
         )?;
+        if let Some(drops) = &self.listen_drops {
+            counters(
+                &mut enc,
+                "tcptrace_listen_drops",
+                "Connection attempts (SYNs, handshake ACKs) dropped, by listener ip:port, network namespace and reason (capped; the rest in listener=\"other\"; listener=\"none\": nobody listens there).",
+                &drops
+                    .iter()
+                    .map(|d| {
+                        (
+                            vec![
+                                ("listener", d.listener.as_str()),
+                                ("netns", d.netns.as_str()),
+                                ("reason", d.reason),
+                            ],
+                            d.count,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+        }
+        if let Some(queues) = &self.accept_queues {
+            let by_listener = |f: &dyn Fn(&QueueSeries) -> u64| {
+                queues
+                    .iter()
+                    .map(|q| {
+                        (
+                            vec![
+                                ("listener", q.listener.as_str()),
+                                ("netns", q.netns.as_str()),
+                            ],
+                            f(q) as i64,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            gauges(
+                &mut enc,
+                "tcptrace_accept_queue",
+                "Connections waiting in the listener's accept queue (capped; the rest summed in listener=\"other\").",
+                None,
+                &by_listener(&|q| q.queue),
+            )?;
+            gauges(
+                &mut enc,
+                "tcptrace_accept_queue_limit",
+                "The listener's accept queue limit: min(listen() backlog, net.core.somaxconn).",
+                None,
+                &by_listener(&|q| q.limit),
+            )?;
+        }
         if let Some(firing) = &self.alerts_firing {
             gauges(
                 &mut enc,

@@ -602,3 +602,110 @@ fn workload_series_are_capped_and_the_rest_summed_into_other() {
         .count();
     assert_eq!(growth, 3 * (MAX_WORKLOAD_SERIES + 1));
 }
+
+mod listeners {
+    use super::sample;
+    use crate::{
+        engine::Engine,
+        metrics::{Exposition, MAX_LISTENER_SERIES},
+        stats::listener_fixture::{self as fx, S},
+    };
+
+    fn render(e: &mut Engine) -> String {
+        let snap = e.scrape_snapshot(2 * S, super::WALL, super::host());
+        Exposition::new(&snap, &e.aggs, None).render()
+    }
+
+    #[test]
+    fn drops_and_queues_per_listener_and_reason() {
+        let text = render(&mut fx::overflowing());
+        let ns = fx::NETNS;
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "tcptrace_listen_drops_total{{listener=\"127.0.0.1:8080\",netns=\"{ns}\",reason=\"accept_queue_full\"}}"
+                )
+            ),
+            76.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("tcptrace_accept_queue{{listener=\"127.0.0.1:8080\",netns=\"{ns}\"}}")
+            ),
+            129.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "tcptrace_accept_queue_limit{{listener=\"127.0.0.1:9090\",netns=\"{ns}\"}}"
+                )
+            ),
+            128.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "tcptrace_listen_drops_total{{listener=\"none\",netns=\"{ns}\",reason=\"no_listener\"}}"
+                )
+            ),
+            2.0
+        );
+        // The quiet listener has no drop series, only its queue.
+        assert!(
+            !text.contains("tcptrace_listen_drops_total{listener=\"127.0.0.1:9090\""),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE tcptrace_listen_drops counter"));
+        assert!(text.contains("# TYPE tcptrace_accept_queue gauge"));
+    }
+
+    #[test]
+    fn no_listener_data_no_listener_families() {
+        let text = render(&mut Engine::new(16));
+        assert!(!text.contains("tcptrace_listen_drops"));
+        assert!(!text.contains("tcptrace_accept_queue"));
+    }
+
+    #[test]
+    fn listener_series_are_capped_and_the_rest_summed() {
+        let mut e = Engine::new(16);
+        let n = MAX_LISTENER_SERIES as u16 + 30;
+        let first = (0..n)
+            .map(|i| fx::sample(20_000 + i, "many", 1, 10, 0))
+            .collect();
+        let second = (0..n)
+            .map(|i| fx::sample(20_000 + i, "many", 1, 10, u64::from(i) + 1))
+            .collect();
+        fx::feed(
+            &mut e,
+            vec![
+                fx::listeners(S, first, fx::netstat(0, 0)),
+                fx::listeners(2 * S, second, fx::netstat(0, 0)),
+            ],
+        );
+        let text = render(&mut e);
+        let drops: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tcptrace_listen_drops_total{"))
+            .collect();
+        assert_eq!(drops.len(), MAX_LISTENER_SERIES + 1, "{text}");
+        let total: f64 = drops
+            .iter()
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(total, f64::from(u32::from(n) * (u32::from(n) + 1) / 2));
+        assert_eq!(
+            sample(
+                &text,
+                "tcptrace_accept_queue{listener=\"other\",netns=\"\"}"
+            ),
+            30.0
+        );
+        // The busiest listener is among those shown.
+        assert!(text.contains(&format!("listener=\"127.0.0.1:{}\"", 20_000 + n - 1)));
+    }
+}
