@@ -176,6 +176,18 @@ pub fn exec_alert(cmd: &str, a: &Alert, hooks: &ExecHooks, timeout: Duration) ->
             "TCPTRACE_ALERT_OPENED_AT",
             no_nul(a.opened_at.clone().unwrap_or_default()),
         )
+        .env(
+            "TCPTRACE_ALERT_LISTENER",
+            no_nul(a.listener.clone().unwrap_or_default()),
+        )
+        .env(
+            "TCPTRACE_ALERT_NETNS",
+            no_nul(a.netns.map(|n| n.to_string()).unwrap_or_default()),
+        )
+        .env(
+            "TCPTRACE_ALERT_REASON",
+            no_nul(a.reason.unwrap_or_default()),
+        )
         .env("TCPTRACE_ALERT_MESSAGE", no_nul(&a.message))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

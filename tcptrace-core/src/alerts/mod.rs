@@ -48,6 +48,10 @@ pub struct Rules {
     pub time_wait_overflow: bool,
     /// Events lost (all sources) within a minute (0 = off).
     pub lost_events: u64,
+    /// Connection attempts dropped at one listener, per second over the
+    /// last 10 s (any reason: accept queue full, SYN queue full, PAWS...;
+    /// 0 = off).
+    pub listen_drops_per_sec: f64,
     /// Seconds between repeats of an alert that still holds.
     pub repeat_secs: u64,
     /// What the CLOSE_WAIT count, growth and age rules are about: each
@@ -88,6 +92,7 @@ impl Default for Rules {
             time_wait_port_share: 0.5,
             time_wait_overflow: true,
             lost_events: 1,
+            listen_drops_per_sec: 1.0,
             repeat_secs: 600,
             group_by: GroupBy::Process,
         }
@@ -112,6 +117,9 @@ impl Rules {
         }
         if !(self.close_wait_growth_per_min.is_finite() && self.close_wait_growth_per_min > 0.0) {
             return Err("close_wait_growth_per_min must be a positive number".into());
+        }
+        if !(self.listen_drops_per_sec.is_finite() && self.listen_drops_per_sec >= 0.0) {
+            return Err("listen_drops_per_sec must be a number >= 0 (0 = off)".into());
         }
         if !(1..=YEAR_SECS).contains(&self.repeat_secs) {
             return Err(format!(
@@ -139,10 +147,11 @@ pub enum Rule {
     TimeWaitPorts,
     TimeWaitOverflow,
     LostEvents,
+    ListenDrops,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 7] = [
+    pub const ALL: [Rule; 8] = [
         Rule::CloseWaitCount,
         Rule::CloseWaitHost,
         Rule::CloseWaitGrowth,
@@ -150,6 +159,7 @@ impl Rule {
         Rule::TimeWaitPorts,
         Rule::TimeWaitOverflow,
         Rule::LostEvents,
+        Rule::ListenDrops,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -161,6 +171,7 @@ impl Rule {
             Rule::TimeWaitPorts => "time_wait_ports",
             Rule::TimeWaitOverflow => "time_wait_overflow",
             Rule::LostEvents => "lost_events",
+            Rule::ListenDrops => "listen_drops",
         }
     }
 }
@@ -175,13 +186,19 @@ enum Subject {
     Budget(u32, IpAddr, IpAddr, u16),
     /// A workload, by a hash of its name (`group_by = "workload"`).
     Workload(u64),
+    /// A listener: its namespace and a hash of its `ip:port`.
+    Listener(Option<u32>, u64),
 }
 
-fn workload_subject(name: &str) -> Subject {
+fn name_hash(name: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
     name.hash(&mut h);
-    Subject::Workload(h.finish())
+    h.finish()
+}
+
+fn workload_subject(name: &str) -> Subject {
+    Subject::Workload(name_hash(name))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -225,6 +242,12 @@ pub struct Alert {
     pub opened_at_path: Option<String>,
     /// The process's CLOSE_WAIT sockets opened there.
     pub opened_at_count: Option<u64>,
+    /// `listen_drops`: the listener (`ip:port`, `*:port` for a wildcard),
+    /// its network namespace and the main reason of its recent drops (a
+    /// `DropReason` name); null for other rules.
+    pub listener: Option<String>,
+    pub netns: Option<u32>,
+    pub reason: Option<&'static str>,
     /// What the rule measured and its threshold.
     pub value: f64,
     pub threshold: f64,
@@ -383,6 +406,9 @@ impl Alerter {
             opened_at: None,
             opened_at_path: None,
             opened_at_count: None,
+            listener: None,
+            netns: None,
+            reason: None,
             value,
             threshold,
             message,
@@ -581,6 +607,44 @@ impl Alerter {
                 alert: a,
             });
         }
+        if r.listen_drops_per_sec > 0.0 {
+            for l in snap.listeners.iter().flatten() {
+                if l.drops_per_sec <= 0.0
+                    && !self
+                        .active
+                        .contains_key(&(Rule::ListenDrops, listener_subject(l)))
+                {
+                    continue;
+                }
+                let reason = l.recent.main_reason().or(l.drops.main_reason());
+                let mut a = alert(
+                    Rule::ListenDrops,
+                    l.drops_per_sec,
+                    r.listen_drops_per_sec,
+                    listen_drops_message(l, reason),
+                );
+                a.pid = l.pid;
+                a.comm = l.comm.clone();
+                a.count = l.drops_total;
+                a.listener = Some(l.listener.clone());
+                a.netns = l.netns;
+                a.reason = reason.map(crate::listeners::DropReason::name);
+                a.workload = l.workload.workload.clone();
+                a.workload_kind = l.workload.workload_kind.map(str::to_string);
+                a.unit = l.workload.unit.clone();
+                a.container = l.workload.container.clone();
+                a.pod = l.workload.pod.clone();
+                a.namespace = l.workload.namespace.clone();
+                a.cgroup = l.workload.cgroup_path.clone();
+                out.push(Holding {
+                    rule: Rule::ListenDrops,
+                    subject: listener_subject(l),
+                    value: l.drops_per_sec,
+                    threshold: r.listen_drops_per_sec,
+                    alert: a,
+                });
+            }
+        }
         let quiet_ns = QUIET.as_nanos() as u64;
         if r.time_wait_overflow && self.overflow.rose_recently(snap.tw_overflow, now_ns) {
             let mut a = alert(
@@ -674,6 +738,41 @@ fn leading_path(snap: &Snapshot, pid: Option<u32>) -> Option<&crate::stats::Clos
         .filter(|r| r.pid == Some(pid) && r.stack_id.is_some())
         // The most sockets; the lowest id on a tie (rows are sorted so).
         .min_by_key(|r| (std::cmp::Reverse(r.count), r.stack_id))
+}
+
+fn listener_subject(l: &crate::listeners::ListenerRow) -> Subject {
+    Subject::Listener(l.netns, name_hash(&l.listener))
+}
+
+/// "connection attempts to 127.0.0.1:8080 (netns N) dropped at 7.6/s
+/// (76 in all): accept queue full (queue 129/128); slowacceptd (pid 42) is
+/// not accepting fast enough: ..." with the fix for the reason.
+fn listen_drops_message(
+    l: &crate::listeners::ListenerRow,
+    reason: Option<crate::listeners::DropReason>,
+) -> String {
+    use crate::listeners::DropReason as R;
+    let whom = who(l.pid, l.comm.as_deref());
+    let netns = l.netns.map_or(String::new(), |n| format!(" (netns {n})"));
+    let head = format!(
+        "connection attempts to {}{netns} dropped at {:.1}/s ({} in all)",
+        l.listener, l.drops_per_sec, l.drops_total
+    );
+    let why = match reason {
+        Some(R::AcceptQueueFull) | None => format!(
+            "accept queue full (queue {}/{}, limit = min(backlog, net.core.somaxconn)); {whom} is not accepting fast enough: accept faster (more acceptor threads, never block the accept loop), or raise the listen() backlog and net.core.somaxconn",
+            l.accept_queue, l.accept_queue_limit
+        ),
+        Some(R::SynQueueFull) => format!(
+            "SYN queue full (listener of {whom}): a SYN flood or a slow handshake; raise net.ipv4.tcp_max_syn_backlog and the backlog, keep net.ipv4.tcp_syncookies on"
+        ),
+        Some(R::Paws | R::TimewaitPaws | R::TimestampEcho) => format!(
+            "{} (listener of {whom}): clients behind NAT with unrelated TCP timestamp clocks; do not enable tcp_tw_recycle (where it exists), check NAT and the clients' timestamps",
+            reason.map_or("", R::label)
+        ),
+        Some(r) => format!("{} (listener of {whom})", r.label()),
+    };
+    format!("{head}: {why}")
 }
 
 fn leak_cause(whom: &str, peers: &[String]) -> String {

@@ -451,3 +451,146 @@ fn without_stacks_or_names_nothing_is_said_of_the_code() {
     assert_eq!(count.opened_at_count, Some(400));
     assert!(!count.message.contains("opened at"), "{}", count.message);
 }
+
+mod listen_drops {
+    use super::{Firing, Resolved};
+    use crate::{
+        alerts::{Alerter, Rules},
+        engine::Engine,
+        listeners::DropReason,
+        stats::{
+            HostFacts, Snapshot,
+            listener_fixture::{self as fx, S},
+        },
+    };
+
+    const WALL: u64 = 1_790_000_000 * S;
+
+    /// The overflowing fixture, then samples each second until `until`
+    /// with `per_sec` more drops a second at 127.0.0.1:8080.
+    fn run(until: u64, per_sec: u64) -> (Engine, Snapshot) {
+        let mut e = fx::overflowing();
+        let mut drops = 76;
+        let mut overflows = 86;
+        for t in 3..=until {
+            drops += per_sec;
+            overflows += per_sec;
+            fx::feed(
+                &mut e,
+                vec![fx::listeners(
+                    t * S,
+                    vec![
+                        fx::sample(8080, "slowacceptd", 129, 128, drops),
+                        fx::sample(9090, "fastd", 0, 128, 0),
+                    ],
+                    fx::netstat(overflows, 0),
+                )],
+            );
+        }
+        let snap = e.snapshot(until * S, WALL + until * S, HostFacts::default());
+        (e, snap)
+    }
+
+    #[test]
+    fn a_dropping_listener_fires_with_listener_owner_reason_and_rate() {
+        let (_, snap) = run(2, 0);
+        let mut a = Alerter::new(Rules::default());
+        let sent = a.evaluate(&snap, 2 * S, WALL + 2 * S);
+        let alerts: Vec<_> = sent.iter().filter(|x| x.rule == "listen_drops").collect();
+        assert_eq!(alerts.len(), 1, "{sent:?}");
+        let x = alerts[0];
+        assert_eq!(x.state, Firing);
+        assert_eq!(x.listener.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(x.netns, Some(fx::NETNS));
+        assert_eq!(x.reason, Some("accept_queue_full"));
+        assert_eq!(x.comm.as_deref(), Some("slowacceptd"));
+        assert_eq!(x.pid, Some(42 + 80));
+        assert_eq!(x.count, 76);
+        assert!((x.value - 76.0).abs() < 1e-9);
+        assert_eq!(x.threshold, 1.0);
+        assert!(
+            x.message.starts_with(&format!(
+                "connection attempts to 127.0.0.1:8080 (netns {}) dropped at 76.0/s (76 in all): accept queue full (queue 129/128",
+                fx::NETNS
+            )),
+            "{}",
+            x.message
+        );
+        assert!(
+            x.message
+                .contains("slowacceptd (pid 122) is not accepting fast enough")
+        );
+        assert!(x.message.contains("net.core.somaxconn"));
+        let json = serde_json::to_value(x).unwrap();
+        assert_eq!(json["listener"], "127.0.0.1:8080");
+        assert_eq!(json["reason"], "accept_queue_full");
+    }
+
+    #[test]
+    fn it_resolves_once_the_drops_stop_and_the_window_passes() {
+        let mut a = Alerter::new(Rules::default());
+        let (_, snap) = run(2, 0);
+        assert_eq!(a.evaluate(&snap, 2 * S, WALL).len(), 1);
+        // Still dropping 5/s: holds, no repeat.
+        let (_, snap) = run(5, 5);
+        assert!(a.evaluate(&snap, 5 * S, WALL).is_empty());
+        // No more drops: the 10 s window passes and it resolves.
+        let mut e = fx::overflowing();
+        for t in 3..=14 {
+            fx::feed(
+                &mut e,
+                vec![fx::listeners(
+                    t * S,
+                    vec![fx::sample(8080, "slowacceptd", 0, 128, 76)],
+                    fx::netstat(86, 0),
+                )],
+            );
+        }
+        let snap = e.snapshot(14 * S, WALL, HostFacts::default());
+        let sent = a.evaluate(&snap, 14 * S, WALL);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].state, Resolved);
+        assert_eq!(sent[0].listener.as_deref(), Some("127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn below_the_threshold_or_off_nothing_fires() {
+        let (_, snap) = run(2, 0);
+        let mut a = Alerter::new(Rules {
+            listen_drops_per_sec: 100.0,
+            ..Rules::default()
+        });
+        assert!(a.evaluate(&snap, 2 * S, WALL).is_empty());
+        let mut a = Alerter::new(Rules {
+            listen_drops_per_sec: 0.0,
+            ..Rules::default()
+        });
+        assert!(a.evaluate(&snap, 2 * S, WALL).is_empty());
+        assert!(
+            Rules {
+                listen_drops_per_sec: -1.0,
+                ..Rules::default()
+            }
+            .check()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn timewait_paws_drops_name_timestamps() {
+        let mut e = fx::paws();
+        let snap = fx::snapshot(&mut e);
+        let mut a = Alerter::new(Rules::default());
+        let sent = a.evaluate(&snap, 2 * S, WALL);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].reason, Some(DropReason::TimewaitPaws.name()));
+        assert!(sent[0].message.contains("timestamp"), "{}", sent[0].message);
+        assert!(sent[0].message.contains("tcp_tw_recycle"));
+    }
+
+    #[test]
+    fn the_rule_is_in_the_toml_config() {
+        let r: Rules = toml::from_str("listen_drops_per_sec = 5.0").unwrap();
+        assert_eq!(r.listen_drops_per_sec, 5.0);
+    }
+}

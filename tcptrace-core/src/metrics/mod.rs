@@ -45,7 +45,7 @@
 //! most [`MAX_LISTENER_SERIES`] (most drops first, then the fullest
 //! queues), the rest summed into `listener="other"` (`netns=""`); closed
 //! listeners keep their drop counters but have no queue series. The
-//! listener families are absent when no listener data came (a source
+//! listener families have no samples when no listener data came (a source
 //! without the sampler, a recording without listener records).
 //! Sockets with no known owner have `pid="unknown"`. Workloads likewise:
 //! at most [`MAX_WORKLOAD_SERIES`], the rest in `workload="other"`; a
@@ -871,7 +871,10 @@ impl Collector for Exposition {
             None,
             &[(vec![], self.tracked as i64)],
         )?;
-        if let Some(drops) = &self.listen_drops {
+        // Described always (rules may name them); samples only with
+        // listener data.
+        {
+            let drops = self.listen_drops.as_deref().unwrap_or(&[]);
             counters(
                 &mut enc,
                 "tcptrace_listen_drops",
@@ -891,7 +894,8 @@ impl Collector for Exposition {
                     .collect::<Vec<_>>(),
             )?;
         }
-        if let Some(queues) = &self.accept_queues {
+        {
+            let queues = self.accept_queues.as_deref().unwrap_or(&[]);
             let by_listener = |f: &dyn Fn(&QueueSeries) -> u64| {
                 queues
                     .iter()

@@ -664,10 +664,11 @@ mod listeners {
     }
 
     #[test]
-    fn no_listener_data_no_listener_families() {
+    fn no_listener_data_no_listener_samples() {
         let text = render(&mut Engine::new(16));
-        assert!(!text.contains("tcptrace_listen_drops"));
-        assert!(!text.contains("tcptrace_accept_queue"));
+        assert!(text.contains("# TYPE tcptrace_listen_drops counter"));
+        assert!(!text.contains("tcptrace_listen_drops_total{"));
+        assert!(!text.contains("tcptrace_accept_queue{"));
     }
 
     #[test]
