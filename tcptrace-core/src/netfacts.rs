@@ -31,6 +31,13 @@ pub struct Sysctls {
     pub syncookies: Option<u32>,
     pub max_tw_buckets: Option<u64>,
     pub port_range: (u16, u16),
+    /// `net.core.somaxconn`: the cap on every listen() backlog (per
+    /// namespace); the accept queue's limit is min(backlog, somaxconn).
+    #[serde(default)]
+    pub somaxconn: Option<u32>,
+    /// `net.ipv4.tcp_max_syn_backlog`: the SYN queue's bound.
+    #[serde(default)]
+    pub max_syn_backlog: Option<u32>,
     /// `net.ipv4.ip_local_reserved_ports` as the kernel prints it
     /// ("8080,9000-9100").
     pub reserved_ports: String,
@@ -75,6 +82,8 @@ impl Sysctls {
             syncookies: Some(1),
             max_tw_buckets: Some(262_144),
             port_range: (32768, 60999),
+            somaxconn: Some(4096),
+            max_syn_backlog: None,
             reserved_ports: String::new(),
             reserved_parsed: ReservedCache::default(),
         }

@@ -37,13 +37,14 @@ use crate::{
     alerts::who,
     clock::fmt_age,
     conn::ConnTable,
+    listeners::{DropReason, ListenerRow},
     model::TcpState,
     netfacts::{NetFacts, Reuse},
     output::escape,
     stacks::StackQuality,
     stats::{
-        CloseWaitByProcess, CloseWaitByStack, PortBudget, StacksStatus, TimeWaitByService,
-        workloads::WorkloadRef,
+        CloseWaitByProcess, CloseWaitByStack, ListenDrops, PortBudget, StacksStatus,
+        TimeWaitByService, workloads::WorkloadRef,
     },
 };
 
@@ -215,6 +216,13 @@ pub struct Observation {
     pub close_wait_by_stack: Vec<CloseWaitByStack>,
     /// How stacks are doing; `None` without `--stacks`.
     pub stacks: Option<StacksStatus>,
+    /// Every listener with its queue and the connection attempts dropped
+    /// at it during the window (`stats`' `listeners`; empty without
+    /// listener data).
+    pub listeners: Vec<ListenerRow>,
+    /// The drops in all, each namespace's counters over the window, the
+    /// destinations with no listener (`stats`' `listen_drops`).
+    pub listen_drops: Option<ListenDrops>,
 }
 
 impl Observation {
@@ -305,6 +313,8 @@ pub fn diagnose(obs: &Observation, t: &Thresholds) -> Vec<Finding> {
     sysctl_findings(obs, &mut out);
     fin_wait2(obs, t, &mut out);
     failed_connects(obs, t, &mut out);
+    listen_drops(obs, &mut out);
+    no_listener(obs, &mut out);
     missing_facts(obs, &mut out);
     workload_attribution(obs, &mut out);
     if obs.lost > 0 {
@@ -364,6 +374,271 @@ fn healthy(obs: &Observation) -> Finding {
         sysctls: vec![],
         workload: None,
     }
+    .with_listeners(obs)
+}
+
+impl Finding {
+    /// `healthy`'s line about listeners, when their data came.
+    fn with_listeners(mut self, obs: &Observation) -> Self {
+        if obs.listen_drops.is_some() {
+            let fullest = obs
+                .listeners
+                .iter()
+                .filter(|l| l.closed_age_ms.is_none())
+                .max_by_key(|l| {
+                    (u64::from(l.accept_queue_peak) * 1000) / u64::from(l.accept_queue_limit.max(1))
+                });
+            self.evidence.push(format!(
+                "{} listeners, no connection attempt dropped at any{}",
+                obs.listeners.len(),
+                fullest.map_or(String::new(), |l| format!(
+                    "; fullest accept queue {} (peak {}/{})",
+                    l.listener, l.accept_queue_peak, l.accept_queue_limit
+                ))
+            ));
+        }
+        self
+    }
+}
+
+/// The reasons `doctor` explains as a queue overflow.
+fn is_queue(r: DropReason) -> bool {
+    matches!(r, DropReason::AcceptQueueFull | DropReason::SynQueueFull)
+}
+
+/// The reasons that are timestamp (PAWS) rejects.
+fn is_paws(r: DropReason) -> bool {
+    matches!(
+        r,
+        DropReason::Paws | DropReason::TimewaitPaws | DropReason::TimestampEcho
+    )
+}
+
+/// `listen_drops`: one finding per listener that dropped connection
+/// attempts, named by its main reason, with the fix for each reason seen.
+fn listen_drops(obs: &Observation, out: &mut Vec<Finding>) {
+    let host = obs.facts_end.as_ref().and_then(|f| f.host_netns);
+    for l in obs.listeners.iter().filter(|l| l.drops_total > 0) {
+        let Some(main) = l.drops.main_reason() else {
+            continue;
+        };
+        let place = l.netns.map(|netns| Place { netns, pid: l.pid });
+        let sysctls = obs.sysctls_at(place);
+        let somaxconn = sysctls.and_then(|s| s.somaxconn);
+        let comm = l.comm.as_deref().map(escape);
+        let owner = comm.clone().map_or_else(
+            || "the process listening there".to_string(),
+            |c| c.into_owned(),
+        );
+        let ns_name = match l.netns {
+            Some(n) if Some(n) != host => format!(" in {}", obs.netns_name(n)),
+            _ => String::new(),
+        };
+        let paws_n: u64 = DropReason::ALL
+            .into_iter()
+            .filter(|r| is_paws(*r))
+            .map(|r| l.drops.get(r))
+            .sum();
+        let title = match main {
+            DropReason::AcceptQueueFull => format!(
+                "SYNs to {}{ns_name} dropped: accept queue full (limit {} = min(backlog, net.core.somaxconn)); {owner} is not accepting fast enough",
+                l.listener, l.accept_queue_limit
+            ),
+            DropReason::SynQueueFull => format!(
+                "SYNs to {}{ns_name} dropped: SYN queue full ({}SYN cookies {}); {owner} gets more handshakes than its SYN queue holds",
+                l.listener,
+                sysctls
+                    .and_then(|s| s.max_syn_backlog)
+                    .map_or(String::new(), |n| format!(
+                        "net.ipv4.tcp_max_syn_backlog {n}, "
+                    )),
+                match sysctls.and_then(|s| s.syncookies) {
+                    Some(0) => "off",
+                    Some(_) => "on",
+                    None => "unknown",
+                }
+            ),
+            r if is_paws(r) => format!(
+                "SYNs to {}{ns_name} rejected by the TCP timestamp (PAWS) check{}: clients with unrelated timestamp clocks, typically behind NAT",
+                l.listener,
+                if l.drops.get(DropReason::TimewaitPaws) > 0 {
+                    " at TIME_WAIT sockets"
+                } else {
+                    ""
+                }
+            ),
+            r => format!("SYNs to {}{ns_name} dropped: {}", l.listener, r.label()),
+        };
+        let severity = if is_queue(main) || is_paws(main) {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        let mut evidence = vec![format!(
+            "{} connection attempts dropped in {:.0} s ({:.1}/s over the last 10 s)",
+            l.drops_total, obs.window_s, l.drops_per_sec
+        )];
+        let reasons: Vec<String> = DropReason::ALL
+            .into_iter()
+            .filter(|r| l.drops.get(*r) > 0)
+            .map(|r| format!("{} {}", r.label(), l.drops.get(r)))
+            .collect();
+        evidence.push(format!("by reason: {}", reasons.join(", ")));
+        evidence.push(format!(
+            "accept queue {}/{} now, peak {}",
+            l.accept_queue, l.accept_queue_limit, l.accept_queue_peak
+        ));
+        evidence.push(format!("listening: {}", who(l.pid, comm.as_deref())));
+        if let Some(w) = l.workload.workload.as_deref() {
+            evidence.push(format!("workload {}", escape(w)));
+        }
+        if let Some(n) = somaxconn {
+            evidence.push(format!(
+                "net.core.somaxconn = {n}{}",
+                if l.accept_queue_limit >= n {
+                    ": the limit is somaxconn (the backlog asked for is at least that)"
+                } else {
+                    ": the limit is the backlog given to listen()"
+                }
+            ));
+        }
+        if let Some(c) = l.netns.and_then(|n| {
+            obs.listen_drops
+                .as_ref()?
+                .namespaces
+                .iter()
+                .find(|c| c.netns == n)
+        }) {
+            let mut parts = Vec::new();
+            for (name, v) in [
+                ("ListenOverflows", c.counters.listen_overflows),
+                ("ListenDrops", c.counters.listen_drops),
+                ("TCPReqQFullDrop", c.counters.req_qfull_drop),
+                ("PAWSPassive", c.counters.paws_passive),
+            ] {
+                if let Some(v) = v {
+                    parts.push(format!("{name} +{v}"));
+                }
+            }
+            if !parts.is_empty() {
+                evidence.push(format!(
+                    "{} counters during the window: {}",
+                    obs.netns_name(c.netns),
+                    parts.join(", ")
+                ));
+            }
+        }
+        let mut advice = Vec::new();
+        let mut commands = Vec::new();
+        if l.drops.get(DropReason::AcceptQueueFull) > 0 {
+            let want = somaxconn.map_or(4096, |n| {
+                n.max(l.accept_queue_limit).saturating_mul(2).max(4096)
+            });
+            advice.push(format!(
+                "Accept faster: {owner} must call accept() as fast as connections complete; use more acceptor threads or processes and never block the accept loop (hand each connection off before doing slow work)."
+            ));
+            advice.push(format!(
+                "Raise the backlog {owner} passes to listen() (the queue holds {}; e.g. listen(fd, {want}), nginx `listen ... backlog={want}`); it is capped at net.core.somaxconn.",
+                l.accept_queue_limit
+            ));
+            advice.push(format!(
+                "Raise net.core.somaxconn{} (per network namespace), then restart the listener: the cap applies at listen().",
+                somaxconn.map_or(String::new(), |n| format!(" (now {n})"))
+            ));
+            commands.push(obs.in_place(place, &format!("sysctl -w net.core.somaxconn={want}")));
+        }
+        if l.drops.get(DropReason::SynQueueFull) > 0 {
+            advice.push("The SYN queue (half-open connections) is full: raise net.ipv4.tcp_max_syn_backlog and the listen() backlog (it bounds the SYN queue too), and keep SYN cookies on (net.ipv4.tcp_syncookies=1) so a full queue answers with cookies instead of dropping; if the SYNs are a flood, filter them upstream.".into());
+            commands.push(obs.in_place(place, "sysctl -w net.ipv4.tcp_max_syn_backlog=8192"));
+            if sysctls.and_then(|s| s.syncookies) == Some(0) {
+                commands.push(obs.in_place(place, "sysctl -w net.ipv4.tcp_syncookies=1"));
+            }
+        }
+        if paws_n > 0 {
+            advice.push("Clients sharing one address (NAT, a load balancer without source NAT per client) send TCP timestamps from unrelated clocks; a SYN whose timestamp is older than the one a TIME_WAIT socket (or the listener) last saw from that address fails the PAWS check and is dropped with no error anywhere. Fix the NAT (one address per client, or timestamps rewritten consistently), or make this server close first less often so fewer TIME_WAIT sockets sit here (keep-alive).".into());
+            match sysctls.and_then(|s| s.tw_recycle) {
+                Some(v) if v != 0 => {
+                    advice.push(format!("net.ipv4.tcp_tw_recycle = {v} on this kernel: it drops SYNs from NATed clients by per-address timestamps. Turn it off."));
+                    commands.push(obs.in_place(place, "sysctl -w net.ipv4.tcp_tw_recycle=0"));
+                }
+                Some(_) => advice.push("net.ipv4.tcp_tw_recycle is 0 on this kernel: keep it off (it drops SYNs from NATed clients).".into()),
+                None => advice.push("tcp_tw_recycle does not exist on this kernel (removed in Linux 4.12): these are PAWS checks at TIME_WAIT sockets and listeners, not recycling.".into()),
+            }
+            advice.push("Do not turn net.ipv4.tcp_timestamps off to silence this: it disables PAWS protection and RTT measurement for every connection.".into());
+        }
+        if l.drops.get(DropReason::ListenDrop) > 0 {
+            advice.push("Some drops have no finer reason in the namespace's counters (memory pressure, a listener closing, a socket filter): check `nstat -az | grep -i listen` in its namespace.".into());
+        }
+        if advice.is_empty() {
+            advice.push(format!(
+                "The kernel dropped them for: {}; see `tcptrace trace --json` drop events for the kernel's own reason.",
+                reasons.join(", ")
+            ));
+        }
+        out.push(Finding {
+            id: "listen_drops",
+            severity,
+            title,
+            evidence,
+            advice,
+            sysctls: commands,
+            workload: FindingWorkload::of(&l.workload).or_else(|| obs.workload_of(l.pid)),
+        });
+    }
+}
+
+/// `no_listener` (info): SYNs to addresses and ports nothing listens on
+/// (answered with a reset): a client pointed at the wrong port, a service
+/// down, a scan.
+fn no_listener(obs: &Observation, out: &mut Vec<Finding>) {
+    let Some(d) = &obs.listen_drops else {
+        return;
+    };
+    let rows: Vec<_> = d
+        .unmatched
+        .iter()
+        .filter(|u| {
+            u.drops_by_reason
+                .contains_key(DropReason::NoListener.name())
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let total: u64 = rows
+        .iter()
+        .map(|u| u.drops_by_reason[DropReason::NoListener.name()])
+        .sum();
+    let mut evidence: Vec<String> = rows
+        .iter()
+        .take(10)
+        .map(|u| {
+            format!(
+                "{}{}: {} SYNs",
+                u.destination,
+                u.netns
+                    .map_or(String::new(), |n| format!(" ({})", obs.netns_name(n))),
+                u.drops_by_reason[DropReason::NoListener.name()]
+            )
+        })
+        .collect();
+    if rows.len() > 10 {
+        evidence.push(format!("... {} more destinations", rows.len() - 10));
+    }
+    out.push(Finding {
+        id: "no_listener",
+        severity: Severity::Info,
+        title: format!(
+            "{total} SYNs to {} address{} and port{} with nothing listening (answered with a reset)",
+            rows.len(),
+            if rows.len() == 1 { "" } else { "es" },
+            if rows.len() == 1 { "" } else { "s" }
+        ),
+        evidence,
+        advice: vec!["A client is pointed at a port where nothing listens (a service down or not yet started, a wrong port in its configuration), or something scans this host; the clients see \"connection refused\".".into()],
+        sysctls: vec![],
+        workload: None,
+    });
 }
 
 fn close_wait_leaks(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {

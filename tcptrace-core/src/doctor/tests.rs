@@ -82,6 +82,8 @@ fn quiet() -> Observation {
         attribution: None,
         close_wait_by_stack: vec![],
         stacks: None,
+        listeners: vec![],
+        listen_drops: None,
     }
 }
 
@@ -883,4 +885,256 @@ fn without_stacks_only_the_advice_to_get_them_is_new() {
             .any(|e| e.starts_with("460 of 460 have no stack"))
     );
     assert!(!l.advice.iter().any(|a| a.contains("--stacks")));
+}
+
+/// Listener findings, from an engine fed listener samples and kernel drops
+/// as a live source or a recording feeds it.
+mod listeners {
+    use super::{HOST_NS, facts, quiet};
+    use crate::{
+        doctor::{Observation, Severity, Sysctls, Thresholds, diagnose, exit_code},
+        engine::Engine,
+        stats::listener_fixture as fx,
+    };
+
+    fn observe(e: &mut Engine, sysctls: Option<Sysctls>) -> Observation {
+        let snap = fx::snapshot(e);
+        let mut f = facts(&[]);
+        if let Some(s) = sysctls {
+            f.namespaces.get_mut(&HOST_NS).unwrap().sysctls = s;
+        }
+        Observation {
+            window_s: 2.0,
+            listeners: snap.listeners.clone().unwrap_or_default(),
+            listen_drops: snap.listen_drops.clone(),
+            facts_start: Some(f.clone()),
+            facts_end: Some(f),
+            ..quiet()
+        }
+    }
+
+    #[test]
+    fn a_full_accept_queue_is_critical_and_names_listener_owner_and_limit() {
+        assert_eq!(fx::NETNS, HOST_NS);
+        let obs = observe(&mut fx::overflowing(), None);
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings
+            .iter()
+            .find(|f| f.id == "listen_drops")
+            .expect("a listen_drops finding");
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(
+            f.title,
+            "SYNs to 127.0.0.1:8080 dropped: accept queue full (limit 128 = min(backlog, net.core.somaxconn)); slowacceptd is not accepting fast enough"
+        );
+        let evidence = f.evidence.join("\n");
+        assert!(
+            evidence.contains("76 connection attempts dropped in 2 s (76.0/s"),
+            "{evidence}"
+        );
+        assert!(evidence.contains("accept queue full 76"), "{evidence}");
+        assert!(
+            evidence.contains("accept queue 129/128 now, peak 129"),
+            "{evidence}"
+        );
+        assert!(evidence.contains("slowacceptd (pid 122)"), "{evidence}");
+        assert!(evidence.contains("ListenOverflows +76"), "{evidence}");
+        assert!(
+            evidence
+                .contains("net.core.somaxconn = 4096: the limit is the backlog given to listen()"),
+            "{evidence}"
+        );
+        let advice = f.advice.join("\n");
+        assert!(advice.contains("acceptor threads"), "{advice}");
+        assert!(advice.contains("backlog"), "{advice}");
+        assert!(advice.contains("net.core.somaxconn"), "{advice}");
+        assert_eq!(
+            f.sysctls,
+            vec!["sysctl -w net.core.somaxconn=8192".to_string()]
+        );
+        // Only the dropping listener has a finding; exit 1.
+        assert_eq!(
+            findings.iter().filter(|f| f.id == "listen_drops").count(),
+            1
+        );
+        assert_eq!(exit_code(&findings), 1);
+        // The SYNs to the closed port are an info finding.
+        let n = findings.iter().find(|f| f.id == "no_listener").unwrap();
+        assert_eq!(n.severity, Severity::Info);
+        assert_eq!(
+            n.title,
+            "2 SYNs to 1 address and port with nothing listening (answered with a reset)"
+        );
+        assert_eq!(
+            n.evidence,
+            vec!["127.0.0.1:7777 (the host namespace): 2 SYNs"]
+        );
+        // JSON: the documented fields.
+        let json = serde_json::to_value(f).unwrap();
+        assert_eq!(json["id"], "listen_drops");
+        assert_eq!(json["severity"], "critical");
+    }
+
+    #[test]
+    fn paws_drops_name_timestamps_and_tw_recycle_where_it_exists() {
+        let obs = observe(&mut fx::paws(), None);
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings.iter().find(|f| f.id == "listen_drops").unwrap();
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(
+            f.title,
+            "SYNs to 127.0.0.1:8443 rejected by the TCP timestamp (PAWS) check at TIME_WAIT sockets: clients with unrelated timestamp clocks, typically behind NAT"
+        );
+        let advice = f.advice.join("\n");
+        assert!(advice.contains("NAT"), "{advice}");
+        assert!(
+            advice.contains("tcp_tw_recycle does not exist on this kernel"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("Do not turn net.ipv4.tcp_timestamps off"),
+            "{advice}"
+        );
+        assert!(f.sysctls.is_empty());
+
+        // A kernel that still has tcp_tw_recycle, on.
+        let old = Sysctls {
+            tw_recycle: Some(1),
+            ..Sysctls::defaults()
+        };
+        let obs = observe(&mut fx::paws(), Some(old));
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings.iter().find(|f| f.id == "listen_drops").unwrap();
+        assert!(
+            f.advice
+                .iter()
+                .any(|a| a.contains("tcp_tw_recycle = 1 on this kernel")),
+            "{:?}",
+            f.advice
+        );
+        assert_eq!(
+            f.sysctls,
+            vec!["sysctl -w net.ipv4.tcp_tw_recycle=0".to_string()]
+        );
+        assert_eq!(exit_code(&findings), 1);
+    }
+
+    #[test]
+    fn a_full_syn_queue_advises_max_syn_backlog_and_syncookies() {
+        use crate::listeners::DropCounters;
+        let mut e = Engine::new(16);
+        let c = |n: u64| DropCounters {
+            listen_overflows: Some(0),
+            listen_drops: Some(n),
+            req_qfull_drop: Some(n),
+            ..Default::default()
+        };
+        fx::feed(
+            &mut e,
+            vec![
+                fx::listeners(fx::S, vec![fx::sample(8080, "web", 0, 4096, 0)], c(0)),
+                fx::listeners(2 * fx::S, vec![fx::sample(8080, "web", 0, 4096, 50)], c(50)),
+            ],
+        );
+        let obs = observe(
+            &mut e,
+            Some(Sysctls {
+                syncookies: Some(0),
+                max_syn_backlog: Some(512),
+                ..Sysctls::defaults()
+            }),
+        );
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings.iter().find(|f| f.id == "listen_drops").unwrap();
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(
+            f.title,
+            "SYNs to 127.0.0.1:8080 dropped: SYN queue full (net.ipv4.tcp_max_syn_backlog 512, SYN cookies off); web gets more handshakes than its SYN queue holds"
+        );
+        assert!(f.advice.join(" ").contains("tcp_max_syn_backlog"));
+        assert_eq!(
+            f.sysctls,
+            vec![
+                "sysctl -w net.ipv4.tcp_max_syn_backlog=8192".to_string(),
+                "sysctl -w net.ipv4.tcp_syncookies=1".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn listeners_without_drops_are_healthy() {
+        let mut e = Engine::new(16);
+        fx::feed(
+            &mut e,
+            vec![
+                fx::listeners(
+                    fx::S,
+                    vec![fx::sample(9090, "fastd", 0, 128, 0)],
+                    fx::netstat(0, 0),
+                ),
+                fx::listeners(
+                    2 * fx::S,
+                    vec![fx::sample(9090, "fastd", 3, 128, 0)],
+                    fx::netstat(0, 0),
+                ),
+            ],
+        );
+        let obs = observe(&mut e, None);
+        let findings = diagnose(&obs, &Thresholds::default());
+        assert_eq!(findings[0].id, "healthy");
+        assert!(
+            findings[0]
+                .evidence
+                .iter()
+                .any(|e| e == "1 listeners, no connection attempt dropped at any; fullest accept queue 127.0.0.1:9090 (peak 3/128)"),
+            "{:?}",
+            findings[0].evidence
+        );
+        assert_eq!(exit_code(&findings), 0);
+    }
+
+    #[test]
+    fn a_listener_in_another_namespace_gets_nsenter_commands() {
+        let mut e = Engine::new(16);
+        let mut s1 = fx::sample(8080, "slowacceptd", 2, 1, 0);
+        let mut s2 = fx::sample(8080, "slowacceptd", 2, 1, 40);
+        s1.netns = Some(777);
+        s2.netns = Some(777);
+        let ns = |n: u64| crate::record::Record::Listeners {
+            ts_ns: 0,
+            listeners: vec![],
+            counters: vec![crate::listeners::NetnsDropCounters {
+                netns: 777,
+                counters: fx::netstat(n, 0),
+            }],
+        };
+        let (mut r1, mut r2) = (ns(0), ns(40));
+        if let crate::record::Record::Listeners {
+            ts_ns, listeners, ..
+        } = &mut r1
+        {
+            *ts_ns = fx::S;
+            listeners.push(s1);
+        }
+        if let crate::record::Record::Listeners {
+            ts_ns, listeners, ..
+        } = &mut r2
+        {
+            *ts_ns = 2 * fx::S;
+            listeners.push(s2);
+        }
+        fx::feed(&mut e, vec![r1, r2]);
+        let obs = observe(&mut e, None);
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings.iter().find(|f| f.id == "listen_drops").unwrap();
+        assert!(
+            f.title.starts_with("SYNs to 127.0.0.1:8080 in network namespace 777 dropped: accept queue full (limit 1 ="),
+            "{}",
+            f.title
+        );
+        assert_eq!(
+            f.sysctls,
+            vec!["nsenter --net=/proc/122/ns/net sysctl -w net.core.somaxconn=8192".to_string()]
+        );
+    }
 }

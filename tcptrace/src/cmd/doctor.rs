@@ -198,6 +198,8 @@ impl<W: Write> Consumer for Doctor<W> {
             attribution: ctx.source.workloads().map(|w| attribution(&w.resolver)),
             close_wait_by_stack: snap.close_wait_by_stack.clone().unwrap_or_default(),
             stacks: snap.stacks.clone(),
+            listeners: snap.listeners.clone().unwrap_or_default(),
+            listen_drops: snap.listen_drops.clone(),
         };
         let findings = doctor::diagnose(&obs, &Thresholds::default());
         let written = if self.json {

@@ -108,6 +108,13 @@ pub fn read_sysctls(dir: &std::path::Path) -> Sysctls {
         fin_timeout: small("tcp_fin_timeout"),
         syncookies: small("tcp_syncookies"),
         max_tw_buckets: num("tcp_max_tw_buckets"),
+        max_syn_backlog: small("tcp_max_syn_backlog"),
+        // net.core sits beside net.ipv4 (per namespace as well).
+        somaxconn: dir.parent().and_then(|net| {
+            fs::read_to_string(net.join("core/somaxconn"))
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+        }),
         port_range: text("ip_local_port_range")
             .and_then(|t| parse_port_range(&t).ok())
             .unwrap_or(defaults.port_range),
