@@ -67,7 +67,7 @@ fn promtool_ok(dir: &Path, args: &[&str]) -> String {
 #[test]
 fn promtool_checks_the_rule_file() {
     let out = promtool_ok(&kubernetes_dir(), &["check", "rules", RULES]);
-    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn the_prometheus_rule_is_the_rule_file() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("spec.yml"), &spec).expect("write spec.yml");
     let out = promtool_ok(&dir, &["check", "rules", "spec.yml"]);
-    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
 }
 
 #[test]
@@ -215,6 +215,10 @@ fn the_thresholds_are_watchs_defaults() {
         r.close_wait_growth_per_min,
     );
     hysteresis("tcptrace_ephemeral_port_use_ratio", r.time_wait_port_share);
+    hysteresis(
+        r#"sum by (instance, listener, netns) (rate(tcptrace_listen_drops_total{listener!~"other|none"}[1m]))"#,
+        r.listen_drops_per_sec,
+    );
     // Counter rules hold while the counter rose within watch's quiet time.
     let quiet = format!("{}m", QUIET.as_secs() / 60);
     assert!(r.time_wait_overflow);
