@@ -12,6 +12,11 @@
 //! opened most of the process's CLOSE_WAIT sockets (`opened_at`,
 //! `opened_at_path`, `opened_at_count`, from `close_wait_by_stack`), and its
 //! message ends `; opened at checkout_reserve_items (412 of 460)`.
+//!
+//! `listen_drops` fires per listener (its namespace and `ip:port`) whose
+//! drops per second over the last 10 s (`listeners[].drops_per_sec`) reach
+//! `listen_drops_per_sec`; the alert carries `listener`, `netns` and
+//! `reason` (the main reason of the recent drops) besides the owner.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 

@@ -27,6 +27,15 @@
 //! (`close_wait_by_stack`), how many have no stack, what a stack of lesser
 //! quality misses, and advice that points at the leading path's function.
 //! Without it, the advice says how to get them.
+//!
+//! Listeners (the snapshot's `listeners` and `listen_drops`, when the
+//! source samples them): `listen_drops` per listener that dropped
+//! connection attempts, titled by its main reason (accept queue full with
+//! its limit = min(backlog, `net.core.somaxconn`) and the owner not
+//! accepting fast enough; SYN queue full; PAWS timestamp rejects, with
+//! `tcp_tw_recycle` named where the kernel has it), with the namespace's
+//! counter deltas as evidence; `no_listener` (info) for SYNs to ports where
+//! nothing listens.
 
 use std::{collections::BTreeMap, net::IpAddr};
 

@@ -206,6 +206,30 @@ fn split_section(line: &str) -> Result<(&str, &str)> {
 mod tests {
     use super::*;
 
+    /// somaxconn comes from net.core beside net.ipv4, and equals what the
+    /// kernel says here; tcp_max_syn_backlog from net.ipv4.
+    #[test]
+    fn somaxconn_and_max_syn_backlog_are_read() {
+        let s = read_sysctls(std::path::Path::new("/proc/sys/net/ipv4"));
+        let want = |p: &str| {
+            fs::read_to_string(p)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+        };
+        assert!(s.somaxconn.is_some());
+        assert_eq!(s.somaxconn, want("/proc/sys/net/core/somaxconn"));
+        assert_eq!(
+            s.max_syn_backlog,
+            want("/proc/sys/net/ipv4/tcp_max_syn_backlog")
+        );
+        // A directory without them: unknown, not a default.
+        let dir = std::env::temp_dir().join(format!("tcptrace-sysctls-{}", std::process::id()));
+        fs::create_dir_all(dir.join("ipv4")).unwrap();
+        let empty = read_sysctls(&dir.join("ipv4"));
+        assert_eq!((empty.somaxconn, empty.max_syn_backlog), (None, None));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_unified_cgroup_path_is_read_from_proc_pid_cgroup() {
         let v2 = "0::/system.slice/api.service\n";
