@@ -440,7 +440,9 @@ fn listen_drops(obs: &Observation, out: &mut Vec<Finding>) {
             |c| c.into_owned(),
         );
         let ns_name = match l.netns {
-            Some(n) if Some(n) != host => format!(" in {}", obs.netns_name(n)),
+            // At the end: the title starts the issue's way ("SYNs to
+            // 127.0.0.1:8080 dropped: accept queue full ...").
+            Some(n) if Some(n) != host => format!(" (in {})", obs.netns_name(n)),
             _ => String::new(),
         };
         let paws_n: u64 = DropReason::ALL
@@ -450,11 +452,11 @@ fn listen_drops(obs: &Observation, out: &mut Vec<Finding>) {
             .sum();
         let title = match main {
             DropReason::AcceptQueueFull => format!(
-                "SYNs to {}{ns_name} dropped: accept queue full (limit {} = min(backlog, net.core.somaxconn)); {owner} is not accepting fast enough",
+                "SYNs to {} dropped: accept queue full (limit {} = min(backlog, net.core.somaxconn)); {owner} is not accepting fast enough{ns_name}",
                 l.listener, l.accept_queue_limit
             ),
             DropReason::SynQueueFull => format!(
-                "SYNs to {}{ns_name} dropped: SYN queue full ({}SYN cookies {}); {owner} gets more handshakes than its SYN queue holds",
+                "SYNs to {} dropped: SYN queue full ({}SYN cookies {}); {owner} gets more handshakes than its SYN queue holds{ns_name}",
                 l.listener,
                 sysctls
                     .and_then(|s| s.max_syn_backlog)
@@ -468,7 +470,7 @@ fn listen_drops(obs: &Observation, out: &mut Vec<Finding>) {
                 }
             ),
             r if is_paws(r) => format!(
-                "SYNs to {}{ns_name} rejected by the TCP timestamp (PAWS) check{}: clients with unrelated timestamp clocks, typically behind NAT",
+                "SYNs to {} rejected by the TCP timestamp (PAWS) check{}: clients with unrelated timestamp clocks, typically behind NAT{ns_name}",
                 l.listener,
                 if l.drops.get(DropReason::TimewaitPaws) > 0 {
                     " at TIME_WAIT sockets"
@@ -476,7 +478,7 @@ fn listen_drops(obs: &Observation, out: &mut Vec<Finding>) {
                     ""
                 }
             ),
-            r => format!("SYNs to {}{ns_name} dropped: {}", l.listener, r.label()),
+            r => format!("SYNs to {} dropped: {}{ns_name}", l.listener, r.label()),
         };
         let severity = if is_queue(main) || is_paws(main) {
             Severity::Critical
