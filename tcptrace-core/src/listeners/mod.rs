@@ -525,6 +525,8 @@ pub struct NetnsDrops {
     /// shows in the counters one sample before the listener's count.
     overflow_credit: u64,
     synq_credit: u64,
+    /// ListenDrops of the last interval no listener's count showed yet.
+    drops_credit: u64,
 }
 
 /// Listeners, their queues and drops; see the module docs.
@@ -718,11 +720,24 @@ impl ListenerTable {
             let first = *ns.first.get_or_insert(c.counters);
             ns.since_start = c.counters.since(&first);
             let mut rows = unexplained.remove(&Some(c.netns)).unwrap_or_default();
-            let shown: u64 = rows.iter().map(|r| r.1).sum();
+            // The listeners' count deltas: the unexplained ones and the
+            // overflows the kernel reported (ListenDrops has both).
+            let reported_here = reported_by_ns.get(&Some(c.netns)).copied().unwrap_or(0);
+            let shown: u64 = rows
+                .iter()
+                .map(|r| r.1)
+                .sum::<u64>()
+                .saturating_add(reported_here);
             if let Some(d) = delta {
+                // A drop between a dump and the counters' read shows in
+                // ListenDrops one sample before the listener's count: the
+                // excess waits one sample before it is unattributed.
+                let listen_drops = d.listen_drops.unwrap_or(0);
+                let beyond = shown.saturating_sub(listen_drops);
                 ns.unattributed = ns
                     .unattributed
-                    .saturating_add(d.listen_drops.unwrap_or(0).saturating_sub(shown));
+                    .saturating_add(ns.drops_credit.saturating_sub(beyond));
+                ns.drops_credit = listen_drops.saturating_sub(shown);
             }
             let d = delta.unwrap_or_default();
             // The kernel-reported overflows of this namespace are in

@@ -188,6 +188,23 @@ fn an_overflow_counted_before_the_listener_s_count_moved_is_still_its_reason() {
 }
 
 #[test]
+fn listen_drops_of_a_closed_listener_are_unattributed_and_reported_ones_are_not() {
+    let mut t = ListenerTable::default();
+    t.apply_sample(S, &[sample(8080, 0, 1, 0)], &counters(0, 0));
+    // Two ACKs at a full queue, reported by the kernel: in the listener's
+    // count and in ListenDrops, attributed.
+    t.apply_drop(&drop_to(8080, DropReason::AcceptQueueFull, lo()));
+    t.apply_drop(&drop_to(8080, DropReason::AcceptQueueFull, lo()));
+    t.apply_sample(2 * S, &[sample(8080, 2, 1, 2)], &counters(2, 2));
+    t.apply_sample(3 * S, &[sample(8080, 2, 1, 2)], &counters(2, 2));
+    assert_eq!(t.namespaces[&7].unattributed, 0);
+    // A listener that dropped 5 and closed before the sample.
+    t.apply_sample(4 * S, &[sample(8080, 2, 1, 2)], &counters(7, 7));
+    t.apply_sample(5 * S, &[sample(8080, 2, 1, 2)], &counters(7, 7));
+    assert_eq!(t.namespaces[&7].unattributed, 5);
+}
+
+#[test]
 fn netstat_counters_parse_and_unknown_text_gives_none() {
     let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPReqQFullDrop PAWSPassive\n\
                 TcpExt: 1 114 115 0 3\n\
