@@ -213,10 +213,18 @@ pub enum Counter {
     /// another stack held its bucket (no REUSE_STACKID), or there was no user
     /// stack (a kernel thread, an io_uring worker).
     StackMiss = 10,
+    /// `skb:kfree_skb` drops of a traced reason that were TCP connection
+    /// attempts (a SYN, or a segment at a listener or request socket), all
+    /// of them: reported ones and the ones the rate limit held back.
+    DropsSeen = 11,
+    /// Of [`Counter::DropsSeen`], those not reported one by one (the
+    /// per-CPU rate limit, [`DropConfig::per_cpu_per_sec`]); each reported
+    /// drop carries the count held back before it on its CPU.
+    DropsSuppressed = 12,
 }
 
 /// Number of slots in `COUNTERS`.
-pub const N_COUNTERS: u32 = 11;
+pub const N_COUNTERS: u32 = 13;
 
 /// Deepest user stack kept (the aya-ebpf `StackTrace` value: 127 frames,
 /// `PERF_MAX_STACK_DEPTH`). The kernel refuses to create the stack map when
@@ -245,6 +253,45 @@ impl Features {
 }
 
 const _: () = assert!(core::mem::size_of::<Features>() == 8);
+
+/// Words of [`DropConfig::reasons`]: one bit per kernel drop reason below 256.
+pub const DROP_REASON_WORDS: usize = 4;
+
+/// What the `skb:kfree_skb` program reports (a frozen global, set at load
+/// time from the running kernel's format file: reason numbers change
+/// between kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropConfig {
+    /// Bit `r % 64` of word `r / 64`: report drops whose `enum
+    /// skb_drop_reason` value is `r`. All zero: the program is not
+    /// attached (or reports nothing).
+    pub reasons: [u64; DROP_REASON_WORDS],
+    /// Drops reported per CPU per one-second window; the rest of the window
+    /// are counted ([`Counter::DropsSuppressed`]) and their number carried
+    /// by the CPU's next reported drop.
+    pub per_cpu_per_sec: u32,
+    pub _pad: u32,
+}
+
+impl DropConfig {
+    /// Nothing reported; usable in `static` initialisers.
+    pub const NONE: Self = Self {
+        reasons: [0; DROP_REASON_WORDS],
+        per_cpu_per_sec: 0,
+        _pad: 0,
+    };
+    /// The default rate limit: drops reported per CPU per second.
+    pub const DEFAULT_PER_CPU_PER_SEC: u32 = 500;
+
+    /// Whether drops of kernel reason `reason` are reported.
+    pub const fn traces(&self, reason: u32) -> bool {
+        let word = (reason / 64) as usize;
+        word < DROP_REASON_WORDS && self.reasons[word] & (1 << (reason % 64)) != 0
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 40);
 
 /// Value of the owner map, keyed by socket address (full or timewait socket).
 #[repr(C)]
@@ -278,4 +325,5 @@ mod pod {
     unsafe impl aya::Pod for super::Tuning {}
     unsafe impl aya::Pod for super::OwnerEntry {}
     unsafe impl aya::Pod for super::Features {}
+    unsafe impl aya::Pod for super::DropConfig {}
 }

@@ -35,6 +35,12 @@ pub enum EventKind {
     /// was last known in `old` (its begin, or the previous check): the
     /// change happened within it.
     TwSubstate = 7,
+    /// A TCP segment about a connection attempt (a SYN, or a segment that
+    /// reached a listener or a request socket) the kernel freed with a
+    /// drop reason (`skb:kfree_skb`), one of the reasons userspace asked
+    /// for. Not a socket's transition: decoded apart
+    /// (`tcptrace_core::decode::syn_drop`). See [`RawEvent`] for its fields.
+    Drop = 8,
 }
 
 impl EventKind {
@@ -47,6 +53,7 @@ impl EventKind {
             5 => Self::Lost,
             6 => Self::Accept,
             7 => Self::TwSubstate,
+            8 => Self::Drop,
             _ => return None,
         })
     }
@@ -126,6 +133,18 @@ pub mod event_flags {
 ///   `reused_by` the tgid of the task whose connect() reused it.
 /// - `Transition` to CLOSE: `reason` is [`TwEndReason::Overflow`] when the
 ///   socket should have become a timewait socket and none was made.
+/// - `Drop`: `sk` the socket that received the segment (`rx_sk`: a
+///   listener, a request or timewait socket; 0 when none did), `old` its
+///   state (0 when none), `saddr`/`sport` the segment's DESTINATION (the
+///   local side, where a listener would be), `daddr`/`dport` its source
+///   (the remote peer), `family`, `netns` (with
+///   [`event_flags::NETNS_KNOWN`]) from `rx_sk`'s namespace or else the
+///   receiving device's, `tid` the kernel's `enum skb_drop_reason` value
+///   (numbers change between kernels: the names are in the tracepoint's
+///   format file), `new` the TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04,
+///   PSH 0x08, ACK 0x10), `prev_ns` the drops of traced reasons this CPU did
+///   not report (its rate limit) since the previous one it reported. No
+///   owner.
 /// - Any kind with an owner: `stack_id` with [`event_flags::STACK_KNOWN`] is
 ///   the user stack captured with the owner (connect, listen, accept;
 ///   `--stacks` only). It takes 2 of the 3 bytes of padding after `reason`,

@@ -9,12 +9,12 @@ pub mod config;
 pub mod event;
 pub mod handled;
 
-pub use config::{Counter, Features, Filter, KernelOffsets, OwnerEntry, Tuning};
+pub use config::{Counter, DropConfig, Features, Filter, KernelOffsets, OwnerEntry, Tuning};
 pub use event::{EventKind, RawEvent, TwEndReason, event_flags};
 
 /// Version of the event layout and of the globals handed to the eBPF program.
 /// Bump it whenever a `#[repr(C)]` type in this crate changes shape.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// TCP states, numbered as in the kernel (`include/net/tcp_states.h`).
 pub mod tcp_state {
@@ -38,6 +38,19 @@ pub mod tcp_state {
 pub mod family {
     pub const INET: u8 = 2;
     pub const INET6: u8 = 10;
+}
+
+/// `ETH_P_IP` and `ETH_P_IPV6`: `skb->protocol` (the `skb:kfree_skb`
+/// record gives it in host order).
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+
+/// Bits of the TCP header's flags byte (a `Drop` event's `new`).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
 }
 
 /// `IPPROTO_TCP`.

@@ -3,6 +3,11 @@
 //! The wire format is [`tcptrace_common::RawEvent`]: fixed 120-byte records,
 //! native endian, documented there. A record names the process that reused
 //! a timewait socket by pid only; [`ReuserNames`] adds its name.
+//!
+//! A [`EventKind::Drop`] record is no socket's transition: [`syn_drop`]
+//! turns it into a [`SynDrop`], naming the kernel's drop reason with
+//! [`KernelDropReasons`] (the running kernel's table, parsed from the
+//! `skb:kfree_skb` format file: reason numbers change between kernels).
 
 use std::{
     mem,
@@ -10,9 +15,14 @@ use std::{
 };
 
 use rustc_hash::FxHashMap;
-use tcptrace_common::{RawEvent, TwEndReason as WireReason, event_flags, family};
+use tcptrace_common::{
+    RawEvent, TwEndReason as WireReason, config::DROP_REASON_WORDS, event_flags, family, tcp_flags,
+};
 
-use crate::model::{Comm, Event, EventKind, Family, Owner, Reuser, TcpState, TwEndReason};
+use crate::{
+    listeners::{DropReason, SynDrop},
+    model::{Comm, Event, EventKind, Family, Owner, Reuser, TcpState, TwEndReason},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -28,6 +38,13 @@ pub enum DecodeError {
     State(u8),
     #[error("unknown timewait end reason {0}")]
     Reason(u8),
+    /// A record of kind `Drop` given to [`from_raw`] (it is no socket's
+    /// event: [`syn_drop`] reads it), or another kind to [`syn_drop`].
+    #[error("event kind {0:?} read as the wrong record (drops are not transitions)")]
+    DropKind(EventKind),
+    /// A drop's kernel reason does not fit the 16 bits kept.
+    #[error("kernel drop reason {0} out of range")]
+    DropReason(u32),
 }
 
 /// Reinterprets ring-buffer bytes as a [`RawEvent`] (length-checked, unaligned-safe).
@@ -74,23 +91,10 @@ pub fn from_raw(r: &RawEvent) -> Result<Event, DecodeError> {
     if matches!(kind, EventKind::Lost | EventKind::TwSubstate) {
         return Err(DecodeError::UserspaceKind(kind));
     }
-    let (fam, saddr, daddr) = match r.family {
-        family::INET => {
-            let s: [u8; 4] = r.saddr[..4].try_into().expect("4 bytes");
-            let d: [u8; 4] = r.daddr[..4].try_into().expect("4 bytes");
-            (
-                Family::V4,
-                IpAddr::V4(Ipv4Addr::from(s)),
-                IpAddr::V4(Ipv4Addr::from(d)),
-            )
-        }
-        family::INET6 => (
-            Family::V6,
-            IpAddr::V6(Ipv6Addr::from(r.saddr)),
-            IpAddr::V6(Ipv6Addr::from(r.daddr)),
-        ),
-        other => return Err(DecodeError::Family(other)),
-    };
+    if kind == EventKind::Drop {
+        return Err(DecodeError::DropKind(kind));
+    }
+    let (fam, saddr, daddr) = addresses(r)?;
     let old = match r.old {
         0 => None,
         v => Some(state(v)?),
@@ -121,6 +125,211 @@ pub fn from_raw(r: &RawEvent) -> Result<Event, DecodeError> {
         prev_ns: (r.flags & event_flags::PREV_KNOWN != 0).then_some(r.prev_ns),
         reason,
         stack: (r.flags & event_flags::STACK_KNOWN != 0).then_some(u32::from(r.stack_id)),
+    })
+}
+
+/// Decodes a [`EventKind::Drop`] record (fields: see
+/// [`tcptrace_common::RawEvent`]) with the running kernel's reason table.
+/// A reason the table does not know is [`DropReason::Other`].
+pub fn syn_drop(r: &RawEvent, reasons: &KernelDropReasons) -> Result<SynDrop, DecodeError> {
+    let kind = EventKind::from_u32(r.kind).ok_or(DecodeError::Kind(r.kind))?;
+    if kind != EventKind::Drop {
+        return Err(DecodeError::DropKind(kind));
+    }
+    let (fam, local, remote) = addresses(r)?;
+    let rx_state = match r.old {
+        0 => None,
+        v => Some(state(v)?),
+    };
+    let kernel_reason = u16::try_from(r.tid).map_err(|_| DecodeError::DropReason(r.tid))?;
+    Ok(SynDrop {
+        ts_ns: r.ts_ns,
+        netns: (r.flags & event_flags::NETNS_KNOWN != 0).then_some(r.netns),
+        family: fam,
+        local,
+        local_port: r.sport,
+        remote,
+        remote_port: r.dport,
+        reason: reasons.reason(kernel_reason),
+        kernel_reason,
+        syn: r.new & tcp_flags::SYN != 0,
+        ack: r.new & tcp_flags::ACK != 0,
+        rx_state,
+        suppressed: r.prev_ns,
+    })
+}
+
+/// The inverse of [`syn_drop`] (for tests and synthetic sources): the
+/// segment's flags are SYN and ACK only, `sk` is 0.
+pub fn drop_to_raw(d: &SynDrop) -> RawEvent {
+    let mut r = RawEvent::zeroed();
+    r.kind = EventKind::Drop as u32;
+    r.ts_ns = d.ts_ns;
+    if let Some(ns) = d.netns {
+        r.netns = ns;
+        r.flags |= event_flags::NETNS_KNOWN;
+    }
+    r.family = match d.family {
+        Family::V4 => family::INET,
+        Family::V6 => family::INET6,
+    };
+    put_addr(&mut r.saddr, d.local);
+    put_addr(&mut r.daddr, d.remote);
+    r.sport = d.local_port;
+    r.dport = d.remote_port;
+    r.tid = u32::from(d.kernel_reason);
+    r.old = d.rx_state.map_or(0, |s| s as u8);
+    r.new = if d.syn { tcp_flags::SYN } else { 0 } | if d.ack { tcp_flags::ACK } else { 0 };
+    r.prev_ns = d.suppressed;
+    r
+}
+
+fn put_addr(dst: &mut [u8; 16], ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => dst[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => *dst = a.octets(),
+    }
+}
+
+/// The running kernel's `enum skb_drop_reason`: number -> name, as the
+/// `skb:kfree_skb` tracepoint's format file prints them
+/// (`__print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_SOCKET" }, ...)`).
+/// Numbers change between kernels (a reason added in the middle shifts the
+/// rest), so they are always read from the running kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelDropReasons {
+    /// Sorted by number.
+    names: Vec<(u16, String)>,
+}
+
+impl KernelDropReasons {
+    /// Most reasons kept (a hostile or broken file cannot make it grow
+    /// without bound).
+    pub const MAX: usize = 4096;
+
+    /// Parses a format file's text; empty when it has no reason table.
+    pub fn parse_format(text: &str) -> Self {
+        let mut names = Vec::new();
+        let Some(start) = text.find("__print_symbolic(REC->reason") else {
+            return Self { names };
+        };
+        let mut rest = &text[start..];
+        // `{ 3, "NO_SOCKET" }` pairs, up to the closing parenthesis.
+        while let Some(open) = rest.find(['{', ')']) {
+            if rest.as_bytes()[open] == b')' {
+                break;
+            }
+            rest = &rest[open + 1..];
+            let Some(close) = rest.find('}') else { break };
+            let pair = &rest[..close];
+            rest = &rest[close + 1..];
+            let Some((num, name)) = pair.split_once(',') else {
+                continue;
+            };
+            let (Ok(num), Some(name)) = (
+                num.trim().parse::<u16>(),
+                name.trim()
+                    .strip_prefix('"')
+                    .and_then(|n| n.strip_suffix('"')),
+            ) else {
+                continue;
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                continue;
+            }
+            names.push((num, name.to_string()));
+            if names.len() >= Self::MAX {
+                break;
+            }
+        }
+        names.sort_by_key(|(n, _)| *n);
+        names.dedup_by_key(|(n, _)| *n);
+        Self { names }
+    }
+
+    /// A table from (number, name) pairs (tests, synthetic sources).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u16, &'a str)>) -> Self {
+        let mut names: Vec<(u16, String)> =
+            pairs.into_iter().map(|(n, s)| (n, s.to_string())).collect();
+        names.sort_by_key(|(n, _)| *n);
+        names.dedup_by_key(|(n, _)| *n);
+        Self { names }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The kernel's name of reason `id` (without `SKB_DROP_REASON_`).
+    pub fn name(&self, id: u16) -> Option<&str> {
+        self.names
+            .binary_search_by_key(&id, |(n, _)| *n)
+            .ok()
+            .map(|i| self.names[i].1.as_str())
+    }
+
+    /// The number of the kernel's reason `name` (with or without the
+    /// `SKB_DROP_REASON_` prefix).
+    pub fn id(&self, name: &str) -> Option<u16> {
+        let name = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(name);
+        self.names
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// tcptrace's reason for kernel reason `id` ([`DropReason::Other`] when
+    /// unknown).
+    pub fn reason(&self, id: u16) -> DropReason {
+        self.name(id)
+            .map_or(DropReason::Other, DropReason::from_kernel_name)
+    }
+
+    /// The eBPF program's reason mask ([`tcptrace_common::DropConfig::reasons`]):
+    /// the reasons [`DropReason::traced_kernel_name`] keeps, numbered below 256.
+    pub fn mask(&self) -> [u64; DROP_REASON_WORDS] {
+        let mut mask = [0u64; DROP_REASON_WORDS];
+        for (id, name) in &self.names {
+            let word = usize::from(*id / 64);
+            if word < DROP_REASON_WORDS && DropReason::traced_kernel_name(name) {
+                mask[word] |= 1 << (id % 64);
+            }
+        }
+        mask
+    }
+
+    /// The names of the traced reasons (in number order), for logs.
+    pub fn traced_names(&self) -> Vec<&str> {
+        self.names
+            .iter()
+            .filter(|(id, name)| *id < 256 && DropReason::traced_kernel_name(name))
+            .map(|(_, n)| n.as_str())
+            .collect()
+    }
+}
+
+/// Family and the two addresses of a record (`saddr`, `daddr`).
+fn addresses(r: &RawEvent) -> Result<(Family, IpAddr, IpAddr), DecodeError> {
+    Ok(match r.family {
+        family::INET => {
+            let s: [u8; 4] = r.saddr[..4].try_into().expect("4 bytes");
+            let d: [u8; 4] = r.daddr[..4].try_into().expect("4 bytes");
+            (
+                Family::V4,
+                IpAddr::V4(Ipv4Addr::from(s)),
+                IpAddr::V4(Ipv4Addr::from(d)),
+            )
+        }
+        family::INET6 => (
+            Family::V6,
+            IpAddr::V6(Ipv6Addr::from(r.saddr)),
+            IpAddr::V6(Ipv6Addr::from(r.daddr)),
+        ),
+        other => return Err(DecodeError::Family(other)),
     })
 }
 
@@ -959,6 +1168,179 @@ mod tests {
         #[test]
         fn valid_event_round_trips_through_raw_bytes(e in arb_event()) {
             prop_assert_eq!(decode(&raw_bytes(&to_raw(&e))), Ok(e));
+        }
+    }
+
+    /// This kernel's (6.18) `skb:kfree_skb` format file, as read from
+    /// `/sys/kernel/tracing/events/skb/kfree_skb/format`.
+    const KFREE_SKB_6_18: &str = include_str!("decode/kfree_skb-6.18.format");
+
+    #[test]
+    fn kernel_drop_reasons_parse_this_kernels_format_file() {
+        let k = KernelDropReasons::parse_format(KFREE_SKB_6_18);
+        // 2 NOT_SPECIFIED .. 128 MAX.
+        assert_eq!(k.len(), 127);
+        assert_eq!(k.name(2), Some("NOT_SPECIFIED"));
+        assert_eq!(k.name(3), Some("NO_SOCKET"));
+        assert_eq!(k.name(36), Some("TCP_RFC7323_PAWS"));
+        assert_eq!(k.name(38), Some("TCP_RFC7323_TW_PAWS"));
+        assert_eq!(k.name(40), Some("TCP_LISTEN_OVERFLOW"));
+        assert_eq!(k.name(128), Some("MAX"));
+        assert_eq!(k.name(1), None);
+        assert_eq!(k.name(129), None);
+        assert_eq!(k.id("SKB_DROP_REASON_TCP_LISTEN_OVERFLOW"), Some(40));
+        assert_eq!(k.id("NO_SOCKET"), Some(3));
+        assert_eq!(k.reason(3), DropReason::NoListener);
+        assert_eq!(k.reason(40), DropReason::AcceptQueueFull);
+        assert_eq!(k.reason(36), DropReason::Paws);
+        assert_eq!(k.reason(37), DropReason::Paws);
+        assert_eq!(k.reason(38), DropReason::TimewaitPaws);
+        assert_eq!(k.reason(12), DropReason::Netfilter);
+        assert_eq!(k.reason(24), DropReason::Auth);
+        assert_eq!(k.reason(64), DropReason::Other); // QDISC_DROP
+        assert_eq!(k.reason(9999), DropReason::Other);
+    }
+
+    #[test]
+    fn the_reason_mask_has_the_connection_attempt_reasons_only() {
+        let k = KernelDropReasons::parse_format(KFREE_SKB_6_18);
+        let mask = k.mask();
+        let config = tcptrace_common::DropConfig {
+            reasons: mask,
+            ..tcptrace_common::DropConfig::NONE
+        };
+        for traced in [3, 5, 12, 21, 22, 28, 30, 36, 37, 38, 39, 40, 46, 49, 50, 97] {
+            assert!(
+                config.traces(traced),
+                "{traced} {:?}",
+                k.name(traced as u16)
+            );
+        }
+        // NOT_SPECIFIED, SOCKET_CLOSE, TCP_CSUM, TCP_OLD_DATA, TCP_RESET,
+        // QDISC_DROP, MAX: not about connection attempts.
+        for untraced in [2, 4, 10, 33, 45, 64, 128, 255, 256, 1000] {
+            assert!(
+                !config.traces(untraced),
+                "{untraced} {:?}",
+                k.name(untraced as u16)
+            );
+        }
+        assert!(k.traced_names().contains(&"TCP_LISTEN_OVERFLOW"));
+        assert!(!k.traced_names().contains(&"TCP_RESET"));
+    }
+
+    #[test]
+    fn kernel_drop_reasons_survive_bad_text() {
+        assert!(KernelDropReasons::parse_format("").is_empty());
+        assert!(KernelDropReasons::parse_format("print fmt: \"%s\", REC->x").is_empty());
+        let k = KernelDropReasons::parse_format(
+            "__print_symbolic(REC->reason, { 3, \"NO_SOCKET\" }, { x, \"BAD\" }, { 70000, \"BIG\" }, \
+             { 4, \"we ird\" }, { 3, \"DUP\" }, { 5 }, { 6, \"LAST\" }) { 7, \"AFTER\" }",
+        );
+        assert_eq!(k.len(), 2, "{k:?}");
+        assert_eq!(k.name(3), Some("NO_SOCKET"));
+        assert_eq!(k.name(6), Some("LAST"));
+        assert_eq!(k.name(7), None);
+        // Unterminated.
+        let k = KernelDropReasons::parse_format(
+            "__print_symbolic(REC->reason, { 3, \"NO_SOCKET\" }, { 4, ",
+        );
+        assert_eq!(k.name(3), Some("NO_SOCKET"));
+    }
+
+    fn raw_drop_v4() -> RawEvent {
+        let mut r = RawEvent::zeroed();
+        r.kind = EventKind::Drop as u32;
+        r.ts_ns = 5_000;
+        r.family = family::INET;
+        r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        r.sport = 8080;
+        r.dport = 40_000;
+        r.netns = 4_026_532_000;
+        r.flags = event_flags::NETNS_KNOWN;
+        r.tid = 40;
+        r.old = tcp_state::LISTEN;
+        r.new = tcp_flags::ACK;
+        r.prev_ns = 7;
+        r.sk = 0xffff_8880_0000_1000;
+        r
+    }
+
+    #[test]
+    fn a_drop_record_decodes_with_the_kernels_reason() {
+        let k = KernelDropReasons::parse_format(KFREE_SKB_6_18);
+        let d = syn_drop(&raw_drop_v4(), &k).unwrap();
+        assert_eq!(d.ts_ns, 5_000);
+        assert_eq!(d.netns, Some(4_026_532_000));
+        assert_eq!(d.family, Family::V4);
+        assert_eq!(d.local, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(d.local_port, 8080);
+        assert_eq!(d.remote, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(d.remote_port, 40_000);
+        assert_eq!(d.reason, DropReason::AcceptQueueFull);
+        assert_eq!(d.kernel_reason, 40);
+        assert!(d.ack && !d.syn);
+        assert_eq!(d.rx_state, Some(TcpState::Listen));
+        assert_eq!(d.suppressed, 7);
+        // Back and forth.
+        let again = syn_drop(&drop_to_raw(&d), &k).unwrap();
+        assert_eq!(again, d);
+
+        // No socket received it (a SYN to a closed port), unknown namespace.
+        let mut r = raw_drop_v4();
+        r.old = 0;
+        r.flags = 0;
+        r.tid = 3;
+        r.new = tcp_flags::SYN;
+        let d = syn_drop(&r, &k).unwrap();
+        assert_eq!((d.rx_state, d.netns), (None, None));
+        assert_eq!(d.reason, DropReason::NoListener);
+        assert!(d.syn && !d.ack);
+
+        // IPv6, and a reason this table does not know.
+        let mut r = raw_drop_v4();
+        r.family = family::INET6;
+        r.saddr = Ipv6Addr::LOCALHOST.octets();
+        r.tid = 200;
+        let d = syn_drop(&r, &k).unwrap();
+        assert_eq!(d.local, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(d.reason, DropReason::Other);
+        assert_eq!(d.kernel_reason, 200);
+    }
+
+    #[test]
+    fn a_drop_record_is_no_event_and_an_event_no_drop() {
+        let k = KernelDropReasons::default();
+        let r = raw_drop_v4();
+        assert_eq!(from_raw(&r), Err(DecodeError::DropKind(EventKind::Drop)));
+        assert!(decode(&raw_bytes(&r)).is_err());
+        let t = raw_v4_transition();
+        assert_eq!(
+            syn_drop(&t, &k),
+            Err(DecodeError::DropKind(EventKind::Transition))
+        );
+        let mut bad = raw_drop_v4();
+        bad.family = 99;
+        assert_eq!(syn_drop(&bad, &k), Err(DecodeError::Family(99)));
+        let mut bad = raw_drop_v4();
+        bad.old = 99;
+        assert_eq!(syn_drop(&bad, &k), Err(DecodeError::State(99)));
+        let mut bad = raw_drop_v4();
+        bad.tid = 70_000;
+        assert_eq!(syn_drop(&bad, &k), Err(DecodeError::DropReason(70_000)));
+        // Unknown reasons decode without a table.
+        assert_eq!(syn_drop(&r, &k).unwrap().reason, DropReason::Other);
+    }
+
+    proptest! {
+        /// Any 120 bytes: a drop decodes or errors, never panics.
+        #[test]
+        fn syn_drop_never_panics(bytes in proptest::collection::vec(any::<u8>(), RawEvent::SIZE)) {
+            let k = KernelDropReasons::parse_format(KFREE_SKB_6_18);
+            let mut r = raw(&bytes).unwrap();
+            r.kind = EventKind::Drop as u32;
+            let _ = syn_drop(&r, &k);
         }
     }
 }

@@ -979,7 +979,8 @@ impl ConnTable {
                     self.counters.silent_rearms += 1;
                 }
             }
-            EventKind::Lost => {}
+            // No socket's event (drops are decoded apart).
+            EventKind::Lost | EventKind::Drop => {}
             EventKind::Accept => {
                 let slot = self.conns.slot(e.sk);
                 if let Some(slot) = slot

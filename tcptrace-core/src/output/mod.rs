@@ -55,6 +55,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::TwRearm => "tw_rearm",
         EventKind::TwEnd => "tw_end",
         EventKind::Lost => "lost",
+        EventKind::Drop => "drop",
         EventKind::Accept => "accept",
         EventKind::TwSubstate => "tw_substate",
     }

@@ -62,6 +62,7 @@ pub fn describe(e: &Event) -> String {
             }
         }
         EventKind::Lost => "lost".to_string(),
+        EventKind::Drop => "drop".to_string(),
         EventKind::Accept => "accepted".to_string(),
         EventKind::TwSubstate => format!("{old} -> {} (found)", e.new),
     }

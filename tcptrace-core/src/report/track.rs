@@ -541,7 +541,7 @@ impl Tracker {
                     self.sync_conn(table, id, now);
                 }
             }
-            EventKind::Lost => {}
+            EventKind::Lost | EventKind::Drop => {}
         }
         if table.counters.evictions != self.evictions {
             self.evictions = table.counters.evictions;

@@ -173,7 +173,7 @@ impl TimewaitCheck {
     #[inline]
     pub fn observe(&mut self, e: &Event) {
         match e.kind {
-            EventKind::Transition | EventKind::Accept | EventKind::Lost => {}
+            EventKind::Transition | EventKind::Accept | EventKind::Lost | EventKind::Drop => {}
             EventKind::TwBegin | EventKind::TwRearm if e.new == TcpState::FinWait2 => {
                 self.follow(e);
             }
