@@ -79,8 +79,30 @@ pub struct KernelOffsets {
     pub tp_cancel_timer: u32,
     /// `syscalls/sys_exit_accept{,4}` record: `ret`.
     pub tp_accept_ret: u32,
+    /// `struct sock_common.skc_state` (u8).
+    pub skc_state: u32,
+    /// `struct sk_buff` members: `head` (pointer), `network_header` (u16,
+    /// from `head`), `dev` (pointer).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_dev: u32,
+    /// `struct net_device.nd_net` (a `possible_net_t`: a `struct net *`).
+    pub dev_nd_net: u32,
+    /// `skb/kfree_skb` record: `skbaddr`, `rx_sk` (pointers; `rx_sk` 0
+    /// before 6.8, which has none), `protocol` (u16, host order
+    /// `ETH_P_*`), `reason` (u32 `enum skb_drop_reason`). All 0 when drop
+    /// reasons are not traced.
+    pub tp_skb_skbaddr: u32,
+    pub tp_skb_rx_sk: u32,
+    pub tp_skb_protocol: u32,
+    pub tp_skb_reason: u32,
     pub _pad: u32,
 }
+
+// Shared with the kernel program: no implicit padding (a u64, then u32s).
+const _: () = assert!(
+    core::mem::size_of::<KernelOffsets>() == core::mem::offset_of!(KernelOffsets, _pad) + 4
+);
 
 impl KernelOffsets {
     /// All zero; usable in `static` initialisers.

@@ -10,6 +10,9 @@
 //!   `timer_expire_entry` (the three timer hooks share the timewait state in
 //!   `probes/timewait.rs`);
 //! - `probes/sys_exit_accept.rs`: `sys_exit_accept4`, `sys_exit_accept`;
+//! - `probes/kfree_skb.rs`: `kfree_skb` (classic tracepoint): connection
+//!   attempts the kernel dropped, with its reason (unless
+//!   `--no-drop-reasons`);
 //! - fentry, where the kernel allows it: `tw_begin_fentry`
 //!   (`probes/inet_twsk_hashdance_schedule.rs`), `tw_rearm_fentry`
 //!   (`probes/inet_twsk_schedule.rs`), `tw_expire_fentry`

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tcptrace_common::{
-    Counter, Features, Filter, KernelOffsets, OwnerEntry, RawEvent, Tuning, config::N_COUNTERS,
+    Counter, DropConfig, Features, Filter, KernelOffsets, OwnerEntry, RawEvent, Tuning,
+    config::N_COUNTERS,
 };
 
 /// Events to userspace. Userspace sets the real size at load time.
@@ -52,6 +53,11 @@ pub static TUNING: Tuning = Tuning::EAGER;
 #[unsafe(no_mangle)]
 pub static FEATURES: Features = Features::NONE;
 
+/// The kernel drop reasons `skb:kfree_skb` reports, and its rate limit
+/// (`probes::kfree_skb`).
+#[unsafe(no_mangle)]
+pub static DROPS: DropConfig = DropConfig::NONE;
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ListenKey {
@@ -93,6 +99,20 @@ pub struct Scratch {
     /// The transitions `inet_sock_set_state` took on this CPU, last
     /// `HANDLED`: what its twin leaves alone (see [`Handled`]).
     pub handled: Handled,
+    /// The `skb:kfree_skb` rate limit of this CPU.
+    pub drops: DropRate,
+}
+
+/// One CPU's window of reported drops (`probes::kfree_skb`).
+#[repr(C)]
+pub struct DropRate {
+    /// When the current one-second window began (ktime ns).
+    pub window_start_ns: u64,
+    /// Drops reported in it.
+    pub reported: u32,
+    pub _pad: u32,
+    /// Drops held back since the last one reported.
+    pub suppressed: u64,
 }
 
 pub use tcptrace_common::handled::Handled;
@@ -104,10 +124,11 @@ pub enum Prog {
     SetStateNested = 1,
     Timer = 2,
     Accept = 3,
+    Drop = 4,
 }
 
 impl Prog {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 }
 
 /// Bits of [`Scratch::busy`].

@@ -1317,6 +1317,11 @@ pub struct KernelArgs {
     /// return at once to the same hooks instead of the real ones.
     #[arg(long, hide = true)]
     pub bench_empty_programs: bool,
+    /// Do not attach skb:kfree_skb: no connection attempts reported with the
+    /// kernel's drop reason (per-listener drop counts still come from
+    /// sock_diag and the namespace's counters).
+    #[arg(long)]
+    pub no_drop_reasons: bool,
 }
 
 #[derive(Debug, Args)]
@@ -1429,6 +1434,7 @@ impl KernelArgs {
             timewait: self.timewait_hook,
             realtime_drain: !self.no_realtime,
             empty_programs: self.bench_empty_programs,
+            drop_reasons: !self.no_drop_reasons,
             ..LoadOptions::default()
         })
     }
@@ -1647,5 +1653,39 @@ mod tests {
             panic!("doctor")
         };
         assert!(d.validate().unwrap().load.stacks);
+    }
+
+    /// Drop reasons are on unless `--no-drop-reasons`, on every live command.
+    #[test]
+    fn no_drop_reasons_turns_the_kfree_skb_hook_off() {
+        let parse = |args: &[&str]| {
+            let mut full = vec!["tcptrace"];
+            full.extend_from_slice(args);
+            Cli::try_parse_from(full).expect("parses").command
+        };
+        let load = |args: &[&str]| match parse(args) {
+            Command::Stats(s) => s.validate().unwrap().load,
+            Command::Trace(t) => t.validate().unwrap().load,
+            Command::Top(t) => t.validate().unwrap().load,
+            Command::Watch(w) => w.validate().unwrap().load,
+            Command::Record(r) => r.validate().unwrap().load,
+            Command::Doctor(d) => d.validate().unwrap().load,
+            _ => panic!("not a live command"),
+        };
+        for cmd in ["stats", "trace", "top", "watch", "doctor"] {
+            assert!(load(&[cmd]).drop_reasons, "{cmd}");
+            assert!(!load(&[cmd, "--no-drop-reasons"]).drop_reasons, "{cmd}");
+        }
+        assert!(load(&["record", "--force", "-o", "/tmp/x.tcptrace"]).drop_reasons);
+        assert!(
+            !load(&[
+                "record",
+                "--force",
+                "-o",
+                "/tmp/x.tcptrace",
+                "--no-drop-reasons"
+            ])
+            .drop_reasons
+        );
     }
 }

@@ -49,3 +49,9 @@ pub fn empty_sys_exit_accept4(_ctx: TracePointContext) -> u32 {
 pub fn empty_sys_exit_accept(_ctx: TracePointContext) -> u32 {
     0
 }
+
+/// `skb:kfree_skb`, as `kfree_skb` (with drop reasons on).
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn empty_kfree_skb(_ctx: TracePointContext) -> u32 {
+    0
+}

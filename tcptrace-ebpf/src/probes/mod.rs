@@ -11,6 +11,7 @@ pub mod inet_sock_set_state;
 pub mod inet_twsk_deschedule_put;
 pub mod inet_twsk_hashdance_schedule;
 pub mod inet_twsk_schedule;
+pub mod kfree_skb;
 pub mod sys_exit_accept;
 pub mod timer_cancel;
 pub mod timer_expire_entry;
@@ -31,6 +32,9 @@ pub enum Drop {
     // Nothing to emit, on purpose: not a loss.
     /// The socket is not TCP.
     NotTcp,
+    /// A freed packet that is not a traced connection attempt (another
+    /// reason, not IP, not TCP, neither a SYN nor at a listener).
+    NotTraced,
     /// The timer is not a timewait socket's (`tw_timer_handler`).
     NotTimewait,
     /// The event did not pass the user's in-kernel filter (counted as

@@ -164,6 +164,18 @@ pub fn struct_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -
     Ok(())
 }
 
+/// The offsets the `skb:kfree_skb` program reads (`probes/kfree_skb.rs`):
+/// the receiving socket's state, the packet's headers and device, the
+/// device's namespace. An error leaves drop reasons off (optional).
+pub fn drop_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -> Result<()> {
+    o.skc_state = btf.offset("sock_common", &["skc_state"])?;
+    o.skb_head = btf.offset("sk_buff", &["head"])?;
+    o.skb_network_header = btf.offset("sk_buff", &["network_header"])?;
+    o.skb_dev = btf.offset("sk_buff", &["dev"])?;
+    o.dev_nd_net = btf.offset("net_device", &["nd_net"])?;
+    Ok(())
+}
+
 /// What the program cannot tell on this kernel because an optional offset
 /// is missing, for the load's fallbacks (`Hooks::fallbacks`: logged by every
 /// live command at `RUST_LOG=info`).
@@ -201,5 +213,22 @@ mod tests {
         assert_ne!(o.sk_err, 0);
         assert_ne!(o.net_ns_ref, o.net_ns_inum);
         assert!(missing_optional(&o).is_empty());
+    }
+
+    #[test]
+    fn drop_offsets_from_running_kernel() {
+        let btf = KernelBtf::load().expect("this host has /sys/kernel/btf/vmlinux");
+        let mut o = tcptrace_common::KernelOffsets::default();
+        drop_offsets(&btf, &mut o).expect("all members found");
+        // skc_state follows skc_family (u16) in sock_common.
+        assert_eq!(
+            o.skc_state,
+            btf.offset("sock_common", &["skc_family"]).unwrap() + 2
+        );
+        assert_ne!(o.skb_head, 0);
+        assert_ne!(o.skb_network_header, 0);
+        assert_ne!(o.skb_dev, 0);
+        assert_ne!(o.dev_nd_net, 0);
+        assert_ne!(o.skb_head, o.skb_dev);
     }
 }

@@ -1,9 +1,10 @@
 //! The only place that talks to aya: loads the embedded eBPF object with this
 //! kernel's offsets and the user's filter, attaches the hooks (tp_btf or the
 //! classic tracepoint for transitions; the timer tracepoints for TIME_WAIT;
-//! accept exits for owners), drains the ring buffer and reads the loss counters.
-//! With `--stacks` it also sizes the kernel's user-stack map and hands it to
-//! the namer ([`Tracer::take_stack_map`]).
+//! accept exits for owners; `skb:kfree_skb` for dropped connection attempts
+//! unless `--no-drop-reasons`), drains the ring buffer and reads the loss
+//! counters. With `--stacks` it also sizes the kernel's user-stack map and
+//! hands it to the namer ([`Tracer::take_stack_map`]).
 
 pub mod btf;
 pub mod kallsyms;
@@ -20,12 +21,12 @@ use aya::{
     programs::{BtfTracePoint, FEntry, Program, TracePoint},
 };
 use tcptrace_common::{
-    Counter, Features, Filter, KernelOffsets, Tuning,
+    Counter, DropConfig, Features, Filter, KernelOffsets, Tuning,
     config::{MAX_STACK_ENTRIES, N_COUNTERS, STACK_DEPTH},
 };
 
 use crate::preflight::EnvError;
-use tcptrace_core::model::Lost;
+use tcptrace_core::{decode::KernelDropReasons, model::Lost};
 
 /// How TIME_WAIT is observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +80,11 @@ pub struct LoadOptions {
     /// With `stacks`: the stack map's entries (a power of two, at most
     /// [`MAX_STACK_ENTRIES`]; about 1 KiB of kernel memory each).
     pub stack_entries: u32,
+    /// Attach `skb:kfree_skb` for connection attempts the kernel dropped
+    /// with a reason (off: `--no-drop-reasons`).
+    pub drop_reasons: bool,
+    /// Drops reported per CPU per second; the rest are counted.
+    pub drops_per_cpu_per_sec: u32,
 }
 
 /// The stack map's entries with `--stacks` unless told otherwise.
@@ -124,6 +130,8 @@ impl Default for LoadOptions {
             workloads: Default::default(),
             stacks: false,
             stack_entries: DEFAULT_STACK_ENTRIES,
+            drop_reasons: true,
+            drops_per_cpu_per_sec: DropConfig::DEFAULT_PER_CPU_PER_SEC,
         }
     }
 }
@@ -137,6 +145,9 @@ pub struct Hooks {
     pub timewait: &'static str,
     /// accept() owner refinement attached.
     pub accept: bool,
+    /// `skb:kfree_skb` attached: connection attempts the kernel dropped
+    /// are reported with its reason.
+    pub drops: bool,
     /// Why the preferred hooks were not used, when they were not.
     pub fallbacks: Vec<String>,
 }
@@ -163,6 +174,11 @@ pub struct KernelCounters {
     /// User stacks the kernel could not keep (`--stacks`): a full stack
     /// map, a bucket held by another stack, or no user stack.
     pub stack_miss: u64,
+    /// Connection attempts dropped with a traced reason (`skb:kfree_skb`),
+    /// reported or not.
+    pub drops_seen: u64,
+    /// Of `drops_seen`, those the per-CPU rate limit did not report.
+    pub drops_suppressed: u64,
 }
 
 impl KernelCounters {
@@ -193,6 +209,10 @@ pub struct Tracer {
     stacks_on: bool,
     /// Frames the kernel walks at most: `min(127, perf_event_max_stack)`.
     stack_depth: u32,
+    /// The running kernel's drop reasons, when `skb:kfree_skb` is attached.
+    drop_reasons: Option<KernelDropReasons>,
+    /// The `kfree_skb` program, when attached.
+    drop_fd: Option<RawFd>,
 }
 
 /// `/proc/sys/kernel/perf_event_max_stack`: the deepest stack the kernel
@@ -272,10 +292,60 @@ pub fn kernel_offsets() -> Result<KernelOffsets> {
     Ok(o)
 }
 
+/// What tells [`Hooks::fallbacks`] that drop reasons are off on this kernel.
+pub const NO_DROP_REASONS: &str =
+    "drop reasons: skb:kfree_skb not available; per-listener counts from sock_diag only";
+
+/// The `skb:kfree_skb` part of `o` (record offsets, struct offsets) and the
+/// kernel's reason table, from its format file and BTF; an error when the
+/// tracepoint or a member is missing (drop reasons then stay off).
+pub fn drop_offsets(o: &mut KernelOffsets) -> Result<KernelDropReasons> {
+    let root = tracefs::root()?;
+    let text = tracefs::format_text(&root, "skb", "kfree_skb")?;
+    let f = tracefs::parse_format(&text);
+    let tp = "skb/kfree_skb";
+    let reasons = KernelDropReasons::parse_format(&text);
+    if reasons.is_empty() {
+        anyhow::bail!("{tp} names no drop reasons in its format");
+    }
+    let mut d = *o;
+    d.tp_skb_skbaddr = tracefs::offset_of(&f, tp, "skbaddr", 8, 8)?;
+    // Before 6.8 there is no rx_sk: drops at a listener are then told by
+    // their SYN flag only.
+    d.tp_skb_rx_sk = tracefs::offset_of(&f, tp, "rx_sk", 8, 8).unwrap_or(0);
+    d.tp_skb_protocol = tracefs::offset_of(&f, tp, "protocol", 2, 2)?;
+    d.tp_skb_reason = tracefs::offset_of(&f, tp, "reason", 4, 4)?;
+    btf::drop_offsets(&btf::KernelBtf::load()?, &mut d)?;
+    *o = d;
+    Ok(reasons)
+}
+
 impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         raise_memlock();
-        let offsets = kernel_offsets()?;
+        let mut offsets = kernel_offsets()?;
+        let mut fallbacks = btf::missing_optional(&offsets);
+        // Drop reasons: the format's table and offsets, or a fallback line.
+        let drop_table = if opts.drop_reasons {
+            match drop_offsets(&mut offsets) {
+                Ok(table) => Some(table),
+                Err(e) => {
+                    fallbacks.push(format!("{NO_DROP_REASONS} ({e:#})"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let drops = DropConfig {
+            reasons: drop_table
+                .as_ref()
+                .map_or([0; tcptrace_common::config::DROP_REASON_WORDS], |t| {
+                    t.mask()
+                }),
+            per_cpu_per_sec: opts.drops_per_cpu_per_sec,
+            _pad: 0,
+        };
         let kernel_workloads = if opts.workloads.narrows() {
             let part = workload_filter::kernel_part(&opts.workloads);
             log::debug!("in-kernel workload filter: {}", part.describe());
@@ -303,18 +373,18 @@ impl Tracer {
             .override_global("FILTER", &filter, true)
             .override_global("TUNING", &opts.tuning, true)
             .override_global("FEATURES", &features, true)
+            .override_global("DROPS", &drops, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("OWNERS", opts.owner_entries)
             .map_max_entries("STACKS", stack_entries)
             .load(OBJECT)
             .map_err(|e| permission_hint(anyhow!(e), "load the eBPF object"))?;
         let mut prog_fds = Vec::new();
-        let mut fallbacks = btf::missing_optional(&offsets);
         // Parsed once for every BTF-typed program (tp_btf, fentry).
         let btf = Btf::from_sys_fs().context("read kernel BTF");
 
         if opts.empty_programs {
-            prog_fds.extend(attach_empty(&mut ebpf, &btf)?);
+            prog_fds.extend(attach_empty(&mut ebpf, &btf, drop_table.is_some())?);
         }
         // TIME_WAIT first, so no timewait socket begun after the transition
         // hook is attached goes unseen.
@@ -362,6 +432,28 @@ impl Tracer {
                         log::warn!("accept owners unavailable: {e:#}");
                         accept = false;
                     }
+                }
+            }
+        }
+
+        let mut drop_reasons = drop_table.filter(|_| !opts.empty_programs);
+        let mut drop_fd = None;
+        if let Some(table) = &drop_reasons {
+            match attach_tracepoint(&mut ebpf, "kfree_skb", "skb", "kfree_skb") {
+                Ok(fd) => {
+                    // Not in `prog_fds`: its recursion misses (drops on a
+                    // CPU busy with another classic tracepoint program)
+                    // are no transition lost.
+                    drop_fd = Some(fd);
+                    log::info!(
+                        "drop reasons: skb:kfree_skb, {} reasons traced ({})",
+                        table.traced_names().len(),
+                        table.traced_names().join(", ")
+                    );
+                }
+                Err(e) => {
+                    fallbacks.push(format!("{NO_DROP_REASONS} ({e:#})"));
+                    drop_reasons = None;
                 }
             }
         }
@@ -428,12 +520,15 @@ impl Tracer {
                 transitions,
                 timewait,
                 accept,
+                drops: drop_reasons.is_some(),
                 fallbacks,
             },
             kernel_workloads,
             stacks,
             stacks_on: opts.stacks,
             stack_depth,
+            drop_reasons,
+            drop_fd,
         })
     }
 
@@ -442,6 +537,19 @@ impl Tracer {
     /// `--stacks`, and after the first call.
     pub fn take_stack_map(&mut self) -> Option<StackTraceMap<MapData>> {
         self.stacks.take()
+    }
+
+    /// The running kernel's drop reasons (number -> name), when
+    /// `skb:kfree_skb` is attached; `None` otherwise.
+    pub fn drop_reasons(&self) -> Option<&KernelDropReasons> {
+        self.drop_reasons.as_ref()
+    }
+
+    /// Drops `skb:kfree_skb` could not look at: the kernel skipped the
+    /// program on a CPU already running a tracing program (0 when not
+    /// attached).
+    pub fn drop_recursion_misses(&self) -> u64 {
+        self.drop_fd.map_or(0, recursion_misses)
     }
 
     /// Whether the program captures user stacks (`--stacks`).
@@ -479,7 +587,7 @@ impl Tracer {
                 }
             }
         };
-        debug_assert!((Counter::StackMiss as u32) < N_COUNTERS);
+        debug_assert!((Counter::DropsSuppressed as u32) < N_COUNTERS);
         KernelCounters {
             events: sum(Counter::Events),
             ring_full: sum(Counter::RingFull),
@@ -492,6 +600,8 @@ impl Tracer {
             recursion_misses: self.lost_recursions(sum(Counter::NestedRecovered)),
             probe_failed: sum(Counter::ProbeFailed),
             stack_miss: sum(Counter::StackMiss),
+            drops_seen: sum(Counter::DropsSeen),
+            drops_suppressed: sum(Counter::DropsSuppressed),
         }
     }
 }
@@ -531,8 +641,9 @@ fn attach_nested(ebpf: &mut Ebpf, btf: &Result<Btf>, fallbacks: &mut Vec<String>
 
 /// The `empty_*` programs (they return at once) on the hooks the real ones
 /// use with this kernel's preferred attachment: both tp_btf programs on
-/// `inet_sock_set_state`, the three tp_btf timer hooks, the accept exits.
-fn attach_empty(ebpf: &mut Ebpf, btf: &Result<Btf>) -> Result<Vec<RawFd>> {
+/// `inet_sock_set_state`, the three tp_btf timer hooks, the accept exits,
+/// and `skb:kfree_skb` when drop reasons are on (`drops`).
+fn attach_empty(ebpf: &mut Ebpf, btf: &Result<Btf>, drops: bool) -> Result<Vec<RawFd>> {
     let btf = kernel_btf(btf)?;
     let mut fds = Vec::new();
     for (prog, tracepoint) in [
@@ -550,6 +661,14 @@ fn attach_empty(ebpf: &mut Ebpf, btf: &Result<Btf>) -> Result<Vec<RawFd>> {
             &format!("empty_{name}"),
             "syscalls",
             name,
+        )?);
+    }
+    if drops {
+        fds.push(attach_tracepoint(
+            ebpf,
+            "empty_kfree_skb",
+            "skb",
+            "kfree_skb",
         )?);
     }
     Ok(fds)

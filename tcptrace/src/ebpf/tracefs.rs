@@ -39,9 +39,13 @@ pub fn root() -> Result<PathBuf> {
 
 /// Field name -> (offset, size) of a tracepoint record.
 pub fn fields(root: &Path, category: &str, name: &str) -> Result<HashMap<String, (u32, u32)>> {
+    Ok(parse_format(&format_text(root, category, name)?))
+}
+
+/// The text of a tracepoint's `format` file (its fields and print format).
+pub fn format_text(root: &Path, category: &str, name: &str) -> Result<String> {
     let path = root.join("events").join(category).join(name).join("format");
-    let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    Ok(parse_format(&text))
+    fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
 }
 
 /// Parses `field:TYPE NAME[N]; offset:O; size:S; signed:X;` lines.

@@ -9,16 +9,18 @@
 //! `--stacks`, the sockets entering CLOSE_WAIT with a user stack are handed
 //! to the namer ([`crate::stacks::StackNamer`], its own thread), whose
 //! named stacks come back into the stream as [`Record::Stack`] records at
-//! the start of a later drain.
+//! the start of a later drain. Connection attempts the kernel dropped
+//! (`skb:kfree_skb`, unless `--no-drop-reasons`) come as [`Record::Drop`],
+//! their reasons named from the running kernel's table.
 
 use std::sync::{Arc, mpsc::Receiver};
 
 use anyhow::Result;
 use tcptrace_core::{
     clock::WallClock,
-    decode::{self, ReuserNames},
+    decode::{self, DecodeError, KernelDropReasons, ReuserNames},
     filter::UserFilter,
-    model::{Comm, Family, Lost, SeenSocket, TcpState},
+    model::{Comm, EventKind, Family, Lost, SeenSocket, TcpState},
     record::Record,
     stacks::StackCounts,
 };
@@ -57,6 +59,9 @@ pub struct Live {
     /// Failed listener samples (reported at most once a minute).
     listener_failures: u64,
     listener_failure_reported: Option<u64>,
+    /// The running kernel's drop reasons (empty when `skb:kfree_skb` is
+    /// not attached).
+    drop_reasons: KernelDropReasons,
 }
 
 /// How often listeners are sampled (`Record::Listeners`).
@@ -139,7 +144,9 @@ impl Live {
 
     pub fn new(tracer: Tracer, user_filter: UserFilter, realtime: bool) -> Self {
         let counters = tracer.counters();
+        let drop_reasons = tracer.drop_reasons().cloned().unwrap_or_default();
         Self {
+            drop_reasons,
             last_lost: counters.lost(),
             start_events: counters.events,
             tracer,
@@ -309,6 +316,7 @@ impl Source for Live {
         // however many reuses its connects' filtered-out transitions leave
         // unnamed.
         let mut looked_up: Vec<(u32, Option<Comm>)> = Vec::new();
+        let drop_reasons = &self.drop_reasons;
         self.tracer.drain(|bytes| match decode::decode(bytes) {
             Ok(mut e) => {
                 if let Some(pid) = reusers.observe(&mut e) {
@@ -333,6 +341,20 @@ impl Source for Live {
                         n.observe(&e);
                     }
                     f(Record::Event(e));
+                }
+            }
+            // A dropped connection attempt: no socket's event (the kernel
+            // applied the user's filter; it has no owner for the
+            // workload filters to judge).
+            Err(DecodeError::DropKind(EventKind::Drop)) => {
+                match decode::raw(bytes).and_then(|r| decode::syn_drop(&r, drop_reasons)) {
+                    Ok(d) => f(Record::Drop(d)),
+                    Err(err) => {
+                        if *errors == 0 {
+                            crate::say!("undecodable drop ({err}); counting further ones");
+                        }
+                        *errors += 1;
+                    }
                 }
             }
             Err(err) => {
@@ -383,6 +405,10 @@ impl Source for Live {
             .kernel_workloads
             .is_on()
             .then(|| self.tracer.counters().filtered_workload)
+    }
+
+    fn drop_reason_name(&self, kernel_id: u16) -> Option<String> {
+        self.drop_reasons.name(kernel_id).map(str::to_string)
     }
 
     fn stack_counts(&self) -> StackCounts {

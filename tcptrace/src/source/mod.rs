@@ -103,6 +103,14 @@ pub trait Source: Send {
         None
     }
 
+    /// The running kernel's name of drop reason `kernel_id` (a
+    /// [`tcptrace_core::listeners::SynDrop::kernel_reason`], e.g.
+    /// `TCP_LISTEN_OVERFLOW`): only the live source knows it (reason
+    /// numbers change between kernels).
+    fn drop_reason_name(&self, _kernel_id: u16) -> Option<String> {
+        None
+    }
+
     /// What naming user stacks did so far (`--stacks`, live only: zero
     /// elsewhere, and from a recording).
     fn stack_counts(&self) -> StackCounts {
