@@ -22,13 +22,21 @@ use tcptrace_core::{
     model::{EventKind, TcpState},
 };
 
+/// The kernel filter keeping only namespace `ns`'s events.
+fn only(ns: &NetNs) -> Filter {
+    let mut netns = [0; tcptrace_common::config::MAX_FILTER_NETNS];
+    netns[0] = ns.inode();
+    Filter {
+        n_netns: 1,
+        netns,
+        ..Filter::default()
+    }
+}
+
 /// A tracer keeping only namespace `ns`'s events.
 fn tracer_in(ns: &NetNs, per_cpu_per_sec: Option<u32>) -> Tracer {
-    let mut filter = Filter::default();
-    filter.n_netns = 1;
-    filter.netns[0] = ns.inode();
     let mut opts = LoadOptions {
-        filter,
+        filter: only(ns),
         ..LoadOptions::default()
     };
     if let Some(n) = per_cpu_per_sec {
@@ -140,11 +148,8 @@ fn syns_to_a_closed_port_are_reported_as_no_listener() {
 #[test]
 fn without_drop_reasons_nothing_is_attached() {
     let ns = NetNs::new("drops-off");
-    let mut filter = Filter::default();
-    filter.n_netns = 1;
-    filter.netns[0] = ns.inode();
     let mut tracer = tracer_with(LoadOptions {
-        filter,
+        filter: only(&ns),
         drop_reasons: false,
         ..LoadOptions::default()
     });

@@ -55,7 +55,7 @@ pub struct Hook {
 }
 
 /// Every hook, in table order.
-pub const HOOKS: [Hook; 7] = [
+pub const HOOKS: [Hook; 8] = [
     Hook {
         name: "inet_sock_set_state",
         programs: &[
@@ -99,6 +99,13 @@ pub const HOOKS: [Hook; 7] = [
         name: "sys_exit_accept",
         programs: &["sys_exit_accept", "empty_sys_exit_accept"],
         target_ns: Some(150.0),
+    },
+    Hook {
+        // Every packet freed with a reason, of every protocol: most leave
+        // at the reason mask (issue 22).
+        name: "kfree_skb",
+        programs: &["kfree_skb", "empty_kfree_skb"],
+        target_ns: None,
     },
 ];
 

@@ -2,6 +2,8 @@
 //! generator with nothing attached, with the limit (tcptrace's hooks with
 //! programs that return at once: what merely attaching costs),
 //! `tcptrace record` (to /dev/null), `tcptrace stats`, `tcptrace stats
+//! --no-drop-reasons` (without the `skb:kfree_skb` hook: the difference is
+//! what drop reasons cost), `tcptrace stats
 //! --stacks` (a user stack captured at every connect and accept), `tcptrace top` (in a
 //! detached tmux, so it really draws) and libbpf-tools' `tcpstates` (to
 //! /dev/null). Per run: the rate and its ratios to the untraced and limit
@@ -44,16 +46,20 @@ pub enum Tracer {
     Stats,
     /// `stats --stacks`: one `bpf_get_stackid` per connect and accept.
     StatsStacks,
+    /// `stats --no-drop-reasons`: `stats` without the `skb:kfree_skb` hook,
+    /// so that the two side by side show what it costs.
+    StatsNoDrops,
     Top,
     Tcpstates,
 }
 
 impl Tracer {
-    pub const ALL: [Tracer; 7] = [
+    pub const ALL: [Tracer; 8] = [
         Tracer::None,
         Tracer::Limit,
         Tracer::Record,
         Tracer::Stats,
+        Tracer::StatsNoDrops,
         Tracer::StatsStacks,
         Tracer::Top,
         Tracer::Tcpstates,
@@ -66,6 +72,7 @@ impl Tracer {
             Tracer::Record => "tcptrace record --force -o /dev/null",
             Tracer::Stats => "tcptrace stats",
             Tracer::StatsStacks => "tcptrace stats --stacks",
+            Tracer::StatsNoDrops => "tcptrace stats --no-drop-reasons",
             Tracer::Top => "tcptrace top (tmux)",
             Tracer::Tcpstates => "tcpstates > /dev/null",
         }
@@ -79,6 +86,7 @@ impl Tracer {
             Tracer::Record => "record",
             Tracer::Stats => "stats",
             Tracer::StatsStacks => "stats-stacks",
+            Tracer::StatsNoDrops => "stats-no-drops",
             Tracer::Top => "top",
             Tracer::Tcpstates => "tcpstates",
         }
@@ -227,7 +235,11 @@ fn start(tracer: Tracer, bin: &Path, tag: &str) -> Result<Option<Running>> {
     let metrics = format!("127.0.0.1:{metrics_port}");
     let mut running = match tracer {
         Tracer::None => return Ok(None),
-        Tracer::Record | Tracer::Stats | Tracer::StatsStacks | Tracer::Limit => {
+        Tracer::Record
+        | Tracer::Stats
+        | Tracer::StatsStacks
+        | Tracer::StatsNoDrops
+        | Tracer::Limit => {
             let args: Vec<&str> = match tracer {
                 Tracer::Record => vec!["record", "--force", "-o", "/dev/null"],
                 Tracer::Stats => vec!["stats", "--interval", "3600", "--metrics", &metrics],
@@ -236,6 +248,14 @@ fn start(tracer: Tracer, bin: &Path, tag: &str) -> Result<Option<Running>> {
                     "--interval",
                     "3600",
                     "--stacks",
+                    "--metrics",
+                    &metrics,
+                ],
+                Tracer::StatsNoDrops => vec![
+                    "stats",
+                    "--interval",
+                    "3600",
+                    "--no-drop-reasons",
                     "--metrics",
                     &metrics,
                 ],

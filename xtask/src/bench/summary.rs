@@ -104,7 +104,9 @@ fn by_hook(run: &Run) -> BTreeMap<&str, (u64, u64, u64)> {
 
 pub fn target_to_limit(t: Tracer) -> Option<f64> {
     match t {
-        Tracer::Record | Tracer::Stats | Tracer::StatsStacks => Some(TARGET_TO_LIMIT),
+        Tracer::Record | Tracer::Stats | Tracer::StatsStacks | Tracer::StatsNoDrops => {
+            Some(TARGET_TO_LIMIT)
+        }
         Tracer::Top => Some(TARGET_TOP_TO_LIMIT),
         _ => None,
     }
@@ -199,6 +201,7 @@ pub fn overheads(summaries: &[ConfigSummary]) -> Vec<Overhead> {
     };
     [
         Tracer::Stats,
+        Tracer::StatsNoDrops,
         Tracer::StatsStacks,
         Tracer::Record,
         Tracer::Top,
