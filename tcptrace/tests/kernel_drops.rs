@@ -317,3 +317,44 @@ fn an_ack_at_a_full_accept_queue_is_reported_as_accept_queue_full() {
     }
     drop(held);
 }
+
+/// The live source (every command's): a drop reaches the loop as
+/// `Record::Drop`, and the source names the kernel's reason.
+#[test]
+fn the_live_source_turns_drops_into_drop_records() {
+    use tcptrace::source::{Live, Source as _};
+    use tcptrace_core::{filter::UserFilter, record::Record};
+    let ns = NetNs::new("drops-live");
+    let inode = ns.inode();
+    let filter = only(&ns);
+    let mut live = Live::load(
+        &LoadOptions {
+            filter,
+            realtime_drain: false,
+            ..LoadOptions::default()
+        },
+        UserFilter(filter),
+    )
+    .expect("the kernel loads tcptrace's program");
+    let port = free_port(false);
+    ns.run(move || {
+        TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
+    });
+    let mut drops = Vec::new();
+    wait_for("a drop record", Duration::from_secs(5), || {
+        live.drain(&mut |r| {
+            if let Record::Drop(d) = r {
+                drops.push(d);
+            }
+        });
+        drops.iter().any(|d| d.local_port == port)
+    });
+    let d = drops.iter().find(|d| d.local_port == port).unwrap();
+    assert_eq!(d.reason, DropReason::NoListener);
+    assert_eq!(d.netns, Some(inode));
+    assert_eq!(
+        live.drop_reason_name(d.kernel_reason).as_deref(),
+        Some("NO_SOCKET")
+    );
+    assert_eq!(live.decode_errors(), 0);
+}
