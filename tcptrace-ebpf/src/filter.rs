@@ -10,7 +10,7 @@
 //! on to userspace, which matches exactly.
 
 use tcptrace_common::{
-    Counter, Filter, OwnerEntry, RawEvent,
+    Counter, EventKind, Filter, OwnerEntry, RawEvent,
     config::{MAX_FILTER_NETNS, MAX_FILTER_PORTS},
     event_flags, family,
 };
@@ -120,11 +120,17 @@ fn check(ev: &RawEvent) -> bool {
         }
     }
     let state_mask = global!(FILTER.state_mask);
-    if state_mask != 0
-        && state_mask & (1u32 << (ev.old & 31)) == 0
-        && state_mask & (1u32 << (ev.new & 31)) == 0
-    {
-        return false;
+    if state_mask != 0 {
+        // A drop's `new` is the TCP flags, not a state: only the state of
+        // the socket that received it (`old`, 0 for none) counts.
+        let new = if ev.kind == EventKind::Drop as u32 {
+            0
+        } else {
+            ev.new
+        };
+        if state_mask & (1u32 << (ev.old & 31)) == 0 && state_mask & (1u32 << (new & 31)) == 0 {
+            return false;
+        }
     }
     let tgid = global!(FILTER.tgid);
     if tgid != 0 && (ev.flags & event_flags::OWNER_KNOWN == 0 || ev.tgid != tgid) {

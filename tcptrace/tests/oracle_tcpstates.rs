@@ -120,7 +120,8 @@ fn transition_counts_match_tcpstates() {
                         let key = (e.old.unwrap().name().to_string(), e.new.name().to_string());
                         *counts.entry(key).or_default() += 1;
                     }
-                    Ok(_) => {}
+                    // Dropped connection attempts: no transition.
+                    Ok(_) | Err(tcptrace_core::decode::DecodeError::DropKind(_)) => {}
                     Err(_) => decode_errors += 1,
                 });
                 if last {

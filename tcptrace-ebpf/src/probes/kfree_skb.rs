@@ -34,9 +34,11 @@
 //!    number carried in the CPU's next reported drop (`prev_ns`).
 //!
 //! The namespace is `rx_sk`'s, else the receiving device's
-//! (`skb->dev->nd_net`). The user's filter applies (`probes::emit`); a
-//! drop has no owner and no state change, so `--pid`/`--comm` leave every
-//! drop out and `--state` none.
+//! (`skb->dev->nd_net`). The user's filter applies (`probes::emit`): ports
+//! (the local side is the segment's destination), families, `--netns`; a
+//! drop has no owner, so `--pid`/`--comm` leave every drop out, and
+//! `--state` keeps those received by a socket in one of its states (state
+//! 0, no socket, never matches: bit 0 is no state).
 
 use aya_ebpf::{
     EbpfContext, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,

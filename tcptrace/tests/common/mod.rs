@@ -64,9 +64,13 @@ pub fn tracer_with(opts: LoadOptions) -> Tracer {
     }
 }
 
-/// Drains and decodes everything waiting.
+/// Drains and decodes every socket event waiting (drop records, which are
+/// no socket's event, are left out: `kernel_drops.rs` reads them).
 pub fn poll(tracer: &mut Tracer, into: &mut Vec<Event>) {
-    tracer.drain(|bytes| into.push(decode::decode(bytes).expect("kernel events decode")));
+    tracer.drain(|bytes| match decode::decode(bytes) {
+        Err(decode::DecodeError::DropKind(tcptrace_core::model::EventKind::Drop)) => {}
+        other => into.push(other.expect("kernel events decode")),
+    });
 }
 
 /// Polls until `done(events)` or the timeout; returns whether `done` held.
