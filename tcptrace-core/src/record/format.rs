@@ -1,6 +1,6 @@
 //! The recording file format: pure encoding and decoding, no I/O.
 //!
-//! # Wire format (version 5)
+//! # Wire format (version 6)
 //!
 //! All integers are little-endian; `varint` is unsigned LEB128 (at most 10
 //! bytes), `zigzag` a signed value mapped to unsigned first.
@@ -74,6 +74,28 @@
 //!           workloads). A JSON too long is written without `file` fields,
 //!           then with its first 32 frames as `truncated`. A reader takes a
 //!           longer record, or a stack failing `Stack::check`, for damage.
+//! listeners = 0x07 ts zigzag (as above), n varint, listener * n,
+//!           m varint, counters * m (version 6): one sock_diag sample of
+//!           every listener of the sampled namespaces (about once a second)
+//!           and each sampled namespace's drop counters
+//! listener = flags u8 (0x01 netns, 0x02 owner, 0x04 cgroup, 0x08 v6,
+//!           0x10 drops; other bits are damage), [netns u32], addr (4 or
+//!           16 bytes), port u16, inode varint, [pid varint, comm],
+//!           [cgroup varint], queue varint, limit varint, [drops varint]
+//!           (the socket's SK_MEMINFO_DROPS, cumulative)
+//! counters = netns u32, present u16 (bit i: field i follows; bits 9 and
+//!           up are damage), one varint per present field, in the order
+//!           listen_overflows, listen_drops, req_qfull_drop,
+//!           req_qfull_cookies, paws_passive, paws_active, paws_estab,
+//!           syncookies_sent, syncookies_failed (TcpExt, cumulative)
+//! drop    = 0x08 ts zigzag (as above), flags u8 (0x01 netns, 0x02 v6,
+//!           0x04 SYN, 0x08 ACK, 0x10 rx_state; other bits are damage),
+//!           [netns varint], local addr, remote addr (the packet's
+//!           destination and source), local_port u16, remote_port u16,
+//!           reason u8 (`DropReason` id, 1..=13), kernel_reason varint (the
+//!           recording kernel's `skb_drop_reason` value, u16),
+//!           [rx_state u8], suppressed varint (version 6): a connection
+//!           attempt the kernel dropped and reported (`skb:kfree_skb`)
 //! ```
 //!
 //! A snapshot payload is the sockets a sock_diag dump found (the state to
@@ -112,7 +134,7 @@ use tcptrace_common::TwEndReason as WireReason;
 
 use crate::{
     decode::reason_to_wire,
-    listeners::{ListenerSample, NetnsDropCounters, SynDrop},
+    listeners::{DropCounters, DropReason, ListenerSample, NetnsDropCounters, SynDrop},
     model::{
         Comm, Event, EventKind, Family, Lost, Owner, Reuser, SeenOwner, SeenSocket, TcpState,
         TwEndReason,
@@ -123,6 +145,10 @@ use crate::{
 };
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
+/// 6: listener samples (tag 0x07: accept queues, drop counts, the
+/// namespaces' drop counters) and kernel-reported drops (tag 0x08), which
+/// a version-5 reader would take for a corrupt block, so it refuses the
+/// file instead (even one recorded without them).
 /// 5: stack records (tag 0x05) and events with a stack id (tag 0x06,
 /// `--stacks`), which a version-4 reader would take for a corrupt block,
 /// so it refuses the file instead (even one recorded without stacks).
@@ -135,7 +161,7 @@ pub const MAGIC: &[u8; 8] = b"TCPTRACE";
 /// block, so it refuses the file instead; timewait ends reused (with the
 /// reuser) and purged, transitions marked overflow. 2: loss markers carry
 /// `probe_failed` (tag 0x03). Versions 1 and 2 read too.
-pub const FORMAT_VERSION: u16 = 5;
+pub const FORMAT_VERSION: u16 = 6;
 /// Longest stack JSON a record holds (see the wire format for how a writer
 /// fits a longer one); a reader takes a longer one for damage.
 pub const MAX_STACK_JSON: usize = 64 << 10;
@@ -406,6 +432,91 @@ impl BlockEncoder {
         true
     }
 
+    /// A listener sample (version 6).
+    pub fn listeners(
+        &mut self,
+        ts_ns: u64,
+        listeners: &[ListenerSample],
+        counters: &[NetnsDropCounters],
+    ) {
+        self.buf.push(7);
+        self.ts(ts_ns);
+        put_varint(&mut self.buf, listeners.len() as u64);
+        for l in listeners {
+            let v6 = matches!(l.addr, IpAddr::V6(_));
+            let flags = l.netns.is_some() as u8
+                | (l.owner.is_some() as u8) << 1
+                | (l.cgroup.is_some() as u8) << 2
+                | (v6 as u8) << 3
+                | (l.drops.is_some() as u8) << 4;
+            self.buf.push(flags);
+            if let Some(ns) = l.netns {
+                self.buf.extend_from_slice(&ns.to_le_bytes());
+            }
+            put_addr(&mut self.buf, l.addr);
+            self.buf.extend_from_slice(&l.port.to_le_bytes());
+            put_varint(&mut self.buf, l.inode);
+            if let Some(o) = l.owner {
+                put_varint(&mut self.buf, u64::from(o.pid));
+                put_comm(&mut self.buf, &o.comm);
+            }
+            if let Some(c) = l.cgroup {
+                put_varint(&mut self.buf, c);
+            }
+            put_varint(&mut self.buf, u64::from(l.queue));
+            put_varint(&mut self.buf, u64::from(l.limit));
+            if let Some(d) = l.drops {
+                put_varint(&mut self.buf, d);
+            }
+        }
+        put_varint(&mut self.buf, counters.len() as u64);
+        for c in counters {
+            self.buf.extend_from_slice(&c.netns.to_le_bytes());
+            let fields = counter_fields(&c.counters);
+            let present = fields
+                .iter()
+                .enumerate()
+                .fold(0u16, |m, (i, f)| m | (u16::from(f.is_some()) << i));
+            self.buf.extend_from_slice(&present.to_le_bytes());
+            for v in fields.into_iter().flatten() {
+                put_varint(&mut self.buf, v);
+            }
+        }
+        self.records += 1;
+    }
+
+    /// A kernel-reported drop (version 6).
+    pub fn drop_record(&mut self, d: &SynDrop) {
+        let v6 = matches!(d.local, IpAddr::V6(_));
+        // Both addresses are of one family on the wire.
+        let remote = match (d.remote, v6) {
+            (IpAddr::V4(a), true) => IpAddr::V6(a.to_ipv6_mapped()),
+            (IpAddr::V6(a), false) => a
+                .to_ipv4_mapped()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4),
+            (a, _) => a,
+        };
+        self.buf.push(8);
+        self.ts(d.ts_ns);
+        let flags = d.netns.is_some() as u8
+            | (v6 as u8) << 1
+            | (d.syn as u8) << 2
+            | (d.ack as u8) << 3
+            | (d.rx_state.is_some() as u8) << 4;
+        self.buf.push(flags);
+        if let Some(ns) = d.netns {
+            put_varint(&mut self.buf, u64::from(ns));
+        }
+        put_endpoints(&mut self.buf, d.local, remote, d.local_port, d.remote_port);
+        self.buf.push(d.reason.id());
+        put_varint(&mut self.buf, u64::from(d.kernel_reason));
+        if let Some(s) = d.rx_state {
+            self.buf.push(s as u8);
+        }
+        put_varint(&mut self.buf, d.suppressed);
+        self.records += 1;
+    }
+
     /// The payload so far; the encoder starts a fresh block.
     pub fn take(&mut self) -> Vec<u8> {
         let buf = std::mem::take(&mut self.buf);
@@ -645,6 +756,118 @@ fn sanitize(w: &mut Workload, id: u64) {
     }
 }
 
+/// The counters of a [`DropCounters`] in wire order.
+fn counter_fields(c: &DropCounters) -> [Option<u64>; COUNTER_FIELDS] {
+    [
+        c.listen_overflows,
+        c.listen_drops,
+        c.req_qfull_drop,
+        c.req_qfull_cookies,
+        c.paws_passive,
+        c.paws_active,
+        c.paws_estab,
+        c.syncookies_sent,
+        c.syncookies_failed,
+    ]
+}
+
+/// How many counters a namespace's record may carry.
+const COUNTER_FIELDS: usize = 9;
+
+/// The flag bits a listener of a sample may have (netns, owner, cgroup,
+/// v6, drops): any other is damage.
+const LISTENER_FLAGS: u8 = 0x1f;
+/// The flag bits a drop record may have (netns, v6, SYN, ACK, rx_state).
+const DROP_FLAGS: u8 = 0x1f;
+
+impl Cursor<'_> {
+    /// A count of items that take at least `min_bytes` each: never more
+    /// than the rest of the payload holds.
+    fn count(&mut self, min_bytes: usize, what: &'static str) -> Result<usize, FormatError> {
+        let n = self.varint()?;
+        let left = (self.buf.len() - self.pos) / min_bytes.max(1);
+        if n > left as u64 {
+            return Err(FormatError::Corrupt(what));
+        }
+        Ok(n as usize)
+    }
+
+    fn listener(&mut self) -> Result<ListenerSample, FormatError> {
+        let flags = self.u8()?;
+        if flags & !LISTENER_FLAGS != 0 {
+            return Err(FormatError::Corrupt("unknown listener flags"));
+        }
+        let netns = (flags & 0x01 != 0).then(|| self.u32()).transpose()?;
+        let v6 = flags & 0x08 != 0;
+        let addr = self.addr(v6)?;
+        let port = self.u16()?;
+        let inode = self.varint()?;
+        let owner = if flags & 0x02 != 0 {
+            Some(SeenOwner {
+                pid: u32_of(self.varint()?)?,
+                comm: self.comm()?,
+            })
+        } else {
+            None
+        };
+        let cgroup = (flags & 0x04 != 0).then(|| self.varint()).transpose()?;
+        let queue = u32_of(self.varint()?)?;
+        let limit = u32_of(self.varint()?)?;
+        let drops = (flags & 0x10 != 0).then(|| self.varint()).transpose()?;
+        Ok(ListenerSample {
+            netns,
+            family: if v6 { Family::V6 } else { Family::V4 },
+            addr,
+            port,
+            inode,
+            owner,
+            cgroup,
+            queue,
+            limit,
+            drops,
+        })
+    }
+
+    fn counters(&mut self) -> Result<NetnsDropCounters, FormatError> {
+        let netns = self.u32()?;
+        let present = self.u16()?;
+        if present >> COUNTER_FIELDS != 0 {
+            return Err(FormatError::Corrupt("unknown drop counters"));
+        }
+        let mut v = [None; COUNTER_FIELDS];
+        for (i, slot) in v.iter_mut().enumerate() {
+            if present & (1 << i) != 0 {
+                *slot = Some(self.varint()?);
+            }
+        }
+        let [
+            listen_overflows,
+            listen_drops,
+            req_qfull_drop,
+            req_qfull_cookies,
+            paws_passive,
+            paws_active,
+            paws_estab,
+            syncookies_sent,
+            syncookies_failed,
+        ] = v;
+        Ok(NetnsDropCounters {
+            netns,
+            counters: DropCounters {
+                listen_overflows,
+                listen_drops,
+                req_qfull_drop,
+                req_qfull_cookies,
+                paws_passive,
+                paws_active,
+                paws_estab,
+                syncookies_sent,
+                syncookies_failed,
+            },
+        })
+    }
+}
+
 /// Decodes every record of an events payload.
 pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), FormatError> {
     let mut c = Cursor::new(payload);
@@ -774,6 +997,59 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                     key: StackKey { pid, id },
                     stack: Arc::new(stack),
                 });
+            }
+            7 => {
+                let ts_ns = prev_ts.wrapping_add(c.zigzag()? as u64);
+                prev_ts = ts_ns;
+                // A listener takes at least 9 bytes (flags, addr, port,
+                // inode, queue, limit), a namespace's counters 6.
+                let n = c.count(9, "listener count")?;
+                let listeners = (0..n)
+                    .map(|_| c.listener())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let m = c.count(6, "namespace count")?;
+                let counters = (0..m)
+                    .map(|_| c.counters())
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.push(Record::Listeners {
+                    ts_ns,
+                    listeners,
+                    counters,
+                });
+            }
+            8 => {
+                let ts_ns = prev_ts.wrapping_add(c.zigzag()? as u64);
+                prev_ts = ts_ns;
+                let flags = c.u8()?;
+                if flags & !DROP_FLAGS != 0 {
+                    return Err(FormatError::Corrupt("unknown drop flags"));
+                }
+                let netns = (flags & 0x01 != 0)
+                    .then(|| u32_of(c.varint()?))
+                    .transpose()?;
+                let v6 = flags & 0x02 != 0;
+                let (local, remote, local_port, remote_port) = c.endpoints(v6)?;
+                let reason = DropReason::from_id(c.u8()?)
+                    .ok_or(FormatError::Corrupt("unknown drop reason"))?;
+                let kernel_reason = u16::try_from(c.varint()?)
+                    .map_err(|_| FormatError::Corrupt("value out of range"))?;
+                let rx_state = (flags & 0x10 != 0).then(|| c.state()).transpose()?;
+                let suppressed = c.varint()?;
+                out.push(Record::Drop(SynDrop {
+                    ts_ns,
+                    netns,
+                    family: if v6 { Family::V6 } else { Family::V4 },
+                    local,
+                    local_port,
+                    remote,
+                    remote_port,
+                    reason,
+                    kernel_reason,
+                    syn: flags & 0x04 != 0,
+                    ack: flags & 0x08 != 0,
+                    rx_state,
+                    suppressed,
+                }));
             }
             _ => return Err(FormatError::Corrupt("unknown record tag")),
         }

@@ -20,6 +20,7 @@ use format::{BLOCK_FIXED, BlockEncoder, KIND_EVENTS, KIND_SNAPSHOT};
 pub use format::{FormatError, Header, Record};
 
 use crate::{
+    listeners::{ListenerSample, NetnsDropCounters, SynDrop},
     model::{Event, Lost, SeenSocket},
     stacks::{Stack, StackKey},
     workload::Workload,
@@ -144,6 +145,31 @@ impl<W: Write> Writer<W> {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// A listener sample (version 6): every listener of the sampled
+    /// namespaces and their drop counters. Name the listeners' cgroups
+    /// first ([`Self::names_cgroup`], [`Self::workload`]).
+    pub fn listeners(
+        &mut self,
+        ts_ns: u64,
+        listeners: &[ListenerSample],
+        counters: &[NetnsDropCounters],
+    ) -> io::Result<()> {
+        self.enc.listeners(ts_ns, listeners, counters);
+        self.flush_if_full()
+    }
+
+    /// A connection attempt the kernel dropped and reported (version 6).
+    pub fn drop_record(&mut self, d: &SynDrop) -> io::Result<()> {
+        self.enc.drop_record(d);
+        self.flush_if_full()
+    }
+
+    /// Whether cgroup `id` was named in this file (and is still repeated
+    /// after snapshots).
+    pub fn names_cgroup(&self, id: u64) -> bool {
+        self.workloads.contains_key(&id)
     }
 
     pub fn lost(&mut self, ts_ns: u64, lost: &Lost) -> io::Result<()> {

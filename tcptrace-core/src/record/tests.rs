@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use proptest::prelude::*;
 
 use super::*;
+use crate::listeners::{DropCounters, DropReason, ListenerSample, NetnsDropCounters, SynDrop};
 use crate::model::{
     Comm, EventKind, Family, Owner, Reuser, SeenOwner, SeenSocket, TcpState, TwEndReason,
 };
@@ -167,11 +168,97 @@ fn arb_seen() -> impl Strategy<Value = SeenSocket> {
         )
 }
 
+fn arb_sample() -> impl Strategy<Value = ListenerSample> {
+    (
+        any::<bool>(),
+        proptest::option::of(any::<u32>()),
+        any::<(u16, u64)>(),
+        proptest::option::of((any::<u32>(), "[a-z]{0,15}")),
+        proptest::option::of(any::<u64>()),
+        any::<(u32, u32)>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_flat_map(
+            |(v6, netns, (port, inode), owner, cgroup, (queue, limit), drops)| {
+                arb_addr(v6).prop_map(move |addr| ListenerSample {
+                    netns,
+                    family: if v6 { Family::V6 } else { Family::V4 },
+                    addr,
+                    port,
+                    inode,
+                    owner: owner.clone().map(|(pid, comm)| SeenOwner {
+                        pid,
+                        comm: Comm::from_name(&comm),
+                    }),
+                    cgroup,
+                    queue,
+                    limit,
+                    drops,
+                })
+            },
+        )
+}
+
+fn arb_counters() -> impl Strategy<Value = NetnsDropCounters> {
+    (
+        any::<u32>(),
+        proptest::collection::vec(proptest::option::of(any::<u64>()), 9),
+    )
+        .prop_map(|(netns, v)| NetnsDropCounters {
+            netns,
+            counters: DropCounters {
+                listen_overflows: v[0],
+                listen_drops: v[1],
+                req_qfull_drop: v[2],
+                req_qfull_cookies: v[3],
+                paws_passive: v[4],
+                paws_active: v[5],
+                paws_estab: v[6],
+                syncookies_sent: v[7],
+                syncookies_failed: v[8],
+            },
+        })
+}
+
+fn arb_drop() -> impl Strategy<Value = SynDrop> {
+    (
+        any::<bool>(),
+        any::<u64>(),
+        proptest::option::of(any::<u32>()),
+        any::<(u16, u16, u16)>(),
+        1u8..=13,
+        any::<(bool, bool)>(),
+        proptest::option::of(arb_state()),
+        any::<u64>(),
+    )
+        .prop_flat_map(
+            |(v6, ts_ns, netns, (lport, rport, kernel), reason, (syn, ack), rx_state, supp)| {
+                (arb_addr(v6), arb_addr(v6)).prop_map(move |(local, remote)| SynDrop {
+                    ts_ns,
+                    netns,
+                    family: if v6 { Family::V6 } else { Family::V4 },
+                    local,
+                    local_port: lport,
+                    remote,
+                    remote_port: rport,
+                    reason: DropReason::from_id(reason).unwrap(),
+                    kernel_reason: kernel,
+                    syn,
+                    ack,
+                    rx_state,
+                    suppressed: supp,
+                })
+            },
+        )
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Event(Event),
     Lost(u64, Lost),
     Snapshot(u64, Vec<u32>, Vec<SeenSocket>),
+    Listeners(u64, Vec<ListenerSample>, Vec<NetnsDropCounters>),
+    Drop(SynDrop),
     Flush,
 }
 
@@ -185,6 +272,10 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..3),
               proptest::collection::vec(arb_seen(), 0..4))
             .prop_map(|(ts, ns, s)| Op::Snapshot(ts, ns, s)),
+        1 => (any::<u64>(), proptest::collection::vec(arb_sample(), 0..4),
+              proptest::collection::vec(arb_counters(), 0..3))
+            .prop_map(|(ts, l, c)| Op::Listeners(ts, l, c)),
+        1 => arb_drop().prop_map(Op::Drop),
         1 => Just(Op::Flush),
     ]
 }
@@ -196,6 +287,8 @@ fn write(ops: &[Op]) -> Vec<u8> {
             Op::Event(e) => w.event(e).unwrap(),
             Op::Lost(ts, l) => w.lost(*ts, l).unwrap(),
             Op::Snapshot(ts, ns, s) => w.snapshot(*ts, ns, s, None).unwrap(),
+            Op::Listeners(ts, l, c) => w.listeners(*ts, l, c).unwrap(),
+            Op::Drop(d) => w.drop_record(d).unwrap(),
             Op::Flush => w.flush().unwrap(),
         }
     }
@@ -216,6 +309,12 @@ fn expected(ops: &[Op]) -> Vec<Record> {
                 sockets: s.clone(),
                 facts: None,
             }),
+            Op::Listeners(ts, l, c) => Some(Record::Listeners {
+                ts_ns: *ts,
+                listeners: l.clone(),
+                counters: c.clone(),
+            }),
+            Op::Drop(d) => Some(Record::Drop(*d)),
             Op::Flush => None,
         })
         .collect()
@@ -544,6 +643,8 @@ fn mutated_recording(ops: &[Op], muts: &[(usize, Mutation)]) -> (Vec<u8>, Vec<(u
         match op {
             Op::Event(e) => enc.event(e),
             Op::Lost(ts, l) => enc.lost(*ts, l),
+            Op::Listeners(ts, l, c) => enc.listeners(*ts, l, c),
+            Op::Drop(d) => enc.drop_record(d),
             Op::Snapshot(ts, ns, s) => {
                 if !enc.is_empty() {
                     blocks.push((KIND_EVENTS, enc.take()));
@@ -1139,11 +1240,11 @@ fn a_version_3_file_reads_and_names_nothing() {
     let mut applier = RecordApplier::default();
     applier.apply(&mut engine, &got[0]);
     assert!(applier.workloads.is_empty());
-    // Readers of version 3 refuse version 4 files; this one refuses 6.
-    bytes[8..10].copy_from_slice(&6u16.to_le_bytes());
+    // Readers of version 3 refuse version 4 files; this one refuses 7.
+    bytes[8..10].copy_from_slice(&7u16.to_le_bytes());
     assert_eq!(
         Reader::new(&bytes[..]).unwrap_err(),
-        FormatError::NewerVersion(6)
+        FormatError::NewerVersion(7)
     );
 }
 
@@ -1424,11 +1525,11 @@ fn a_version_4_file_reads_with_no_stacks() {
     assert!(!r.header.stacks);
     let got: Vec<Record> = r.collect();
     assert_eq!(got, [Record::Event(sample_event(1))]);
-    // This reader refuses version 6.
-    bytes[8..10].copy_from_slice(&6u16.to_le_bytes());
+    // This reader refuses version 7.
+    bytes[8..10].copy_from_slice(&7u16.to_le_bytes());
     assert_eq!(
         Reader::new(&bytes[..]).unwrap_err(),
-        FormatError::NewerVersion(6)
+        FormatError::NewerVersion(7)
     );
 }
 
@@ -1603,4 +1704,244 @@ fn a_run_of_large_stack_records_is_split_into_blocks_readers_take() {
         2_000 + 2_000,
         "each once, and again after the snapshot"
     );
+}
+
+// ------------------------------------------------ listeners (version 6)
+
+fn listener_sample(port: u16, drops: Option<u64>) -> ListenerSample {
+    ListenerSample {
+        netns: Some(4026531840),
+        family: Family::V4,
+        addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+        port,
+        inode: 77,
+        owner: Some(SeenOwner {
+            pid: 31,
+            comm: Comm::from_name("slowacceptd"),
+        }),
+        cgroup: Some(9),
+        queue: 2,
+        limit: 1,
+        drops,
+    }
+}
+
+fn syn_drop(ts_ns: u64) -> SynDrop {
+    SynDrop {
+        ts_ns,
+        netns: Some(4026531840),
+        family: Family::V6,
+        local: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        local_port: 8080,
+        remote: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        remote_port: 50_000,
+        reason: DropReason::AcceptQueueFull,
+        kernel_reason: 40,
+        syn: false,
+        ack: true,
+        rx_state: Some(TcpState::Listen),
+        suppressed: 3,
+    }
+}
+
+fn ns_counters(overflows: u64) -> NetnsDropCounters {
+    NetnsDropCounters {
+        netns: 4026531840,
+        counters: DropCounters {
+            listen_overflows: Some(overflows),
+            listen_drops: Some(overflows),
+            paws_passive: Some(0),
+            ..DropCounters::default()
+        },
+    }
+}
+
+#[test]
+fn listener_samples_and_drops_round_trip_between_events() {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    w.event(&sample_event(1)).unwrap();
+    let sample = vec![listener_sample(8080, Some(5)), listener_sample(9090, None)];
+    w.listeners(2_000, &sample, &[ns_counters(5)]).unwrap();
+    w.drop_record(&syn_drop(2_500)).unwrap();
+    w.listeners(3_000, &[], &[]).unwrap();
+    w.event(&sample_event(4)).unwrap();
+    let bytes = w.finish().unwrap();
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 6);
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert_eq!(
+        got,
+        [
+            Record::Event(sample_event(1)),
+            Record::Listeners {
+                ts_ns: 2_000,
+                listeners: sample,
+                counters: vec![ns_counters(5)],
+            },
+            Record::Drop(syn_drop(2_500)),
+            Record::Listeners {
+                ts_ns: 3_000,
+                listeners: vec![],
+                counters: vec![],
+            },
+            Record::Event(sample_event(4)),
+        ]
+    );
+}
+
+#[test]
+fn a_version_5_file_reads_as_before_and_has_no_listener_records() {
+    // What a version-5 writer wrote: the same bytes for events, workloads,
+    // stacks, losses and snapshots; only the header's number differs.
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    w.event(&sample_event(1)).unwrap();
+    w.lost(
+        7,
+        &Lost {
+            ring_full: 1,
+            ..Lost::default()
+        },
+    )
+    .unwrap();
+    w.snapshot(9, &[1], &[seen_in(Some(3), 80)], None).unwrap();
+    let mut bytes = w.finish().unwrap();
+    bytes[8..10].copy_from_slice(&5u16.to_le_bytes());
+    let mut r = Reader::new(&bytes[..]).unwrap();
+    let got: Vec<Record> = r.by_ref().collect();
+    assert!(r.cut.is_none() && r.skipped.is_empty());
+    assert_eq!(got.len(), 3);
+    assert!(
+        !got.iter()
+            .any(|r| matches!(r, Record::Listeners { .. } | Record::Drop(_)))
+    );
+    // Applied: the engine's listener table stays inactive.
+    let mut engine = crate::engine::Engine::new(100);
+    let mut applier = RecordApplier::default();
+    for rec in &got {
+        applier.apply(&mut engine, rec);
+    }
+    assert!(!engine.listeners.is_active());
+}
+
+#[test]
+fn recorded_samples_and_drops_apply_to_the_engine_like_live() {
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    // Two samples a second apart: 37 more drops at a full queue, 37 more
+    // ListenOverflows; one ACK drop the kernel reported in between.
+    w.listeners(
+        1_000_000_000,
+        &[listener_sample(8080, Some(3))],
+        &[ns_counters(10)],
+    )
+    .unwrap();
+    w.drop_record(&SynDrop {
+        family: Family::V4,
+        local: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+        remote: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        suppressed: 0,
+        ..syn_drop(1_500_000_000)
+    })
+    .unwrap();
+    w.listeners(
+        2_000_000_000,
+        &[listener_sample(8080, Some(40))],
+        &[ns_counters(47)],
+    )
+    .unwrap();
+    let bytes = w.finish().unwrap();
+    let mut engine = crate::engine::Engine::new(100);
+    let mut applier = RecordApplier::default();
+    for rec in Reader::new(&bytes[..]).unwrap() {
+        applier.apply(&mut engine, &rec);
+    }
+    let rows = engine.listeners.rows(2_000_000_000);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].listener, "127.0.0.1:8080");
+    assert_eq!(rows[0].comm.as_deref(), Some("slowacceptd"));
+    assert_eq!(rows[0].drops_total, 37);
+    assert_eq!(rows[0].drops_by_reason["accept_queue_full"], 37);
+}
+
+#[test]
+fn hostile_listener_and_drop_records_are_corrupt_blocks_not_panics() {
+    let corrupt = |raw: &[u8]| {
+        matches!(
+            format::decode_events(raw, &mut Vec::new()),
+            Err(FormatError::Corrupt(_))
+        )
+    };
+    let good_drop = {
+        let mut enc = format::BlockEncoder::default();
+        enc.drop_record(&syn_drop(5));
+        enc.take()
+    };
+    let mut out = Vec::new();
+    format::decode_events(&good_drop, &mut out).unwrap();
+    assert_eq!(out, [Record::Drop(syn_drop(5))]);
+    // Tag, ts, flags at byte 2: an unknown flag bit.
+    let mut raw = good_drop.clone();
+    raw[2] |= 0x80;
+    assert!(corrupt(&raw));
+    // The reason byte: after tag, ts (1 byte), flags, netns varint (5
+    // bytes for 4026531840), two v6 addresses and two ports.
+    let reason_at = 1 + 1 + 1 + 5 + 32 + 4;
+    assert_eq!(raw[reason_at], DropReason::AcceptQueueFull.id());
+    for bad in [0u8, 14, 255] {
+        let mut raw = good_drop.clone();
+        raw[reason_at] = bad;
+        assert!(corrupt(&raw), "reason {bad}");
+    }
+    // A kernel reason past u16.
+    let mut raw = good_drop[..reason_at + 1].to_vec();
+    format::put_varint(&mut raw, 1 << 16);
+    raw.push(TcpState::Listen as u8);
+    format::put_varint(&mut raw, 0);
+    assert!(corrupt(&raw));
+    // An unknown socket state.
+    let mut raw = good_drop.clone();
+    let state_at = reason_at + 2;
+    assert_eq!(raw[state_at], TcpState::Listen as u8);
+    raw[state_at] = 99;
+    assert!(corrupt(&raw));
+    // Cut anywhere: corrupt, never a panic.
+    for n in 1..good_drop.len() {
+        assert!(corrupt(&good_drop[..n]), "cut at {n}");
+    }
+
+    let good_sample = {
+        let mut enc = format::BlockEncoder::default();
+        enc.listeners(5, &[listener_sample(8080, Some(1))], &[ns_counters(3)]);
+        enc.take()
+    };
+    format::decode_events(&good_sample, &mut Vec::new()).unwrap();
+    for n in 1..good_sample.len() {
+        assert!(corrupt(&good_sample[..n]), "cut at {n}");
+    }
+    // A huge listener count: refused before any allocation.
+    let mut raw = vec![7u8, 0];
+    format::put_varint(&mut raw, u64::MAX);
+    assert!(corrupt(&raw));
+    let mut raw = vec![7u8, 0];
+    format::put_varint(&mut raw, 1_000_000);
+    raw.extend_from_slice(&[0; 64]);
+    assert!(corrupt(&raw));
+    // A listener with an unknown flag bit.
+    let mut raw = good_sample.clone();
+    assert_eq!(raw[3], 0x17);
+    raw[3] |= 0x20;
+    assert!(corrupt(&raw));
+    // A namespace with counters this reader does not know.
+    let mut raw = vec![7u8, 0, 0, 1];
+    raw.extend_from_slice(&7u32.to_le_bytes());
+    raw.extend_from_slice(&(1u16 << 9).to_le_bytes());
+    format::put_varint(&mut raw, 1);
+    assert!(corrupt(&raw));
+    // A queue past u32.
+    let mut raw = vec![7u8, 0, 1, 0];
+    raw.extend_from_slice(&[127, 0, 0, 1]);
+    raw.extend_from_slice(&80u16.to_le_bytes());
+    format::put_varint(&mut raw, 1);
+    format::put_varint(&mut raw, u64::from(u32::MAX) + 1);
+    format::put_varint(&mut raw, 1);
+    format::put_varint(&mut raw, 0);
+    assert!(corrupt(&raw));
 }
