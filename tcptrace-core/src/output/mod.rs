@@ -38,7 +38,12 @@
 //! A `"lost"` object has `ts_ns`, `kind`, and the counts since the previous
 //! one: `ring_full`, `recursion_misses`, `map_full`, `probe_failed` (a probe
 //! read, scratch lookup or helper failed in the kernel), `total`.
+//!
+//! A `"drop"` object (`kind` and `event` both `"drop"`) is a connection
+//! attempt the kernel dropped, or a listener's drops between two samples;
+//! its fields are in [`drops`].
 
+pub mod drops;
 pub mod escape;
 pub mod json;
 pub mod stats;
