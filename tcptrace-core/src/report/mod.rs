@@ -80,6 +80,7 @@
 //! matches; the totals, the timeline and the state summary stay the
 //! recording's.
 
+mod listeners;
 mod output;
 mod timeline;
 mod track;
@@ -221,6 +222,7 @@ pub struct Held {
 /// The workload of a row's owner, as the recording named it (all null
 /// when the owner's cgroup is unknown): the same fields as `stats`' rows.
 pub use crate::stats::workloads::WorkloadRef as WorkloadFields;
+pub use listeners::{ListenerWindowRow, ListenersSection, NamespaceWindow, UnmatchedWindowRow};
 
 /// Cgroup ids to the recording's workloads (`cgroup:<id>` for ids it does
 /// not name), and the filter rows are kept by.
@@ -348,6 +350,10 @@ pub struct Report {
     pub time_wait_destination_holders: Vec<TimeWaitDestinationHolder>,
     pub time_wait_service_holders: Vec<TimeWaitServiceHolder>,
     pub holders_dropped: HoldersDropped,
+    /// Listeners and the connection attempts dropped at them in the window
+    /// (format 6 recordings with listener records; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listeners_in_window: Option<ListenersSection>,
     /// With a workload filter: whether any workload the recording names
     /// matches it (the caller warns when none does). True without one.
     #[serde(skip)]
@@ -433,6 +439,7 @@ struct Run<'o> {
     engine: Engine,
     applier: RecordApplier,
     tracker: Tracker,
+    listeners: listeners::ListenerWindow,
     phase: Phase,
     window: Option<window::Resolved>,
     error: Option<window::ResolveError>,
@@ -475,6 +482,7 @@ impl Run<'_> {
             host_port_range: self.port_range,
         };
         self.tracker.open(&self.engine.table, &ctx, at);
+        self.listeners.open(&self.engine.listeners);
         self.tracker.rank();
         self.grid = Some(timeline::Grid::new(at, self.opts.step_ns, &self.tracker));
         self.open_ns = at;
@@ -514,6 +522,27 @@ impl Run<'_> {
                         .cloned()
                         .collect(),
                     facts: facts.clone(),
+                };
+                &narrowed
+            }
+            Record::Drop(d) if !self.keeps_netns(d.netns) => return,
+            Record::Listeners {
+                ts_ns,
+                listeners,
+                counters,
+            } if !self.opts.netns.is_empty() => {
+                narrowed = Record::Listeners {
+                    ts_ns: *ts_ns,
+                    listeners: listeners
+                        .iter()
+                        .filter(|l| self.keeps_netns(l.netns))
+                        .cloned()
+                        .collect(),
+                    counters: counters
+                        .iter()
+                        .filter(|c| self.opts.netns.contains(&c.netns))
+                        .copied()
+                        .collect(),
                 };
                 &narrowed
             }
@@ -601,6 +630,9 @@ impl Run<'_> {
                     self.resync(now);
                 }
             }
+            Record::Listeners { .. } | Record::Drop(_) if open => {
+                self.listeners.observe(&self.engine.listeners, rec);
+            }
             Record::Lost { .. }
             | Record::Workload { .. }
             | Record::Stack { .. }
@@ -661,6 +693,7 @@ fn build_inner<R: io::Read + Send>(
         },
         applier: RecordApplier::default(),
         tracker: Tracker::default(),
+        listeners: Default::default(),
         phase: Phase::Before,
         window: None,
         error: None,
@@ -830,6 +863,12 @@ fn build_inner<R: io::Read + Send>(
         services: time_wait_service_holders,
         dropped,
     } = holder_rows(holders, &clock, &names);
+    let listeners_in_window = run.listeners.finish(
+        &run.engine.listeners,
+        &clock,
+        close_ns.saturating_sub(open_ns),
+        |cgroup| names.fields(cgroup.unwrap_or(0)),
+    );
     let report = Report {
         recording: RecordingInfo {
             file: file.to_string(),
@@ -882,6 +921,7 @@ fn build_inner<R: io::Read + Send>(
         time_wait_destination_holders,
         time_wait_service_holders,
         holders_dropped: dropped,
+        listeners_in_window,
         filter_matched,
         has_stacks: header.stacks || !run.engine.stacks.is_empty(),
         show_stacks: opts.stacks,

@@ -122,6 +122,7 @@ pub fn write_text(w: &mut impl Write, r: &Report) -> io::Result<()> {
         )?;
     }
     write_holders(w, r)?;
+    write_listeners(w, r)?;
     write_timeline(w, r)?;
     writeln!(w, "{}:", summary_title(r))?;
     crate::output::stats::write_text(w, &r.summary)?;
@@ -199,6 +200,88 @@ fn held_cells(h: &Held, oldest_age_ms: u64, lower_bound: bool, peers: &[String])
         h.count_at_end,
         escape(&peers.join(" "))
     )
+}
+
+/// "accept_queue_full 37, no_listener 1".
+fn by_reason(m: &std::collections::BTreeMap<&'static str, u64>) -> String {
+    let mut v: Vec<(&&str, &u64)> = m.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The listeners section (recordings with listener records only).
+fn write_listeners(w: &mut impl Write, r: &Report) -> io::Result<()> {
+    let Some(l) = &r.listeners_in_window else {
+        return Ok(());
+    };
+    writeln!(
+        w,
+        "Listeners: {} connection attempts dropped{}; {} reported by the kernel ({} more it only counted); {} samples",
+        l.drops_total,
+        if l.drops_total > 0 {
+            format!(" ({})", by_reason(&l.drops_by_reason))
+        } else {
+            String::new()
+        },
+        l.kernel_reported,
+        l.kernel_suppressed,
+        l.samples
+    )?;
+    if !l.listeners.is_empty() {
+        writeln!(
+            w,
+            "  {:<24} {:<11} {:<24} {:<24} {:>11} {:>5} {:>8} {:>8}  {:<25}  REASONS",
+            "LISTENER",
+            "NETNS",
+            "OWNER",
+            "WORKLOAD",
+            "QUEUE/LIMIT",
+            "PEAK",
+            "DROPS",
+            "DROPS/S",
+            "FIRST -> LAST DROP"
+        )?;
+        for row in l.listeners.iter().take(TEXT_ROWS) {
+            let when = match (row.first_drop_ns, row.last_drop_ns) {
+                (Some(a), Some(b)) => format!("{} -> {}", hms_millis(a), hms_millis(b)),
+                _ => "-".into(),
+            };
+            writeln!(
+                w,
+                "  {:<24} {:<11} {:<24} {:<24} {:>11} {:>5} {:>8} {:>8.1}  {:<25}  {}{}",
+                row.listener,
+                row.netns.map_or("-".into(), |n| n.to_string()),
+                owner(row.pid, row.comm.as_deref()),
+                workload_cell(&row.workload),
+                format!("{}/{}", row.accept_queue, row.accept_queue_limit),
+                row.accept_queue_peak,
+                row.drops_total,
+                row.drops_per_sec,
+                when,
+                by_reason(&row.drops_by_reason),
+                if row.closed { " (closed)" } else { "" }
+            )?;
+        }
+        more(w, l.listeners.len())?;
+    }
+    if !l.unmatched.is_empty() {
+        writeln!(w, "  dropped with no listener:")?;
+        for u in l.unmatched.iter().take(TEXT_ROWS) {
+            writeln!(
+                w,
+                "    {:<24} netns {:<11} {:>8}  {}",
+                u.destination,
+                u.netns.map_or("-".into(), |n| n.to_string()),
+                u.drops_total,
+                by_reason(&u.drops_by_reason)
+            )?;
+        }
+        more(w, l.unmatched.len())?;
+    }
+    Ok(())
 }
 
 fn write_holders(w: &mut impl Write, r: &Report) -> io::Result<()> {

@@ -1168,3 +1168,185 @@ fn a_recording_without_stacks_has_no_stack_keys_and_says_so_when_asked() {
     // The caller warns; the report itself goes on.
     assert!(!asked.has_stacks && asked.show_stacks);
 }
+
+// ------------------------------------------------ listeners (format 6)
+
+mod listener_drops {
+    use super::*;
+    use crate::{
+        listeners::{DropCounters, DropReason, ListenerSample, NetnsDropCounters, SynDrop},
+        model::{Comm, Family, SeenOwner},
+    };
+
+    const NS: u32 = 4026532000;
+
+    fn sample(port: u16, drops: u64, queue: u32) -> ListenerSample {
+        ListenerSample {
+            netns: Some(NS),
+            family: Family::V4,
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+            inode: u64::from(port),
+            owner: Some(SeenOwner {
+                pid: 77,
+                comm: Comm::from_name("slowacceptd"),
+            }),
+            cgroup: None,
+            queue,
+            limit: 1,
+            drops: Some(drops),
+        }
+    }
+
+    fn counters(overflows: u64) -> Vec<NetnsDropCounters> {
+        vec![NetnsDropCounters {
+            netns: NS,
+            counters: DropCounters {
+                listen_overflows: Some(overflows),
+                listen_drops: Some(overflows),
+                req_qfull_drop: Some(0),
+                ..DropCounters::default()
+            },
+        }]
+    }
+
+    fn no_listener(ts_ns: u64) -> SynDrop {
+        SynDrop {
+            ts_ns,
+            netns: Some(NS),
+            family: Family::V4,
+            local: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 9,
+            remote: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            remote_port: 40_000,
+            reason: DropReason::NoListener,
+            kernel_reason: 3,
+            syn: true,
+            ack: false,
+            rx_state: None,
+            suppressed: 2,
+        }
+    }
+
+    /// 10 s, a sample a second: :8080 (backlog 1, never accepts) drops 10
+    /// SYNs a second from 2 s to 6 s (its count and ListenOverflows grow
+    /// together); :8081 (a normal listener) never drops; 3 SYNs to the
+    /// closed port 9 at 3 s.
+    fn overflowing() -> Vec<u8> {
+        recording(|w| {
+            w.snapshot(T0, &[NS], &[], None).unwrap();
+            for s in 0..=9u64 {
+                let dropped = 10 * s.saturating_sub(1).min(5);
+                let queue = if (2..=6).contains(&s) { 2 } else { 0 };
+                w.listeners(
+                    T0 + s * SEC,
+                    &[sample(8080, dropped, queue), sample(8081, 0, 0)],
+                    &counters(1_000 + dropped),
+                )
+                .unwrap();
+                if s == 3 {
+                    for i in 0..3 {
+                        w.drop_record(&no_listener(T0 + 3 * SEC + i * MS)).unwrap();
+                    }
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_report_names_the_listener_its_drops_reason_owner_and_when() {
+        let r = report(&overflowing(), &Options::default()).unwrap();
+        let l = r.listeners_in_window.as_ref().expect("a listeners section");
+        assert_eq!(l.samples, 10);
+        assert_eq!(l.drops_total, 50);
+        assert_eq!(l.drops_by_reason["accept_queue_full"], 50);
+        assert_eq!(l.kernel_reported, 3);
+        assert_eq!(l.kernel_suppressed, 6);
+        assert_eq!(l.listeners.len(), 2);
+        let full = &l.listeners[0];
+        assert_eq!(full.listener, "127.0.0.1:8080");
+        assert_eq!(full.netns, Some(NS));
+        assert_eq!(full.comm.as_deref(), Some("slowacceptd"));
+        assert_eq!(full.pid, Some(77));
+        assert_eq!(full.drops_total, 50);
+        assert_eq!(full.main_reason, Some("accept_queue_full"));
+        assert_eq!(full.accept_queue_peak, 2);
+        assert_eq!(full.accept_queue_limit, 1);
+        assert_eq!(full.first_drop_ns, Some(wall(T0 + 2 * SEC)));
+        assert_eq!(full.last_drop_ns, Some(wall(T0 + 6 * SEC)));
+        assert!((full.drops_per_sec - 50.0 / 9.0).abs() < 1e-9);
+        // The normal listener: there, with none.
+        assert_eq!(l.listeners[1].listener, "127.0.0.1:8081");
+        assert_eq!(l.listeners[1].drops_total, 0);
+        assert_eq!(l.listeners[1].first_drop_ns, None);
+        assert_eq!(l.unmatched.len(), 1);
+        assert_eq!(l.unmatched[0].destination, "127.0.0.1:9");
+        assert_eq!(l.unmatched[0].drops_by_reason["no_listener"], 3);
+        // The namespace's ListenOverflows over the window agrees.
+        assert_eq!(l.namespaces[0].counters.listen_overflows, Some(50));
+        // JSON: the section, and nothing of it in a report without it.
+        let v = serde_json::to_value(&r).unwrap();
+        let s = &v["listeners_in_window"];
+        assert_eq!(s["listeners"][0]["listener"], "127.0.0.1:8080");
+        assert_eq!(
+            s["listeners"][0]["drops_by_reason"]["accept_queue_full"],
+            50
+        );
+        assert_eq!(s["namespaces"][0]["netns"], NS);
+        assert_eq!(s["namespaces"][0]["listen_overflows"], 50);
+        let plain = report(&leak_then_release(), &Options::default()).unwrap();
+        assert!(plain.listeners_in_window.is_none());
+        assert!(
+            serde_json::to_value(&plain)
+                .unwrap()
+                .get("listeners_in_window")
+                .is_none()
+        );
+        // Text: the section names the listener, its owner and reason.
+        let mut text = Vec::new();
+        write_text(&mut text, &r).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("Listeners: 50 connection attempts dropped (accept_queue_full 50)"),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("127.0.0.1:8080"))
+            .expect("the listener's row");
+        assert!(row.contains("77 slowacceptd"), "{row}");
+        assert!(row.contains("accept_queue_full 50"), "{row}");
+        assert!(text.contains("127.0.0.1:9"), "{text}");
+    }
+
+    #[test]
+    fn a_window_counts_only_its_own_drops() {
+        // From 4.5 s: the samples at 5 and 6 s, 20 drops.
+        let r = report(
+            &overflowing(),
+            &Options {
+                from: offset_arg(4_500),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let l = r.listeners_in_window.unwrap();
+        assert_eq!(l.samples, 5);
+        assert_eq!(l.listeners[0].drops_total, 20);
+        assert_eq!(l.listeners[0].first_drop_ns, Some(wall(T0 + 5 * SEC)));
+        assert_eq!(l.kernel_reported, 0);
+        assert!(l.unmatched.is_empty());
+        assert_eq!(l.namespaces[0].counters.listen_overflows, Some(20));
+        // --netns of another namespace: no listener in it.
+        let r = report(
+            &overflowing(),
+            &Options {
+                netns: vec![1],
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let l = r.listeners_in_window.unwrap();
+        assert!(l.listeners.is_empty() && l.unmatched.is_empty());
+    }
+}

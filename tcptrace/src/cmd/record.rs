@@ -14,6 +14,11 @@
 //! way, before the snapshot block. A failed lookup is never fatal: the id
 //! is recorded as `cgroup:<id>`.
 //!
+//! Listeners (format 6): every sock_diag sample of the listeners (accept
+//! queues, drop counts, the namespaces' drop counters) and every drop the
+//! kernel reported are written as they come; a listener's cgroup is named
+//! before the sample that first has it, like an owner's.
+//!
 //! Stacks (`--stacks`): the live source's namer hands named stacks in as
 //! records; each is written once per file (the writer repeats them after
 //! every snapshot) and kept here, so a rotated file opens with every name
@@ -354,8 +359,20 @@ impl Consumer for Recorder {
                 let (id, w) = (*cgroup, Arc::clone(workload));
                 self.file().writer.workload(id, &w);
             }
-            // Written by the listener work (recording format 6).
-            Record::Listeners { .. } | Record::Drop(_) => {}
+            Record::Listeners {
+                ts_ns,
+                listeners,
+                counters,
+            } => {
+                // Listeners' cgroups are named like owners' (before use).
+                for id in listeners.iter().filter_map(|l| l.cgroup) {
+                    if id != 0 && !self.file().writer.names_cgroup(id) {
+                        self.name_cgroup(id);
+                    }
+                }
+                self.write(|w| w.listeners(*ts_ns, listeners, counters))?;
+            }
+            Record::Drop(d) => self.write(|w| w.drop_record(d))?,
             Record::Stack { key, stack } => {
                 let (key, stack) = (*key, Arc::clone(stack));
                 self.file().writer.stack(key, &stack);
