@@ -469,6 +469,123 @@ pub fn run(cfg: RecordConfig) -> Result<ExitCode> {
 mod tests {
     use super::*;
 
+    /// `record` on a scripted source: listener samples and kernel drops
+    /// reach the file as they came, and `report` of it names the listener.
+    #[test]
+    fn listener_samples_and_drops_are_recorded_and_reported() {
+        use std::net::{IpAddr, Ipv4Addr};
+        use tcptrace_core::{
+            listeners::{DropCounters, DropReason, ListenerSample, NetnsDropCounters, SynDrop},
+            model::{Comm, Family, SeenOwner},
+        };
+
+        use crate::source::{Scripted, Step};
+
+        const SEC: u64 = 1_000_000_000;
+        const START: u64 = 1_000 * SEC;
+        const NS: u32 = 4026532100;
+        let dir = std::env::temp_dir().join(format!("tcptrace-rec-drops-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("d.tcptrace");
+        let cfg = RecordConfig {
+            load: crate::ebpf::LoadOptions::default(),
+            user_filter: tcptrace_core::filter::UserFilter::default(),
+            filter_args: vec![],
+            output: file.clone(),
+            duration: Some(Duration::from_secs(4)),
+            quiet: true,
+            rotate_size: None,
+            rotate_time: None,
+            keep: 5,
+            snapshot_every: Duration::from_secs(60),
+            force: false,
+        };
+        let sample = |s: u64, drops: u64| {
+            let ts_ns = START + s * SEC;
+            (
+                ts_ns,
+                Step::Record(Record::Listeners {
+                    ts_ns,
+                    listeners: vec![ListenerSample {
+                        netns: Some(NS),
+                        family: Family::V4,
+                        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        port: 8080,
+                        inode: 3,
+                        owner: Some(SeenOwner {
+                            pid: 55,
+                            comm: Comm::from_name("slowacceptd"),
+                        }),
+                        cgroup: None,
+                        queue: 2,
+                        limit: 1,
+                        drops: Some(drops),
+                    }],
+                    counters: vec![NetnsDropCounters {
+                        netns: NS,
+                        counters: DropCounters {
+                            listen_overflows: Some(drops),
+                            listen_drops: Some(drops),
+                            ..DropCounters::default()
+                        },
+                    }],
+                }),
+            )
+        };
+        let syn = SynDrop {
+            ts_ns: START + SEC + SEC / 2,
+            netns: Some(NS),
+            family: Family::V4,
+            local: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 9,
+            remote: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+            remote_port: 45_000,
+            reason: DropReason::NoListener,
+            kernel_reason: 3,
+            syn: true,
+            ack: false,
+            rx_state: None,
+            suppressed: 0,
+        };
+        let steps = vec![
+            sample(1, 0),
+            (syn.ts_ns, Step::Record(Record::Drop(syn))),
+            sample(2, 40),
+            sample(3, 40),
+        ];
+        let (_tx, rx) = crate::session::inputs();
+        let mut source = Scripted::new(START, steps);
+        let opts = options(&cfg);
+        let mut recorder = Recorder::create(cfg, &source).unwrap();
+        crate::session::run(&mut source, &mut recorder, &opts, &rx).unwrap();
+        let recs: Vec<Record> = crate::source::recording::open_reader(&file)
+            .unwrap()
+            .collect();
+        let samples = recs
+            .iter()
+            .filter(|r| matches!(r, Record::Listeners { .. }))
+            .count();
+        assert_eq!(samples, 3);
+        assert_eq!(
+            recs.iter()
+                .filter_map(|r| match r {
+                    Record::Drop(d) => Some(*d),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            [syn]
+        );
+        let mut reader = crate::source::recording::open_reader(&file).unwrap();
+        let report = tcptrace_core::report::build(&mut reader, "d.tcptrace");
+        let l = report.listeners_in_window.expect("a listeners section");
+        assert_eq!(l.listeners[0].listener, "127.0.0.1:8080");
+        assert_eq!(l.listeners[0].comm.as_deref(), Some("slowacceptd"));
+        assert_eq!(l.listeners[0].drops_by_reason["accept_queue_full"], 40);
+        assert_eq!(l.unmatched[0].destination, "127.0.0.1:9");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn rotation_shifts_and_keeps_n() {
         let dir = std::env::temp_dir().join(format!("tcptrace-rot-{}", std::process::id()));
