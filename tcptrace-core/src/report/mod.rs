@@ -65,6 +65,16 @@
 //! - `holders_dropped`: holders beyond [`track::MAX_HOLDERS`] per kind, not
 //!   kept: `close_wait`, `close_wait_workload`, `time_wait_destination`,
 //!   `time_wait_service`.
+//! - `listeners_in_window` (recordings with listener records, format 6;
+//!   absent otherwise): the connection attempts dropped in the window
+//!   ([`listeners`]): `samples`, `drops_total`, `drops_by_reason`,
+//!   `kernel_reported`, `kernel_suppressed`, `listeners` (`listener`,
+//!   `netns`, `pid`, `comm`, the workload fields, `accept_queue`,
+//!   `accept_queue_limit`, `accept_queue_peak`, `drops_total`,
+//!   `drops_by_reason`, `drops_per_sec`, `main_reason`, `first_drop_ns`,
+//!   `last_drop_ns`, `closed`), `listeners_omitted`, `unmatched`
+//!   (`destination`, `netns`, `drops_total`, `drops_by_reason`),
+//!   `namespaces` (`netns` and the counters' deltas over the window).
 //!
 //! With stacks (a recording made with `--stacks`: format 5), the flattened
 //! summary also has `close_wait_by_stack` and `stacks` (the `stats --json`
