@@ -709,6 +709,72 @@ pub fn write_csv(w: &mut impl Write, r: &Report) -> io::Result<()> {
     ] {
         rows.add("holders_dropped", f.into(), "count", v.to_string());
     }
+    if let Some(l) = &r.listeners_in_window {
+        // Key `netns listener` (`-` for no namespace).
+        for row in &l.listeners {
+            let key = format!(
+                "{} {}",
+                row.netns.map_or("-".into(), |n| n.to_string()),
+                row.listener
+            );
+            rows.workload = row.workload.workload.clone().unwrap_or_default();
+            let section = "listeners";
+            rows.add(
+                section,
+                key.clone(),
+                "comm",
+                row.comm.clone().unwrap_or_default(),
+            );
+            rows.add(
+                section,
+                key.clone(),
+                "accept_queue",
+                row.accept_queue.to_string(),
+            );
+            rows.add(
+                section,
+                key.clone(),
+                "accept_queue_limit",
+                row.accept_queue_limit.to_string(),
+            );
+            rows.add(
+                section,
+                key.clone(),
+                "accept_queue_peak",
+                row.accept_queue_peak.to_string(),
+            );
+            rows.add(
+                section,
+                key.clone(),
+                "drops_total",
+                row.drops_total.to_string(),
+            );
+            for (reason, n) in &row.drops_by_reason {
+                rows.add(
+                    section,
+                    key.clone(),
+                    &format!("drops_{reason}"),
+                    n.to_string(),
+                );
+            }
+        }
+        rows.workload.clear();
+        for u in &l.unmatched {
+            let key = format!(
+                "{} {}",
+                u.netns.map_or("-".into(), |n| n.to_string()),
+                u.destination
+            );
+            for (reason, n) in &u.drops_by_reason {
+                rows.add(
+                    "listener_drops_unmatched",
+                    key.clone(),
+                    &format!("drops_{reason}"),
+                    n.to_string(),
+                );
+            }
+        }
+    }
     for (a, b, f, v, wl) in rows.rows {
         row(&a, &b, &f, v, &wl).map_err(io::Error::other)?;
     }

@@ -1317,6 +1317,22 @@ mod listener_drops {
         assert!(row.contains("77 slowacceptd"), "{row}");
         assert!(row.contains("accept_queue_full 50"), "{row}");
         assert!(text.contains("127.0.0.1:9"), "{text}");
+        // CSV: the same facts as rows.
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &r).unwrap();
+        let csv = String::from_utf8(csv).unwrap();
+        assert!(
+            csv.contains(&format!(
+                "listeners,{NS} 127.0.0.1:8080,drops_accept_queue_full,50,"
+            )),
+            "{csv}"
+        );
+        assert!(
+            csv.contains(&format!(
+                "listener_drops_unmatched,{NS} 127.0.0.1:9,drops_no_listener,3,"
+            )),
+            "{csv}"
+        );
     }
 
     #[test]
