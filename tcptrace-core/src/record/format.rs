@@ -879,7 +879,20 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
         match tag {
             1 | 6 => {
                 let kind = EventKind::from_u32(c.u8()? as u32)
-                    .filter(|k| *k != EventKind::Lost)
+                    // The kinds an event record holds: not losses, nor
+                    // drops (they have records of their own), nor any kind
+                    // added later.
+                    .filter(|k| {
+                        matches!(
+                            k,
+                            EventKind::Transition
+                                | EventKind::TwBegin
+                                | EventKind::TwRearm
+                                | EventKind::TwEnd
+                                | EventKind::Accept
+                                | EventKind::TwSubstate
+                        )
+                    })
                     .ok_or(FormatError::Corrupt("unknown event kind"))?;
                 let flags = c.u8()?;
                 let ts = prev_ts.wrapping_add(c.zigzag()? as u64);

@@ -1902,6 +1902,15 @@ fn hostile_listener_and_drop_records_are_corrupt_blocks_not_panics() {
     assert_eq!(raw[state_at], TcpState::Listen as u8);
     raw[state_at] = 99;
     assert!(corrupt(&raw));
+    // An event record of kind lost (5), drop (8, its own record) or
+    // unknown: damage.
+    for kind in [5u8, 8, 9, 200] {
+        let mut enc = format::BlockEncoder::default();
+        enc.event(&sample_event(1));
+        let mut raw = enc.take();
+        raw[1] = kind;
+        assert!(corrupt(&raw), "kind {kind}");
+    }
     // Cut anywhere: corrupt, never a panic.
     for n in 1..good_drop.len() {
         assert!(corrupt(&good_drop[..n]), "cut at {n}");

@@ -219,7 +219,7 @@ fn write_listeners(w: &mut impl Write, r: &Report) -> io::Result<()> {
     };
     writeln!(
         w,
-        "Listeners: {} connection attempts dropped{}; {} reported by the kernel ({} more it only counted); {} samples",
+        "Listeners in the window: {} connection attempts dropped{}; {} reported by the kernel ({} more it only counted); {} samples",
         l.drops_total,
         if l.drops_total > 0 {
             format!(" ({})", by_reason(&l.drops_by_reason))

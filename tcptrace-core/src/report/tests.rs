@@ -1307,7 +1307,9 @@ mod listener_drops {
         write_text(&mut text, &r).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(
-            text.contains("Listeners: 50 connection attempts dropped (accept_queue_full 50)"),
+            text.contains(
+                "Listeners in the window: 50 connection attempts dropped (accept_queue_full 50)"
+            ),
             "{text}"
         );
         let row = text
