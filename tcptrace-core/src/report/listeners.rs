@@ -62,6 +62,9 @@ pub struct ListenerWindowRow {
     pub accept_queue_peak: u32,
     pub drops_total: u64,
     pub drops_by_reason: BTreeMap<&'static str, u64>,
+    /// The kernel's count of its drops from before the recording began
+    /// (when first seen; reason unknown).
+    pub drops_before_recording: u64,
     /// `drops_total` over the window's length.
     pub drops_per_sec: f64,
     pub main_reason: Option<&'static str>,
@@ -222,6 +225,7 @@ impl ListenerWindow {
                     accept_queue_peak: m.peak_queue,
                     drops_total: drops.total(),
                     drops_by_reason: drops.by_name(),
+                    drops_before_recording: l.drops_before_tracing,
                     drops_per_sec: if secs > 0.0 {
                         drops.total() as f64 / secs
                     } else {

@@ -71,7 +71,8 @@
 //!   `kernel_reported`, `kernel_suppressed`, `listeners` (`listener`,
 //!   `netns`, `pid`, `comm`, the workload fields, `accept_queue`,
 //!   `accept_queue_limit`, `accept_queue_peak`, `drops_total`,
-//!   `drops_by_reason`, `drops_per_sec`, `main_reason`, `first_drop_ns`,
+//!   `drops_by_reason`, `drops_before_recording`, `drops_per_sec`,
+//!   `main_reason`, `first_drop_ns`,
 //!   `last_drop_ns`, `closed`), `listeners_omitted`, `unmatched`
 //!   (`destination`, `netns`, `drops_total`, `drops_by_reason`),
 //!   `namespaces` (`netns` and the counters' deltas over the window).

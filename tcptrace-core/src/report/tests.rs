@@ -1269,6 +1269,7 @@ mod listener_drops {
         assert_eq!(full.comm.as_deref(), Some("slowacceptd"));
         assert_eq!(full.pid, Some(77));
         assert_eq!(full.drops_total, 50);
+        assert_eq!(full.drops_before_recording, 0);
         assert_eq!(full.main_reason, Some("accept_queue_full"));
         assert_eq!(full.accept_queue_peak, 2);
         assert_eq!(full.accept_queue_limit, 1);
