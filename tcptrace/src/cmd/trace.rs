@@ -119,12 +119,6 @@ pub struct Trace<W: Write> {
     pub drops: DropFeed,
 }
 
-/// The running kernel's name of its drop reason `id`, when the source
-/// knows it (the live tracer reads them from the tracepoint's format).
-fn kernel_reason_name(_source: &dyn Source, _id: u16) -> Option<String> {
-    None
-}
-
 impl<W: Write> Trace<W> {
     /// Prints to `out`; stops after `count` events.
     pub fn new(out: W, json: bool, clock: WallClock, count: Option<u64>) -> Self {
@@ -147,7 +141,9 @@ impl<W: Write> Trace<W> {
     }
 
     fn kernel_drop(&mut self, d: &SynDrop, source: &dyn Source) -> io::Result<()> {
-        let name = kernel_reason_name(source, d.kernel_reason);
+        // The running kernel's name (the live tracer read them from the
+        // tracepoint's format); none from other sources.
+        let name = source.drop_reason_name(d.kernel_reason);
         let lines = self.drops.drop(d, name);
         self.drop_lines(lines)
     }
@@ -435,6 +431,83 @@ mod tests {
         );
         let total: u64 = lines.iter().map(|l| l["count"].as_u64().unwrap()).sum();
         assert_eq!(total, 40 + 1 + 37, "every drop once");
+    }
+
+    /// A scripted source that names kernel drop reasons as the live one
+    /// does.
+    struct Naming(Scripted);
+
+    impl Source for Naming {
+        fn info(&self) -> crate::source::SourceInfo {
+            self.0.info()
+        }
+        fn clock_ns(&self) -> u64 {
+            self.0.clock_ns()
+        }
+        fn wait(&mut self, until: u64, inputs: &std::sync::mpsc::Receiver<Input>) -> Option<Input> {
+            self.0.wait(until, inputs)
+        }
+        fn now(&self) -> (u64, u64) {
+            self.0.now()
+        }
+        fn drain(&mut self, f: &mut dyn FnMut(Record)) {
+            self.0.drain(f)
+        }
+        fn sockets(&mut self) -> anyhow::Result<Option<Record>> {
+            self.0.sockets()
+        }
+        fn take_lost(&mut self) -> tcptrace_core::model::Lost {
+            self.0.take_lost()
+        }
+        fn host(&self) -> ((u16, u16), u64) {
+            self.0.host()
+        }
+        fn drop_reason_name(&self, kernel_id: u16) -> Option<String> {
+            match kernel_id {
+                3 => Some("NO_SOCKET".into()),
+                40 => Some("TCP_LISTEN_OVERFLOW".into()),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_reasons_are_named_by_the_source() {
+        let clock = WallClock {
+            offset_ns: WALL_OFFSET_NS as i128,
+        };
+        let mut trace = Trace::new(Vec::new(), true, clock, None);
+        let (_tx, rx) = inputs();
+        let mut source = Naming(Scripted::new(START, script()));
+        run(&mut source, &mut trace, &options(None), &rx).expect("the loop runs");
+        let out = String::from_utf8(trace.printer.into_inner()).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for l in lines.iter().filter(|l| l["source"] == "kernel") {
+            let want = if l["reason"] == "no_listener" {
+                "NO_SOCKET"
+            } else {
+                "TCP_LISTEN_OVERFLOW"
+            };
+            assert_eq!(l["kernel_reason"], want, "{l}");
+        }
+        assert!(
+            lines
+                .iter()
+                .filter(|l| l["source"] == "sock_diag")
+                .all(|l| l.get("kernel_reason").is_none())
+        );
+        // In text, in brackets.
+        let mut trace = Trace::new(Vec::new(), false, clock, None);
+        let mut source = Naming(Scripted::new(START, script()));
+        run(&mut source, &mut trace, &options(None), &rx).expect("the loop runs");
+        let out = String::from_utf8(trace.printer.into_inner()).unwrap();
+        assert!(
+            out.contains("DROP accept queue full [TCP_LISTEN_OVERFLOW] ACK"),
+            "{out}"
+        );
     }
 
     #[test]
