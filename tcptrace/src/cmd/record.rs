@@ -14,10 +14,12 @@
 //! way, before the snapshot block. A failed lookup is never fatal: the id
 //! is recorded as `cgroup:<id>`.
 //!
-//! Listeners (format 6): every sock_diag sample of the listeners (accept
+//! Listeners (format 6): the sock_diag samples of the listeners (accept
 //! queues, drop counts, the namespaces' drop counters) and every drop the
-//! kernel reported are written as they come; a listener's cgroup is named
-//! before the sample that first has it, like an owner's.
+//! kernel reported are written as they come; a sample equal to the last
+//! one written is skipped for up to [`SAMPLE_REPEAT_NS`] (the counts are
+//! cumulative: the next one carries every change); a listener's cgroup is
+//! named before the sample that first has it, like an owner's.
 //!
 //! Stacks (`--stacks`): the live source's namer hands named stacks in as
 //! records; each is written once per file (the writer repeats them after
@@ -37,6 +39,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 use tcptrace_core::{
+    listeners::{ListenerSample, NetnsDropCounters},
     model::SeenSocket,
     output::escape,
     record::{Header, Record, Writer},
@@ -174,7 +177,24 @@ pub struct Recorder {
     last_workload: Option<(u64, Arc<Workload>)>,
     /// Every stack named so far, for the next file of a rotation.
     stacks_seen: BTreeMap<StackKey, Arc<Stack>>,
+    /// The last listener sample written to this file (see
+    /// [`SAMPLE_REPEAT_NS`]).
+    last_sample: Option<WrittenSample>,
 }
+
+/// A listener sample as last written.
+struct WrittenSample {
+    ts_ns: u64,
+    listeners: Vec<ListenerSample>,
+    counters: Vec<NetnsDropCounters>,
+}
+
+/// A listener sample equal to the last one written (no queue, count,
+/// owner or counter moved: the counts are cumulative, so the next one
+/// that differs carries every change) is written again only after this
+/// long: a host with thousands of quiet listeners does not grow the file
+/// by their every second.
+pub const SAMPLE_REPEAT_NS: u64 = 10_000_000_000;
 
 impl Recorder {
     /// Creates FILE (`--force` replaces it) with its header, from what
@@ -206,6 +226,7 @@ impl Recorder {
             workloads: WorkloadResolver::new(RuntimeRoots::default()),
             last_workload: None,
             stacks_seen: BTreeMap::new(),
+            last_sample: None,
         })
     }
 
@@ -302,6 +323,8 @@ impl Recorder {
             )
         })?;
         (self.header.start_mono_ns, self.header.start_wall_ns) = ctx.source.now();
+        // The new file's first sample is written whatever it says.
+        self.last_sample = None;
         self.file = Some(Self::open(
             &self.cfg,
             &self.header,
@@ -364,6 +387,18 @@ impl Consumer for Recorder {
                 listeners,
                 counters,
             } => {
+                if let Some(last) = &self.last_sample
+                    && ts_ns.saturating_sub(last.ts_ns) < SAMPLE_REPEAT_NS
+                    && last.listeners == *listeners
+                    && last.counters == *counters
+                {
+                    return Ok(Flow::Continue);
+                }
+                self.last_sample = Some(WrittenSample {
+                    ts_ns: *ts_ns,
+                    listeners: listeners.clone(),
+                    counters: counters.clone(),
+                });
                 // Listeners' cgroups are named like owners' (before use).
                 for id in listeners.iter().filter_map(|l| l.cgroup) {
                     if id != 0 && !self.file().writer.names_cgroup(id) {
@@ -493,7 +528,7 @@ mod tests {
             user_filter: tcptrace_core::filter::UserFilter::default(),
             filter_args: vec![],
             output: file.clone(),
-            duration: Some(Duration::from_secs(4)),
+            duration: Some(Duration::from_secs(15)),
             quiet: true,
             rotate_size: None,
             rotate_time: None,
@@ -548,12 +583,14 @@ mod tests {
             rx_state: None,
             suppressed: 0,
         };
-        let steps = vec![
+        // Samples at 1, 2 s, then the same one every second to 14 s:
+        // written at 1, 2 and 12 s (unchanged for 10 s).
+        let mut steps = vec![
             sample(1, 0),
             (syn.ts_ns, Step::Record(Record::Drop(syn))),
             sample(2, 40),
-            sample(3, 40),
         ];
+        steps.extend((3..=14).map(|s| sample(s, 40)));
         let (_tx, rx) = crate::session::inputs();
         let mut source = Scripted::new(START, steps);
         let opts = options(&cfg);
@@ -562,11 +599,14 @@ mod tests {
         let recs: Vec<Record> = crate::source::recording::open_reader(&file)
             .unwrap()
             .collect();
-        let samples = recs
+        let samples: Vec<u64> = recs
             .iter()
-            .filter(|r| matches!(r, Record::Listeners { .. }))
-            .count();
-        assert_eq!(samples, 3);
+            .filter_map(|r| match r {
+                Record::Listeners { ts_ns, .. } => Some((ts_ns - START) / SEC),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(samples, [1, 2, 12]);
         assert_eq!(
             recs.iter()
                 .filter_map(|r| match r {
