@@ -1,13 +1,18 @@
 //! Test fixtures: app states built by feeding a real [`Engine`] a scripted
 //! incident (a DB-connection leak in CLOSE_WAIT, an nginx TIME_WAIT flood,
-//! a few long-lived sessions, sockets seeded before tracing), so reducer and
-//! screen tests see data shaped exactly as in production.
+//! a few long-lived sessions, sockets seeded before tracing, a listener
+//! whose accept queue is full and drops SYNs), so reducer and screen tests
+//! see data shaped exactly as in production.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Action, App, Meta, data::Feed};
+use super::{
+    Action, App, Meta,
+    data::{Feed, TopData},
+};
 use crate::{
     engine::Engine,
+    listeners::{DropCounters, DropReason, ListenerSample, NetnsDropCounters, SynDrop},
     model::{Comm, Event, EventKind, Family, Lost, Owner, SeenOwner, SeenSocket, TcpState},
     stats::HostFacts,
 };
@@ -289,6 +294,7 @@ fn second_with(e: &mut Engine, s: u64, stacks: bool) {
             e.apply(&end);
         }
     }
+    listeners_second(e, s);
     // Every other second, a health checker closes a connection to an IPv6
     // service first: the longest addresses a view has to fit.
     if s.is_multiple_of(2) {
@@ -352,6 +358,196 @@ fn second_with(e: &mut Engine, s: u64, stacks: bool) {
     }
 }
 
+/// The host's network namespace, and a container's.
+pub const HOST_NS: u32 = 4026531840;
+pub const POD_NS: u32 = 4026532501;
+
+/// The accept queue limit of `slowacceptd` (min(backlog, somaxconn)).
+pub const SLOW_LIMIT: u32 = 128;
+
+/// `slowacceptd`'s cumulative drops at second `s`: its queue fills from
+/// second 2 (5 connections a second it never accepts) and is full from
+/// second 28; from then on 12 SYNs a second are dropped.
+pub fn slow_drops_at(s: u64) -> u64 {
+    s.saturating_sub(28) * 12
+}
+
+/// The listeners' side of second `s` (a sock_diag sample at .900, as the
+/// live source takes one a second, and the drops the kernel reported):
+/// `slowacceptd` on 10.0.0.2:8080 stops accepting (queue 128/128, 12
+/// drops/s from second 28, one of them the handshake's ACK the kernel
+/// reports); `api` on *:9000 and `sshd` on *:22 and [::]:22 are healthy; a
+/// postgres in a pod's namespace (a long IPv6 address) rejects two SYNs of
+/// NATed clients every 5 s on PAWS (timestamps); SYNs to 10.0.0.2:81, where
+/// nothing listens, every other second.
+fn listeners_second(e: &mut Engine, s: u64) {
+    let t = s * SEC;
+    let slow = slow_drops_at(s);
+    let pg_addr: IpAddr = "fd00:ffff:ffff:ffff:ffff:ffff:ffff:5".parse().expect("v6");
+    let mut drops = Vec::new();
+    let syn_drop = |ts: u64, netns: u32, local: (IpAddr, u16), remote: (IpAddr, u16)| SynDrop {
+        ts_ns: ts,
+        netns: Some(netns),
+        family: if local.0.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        },
+        local: local.0,
+        local_port: local.1,
+        remote: remote.0,
+        remote_port: remote.1,
+        reason: DropReason::AcceptQueueFull,
+        kernel_reason: 40,
+        syn: false,
+        ack: true,
+        rx_state: Some(TcpState::Listen),
+        suppressed: 0,
+    };
+    if s > 28 {
+        drops.push(syn_drop(
+            t + 500 * MS,
+            HOST_NS,
+            (app_ip(), 8080),
+            (ip(10, 0, 0, 40), 35000 + s as u16),
+        ));
+    }
+    let paws = s >= 40 && s.is_multiple_of(5);
+    if paws {
+        for j in 0..2u16 {
+            drops.push(SynDrop {
+                reason: DropReason::Paws,
+                kernel_reason: 36,
+                syn: true,
+                ack: false,
+                ..syn_drop(
+                    t + 600 * MS + u64::from(j) * MS,
+                    POD_NS,
+                    (pg_addr, 5432),
+                    (
+                        "fd00:ffff:ffff:ffff:ffff:ffff:ffff:99".parse().expect("v6"),
+                        41000 + j,
+                    ),
+                )
+            });
+        }
+    }
+    if s.is_multiple_of(2) {
+        drops.push(SynDrop {
+            reason: DropReason::NoListener,
+            kernel_reason: 3,
+            syn: true,
+            ack: false,
+            rx_state: None,
+            ..syn_drop(
+                t + 700 * MS,
+                HOST_NS,
+                (app_ip(), 81),
+                (ip(10, 0, 0, 77), 52000 + s as u16),
+            )
+        });
+    }
+    for d in &drops {
+        e.listeners.apply_drop(d);
+    }
+    let seen = |pid: u32, comm: &str| {
+        Some(SeenOwner {
+            pid,
+            comm: Comm::from_name(comm),
+        })
+    };
+    let any4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let any6 = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    let sample = |netns: u32, addr: IpAddr, port: u16, inode: u64| ListenerSample {
+        netns: Some(netns),
+        family: if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        },
+        addr,
+        port,
+        inode,
+        owner: None,
+        cgroup: None,
+        queue: 0,
+        limit: 4096,
+        drops: Some(0),
+    };
+    let listeners = vec![
+        ListenerSample {
+            owner: seen(5150, "slowacceptd"),
+            queue: (s.saturating_sub(2) * 5).min(u64::from(SLOW_LIMIT)) as u32,
+            limit: SLOW_LIMIT,
+            drops: Some(slow),
+            ..sample(HOST_NS, app_ip(), 8080, 9001)
+        },
+        ListenerSample {
+            owner: seen(900, "api"),
+            queue: u32::from(s.is_multiple_of(3)),
+            ..sample(HOST_NS, any4, 9000, 9002)
+        },
+        ListenerSample {
+            owner: seen(1, "sshd"),
+            limit: 128,
+            ..sample(HOST_NS, any4, 22, 9003)
+        },
+        ListenerSample {
+            owner: seen(1, "sshd"),
+            limit: 128,
+            ..sample(HOST_NS, any6, 22, 9004)
+        },
+        ListenerSample {
+            owner: seen(3300, "postgres"),
+            limit: 244,
+            ..sample(POD_NS, pg_addr, 5432, 9005)
+        },
+    ];
+    // The namespaces' TcpExt counters (cumulative, from before tracing).
+    let host = DropCounters {
+        listen_overflows: Some(1_000 + slow),
+        listen_drops: Some(1_200 + slow),
+        req_qfull_drop: Some(0),
+        paws_passive: Some(7),
+        ..DropCounters::default()
+    };
+    let pod = DropCounters {
+        listen_overflows: Some(0),
+        listen_drops: Some(0),
+        req_qfull_drop: Some(0),
+        paws_passive: Some(2 * (s.saturating_sub(35) / 5)),
+        ..DropCounters::default()
+    };
+    e.listeners.apply_sample(
+        t + 900 * MS,
+        &listeners,
+        &[
+            NetnsDropCounters {
+                netns: HOST_NS,
+                counters: host,
+            },
+            NetnsDropCounters {
+                netns: POD_NS,
+                counters: pod,
+            },
+        ],
+    );
+}
+
+/// The workloads of the listeners' owners, as `top`'s edge names them
+/// (the fixture's owners carry no cgroup).
+pub fn name_listener_workloads(d: &mut TopData) {
+    for r in &mut d.listeners.rows {
+        let (name, kind) = match r.pid {
+            Some(5150) => ("slowacceptd.service", "unit"),
+            Some(3300) => ("shop/postgres-0", "pod"),
+            _ => continue,
+        };
+        r.workload.workload = Some(name.into());
+        r.workload.workload_kind = Some(kind);
+    }
+}
+
 pub fn meta() -> Meta {
     Meta {
         host: "app-01".into(),
@@ -383,13 +579,14 @@ pub fn app_at(until_s: u64, lost: Lost) -> App {
     for s in 2..=until_s {
         second(&mut e, s);
         let now = (s + 1) * SEC;
-        let d = feed.update(
+        let mut d = feed.update(
             &mut e,
             &app.request,
             now,
             1_790_000_000 * SEC + now,
             host(lost),
         );
+        name_listener_workloads(&mut d);
         app.update(Action::Data(Box::new(d)));
     }
     app

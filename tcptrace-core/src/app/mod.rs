@@ -14,7 +14,7 @@ pub use filter::RowFilter;
 use self::filter::RowView;
 use crate::stats::HistKind;
 
-/// The screens, in tab order (keys 1-5).
+/// The screens, in tab order (keys 1-6; `l` also opens Listeners).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum View {
     #[default]
@@ -23,15 +23,18 @@ pub enum View {
     TimeWait,
     Connections,
     Histograms,
+    /// Listening sockets: accept queues and the SYNs/ACKs dropped at them.
+    Listeners,
 }
 
 impl View {
-    pub const ALL: [View; 5] = [
+    pub const ALL: [View; 6] = [
         View::Overview,
         View::CloseWait,
         View::TimeWait,
         View::Connections,
         View::Histograms,
+        View::Listeners,
     ];
 
     pub fn title(self) -> &'static str {
@@ -41,6 +44,7 @@ impl View {
             View::TimeWait => "TIME_WAIT",
             View::Connections => "Connections",
             View::Histograms => "Histograms",
+            View::Listeners => "Listeners",
         }
     }
 
@@ -176,6 +180,39 @@ impl TimeWaitSort {
     }
 }
 
+/// Which listener: its address, port and namespace (the endpoint's text
+/// is `*` for both wildcards, so not that).
+pub type ListenerId = (Option<IpAddr>, u16, Option<u32>);
+
+/// How the Listeners view is ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListenerSort {
+    /// Dropping now first (drops/s), then most dropped since tracing began.
+    #[default]
+    Drops,
+    /// Fullest accept queue first (depth over limit), then the deepest.
+    Queue,
+    /// By address and port.
+    Endpoint,
+}
+
+impl ListenerSort {
+    fn next(self) -> Self {
+        match self {
+            Self::Drops => Self::Queue,
+            Self::Queue => Self::Endpoint,
+            Self::Endpoint => Self::Drops,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Drops => "drops/s",
+            Self::Queue => "queue fill",
+            Self::Endpoint => "address",
+        }
+    }
+}
+
 /// Whose histograms the Histograms view shows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HistKey {
@@ -248,6 +285,13 @@ pub struct App {
     pub conn_selected: usize,
     /// The selected connection's details are open.
     pub conn_detail: bool,
+    pub listener_sort: ListenerSort,
+    /// Listeners shown (indices into `TopData::listeners.rows`).
+    pub listeners: ListView,
+    /// The listener the user moved the cursor to (address, port,
+    /// namespace), followed across refreshes and sorts: the rows' order
+    /// changes as drop rates do. Until then the cursor stays on the top row.
+    pub listener_focus: Option<ListenerId>,
     /// Histogram subjects: all, then processes, then peers.
     pub hist_keys: Vec<HistKey>,
     pub hist_selected: usize,
@@ -317,7 +361,8 @@ impl App {
             Key::Char('q') => Action::Quit,
             Key::Tab | Key::Right => Action::NextView,
             Key::BackTab | Key::Left => Action::PrevView,
-            Key::Char(c @ '1'..='5') => Action::ShowView(View::ALL[c as usize - '1' as usize]),
+            Key::Char(c @ '1'..='6') => Action::ShowView(View::ALL[c as usize - '1' as usize]),
+            Key::Char('l') => Action::ShowView(View::Listeners),
             Key::Up | Key::Char('k') => Action::Move(-1),
             Key::Down | Key::Char('j') => Action::Move(1),
             Key::PageUp | Key::Ctrl('b') => Action::MovePages(-1),
@@ -434,6 +479,10 @@ impl App {
                 self.close_wait.move_by(n);
             }
             View::TimeWait => self.time_wait.move_by(n),
+            View::Listeners => {
+                self.listeners.move_by(n);
+                self.listener_focus = self.listener_at(self.listeners.selected);
+            }
             View::Connections => {
                 self.conn_selected = self.conn_selected.saturating_add_signed(n);
                 // Bottom means the true bottom: ask for every matching row.
@@ -513,7 +562,7 @@ impl App {
                 }
             }
             View::Connections => self.conn_detail = !self.conns.rows.is_empty(),
-            View::Histograms => {}
+            View::Histograms | View::Listeners => {}
         }
     }
 
@@ -540,6 +589,7 @@ impl App {
         match self.view {
             View::CloseWait => self.close_wait_sort = self.close_wait_sort.next(),
             View::TimeWait => self.time_wait_sort = self.time_wait_sort.next(),
+            View::Listeners => self.listener_sort = self.listener_sort.next(),
             View::Connections => {
                 self.request.sort = self.request.sort.next();
                 self.request.generation += 1;
@@ -804,6 +854,68 @@ impl App {
             .and_then(|k| keys.iter().position(|x| *x == k))
             .unwrap_or(0);
         self.hist_keys = keys;
+
+        self.refresh_listeners();
+    }
+
+    /// The Listeners view's rows: filtered (a listener is a LISTEN socket:
+    /// its address and port are local), sorted, the cursor kept on the same
+    /// listener. O(listeners log listeners).
+    fn refresh_listeners(&mut self) {
+        let Some(d) = &self.data else {
+            return;
+        };
+        let all = &d.listeners.rows;
+        let key = |i: usize| listener_id(&all[i]);
+        let f = &self.filter;
+        let mut rows: Vec<usize> = (0..all.len())
+            .filter(|&i| {
+                let r = &all[i];
+                f.matches(&RowView {
+                    pid: Some(r.pid),
+                    comm: Some(r.comm.as_deref()),
+                    workload: Some(r.workload.workload.as_deref()),
+                    saddr: r.addr.parse().ok(),
+                    sport: Some(r.port),
+                    state: Some(crate::model::TcpState::Listen),
+                    ..RowView::default()
+                })
+            })
+            .collect();
+        match self.listener_sort {
+            ListenerSort::Drops => rows.sort_by(|&a, &b| {
+                let (x, y) = (&all[a], &all[b]);
+                y.drops_per_sec
+                    .total_cmp(&x.drops_per_sec)
+                    .then(y.drops_total.cmp(&x.drops_total))
+                    .then_with(|| key(a).cmp(&key(b)))
+            }),
+            ListenerSort::Queue => rows.sort_by(|&a, &b| {
+                let fill = |i: usize| {
+                    let r = &all[i];
+                    f64::from(r.accept_queue) / f64::from(r.accept_queue_limit.max(1))
+                };
+                fill(b)
+                    .total_cmp(&fill(a))
+                    .then(all[b].accept_queue.cmp(&all[a].accept_queue))
+                    .then_with(|| key(a).cmp(&key(b)))
+            }),
+            ListenerSort::Endpoint => rows.sort_by_key(|&i| key(i)),
+        }
+        if let Some(k) = self.listener_focus
+            && let Some(pos) = rows.iter().position(|&i| key(i) == k)
+        {
+            self.listeners.selected = pos;
+        }
+        self.listeners.rows = rows;
+        self.listeners.clamp();
+    }
+
+    /// The listener at row `pos` of the view.
+    fn listener_at(&self, pos: usize) -> Option<ListenerId> {
+        let d = self.data.as_ref()?;
+        let &i = self.listeners.rows.get(pos)?;
+        d.listeners.rows.get(i).map(listener_id)
     }
 
     /// The histograms of the selected subject, by kind, with its label.
@@ -846,6 +958,10 @@ impl App {
             }
         }
     }
+}
+
+fn listener_id(r: &crate::listeners::ListenerRow) -> ListenerId {
+    (r.addr.parse().ok(), r.port, r.netns)
 }
 
 /// What a code path's `stack_quality` means, for a note under it (None:

@@ -49,7 +49,9 @@ fn tab_and_numbers_switch_views() {
     press(&mut app, &[Key::Tab, Key::Tab]);
     assert_eq!(app.view, View::TimeWait);
     press(&mut app, &[Key::BackTab, Key::BackTab, Key::BackTab]);
-    assert_eq!(app.view, View::Histograms, "wraps around");
+    assert_eq!(app.view, View::Listeners, "wraps around");
+    press(&mut app, &[Key::BackTab]);
+    assert_eq!(app.view, View::Histograms);
     press(&mut app, &[Key::Char('4')]);
     assert_eq!(app.view, View::Connections);
     press(&mut app, &[Key::Ctrl('c')]);
@@ -446,4 +448,84 @@ fn quality_notes_say_what_a_stack_lacks() {
     ] {
         assert!(quality_note(q).is_some(), "{q}");
     }
+}
+
+#[test]
+fn listeners_view_ranks_by_drops_per_second_and_filters() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('l')]);
+    assert_eq!(app.view, View::Listeners);
+    let d = app.data.as_ref().unwrap();
+    let rows = |app: &App| -> Vec<String> {
+        let d = app.data.as_ref().unwrap();
+        app.listeners
+            .rows
+            .iter()
+            .map(|&i| d.listeners.rows[i].listener.clone())
+            .collect()
+    };
+    assert_eq!(d.listeners.rows.len(), 5);
+    let top = &d.listeners.rows[app.listeners.rows[0]];
+    assert_eq!(top.listener, "10.0.0.2:8080");
+    assert_eq!(
+        (top.pid, top.comm.as_deref()),
+        (Some(5150), Some("slowacceptd"))
+    );
+    assert_eq!((top.accept_queue, top.accept_queue_limit), (128, 128));
+    // Every drop since the queue filled, all for the full queue (the
+    // namespace's ListenOverflows moved as much).
+    assert_eq!(top.drops_total, slow_drops_at(75));
+    assert_eq!(
+        top.drops.get(crate::listeners::DropReason::AcceptQueueFull),
+        top.drops_total
+    );
+    // 12/s over the samples of the last 10 s (to the refresh, 0.1 s after
+    // the last sample).
+    assert!(
+        (top.drops_per_sec - 12.0).abs() < 0.2,
+        "{}",
+        top.drops_per_sec
+    );
+    // Then postgres (PAWS: none now, some in total), then the quiet ones.
+    assert_eq!(rows(&app)[1], "[fd00:ffff:ffff:ffff:ffff:ffff:ffff:5]:5432");
+    assert_eq!(d.listeners.unmatched[0].destination, "10.0.0.2:81");
+    // Down, then sort by queue fill: the cursor stays on the listener.
+    press(&mut app, &[Key::Down, Key::Char('s')]);
+    assert_eq!(app.listener_sort, ListenerSort::Queue);
+    assert_eq!(rows(&app)[0], "10.0.0.2:8080");
+    assert_eq!(
+        rows(&app)[app.listeners.selected],
+        "[fd00:ffff:ffff:ffff:ffff:ffff:ffff:5]:5432"
+    );
+    press(&mut app, &[Key::Char('s')]);
+    assert_eq!(app.listener_sort, ListenerSort::Endpoint);
+    assert_eq!(rows(&app)[..2], ["*:22", "*:9000"], "0.0.0.0 sorts first");
+    // The filter: a name, a port.
+    press(&mut app, &[Key::Char('/')]);
+    type_text(&mut app, "postgres");
+    press(&mut app, &[Key::Enter]);
+    assert_eq!(rows(&app), ["[fd00:ffff:ffff:ffff:ffff:ffff:ffff:5]:5432"]);
+    press(&mut app, &[Key::Esc, Key::Char('/')]);
+    type_text(&mut app, "22");
+    press(&mut app, &[Key::Enter]);
+    assert_eq!(rows(&app), ["*:22", "*:22"], "v4 and v6 wildcards");
+    press(&mut app, &[Key::Esc, Key::Char('/')]);
+    type_text(&mut app, "close_wait");
+    press(&mut app, &[Key::Enter]);
+    assert!(app.listeners.rows.is_empty(), "listeners are in LISTEN");
+}
+
+/// The cursor stays on its listener when a refresh reorders the rows.
+#[test]
+fn listener_cursor_follows_its_listener_across_refreshes() {
+    let mut app = app();
+    press(&mut app, &[Key::Char('l'), Key::Down, Key::Down]);
+    let id = app.listener_focus.expect("a listener selected");
+    let mut d = app.data.clone().unwrap();
+    d.listeners.rows.reverse();
+    app.update(Action::Data(d));
+    assert_eq!(app.listener_focus, Some(id));
+    let d = app.data.as_ref().unwrap();
+    let r = &d.listeners.rows[app.listeners.rows[app.listeners.selected]];
+    assert_eq!((r.addr.parse().ok(), r.port, r.netns), id);
 }

@@ -77,6 +77,7 @@ impl Widget for Screen<'_> {
                 View::TimeWait => self.render_time_wait(body, buf),
                 View::Connections => self.render_connections(body, buf),
                 View::Histograms => self.render_histograms(body, buf),
+                View::Listeners => self.render_listeners(body, buf),
             },
         }
         self.render_alerts(alerts, buf);
@@ -148,14 +149,16 @@ impl Screen<'_> {
     }
 
     fn render_tabs(&self, area: Rect, buf: &mut Buffer) {
-        // Short names when the full ones would not fit.
-        let short = area.width < 76;
+        // Shorter names when the full ones would not fit (86 columns):
+        // first the longest two, then the state names too.
+        let medium = area.width < 86;
+        let short = area.width < 74;
         let titles = View::ALL.iter().enumerate().map(|(i, v)| {
-            let name = match (short, v) {
-                (true, View::CloseWait) => "CW",
-                (true, View::TimeWait) => "TW",
-                (true, View::Connections) => "Conns",
-                (true, View::Histograms) => "Hist",
+            let name = match (short, medium, v) {
+                (true, _, View::CloseWait) => "CW",
+                (true, _, View::TimeWait) => "TW",
+                (_, true, View::Connections) => "Conns",
+                (_, true, View::Histograms) => "Hist",
                 _ => v.title(),
             };
             format!("{} {name}", i + 1)
@@ -400,7 +403,10 @@ fn conn_detail_lines(r: &ConnRow) -> Vec<Line<'static>> {
 }
 
 const HELP: &[(&str, &str)] = &[
-    ("Tab / 1-5", "switch view (Shift-Tab, Left: back)"),
+    (
+        "Tab / 1-6 / l",
+        "switch view (Shift-Tab, Left: back; l: Listeners)",
+    ),
     ("j k / arrows", "move; PgUp PgDn g G: page, top, end"),
     (
         "Enter",

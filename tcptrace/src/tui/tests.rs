@@ -255,3 +255,44 @@ fn replay_at_the_end_of_a_cut_file() {
     };
     insta::assert_snapshot!(screen(&replay_80x24(p), 120, 24));
 }
+
+/// The Listeners view (`l`) at 80, 120 and 200 columns: slowacceptd's full
+/// accept queue dropping 12 SYNs a second first, every column legible.
+#[test]
+fn listeners_at_every_width() {
+    for w in [80u16, 120, 200] {
+        let mut app = fixture::app();
+        app.update(Action::Resize(w, 24));
+        press(&mut app, &[Key::Char('l')]);
+        let text = screen(&app, w, 24);
+        assert!(
+            text.contains("10.0.0.2:8080")
+                && text.contains("5150 slowacceptd")
+                && text.contains("128/128")
+                && text.contains("11.9"),
+            "{text}"
+        );
+        assert!(text.contains("[::]:22") && text.contains("*:22"), "{text}");
+        if w >= 120 {
+            assert!(text.contains("accept_queue_full 11.9/s"), "{text}");
+        }
+        if w >= 200 {
+            assert!(text.contains("slowacceptd.service"), "{text}");
+        }
+        insta::assert_snapshot!(format!("listeners_{w}"), text);
+    }
+}
+
+/// Before any listener sample (a source without them): what will appear.
+#[test]
+fn listeners_empty_state_explains() {
+    let mut app = app_80x24();
+    if let Some(d) = &mut app.data {
+        d.listeners = Default::default();
+    }
+    app.refresh_lists();
+    press(&mut app, &[Key::Char('6')]);
+    let text = screen(&app, 80, 24);
+    assert!(text.contains("No listener data yet"), "{text}");
+    insta::assert_snapshot!(text);
+}

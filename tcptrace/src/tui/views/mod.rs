@@ -4,5 +4,6 @@
 mod close_wait;
 mod connections;
 mod histograms;
+mod listeners;
 mod overview;
 mod time_wait;
