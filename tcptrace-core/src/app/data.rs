@@ -19,7 +19,6 @@ use crate::{
     alerts::{Alert, Alerter, Rules},
     conn::{Chunk, Closer, Conn, TwConn},
     engine::Engine,
-    listeners::{ListenerRow, ListenerTable, UnmatchedRow},
     model::{Comm, TcpState},
     stats::{
         CloseWaitSocket, ClosedFirst, HistKind, HistSummary, HistogramsBy, HostFacts,
@@ -217,56 +216,6 @@ impl TwGroup {
     }
 }
 
-/// Destinations without a listener shown in the Listeners view at most.
-pub const UNMATCHED_SHOWN: usize = 5;
-
-/// The Listeners view's data: every listening socket with its accept queue
-/// and the connection attempts dropped at it (the engine's
-/// [`ListenerTable`], fed by sock_diag samples about once a second and by
-/// the kernel's drop reports), plus what no listener explains.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ListenersData {
-    /// Listener data was ever sampled or reported; without it (a source
-    /// with no samples: an older recording) the view says what would
-    /// appear.
-    pub active: bool,
-    /// Samples taken in.
-    pub samples: u64,
-    /// Every listener, most drops first (the app sorts again).
-    pub rows: Vec<ListenerRow>,
-    /// Destinations with drops and no listener (SYNs to a closed port...),
-    /// most first, at most [`UNMATCHED_SHOWN`].
-    pub unmatched: Vec<UnmatchedRow>,
-    /// Drops the kernel reported one by one, and those it counted without
-    /// reporting them (its rate limit).
-    pub kernel_reported: u64,
-    pub kernel_suppressed: u64,
-    /// `ListenDrops` its namespaces counted that no listener's own count
-    /// shows (a listener closed in between).
-    pub unattributed: u64,
-}
-
-impl ListenersData {
-    /// The table's rows at `now_ns`. O(listeners): at most
-    /// [`crate::listeners::MAX_LISTENERS`].
-    pub fn of(t: &ListenerTable, now_ns: u64) -> Self {
-        let mut unmatched = t.unmatched_rows();
-        unmatched.truncate(UNMATCHED_SHOWN);
-        Self {
-            active: t.is_active(),
-            samples: t.samples,
-            rows: t.rows(now_ns),
-            unmatched,
-            kernel_reported: t.kernel_drops.total(),
-            kernel_suppressed: t.kernel_suppressed,
-            unattributed: t
-                .namespaces
-                .values()
-                .fold(0u64, |a, n| a.saturating_add(n.unattributed)),
-        }
-    }
-}
-
 /// Everything one screen refresh needs.
 #[derive(Clone, Debug)]
 pub struct TopData {
@@ -288,10 +237,17 @@ pub struct TopData {
     pub conns: ConnPage,
     /// Alerts firing now under `watch`'s default rules, by rule.
     pub alerts: Vec<Alert>,
-    /// Listeners, their accept queues and drops (the Listeners view).
-    pub listeners: ListenersData,
     /// Where a replay is (`top --from`); `None` when live.
     pub playback: Option<PlaybackStatus>,
+}
+
+impl TopData {
+    /// The Listeners view's rows: every listener the engine's
+    /// [`crate::listeners::ListenerTable`] knows, most drops first (empty
+    /// when no listener data came: see [`Snapshot::listeners`]).
+    pub fn listeners(&self) -> &[crate::listeners::ListenerRow] {
+        self.snap.listeners.as_deref().unwrap_or_default()
+    }
 }
 
 /// What the user asks of a replay.
@@ -635,7 +591,6 @@ impl Feed {
         let hists_by_process = keyed_histograms(&engine.aggs, HistogramsBy::Process);
         let hists_by_peer = keyed_histograms(&engine.aggs, HistogramsBy::Peer);
         let tw_groups = tw_groups(&snap, engine);
-        let listeners = ListenersData::of(&engine.listeners, now_ns);
 
         TopData {
             uptime_ms: now_ns.saturating_sub(self.started_ns) / 1_000_000,
@@ -648,7 +603,6 @@ impl Feed {
             hists_by_peer,
             history: self.history.clone(),
             alerts,
-            listeners,
             playback: None,
         }
     }

@@ -535,9 +535,9 @@ fn listeners_second(e: &mut Engine, s: u64) {
 }
 
 /// The workloads of the listeners' owners, as `top`'s edge names them
-/// (the fixture's owners carry no cgroup).
+/// (the fold; the fixture's owners carry no cgroup).
 pub fn name_listener_workloads(d: &mut TopData) {
-    for r in &mut d.listeners.rows {
+    for r in d.snap.listeners.iter_mut().flatten() {
         let (name, kind) = match r.pid {
             Some(5150) => ("slowacceptd.service", "unit"),
             Some(3300) => ("shop/postgres-0", "pod"),

@@ -286,7 +286,8 @@ pub struct App {
     /// The selected connection's details are open.
     pub conn_detail: bool,
     pub listener_sort: ListenerSort,
-    /// Listeners shown (indices into `TopData::listeners.rows`).
+    /// Listeners shown (indices into the snapshot's `listeners`: the
+    /// engine's `ListenerTable` rows, workloads named by the fold).
     pub listeners: ListView,
     /// The listener the user moved the cursor to (address, port,
     /// namespace), followed across refreshes and sorts: the rows' order
@@ -865,7 +866,7 @@ impl App {
         let Some(d) = &self.data else {
             return;
         };
-        let all = &d.listeners.rows;
+        let all = d.listeners();
         let key = |i: usize| listener_id(&all[i]);
         let f = &self.filter;
         let mut rows: Vec<usize> = (0..all.len())
@@ -915,7 +916,7 @@ impl App {
     fn listener_at(&self, pos: usize) -> Option<ListenerId> {
         let d = self.data.as_ref()?;
         let &i = self.listeners.rows.get(pos)?;
-        d.listeners.rows.get(i).map(listener_id)
+        d.listeners().get(i).map(listener_id)
     }
 
     /// The histograms of the selected subject, by kind, with its label.

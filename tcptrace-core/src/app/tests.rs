@@ -461,11 +461,11 @@ fn listeners_view_ranks_by_drops_per_second_and_filters() {
         app.listeners
             .rows
             .iter()
-            .map(|&i| d.listeners.rows[i].listener.clone())
+            .map(|&i| d.listeners()[i].listener.clone())
             .collect()
     };
-    assert_eq!(d.listeners.rows.len(), 5);
-    let top = &d.listeners.rows[app.listeners.rows[0]];
+    assert_eq!(d.listeners().len(), 5);
+    let top = &d.listeners()[app.listeners.rows[0]];
     assert_eq!(top.listener, "10.0.0.2:8080");
     assert_eq!(
         (top.pid, top.comm.as_deref()),
@@ -488,7 +488,8 @@ fn listeners_view_ranks_by_drops_per_second_and_filters() {
     );
     // Then postgres (PAWS: none now, some in total), then the quiet ones.
     assert_eq!(rows(&app)[1], "[fd00:ffff:ffff:ffff:ffff:ffff:ffff:5]:5432");
-    assert_eq!(d.listeners.unmatched[0].destination, "10.0.0.2:81");
+    let drops = d.snap.listen_drops.as_ref().unwrap();
+    assert_eq!(drops.unmatched[0].destination, "10.0.0.2:81");
     // Down, then sort by queue fill: the cursor stays on the listener.
     press(&mut app, &[Key::Down, Key::Char('s')]);
     assert_eq!(app.listener_sort, ListenerSort::Queue);
@@ -522,10 +523,10 @@ fn listener_cursor_follows_its_listener_across_refreshes() {
     press(&mut app, &[Key::Char('l'), Key::Down, Key::Down]);
     let id = app.listener_focus.expect("a listener selected");
     let mut d = app.data.clone().unwrap();
-    d.listeners.rows.reverse();
+    d.snap.listeners.as_mut().unwrap().reverse();
     app.update(Action::Data(d));
     assert_eq!(app.listener_focus, Some(id));
     let d = app.data.as_ref().unwrap();
-    let r = &d.listeners.rows[app.listeners.rows[app.listeners.selected]];
+    let r = &d.listeners()[app.listeners.rows[app.listeners.selected]];
     assert_eq!((r.addr.parse().ok(), r.port, r.netns), id);
 }

@@ -114,34 +114,10 @@ impl TopFeed {
             let engine = ctx.engine.as_deref_mut().expect("top keeps an engine");
             w.fold(&mut data.snap, Some(&mut engine.aggs));
             feed.note_workloads(&data.snap);
-            name_listeners(w, &mut data.listeners.rows);
         }
         data.playback = status;
         self.shown = status;
         self.send(Action::Data(Box::new(data)))
-    }
-}
-
-/// The workload of each listener, from the cgroup it was created in (the
-/// resolver caches names: one lookup per cgroup the first time it shows).
-fn name_listeners(
-    w: &mut crate::workloads::Workloads,
-    rows: &mut [tcptrace_core::listeners::ListenerRow],
-) {
-    for r in rows.iter_mut().filter(|r| r.workload.workload.is_none()) {
-        let Some(cgroup) = r.cgroup.filter(|&c| c != 0) else {
-            continue;
-        };
-        let owner = tcptrace_core::model::Owner {
-            pid: r.pid.unwrap_or(0),
-            tid: r.pid.unwrap_or(0),
-            comm: tcptrace_core::model::Comm::default(),
-            cgroup,
-            from_listener: true,
-        };
-        if let Some(named) = w.of_owner(Some(owner)) {
-            r.workload = tcptrace_core::stats::workloads::WorkloadRef::of(&named);
-        }
     }
 }
 

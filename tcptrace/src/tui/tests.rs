@@ -288,7 +288,8 @@ fn listeners_at_every_width() {
 fn listeners_empty_state_explains() {
     let mut app = app_80x24();
     if let Some(d) = &mut app.data {
-        d.listeners = Default::default();
+        d.snap.listeners = None;
+        d.snap.listen_drops = None;
     }
     app.refresh_lists();
     press(&mut app, &[Key::Char('6')]);

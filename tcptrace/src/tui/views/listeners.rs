@@ -14,8 +14,8 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Paragraph, Row, Widget, Wrap},
 };
 use tcptrace_core::{
-    app::data::ListenersData,
     listeners::{DropReason, ListenerRow},
+    stats::ListenDrops,
 };
 
 use super::super::{screen::Screen, theme::*, widgets::*};
@@ -140,8 +140,8 @@ fn rate_cell(per_sec: f64) -> Cell<'static> {
 }
 
 /// What the view says when there is nothing to list.
-fn empty_lines(l: &ListenersData, filtered: bool) -> Vec<Line<'static>> {
-    if !l.active {
+fn empty_lines(drops: Option<&ListenDrops>, filtered: bool) -> Vec<Line<'static>> {
+    if drops.is_none() {
         return vec![
             Line::from(""),
             Line::from("No listener data yet.").bold(),
@@ -170,8 +170,10 @@ fn empty_lines(l: &ListenersData, filtered: bool) -> Vec<Line<'static>> {
 impl Screen<'_> {
     pub(in crate::tui) fn render_listeners(&self, area: Rect, buf: &mut Buffer) {
         let d = self.data.as_ref().expect("checked by caller");
-        let l = &d.listeners;
-        let all = &l.rows;
+        // Both absent when no listener data came (the snapshot's
+        // `listeners` and `listen_drops`).
+        let drops = d.snap.listen_drops.as_ref();
+        let all = d.listeners();
         let rows = &self.listeners.rows;
         let dropping = rows.iter().filter(|&&i| all[i].drops_per_sec > 0.0).count();
         let block = titled_with(
@@ -191,7 +193,7 @@ impl Screen<'_> {
                 width: inner.width.saturating_sub(2),
                 ..inner
             };
-            Paragraph::new(empty_lines(l, !self.filter.is_empty()))
+            Paragraph::new(empty_lines(drops, !self.filter.is_empty()))
                 .wrap(Wrap { trim: false })
                 .render(text, buf);
             return;
@@ -298,7 +300,7 @@ impl Screen<'_> {
         );
         if let Some(summary) = summary {
             let selected = rows.get(self.listeners.selected).map(|&i| &all[i]);
-            Paragraph::new(summary_lines(selected, l))
+            Paragraph::new(summary_lines(selected, drops))
                 .block(
                     Block::default()
                         .borders(Borders::TOP)
@@ -311,7 +313,7 @@ impl Screen<'_> {
 
 /// The selected listener in full (three lines), then what no listener
 /// explains.
-fn summary_lines(r: Option<&ListenerRow>, l: &ListenersData) -> Vec<Line<'static>> {
+fn summary_lines(r: Option<&ListenerRow>, drops: Option<&ListenDrops>) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     if let Some(r) = r {
         let mut head = vec![
@@ -365,6 +367,9 @@ fn summary_lines(r: Option<&ListenerRow>, l: &ListenersData) -> Vec<Line<'static
     } else {
         lines.extend([Line::from(""), Line::from(""), Line::from("")]);
     }
+    let Some(l) = drops else {
+        return lines;
+    };
     let mut other = vec![
         Span::raw(" kernel-reported drops ").fg(DIM),
         Span::raw(l.kernel_reported.to_string()),
@@ -382,9 +387,13 @@ fn summary_lines(r: Option<&ListenerRow>, l: &ListenersData) -> Vec<Line<'static
             other.push(Span::raw(format!(" (+{} more)", l.unmatched.len() - 1)).fg(DIM));
         }
     }
-    if l.unattributed > 0 {
+    let unattributed = l
+        .namespaces
+        .iter()
+        .fold(0u64, |a, n| a.saturating_add(n.unattributed));
+    if unattributed > 0 {
         other.push(Span::raw("  ListenDrops of closed listeners ").fg(DIM));
-        other.push(Span::raw(l.unattributed.to_string()));
+        other.push(Span::raw(unattributed.to_string()));
     }
     lines.push(Line::from(other));
     lines
