@@ -236,11 +236,7 @@ impl Screen<'_> {
             widths.push(Constraint::Length(10));
         }
         header.push("OWNER");
-        widths.push(if with_reasons {
-            Constraint::Length(16)
-        } else {
-            Constraint::Min(16)
-        });
+        widths.push(Constraint::Min(16));
         if with_workload {
             header.push("WORKLOAD");
             widths.push(Constraint::Length(20));
