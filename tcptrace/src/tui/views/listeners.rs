@@ -174,8 +174,15 @@ impl Screen<'_> {
         // `listeners` and `listen_drops`).
         let drops = d.snap.listen_drops.as_ref();
         let all = d.listeners();
-        let rows = &self.listeners.rows;
-        let dropping = rows.iter().filter(|&&i| all[i].drops_per_sec > 0.0).count();
+        // The rows shown, in the app's order (indices from the same
+        // refresh; one out of range is skipped, never a panic).
+        let rows: Vec<&ListenerRow> = self
+            .listeners
+            .rows
+            .iter()
+            .filter_map(|&i| all.get(i))
+            .collect();
+        let dropping = rows.iter().filter(|r| r.drops_per_sec > 0.0).count();
         let block = titled_with(
             " Listeners ",
             format!(
@@ -224,7 +231,7 @@ impl Screen<'_> {
             + if with_workload { 21 } else { 0 };
         let longest = rows
             .iter()
-            .map(|&i| listener_name(&all[i]).chars().count())
+            .map(|r| listener_name(r).chars().count())
             .max()
             .unwrap_or(0)
             .clamp(14, 47) as u16;
@@ -261,7 +268,7 @@ impl Screen<'_> {
             rows.len(),
             Some(self.listeners.selected),
             |i| {
-                let r = &all[rows[i]];
+                let r = rows[i];
                 let mut cells = vec![Cell::from(fit_middle(
                     &listener_name(r),
                     usize::from(name_width),
@@ -295,7 +302,7 @@ impl Screen<'_> {
             },
         );
         if let Some(summary) = summary {
-            let selected = rows.get(self.listeners.selected).map(|&i| &all[i]);
+            let selected = rows.get(self.listeners.selected).copied();
             Paragraph::new(summary_lines(selected, drops))
                 .block(
                     Block::default()
