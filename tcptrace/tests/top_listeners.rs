@@ -60,25 +60,40 @@ print('connected', flush=True)
 sys.stdin.read()
 "#;
 
-fn python_in(ns: &NetNs, script: &str, args: &[&str], first: &str) -> Child {
-    let mut child = Command::new("ip")
+fn python_in(ns: &NetNs, script: &str, args: &[&str], first: &str) -> Started {
+    let child = Command::new("ip")
         .args(["netns", "exec", &ns.name, "python3", "-c", script])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 runs (apt-get install python3)");
+    let mut started = Started(Some(child));
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let out = started.0.as_mut().and_then(|c| c.stdout.as_mut()).unwrap();
+    BufReader::new(out).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), first, "the program did not start");
-    child
+    started
 }
 
-fn end(mut child: Child) {
-    drop(child.stdin.take());
-    child.wait().unwrap();
+/// A program this test started: ended (stdin closed, waited for) by
+/// [`end`], killed by its pid if the test fails before.
+struct Started(Option<Child>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn end(mut started: Started) {
+    if let Some(mut child) = started.0.take() {
+        drop(child.stdin.take());
+        child.wait().unwrap();
+    }
 }
 
 /// TcpExt `ListenOverflows` of `ns`.
