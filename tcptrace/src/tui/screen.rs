@@ -190,6 +190,16 @@ impl Screen<'_> {
                 style,
             ));
         }
+        // Connection attempts dropped at listeners now (the Listeners
+        // view, `l`, says where and why): seen from every view.
+        if let Some(l) = &d.snap.listen_drops
+            && l.per_sec > 0.0
+        {
+            spans.push(Span::styled(
+                format!("DROPS {}/s", fmt_rate(l.per_sec)),
+                Style::default().fg(BAD).bold(),
+            ));
+        }
         Line::from(spans).render(area, buf);
     }
 
@@ -305,6 +315,15 @@ impl Screen<'_> {
             spans.push(Span::raw(format!(" {what}")).fg(DIM));
         }
         Line::from(spans).render(area, buf);
+    }
+}
+
+/// A rate for the state strip: "0.4", "12.3", "1.2k".
+fn fmt_rate(x: f64) -> String {
+    if x < 100.0 {
+        format!("{x:.1}")
+    } else {
+        fmt_count(x)
     }
 }
 

@@ -273,6 +273,8 @@ fn listeners_at_every_width() {
             "{text}"
         );
         assert!(text.contains("[::]:22") && text.contains("*:22"), "{text}");
+        // The state strip tells every view that listeners drop now.
+        assert!(text.contains("DROPS 12.3/s"), "{text}");
         if w >= 120 {
             assert!(text.contains("accept_queue_full 11.9/s"), "{text}");
         }
