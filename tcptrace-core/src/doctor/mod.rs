@@ -1514,6 +1514,26 @@ fn fin_wait2(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
     });
 }
 
+/// The listener at `addr:port` (bound there or a wildcard) that dropped
+/// connection attempts during the window, if any.
+fn dropping_listener(obs: &Observation, addr: IpAddr, port: u16) -> Option<&ListenerRow> {
+    let addr = match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        a => a,
+    };
+    obs.listeners.iter().find(|l| {
+        l.port == port
+            && l.drops_total > 0
+            && l.addr.parse::<IpAddr>().is_ok_and(|la| {
+                let la = match la {
+                    IpAddr::V6(a) => a.to_ipv4_mapped().map_or(la, IpAddr::V4),
+                    a => a,
+                };
+                la == addr || la.is_unspecified()
+            })
+    })
+}
+
 fn failed_connects(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
     for f in &obs.failed_connects {
         if f.refused + f.timeout < t.failed_connects {
@@ -1521,6 +1541,41 @@ fn failed_connects(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
         }
         let dest = std::net::SocketAddr::new(f.daddr, f.dport);
         let holder = who(f.pid, f.comm.as_deref());
+        // A local listener there that dropped connection attempts: the
+        // clients' SYNs were dropped (and the clients gave up or timed
+        // out), not refused; its listen_drops finding has the cause.
+        if let Some(l) = dropping_listener(obs, f.daddr, f.dport) {
+            let reason = l.drops.main_reason().map_or("dropped", |r| r.label());
+            out.push(Finding {
+                id: "failed_connects",
+                severity: Severity::Warning,
+                title: format!(
+                    "{} connects to {dest} failed ({holder}): the listener {} drops SYNs ({reason})",
+                    f.refused + f.timeout,
+                    l.listener
+                ),
+                evidence: vec![
+                    format!(
+                        "{} ended in SYN_SENT during {:.0} s ({} before a retransmission ran out, {} timed out)",
+                        f.refused + f.timeout,
+                        obs.window_s,
+                        f.refused,
+                        f.timeout
+                    ),
+                    format!(
+                        "{} dropped {} connection attempts in the window: the SYNs were dropped, not refused (see the listen_drops finding)",
+                        l.listener, l.drops_total
+                    ),
+                ],
+                advice: vec![format!(
+                    "Fix the listener {} (the listen_drops finding says how); the clients' connects then succeed.",
+                    l.listener
+                )],
+                sysctls: vec![],
+                workload: None,
+            });
+            continue;
+        }
         let cause = if f.timeout >= f.refused {
             "SYNs unanswered until connect() timed out: the host is down, unreachable, or dropping SYNs (firewall, full accept queue, tcp_tw_recycle + NAT)"
         } else {

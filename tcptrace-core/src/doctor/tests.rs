@@ -1094,6 +1094,37 @@ mod listeners {
     }
 
     #[test]
+    fn clients_giving_up_on_a_dropping_listener_are_not_a_dead_backend() {
+        let mut obs = observe(&mut fx::overflowing(), None);
+        obs.failed_connects = vec![crate::doctor::FailedConnects {
+            daddr: fx::lo(),
+            dport: 8080,
+            refused: 40,
+            timeout: 0,
+            no_port: 0,
+            pid: Some(7),
+            comm: Some("client".into()),
+        }];
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings
+            .iter()
+            .find(|f| f.id == "failed_connects")
+            .expect("the clients' failures are still told");
+        assert!(
+            f.title
+                .contains("the listener 127.0.0.1:8080 drops SYNs (accept queue full)"),
+            "{}",
+            f.title
+        );
+        assert!(!f.title.contains("Dead backend"), "{}", f.title);
+        assert!(
+            !f.evidence.join(" ").contains("nothing listens"),
+            "{:?}",
+            f.evidence
+        );
+    }
+
+    #[test]
     fn a_listener_in_another_namespace_gets_nsenter_commands() {
         let mut e = Engine::new(16);
         let mut s1 = fx::sample(8080, "slowacceptd", 2, 1, 0);
