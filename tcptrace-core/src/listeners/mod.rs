@@ -321,6 +321,13 @@ pub struct DropCounters {
     pub paws_estab: Option<u64>,
     pub syncookies_sent: Option<u64>,
     pub syncookies_failed: Option<u64>,
+    /// `PAWSTimewait`: segments (SYNs) a TIME_WAIT socket rejected by PAWS
+    /// — the NAT-with-timestamps case (6.x; older kernels: `PAWSPassive`).
+    pub paws_timewait: Option<u64>,
+    /// `TSEcrRejected`: segments rejected for a bad timestamp echo.
+    pub tsecr_rejected: Option<u64>,
+    /// `PAWSOldAck`: old ACKs rejected by PAWS.
+    pub paws_old_ack: Option<u64>,
 }
 
 impl DropCounters {
@@ -349,6 +356,9 @@ impl DropCounters {
                     "PAWSEstab" => &mut out.paws_estab,
                     "SyncookiesSent" => &mut out.syncookies_sent,
                     "SyncookiesFailed" => &mut out.syncookies_failed,
+                    "PAWSTimewait" => &mut out.paws_timewait,
+                    "TSEcrRejected" => &mut out.tsecr_rejected,
+                    "PAWSOldAck" => &mut out.paws_old_ack,
                     _ => continue,
                 };
                 *slot = Some(val);
@@ -370,6 +380,9 @@ impl DropCounters {
             paws_estab: d(self.paws_estab, earlier.paws_estab),
             syncookies_sent: d(self.syncookies_sent, earlier.syncookies_sent),
             syncookies_failed: d(self.syncookies_failed, earlier.syncookies_failed),
+            paws_timewait: d(self.paws_timewait, earlier.paws_timewait),
+            tsecr_rejected: d(self.tsecr_rejected, earlier.tsecr_rejected),
+            paws_old_ack: d(self.paws_old_ack, earlier.paws_old_ack),
         }
     }
 }

@@ -863,6 +863,8 @@ impl Cursor<'_> {
                 paws_estab,
                 syncookies_sent,
                 syncookies_failed,
+                // Not recorded yet.
+                ..Default::default()
             },
         })
     }
