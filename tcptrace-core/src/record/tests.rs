@@ -216,6 +216,7 @@ fn arb_counters() -> impl Strategy<Value = NetnsDropCounters> {
                 paws_estab: v[6],
                 syncookies_sent: v[7],
                 syncookies_failed: v[8],
+                ..Default::default()
             },
         })
 }
