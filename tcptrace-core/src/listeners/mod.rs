@@ -424,6 +424,8 @@ pub fn endpoint(addr: IpAddr, port: u16) -> String {
 
 /// Listeners kept at most (closed ones go first, then the quietest).
 pub const MAX_LISTENERS: usize = 4096;
+/// Namespaces a sample is taken in for at most (more is damage).
+pub const MAX_NAMESPACES: usize = 256;
 /// Destinations without a listener kept at most.
 pub const MAX_UNMATCHED: usize = 256;
 /// How long history is kept for rates.
@@ -456,6 +458,10 @@ pub struct Listener {
     /// Kernel-reported accept-queue drops since the last sample (already in
     /// the kernel's count).
     reported_overflows: u64,
+    /// Every kernel-reported drop the listener (or one of its pending
+    /// handshakes) received since the last sample, whatever its reason:
+    /// the kernel counts those in the listener's own count too.
+    reported_at_listener: u64,
     /// (sample time, cumulative `drops`) for rates, oldest first.
     history: VecDeque<(u64, ReasonCounts)>,
     pub first_seen_ns: u64,
@@ -479,6 +485,7 @@ impl Listener {
             last_kernel_drops: None,
             drops_before_tracing: 0,
             reported_overflows: 0,
+            reported_at_listener: 0,
             history: VecDeque::new(),
             first_seen_ns: now,
             last_drop_ns: None,
@@ -540,6 +547,9 @@ pub struct NetnsDrops {
     synq_credit: u64,
     /// ListenDrops of the last interval no listener's count showed yet.
     drops_credit: u64,
+    /// The last sample that had it (a namespace gone for
+    /// [`CLOSED_KEPT_NS`] is forgotten).
+    last_sampled_ns: u64,
 }
 
 /// Listeners, their queues and drops; see the module docs.
@@ -618,6 +628,11 @@ impl ListenerTable {
             if d.reason == DropReason::AcceptQueueFull {
                 l.reported_overflows = l.reported_overflows.saturating_add(1);
             }
+            if d.reason == DropReason::AcceptQueueFull
+                || matches!(d.rx_state, Some(TcpState::Listen | TcpState::NewSynRecv))
+            {
+                l.reported_at_listener = l.reported_at_listener.saturating_add(1);
+            }
             return;
         }
         let key = (d.netns, d.local, d.local_port);
@@ -654,7 +669,12 @@ impl ListenerTable {
     ) {
         self.samples = self.samples.saturating_add(1);
         self.last_sample_ns = Some(ts_ns);
-        let sampled: Vec<Option<u32>> = counters.iter().map(|c| Some(c.netns)).collect();
+        // Bounded whatever the record says (a recording may be hostile):
+        // the live sampler never sends more.
+        let listeners = &listeners[..listeners.len().min(MAX_LISTENERS)];
+        let counters = &counters[..counters.len().min(MAX_NAMESPACES)];
+        let sampled: std::collections::HashSet<Option<u32>> =
+            counters.iter().map(|c| Some(c.netns)).collect();
         // Unexplained count deltas per listener, by namespace.
         let mut unexplained: BTreeMap<Option<u32>, Vec<(ListenerKey, u64, bool)>> = BTreeMap::new();
         let mut seen: std::collections::HashSet<ListenerKey> = Default::default();
@@ -695,6 +715,7 @@ impl ListenerTable {
             let full = was_full || (s.limit > 0 && s.queue >= s.limit);
             let reported = std::mem::take(&mut l.reported_overflows);
             *reported_by_ns.entry(s.netns).or_default() += reported;
+            let reported = std::mem::take(&mut l.reported_at_listener);
             if let Some(now) = s.drops {
                 // A listener first seen in a namespace sampled before
                 // opened since: its whole count is new. One in its
@@ -728,6 +749,7 @@ impl ListenerTable {
         }
         for c in counters {
             let ns = self.namespaces.entry(c.netns).or_default();
+            ns.last_sampled_ns = ts_ns;
             let delta = ns.last.map(|last| c.counters.since(&last));
             ns.last = Some(c.counters);
             let first = *ns.first.get_or_insert(c.counters);
@@ -806,6 +828,9 @@ impl ListenerTable {
                 }
             }
         }
+        // Namespaces gone (pods come and go) are forgotten after a while.
+        self.namespaces
+            .retain(|_, n| ts_ns.saturating_sub(n.last_sampled_ns) < CLOSED_KEPT_NS);
         // History for rates; closed listeners forgotten after a while.
         self.listeners.retain(|_, l| {
             l.closed_ns

@@ -112,7 +112,10 @@ fn kernel_reported_drops_find_wildcard_listeners_and_are_not_counted_twice() {
     wild.family = Family::V6;
     t.apply_sample(S, &[wild.clone()], &counters(0, 0));
     t.apply_drop(&drop_to(8080, DropReason::AcceptQueueFull, lo()));
-    t.apply_drop(&drop_to(8080, DropReason::TimewaitPaws, lo()));
+    // Received by a TIME_WAIT socket: not in the listener's count.
+    let mut tw = drop_to(8080, DropReason::TimewaitPaws, lo());
+    tw.rx_state = Some(TcpState::TimeWait);
+    t.apply_drop(&tw);
     // The kernel's own count has the reported overflow in it.
     wild.drops = Some(3);
     t.apply_sample(2 * S, &[wild], &counters(3, 3));
@@ -202,6 +205,42 @@ fn listen_drops_of_a_closed_listener_are_unattributed_and_reported_ones_are_not(
     t.apply_sample(4 * S, &[sample(8080, 2, 1, 2)], &counters(7, 7));
     t.apply_sample(5 * S, &[sample(8080, 2, 1, 2)], &counters(7, 7));
     assert_eq!(t.namespaces[&7].unattributed, 5);
+}
+
+#[test]
+fn a_reported_drop_at_the_listener_is_not_counted_again_from_its_count() {
+    let mut t = ListenerTable::default();
+    t.apply_sample(S, &[sample(8445, 0, 128, 0)], &counters(0, 0));
+    // Three SYN+FIN segments: reported (TCP_FLAGS) and in the listener's
+    // count (ss's d3), not in ListenDrops.
+    for _ in 0..3 {
+        t.apply_drop(&drop_to(8445, DropReason::BadFlags, lo()));
+    }
+    t.apply_sample(2 * S, &[sample(8445, 0, 128, 3)], &counters(0, 0));
+    let l = &t.rows(2 * S)[0];
+    assert_eq!(l.drops_total, 3, "{l:?}");
+    assert_eq!(l.drops_by_reason.get("bad_flags"), Some(&3));
+    assert_eq!(l.drops_by_reason.get("listen_drop"), None);
+}
+
+#[test]
+fn a_huge_sample_is_bounded_and_gone_namespaces_are_forgotten() {
+    let mut t = ListenerTable::default();
+    let many: Vec<ListenerSample> = (0..5000u16).map(|p| sample(p, 0, 1, 0)).collect();
+    let namespaces: Vec<NetnsDropCounters> = (0..1000u32)
+        .map(|netns| NetnsDropCounters {
+            netns,
+            counters: DropCounters::default(),
+        })
+        .collect();
+    t.apply_sample(S, &many, &namespaces);
+    assert_eq!(t.listeners.len(), MAX_LISTENERS);
+    assert_eq!(t.namespaces.len(), MAX_NAMESPACES);
+    // Ten minutes of samples of namespace 7 alone.
+    for i in 1..=601 {
+        t.apply_sample(S + i * S, &[], &counters(0, 0));
+    }
+    assert_eq!(t.namespaces.keys().copied().collect::<Vec<_>>(), [7]);
 }
 
 #[test]

@@ -531,19 +531,38 @@ pub fn listener_sections(
         kernel_reported: table.kernel_drops.total(),
         kernel_suppressed: table.kernel_suppressed,
         samples: table.samples,
-        namespaces: table
-            .namespaces
-            .iter()
-            .map(|(&netns, n)| NetnsListenDrops {
-                netns,
-                counters: n.since_start,
-                unattributed: n.unattributed,
-            })
-            .collect(),
+        namespaces: busiest_namespaces(table),
         unmatched: table.unmatched_rows(),
         counts,
     };
     Some((rows, drops))
+}
+
+/// Namespaces `listen_drops.namespaces[]` lists at most (pods come and go:
+/// a host may have sampled thousands).
+pub const LISTED_NAMESPACES: usize = 64;
+
+/// The namespaces with the most listen drops since the first sample (then
+/// unattributed ones, then by inode), at most [`LISTED_NAMESPACES`].
+fn busiest_namespaces(table: &crate::listeners::ListenerTable) -> Vec<NetnsListenDrops> {
+    let mut all: Vec<NetnsListenDrops> = table
+        .namespaces
+        .iter()
+        .map(|(&netns, n)| NetnsListenDrops {
+            netns,
+            counters: n.since_start,
+            unattributed: n.unattributed,
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        let drops = |n: &NetnsListenDrops| n.counters.listen_drops.unwrap_or(0);
+        drops(b)
+            .cmp(&drops(a))
+            .then(b.unattributed.cmp(&a.unattributed))
+            .then(a.netns.cmp(&b.netns))
+    });
+    all.truncate(LISTED_NAMESPACES);
+    all
 }
 
 /// CLOSE_WAIT sockets a snapshot lists, oldest first: those the JSON

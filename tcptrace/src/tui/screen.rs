@@ -245,7 +245,10 @@ impl Screen<'_> {
                     let others: Vec<&str> = rest.iter().map(|a| a.rule).collect();
                     spans.push(Span::raw(format!("(+{}) ", others.join(", "))).fg(WARN));
                 }
-                spans.push(Span::raw(first.message.clone()));
+                // Alert messages quote process and workload names.
+                spans.push(Span::raw(
+                    tcptrace_core::output::escape(&first.message).into_owned(),
+                ));
                 Line::from(spans)
             }
         };

@@ -299,3 +299,24 @@ fn listeners_empty_state_explains() {
     assert!(text.contains("No listener data yet"), "{text}");
     insta::assert_snapshot!(text);
 }
+
+/// A listener's process name with escape bytes shows escaped, never raw.
+#[test]
+fn listener_owner_names_are_escaped() {
+    let mut app = app_80x24();
+    if let Some(d) = &mut app.data
+        && let Some(rows) = &mut d.snap.listeners
+    {
+        for r in rows.iter_mut() {
+            r.comm = Some("\u{1b}[31mEVIL\u{7}".into());
+        }
+    }
+    app.refresh_lists();
+    press(&mut app, &[Key::Char('6')]);
+    let text = screen(&app, 80, 24);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(text.contains("\\x1b[31mEVIL"), "{text}");
+}

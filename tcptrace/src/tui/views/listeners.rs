@@ -15,6 +15,7 @@ use ratatui::{
 };
 use tcptrace_core::{
     listeners::{DropReason, ListenerRow},
+    output::escape,
     stats::ListenDrops,
 };
 
@@ -35,7 +36,8 @@ pub fn listener_name(r: &ListenerRow) -> String {
 
 fn owner(r: &ListenerRow) -> String {
     match (r.pid, r.comm.as_deref()) {
-        (Some(pid), Some(comm)) => format!("{pid} {comm}"),
+        // Process names are the process's to choose: escaped.
+        (Some(pid), Some(comm)) => format!("{pid} {}", escape(comm)),
         (Some(pid), None) => pid.to_string(),
         _ => "?".into(),
     }
@@ -282,7 +284,10 @@ impl Screen<'_> {
                 });
                 if with_workload {
                     cells.push(Cell::from(
-                        r.workload.workload.clone().unwrap_or_else(|| "-".into()),
+                        r.workload
+                            .workload
+                            .as_deref()
+                            .map_or_else(|| "-".into(), |w| escape(w).into_owned()),
                     ));
                 }
                 cells.extend([
@@ -330,7 +335,8 @@ fn summary_lines(r: Option<&ListenerRow>, drops: Option<&ListenDrops>) -> Vec<Li
         ];
         if let Some(w) = &r.workload.workload {
             head.push(Span::raw(format!(
-                "  {w} ({})",
+                "  {} ({})",
+                escape(w),
                 r.workload.workload_kind.unwrap_or("workload")
             )));
         }
