@@ -500,7 +500,11 @@ fn listeners_view_ranks_by_drops_per_second_and_filters() {
     );
     press(&mut app, &[Key::Char('s')]);
     assert_eq!(app.listener_sort, ListenerSort::Endpoint);
-    assert_eq!(rows(&app)[..2], ["*:22", "*:9000"], "0.0.0.0 sorts first");
+    assert_eq!(
+        rows(&app)[..2],
+        ["0.0.0.0:22", "0.0.0.0:9000"],
+        "0.0.0.0 sorts first"
+    );
     // The filter: a name, a port.
     press(&mut app, &[Key::Char('/')]);
     type_text(&mut app, "postgres");
@@ -509,7 +513,7 @@ fn listeners_view_ranks_by_drops_per_second_and_filters() {
     press(&mut app, &[Key::Esc, Key::Char('/')]);
     type_text(&mut app, "22");
     press(&mut app, &[Key::Enter]);
-    assert_eq!(rows(&app), ["*:22", "*:22"], "v4 and v6 wildcards");
+    assert_eq!(rows(&app), ["0.0.0.0:22", "[::]:22"], "v4 and v6 wildcards");
     press(&mut app, &[Key::Esc, Key::Char('/')]);
     type_text(&mut app, "close_wait");
     press(&mut app, &[Key::Enter]);

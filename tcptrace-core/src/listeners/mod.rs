@@ -404,16 +404,17 @@ pub struct ListenerKey {
 }
 
 impl ListenerKey {
-    /// "127.0.0.1:8080", "[::1]:443", "*:80" (a wildcard of either family).
+    /// "127.0.0.1:8080", "[::1]:443", "0.0.0.0:80", "[::]:80".
     pub fn endpoint(&self) -> String {
         endpoint(self.addr, self.port)
     }
 }
 
-/// "127.0.0.1:8080", "[::1]:443", "*:80" for an unspecified address.
+/// "127.0.0.1:8080", "[::1]:443"; the wildcards "0.0.0.0:80" and "[::]:80"
+/// (as `ss` prints them: nginx's `listen 80; listen [::]:80;` are two
+/// listeners, and two names).
 pub fn endpoint(addr: IpAddr, port: u16) -> String {
     match addr {
-        a if a.is_unspecified() => format!("*:{port}"),
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(v4) => format!("{v4}:{port}"),
@@ -917,7 +918,7 @@ impl ListenerTable {
 /// metrics, rules, doctor).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ListenerRow {
-    /// "127.0.0.1:8080", "[::1]:443", "*:80".
+    /// "127.0.0.1:8080", "[::1]:443", "0.0.0.0:80", "[::]:80".
     pub listener: String,
     pub addr: String,
     pub port: u16,

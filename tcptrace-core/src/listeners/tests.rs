@@ -120,7 +120,7 @@ fn kernel_reported_drops_find_wildcard_listeners_and_are_not_counted_twice() {
     wild.drops = Some(3);
     t.apply_sample(2 * S, &[wild], &counters(3, 3));
     let l = &t.rows(2 * S)[0];
-    assert_eq!(l.listener, "*:8080");
+    assert_eq!(l.listener, "[::]:8080");
     assert_eq!(l.drops_by_reason.get("accept_queue_full"), Some(&3));
     assert_eq!(l.drops_by_reason.get("timewait_paws"), Some(&1));
     assert_eq!(l.drops_total, 4);

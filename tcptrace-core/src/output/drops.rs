@@ -25,7 +25,7 @@
 //! | `ts_ns` | u64 | wall-clock time, Unix epoch ns (of the last drop the line stands for) |
 //! | `kind`, `event` | string | `"drop"` |
 //! | `source` | string | `"kernel"` (reported one by one) or `"sock_diag"` (a listener's count delta between samples) |
-//! | `listener` | string \| null | the listener the packet was for (`"127.0.0.1:8080"`, `"[::1]:443"`, `"*:80"`); null when none was known |
+//! | `listener` | string \| null | the listener the packet was for (`"127.0.0.1:8080"`, `"[::1]:443"`, `"0.0.0.0:80"`, `"[::]:80"`); null when none was known |
 //! | `destination` | string | the packet's destination (this host's address and port) |
 //! | `family` | string | `"ipv4"` or `"ipv6"` |
 //! | `netns` | u32 \| null | network namespace inode |
@@ -525,7 +525,7 @@ mod tests {
         let l = feed.drop(&drop_at(SEC + 1, 8080, DropReason::Paws), None);
         // The two summaries of the first second, then the new drop.
         assert_eq!(l.len(), 3);
-        assert_eq!(l[2].listener.as_deref(), Some("*:8080"));
+        assert_eq!(l[2].listener.as_deref(), Some("0.0.0.0:8080"));
         assert_eq!(l[2].destination, "127.0.0.1:8080");
         assert_eq!(l[2].owner.unwrap().pid, 31);
     }
@@ -630,7 +630,7 @@ mod tests {
         assert_eq!(v["event"], "drop");
         assert_eq!(v["kind"], "drop");
         assert_eq!(v["source"], "kernel");
-        assert_eq!(v["listener"], "*:8080");
+        assert_eq!(v["listener"], "0.0.0.0:8080");
         assert_eq!(v["destination"], "127.0.0.1:8080");
         assert_eq!(v["reason"], "accept_queue_full");
         assert_eq!(v["kernel_reason"], "TCP_LISTEN_OVERFLOW");

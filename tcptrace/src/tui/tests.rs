@@ -272,7 +272,10 @@ fn listeners_at_every_width() {
                 && text.contains("11.9"),
             "{text}"
         );
-        assert!(text.contains("[::]:22") && text.contains("*:22"), "{text}");
+        assert!(
+            text.contains("[::]:22") && text.contains("0.0.0.0:22"),
+            "{text}"
+        );
         // The state strip tells every view that listeners drop now.
         assert!(text.contains("DROPS 12.3/s"), "{text}");
         if w >= 120 {

@@ -24,16 +24,6 @@ use super::super::{screen::Screen, theme::*, widgets::*};
 /// Cells of the accept queue's bar.
 const BAR: usize = 7;
 
-/// "10.0.0.2:8080", "*:22" (IPv4 wildcard), "[::]:22" (IPv6 wildcard: the
-/// core names both wildcards `*`, two rows must not look alike).
-pub fn listener_name(r: &ListenerRow) -> String {
-    if r.addr == "::" {
-        format!("[::]:{}", r.port)
-    } else {
-        r.listener.clone()
-    }
-}
-
 fn owner(r: &ListenerRow) -> String {
     match (r.pid, r.comm.as_deref()) {
         // Process names are the process's to choose: escaped.
@@ -233,7 +223,7 @@ impl Screen<'_> {
             + if with_workload { 21 } else { 0 };
         let longest = rows
             .iter()
-            .map(|r| listener_name(r).chars().count())
+            .map(|r| r.listener.chars().count())
             .max()
             .unwrap_or(0)
             .clamp(14, 47) as u16;
@@ -271,10 +261,7 @@ impl Screen<'_> {
             Some(self.listeners.selected),
             |i| {
                 let r = rows[i];
-                let mut cells = vec![Cell::from(fit_middle(
-                    &listener_name(r),
-                    usize::from(name_width),
-                ))];
+                let mut cells = vec![Cell::from(fit_middle(&r.listener, usize::from(name_width)))];
                 if with_netns {
                     cells.push(Cell::from(r.netns.map_or("-".into(), |n| n.to_string())));
                 }
@@ -325,7 +312,7 @@ fn summary_lines(r: Option<&ListenerRow>, drops: Option<&ListenDrops>) -> Vec<Li
     let mut lines = Vec::new();
     if let Some(r) = r {
         let mut head = vec![
-            Span::raw(format!(" {}", listener_name(r))).bold(),
+            Span::raw(format!(" {}", r.listener)).bold(),
             Span::raw(format!(
                 "  netns {}  ",
                 r.netns.map_or("?".into(), |n| n.to_string())
