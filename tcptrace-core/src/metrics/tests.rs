@@ -663,6 +663,35 @@ mod listeners {
         assert!(text.contains("# TYPE tcptrace_accept_queue gauge"));
     }
 
+    /// nginx's `listen 80; listen [::]:80;`: two listeners, two series.
+    #[test]
+    fn the_two_wildcards_are_two_series() {
+        let mut e = Engine::new(16);
+        let mut v4 = fx::sample(80, "nginx", 3, 511, 0);
+        v4.addr = std::net::Ipv4Addr::UNSPECIFIED.into();
+        let mut v6 = fx::sample(80, "nginx", 5, 511, 0);
+        v6.addr = std::net::Ipv6Addr::UNSPECIFIED.into();
+        v6.family = crate::model::Family::V6;
+        fx::feed(
+            &mut e,
+            vec![fx::listeners(S, vec![v4, v6], fx::netstat(0, 0))],
+        );
+        let text = render(&mut e);
+        let ns = fx::NETNS;
+        let queue = |l: &str| {
+            sample(
+                &text,
+                &format!("tcptrace_accept_queue{{listener=\"{l}\",netns=\"{ns}\"}}"),
+            )
+        };
+        assert_eq!((queue("0.0.0.0:80"), queue("[::]:80")), (3.0, 5.0));
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tcptrace_accept_queue{"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+    }
+
     #[test]
     fn no_listener_data_no_listener_samples() {
         let text = render(&mut Engine::new(16));
