@@ -19,11 +19,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Live terminal UI: states, CLOSE_WAIT holders, TIME_WAIT by peer, connections, histograms.
+    /// Live terminal UI: states, CLOSE_WAIT holders, TIME_WAIT by peer, connections, histograms, listeners (accept queues, dropped SYNs).
     Top(TopArgs),
-    /// Stream every TCP state transition and TIME_WAIT begin/end.
+    /// Stream every TCP state transition, TIME_WAIT begin/end, and connection attempts dropped at listeners.
     Trace(TraceArgs),
-    /// Live summary every --interval: states, CLOSE_WAIT holders, TIME_WAIT by peer, durations.
+    /// Live summary every --interval: states, CLOSE_WAIT holders, TIME_WAIT by peer, durations, listeners' drops.
     Stats(StatsArgs),
     /// Record transitions to a file (replay, report or `top --from` it later).
     Record(RecordArgs),
@@ -32,10 +32,10 @@ pub enum Command {
     /// Postmortem of a recording: who held CLOSE_WAIT and TIME_WAIT and when,
     /// a timeline, the state at any moment (--at) or over a window.
     Report(ReportArgs),
-    /// Alert on CLOSE_WAIT growth, TIME_WAIT port exhaustion and lost events.
+    /// Alert on CLOSE_WAIT growth, TIME_WAIT port exhaustion, SYNs dropped at listeners and lost events.
     Watch(WatchArgs),
     /// Observe for a short window and diagnose: CLOSE_WAIT leaks, who makes
-    /// TIME_WAIT, ephemeral port pressure, risky sysctls. Exit 1 on a warning.
+    /// TIME_WAIT, ephemeral port pressure, SYNs dropped at full accept queues, risky sysctls. Exit 1 on a warning.
     Doctor(DoctorArgs),
     /// Print the man page or a shell completion script (used by packaging).
     #[command(hide = true)]
