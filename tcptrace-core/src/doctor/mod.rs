@@ -323,6 +323,8 @@ pub fn diagnose(obs: &Observation, t: &Thresholds) -> Vec<Finding> {
     fin_wait2(obs, t, &mut out);
     failed_connects(obs, t, &mut out);
     listen_drops(obs, &mut out);
+    accept_queue_full(obs, &mut out);
+    paws_rejects(obs, &mut out);
     no_listener(obs, &mut out);
     missing_facts(obs, &mut out);
     workload_attribution(obs, &mut out);
@@ -503,60 +505,14 @@ fn listen_drops(obs: &Observation, out: &mut Vec<Finding>) {
         if let Some(w) = l.workload.workload.as_deref() {
             evidence.push(format!("workload {}", escape(w)));
         }
-        if let Some(n) = somaxconn {
-            evidence.push(format!(
-                "net.core.somaxconn = {n}{}",
-                if l.accept_queue_limit >= n {
-                    ": the limit is somaxconn (the backlog asked for is at least that)"
-                } else {
-                    ": the limit is the backlog given to listen()"
-                }
-            ));
-        }
-        if let Some(c) = l.netns.and_then(|n| {
-            obs.listen_drops
-                .as_ref()?
-                .namespaces
-                .iter()
-                .find(|c| c.netns == n)
-        }) {
-            let mut parts = Vec::new();
-            for (name, v) in [
-                ("ListenOverflows", c.counters.listen_overflows),
-                ("ListenDrops", c.counters.listen_drops),
-                ("TCPReqQFullDrop", c.counters.req_qfull_drop),
-                ("PAWSPassive", c.counters.paws_passive),
-            ] {
-                if let Some(v) = v {
-                    parts.push(format!("{name} +{v}"));
-                }
-            }
-            if !parts.is_empty() {
-                evidence.push(format!(
-                    "{} counters during the window: {}",
-                    obs.netns_name(c.netns),
-                    parts.join(", ")
-                ));
-            }
-        }
+        evidence.extend(somaxconn_evidence(somaxconn, l.accept_queue_limit));
+        evidence.extend(obs.counters_evidence(l.netns, paws_n > 0));
         let mut advice = Vec::new();
         let mut commands = Vec::new();
         if l.drops.get(DropReason::AcceptQueueFull) > 0 {
-            let want = somaxconn.map_or(4096, |n| {
-                n.max(l.accept_queue_limit).saturating_mul(2).max(4096)
-            });
-            advice.push(format!(
-                "Accept faster: {owner} must call accept() as fast as connections complete; use more acceptor threads or processes and never block the accept loop (hand each connection off before doing slow work)."
-            ));
-            advice.push(format!(
-                "Raise the backlog {owner} passes to listen() (the queue holds {}; e.g. listen(fd, {want}), nginx `listen ... backlog={want}`); it is capped at net.core.somaxconn.",
-                l.accept_queue_limit
-            ));
-            advice.push(format!(
-                "Raise net.core.somaxconn{} (per network namespace), then restart the listener: the cap applies at listen().",
-                somaxconn.map_or(String::new(), |n| format!(" (now {n})"))
-            ));
-            commands.push(obs.in_place(place, &format!("sysctl -w net.core.somaxconn={want}")));
+            let (a, c) = obs.accept_queue_advice(l, place, &owner);
+            advice.extend(a);
+            commands.extend(c);
         }
         if l.drops.get(DropReason::SynQueueFull) > 0 {
             advice.push("The SYN queue (half-open connections) is full: raise net.ipv4.tcp_max_syn_backlog and the listen() backlog (it bounds the SYN queue too), and keep SYN cookies on (net.ipv4.tcp_syncookies=1) so a full queue answers with cookies instead of dropping; if the SYNs are a flood, filter them upstream.".into());
@@ -566,16 +522,9 @@ fn listen_drops(obs: &Observation, out: &mut Vec<Finding>) {
             }
         }
         if paws_n > 0 {
-            advice.push("Clients sharing one address (NAT, a load balancer without source NAT per client) send TCP timestamps from unrelated clocks; a SYN whose timestamp is older than the one a TIME_WAIT socket (or the listener) last saw from that address fails the PAWS check and is dropped with no error anywhere. Fix the NAT (one address per client, or timestamps rewritten consistently), or make this server close first less often so fewer TIME_WAIT sockets sit here (keep-alive).".into());
-            match sysctls.and_then(|s| s.tw_recycle) {
-                Some(v) if v != 0 => {
-                    advice.push(format!("net.ipv4.tcp_tw_recycle = {v} on this kernel: it drops SYNs from NATed clients by per-address timestamps. Turn it off."));
-                    commands.push(obs.in_place(place, "sysctl -w net.ipv4.tcp_tw_recycle=0"));
-                }
-                Some(_) => advice.push("net.ipv4.tcp_tw_recycle is 0 on this kernel: keep it off (it drops SYNs from NATed clients).".into()),
-                None => advice.push("tcp_tw_recycle does not exist on this kernel (removed in Linux 4.12): these are PAWS checks at TIME_WAIT sockets and listeners, not recycling.".into()),
-            }
-            advice.push("Do not turn net.ipv4.tcp_timestamps off to silence this: it disables PAWS protection and RTT measurement for every connection.".into());
+            let (a, c) = obs.paws_advice(place);
+            advice.extend(a);
+            commands.extend(c);
         }
         if l.drops.get(DropReason::ListenDrop) > 0 {
             advice.push("Some drops have no finer reason in the namespace's counters (memory pressure, a listener closing, a socket filter): check `nstat -az | grep -i listen` in its namespace.".into());
@@ -594,6 +543,278 @@ fn listen_drops(obs: &Observation, out: &mut Vec<Finding>) {
             advice,
             sysctls: commands,
             workload: FindingWorkload::of(&l.workload).or_else(|| obs.workload_of(l.pid)),
+        });
+    }
+}
+
+/// `net.core.somaxconn` of a listener's namespace, and whether its accept
+/// queue's limit is it or the backlog given to listen().
+fn somaxconn_evidence(somaxconn: Option<u32>, limit: u32) -> Option<String> {
+    let n = somaxconn?;
+    Some(format!(
+        "net.core.somaxconn = {n}{}",
+        if limit >= n {
+            ": the limit is somaxconn (the backlog asked for is at least that)"
+        } else {
+            ": the limit is the backlog given to listen()"
+        }
+    ))
+}
+
+impl Observation {
+    /// The line of `netns`'s drop counters over the window: ListenOverflows,
+    /// ListenDrops and TCPReqQFullDrop, and the PAWS counters (PAWSTimewait,
+    /// PAWSPassive, TSEcrRejected, PAWSOldAck) when `paws` or when they
+    /// moved. `None` without counters.
+    fn counters_evidence(&self, netns: Option<u32>, paws: bool) -> Option<String> {
+        let netns = netns?;
+        let c = self
+            .listen_drops
+            .as_ref()?
+            .namespaces
+            .iter()
+            .find(|c| c.netns == netns)?;
+        let mut parts = Vec::new();
+        for (name, v, always) in [
+            ("ListenOverflows", c.counters.listen_overflows, true),
+            ("ListenDrops", c.counters.listen_drops, true),
+            ("TCPReqQFullDrop", c.counters.req_qfull_drop, true),
+            ("PAWSTimewait", c.counters.paws_timewait, paws),
+            ("PAWSPassive", c.counters.paws_passive, paws),
+            ("TSEcrRejected", c.counters.tsecr_rejected, paws),
+            ("PAWSOldAck", c.counters.paws_old_ack, paws),
+        ] {
+            if let Some(v) = v
+                && (always || v > 0)
+            {
+                parts.push(format!("{name} +{v}"));
+            }
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "{} counters during the window: {}",
+                self.netns_name(netns),
+                parts.join(", ")
+            )
+        })
+    }
+
+    /// What to do about a full accept queue, and the commands. The kernel
+    /// takes a connection while the queue holds no more than the limit
+    /// (`sk_acceptq_is_full` is `>`): limit + 1 wait before SYNs are
+    /// dropped. net.core.somaxconn is advised only when it is the limit
+    /// (limit >= somaxconn): when the limit is the backlog, raising
+    /// somaxconn changes nothing; when somaxconn is not known, both are
+    /// named, the sysctl as a maybe.
+    fn accept_queue_advice(
+        &self,
+        l: &ListenerRow,
+        place: Option<Place>,
+        owner: &str,
+    ) -> (Vec<String>, Vec<String>) {
+        let limit = l.accept_queue_limit;
+        let holds = u64::from(limit) + 1;
+        let somaxconn = self.sysctls_at(place).and_then(|s| s.somaxconn);
+        let mut advice = vec![format!(
+            "Accept faster: {owner} must call accept() as fast as connections complete; use more acceptor threads or processes and never block the accept loop (hand each connection off before doing slow work)."
+        )];
+        let mut commands = Vec::new();
+        let holds_now = format!(
+            "the limit is {limit}, so {holds} connection{} wait at most (the kernel queues one past the limit) before SYNs are dropped",
+            if holds == 1 { "" } else { "s" }
+        );
+        match somaxconn {
+            Some(n) if limit < n => advice.push(format!(
+                "Raise the backlog {owner} passes to listen() ({holds_now}); net.core.somaxconn is {n}, so up to listen(fd, {n}) (nginx `listen ... backlog={n}`) takes effect with no sysctl change."
+            )),
+            Some(n) => {
+                let want = n.max(limit).saturating_mul(2).max(4096);
+                advice.push(format!(
+                    "Raise the backlog {owner} passes to listen() ({holds_now}; e.g. listen(fd, {want}), nginx `listen ... backlog={want}`) and net.core.somaxconn with it: the limit is somaxconn."
+                ));
+                advice.push(format!(
+                    "Raise net.core.somaxconn (now {n}, per network namespace), then restart the listener: the cap applies at listen()."
+                ));
+                commands.push(self.in_place(place, &format!("sysctl -w net.core.somaxconn={want}")));
+            }
+            None => {
+                let want = limit.saturating_mul(2).max(4096);
+                advice.push(format!(
+                    "Raise the backlog {owner} passes to listen() ({holds_now}; e.g. listen(fd, {want}), nginx `listen ... backlog={want}`); it is capped at net.core.somaxconn."
+                ));
+                advice.push(format!(
+                    "net.core.somaxconn is not known here: if it is {limit} or less (`sysctl net.core.somaxconn` in the listener's namespace), raise it too, then restart the listener (the cap applies at listen())."
+                ));
+                commands.push(self.in_place(place, &format!("sysctl -w net.core.somaxconn={want}")));
+            }
+        }
+        (advice, commands)
+    }
+
+    /// What to do about SYNs rejected by PAWS (timestamps), and the
+    /// commands: the NAT, `tcp_tw_recycle` where the kernel has it, and not
+    /// turning timestamps off.
+    fn paws_advice(&self, place: Option<Place>) -> (Vec<String>, Vec<String>) {
+        let mut advice = vec!["Clients sharing one address (NAT, a load balancer without source NAT per client) send TCP timestamps from unrelated clocks; a SYN whose timestamp is older than the one a TIME_WAIT socket (or the listener) last saw from that address fails the PAWS check and is dropped with no error anywhere. Fix the NAT (one address per client, or timestamps rewritten consistently), or make this server close first less often so fewer TIME_WAIT sockets sit here (keep-alive).".to_string()];
+        let mut commands = Vec::new();
+        match self.sysctls_at(place).and_then(|s| s.tw_recycle) {
+            Some(v) if v != 0 => {
+                advice.push(format!("net.ipv4.tcp_tw_recycle = {v} on this kernel: it drops SYNs from NATed clients by per-address timestamps. Turn it off."));
+                commands.push(self.in_place(place, "sysctl -w net.ipv4.tcp_tw_recycle=0"));
+            }
+            Some(_) => advice.push("net.ipv4.tcp_tw_recycle is 0 on this kernel: keep it off (it drops SYNs from NATed clients).".into()),
+            None => advice.push("tcp_tw_recycle does not exist on this kernel (removed in Linux 4.12): these are PAWS checks at TIME_WAIT sockets and listeners, not recycling.".into()),
+        }
+        advice.push("Do not turn net.ipv4.tcp_timestamps off to silence this: it disables PAWS protection and RTT measurement for every connection.".into());
+        (advice, commands)
+    }
+}
+
+/// Whether a listener's accept queue of `queue` is full: at or over its
+/// limit (at the limit one more connection fits, then SYNs are dropped).
+fn queue_full(queue: u32, limit: u32) -> bool {
+    queue > 0 && queue >= limit
+}
+
+/// `accept_queue_full` (warning): a listener whose accept queue is at or
+/// over its limit at the end, or was at its peak, with no drop during the
+/// window (a listener that dropped has its `listen_drops` finding, which
+/// says the same and more). A queue that stays full drops every SYN that
+/// comes; its drops from before tracing began (the kernel's count when it
+/// was first seen) are named.
+fn accept_queue_full(obs: &Observation, out: &mut Vec<Finding>) {
+    let host = obs.facts_end.as_ref().and_then(|f| f.host_netns);
+    for l in obs
+        .listeners
+        .iter()
+        .filter(|l| l.drops_total == 0 && l.closed_age_ms.is_none())
+    {
+        let limit = l.accept_queue_limit;
+        let full_now = queue_full(l.accept_queue, limit);
+        if !full_now && !queue_full(l.accept_queue_peak, limit) {
+            continue;
+        }
+        let place = l.netns.map(|netns| Place { netns, pid: l.pid });
+        let comm = l.comm.as_deref().map(escape);
+        let owner = comm.clone().map_or_else(
+            || "the process listening there".to_string(),
+            |c| c.into_owned(),
+        );
+        let ns_name = match l.netns {
+            Some(n) if Some(n) != host => format!(" (in {})", obs.netns_name(n)),
+            _ => String::new(),
+        };
+        let before = match l.drops_before_tracing {
+            0 => String::new(),
+            n => format!("; it dropped {n} connection attempts before tcptrace started"),
+        };
+        let title = if full_now {
+            format!(
+                "Accept queue of {} full ({}/{limit}, limit {limit} = min(backlog, net.core.somaxconn)): {owner} is not accepting{before}{ns_name}",
+                l.listener, l.accept_queue
+            )
+        } else {
+            format!(
+                "Accept queue of {} was full during the window (peak {}/{limit}, limit {limit} = min(backlog, net.core.somaxconn)): {owner} does not accept fast enough for its bursts{before}{ns_name}",
+                l.listener, l.accept_queue_peak
+            )
+        };
+        let mut evidence = vec![
+            format!(
+                "accept queue {}/{limit} now, peak {}: the kernel queues {} at most, then drops SYNs",
+                l.accept_queue,
+                l.accept_queue_peak,
+                u64::from(limit) + 1
+            ),
+            format!(
+                "no connection attempt dropped at it in {:.0} s: none came while it was full, or the kernel's count did not move yet",
+                obs.window_s
+            ),
+        ];
+        if l.drops_before_tracing > 0 {
+            evidence.push(format!(
+                "dropped {} connection attempts before tcptrace started (the kernel's count when it was first seen; reason unknown)",
+                l.drops_before_tracing
+            ));
+        }
+        evidence.push(format!("listening: {}", who(l.pid, comm.as_deref())));
+        if let Some(w) = l.workload.workload.as_deref() {
+            evidence.push(format!("workload {}", escape(w)));
+        }
+        let somaxconn = obs.sysctls_at(place).and_then(|s| s.somaxconn);
+        evidence.extend(somaxconn_evidence(somaxconn, limit));
+        evidence.extend(obs.counters_evidence(l.netns, false));
+        let (advice, sysctls) = obs.accept_queue_advice(l, place, &owner);
+        out.push(Finding {
+            id: "accept_queue_full",
+            severity: Severity::Warning,
+            title,
+            evidence,
+            advice,
+            sysctls,
+            workload: FindingWorkload::of(&l.workload).or_else(|| obs.workload_of(l.pid)),
+        });
+    }
+}
+
+/// `paws_rejects` (warning): a namespace's PAWSTimewait (or PAWSPassive,
+/// on kernels that have it) moved during the window and no listener's
+/// drops there name PAWS (drop reports off, or the SYNs hit TIME_WAIT
+/// sockets of a port no listener holds now): SYNs rejected by the
+/// timestamp check, the NAT-with-timestamps case.
+fn paws_rejects(obs: &Observation, out: &mut Vec<Finding>) {
+    let Some(d) = &obs.listen_drops else {
+        return;
+    };
+    for c in &d.namespaces {
+        let timewait = c.counters.paws_timewait.unwrap_or(0);
+        let passive = c.counters.paws_passive.unwrap_or(0);
+        if timewait == 0 && passive == 0 {
+            continue;
+        }
+        let explained = obs.listeners.iter().any(|l| {
+            l.netns == Some(c.netns)
+                && DropReason::ALL
+                    .into_iter()
+                    .any(|r| is_paws(r) && l.drops.get(r) > 0)
+        });
+        if explained {
+            continue;
+        }
+        let mut counted = Vec::new();
+        if timewait > 0 {
+            counted.push(format!("PAWSTimewait +{timewait}"));
+        }
+        if passive > 0 {
+            counted.push(format!("PAWSPassive +{passive}"));
+        }
+        let place = Some(Place {
+            netns: c.netns,
+            pid: None,
+        });
+        let mut evidence: Vec<String> = obs
+            .counters_evidence(Some(c.netns), true)
+            .into_iter()
+            .collect();
+        evidence.push("no listener's drops name PAWS: the kernel's drop reports were off or rate-limited, or the SYNs hit TIME_WAIT sockets of a port no listener holds now".into());
+        evidence.push(format!(
+            "TIME_WAIT sockets at the end: {}",
+            obs.state("TIME_WAIT")
+        ));
+        let (advice, sysctls) = obs.paws_advice(place);
+        out.push(Finding {
+            id: "paws_rejects",
+            severity: Severity::Warning,
+            title: format!(
+                "{} SYNs rejected by the TCP timestamp (PAWS) check in {} ({}): clients with unrelated timestamp clocks, typically behind NAT",
+                timewait.saturating_add(passive),
+                obs.netns_name(c.netns),
+                counted.join(", ")
+            ),
+            evidence,
+            advice,
+            sysctls,
+            workload: None,
         });
     }
 }

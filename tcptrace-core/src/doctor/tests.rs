@@ -946,16 +946,28 @@ mod listeners {
         );
         let advice = f.advice.join("\n");
         assert!(advice.contains("acceptor threads"), "{advice}");
-        assert!(advice.contains("backlog"), "{advice}");
-        assert!(advice.contains("net.core.somaxconn"), "{advice}");
-        assert_eq!(
-            f.sysctls,
-            vec!["sysctl -w net.core.somaxconn=8192".to_string()]
+        // The limit (128) is the backlog, somaxconn is 4096: a larger
+        // backlog is the fix, somaxconn is no part of it.
+        assert!(
+            advice.contains("the limit is 128, so 129 connections wait at most (the kernel queues one past the limit)"),
+            "{advice}"
         );
-        // Only the dropping listener has a finding; exit 1.
+        assert!(
+            advice.contains("up to listen(fd, 4096) (nginx `listen ... backlog=4096`) takes effect with no sysctl change"),
+            "{advice}"
+        );
+        assert!(!advice.contains("Raise net.core.somaxconn"), "{advice}");
+        assert!(!advice.contains("queue holds 128"), "{advice}");
+        assert!(f.sysctls.is_empty(), "{:?}", f.sysctls);
+        // Only the dropping listener has a finding, and only one: its full
+        // queue is not told twice; exit 1.
         assert_eq!(
             findings.iter().filter(|f| f.id == "listen_drops").count(),
             1
+        );
+        assert!(
+            !findings.iter().any(|f| f.id == "accept_queue_full"),
+            "{findings:#?}"
         );
         assert_eq!(exit_code(&findings), 1);
         // The SYNs to the closed port are an info finding.
@@ -996,6 +1008,16 @@ mod listeners {
             "{advice}"
         );
         assert!(f.sysctls.is_empty());
+        // The namespace's PAWS counters are evidence; the listener explains
+        // them, so no namespace-level PAWS finding.
+        assert!(
+            f.evidence
+                .iter()
+                .any(|e| e == "the host namespace counters during the window: ListenOverflows +0, ListenDrops +0, TCPReqQFullDrop +0, PAWSPassive +10"),
+            "{:?}",
+            f.evidence
+        );
+        assert!(!findings.iter().any(|f| f.id == "paws_rejects"));
 
         // A kernel that still has tcp_tw_recycle, on.
         let old = Sysctls {
@@ -1155,7 +1177,15 @@ mod listeners {
             listeners.push(s2);
         }
         fx::feed(&mut e, vec![r1, r2]);
-        let obs = observe(&mut e, None);
+        let mut obs = observe(&mut e, None);
+        // Namespace 777 caps every backlog at 1: the limit is somaxconn.
+        let tiny = Sysctls {
+            somaxconn: Some(1),
+            ..Sysctls::defaults()
+        };
+        for f in [&mut obs.facts_start, &mut obs.facts_end] {
+            *f = Some(facts(&[(777, tiny.clone())]));
+        }
         let findings = diagnose(&obs, &Thresholds::default());
         let f = findings.iter().find(|f| f.id == "listen_drops").unwrap();
         assert!(
@@ -1165,9 +1195,187 @@ mod listeners {
             "{}",
             f.title
         );
+        assert!(
+            f.evidence
+                .iter()
+                .any(|e| e == "net.core.somaxconn = 1: the limit is somaxconn (the backlog asked for is at least that)"),
+            "{:?}",
+            f.evidence
+        );
+        assert!(
+            f.advice
+                .iter()
+                .any(|a| a.starts_with("Raise net.core.somaxconn (now 1, per network namespace)")),
+            "{:?}",
+            f.advice
+        );
         assert_eq!(
             f.sysctls,
-            vec!["nsenter --net=/proc/122/ns/net sysctl -w net.core.somaxconn=8192".to_string()]
+            vec!["nsenter --net=/proc/122/ns/net sysctl -w net.core.somaxconn=4096".to_string()]
         );
+    }
+
+    /// `slowacceptd` on 127.0.0.1:8080 with its queue at `queue`/`limit` in
+    /// both samples and 40 drops counted before the first: none during the
+    /// window.
+    fn stuck(queues: [u32; 2], limit: u32, paws_timewait: [u64; 2]) -> Engine {
+        use crate::listeners::DropCounters;
+        let mut e = Engine::new(16);
+        let c = |tw: u64| DropCounters {
+            paws_timewait: Some(tw),
+            tsecr_rejected: Some(0),
+            paws_old_ack: Some(0),
+            ..fx::netstat(500, 0)
+        };
+        fx::feed(
+            &mut e,
+            vec![
+                fx::listeners(
+                    fx::S,
+                    vec![fx::sample(8080, "slowacceptd", queues[0], limit, 40)],
+                    c(paws_timewait[0]),
+                ),
+                fx::listeners(
+                    2 * fx::S,
+                    vec![fx::sample(8080, "slowacceptd", queues[1], limit, 40)],
+                    c(paws_timewait[1]),
+                ),
+            ],
+        );
+        e
+    }
+
+    #[test]
+    fn a_full_accept_queue_without_drops_in_the_window_is_a_warning() {
+        let obs = observe(&mut stuck([2, 2], 1, [0, 0]), None);
+        assert_eq!(obs.listeners[0].drops_total, 0);
+        assert_eq!(obs.listeners[0].drops_before_tracing, 40);
+        let findings = diagnose(&obs, &Thresholds::default());
+        assert_ne!(findings[0].id, "healthy", "{findings:#?}");
+        let f = findings
+            .iter()
+            .find(|f| f.id == "accept_queue_full")
+            .expect("an accept_queue_full finding");
+        assert_eq!(f.severity, Severity::Warning);
+        assert_eq!(
+            f.title,
+            "Accept queue of 127.0.0.1:8080 full (2/1, limit 1 = min(backlog, net.core.somaxconn)): slowacceptd is not accepting; it dropped 40 connection attempts before tcptrace started"
+        );
+        let evidence = f.evidence.join("\n");
+        assert!(
+            evidence.contains(
+                "accept queue 2/1 now, peak 2: the kernel queues 2 at most, then drops SYNs"
+            ),
+            "{evidence}"
+        );
+        assert!(
+            evidence.contains("dropped 40 connection attempts before tcptrace started"),
+            "{evidence}"
+        );
+        assert!(evidence.contains("slowacceptd (pid 122)"), "{evidence}");
+        assert!(
+            evidence
+                .contains("net.core.somaxconn = 4096: the limit is the backlog given to listen()"),
+            "{evidence}"
+        );
+        let advice = f.advice.join("\n");
+        assert!(advice.contains("acceptor threads"), "{advice}");
+        assert!(
+            advice.contains("the limit is 1, so 2 connections wait at most"),
+            "{advice}"
+        );
+        assert!(!advice.contains("Raise net.core.somaxconn"), "{advice}");
+        assert!(f.sysctls.is_empty(), "{:?}", f.sysctls);
+        assert_eq!(exit_code(&findings), 1);
+        // JSON: the id and severity.
+        let json = serde_json::to_value(f).unwrap();
+        assert_eq!(json["id"], "accept_queue_full");
+        assert_eq!(json["severity"], "warning");
+    }
+
+    #[test]
+    fn a_queue_full_only_at_its_peak_is_told_so_and_somaxconn_advised_when_it_is_the_limit() {
+        let obs = observe(
+            &mut stuck([128, 0], 128, [0, 0]),
+            Some(Sysctls {
+                somaxconn: Some(128),
+                ..Sysctls::defaults()
+            }),
+        );
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings
+            .iter()
+            .find(|f| f.id == "accept_queue_full")
+            .expect("an accept_queue_full finding");
+        assert!(
+            f.title.starts_with(
+                "Accept queue of 127.0.0.1:8080 was full during the window (peak 128/128,"
+            ),
+            "{}",
+            f.title
+        );
+        let advice = f.advice.join("\n");
+        assert!(
+            advice.contains("the limit is 128, so 129 connections wait at most"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("Raise net.core.somaxconn (now 128, per network namespace)"),
+            "{advice}"
+        );
+        assert_eq!(
+            f.sysctls,
+            vec!["sysctl -w net.core.somaxconn=4096".to_string()]
+        );
+        // A queue never full: nothing.
+        let obs = observe(&mut stuck([3, 0], 128, [0, 0]), None);
+        let findings = diagnose(&obs, &Thresholds::default());
+        assert_eq!(findings[0].id, "healthy");
+        assert_eq!(exit_code(&findings), 0);
+    }
+
+    #[test]
+    fn paws_timewait_with_no_listener_to_blame_is_a_namespace_finding() {
+        let obs = observe(&mut stuck([0, 0], 128, [100, 125]), None);
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings
+            .iter()
+            .find(|f| f.id == "paws_rejects")
+            .expect("a paws_rejects finding");
+        assert_eq!(f.severity, Severity::Warning);
+        assert_eq!(
+            f.title,
+            "25 SYNs rejected by the TCP timestamp (PAWS) check in the host namespace (PAWSTimewait +25): clients with unrelated timestamp clocks, typically behind NAT"
+        );
+        assert_eq!(
+            f.evidence[0],
+            "the host namespace counters during the window: ListenOverflows +0, ListenDrops +0, TCPReqQFullDrop +0, PAWSTimewait +25, PAWSPassive +0, TSEcrRejected +0, PAWSOldAck +0"
+        );
+        let advice = f.advice.join("\n");
+        assert!(advice.contains("NAT"), "{advice}");
+        assert!(
+            advice.contains("tcp_tw_recycle does not exist on this kernel"),
+            "{advice}"
+        );
+        assert!(f.sysctls.is_empty());
+        assert_eq!(exit_code(&findings), 1);
+        // tcp_tw_recycle on: named, with the command.
+        let obs = observe(
+            &mut stuck([0, 0], 128, [100, 125]),
+            Some(Sysctls {
+                tw_recycle: Some(1),
+                ..Sysctls::defaults()
+            }),
+        );
+        let findings = diagnose(&obs, &Thresholds::default());
+        let f = findings.iter().find(|f| f.id == "paws_rejects").unwrap();
+        assert_eq!(
+            f.sysctls,
+            vec!["sysctl -w net.ipv4.tcp_tw_recycle=0".to_string()]
+        );
+        // Unmoved: nothing.
+        let obs = observe(&mut stuck([0, 0], 128, [100, 100]), None);
+        let findings = diagnose(&obs, &Thresholds::default());
+        assert!(!findings.iter().any(|f| f.id == "paws_rejects"));
     }
 }

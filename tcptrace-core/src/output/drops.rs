@@ -403,6 +403,42 @@ impl DropFeed {
     }
 }
 
+impl DropFeed {
+    /// The end-of-run line of `trace` and `replay`: the drops in all, those
+    /// the kernel reported (and how many lines showed them: past the rate
+    /// limit they are summed into fewer lines), those only listeners'
+    /// counts showed. Nothing says "0 ... (0 lines)".
+    pub fn summary(&self) -> String {
+        let total = self.kernel_drops.saturating_add(self.sampled_drops);
+        if total == 0 {
+            return "no connection attempt dropped (none reported by the kernel, none in listeners' counts)".into();
+        }
+        let plural = |n: u64, one: &str, many: &str| {
+            if n == 1 {
+                format!("{n} {one}")
+            } else {
+                format!("{n} {many}")
+            }
+        };
+        let kernel = match (self.kernel_drops, self.kernel_lines) {
+            (0, _) => "none reported by the kernel".to_string(),
+            (n, lines) if lines >= n => format!("{n} reported by the kernel, one line each"),
+            (n, lines) => format!(
+                "{n} reported by the kernel ({}, the rest summed into them)",
+                plural(lines, "line", "lines")
+            ),
+        };
+        let sampled = match self.sampled_drops {
+            0 => "none from listeners' counts (sock_diag)".to_string(),
+            n => format!("{n} from listeners' counts (sock_diag)"),
+        };
+        format!(
+            "{} dropped: {kernel}, {sampled}",
+            plural(total, "connection attempt", "connection attempts")
+        )
+    }
+}
+
 /// "10.0.0.2:51234", "[::1]:51234" (never `*`: a source address).
 fn remote_endpoint(addr: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(addr, port).to_string()
@@ -681,5 +717,33 @@ mod tests {
         let mut text = Vec::new();
         write_text(&mut text, &lines[0], 1).unwrap();
         assert!(!text.contains(&0x1b), "{}", String::from_utf8_lossy(&text));
+    }
+
+    #[test]
+    fn the_summary_says_nothing_cleanly_and_counts_cleanly() {
+        let mut feed = DropFeed::default();
+        assert_eq!(
+            feed.summary(),
+            "no connection attempt dropped (none reported by the kernel, none in listeners' counts)"
+        );
+        feed.kernel_drops = 1;
+        feed.kernel_lines = 1;
+        assert_eq!(
+            feed.summary(),
+            "1 connection attempt dropped: 1 reported by the kernel, one line each, none from listeners' counts (sock_diag)"
+        );
+        feed.kernel_drops = 40;
+        feed.kernel_lines = 7;
+        feed.sampled_drops = 37;
+        assert_eq!(
+            feed.summary(),
+            "77 connection attempts dropped: 40 reported by the kernel (7 lines, the rest summed into them), 37 from listeners' counts (sock_diag)"
+        );
+        feed.kernel_drops = 0;
+        feed.kernel_lines = 0;
+        assert_eq!(
+            feed.summary(),
+            "37 connection attempts dropped: none reported by the kernel, 37 from listeners' counts (sock_diag)"
+        );
     }
 }

@@ -83,11 +83,18 @@
 //!           16 bytes), port u16, inode varint, [pid varint, comm],
 //!           [cgroup varint], queue varint, limit varint, [drops varint]
 //!           (the socket's SK_MEMINFO_DROPS, cumulative)
-//! counters = netns u32, present u16 (bit i: field i follows; bits 9 and
+//! counters = netns u32, present u16 (bit i: field i follows; bits 12 and
 //!           up are damage), one varint per present field, in the order
 //!           listen_overflows, listen_drops, req_qfull_drop,
 //!           req_qfull_cookies, paws_passive, paws_active, paws_estab,
-//!           syncookies_sent, syncookies_failed (TcpExt, cumulative)
+//!           syncookies_sent, syncookies_failed, paws_timewait,
+//!           tsecr_rejected, paws_old_ack (TcpExt, cumulative; the last
+//!           three are bits 9-11, written since they were read: a file
+//!           without them reads them as not known)
+//!
+//! A sample has at most [`MAX_SAMPLE_LISTENERS`] listeners and
+//! [`MAX_SAMPLE_NAMESPACES`] namespaces (the sampler's own bounds; the
+//! writer keeps the first ones): a record claiming more is damage.
 //! drop    = 0x08 ts zigzag (as above), flags u8 (0x01 netns, 0x02 v6,
 //!           0x04 SYN, 0x08 ACK, 0x10 rx_state; other bits are damage),
 //!           [netns varint], local addr, remote addr (the packet's
@@ -439,6 +446,9 @@ impl BlockEncoder {
         listeners: &[ListenerSample],
         counters: &[NetnsDropCounters],
     ) {
+        // Within the bounds a reader accepts.
+        let listeners = &listeners[..listeners.len().min(MAX_SAMPLE_LISTENERS)];
+        let counters = &counters[..counters.len().min(MAX_SAMPLE_NAMESPACES)];
         self.buf.push(7);
         self.ts(ts_ns);
         put_varint(&mut self.buf, listeners.len() as u64);
@@ -768,11 +778,21 @@ fn counter_fields(c: &DropCounters) -> [Option<u64>; COUNTER_FIELDS] {
         c.paws_estab,
         c.syncookies_sent,
         c.syncookies_failed,
+        c.paws_timewait,
+        c.tsecr_rejected,
+        c.paws_old_ack,
     ]
 }
 
 /// How many counters a namespace's record may carry.
-const COUNTER_FIELDS: usize = 9;
+const COUNTER_FIELDS: usize = 12;
+
+/// Listeners one sample record may hold (the sampler's bound,
+/// `seed::listeners::MAX_LISTENERS`, and the table's).
+pub const MAX_SAMPLE_LISTENERS: usize = crate::listeners::MAX_LISTENERS;
+/// Namespaces one sample record may hold (the sampler's bound,
+/// `seed::listeners::MAX_NAMESPACES`).
+pub const MAX_SAMPLE_NAMESPACES: usize = 256;
 
 /// The flag bits a listener of a sample may have (netns, owner, cgroup,
 /// v6, drops): any other is damage.
@@ -850,6 +870,9 @@ impl Cursor<'_> {
             paws_estab,
             syncookies_sent,
             syncookies_failed,
+            paws_timewait,
+            tsecr_rejected,
+            paws_old_ack,
         ] = v;
         Ok(NetnsDropCounters {
             netns,
@@ -863,8 +886,9 @@ impl Cursor<'_> {
                 paws_estab,
                 syncookies_sent,
                 syncookies_failed,
-                // Not recorded yet.
-                ..Default::default()
+                paws_timewait,
+                tsecr_rejected,
+                paws_old_ack,
             },
         })
     }
@@ -1019,10 +1043,16 @@ pub fn decode_events(payload: &[u8], out: &mut Vec<Record>) -> Result<(), Format
                 // A listener takes at least 9 bytes (flags, addr, port,
                 // inode, queue, limit), a namespace's counters 6.
                 let n = c.count(9, "listener count")?;
+                if n > MAX_SAMPLE_LISTENERS {
+                    return Err(FormatError::Corrupt("too many listeners in a sample"));
+                }
                 let listeners = (0..n)
                     .map(|_| c.listener())
                     .collect::<Result<Vec<_>, _>>()?;
                 let m = c.count(6, "namespace count")?;
+                if m > MAX_SAMPLE_NAMESPACES {
+                    return Err(FormatError::Corrupt("too many namespaces in a sample"));
+                }
                 let counters = (0..m)
                     .map(|_| c.counters())
                     .collect::<Result<Vec<_>, _>>()?;

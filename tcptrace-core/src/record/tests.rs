@@ -202,7 +202,7 @@ fn arb_sample() -> impl Strategy<Value = ListenerSample> {
 fn arb_counters() -> impl Strategy<Value = NetnsDropCounters> {
     (
         any::<u32>(),
-        proptest::collection::vec(proptest::option::of(any::<u64>()), 9),
+        proptest::collection::vec(proptest::option::of(any::<u64>()), 12),
     )
         .prop_map(|(netns, v)| NetnsDropCounters {
             netns,
@@ -216,7 +216,9 @@ fn arb_counters() -> impl Strategy<Value = NetnsDropCounters> {
                 paws_estab: v[6],
                 syncookies_sent: v[7],
                 syncookies_failed: v[8],
-                ..Default::default()
+                paws_timewait: v[9],
+                tsecr_rejected: v[10],
+                paws_old_ack: v[11],
             },
         })
 }
@@ -1942,7 +1944,7 @@ fn hostile_listener_and_drop_records_are_corrupt_blocks_not_panics() {
     // A namespace with counters this reader does not know.
     let mut raw = vec![7u8, 0, 0, 1];
     raw.extend_from_slice(&7u32.to_le_bytes());
-    raw.extend_from_slice(&(1u16 << 9).to_le_bytes());
+    raw.extend_from_slice(&(1u16 << 12).to_le_bytes());
     format::put_varint(&mut raw, 1);
     assert!(corrupt(&raw));
     // A queue past u32.
@@ -1954,6 +1956,136 @@ fn hostile_listener_and_drop_records_are_corrupt_blocks_not_panics() {
     format::put_varint(&mut raw, 1);
     format::put_varint(&mut raw, 0);
     assert!(corrupt(&raw));
+}
+
+#[test]
+fn paws_counters_round_trip_and_older_samples_read_them_as_unknown() {
+    let all = NetnsDropCounters {
+        netns: 4026531840,
+        counters: DropCounters {
+            paws_passive: None,
+            paws_timewait: Some(17),
+            tsecr_rejected: Some(3),
+            paws_old_ack: Some(u64::MAX),
+            ..ns_counters(5).counters
+        },
+    };
+    let mut w = Writer::new(Vec::new(), &header()).unwrap();
+    w.listeners(2_000, &[listener_sample(8080, Some(5))], &[all])
+        .unwrap();
+    let bytes = w.finish().unwrap();
+    let got: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect();
+    assert_eq!(
+        got,
+        [Record::Listeners {
+            ts_ns: 2_000,
+            listeners: vec![listener_sample(8080, Some(5))],
+            counters: vec![all],
+        }]
+    );
+    // The mask: bits 9, 10, 11 are the new counters.
+    let mut enc = format::BlockEncoder::default();
+    enc.listeners(0, &[], &[all]);
+    let raw = enc.take();
+    // tag, ts, n = 0, m = 1, netns u32, present u16.
+    let present = u16::from_le_bytes([raw[8], raw[9]]);
+    assert_eq!(present, 0b1110_0000_0011, "{present:b}");
+    // A sample written before they were recorded (bits 0-8 only): they
+    // read as not known.
+    let mut raw = vec![7u8, 0, 0, 1];
+    raw.extend_from_slice(&7u32.to_le_bytes());
+    raw.extend_from_slice(&0b1_0000_0001u16.to_le_bytes());
+    format::put_varint(&mut raw, 4);
+    format::put_varint(&mut raw, 9);
+    let mut out = Vec::new();
+    format::decode_events(&raw, &mut out).unwrap();
+    let Record::Listeners { counters, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        counters[0].counters,
+        DropCounters {
+            listen_overflows: Some(4),
+            syncookies_failed: Some(9),
+            ..DropCounters::default()
+        }
+    );
+}
+
+#[test]
+fn samples_past_the_samplers_bounds_are_corrupt_blocks() {
+    use format::{MAX_SAMPLE_LISTENERS, MAX_SAMPLE_NAMESPACES};
+    let corrupt = |raw: &[u8]| {
+        matches!(
+            format::decode_events(raw, &mut Vec::new()),
+            Err(FormatError::Corrupt(_))
+        )
+    };
+    let encode = |l: &[ListenerSample], c: &[NetnsDropCounters]| {
+        let mut enc = format::BlockEncoder::default();
+        enc.listeners(0, l, c);
+        enc.take()
+    };
+    // One listener's and one namespace's bytes: [7, ts, n, item..., m].
+    let one_listener = encode(&[listener_sample(8080, Some(1))], &[]);
+    let listener_bytes = &one_listener[3..one_listener.len() - 1];
+    let one_ns = encode(&[], &[ns_counters(3)]);
+    let ns_bytes = &one_ns[4..];
+
+    // At the bound: read.
+    let at_bound = encode(
+        &vec![listener_sample(8080, Some(1)); MAX_SAMPLE_LISTENERS],
+        &vec![ns_counters(3); MAX_SAMPLE_NAMESPACES],
+    );
+    let mut out = Vec::new();
+    format::decode_events(&at_bound, &mut out).unwrap();
+    let Record::Listeners {
+        listeners,
+        counters,
+        ..
+    } = &out[0]
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (listeners.len(), counters.len()),
+        (MAX_SAMPLE_LISTENERS, MAX_SAMPLE_NAMESPACES)
+    );
+
+    // 4097 listeners, each whole.
+    let mut raw = vec![7u8, 0];
+    format::put_varint(&mut raw, MAX_SAMPLE_LISTENERS as u64 + 1);
+    for _ in 0..=MAX_SAMPLE_LISTENERS {
+        raw.extend_from_slice(listener_bytes);
+    }
+    format::put_varint(&mut raw, 0);
+    assert!(corrupt(&raw));
+    // 257 namespaces, each whole.
+    let mut raw = vec![7u8, 0, 0];
+    format::put_varint(&mut raw, MAX_SAMPLE_NAMESPACES as u64 + 1);
+    for _ in 0..=MAX_SAMPLE_NAMESPACES {
+        raw.extend_from_slice(ns_bytes);
+    }
+    assert!(corrupt(&raw));
+    // A writer given more keeps the first ones, so its file reads.
+    let many = encode(
+        &vec![listener_sample(8080, None); MAX_SAMPLE_LISTENERS + 5],
+        &vec![ns_counters(1); MAX_SAMPLE_NAMESPACES + 5],
+    );
+    let mut out = Vec::new();
+    format::decode_events(&many, &mut out).unwrap();
+    let Record::Listeners {
+        listeners,
+        counters,
+        ..
+    } = &out[0]
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (listeners.len(), counters.len()),
+        (MAX_SAMPLE_LISTENERS, MAX_SAMPLE_NAMESPACES)
+    );
 }
 
 #[test]

@@ -1368,4 +1368,37 @@ mod listener_drops {
         let l = r.listeners_in_window.unwrap();
         assert!(l.listeners.is_empty() && l.unmatched.is_empty());
     }
+
+    #[test]
+    fn the_namespaces_paws_counters_are_in_the_window() {
+        let with_paws = |s: u64| {
+            vec![NetnsDropCounters {
+                netns: NS,
+                counters: DropCounters {
+                    paws_timewait: Some(100 + 7 * s),
+                    tsecr_rejected: Some(2 * s),
+                    paws_old_ack: Some(5),
+                    ..counters(1_000)[0].counters
+                },
+            }]
+        };
+        let bytes = recording(|w| {
+            w.snapshot(T0, &[NS], &[], None).unwrap();
+            for s in 0..=3u64 {
+                w.listeners(T0 + s * SEC, &[sample(8081, 0, 0)], &with_paws(s))
+                    .unwrap();
+            }
+        });
+        let r = report(&bytes, &Options::default()).unwrap();
+        let l = r.listeners_in_window.unwrap();
+        let c = &l.namespaces[0].counters;
+        assert_eq!(
+            (c.paws_timewait, c.tsecr_rejected, c.paws_old_ack),
+            (Some(21), Some(6), Some(0))
+        );
+        let v = serde_json::to_value(&l).unwrap();
+        assert_eq!(v["namespaces"][0]["paws_timewait"], 21);
+        assert_eq!(v["namespaces"][0]["tsecr_rejected"], 6);
+        assert_eq!(v["namespaces"][0]["paws_old_ack"], 0);
+    }
 }

@@ -209,15 +209,7 @@ impl<W: Write> Consumer for Trace<W> {
         self.drop_lines(lines)?;
         self.printer.flush()?;
         if self.drops.table.is_active() {
-            crate::say!(
-                "{} connection attempts dropped: {} reported by the kernel ({} lines, the rest summed), {} from listeners' counts (sock_diag)",
-                self.drops
-                    .kernel_drops
-                    .saturating_add(self.drops.sampled_drops),
-                self.drops.kernel_drops,
-                self.drops.kernel_lines,
-                self.drops.sampled_drops
-            );
+            crate::say!("{}", self.drops.summary());
         }
         let lost = ctx.lost;
         crate::say!(
