@@ -34,8 +34,16 @@
 //! its limit = min(backlog, `net.core.somaxconn`) and the owner not
 //! accepting fast enough; SYN queue full; PAWS timestamp rejects, with
 //! `tcp_tw_recycle` named where the kernel has it), with the namespace's
-//! counter deltas as evidence; `no_listener` (info) for SYNs to ports where
-//! nothing listens.
+//! counter deltas as evidence; `accept_queue_full` (warning) for a listener
+//! that dropped nothing in the window but whose accept queue is (or was, at
+//! its peak) at its limit, naming its drops from before tracing began;
+//! `paws_rejects` (warning) for a namespace whose PAWSTimewait (or
+//! PAWSPassive) rose with no listener's drops naming PAWS; `no_listener`
+//! (info) for SYNs to ports where nothing listens. Advice names
+//! `net.core.somaxconn` only when it is the accept queue's limit (limit >=
+//! somaxconn): below it, the limit is the backlog and a larger backlog is
+//! the whole fix. The kernel queues limit + 1 connections
+//! (`sk_acceptq_is_full` is `>`).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -66,7 +74,8 @@ pub fn fin_wait2_orphans(table: &ConnTable) -> u64 {
         .count() as u64
 }
 
-/// How bad a finding is; the exit code is 1 from [`Severity::Warning`] up.
+/// How bad a finding is; the exit code is 1 from [`Severity::Warning`] up
+/// ([`exit_code`]): `ok` and `info` findings leave it 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {

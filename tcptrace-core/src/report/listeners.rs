@@ -84,7 +84,12 @@ pub struct UnmatchedWindowRow {
     pub drops_by_reason: BTreeMap<&'static str, u64>,
 }
 
-/// A namespace's counters over the window (`None`: not on that kernel).
+/// A namespace's counters over the window (`None`: not on that kernel, or
+/// not in the recording): `listen_overflows`, `listen_drops`,
+/// `req_qfull_drop`, `req_qfull_cookies`, `paws_passive`, `paws_active`,
+/// `paws_estab`, `syncookies_sent`, `syncookies_failed`, `paws_timewait`,
+/// `tsecr_rejected`, `paws_old_ack` (the last three: PAWSTimewait,
+/// TSEcrRejected, PAWSOldAck).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NamespaceWindow {
     pub netns: u32,
