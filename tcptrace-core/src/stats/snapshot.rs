@@ -481,10 +481,12 @@ pub struct SnapshotInput<'a> {
 ///   (`skb:kfree_skb`), at listeners or not; `kernel_suppressed`: those it
 ///   counted without reporting (its rate limit); `samples`: listener
 ///   samples taken (sock_diag, about 1/s).
-/// - `namespaces[]`: `netns`, the namespace's TcpExt counters since the
-///   first sample (`listen_overflows`, `listen_drops`, `req_qfull_drop`,
+/// - `namespaces[]` (at most [`LISTED_NAMESPACES`], the most listen drops
+///   first): `netns`, the namespace's TcpExt counters since the first
+///   sample (`listen_overflows`, `listen_drops`, `req_qfull_drop`,
 ///   `req_qfull_cookies`, `paws_passive`, `paws_active`, `paws_estab`,
-///   `syncookies_sent`, `syncookies_failed`; null: not on this kernel) and
+///   `syncookies_sent`, `syncookies_failed`, `paws_timewait`,
+///   `tsecr_rejected`, `paws_old_ack`; null: not on this kernel) and
 ///   `unattributed` (ListenDrops no listener's own count shows).
 /// - `unmatched[]`: destinations with drops and no listener (SYNs to a
 ///   closed port...): `destination`, `netns`, `drops_total`,
