@@ -96,12 +96,15 @@ pub struct KernelOffsets {
     pub tp_skb_rx_sk: u32,
     pub tp_skb_protocol: u32,
     pub tp_skb_reason: u32,
-    pub _pad: u32,
+    /// `struct sk_buff.protocol` (big endian u16 `ETH_P_*`), read by the
+    /// tp_btf `kfree_skb` program (the classic record has it in host order).
+    pub skb_protocol: u32,
 }
 
-// Shared with the kernel program: no implicit padding (a u64, then u32s).
+// Shared with the kernel program: no implicit padding (a u64, then an even
+// number of u32s).
 const _: () = assert!(
-    core::mem::size_of::<KernelOffsets>() == core::mem::offset_of!(KernelOffsets, _pad) + 4
+    core::mem::size_of::<KernelOffsets>() == core::mem::offset_of!(KernelOffsets, skb_protocol) + 4
 );
 
 impl KernelOffsets {

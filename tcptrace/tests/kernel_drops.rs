@@ -16,7 +16,7 @@ use std::{
 
 use common::*;
 use tcptrace::{
-    ebpf::{LoadOptions, Tracer},
+    ebpf::{LoadOptions, Refuse, Tracer},
     workloads::WorkloadOptions,
 };
 use tcptrace_common::Filter;
@@ -36,19 +36,31 @@ fn only(ns: &NetNs) -> WorkloadOptions {
 }
 
 /// A tracer keeping only namespace `ns`'s events (all namespaces' with
-/// `None`).
+/// `None`), on the tp_btf program (this kernel has its 6.8+ prototype).
 fn tracer_in(ns: Option<&NetNs>, per_cpu_per_sec: Option<u32>) -> Tracer {
+    tracer_on(ns, per_cpu_per_sec, false)
+}
+
+/// [`tracer_in`], on the classic tracepoint when `refuse_btf` (as on a
+/// kernel where the tp_btf program does not fit).
+fn tracer_on(ns: Option<&NetNs>, per_cpu_per_sec: Option<u32>, refuse_btf: bool) -> Tracer {
     let mut opts = LoadOptions {
         workloads: ns.map(only).unwrap_or_default(),
+        refuse: Refuse {
+            drops_btf: refuse_btf,
+            ..Refuse::default()
+        },
         ..LoadOptions::default()
     };
     if let Some(n) = per_cpu_per_sec {
         opts.drops_per_cpu_per_sec = n;
     }
     let tracer = tracer_with(opts);
-    assert!(
+    let expected = if refuse_btf { "tracepoint" } else { "tp_btf" };
+    assert_eq!(
         tracer.hooks.drops,
-        "skb:kfree_skb not attached: {:?}",
+        Some(expected),
+        "skb:kfree_skb not attached as {expected}: {:?}",
         tracer.hooks.fallbacks
     );
     tracer
@@ -91,9 +103,43 @@ fn drops_until(
 /// the remote one, and the namespace.
 #[test]
 fn syns_to_a_closed_port_are_reported_as_no_listener() {
-    let ns = NetNs::new("drops-closed");
+    syns_to_a_closed_port(false);
+}
+
+/// The same on the classic tracepoint (tp_btf refused, as on a kernel
+/// before 6.8): the record's fields give the same drops, and the fallback
+/// says why.
+#[test]
+fn the_classic_tracepoint_reports_the_same_when_tp_btf_is_refused() {
+    syns_to_a_closed_port(true);
+}
+
+fn syns_to_a_closed_port(refuse_btf: bool) {
+    let ns = NetNs::new(if refuse_btf {
+        "drops-closed-tp"
+    } else {
+        "drops-closed"
+    });
     let inode = ns.inode();
-    let mut tracer = tracer_in(Some(&ns), None);
+    let mut tracer = tracer_on(Some(&ns), None, refuse_btf);
+    if refuse_btf {
+        assert!(
+            tracer.hooks.fallbacks.iter().any(|f| f
+                == "drop reasons via the classic skb:kfree_skb: kfree_skb tp_btf refused (simulated)"),
+            "{:?}",
+            tracer.hooks.fallbacks
+        );
+    } else {
+        assert!(
+            !tracer
+                .hooks
+                .fallbacks
+                .iter()
+                .any(|f| f.contains("kfree_skb")),
+            "{:?}",
+            tracer.hooks.fallbacks
+        );
+    }
     let table = tracer.drop_reasons().cloned().unwrap();
     let no_socket = table.id("NO_SOCKET").expect("this kernel names NO_SOCKET");
     let port = free_port(false);
@@ -156,7 +202,7 @@ fn without_drop_reasons_nothing_is_attached() {
         drop_reasons: false,
         ..LoadOptions::default()
     });
-    assert!(!tracer.hooks.drops);
+    assert_eq!(tracer.hooks.drops, None);
     assert!(tracer.drop_reasons().is_none());
     let port = free_port(false);
     ns.run(move || {

@@ -202,16 +202,19 @@ fn refused_hooks_fall_back_and_say_why() {
             tp_btf: true,
             timer_btf: true,
             fentry: true,
+            drops_btf: true,
         },
         ..tcptrace::ebpf::LoadOptions::default()
     });
     assert_eq!(tracer.hooks.transitions, "tracepoint");
     assert_eq!(tracer.hooks.timewait, "timer tracepoints");
+    assert_eq!(tracer.hooks.drops, Some("tracepoint"));
     let reasons = tracer.hooks.fallbacks.join("; ");
     for expected in [
         "TIME_WAIT via timer hooks: fentry refused",
         "timer tracepoints: timer tp_btf refused",
         "classic tracepoint: tp_btf refused",
+        "drop reasons via the classic skb:kfree_skb: kfree_skb tp_btf refused",
     ] {
         assert!(reasons.contains(expected), "{reasons}");
     }

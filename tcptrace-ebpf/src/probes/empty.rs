@@ -50,8 +50,16 @@ pub fn empty_sys_exit_accept(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `skb:kfree_skb`, as `kfree_skb` (with drop reasons on).
+/// `skb:kfree_skb` (classic), as `kfree_skb` (with drop reasons on, where
+/// the tp_btf twin does not load).
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn empty_kfree_skb(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// `skb:kfree_skb` (tp_btf), as `kfree_skb_btf` (with drop reasons on,
+/// where it loads).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn empty_kfree_skb_btf(_ctx: BtfTracePointContext) -> i32 {
     0
 }

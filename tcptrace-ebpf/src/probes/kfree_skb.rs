@@ -1,4 +1,10 @@
 //! `skb:kfree_skb`: connection attempts the kernel dropped, with its reason.
+//! Two entry points share one body ([`try_drop`]): `kfree_skb_btf` (tp_btf,
+//! preferred: the kernel hands it the arguments and builds no trace record
+//! for the many packets freed with a reason) and `kfree_skb` (the classic
+//! tracepoint, reading the record the kernel fills first for every one of
+//! them), attached where the tp_btf one does not load or the prototype has
+//! no `rx_sk` (before 6.8).
 //! A SYN (or the handshake's last ACK) thrown away never changes a socket's
 //! state, so no transition shows it; this tracepoint does, for every packet
 //! of every protocol freed with a reason. The program keeps the few that
@@ -18,12 +24,14 @@
 //! ```
 //!
 //! Record offsets come from the format file (`OFFSETS.tp_skb_*`), reason
-//! numbers too (they change between kernels): userspace turns the names it
+//! numbers too (tp_btf: the arguments, and `skb->protocol` from BTF,
+//! `OFFSETS.skb_protocol`) (they change between kernels): userspace turns the names it
 //! traces into the 256-bit mask [`DropConfig::reasons`]. In order, each
 //! step cheaper than the next and leaving most packets early:
 //! 1. the reason's bit in the mask (one load from the record, one from
-//!    `.rodata`): every other drop of the system stops here;
-//! 2. `skb->protocol` is IPv4 or IPv6;
+//!    `.rodata`; tp_btf: the argument): every other drop of the system
+//!    stops here;
+//! 2. `skb->protocol` is IPv4 or IPv6 (the record's; tp_btf: one read);
 //! 3. the IP header (`skb->head + skb->network_header`; IPv4 with its
 //!    `ihl`, IPv6 only with `nexthdr` TCP: no extension headers) says TCP;
 //! 4. the TCP header: ports and flags; kept when SYN is set, or when the
@@ -41,7 +49,10 @@
 //! 0, no socket, never matches: bit 0 is no state).
 
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tcptrace_common::{
     Counter, ETH_P_IP, ETH_P_IPV6, EventKind, IPPROTO_TCP, event_flags, family, tcp_flags,
@@ -54,11 +65,54 @@ use crate::{
     sock::{netns_of, read},
 };
 
-/// `skb:kfree_skb`: a connection attempt dropped with a traced reason.
+/// `skb:kfree_skb` (tp_btf, 6.8+ prototype): a connection attempt dropped
+/// with a traced reason. Arguments: `skb`, `location`, `reason`, `rx_sk`.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    let reason: u32 = ctx.arg(2);
+    settle(try_drop(reason, || {
+        let skb: u64 = ctx.arg(0);
+        let protocol: u16 = read(skb, global!(OFFSETS.skb_protocol)).ok_or(Drop::Unattributed)?;
+        Ok(Freed {
+            skb,
+            // Network order in the skb; the record's is host order.
+            protocol: u16::from_be(protocol),
+            rx_sk: ctx.arg(3),
+        })
+    }));
+    0
+}
+
+/// `skb:kfree_skb` (classic tracepoint): a connection attempt dropped with
+/// a traced reason.
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
-    settle(try_kfree_skb(&ctx));
+    let reason = record_field(&ctx, global!(OFFSETS.tp_skb_reason), REASON_OFFSET);
+    settle(reason.and_then(|reason| {
+        try_drop(reason, || {
+            let rx_off = global!(OFFSETS.tp_skb_rx_sk);
+            Ok(Freed {
+                protocol: record_field(&ctx, global!(OFFSETS.tp_skb_protocol), PROTOCOL_OFFSET)?,
+                skb: record_field(&ctx, global!(OFFSETS.tp_skb_skbaddr), 8)?,
+                rx_sk: if rx_off == 0 {
+                    0
+                } else {
+                    record_field(&ctx, rx_off, RX_SK_OFFSET)?
+                },
+            })
+        })
+    }));
     0
+}
+
+/// The packet freed with a traced reason, as either entry point reads it.
+struct Freed {
+    /// The `struct sk_buff *`.
+    skb: u64,
+    /// `skb->protocol` in host order (`ETH_P_*`).
+    protocol: u16,
+    /// The socket that received it (`struct sock *`, 0: none or before 6.8).
+    rx_sk: u64,
 }
 
 /// Where the 6.x record keeps `rx_sk`, `protocol` and `reason` (plain
@@ -98,20 +152,24 @@ fn traced(reason: u32) -> bool {
     bits & (1u64 << (reason % 64)) != 0
 }
 
+/// The body both entry points share: `reason` first (most drops stop
+/// there), then `freed()` reads the packet's pointer, protocol and socket.
 #[inline(always)]
-fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), Drop> {
-    let reason: u32 = record_field(ctx, global!(OFFSETS.tp_skb_reason), REASON_OFFSET)?;
+fn try_drop(reason: u32, freed: impl FnOnce() -> Result<Freed, Drop>) -> Result<(), Drop> {
     if !traced(reason) {
         return Err(Drop::NotTraced);
     }
-    let protocol: u16 = record_field(ctx, global!(OFFSETS.tp_skb_protocol), PROTOCOL_OFFSET)?;
+    let Freed {
+        skb,
+        protocol,
+        rx_sk,
+    } = freed()?;
     let fam = match protocol {
         ETH_P_IP => family::INET,
         ETH_P_IPV6 => family::INET6,
         _ => return Err(Drop::NotTraced),
     };
     // Not ours until the headers say TCP: a failed read is not a loss.
-    let skb: u64 = record_field(ctx, global!(OFFSETS.tp_skb_skbaddr), 8)?;
     let head: u64 = read(skb, global!(OFFSETS.skb_head)).ok_or(Drop::Unattributed)?;
     let network: u16 = read(skb, global!(OFFSETS.skb_network_header)).ok_or(Drop::Unattributed)?;
     if network == 0xffff {
@@ -164,12 +222,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), Drop> {
     let ports = t[0].to_le_bytes();
     let flags = t[3].to_le_bytes()[1];
 
-    let rx_off = global!(OFFSETS.tp_skb_rx_sk);
-    let rx_sk: u64 = if rx_off == 0 {
-        0
-    } else {
-        record_field(ctx, rx_off, RX_SK_OFFSET)?
-    };
     let rx_state: u8 = if rx_sk == 0 {
         0
     } else {

@@ -172,7 +172,44 @@ pub fn drop_offsets(btf: &KernelBtf, o: &mut tcptrace_common::KernelOffsets) -> 
     o.skb_head = btf.offset("sk_buff", &["head"])?;
     o.skb_network_header = btf.offset("sk_buff", &["network_header"])?;
     o.skb_dev = btf.offset("sk_buff", &["dev"])?;
+    o.skb_protocol = btf.offset("sk_buff", &["protocol"])?;
     o.dev_nd_net = btf.offset("net_device", &["nd_net"])?;
+    Ok(())
+}
+
+/// How many arguments tracepoint `name` hands a tp_btf program: the
+/// parameters of the prototype behind `btf_trace_<name>` (a typedef of a
+/// pointer to `void (*)(void *, ...)`), less the leading `void *`.
+pub fn tracepoint_args(btf: &KernelBtf, name: &str) -> Result<usize> {
+    let typedef = format!("btf_trace_{name}");
+    let not_found = || anyhow!("BTF has no {typedef} prototype");
+    let ty = btf
+        .btf
+        .resolve_types_by_name(&typedef)
+        .map_err(|_| not_found())?
+        .into_iter()
+        .find(|t| matches!(t, Type::Typedef(_)))
+        .ok_or_else(not_found)?;
+    let Type::Ptr(ptr) = btf.strip(ty)? else {
+        bail!("{typedef} is not a function pointer");
+    };
+    let Type::FuncProto(proto) = btf.btf.resolve_chained_type(&ptr)? else {
+        bail!("{typedef} is not a function pointer");
+    };
+    Ok(proto.parameters.len().saturating_sub(1))
+}
+
+/// Whether the tp_btf `kfree_skb_btf` program fits this kernel: it reads
+/// the 6.8+ prototype's four arguments (`skb`, `location`, `reason`,
+/// `rx_sk`); older kernels have no `rx_sk` (and before 5.17 no reason),
+/// and keep the classic tracepoint, whose record says what it has.
+pub fn kfree_skb_btf_fits(btf: &KernelBtf) -> Result<()> {
+    let n = tracepoint_args(btf, "kfree_skb")?;
+    if n != 4 {
+        bail!(
+            "btf_trace_kfree_skb has {n} arguments, not the 4 of 6.8+ (skb, location, reason, rx_sk)"
+        );
+    }
     Ok(())
 }
 
@@ -230,5 +267,12 @@ mod tests {
         assert_ne!(o.skb_dev, 0);
         assert_ne!(o.dev_nd_net, 0);
         assert_ne!(o.skb_head, o.skb_dev);
+        assert_ne!(o.skb_protocol, 0);
+        // 6.x: skb, location, reason, rx_sk.
+        assert_eq!(tracepoint_args(&btf, "kfree_skb").unwrap(), 4);
+        kfree_skb_btf_fits(&btf).expect("6.18 has rx_sk");
+        // (void *, struct sock *, int oldstate, int newstate).
+        assert_eq!(tracepoint_args(&btf, "inet_sock_set_state").unwrap(), 3);
+        assert!(tracepoint_args(&btf, "no_such_tracepoint").is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The only place that talks to aya: loads the embedded eBPF object with this
 //! kernel's offsets and the user's filter, attaches the hooks (tp_btf or the
 //! classic tracepoint for transitions; the timer tracepoints for TIME_WAIT;
-//! accept exits for owners; `skb:kfree_skb` for dropped connection attempts
+//! accept exits for owners; `skb:kfree_skb` (tp_btf or the classic
+//! tracepoint) for dropped connection attempts
 //! unless `--no-drop-reasons`), drains the ring buffer and reads the loss
 //! counters. With `--stacks` it also sizes the kernel's user-stack map and
 //! hands it to the namer ([`Tracer::take_stack_map`]).
@@ -103,6 +104,8 @@ pub struct Refuse {
     pub timer_btf: bool,
     /// fentry on the timewait functions (falls back to the timer hooks).
     pub fentry: bool,
+    /// tp_btf for `skb:kfree_skb` (falls back to the classic tracepoint).
+    pub drops_btf: bool,
 }
 
 /// `Err` (as the kernel would refuse) when `refused`.
@@ -145,9 +148,12 @@ pub struct Hooks {
     pub timewait: &'static str,
     /// accept() owner refinement attached.
     pub accept: bool,
-    /// `skb:kfree_skb` attached: connection attempts the kernel dropped
-    /// are reported with its reason.
-    pub drops: bool,
+    /// `skb:kfree_skb` attached, and how: "tp_btf" (`kfree_skb_btf`) or
+    /// "tracepoint" (the classic `kfree_skb`, where the tp_btf one does not
+    /// fit or load: [`Hooks::fallbacks`] says why); connection attempts the
+    /// kernel dropped are then reported with its reason. `None`: not
+    /// attached (`--no-drop-reasons`, or no `skb:kfree_skb` here).
+    pub drops: Option<&'static str>,
     /// Why the preferred hooks were not used, when they were not.
     pub fallbacks: Vec<String>,
 }
@@ -296,10 +302,20 @@ pub fn kernel_offsets() -> Result<KernelOffsets> {
 pub const NO_DROP_REASONS: &str =
     "drop reasons: skb:kfree_skb not available; per-listener counts from sock_diag only";
 
-/// The `skb:kfree_skb` part of `o` (record offsets, struct offsets) and the
-/// kernel's reason table, from its format file and BTF; an error when the
-/// tracepoint or a member is missing (drop reasons then stay off).
-pub fn drop_offsets(o: &mut KernelOffsets) -> Result<KernelDropReasons> {
+/// What [`drop_offsets`] found: the kernel's reason table, and whether the
+/// tp_btf program fits the kernel's prototype.
+pub struct DropSetup {
+    pub reasons: KernelDropReasons,
+    /// Why `kfree_skb_btf` does not fit this kernel (the classic tracepoint
+    /// is attached); `None` when it does.
+    pub btf_misfit: Option<String>,
+}
+
+/// The `skb:kfree_skb` part of `o` (record offsets, struct offsets), the
+/// kernel's reason table and whether the tp_btf program fits, from its
+/// format file and BTF; an error when the tracepoint or a member is
+/// missing (drop reasons then stay off).
+pub fn drop_offsets(o: &mut KernelOffsets) -> Result<DropSetup> {
     let root = tracefs::root()?;
     let text = tracefs::format_text(&root, "skb", "kfree_skb")?;
     let f = tracefs::parse_format(&text);
@@ -315,9 +331,15 @@ pub fn drop_offsets(o: &mut KernelOffsets) -> Result<KernelDropReasons> {
     d.tp_skb_rx_sk = tracefs::offset_of(&f, tp, "rx_sk", 8, 8).unwrap_or(0);
     d.tp_skb_protocol = tracefs::offset_of(&f, tp, "protocol", 2, 2)?;
     d.tp_skb_reason = tracefs::offset_of(&f, tp, "reason", 4, 4)?;
-    btf::drop_offsets(&btf::KernelBtf::load()?, &mut d)?;
+    let kbtf = btf::KernelBtf::load()?;
+    btf::drop_offsets(&kbtf, &mut d)?;
     *o = d;
-    Ok(reasons)
+    Ok(DropSetup {
+        reasons,
+        btf_misfit: btf::kfree_skb_btf_fits(&kbtf)
+            .err()
+            .map(|e| format!("{e:#}")),
+    })
 }
 
 impl Tracer {
@@ -326,7 +348,7 @@ impl Tracer {
         let mut offsets = kernel_offsets()?;
         let mut fallbacks = btf::missing_optional(&offsets);
         // Drop reasons: the format's table and offsets, or a fallback line.
-        let drop_table = if opts.drop_reasons {
+        let drop_setup = if opts.drop_reasons {
             match drop_offsets(&mut offsets) {
                 Ok(table) => Some(table),
                 Err(e) => {
@@ -338,10 +360,10 @@ impl Tracer {
             None
         };
         let drops = DropConfig {
-            reasons: drop_table
+            reasons: drop_setup
                 .as_ref()
-                .map_or([0; tcptrace_common::config::DROP_REASON_WORDS], |t| {
-                    t.mask()
+                .map_or([0; tcptrace_common::config::DROP_REASON_WORDS], |d| {
+                    d.reasons.mask()
                 }),
             per_cpu_per_sec: opts.drops_per_cpu_per_sec,
             _pad: 0,
@@ -384,7 +406,8 @@ impl Tracer {
         let btf = Btf::from_sys_fs().context("read kernel BTF");
 
         if opts.empty_programs {
-            prog_fds.extend(attach_empty(&mut ebpf, &btf, drop_table.is_some())?);
+            let drops = drop_setup.as_ref().map(|d| d.btf_misfit.is_none());
+            prog_fds.extend(attach_empty(&mut ebpf, &btf, drops)?);
         }
         // TIME_WAIT first, so no timewait socket begun after the transition
         // hook is attached goes unseen.
@@ -436,25 +459,26 @@ impl Tracer {
             }
         }
 
-        let mut drop_reasons = drop_table.filter(|_| !opts.empty_programs);
+        let mut drop_reasons = None;
         let mut drop_fd = None;
-        if let Some(table) = &drop_reasons {
-            match attach_tracepoint(&mut ebpf, "kfree_skb", "skb", "kfree_skb") {
-                Ok(fd) => {
+        let mut drops_hook = None;
+        if let Some(setup) = drop_setup.filter(|_| !opts.empty_programs) {
+            match attach_drops(&mut ebpf, &btf, &setup, refuse, &mut fallbacks) {
+                Ok((fd, hook)) => {
                     // Not in `prog_fds`: its recursion misses (drops on a
-                    // CPU busy with another classic tracepoint program)
-                    // are no transition lost.
+                    // CPU busy with another tracing program) are no
+                    // transition lost.
                     drop_fd = Some(fd);
+                    drops_hook = Some(hook);
+                    let table = &setup.reasons;
                     log::info!(
-                        "drop reasons: skb:kfree_skb, {} reasons traced ({})",
+                        "drop reasons: skb:kfree_skb ({hook}), {} reasons traced ({})",
                         table.traced_names().len(),
                         table.traced_names().join(", ")
                     );
+                    drop_reasons = Some(setup.reasons);
                 }
-                Err(e) => {
-                    fallbacks.push(format!("{NO_DROP_REASONS} ({e:#})"));
-                    drop_reasons = None;
-                }
+                Err(e) => fallbacks.push(format!("{NO_DROP_REASONS} ({e:#})")),
             }
         }
 
@@ -520,7 +544,7 @@ impl Tracer {
                 transitions,
                 timewait,
                 accept,
-                drops: drop_reasons.is_some(),
+                drops: drops_hook,
                 fallbacks,
             },
             kernel_workloads,
@@ -642,8 +666,9 @@ fn attach_nested(ebpf: &mut Ebpf, btf: &Result<Btf>, fallbacks: &mut Vec<String>
 /// The `empty_*` programs (they return at once) on the hooks the real ones
 /// use with this kernel's preferred attachment: both tp_btf programs on
 /// `inet_sock_set_state`, the three tp_btf timer hooks, the accept exits,
-/// and `skb:kfree_skb` when drop reasons are on (`drops`).
-fn attach_empty(ebpf: &mut Ebpf, btf: &Result<Btf>, drops: bool) -> Result<Vec<RawFd>> {
+/// and `skb:kfree_skb` when drop reasons are on (`drops`: `Some(true)` as
+/// tp_btf, where `kfree_skb_btf` fits; `Some(false)` classic).
+fn attach_empty(ebpf: &mut Ebpf, btf: &Result<Btf>, drops: Option<bool>) -> Result<Vec<RawFd>> {
     let btf = kernel_btf(btf)?;
     let mut fds = Vec::new();
     for (prog, tracepoint) in [
@@ -663,15 +688,50 @@ fn attach_empty(ebpf: &mut Ebpf, btf: &Result<Btf>, drops: bool) -> Result<Vec<R
             name,
         )?);
     }
-    if drops {
-        fds.push(attach_tracepoint(
+    match drops {
+        Some(true) => fds.push(attach_one_btf(
+            ebpf,
+            "empty_kfree_skb_btf",
+            "kfree_skb",
+            btf,
+        )?),
+        Some(false) => fds.push(attach_tracepoint(
             ebpf,
             "empty_kfree_skb",
             "skb",
             "kfree_skb",
-        )?);
+        )?),
+        None => {}
     }
     Ok(fds)
+}
+
+/// `skb:kfree_skb` as tp_btf (`kfree_skb_btf`) where it fits the kernel's
+/// prototype and loads: the kernel then builds no trace record for every
+/// packet freed with a reason (the classic tracepoint's cost, which
+/// bpf_stats does not time); else the classic tracepoint, with a fallback
+/// line saying why. Returns the fd and the hook's name.
+fn attach_drops(
+    ebpf: &mut Ebpf,
+    btf: &Result<Btf>,
+    setup: &DropSetup,
+    refuse: Refuse,
+    fallbacks: &mut Vec<String>,
+) -> Result<(RawFd, &'static str)> {
+    let btf_attached = simulated(refuse.drops_btf, "kfree_skb tp_btf")
+        .and_then(|()| match &setup.btf_misfit {
+            Some(why) => Err(anyhow!("{why}")),
+            None => Ok(()),
+        })
+        .and_then(|()| attach_one_btf(ebpf, "kfree_skb_btf", "kfree_skb", kernel_btf(btf)?));
+    match btf_attached {
+        Ok(fd) => Ok((fd, "tp_btf")),
+        Err(e) => {
+            fallbacks.push(format!("drop reasons via the classic skb:kfree_skb: {e:#}"));
+            let fd = attach_tracepoint(ebpf, "kfree_skb", "skb", "kfree_skb")?;
+            Ok((fd, "tracepoint"))
+        }
+    }
 }
 
 /// The kernel BTF parsed once at load, or why it could not be.

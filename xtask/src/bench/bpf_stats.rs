@@ -104,7 +104,12 @@ pub const HOOKS: [Hook; 8] = [
         // Every packet freed with a reason, of every protocol: most leave
         // at the reason mask (issue 22).
         name: "kfree_skb",
-        programs: &["kfree_skb", "empty_kfree_skb"],
+        programs: &[
+            "kfree_skb_btf",
+            "kfree_skb",
+            "empty_kfree_skb_btf",
+            "empty_kfree_skb",
+        ],
         target_ns: None,
     },
 ];
