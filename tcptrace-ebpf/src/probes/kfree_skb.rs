@@ -1,10 +1,4 @@
 //! `skb:kfree_skb`: connection attempts the kernel dropped, with its reason.
-//! Two entry points share one body ([`try_drop`]): `kfree_skb_btf` (tp_btf,
-//! preferred: the kernel hands it the arguments and builds no trace record
-//! for the many packets freed with a reason) and `kfree_skb` (the classic
-//! tracepoint, reading the record the kernel fills first for every one of
-//! them), attached where the tp_btf one does not load or the prototype has
-//! no `rx_sk` (before 6.8).
 //! A SYN (or the handshake's last ACK) thrown away never changes a socket's
 //! state, so no transition shows it; this tracepoint does, for every packet
 //! of every protocol freed with a reason. The program keeps the few that
@@ -23,10 +17,17 @@
 //!                         enum skb_drop_reason reason);
 //! ```
 //!
-//! Record offsets come from the format file (`OFFSETS.tp_skb_*`), reason
-//! numbers too (tp_btf: the arguments, and `skb->protocol` from BTF,
-//! `OFFSETS.skb_protocol`) (they change between kernels): userspace turns the names it
-//! traces into the 256-bit mask [`DropConfig::reasons`]. In order, each
+//! Two entry points share one body ([`try_drop`]): `kfree_skb_btf` (tp_btf,
+//! preferred: the kernel hands it the arguments and builds no trace record
+//! for each packet freed with a reason; `skb->protocol` is read at its BTF
+//! offset, `OFFSETS.skb_protocol`) and `kfree_skb` (the classic tracepoint,
+//! reading the record the kernel fills first; its offsets come from the
+//! format file, `OFFSETS.tp_skb_*`), attached where the tp_btf one does not
+//! load or the kernel's prototype has no `rx_sk` (before 6.8).
+//!
+//! Reason numbers come from the format file (they change between
+//! kernels): userspace turns the names it traces into the 256-bit mask
+//! [`DropConfig::reasons`]. In order, each
 //! step cheaper than the next and leaving most packets early:
 //! 1. the reason's bit in the mask (one load from the record, one from
 //!    `.rodata`; tp_btf: the argument): every other drop of the system
