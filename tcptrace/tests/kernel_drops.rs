@@ -296,6 +296,40 @@ fn a_flood_is_rate_limited_and_counted() {
 /// `tcp_check_req` fails with TCP_LISTEN_OVERFLOW, the kernel frees them
 /// with that reason, and each is reported as `accept_queue_full`, at the
 /// listener (LISTEN), an ACK without SYN.
+/// A port scan of another namespace does not spend the budget of the one
+/// traced: the user's `--netns` applies before the rate limit.
+#[test]
+fn drops_the_filter_leaves_out_do_not_spend_the_rate_limit() {
+    const LIMIT: u32 = 20;
+    let noisy = NetNs::new("drops-noisy");
+    let traced = NetNs::new("drops-traced");
+    let mut tracer = tracer_in(Some(&traced), Some(LIMIT));
+    let port = free_port(false);
+    // Ten times the limit in the other namespace, then 5 in the traced one,
+    // within the same second.
+    noisy.run(move || {
+        for _ in 0..10 * LIMIT {
+            TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
+        }
+    });
+    traced.run(move || {
+        for _ in 0..5 {
+            TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
+        }
+    });
+    let mut drops = Vec::new();
+    let inode = traced.inode();
+    let all = drops_until(&mut tracer, &mut drops, Duration::from_secs(5), |d| {
+        d.iter().filter(|d| d.netns == Some(inode)).count() >= 5
+    });
+    assert!(
+        all,
+        "the traced namespace's 5 drops were not all reported: {drops:?}"
+    );
+    assert!(drops.iter().all(|d| d.netns == Some(inode)), "{drops:?}");
+    assert!(tracer.counters().drops_suppressed < u64::from(10 * LIMIT));
+}
+
 #[test]
 fn an_ack_at_a_full_accept_queue_is_reported_as_accept_queue_full() {
     let ns = NetNs::new("drops-overflow");

@@ -43,7 +43,8 @@
 //!    number carried in the CPU's next reported drop (`prev_ns`).
 //!
 //! The namespace is `rx_sk`'s, else the receiving device's
-//! (`skb->dev->nd_net`). The user's filter applies (`probes::emit`): ports
+//! (`skb->dev->nd_net`). The user's filter applies (`filter::passes`, before
+//! the rate limit: drops it leaves out never spend the budget): ports
 //! (the local side is the segment's destination), families, `--netns`; a
 //! drop has no owner, so `--pid`/`--comm` leave every drop out, and
 //! `--state` keeps those received by a socket in one of its states (state
@@ -61,8 +62,9 @@ use tcptrace_common::{
 };
 
 use crate::{
-    maps::{DROPS, Prog, ProgScratch, count, global, prog_scratch, read_global, scratch},
-    probes::{Drop, emit, settle},
+    filter,
+    maps::{DROPS, Prog, ProgScratch, count, global, output, prog_scratch, read_global, scratch},
+    probes::{Drop, settle},
     sock::{netns_of, read},
 };
 
@@ -237,24 +239,6 @@ fn try_drop(reason: u32, freed: impl FnOnce() -> Result<Freed, Drop>) -> Result<
     }
     count(Counter::DropsSeen);
 
-    // The rate limit: a window of one second per CPU.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let s = scratch().ok_or(Drop::Scratch)?;
-    let rate = unsafe { &mut (*s).drops };
-    if now.wrapping_sub(rate.window_start_ns) >= 1_000_000_000 {
-        rate.window_start_ns = now;
-        rate.reported = 0;
-    }
-    if rate.reported >= global!(DROPS.per_cpu_per_sec) {
-        rate.suppressed += 1;
-        count(Counter::DropsSuppressed);
-        return Ok(());
-    }
-    rate.reported += 1;
-    ev.prev_ns = rate.suppressed;
-    rate.suppressed = 0;
-
-    ev.ts_ns = now;
     ev.kind = EventKind::Drop as u32;
     ev.sk = rx_sk;
     ev.family = fam;
@@ -280,5 +264,29 @@ fn try_drop(reason: u32, freed: impl FnOnce() -> Result<Freed, Drop>) -> Result<
         ev.netns = ns;
         ev.flags |= event_flags::NETNS_KNOWN;
     }
-    emit(ev)
+    // The user's filter before the rate limit: drops it leaves out (another
+    // namespace being port-scanned) never spend the budget of those kept.
+    if !filter::passes(ev) {
+        return Err(Drop::Filtered);
+    }
+
+    // The rate limit: a window of one second per CPU.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let s = scratch().ok_or(Drop::Scratch)?;
+    let rate = unsafe { &mut (*s).drops };
+    if now.wrapping_sub(rate.window_start_ns) >= 1_000_000_000 {
+        rate.window_start_ns = now;
+        rate.reported = 0;
+    }
+    if rate.reported >= global!(DROPS.per_cpu_per_sec) {
+        rate.suppressed += 1;
+        count(Counter::DropsSuppressed);
+        return Ok(());
+    }
+    rate.reported += 1;
+    ev.prev_ns = rate.suppressed;
+    rate.suppressed = 0;
+    ev.ts_ns = now;
+    output(ev);
+    Ok(())
 }
