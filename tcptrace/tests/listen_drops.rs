@@ -11,127 +11,19 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
+use std::time::Duration;
+
+use common::{
+    acceptq::{CLIENT, FAST, SERVER, SLOW, end, netstat, python_in, ss_drops},
+    *,
 };
 
-use common::*;
-
 const WAIT: Duration = Duration::from_secs(40);
-const SLOW: u16 = 8080;
-const FAST: u16 = 8081;
 const CLIENTS: usize = 40;
-
-/// The server: 8080 backlog 1 never accepted, 8081 accepted and closed.
-/// Runs until its stdin closes.
-const SERVER: &str = r#"
-import socket, sys, threading
-open('/proc/self/comm', 'w').write('slowacceptd')
-def listener(port, backlog):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(('127.0.0.1', port))
-    s.listen(backlog)
-    return s
-slow = listener(8080, 1)
-fast = listener(8081, 128)
-def serve():
-    while True:
-        c, _ = fast.accept()
-        c.close()
-threading.Thread(target=serve, daemon=True).start()
-print('ready', flush=True)
-sys.stdin.read()
-"#;
-
-/// The clients: `n` non-blocking connects to each port, held until stdin
-/// closes (their SYNs retransmitted meanwhile).
-const CLIENT: &str = r#"
-import socket, sys
-n = int(sys.argv[1])
-held = []
-for port in (8080, 8081):
-    for _ in range(n):
-        c = socket.socket()
-        c.setblocking(False)
-        try:
-            c.connect(('127.0.0.1', port))
-        except BlockingIOError:
-            pass
-        held.append(c)
-print('connected', flush=True)
-sys.stdin.read()
-"#;
-
-/// A Python program in `ns`, started and waited for its first line.
-fn python_in(ns: &NetNs, script: &str, args: &[&str], first: &str) -> Child {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "python3", "-c", script])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (apt-get install python3)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), first, "the program did not start");
-    child
-}
-
-/// Closes the program's stdin and waits for it to exit.
-fn end(mut child: Child) {
-    drop(child.stdin.take());
-    child.wait().unwrap();
-}
 
 /// TcpExt `ListenOverflows` and `ListenDrops` of `ns`.
 fn overflows(ns: &NetNs) -> (u64, u64) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "cat", "/proc/net/netstat"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    let mut found = (None, None);
-    for pair in lines.chunks(2) {
-        let [head, vals] = pair else { continue };
-        for (h, v) in head.split_whitespace().zip(vals.split_whitespace()) {
-            match h {
-                "ListenOverflows" => found.0 = v.parse().ok(),
-                "ListenDrops" => found.1 = v.parse().ok(),
-                _ => {}
-            }
-        }
-    }
-    (
-        found.0.expect("ListenOverflows"),
-        found.1.expect("ListenDrops"),
-    )
-}
-
-/// `ss -ltnm`'s drop count (`d`) of the listener on `port` in `ns`.
-fn ss_drops(ns: &NetNs, port: u16) -> u64 {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "ss",
-            "-Hltnm",
-            "sport",
-            "=",
-            &format!(":{port}"),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(|c: char| c == ',' || c == ')' || c.is_whitespace())
-        .find_map(|f| f.strip_prefix('d')?.parse().ok())
-        .unwrap_or(0)
+    (netstat(ns, "ListenOverflows"), netstat(ns, "ListenDrops"))
 }
 
 /// A listener row of a stats JSON line.

@@ -9,125 +9,17 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::{NetNs, tmux::Tmux, wait_for};
+use common::{
+    NetNs,
+    acceptq::{CLIENT, SERVER, end, netstat, python_in, ss_drops},
+    tmux::Tmux,
+    wait_for,
+};
 
 const WAIT: Duration = Duration::from_secs(40);
 const CLIENTS: usize = 40;
-
-/// 8080: backlog 1, never accepted; 8081: backlog 128, accepted and
-/// closed. Runs until its stdin closes.
-const SERVER: &str = r#"
-import socket, sys, threading
-open('/proc/self/comm', 'w').write('slowacceptd')
-def listener(port, backlog):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(('127.0.0.1', port))
-    s.listen(backlog)
-    return s
-slow = listener(8080, 1)
-fast = listener(8081, 128)
-def serve():
-    while True:
-        c, _ = fast.accept()
-        c.close()
-threading.Thread(target=serve, daemon=True).start()
-print('ready', flush=True)
-sys.stdin.read()
-"#;
-
-/// `n` non-blocking connects to each port, held until stdin closes.
-const CLIENT: &str = r#"
-import socket, sys
-n = int(sys.argv[1])
-held = []
-for port in (8080, 8081):
-    for _ in range(n):
-        c = socket.socket()
-        c.setblocking(False)
-        try:
-            c.connect(('127.0.0.1', port))
-        except BlockingIOError:
-            pass
-        held.append(c)
-print('connected', flush=True)
-sys.stdin.read()
-"#;
-
-fn python_in(ns: &NetNs, script: &str, args: &[&str], first: &str) -> Started {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "python3", "-c", script])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (apt-get install python3)");
-    let mut started = Started(Some(child));
-    let mut line = String::new();
-    let out = started.0.as_mut().and_then(|c| c.stdout.as_mut()).unwrap();
-    BufReader::new(out).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), first, "the program did not start");
-    started
-}
-
-/// A program this test started: ended (stdin closed, waited for) by
-/// [`end`], killed by its pid if the test fails before.
-struct Started(Option<Child>);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn end(mut started: Started) {
-    if let Some(mut child) = started.0.take() {
-        drop(child.stdin.take());
-        child.wait().unwrap();
-    }
-}
-
-/// TcpExt `ListenOverflows` of `ns`.
-fn listen_overflows(ns: &NetNs) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "cat", "/proc/net/netstat"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    lines
-        .chunks(2)
-        .find_map(|pair| {
-            let [head, vals] = pair else { return None };
-            head.split_whitespace()
-                .zip(vals.split_whitespace())
-                .find(|(h, _)| *h == "ListenOverflows")
-                .and_then(|(_, v)| v.parse().ok())
-        })
-        .expect("ListenOverflows")
-}
-
-/// `ss -ltnm`'s drop count of the listener on `port` in `ns`.
-fn ss_drops(ns: &NetNs, port: u16) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "ss", "-Hltnm", "sport", "="])
-        .arg(format!(":{port}"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split(|c: char| c == ',' || c == ')' || c.is_whitespace())
-        .find_map(|f| f.strip_prefix('d')?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// The screen line of a listener.
 fn row<'a>(screen: &'a str, listener: &str) -> Option<&'a str> {
@@ -165,14 +57,14 @@ fn top_listeners_view_shows_a_full_accept_queue_dropping_syns() {
             && row(s, "127.0.0.1:8080").is_some_and(|l| l.contains("slowacceptd"))
             && row(s, "127.0.0.1:8081").is_some()
     });
-    let before = listen_overflows(&ns);
+    let before = netstat(&ns, "ListenOverflows");
     let clients = python_in(&ns, CLIENT, &[&CLIENTS.to_string()], "connected");
     wait_for("the kernel to drop SYNs at 8080", WAIT, || {
         ss_drops(&ns, 8080) >= CLIENTS as u64
     });
     end(clients);
     // No client is left: nothing more can be dropped.
-    let overflowed = listen_overflows(&ns) - before;
+    let overflowed = netstat(&ns, "ListenOverflows") - before;
     assert!(overflowed >= CLIENTS as u64, "only {overflowed} overflows");
     let screen = tmux.wait_for(&format!("8080 with {overflowed} drops"), |s| {
         row(s, "127.0.0.1:8080")

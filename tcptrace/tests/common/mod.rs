@@ -3,6 +3,7 @@
 //! collect events, make ports and network namespaces.
 #![allow(dead_code)]
 
+pub mod acceptq;
 pub mod cgroups;
 pub mod stacks;
 pub mod tmux;
