@@ -574,7 +574,7 @@ fn cgroup_of(nlas: &[Nla]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seed::testutil::{Conns, state_counts};
+    use crate::seed::testutil::{Conns, cost, state_counts};
     use std::{collections::BTreeMap, process::Command};
 
     /// A reply datagram: one TIME_WAIT socket with a raw expires value, then
@@ -1082,33 +1082,6 @@ mod tests {
         let mine = conns.matching(&out);
         assert_eq!(mine.len(), 1, "{mine:?}");
         assert_eq!(mine[0].sport, conns.close_wait_client);
-    }
-
-    /// CPU time of the calling thread (the kernel's sock_diag work runs in
-    /// it: requests are handled in sendmsg, dumps in recvmsg).
-    fn thread_cpu_ns() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid clock id and timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
-
-    /// Median (CPU, wall) µs of `runs` calls of `f`.
-    fn cost(runs: usize, mut f: impl FnMut()) -> (u64, u64) {
-        let mut cpu = Vec::new();
-        let mut wall = Vec::new();
-        for _ in 0..runs {
-            let (c, w) = (thread_cpu_ns(), std::time::Instant::now());
-            f();
-            cpu.push((thread_cpu_ns() - c) / 1_000);
-            wall.push(w.elapsed().as_micros() as u64);
-        }
-        cpu.sort_unstable();
-        wall.sort_unstable();
-        (cpu[runs / 2], wall[runs / 2])
     }
 
     /// `n` orphans in FIN_WAIT2 (client closed first, server holds its

@@ -114,3 +114,21 @@ pub(crate) fn state_counts(socks: &[&SeenSocket]) -> BTreeMap<TcpState, usize> {
     }
     out
 }
+
+/// Median (CPU of this thread, wall) µs of `runs` calls of `f` (the
+/// kernel's sock_diag work runs in the calling thread: requests in
+/// sendmsg, dumps in recvmsg).
+pub(crate) fn cost(runs: usize, mut f: impl FnMut()) -> (u64, u64) {
+    use crate::source::timewait_check::thread_cpu_ns;
+    let mut cpu = Vec::new();
+    let mut wall = Vec::new();
+    for _ in 0..runs {
+        let (c, w) = (thread_cpu_ns(), Instant::now());
+        f();
+        cpu.push((thread_cpu_ns() - c) / 1_000);
+        wall.push(w.elapsed().as_micros() as u64);
+    }
+    cpu.sort_unstable();
+    wall.sort_unstable();
+    (cpu[runs / 2], wall[runs / 2])
+}

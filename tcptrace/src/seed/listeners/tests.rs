@@ -17,7 +17,10 @@ use tcptrace_core::{
 };
 
 use super::*;
-use crate::seed::in_namespace;
+use crate::{
+    seed::{in_namespace, testutil::cost},
+    source::timewait_check::thread_cpu_ns,
+};
 
 const SEC: u64 = 1_000_000_000;
 
@@ -408,32 +411,6 @@ fn owners_come_from_a_cache_scanned_when_needed() {
     let rec = sampler.sample(SEC + OWNER_SCAN_EVERY_NS).unwrap();
     assert_eq!(sampler.owner_scans(), 2);
     assert_eq!(find(&rec, netns, b).unwrap().owner.map(|o| o.pid), Some(me));
-}
-
-/// CPU time of the calling thread (sock_diag's kernel work runs in it).
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Median (CPU, wall) µs of `runs` calls of `f`.
-fn cost(runs: usize, mut f: impl FnMut()) -> (u64, u64) {
-    let mut cpu = Vec::new();
-    let mut wall = Vec::new();
-    for _ in 0..runs {
-        let (c, w) = (thread_cpu_ns(), Instant::now());
-        f();
-        cpu.push((thread_cpu_ns() - c) / 1_000);
-        wall.push(w.elapsed().as_micros() as u64);
-    }
-    cpu.sort_unstable();
-    wall.sort_unstable();
-    (cpu[runs / 2], wall[runs / 2])
 }
 
 /// One sample's cost with 1 and with 50 namespaces (each created here with
