@@ -367,23 +367,66 @@ impl DropCounters {
         out
     }
 
+    /// How many counters there are ([`Self::fields`]).
+    pub const FIELDS: usize = 12;
+
+    /// The counters in a fixed order (recordings keep them in it): the
+    /// fields in their declaration order.
+    pub fn fields(&self) -> [Option<u64>; Self::FIELDS] {
+        [
+            self.listen_overflows,
+            self.listen_drops,
+            self.req_qfull_drop,
+            self.req_qfull_cookies,
+            self.paws_passive,
+            self.paws_active,
+            self.paws_estab,
+            self.syncookies_sent,
+            self.syncookies_failed,
+            self.paws_timewait,
+            self.tsecr_rejected,
+            self.paws_old_ack,
+        ]
+    }
+
+    /// The counters from [`Self::fields`]' order.
+    pub fn from_fields(v: [Option<u64>; Self::FIELDS]) -> Self {
+        let [
+            listen_overflows,
+            listen_drops,
+            req_qfull_drop,
+            req_qfull_cookies,
+            paws_passive,
+            paws_active,
+            paws_estab,
+            syncookies_sent,
+            syncookies_failed,
+            paws_timewait,
+            tsecr_rejected,
+            paws_old_ack,
+        ] = v;
+        Self {
+            listen_overflows,
+            listen_drops,
+            req_qfull_drop,
+            req_qfull_cookies,
+            paws_passive,
+            paws_active,
+            paws_estab,
+            syncookies_sent,
+            syncookies_failed,
+            paws_timewait,
+            tsecr_rejected,
+            paws_old_ack,
+        }
+    }
+
     /// `self - earlier` per counter (`None` unless both are known).
     pub fn since(&self, earlier: &Self) -> Self {
-        let d = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
-        Self {
-            listen_overflows: d(self.listen_overflows, earlier.listen_overflows),
-            listen_drops: d(self.listen_drops, earlier.listen_drops),
-            req_qfull_drop: d(self.req_qfull_drop, earlier.req_qfull_drop),
-            req_qfull_cookies: d(self.req_qfull_cookies, earlier.req_qfull_cookies),
-            paws_passive: d(self.paws_passive, earlier.paws_passive),
-            paws_active: d(self.paws_active, earlier.paws_active),
-            paws_estab: d(self.paws_estab, earlier.paws_estab),
-            syncookies_sent: d(self.syncookies_sent, earlier.syncookies_sent),
-            syncookies_failed: d(self.syncookies_failed, earlier.syncookies_failed),
-            paws_timewait: d(self.paws_timewait, earlier.paws_timewait),
-            tsecr_rejected: d(self.tsecr_rejected, earlier.tsecr_rejected),
-            paws_old_ack: d(self.paws_old_ack, earlier.paws_old_ack),
-        }
+        let (now, then) = (self.fields(), earlier.fields());
+        Self::from_fields(std::array::from_fn(|i| {
+            Some(now[i]?.saturating_sub(then[i]?))
+        }))
     }
 }
 

@@ -768,24 +768,11 @@ fn sanitize(w: &mut Workload, id: u64) {
 
 /// The counters of a [`DropCounters`] in wire order.
 fn counter_fields(c: &DropCounters) -> [Option<u64>; COUNTER_FIELDS] {
-    [
-        c.listen_overflows,
-        c.listen_drops,
-        c.req_qfull_drop,
-        c.req_qfull_cookies,
-        c.paws_passive,
-        c.paws_active,
-        c.paws_estab,
-        c.syncookies_sent,
-        c.syncookies_failed,
-        c.paws_timewait,
-        c.tsecr_rejected,
-        c.paws_old_ack,
-    ]
+    c.fields()
 }
 
 /// How many counters a namespace's record may carry.
-const COUNTER_FIELDS: usize = 12;
+const COUNTER_FIELDS: usize = DropCounters::FIELDS;
 
 /// Listeners one sample record may hold (the sampler's bound,
 /// `seed::listeners::MAX_LISTENERS`, and the table's).
@@ -860,36 +847,9 @@ impl Cursor<'_> {
                 *slot = Some(self.varint()?);
             }
         }
-        let [
-            listen_overflows,
-            listen_drops,
-            req_qfull_drop,
-            req_qfull_cookies,
-            paws_passive,
-            paws_active,
-            paws_estab,
-            syncookies_sent,
-            syncookies_failed,
-            paws_timewait,
-            tsecr_rejected,
-            paws_old_ack,
-        ] = v;
         Ok(NetnsDropCounters {
             netns,
-            counters: DropCounters {
-                listen_overflows,
-                listen_drops,
-                req_qfull_drop,
-                req_qfull_cookies,
-                paws_passive,
-                paws_active,
-                paws_estab,
-                syncookies_sent,
-                syncookies_failed,
-                paws_timewait,
-                tsecr_rejected,
-                paws_old_ack,
-            },
+            counters: DropCounters::from_fields(v),
         })
     }
 }
