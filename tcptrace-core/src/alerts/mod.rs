@@ -247,7 +247,7 @@ pub struct Alert {
     pub opened_at_path: Option<String>,
     /// The process's CLOSE_WAIT sockets opened there.
     pub opened_at_count: Option<u64>,
-    /// `listen_drops`: the listener (`ip:port`, `*:port` for a wildcard),
+    /// `listen_drops`: the listener (`ip:port`; `0.0.0.0:port`, `[::]:port` for the wildcards),
     /// its network namespace and the main reason of its recent drops (a
     /// `DropReason` name); null for other rules.
     pub listener: Option<String>,

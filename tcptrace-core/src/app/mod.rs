@@ -180,8 +180,7 @@ impl TimeWaitSort {
     }
 }
 
-/// Which listener: its address, port and namespace (the endpoint's text
-/// is `*` for both wildcards, so not that).
+/// Which listener: its address, port and namespace.
 pub type ListenerId = (Option<IpAddr>, u16, Option<u32>);
 
 /// How the Listeners view is ordered.

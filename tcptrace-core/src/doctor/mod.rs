@@ -1744,8 +1744,11 @@ fn fin_wait2(obs: &Observation, t: &Thresholds, out: &mut Vec<Finding>) {
     });
 }
 
-/// The listener at `addr:port` (bound there or a wildcard) that dropped
-/// connection attempts during the window, if any.
+/// The listener at `addr:port` that dropped connection attempts during
+/// the window, if any: bound to that address, or a wildcard when the
+/// destination is a loopback address (a wildcard elsewhere may be another
+/// host's port, or another namespace's: the failed connects carry no
+/// namespace, so a remote destination never matches a wildcard).
 fn dropping_listener(obs: &Observation, addr: IpAddr, port: u16) -> Option<&ListenerRow> {
     let addr = match addr {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
@@ -1759,7 +1762,7 @@ fn dropping_listener(obs: &Observation, addr: IpAddr, port: u16) -> Option<&List
                     IpAddr::V6(a) => a.to_ipv4_mapped().map_or(la, IpAddr::V4),
                     a => a,
                 };
-                la == addr || la.is_unspecified()
+                la == addr || (la.is_unspecified() && addr.is_loopback())
             })
     })
 }

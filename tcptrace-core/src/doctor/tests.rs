@@ -1144,6 +1144,11 @@ mod listeners {
             "{:?}",
             f.evidence
         );
+        // A remote host on the same port is not that listener.
+        obs.failed_connects[0].daddr = "203.0.113.5".parse().unwrap();
+        let remote = diagnose(&obs, &Thresholds::default());
+        let f = remote.iter().find(|f| f.id == "failed_connects").unwrap();
+        assert!(f.title.starts_with("Dead backend?"), "{}", f.title);
     }
 
     #[test]

@@ -472,8 +472,9 @@ pub const MAX_LISTENERS: usize = 4096;
 pub const MAX_NAMESPACES: usize = 256;
 /// Destinations without a listener kept at most.
 pub const MAX_UNMATCHED: usize = 256;
-/// How long history is kept for rates.
-const HISTORY_NS: u64 = 60 * NS;
+/// How long history is kept for rates (the rate window and one sample
+/// more: nothing reads further back).
+const HISTORY_NS: u64 = RATE_WINDOW_NS + NS;
 /// The window of `drops_per_sec`.
 pub const RATE_WINDOW_NS: u64 = 10 * NS;
 /// A closed listener is forgotten after this long.
@@ -733,7 +734,7 @@ impl ListenerTable {
             };
             seen.insert(key);
             if !self.listeners.contains_key(&key) {
-                self.make_room(ts_ns);
+                self.make_room();
             }
             let l = self
                 .listeners
@@ -824,7 +825,7 @@ impl ListenerTable {
             let fresh_overflows = d
                 .listen_overflows
                 .unwrap_or(0)
-                .saturating_sub(reported_by_ns.get(&Some(c.netns)).copied().unwrap_or(0));
+                .saturating_sub(reported_here);
             let fresh_synq = d.req_qfull_drop.unwrap_or(0);
             let mut overflows = fresh_overflows.saturating_add(ns.overflow_credit);
             let mut synq = fresh_synq.saturating_add(ns.synq_credit);
@@ -894,7 +895,7 @@ impl ListenerTable {
 
     /// Room for one more listener: the oldest closed one goes, else the one
     /// with the fewest drops.
-    fn make_room(&mut self, _now: u64) {
+    fn make_room(&mut self) {
         if self.listeners.len() < MAX_LISTENERS {
             return;
         }

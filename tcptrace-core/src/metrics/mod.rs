@@ -31,7 +31,7 @@
 //! | `tcptrace_lost_events_total` | counter | `source` (as `stats --json` `lost`) |
 //! | `tcptrace_events_total` | counter | (events applied) |
 //! | `tcptrace_tracked_connections` | gauge | |
-//! | `tcptrace_listen_drops_total` | counter | `listener` (local `ip:port`, `*:port` for a wildcard; `none`: drops to destinations nobody listens on), `netns`, `reason` (a `DropReason` name: `accept_queue_full`, `syn_queue_full`, `paws`, `timewait_paws`, `no_listener`, ...) |
+//! | `tcptrace_listen_drops_total` | counter | `listener` (local `ip:port`, `0.0.0.0:port` and `[::]:port` for the wildcards; `none`: drops to destinations nobody listens on), `netns`, `reason` (a `DropReason` name: `accept_queue_full`, `syn_queue_full`, `paws`, `timewait_paws`, `no_listener`, ...) |
 //! | `tcptrace_accept_queue` | gauge | `listener`, `netns`: connections waiting to be accepted |
 //! | `tcptrace_accept_queue_limit` | gauge | `listener`, `netns`: the accept queue's limit, min(backlog, net.core.somaxconn) |
 //! | `tcptrace_alerts_firing` | gauge | `rule` (`watch`: its rules; `top`: watch's default rules; absent from `stats`) |

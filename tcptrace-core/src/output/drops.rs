@@ -439,7 +439,7 @@ impl DropFeed {
     }
 }
 
-/// "10.0.0.2:51234", "[::1]:51234" (never `*`: a source address).
+/// "10.0.0.2:51234", "[::1]:51234" (a source address).
 fn remote_endpoint(addr: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(addr, port).to_string()
 }

@@ -252,6 +252,21 @@ pub enum Record {
     Drop(SynDrop),
 }
 
+impl Record {
+    /// Its timestamp (monotonic ns); 0 for the records that have none
+    /// (workload and stack names: due at once, moving no clock).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Record::Event(e) => e.ts_ns,
+            Record::Lost { ts_ns, .. }
+            | Record::Snapshot { ts_ns, .. }
+            | Record::Listeners { ts_ns, .. } => *ts_ns,
+            Record::Drop(d) => d.ts_ns,
+            Record::Workload { .. } | Record::Stack { .. } => 0,
+        }
+    }
+}
+
 /// Why bytes are not a recording (or not a complete one).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
@@ -482,7 +497,7 @@ impl BlockEncoder {
         put_varint(&mut self.buf, counters.len() as u64);
         for c in counters {
             self.buf.extend_from_slice(&c.netns.to_le_bytes());
-            let fields = counter_fields(&c.counters);
+            let fields = c.counters.fields();
             let present = fields
                 .iter()
                 .enumerate()
@@ -766,20 +781,16 @@ fn sanitize(w: &mut Workload, id: u64) {
     }
 }
 
-/// The counters of a [`DropCounters`] in wire order.
-fn counter_fields(c: &DropCounters) -> [Option<u64>; COUNTER_FIELDS] {
-    c.fields()
-}
-
-/// How many counters a namespace's record may carry.
+/// How many counters a namespace's record may carry (in
+/// [`DropCounters::fields`]' order).
 const COUNTER_FIELDS: usize = DropCounters::FIELDS;
 
 /// Listeners one sample record may hold (the sampler's bound,
 /// `seed::listeners::MAX_LISTENERS`, and the table's).
 pub const MAX_SAMPLE_LISTENERS: usize = crate::listeners::MAX_LISTENERS;
 /// Namespaces one sample record may hold (the sampler's bound,
-/// `seed::listeners::MAX_NAMESPACES`).
-pub const MAX_SAMPLE_NAMESPACES: usize = 256;
+/// `seed::listeners::MAX_NAMESPACES`, and the table's).
+pub const MAX_SAMPLE_NAMESPACES: usize = crate::listeners::MAX_NAMESPACES;
 
 /// The flag bits a listener of a sample may have (netns, owner, cgroup,
 /// v6, drops): any other is damage.

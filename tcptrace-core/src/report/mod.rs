@@ -411,17 +411,6 @@ pub fn build_with<R: io::Read + Send>(
     }
 }
 
-fn record_ts(rec: &Record) -> u64 {
-    match rec {
-        Record::Event(e) => e.ts_ns,
-        Record::Lost { ts_ns, .. }
-        | Record::Snapshot { ts_ns, .. }
-        | Record::Listeners { ts_ns, .. } => *ts_ns,
-        Record::Drop(d) => d.ts_ns,
-        Record::Workload { .. } | Record::Stack { .. } => 0,
-    }
-}
-
 fn lost_since(now: Lost, base: Lost) -> Lost {
     Lost {
         ring_full: now.ring_full.saturating_sub(base.ring_full),
@@ -564,7 +553,7 @@ impl Run<'_> {
             self.applier.apply(&mut self.engine, rec);
             return;
         }
-        let ts = record_ts(rec);
+        let ts = rec.ts_ns();
         if self.first.is_none() {
             self.first = Some(ts);
             self.now = ts;

@@ -56,10 +56,9 @@ use super::{
     sock_diag::{DiagSocket, current_netns},
 };
 
-/// Listeners kept per sample.
-pub const MAX_LISTENERS: usize = 4096;
-/// Namespaces sampled.
-pub const MAX_NAMESPACES: usize = 256;
+/// Listeners kept per sample, and namespaces sampled: what the listener
+/// table and recordings take.
+pub use tcptrace_core::listeners::{MAX_LISTENERS, MAX_NAMESPACES};
 /// How often namespaces are re-listed, at most (10 s).
 pub const RELIST_EVERY_NS: u64 = 10_000_000_000;
 /// How often `/proc` is scanned for owners, at most (5 s).

@@ -179,11 +179,11 @@ impl<R: Read> Replay<R> {
                     return n;
                 }
             };
-            if record_ts(&rec) > self.pos_ns {
+            if rec.ts_ns() > self.pos_ns {
                 self.next = Some(rec);
                 return n;
             }
-            self.applied_ns = self.applied_ns.max(record_ts(&rec));
+            self.applied_ns = self.applied_ns.max(rec.ts_ns());
             f(rec);
             n += 1;
         }
@@ -247,18 +247,6 @@ impl<R: Read> Replay<R> {
             ended: self.ended,
             cut_at: self.cut.as_ref().map(|c| c.offset),
         }
-    }
-}
-
-fn record_ts(rec: &Record) -> u64 {
-    match rec {
-        Record::Event(e) => e.ts_ns,
-        Record::Lost { ts_ns, .. }
-        | Record::Snapshot { ts_ns, .. }
-        | Record::Listeners { ts_ns, .. } => *ts_ns,
-        Record::Drop(d) => d.ts_ns,
-        // Names only: due at once, moving no clock.
-        Record::Workload { .. } | Record::Stack { .. } => 0,
     }
 }
 
