@@ -262,15 +262,14 @@ const QUEUE_LIMIT_MIN: usize = 256 << 20;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
-/// Everything the program needs from this kernel: BTF member offsets,
-/// tracepoint record layouts, and `tw_timer_handler`'s address.
-pub fn kernel_offsets() -> Result<KernelOffsets> {
+/// Everything the program needs from this kernel: BTF member offsets (from
+/// `kbtf`), tracepoint record layouts (under tracefs `root`), and
+/// `tw_timer_handler`'s address.
+pub fn kernel_offsets(kbtf: &btf::KernelBtf, root: &std::path::Path) -> Result<KernelOffsets> {
     let mut o = KernelOffsets::default();
-    let kbtf = btf::KernelBtf::load()?;
-    btf::struct_offsets(&kbtf, &mut o)?;
-    let root = tracefs::root()?;
+    btf::struct_offsets(kbtf, &mut o)?;
     let tp = "sock/inet_sock_set_state";
-    let f = tracefs::fields(&root, "sock", "inet_sock_set_state")?;
+    let f = tracefs::fields(root, "sock", "inet_sock_set_state")?;
     o.tp_skaddr = tracefs::offset_of(&f, tp, "skaddr", 8, 8)?;
     o.tp_oldstate = tracefs::offset_of(&f, tp, "oldstate", 4, 4)?;
     o.tp_newstate = tracefs::offset_of(&f, tp, "newstate", 4, 4)?;
@@ -282,16 +281,16 @@ pub fn kernel_offsets() -> Result<KernelOffsets> {
     o.tp_daddr = tracefs::offset_of(&f, tp, "daddr", 4, 1)?;
     o.tp_saddr_v6 = tracefs::offset_of(&f, tp, "saddr_v6", 16, 1)?;
     o.tp_daddr_v6 = tracefs::offset_of(&f, tp, "daddr_v6", 16, 1)?;
-    let f = tracefs::fields(&root, "timer", "timer_start")?;
+    let f = tracefs::fields(root, "timer", "timer_start")?;
     o.tp_start_timer = tracefs::offset_of(&f, "timer/timer_start", "timer", 8, 8)?;
     o.tp_start_function = tracefs::offset_of(&f, "timer/timer_start", "function", 8, 8)?;
-    let f = tracefs::fields(&root, "timer", "timer_expire_entry")?;
+    let f = tracefs::fields(root, "timer", "timer_expire_entry")?;
     o.tp_expire_timer = tracefs::offset_of(&f, "timer/timer_expire_entry", "timer", 8, 8)?;
     o.tp_expire_function = tracefs::offset_of(&f, "timer/timer_expire_entry", "function", 8, 8)?;
-    let f = tracefs::fields(&root, "timer", "timer_cancel")?;
+    let f = tracefs::fields(root, "timer", "timer_cancel")?;
     o.tp_cancel_timer = tracefs::offset_of(&f, "timer/timer_cancel", "timer", 8, 8)?;
     // The accept exit layout is the generic syscall-exit record.
-    if let Ok(f) = tracefs::fields(&root, "syscalls", "sys_exit_accept4") {
+    if let Ok(f) = tracefs::fields(root, "syscalls", "sys_exit_accept4") {
         o.tp_accept_ret = tracefs::offset_of(&f, "syscalls/sys_exit_accept4", "ret", 8, 8)?;
     }
     o.tw_timer_handler = kallsyms::address_of("tw_timer_handler")?;
@@ -314,10 +313,14 @@ pub struct DropSetup {
 /// The `skb:kfree_skb` part of `o` (record offsets, struct offsets), the
 /// kernel's reason table and whether the tp_btf program fits, from its
 /// format file and BTF; an error when the tracepoint or a member is
-/// missing (drop reasons then stay off).
-pub fn drop_offsets(o: &mut KernelOffsets) -> Result<DropSetup> {
-    let root = tracefs::root()?;
-    let text = tracefs::format_text(&root, "skb", "kfree_skb")?;
+/// missing (drop reasons then stay off). `kbtf` and `root` as
+/// [`kernel_offsets`] had them (parsed once per load).
+pub fn drop_offsets(
+    kbtf: &btf::KernelBtf,
+    root: &std::path::Path,
+    o: &mut KernelOffsets,
+) -> Result<DropSetup> {
+    let text = tracefs::format_text(root, "skb", "kfree_skb")?;
     let f = tracefs::parse_format(&text);
     let tp = "skb/kfree_skb";
     let reasons = KernelDropReasons::parse_format(&text);
@@ -331,12 +334,11 @@ pub fn drop_offsets(o: &mut KernelOffsets) -> Result<DropSetup> {
     d.tp_skb_rx_sk = tracefs::offset_of(&f, tp, "rx_sk", 8, 8).unwrap_or(0);
     d.tp_skb_protocol = tracefs::offset_of(&f, tp, "protocol", 2, 2)?;
     d.tp_skb_reason = tracefs::offset_of(&f, tp, "reason", 4, 4)?;
-    let kbtf = btf::KernelBtf::load()?;
-    btf::drop_offsets(&kbtf, &mut d)?;
+    btf::drop_offsets(kbtf, &mut d)?;
     *o = d;
     Ok(DropSetup {
         reasons,
-        btf_misfit: btf::kfree_skb_btf_fits(&kbtf)
+        btf_misfit: btf::kfree_skb_btf_fits(kbtf)
             .err()
             .map(|e| format!("{e:#}")),
     })
@@ -345,11 +347,15 @@ pub fn drop_offsets(o: &mut KernelOffsets) -> Result<DropSetup> {
 impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         raise_memlock();
-        let mut offsets = kernel_offsets()?;
+        // The kernel's BTF and tracefs, found and parsed once for every
+        // offset the programs need.
+        let kbtf = btf::KernelBtf::load()?;
+        let root = tracefs::root()?;
+        let mut offsets = kernel_offsets(&kbtf, &root)?;
         let mut fallbacks = btf::missing_optional(&offsets);
         // Drop reasons: the format's table and offsets, or a fallback line.
         let drop_setup = if opts.drop_reasons {
-            match drop_offsets(&mut offsets) {
+            match drop_offsets(&kbtf, &root, &mut offsets) {
                 Ok(table) => Some(table),
                 Err(e) => {
                     fallbacks.push(format!("{NO_DROP_REASONS} ({e:#})"));
@@ -359,6 +365,8 @@ impl Tracer {
         } else {
             None
         };
+        // Parsed BTF is large: not kept while the object loads.
+        drop(kbtf);
         let drops = DropConfig {
             reasons: drop_setup
                 .as_ref()
